@@ -1,0 +1,194 @@
+//! The one safe wrapper around the GEMM kernel (`matrixmultiply`).
+//!
+//! Transposes never copy: a transposed operand is the same buffer with its row
+//! and column strides swapped.
+
+use crate::real::Real;
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Copy, Clone, Debug)]
+pub struct MatRef<'a, T> {
+    /// The buffer holding the matrix.
+    pub data: &'a [T],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row stride in elements.
+    pub rs: usize,
+    /// Column stride in elements.
+    pub cs: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A dense row-major `rows × cols` matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose: the same buffer with strides swapped.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+    fn max_index(&self) -> Option<usize> {
+        if self.rows == 0 || self.cols == 0 {
+            None
+        } else {
+            Some((self.rows - 1) * self.rs + (self.cols - 1) * self.cs)
+        }
+    }
+}
+
+/// `C ← alpha·A·B + beta·C` for any [`Real`] element type, dual numbers included.
+///
+/// `c` is a dense row-major `a.rows × b.cols` buffer.
+///
+/// # Panics
+/// If the inner dimensions differ, `c` has the wrong length, or a view reaches
+/// past its buffer.
+///
+/// ```
+/// use tape::gemm::{gemm, MatRef};
+/// let a = [1.0_f64, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let mut c = [0.0; 4];
+/// // C = A·Aᵀ
+/// let m = MatRef::row_major(&a, 2, 2);
+/// gemm(1.0, m, m.t(), 0.0, &mut c);
+/// assert_eq!(c, [5.0, 11.0, 11.0, 25.0]);
+/// ```
+#[track_caller]
+pub fn gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    assert!(
+        a.cols == b.rows,
+        "gemm: lhs [{}, {}], rhs [{}, {}]: inner dimensions {} != {}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        a.cols,
+        b.rows
+    );
+    assert!(
+        c.len() == a.rows * b.cols,
+        "gemm: output has {} elements, expected {}",
+        c.len(),
+        a.rows * b.cols
+    );
+    if c.is_empty() {
+        return;
+    }
+    if a.cols == 0 {
+        // An empty sum: C ← beta·C.
+        let beta = T::from_base(beta);
+        c.iter_mut().for_each(|x| *x = beta * *x);
+        return;
+    }
+    for (name, m) in [("lhs", &a), ("rhs", &b)] {
+        if let Some(last) = m.max_index() {
+            assert!(
+                last < m.data.len(),
+                "gemm: {name} view reaches index {last} of a buffer of {}",
+                m.data.len()
+            );
+        }
+    }
+    // SAFETY: the asserts above bound every index of A and B by their slices, C is a
+    // dense rows × cols buffer of exactly that length, and C is a `&mut` so it
+    // aliases neither A nor B.
+    unsafe {
+        T::gemm_raw(
+            a.rows,
+            a.cols,
+            b.cols,
+            alpha,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.as_mut_ptr(),
+            b.cols as isize,
+            1,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dual;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for l in 0..k {
+                    c[i * n + j] += a[i * k + l] * b[l * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn dual_gemm_is_product_rule() {
+        let (m, k, n) = (3, 4, 2);
+        let av: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let ad: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.11).cos()).collect();
+        let bv: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.53).cos()).collect();
+        let bd: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.29).sin()).collect();
+        let a: Vec<Dual<f64>> = av.iter().zip(&ad).map(|(&v, &d)| Dual::new(v, d)).collect();
+        let b: Vec<Dual<f64>> = bv.iter().zip(&bd).map(|(&v, &d)| Dual::new(v, d)).collect();
+        let mut c = vec![Dual::new(1.0, 1.0); m * n];
+        gemm(
+            2.0,
+            MatRef::row_major(&a, m, k),
+            MatRef::row_major(&b, k, n),
+            0.5,
+            &mut c,
+        );
+        let cv = naive(&av, &bv, m, k, n);
+        let cd: Vec<f64> = naive(&av, &bd, m, k, n)
+            .iter()
+            .zip(naive(&ad, &bv, m, k, n))
+            .map(|(x, y)| x + y)
+            .collect();
+        for i in 0..m * n {
+            assert!((c[i].v - (2.0 * cv[i] + 0.5)).abs() < 1e-12);
+            assert!((c[i].d - (2.0 * cd[i] + 0.5)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: lhs [2, 3], rhs [2, 3]: inner dimensions 3 != 2")]
+    fn mismatched_inner_dims_panic() {
+        let a = [0.0_f64; 6];
+        let mut c = [0.0; 9];
+        gemm(
+            1.0,
+            MatRef::row_major(&a, 2, 3),
+            MatRef::row_major(&a, 2, 3),
+            0.0,
+            &mut c,
+        );
+    }
+}

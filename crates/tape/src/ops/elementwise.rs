@@ -1,0 +1,336 @@
+//! Elementwise ops: binary with NumPy broadcasting, and unary.
+//!
+//! | op | forward | VJP (`g` = output adjoint) |
+//! |---|---|---|
+//! | `a + b` | a + b | ḡa = g, ḡb = g (summed over broadcast axes) |
+//! | `a - b` | a − b | ḡa = g, ḡb = −g |
+//! | `a * b` | a·b | ḡa = g·b, ḡb = g·a |
+//! | `a / b` | a/b | ḡa = g/b, ḡb = −g·out/b |
+//! | `neg` | −x | −g |
+//! | `add_scalar(c)` | x + c | g |
+//! | `mul_scalar(c)` | c·x | c·g |
+//! | `exp` | eˣ | g·out |
+//! | `log` | ln x | g/x |
+//! | `sqrt` | √x | g/(2·out) |
+//! | `powf(p)` | xᵖ | g·p·xᵖ⁻¹ |
+//! | `square` | x² | 2·g·x |
+//! | `tanh` | tanh x | g·(1 − out²) |
+//! | `sigmoid` | σ(x) | g·out·(1 − out) |
+//! | `relu` | max(x, 0) | g·[x > 0] (kink at 0: derivative 0) |
+//! | `softplus` | ln(1 + eˣ) | g·σ(x) |
+//! | `abs` | \|x\| | g·sign(x) (kink at 0: derivative 0) |
+//!
+//! The JVP of each op is its forward rule evaluated on dual numbers.
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use crate::ops::Op;
+use crate::real::Real;
+use crate::shape::{broadcast_shapes, shape_panic, Shape, MAX_RANK};
+use crate::tape::{Bwd, Var};
+
+/// Calls `f(o, ia, ib)` for every output index `o` of the broadcast of `a` and
+/// `b`, with the matching flat indices into `a` and `b`, in row-major order.
+pub(crate) fn for_each_broadcast(
+    out: Shape,
+    a: Shape,
+    b: Shape,
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let n = out.numel();
+    if a == out && b == out {
+        (0..n).for_each(|i| f(i, i, i));
+        return;
+    }
+    if a == out && b.numel() == 1 {
+        (0..n).for_each(|i| f(i, i, 0));
+        return;
+    }
+    if b == out && a.numel() == 1 {
+        (0..n).for_each(|i| f(i, 0, i));
+        return;
+    }
+    let d = out.padded4();
+    let (sa, sb) = (a.broadcast_strides4(), b.broadcast_strides4());
+    let mut o = 0;
+    for i0 in 0..d[0] {
+        for i1 in 0..d[1] {
+            for i2 in 0..d[2] {
+                let ba = i0 * sa[0] + i1 * sa[1] + i2 * sa[2];
+                let bb = i0 * sb[0] + i1 * sb[1] + i2 * sb[2];
+                for i3 in 0..d[3] {
+                    f(o, ba + i3 * sa[3], bb + i3 * sb[3]);
+                    o += 1;
+                }
+            }
+        }
+    }
+    debug_assert_eq!(o, n);
+    let _ = MAX_RANK;
+}
+
+#[inline]
+fn binary_forward<T: Real>(op: &Op, a: T, b: T) -> T {
+    match op {
+        Op::Add => a + b,
+        Op::Sub => a - b,
+        Op::Mul => a * b,
+        Op::Div => a / b,
+        _ => unreachable!(),
+    }
+}
+
+#[track_caller]
+fn binary<'t, T: Real>(op: Op, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let out = broadcast_shapes(sa, sb).unwrap_or_else(|| {
+        shape_panic(
+            op.name(),
+            &[("lhs", sa), ("rhs", sb)],
+            format_args!("shapes do not broadcast"),
+        )
+    });
+    let op2 = op.clone();
+    a.tape.record(op, &[a, b], out, |f| {
+        let (x, y) = (f.x(0), f.x(1));
+        let o = &mut *f.out;
+        for_each_broadcast(out, sa, sb, |i, ia, ib| {
+            o[i] = binary_forward(&op2, x[ia], y[ib])
+        });
+    })
+}
+
+pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (out, sa, sb) = (b.node.shape, b.x_shape(0), b.x_shape(1));
+    let (x, y, g, o) = (b.x(0), b.x(1), b.g, b.out());
+    let op = b.node.op.clone();
+    if b.wants(0) {
+        let ga = b.g_in(0);
+        for_each_broadcast(out, sa, sb, |i, ia, ib| match op {
+            Op::Add | Op::Sub => ga[ia] += g[i],
+            Op::Mul => ga[ia] += g[i] * y[ib],
+            Op::Div => ga[ia] += g[i] / y[ib],
+            _ => unreachable!(),
+        });
+    }
+    if b.wants(1) {
+        let gb = b.g_in(1);
+        for_each_broadcast(out, sa, sb, |i, ia, ib| match op {
+            Op::Add => gb[ib] += g[i],
+            Op::Sub => gb[ib] -= g[i],
+            Op::Mul => gb[ib] += g[i] * x[ia],
+            Op::Div => gb[ib] -= g[i] * o[i] / y[ib],
+            _ => unreachable!(),
+        });
+    }
+}
+
+#[inline]
+fn unary_forward<T: Real>(op: &Op, x: T) -> T {
+    match *op {
+        Op::Neg => -x,
+        Op::AddScalar(c) => x + T::from_f64(c),
+        Op::MulScalar(c) => x * T::from_f64(c),
+        Op::Exp => x.exp(),
+        Op::Log => x.ln(),
+        Op::Sqrt => x.sqrt(),
+        Op::Powf(p) => x.powf(p),
+        Op::Square => x * x,
+        Op::Tanh => x.tanh(),
+        Op::Sigmoid => x.sigmoid(),
+        Op::Relu => {
+            if x > T::zero() {
+                x
+            } else {
+                T::zero()
+            }
+        }
+        Op::Softplus => x.softplus(),
+        Op::Abs => x.abs(),
+        _ => unreachable!(),
+    }
+}
+
+/// The local derivative rule: ḡx = g·f'(x), with `out` = f(x) at hand.
+#[inline]
+fn unary_backward<T: Real>(op: &Op, x: T, out: T, g: T) -> T {
+    match *op {
+        Op::Neg => -g,
+        Op::AddScalar(_) => g,
+        Op::MulScalar(c) => g * T::from_f64(c),
+        Op::Exp => g * out,
+        Op::Log => g / x,
+        Op::Sqrt => g * T::from_f64(0.5) / out,
+        Op::Powf(p) => g * T::from_f64(p) * x.powf(p - 1.0),
+        Op::Square => g * T::from_f64(2.0) * x,
+        Op::Tanh => g * (T::one() - out * out),
+        Op::Sigmoid => g * out * (T::one() - out),
+        Op::Relu => {
+            if x > T::zero() {
+                g
+            } else {
+                T::zero()
+            }
+        }
+        Op::Softplus => g * x.sigmoid(),
+        Op::Abs => {
+            if x > T::zero() {
+                g
+            } else if x < T::zero() {
+                -g
+            } else {
+                T::zero()
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
+    let op2 = op.clone();
+    x.tape.record(op, &[x], x.shape(), |f| {
+        let xs = f.x(0);
+        for (o, &v) in f.out.iter_mut().zip(xs) {
+            *o = unary_forward(&op2, v);
+        }
+    })
+}
+
+pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    if !b.wants(0) {
+        return;
+    }
+    let (x, out, g) = (b.x(0), b.out(), b.g);
+    let op = b.node.op.clone();
+    let gx = b.g_in(0);
+    for i in 0..gx.len() {
+        gx[i] += unary_backward(&op, x[i], out[i], g[i]);
+    }
+}
+
+impl<'t, T: Real> Var<'t, T> {
+    /// Elementwise sum with broadcasting (same as `self + rhs`).
+    ///
+    /// # Panics
+    /// If the shapes do not broadcast: `add: lhs [2, 3], rhs [4]: shapes do not broadcast`.
+    #[track_caller]
+    pub fn add(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Add, self, rhs)
+    }
+    /// Elementwise difference with broadcasting.
+    #[track_caller]
+    pub fn sub(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Sub, self, rhs)
+    }
+    /// Elementwise product with broadcasting.
+    #[track_caller]
+    pub fn mul(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Mul, self, rhs)
+    }
+    /// Elementwise quotient with broadcasting.
+    #[track_caller]
+    pub fn div(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Div, self, rhs)
+    }
+    /// −x.
+    pub fn neg(self) -> Var<'t, T> {
+        unary(Op::Neg, self)
+    }
+    /// x + c for a constant c.
+    pub fn add_scalar(self, c: f64) -> Var<'t, T> {
+        unary(Op::AddScalar(c), self)
+    }
+    /// c·x for a constant c.
+    pub fn mul_scalar(self, c: f64) -> Var<'t, T> {
+        unary(Op::MulScalar(c), self)
+    }
+    /// eˣ.
+    pub fn exp(self) -> Var<'t, T> {
+        unary(Op::Exp, self)
+    }
+    /// ln x.
+    pub fn log(self) -> Var<'t, T> {
+        unary(Op::Log, self)
+    }
+    /// √x.
+    pub fn sqrt(self) -> Var<'t, T> {
+        unary(Op::Sqrt, self)
+    }
+    /// xᵖ for a constant p.
+    pub fn powf(self, p: f64) -> Var<'t, T> {
+        unary(Op::Powf(p), self)
+    }
+    /// x².
+    pub fn square(self) -> Var<'t, T> {
+        unary(Op::Square, self)
+    }
+    /// tanh x.
+    pub fn tanh(self) -> Var<'t, T> {
+        unary(Op::Tanh, self)
+    }
+    /// σ(x) = 1/(1 + e⁻ˣ).
+    pub fn sigmoid(self) -> Var<'t, T> {
+        unary(Op::Sigmoid, self)
+    }
+    /// max(x, 0); derivative 0 at the kink.
+    pub fn relu(self) -> Var<'t, T> {
+        unary(Op::Relu, self)
+    }
+    /// ln(1 + eˣ), computed without overflow.
+    pub fn softplus(self) -> Var<'t, T> {
+        unary(Op::Softplus, self)
+    }
+    /// |x|; derivative 0 at the kink.
+    pub fn abs(self) -> Var<'t, T> {
+        unary(Op::Abs, self)
+    }
+}
+
+macro_rules! impl_binary_operator {
+    ($trait:ident, $method:ident, $op:expr, $scalar:expr) => {
+        impl<'t, T: Real> $trait<Var<'t, T>> for Var<'t, T> {
+            type Output = Var<'t, T>;
+            #[track_caller]
+            fn $method(self, rhs: Var<'t, T>) -> Var<'t, T> {
+                binary($op, self, rhs)
+            }
+        }
+        impl<'t, T: Real> $trait<f64> for Var<'t, T> {
+            type Output = Var<'t, T>;
+            fn $method(self, c: f64) -> Var<'t, T> {
+                #[allow(clippy::redundant_closure_call)]
+                ($scalar)(self, c)
+            }
+        }
+    };
+}
+impl_binary_operator!(Add, add, Op::Add, |x: Var<'t, T>, c: f64| x.add_scalar(c));
+impl_binary_operator!(Sub, sub, Op::Sub, |x: Var<'t, T>, c: f64| x.add_scalar(-c));
+impl_binary_operator!(Mul, mul, Op::Mul, |x: Var<'t, T>, c: f64| x.mul_scalar(c));
+impl_binary_operator!(Div, div, Op::Div, |x: Var<'t, T>, c: f64| x
+    .mul_scalar(1.0 / c));
+
+impl<'t, T: Real> Neg for Var<'t, T> {
+    type Output = Var<'t, T>;
+    fn neg(self) -> Var<'t, T> {
+        unary(Op::Neg, self)
+    }
+}
+impl<'t, T: Real> Mul<Var<'t, T>> for f64 {
+    type Output = Var<'t, T>;
+    fn mul(self, x: Var<'t, T>) -> Var<'t, T> {
+        x.mul_scalar(self)
+    }
+}
+impl<'t, T: Real> Add<Var<'t, T>> for f64 {
+    type Output = Var<'t, T>;
+    fn add(self, x: Var<'t, T>) -> Var<'t, T> {
+        x.add_scalar(self)
+    }
+}
+impl<'t, T: Real> Sub<Var<'t, T>> for f64 {
+    type Output = Var<'t, T>;
+    fn sub(self, x: Var<'t, T>) -> Var<'t, T> {
+        x.neg().add_scalar(self)
+    }
+}

@@ -1,0 +1,165 @@
+//! The ops of the tape, one file per family. Each op's forward rule and VJP
+//! rule sit side by side, written with [`Real`] arithmetic only, so the same
+//! rules run on `f32`, `f64` and dual numbers (forward mode is the forward rule
+//! on duals; forward-over-reverse is the VJP rule on duals).
+//!
+//! | family | file | ops |
+//! |---|---|---|
+//! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs |
+//! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
+//! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
+//! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
+//! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
+
+use crate::real::Real;
+use crate::tape::Bwd;
+
+pub mod elementwise;
+pub mod linalg;
+pub mod nn;
+pub mod reduce;
+pub mod shape_ops;
+
+/// The op tag stored in a node: which rule to run, plus small constant parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    /// An input: variable or constant. Has no rule.
+    Leaf,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Neg,
+    AddScalar(f64),
+    MulScalar(f64),
+    Exp,
+    Log,
+    Sqrt,
+    Powf(f64),
+    Square,
+    Tanh,
+    Sigmoid,
+    Relu,
+    Softplus,
+    Abs,
+    /// Sum over the axes in the bit mask.
+    Sum {
+        axes: u8,
+    },
+    /// Mean over the axes in the bit mask.
+    Mean {
+        axes: u8,
+    },
+    /// Max along one axis; argmax positions saved in `idx`.
+    Max {
+        axis: u8,
+    },
+    Matmul,
+    Reshape,
+    Permute([u8; 4]),
+    BroadcastTo,
+    Slice {
+        axis: u8,
+        start: usize,
+    },
+    Concat {
+        axis: u8,
+    },
+    /// Select along an axis; the indices are saved in `idx`.
+    IndexSelect {
+        axis: u8,
+    },
+    /// `out[i] = x[i, idx[i]]` for a 2-D `x`; the indices are saved in `idx`.
+    Gather,
+    LogSoftmax {
+        axis: u8,
+    },
+    /// Mean softmax cross-entropy of 2-D logits with integer labels (saved in
+    /// `idx`); the softmax probabilities are saved in `aux`.
+    SoftmaxCrossEntropy,
+    /// Mean squared error of two same-shaped tensors.
+    Mse,
+    Conv2d {
+        stride: usize,
+        pad: usize,
+    },
+    MaxPool2d {
+        k: usize,
+        stride: usize,
+    },
+    AvgPool2d {
+        k: usize,
+        stride: usize,
+    },
+}
+
+impl Op {
+    /// The user-facing name, as used in panic messages.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Op::Leaf => "leaf",
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Div => "div",
+            Op::Neg => "neg",
+            Op::AddScalar(_) => "add_scalar",
+            Op::MulScalar(_) => "mul_scalar",
+            Op::Exp => "exp",
+            Op::Log => "log",
+            Op::Sqrt => "sqrt",
+            Op::Powf(_) => "powf",
+            Op::Square => "square",
+            Op::Tanh => "tanh",
+            Op::Sigmoid => "sigmoid",
+            Op::Relu => "relu",
+            Op::Softplus => "softplus",
+            Op::Abs => "abs",
+            Op::Sum { .. } => "sum",
+            Op::Mean { .. } => "mean",
+            Op::Max { .. } => "max",
+            Op::Matmul => "matmul",
+            Op::Reshape => "reshape",
+            Op::Permute(_) => "permute",
+            Op::BroadcastTo => "broadcast_to",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::IndexSelect { .. } => "index_select",
+            Op::Gather => "gather",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::Mse => "mse",
+            Op::Conv2d { .. } => "conv2d",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+        }
+    }
+}
+
+/// Dispatches a node to its VJP rule (one row per op; the rules live with their forwards).
+pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    use Op::*;
+    match b.node.op.clone() {
+        Leaf => {}
+        Add | Sub | Mul | Div => elementwise::binary_vjp(b),
+        Neg | AddScalar(_) | MulScalar(_) | Exp | Log | Sqrt | Powf(_) | Square | Tanh
+        | Sigmoid | Relu | Softplus | Abs => elementwise::unary_vjp(b),
+        Sum { axes } => reduce::sum_vjp(b, axes, false),
+        Mean { axes } => reduce::sum_vjp(b, axes, true),
+        Max { axis } => reduce::max_vjp(b, axis as usize),
+        Matmul => linalg::matmul_vjp(b),
+        Reshape => shape_ops::reshape_vjp(b),
+        Permute(p) => shape_ops::permute_vjp(b, p),
+        BroadcastTo => shape_ops::broadcast_to_vjp(b),
+        Slice { axis, start } => shape_ops::slice_vjp(b, axis as usize, start),
+        Concat { axis } => shape_ops::concat_vjp(b, axis as usize),
+        IndexSelect { axis } => shape_ops::index_select_vjp(b, axis as usize),
+        Gather => shape_ops::gather_vjp(b),
+        LogSoftmax { axis } => nn::log_softmax_vjp(b, axis as usize),
+        SoftmaxCrossEntropy => nn::softmax_cross_entropy_vjp(b),
+        Mse => nn::mse_vjp(b),
+        Conv2d { stride, pad } => nn::conv2d_vjp(b, stride, pad),
+        MaxPool2d { .. } => nn::max_pool2d_vjp(b),
+        AvgPool2d { k, stride } => nn::avg_pool2d_vjp(b, k, stride),
+    }
+}

@@ -1,0 +1,587 @@
+//! The Wengert tape: nodes in one `Vec`, values and adjoints in flat arenas.
+//!
+//! Recording order is a topological order, so the reverse sweep is one loop
+//! from the output back to the start over a dense adjoint buffer. A node's
+//! inputs were recorded before it, so their values and adjoints all lie
+//! *before* the node's own range in the arenas: `split_at_mut` at the node's
+//! offset hands out the node's adjoint and its inputs' adjoints without
+//! `RefCell` juggling or `unsafe`.
+
+use std::cell::{Ref, RefCell};
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use smallvec::SmallVec;
+
+use crate::ops::{self, Op};
+use crate::real::Real;
+use crate::shape::{shape_panic, Shape};
+use crate::tensor::Tensor;
+
+static NEXT_TAPE_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One recorded operation: an op tag, its inputs, its output shape and where its
+/// value and saved data live in the arenas. No closures: the same node can be
+/// replayed over any element type.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    pub(crate) op: Op,
+    pub(crate) inputs: SmallVec<[u32; 3]>,
+    pub(crate) shape: Shape,
+    /// Start of the value (and adjoint) in the arenas; the length is `shape.numel()`.
+    pub(crate) at: usize,
+    /// Extra saved values (e.g. softmax probabilities) in the `aux` arena.
+    pub(crate) aux: Range<usize>,
+    /// Saved indices (labels, argmax positions) in the `idx` arena.
+    pub(crate) idx: Range<usize>,
+    /// Whether any adjoint flows through this node (false for constants and
+    /// everything computed only from constants).
+    pub(crate) requires_grad: bool,
+}
+
+impl Node {
+    #[inline]
+    pub(crate) fn range(&self) -> Range<usize> {
+        self.at..self.at + self.shape.numel()
+    }
+}
+
+#[derive(Default)]
+struct Inner<T> {
+    nodes: Vec<Node>,
+    vals: Vec<T>,
+    aux: Vec<T>,
+    idx: Vec<usize>,
+    grads: Vec<T>,
+    has_adj: Vec<bool>,
+    scratch: Vec<T>,
+    /// Index of the node the last backward sweep started from, if any.
+    swept_from: Option<u32>,
+}
+
+/// A Wengert tape over element type `T` (`f32`, `f64` or a [`crate::Dual`]).
+///
+/// Variables ([`Var`]) borrow the tape, so it cannot be cleared while any are
+/// alive. [`Tape::clear`] keeps every buffer's capacity: recording the same
+/// computation again allocates nothing.
+///
+/// ```
+/// use tape::{Tape, Tensor};
+/// let t = Tape::<f64>::new();
+/// let x = t.var(&Tensor::vector(vec![1.0, 2.0, 3.0]));
+/// let y = (x * x).sum(); // y = Σ x², ∂y/∂x = 2x
+/// t.backward(y);
+/// assert_eq!(t.grad(x).data(), &[2.0, 4.0, 6.0]);
+/// ```
+pub struct Tape<T: Real> {
+    id: u32,
+    inner: RefCell<Inner<T>>,
+}
+
+impl<T: Real> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Real> fmt::Debug for Tape<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner.borrow();
+        f.debug_struct("Tape")
+            .field("id", &self.id)
+            .field("nodes", &inner.nodes.len())
+            .finish()
+    }
+}
+
+/// A variable: a node of a tape. `Copy`; an index plus the tape it belongs to.
+///
+/// Arithmetic operators and the methods of [`crate::ops`] record new nodes.
+#[derive(Copy, Clone)]
+pub struct Var<'t, T: Real> {
+    pub(crate) tape: &'t Tape<T>,
+    pub(crate) idx: u32,
+}
+
+impl<T: Real> fmt::Debug for Var<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Var(tape {}, node {}, shape {:?})",
+            self.tape.id,
+            self.idx,
+            self.shape()
+        )
+    }
+}
+
+/// What a forward rule sees: its inputs' values and its output buffer.
+pub(crate) struct Fwd<'a, T> {
+    vals: &'a [T],
+    nodes: &'a [Node],
+    inputs: &'a [u32],
+    /// The output buffer, zero-initialised.
+    pub(crate) out: &'a mut [T],
+    /// Arena for extra saved values; push to save.
+    pub(crate) aux: &'a mut Vec<T>,
+    /// Arena for saved indices; push to save.
+    pub(crate) idx: &'a mut Vec<usize>,
+}
+
+impl<'a, T: Real> Fwd<'a, T> {
+    /// Value of input `k`.
+    #[inline]
+    pub(crate) fn x(&self, k: usize) -> &'a [T] {
+        &self.vals[self.nodes[self.inputs[k] as usize].range()]
+    }
+}
+
+/// What a VJP rule sees: the node, its inputs' values, its output value and
+/// adjoint, and the adjoint buffers of its inputs to accumulate into.
+pub(crate) struct Bwd<'a, T> {
+    pub(crate) node: &'a Node,
+    nodes: &'a [Node],
+    vals: &'a [T],
+    /// The adjoint of this node's output (`g_out`).
+    pub(crate) g: &'a [T],
+    grads: &'a mut [T],
+    has_adj: &'a mut [bool],
+    /// Saved values of this node.
+    pub(crate) aux: &'a [T],
+    /// Saved indices of this node.
+    pub(crate) idx: &'a [usize],
+    /// A reusable scratch buffer (kept across sweeps).
+    pub(crate) scratch: &'a mut Vec<T>,
+}
+
+impl<'a, T: Real> Bwd<'a, T> {
+    /// Value of input `k`.
+    #[inline]
+    pub(crate) fn x(&self, k: usize) -> &'a [T] {
+        &self.vals[self.nodes[self.node.inputs[k] as usize].range()]
+    }
+    /// Shape of input `k`.
+    #[inline]
+    pub(crate) fn x_shape(&self, k: usize) -> Shape {
+        self.nodes[self.node.inputs[k] as usize].shape
+    }
+    /// The node's own output value.
+    #[inline]
+    pub(crate) fn out(&self) -> &'a [T] {
+        &self.vals[self.node.range()]
+    }
+    /// Whether input `k` wants an adjoint.
+    #[inline]
+    pub(crate) fn wants(&self, k: usize) -> bool {
+        self.nodes[self.node.inputs[k] as usize].requires_grad
+    }
+    /// The adjoint buffer of input `k`, to accumulate into (`+=`).
+    #[inline]
+    pub(crate) fn g_in(&mut self, k: usize) -> &mut [T] {
+        let i = self.node.inputs[k] as usize;
+        self.has_adj[i] = true;
+        &mut self.grads[self.nodes[i].range()]
+    }
+}
+
+impl<T: Real> Tape<T> {
+    /// An empty tape with a fresh id.
+    pub fn new() -> Self {
+        Tape {
+            id: NEXT_TAPE_ID.fetch_add(1, Ordering::Relaxed),
+            inner: RefCell::new(Inner::default()),
+        }
+    }
+
+    /// This tape's id (shown in messages about mixing tapes).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Forgets every node but keeps all buffers' capacity, so recording the same
+    /// computation again allocates nothing.
+    pub fn clear(&mut self) {
+        let inner = self.inner.get_mut();
+        inner.nodes.clear();
+        inner.vals.clear();
+        inner.aux.clear();
+        inner.idx.clear();
+        inner.swept_from = None;
+    }
+
+    /// Number of recorded nodes.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().nodes.len()
+    }
+
+    /// Whether no node is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by recorded values, saved data and adjoints (not capacity).
+    pub fn bytes_in_use(&self) -> usize {
+        let i = self.inner.borrow();
+        let e = std::mem::size_of::<T>();
+        (i.vals.len() + i.aux.len() + i.grads.len()) * e
+            + i.idx.len() * std::mem::size_of::<usize>()
+            + i.nodes.len() * std::mem::size_of::<Node>()
+    }
+
+    /// Bytes reserved by the tape's arenas (capacity).
+    pub fn bytes_reserved(&self) -> usize {
+        let i = self.inner.borrow();
+        let e = std::mem::size_of::<T>();
+        (i.vals.capacity() + i.aux.capacity() + i.grads.capacity() + i.scratch.capacity()) * e
+            + i.idx.capacity() * std::mem::size_of::<usize>()
+            + i.nodes.capacity() * std::mem::size_of::<Node>()
+            + i.has_adj.capacity()
+    }
+
+    /// A differentiable leaf holding a copy of `x`.
+    pub fn var(&self, x: &Tensor<T>) -> Var<'_, T> {
+        self.leaf(x.shape(), x.data(), true)
+    }
+
+    /// A constant leaf (no adjoint flows into it) holding a copy of `x`.
+    pub fn constant(&self, x: &Tensor<T>) -> Var<'_, T> {
+        self.leaf(x.shape(), x.data(), false)
+    }
+
+    /// A constant leaf from data of the primitive type (e.g. `f64` data on a
+    /// `Dual<f64>` tape), converted with a zero tangent.
+    pub fn constant_base(&self, x: &Tensor<T::Base>) -> Var<'_, T> {
+        self.record_leaf(x.shape(), false, |out| {
+            for (o, &v) in out.iter_mut().zip(x.data()) {
+                *o = T::from_base(v);
+            }
+        })
+    }
+
+    /// A rank-0 constant.
+    pub fn scalar(&self, x: T) -> Var<'_, T> {
+        self.leaf(Shape::scalar(), &[x], false)
+    }
+
+    /// A leaf of the given shape from a slice.
+    ///
+    /// # Panics
+    /// If `data.len()` differs from the shape's element count.
+    #[track_caller]
+    pub fn leaf(&self, shape: impl Into<Shape>, data: &[T], requires_grad: bool) -> Var<'_, T> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            shape_panic(
+                "Tape::leaf",
+                &[("shape", shape)],
+                format_args!("{} elements given", data.len()),
+            );
+        }
+        self.record_leaf(shape, requires_grad, |out| out.copy_from_slice(data))
+    }
+
+    fn record_leaf(
+        &self,
+        shape: Shape,
+        requires_grad: bool,
+        fill: impl FnOnce(&mut [T]),
+    ) -> Var<'_, T> {
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let at = inner.vals.len();
+        inner.vals.resize(at + shape.numel(), T::zero());
+        fill(&mut inner.vals[at..]);
+        let (a, i) = (inner.aux.len(), inner.idx.len());
+        inner.nodes.push(Node {
+            op: Op::Leaf,
+            inputs: SmallVec::new(),
+            shape,
+            at,
+            aux: a..a,
+            idx: i..i,
+            requires_grad,
+        });
+        Var {
+            tape: self,
+            idx: (inner.nodes.len() - 1) as u32,
+        }
+    }
+
+    /// Records a node: checks the inputs belong to this tape, allocates the
+    /// output in the value arena and runs the forward rule into it.
+    #[track_caller]
+    pub(crate) fn record(
+        &self,
+        op: Op,
+        inputs: &[Var<'_, T>],
+        shape: Shape,
+        forward: impl FnOnce(&mut Fwd<'_, T>),
+    ) -> Var<'_, T> {
+        for v in inputs {
+            if !std::ptr::eq(v.tape, self) {
+                panic!(
+                    "{}: operand {v:?} belongs to tape {}, but the op is recorded on tape {}; \
+                     variables of two tapes cannot be mixed",
+                    op.name(),
+                    v.tape.id,
+                    self.id
+                );
+            }
+        }
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let idxs: SmallVec<[u32; 3]> = inputs.iter().map(|v| v.idx).collect();
+        let requires_grad = idxs.iter().any(|&i| inner.nodes[i as usize].requires_grad);
+        let at = inner.vals.len();
+        inner.vals.resize(at + shape.numel(), T::zero());
+        let (aux0, idx0) = (inner.aux.len(), inner.idx.len());
+        {
+            let (before, out) = inner.vals.split_at_mut(at);
+            let mut f = Fwd {
+                vals: before,
+                nodes: &inner.nodes,
+                inputs: &idxs,
+                out,
+                aux: &mut inner.aux,
+                idx: &mut inner.idx,
+            };
+            forward(&mut f);
+        }
+        let (aux1, idx1) = (inner.aux.len(), inner.idx.len());
+        inner.nodes.push(Node {
+            op,
+            inputs: idxs,
+            shape,
+            at,
+            aux: aux0..aux1,
+            idx: idx0..idx1,
+            requires_grad,
+        });
+        Var {
+            tape: self,
+            idx: (inner.nodes.len() - 1) as u32,
+        }
+    }
+
+    /// A constant copy of `v`: the same value, but no adjoint flows back
+    /// through it (stop-gradient).
+    pub fn detach<'t>(&'t self, v: Var<'_, T>) -> Var<'t, T> {
+        self.check_own(v, "detach");
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let src = inner.nodes[v.idx as usize].clone();
+        let at = inner.vals.len();
+        inner.vals.extend_from_within(src.range());
+        let (a, i) = (inner.aux.len(), inner.idx.len());
+        inner.nodes.push(Node {
+            op: Op::Leaf,
+            inputs: SmallVec::new(),
+            shape: src.shape,
+            at,
+            aux: a..a,
+            idx: i..i,
+            requires_grad: false,
+        });
+        Var {
+            tape: self,
+            idx: (inner.nodes.len() - 1) as u32,
+        }
+    }
+
+    /// The shape of a variable.
+    pub fn shape_of(&self, v: Var<'_, T>) -> Shape {
+        self.check_own(v, "shape_of");
+        self.inner.borrow().nodes[v.idx as usize].shape
+    }
+
+    /// A copy of a variable's value.
+    pub fn value(&self, v: Var<'_, T>) -> Tensor<T> {
+        self.check_own(v, "value");
+        let inner = self.inner.borrow();
+        let n = &inner.nodes[v.idx as usize];
+        Tensor::new(n.shape, inner.vals[n.range()].to_vec())
+    }
+
+    /// A borrowed view of a variable's value (no copy). Recording while the
+    /// view is alive panics, as the arena may move.
+    pub fn value_ref(&self, v: Var<'_, T>) -> Ref<'_, [T]> {
+        self.check_own(v, "value_ref");
+        Ref::map(self.inner.borrow(), |i| {
+            &i.vals[i.nodes[v.idx as usize].range()]
+        })
+    }
+
+    /// Runs the reverse sweep from a scalar output, seeding its adjoint with 1.
+    ///
+    /// # Panics
+    /// If `out` is not a one-element tensor.
+    #[track_caller]
+    pub fn backward(&self, out: Var<'_, T>) {
+        let shape = self.shape_of(out);
+        if shape.numel() != 1 {
+            shape_panic(
+                "backward",
+                &[("output", shape)],
+                format_args!("the output is not a scalar; use backward_with and a cotangent"),
+            );
+        }
+        self.backward_with(out, &[T::one()]);
+    }
+
+    /// Runs the reverse sweep from `out` with the given cotangent (a VJP).
+    ///
+    /// # Panics
+    /// If the cotangent's length differs from the output's element count.
+    #[track_caller]
+    pub fn backward_with(&self, out: Var<'_, T>, cotangent: &[T]) {
+        self.check_own(out, "backward_with");
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let root = out.idx as usize;
+        let root_node = &inner.nodes[root];
+        if cotangent.len() != root_node.shape.numel() {
+            shape_panic(
+                "backward_with",
+                &[("output", root_node.shape)],
+                format_args!("cotangent has {} elements", cotangent.len()),
+            );
+        }
+        let end = root_node.range().end;
+        inner.grads.clear();
+        inner.grads.resize(end, T::zero());
+        inner.has_adj.clear();
+        inner.has_adj.resize(root + 1, false);
+        inner.grads[root_node.range()].copy_from_slice(cotangent);
+        inner.has_adj[root] = true;
+        inner.swept_from = Some(out.idx);
+        let mut scratch = std::mem::take(&mut inner.scratch);
+        for i in (0..=root).rev() {
+            let node = &inner.nodes[i];
+            if !inner.has_adj[i] || !node.requires_grad || matches!(node.op, Op::Leaf) {
+                continue;
+            }
+            let (g_before, g_rest) = inner.grads.split_at_mut(node.at);
+            let (adj_before, _) = inner.has_adj.split_at_mut(i);
+            let mut b = Bwd {
+                node,
+                nodes: &inner.nodes,
+                vals: &inner.vals,
+                g: &g_rest[..node.shape.numel()],
+                grads: g_before,
+                has_adj: adj_before,
+                aux: &inner.aux[node.aux.clone()],
+                idx: &inner.idx[node.idx.clone()],
+                scratch: &mut scratch,
+            };
+            ops::vjp(&mut b);
+        }
+        inner.scratch = scratch;
+    }
+
+    /// The adjoint of `v` from the last sweep (zeros if no adjoint reached it).
+    ///
+    /// # Panics
+    /// If no sweep has run since the last [`Tape::clear`].
+    #[track_caller]
+    pub fn grad(&self, v: Var<'_, T>) -> Tensor<T> {
+        let shape = self.shape_of(v);
+        let mut t = Tensor::zeros(shape);
+        self.grad_into(v, t.data_mut());
+        t
+    }
+
+    /// Writes the adjoint of `v` from the last sweep into `out` (no allocation).
+    ///
+    /// # Panics
+    /// If no sweep has run, or `out` has the wrong length.
+    #[track_caller]
+    pub fn grad_into(&self, v: Var<'_, T>, out: &mut [T]) {
+        self.check_own(v, "grad");
+        let inner = self.inner.borrow();
+        let root = inner
+            .swept_from
+            .expect("grad: no backward sweep has run on this tape");
+        let n = &inner.nodes[v.idx as usize];
+        if out.len() != n.shape.numel() {
+            shape_panic(
+                "grad_into",
+                &[("variable", n.shape)],
+                format_args!("output buffer has {} elements", out.len()),
+            );
+        }
+        if v.idx <= root {
+            out.copy_from_slice(&inner.grads[n.range()]);
+        } else {
+            out.iter_mut().for_each(|x| *x = T::zero());
+        }
+    }
+
+    /// Convenience: sweep from a scalar `out` and return the gradients of `wrt`.
+    #[track_caller]
+    pub fn gradients(&self, out: Var<'_, T>, wrt: &[Var<'_, T>]) -> Vec<Tensor<T>> {
+        self.backward(out);
+        wrt.iter().map(|&v| self.grad(v)).collect()
+    }
+
+    #[track_caller]
+    fn check_own(&self, v: Var<'_, T>, what: &str) {
+        if !std::ptr::eq(v.tape, self) {
+            panic!(
+                "{what}: {v:?} belongs to tape {}, not to tape {}",
+                v.tape.id, self.id
+            );
+        }
+    }
+
+    /// Shape of node `i` (crate-internal, for op constructors).
+    #[inline]
+    pub(crate) fn node_shape(&self, i: u32) -> Shape {
+        self.inner.borrow().nodes[i as usize].shape
+    }
+}
+
+impl<'t, T: Real> Var<'t, T> {
+    /// The tape this variable lives on.
+    pub fn tape(&self) -> &'t Tape<T> {
+        self.tape
+    }
+    /// The node index on its tape.
+    pub fn index(&self) -> usize {
+        self.idx as usize
+    }
+    /// The shape.
+    pub fn shape(&self) -> Shape {
+        self.tape.node_shape(self.idx)
+    }
+    /// A copy of the value.
+    pub fn value(&self) -> Tensor<T> {
+        self.tape.value(*self)
+    }
+    /// The single element of a one-element variable.
+    ///
+    /// # Panics
+    /// If the variable has more than one element.
+    #[track_caller]
+    pub fn item(&self) -> T {
+        let v = self.tape.value_ref(*self);
+        if v.len() != 1 {
+            shape_panic(
+                "item",
+                &[("variable", self.shape())],
+                format_args!("expected one element"),
+            );
+        }
+        v[0]
+    }
+    /// Reverse sweep from this scalar (see [`Tape::backward`]).
+    #[track_caller]
+    pub fn backward(&self) {
+        self.tape.backward(*self)
+    }
+    /// The adjoint from the last sweep (see [`Tape::grad`]).
+    #[track_caller]
+    pub fn grad(&self) -> Tensor<T> {
+        self.tape.grad(*self)
+    }
+}

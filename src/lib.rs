@@ -1,0 +1,1 @@
+//! Examples for the workspace live in `examples/`.
