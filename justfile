@@ -1,0 +1,27 @@
+# Mirrors CI: `just ci` runs what .ci/run runs.
+default: ci
+
+# What CI runs.
+ci:
+    bash .ci/run
+
+# The whole test suite (same command as CI).
+test:
+    cargo test --workspace --release
+
+# The README's main demo.
+demo:
+    cargo run --release --example counterexample
+
+# Side-by-side benchmarks against JAX (needs `python3 -m pip install -r ../shared/bench/jax_ref/requirements.txt`).
+bench:
+    python3 ../shared/bench/compare.py mlp_grad mlp_hvp maml_sine:r1:exact maml_sine:r10:exact maml_sine:r10:first_order --rounds 3
+
+# API docs with warnings denied; tutorials run as doctests in `just test`.
+docs:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Formatting and clippy with warnings denied.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
