@@ -19,6 +19,10 @@
 //! | `relu` | max(x, 0) | g·[x > 0] (kink at 0: derivative 0) |
 //! | `softplus` | ln(1 + eˣ) | g·σ(x) |
 //! | `abs` | \|x\| | g·sign(x) (kink at 0: derivative 0) |
+//! | `maximum(a, b)` | max(a, b) (broadcasting) | g to a where a ≥ b, else to b (ties go to a) |
+//! | `minimum(a, b)` | min(a, b) (broadcasting) | g to a where a ≤ b, else to b (ties go to a) |
+//! | `clamp(lo, hi)` | min(max(x, lo), hi) | g·[lo < x < hi] (0 outside and at the kinks) |
+//! | `where_(c, a, b)` | a where c > 0, else b (broadcasting all three) | g to the selected operand; never to c |
 //!
 //! The JVP of each op is its forward rule evaluated on dual numbers.
 
@@ -69,6 +73,16 @@ pub(crate) fn for_each_broadcast(
     let _ = MAX_RANK;
 }
 
+/// Whether maximum/minimum selects its first operand (ties go to the first).
+#[inline]
+fn picks_first<T: Real>(op: &Op, a: T, b: T) -> bool {
+    match op {
+        Op::Maximum => a >= b,
+        Op::Minimum => a <= b,
+        _ => unreachable!(),
+    }
+}
+
 #[inline]
 fn binary_forward<T: Real>(op: &Op, a: T, b: T) -> T {
     match op {
@@ -76,6 +90,13 @@ fn binary_forward<T: Real>(op: &Op, a: T, b: T) -> T {
         Op::Sub => a - b,
         Op::Mul => a * b,
         Op::Div => a / b,
+        Op::Maximum | Op::Minimum => {
+            if picks_first(op, a, b) {
+                a
+            } else {
+                b
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -110,6 +131,11 @@ pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             Op::Add | Op::Sub => ga[ia] += g[i],
             Op::Mul => ga[ia] += g[i] * y[ib],
             Op::Div => ga[ia] += g[i] / y[ib],
+            Op::Maximum | Op::Minimum => {
+                if picks_first(&op, x[ia], y[ib]) {
+                    ga[ia] += g[i]
+                }
+            }
             _ => unreachable!(),
         });
     }
@@ -120,6 +146,11 @@ pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             Op::Sub => gb[ib] -= g[i],
             Op::Mul => gb[ib] += g[i] * x[ia],
             Op::Div => gb[ib] -= g[i] * o[i] / y[ib],
+            Op::Maximum | Op::Minimum => {
+                if !picks_first(&op, x[ia], y[ib]) {
+                    gb[ib] += g[i]
+                }
+            }
             _ => unreachable!(),
         });
     }
@@ -147,6 +178,15 @@ fn unary_forward<T: Real>(op: &Op, x: T) -> T {
         }
         Op::Softplus => x.softplus(),
         Op::Abs => x.abs(),
+        Op::Clamp(lo, hi) => {
+            if x < T::from_f64(lo) {
+                T::from_f64(lo)
+            } else if x > T::from_f64(hi) {
+                T::from_f64(hi)
+            } else {
+                x
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -182,6 +222,13 @@ fn unary_backward<T: Real>(op: &Op, x: T, out: T, g: T) -> T {
                 T::zero()
             }
         }
+        Op::Clamp(lo, hi) => {
+            if x > T::from_f64(lo) && x < T::from_f64(hi) {
+                g
+            } else {
+                T::zero()
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -208,34 +255,80 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
 }
 
+/// Calls `f(o, ic, ia, ib)` for every output index `o` of the broadcast of three
+/// shapes, with the matching flat indices into each operand, in row-major order.
+fn for_each_broadcast3(
+    out: Shape,
+    c: Shape,
+    a: Shape,
+    b: Shape,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    if c == out && a == out && b == out {
+        (0..out.numel()).for_each(|i| f(i, i, i, i));
+        return;
+    }
+    let d = out.padded4();
+    let (sc, sa, sb) = (
+        c.broadcast_strides4(),
+        a.broadcast_strides4(),
+        b.broadcast_strides4(),
+    );
+    let at = |s: &[usize; MAX_RANK], i: [usize; MAX_RANK]| {
+        i[0] * s[0] + i[1] * s[1] + i[2] * s[2] + i[3] * s[3]
+    };
+    let mut o = 0;
+    for i0 in 0..d[0] {
+        for i1 in 0..d[1] {
+            for i2 in 0..d[2] {
+                for i3 in 0..d[3] {
+                    let i = [i0, i1, i2, i3];
+                    f(o, at(&sc, i), at(&sa, i), at(&sb, i));
+                    o += 1;
+                }
+            }
+        }
+    }
+}
+
+#[track_caller]
+fn where_impl<'t, T: Real>(c: Var<'t, T>, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
+    let (sc, sa, sb) = (c.shape(), a.shape(), b.shape());
+    let out = broadcast_shapes(sc, sa)
+        .and_then(|s| broadcast_shapes(s, sb))
+        .unwrap_or_else(|| {
+            shape_panic(
+                "where_",
+                &[("cond", sc), ("a", sa), ("b", sb)],
+                format_args!("shapes do not broadcast"),
+            )
+        });
+    c.tape.record(Op::Where, &[c, a, b], out, |f| {
+        let (xc, xa, xb) = (f.x(0), f.x(1), f.x(2));
+        let o = &mut *f.out;
+        for_each_broadcast3(out, sc, sa, sb, |i, ic, ia, ib| {
+            o[i] = if xc[ic] > T::zero() { xa[ia] } else { xb[ib] }
+        });
+    })
+}
+
+/// VJP of `where_`: the adjoint goes to the selected operand, never to the condition.
+pub(crate) fn where_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (out, sc, sa, sb) = (b.node.shape, b.x_shape(0), b.x_shape(1), b.x_shape(2));
+    let (xc, g) = (b.x(0), b.g);
+    for (k, pick_a) in [(1, true), (2, false)] {
+        if b.wants(k) {
+            let gk = b.g_in(k);
+            for_each_broadcast3(out, sc, sa, sb, |i, ic, ia, ib| {
+                if (xc[ic] > T::zero()) == pick_a {
+                    gk[if pick_a { ia } else { ib }] += g[i];
+                }
+            });
+        }
+    }
+}
+
 impl<'t, T: Real> Var<'t, T> {
-    /// Elementwise sum with broadcasting (same as `self + rhs`).
-    ///
-    /// # Panics
-    /// If the shapes do not broadcast: `add: lhs [2, 3], rhs [4]: shapes do not broadcast`.
-    #[track_caller]
-    pub fn add(self, rhs: Var<'t, T>) -> Var<'t, T> {
-        binary(Op::Add, self, rhs)
-    }
-    /// Elementwise difference with broadcasting.
-    #[track_caller]
-    pub fn sub(self, rhs: Var<'t, T>) -> Var<'t, T> {
-        binary(Op::Sub, self, rhs)
-    }
-    /// Elementwise product with broadcasting.
-    #[track_caller]
-    pub fn mul(self, rhs: Var<'t, T>) -> Var<'t, T> {
-        binary(Op::Mul, self, rhs)
-    }
-    /// Elementwise quotient with broadcasting.
-    #[track_caller]
-    pub fn div(self, rhs: Var<'t, T>) -> Var<'t, T> {
-        binary(Op::Div, self, rhs)
-    }
-    /// −x.
-    pub fn neg(self) -> Var<'t, T> {
-        unary(Op::Neg, self)
-    }
     /// x + c for a constant c.
     pub fn add_scalar(self, c: f64) -> Var<'t, T> {
         unary(Op::AddScalar(c), self)
@@ -283,6 +376,74 @@ impl<'t, T: Real> Var<'t, T> {
     /// |x|; derivative 0 at the kink.
     pub fn abs(self) -> Var<'t, T> {
         unary(Op::Abs, self)
+    }
+    /// Elementwise max(a, b) with broadcasting. The adjoint goes to the
+    /// selected operand; on ties (a = b) it goes to `self`.
+    ///
+    /// # Panics
+    /// If the shapes do not broadcast.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let a = t.var(&Tensor::vector(vec![1.0, 5.0, 2.0]));
+    /// let b = t.var(&Tensor::vector(vec![3.0, 4.0, 2.0]));
+    /// let m = a.maximum(b);
+    /// assert_eq!(m.value().data(), &[3.0, 5.0, 2.0]);
+    /// t.backward(m.sum());
+    /// assert_eq!(t.grad(a).data(), &[0.0, 1.0, 1.0]); // tie at index 2 → a
+    /// assert_eq!(t.grad(b).data(), &[1.0, 0.0, 0.0]);
+    /// ```
+    #[track_caller]
+    pub fn maximum(self, other: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Maximum, self, other)
+    }
+    /// Elementwise min(a, b) with broadcasting. The adjoint goes to the
+    /// selected operand; on ties (a = b) it goes to `self`.
+    ///
+    /// # Panics
+    /// If the shapes do not broadcast.
+    #[track_caller]
+    pub fn minimum(self, other: Var<'t, T>) -> Var<'t, T> {
+        binary(Op::Minimum, self, other)
+    }
+    /// min(max(x, lo), hi); derivative 1 strictly inside `(lo, hi)`, 0 outside
+    /// and at the kinks.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![-2.0, 0.5, 3.0]));
+    /// let y = x.clamp(-1.0, 1.0);
+    /// assert_eq!(y.value().data(), &[-1.0, 0.5, 1.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(t.grad(x).data(), &[0.0, 1.0, 0.0]);
+    /// ```
+    pub fn clamp(self, lo: f64, hi: f64) -> Var<'t, T> {
+        unary(Op::Clamp(lo, hi), self)
+    }
+    /// Elementwise select: `a` where `self` (the condition) is > 0, else `b`.
+    /// All three operands broadcast to a common shape. The adjoint flows to the
+    /// selected operand, never to the condition (it is piecewise constant).
+    ///
+    /// # Panics
+    /// If the three shapes do not broadcast: `where_: cond [2], a [3], b []: shapes do not broadcast`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let c = t.constant(&Tensor::vector(vec![1.0, -1.0, 0.0]));
+    /// let a = t.var(&Tensor::vector(vec![10.0, 20.0, 30.0]));
+    /// let b = t.var(&Tensor::scalar(7.0));
+    /// let y = c.where_(a, b);
+    /// assert_eq!(y.value().data(), &[10.0, 7.0, 7.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(t.grad(a).data(), &[1.0, 0.0, 0.0]);
+    /// assert_eq!(t.grad(b).data(), &[2.0]); // summed over the broadcast
+    /// ```
+    #[track_caller]
+    pub fn where_(self, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
+        where_impl(self, a, b)
     }
 }
 

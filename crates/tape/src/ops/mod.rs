@@ -5,7 +5,7 @@
 //!
 //! | family | file | ops |
 //! |---|---|---|
-//! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs |
+//! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
@@ -42,6 +42,14 @@ pub(crate) enum Op {
     Relu,
     Softplus,
     Abs,
+    /// Elementwise max of two operands (broadcasting); ties go to the first.
+    Maximum,
+    /// Elementwise min of two operands (broadcasting); ties go to the first.
+    Minimum,
+    /// Clamp into `[lo, hi]`.
+    Clamp(f64, f64),
+    /// Elementwise select `cond > 0 ? a : b`; inputs are `[cond, a, b]`.
+    Where,
     /// Sum over the axes in the bit mask.
     Sum {
         axes: u8,
@@ -115,6 +123,10 @@ impl Op {
             Op::Relu => "relu",
             Op::Softplus => "softplus",
             Op::Abs => "abs",
+            Op::Maximum => "maximum",
+            Op::Minimum => "minimum",
+            Op::Clamp(..) => "clamp",
+            Op::Where => "where_",
             Op::Sum { .. } => "sum",
             Op::Mean { .. } => "mean",
             Op::Max { .. } => "max",
@@ -141,9 +153,10 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
     use Op::*;
     match b.node.op.clone() {
         Leaf => {}
-        Add | Sub | Mul | Div => elementwise::binary_vjp(b),
+        Add | Sub | Mul | Div | Maximum | Minimum => elementwise::binary_vjp(b),
         Neg | AddScalar(_) | MulScalar(_) | Exp | Log | Sqrt | Powf(_) | Square | Tanh
-        | Sigmoid | Relu | Softplus | Abs => elementwise::unary_vjp(b),
+        | Sigmoid | Relu | Softplus | Abs | Clamp(..) => elementwise::unary_vjp(b),
+        Where => elementwise::where_vjp(b),
         Sum { axes } => reduce::sum_vjp(b, axes, false),
         Mean { axes } => reduce::sum_vjp(b, axes, true),
         Max { axis } => reduce::max_vjp(b, axis as usize),
