@@ -1,0 +1,148 @@
+//! Error types: [`ParamsError`] for parameter files, [`DataError`] for data sets.
+//!
+//! Every variant carries the evidence: the file or folder, the tensor's name,
+//! what was expected and what was found.
+
+use std::path::PathBuf;
+
+/// A parameter file could not be written or did not match the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ParamsError {
+    /// The file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid safetensors file.
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported.
+        reason: String,
+    },
+    /// A tensor the model needs is not in the file.
+    #[error("{path}: tensor `{name}` is missing (the file has {available:?})")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// The names the file does hold.
+        available: Vec<String>,
+    },
+    /// A tensor has a different shape in the file than in the model.
+    #[error("{path}: tensor `{name}` has shape {found:?}, the model expects {expected:?}")]
+    WrongShape {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// The model's shape.
+        expected: Vec<usize>,
+        /// The file's shape.
+        found: Vec<usize>,
+    },
+    /// A tensor has a different element type in the file than requested.
+    #[error("{path}: tensor `{name}` has dtype {found}, expected {expected}")]
+    WrongDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// The requested dtype (`F32` or `F64`).
+        expected: String,
+        /// The file's dtype.
+        found: String,
+    },
+}
+
+/// A data set on disk (or a request on a data set) is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A folder or file that must exist does not.
+    #[error("{path}: not found ({what})")]
+    Missing {
+        /// The path.
+        path: PathBuf,
+        /// What was being looked for, e.g. "Omniglot root folder".
+        what: String,
+    },
+    /// A file or folder could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image could not be decoded.
+    #[error("{path}: unreadable image: {reason}")]
+    BadImage {
+        /// The image file.
+        path: PathBuf,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// An image has the wrong size.
+    #[error("{path}: image is {found_w}×{found_h}, expected {expected_w}×{expected_h}")]
+    WrongImageSize {
+        /// The image file.
+        path: PathBuf,
+        /// Expected width.
+        expected_w: usize,
+        /// Expected height.
+        expected_h: usize,
+        /// Found width.
+        found_w: usize,
+        /// Found height.
+        found_h: usize,
+    },
+    /// A split file (CSV) has a malformed line.
+    #[error("{path}:{line}: {reason}")]
+    BadSplitFile {
+        /// The CSV file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A split (or a whole data set) has no classes or no images.
+    #[error("{path}: empty split `{split}`: {reason}")]
+    EmptySplit {
+        /// The folder or file the split came from.
+        path: PathBuf,
+        /// The split's name.
+        split: String,
+        /// What is empty.
+        reason: String,
+    },
+    /// A class has fewer examples than an episode needs.
+    #[error("class `{class}` ({path}) has {have} examples, but an episode needs {need} (K support + Q query)")]
+    TooFewExamples {
+        /// The class name.
+        class: String,
+        /// Where the class came from.
+        path: PathBuf,
+        /// Examples available.
+        have: usize,
+        /// Examples needed.
+        need: usize,
+    },
+    /// The set has fewer classes than an episode needs.
+    #[error("{path}: {have} classes, but an episode needs {need} (N-way)")]
+    TooFewClasses {
+        /// Where the set came from.
+        path: PathBuf,
+        /// Classes available.
+        have: usize,
+        /// Classes needed.
+        need: usize,
+    },
+}
