@@ -26,6 +26,18 @@ pub enum BloError {
         /// Inner step (0 = initial state, r+1 = outer loss).
         step: usize,
     },
+    /// An estimator returned a non-finite estimate without reporting the inner
+    /// step, or the outer update produced a non-finite θ; θ and the optimiser
+    /// state are left untouched.
+    #[error("non-finite {what} at outer step {outer_step}{}", task.map(|t| format!(", task {t}")).unwrap_or_default())]
+    NonFiniteEstimate {
+        /// What went non-finite (e.g. "hypergradient", "outer loss", "updated θ").
+        what: &'static str,
+        /// Task index within the meta-batch, when one task is to blame.
+        task: Option<usize>,
+        /// The outer (meta-training) step, 0-based.
+        outer_step: u64,
+    },
     /// An iterative solver did not converge.
     #[error("{solver} did not converge: residual {residual:e} after {iterations} iterations")]
     NotConverged {
@@ -35,6 +47,23 @@ pub enum BloError {
         iterations: usize,
         /// Final relative residual.
         residual: f64,
+    },
+    /// A hypergradient check ([`crate::check_hypergradient`]) failed.
+    #[error(
+        "hypergradient check failed: relative error {rel_err:e} > tol {tol:e} \
+         (worst entry {worst_index}: estimator {estimate}, central difference {difference})"
+    )]
+    GradientMismatch {
+        /// ‖g − g_fd‖ / max(‖g_fd‖, 1e-12), over all θ entries.
+        rel_err: f64,
+        /// The tolerance asked for.
+        tol: f64,
+        /// Flat index (over all θ tensors in order) of the worst entry.
+        worst_index: usize,
+        /// The estimator's value there.
+        estimate: f64,
+        /// The central difference there.
+        difference: f64,
     },
     /// An I/O failure with the file it concerns.
     #[error("{path}: {source}")]
@@ -52,4 +81,29 @@ pub enum BloError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl BloError {
+    /// An [`BloError::InvalidHyperparameter`].
+    pub fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &str) -> Self {
+        BloError::InvalidHyperparameter {
+            name,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Sets the task index of a [`BloError::NonFinite`] (the meta-batch
+    /// position, known to the caller but not to the estimator); other errors
+    /// pass through unchanged.
+    pub fn with_task(self, index: usize) -> Self {
+        match self {
+            BloError::NonFinite { what, step, .. } => BloError::NonFinite {
+                what,
+                task: index,
+                step,
+            },
+            e => e,
+        }
+    }
 }

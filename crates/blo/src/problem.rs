@@ -1,17 +1,50 @@
-//! Stating a bilevel problem.
+//! Stating a bilevel problem: the losses ([`Problem`]) and the inner optimiser
+//! ([`InnerLoop`], [`InnerOptimizer`]).
 
 use tape::{Float, Real, Tape, Var};
 
+use crate::error::BloError;
+
 /// A bilevel problem: minimise F(θ) = E_τ L_out(θ, φ_r(θ); τ), where φ_r is r
-/// steps of an inner optimiser on L_in(θ, φ; τ, j) started from φ_0 = Φ_0(θ).
+/// steps of an inner optimiser ([`Problem::inner_loop`]) on L_in(θ, φ; τ, j)
+/// started from φ_0 = Φ_0(θ).
 ///
 /// The losses are written once, generic over the element type, so the same code
 /// gives values, gradients (on `F`) and Hessian-vector products (on `Dual<F>`).
 /// The batch used at inner step `j` must be a deterministic function of the task
-/// and `j`, so a recomputed step replays exactly.
+/// and `j`, so a recomputed step replays exactly (every checkpoint policy then
+/// returns the same hypergradient to the last bit).
+///
+/// ```
+/// use blo::{InnerLoop, Problem};
+/// use tape::{Real, Tape, Var};
+///
+/// /// MAML on a 1-D quadratic: L_in = L_out = ½(φ − c)², φ_0 = θ.
+/// struct Quad { inner: InnerLoop }
+/// impl Problem<f64> for Quad {
+///     type Task = f64; // the centre c
+///     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+///     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+///         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+///         (phi[0] - *c).square().sum() * 0.5
+///     }
+///     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+///         theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+///         self.inner_loss(t, c, 0, theta, phi)
+///     }
+/// }
+/// let p = Quad { inner: InnerLoop::sgd(3, 0.5).unwrap() };
+/// // φ_3 − c = (1 − 0.5)³ (θ − c): F(θ) = ½ (θ − c)² / 64
+/// let theta = [tape::Tensor::vector(vec![3.0])];
+/// let f = blo::meta_loss(&p, &1.0, &theta).unwrap();
+/// assert!((f - 0.5 * 4.0 / 64.0).abs() < 1e-15);
+/// ```
 pub trait Problem<F: Float>: Sync {
     /// One task τ (its data and anything else that defines it).
     type Task: Sync;
+
+    /// The inner optimiser and its number of steps r.
+    fn inner_loop(&self) -> &InnerLoop;
 
     /// L_in(θ, φ; τ, step): the inner loss at inner step `step` (1-based, 1..=r).
     fn inner_loss<'t, T: Real<Base = F>>(
@@ -34,7 +67,8 @@ pub trait Problem<F: Float>: Sync {
 
     /// φ_0 = Φ_0(θ), recorded on `tape` so that (∂Φ_0/∂θ)ᵀ u is one VJP.
     /// The default is MAML's φ_0 = θ (every θ tensor is a φ tensor).
-    /// Hyperparameter search returns constants (a fixed start).
+    /// Hyperparameter search returns constants (a fixed start); Meta-SGD
+    /// returns the weight tensors of θ but not its step-size tensors.
     fn initial_state<'t, T: Real<Base = F>>(
         &self,
         tape: &'t Tape<T>,
@@ -43,5 +77,138 @@ pub trait Problem<F: Float>: Sync {
     ) -> Vec<Var<'t, T>> {
         let _ = (tape, task);
         theta.to_vec()
+    }
+}
+
+/// The inner optimiser: one step maps (θ, state_{j−1}) to state_j.
+///
+/// With g_j = ∇_φ L_in(θ, φ_{j−1}; τ, j):
+///
+/// | variant | state | step |
+/// |---|---|---|
+/// | `Sgd { lr: α }` | φ | φ_j = φ_{j−1} − α g_j |
+/// | `MetaSgd { lr_index }` | φ | φ_j = φ_{j−1} − α ⊙ g_j, with α_i = θ[`lr_index[i]`] (same shape as φ_i) |
+/// | `Momentum { lr: α, beta: β }` | (φ, v), v_0 = 0 | v_j = β v_{j−1} + g_j, φ_j = φ_{j−1} − α v_j |
+#[derive(Clone, Debug, PartialEq)]
+pub enum InnerOptimizer {
+    /// Plain SGD with a fixed scalar step α > 0.
+    Sgd {
+        /// The step α.
+        lr: f64,
+    },
+    /// SGD with learnable per-parameter steps (Meta-SGD, Li et al. 2017): the
+    /// step of φ tensor i is the θ tensor `lr_index[i]`, elementwise.
+    MetaSgd {
+        /// For each φ tensor, the index of the θ tensor holding its steps.
+        lr_index: Vec<usize>,
+    },
+    /// Heavy-ball momentum; the velocity is part of the state, so it enters the
+    /// adjoint sweep.
+    Momentum {
+        /// The step α > 0.
+        lr: f64,
+        /// The momentum β ∈ [0, 1).
+        beta: f64,
+    },
+}
+
+/// The inner loop: `steps` = r steps of `optimizer`.
+///
+/// The fields are public so a config can be written as a literal; every
+/// estimator validates it ([`InnerLoop::validate`]) before running, and the
+/// constructors validate at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InnerLoop {
+    /// The number of inner steps r ≥ 1.
+    pub steps: usize,
+    /// The inner optimiser.
+    pub optimizer: InnerOptimizer,
+}
+
+impl InnerLoop {
+    /// r steps of plain SGD with step α.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if r = 0 or α is not finite and positive.
+    pub fn sgd(steps: usize, lr: f64) -> Result<Self, BloError> {
+        let s = InnerLoop {
+            steps,
+            optimizer: InnerOptimizer::Sgd { lr },
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// r steps of Meta-SGD; see [`InnerOptimizer::MetaSgd`].
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if r = 0.
+    pub fn meta_sgd(steps: usize, lr_index: Vec<usize>) -> Result<Self, BloError> {
+        let s = InnerLoop {
+            steps,
+            optimizer: InnerOptimizer::MetaSgd { lr_index },
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// r steps of heavy-ball momentum; see [`InnerOptimizer::Momentum`].
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if r = 0, α is not finite and
+    /// positive, or β is not in [0, 1).
+    pub fn momentum(steps: usize, lr: f64, beta: f64) -> Result<Self, BloError> {
+        let s = InnerLoop {
+            steps,
+            optimizer: InnerOptimizer::Momentum { lr, beta },
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks the ranges: r ≥ 1, α finite and > 0, β ∈ [0, 1).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the offending value.
+    pub fn validate(&self) -> Result<(), BloError> {
+        if self.steps == 0 {
+            return Err(BloError::invalid(
+                "steps",
+                0,
+                "need at least one inner step",
+            ));
+        }
+        match &self.optimizer {
+            InnerOptimizer::Sgd { lr } => check_lr(*lr),
+            InnerOptimizer::MetaSgd { .. } => Ok(()),
+            InnerOptimizer::Momentum { lr, beta } => {
+                check_lr(*lr)?;
+                if !(beta.is_finite() && (0.0..1.0).contains(beta)) {
+                    return Err(BloError::invalid(
+                        "beta",
+                        beta,
+                        "momentum must be in [0, 1)",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the state carries a velocity (momentum).
+    pub fn has_velocity(&self) -> bool {
+        matches!(self.optimizer, InnerOptimizer::Momentum { .. })
+    }
+}
+
+fn check_lr(lr: f64) -> Result<(), BloError> {
+    if lr.is_finite() && lr > 0.0 {
+        Ok(())
+    } else {
+        Err(BloError::invalid(
+            "lr",
+            lr,
+            "the step size must be finite and > 0",
+        ))
     }
 }
