@@ -1,0 +1,453 @@
+//! [`Workspace`]: reusable tapes and the passes that run on them.
+//!
+//! | pass | element type | result | cost |
+//! |---|---|---|---|
+//! | [`Workspace::value_and_grad`] | `F` | f, ∇f | forward + reverse |
+//! | [`Workspace::jvp`], [`Workspace::jvp_vec`] | `Dual<F>` | f, J·v | one dual forward |
+//! | [`Workspace::vjp_vec`] | `F` | y, Jᵀu | forward + reverse |
+//! | [`Workspace::hvp`], [`Workspace::mixed_hvp`] | `Dual<F>` | f, ∇f, H·v | one dual forward + reverse |
+
+use smallvec::SmallVec;
+use tape::{Dual, Float, Tape, Tensor, Var};
+
+use crate::objective::{Objective, VectorFunction};
+
+/// The value, gradient and Hessian-vector product of an [`Objective`] at a point.
+#[derive(Clone, Debug)]
+pub struct HvpOutput<F: Float> {
+    /// f(x).
+    pub value: F,
+    /// ∇f(x), one tensor per input.
+    pub grad: Vec<Tensor<F>>,
+    /// H(x)·v, one tensor per input (row block i is Σ_j ∂²f/∂x_i∂x_j · v_j).
+    pub hv: Vec<Tensor<F>>,
+}
+
+/// The result of [`Workspace::mixed_hvp`]: one dual pass of f(θ, φ) with a
+/// tangent v on φ only.
+#[derive(Clone, Debug)]
+pub struct MixedHvp<F: Float> {
+    /// f(θ, φ).
+    pub value: F,
+    /// ∂f/∂θ, one tensor per θ input.
+    pub grad_theta: Vec<Tensor<F>>,
+    /// ∂f/∂φ, one tensor per φ input.
+    pub grad_phi: Vec<Tensor<F>>,
+    /// H_φφ·v = (∂²f/∂φ∂φ)·v, one tensor per φ input.
+    pub h_phiphi_v: Vec<Tensor<F>>,
+    /// H_θφ·v = (∂²f/∂θ∂φ)·v, one tensor per θ input (the mixed block that
+    /// implicit hypergradients need).
+    pub h_thetaphi_v: Vec<Tensor<F>>,
+}
+
+/// How one input enters a dual pass.
+#[derive(Copy, Clone)]
+pub(crate) enum Seed<'a, F> {
+    /// Differentiable, with this tangent.
+    Tangent(&'a [F]),
+    /// Differentiable, zero tangent.
+    Zero,
+    /// Not differentiated: no adjoint is computed for it (pruned by `requires_grad`).
+    Constant,
+}
+
+/// Small vectors of variables: objectives rarely have more than 8 inputs, so
+/// collecting the leaves does not allocate.
+type Leaves<'t, F> = SmallVec<[Var<'t, Dual<F>>; 8]>;
+
+/// Reusable tapes, so repeated products allocate nothing after the first.
+///
+/// Every pass clears the tape it uses (keeping the capacity of all its arenas),
+/// records f once and sweeps once. Keep one `Workspace` per thread and reuse it
+/// across inner steps.
+#[derive(Debug, Default)]
+pub struct Workspace<F: Float> {
+    /// Tape for values and gradients.
+    pub primal: Tape<F>,
+    /// Tape for JVPs and HVPs.
+    pub dual: Tape<Dual<F>>,
+    /// Staging buffer for dual leaves and adjoints (reused).
+    scratch: Vec<Dual<F>>,
+}
+
+impl<F: Float> Workspace<F> {
+    /// Empty tapes.
+    pub fn new() -> Self {
+        Workspace {
+            primal: Tape::new(),
+            dual: Tape::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// f(x) and ∇f(x) by one reverse sweep.
+    pub fn value_and_grad<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+    ) -> (F, Vec<Tensor<F>>) {
+        self.primal.clear();
+        let t = &self.primal;
+        let vars: SmallVec<[Var<'_, F>; 8]> = x.iter().map(|xi| t.var(xi)).collect();
+        let out = f.eval(t, &vars);
+        let value = out.item();
+        t.backward(out);
+        (value, vars.iter().map(|&v| t.grad(v)).collect())
+    }
+
+    /// f(x) and the directional derivative ⟨∇f(x), v⟩ by one forward pass on
+    /// dual numbers (a JVP). `None` tangents are zero.
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    #[track_caller]
+    pub fn jvp<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Option<Tensor<F>>],
+    ) -> (F, F) {
+        check_tangents("jvp", x, v);
+        self.dual.clear();
+        let t = &self.dual;
+        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let out = f.eval(t, &vars).item();
+        (out.v, out.d)
+    }
+
+    /// y = g(x) and J·v for a tensor-valued `g`, by one forward pass on dual
+    /// numbers: the forward rule of every op, run on `Dual` elements, is that op's
+    /// JVP. `None` tangents are zero. Both outputs have the shape of y.
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    #[track_caller]
+    pub fn jvp_vec<G: VectorFunction<F>>(
+        &mut self,
+        g: &G,
+        x: &[Tensor<F>],
+        v: &[Option<Tensor<F>>],
+    ) -> (Tensor<F>, Tensor<F>) {
+        check_tangents("jvp_vec", x, v);
+        self.dual.clear();
+        let t = &self.dual;
+        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let out = g.eval(t, &vars);
+        let vals = t.value_ref(out);
+        let shape = out.shape();
+        let y = Tensor::new(shape, vals.iter().map(|d| d.v).collect());
+        let jv = Tensor::new(shape, vals.iter().map(|d| d.d).collect());
+        (y, jv)
+    }
+
+    /// y = g(x) and the vector-Jacobian product Jᵀu (one tensor per input) by one
+    /// reverse sweep seeded with the cotangent `u`.
+    ///
+    /// # Panics
+    /// If `u` does not have the shape of y.
+    #[track_caller]
+    pub fn vjp_vec<G: VectorFunction<F>>(
+        &mut self,
+        g: &G,
+        x: &[Tensor<F>],
+        u: &Tensor<F>,
+    ) -> (Tensor<F>, Vec<Tensor<F>>) {
+        self.primal.clear();
+        let t = &self.primal;
+        let vars: SmallVec<[Var<'_, F>; 8]> = x.iter().map(|xi| t.var(xi)).collect();
+        let out = g.eval(t, &vars);
+        assert!(
+            out.shape() == u.shape(),
+            "vjp_vec: output {:?} but cotangent {:?}",
+            out.shape(),
+            u.shape()
+        );
+        t.backward_with(out, u.data());
+        (out.value(), vars.iter().map(|&v| t.grad(v)).collect())
+    }
+
+    /// f(x), ∇f(x) and H(x)·v in one forward-over-reverse pass. `None` tangents are
+    /// zero, so a tangent on one group of inputs gives both the diagonal block
+    /// H_φφ·v and the mixed block ∂²f/∂θ∂φ·v (see [`Workspace::mixed_hvp`]).
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    #[track_caller]
+    pub fn hvp<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Option<Tensor<F>>],
+    ) -> HvpOutput<F> {
+        check_tangents("hvp", x, v);
+        self.dual.clear();
+        let t = &self.dual;
+        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let out = f.eval(t, &vars);
+        let value = out.item().v;
+        t.backward(out);
+        let mut grad = Vec::with_capacity(x.len());
+        let mut hv = Vec::with_capacity(x.len());
+        for (&var, xi) in vars.iter().zip(x) {
+            let (g, h) = split_adjoint(t, var, xi, &mut self.scratch);
+            grad.push(g);
+            hv.push(h);
+        }
+        HvpOutput { value, grad, hv }
+    }
+
+    /// One dual pass of f(θ, φ) with the tangent `v_phi` on φ and none on θ.
+    /// The objective is called with the inputs `θ₁, …, θ_a, φ₁, …, φ_b` in that
+    /// order. Returns both gradients, H_φφ·v and the mixed block H_θφ·v: the
+    /// two products an implicit hypergradient needs, for the price of one HVP.
+    ///
+    /// ```
+    /// use hvp::{Objective, Workspace};
+    /// use tape::{Real, Tape, Tensor, Var};
+    ///
+    /// /// f(θ, φ) = θ·φ² (scalars): H_φφ = 2θ, H_θφ = 2φ.
+    /// struct F;
+    /// impl Objective<f64> for F {
+    ///     fn eval<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         (x[0] * x[1] * x[1]).sum()
+    ///     }
+    /// }
+    /// let m = Workspace::new().mixed_hvp(
+    ///     &F,
+    ///     &[Tensor::vector(vec![3.0])],
+    ///     &[Tensor::vector(vec![2.0])],
+    ///     &[Tensor::vector(vec![1.0])],
+    /// );
+    /// assert_eq!(m.value, 12.0);
+    /// assert_eq!(m.grad_theta[0].data(), &[4.0]); // φ²
+    /// assert_eq!(m.grad_phi[0].data(), &[12.0]); // 2θφ
+    /// assert_eq!(m.h_phiphi_v[0].data(), &[6.0]); // 2θ·v
+    /// assert_eq!(m.h_thetaphi_v[0].data(), &[4.0]); // 2φ·v
+    /// ```
+    ///
+    /// # Panics
+    /// If `v_phi` does not have one tensor per φ input of the same shape.
+    #[track_caller]
+    pub fn mixed_hvp<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        theta: &[Tensor<F>],
+        phi: &[Tensor<F>],
+        v_phi: &[Tensor<F>],
+    ) -> MixedHvp<F> {
+        assert!(
+            phi.len() == v_phi.len(),
+            "mixed_hvp: {} φ inputs but {} tangents",
+            phi.len(),
+            v_phi.len()
+        );
+        for (p, v) in phi.iter().zip(v_phi) {
+            assert!(
+                p.shape() == v.shape(),
+                "mixed_hvp: φ input {:?} but tangent {:?}",
+                p.shape(),
+                v.shape()
+            );
+        }
+        self.dual.clear();
+        let t = &self.dual;
+        let seeds = theta.iter().map(|th| (th, Seed::Zero)).chain(
+            phi.iter()
+                .zip(v_phi)
+                .map(|(p, v)| (p, Seed::Tangent(v.data()))),
+        );
+        let vars = record_inputs(t, &mut self.scratch, seeds);
+        let out = f.eval(t, &vars);
+        let value = out.item().v;
+        t.backward(out);
+        let mut m = MixedHvp {
+            value,
+            grad_theta: Vec::with_capacity(theta.len()),
+            grad_phi: Vec::with_capacity(phi.len()),
+            h_phiphi_v: Vec::with_capacity(phi.len()),
+            h_thetaphi_v: Vec::with_capacity(theta.len()),
+        };
+        for (&var, xi) in vars.iter().zip(theta.iter().chain(phi)) {
+            let (g, h) = split_adjoint(t, var, xi, &mut self.scratch);
+            if m.grad_theta.len() < theta.len() {
+                m.grad_theta.push(g);
+                m.h_thetaphi_v.push(h);
+            } else {
+                m.grad_phi.push(g);
+                m.h_phiphi_v.push(h);
+            }
+        }
+        m
+    }
+
+    /// The allocation-free core of [`crate::Hessian`]: H_SS·v for the inputs in
+    /// the set S (`wrt[i]`), with the others held constant (their adjoints are
+    /// pruned). `v` and `hv` are the flat concatenation over S.
+    pub(crate) fn hvp_flat<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        wrt: &[bool],
+        v: &[F],
+        hv: &mut [F],
+    ) {
+        self.dual.clear();
+        let t = &self.dual;
+        let mut at = 0;
+        let seeds = x.iter().zip(wrt).map(|(xi, &w)| {
+            if w {
+                let s = Seed::Tangent(&v[at..at + xi.numel()]);
+                at += xi.numel();
+                (xi, s)
+            } else {
+                (xi, Seed::Constant)
+            }
+        });
+        let vars = record_inputs(t, &mut self.scratch, seeds);
+        let out = f.eval(t, &vars);
+        t.backward(out);
+        let mut at = 0;
+        for ((&var, xi), &w) in vars.iter().zip(x).zip(wrt) {
+            if !w {
+                continue;
+            }
+            let n = xi.numel();
+            self.scratch.clear();
+            self.scratch.resize(n, Dual::default());
+            t.grad_into(var, &mut self.scratch);
+            for (o, d) in hv[at..at + n].iter_mut().zip(&self.scratch) {
+                *o = d.d;
+            }
+            at += n;
+        }
+    }
+}
+
+fn opt_seed<'a, F: Float>(
+    (x, v): (&'a Tensor<F>, &'a Option<Tensor<F>>),
+) -> (&'a Tensor<F>, Seed<'a, F>) {
+    match v {
+        Some(v) => (x, Seed::Tangent(v.data())),
+        None => (x, Seed::Zero),
+    }
+}
+
+#[track_caller]
+fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) {
+    assert!(
+        x.len() == v.len(),
+        "{what}: {} inputs but {} tangents",
+        x.len(),
+        v.len()
+    );
+    for (xi, vi) in x.iter().zip(v) {
+        if let Some(vi) = vi {
+            assert!(
+                vi.shape() == xi.shape(),
+                "{what}: input {:?} but tangent {:?}",
+                xi.shape(),
+                vi.shape()
+            );
+        }
+    }
+}
+
+/// Records each input as a dual leaf, staging the dual values in `buf` (reused).
+fn record_inputs<'t, 'a, F: Float>(
+    t: &'t Tape<Dual<F>>,
+    buf: &mut Vec<Dual<F>>,
+    seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
+) -> Leaves<'t, F> {
+    seeds
+        .map(|(x, seed)| {
+            buf.clear();
+            match seed {
+                Seed::Tangent(v) => {
+                    buf.extend(x.data().iter().zip(v).map(|(&a, &b)| Dual::new(a, b)))
+                }
+                Seed::Zero | Seed::Constant => {
+                    buf.extend(x.data().iter().map(|&a| Dual::constant(a)))
+                }
+            }
+            t.leaf(x.shape(), buf, !matches!(seed, Seed::Constant))
+        })
+        .collect()
+}
+
+/// The adjoint of `var` after a dual sweep, split into (gradient, H·v).
+fn split_adjoint<F: Float>(
+    t: &Tape<Dual<F>>,
+    var: Var<'_, Dual<F>>,
+    x: &Tensor<F>,
+    buf: &mut Vec<Dual<F>>,
+) -> (Tensor<F>, Tensor<F>) {
+    buf.clear();
+    buf.resize(x.numel(), Dual::default());
+    t.grad_into(var, buf);
+    (
+        Tensor::new(x.shape(), buf.iter().map(|d| d.v).collect()),
+        Tensor::new(x.shape(), buf.iter().map(|d| d.d).collect()),
+    )
+}
+
+/// f(x) and ∇f(x); see [`Workspace::value_and_grad`].
+pub fn value_and_grad<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>]) -> (F, Vec<Tensor<F>>) {
+    Workspace::new().value_and_grad(f, x)
+}
+
+/// f(x) and ⟨∇f(x), v⟩; see [`Workspace::jvp`].
+#[track_caller]
+pub fn jvp<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) -> (F, F) {
+    Workspace::new().jvp(f, x, v)
+}
+
+/// y = g(x) and J·v; see [`Workspace::jvp_vec`].
+#[track_caller]
+pub fn jvp_vec<F: Float, G: VectorFunction<F>>(
+    g: &G,
+    x: &[Tensor<F>],
+    v: &[Option<Tensor<F>>],
+) -> (Tensor<F>, Tensor<F>) {
+    Workspace::new().jvp_vec(g, x, v)
+}
+
+/// f(x), ∇f(x) and H(x)·v; see [`Workspace::hvp`].
+#[track_caller]
+pub fn hvp<F: Float, O: Objective<F>>(
+    f: &O,
+    x: &[Tensor<F>],
+    v: &[Option<Tensor<F>>],
+) -> HvpOutput<F> {
+    Workspace::new().hvp(f, x, v)
+}
+
+/// The concatenation of the tensors' data: the flat vector [`crate::LinOp`]s act on.
+pub fn flatten<F: Float>(xs: &[Tensor<F>]) -> Vec<F> {
+    let mut out = Vec::with_capacity(xs.iter().map(Tensor::numel).sum());
+    for x in xs {
+        out.extend_from_slice(x.data());
+    }
+    out
+}
+
+/// Splits a flat vector into tensors shaped like `like` (the inverse of [`flatten`]).
+///
+/// # Panics
+/// If `flat.len()` is not the total element count of `like`.
+#[track_caller]
+pub fn unflatten<F: Float>(flat: &[F], like: &[Tensor<F>]) -> Vec<Tensor<F>> {
+    let n: usize = like.iter().map(Tensor::numel).sum();
+    assert!(
+        flat.len() == n,
+        "unflatten: {} values for tensors holding {n} elements",
+        flat.len()
+    );
+    let mut at = 0;
+    like.iter()
+        .map(|l| {
+            let t = Tensor::new(l.shape(), flat[at..at + l.numel()].to_vec());
+            at += l.numel();
+            t
+        })
+        .collect()
+}
