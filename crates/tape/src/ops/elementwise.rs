@@ -104,13 +104,14 @@ fn binary_forward<T: Real>(op: &Op, a: T, b: T) -> T {
 #[track_caller]
 fn binary<'t, T: Real>(op: Op, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
     let (sa, sb) = (a.shape(), b.shape());
-    let out = broadcast_shapes(sa, sb).unwrap_or_else(|| {
+    // `let else`, not `unwrap_or_else`: a closure would lose `#[track_caller]`.
+    let Some(out) = broadcast_shapes(sa, sb) else {
         shape_panic(
             op.name(),
             &[("lhs", sa), ("rhs", sb)],
             format_args!("shapes do not broadcast"),
         )
-    });
+    };
     let op2 = op.clone();
     a.tape.record(op, &[a, b], out, |f| {
         let (x, y) = (f.x(0), f.x(1));
@@ -294,15 +295,13 @@ fn for_each_broadcast3(
 #[track_caller]
 fn where_impl<'t, T: Real>(c: Var<'t, T>, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
     let (sc, sa, sb) = (c.shape(), a.shape(), b.shape());
-    let out = broadcast_shapes(sc, sa)
-        .and_then(|s| broadcast_shapes(s, sb))
-        .unwrap_or_else(|| {
-            shape_panic(
-                "where_",
-                &[("cond", sc), ("a", sa), ("b", sb)],
-                format_args!("shapes do not broadcast"),
-            )
-        });
+    let Some(out) = broadcast_shapes(sc, sa).and_then(|s| broadcast_shapes(s, sb)) else {
+        shape_panic(
+            "where_",
+            &[("cond", sc), ("a", sa), ("b", sb)],
+            format_args!("shapes do not broadcast"),
+        )
+    };
     c.tape.record(Op::Where, &[c, a, b], out, |f| {
         let (xc, xa, xb) = (f.x(0), f.x(1), f.x(2));
         let o = &mut *f.out;
