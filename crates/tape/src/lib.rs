@@ -40,3 +40,8 @@ pub use real::{Dual, Float, Real};
 pub use shape::Shape;
 pub use tape::{Tape, Var};
 pub use tensor::Tensor;
+
+/// The tutorial `docs/tutorial-gradients.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-gradients.md")]
+pub struct TutorialGradients;
