@@ -48,6 +48,15 @@ pub enum BloError {
         /// Final relative residual.
         residual: f64,
     },
+    /// An iterative solver broke down (e.g. CG met non-positive curvature:
+    /// the operator is not positive definite).
+    #[error("{solver} failed: {reason}")]
+    SolverFailed {
+        /// Which solver.
+        solver: &'static str,
+        /// What happened, with the numbers.
+        reason: String,
+    },
     /// A hypergradient check ([`crate::check_hypergradient`]) failed.
     #[error(
         "hypergradient check failed: relative error {rel_err:e} > tol {tol:e} \

@@ -25,6 +25,10 @@ pub struct Stats {
     pub coins: usize,
     /// Linear-solver report (implicit estimators), if any.
     pub solver: Option<SolverReport>,
+    /// What a debiased estimator ([`crate::Debiased`]) measured on this task,
+    /// for the adaptive choice of q. Per task: [`Stats::add`] leaves it alone.
+    #[serde(default)]
+    pub debias: Option<DebiasSample>,
 }
 
 impl Stats {
@@ -41,6 +45,26 @@ impl Stats {
             self.solver = o.solver.clone();
         }
     }
+
+    /// The cost in gradient units under REFERENCE §8's model: one per
+    /// gradient, two per Hessian-vector (forward-over-reverse) pass.
+    pub fn cost(&self) -> f64 {
+        self.gradients as f64 + 2.0 * self.hvps as f64
+    }
+}
+
+/// One debiased estimate's measurements: the surrogate's cost, and, when the
+/// exact branch ran, ‖g_S − g_E‖², ‖g_E‖² and the exact branch's cost.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DebiasSample {
+    /// Cost of the surrogate (first-order) estimate, [`Stats::cost`].
+    pub surrogate_cost: f64,
+    /// ‖g_S − g_E‖² if the exact branch ran.
+    pub diff_sq: Option<f64>,
+    /// ‖g_E‖² if the exact branch ran.
+    pub exact_sq: Option<f64>,
+    /// Cost of the exact branch if it ran.
+    pub exact_cost: Option<f64>,
 }
 
 /// What an iterative linear solver reported.
@@ -86,4 +110,25 @@ pub trait Estimator<F: Float, P: Problem<F>>: Sync {
 
     /// A short name for logs and tables.
     fn name(&self) -> String;
+
+    /// The adaptive state (what `observe` changes) as JSON, for checkpoints, so
+    /// a resumed meta-training run continues bit-identically. Store floats
+    /// exactly (e.g. as bit patterns, see `crate::io::float_to_bits`). The
+    /// default, for estimators without state, is `null`.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores a state captured by [`Estimator::save_state`]; the error says
+    /// what does not match. The default accepts only `null`.
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        if state.is_null() {
+            Ok(())
+        } else {
+            Err(format!(
+                "estimator {} keeps no state, but the checkpoint holds {state}",
+                self.name()
+            ))
+        }
+    }
 }

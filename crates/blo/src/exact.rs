@@ -19,6 +19,9 @@ pub(crate) enum Target {
     InnerSum,
 }
 
+/// The first sweep's result: the kept states (index, state) and φ_r.
+pub(crate) type Forward<F> = (Vec<(usize, State<F>)>, State<F>);
+
 /// One adjoint sweep in progress: the inputs, the workspace, the running
 /// cotangent and θ-gradient, and the cost/memory meters.
 pub(crate) struct Sweep<'a, F: Float, P: Problem<F>> {
@@ -106,10 +109,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// The first sweep: φ_0 → φ_r, keeping a held copy of state j (j < r)
     /// wherever `keep(j)`; then L_out at φ_r and the initial cotangent.
     /// Returns the kept states in order, and φ_r (released).
-    pub(crate) fn forward(
-        &mut self,
-        keep: impl Fn(usize) -> bool,
-    ) -> Result<(Vec<(usize, State<F>)>, State<F>), BloError> {
+    pub(crate) fn forward(&mut self, keep: impl Fn(usize) -> bool) -> Result<Forward<F>, BloError> {
         let mut kept = Vec::new();
         let mut s = self.initial()?;
         for j in 0..self.r {
@@ -259,7 +259,7 @@ pub(crate) fn keep_for(policy: Policy, r: usize) -> impl Fn(usize) -> bool {
     move |j: usize| match policy {
         Policy::StoreAll => true,
         Policy::Recompute => false,
-        Policy::EveryK { .. } | Policy::Sqrt => j % k.unwrap_or(1) == 0,
+        Policy::EveryK { .. } | Policy::Sqrt => j.checked_rem(k.unwrap_or(1)) == Some(0),
         Policy::Binomial { .. } => j == 0,
     }
 }
@@ -309,7 +309,7 @@ pub(crate) fn exact_sweep<F: Float, P: Problem<F>>(
 /// ```
 #[derive(Clone, Debug)]
 pub struct Exact {
-    policy: Policy,
+    pub(crate) policy: Policy,
 }
 
 impl Exact {

@@ -1,0 +1,497 @@
+//! UFO-BLO as a generic hook: [`Debiased`] pairs any first-order surrogate S
+//! with an exact estimator E of the same quantity and returns
+//!
+//! g = g_S + (ξ/q)(g_E − g_S),   ξ ~ Bernoulli(q) drawn from the task's rng,
+//!
+//! so E[g] = g_E (unbiased) and E‖g‖² = ‖g_E‖² + (1/q − 1)‖g_S − g_E‖²
+//! (REFERENCE §4). Both run on the same task with the same θ, and batches are a
+//! deterministic function of (task, step), so they see the same batches and the
+//! same trajectory (the coupling); E also gets a copy of the rng stream S got.
+//!
+//! Two pairs are built in: [`Ufo`] (S = [`FirstOrder`], E = [`Exact`], the
+//! exact branch by default under [`Policy::Recompute`], so memory stays
+//! constant) and the Reptile pair ([`ReptileFirstOrder`], [`ReptileExact`]).
+//!
+//! # Choosing q adaptively
+//!
+//! With C_det the surrogate's cost, C_rnd the exact branch's cost, V² = E‖g_E‖²
+//! and D² = E‖g_S − g_E‖², the expected cost per sample times the second
+//! moment is
+//!
+//! f(q) = (C_det + q·C_rnd)·(W + D²/q),   W = V² − D².
+//!
+//! Expanding, f(q) = C_det·W + C_rnd·D² + C_det·D²/q + q·C_rnd·W, so
+//! f′(q) = −C_det·D²/q² + C_rnd·W. If W > 0, f is convex on (0, ∞) with its
+//! minimum at q* = √(C_det·D² / (C_rnd·W)); if W ≤ 0, f′ < 0 and f decreases
+//! on (0, 1], so q* = 1. The adaptive scheme clips q* to [q_min, 1], with D²,
+//! V², C_det, C_rnd estimated by bias-corrected exponential moving averages
+//! (decay 0.99) of the measurements in [`crate::Stats::debias`], updated in
+//! [`Estimator::observe`] in task order (so the result does not depend on the
+//! thread count), and starts from q = q_min.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tape::{Float, Tensor};
+
+use crate::checkpoint::Policy;
+use crate::error::BloError;
+use crate::estimator::{DebiasSample, Estimate, Estimator};
+use crate::exact::{exact_sweep, FirstOrder, Sweep, Target};
+use crate::inner::zip_map;
+use crate::problem::{InnerOptimizer, Problem};
+use crate::Exact;
+
+/// How q is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum QChoice {
+    /// A fixed q ∈ (0, 1].
+    Fixed(f64),
+    /// Re-solved after every meta-batch; see the module docs.
+    Adaptive(AdaptiveParams),
+}
+
+/// Parameters of the adaptive choice of q.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaptiveParams {
+    /// The smallest q allowed, and the starting q (default 0.05).
+    pub q_min: f64,
+    /// The EMA decay (default 0.99).
+    pub decay: f64,
+}
+
+impl Default for AdaptiveParams {
+    fn default() -> Self {
+        AdaptiveParams {
+            q_min: 0.05,
+            decay: 0.99,
+        }
+    }
+}
+
+/// A bias-corrected exponential moving average: m_t = β m_{t−1} + (1 − β) x_t,
+/// reported as m_t / (1 − β^t).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Ema {
+    m: f64,
+    t: u64,
+}
+
+impl Ema {
+    fn push(&mut self, beta: f64, x: f64) {
+        self.m = beta * self.m + (1.0 - beta) * x;
+        self.t += 1;
+    }
+    fn get(&self, beta: f64) -> Option<f64> {
+        (self.t > 0).then(|| self.m / (1.0 - beta.powi(self.t.min(i32::MAX as u64) as i32)))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Moments {
+    d2: Ema,
+    v2: Ema,
+    c_det: Ema,
+    c_rnd: Ema,
+}
+
+/// The optimal q of the module docs: √(C_det·D² / (C_rnd·(V² − D²))) clipped to
+/// [q_min, 1] when V² > D², else 1.
+///
+/// ```
+/// // D² = 0: the surrogate is exact, sample the exact branch as rarely as allowed.
+/// assert_eq!(blo::optimal_q(10.0, 100.0, 1.0, 0.0, 0.05), 0.05);
+/// // D² ≥ V²: the surrogate is useless, always run the exact branch.
+/// assert_eq!(blo::optimal_q(10.0, 100.0, 1.0, 2.0, 0.05), 1.0);
+/// // √(10·0.5 / (100·0.5)) = √0.1
+/// assert!((blo::optimal_q(10.0, 100.0, 1.0, 0.5, 0.05) - 0.1f64.sqrt()).abs() < 1e-15);
+/// ```
+pub fn optimal_q(c_det: f64, c_rnd: f64, v2: f64, d2: f64, q_min: f64) -> f64 {
+    let w = v2 - d2;
+    if w <= 0.0 {
+        return 1.0;
+    }
+    if c_rnd <= 0.0 {
+        return 1.0;
+    }
+    let q = (c_det * d2 / (c_rnd * w)).sqrt();
+    if q.is_finite() {
+        q.clamp(q_min, 1.0)
+    } else {
+        1.0
+    }
+}
+
+/// The debiasing hook: surrogate `S`, exact `E`, and the choice of q. See the
+/// module docs.
+#[derive(Clone, Debug)]
+pub struct Debiased<S, E> {
+    surrogate: S,
+    exact: E,
+    choice: QChoice,
+    q: f64,
+    moments: Moments,
+}
+
+fn check_q(q: f64) -> Result<(), BloError> {
+    if q.is_finite() && q > 0.0 && q <= 1.0 {
+        Ok(())
+    } else {
+        Err(BloError::invalid(
+            "q",
+            q,
+            "the exact-branch probability must be in (0, 1]",
+        ))
+    }
+}
+
+impl<S, E> Debiased<S, E> {
+    /// Pairs `surrogate` with `exact` under `choice`.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if a fixed q or q_min is outside
+    /// (0, 1], or the decay is outside [0, 1).
+    pub fn new(surrogate: S, exact: E, choice: QChoice) -> Result<Self, BloError> {
+        let q = match choice {
+            QChoice::Fixed(q) => {
+                check_q(q)?;
+                q
+            }
+            QChoice::Adaptive(p) => {
+                check_q(p.q_min)?;
+                if !(p.decay.is_finite() && (0.0..1.0).contains(&p.decay)) {
+                    return Err(BloError::invalid("decay", p.decay, "must be in [0, 1)"));
+                }
+                p.q_min
+            }
+        };
+        Ok(Debiased {
+            surrogate,
+            exact,
+            choice,
+            q,
+            moments: Moments::default(),
+        })
+    }
+
+    /// The q the next meta-batch will use.
+    pub fn q(&self) -> f64 {
+        self.q
+    }
+
+    /// The surrogate.
+    pub fn surrogate(&self) -> &S {
+        &self.surrogate
+    }
+
+    /// The exact estimator.
+    pub fn exact(&self) -> &E {
+        &self.exact
+    }
+
+    /// The current estimates (D², V², C_det, C_rnd) of the adaptive scheme, if
+    /// it has seen an exact sample.
+    pub fn moments(&self) -> Option<(f64, f64, f64, f64)> {
+        let b = match self.choice {
+            QChoice::Adaptive(p) => p.decay,
+            QChoice::Fixed(_) => return None,
+        };
+        let m = &self.moments;
+        Some((m.d2.get(b)?, m.v2.get(b)?, m.c_det.get(b)?, m.c_rnd.get(b)?))
+    }
+}
+
+/// UFO-BLO: [`FirstOrder`] debiased by [`Exact`].
+pub type Ufo = Debiased<FirstOrder, Exact>;
+
+impl Debiased<FirstOrder, Exact> {
+    /// UFO-BLO with a fixed q; the exact branch recomputes from θ (constant memory).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if q ∉ (0, 1].
+    pub fn fixed(q: f64) -> Result<Self, BloError> {
+        Self::fixed_with(q, Policy::Recompute)
+    }
+
+    /// UFO-BLO with a fixed q and the exact branch under `policy`.
+    ///
+    /// # Errors
+    /// If q ∉ (0, 1] or the policy's budget is invalid.
+    pub fn fixed_with(q: f64, policy: Policy) -> Result<Self, BloError> {
+        Debiased::new(FirstOrder::new(), Exact::new(policy)?, QChoice::Fixed(q))
+    }
+
+    /// UFO-BLO with adaptive q (q_min = 0.05, decay 0.99), exact branch
+    /// recomputing from θ.
+    pub fn adaptive() -> Self {
+        Debiased::new(
+            FirstOrder::new(),
+            Exact {
+                policy: Policy::Recompute,
+            },
+            QChoice::Adaptive(AdaptiveParams::default()),
+        )
+        .expect("default adaptive parameters are valid")
+    }
+
+    /// UFO-BLO with adaptive q under the given parameters and policy.
+    ///
+    /// # Errors
+    /// If q_min ∉ (0, 1], decay ∉ [0, 1) or the policy's budget is invalid.
+    pub fn adaptive_with(params: AdaptiveParams, policy: Policy) -> Result<Self, BloError> {
+        Debiased::new(
+            FirstOrder::new(),
+            Exact::new(policy)?,
+            QChoice::Adaptive(params),
+        )
+    }
+}
+
+/// The Reptile pair debiased: [`ReptileFirstOrder`] with [`ReptileExact`].
+pub type UfoReptile = Debiased<ReptileFirstOrder, ReptileExact>;
+
+impl Debiased<ReptileFirstOrder, ReptileExact> {
+    /// Debiased Reptile with a fixed q, the exact branch recomputing from θ.
+    ///
+    /// # Errors
+    /// If q ∉ (0, 1].
+    pub fn reptile(q: f64) -> Result<Self, BloError> {
+        Debiased::new(
+            ReptileFirstOrder,
+            ReptileExact::new(Policy::Recompute)?,
+            QChoice::Fixed(q),
+        )
+    }
+}
+
+fn sq_dist<F: Float>(a: &[Tensor<F>], b: &[Tensor<F>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.data().iter().zip(y.data()))
+        .map(|(&x, &y)| (x.to_f64() - y.to_f64()).powi(2))
+        .sum()
+}
+
+fn sq_norm<F: Float>(a: &[Tensor<F>]) -> f64 {
+    a.iter()
+        .flat_map(|x| x.data())
+        .map(|&x| x.to_f64().powi(2))
+        .sum()
+}
+
+impl<F, P, S, E> Estimator<F, P> for Debiased<S, E>
+where
+    F: Float,
+    P: Problem<F>,
+    S: Estimator<F, P>,
+    E: Estimator<F, P>,
+{
+    fn estimate(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Estimate<F>, BloError> {
+        let q = self.q;
+        let xi = q >= 1.0 || rng.gen::<f64>() < q;
+        let mut rng_exact = rng.clone();
+        let mut est = self.surrogate.estimate(problem, task, theta, rng)?;
+        let mut sample = DebiasSample {
+            surrogate_cost: est.stats.cost(),
+            diff_sq: None,
+            exact_sq: None,
+            exact_cost: None,
+        };
+        est.stats.coins += 1;
+        if xi {
+            let ex = self.exact.estimate(problem, task, theta, &mut rng_exact)?;
+            sample.diff_sq = Some(sq_dist(&est.grad, &ex.grad));
+            sample.exact_sq = Some(sq_norm(&ex.grad));
+            sample.exact_cost = Some(ex.stats.cost());
+            est.stats.add(&ex.stats);
+            est.stats.exact_branches += 1;
+            est.grad = if q >= 1.0 {
+                ex.grad
+            } else {
+                let w = F::from_f64(1.0 / q);
+                est.grad
+                    .iter()
+                    .zip(&ex.grad)
+                    .map(|(s, e)| zip_map(s, e, |s, e| s + w * (e - s)))
+                    .collect()
+            };
+        }
+        est.stats.debias = Some(sample);
+        Ok(est)
+    }
+
+    fn observe(&mut self, estimates: &[Estimate<F>]) {
+        let QChoice::Adaptive(p) = self.choice else {
+            return;
+        };
+        let b = p.decay;
+        for e in estimates {
+            let Some(s) = &e.stats.debias else { continue };
+            self.moments.c_det.push(b, s.surrogate_cost);
+            if let (Some(d2), Some(v2), Some(c)) = (s.diff_sq, s.exact_sq, s.exact_cost) {
+                self.moments.d2.push(b, d2);
+                self.moments.v2.push(b, v2);
+                self.moments.c_rnd.push(b, c);
+            }
+        }
+        if let Some((d2, v2, c_det, c_rnd)) = self.moments() {
+            self.q = optimal_q(c_det, c_rnd, v2, d2, p.q_min);
+        }
+    }
+
+    fn name(&self) -> String {
+        let kind = match self.choice {
+            QChoice::Fixed(q) => format!("q={q}"),
+            QChoice::Adaptive(_) => "adaptive".into(),
+        };
+        format!(
+            "debiased[{} / {}]({kind})",
+            Estimator::<F, P>::name(&self.surrogate),
+            Estimator::<F, P>::name(&self.exact)
+        )
+    }
+
+    fn save_state(&self) -> serde_json::Value {
+        match self.choice {
+            QChoice::Fixed(_) => serde_json::Value::Null,
+            QChoice::Adaptive(_) => {
+                let m = &self.moments;
+                let e = |x: &Ema| serde_json::json!([x.m.to_bits(), x.t]);
+                serde_json::json!({
+                    "q": self.q.to_bits(),
+                    "d2": e(&m.d2), "v2": e(&m.v2), "c_det": e(&m.c_det), "c_rnd": e(&m.c_rnd),
+                })
+            }
+        }
+    }
+
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        if let QChoice::Fixed(_) = self.choice {
+            return if state.is_null() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fixed-q estimator keeps no state, checkpoint holds {state}"
+                ))
+            };
+        }
+        let bits = |v: &serde_json::Value, what: &str| {
+            v.as_u64()
+                .ok_or_else(|| format!("adaptive UFO state: {what} is not a u64 bit pattern"))
+        };
+        let ema = |name: &str| -> Result<Ema, String> {
+            let a = state
+                .get(name)
+                .and_then(|v| v.as_array())
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| format!("adaptive UFO state: missing or malformed {name}"))?;
+            Ok(Ema {
+                m: f64::from_bits(bits(&a[0], name)?),
+                t: bits(&a[1], name)?,
+            })
+        };
+        let q = f64::from_bits(bits(
+            state.get("q").ok_or("adaptive UFO state: missing q")?,
+            "q",
+        )?);
+        self.moments = Moments {
+            d2: ema("d2")?,
+            v2: ema("v2")?,
+            c_det: ema("c_det")?,
+            c_rnd: ema("c_rnd")?,
+        };
+        self.q = q;
+        Ok(())
+    }
+}
+
+/// Reptile's first-order direction as a surrogate gradient (Nichol et al.
+/// 2018), for plain SGD with step α:
+///
+/// g_R = (∂Φ_0/∂θ)ᵀ (φ_0 − φ_r)/α = (∂Φ_0/∂θ)ᵀ Σ_{j=1}^r ∇_φ L_in(θ, φ_{j−1}; τ, j)
+///
+/// (MAML: g_R = (θ − φ_r)/α, Reptile's update direction scaled by 1/α). It is
+/// the first-order truncation (every step Jacobian replaced by the identity)
+/// of the gradient of the summed inner losses G(θ) = Σ_j L_in(θ, φ_{j−1}(θ)),
+/// whose exact value is [`ReptileExact`]; when θ enters L_in directly, g_R also
+/// drops Σ_j ∇_θ L_in. `outer_loss` reports L_out(θ, φ_r).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReptileFirstOrder;
+
+impl<F: Float, P: Problem<F>> Estimator<F, P> for ReptileFirstOrder {
+    fn estimate(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<Estimate<F>, BloError> {
+        let InnerOptimizer::Sgd { lr } = problem.inner_loop().optimizer else {
+            return Err(BloError::invalid(
+                "optimizer",
+                format!("{:?}", problem.inner_loop().optimizer),
+                "Reptile's direction (φ_0 − φ_r)/α needs plain SGD",
+            ));
+        };
+        let mut sw = Sweep::new(problem, task, theta, Target::InnerSum)?;
+        let (mut kept, phi_r) = sw.forward(|j| j == 0)?;
+        let (_, phi0) = kept.pop().expect("φ_0 kept");
+        sw.release(&phi0);
+        let inv = F::from_f64(1.0 / lr);
+        if let Some(c) = sw.cot.as_mut() {
+            c.phi = phi0
+                .phi
+                .iter()
+                .zip(&phi_r.phi)
+                .map(|(a, b)| zip_map(a, b, |a, b| (a - b) * inv))
+                .collect();
+        }
+        Ok(sw.finish())
+    }
+
+    fn name(&self) -> String {
+        "reptile-first-order".into()
+    }
+}
+
+/// The exact gradient of the summed inner losses along the trajectory,
+/// ∇_θ Σ_{j=1}^r L_in(θ, φ_{j−1}(θ); τ, j): the same adjoint sweep as
+/// [`Exact`] with no outer loss and each step's gradient (the primal part of
+/// its HVP pass) injected into the cotangent. Paired with
+/// [`ReptileFirstOrder`] it gives debiased Reptile.
+#[derive(Clone, Debug)]
+pub struct ReptileExact {
+    policy: Policy,
+}
+
+impl ReptileExact {
+    /// Under a checkpoint policy.
+    ///
+    /// # Errors
+    /// If the policy's budget is invalid.
+    pub fn new(policy: Policy) -> Result<Self, BloError> {
+        policy.validate()?;
+        Ok(ReptileExact { policy })
+    }
+}
+
+impl<F: Float, P: Problem<F>> Estimator<F, P> for ReptileExact {
+    fn estimate(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<Estimate<F>, BloError> {
+        exact_sweep(problem, task, theta, self.policy, Target::InnerSum)
+    }
+
+    fn name(&self) -> String {
+        format!("reptile-exact({:?})", self.policy)
+    }
+}
