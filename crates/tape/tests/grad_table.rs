@@ -10,18 +10,24 @@
 //! Non-tensor parameters (axes, indices, labels, stride, padding) are drawn
 //! from a per-case `u64` so they vary across cases too.
 //!
-//! A second test builds random graphs of depth ≥ 5 from a composition table
+//! The same rows run on dual numbers check the VJP rules' own derivatives:
+//! the reverse sweep on `Dual<f64>` with tangent v must give H·v, compared with
+//! the central difference of gradients (∇f(x + hv) − ∇f(x − hv)) / 2h.
+//!
+//! A further test builds random graphs of depth ≥ 5 from a composition table
 //! and gradient-checks them.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tape::testing::{check_grad, check_vjp, tensor_avoiding, Tolerance};
-use tape::{concat, Shape, Tensor, Var};
+use tape::testing::{check_grad, check_vjp, random_directions, tensor_avoiding, Tolerance};
+use tape::{concat, Dual, Real, Shape, Tape, Tensor, Var};
 
 /// An op under test: its inputs, and a seed for its non-tensor parameters.
 type OpFn = for<'t> fn(&[Var<'t, f64>], u64) -> Var<'t, f64>;
+/// The same op on dual numbers (the same closure, instantiated at `Dual<f64>`).
+type OpFnDual = for<'t> fn(&[Var<'t, Dual<f64>>], u64) -> Var<'t, Dual<f64>>;
 
 /// Where an input's entries are drawn: `[lo, hi]`, at least `margin` from each kink.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +75,7 @@ struct Row {
     domains: &'static [Domain],
     tol: Tolerance,
     op: OpFn,
+    op_dual: OpFnDual,
 }
 
 fn rng(p: u64) -> ChaCha8Rng {
@@ -290,6 +297,7 @@ macro_rules! row {
             domains: $domains,
             tol: $tol,
             op: $op,
+            op_dual: $op,
         }
     };
 }
@@ -438,7 +446,7 @@ fn table() -> Vec<Row> {
     ]
 }
 
-fn concat_op<'t>(x: &[Var<'t, f64>], _: u64) -> Var<'t, f64> {
+fn concat_op<'t, T: Real>(x: &[Var<'t, T>], _: u64) -> Var<'t, T> {
     // The axis along which the shapes differ (any axis if none does).
     let s0 = x[0].shape();
     let axis = (0..s0.rank())
@@ -483,10 +491,129 @@ fn inputs_strategy(row: &Row) -> BoxedStrategy<(Vec<Tensor<f64>>, u64)> {
 }
 
 /// Σ out ⊙ W with W a constant of out's shape, uniform in [−1, 1] from `seed`.
-fn weighted_sum<'t>(out: Var<'t, f64>, seed: u64) -> Var<'t, f64> {
+fn weighted_sum<'t, T: Real<Base = f64>>(out: Var<'t, T>, seed: u64) -> Var<'t, T> {
     let mut r = rng(seed ^ 0xA5A5);
     let w = Tensor::from_fn(out.shape(), |_| r.gen_range(-1.0..=1.0));
-    (out * out.tape().constant(&w)).sum()
+    (out * out.tape().constant_base(&w)).sum()
+}
+
+/// `x + s·v` for every input.
+fn shifted(x: &[Tensor<f64>], v: &[Tensor<f64>], s: f64) -> Vec<Tensor<f64>> {
+    x.iter()
+        .zip(v)
+        .map(|(x, v)| Tensor::from_fn(x.shape(), |i| x.data()[i] + s * v.data()[i]))
+        .collect()
+}
+
+/// ∇ of Σ op(x) ⊙ W in f64.
+fn grad_f64(op: OpFn, x: &[Tensor<f64>], p: u64) -> Vec<Tensor<f64>> {
+    let t = Tape::<f64>::new();
+    let xs: Vec<_> = x.iter().map(|x| t.var(x)).collect();
+    t.backward(weighted_sum(op(&xs, p), p));
+    xs.iter().map(|&v| t.grad(v)).collect()
+}
+
+/// Forward-over-reverse on one case: the reverse sweep on duals with tangent v
+/// gives (∇f, H·v) and the output tangent ⟨∇f, v⟩. Checks
+/// * the primal part of the dual gradient against the f64 gradient,
+/// * the output tangent against ⟨∇f, v⟩ (forward mode),
+/// * H·v against (∇f(x + hv) − ∇f(x − hv)) / 2h, h = 1e-4·max(1, ‖x‖∞), entrywise
+///   within 1e-6 + 1e-4·max|H·v| (the difference's error is O(h²) + O(ε/h)).
+fn check_hvp(row: &Row, x: &[Tensor<f64>], p: u64) -> Result<(), String> {
+    let shapes: Vec<Shape> = x.iter().map(|x| x.shape()).collect();
+    let v = random_directions::<f64>(&shapes, p ^ 0x5EED);
+    let t = Tape::<Dual<f64>>::new();
+    let xs: Vec<_> = x
+        .iter()
+        .zip(&v)
+        .map(|(x, v)| {
+            t.var(&Tensor::from_fn(x.shape(), |i| {
+                Dual::new(x.data()[i], v.data()[i])
+            }))
+        })
+        .collect();
+    let f = weighted_sum((row.op_dual)(&xs, p), p);
+    t.backward(f);
+    let g = grad_f64(row.op, x, p);
+    let mut g_dot_v = 0.0;
+    for (k, (&xk, gk)) in xs.iter().zip(&g).enumerate() {
+        for (i, (d, &g64)) in t.grad(xk).data().iter().zip(gk.data()).enumerate() {
+            if (d.v - g64).abs() > 1e-10 * (1.0 + g64.abs()) {
+                return Err(format!(
+                    "input {k}, element {i}: dual primal gradient {} != f64 gradient {g64}",
+                    d.v
+                ));
+            }
+            g_dot_v += g64 * v[k].data()[i];
+        }
+    }
+    let tangent = f.item().d;
+    if (tangent - g_dot_v).abs() > 1e-9 * (1.0 + g_dot_v.abs()) {
+        return Err(format!(
+            "forward mode: output tangent {tangent} != ⟨∇f, v⟩ {g_dot_v}"
+        ));
+    }
+    let h = 1e-4
+        * x.iter()
+            .flat_map(|x| x.data())
+            .fold(1.0f64, |m, a| m.max(a.abs()));
+    let (gp, gm) = (
+        grad_f64(row.op, &shifted(x, &v, h), p),
+        grad_f64(row.op, &shifted(x, &v, -h), p),
+    );
+    let hv: Vec<Vec<f64>> = xs
+        .iter()
+        .map(|&xk| t.grad(xk).data().iter().map(|d| d.d).collect())
+        .collect();
+    let scale = hv.iter().flatten().fold(0.0f64, |m, a| m.max(a.abs()));
+    for k in 0..x.len() {
+        for i in 0..x[k].numel() {
+            let fd = (gp[k].data()[i] - gm[k].data()[i]) / (2.0 * h);
+            let an = hv[k][i];
+            if (an - fd).abs() > 1e-6 + 1e-4 * scale.max(fd.abs()) {
+                return Err(format!(
+                    "H·v of input {k}, element {i}: dual sweep {an}, gradient difference {fd}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a row's forward-over-reverse property; returns the number of cases checked.
+fn check_row_hvp(row: &Row, cases: u32) -> Result<usize, String> {
+    let ran = std::cell::Cell::new(0);
+    runner(cases, &format!("{}-hvp", row.name))
+        .run(&inputs_strategy(row), |(inputs, p)| {
+            ran.set(ran.get() + 1);
+            check_hvp(row, &inputs, p).map_err(TestCaseError::fail)
+        })
+        .map_err(|e| format!("{}: {e}", row.name))?;
+    Ok(ran.get())
+}
+
+#[test]
+fn every_op_gives_hvps_on_duals() {
+    const CASES: u32 = 24;
+    let rows = table();
+    let mut failures = Vec::new();
+    for row in &rows {
+        match check_row_hvp(row, CASES) {
+            Ok(n) => assert_eq!(n, CASES as usize, "{}: only {n} cases ran", row.name),
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} ops failed:
+{}",
+        failures.len(),
+        rows.len(),
+        failures.join(
+            "
+"
+        )
+    );
 }
 
 /// Runs a row's property; returns the number of cases checked.
