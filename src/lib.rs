@@ -6,6 +6,12 @@
 //! only parse flags and print.
 #![deny(missing_docs)]
 
+pub mod counterexample;
 pub mod hyperopt;
 pub mod maml;
 pub mod util;
+
+/// The README's code blocks, compiled and run as doctests so they never rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -138,6 +138,9 @@ pub fn line_plot_svg(path: &Path, spec: &PlotSpec, series: &[Series]) -> Result<
                 .configure_mesh()
                 .x_desc(spec.x_label.as_str())
                 .y_desc(spec.y_label.as_str())
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
+                .max_light_lines(1)
                 .draw()
                 .map_err(|e| err(&e))?;
             let mut legend_done: Vec<&str> = Vec::new();
@@ -196,6 +199,25 @@ pub fn line_plot_svg(path: &Path, spec: &PlotSpec, series: &[Series]) -> Result<
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// A short tick label: up to 3 significant decimals, trailing zeros dropped;
+/// scientific notation outside [1e-3, 1e5).
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.0e}")
+    } else {
+        let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        let s = format!("{v:.digits$}");
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    }
 }
 
 /// A progress bar on stderr that is hidden when stderr is not a terminal (CI,
