@@ -505,11 +505,14 @@ fn shifted(x: &[Tensor<f64>], v: &[Tensor<f64>], s: f64) -> Vec<Tensor<f64>> {
         .collect()
 }
 
-/// ∇ of Σ op(x) ⊙ W in f64.
-fn grad_f64(op: OpFn, x: &[Tensor<f64>], p: u64) -> Vec<Tensor<f64>> {
+/// ∇f in f64.
+fn grad_f64<F>(f: &F, x: &[Tensor<f64>]) -> Vec<Tensor<f64>>
+where
+    F: for<'t> Fn(&[Var<'t, f64>]) -> Var<'t, f64>,
+{
     let t = Tape::<f64>::new();
     let xs: Vec<_> = x.iter().map(|x| t.var(x)).collect();
-    t.backward(weighted_sum(op(&xs, p), p));
+    t.backward(f(&xs));
     xs.iter().map(|&v| t.grad(v)).collect()
 }
 
@@ -519,7 +522,13 @@ fn grad_f64(op: OpFn, x: &[Tensor<f64>], p: u64) -> Vec<Tensor<f64>> {
 /// * the output tangent against ⟨∇f, v⟩ (forward mode),
 /// * H·v against (∇f(x + hv) − ∇f(x − hv)) / 2h, h = 1e-4·max(1, ‖x‖∞), entrywise
 ///   within 1e-6 + 1e-4·max|H·v| (the difference's error is O(h²) + O(ε/h)).
-fn check_hvp(row: &Row, x: &[Tensor<f64>], p: u64) -> Result<(), String> {
+///
+/// `f` and `f_dual` are the same scalar function at the two element types.
+fn check_hvp<F, D>(f: F, f_dual: D, x: &[Tensor<f64>], p: u64) -> Result<(), String>
+where
+    F: for<'t> Fn(&[Var<'t, f64>]) -> Var<'t, f64>,
+    D: for<'t> Fn(&[Var<'t, Dual<f64>>]) -> Var<'t, Dual<f64>>,
+{
     let shapes: Vec<Shape> = x.iter().map(|x| x.shape()).collect();
     let v = random_directions::<f64>(&shapes, p ^ 0x5EED);
     let t = Tape::<Dual<f64>>::new();
@@ -532,9 +541,9 @@ fn check_hvp(row: &Row, x: &[Tensor<f64>], p: u64) -> Result<(), String> {
             }))
         })
         .collect();
-    let f = weighted_sum((row.op_dual)(&xs, p), p);
-    t.backward(f);
-    let g = grad_f64(row.op, x, p);
+    let out = f_dual(&xs);
+    t.backward(out);
+    let g = grad_f64(&f, x);
     let mut g_dot_v = 0.0;
     for (k, (&xk, gk)) in xs.iter().zip(&g).enumerate() {
         for (i, (d, &g64)) in t.grad(xk).data().iter().zip(gk.data()).enumerate() {
@@ -547,7 +556,7 @@ fn check_hvp(row: &Row, x: &[Tensor<f64>], p: u64) -> Result<(), String> {
             g_dot_v += g64 * v[k].data()[i];
         }
     }
-    let tangent = f.item().d;
+    let tangent = out.item().d;
     if (tangent - g_dot_v).abs() > 1e-9 * (1.0 + g_dot_v.abs()) {
         return Err(format!(
             "forward mode: output tangent {tangent} != ⟨∇f, v⟩ {g_dot_v}"
@@ -558,8 +567,8 @@ fn check_hvp(row: &Row, x: &[Tensor<f64>], p: u64) -> Result<(), String> {
             .flat_map(|x| x.data())
             .fold(1.0f64, |m, a| m.max(a.abs()));
     let (gp, gm) = (
-        grad_f64(row.op, &shifted(x, &v, h), p),
-        grad_f64(row.op, &shifted(x, &v, -h), p),
+        grad_f64(&f, &shifted(x, &v, h)),
+        grad_f64(&f, &shifted(x, &v, -h)),
     );
     let hv: Vec<Vec<f64>> = xs
         .iter()
@@ -586,7 +595,13 @@ fn check_row_hvp(row: &Row, cases: u32) -> Result<usize, String> {
     runner(cases, &format!("{}-hvp", row.name))
         .run(&inputs_strategy(row), |(inputs, p)| {
             ran.set(ran.get() + 1);
-            check_hvp(row, &inputs, p).map_err(TestCaseError::fail)
+            check_hvp(
+                |x| weighted_sum((row.op)(x, p), p),
+                |x| weighted_sum((row.op_dual)(x, p), p),
+                &inputs,
+                p,
+            )
+            .map_err(TestCaseError::fail)
         })
         .map_err(|e| format!("{}: {e}", row.name))?;
     Ok(ran.get())
@@ -723,41 +738,84 @@ fn the_checks_catch_a_wrong_rule() {
 
 // ---------- random compositions ----------
 
-/// Ops from `[3, 3]` (and a second `[3, 3]` operand) to `[3, 3]`, kept in safe
-/// domains by construction (denominators ≥ 1, log/sqrt arguments ≥ 0.5).
-const COMPOSE: &[(&str, for<'t> fn(Var<'t, f64>, Var<'t, f64>) -> Var<'t, f64>)] = &[
-    ("add", |a, b| a + b),
-    ("sub", |a, b| a - b),
-    ("mul", |a, b| a * b),
-    ("div", |a, b| a / (b.square() + 1.0)),
-    ("maximum", |a, b| a.maximum(b)),
-    ("minimum", |a, b| a.minimum(b)),
-    ("where_", |a, b| b.where_(a, a.mul_scalar(0.5))),
-    ("tanh", |a, _| a.tanh()),
-    ("sigmoid", |a, _| a.sigmoid()),
-    ("softplus", |a, _| a.softplus()),
-    ("exp", |a, _| a.tanh().exp()),
-    ("log", |a, _| (a.square() + 0.5).log()),
-    ("sqrt", |a, _| (a.square() + 0.5).sqrt()),
-    ("powf", |a, _| (a.square() + 0.5).powf(1.5)),
-    ("clamp", |a, _| a.clamp(-1.5, 1.5)),
-    ("matmul", |a, b| a.matmul(b).mul_scalar(0.5)),
-    ("t", |a, _| a.t()),
-    ("permute", |a, _| {
-        a.reshape([3, 3, 1]).permute(&[1, 0, 2]).reshape([3, 3])
-    }),
-    ("log_softmax", |a, _| a.log_softmax(1)),
-    ("sum_keepdims", |a, _| {
-        a.sum_axes(&[0], true).broadcast_to([3, 3]).mul_scalar(0.3)
-    }),
-    ("mean_add", |a, b| a.mean_axes(&[1], true) + b),
-    ("max_axis", |a, b| a.max_axis(1, true) * b),
-    ("concat_slice", |a, b| {
-        concat(&[a.slice(0, 0, 1), b.slice(0, 1, 3)], 0)
-    }),
-    ("index_select", |a, _| a.index_select(0, &[2, 0, 0])),
-    ("mse", |a, b| a.mse(b) * a),
+/// Names of the composition ops (see [`compose`]).
+const COMPOSE: &[&str] = &[
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "maximum",
+    "minimum",
+    "where_",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "exp",
+    "log",
+    "sqrt",
+    "powf",
+    "clamp",
+    "matmul",
+    "t",
+    "permute",
+    "log_softmax",
+    "sum_keepdims",
+    "mean_add",
+    "max_axis",
+    "concat_slice",
+    "index_select",
+    "mse",
 ];
+
+/// Op number `op` of [`COMPOSE`], from `[3, 3]` (and a second `[3, 3]` operand)
+/// to `[3, 3]`, kept in safe domains by construction (denominators ≥ 1,
+/// log/sqrt arguments ≥ 0.5). Generic, so the same graph runs on duals.
+fn compose<'t, T: Real>(op: usize, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
+    match op {
+        0 => a + b,
+        1 => a - b,
+        2 => a * b,
+        3 => a / (b.square() + 1.0),
+        4 => a.maximum(b),
+        5 => a.minimum(b),
+        6 => b.where_(a, a.mul_scalar(0.5)),
+        7 => a.tanh(),
+        8 => a.sigmoid(),
+        9 => a.softplus(),
+        10 => a.tanh().exp(),
+        11 => (a.square() + 0.5).log(),
+        12 => (a.square() + 0.5).sqrt(),
+        13 => (a.square() + 0.5).powf(1.5),
+        14 => a.clamp(-1.5, 1.5),
+        15 => a.matmul(b).mul_scalar(0.5),
+        16 => a.t(),
+        17 => a.reshape([3, 3, 1]).permute(&[1, 0, 2]).reshape([3, 3]),
+        18 => a.log_softmax(1),
+        19 => a.sum_axes(&[0], true).broadcast_to([3, 3]).mul_scalar(0.3),
+        20 => a.mean_axes(&[1], true) + b,
+        21 => a.max_axis(1, true) * b,
+        22 => concat(&[a.slice(0, 0, 1), b.slice(0, 1, 3)], 0),
+        23 => a.index_select(0, &[2, 0, 0]),
+        24 => a.mse(b) * a,
+        _ => unreachable!("no composition op {op}"),
+    }
+}
+
+/// Runs a program: each step applies an op to the latest node (so the depth is
+/// the program length) and to any earlier node; returns Σ last ⊙ W.
+fn run_program<'t, T: Real<Base = f64>>(
+    x: &[Var<'t, T>],
+    program: &[(usize, usize)],
+    seed: u64,
+) -> Var<'t, T> {
+    let mut pool = x.to_vec();
+    for &(op, other) in program {
+        let last = *pool.last().unwrap();
+        let rhs = pool[other % pool.len()];
+        pool.push(compose(op, last, rhs));
+    }
+    weighted_sum(*pool.last().unwrap(), seed)
+}
 
 #[test]
 fn random_compositions_of_depth_at_least_5() {
@@ -772,27 +830,18 @@ fn random_compositions_of_depth_at_least_5() {
     runner(96, "compositions")
         .run(&strategy, |(a, b, program, seed)| {
             let inputs = [Tensor::new(&[3, 3], a), Tensor::new(&[3, 3], b)];
-            // Each step applies an op to the latest node (so the depth is the
-            // program length) and to any earlier node.
-            // (The closure is written inline so that its lifetimes are inferred
-            // as the higher-ranked bound check_grad asks for.)
-            check_grad(
-                |_, x| {
-                    let mut pool = x.to_vec();
-                    for &(op, other) in &program {
-                        let last = *pool.last().unwrap();
-                        let rhs = pool[other % pool.len()];
-                        pool.push((COMPOSE[op].1)(last, rhs));
-                    }
-                    weighted_sum(*pool.last().unwrap(), seed)
-                },
+            let names = || -> Vec<&str> { program.iter().map(|&(op, _)| COMPOSE[op]).collect() };
+            // (Closures are written inline so that their lifetimes are inferred
+            // as the higher-ranked bounds the checks ask for.)
+            check_grad(|_, x| run_program(x, &program, seed), &inputs, tol)
+                .map_err(|e| TestCaseError::fail(format!("{:?}: {e}", names())))?;
+            check_hvp(
+                |x| run_program(x, &program, seed),
+                |x| run_program(x, &program, seed),
                 &inputs,
-                tol,
+                seed,
             )
-            .map_err(|e| {
-                let names: Vec<&str> = program.iter().map(|&(op, _)| COMPOSE[op].0).collect();
-                TestCaseError::fail(format!("{names:?}: {e}"))
-            })
+            .map_err(|e| TestCaseError::fail(format!("{:?}: {e}", names())))
         })
         .unwrap();
 }
