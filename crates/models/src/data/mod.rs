@@ -192,7 +192,6 @@ impl ImageSet {
         );
         let src = &self.pixels[class.images[k] * n..(class.images[k] + 1) * n];
         let (h, w) = (self.height, self.width);
-        let scale = 1.0 / 255.0;
         for ch in 0..self.channels {
             let plane = &src[ch * h * w..(ch + 1) * h * w];
             for y in 0..h {
@@ -204,7 +203,7 @@ impl ImageSet {
                         2 => (h - 1 - y, w - 1 - x),
                         _ => (h - 1 - x, y),
                     };
-                    out[ch * h * w + y * w + x] = F::from_f64(plane[sy * w + sx] as f64 * scale);
+                    out[ch * h * w + y * w + x] = F::from_f64(plane[sy * w + sx] as f64 / 255.0);
                 }
             }
         }
