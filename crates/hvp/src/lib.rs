@@ -30,7 +30,8 @@
 //!   written once, generic over the element type.
 //! - [`Workspace`]: reusable tapes with [`Workspace::value_and_grad`],
 //!   [`Workspace::jvp`], [`Workspace::jvp_vec`], [`Workspace::vjp_vec`],
-//!   [`Workspace::hvp`] and [`Workspace::mixed_hvp`] (H_φφ·v and H_θφ·v from one pass).
+//!   [`Workspace::hvp`], [`Workspace::hvp_into`] and [`Workspace::mixed_hvp`]
+//!   (H_φφ·v and H_θφ·v from one pass).
 //! - [`LinOp`] with [`Hessian`], [`Damped`], [`Identity`], [`FnOp`], [`DenseOp`].
 //! - Solvers: [`cg`], [`neumann`], [`power_iteration`], each with `Params`,
 //!   `Info` and `Error`.

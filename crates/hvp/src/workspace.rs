@@ -5,7 +5,7 @@
 //! | [`Workspace::value_and_grad`] | `F` | f, ∇f | forward + reverse |
 //! | [`Workspace::jvp`], [`Workspace::jvp_vec`] | `Dual<F>` | f, J·v | one dual forward |
 //! | [`Workspace::vjp_vec`] | `F` | y, Jᵀu | forward + reverse |
-//! | [`Workspace::hvp`], [`Workspace::mixed_hvp`] | `Dual<F>` | f, ∇f, H·v | one dual forward + reverse |
+//! | [`Workspace::hvp`], [`Workspace::hvp_into`], [`Workspace::mixed_hvp`] | `Dual<F>` | f, ∇f, H·v | one dual forward + reverse |
 
 use smallvec::SmallVec;
 use tape::{Dual, Float, Tape, Tensor, Var};
@@ -194,6 +194,61 @@ impl<F: Float> Workspace<F> {
             hv.push(h);
         }
         HvpOutput { value, grad, hv }
+    }
+
+    /// [`Workspace::hvp`] writing ∇f(x) and H(x)·v into caller-owned tensors
+    /// (shaped like `x`) and returning f(x): a steady-state call allocates
+    /// nothing in this crate (the tape and GEMM kernels have their own story).
+    ///
+    /// # Panics
+    /// If `v`, `grad` or `hv` does not have one entry per input, or a shape differs.
+    #[track_caller]
+    pub fn hvp_into<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Option<Tensor<F>>],
+        grad: &mut [Tensor<F>],
+        hv: &mut [Tensor<F>],
+    ) -> F {
+        check_tangents("hvp_into", x, v);
+        assert!(
+            grad.len() == x.len() && hv.len() == x.len(),
+            "hvp_into: {} inputs but {} gradient and {} product buffers",
+            x.len(),
+            grad.len(),
+            hv.len()
+        );
+        for ((xi, g), h) in x.iter().zip(grad.iter()).zip(hv.iter()) {
+            assert!(
+                g.shape() == xi.shape() && h.shape() == xi.shape(),
+                "hvp_into: input {:?} but buffers {:?} and {:?}",
+                xi.shape(),
+                g.shape(),
+                h.shape()
+            );
+        }
+        self.dual.clear();
+        let t = &self.dual;
+        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let out = f.eval(t, &vars);
+        let value = out.item().v;
+        t.backward(out);
+        for ((&var, g), h) in vars.iter().zip(grad.iter_mut()).zip(hv.iter_mut()) {
+            self.scratch.clear();
+            self.scratch.resize(g.numel(), Dual::default());
+            t.grad_into(var, &mut self.scratch);
+            for ((gi, hi), d) in g
+                .data_mut()
+                .iter_mut()
+                .zip(h.data_mut().iter_mut())
+                .zip(&self.scratch)
+            {
+                *gi = d.v;
+                *hi = d.d;
+            }
+        }
+        value
     }
 
     /// One dual pass of f(θ, φ) with the tangent `v_phi` on φ and none on θ.

@@ -353,3 +353,82 @@ fn nested_duals_give_third_order_directional_derivatives() {
     let fd: Vec<f64> = p.iter().zip(&m).map(|(a, b)| (a - b) / (2.0 * h)).collect();
     assert_close("∇³f[u,u,·] vs FD of HVPs", &third, &fd, 1e-7);
 }
+
+/// The benchmark's network at small sizes: 12-8-8-5 ReLU MLP, softmax
+/// cross-entropy; inputs [w1, b1, w2, b2, w3, b3].
+struct ReluMlp {
+    x: Tensor<f64>,
+    labels: Vec<usize>,
+}
+
+impl Objective<f64> for ReluMlp {
+    fn eval<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let mut h = t.constant_base(&self.x);
+        for l in 0..3 {
+            let z = h.matmul(p[2 * l]) + p[2 * l + 1];
+            h = if l < 2 { z.relu() } else { z };
+        }
+        h.softmax_cross_entropy(&self.labels)
+    }
+}
+
+/// The smallest |pre-activation| of the two hidden layers: how far the point is
+/// from a relu kink.
+fn kink_margin(f: &ReluMlp, p: &[Tensor<f64>]) -> f64 {
+    let t = Tape::<f64>::new();
+    let v: Vec<_> = p.iter().map(|pi| t.var(pi)).collect();
+    let z1 = t.constant_base(&f.x).matmul(v[0]) + v[1];
+    let z2 = z1.relu().matmul(v[2]) + v[3];
+    z1.value()
+        .data()
+        .iter()
+        .chain(z2.value().data())
+        .fold(f64::INFINITY, |m, z| m.min(z.abs()))
+}
+
+#[test]
+fn relu_mlp_hvp_matches_differences_of_gradients_away_from_kinks() {
+    let mut r = rng(21);
+    let sizes = [12, 8, 8, 5];
+    let f = ReluMlp {
+        x: uniform(&mut r, &[6, 12], -1.0, 1.0),
+        labels: vec![0, 4, 2, 1, 3, 2],
+    };
+    let mut p = Vec::new();
+    for w in sizes.windows(2) {
+        let s = 1.0 / (w[0] as f64).sqrt();
+        p.push(uniform(&mut r, &[w[0], w[1]], -s, s));
+        p.push(uniform(&mut r, &[w[1]], -s, s));
+    }
+    let v: Vec<Tensor<f64>> = p
+        .iter()
+        .map(|pi| uniform(&mut r, pi.dims(), -1.0, 1.0))
+        .collect();
+    // The difference quotient is valid only if x ± hv crosses no kink: with
+    // |v| ≤ 1, |x| ≤ 1, pre-activations move by at most ~h·(fan_in + 1)·(1 + ‖w‖).
+    let h = 1e-6;
+    let margin = kink_margin(&f, &p);
+    assert!(
+        margin > 1e3 * h,
+        "test point too close to a relu kink: {margin}"
+    );
+    let vs: Vec<_> = v.iter().cloned().map(Some).collect();
+    let out = hvp::hvp(&f, &p, &vs);
+    let fd = fd_hvp(&f, &p, &v, h);
+    assert_close("relu MLP HVP vs FD", &flat(&out.hv), &flat(&fd), 1e-6);
+
+    // The allocation-free variant writes the same numbers into given buffers.
+    let mut ws = Workspace::new();
+    let zeros = || {
+        p.iter()
+            .map(|pi| Tensor::zeros(pi.shape()))
+            .collect::<Vec<_>>()
+    };
+    let (mut g, mut hv) = (zeros(), zeros());
+    let value = ws.hvp_into(&f, &p, &vs, &mut g, &mut hv);
+    assert_eq!(value, out.value);
+    assert_eq!(flat(&g), flat(&out.grad));
+    assert_eq!(flat(&hv), flat(&out.hv));
+    // Curvature exists despite relu'' = 0 (softmax and products of layers).
+    assert!(flat(&out.hv).iter().any(|x| x.abs() > 1e-3));
+}

@@ -27,6 +27,10 @@ enum Dom {
     AwayZero,
     /// Distinct values well apart (max, max-pool).
     Spread,
+    /// Uniform in (−0.05, 0.05): never within 0.15 of an `AwayZero` entry.
+    Small,
+    /// Each entry `Small` or `AwayZero` at random: both sides of clamp(−0.1, 0.1).
+    Kinked,
 }
 
 struct Case {
@@ -104,6 +108,22 @@ const CASES: &[Case] = &[
     Case {
         name: "abs",
         inputs: &[(&[2, 3], AwayZero)],
+    },
+    Case {
+        name: "maximum",
+        inputs: &[(&[2, 3], AwayZero), (&[2, 3], Small)],
+    },
+    Case {
+        name: "minimum",
+        inputs: &[(&[2, 3], AwayZero), (&[3], Small)],
+    },
+    Case {
+        name: "clamp",
+        inputs: &[(&[3, 4], Kinked)],
+    },
+    Case {
+        name: "where_",
+        inputs: &[(&[2, 3], AwayZero), (&[2, 3], Any), (&[1], Any)],
     },
     Case {
         name: "sum",
@@ -226,6 +246,10 @@ impl VectorFunction<f64> for OpFn {
             "relu" => x[0].relu(),
             "softplus" => x[0].softplus(),
             "abs" => x[0].abs(),
+            "maximum" => x[0].maximum(x[1]),
+            "minimum" => x[0].minimum(x[1]),
+            "clamp" => x[0].clamp(-0.1, 0.1),
+            "where_" => x[0].where_(x[1], x[2]),
             "sum" => x[0].sum(),
             "sum_axes" => x[0].sum_axes(&[0, 2], false),
             "mean" => x[0].mean(),
@@ -275,6 +299,18 @@ fn sample(r: &mut ChaCha8Rng, dims: &[usize], dom: Dom) -> Tensor<f64> {
         Pos => uniform(r, dims, 0.5, 1.5),
         AwayZero => away_from_zero(r, dims),
         Spread => spread(r, dims),
+        Small => uniform(r, dims, -0.05, 0.05),
+        Kinked => {
+            let a = away_from_zero(r, dims);
+            let b = uniform(r, dims, -0.05, 0.05);
+            Tensor::from_fn(dims, |i| {
+                if r.gen_bool(0.5) {
+                    a.data()[i]
+                } else {
+                    b.data()[i]
+                }
+            })
+        }
     }
 }
 
@@ -344,6 +380,30 @@ fn check_all<G: VectorFunction<f64>>(name: &str, g: &G, x: &[Tensor<f64>], r: &m
         (a - b).abs() <= 1e-11 * (1.0 + a.abs()),
         "{name}: <w, Hv> = {a} but <v, Hw> = {b}"
     );
+}
+
+/// Every op the tape names (the `=> "name"` arms of `Op::name` in
+/// `crates/tape/src/ops/mod.rs`) has a row in the table, so a new op cannot
+/// skip the JVP/HVP checks. Rows may specialise an op (`max_axis` covers `max`).
+#[test]
+fn table_covers_every_tape_op() {
+    let src = include_str!("../../tape/src/ops/mod.rs");
+    let names: Vec<&str> = src
+        .split("=> \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|&n| n != "leaf")
+        .collect();
+    assert!(names.len() > 30, "could not parse the op names: {names:?}");
+    for op in names {
+        let covered = CASES
+            .iter()
+            .any(|c| c.name == op || c.name.strip_prefix(op).is_some_and(|r| r.starts_with('_')));
+        assert!(
+            covered,
+            "op `{op}` has no row in the JVP/HVP table of crates/hvp/tests/ops.rs"
+        );
+    }
 }
 
 proptest! {
