@@ -1,0 +1,936 @@
+//! Meta-training: stochastic optimisation of F(θ) = E_τ L_out(θ, φ_r(θ); τ).
+//!
+//! Each outer step k draws a meta-batch of B tasks, estimates each task's
+//! hypergradient g_i with an [`Estimator`], and updates θ with an outer
+//! [`Optimiser`] on the mean
+//!
+//! ḡ_k = (1/B)·Σ_{i<B} g_i  (summed in task order i = 0, 1, …, B − 1).
+//!
+//! # Determinism
+//!
+//! Task i of step k draws from its own random streams, derived from
+//! (seed, k, i) by [`task_rng`]: one stream samples the task, another drives
+//! the estimator (e.g. UFO's coin). Tasks run in parallel with rayon, but the
+//! estimates are collected in task order and summed sequentially, so the result
+//! is bit-identical for any number of threads. A run resumed from a checkpoint
+//! continues bit-identically too: the streams depend on (seed, k, i) only, and
+//! the optimiser and estimator states are saved exactly.
+//!
+//! # Failure
+//!
+//! A non-finite loss or gradient in any task aborts the step with the
+//! [`BloError`] naming the task index (and the inner step, when the estimator
+//! reports it); θ, the optimiser and the estimator are left untouched.
+//!
+//! # Files
+//!
+//! - [`Trainer::log_jsonl`]: one JSON object per step ([`StepReport`]).
+//! - [`Trainer::checkpoint_every`]: `theta.safetensors` (θ, tensors named
+//!   `theta.0`, `theta.1`, … or [`Trainer::param_names`]) and `trainer.json`
+//!   ([`CheckpointState`]: step, seed, optimiser and estimator state, and a
+//!   fingerprint tying it to the tensor file), each written atomically.
+//! - [`Trainer::resume_from`]: continue from such a directory.
+//!
+//! ```
+//! use blo::train::Trainer;
+//! use blo::{BloError, Exact, InnerLoop, Policy, Problem, Sgd};
+//! use rand::Rng;
+//! use rand_chacha::ChaCha8Rng;
+//! use tape::{Real, Tape, Tensor, Var};
+//!
+//! // MAML on tasks c: L_in = L_out = ½(φ − c)², one inner step with α = ½, so
+//! // φ_1 − c = (θ − c)/2 and F(θ) = E (θ − c)²/8, minimised at θ = E[c].
+//! struct Quad { inner: InnerLoop }
+//! impl Problem<f64> for Quad {
+//!     type Task = f64;
+//!     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+//!     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+//!         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+//!         (phi[0] - *c).square().sum() * 0.5
+//!     }
+//!     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+//!         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+//!         self.inner_loss(t, c, 1, th, phi)
+//!     }
+//! }
+//! // c ~ U(1, 3): the minimiser of F is E[c] = 2.
+//! let sampler = |rng: &mut ChaCha8Rng| rng.gen_range(1.0..3.0);
+//! let problem = Quad { inner: InnerLoop::sgd(1, 0.5)? };
+//! let out = Trainer::new(problem, sampler, Exact::new(Policy::StoreAll)?,
+//!                        Sgd::linear_decay(2.0, 200), vec![Tensor::scalar(0.0)])
+//!     .meta_batch(32)
+//!     .steps(200)
+//!     .seed(7)
+//!     .run()?;
+//! assert!((out.theta[0].item() - 2.0).abs() < 0.1, "{}", out.theta[0].item());
+//! assert_eq!(out.history.len(), 200);
+//! # Ok::<(), BloError>(())
+//! ```
+
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde_json::Value;
+use tape::{Float, Tensor};
+
+use crate::error::BloError;
+use crate::estimator::{Estimate, Estimator, Stats};
+use crate::io;
+use crate::outer::{Optimiser, OptimiserState};
+use crate::problem::Problem;
+
+/// Draws tasks τ for a [`Problem`] from a random stream.
+///
+/// Implemented for every `Fn(&mut ChaCha8Rng) -> Task + Sync` closure.
+///
+/// ```
+/// use blo::train::TaskSampler;
+/// use rand::Rng;
+/// use rand_chacha::ChaCha8Rng;
+/// use rand::SeedableRng;
+/// let sampler = |rng: &mut ChaCha8Rng| rng.gen_range(0..10_usize);
+/// let mut rng = ChaCha8Rng::seed_from_u64(1);
+/// assert!(sampler.sample(&mut rng) < 10);
+/// ```
+pub trait TaskSampler<Task>: Sync {
+    /// One task, drawn from `rng` (the task's own stream; see [`task_rng`]).
+    fn sample(&self, rng: &mut ChaCha8Rng) -> Task;
+}
+
+impl<Task, C: Fn(&mut ChaCha8Rng) -> Task + Sync> TaskSampler<Task> for C {
+    fn sample(&self, rng: &mut ChaCha8Rng) -> Task {
+        self(rng)
+    }
+}
+
+/// Which of a task's random streams (see [`task_rng`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// The stream handed to [`TaskSampler::sample`].
+    Sampler = 0,
+    /// The stream handed to [`Estimator::estimate`].
+    Estimator = 1,
+}
+
+/// The random stream of task `task` at outer step `step` for `purpose`:
+/// ChaCha8 keyed by `seed_from_u64(seed)`, stream number `step`, starting at
+/// word position (2·task + purpose)·2³⁶. Streams of distinct (step, task,
+/// purpose) never overlap (each has 2³⁶ words, 256 GiB), for task < 2³¹.
+///
+/// # Panics
+/// If `task >= 2³¹`.
+///
+/// ```
+/// use blo::train::{task_rng, Stream};
+/// use rand::RngCore;
+/// let a = task_rng(7, 3, 1, Stream::Sampler).next_u64();
+/// assert_eq!(a, task_rng(7, 3, 1, Stream::Sampler).next_u64()); // reproducible
+/// assert_ne!(a, task_rng(7, 3, 2, Stream::Sampler).next_u64()); // other task
+/// assert_ne!(a, task_rng(7, 4, 1, Stream::Sampler).next_u64()); // other step
+/// assert_ne!(a, task_rng(7, 3, 1, Stream::Estimator).next_u64()); // other purpose
+/// ```
+#[track_caller]
+pub fn task_rng(seed: u64, step: u64, task: usize, purpose: Stream) -> ChaCha8Rng {
+    assert!(
+        task < (1 << 31),
+        "task_rng: task index {task} must be < 2^31"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(step);
+    rng.set_word_pos(((2 * task as u128) + purpose as u128) << 36);
+    rng
+}
+
+/// What one outer step did: written as one JSON line to the log and handed to
+/// observers.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepReport {
+    /// The outer step k (0-based); θ now holds θ_{k+1}.
+    pub step: u64,
+    /// Mean outer loss over the meta-batch, (1/B)·Σ_i L_out(θ_k, φ_r; τ_i).
+    pub mean_outer_loss: f64,
+    /// ‖ḡ_k‖₂, the norm of the mean hypergradient that was applied.
+    pub grad_norm: f64,
+    /// The step size η_k used.
+    pub learning_rate: f64,
+    /// The estimator's costs summed over the meta-batch ([`Stats::add`]).
+    pub stats: Stats,
+    /// Wall-clock seconds of this step.
+    pub step_seconds: f64,
+    /// Wall-clock seconds since training began (across resumes).
+    pub elapsed_seconds: f64,
+}
+
+impl StepReport {
+    /// The names of the fields that hold timings (they differ between runs).
+    pub const TIMING_FIELDS: [&'static str; 2] = ["step_seconds", "elapsed_seconds"];
+}
+
+/// Watches training: called after every outer step.
+///
+/// Closures `FnMut(&StepReport)` are observers; use [`Trainer::on_step_theta`]
+/// for a closure that also sees θ.
+///
+/// ```
+/// use blo::train::{Observer, StepReport};
+/// struct Count(usize);
+/// impl Observer<f64> for Count {
+///     fn on_step(&mut self, _r: &StepReport) { self.0 += 1; }
+/// }
+/// ```
+pub trait Observer<F: Float> {
+    /// Called after outer step `report.step`.
+    fn on_step(&mut self, report: &StepReport);
+    /// Called after outer step `report.step` with θ_{k+1}; defaults to [`Observer::on_step`].
+    fn on_step_theta(&mut self, report: &StepReport, theta: &[Tensor<F>]) {
+        let _ = theta;
+        self.on_step(report)
+    }
+}
+
+impl<F: Float, C: FnMut(&StepReport)> Observer<F> for C {
+    fn on_step(&mut self, report: &StepReport) {
+        self(report)
+    }
+}
+
+/// An observer closure that also sees θ (see [`Trainer::on_step_theta`]).
+pub struct ThetaObserver<C>(pub C);
+
+impl<F: Float, C: FnMut(&StepReport, &[Tensor<F>])> Observer<F> for ThetaObserver<C> {
+    fn on_step(&mut self, _report: &StepReport) {}
+    fn on_step_theta(&mut self, report: &StepReport, theta: &[Tensor<F>]) {
+        (self.0)(report, theta)
+    }
+}
+
+/// What [`Trainer::run`] returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome<F: Float> {
+    /// θ after the last step.
+    pub theta: Vec<Tensor<F>>,
+    /// One report per step run by this call (a resumed run starts at the
+    /// checkpoint's step).
+    pub history: Vec<StepReport>,
+}
+
+/// The JSON half of a checkpoint (`trainer.json`), beside `theta.safetensors`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointState {
+    /// Format tag, [`CheckpointState::FORMAT`].
+    pub format: String,
+    /// Outer steps done; the next step is this one.
+    pub step: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The meta-batch size B.
+    pub meta_batch: usize,
+    /// `"f32"` or `"f64"`.
+    pub dtype: String,
+    /// Tensor names in the safetensors file, in θ order.
+    pub param_names: Vec<String>,
+    /// Their shapes.
+    pub param_shapes: Vec<Vec<usize>>,
+    /// [`io::fingerprint`] of the safetensors file's bytes.
+    pub theta_fingerprint: String,
+    /// The estimator's name.
+    pub estimator: String,
+    /// The estimator's adaptive state ([`Estimator::save_state`]).
+    pub estimator_state: Value,
+    /// The outer optimiser's state.
+    pub optimiser: OptimiserState,
+    /// Wall-clock seconds of training so far.
+    pub elapsed_seconds: f64,
+}
+
+impl CheckpointState {
+    /// The format tag written and expected.
+    pub const FORMAT: &'static str = "blo-checkpoint/1";
+    /// File name of the tensors.
+    pub const THETA_FILE: &'static str = "theta.safetensors";
+    /// File name of this JSON state.
+    pub const STATE_FILE: &'static str = "trainer.json";
+}
+
+/// Whether `dir` holds a checkpoint (its JSON state file exists).
+pub fn checkpoint_exists(dir: &Path) -> bool {
+    dir.join(CheckpointState::STATE_FILE).is_file()
+}
+
+/// Meta-training driver: a builder, then [`Trainer::run`].
+///
+/// θ_{k+1} = optimiser(θ_k, ḡ_k) for k = 0 … K − 1 where ḡ_k is the mean of the
+/// estimator's hypergradients on B sampled tasks (see the [module docs](self)).
+///
+/// ```
+/// # use blo::train::Trainer;
+/// # use blo::{Adam, BloError, FirstOrder, InnerLoop, Problem};
+/// # use rand_chacha::ChaCha8Rng;
+/// # use tape::{Real, Tape, Tensor, Var};
+/// # struct Quad { inner: InnerLoop }
+/// # impl Problem<f64> for Quad {
+/// #     type Task = f64;
+/// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+/// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+/// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+/// #         (phi[0] - *c).square().sum() * 0.5 }
+/// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+/// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { self.inner_loss(t, c, 1, th, phi) }
+/// # }
+/// // Every task is c = 1 (see the module example for the problem `Quad`).
+/// let mut losses = Vec::new();
+/// let dir = std::env::temp_dir().join(format!("blo-trainer-doc-{}", std::process::id()));
+/// let problem = Quad { inner: InnerLoop::sgd(2, 0.5)? };
+/// let mut trainer = Trainer::new(problem, |_: &mut ChaCha8Rng| 1.0, FirstOrder::new(),
+///                                Adam::new(0.1), vec![Tensor::scalar(0.0_f64)])
+///     .steps(50)
+///     .log_jsonl(dir.join("log.jsonl"))
+///     .checkpoint_every(25, &dir)
+///     .on_step(|r: &blo::train::StepReport| losses.push(r.mean_outer_loss));
+/// let out = trainer.run()?;
+/// drop(trainer);
+/// assert_eq!(losses.len(), 50);
+/// assert!(losses[49] < 0.01 * losses[0]);
+/// assert!(blo::train::checkpoint_exists(&dir));
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), BloError>(())
+/// ```
+pub struct Trainer<'o, F, P, S, E, O>
+where
+    F: Float,
+    P: Problem<F>,
+{
+    problem: P,
+    sampler: S,
+    estimator: E,
+    optimiser: O,
+    theta: Vec<Tensor<F>>,
+    names: Vec<String>,
+    meta_batch: usize,
+    steps: u64,
+    seed: u64,
+    threads: Option<usize>,
+    step: u64,
+    elapsed_before: f64,
+    log_path: Option<PathBuf>,
+    checkpoint: Option<(u64, PathBuf)>,
+    resume: Option<PathBuf>,
+    progress: bool,
+    observers: Vec<Box<dyn Observer<F> + 'o>>,
+}
+
+impl<'o, F, P, S, E, O> Trainer<'o, F, P, S, E, O>
+where
+    F: Float,
+    P: Problem<F>,
+    S: TaskSampler<P::Task>,
+    E: Estimator<F, P>,
+    O: Optimiser<F>,
+{
+    /// A trainer starting from θ₀ = `theta0`, with meta-batch 1, 0 steps,
+    /// seed 0, no log, no checkpoints, and a progress bar when stderr is a
+    /// terminal.
+    pub fn new(problem: P, sampler: S, estimator: E, optimiser: O, theta0: Vec<Tensor<F>>) -> Self {
+        let names = (0..theta0.len()).map(|i| format!("theta.{i}")).collect();
+        Trainer {
+            problem,
+            sampler,
+            estimator,
+            optimiser,
+            theta: theta0,
+            names,
+            meta_batch: 1,
+            steps: 0,
+            seed: 0,
+            threads: None,
+            step: 0,
+            elapsed_before: 0.0,
+            log_path: None,
+            checkpoint: None,
+            resume: None,
+            progress: true,
+            observers: Vec::new(),
+        }
+    }
+
+    /// Tasks per outer step, B ≥ 1.
+    ///
+    /// # Panics
+    /// If `b == 0`.
+    #[track_caller]
+    pub fn meta_batch(mut self, b: usize) -> Self {
+        assert!(b >= 1, "Trainer::meta_batch: B = 0, need at least one task");
+        self.meta_batch = b;
+        self
+    }
+
+    /// Total outer steps K: [`Trainer::run`] runs until K steps are done
+    /// (counting those before a resume).
+    pub fn steps(mut self, k: u64) -> Self {
+        self.steps = k;
+        self
+    }
+
+    /// The seed from which every task's streams derive ([`task_rng`]).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Runs the meta-batch on a dedicated rayon pool of `n` threads (default:
+    /// the current pool). Results do not depend on `n`.
+    ///
+    /// # Panics
+    /// If `n == 0`.
+    #[track_caller]
+    pub fn threads(mut self, n: usize) -> Self {
+        assert!(n >= 1, "Trainer::threads: 0 threads");
+        self.threads = Some(n);
+        self
+    }
+
+    /// Names of the θ tensors in checkpoints (default `theta.0`, `theta.1`, …).
+    ///
+    /// # Panics
+    /// If there is not one distinct name per θ tensor.
+    #[track_caller]
+    pub fn param_names<N: Into<String>>(mut self, names: impl IntoIterator<Item = N>) -> Self {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        assert_eq!(
+            names.len(),
+            self.theta.len(),
+            "Trainer::param_names: {} names for {} θ tensors",
+            names.len(),
+            self.theta.len()
+        );
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            names.len(),
+            "Trainer::param_names: duplicate names in {names:?}"
+        );
+        self.names = names;
+        self
+    }
+
+    /// Appends one JSON object per step ([`StepReport`]) to `path` (its
+    /// directory is created if needed). A fresh run truncates the file; a resumed run keeps the lines of steps before the
+    /// checkpoint and drops later ones.
+    pub fn log_jsonl(mut self, path: impl Into<PathBuf>) -> Self {
+        self.log_path = Some(path.into());
+        self
+    }
+
+    /// Writes a checkpoint to `dir` after every `every` steps and after the
+    /// last one (`dir` is created if needed).
+    ///
+    /// # Panics
+    /// If `every == 0`.
+    #[track_caller]
+    pub fn checkpoint_every(mut self, every: u64, dir: impl Into<PathBuf>) -> Self {
+        assert!(every >= 1, "Trainer::checkpoint_every: every = 0");
+        self.checkpoint = Some((every, dir.into()));
+        self
+    }
+
+    /// Continues from the checkpoint in `dir` when [`Trainer::run`] starts: θ,
+    /// the step count, the optimiser's and the estimator's states are restored.
+    /// The seed, meta-batch size, dtype, tensor names and shapes, estimator
+    /// name and optimiser configuration must match this trainer's.
+    pub fn resume_from(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.resume = Some(dir.into());
+        self
+    }
+
+    /// Shows (when stderr is a terminal) or hides the progress bar.
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// Adds an observer.
+    pub fn observer(mut self, observer: impl Observer<F> + 'o) -> Self {
+        self.observers.push(Box::new(observer));
+        self
+    }
+
+    /// Adds a closure called with each [`StepReport`].
+    pub fn on_step(self, f: impl FnMut(&StepReport) + 'o) -> Self {
+        struct Wrap<C>(C);
+        impl<F: Float, C: FnMut(&StepReport)> Observer<F> for Wrap<C> {
+            fn on_step(&mut self, report: &StepReport) {
+                (self.0)(report)
+            }
+        }
+        self.observer(Wrap(f))
+    }
+
+    /// Adds a closure called with each [`StepReport`] and θ_{k+1}.
+    pub fn on_step_theta(self, f: impl FnMut(&StepReport, &[Tensor<F>]) + 'o) -> Self {
+        self.observer(ThetaObserver(f))
+    }
+
+    /// The current θ.
+    pub fn theta(&self) -> &[Tensor<F>] {
+        &self.theta
+    }
+    /// Outer steps done.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+    /// The problem.
+    pub fn problem(&self) -> &P {
+        &self.problem
+    }
+    /// The estimator.
+    pub fn estimator(&self) -> &E {
+        &self.estimator
+    }
+    /// The optimiser.
+    pub fn optimiser(&self) -> &O {
+        &self.optimiser
+    }
+    /// Problem, estimator, optimiser and θ, consuming the trainer.
+    pub fn into_parts(self) -> (P, E, O, Vec<Tensor<F>>) {
+        (self.problem, self.estimator, self.optimiser, self.theta)
+    }
+
+    /// Runs outer steps until K are done (see [`Trainer::steps`]), after
+    /// restoring a checkpoint if [`Trainer::resume_from`] was given.
+    ///
+    /// # Errors
+    /// - [`BloError::NonFinite`] / [`BloError::NonFiniteEstimate`] naming the
+    ///   task (θ, optimiser and estimator untouched: the step did not happen);
+    /// - any other error of the estimator;
+    /// - [`BloError::Io`] / [`BloError::Corrupt`] naming the file, for the log
+    ///   and checkpoints.
+    pub fn run(&mut self) -> Result<TrainOutcome<F>, BloError> {
+        if let Some(dir) = self.resume.take() {
+            self.load_checkpoint(&dir)?;
+        }
+        let mut log = match &self.log_path {
+            Some(p) => Some(open_log(p, self.step)?),
+            None => None,
+        };
+        let bar = if self.progress && std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(self.steps)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("static template"),
+        );
+        bar.set_position(self.step);
+        let start = Instant::now();
+        let mut history = Vec::new();
+        let pool = self.threads.map(|n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .expect("building a rayon pool")
+        });
+        while self.step < self.steps {
+            let t0 = Instant::now();
+            let (problem, sampler, estimator, theta) = (
+                &self.problem,
+                &self.sampler,
+                &self.estimator,
+                &self.theta[..],
+            );
+            let (seed, k, b) = (self.seed, self.step, self.meta_batch);
+            let batch = || estimate_batch(problem, sampler, estimator, theta, seed, k, b);
+            let results = match &pool {
+                Some(pool) => pool.install(batch),
+                None => batch(),
+            };
+            let mut report = self.apply(results)?;
+            report.step_seconds = t0.elapsed().as_secs_f64();
+            report.elapsed_seconds = self.elapsed_before + start.elapsed().as_secs_f64();
+            if let Some((file, path)) = &mut log {
+                let mut line = serde_json::to_string(&report).expect("StepReport serialises");
+                line.push('\n');
+                file.write_all(line.as_bytes()).map_err(|e| BloError::Io {
+                    path: path.clone(),
+                    source: e,
+                })?;
+            }
+            for obs in &mut self.observers {
+                obs.on_step_theta(&report, &self.theta);
+            }
+            bar.set_position(self.step);
+            bar.set_message(format!("loss {:.4e}", report.mean_outer_loss));
+            history.push(report);
+            if let Some((every, dir)) = &self.checkpoint {
+                if self.step.is_multiple_of(*every) || self.step == self.steps {
+                    let dir = dir.clone();
+                    let elapsed = self.elapsed_before + start.elapsed().as_secs_f64();
+                    self.save_checkpoint(&dir, elapsed)?;
+                }
+            }
+        }
+        self.elapsed_before += start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        Ok(TrainOutcome {
+            theta: self.theta.clone(),
+            history,
+        })
+    }
+
+    /// Finishes outer step k = `self.step` from the meta-batch's results; on
+    /// error nothing is changed.
+    fn apply(
+        &mut self,
+        results: Vec<Result<Estimate<F>, BloError>>,
+    ) -> Result<StepReport, BloError> {
+        let k = self.step;
+        let theta = &self.theta;
+        // Fixed-order reduction, first failure in task order wins.
+        let mut estimates = Vec::with_capacity(results.len());
+        for (i, r) in results.into_iter().enumerate() {
+            let est = r.map_err(|e| match e {
+                BloError::NonFinite { what, step, .. } => BloError::NonFinite {
+                    what,
+                    task: i,
+                    step,
+                },
+                BloError::NonFiniteEstimate { what, .. } => BloError::NonFiniteEstimate {
+                    what,
+                    task: Some(i),
+                    outer_step: k,
+                },
+                e => e,
+            })?;
+            check_estimate_shapes(&est, theta, i);
+            let bad = if !est.outer_loss.is_finite() {
+                Some("outer loss")
+            } else if !est.grad.iter().all(Tensor::is_finite) {
+                Some("hypergradient")
+            } else {
+                None
+            };
+            if let Some(what) = bad {
+                return Err(BloError::NonFiniteEstimate {
+                    what,
+                    task: Some(i),
+                    outer_step: k,
+                });
+            }
+            estimates.push(est);
+        }
+        let b = F::from_f64(estimates.len() as f64);
+        let mut grad: Vec<Tensor<F>> = estimates[0].grad.clone();
+        let mut loss = estimates[0].outer_loss;
+        let mut stats = estimates[0].stats.clone();
+        for est in &estimates[1..] {
+            for (acc, g) in grad.iter_mut().zip(&est.grad) {
+                for (a, &x) in acc.data_mut().iter_mut().zip(g.data()) {
+                    *a += x;
+                }
+            }
+            loss += est.outer_loss;
+            stats.add(&est.stats);
+        }
+        for g in &mut grad {
+            for a in g.data_mut() {
+                *a /= b;
+            }
+        }
+        let loss = loss / b;
+        if !loss.is_finite() || !grad.iter().all(Tensor::is_finite) {
+            return Err(BloError::NonFiniteEstimate {
+                what: "meta-batch mean (sum overflowed)",
+                task: None,
+                outer_step: k,
+            });
+        }
+        let grad_norm = grad.iter().map(|g| g.norm().powi(2)).sum::<f64>().sqrt();
+
+        // Apply the update on a copy; commit only if θ stays finite.
+        let learning_rate = self.optimiser.learning_rate();
+        let saved = self.optimiser.state();
+        let mut new_theta = self.theta.clone();
+        self.optimiser.step(&mut new_theta, &grad);
+        if !new_theta.iter().all(Tensor::is_finite) {
+            self.optimiser
+                .load_state(&saved)
+                .expect("restoring the optimiser's own state");
+            return Err(BloError::NonFiniteEstimate {
+                what: "updated θ",
+                task: None,
+                outer_step: k,
+            });
+        }
+        self.theta = new_theta;
+        self.estimator.observe(&estimates);
+        self.step += 1;
+        Ok(StepReport {
+            step: k,
+            mean_outer_loss: loss.to_f64(),
+            grad_norm,
+            learning_rate,
+            stats,
+            step_seconds: 0.0,
+            elapsed_seconds: 0.0,
+        })
+    }
+
+    /// Writes `theta.safetensors` then `trainer.json` into `dir`, each atomically.
+    fn save_checkpoint(&self, dir: &Path, elapsed: f64) -> Result<(), BloError> {
+        fs::create_dir_all(dir).map_err(|e| BloError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let meta = [
+            ("format".to_string(), CheckpointState::FORMAT.to_string()),
+            ("step".to_string(), self.step.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let bytes = io::tensors_to_bytes(&self.names, &self.theta, Some(meta));
+        io::write_atomic(&io::join(dir, CheckpointState::THETA_FILE), &bytes)?;
+        let state = CheckpointState {
+            format: CheckpointState::FORMAT.into(),
+            step: self.step,
+            seed: self.seed,
+            meta_batch: self.meta_batch,
+            dtype: F::NAME.into(),
+            param_names: self.names.clone(),
+            param_shapes: self.theta.iter().map(|t| t.dims().to_vec()).collect(),
+            theta_fingerprint: io::fingerprint(&bytes),
+            estimator: self.estimator.name(),
+            estimator_state: self.estimator.save_state(),
+            optimiser: self.optimiser.state(),
+            elapsed_seconds: elapsed,
+        };
+        io::save_json(&io::join(dir, CheckpointState::STATE_FILE), &state)
+    }
+
+    /// Reads and checks a checkpoint, then restores it; on error nothing is changed.
+    fn load_checkpoint(&mut self, dir: &Path) -> Result<(), BloError> {
+        let json_path = io::join(dir, CheckpointState::STATE_FILE);
+        let theta_path = io::join(dir, CheckpointState::THETA_FILE);
+        let state: CheckpointState = io::load_json(&json_path)?;
+        let bad = |path: &Path, reason: String| BloError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let expect = |what: &str, stored: String, here: String| -> Result<(), BloError> {
+            if stored == here {
+                Ok(())
+            } else {
+                Err(bad(
+                    &json_path,
+                    format!("{what} is {stored} in the checkpoint but {here} in this run"),
+                ))
+            }
+        };
+        expect(
+            "format",
+            state.format.clone(),
+            CheckpointState::FORMAT.into(),
+        )?;
+        expect("dtype", state.dtype.clone(), F::NAME.into())?;
+        expect("seed", state.seed.to_string(), self.seed.to_string())?;
+        expect(
+            "meta-batch size",
+            state.meta_batch.to_string(),
+            self.meta_batch.to_string(),
+        )?;
+        expect("estimator", state.estimator.clone(), self.estimator.name())?;
+        expect(
+            "parameter names",
+            format!("{:?}", state.param_names),
+            format!("{:?}", self.names),
+        )?;
+        let shapes: Vec<Vec<usize>> = self.theta.iter().map(|t| t.dims().to_vec()).collect();
+        expect(
+            "parameter shapes",
+            format!("{:?}", state.param_shapes),
+            format!("{shapes:?}"),
+        )?;
+        let bytes = io::read_file(&theta_path)?;
+        let fp = io::fingerprint(&bytes);
+        if fp != state.theta_fingerprint {
+            return Err(bad(
+                &theta_path,
+                format!(
+                    "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
+                    state.theta_fingerprint,
+                    json_path.display()
+                ),
+            ));
+        }
+        let meta = io::metadata_from_bytes(&theta_path, &bytes)?;
+        if meta.get("step") != Some(&state.step.to_string()) {
+            return Err(bad(
+                &theta_path,
+                format!(
+                    "header step {:?} differs from step {} in {}",
+                    meta.get("step"),
+                    state.step,
+                    json_path.display()
+                ),
+            ));
+        }
+        let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, &bytes, &self.names)?;
+        for (i, (t, s)) in theta.iter().zip(&shapes).enumerate() {
+            if t.dims() != s.as_slice() {
+                return Err(bad(
+                    &theta_path,
+                    format!(
+                        "tensor {:?} has shape {:?}, expected {s:?}",
+                        self.names[i],
+                        t.dims()
+                    ),
+                ));
+            }
+        }
+        for (name, buf) in &state.optimiser.buffers {
+            let idx = name
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse::<usize>().ok());
+            if let Some(i) = idx {
+                if i >= shapes.len() || buf.shape != shapes[i] {
+                    return Err(bad(
+                        &json_path,
+                        format!(
+                            "optimiser buffer {name:?} has shape {:?}, which fits no θ tensor",
+                            buf.shape
+                        ),
+                    ));
+                }
+            }
+        }
+        // Restore the estimator last-but-one and the optimiser last, undoing on failure.
+        let saved_opt = self.optimiser.state();
+        self.optimiser
+            .load_state(&state.optimiser)
+            .map_err(|e| bad(&json_path, e))?;
+        if let Err(e) = self.estimator.load_state(&state.estimator_state) {
+            self.optimiser
+                .load_state(&saved_opt)
+                .expect("restoring the optimiser's own state");
+            return Err(bad(&json_path, e));
+        }
+        self.theta = theta;
+        self.step = state.step;
+        self.elapsed_before = state.elapsed_seconds;
+        Ok(())
+    }
+}
+
+/// The estimates of the B tasks of step `k`, in task order, computed in
+/// parallel on the current rayon pool. Task i samples from
+/// `task_rng(seed, k, i, Sampler)` and estimates with `task_rng(seed, k, i, Estimator)`.
+fn estimate_batch<F, P, S, E>(
+    problem: &P,
+    sampler: &S,
+    estimator: &E,
+    theta: &[Tensor<F>],
+    seed: u64,
+    k: u64,
+    b: usize,
+) -> Vec<Result<Estimate<F>, BloError>>
+where
+    F: Float,
+    P: Problem<F>,
+    S: TaskSampler<P::Task>,
+    E: Estimator<F, P>,
+{
+    (0..b)
+        .into_par_iter()
+        .map(|i| {
+            let task = sampler.sample(&mut task_rng(seed, k, i, Stream::Sampler));
+            let mut rng = task_rng(seed, k, i, Stream::Estimator);
+            estimator.estimate(problem, &task, theta, &mut rng)
+        })
+        .collect()
+}
+
+/// Panics (programmer error) if an estimate does not have θ's shapes.
+#[track_caller]
+fn check_estimate_shapes<F: Float>(est: &Estimate<F>, theta: &[Tensor<F>], task: usize) {
+    assert_eq!(
+        est.grad.len(),
+        theta.len(),
+        "Trainer: the estimate for task {task} has {} tensors, θ has {}",
+        est.grad.len(),
+        theta.len()
+    );
+    for (j, (g, t)) in est.grad.iter().zip(theta).enumerate() {
+        assert_eq!(
+            g.dims(),
+            t.dims(),
+            "Trainer: the estimate for task {task}, tensor {j}, has shape {:?}, θ has {:?}",
+            g.dims(),
+            t.dims()
+        );
+    }
+}
+
+/// Opens the log for appending after keeping only lines of steps < `step`
+/// (creating its directory if needed).
+fn open_log(path: &Path, step: u64) -> Result<(fs::File, PathBuf), BloError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| BloError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let kept = if step == 0 {
+        String::new()
+    } else {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(BloError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        };
+        let mut kept = String::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line).map_err(|e| BloError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("line {}: bad JSON: {e}", n + 1),
+            })?;
+            let s = v
+                .get("step")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| BloError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: no integer \"step\" field", n + 1),
+                })?;
+            if s < step {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        kept
+    };
+    io::write_atomic(path, kept.as_bytes())?;
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| BloError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+    Ok((file, path.to_path_buf()))
+}
