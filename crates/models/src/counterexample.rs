@@ -159,6 +159,30 @@ impl Counterexample {
         .mul_scalar(self.a[i])
     }
 
+    /// f_i on a tape, written zone by zone exactly as the three-case definition
+    /// with `where_` (the zone is chosen on primal values; the adjoint flows only
+    /// into the selected formula). Equal to [`Counterexample::f_tape`] in value,
+    /// gradient and second derivative; kept as the literal transcription that the
+    /// tests compare against.
+    pub fn f_tape_piecewise<'t, T: Real>(&self, i: usize, phi: Var<'t, T>) -> Var<'t, T> {
+        let (a, big_a) = (self.a[i], self.big_a);
+        let d = phi.add_scalar(-self.c(i));
+        let z = d.abs();
+        let u = z.add_scalar(-big_a);
+        let quad = d.square().mul_scalar(a / 2.0);
+        let cubic = u.square() * u * (-a / 6.0)
+            + u.square() * (a / 2.0)
+            + z * (a * big_a)
+            + (-a * big_a * big_a / 2.0);
+        let linear =
+            z * (a / 2.0 + a * big_a) + (-a / 6.0 - a * big_a * big_a / 2.0 - a * big_a / 2.0);
+        // Zone tests as "c > 0": z < A selects the quadratic, z < A + 1 the cubic
+        // (at the boundaries the neighbouring formulas agree to second order).
+        let in_quad = z.mul_scalar(-1.0).add_scalar(big_a);
+        let in_cubic = z.mul_scalar(-1.0).add_scalar(big_a + 1.0);
+        in_quad.where_(quad, in_cubic.where_(cubic, linear))
+    }
+
     /// The inner trajectory φ_0 = θ, …, φ_r of task i (r + 1 values).
     pub fn trajectory(&self, i: usize, theta: f64) -> Vec<f64> {
         let mut phi = theta;

@@ -156,11 +156,17 @@ fn every_constant_is_settable() {
     assert!((ce.hypergradient(theta) - num).abs() < 1e-6);
 }
 
-struct TaskLoss<'a>(&'a Counterexample, usize);
+/// Task i's loss on the tape, in the relu form (`piecewise = false`) or the
+/// literal three-zone `where_` form (`piecewise = true`).
+struct TaskLoss<'a>(&'a Counterexample, usize, bool);
 
 impl hvp::Objective<f64> for TaskLoss<'_> {
     fn eval<'t, T: Real<Base = f64>>(&self, _tape: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
-        self.0.f_tape(self.1, x[0]).sum()
+        if self.2 {
+            self.0.f_tape_piecewise(self.1, x[0]).sum()
+        } else {
+            self.0.f_tape(self.1, x[0]).sum()
+        }
     }
 }
 
@@ -177,9 +183,13 @@ fn tape_version_matches_closed_forms_including_second_derivative() {
             ce.big_a + 0.9,
             ce.big_a + 4.0,
         ] {
-            for phi in [c + z, c - z] {
+            for (phi, piecewise) in [(c + z, false), (c - z, false), (c + z, true), (c - z, true)] {
                 let x = [Tensor::vector(vec![phi])];
-                let out = hvp::hvp(&TaskLoss(&ce, i), &x, &[Some(Tensor::vector(vec![1.0]))]);
+                let out = hvp::hvp(
+                    &TaskLoss(&ce, i, piecewise),
+                    &x,
+                    &[Some(Tensor::vector(vec![1.0]))],
+                );
                 assert!(
                     (out.value - ce.f(i, phi)).abs() < 1e-9 * (1.0 + ce.f(i, phi).abs()),
                     "f at {phi}"
