@@ -192,3 +192,503 @@ impl Problem<f64> for RidgeHyperopt {
         vec![tape.constant_base(&Tensor::zeros([self.data.dim(), 1]))]
     }
 }
+
+/// L_in as an [`hvp::Objective`] of (θ₁..θ_a, φ₁..φ_b), for the implicit
+/// estimator's mixed products.
+struct InnerObjective<'a, P: Problem<f64>> {
+    problem: &'a P,
+    task: &'a P::Task,
+    n_theta: usize,
+    step: usize,
+}
+
+impl<P: Problem<f64>> hvp::Objective<f64> for InnerObjective<'_, P> {
+    fn eval<'t, T: Real<Base = f64>>(&self, tape: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+        let (theta, phi) = x.split_at(self.n_theta);
+        self.problem
+            .inner_loss(tape, self.task, self.step, theta, phi)
+    }
+}
+
+/// L_out as an [`hvp::Objective`] of (θ₁..θ_a, φ₁..φ_b).
+struct OuterObjective<'a, P: Problem<f64>> {
+    problem: &'a P,
+    task: &'a P::Task,
+    n_theta: usize,
+}
+
+impl<P: Problem<f64>> hvp::Objective<f64> for OuterObjective<'_, P> {
+    fn eval<'t, T: Real<Base = f64>>(&self, tape: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+        let (theta, phi) = x.split_at(self.n_theta);
+        self.problem.outer_loss(tape, self.task, theta, phi)
+    }
+}
+
+/// The implicit-function-theorem hypergradient for hyperparameter search,
+/// for problems whose start φ_0 does not depend on θ:
+///
+/// v = H⁻¹ ∇_φ L_out(θ, φ_r),   g = ∇_θ L_out(θ, φ_r) − M v,
+///
+/// with H = ∇²_φφ L_in and M = ∂²L_in/∂θ∂φ at the last state φ_r (from
+/// `hvp::Workspace::mixed_hvp`, one dual pass per CG iteration), solved by
+/// `hvp::cg`. Exact when φ_r is the inner optimum (∇_φ L_in = 0), biased
+/// otherwise. (`blo::Implicit` is the iMAML variant, where θ enters only
+/// through φ_0 = θ and a proximal term; here θ enters L_in directly.)
+/// A CG that does not converge is an error carrying its residual.
+#[derive(Clone, Debug)]
+pub struct ImplicitIft {
+    /// CG settings.
+    pub cg: hvp::CgParams,
+}
+
+impl<P: Problem<f64>> blo::Estimator<f64, P> for ImplicitIft {
+    fn estimate(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<f64>],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<blo::Estimate<f64>, blo::BloError> {
+        let r = problem.inner_loop().steps;
+        let (state, _) = blo::rollout(problem, task, theta)?;
+        let phi = state.phi;
+        let n_theta = theta.len();
+        let mut x: Vec<Tensor<f64>> = theta.to_vec();
+        x.extend(phi.iter().cloned());
+        let outer = OuterObjective {
+            problem,
+            task,
+            n_theta,
+        };
+        let mut ws = hvp::Workspace::new();
+        let (outer_loss, grads) = ws.value_and_grad(&outer, &x);
+        let (g_theta, g_phi) = grads.split_at(n_theta);
+        let inner = InnerObjective {
+            problem,
+            task,
+            n_theta,
+            step: r,
+        };
+        let shapes: Vec<Vec<usize>> = phi.iter().map(|p| p.dims().to_vec()).collect();
+        let unflatten = |flat: &[f64]| -> Vec<Tensor<f64>> {
+            let mut off = 0;
+            shapes
+                .iter()
+                .map(|s| {
+                    let n: usize = s.iter().product();
+                    let t = Tensor::new(s.as_slice(), flat[off..off + n].to_vec());
+                    off += n;
+                    t
+                })
+                .collect()
+        };
+        let ws = std::cell::RefCell::new(ws);
+        let hvps = std::cell::Cell::new(0usize);
+        let dim: usize = phi.iter().map(|p| p.numel()).sum();
+        let op = hvp::FnOp::new(dim, |v: &[f64], out: &mut [f64]| {
+            hvps.set(hvps.get() + 1);
+            let m = ws
+                .borrow_mut()
+                .mixed_hvp(&inner, theta, &phi, &unflatten(v));
+            let mut off = 0;
+            for h in &m.h_phiphi_v {
+                out[off..off + h.numel()].copy_from_slice(h.data());
+                off += h.numel();
+            }
+        });
+        let b: Vec<f64> = g_phi
+            .iter()
+            .flat_map(|g| g.data().iter().copied())
+            .collect();
+        let (v, info) = hvp::cg(&op, &b, self.cg).map_err(|e| match e {
+            hvp::CgError::NotConverged {
+                iterations,
+                residual,
+                ..
+            } => blo::BloError::NotConverged {
+                solver: "implicit CG",
+                iterations,
+                residual,
+            },
+            // H is not positive definite at φ_r: the implicit formula does not apply.
+            hvp::CgError::NegativeCurvature { iteration, .. } => blo::BloError::NotConverged {
+                solver: "implicit CG (non-positive curvature)",
+                iterations: iteration,
+                residual: f64::NAN,
+            },
+            hvp::CgError::NonFinite { iteration } => blo::BloError::NonFinite {
+                what: "implicit CG iterate",
+                task: 0,
+                step: iteration,
+            },
+        })?;
+        let m = ws
+            .borrow_mut()
+            .mixed_hvp(&inner, theta, &phi, &unflatten(&v));
+        let grad = g_theta
+            .iter()
+            .zip(&m.h_thetaphi_v)
+            .map(|(g, mv)| {
+                Tensor::new(
+                    g.dims(),
+                    g.data().iter().zip(mv.data()).map(|(a, b)| a - b).collect(),
+                )
+            })
+            .collect();
+        let stats = blo::Stats {
+            gradients: r + 1,
+            hvps: hvps.get() + 1,
+            forward_steps: r,
+            states_peak: 1,
+            state_bytes_peak: dim * std::mem::size_of::<f64>(),
+            solver: Some(blo::SolverReport {
+                iterations: info.iterations,
+                residual: info.residual,
+            }),
+            ..Default::default()
+        };
+        Ok(blo::Estimate {
+            grad,
+            outer_loss,
+            stats,
+        })
+    }
+
+    fn name(&self) -> String {
+        "implicit(IFT, CG)".into()
+    }
+}
+
+/// A hypergradient estimator for the search.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Exact reverse sweep, every state stored (r + 1 states).
+    ExactStoreAll,
+    /// Exact reverse sweep with binomial checkpointing (s snapshots).
+    ExactBinomial(usize),
+    /// Exact, recomputing from the start (1 state, r(r+1)/2 steps).
+    ExactRecompute,
+    /// Forward mode: one tangent per hyperparameter.
+    ForwardMode,
+    /// Implicit function theorem at φ_r, CG with HVPs.
+    Implicit,
+    /// UFO-BLO with fixed q (here g_FO = 0, so g = (ξ/q)·g_exact).
+    Ufo(f64),
+    /// First-order: exactly zero on this problem (θ acts only through the
+    /// inner loss's curvature), shown as the baseline that cannot move.
+    FirstOrder,
+}
+
+impl Method {
+    /// Label for tables, legends and JSON.
+    pub fn label(&self) -> String {
+        match self {
+            Method::ExactStoreAll => "exact(store-all)".into(),
+            Method::ExactBinomial(s) => format!("exact(binomial,s={s})"),
+            Method::ExactRecompute => "exact(recompute)".into(),
+            Method::ForwardMode => "forward-mode".into(),
+            Method::Implicit => "implicit(CG)".into(),
+            Method::Ufo(q) => format!("ufo(q={q})"),
+            Method::FirstOrder => "first-order".into(),
+        }
+    }
+
+    /// The estimator.
+    ///
+    /// # Errors
+    /// Invalid hyperparameters (q ∉ (0, 1], s = 0).
+    pub fn estimator(&self) -> Result<Box<dyn blo::Estimator<f64, RidgeHyperopt>>, blo::BloError> {
+        use blo::{Exact, FirstOrder, ForwardMode, Policy, Ufo};
+        Ok(match *self {
+            Method::ExactStoreAll => Box::new(Exact::new(Policy::StoreAll)?),
+            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::binomial(s)?)?),
+            Method::ExactRecompute => Box::new(Exact::new(Policy::Recompute)?),
+            Method::ForwardMode => Box::new(ForwardMode::new()),
+            Method::Implicit => Box::new(ImplicitIft {
+                cg: hvp::CgParams {
+                    tol: 1e-10,
+                    max_iter: 500,
+                },
+            }),
+            Method::Ufo(q) => Box::new(Ufo::fixed(q)?),
+            Method::FirstOrder => Box::new(FirstOrder::new()),
+        })
+    }
+}
+
+/// Settings of the search.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Features d (= number of hyperparameters).
+    pub d: usize,
+    /// Features with signal.
+    pub informative: usize,
+    /// Training, validation and test sizes.
+    pub n: [usize; 3],
+    /// Label noise σ.
+    pub noise: f64,
+    /// Inner gradient steps r.
+    pub r: usize,
+    /// Inner step α.
+    pub alpha: f64,
+    /// Upper bound of each L2 weight.
+    pub lambda_max: f64,
+    /// Outer (hyperparameter) steps.
+    pub outer_steps: usize,
+    /// Adam step for θ.
+    pub outer_lr: f64,
+    /// Data and coin seed.
+    pub seed: u64,
+    /// Estimators to compare.
+    pub methods: Vec<Method>,
+    /// SVG figure of validation loss against outer step (`None`: none).
+    pub figure: Option<std::path::PathBuf>,
+    /// Progress bar (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            d: 20,
+            informative: 5,
+            n: [40, 200, 2000],
+            noise: 0.5,
+            r: 100,
+            alpha: 0.1,
+            lambda_max: 5.0,
+            outer_steps: 100,
+            outer_lr: 0.1,
+            seed: 0,
+            methods: vec![
+                Method::ExactStoreAll,
+                Method::ExactBinomial(4),
+                Method::ForwardMode,
+                Method::Implicit,
+                Method::Ufo(0.2),
+                Method::FirstOrder,
+            ],
+            figure: Some("target/figures/hyperopt.svg".into()),
+            progress: true,
+        }
+    }
+}
+
+/// One method's search.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MethodResult {
+    /// Estimator label.
+    pub method: String,
+    /// Validation MSE at θ_0.
+    pub initial_val_loss: f64,
+    /// Validation MSE after the search.
+    pub final_val_loss: f64,
+    /// Test MSE at θ_0 (held-out data).
+    pub initial_test_loss: f64,
+    /// Test MSE after the search.
+    pub final_test_loss: f64,
+    /// Mean λ on the informative features after the search.
+    pub mean_lambda_informative: f64,
+    /// Mean λ on the noise features after the search.
+    pub mean_lambda_noise: f64,
+    /// ‖g − g_exact‖/‖g_exact‖ at θ_0 (single draw for UFO; 1 for first-order).
+    pub rel_error_at_theta0: f64,
+    /// Mean seconds per hypergradient.
+    pub seconds_per_hypergradient: f64,
+    /// Inner states held at the peak.
+    pub states_peak: usize,
+    /// Inner forward steps per hypergradient (mean).
+    pub forward_steps: f64,
+    /// HVPs per hypergradient (mean).
+    pub hvps: f64,
+    /// CG iterations and residual at θ_0 (implicit only).
+    pub solver: Option<blo::SolverReport>,
+    /// Validation MSE after each outer step (not in JSON).
+    #[serde(skip)]
+    pub val_curve: Vec<f64>,
+}
+
+/// Runs the search with every method.
+///
+/// # Errors
+/// What the estimators report, and figure-writing failures.
+pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, blo::BloError> {
+    use blo::Optimiser;
+    let data = RegressionData::synthetic(cfg.d, cfg.informative, cfg.n, cfg.noise, cfg.seed);
+    let problem = RidgeHyperopt {
+        data,
+        lambda_max: cfg.lambda_max,
+        inner: InnerLoop::sgd(cfg.r, cfg.alpha)?,
+    };
+    let theta0 = vec![Tensor::zeros([cfg.d, 1])];
+    let mut rng0 = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let reference = blo::Estimator::estimate(
+        &blo::Exact::new(blo::Policy::StoreAll)?,
+        &problem,
+        &(),
+        &theta0,
+        &mut rng0,
+    )?;
+    let gref = reference.grad[0].data().to_vec();
+    let gnorm = gref.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let test = |theta: &Tensor<f64>| {
+        let w = problem.inner_solution(theta);
+        RidgeHyperopt::mse(&problem.data.x_test, &problem.data.y_test, &w)
+    };
+    let bar = crate::util::progress(
+        (cfg.methods.len() * cfg.outer_steps) as u64,
+        "hyperopt",
+        !cfg.progress,
+    );
+    let mut results = Vec::new();
+    for &method in &cfg.methods {
+        let mut est = method.estimator()?;
+        let mut theta = theta0.clone();
+        let mut adam = blo::Adam::<f64>::new(cfg.outer_lr);
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xA11CE);
+        let mut curve = Vec::with_capacity(cfg.outer_steps);
+        let mut stats = blo::Stats::default();
+        let mut seconds = 0.0;
+        let mut first: Option<blo::Estimate<f64>> = None;
+        let mut initial_val = f64::NAN;
+        for _ in 0..cfg.outer_steps {
+            let t = std::time::Instant::now();
+            let e = est.estimate(&problem, &(), &theta, &mut rng)?;
+            seconds += t.elapsed().as_secs_f64();
+            stats.add(&e.stats);
+            est.observe(std::slice::from_ref(&e));
+            if first.is_none() {
+                initial_val = e.outer_loss;
+                first = Some(e.clone());
+            }
+            adam.step(&mut theta, &e.grad);
+            curve.push(e.outer_loss);
+            bar.inc(1);
+        }
+        let first = first.expect("outer_steps ≥ 1");
+        let final_val = blo::meta_loss(&problem, &(), &theta)?;
+        curve.push(final_val);
+        let g0 = first.grad[0].data();
+        let err = g0
+            .iter()
+            .zip(&gref)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / gnorm.max(1e-300);
+        let lam = problem.lambdas(&theta[0]);
+        let k = cfg.informative.min(cfg.d);
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let steps = cfg.outer_steps as f64;
+        results.push(MethodResult {
+            method: method.label(),
+            initial_val_loss: initial_val,
+            final_val_loss: final_val,
+            initial_test_loss: test(&theta0[0]),
+            final_test_loss: test(&theta[0]),
+            mean_lambda_informative: mean(&lam[..k]),
+            mean_lambda_noise: mean(&lam[k..]),
+            rel_error_at_theta0: err,
+            seconds_per_hypergradient: seconds / steps,
+            states_peak: stats.states_peak,
+            forward_steps: stats.forward_steps as f64 / steps,
+            hvps: stats.hvps as f64 / steps,
+            solver: first.stats.solver.clone(),
+            val_curve: curve,
+        });
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &cfg.figure {
+        let series: Vec<crate::util::Series> = results
+            .iter()
+            .map(|r| {
+                crate::util::Series::new(
+                    r.method.clone(),
+                    r.val_curve
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| (i as f64, v))
+                        .collect(),
+                )
+            })
+            .collect();
+        let spec = crate::util::PlotSpec {
+            title: format!(
+                "Hyperparameter search: validation MSE, d = {} L2 weights",
+                cfg.d
+            ),
+            x_label: "outer (hyperparameter) step".into(),
+            y_label: "validation MSE".into(),
+            log_y: false,
+            reference: None,
+        };
+        crate::util::line_plot_svg(path, &spec, &series).map_err(|e| blo::BloError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(results)
+}
+
+/// The table printed by the example.
+pub fn table(results: &[MethodResult]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<22} {:>15} {:>15} {:>10} {:>10} {:>12} {:>7} {:>9} {:>7}",
+        "estimator",
+        "val MSE 0→end",
+        "test MSE 0→end",
+        "λ signal",
+        "λ noise",
+        "time/hypergr",
+        "states",
+        "fwd steps",
+        "HVPs"
+    );
+    for r in results {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>15} {:>15} {:>10.3} {:>10.3} {:>12} {:>7} {:>9.0} {:>7.0}",
+            r.method,
+            format!("{:.3}→{:.3}", r.initial_val_loss, r.final_val_loss),
+            format!("{:.3}→{:.3}", r.initial_test_loss, r.final_test_loss),
+            r.mean_lambda_informative,
+            r.mean_lambda_noise,
+            crate::util::fmt_secs(r.seconds_per_hypergradient),
+            r.states_peak,
+            r.forward_steps,
+            r.hvps
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nrelative error of the hypergradient at θ_0 against exact(store-all):"
+    );
+    for r in results {
+        let solver = r
+            .solver
+            .as_ref()
+            .map(|sr| {
+                format!(
+                    " (CG: {} iterations, residual {:.1e})",
+                    sr.iterations, sr.residual
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<22} {:.2e}{solver}",
+            r.method, r.rel_error_at_theta0
+        );
+    }
+    s
+}

@@ -171,3 +171,124 @@ fn counterexample_fo_stalls_and_ufo_does_not() {
     check_svg(&fig).unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn small_hyperopt(
+    methods: Vec<blo_examples::hyperopt::Method>,
+    figure: Option<PathBuf>,
+) -> blo_examples::hyperopt::Config {
+    blo_examples::hyperopt::Config {
+        d: 8,
+        informative: 3,
+        n: [20, 100, 500],
+        r: 40,
+        outer_steps: 25,
+        methods,
+        figure,
+        progress: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn hyperopt_exact_hypergradient_matches_finite_differences_of_plain_arithmetic() {
+    use blo::Estimator;
+    use blo_examples::hyperopt::{RegressionData, RidgeHyperopt};
+    use rand::SeedableRng;
+    let p = RidgeHyperopt {
+        data: RegressionData::synthetic(5, 2, [12, 30, 10], 0.3, 3),
+        lambda_max: 5.0,
+        inner: blo::InnerLoop::sgd(15, 0.1).unwrap(),
+    };
+    let theta = tape::Tensor::new([5, 1], vec![0.3, -0.2, 0.0, 1.0, -1.0]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let g = blo::Exact::new(blo::Policy::StoreAll)
+        .unwrap()
+        .estimate(&p, &(), &[theta.clone()], &mut rng)
+        .unwrap();
+    // Validation loss of the inner solution computed without the tape, by central differences.
+    let val = |th: &tape::Tensor<f64>| {
+        RidgeHyperopt::mse(&p.data.x_val, &p.data.y_val, &p.inner_solution(th))
+    };
+    assert!((val(&theta) - g.outer_loss).abs() < 1e-12);
+    for k in 0..5 {
+        let h = 1e-5;
+        let (mut a, mut b) = (theta.clone(), theta.clone());
+        a.data_mut()[k] += h;
+        b.data_mut()[k] -= h;
+        let fd = (val(&a) - val(&b)) / (2.0 * h);
+        let got = g.grad[0].data()[k];
+        assert!(
+            (fd - got).abs() < 1e-7 * (1.0 + fd.abs()),
+            "θ_{k}: fd {fd} vs {got}"
+        );
+    }
+}
+
+#[test]
+fn hyperopt_estimators_agree_and_the_search_helps() {
+    use blo_examples::hyperopt::{self, Method};
+    let dir = tmp_dir("hyperopt");
+    let fig = dir.join("h.svg");
+    let methods = vec![
+        Method::ExactStoreAll,
+        Method::ExactBinomial(3),
+        Method::ForwardMode,
+        Method::Implicit,
+        Method::Ufo(0.3),
+        Method::FirstOrder,
+    ];
+    let res = hyperopt::run(&small_hyperopt(methods, Some(fig.clone()))).unwrap();
+    let by = |l: &str| {
+        res.iter()
+            .find(|r| r.method == l)
+            .unwrap_or_else(|| panic!("{l}"))
+    };
+    let exact = by("exact(store-all)");
+    // The search lowers the validation loss (and, on this data, the test loss too).
+    assert!(
+        exact.final_val_loss < 0.7 * exact.initial_val_loss,
+        "{exact:?}"
+    );
+    assert!(exact.final_test_loss < exact.initial_test_loss, "{exact:?}");
+    // Noise features end with larger L2 weights than informative ones.
+    assert!(
+        exact.mean_lambda_noise > exact.mean_lambda_informative,
+        "{exact:?}"
+    );
+    // Every checkpoint policy gives the same hypergradient to the last bit, hence the same search.
+    let bin = by("exact(binomial,s=3)");
+    assert_eq!(bin.rel_error_at_theta0, 0.0);
+    assert_eq!(bin.val_curve, exact.val_curve);
+    assert!(
+        bin.states_peak <= 4 && exact.states_peak == 41,
+        "{} {}",
+        bin.states_peak,
+        exact.states_peak
+    );
+    // Forward mode is the same derivative by other operations.
+    assert!(by("forward-mode").rel_error_at_theta0 < 1e-10);
+    // Implicit differentiation at φ_r is close but not exact (r = 40 steps do not reach the optimum exactly).
+    let imp = by("implicit(CG)");
+    assert!(
+        imp.rel_error_at_theta0 > 0.0 && imp.rel_error_at_theta0 < 1e-3,
+        "{imp:?}"
+    );
+    let solver = imp.solver.as_ref().expect("implicit reports its solver");
+    assert!(solver.residual < 1e-9 && solver.iterations >= 1);
+    // First-order: exactly zero here, so θ never moves.
+    let fo = by("first-order");
+    assert_eq!(fo.rel_error_at_theta0, 1.0);
+    assert_eq!(fo.final_val_loss, fo.initial_val_loss);
+    // UFO: unbiased (g = (ξ/q)·g_exact here), so it also makes progress.
+    let ufo = by("ufo(q=0.3)");
+    assert!(ufo.final_val_loss < ufo.initial_val_loss, "{ufo:?}");
+    for r in &res {
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
+        assert_eq!(v["method"].as_str().unwrap(), r.method);
+        assert!(v["final_val_loss"].as_f64().unwrap().is_finite());
+    }
+    assert!(hyperopt::table(&res).contains("implicit(CG)"));
+    check_svg(&fig).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
