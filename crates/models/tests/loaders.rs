@@ -317,3 +317,40 @@ fn mini_imagenet_errors_name_the_path() {
     std::fs::write(tmp.0.join("val.csv"), "other.jpg,x\n").unwrap();
     assert_eq!(load_mini_imagenet(&tmp.0, "val").unwrap().num_images(), 1);
 }
+
+#[test]
+fn one_bit_pngs_like_the_official_omniglot_files_are_expanded() {
+    // The official Omniglot PNGs are 1-bit grayscale: bit 1 = white background.
+    let tmp = TmpDir::new("omni-1bit");
+    let dir = tmp.0.join("Alpha/character01");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("a.png");
+    {
+        let f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut enc = png::Encoder::new(f, 105, 105);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::One);
+        let mut w = enc.write_header().unwrap();
+        // Rows of 14 bytes (105 bits + padding): all white except a black top-left 8×8 block.
+        let mut data = vec![0xFFu8; 14 * 105];
+        for row in data.chunks_mut(14).take(8) {
+            row[0] = 0x00;
+        }
+        w.write_image_data(&data).unwrap();
+    }
+    let img = models::data::image::read_png(&path, 1).unwrap();
+    assert_eq!((img.width, img.height), (105, 105));
+    assert_eq!((img.data[0], img.data[8], img.data[8 * 105]), (0, 255, 255));
+    std::fs::create_dir_all(tmp.0.join("Beta/character01")).unwrap();
+    std::fs::copy(&path, tmp.0.join("Beta/character01/a.png")).unwrap();
+    let opts = OmniglotOptions {
+        train_characters: 1,
+        rotations: false,
+        ..OmniglotOptions::default()
+    };
+    let (train, _) = load_omniglot(&tmp.0, &opts).unwrap();
+    // Inverted: the black block becomes ink 1 in the top-left output pixel
+    // (which covers source pixels [0, 3.75)² ⊂ the 8×8 block), background 0.
+    let x = train.image::<f64>(0, 0);
+    assert_eq!((x[0], x[27], x[27 * 28 + 27]), (1.0, 0.0, 0.0));
+}
