@@ -1,0 +1,94 @@
+//! Programmer errors panic with the shapes in the message; the generic code
+//! also runs in f32; `flatten`/`unflatten` are inverse.
+
+mod common;
+
+use hvp::{cg, flatten, hvp, unflatten, CgParams, Damped, Hessian, LinOp, Objective, Workspace};
+use tape::{Real, Tape, Tensor, Var};
+
+/// f(x) = ½ Σ x² + Σ x³/3 = ½‖x‖² + ⅓ Σ x³: ∇f = x + x², H = I + 2·diag(x).
+struct Cubic;
+
+impl<F: tape::Float> Objective<F> for Cubic {
+    fn eval<'t, T: Real<Base = F>>(&self, _t: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+        x[0].square().sum().mul_scalar(0.5) + x[0].powf(3.0).sum().mul_scalar(1.0 / 3.0)
+    }
+}
+
+#[test]
+#[should_panic(expected = "hvp: input [3] but tangent [2]")]
+fn hvp_rejects_a_misshapen_tangent() {
+    let x = [Tensor::vector(vec![1.0, 2.0, 3.0])];
+    hvp(&Cubic, &x, &[Some(Tensor::vector(vec![1.0, 2.0]))]);
+}
+
+#[test]
+#[should_panic(expected = "jvp: 1 inputs but 2 tangents")]
+fn jvp_rejects_a_wrong_number_of_tangents() {
+    let x = [Tensor::vector(vec![1.0_f64])];
+    Workspace::new().jvp(&Cubic, &x, &[None, None]);
+}
+
+#[test]
+#[should_panic(expected = "mixed_hvp: φ input [2] but tangent [3]")]
+fn mixed_hvp_rejects_a_misshapen_tangent() {
+    let t = [Tensor::vector(vec![1.0_f64])];
+    let p = [Tensor::vector(vec![1.0, 2.0])];
+    Workspace::new().mixed_hvp(&Cubic, &t, &p, &[Tensor::vector(vec![1.0, 2.0, 3.0])]);
+}
+
+#[test]
+#[should_panic(expected = "Hessian::apply: operator of dimension 3 applied to x of length 2")]
+fn hessian_apply_rejects_a_wrong_length() {
+    let x = [Tensor::vector(vec![1.0_f64, 2.0, 3.0])];
+    let h = Hessian::new(&Cubic, &x);
+    h.apply(&[1.0, 2.0], &mut [0.0; 3]);
+}
+
+#[test]
+#[should_panic(expected = "cg: operator of dimension 3 but right-hand side of length 4")]
+fn cg_rejects_a_wrong_rhs_length() {
+    let x = [Tensor::vector(vec![1.0_f64, 2.0, 3.0])];
+    let _ = cg(&Hessian::new(&Cubic, &x), &[1.0; 4], CgParams::default());
+}
+
+#[test]
+#[should_panic(expected = "Hessian::block: input index 2 out of range for 1 inputs")]
+fn hessian_block_rejects_a_bad_index() {
+    let x = [Tensor::vector(vec![1.0_f64])];
+    Hessian::block(&Cubic, &x, &[2]);
+}
+
+#[test]
+fn f32_hvp_and_cg_agree_with_the_closed_form() {
+    // H = I + 2·diag(x) at x = (0.5, 1, 2): diag(2, 3, 5); all products exact in f32.
+    let x = [Tensor::vector(vec![0.5_f32, 1.0, 2.0])];
+    let out = hvp(&Cubic, &x, &[Some(Tensor::vector(vec![1.0, 1.0, 1.0]))]);
+    assert_eq!(out.grad[0].data(), &[0.75, 2.0, 6.0]);
+    assert_eq!(out.hv[0].data(), &[2.0, 3.0, 5.0]);
+    // (H + I) s = (3, 4, 6) ⇒ s = (1, 1, 1).
+    let h = Hessian::new(&Cubic, &x);
+    let params = CgParams {
+        tol: 1e-6,
+        max_iter: 10,
+    };
+    let (s, _) = cg(&Damped::new(&h, 1.0f32), &[3.0, 4.0, 6.0], params).unwrap();
+    common::assert_close(
+        "f32 CG",
+        &s.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &[1.0, 1.0, 1.0],
+        1e-6,
+    );
+}
+
+#[test]
+fn flatten_and_unflatten_are_inverse() {
+    let xs = [
+        Tensor::new([2, 2], vec![1.0_f64, 2.0, 3.0, 4.0]),
+        Tensor::scalar(5.0),
+        Tensor::vector(vec![6.0, 7.0]),
+    ];
+    let flat = flatten(&xs);
+    assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    assert_eq!(unflatten(&flat, &xs), xs.to_vec());
+}
