@@ -116,7 +116,7 @@ fn hessian_apply_and_hvp_into_allocate_nothing_after_the_first_call() {
 
     let mut ws = Workspace::new();
     let vs = [Some(Tensor::vector(v.clone()))];
-    let (mut g, mut hv) = ([Tensor::zeros(&[n])], [Tensor::zeros(&[n])]);
+    let (mut g, mut hv) = ([Tensor::zeros([n])], [Tensor::zeros([n])]);
     ws.hvp_into(&f, &x, &vs, &mut g, &mut hv);
     let (allocs, _) = count(|| {
         for _ in 0..10 {
@@ -132,7 +132,7 @@ fn a_cg_solve_allocates_its_four_vectors_whatever_the_iteration_count() {
     let n = 40;
     let f = Smooth {
         a: Tensor::from_fn(&[n], |i| (i as f64 * 0.37).sin()),
-        b: Tensor::zeros(&[n]),
+        b: Tensor::zeros([n]),
     };
     let x = [Tensor::from_fn(&[n], |i| (i as f64 * 0.23).sin())];
     let h = Hessian::new(&f, &x);
