@@ -11,7 +11,10 @@
 //! The function under test is a closure that records on a tape it is handed:
 //! `|tape, x| -> Var`, where `x` holds one variable per input tensor. It is
 //! re-run on fresh tapes for the finite differences, so it must be a pure
-//! function of its inputs.
+//! function of its inputs. Write the closure inline in the call (or pass a
+//! generic `fn`): a closure first bound to a `let` does not get the
+//! higher-ranked lifetime `for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>`
+//! the checks require, and fails to compile with "lifetime may not live long enough".
 //!
 //! Random directions come from a `ChaCha8Rng` seeded explicitly, so a failure
 //! reproduces from its seed. [`Tolerance`] bundles the finite-difference step

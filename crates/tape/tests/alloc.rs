@@ -103,11 +103,11 @@ fn loss_and_grads(tape: &mut Tape<f64>, m: &Mlp, g1: &mut [f64], g2: &mut [f64])
 fn mlp() -> Mlp {
     let (n, d, h, c) = (8, 4, 16, 3);
     Mlp {
-        x: Tensor::from_fn(&[n, d], |i| (i as f64 * 0.37).sin()),
-        w1: Tensor::from_fn(&[d, h], |i| (i as f64 * 0.11).cos() * 0.5),
-        b1: Tensor::from_fn(&[h], |i| i as f64 * 0.01),
-        w2: Tensor::from_fn(&[h, c], |i| (i as f64 * 0.23).sin() * 0.5),
-        b2: Tensor::zeros(&[c]),
+        x: Tensor::from_fn([n, d], |i| (i as f64 * 0.37).sin()),
+        w1: Tensor::from_fn([d, h], |i| (i as f64 * 0.11).cos() * 0.5),
+        b1: Tensor::from_fn([h], |i| i as f64 * 0.01),
+        w2: Tensor::from_fn([h, c], |i| (i as f64 * 0.23).sin() * 0.5),
+        b2: Tensor::zeros([c]),
         labels: (0..n).map(|i| i % c).collect(),
     }
 }

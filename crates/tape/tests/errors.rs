@@ -72,8 +72,8 @@ fn the_mixing_message_names_both_tapes_and_the_callers_line() {
 #[test]
 fn mixing_tapes_in_matmul_concat_and_where_panics() {
     let (t1, t2) = (Tape::<f64>::new(), Tape::<f64>::new());
-    let a = t1.var(&Tensor::zeros(&[2, 2]));
-    let b = t2.var(&Tensor::zeros(&[2, 2]));
+    let a = t1.var(&Tensor::zeros([2, 2]));
+    let b = t2.var(&Tensor::zeros([2, 2]));
     let (id1, id2) = (t1.id(), t2.id());
     for (name, msg) in [
         (
@@ -129,8 +129,8 @@ fn mixing_tapes_in_matmul_concat_and_where_panics() {
 #[should_panic(expected = "matmul: lhs [3, 4], rhs [5, 2]: inner dimensions 4 != 5")]
 fn matmul_inner_dimension_mismatch() {
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[3, 4]));
-    let b = t.var(&Tensor::zeros(&[5, 2]));
+    let a = t.var(&Tensor::zeros([3, 4]));
+    let b = t.var(&Tensor::zeros([5, 2]));
     let _ = a.matmul(b);
 }
 
@@ -138,8 +138,8 @@ fn matmul_inner_dimension_mismatch() {
 #[should_panic(expected = "matmul: lhs [2, 3, 4], rhs [3, 4, 5]: batch dimensions 2 != 3")]
 fn matmul_batch_mismatch() {
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[2, 3, 4]));
-    let b = t.var(&Tensor::zeros(&[3, 4, 5]));
+    let a = t.var(&Tensor::zeros([2, 3, 4]));
+    let b = t.var(&Tensor::zeros([3, 4, 5]));
     let _ = a.matmul(b);
 }
 
@@ -147,8 +147,8 @@ fn matmul_batch_mismatch() {
 #[should_panic(expected = "add: lhs [2, 3], rhs [4]: shapes do not broadcast")]
 fn add_shapes_do_not_broadcast() {
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[2, 3]));
-    let b = t.var(&Tensor::zeros(&[4]));
+    let a = t.var(&Tensor::zeros([2, 3]));
+    let b = t.var(&Tensor::zeros([4]));
     let _ = a + b;
 }
 
@@ -156,8 +156,8 @@ fn add_shapes_do_not_broadcast() {
 #[should_panic(expected = "conv2d: x [1, 3, 5, 5], weight [2, 2, 3, 3]: channels 3 != 2")]
 fn conv2d_channel_mismatch() {
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::zeros(&[1, 3, 5, 5]));
-    let w = t.var(&Tensor::zeros(&[2, 2, 3, 3]));
+    let x = t.var(&Tensor::zeros([1, 3, 5, 5]));
+    let w = t.var(&Tensor::zeros([2, 2, 3, 3]));
     let _ = x.conv2d(w, 1, 0);
 }
 
@@ -167,8 +167,8 @@ fn conv2d_channel_mismatch() {
 )]
 fn conv2d_kernel_too_large() {
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::zeros(&[1, 1, 2, 2]));
-    let w = t.var(&Tensor::zeros(&[1, 1, 3, 3]));
+    let x = t.var(&Tensor::zeros([1, 1, 2, 2]));
+    let w = t.var(&Tensor::zeros([1, 1, 3, 3]));
     let _ = x.conv2d(w, 1, 0);
 }
 
@@ -176,7 +176,7 @@ fn conv2d_kernel_too_large() {
 #[should_panic(expected = "reshape: x [2, 3], to [4]: element counts 6 != 4")]
 fn reshape_element_count_mismatch() {
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::zeros(&[2, 3]));
+    let x = t.var(&Tensor::zeros([2, 3]));
     let _ = x.reshape([4]);
 }
 
@@ -184,8 +184,8 @@ fn reshape_element_count_mismatch() {
 #[should_panic(expected = "where_: cond [2], a [3], b []: shapes do not broadcast")]
 fn where_shapes_do_not_broadcast() {
     let t = Tape::<f64>::new();
-    let c = t.var(&Tensor::zeros(&[2]));
-    let a = t.var(&Tensor::zeros(&[3]));
+    let c = t.var(&Tensor::zeros([2]));
+    let a = t.var(&Tensor::zeros([3]));
     let b = t.var(&Tensor::scalar(0.0));
     let _ = c.where_(a, b);
 }
@@ -194,8 +194,8 @@ fn where_shapes_do_not_broadcast() {
 #[should_panic(expected = "maximum: lhs [2], rhs [3]: shapes do not broadcast")]
 fn maximum_shapes_do_not_broadcast() {
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[2]));
-    let b = t.var(&Tensor::zeros(&[3]));
+    let a = t.var(&Tensor::zeros([2]));
+    let b = t.var(&Tensor::zeros([3]));
     let _ = a.maximum(b);
 }
 
@@ -203,15 +203,15 @@ fn maximum_shapes_do_not_broadcast() {
 #[should_panic(expected = "backward: output [2]: the output is not a scalar")]
 fn backward_from_a_non_scalar() {
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[2]));
+    let a = t.var(&Tensor::zeros([2]));
     t.backward(a.exp());
 }
 
 #[test]
 fn shape_errors_are_reported_at_the_callers_line() {
     let t = &Tape::<f64>::new();
-    let a = t.var(&Tensor::zeros(&[3, 4]));
-    let b = t.var(&Tensor::zeros(&[5, 2]));
+    let a = t.var(&Tensor::zeros([3, 4]));
+    let b = t.var(&Tensor::zeros([5, 2]));
     let cases = [
         at_line!(a.matmul(b)),
         at_line!(a + b),

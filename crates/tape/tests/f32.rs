@@ -6,7 +6,7 @@ use tape::{Float, Tape, Tensor, Var};
 
 /// A two-layer MLP's cross-entropy loss on fixed data, for any float type.
 fn mlp_loss<'t, T: Float>(t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
-    let x = t.constant(&Tensor::from_fn(&[6, 5], |i| {
+    let x = t.constant(&Tensor::from_fn([6, 5], |i| {
         T::from_f64((i as f64 * 0.37).sin())
     }));
     let h = (x.matmul(p[0]) + p[1]).tanh();
@@ -16,10 +16,10 @@ fn mlp_loss<'t, T: Float>(t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
 
 fn params() -> Vec<Tensor<f64>> {
     vec![
-        Tensor::from_fn(&[5, 7], |i| (i as f64 * 0.11).cos() * 0.6),
-        Tensor::from_fn(&[7], |i| i as f64 * 0.05 - 0.1),
-        Tensor::from_fn(&[7, 3], |i| (i as f64 * 0.23).sin() * 0.6),
-        Tensor::from_fn(&[3], |i| i as f64 * 0.1),
+        Tensor::from_fn([5, 7], |i| (i as f64 * 0.11).cos() * 0.6),
+        Tensor::from_fn([7], |i| i as f64 * 0.05 - 0.1),
+        Tensor::from_fn([7, 3], |i| (i as f64 * 0.23).sin() * 0.6),
+        Tensor::from_fn([3], |i| i as f64 * 0.1),
     ]
 }
 
@@ -63,8 +63,8 @@ fn f32_gradients_pass_the_f32_tolerance() {
     let p32: Vec<Tensor<f32>> = params().iter().map(|x| x.cast()).collect();
     check_grad(mlp_loss, &p32, Tolerance::for_f32()).unwrap();
     // A matrix-valued map in f32: tanh(A·B), A [4, 5], B [5, 3].
-    let a = Tensor::from_fn(&[4, 5], |i| (i as f32 * 0.4).cos());
-    let b = Tensor::from_fn(&[5, 3], |i| (i as f32 * 0.3).sin());
+    let a = Tensor::from_fn([4, 5], |i| (i as f32 * 0.4).cos());
+    let b = Tensor::from_fn([5, 3], |i| (i as f32 * 0.3).sin());
     check_vjp(
         |_, v| v[0].matmul(v[1]).tanh(),
         &[a, b],

@@ -60,7 +60,7 @@ fn softmax_cross_entropy_of_uniform_logits_is_ln_c() {
     // ∂loss/∂x_ij = (p_ij − [j = l_i]) / n = (1/c − [j = l_i]) / n.
     let (n, c) = (2, 4);
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::full(&[n, c], 0.7));
+    let x = t.var(&Tensor::full([n, c], 0.7));
     let labels = [1, 3];
     let loss = x.softmax_cross_entropy(&labels);
     t.backward(loss);
@@ -89,8 +89,8 @@ fn matmul_two_by_two() {
     // For Σ C: ḡA = 1·Bᵀ → each row is the row sums of B = [11, 15];
     //          ḡB = Aᵀ·1 → each column is the column sums of A = [4, 6]ᵀ.
     let t = Tape::<f64>::new();
-    let a = t.var(&Tensor::new(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]));
-    let b = t.var(&Tensor::new(&[2, 2], vec![5.0, 6.0, 7.0, 8.0]));
+    let a = t.var(&Tensor::new([2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    let b = t.var(&Tensor::new([2, 2], vec![5.0, 6.0, 7.0, 8.0]));
     let c = a.matmul(b);
     assert_eq!(c.value().data(), &[19.0, 22.0, 43.0, 50.0]);
     t.backward(c.sum());
@@ -103,11 +103,8 @@ fn conv2d_on_a_known_3x3_image() {
     // x = [[1, 2, 3], [4, 5, 6], [7, 8, 9]], kernel [[1, 0], [0, −1]]:
     // out[i, j] = x[i, j] − x[i+1, j+1] = −4 everywhere (x grows by 4 along the diagonal).
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::new(
-        &[1, 1, 3, 3],
-        (1..=9).map(f64::from).collect(),
-    ));
-    let w = t.var(&Tensor::new(&[1, 1, 2, 2], vec![1.0, 0.0, 0.0, -1.0]));
+    let x = t.var(&Tensor::new([1, 1, 3, 3], (1..=9).map(f64::from).collect()));
+    let w = t.var(&Tensor::new([1, 1, 2, 2], vec![1.0, 0.0, 0.0, -1.0]));
     let y = x.conv2d(w, 1, 0);
     assert_eq!(y.shape().dims(), &[1, 1, 2, 2]);
     assert_eq!(y.value().data(), &[-4.0; 4]);
@@ -124,7 +121,7 @@ fn conv2d_on_a_known_3x3_image() {
     // A 3×3 box kernel with padding 1 and stride 2: outputs centred on the
     // corners, each the sum of the in-bounds 2×2 block: [12, 16, 24, 28].
     // ∂Σy/∂x counts the windows covering each pixel: [[1, 2, 1], [2, 4, 2], [1, 2, 1]].
-    let w3 = t.var(&Tensor::full(&[1, 1, 3, 3], 1.0));
+    let w3 = t.var(&Tensor::full([1, 1, 3, 3], 1.0));
     let y = x.conv2d(w3, 2, 1);
     assert_eq!(y.value().data(), &[12.0, 16.0, 24.0, 28.0]);
     t.backward(y.sum());
@@ -138,7 +135,7 @@ fn conv2d_on_a_known_3x3_image() {
 fn pooling_on_a_known_image() {
     // x = [[1, 5], [3, 2]]: max = 5 (its adjoint goes to index 1), mean = 11/4.
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::new(&[1, 1, 2, 2], vec![1.0, 5.0, 3.0, 2.0]));
+    let x = t.var(&Tensor::new([1, 1, 2, 2], vec![1.0, 5.0, 3.0, 2.0]));
     let m = x.max_pool2d(2, 2);
     assert_eq!(m.value().data(), &[5.0]);
     t.backward(m.sum());
@@ -153,13 +150,13 @@ fn pooling_on_a_known_image() {
 fn reductions_and_max_ties() {
     // mean of 4 elements: ∂/∂x = 1/4 each. max_axis of [2, 7, 7]: 7, first maximum gets it.
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::new(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    let x = t.var(&Tensor::new([2, 2], vec![1.0, 2.0, 3.0, 4.0]));
     let m = x.mean();
     assert_eq!(m.item(), 2.5);
     t.backward(m);
     assert_eq!(t.grad(x).data(), &[0.25; 4]);
     // Row sums [3, 7]; weighting them by [1, 10] gives ∂/∂x = [1, 1, 10, 10].
-    let w = t.constant(&Tensor::new(&[2, 1], vec![1.0, 10.0]));
+    let w = t.constant(&Tensor::new([2, 1], vec![1.0, 10.0]));
     t.backward((x.sum_axes(&[1], true) * w).sum());
     assert_eq!(t.grad(x).data(), &[1.0, 1.0, 10.0, 10.0]);
     let y = t.var(&Tensor::vector(vec![2.0, 7.0, 7.0]));
@@ -174,7 +171,7 @@ fn repeated_indices_accumulate() {
     // index_select rows [1, 1, 0] of a [2, 2]: Σ out counts row 1 twice and row 0 once.
     // gather([[1, 2], [3, 4]], [1, 0]) = [2, 3]; adjoints land on those positions.
     let t = Tape::<f64>::new();
-    let x = t.var(&Tensor::new(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    let x = t.var(&Tensor::new([2, 2], vec![1.0, 2.0, 3.0, 4.0]));
     let s = x.index_select(0, &[1, 1, 0]);
     assert_eq!(s.value().data(), &[3.0, 4.0, 3.0, 4.0, 1.0, 2.0]);
     t.backward(s.sum());
@@ -199,7 +196,7 @@ fn mse_and_batch_norm_values() {
     // Batch norm of x = [[1], [3]] (n = 2, c = 1), eps = 0: μ = 2, σ² = 1, so
     // x̂ = [−1, 1] and y = 2·x̂ + 0.5 = [−1.5, 2.5]. Σ y = n·β + γ·Σ x̂ does not
     // depend on x (Σ x̂ = 0 always): ∂/∂x = 0, ∂/∂γ = Σ x̂ = 0, ∂/∂β = n = 2.
-    let xb = t.var(&Tensor::new(&[2, 1], vec![1.0, 3.0]));
+    let xb = t.var(&Tensor::new([2, 1], vec![1.0, 3.0]));
     let gamma = t.var(&Tensor::vector(vec![2.0]));
     let beta = t.var(&Tensor::vector(vec![0.5]));
     let yb = xb.batch_norm(gamma, beta, 0.0);
