@@ -7,8 +7,10 @@
 #![deny(missing_docs)]
 
 pub mod counterexample;
+pub mod dyn_estimator;
 pub mod hyperopt;
 pub mod maml;
+pub mod maml_sine;
 pub mod util;
 
 /// The README's code blocks, compiled and run as doctests so they never rot.

@@ -203,7 +203,7 @@ fn hyperopt_exact_hypergradient_matches_finite_differences_of_plain_arithmetic()
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let g = blo::Exact::new(blo::Policy::StoreAll)
         .unwrap()
-        .estimate(&p, &(), &[theta.clone()], &mut rng)
+        .estimate(&p, &(), std::slice::from_ref(&theta), &mut rng)
         .unwrap();
     // Validation loss of the inner solution computed without the tape, by central differences.
     let val = |th: &tape::Tensor<f64>| {
@@ -290,5 +290,82 @@ fn hyperopt_estimators_agree_and_the_search_helps() {
     }
     assert!(hyperopt::table(&res).contains("implicit(CG)"));
     check_svg(&fig).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn maml_sine_policies_agree_and_memory_is_as_documented() {
+    use blo_examples::maml_sine::{self, Config, Method};
+    let dir = tmp_dir("maml_sine");
+    let cfg = Config {
+        rs: vec![1, 4],
+        methods: vec![
+            Method::FirstOrder,
+            Method::Ufo(0.5),
+            Method::ExactStoreAll,
+            Method::ExactRecompute,
+            Method::ExactBinomial(2),
+        ],
+        hidden: vec![16, 16],
+        meta_steps: 40,
+        meta_batch: 2,
+        outer_lr: 1e-2,
+        test_tasks: 30,
+        figure_dir: Some(dir.clone()),
+        progress: false,
+        ..Config::default()
+    };
+    let out = maml_sine::run(&cfg).unwrap();
+    assert_eq!(out.len(), 10);
+    let get = |m: &str, r: usize| {
+        out.iter()
+            .find(|x| x.method == m && x.r == r)
+            .unwrap_or_else(|| panic!("{m} {r}"))
+    };
+    for r in [1, 4] {
+        let sa = get("exact(store-all)", r);
+        // Every checkpoint policy gives bit-identical hypergradients, hence identical training.
+        for m in ["exact(recompute)", "exact(binomial,s=2)"] {
+            assert_eq!(get(m, r).final_test_loss, sa.final_test_loss, "{m} r = {r}");
+        }
+        // Memory and time as documented (blo::checkpoint): store-all holds r + 1 states,
+        // recompute holds 1 and takes r(r+1)/2 forward steps per task; one HVP per inner step.
+        assert_eq!(sa.states_peak, r + 1);
+        assert_eq!(sa.forward_steps_per_task, r as f64);
+        assert_eq!(sa.hvps_per_task, r as f64);
+        let rc = get("exact(recompute)", r);
+        assert_eq!(rc.states_peak, 1);
+        assert_eq!(rc.forward_steps_per_task, (r * (r + 1) / 2) as f64);
+        assert!(get("exact(binomial,s=2)", r).states_peak <= 3);
+        // FO: one state, no HVPs.
+        let fo = get("fo", r);
+        assert_eq!((fo.states_peak, fo.hvps_per_task), (1, 0.0));
+        // UFO with q = 0.5: between FO and exact in HVPs, one state (recompute branch).
+        let ufo = get("ufo(q=0.5)", r);
+        assert_eq!(ufo.states_peak, 1);
+        assert!(
+            ufo.hvps_per_task > 0.0 && ufo.hvps_per_task < r as f64,
+            "{}",
+            ufo.hvps_per_task
+        );
+        // Meta-training helps on held-out tasks.
+        assert!(sa.final_test_loss < sa.initial_test_loss, "{sa:?}");
+        assert!(sa.final_test_ci95 > 0.0 && sa.seconds_per_meta_step > 0.0);
+    }
+    for x in &out {
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(x).unwrap()).unwrap();
+        assert_eq!(v["r"].as_u64().unwrap() as usize, x.r);
+        assert!(v["final_test_loss"].as_f64().unwrap().is_finite());
+    }
+    assert!(maml_sine::table(&out).contains("exact(recompute)"));
+    for f in [
+        "maml_sine_loss.svg",
+        "maml_sine_time.svg",
+        "maml_sine_states.svg",
+        "maml_sine_train.svg",
+    ] {
+        check_svg(&dir.join(f)).unwrap();
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
