@@ -196,3 +196,64 @@ fn conv4_wrong_input_panics() {
 fn conv4_too_small_input_panics() {
     Conv4::benchmark(2).with_input(1, 8, 8).feature_dim();
 }
+
+fn logits(m: &Conv4, p: &Params<f64>, x: &Tensor<f64>) -> Vec<f64> {
+    let t = Tape::<f64>::new();
+    let v = p.vars(&t);
+    m.forward(&t, &v, t.constant(x)).value().into_data()
+}
+
+#[test]
+fn batch_norm_uses_batch_statistics() {
+    // With zero conv biases, conv is linear, so batch-norm with batch statistics
+    // makes the network invariant to scaling the input batch (up to ε):
+    // BN(a·y) = BN(y). The benchmark variant (no batch-norm) is not. And with
+    // batch statistics, one sample's output depends on the other samples.
+    for (variant, side, has_bn) in [
+        (Conv4Variant::Omniglot, 8, true),
+        (Conv4Variant::MiniImagenet, 16, true),
+        (Conv4Variant::Benchmark, 16, false),
+    ] {
+        let x = Tensor::from_fn([4, 1, side, side], |i| ((i * 37 % 101) as f64 / 50.0) - 1.0);
+        let x5 = x.map(|v| 5.0 * v);
+        let mut x_other = x.clone();
+        x_other.data_mut()[side * side..]
+            .iter_mut()
+            .for_each(|v| *v = -*v * 0.3 + 0.2);
+        let m = Conv4::new(variant, 1, side, side, 3, 2);
+        let mut p: Params<f64> = m.init(0);
+        for (name, t) in p.names().to_vec().iter().zip(p.tensors_mut()) {
+            if name.ends_with("conv.bias") {
+                t.data_mut().iter_mut().for_each(|v| *v = 0.0);
+            }
+        }
+        let (a, b) = (logits(&m, &p, &x), logits(&m, &p, &x5));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(u, v)| (u - v).abs())
+            .fold(0.0, f64::max);
+        // Changing samples 1..3 only moves sample 0's logits iff batch-norm is used.
+        let c = logits(&m, &p, &x_other);
+        let d0 = (a[0] - c[0]).abs() + (a[1] - c[1]).abs();
+        if has_bn {
+            assert!(
+                diff < 1e-4,
+                "{variant:?}: scaling the input changed the logits by {diff}"
+            );
+            assert!(
+                d0 > 1e-6,
+                "{variant:?}: sample 0 ignores the rest of the batch"
+            );
+        } else {
+            assert!(
+                diff > 1e-3,
+                "{variant:?}: expected scale dependence, diff {diff}"
+            );
+            assert_eq!(
+                d0, 0.0,
+                "{variant:?}: samples must be independent without batch-norm"
+            );
+        }
+    }
+}
