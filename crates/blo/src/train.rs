@@ -25,10 +25,11 @@
 //! # Files
 //!
 //! - [`Trainer::log_jsonl`]: one JSON object per step ([`StepReport`]).
-//! - [`Trainer::checkpoint_every`]: `theta.safetensors` (θ, tensors named
-//!   `theta.0`, `theta.1`, … or [`Trainer::param_names`]) and `trainer.json`
-//!   ([`CheckpointState`]: step, seed, optimiser and estimator state, and a
-//!   fingerprint tying it to the tensor file), each written atomically.
+//! - [`Trainer::checkpoint_every`]: `theta-<step>.safetensors` (θ, tensors
+//!   named `theta.0`, `theta.1`, … or [`Trainer::param_names`]) and
+//!   `trainer.json` ([`CheckpointState`]: step, seed, optimiser and estimator
+//!   state, the θ file's name and a fingerprint of its content), each written
+//!   atomically, the JSON last; [`read_checkpoint`] loads θ back.
 //! - [`Trainer::resume_from`]: continue from such a directory.
 //!
 //! ```
@@ -219,7 +220,13 @@ pub struct TrainOutcome<F: Float> {
     pub history: Vec<StepReport>,
 }
 
-/// The JSON half of a checkpoint (`trainer.json`), beside `theta.safetensors`.
+/// The JSON half of a checkpoint (`trainer.json`), beside the θ file
+/// `theta-<step>.safetensors` it names.
+///
+/// Saving writes the θ file first, then this JSON (each atomically), then
+/// removes older θ files: the JSON's rename is the commit point, so after a
+/// crash at any moment the directory holds a consistent pair — the new one or
+/// the previous one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointState {
     /// Format tag, [`CheckpointState::FORMAT`].
@@ -236,6 +243,9 @@ pub struct CheckpointState {
     pub param_names: Vec<String>,
     /// Their shapes.
     pub param_shapes: Vec<Vec<usize>>,
+    /// The safetensors file holding θ, in the same directory
+    /// ([`CheckpointState::theta_file_name`]).
+    pub theta_file: String,
     /// [`io::fingerprint`] of the safetensors file's bytes.
     pub theta_fingerprint: String,
     /// The estimator's name.
@@ -251,10 +261,127 @@ pub struct CheckpointState {
 impl CheckpointState {
     /// The format tag written and expected.
     pub const FORMAT: &'static str = "blo-checkpoint/1";
-    /// File name of the tensors.
-    pub const THETA_FILE: &'static str = "theta.safetensors";
     /// File name of this JSON state.
     pub const STATE_FILE: &'static str = "trainer.json";
+
+    /// The θ file of the checkpoint after `step` steps: `theta-<step, 8 digits>.safetensors`.
+    ///
+    /// ```
+    /// use blo::train::CheckpointState;
+    /// assert_eq!(CheckpointState::theta_file_name(120), "theta-00000120.safetensors");
+    /// ```
+    pub fn theta_file_name(step: u64) -> String {
+        format!("theta-{step:08}.safetensors")
+    }
+}
+
+/// Reads the checkpoint in `dir` and checks it is whole: the JSON parses and
+/// has this format and dtype, the θ file it names exists, its content
+/// fingerprint and header step match the JSON, and it holds exactly the named
+/// tensors with the recorded shapes. Returns the state and θ.
+///
+/// Useful to load trained parameters, e.g. for evaluation:
+///
+/// ```no_run
+/// let (state, theta) = blo::train::read_checkpoint::<f32>("runs/maml/ckpt".as_ref())?;
+/// println!("θ after {} steps: {} tensors", state.step, theta.len());
+/// # Ok::<(), blo::BloError>(())
+/// ```
+///
+/// # Errors
+/// [`BloError::Io`] for a missing or unreadable file, [`BloError::Corrupt`]
+/// naming the file and what is wrong.
+pub fn read_checkpoint<F: Float>(
+    dir: &Path,
+) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {
+    let json_path = io::join(dir, CheckpointState::STATE_FILE);
+    let state: CheckpointState = io::load_json(&json_path)?;
+    let bad = |path: &Path, reason: String| BloError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if state.format != CheckpointState::FORMAT {
+        return Err(bad(
+            &json_path,
+            format!(
+                "format {:?}, expected {:?}",
+                state.format,
+                CheckpointState::FORMAT
+            ),
+        ));
+    }
+    if state.dtype != F::NAME {
+        return Err(bad(
+            &json_path,
+            format!(
+                "dtype is {} in the checkpoint but {} in this run",
+                state.dtype,
+                F::NAME
+            ),
+        ));
+    }
+    let plain = Path::new(&state.theta_file)
+        .file_name()
+        .is_some_and(|n| n == state.theta_file.as_str());
+    if !plain {
+        return Err(bad(
+            &json_path,
+            format!("theta_file {:?} is not a plain file name", state.theta_file),
+        ));
+    }
+    if state.param_names.len() != state.param_shapes.len() {
+        return Err(bad(
+            &json_path,
+            format!(
+                "{} parameter names but {} shapes",
+                state.param_names.len(),
+                state.param_shapes.len()
+            ),
+        ));
+    }
+    let theta_path = io::join(dir, &state.theta_file);
+    let bytes = io::read_file(&theta_path)?;
+    let fp = io::fingerprint(&bytes);
+    if fp != state.theta_fingerprint {
+        return Err(bad(
+            &theta_path,
+            format!(
+                "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
+                state.theta_fingerprint,
+                json_path.display()
+            ),
+        ));
+    }
+    let meta = io::metadata_from_bytes(&theta_path, &bytes)?;
+    if meta.get("step") != Some(&state.step.to_string()) {
+        return Err(bad(
+            &theta_path,
+            format!(
+                "header step {:?} differs from step {} in {}",
+                meta.get("step"),
+                state.step,
+                json_path.display()
+            ),
+        ));
+    }
+    let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, &bytes, &state.param_names)?;
+    for ((t, s), name) in theta
+        .iter()
+        .zip(&state.param_shapes)
+        .zip(&state.param_names)
+    {
+        if t.dims() != s.as_slice() {
+            return Err(bad(
+                &theta_path,
+                format!(
+                    "tensor {name:?} has shape {:?}, {} records {s:?}",
+                    t.dims(),
+                    json_path.display()
+                ),
+            ));
+        }
+    }
+    Ok((state, theta))
 }
 
 /// Whether `dir` holds a checkpoint (its JSON state file exists).
@@ -684,7 +811,8 @@ where
         })
     }
 
-    /// Writes `theta.safetensors` then `trainer.json` into `dir`, each atomically.
+    /// Writes the θ file, then `trainer.json` (the commit point), each
+    /// atomically, then removes older θ files.
     fn save_checkpoint(&self, dir: &Path, elapsed: f64) -> Result<(), BloError> {
         fs::create_dir_all(dir).map_err(|e| BloError::Io {
             path: dir.to_path_buf(),
@@ -697,7 +825,8 @@ where
         .into_iter()
         .collect();
         let bytes = io::tensors_to_bytes(&self.names, &self.theta, Some(meta));
-        io::write_atomic(&io::join(dir, CheckpointState::THETA_FILE), &bytes)?;
+        let theta_file = CheckpointState::theta_file_name(self.step);
+        io::write_atomic(&io::join(dir, &theta_file), &bytes)?;
         let state = CheckpointState {
             format: CheckpointState::FORMAT.into(),
             step: self.step,
@@ -706,20 +835,33 @@ where
             dtype: F::NAME.into(),
             param_names: self.names.clone(),
             param_shapes: self.theta.iter().map(|t| t.dims().to_vec()).collect(),
+            theta_file: theta_file.clone(),
             theta_fingerprint: io::fingerprint(&bytes),
             estimator: self.estimator.name(),
             estimator_state: self.estimator.save_state(),
             optimiser: self.optimiser.state(),
             elapsed_seconds: elapsed,
         };
-        io::save_json(&io::join(dir, CheckpointState::STATE_FILE), &state)
+        io::save_json(&io::join(dir, CheckpointState::STATE_FILE), &state)?;
+        // Older θ files are no longer referenced; failing to remove one is harmless.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("theta-")
+                    && name.ends_with(".safetensors")
+                    && name != theta_file
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads and checks a checkpoint, then restores it; on error nothing is changed.
     fn load_checkpoint(&mut self, dir: &Path) -> Result<(), BloError> {
         let json_path = io::join(dir, CheckpointState::STATE_FILE);
-        let theta_path = io::join(dir, CheckpointState::THETA_FILE);
-        let state: CheckpointState = io::load_json(&json_path)?;
+        let (state, theta) = read_checkpoint::<F>(dir)?;
         let bad = |path: &Path, reason: String| BloError::Corrupt {
             path: path.to_path_buf(),
             reason,
@@ -734,12 +876,6 @@ where
                 ))
             }
         };
-        expect(
-            "format",
-            state.format.clone(),
-            CheckpointState::FORMAT.into(),
-        )?;
-        expect("dtype", state.dtype.clone(), F::NAME.into())?;
         expect("seed", state.seed.to_string(), self.seed.to_string())?;
         expect(
             "meta-batch size",
@@ -758,43 +894,6 @@ where
             format!("{:?}", state.param_shapes),
             format!("{shapes:?}"),
         )?;
-        let bytes = io::read_file(&theta_path)?;
-        let fp = io::fingerprint(&bytes);
-        if fp != state.theta_fingerprint {
-            return Err(bad(
-                &theta_path,
-                format!(
-                    "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
-                    state.theta_fingerprint,
-                    json_path.display()
-                ),
-            ));
-        }
-        let meta = io::metadata_from_bytes(&theta_path, &bytes)?;
-        if meta.get("step") != Some(&state.step.to_string()) {
-            return Err(bad(
-                &theta_path,
-                format!(
-                    "header step {:?} differs from step {} in {}",
-                    meta.get("step"),
-                    state.step,
-                    json_path.display()
-                ),
-            ));
-        }
-        let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, &bytes, &self.names)?;
-        for (i, (t, s)) in theta.iter().zip(&shapes).enumerate() {
-            if t.dims() != s.as_slice() {
-                return Err(bad(
-                    &theta_path,
-                    format!(
-                        "tensor {:?} has shape {:?}, expected {s:?}",
-                        self.names[i],
-                        t.dims()
-                    ),
-                ));
-            }
-        }
         for (name, buf) in &state.optimiser.buffers {
             let idx = name
                 .rsplit('.')

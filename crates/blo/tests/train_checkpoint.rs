@@ -6,7 +6,7 @@ mod train_common;
 use std::path::Path;
 
 use blo::outer::{Adam, Sgd};
-use blo::train::{checkpoint_exists, CheckpointState, StepReport, Trainer};
+use blo::train::{checkpoint_exists, read_checkpoint, CheckpointState, StepReport, Trainer};
 use blo::BloError;
 use serde_json::Value;
 use tape::Tensor;
@@ -98,11 +98,11 @@ fn resume_continues_bit_identically() {
     // θ actually moved, so equality above is not vacuous.
     assert_ne!(bits(&straight.theta), bits(&theta0()));
 
-    // No temporary files are left behind.
+    // No temporary files and no older θ files (step 4) are left behind.
     for entry in std::fs::read_dir(&ckpt).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         assert!(
-            name == CheckpointState::THETA_FILE || name == CheckpointState::STATE_FILE,
+            name == CheckpointState::theta_file_name(N) || name == CheckpointState::STATE_FILE,
             "stray file {name}"
         );
     }
@@ -127,17 +127,13 @@ fn f32_checkpoint_holds_theta_under_user_names() {
     .progress(false)
     .run()
     .unwrap();
-    let back: Vec<Tensor<f32>> = blo::io::load_tensors(
-        &dir.join(CheckpointState::THETA_FILE),
-        &["init".to_string()],
-    )
-    .unwrap();
+    let (state, back) = read_checkpoint::<f32>(&dir).unwrap();
     assert_eq!(back, out.theta);
-    let err = blo::io::load_tensors::<f64>(
-        &dir.join(CheckpointState::THETA_FILE),
-        &["init".to_string()],
-    )
-    .unwrap_err();
+    assert_eq!(state.step, 3);
+    let file = dir.join(CheckpointState::theta_file_name(3));
+    let back: Vec<Tensor<f32>> = blo::io::load_tensors(&file, &["init".to_string()]).unwrap();
+    assert_eq!(back, out.theta);
+    let err = blo::io::load_tensors::<f64>(&file, &["init".to_string()]).unwrap_err();
     assert!(err.to_string().contains("F32"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -171,7 +167,7 @@ fn resume_err(
 #[test]
 fn flipped_byte_in_theta_file_is_reported_with_path() {
     let dir = make_checkpoint("flip");
-    let p = dir.join(CheckpointState::THETA_FILE);
+    let p = dir.join(CheckpointState::theta_file_name(2));
     let mut bytes = std::fs::read(&p).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
@@ -242,19 +238,48 @@ fn mismatched_run_is_reported() {
         "{e}"
     );
     // θ file from another checkpoint (a torn pair).
-    let other = make_checkpoint("mismatch-other");
+    let other = scratch("mismatch-other");
+    trainer(theta0())
+        .steps(1)
+        .checkpoint_every(1, &other)
+        .run()
+        .unwrap();
     std::fs::copy(
-        trainer(theta0())
-            .steps(1)
-            .checkpoint_every(1, &other)
-            .run()
-            .map(|_| other.join(CheckpointState::THETA_FILE))
-            .unwrap(),
-        dir.join(CheckpointState::THETA_FILE),
+        other.join(CheckpointState::theta_file_name(1)),
+        dir.join(CheckpointState::theta_file_name(2)),
     )
     .unwrap();
     let e = resume_err(&dir, trainer(theta0()));
     assert!(e.contains("fingerprint"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&other).unwrap();
+}
+
+/// A crash while writing the checkpoint of step 4 (θ file written, JSON not yet
+/// renamed, a temporary file left over) leaves the step-2 checkpoint usable, and
+/// resuming from it still gives the straight run's bits.
+#[test]
+fn crash_between_theta_and_json_keeps_previous_checkpoint() {
+    let dir = scratch("crash");
+    let straight = trainer(theta0()).steps(6).run().unwrap();
+    trainer(theta0())
+        .steps(2)
+        .checkpoint_every(2, &dir)
+        .run()
+        .unwrap();
+    // What a crash during the next checkpoint can leave behind.
+    std::fs::write(
+        dir.join(CheckpointState::theta_file_name(4)),
+        b"half a file",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".trainer.json.tmp-12345"),
+        b"{\"step\": 4, \"trunc",
+    )
+    .unwrap();
+    let resumed = trainer(theta0()).steps(6).resume_from(&dir).run().unwrap();
+    assert_eq!(resumed.history.len(), 4);
+    assert_eq!(bits(&resumed.theta), bits(&straight.theta));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
