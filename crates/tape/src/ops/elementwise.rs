@@ -16,12 +16,12 @@
 //! | `square` | x² | 2·g·x |
 //! | `tanh` | tanh x | g·(1 − out²) |
 //! | `sigmoid` | σ(x) | g·out·(1 − out) |
-//! | `relu` | max(x, 0) | g·[x > 0] (kink at 0: derivative 0) |
+//! | `relu` | max(x, 0) | g·\[x > 0\] (kink at 0: derivative 0) |
 //! | `softplus` | ln(1 + eˣ) | g·σ(x) |
 //! | `abs` | \|x\| | g·sign(x) (kink at 0: derivative 0) |
 //! | `maximum(a, b)` | max(a, b) (broadcasting) | g to a where a ≥ b, else to b (ties go to a) |
 //! | `minimum(a, b)` | min(a, b) (broadcasting) | g to a where a ≤ b, else to b (ties go to a) |
-//! | `clamp(lo, hi)` | min(max(x, lo), hi) | g·[lo < x < hi] (0 outside and at the kinks) |
+//! | `clamp(lo, hi)` | min(max(x, lo), hi) | g·\[lo < x < hi\] (0 outside and at the kinks) |
 //! | `where_(c, a, b)` | a where c > 0, else b (broadcasting all three) | g to the selected operand; never to c |
 //!
 //! The JVP of each op is its forward rule evaluated on dual numbers.

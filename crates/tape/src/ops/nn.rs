@@ -3,7 +3,7 @@
 //! | op | forward | VJP |
 //! |---|---|---|
 //! | `log_softmax(a)` | x − max − ln Σ e^(x − max) | ḡx = g − softmax·Σ_a g |
-//! | `softmax_cross_entropy(labels)` | mean_i (lse(x_i) − x_i[l_i]); softmax saved | ḡx = g·(p − onehot)/n |
+//! | `softmax_cross_entropy(labels)` | mean_i (lse(x_i) − x_i\[l_i\]); softmax saved | ḡx = g·(p − onehot)/n |
 //! | `mse(y)` | mean (x − y)² | ḡx = 2g(x − y)/N, ḡy = −ḡx |
 //! | `conv2d(w, s, p)` | im2col, then W·cols per sample | ḡW = Σ g·colsᵀ, ḡx = col2im(Wᵀ·g) |
 //! | `max_pool2d(k, s)` | window max (argmax saved) | g to the argmax |

@@ -9,7 +9,7 @@
 //! | `slice(a, r)` | x[…, r, …] | g added into the range |
 //! | `concat(a, xs)` | join along a | g split back |
 //! | `index_select(a, ix)` | x[…, ix, …] | g scatter-added at ix |
-//! | `gather(labels)` | out[i] = x[i, labels[i]] | g scatter-added |
+//! | `gather(labels)` | out\[i\] = x\[i, labels\[i\]\] | g scatter-added |
 //! | `detach` | x | none (stop-gradient) |
 
 use crate::ops::elementwise::for_each_broadcast;
