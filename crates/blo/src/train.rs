@@ -109,6 +109,58 @@ impl<Task, C: Fn(&mut ChaCha8Rng) -> Task + Sync> TaskSampler<Task> for C {
     }
 }
 
+/// A boxed estimator is an estimator, so a program can pick one at run time:
+///
+/// ```
+/// # use blo::{Estimator, Exact, FirstOrder, Policy, Problem, Ufo};
+/// fn pick<P: Problem<f64>>(name: &str) -> Box<dyn Estimator<f64, P>> {
+///     match name {
+///         "fo" => Box::new(FirstOrder::new()),
+///         "exact" => Box::new(Exact::new(Policy::Recompute).unwrap()),
+///         _ => Box::new(Ufo::adaptive()),
+///     }
+/// }
+/// # struct Q { inner: blo::InnerLoop }
+/// # impl Problem<f64> for Q {
+/// #     type Task = f64;
+/// #     fn inner_loop(&self) -> &blo::InnerLoop { &self.inner }
+/// #     fn inner_loss<'t, T: tape::Real<Base = f64>>(&self, _t: &'t tape::Tape<T>, c: &f64, _j: usize,
+/// #         _th: &[tape::Var<'t, T>], phi: &[tape::Var<'t, T>]) -> tape::Var<'t, T> {
+/// #         (phi[0] - *c).square().sum() }
+/// #     fn outer_loss<'t, T: tape::Real<Base = f64>>(&self, t: &'t tape::Tape<T>, c: &f64,
+/// #         th: &[tape::Var<'t, T>], phi: &[tape::Var<'t, T>]) -> tape::Var<'t, T> { self.inner_loss(t, c, 1, th, phi) }
+/// # }
+/// assert_eq!(pick::<Q>("fo").name(), "first-order");
+/// ```
+impl<F, P, E> Estimator<F, P> for Box<E>
+where
+    F: Float,
+    P: Problem<F>,
+    E: Estimator<F, P> + ?Sized,
+{
+    fn estimate(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Estimate<F>, BloError> {
+        (**self).estimate(problem, task, theta, rng)
+    }
+    fn observe(&mut self, estimates: &[Estimate<F>]) {
+        (**self).observe(estimates)
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+    fn save_state(&self) -> Value {
+        (**self).save_state()
+    }
+    fn load_state(&mut self, state: &Value) -> Result<(), String> {
+        (**self).load_state(state)
+    }
+}
+
 /// Which of a task's random streams (see [`task_rng`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Stream {

@@ -132,3 +132,40 @@ fn first_order_blow_up_names_task_and_inner_step() {
     assert_eq!(bits(t.theta()), bits(&theta0));
     assert_eq!(Optimiser::<f64>::steps_taken(t.optimiser()), 0);
 }
+
+/// Boxed (dynamically chosen) estimators and optimisers train exactly like the
+/// concrete ones.
+#[test]
+fn boxed_estimator_and_optimiser_give_the_same_bits() {
+    let run = |boxed: bool| {
+        let theta0 = vec![Tensor::vector(vec![0.3_f64, 0.1])];
+        if boxed {
+            let est: Box<dyn blo::Estimator<f64, QuadMaml>> = Box::new(Ufo::adaptive());
+            let opt: Box<dyn Optimiser<f64>> = Box::new(Adam::new(0.05));
+            let out = Trainer::new(QuadMaml::new(0.1, 3), sampler(2), est, opt, theta0)
+                .meta_batch(4)
+                .steps(8)
+                .seed(4)
+                .progress(false)
+                .run()
+                .unwrap();
+            bits(&out.theta)
+        } else {
+            let out = Trainer::new(
+                QuadMaml::new(0.1, 3),
+                sampler(2),
+                Ufo::adaptive(),
+                Adam::new(0.05),
+                theta0,
+            )
+            .meta_batch(4)
+            .steps(8)
+            .seed(4)
+            .progress(false)
+            .run()
+            .unwrap();
+            bits(&out.theta)
+        }
+    };
+    assert_eq!(run(true), run(false));
+}
