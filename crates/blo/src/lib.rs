@@ -1,4 +1,73 @@
 //! # blo: bilevel optimisation by differentiating through an inner loop
+//!
+//! State a bilevel problem ([`Problem`]: an inner loss, an outer loss, an
+//! [`InnerLoop`]), then ask any [`Estimator`] for the hypergradient of
+//! F(θ) = L_out(θ, φ_r(θ)) on a task:
+//!
+//! ```
+//! use blo::{check_hypergradient, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo};
+//! use rand::SeedableRng;
+//! use tape::{Real, Tape, Tensor, Var};
+//!
+//! /// MAML on a smooth 1-D regression: φ = (w, b), predict tanh(w x + b);
+//! /// the task is a target slope s, the inner batch at step j is x = j/4 (one point).
+//! struct Slopes { inner: InnerLoop }
+//! impl Slopes {
+//!     fn loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, s: f64, xs: &[f64], phi: &[Var<'t, T>]) -> Var<'t, T> {
+//!         let x = t.constant_base(&Tensor::vector(xs.to_vec()));
+//!         let y = t.constant_base(&Tensor::vector(xs.iter().map(|x| (s * x).tanh()).collect()));
+//!         ((x * phi[0] + phi[1]).tanh() - y).square().mean()
+//!     }
+//! }
+//! impl Problem<f64> for Slopes {
+//!     type Task = f64;
+//!     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+//!     fn inner_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, s: &f64, j: usize,
+//!         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+//!         self.loss(t, *s, &[j as f64 / 4.0], phi)
+//!     }
+//!     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, s: &f64,
+//!         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+//!         self.loss(t, *s, &[-1.0, 0.5, 1.5], phi)
+//!     }
+//! }
+//!
+//! let problem = Slopes { inner: InnerLoop::sgd(5, 0.5)? };
+//! let theta = vec![Tensor::vector(vec![0.3]), Tensor::vector(vec![-0.1])];
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+//!
+//! // Exact, with constant memory (states recomputed from θ).
+//! let exact = Exact::new(Policy::Recompute)?;
+//! let g = exact.estimate(&problem, &2.0, &theta, &mut rng)?;
+//! assert_eq!(g.stats.forward_steps, 15); // r(r+1)/2
+//! assert_eq!(g.stats.states_peak, 1);
+//! // … and it is the derivative of F: central differences agree.
+//! check_hypergradient(&problem, &2.0, &theta, &exact, 1e-7)?;
+//!
+//! // First order is cheaper and biased; UFO-BLO is cheap on average and unbiased.
+//! let fo = FirstOrder::new().estimate(&problem, &2.0, &theta, &mut rng)?;
+//! assert!(check_hypergradient(&problem, &2.0, &theta, &FirstOrder::new(), 1e-7).is_err());
+//! let ufo = Ufo::fixed(0.2)?.estimate(&problem, &2.0, &theta, &mut rng)?;
+//! assert_eq!(ufo.stats.coins, 1);
+//! # let _ = fo;
+//! # Ok::<(), blo::BloError>(())
+//! ```
+//!
+//! The pieces:
+//!
+//! - [`Problem`], [`InnerLoop`], [`InnerOptimizer`]: SGD, Meta-SGD (learnable
+//!   per-parameter steps in θ), momentum.
+//! - Estimators: [`Exact`] under a checkpoint [`Policy`] (store all, recompute,
+//!   every k-th, binomial/revolve), [`FirstOrder`], [`Ufo`] and the generic
+//!   [`Debiased`] hook (also for Reptile: [`ReptileFirstOrder`] +
+//!   [`ReptileExact`]), [`Truncated`], [`Implicit`], [`ForwardMode`].
+//! - Building blocks for your own estimator: [`InnerWorkspace`] (one forward
+//!   step, one adjoint step, the HVP pass, the outer gradient, the VJP/JVP
+//!   through Φ_0), [`rollout`], [`meta_loss`], [`check_hypergradient`].
+//! - Meta-training ([`Trainer`], outer optimisers) and checkpoint files ([`io`]).
+//!
+//! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
+//! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
 pub mod check;
@@ -36,3 +105,18 @@ pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/tutorial-meta-training.md")]
 pub struct TutorialMetaTraining;
+
+/// The tutorial `docs/tutorial-hypergradients.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-hypergradients.md")]
+pub struct TutorialHypergradients;
+
+/// The tutorial `docs/tutorial-ufo.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-ufo.md")]
+pub struct TutorialUfo;
+
+/// The tutorial `docs/tutorial-custom-estimator.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-custom-estimator.md")]
+pub struct TutorialCustomEstimator;
