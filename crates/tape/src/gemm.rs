@@ -52,7 +52,8 @@ impl<'a, T> MatRef<'a, T> {
 
 /// `C ← alpha·A·B + beta·C` for any [`Real`] element type, dual numbers included.
 ///
-/// `c` is a dense row-major `a.rows × b.cols` buffer.
+/// `c` is a dense row-major `a.rows × b.cols` buffer. With `beta = 0`, `c` is
+/// overwritten and never read (it may hold anything, NaN included).
 ///
 /// # Panics
 /// If the inner dimensions differ, `c` has the wrong length, or a view reaches
@@ -95,9 +96,14 @@ pub fn gemm<T: Real>(
         return;
     }
     if a.cols == 0 {
-        // An empty sum: C ← beta·C.
-        let beta = T::from_base(beta);
-        c.iter_mut().for_each(|x| *x = beta * *x);
+        // An empty sum: C ← beta·C; β = 0 overwrites without reading C (which
+        // may hold stale values, as matrixmultiply also promises for β = 0).
+        if beta == <T::Base as Real>::zero() {
+            c.fill(T::zero());
+        } else {
+            let beta = T::from_base(beta);
+            c.iter_mut().for_each(|x| *x = beta * *x);
+        }
         return;
     }
     for (name, m) in [("lhs", &a), ("rhs", &b)] {

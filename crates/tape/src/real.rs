@@ -121,6 +121,303 @@ pub trait Real:
         rsc: isize,
         csc: isize,
     );
+
+    /// The matrix product of dual matrices whose parts are `Self`:
+    /// `C ← α·A·B + β·C` with `C.v = α A.v B.v + β C.v` and
+    /// `C.d = α (A.v B.d + A.d B.v) + β C.d`. [`Dual::gemm_raw`] calls this, so
+    /// the primitive floats can override it with a faster kernel; the default is
+    /// three strided GEMMs over the interleaved parts.
+    ///
+    /// # Safety
+    /// As for [`Real::gemm_raw`], on the dual matrices.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_gemm_raw(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self::Base,
+        a: *const Dual<Self>,
+        rsa: isize,
+        csa: isize,
+        b: *const Dual<Self>,
+        rsb: isize,
+        csb: isize,
+        beta: Self::Base,
+        c: *mut Dual<Self>,
+        rsc: isize,
+        csc: isize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { dual_gemm_three(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+/// The generic dual GEMM: a dual matrix is two interleaved matrices of `T`, the
+/// primal part at offset 0 and the tangent at offset 1, each with doubled
+/// strides (`repr(C)`).
+///   C.v ← α A.v B.v + β C.v
+///   C.d ← α (A.v B.d + A.d B.v) + β C.d
+///
+/// # Safety
+/// As for [`Real::gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dual_gemm_three<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: T::Base,
+    a: *const Dual<T>,
+    rsa: isize,
+    csa: isize,
+    b: *const Dual<T>,
+    rsb: isize,
+    csb: isize,
+    beta: T::Base,
+    c: *mut Dual<T>,
+    rsc: isize,
+    csc: isize,
+) {
+    let (av, ad) = (a as *const T, (a as *const T).wrapping_add(1));
+    let (bv, bd) = (b as *const T, (b as *const T).wrapping_add(1));
+    let (cv, cd) = (c as *mut T, (c as *mut T).wrapping_add(1));
+    let one = <T::Base as Real>::one();
+    // SAFETY: the caller guarantees every (i, j) index of each dual matrix is in
+    // bounds; the T-parts of an in-bounds dual element are in bounds too.
+    unsafe {
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            av,
+            2 * rsa,
+            2 * csa,
+            bv,
+            2 * rsb,
+            2 * csb,
+            beta,
+            cv,
+            2 * rsc,
+            2 * csc,
+        );
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            av,
+            2 * rsa,
+            2 * csa,
+            bd,
+            2 * rsb,
+            2 * csb,
+            beta,
+            cd,
+            2 * rsc,
+            2 * csc,
+        );
+        T::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            ad,
+            2 * rsa,
+            2 * csa,
+            bv,
+            2 * rsb,
+            2 * csb,
+            one,
+            cd,
+            2 * rsc,
+            2 * csc,
+        );
+    }
+}
+
+/// The dual GEMM for primitive floats: the parts are copied into contiguous
+/// scratch, `A' = [A.v | A.d]` (`m × 2k`) and `B' = [B.d ; B.v]` (`2k × n`), so
+/// that `C.v = α A.v B.v + β C.v` is one GEMM on views of them and
+/// `C.d = α A'·B' + β C.d` is a second GEMM with inner dimension 2k (instead
+/// of two GEMMs on stride-2 data, whose packing is slow). A tangent part that is
+/// zero everywhere (a constant operand, e.g. the data) is left out of `A'·B'`:
+/// its products are structurally zero, as with JAX's symbolic zeros.
+///
+/// Each copy runs in the source's memory order, and the scratch takes the
+/// matching layout (row- or column-major); the GEMMs take any strides. The
+/// result depends only on the operands, never on the thread count.
+///
+/// # Safety
+/// As for [`Real::gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dual_gemm_split<F: Float>(
+    scratch: &mut Vec<F>,
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: F,
+    a: *const Dual<F>,
+    rsa: isize,
+    csa: isize,
+    b: *const Dual<F>,
+    rsb: isize,
+    csb: isize,
+    beta: F,
+    c: *mut Dual<F>,
+    rsc: isize,
+    csc: isize,
+) {
+    let zero = F::zero();
+    let (cv, cd) = (c as *mut F, (c as *mut F).wrapping_add(1));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // SAFETY: forwarded contract; the generic path handles the empty sum.
+        return unsafe {
+            dual_gemm_three(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+        };
+    }
+    scratch.clear();
+    scratch.resize(2 * m * k + 2 * k * n, zero);
+    let (ap, bp) = scratch.split_at_mut(2 * m * k);
+    // A' (m × 2k): A'(i, l) = A.v(i, l), A'(i, k + l) = A.d(i, l).
+    let mut a_has_d = false;
+    let (ars, acs, a_d_off);
+    if csa.unsigned_abs() <= rsa.unsigned_abs() {
+        (ars, acs, a_d_off) = (2 * k, 1, k);
+        for i in 0..m {
+            for l in 0..k {
+                // SAFETY: (i, l) is an in-bounds index of A (caller's contract).
+                let x = unsafe { *a.offset(i as isize * rsa + l as isize * csa) };
+                ap[i * 2 * k + l] = x.v;
+                ap[i * 2 * k + k + l] = x.d;
+                a_has_d |= x.d != zero;
+            }
+        }
+    } else {
+        (ars, acs, a_d_off) = (1, m, k * m);
+        for l in 0..k {
+            for i in 0..m {
+                // SAFETY: (i, l) is an in-bounds index of A (caller's contract).
+                let x = unsafe { *a.offset(i as isize * rsa + l as isize * csa) };
+                ap[l * m + i] = x.v;
+                ap[(k + l) * m + i] = x.d;
+                a_has_d |= x.d != zero;
+            }
+        }
+    }
+    // B' (2k × n): B'(l, j) = B.d(l, j), B'(k + l, j) = B.v(l, j).
+    let mut b_has_d = false;
+    let (brs, bcs, b_v_off);
+    if csb.unsigned_abs() <= rsb.unsigned_abs() {
+        (brs, bcs, b_v_off) = (n, 1, k * n);
+        for l in 0..k {
+            for j in 0..n {
+                // SAFETY: (l, j) is an in-bounds index of B (caller's contract).
+                let x = unsafe { *b.offset(l as isize * rsb + j as isize * csb) };
+                bp[l * n + j] = x.d;
+                bp[(k + l) * n + j] = x.v;
+                b_has_d |= x.d != zero;
+            }
+        }
+    } else {
+        (brs, bcs, b_v_off) = (1, 2 * k, k);
+        for j in 0..n {
+            for l in 0..k {
+                // SAFETY: (l, j) is an in-bounds index of B (caller's contract).
+                let x = unsafe { *b.offset(l as isize * rsb + j as isize * csb) };
+                bp[j * 2 * k + l] = x.d;
+                bp[j * 2 * k + k + l] = x.v;
+                b_has_d |= x.d != zero;
+            }
+        }
+    }
+    let (ap, bp) = (ap.as_ptr(), bp.as_ptr());
+    let (ars, acs, brs, bcs) = (ars as isize, acs as isize, brs as isize, bcs as isize);
+    // SAFETY: the scratch views index inside `ap` (2mk) and `bp` (2kn) by
+    // construction; C's parts are in bounds by the caller's contract and do not
+    // alias the scratch.
+    unsafe {
+        let (a_v, a_d) = (ap, ap.add(a_d_off));
+        let (b_d, b_v) = (bp, bp.add(b_v_off));
+        F::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            a_v,
+            ars,
+            acs,
+            b_v,
+            brs,
+            bcs,
+            beta,
+            cv,
+            2 * rsc,
+            2 * csc,
+        );
+        match (a_has_d, b_has_d) {
+            (true, true) => F::gemm_raw(
+                m,
+                2 * k,
+                n,
+                alpha,
+                a_v,
+                ars,
+                acs,
+                b_d,
+                brs,
+                bcs,
+                beta,
+                cd,
+                2 * rsc,
+                2 * csc,
+            ),
+            (false, true) => F::gemm_raw(
+                m,
+                k,
+                n,
+                alpha,
+                a_v,
+                ars,
+                acs,
+                b_d,
+                brs,
+                bcs,
+                beta,
+                cd,
+                2 * rsc,
+                2 * csc,
+            ),
+            (true, false) => F::gemm_raw(
+                m,
+                k,
+                n,
+                alpha,
+                a_d,
+                ars,
+                acs,
+                b_v,
+                brs,
+                bcs,
+                beta,
+                cd,
+                2 * rsc,
+                2 * csc,
+            ),
+            (false, false) => {
+                // C.d ← β C.d, without reading C.d when β = 0.
+                for i in 0..m {
+                    for j in 0..n {
+                        let p = cd.offset(2 * (i as isize * rsc + j as isize * csc));
+                        *p = if beta == zero { zero } else { beta * *p };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A primitive float: `f32` or `f64`.
@@ -134,7 +431,12 @@ pub trait Float: Real<Base = Self> + Display {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $name:literal) => {
+    ($t:ty, $gemm:path, $name:literal, $scratch:ident) => {
+        thread_local! {
+            /// Scratch for the dual GEMM's split parts; kept, so a steady state
+            /// allocates nothing.
+            static $scratch: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         impl Real for $t {
             type Base = $t;
             #[inline]
@@ -201,6 +503,33 @@ macro_rules! impl_float {
                 // SAFETY: forwarded contract of `Real::gemm_raw`.
                 unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
             }
+            unsafe fn dual_gemm_raw(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: $t,
+                a: *const Dual<$t>,
+                rsa: isize,
+                csa: isize,
+                b: *const Dual<$t>,
+                rsb: isize,
+                csb: isize,
+                beta: $t,
+                c: *mut Dual<$t>,
+                rsc: isize,
+                csc: isize,
+            ) {
+                $scratch.with(|s| match s.try_borrow_mut() {
+                    // SAFETY: forwarded contract of `Real::dual_gemm_raw`.
+                    Ok(mut s) => unsafe {
+                        dual_gemm_split(&mut s, m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+                    },
+                    // SAFETY: as above (re-entered: a fresh scratch).
+                    Err(_) => unsafe {
+                        dual_gemm_split(&mut Vec::new(), m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+                    },
+                })
+            }
         }
         impl Float for $t {
             const EPSILON: $t = <$t>::EPSILON;
@@ -212,8 +541,8 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, matrixmultiply::sgemm, "f32");
-impl_float!(f64, matrixmultiply::dgemm, "f64");
+impl_float!(f32, matrixmultiply::sgemm, "f32", DUAL_GEMM_SCRATCH_F32);
+impl_float!(f64, matrixmultiply::dgemm, "f64", DUAL_GEMM_SCRATCH_F64);
 
 /// A dual number `v + d·ε` with `ε² = 0`: a primal value and one tangent.
 ///
@@ -424,66 +753,9 @@ impl<T: Real> Real for Dual<T> {
         rsc: isize,
         csc: isize,
     ) {
-        // A dual matrix is two interleaved matrices of T: the primal part at offset
-        // 0 and the tangent at offset 1, each with doubled strides (repr(C)).
-        //   C.v ← α A.v B.v + β C.v
-        //   C.d ← α (A.v B.d + A.d B.v) + β C.d
-        let (av, ad) = (a as *const T, (a as *const T).wrapping_add(1));
-        let (bv, bd) = (b as *const T, (b as *const T).wrapping_add(1));
-        let (cv, cd) = (c as *mut T, (c as *mut T).wrapping_add(1));
-        let one = <T::Base as Real>::one();
-        // SAFETY: the caller guarantees every (i, j) index of each dual matrix is in
-        // bounds; the T-parts of an in-bounds dual element are in bounds too.
-        unsafe {
-            T::gemm_raw(
-                m,
-                k,
-                n,
-                alpha,
-                av,
-                2 * rsa,
-                2 * csa,
-                bv,
-                2 * rsb,
-                2 * csb,
-                beta,
-                cv,
-                2 * rsc,
-                2 * csc,
-            );
-            T::gemm_raw(
-                m,
-                k,
-                n,
-                alpha,
-                av,
-                2 * rsa,
-                2 * csa,
-                bd,
-                2 * rsb,
-                2 * csb,
-                beta,
-                cd,
-                2 * rsc,
-                2 * csc,
-            );
-            T::gemm_raw(
-                m,
-                k,
-                n,
-                alpha,
-                ad,
-                2 * rsa,
-                2 * csa,
-                bv,
-                2 * rsb,
-                2 * csb,
-                one,
-                cd,
-                2 * rsc,
-                2 * csc,
-            );
-        }
+        // SAFETY: forwarded contract; `T` picks its dual kernel (the primitive
+        // floats split the parts into contiguous scratch, see `dual_gemm_split`).
+        unsafe { T::dual_gemm_raw(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
 
@@ -496,6 +768,123 @@ impl<T: Real + Display> Display for Dual<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dual matrices with strides for a row-major (`t = false`) or transposed view.
+    fn dual_mat(rows: usize, cols: usize, seed: f64, zero_d: bool) -> Vec<Dual<f64>> {
+        (0..rows * cols)
+            .map(|i| {
+                let v = (i as f64 * 0.37 + seed).sin();
+                let d = if zero_d {
+                    0.0
+                } else {
+                    (i as f64 * 0.71 + seed).cos()
+                };
+                Dual::new(v, d)
+            })
+            .collect()
+    }
+
+    /// The split dual GEMM (contiguous parts, one GEMM with inner dimension 2k)
+    /// against the reference three-GEMM product rule, for every combination of
+    /// transposed operands, structurally zero tangents and β ∈ {0, 0.5}. With
+    /// β = 0, C starts as NaN and must be overwritten, never read.
+    #[test]
+    fn split_dual_gemm_matches_the_product_rule() {
+        let (m, k, n) = (5, 7, 3);
+        for (ta, tb, za, zb, beta) in (0..32).map(|c| {
+            (
+                c & 1 != 0,
+                c & 2 != 0,
+                c & 4 != 0,
+                c & 8 != 0,
+                if c & 16 != 0 { 0.5 } else { 0.0 },
+            )
+        }) {
+            let a = dual_mat(m, k, 0.1, za);
+            let b = dual_mat(k, n, 0.2, zb);
+            // A stored row-major (rs = k, cs = 1) or as the transpose of a k × m
+            // buffer (rs = 1, cs = m); the same for B.
+            let (rsa, csa, a_buf) = if ta {
+                let mut t = vec![Dual::default(); m * k];
+                for i in 0..m {
+                    for l in 0..k {
+                        t[l * m + i] = a[i * k + l];
+                    }
+                }
+                (1, m as isize, t)
+            } else {
+                (k as isize, 1, a.clone())
+            };
+            let (rsb, csb, b_buf) = if tb {
+                let mut t = vec![Dual::default(); k * n];
+                for l in 0..k {
+                    for j in 0..n {
+                        t[j * k + l] = b[l * n + j];
+                    }
+                }
+                (1, k as isize, t)
+            } else {
+                (n as isize, 1, b.clone())
+            };
+            let c0 = if beta == 0.0 {
+                Dual::new(f64::NAN, f64::NAN)
+            } else {
+                Dual::new(1.0, -2.0)
+            };
+            let mut got = vec![c0; m * n];
+            let mut want = vec![Dual::new(1.0, -2.0); m * n];
+            // SAFETY: all views index inside their buffers; C is separate.
+            unsafe {
+                f64::dual_gemm_raw(
+                    m,
+                    k,
+                    n,
+                    2.0,
+                    a_buf.as_ptr(),
+                    rsa,
+                    csa,
+                    b_buf.as_ptr(),
+                    rsb,
+                    csb,
+                    beta,
+                    got.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+                dual_gemm_three(
+                    m,
+                    k,
+                    n,
+                    2.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    beta,
+                    want.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            for (g, w) in got.iter().zip(&want) {
+                let case = (ta, tb, za, zb, beta);
+                assert!(
+                    (g.v - w.v).abs() < 1e-12,
+                    "{case:?}: value {} vs {}",
+                    g.v,
+                    w.v
+                );
+                assert!(
+                    (g.d - w.d).abs() < 1e-12,
+                    "{case:?}: tangent {} vs {}",
+                    g.d,
+                    w.d
+                );
+            }
+        }
+    }
 
     #[test]
     fn dual_rules_match_closed_forms() {

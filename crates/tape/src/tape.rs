@@ -47,10 +47,18 @@ impl Node {
     }
 }
 
+/// The arenas. `vals` and `grads` are never shrunk: their initialised length is
+/// a high-water mark, and the part in use is `vals[..len]` (values) and the
+/// ranges of nodes with `has_adj` set (adjoints). Reusing stale but initialised
+/// memory lets a re-recording skip the zero-fill of outputs that the forward
+/// rule overwrites anyway, and lets the sweep zero an adjoint only when it is
+/// first touched (or not at all, when the rule overwrites it).
 #[derive(Default)]
 struct Inner<T> {
     nodes: Vec<Node>,
+    /// Values; `vals[..len]` is in use, the rest is stale.
     vals: Vec<T>,
+    len: usize,
     aux: Vec<T>,
     idx: Vec<usize>,
     grads: Vec<T>,
@@ -58,6 +66,27 @@ struct Inner<T> {
     scratch: Vec<T>,
     /// Index of the node the last backward sweep started from, if any.
     swept_from: Option<u32>,
+}
+
+impl<T: Real> Inner<T> {
+    /// Reserves `n` values at the end of the arena and returns their start. The
+    /// slots are zeroed if `zeroed`, else they hold stale (initialised) values.
+    #[inline]
+    fn alloc(&mut self, n: usize, zeroed: bool) -> usize {
+        let at = self.len;
+        self.len = at + n;
+        if self.vals.len() < self.len {
+            // Fresh memory is zero anyway; only the stale prefix needs a fill.
+            let stale = self.vals.len();
+            self.vals.resize(self.len, T::zero());
+            if zeroed && stale > at {
+                self.vals[at..stale].fill(T::zero());
+            }
+        } else if zeroed {
+            self.vals[at..self.len].fill(T::zero());
+        }
+        at
+    }
 }
 
 /// A Wengert tape over element type `T` (`f32`, `f64` or a [`crate::Dual`]).
@@ -121,7 +150,8 @@ pub(crate) struct Fwd<'a, T> {
     vals: &'a [T],
     nodes: &'a [Node],
     inputs: &'a [u32],
-    /// The output buffer, zero-initialised.
+    /// The output buffer: zero-initialised by [`Tape::record`]; stale (finite
+    /// or not) by [`Tape::record_overwrite`], whose rules write every element.
     pub(crate) out: &'a mut [T],
     /// Arena for extra saved values; push to save.
     pub(crate) aux: &'a mut Vec<T>,
@@ -176,12 +206,29 @@ impl<'a, T: Real> Bwd<'a, T> {
     pub(crate) fn wants(&self, k: usize) -> bool {
         self.nodes[self.node.inputs[k] as usize].requires_grad
     }
-    /// The adjoint buffer of input `k`, to accumulate into (`+=`).
+    /// The adjoint buffer of input `k`, to accumulate into (`+=`). Zeroed on
+    /// the first touch of the sweep.
     #[inline]
     pub(crate) fn g_in(&mut self, k: usize) -> &mut [T] {
         let i = self.node.inputs[k] as usize;
+        let r = self.nodes[i].range();
+        if !self.has_adj[i] {
+            self.has_adj[i] = true;
+            self.grads[r.clone()].fill(T::zero());
+        }
+        &mut self.grads[r]
+    }
+
+    /// The adjoint buffer of input `k` and whether it is *fresh*: not yet
+    /// touched in this sweep, holding stale values. A rule that gets `true`
+    /// must overwrite every element (e.g. a GEMM with β = 0) instead of
+    /// accumulating; this saves the zero-fill of large adjoints.
+    #[inline]
+    pub(crate) fn g_in_overwrite(&mut self, k: usize) -> (&mut [T], bool) {
+        let i = self.node.inputs[k] as usize;
+        let fresh = !self.has_adj[i];
         self.has_adj[i] = true;
-        &mut self.grads[self.nodes[i].range()]
+        (&mut self.grads[self.nodes[i].range()], fresh)
     }
 }
 
@@ -204,7 +251,7 @@ impl<T: Real> Tape<T> {
     pub fn clear(&mut self) {
         let inner = self.inner.get_mut();
         inner.nodes.clear();
-        inner.vals.clear();
+        inner.len = 0;
         inner.aux.clear();
         inner.idx.clear();
         inner.swept_from = None;
@@ -224,7 +271,11 @@ impl<T: Real> Tape<T> {
     pub fn bytes_in_use(&self) -> usize {
         let i = self.inner.borrow();
         let e = std::mem::size_of::<T>();
-        (i.vals.len() + i.aux.len() + i.grads.len()) * e
+        let swept = match i.swept_from {
+            Some(r) => i.nodes[r as usize].range().end,
+            None => 0,
+        };
+        (i.len + i.aux.len() + swept) * e
             + i.idx.len() * std::mem::size_of::<usize>()
             + i.nodes.len() * std::mem::size_of::<Node>()
     }
@@ -289,9 +340,8 @@ impl<T: Real> Tape<T> {
     ) -> Var<'_, T> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
-        let at = inner.vals.len();
-        inner.vals.resize(at + shape.numel(), T::zero());
-        fill(&mut inner.vals[at..]);
+        let at = inner.alloc(shape.numel(), false);
+        fill(&mut inner.vals[at..inner.len]);
         let (a, i) = (inner.aux.len(), inner.idx.len());
         inner.nodes.push(Node {
             op: Op::Leaf,
@@ -309,13 +359,39 @@ impl<T: Real> Tape<T> {
     }
 
     /// Records a node: checks the inputs belong to this tape, allocates the
-    /// output in the value arena and runs the forward rule into it.
+    /// output in the value arena (zero-filled) and runs the forward rule into it.
     #[track_caller]
     pub(crate) fn record(
         &self,
         op: Op,
         inputs: &[Var<'_, T>],
         shape: Shape,
+        forward: impl FnOnce(&mut Fwd<'_, T>),
+    ) -> Var<'_, T> {
+        self.record_impl(op, inputs, shape, true, forward)
+    }
+
+    /// Like [`Tape::record`], but the output buffer is not zero-filled: it holds
+    /// stale values of an earlier recording. For rules that write every output
+    /// element (elementwise maps, a GEMM with β = 0); saves a memset per node.
+    #[track_caller]
+    pub(crate) fn record_overwrite(
+        &self,
+        op: Op,
+        inputs: &[Var<'_, T>],
+        shape: Shape,
+        forward: impl FnOnce(&mut Fwd<'_, T>),
+    ) -> Var<'_, T> {
+        self.record_impl(op, inputs, shape, false, forward)
+    }
+
+    #[track_caller]
+    fn record_impl(
+        &self,
+        op: Op,
+        inputs: &[Var<'_, T>],
+        shape: Shape,
+        zeroed: bool,
         forward: impl FnOnce(&mut Fwd<'_, T>),
     ) -> Var<'_, T> {
         for v in inputs {
@@ -333,11 +409,11 @@ impl<T: Real> Tape<T> {
         let inner = &mut *inner;
         let idxs: SmallVec<[u32; 3]> = inputs.iter().map(|v| v.idx).collect();
         let requires_grad = idxs.iter().any(|&i| inner.nodes[i as usize].requires_grad);
-        let at = inner.vals.len();
-        inner.vals.resize(at + shape.numel(), T::zero());
+        let at = inner.alloc(shape.numel(), zeroed);
         let (aux0, idx0) = (inner.aux.len(), inner.idx.len());
         {
-            let (before, out) = inner.vals.split_at_mut(at);
+            let (before, rest) = inner.vals.split_at_mut(at);
+            let out = &mut rest[..shape.numel()];
             let mut f = Fwd {
                 vals: before,
                 nodes: &inner.nodes,
@@ -371,8 +447,8 @@ impl<T: Real> Tape<T> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
         let src = inner.nodes[v.idx as usize].clone();
-        let at = inner.vals.len();
-        inner.vals.extend_from_within(src.range());
+        let at = inner.alloc(src.shape.numel(), false);
+        inner.vals.copy_within(src.range(), at);
         let (a, i) = (inner.aux.len(), inner.idx.len());
         inner.nodes.push(Node {
             op: Op::Leaf,
@@ -448,8 +524,10 @@ impl<T: Real> Tape<T> {
             );
         }
         let end = root_node.range().end;
-        inner.grads.clear();
-        inner.grads.resize(end, T::zero());
+        // Adjoints are zeroed lazily, on first touch (see `Bwd::g_in`).
+        if inner.grads.len() < end {
+            inner.grads.resize(end, T::zero());
+        }
         inner.has_adj.clear();
         inner.has_adj.resize(root + 1, false);
         inner.grads[root_node.range()].copy_from_slice(cotangent);
@@ -510,11 +588,43 @@ impl<T: Real> Tape<T> {
                 format_args!("output buffer has {} elements", out.len()),
             );
         }
-        if v.idx <= root {
+        if v.idx <= root && inner.has_adj[v.idx as usize] {
             out.copy_from_slice(&inner.grads[n.range()]);
         } else {
             out.iter_mut().for_each(|x| *x = T::zero());
         }
+    }
+
+    /// A borrowed view of the adjoint of `v` from the last sweep (no copy), or
+    /// `None` if no adjoint reached it (a structural zero). Recording or sweeping
+    /// while the view is alive panics.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let c = t.var(&Tensor::vector(vec![5.0]));
+    /// t.backward((x * x).sum()); // ∂/∂x Σ x² = 2x; nothing reaches c
+    /// assert_eq!(&*t.grad_ref(x).unwrap(), &[2.0, 4.0]);
+    /// assert!(t.grad_ref(c).is_none());
+    /// ```
+    ///
+    /// # Panics
+    /// If no sweep has run since the last [`Tape::clear`].
+    #[track_caller]
+    pub fn grad_ref(&self, v: Var<'_, T>) -> Option<Ref<'_, [T]>> {
+        self.check_own(v, "grad_ref");
+        let inner = self.inner.borrow();
+        let root = inner
+            .swept_from
+            .expect("grad_ref: no backward sweep has run on this tape");
+        let i = v.idx as usize;
+        if v.idx > root || !inner.has_adj[i] {
+            return None;
+        }
+        Some(Ref::map(inner, |inner| {
+            &inner.grads[inner.nodes[i].range()]
+        }))
     }
 
     /// Convenience: sweep from a scalar `out` and return the gradients of `wrt`.
@@ -583,5 +693,72 @@ impl<'t, T: Real> Var<'t, T> {
     #[track_caller]
     pub fn grad(&self) -> Tensor<T> {
         self.tape.grad(*self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small network whose ops overwrite their outputs (matmul, elementwise)
+    /// and accumulate into them (sum), with a broadcast bias.
+    fn loss_and_grads(
+        t: &Tape<f64>,
+        w: &Tensor<f64>,
+        b: &Tensor<f64>,
+    ) -> (f64, Tensor<f64>, Tensor<f64>) {
+        let x = t.constant(&Tensor::from_fn(&[3, 4], |i| (i as f64 * 0.3).sin()));
+        let (wv, bv) = (t.var(w), t.var(b));
+        let h = (x.matmul(wv) + bv).relu();
+        let y = (h * h).sum() + h.exp().mean_axes(&[0], false).sum();
+        t.backward(y);
+        (y.item(), t.grad(wv), t.grad(bv))
+    }
+
+    /// Values and adjoints reuse stale memory of earlier recordings (no zero-fill
+    /// for overwriting rules, lazy zeroing of adjoints). A cleared tape that first
+    /// recorded something else, with other values (NaN included), must give
+    /// bit-for-bit the numbers of a fresh tape.
+    #[test]
+    fn a_reused_tape_gives_the_numbers_of_a_fresh_one() {
+        let w = Tensor::from_fn(&[4, 2], |i| (i as f64 * 0.7).cos());
+        let b = Tensor::from_fn(&[2], |i| i as f64 * 0.1 - 0.05);
+        let fresh = loss_and_grads(&Tape::new(), &w, &b);
+        let mut t = Tape::<f64>::new();
+        // Fill the arenas with garbage: a bigger graph holding NaNs and infinities.
+        let junk = t.var(&Tensor::from_fn(&[64], |i| {
+            if i % 3 == 0 {
+                f64::NAN
+            } else {
+                f64::INFINITY
+            }
+        }));
+        let j2 = (junk * junk).exp();
+        t.backward(j2.sum());
+        t.clear();
+        let reused = loss_and_grads(&t, &w, &b);
+        assert_eq!(fresh.0.to_bits(), reused.0.to_bits());
+        assert_eq!(fresh.1, reused.1);
+        assert_eq!(fresh.2, reused.2);
+        // And again on the same tape, after a sweep of the same graph.
+        t.clear();
+        let again = loss_and_grads(&t, &w, &b);
+        assert_eq!(fresh.1, again.1);
+        assert_eq!(fresh.2, again.2);
+    }
+
+    /// An input no adjoint reaches reads as zero, even over stale memory.
+    #[test]
+    fn untouched_adjoints_read_as_zero_after_reuse() {
+        let mut t = Tape::<f64>::new();
+        let a = t.var(&Tensor::vector(vec![1.0, 2.0]));
+        t.backward((a * a).sum());
+        assert_eq!(t.grad(a).data(), &[2.0, 4.0]);
+        t.clear();
+        let a = t.var(&Tensor::vector(vec![1.0, 2.0]));
+        let b = t.var(&Tensor::vector(vec![3.0, 4.0]));
+        t.backward(b.sum());
+        assert_eq!(t.grad(a).data(), &[0.0, 0.0]);
+        assert_eq!(t.grad(b).data(), &[1.0, 1.0]);
     }
 }

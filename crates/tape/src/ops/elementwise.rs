@@ -74,7 +74,8 @@ pub(crate) fn for_each_broadcast(
 }
 
 /// Whether maximum/minimum selects its first operand (ties go to the first).
-#[inline]
+// Always inlined: called with a constant `op` inside loops, the `match` folds away.
+#[inline(always)]
 fn picks_first<T: Real>(op: &Op, a: T, b: T) -> bool {
     match op {
         Op::Maximum => a >= b,
@@ -83,7 +84,8 @@ fn picks_first<T: Real>(op: &Op, a: T, b: T) -> bool {
     }
 }
 
-#[inline]
+// Always inlined: called with a constant `op` inside loops, the `match` folds away.
+#[inline(always)]
 fn binary_forward<T: Real>(op: &Op, a: T, b: T) -> T {
     match op {
         Op::Add => a + b,
@@ -113,19 +115,149 @@ fn binary<'t, T: Real>(op: Op, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
         )
     };
     let op2 = op.clone();
-    a.tape.record(op, &[a, b], out, |f| {
+    a.tape.record_overwrite(op, &[a, b], out, |f| {
         let (x, y) = (f.x(0), f.x(1));
         let o = &mut *f.out;
-        for_each_broadcast(out, sa, sb, |i, ia, ib| {
-            o[i] = binary_forward(&op2, x[ia], y[ib])
-        });
+        // One loop per op, so the rule's `match` folds away inside the loop.
+        match op2 {
+            Op::Add => binary_map(out, sa, sb, x, y, o, |a, b| binary_forward(&Op::Add, a, b)),
+            Op::Sub => binary_map(out, sa, sb, x, y, o, |a, b| binary_forward(&Op::Sub, a, b)),
+            Op::Mul => binary_map(out, sa, sb, x, y, o, |a, b| binary_forward(&Op::Mul, a, b)),
+            Op::Div => binary_map(out, sa, sb, x, y, o, |a, b| binary_forward(&Op::Div, a, b)),
+            _ => binary_map(out, sa, sb, x, y, o, |a, b| binary_forward(&op2, a, b)),
+        }
     })
+}
+
+/// Whether `s` broadcasts against `out` as one row repeated over the leading
+/// axes (a bias `[m]` or `[1, m]` added to `[n, m]`).
+#[inline]
+fn is_row(s: Shape, out: Shape) -> bool {
+    out.rank() >= 1
+        && s.rank() >= 1
+        && s.dim(s.rank() - 1) == s.numel()
+        && s.numel() == out.dim(out.rank() - 1)
+}
+
+/// `o[i] = f(x[ia], y[ib])` over the broadcast, with contiguous fast paths for
+/// equal shapes, a broadcast row and a broadcast scalar (same values and order
+/// as the general loop).
+#[inline]
+fn binary_map<T: Real>(
+    out: Shape,
+    sa: Shape,
+    sb: Shape,
+    x: &[T],
+    y: &[T],
+    o: &mut [T],
+    f: impl Fn(T, T) -> T,
+) {
+    if o.is_empty() {
+        return;
+    }
+    if sa == out && sb == out {
+        for ((o, &a), &b) in o.iter_mut().zip(x).zip(y) {
+            *o = f(a, b);
+        }
+    } else if sa == out && is_row(sb, out) {
+        let m = y.len();
+        for (orow, xrow) in o.chunks_exact_mut(m).zip(x.chunks_exact(m)) {
+            for ((o, &a), &b) in orow.iter_mut().zip(xrow).zip(y) {
+                *o = f(a, b);
+            }
+        }
+    } else if sb == out && is_row(sa, out) {
+        let m = x.len();
+        for (orow, yrow) in o.chunks_exact_mut(m).zip(y.chunks_exact(m)) {
+            for ((o, &a), &b) in orow.iter_mut().zip(x).zip(yrow) {
+                *o = f(a, b);
+            }
+        }
+    } else if sa == out && sb.numel() == 1 {
+        let b = y[0];
+        for (o, &a) in o.iter_mut().zip(x) {
+            *o = f(a, b);
+        }
+    } else {
+        for_each_broadcast(out, sa, sb, |i, ia, ib| o[i] = f(x[ia], y[ib]));
+    }
+}
+
+/// `dst[i_dst] += h(g[i], x[ia], y[ib], out[i])` over the broadcast, where
+/// `i_dst` is `ia` if `TO_A` else `ib`; contiguous fast paths for equal shapes
+/// and a broadcast row `y` (the bias of a dense layer). The order of the
+/// additions into each `dst` element is the general loop's (row-major).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn accumulate<T: Real, const TO_A: bool>(
+    out: Shape,
+    sa: Shape,
+    sb: Shape,
+    dst: &mut [T],
+    g: &[T],
+    (x, y, o): (&[T], &[T], &[T]),
+    h: impl Fn(T, T, T, T) -> T,
+) {
+    if g.is_empty() {
+        return;
+    }
+    if sa == out && sb == out {
+        for (((d, &gi), (&xi, &yi)), &oi) in dst.iter_mut().zip(g).zip(x.iter().zip(y)).zip(o) {
+            *d += h(gi, xi, yi, oi);
+        }
+    } else if sa == out && is_row(sb, out) {
+        let m = y.len();
+        for (r, ((grow, xrow), orow)) in g
+            .chunks_exact(m)
+            .zip(x.chunks_exact(m))
+            .zip(o.chunks_exact(m))
+            .enumerate()
+        {
+            let d = if TO_A {
+                &mut dst[r * m..(r + 1) * m]
+            } else {
+                &mut dst[..m]
+            };
+            for (((d, &gi), (&xi, &yj)), &oi) in
+                d.iter_mut().zip(grow).zip(xrow.iter().zip(y)).zip(orow)
+            {
+                *d += h(gi, xi, yj, oi);
+            }
+        }
+    } else {
+        for_each_broadcast(out, sa, sb, |i, ia, ib| {
+            dst[if TO_A { ia } else { ib }] += h(g[i], x[ia], y[ib], o[i])
+        });
+    }
 }
 
 pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let (out, sa, sb) = (b.node.shape, b.x_shape(0), b.x_shape(1));
     let (x, y, g, o) = (b.x(0), b.x(1), b.g, b.out());
     let op = b.node.op.clone();
+    if matches!(op, Op::Add | Op::Sub | Op::Mul | Op::Div) {
+        // ḡa += g·∂out/∂a and ḡb += g·∂out/∂b, one loop per op (`-=` written as
+        // `+= −v`, which is the same IEEE result).
+        let v = (x, y, o);
+        if b.wants(0) {
+            let ga = b.g_in(0);
+            match op {
+                Op::Add | Op::Sub => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, _, _| g),
+                Op::Mul => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, y, _| g * y),
+                _ => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, y, _| g / y),
+            }
+        }
+        if b.wants(1) {
+            let gb = b.g_in(1);
+            match op {
+                Op::Add => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, _, _| g),
+                Op::Sub => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, _, _| -g),
+                Op::Mul => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, x, _, _| g * x),
+                _ => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, y, o| -(g * o / y)),
+            }
+        }
+        return;
+    }
     if b.wants(0) {
         let ga = b.g_in(0);
         for_each_broadcast(out, sa, sb, |i, ia, ib| match op {
@@ -157,7 +289,8 @@ pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
 }
 
-#[inline]
+// Always inlined: called with a constant `op` inside loops, the `match` folds away.
+#[inline(always)]
 fn unary_forward<T: Real>(op: &Op, x: T) -> T {
     match *op {
         Op::Neg => -x,
@@ -193,7 +326,8 @@ fn unary_forward<T: Real>(op: &Op, x: T) -> T {
 }
 
 /// The local derivative rule: ḡx = g·f'(x), with `out` = f(x) at hand.
-#[inline]
+// Always inlined: called with a constant `op` inside loops, the `match` folds away.
+#[inline(always)]
 fn unary_backward<T: Real>(op: &Op, x: T, out: T, g: T) -> T {
     match *op {
         Op::Neg => -g,
@@ -234,13 +368,57 @@ fn unary_backward<T: Real>(op: &Op, x: T, out: T, g: T) -> T {
     }
 }
 
+/// Runs `$body` with `$op` rebound to a constant of the same variant, so the
+/// rule's `match` inside a loop folds away and the loop can vectorise.
+macro_rules! with_const_unary_op {
+    ($op:expr, |$o:ident| $body:expr) => {
+        match $op {
+            Op::Relu => {
+                let $o = &Op::Relu;
+                $body
+            }
+            Op::Neg => {
+                let $o = &Op::Neg;
+                $body
+            }
+            Op::Square => {
+                let $o = &Op::Square;
+                $body
+            }
+            Op::Exp => {
+                let $o = &Op::Exp;
+                $body
+            }
+            Op::Tanh => {
+                let $o = &Op::Tanh;
+                $body
+            }
+            Op::AddScalar(c) => {
+                let $o = &Op::AddScalar(c);
+                $body
+            }
+            Op::MulScalar(c) => {
+                let $o = &Op::MulScalar(c);
+                $body
+            }
+            ref other => {
+                let $o = other;
+                $body
+            }
+        }
+    };
+}
+
 fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
     let op2 = op.clone();
-    x.tape.record(op, &[x], x.shape(), |f| {
+    x.tape.record_overwrite(op, &[x], x.shape(), |f| {
         let xs = f.x(0);
-        for (o, &v) in f.out.iter_mut().zip(xs) {
-            *o = unary_forward(&op2, v);
-        }
+        let out = &mut *f.out;
+        with_const_unary_op!(op2, |k| {
+            for (o, &v) in out.iter_mut().zip(xs) {
+                *o = unary_forward(k, v);
+            }
+        })
     })
 }
 
@@ -251,9 +429,11 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let (x, out, g) = (b.x(0), b.out(), b.g);
     let op = b.node.op.clone();
     let gx = b.g_in(0);
-    for i in 0..gx.len() {
-        gx[i] += unary_backward(&op, x[i], out[i], g[i]);
-    }
+    with_const_unary_op!(op, |k| {
+        for ((d, &gi), (&xi, &oi)) in gx.iter_mut().zip(g).zip(x.iter().zip(out)) {
+            *d += unary_backward(k, xi, oi, gi);
+        }
+    })
 }
 
 /// Calls `f(o, ic, ia, ib)` for every output index `o` of the broadcast of three

@@ -43,20 +43,43 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let (batch, m, k, n) = dims(b.x_shape(0), b.x_shape(1));
     let (x, y, g) = (b.x(0), b.x(1), b.g);
     let one = <T::Base as Real>::one();
+    // An adjoint not yet touched in this sweep is overwritten (β = 0) instead of
+    // zero-filled and accumulated into (β = 1).
+    let beta = |fresh: bool| {
+        if fresh {
+            <T::Base as Real>::zero()
+        } else {
+            one
+        }
+    };
     if b.wants(0) {
-        let ga = b.g_in(0);
+        let (ga, fresh) = b.g_in_overwrite(0);
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
-            gemm(one, gi, bi.t(), one, &mut ga[i * m * k..(i + 1) * m * k]);
+            gemm(
+                one,
+                gi,
+                bi.t(),
+                beta(fresh),
+                &mut ga[i * m * k..(i + 1) * m * k],
+            );
         }
     }
     if b.wants(1) {
-        let gb = b.g_in(1);
+        // The batched [b, m, k]·[k, n] product shares B: its adjoint is one GEMM
+        // on the flattened rows (batch = 1 here); a [b, k, n] B has one per batch.
+        let (gb, fresh) = b.g_in_overwrite(1);
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            gemm(one, ai.t(), gi, one, &mut gb[i * k * n..(i + 1) * k * n]);
+            gemm(
+                one,
+                ai.t(),
+                gi,
+                beta(fresh),
+                &mut gb[i * k * n..(i + 1) * k * n],
+            );
         }
     }
 }
@@ -86,13 +109,15 @@ impl<'t, T: Real> Var<'t, T> {
         };
         let zero = <T::Base as Real>::zero();
         let one = <T::Base as Real>::one();
-        self.tape.record(Op::Matmul, &[self, rhs], out, |f| {
-            let (x, y) = (f.x(0), f.x(1));
-            for i in 0..batch {
-                let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-                let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
-                gemm(one, ai, bi, zero, &mut f.out[i * m * n..(i + 1) * m * n]);
-            }
-        })
+        // β = 0 overwrites the output (the GEMM never reads it), so no zero-fill.
+        self.tape
+            .record_overwrite(Op::Matmul, &[self, rhs], out, |f| {
+                let (x, y) = (f.x(0), f.x(1));
+                for i in 0..batch {
+                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+                    let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
+                    gemm(one, ai, bi, zero, &mut f.out[i * m * n..(i + 1) * m * n]);
+                }
+            })
     }
 }

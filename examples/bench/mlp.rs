@@ -1,0 +1,228 @@
+//! `mlp_grad` and `mlp_hvp`: MLP 784-256-256-10, ReLU, mean softmax
+//! cross-entropy on 64 samples (x ~ N(0, 1), labels uniform in 0..10), f32.
+//! Weights and biases start from U(−1/√fan_in, 1/√fan_in).
+
+use hvp::{Objective, Workspace};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal, Uniform};
+use serde_json::{json, Map, Value};
+use tape::{Float, Real, Tape, Tensor, Var};
+
+use crate::Bench;
+
+const SIZES: [usize; 4] = [784, 256, 256, 10];
+const BATCH: usize = 64;
+
+/// The loss as an [`Objective`]: inputs are `[w1, b1, w2, b2, w3, b3]`, the data
+/// are constants.
+pub(crate) struct MlpLoss<F = f32> {
+    x: Tensor<F>,
+    labels: Vec<usize>,
+}
+
+impl<F: Float> Objective<F> for MlpLoss<F> {
+    fn eval<'t, T: Real<Base = F>>(&self, tape: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let mut h = tape.constant_base(&self.x);
+        for l in 0..3 {
+            let z = h.matmul(p[2 * l]) + p[2 * l + 1];
+            h = if l < 2 { z.relu() } else { z };
+        }
+        h.softmax_cross_entropy(&self.labels)
+    }
+}
+
+fn params_json(mode: &str) -> Value {
+    json!({"sizes": SIZES, "batch": BATCH, "mode": mode, "dtype": "f32"})
+}
+
+/// Data, initial parameters and a random normal direction, from a fixed seed.
+fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut params = Vec::new();
+    for w in SIZES.windows(2) {
+        let (fan_in, fan_out) = (w[0], w[1]);
+        let s = 1.0 / (fan_in as f32).sqrt();
+        let u = Uniform::new(-s, s);
+        params.push(Tensor::from_fn(&[fan_in, fan_out], |_| u.sample(&mut rng)));
+        params.push(Tensor::from_fn(&[fan_out], |_| u.sample(&mut rng)));
+    }
+    let x = Tensor::from_fn(&[BATCH, SIZES[0]], |_| StandardNormal.sample(&mut rng));
+    let labels = (0..BATCH).map(|_| rng.gen_range(0..SIZES[3])).collect();
+    let v = params
+        .iter()
+        .map(|p| Tensor::from_fn(p.shape(), |_| StandardNormal.sample(&mut rng)))
+        .collect();
+    (MlpLoss { x, labels }, params, v)
+}
+
+/// `mlp_grad`: loss and gradient of every weight and bias, by one reverse sweep
+/// on a reused tape; a steady-state call allocates only matrixmultiply's
+/// packing buffers.
+pub(crate) struct MlpGrad {
+    loss: MlpLoss,
+    params: Vec<Tensor<f32>>,
+    tape: Tape<f32>,
+    norm_next: bool,
+    grad_norm: f64,
+}
+
+impl MlpGrad {
+    pub(crate) fn new() -> Self {
+        let (loss, params, _) = setup();
+        MlpGrad {
+            loss,
+            params,
+            tape: Tape::new(),
+            norm_next: false,
+            grad_norm: f64::NAN,
+        }
+    }
+}
+
+impl Bench for MlpGrad {
+    fn params(&self) -> Value {
+        params_json("value_and_grad")
+    }
+    fn call(&mut self) -> f64 {
+        self.tape.clear();
+        let t = &self.tape;
+        let p = &self.params;
+        let vars: [Var<'_, f32>; 6] = std::array::from_fn(|i| t.var(&p[i]));
+        let out = self.loss.eval(t, &vars);
+        t.backward(out);
+        // The gradients stay in the tape's adjoint arena and are read in place
+        // (`grad_ref`, no copy), as the last GEMM of JAX's program writes its
+        // output buffer. Their squared norm is taken once, after the timed calls.
+        if self.norm_next {
+            let mut g2 = 0.0f64;
+            for v in &vars {
+                let g = t.grad_ref(*v).expect("every parameter gets an adjoint");
+                g2 += g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+            }
+            self.grad_norm = g2.sqrt();
+        }
+        out.item() as f64
+    }
+    fn extra(&mut self) -> Map<String, Value> {
+        self.norm_next = true;
+        self.call();
+        let mut m = Map::new();
+        m.insert("tape_nodes".into(), json!(self.tape.len()));
+        m.insert("tape_bytes".into(), json!(self.tape.bytes_in_use()));
+        m.insert(
+            "tape_bytes_reserved".into(),
+            json!(self.tape.bytes_reserved()),
+        );
+        m.insert("grad_norm".into(), json!(self.grad_norm));
+        m
+    }
+}
+
+/// `mlp_hvp`: H·v for all parameters along a random normal direction, by one
+/// forward-over-reverse pass (`hvp::Workspace::hvp_into`: `Workspace::hvp`
+/// writing into reused output tensors; tapes reused, so a steady-state call
+/// allocates only matrixmultiply's packing buffers).
+pub(crate) struct MlpHvp {
+    loss: MlpLoss,
+    params: Vec<Tensor<f32>>,
+    v: Vec<Option<Tensor<f32>>>,
+    ws: Workspace<f32>,
+    grad: Vec<Tensor<f32>>,
+    hv: Vec<Tensor<f32>>,
+}
+
+impl MlpHvp {
+    pub(crate) fn new() -> Self {
+        let (loss, params, v) = setup();
+        let mut ws = Workspace::new();
+        let vs: Vec<_> = v.iter().cloned().map(Some).collect();
+        let out = ws.hvp(&loss, &params, &vs);
+        MlpHvp {
+            loss,
+            params,
+            v: vs,
+            ws,
+            grad: out.grad,
+            hv: out.hv,
+        }
+    }
+}
+
+impl Bench for MlpHvp {
+    fn params(&self) -> Value {
+        params_json("forward-over-reverse (dual reverse sweep)")
+    }
+    fn call(&mut self) -> f64 {
+        let (x, v) = (&self.params, &self.v);
+        let value = self
+            .ws
+            .hvp_into(&self.loss, x, v, &mut self.grad, &mut self.hv);
+        value as f64
+    }
+    fn extra(&mut self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("tape_nodes".into(), json!(self.ws.dual.len()));
+        m.insert("tape_bytes".into(), json!(self.ws.dual.bytes_in_use()));
+        m.insert(
+            "tape_bytes_reserved".into(),
+            json!(self.ws.dual.bytes_reserved()),
+        );
+        let hv_norm = self.hv.iter().map(|t| t.norm().powi(2)).sum::<f64>().sqrt();
+        let grad_norm = self
+            .grad
+            .iter()
+            .map(|t| t.norm().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        m.insert("hv_norm".into(), json!(hv_norm));
+        m.insert("grad_norm".into(), json!(grad_norm));
+        m
+    }
+}
+
+/// `bench mlp_hvp --check`: the f32 H·v of the benchmark against the central
+/// difference of f64 gradients; prints the relative error to stderr. Not part of
+/// a timed run (the f64 tapes would inflate the peak RSS).
+pub(crate) fn check_hvp() -> f64 {
+    let (loss, params, v) = setup();
+    // A check that the runner measures the right thing: the f32 H·v against the
+    // central difference of f64 gradients (g(x + εv) − g(x − εv))/2ε. ε is tiny
+    // so that (almost) no ReLU changes side between the two points.
+    let loss64 = MlpLoss {
+        x: loss.x.cast::<f64>(),
+        labels: loss.labels.clone(),
+    };
+    let eps = 1e-7;
+    let shifted = |s: f64| -> Vec<Tensor<f64>> {
+        params
+            .iter()
+            .zip(&v)
+            .map(|(p, d)| {
+                let data = p.data().iter().zip(d.data());
+                let data = data.map(|(&a, &b)| a as f64 + s * b as f64);
+                Tensor::new(p.shape(), data.collect())
+            })
+            .collect()
+    };
+    let mut ws64 = Workspace::<f64>::new();
+    let (_, gp) = ws64.value_and_grad(&loss64, &shifted(eps));
+    let (_, gm) = ws64.value_and_grad(&loss64, &shifted(-eps));
+    let vs: Vec<_> = v.iter().cloned().map(Some).collect();
+    let out = Workspace::new().hvp(&loss, &params, &vs);
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for ((a, b), h) in gp.iter().zip(&gm).zip(&out.hv) {
+        for ((&a, &b), &h) in a.data().iter().zip(b.data()).zip(h.data()) {
+            let fd = (a - b) / (2.0 * eps);
+            num += (fd - h as f64).powi(2);
+            den += (h as f64).powi(2);
+        }
+    }
+    let rel = (num / den).sqrt();
+    eprintln!(
+        "mlp_hvp: |Hv - FD|/|Hv| = {:.2e} (f32 dual sweep vs central difference of f64 \
+             gradients, eps = {eps:e})",
+        rel
+    );
+    rel
+}
