@@ -33,8 +33,8 @@
 //!   [`Workspace::hvp`], [`Workspace::hvp_into`] and [`Workspace::mixed_hvp`]
 //!   (H_φφ·v and H_θφ·v from one pass).
 //! - [`LinOp`] with [`Hessian`], [`Damped`], [`Identity`], [`FnOp`], [`DenseOp`].
-//! - Solvers: [`cg`], [`neumann`], [`power_iteration`], each with `Params`,
-//!   `Info` and `Error`.
+//! - Solvers: [`cg`], [`neumann`], [`power_iteration`], [`lanczos`] (both extreme
+//!   eigenvalues), each with `Params`, `Info` and `Error`.
 //! - [`dense_hessian`], [`dense_jacobian`], [`dense_matrix`] for small problems.
 //!
 //! The tutorial is `docs/tutorial-hvp.md`; the design is explained in
@@ -42,12 +42,14 @@
 #![deny(missing_docs)]
 
 mod dense;
+mod lanczos;
 mod linop;
 mod objective;
 mod solve;
 mod workspace;
 
 pub use dense::{dense_hessian, dense_jacobian, dense_matrix};
+pub use lanczos::{lanczos, LanczosError, LanczosInfo, LanczosParams};
 pub use linop::{Damped, DenseOp, FnOp, Hessian, Identity, LinOp};
 pub use objective::{AsVector, Objective, VectorFunction};
 pub use solve::{

@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use hvp::{
-    cg, dense_jacobian, dense_matrix, neumann, power_iteration, CgError, CgParams, Damped, DenseOp,
-    FnOp, Hessian, Identity, LinOp, NeumannError, NeumannParams, Objective, PowerError,
-    PowerParams, VectorFunction,
+    cg, dense_jacobian, dense_matrix, lanczos, neumann, power_iteration, CgError, CgParams, Damped,
+    DenseOp, FnOp, Hessian, Identity, LanczosError, LanczosParams, LinOp, NeumannError,
+    NeumannParams, Objective, PowerError, PowerParams, VectorFunction,
 };
 use proptest::prelude::*;
 use rand_chacha::ChaCha8Rng;
@@ -323,4 +323,74 @@ fn dense_jacobian_matches_closed_form() {
         }
     }
     assert_close("Jacobian", j.data(), &want, 1e-14);
+}
+
+#[test]
+fn lanczos_finds_both_extremes_of_a_known_spectrum() {
+    // A Hessian with eigenvalues spread over [−2, 5] (30 of them): f = ½ Σ d_i x_i².
+    let n = 30;
+    let d = Tensor::from_fn([n], |i| -2.0 + 7.0 * i as f64 / (n - 1) as f64);
+    let f = Diag { d };
+    let x = [uniform(&mut rng(4), &[n], -1.0, 1.0)];
+    let h = Hessian::new(&f, &x);
+    let info = lanczos(&h, LanczosParams::default()).unwrap();
+    assert!((info.min + 2.0).abs() < 1e-8, "λ_min = {}", info.min);
+    assert!((info.max - 5.0).abs() < 1e-8, "λ_max = {}", info.max);
+    assert!(!info.positive_definite());
+    assert!(info.iterations <= n);
+    assert_eq!(h.applications(), info.iterations);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn lanczos_agrees_with_power_iteration_on_random_spd(seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let n = 10;
+        let a = random_spd(&mut r, n, 0.1);
+        let info = lanczos(&a, LanczosParams { tol: 1e-12, ..LanczosParams::default() }).unwrap();
+        // λ_max by power iteration on A, λ_min by power iteration on (c·I − A),
+        // whose top eigenvalue is c − λ_min for c ≥ λ_max.
+        let pp = PowerParams { tol: 1e-9, max_iter: 100_000, seed: 1 };
+        let (_, top) = power_iteration(&a, pp).unwrap();
+        let c = 1.5 * top.eigenvalue;
+        let shifted = FnOp::new(n, |x: &[f64], out: &mut [f64]| {
+            a.apply(x, out);
+            out.iter_mut().zip(x).for_each(|(o, &xi)| *o = c * xi - *o);
+        });
+        let (_, bottom) = power_iteration(&shifted, pp).unwrap();
+        let lmin = c - bottom.eigenvalue;
+        // Power iteration's Rayleigh quotient error is O(residual²/gap); 1e-7 is loose.
+        assert!((info.max - top.eigenvalue).abs() < 1e-7 * top.eigenvalue, "{} vs {}", info.max, top.eigenvalue);
+        assert!((info.min - lmin).abs() < 1e-7 * top.eigenvalue, "{} vs {lmin}", info.min);
+        assert!(info.positive_definite() && info.min >= 0.1 - 1e-9);
+    }
+}
+
+#[test]
+fn lanczos_reports_non_convergence() {
+    let n = 50;
+    let a = random_spd(&mut rng(9), n, 0.01);
+    let err = lanczos(
+        &a,
+        LanczosParams {
+            tol: 1e-14,
+            max_iter: 3,
+            seed: 0,
+        },
+    )
+    .unwrap_err();
+    match err {
+        LanczosError::NotConverged {
+            iterations,
+            min,
+            max,
+            change,
+        } => {
+            assert_eq!(iterations, 3);
+            assert!(min < max && change > 1e-14);
+        }
+        other => panic!("expected NotConverged, got {other:?}"),
+    }
 }
