@@ -448,7 +448,7 @@ impl<F: Float> Optimiser<F> for Adam<F> {
     fn load_state(&mut self, state: &OptimiserState) -> Result<(), String> {
         check_config("adam", state, &self.config())?;
         let n = state.buffers.len() / 2;
-        if !state.buffers.len().is_multiple_of(2) {
+        if 2 * n != state.buffers.len() {
             return Err(format!(
                 "adam needs as many m as v buffers, {} stored",
                 state.buffers.len()

@@ -750,7 +750,10 @@ where
             bar.set_message(format!("loss {:.4e}", report.mean_outer_loss));
             history.push(report);
             if let Some((every, dir)) = &self.checkpoint {
-                if self.step.is_multiple_of(*every) || self.step == self.steps {
+                // `%` rather than `is_multiple_of`, which is newer than the workspace's MSRV.
+                #[allow(clippy::manual_is_multiple_of)]
+                let due = self.step % every == 0 || self.step == self.steps;
+                if due {
                     let dir = dir.clone();
                     let elapsed = self.elapsed_before + start.elapsed().as_secs_f64();
                     self.save_checkpoint(&dir, elapsed)?;
