@@ -1034,7 +1034,10 @@ fn check_estimate_shapes<F: Float>(est: &Estimate<F>, theta: &[Tensor<F>], task:
 }
 
 /// Opens the log for appending after keeping only lines of steps < `step`
-/// (creating its directory if needed).
+/// (creating its directory if needed). Lines are appended one `write` each
+/// (not renamed into place like the checkpoint files), so a crash can cut the
+/// last line short; on resume such a line is dropped, and any other line that
+/// does not parse is reported as [`BloError::Corrupt`] with its number.
 fn open_log(path: &Path, step: u64) -> Result<(fs::File, PathBuf), BloError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| BloError::Io {
@@ -1055,8 +1058,14 @@ fn open_log(path: &Path, step: u64) -> Result<(fs::File, PathBuf), BloError> {
                 })
             }
         };
+        // Each line is appended in one write ending in '\n'; a last line without
+        // it was cut short by a crash and is dropped (its step is re-run).
+        let whole = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
         let mut kept = String::new();
-        for (n, line) in text.lines().enumerate() {
+        for (n, line) in whole.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }

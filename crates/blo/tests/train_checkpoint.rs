@@ -81,7 +81,8 @@ fn resume_continues_bit_identically() {
     assert_eq!(state.param_names, ["theta.0", "theta.1"]);
     // Lines for steps after the checkpoint (as after a crash) are dropped on resume.
     let mut log = std::fs::read_to_string(&split_log).unwrap();
-    log.push_str("{\"step\": 6, \"junk\": true}\n");
+    // ... and a line torn by a crash (no newline) is dropped too.
+    log.push_str("{\"step\": 6, \"junk\": true}\n{\"step\": 7, \"mean_ou");
     std::fs::write(&split_log, log).unwrap();
 
     let mut t = trainer(theta0())
@@ -281,5 +282,19 @@ fn crash_between_theta_and_json_keeps_previous_checkpoint() {
     let resumed = trainer(theta0()).steps(6).resume_from(&dir).run().unwrap();
     assert_eq!(resumed.history.len(), 4);
     assert_eq!(bits(&resumed.theta), bits(&straight.theta));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_log_line_is_reported_with_path_and_line() {
+    let dir = make_checkpoint("badlog");
+    let log = dir.join("log.jsonl");
+    std::fs::write(&log, "{\"step\": 0}\nnot json\n{\"step\": 1}\n").unwrap();
+    let mut t = trainer(theta0()).steps(3).log_jsonl(&log).resume_from(&dir);
+    let e = t.run().unwrap_err().to_string();
+    assert!(
+        e.contains(&log.display().to_string()) && e.contains("line 2"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
