@@ -1,6 +1,7 @@
 //! Every checkpoint policy gives StoreAll's hypergradient bit for bit, and the
 //! states held and forward steps match the theory (revolve's optimum for the
 //! binomial schedule).
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 

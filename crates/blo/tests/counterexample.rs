@@ -1,5 +1,6 @@
 //! The paper's counterexample (REFERENCE §6): first-order SGD converges to a
 //! point that is not stationary, UFO-BLO does not.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 
@@ -21,9 +22,10 @@ struct Counter {
 
 impl Counter {
     fn paper() -> Self {
-        let (r, alpha, a, b1, d) = (10usize, 0.1, [0.5, 1.5], 0.0, 0.06);
+        let (r, alpha, a, b1, d): (usize, f64, [f64; 2], f64, f64) =
+            (10, 0.1, [0.5, 1.5], 0.0, 0.06);
         let p = a.map(|ai: f64| (1.0 - alpha * ai).powi(r as i32));
-        let b2 = 2.0 * (2.0 * d as f64).sqrt()
+        let b2 = 2.0 * (2.0 * d).sqrt()
             / ((a[0] * p[0] * p[0] + a[1] * p[1] * p[1]) * p[1] / (a[0] * p[0] + a[1] * p[1])
                 - p[1] * p[1])
                 .abs();

@@ -1,5 +1,6 @@
 //! Estimators against central differences of F(θ), against each other where
 //! theory says they coincide, and the error paths.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 

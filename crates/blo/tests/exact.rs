@@ -1,4 +1,5 @@
 //! The exact hypergradient against closed forms and central differences.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 

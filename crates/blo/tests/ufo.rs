@@ -1,5 +1,6 @@
 //! UFO-BLO: coupling, unbiasedness and second moment (statistically), the
 //! adaptive choice of q, and the Reptile pair.
+#![allow(clippy::needless_range_loop)]
 
 mod common;
 

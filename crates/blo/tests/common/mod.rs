@@ -1,5 +1,5 @@
 //! Test problems shared by the estimator tests (f64 unless generic).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::needless_range_loop)]
 
 use blo::{InnerLoop, Problem};
 use tape::{Float, Real, Tape, Tensor, Var};
