@@ -183,9 +183,10 @@ impl<'t, T: Real> Var<'t, T> {
     pub fn t(self) -> Var<'t, T> {
         let r = self.shape().rank();
         check_shapes!(r >= 2, "transpose", ["x" => self.shape()], "needs rank >= 2");
-        let mut p: Vec<usize> = (0..r).collect();
+        // A fixed array, not a Vec: recording allocates nothing.
+        let mut p = [0, 1, 2, 3];
         p.swap(r - 2, r - 1);
-        self.permute(&p)
+        self.permute(&p[..r])
     }
 
     /// Repeats the tensor along unit (or missing leading) axes to `shape`.
