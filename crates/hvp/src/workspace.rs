@@ -66,7 +66,7 @@ pub struct Workspace<F: Float> {
     pub primal: Tape<F>,
     /// Tape for JVPs and HVPs.
     pub dual: Tape<Dual<F>>,
-    /// Staging buffer for dual leaves and adjoints (reused).
+    /// Staging buffer for dual leaves (reused).
     scratch: Vec<Dual<F>>,
 }
 
@@ -189,7 +189,7 @@ impl<F: Float> Workspace<F> {
         let mut grad = Vec::with_capacity(x.len());
         let mut hv = Vec::with_capacity(x.len());
         for (&var, xi) in vars.iter().zip(x) {
-            let (g, h) = split_adjoint(t, var, xi, &mut self.scratch);
+            let (g, h) = split_adjoint(t, var, xi);
             grad.push(g);
             hv.push(h);
         }
@@ -235,18 +235,11 @@ impl<F: Float> Workspace<F> {
         let value = out.item().v;
         t.backward(out);
         for ((&var, g), h) in vars.iter().zip(grad.iter_mut()).zip(hv.iter_mut()) {
-            self.scratch.clear();
-            self.scratch.resize(g.numel(), Dual::default());
-            t.grad_into(var, &mut self.scratch);
-            for ((gi, hi), d) in g
-                .data_mut()
-                .iter_mut()
-                .zip(h.data_mut().iter_mut())
-                .zip(&self.scratch)
-            {
-                *gi = d.v;
-                *hi = d.d;
-            }
+            let (g, h) = (g.data_mut(), h.data_mut());
+            for_each_adjoint(t, var, g.len(), |i, d| {
+                g[i] = d.v;
+                h[i] = d.d;
+            });
         }
         value
     }
@@ -323,7 +316,7 @@ impl<F: Float> Workspace<F> {
             h_thetaphi_v: Vec::with_capacity(theta.len()),
         };
         for (&var, xi) in vars.iter().zip(theta.iter().chain(phi)) {
-            let (g, h) = split_adjoint(t, var, xi, &mut self.scratch);
+            let (g, h) = split_adjoint(t, var, xi);
             if m.grad_theta.len() < theta.len() {
                 m.grad_theta.push(g);
                 m.h_thetaphi_v.push(h);
@@ -367,12 +360,8 @@ impl<F: Float> Workspace<F> {
                 continue;
             }
             let n = xi.numel();
-            self.scratch.clear();
-            self.scratch.resize(n, Dual::default());
-            t.grad_into(var, &mut self.scratch);
-            for (o, d) in hv[at..at + n].iter_mut().zip(&self.scratch) {
-                *o = d.d;
-            }
+            let out = &mut hv[at..at + n];
+            for_each_adjoint(t, var, n, |i, d| out[i] = d.d);
             at += n;
         }
     }
@@ -429,20 +418,33 @@ fn record_inputs<'t, 'a, F: Float>(
         .collect()
 }
 
+/// Calls `f(i, adjoint_i)` for every element of `var`'s adjoint after a sweep,
+/// reading the tape's buffer in place (an input no adjoint reached has a zero one).
+fn for_each_adjoint<F: Float>(
+    t: &Tape<Dual<F>>,
+    var: Var<'_, Dual<F>>,
+    n: usize,
+    mut f: impl FnMut(usize, Dual<F>),
+) {
+    match t.grad_ref(var) {
+        Some(g) => g.iter().enumerate().for_each(|(i, &d)| f(i, d)),
+        None => (0..n).for_each(|i| f(i, Dual::default())),
+    }
+}
+
 /// The adjoint of `var` after a dual sweep, split into (gradient, H·v).
 fn split_adjoint<F: Float>(
     t: &Tape<Dual<F>>,
     var: Var<'_, Dual<F>>,
     x: &Tensor<F>,
-    buf: &mut Vec<Dual<F>>,
 ) -> (Tensor<F>, Tensor<F>) {
-    buf.clear();
-    buf.resize(x.numel(), Dual::default());
-    t.grad_into(var, buf);
-    (
-        Tensor::new(x.shape(), buf.iter().map(|d| d.v).collect()),
-        Tensor::new(x.shape(), buf.iter().map(|d| d.d).collect()),
-    )
+    let n = x.numel();
+    let (mut g, mut h) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for_each_adjoint(t, var, n, |_, d| {
+        g.push(d.v);
+        h.push(d.d);
+    });
+    (Tensor::new(x.shape(), g), Tensor::new(x.shape(), h))
 }
 
 /// f(x) and ∇f(x); see [`Workspace::value_and_grad`].
