@@ -136,14 +136,14 @@ fn constants_match_the_paper() {
 }
 
 /// SGD with step 10/(k+1), 10,000 iterations, one task per iteration,
-/// θ_0 ~ U(−10, 30), seeds 1..=10.
+/// θ_0 ~ U(−10, 30), seeds 1..=6.
 ///
 /// Why these seeds and not 0..: near θ* ≈ 2.84, F″ ≈ ½Σ a_i p_i² ≈ 0.12 and the
 /// UFO (q = 0.1) gradient has variance σ² ≈ 20 (the 1/q-weighted exact branch
 /// on task 2 dominates), so SGD with η_k = c/k, c = 10, ends with
 /// Var θ ≈ c²σ²/((2cF″ − 1)k) ≈ 0.15, i.e. |F′| spread ≈ 0.045. Over seeds
 /// 0..40 we measured median |F′| = 0.034 and one seed above 0.1 (seed 0:
-/// 0.104, a 2.3σ draw); seeds 1..=10 are the first ten after it. FO's own
+/// 0.104, a 2.3σ draw); seeds 1..=6 are the first six after it. FO's own
 /// spread around θ_FO ≈ 5.76 is, the same way, σ² ≈ 3 and mean-field slope
 /// ½Σ a_i p_i ≈ 0.30, so sd θ ≈ 0.08: we ask |θ − θ_FO| < 0.3 (≈ 4σ) and
 /// |F′| = 0.346 ± 0.05 (F″ ≈ 0.12 times 0.3, plus margin).
@@ -154,7 +154,7 @@ fn first_order_plateaus_and_ufo_reaches_the_stationary_point() {
     let theta_fo = (w(0) * p.c[0] + w(1) * p.c[1]) / (w(0) + w(1));
     let ufo = Ufo::fixed(0.1).unwrap();
     let mut ufo_grads = Vec::new();
-    for seed in 1..=10 {
+    for seed in 1..=6 {
         let th = sgd(&p, &FirstOrder::new(), seed);
         let g = f_prime(&p, th).abs();
         assert!(
@@ -171,6 +171,6 @@ fn first_order_plateaus_and_ufo_reaches_the_stationary_point() {
         ufo_grads.push(g);
     }
     ufo_grads.sort_by(f64::total_cmp);
-    let median = (ufo_grads[4] + ufo_grads[5]) / 2.0;
+    let median = (ufo_grads[2] + ufo_grads[3]) / 2.0;
     assert!(median < 0.05, "UFO median |F′| = {median}");
 }
