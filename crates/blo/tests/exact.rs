@@ -64,3 +64,24 @@ fn exact_matches_closed_form_on_ridge_hyperparameters() {
         );
     }
 }
+
+#[test]
+fn exact_runs_in_f32_too() {
+    // Same closed form as above, evaluated in f64; the f32 sweep agrees to f32 precision.
+    let (r, alpha) = (5, 0.2);
+    let p = QuadMaml::new(4, InnerLoop::sgd(r, alpha).unwrap());
+    let theta = vec![0.3, -0.5, 1.2, 0.1];
+    let want = p.closed_form(alpha, r, &theta);
+    let th32 = [Tensor::vector(theta.iter().map(|&x| x as f32).collect())];
+    for policy in [Policy::StoreAll, Policy::Binomial { snapshots: 2 }] {
+        let e = Exact::new(policy)
+            .unwrap()
+            .estimate(&p, &(), &th32, &mut rng())
+            .unwrap();
+        let got: Vec<f64> = e.grad[0].data().iter().map(|&x| x as f64).collect();
+        assert!(
+            rel_err(&got, &want) < 1e-5,
+            "{policy:?}: {got:?} vs {want:?}"
+        );
+    }
+}
