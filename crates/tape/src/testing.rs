@@ -245,7 +245,16 @@ impl std::error::Error for GradCheckError {}
 
 /// Records `f` on a fresh tape at `inputs` and returns the output value
 /// and, if `cotangent` is given, the input adjoints of `backward_with(cotangent)`.
-fn run<T, F>(f: &F, inputs: &[Tensor<T>], cotangent: Option<&[T]>) -> (Tensor<T>, Vec<Tensor<T>>)
+///
+/// # Panics
+/// If `scalar_for` names a check and the output is not a one-element tensor.
+#[track_caller]
+fn run<T, F>(
+    f: &F,
+    inputs: &[Tensor<T>],
+    cotangent: Option<&[T]>,
+    scalar_for: Option<&str>,
+) -> (Tensor<T>, Vec<Tensor<T>>)
 where
     T: Float,
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
@@ -254,6 +263,9 @@ where
     let vars: Vec<Var<'_, T>> = inputs.iter().map(|x| tape.var(x)).collect();
     let out = f(&tape, &vars);
     let value = out.value();
+    if let Some(what) = scalar_for {
+        expect_scalar(what, &value);
+    }
     let grads = match cotangent {
         Some(u) => {
             tape.backward_with(out, u);
@@ -367,8 +379,7 @@ where
     T: Float,
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
 {
-    let (value, grads) = run(&f, inputs, Some(&[T::one()]));
-    expect_scalar("check_grad", &value);
+    let (value, grads) = run(&f, inputs, Some(&[T::one()]), Some("check_grad"));
     finite("the function value", &value, None)?;
     for (k, g) in grads.iter().enumerate() {
         finite("the analytic gradient", g, Some(k))?;
@@ -382,9 +393,9 @@ where
             let xp = T::from_f64(x.to_f64() + h);
             let xm = T::from_f64(x.to_f64() - h);
             probe[k].data_mut()[i] = xp;
-            let fp = run(&f, &probe, None).0.item().to_f64();
+            let fp = run(&f, &probe, None, None).0.item().to_f64();
             probe[k].data_mut()[i] = xm;
-            let fm = run(&f, &probe, None).0.item().to_f64();
+            let fm = run(&f, &probe, None, None).0.item().to_f64();
             probe[k].data_mut()[i] = x;
             let numeric = (fp - fm) / (xp.to_f64() - xm.to_f64());
             if !numeric.is_finite() {
@@ -439,8 +450,7 @@ where
     T: Float,
     F: for<'t> Fn(&'t Tape<T>, &[Var<'t, T>]) -> Var<'t, T>,
 {
-    let (value, grads) = run(&f, inputs, Some(&[T::one()]));
-    expect_scalar("check_jvp", &value);
+    let (value, grads) = run(&f, inputs, Some(&[T::one()]), Some("check_jvp"));
     finite("the function value", &value, None)?;
     let shapes: Vec<Shape> = inputs.iter().map(|x| x.shape()).collect();
     let v = random_directions::<T>(&shapes, seed);
@@ -453,8 +463,14 @@ where
         }
     }
     let h = tol.step * inf_norm(inputs).max(1.0) / inf_norm(&v).max(f64::MIN_POSITIVE);
-    let fp = run(&f, &shifted(inputs, &v, h), None).0.item().to_f64();
-    let fm = run(&f, &shifted(inputs, &v, -h), None).0.item().to_f64();
+    let fp = run(&f, &shifted(inputs, &v, h), None, None)
+        .0
+        .item()
+        .to_f64();
+    let fm = run(&f, &shifted(inputs, &v, -h), None, None)
+        .0
+        .item()
+        .to_f64();
     let numeric = (fp - fm) / (2.0 * h);
     if !tol.accepts(analytic, numeric, scale) {
         return Err(GradCheckError::Jvp {
@@ -495,11 +511,11 @@ where
 {
     let shapes: Vec<Shape> = inputs.iter().map(|x| x.shape()).collect();
     let v = random_directions::<T>(&shapes, seed);
-    let out_shape = run(&f, inputs, None).0.shape();
+    let out_shape = run(&f, inputs, None, None).0.shape();
     let u = random_directions::<T>(&[out_shape], seed ^ 0x9E37_79B9_7F4A_7C15)
         .pop()
         .expect("one direction");
-    let (value, jt_u) = run(&f, inputs, Some(u.data()));
+    let (value, jt_u) = run(&f, inputs, Some(u.data()), None);
     finite("the function value", &value, None)?;
     let (mut analytic, mut scale_a) = (0.0, 0.0);
     for (k, (g, d)) in jt_u.iter().zip(&v).enumerate() {
@@ -510,8 +526,8 @@ where
         }
     }
     let h = tol.step * inf_norm(inputs).max(1.0) / inf_norm(&v).max(f64::MIN_POSITIVE);
-    let fp = run(&f, &shifted(inputs, &v, h), None).0;
-    let fm = run(&f, &shifted(inputs, &v, -h), None).0;
+    let fp = run(&f, &shifted(inputs, &v, h), None, None).0;
+    let fm = run(&f, &shifted(inputs, &v, -h), None, None).0;
     let (mut numeric, mut scale_n) = (0.0, 0.0);
     for ((&p, &m), &w) in fp.data().iter().zip(fm.data()).zip(u.data()) {
         let jv = (p.to_f64() - m.to_f64()) / (2.0 * h);
@@ -576,6 +592,7 @@ pub fn tensor_strategy(shape: impl Into<Shape>) -> impl Strategy<Value = Tensor<
 /// point in `kinks` (e.g. `&[0.0]` for relu and abs): an entry that falls
 /// too close is pushed out to `kink ± margin`, towards its side. The margin must
 /// exceed the finite-difference step so a central difference never straddles a kink.
+/// Kinks are processed in order, so they should be more than `2·margin` apart.
 ///
 /// ```
 /// use proptest::strategy::{Strategy, ValueTree};
@@ -597,7 +614,10 @@ pub fn tensor_avoiding(
         for x in t.data_mut() {
             for &k in &kinks {
                 if (*x - k).abs() < margin {
-                    *x = if *x >= k { k + margin } else { k - margin };
+                    // A hair beyond the margin, so rounding of k ± margin cannot
+                    // land inside it.
+                    let m = margin * (1.0 + 1e-9);
+                    *x = if *x >= k { k + m } else { k - m };
                 }
             }
         }
