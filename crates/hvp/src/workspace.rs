@@ -236,10 +236,18 @@ impl<F: Float> Workspace<F> {
         t.backward(out);
         for ((&var, g), h) in vars.iter().zip(grad.iter_mut()).zip(hv.iter_mut()) {
             let (g, h) = (g.data_mut(), h.data_mut());
-            for_each_adjoint(t, var, g.len(), |i, d| {
-                g[i] = d.v;
-                h[i] = d.d;
-            });
+            match t.grad_ref(var) {
+                Some(adj) => {
+                    for ((gi, hi), d) in g.iter_mut().zip(h.iter_mut()).zip(adj.iter()) {
+                        *gi = d.v;
+                        *hi = d.d;
+                    }
+                }
+                None => {
+                    g.fill(F::zero());
+                    h.fill(F::zero());
+                }
+            }
         }
         value
     }
@@ -402,18 +410,24 @@ fn record_inputs<'t, 'a, F: Float>(
     buf: &mut Vec<Dual<F>>,
     seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
 ) -> Leaves<'t, F> {
+    // The duals are written straight into the tape's arena (no staging copy);
+    // `buf` is kept for the signature's sake and stays empty.
+    let _ = &buf;
     seeds
         .map(|(x, seed)| {
-            buf.clear();
-            match seed {
+            let requires_grad = !matches!(seed, Seed::Constant);
+            t.leaf_with(x.shape(), requires_grad, |out| match seed {
                 Seed::Tangent(v) => {
-                    buf.extend(x.data().iter().zip(v).map(|(&a, &b)| Dual::new(a, b)))
+                    for ((o, &a), &b) in out.iter_mut().zip(x.data()).zip(v) {
+                        *o = Dual::new(a, b);
+                    }
                 }
                 Seed::Zero | Seed::Constant => {
-                    buf.extend(x.data().iter().map(|&a| Dual::constant(a)))
+                    for (o, &a) in out.iter_mut().zip(x.data()) {
+                        *o = Dual::constant(a);
+                    }
                 }
-            }
-            t.leaf(x.shape(), buf, !matches!(seed, Seed::Constant))
+            })
         })
         .collect()
 }
