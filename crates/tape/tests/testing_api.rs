@@ -120,7 +120,7 @@ fn steps_scale_with_the_input() {
     let big = Tensor::vector(vec![1.0e4, -2.0e4]);
     check_grad(
         |_, v| v[0].powf(4.0).sum(),
-        &[big.clone()],
+        std::slice::from_ref(&big),
         Tolerance::for_f64(),
     )
     .unwrap();
