@@ -311,7 +311,7 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
             }
             let spec = PlotSpec {
                 title: format!(
-                    "Counterexample: |F'(θ_k)| under SGD, mean over {} seed(s) and {} iterations",
+                    "Counterexample: |F'(θ_k)| under SGD (mean over {} seeds, windows of {} steps)",
                     cfg.seeds.len(),
                     record_every
                 ),

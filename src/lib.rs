@@ -8,6 +8,7 @@
 
 pub mod counterexample;
 pub mod dyn_estimator;
+pub mod fewshot;
 pub mod hyperopt;
 pub mod maml;
 pub mod maml_sine;

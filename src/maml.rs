@@ -52,12 +52,18 @@ impl<F: Float, M: Model + Sync> Problem<F> for RegressionMaml<M> {
 
 /// MAML on classification episodes: softmax cross-entropy on the support set
 /// (inner) and on the query set (outer).
+///
+/// With `proximal = Some(λ)` the inner loss is iMAML's
+/// CE_support(φ) + λ/2·‖φ − θ‖², whose Hessian is H + λI (use
+/// `blo::Implicit::new(λ)?.proximal_in_loss(true)`).
 #[derive(Clone, Debug)]
 pub struct ClassificationMaml<M> {
     /// The network; its output is `[batch, N]` logits.
     pub net: M,
     /// r steps of SGD with step α.
     pub inner: InnerLoop,
+    /// iMAML's proximal weight λ, if any.
+    pub proximal: Option<f64>,
 }
 
 impl<F: Float, M: Model + Sync> Problem<F> for ClassificationMaml<M> {
@@ -72,13 +78,24 @@ impl<F: Float, M: Model + Sync> Problem<F> for ClassificationMaml<M> {
         tape: &'t Tape<T>,
         task: &Self::Task,
         _step: usize,
-        _theta: &[Var<'t, T>],
+        theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         let x = tape.constant_base(&task.support_x);
-        self.net
+        let ce = self
+            .net
             .forward(tape, phi, x)
-            .softmax_cross_entropy(&task.support_y)
+            .softmax_cross_entropy(&task.support_y);
+        match self.proximal {
+            None => ce,
+            Some(lambda) => {
+                let mut prox = (phi[0] - theta[0]).square().sum();
+                for (p, t) in phi.iter().zip(theta).skip(1) {
+                    prox = prox + (*p - *t).square().sum();
+                }
+                ce + prox.mul_scalar(0.5 * lambda)
+            }
+        }
     }
 
     fn outer_loss<'t, T: Real<Base = F>>(

@@ -105,13 +105,14 @@ pub fn line_plot_svg(path: &Path, spec: &PlotSpec, series: &[Series]) -> Result<
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
+    // Headroom at the top for the legend (upper right).
     if spec.log_y {
         y0 /= 1.5;
-        y1 *= 1.5;
+        y1 *= 8.0;
     } else {
         let pad = ((y1 - y0) * 0.05).max(1e-12);
         y0 -= pad;
-        y1 += pad;
+        y1 += 6.0 * pad;
     }
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -175,6 +176,7 @@ pub fn line_plot_svg(path: &Path, spec: &PlotSpec, series: &[Series]) -> Result<
             }
             chart
                 .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
                 .draw()

@@ -369,3 +369,126 @@ fn maml_sine_policies_agree_and_memory_is_as_documented() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn tiny_fewshot(methods: Vec<blo_examples::fewshot::Method>) -> blo_examples::fewshot::Config {
+    use blo_examples::fewshot::{Config, DataSource};
+    Config {
+        data: DataSource::Glyphs {
+            train_classes: 12,
+            test_classes: 8,
+            per_class: 6,
+            size: 28,
+        },
+        n_way: 3,
+        k_shot: 1,
+        q_query: 2,
+        r: 2,
+        alpha: 0.02,
+        filters: Some(8),
+        meta_batch: 2,
+        meta_steps: 6,
+        pilot_steps: 2,
+        outer_lr: 1e-2,
+        test_episodes: 600,
+        methods,
+        figure: None,
+        progress: false,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn fewshot_equal_compute_policies_and_accuracy_interval() {
+    use blo::Policy;
+    use blo_examples::fewshot::{self, Method};
+    let dir = tmp_dir("fewshot");
+    let mut cfg = tiny_fewshot(vec![
+        Method::FirstOrder,
+        Method::Ufo(0.5),
+        Method::Exact(Policy::StoreAll),
+        Method::Reptile,
+        Method::Imaml(20.0),
+    ]);
+    cfg.figure = Some(dir.join("f.svg"));
+    let res = fewshot::run(&cfg).unwrap();
+    assert_eq!(res.len(), 5);
+    let budget = 6.0 * res[0].cost_per_step;
+    // FO: r + 1 gradients per task at least; exact adds r HVPs (2 each) per task.
+    let (fo, exact) = (&res[0], &res[2]);
+    assert!(
+        exact.cost_per_step >= fo.cost_per_step + 2.0 * 2.0 * 2.0,
+        "{} {}",
+        exact.cost_per_step,
+        fo.cost_per_step
+    );
+    for r in &res {
+        // Equal compute: steps = round(budget / cost per step), so the planned spend is within half a step.
+        let planned = r.meta_steps as f64 * r.cost_per_step;
+        assert!(
+            (planned - budget).abs() <= 0.5 * r.cost_per_step + 1e-9,
+            "{}: {planned} vs {budget}",
+            r.method
+        );
+        assert_eq!(r.steps_done, r.meta_steps);
+        // ≥ 600 episodes, accuracy in [0, 1] with a positive interval that the sample size explains
+        // (the half-width of a mean of values in [0, 1] is at most 1.96·0.5/√(n−1)·√(n/n)).
+        assert_eq!(r.test_episodes, 600);
+        assert!((0.0..=1.0).contains(&r.test_accuracy));
+        assert!(
+            r.test_ci95 > 0.0
+                && r.test_ci95 <= 1.96 * 0.5 * (600.0f64 / 599.0).sqrt() / 600f64.sqrt() + 1e-12
+        );
+        assert!(r.final_train_loss.is_finite());
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(r).unwrap()).unwrap();
+        assert_eq!(v["method"].as_str().unwrap(), r.method);
+        assert!(v["test_accuracy"].as_f64().is_some());
+    }
+    // Cheaper methods take more steps under the same budget.
+    assert!(fo.meta_steps > exact.meta_steps);
+    assert!(fewshot::table(&res).contains("test accuracy"));
+    check_svg(&dir.join("f.svg")).unwrap();
+
+    // Equal steps: every checkpoint policy trains bit-identically.
+    let mut cfg = tiny_fewshot(vec![
+        Method::Exact(Policy::StoreAll),
+        Method::Exact(Policy::Recompute),
+        Method::Exact(Policy::Binomial { snapshots: 2 }),
+    ]);
+    cfg.equal_compute = false;
+    cfg.test_episodes = 50;
+    let res = fewshot::run(&cfg).unwrap();
+    assert_eq!(res[0].theta, res[1].theta);
+    assert_eq!(res[0].theta, res[2].theta);
+    assert_eq!(res[0].test_accuracy, res[1].test_accuracy);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn fewshot_checkpoint_and_resume_continue_bit_identically() {
+    use blo_examples::fewshot::{self, Method};
+    let dir = tmp_dir("fewshot-resume");
+    let mut cfg = tiny_fewshot(vec![Method::Ufo(0.5)]);
+    cfg.equal_compute = false;
+    cfg.test_episodes = 30;
+    let straight = fewshot::run(&cfg).unwrap();
+    // Interrupted after 3 of 6 steps (checkpoint every 3), then resumed.
+    cfg.checkpoint_dir = Some(dir.clone());
+    cfg.checkpoint_every = 3;
+    cfg.stop_after = Some(3);
+    let first = fewshot::run(&cfg).unwrap();
+    assert_eq!(first[0].steps_done, 3);
+    assert!(!first[0].resumed);
+    assert!(dir.join("ufo_0.5").join("log.jsonl").exists());
+    cfg.stop_after = None;
+    cfg.resume = true;
+    let resumed = fewshot::run(&cfg).unwrap();
+    assert!(resumed[0].resumed);
+    assert_eq!(resumed[0].steps_done, 6);
+    assert_eq!(
+        resumed[0].theta, straight[0].theta,
+        "resumed θ differs from the uninterrupted run"
+    );
+    assert_eq!(resumed[0].test_accuracy, straight[0].test_accuracy);
+    std::fs::remove_dir_all(&dir).ok();
+}
