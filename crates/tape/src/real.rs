@@ -279,9 +279,75 @@ unsafe fn dual_gemm_split<F: Float>(
             dual_gemm_three(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
         };
     }
-    scratch.clear();
-    scratch.resize(2 * m * k + 2 * k * n, zero);
-    let (ap, bp) = scratch.split_at_mut(2 * m * k);
+    // A row-major dual B is a real k × 2n matrix with the parts in alternate
+    // columns, and so is a row-major C, so one real GEMM with 2n columns computes
+    // C.v = α A.v B.v + β C.v and the first half of C.d = α A.v B.d + β C.d,
+    // with no copies; a second, strided one adds α A.d B.v unless A's tangent is
+    // zero everywhere (a constant left operand such as the data).
+    // The scan runs in A's memory order and stops at the first non-zero.
+    let (outer, inner, so, si) = if csa.unsigned_abs() <= rsa.unsigned_abs() {
+        (m, k, rsa, csa)
+    } else {
+        (k, m, csa, rsa)
+    };
+    let a_d_zero = (0..outer).all(|o| {
+        // SAFETY: (o, i) is an in-bounds index of A or of its transpose
+        // (caller's contract).
+        (0..inner).all(|i| unsafe { (*a.offset(o as isize * so + i as isize * si)).d } == zero)
+    });
+    if csb == 1 && csc == 1 {
+        let (a, b, c) = (a as *const F, b as *const F, c as *mut F);
+        // SAFETY: the real views index the parts of A (doubled strides, offset 0
+        // or 1), B and C (element (i, j) is columns 2j and 2j + 1 of the real
+        // view), all inside the dual matrices the caller vouches for.
+        unsafe {
+            F::gemm_raw(
+                m,
+                k,
+                2 * n,
+                alpha,
+                a,
+                2 * rsa,
+                2 * csa,
+                b,
+                2 * rsb,
+                1,
+                beta,
+                c,
+                2 * rsc,
+                1,
+            );
+            if !a_d_zero {
+                // C.d += α A.d B.v
+                let one = F::one();
+                let (ad, cd) = (a.add(1), c.add(1));
+                F::gemm_raw(
+                    m,
+                    k,
+                    n,
+                    alpha,
+                    ad,
+                    2 * rsa,
+                    2 * csa,
+                    b,
+                    2 * rsb,
+                    2,
+                    one,
+                    cd,
+                    2 * rsc,
+                    2,
+                );
+            }
+        }
+        return;
+    }
+    // Every element of the scratch is written below, so stale contents from an
+    // earlier call are fine and it is only grown, never zero-filled.
+    let need = 2 * m * k + 2 * k * n;
+    if scratch.len() < need {
+        scratch.resize(need, zero);
+    }
+    let (ap, bp) = scratch[..need].split_at_mut(2 * m * k);
     // A' (m × 2k): A'(i, l) = A.v(i, l), A'(i, k + l) = A.d(i, l).
     let mut a_has_d = false;
     let (ars, acs, a_d_off);
@@ -592,6 +658,24 @@ impl<T: Real> PartialOrd for Dual<T> {
     #[inline]
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         self.v.partial_cmp(&other.v)
+    }
+    // The comparisons directly on the primal parts (same results as through
+    // `partial_cmp`), so piecewise rules compile to selects, not branches.
+    #[inline]
+    fn lt(&self, other: &Self) -> bool {
+        self.v < other.v
+    }
+    #[inline]
+    fn le(&self, other: &Self) -> bool {
+        self.v <= other.v
+    }
+    #[inline]
+    fn gt(&self, other: &Self) -> bool {
+        self.v > other.v
+    }
+    #[inline]
+    fn ge(&self, other: &Self) -> bool {
+        self.v >= other.v
     }
 }
 

@@ -332,6 +332,29 @@ impl<T: Real> Tape<T> {
         self.record_leaf(shape, requires_grad, |out| out.copy_from_slice(data))
     }
 
+    /// A leaf of the given shape whose values `fill` writes in place (no staging
+    /// copy). `fill` must write every element: the slice holds stale values.
+    ///
+    /// ```
+    /// use tape::{Dual, Tape};
+    /// let t = Tape::<Dual<f64>>::new();
+    /// let (x, v) = ([1.0, 2.0], [0.5, 0.0]);
+    /// let a = t.leaf_with([2], true, |out| {
+    ///     for ((o, &x), &v) in out.iter_mut().zip(&x).zip(&v) {
+    ///         *o = Dual::new(x, v);
+    ///     }
+    /// });
+    /// assert_eq!(t.value(a).data()[0], Dual::new(1.0, 0.5));
+    /// ```
+    pub fn leaf_with(
+        &self,
+        shape: impl Into<Shape>,
+        requires_grad: bool,
+        fill: impl FnOnce(&mut [T]),
+    ) -> Var<'_, T> {
+        self.record_leaf(shape.into(), requires_grad, fill)
+    }
+
     fn record_leaf(
         &self,
         shape: Shape,
