@@ -92,3 +92,16 @@ fn flatten_and_unflatten_are_inverse() {
     assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
     assert_eq!(unflatten(&flat, &xs), xs.to_vec());
 }
+
+#[test]
+fn as_vector_makes_the_jacobian_of_a_scalar_its_gradient_row() {
+    // ∇f = x + x² at x = (0.5, −1, 2): (0.75, 0, 6).
+    let x = [Tensor::vector(vec![0.5_f64, -1.0, 2.0])];
+    let j = hvp::dense_jacobian(&hvp::AsVector(&Cubic), &x);
+    assert_eq!(j.dims(), &[1, 3]);
+    assert_eq!(j.data(), &[0.75, 0.0, 6.0]);
+    let (y, jt) = Workspace::new().vjp_vec(&hvp::AsVector(&Cubic), &x, &Tensor::scalar(2.0));
+    // f = ½(0.25 + 1 + 4) + ⅓(0.125 − 1 + 8) = 2.625 + 2.375 = 5.
+    assert!((y.item() - 5.0).abs() < 1e-15);
+    assert_eq!(jt[0].data(), &[1.5, 0.0, 12.0]);
+}
