@@ -630,6 +630,19 @@ fn every_op_gives_hvps_on_duals() {
     );
 }
 
+/// Bits of the value and gradients of Σ op(x) ⊙ W recorded on `tape` (cleared first).
+fn op_grads(tape: &mut Tape<f64>, op: OpFn, x: &[Tensor<f64>], p: u64) -> Vec<u64> {
+    tape.clear();
+    let xs: Vec<_> = x.iter().map(|x| tape.var(x)).collect();
+    let out = weighted_sum(op(&xs, p), p);
+    tape.backward(out);
+    let mut bits = vec![out.item().to_bits()];
+    for &v in &xs {
+        bits.extend(tape.grad(v).data().iter().map(|g| g.to_bits()));
+    }
+    bits
+}
+
 /// Runs a row's property; returns the number of cases checked.
 fn check_row(row: &Row, cases: u32) -> Result<usize, String> {
     let op = row.op;
@@ -642,6 +655,17 @@ fn check_row(row: &Row, cases: u32) -> Result<usize, String> {
                 .map_err(|e| TestCaseError::fail(format!("check_vjp: {e}")))?;
             check_grad(|_, x| weighted_sum(op(x, p), p), &inputs, tol)
                 .map_err(|e| TestCaseError::fail(format!("check_grad: {e}")))?;
+            // Reuse: after a recording on other data (the same entries reversed,
+            // so still in the domain), a cleared tape gives a fresh tape's numbers.
+            let reversed: Vec<Tensor<f64>> = inputs
+                .iter()
+                .map(|x| Tensor::new(x.shape(), x.data().iter().rev().copied().collect()))
+                .collect();
+            let mut tape = Tape::<f64>::new();
+            let _ = op_grads(&mut tape, op, &reversed, p);
+            let reused = op_grads(&mut tape, op, &inputs, p);
+            let fresh = op_grads(&mut Tape::new(), op, &inputs, p);
+            prop_assert_eq!(reused, fresh, "a reused tape differs from a fresh one");
             Ok(())
         })
         .map_err(|e| format!("{}: {e}", row.name))?;
@@ -841,6 +865,55 @@ fn random_compositions_of_depth_at_least_5() {
                 seed,
             )
             .map_err(|e| TestCaseError::fail(format!("{:?}: {e}", names())))
+        })
+        .unwrap();
+}
+
+/// Value and gradients of a program on `tape` (cleared first).
+fn program_grads(
+    tape: &mut Tape<f64>,
+    inputs: &[Tensor<f64>],
+    program: &[(usize, usize)],
+    seed: u64,
+) -> (u64, Vec<Vec<u64>>) {
+    tape.clear();
+    let xs: Vec<_> = inputs.iter().map(|x| tape.var(x)).collect();
+    let out = run_program(&xs, program, seed);
+    tape.backward(out);
+    let grads = xs
+        .iter()
+        .map(|&x| tape.grad(x).data().iter().map(|g| g.to_bits()).collect())
+        .collect();
+    (out.item().to_bits(), grads)
+}
+
+/// Buffers are reused across recordings (stale values, lazily zeroed
+/// adjoints): a tape that first ran one random program and then another must
+/// give bit-for-bit the numbers of a fresh tape running the second program.
+#[test]
+fn a_reused_tape_gives_the_numbers_of_a_fresh_one() {
+    let program = || proptest::collection::vec((0..COMPOSE.len(), 0usize..64), 1..=9);
+    let data = || proptest::collection::vec(-1.5..1.5f64, 9);
+    let strategy = (
+        data(),
+        data(),
+        program(),
+        program(),
+        any::<u64>(),
+        any::<bool>(),
+    );
+    runner(128, "reuse")
+        .run(&strategy, |(a, b, first, second, seed, only_one)| {
+            let inputs = [Tensor::new([3, 3], a), Tensor::new([3, 3], b)];
+            let mut reused = Tape::<f64>::new();
+            // The first program sometimes uses only the first input, so the
+            // second input's adjoint slot is left stale or untouched.
+            let first_inputs = if only_one { &inputs[..1] } else { &inputs[..] };
+            program_grads(&mut reused, first_inputs, &first, seed ^ 1);
+            let again = program_grads(&mut reused, &inputs, &second, seed);
+            let fresh = program_grads(&mut Tape::new(), &inputs, &second, seed);
+            prop_assert_eq!(again, fresh);
+            Ok(())
         })
         .unwrap();
 }
