@@ -5,7 +5,7 @@
 //! | `log_softmax(a)` | x − max − ln Σ e^(x − max) | ḡx = g − softmax·Σ_a g |
 //! | `softmax_cross_entropy(labels)` | mean_i (lse(x_i) − x_i\[l_i\]); softmax saved | ḡx = g·(p − onehot)/n |
 //! | `mse(y)` | mean (x − y)² | ḡx = 2g(x − y)/N, ḡy = −ḡx |
-//! | `conv2d(w, s, p)` | im2col, then W·cols per sample | ḡW = Σ g·colsᵀ, ḡx = col2im(Wᵀ·g) |
+//! | `conv2d(w, s, p)` | im2col of a chunk of samples, then one GEMM W·cols per chunk | ḡW = Σ g·colsᵀ, ḡx = col2im(Wᵀ·g), one GEMM each per chunk |
 //! | `max_pool2d(k, s)` | window max (argmax saved) | g to the argmax |
 //! | `avg_pool2d(k, s)` | window mean | g/k² to each window element |
 //! | `batch_norm` | composite: (x − μ)/√(σ² + ε)·γ + β with batch statistics | through the statistics, by composition |
@@ -95,7 +95,7 @@ pub(crate) fn mse_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
 }
 
-/// Geometry of a 2-D convolution or pooling window.
+/// Geometry of a 2-D convolution window.
 #[derive(Copy, Clone)]
 struct Geom {
     c: usize,
@@ -108,6 +108,23 @@ struct Geom {
     stride: usize,
     pad: usize,
 }
+
+/// The output positions `lo..hi` along one axis whose input coordinate
+/// `pos·stride + k − pad` lies in `0..len` (the rest read zero padding).
+#[inline]
+fn valid_range(len: usize, out: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let hi = ((len + pad).saturating_sub(k)).div_ceil(stride).min(out);
+    let lo = pad.saturating_sub(k).div_ceil(stride).min(hi);
+    (lo, hi)
+}
+
+/// Bytes of im2col buffer a convolution works on at once: the batch is cut into
+/// chunks of samples whose columns fit, so memory stays bounded for any batch
+/// while each chunk is still one large GEMM. About a core's L2 cache: the
+/// columns are still cached when the GEMM packs them (measured on Conv4:
+/// 1 MiB chunks are markedly faster than 8 or 32 MiB ones). Tiny in unit tests,
+/// so that small shapes run through several chunks.
+const COLS_BYTES: usize = if cfg!(test) { 2048 } else { 1 << 20 };
 
 impl Geom {
     fn new(x: Shape, kh: usize, kw: usize, stride: usize, pad: usize) -> Option<Geom> {
@@ -129,49 +146,177 @@ impl Geom {
             pad,
         })
     }
+    /// Rows of the column matrix: `c·kh·kw`.
     fn rows(&self) -> usize {
         self.c * self.kh * self.kw
     }
+    /// Output positions per sample: `ho·wo`.
     fn cols(&self) -> usize {
         self.ho * self.wo
     }
-    /// Calls `f(row, col, input_index)` for every in-bounds (window, position) pair
-    /// of one sample; out-of-bounds (padding) positions are skipped.
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let p = self.cols();
-        for c in 0..self.c {
-            for ki in 0..self.kh {
-                for kj in 0..self.kw {
-                    let row = (c * self.kh + ki) * self.kw + kj;
-                    for oh in 0..self.ho {
-                        let ih = (oh * self.stride + ki) as isize - self.pad as isize;
-                        if ih < 0 || ih >= self.h as isize {
-                            continue;
-                        }
-                        for ow in 0..self.wo {
-                            let iw = (ow * self.stride + kj) as isize - self.pad as isize;
-                            if iw < 0 || iw >= self.w as isize {
-                                continue;
-                            }
-                            let _ = p;
-                            f(
-                                row,
-                                oh * self.wo + ow,
-                                (c * self.h + ih as usize) * self.w + iw as usize,
-                            );
-                        }
-                    }
-                }
+    /// Samples per chunk: as many as keep `rows × (chunk·cols)` elements of `T`
+    /// within [`COLS_BYTES`], at least one. Depends only on the shapes and the
+    /// element size, so the summation order (and the result) is fixed.
+    ///
+    /// A chunk's GEMM result `[o, nb·p]` needs a permute into the `[nb, o, p]`
+    /// output (and the adjoint the reverse), `o·p` copies per sample, while
+    /// per-sample GEMMs write the output in place but pack W once per sample,
+    /// `o·rows` copies. So layers with `p ≥ rows` (large images, few input
+    /// channels) go sample by sample (chunk 1, no permutes).
+    fn chunk<T>(&self, n: usize) -> usize {
+        if self.cols() >= self.rows() {
+            return 1;
+        }
+        let per_sample = (self.rows() * self.cols() * std::mem::size_of::<T>()).max(1);
+        (COLS_BYTES / per_sample).clamp(1, n.max(1))
+    }
+
+    /// Visits every tap of the window on one input plane: calls
+    /// `f(row_offset, ki, kj, oh_range, ow_range)` where `row_offset` is the
+    /// tap's index `ki·kw + kj` within the channel's rows and the ranges are the
+    /// output positions reading inside the plane.
+    #[inline]
+    fn taps(&self, mut f: impl FnMut(usize, usize, usize, (usize, usize), (usize, usize))) {
+        for ki in 0..self.kh {
+            let rh = valid_range(self.h, self.ho, ki, self.stride, self.pad);
+            for kj in 0..self.kw {
+                let rw = valid_range(self.w, self.wo, kj, self.stride, self.pad);
+                f(ki * self.kw + kj, ki, kj, rh, rw);
             }
         }
     }
 }
 
-/// im2col of one sample into `cols` (`rows × cols`, zero where padded).
-fn im2col<T: Real>(g: &Geom, x: &[T], cols: &mut [T]) {
-    cols.iter_mut().for_each(|v| *v = T::zero());
-    let p = g.cols();
-    g.for_each_tap(|r, c, i| cols[r * p + c] = x[i]);
+/// For a stride-1 convolution whose output rows are as wide as the input's
+/// (`wo = w`, e.g. a 3×3 kernel with padding 1), the tap `(ki, kj)` reads
+/// `x[q + off]` at output position `q = oh·w + ow` with `off = (ki − pad)·w +
+/// kj − pad`: a single shifted contiguous range per plane, except for the
+/// columns `ow ∉ w0..w1` (which read padding). Returns the positions `qa..qb` of
+/// the rows `h0..h1` whose source index lies inside the plane, and `off`; every
+/// position of those rows outside `qa..qb` is such a padding column.
+#[inline]
+fn shifted(g: &Geom, ki: usize, kj: usize, (h0, h1): (usize, usize)) -> (usize, usize, isize) {
+    let plane = (g.h * g.w) as isize;
+    let off = (ki * g.w + kj) as isize - (g.pad * g.w + g.pad) as isize;
+    let qa = ((h0 * g.wo) as isize).max(-off);
+    let qb = ((h1 * g.wo) as isize).min(plane - off).max(qa);
+    (qa as usize, qb as usize, off)
+}
+
+/// im2col of `nb` consecutive samples `x` (`[nb, c, h, w]`) into `cols`, a
+/// row-major `[c·kh·kw, nb·ho·wo]` matrix: `cols[(c, ki, kj), (s, oh, ow)] =
+/// x[s, c, oh·stride + ki − pad, ow·stride + kj − pad]`, zero where that is
+/// padding. Every element of `cols` is written (no prior zero-fill needed).
+/// Stride-1 rows are contiguous copies; "same" stride-1 convolutions copy a
+/// whole plane per tap (see [`shifted`]).
+fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T]) {
+    let (p, plane) = (g.cols(), g.h * g.w);
+    let ncols = nb * p;
+    let zero = T::zero();
+    let same = g.stride == 1 && g.wo == g.w;
+    for s in 0..nb {
+        for c in 0..g.c {
+            let src = &x[(s * g.c + c) * plane..][..plane];
+            let base = c * g.kh * g.kw;
+            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
+                let dst = &mut cols[(base + t) * ncols + s * p..][..p];
+                if same {
+                    let (qa, qb, off) = shifted(g, ki, kj, (h0, h1));
+                    dst[..qa].fill(zero);
+                    dst[qb..].fill(zero);
+                    let sa = (qa as isize + off) as usize;
+                    dst[qa..qb].copy_from_slice(&src[sa..sa + (qb - qa)]);
+                    if w0 > 0 || w1 < g.wo {
+                        for oh in h0..h1 {
+                            let drow = &mut dst[oh * g.wo..][..g.wo];
+                            drow[..w0].fill(zero);
+                            drow[w1..].fill(zero);
+                        }
+                    }
+                    return;
+                }
+                dst[..h0 * g.wo].fill(zero);
+                dst[h1 * g.wo..].fill(zero);
+                for oh in h0..h1 {
+                    let ih = oh * g.stride + ki - g.pad;
+                    let drow = &mut dst[oh * g.wo..][..g.wo];
+                    drow[..w0].fill(zero);
+                    drow[w1..].fill(zero);
+                    let iw0 = w0 * g.stride + kj - g.pad;
+                    let srow = &src[ih * g.w..][..g.w];
+                    if g.stride == 1 {
+                        drow[w0..w1].copy_from_slice(&srow[iw0..iw0 + (w1 - w0)]);
+                    } else {
+                        let taps = srow[iw0..].iter().step_by(g.stride);
+                        for (d, &v) in drow[w0..w1].iter_mut().zip(taps) {
+                            *d = v;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column entry back onto the input
+/// element it was copied from (`gx += col2im(gcols)`); padding entries are
+/// dropped. For "same" stride-1 convolutions the padding entries of `gcols` are
+/// first set to zero (they are dropped anyway), so that each tap is one long
+/// contiguous add whose padding columns add exactly zero.
+fn col2im_add<T: Real>(g: &Geom, gcols: &mut [T], nb: usize, gx: &mut [T]) {
+    let (p, plane) = (g.cols(), g.h * g.w);
+    let ncols = nb * p;
+    let same = g.stride == 1 && g.wo == g.w;
+    for s in 0..nb {
+        for c in 0..g.c {
+            let dst = &mut gx[(s * g.c + c) * plane..][..plane];
+            let base = c * g.kh * g.kw;
+            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
+                let src = &mut gcols[(base + t) * ncols + s * p..][..p];
+                if same {
+                    if w0 > 0 || w1 < g.wo {
+                        for oh in h0..h1 {
+                            let srow = &mut src[oh * g.wo..][..g.wo];
+                            srow[..w0].fill(T::zero());
+                            srow[w1..].fill(T::zero());
+                        }
+                    }
+                    let (qa, qb, off) = shifted(g, ki, kj, (h0, h1));
+                    let sa = (qa as isize + off) as usize;
+                    for (d, &v) in dst[sa..sa + (qb - qa)].iter_mut().zip(&src[qa..qb]) {
+                        *d += v;
+                    }
+                    return;
+                }
+                for oh in h0..h1 {
+                    let ih = oh * g.stride + ki - g.pad;
+                    let srow = &src[oh * g.wo + w0..oh * g.wo + w1];
+                    let iw0 = w0 * g.stride + kj - g.pad;
+                    let drow = &mut dst[ih * g.w..][..g.w];
+                    if g.stride == 1 {
+                        for (d, &v) in drow[iw0..iw0 + srow.len()].iter_mut().zip(srow) {
+                            *d += v;
+                        }
+                    } else {
+                        let taps = drow[iw0..].iter_mut().step_by(g.stride);
+                        for (d, &v) in taps.zip(srow) {
+                            *d += v;
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Reverse of the forward's permute: `gm[oc, (s, q)] = g[s0 + s, oc, q]`, the
+/// output adjoint of a chunk as a row-major `[o, nb·p]` matrix.
+fn gather_out<T: Real>(g: &[T], o: usize, p: usize, nb: usize, gm: &mut [T]) {
+    for s in 0..nb {
+        for oc in 0..o {
+            gm[oc * nb * p + s * p..][..p].copy_from_slice(&g[(s * o + oc) * p..][..p]);
+        }
+    }
 }
 
 pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize) {
@@ -181,31 +326,55 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
     let (rows, p) = (geom.rows(), geom.cols());
     let (x, w, g) = (b.x(0), b.x(1), b.g);
     let (want_x, want_w) = (b.wants(0), b.wants(1));
+    if !want_x && !want_w {
+        return;
+    }
     let one = <T::Base as Real>::one();
     let zero = <T::Base as Real>::zero();
+    let chunk = geom.chunk::<T>(n);
+    // Scratch: the chunk's columns (reused for Wᵀ·g) and, for chunks of more
+    // than one sample, its permuted adjoint. Both are overwritten before being
+    // read, so the resize only grows.
     let mut scratch = std::mem::take(b.scratch);
-    scratch.clear();
-    scratch.resize(2 * rows * p, T::zero());
-    let (cols, gcols) = scratch.split_at_mut(rows * p);
+    let gm_len = if chunk > 1 { o * chunk * p } else { 0 };
+    let need = rows * chunk * p + gm_len;
+    if scratch.len() < need {
+        scratch.resize(need, T::zero());
+    }
+    let (cols, gm) = scratch[..need].split_at_mut(rows * chunk * p);
     let wm = MatRef::row_major(w, o, rows);
     let sample = xs.numel() / n.max(1);
-    for s in 0..n {
-        let gs = MatRef::row_major(&g[s * o * p..(s + 1) * o * p], o, p);
+    let mut s0 = 0;
+    while s0 < n {
+        let nb = chunk.min(n - s0);
+        let cols = &mut cols[..rows * nb * p];
+        let gs = &g[s0 * o * p..(s0 + nb) * o * p];
+        let gmat = if nb == 1 {
+            MatRef::row_major(gs, o, p)
+        } else {
+            let gm = &mut gm[..o * nb * p];
+            gather_out(gs, o, p, nb, gm);
+            MatRef::row_major(&*gm, o, nb * p)
+        };
         if want_w {
-            im2col(&geom, &x[s * sample..(s + 1) * sample], cols);
+            im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols);
+            // ḡW = Σ_chunks g·colsᵀ: the first GEMM overwrites a fresh adjoint.
+            let (gw, fresh) = b.g_in_overwrite(1);
+            let beta = if fresh { zero } else { one };
             gemm(
                 one,
-                gs,
-                MatRef::row_major(cols, rows, p).t(),
-                one,
-                b.g_in(1),
+                gmat,
+                MatRef::row_major(&*cols, rows, nb * p).t(),
+                beta,
+                gw,
             );
         }
         if want_x {
-            gemm(one, wm.t(), gs, zero, gcols);
-            let gx = &mut b.g_in(0)[s * sample..(s + 1) * sample];
-            geom.for_each_tap(|r, c, i| gx[i] += gcols[r * p + c]);
+            gemm(one, wm.t(), gmat, zero, cols);
+            let gx = &mut b.g_in(0)[s0 * sample..(s0 + nb) * sample];
+            col2im_add(&geom, cols, nb, gx);
         }
+        s0 += nb;
     }
     *b.scratch = scratch;
 }
@@ -214,36 +383,39 @@ pub(crate) fn max_pool2d_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     if b.wants(0) {
         let (g, idx) = (b.g, b.idx);
         let gx = b.g_in(0);
-        for (j, &i) in idx.iter().enumerate() {
-            gx[i] += g[j];
+        for (&gj, &i) in g.iter().zip(idx) {
+            gx[i] += gj;
         }
     }
 }
 
-/// Calls `f(out_index, input_index)` for every element of every pooling window.
-fn for_each_pool(x: Shape, k: usize, stride: usize, mut f: impl FnMut(usize, usize)) {
+/// Pooling geometry of `x [n, c, h, w]`: (planes, h, w, ho, wo).
+fn pool_geom(x: Shape, k: usize, stride: usize) -> (usize, usize, usize, usize, usize) {
     let (nc, h, w) = (x.dim(0) * x.dim(1), x.dim(2), x.dim(3));
-    let (ho, wo) = ((h - k) / stride + 1, (w - k) / stride + 1);
-    for plane in 0..nc {
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let o = (plane * ho + oh) * wo + ow;
-                for ki in 0..k {
-                    for kj in 0..k {
-                        f(o, (plane * h + oh * stride + ki) * w + ow * stride + kj);
-                    }
-                }
-            }
-        }
-    }
+    (nc, h, w, (h - k) / stride + 1, (w - k) / stride + 1)
 }
 
 pub(crate) fn avg_pool2d_vjp<T: Real>(b: &mut Bwd<'_, T>, k: usize, stride: usize) {
     if b.wants(0) {
         let (s, g) = (b.x_shape(0), b.g);
+        let (nc, h, w, ho, wo) = pool_geom(s, k, stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
         let gx = b.g_in(0);
-        for_each_pool(s, k, stride, |o, i| gx[i] += g[o] * inv);
+        for plane in 0..nc {
+            let gp = &g[plane * ho * wo..][..ho * wo];
+            let xp = &mut gx[plane * h * w..][..h * w];
+            for oh in 0..ho {
+                for ki in 0..k {
+                    let row = &mut xp[(oh * stride + ki) * w..][..w];
+                    for (ow, &go) in gp[oh * wo..][..wo].iter().enumerate() {
+                        let v = go * inv;
+                        for d in &mut row[ow * stride..ow * stride + k] {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -373,24 +545,41 @@ impl<'t, T: Real> Var<'t, T> {
         let out = Shape::new(&[n, o, geom.ho, geom.wo]);
         let zero = <T::Base as Real>::zero();
         let one = <T::Base as Real>::one();
+        let chunk = geom.chunk::<T>(n);
         self.tape
-            .record(Op::Conv2d { stride, pad }, &[self, weight], out, |f| {
+            .record_overwrite(Op::Conv2d { stride, pad }, &[self, weight], out, |f| {
                 let (x, w) = (f.x(0), f.x(1));
-                // The im2col buffer borrows the aux arena and is released after the
-                // forward: its capacity stays, so a re-recording allocates nothing.
+                // Per chunk of samples: one im2col into `[rows, nb·p]`, ONE GEMM
+                // W·cols → `[o, nb·p]`, then a permute into the `[nb, o, p]`
+                // output. Both buffers borrow the aux arena and are released
+                // after the forward: the capacity stays, so a re-recording
+                // allocates nothing.
                 let start = f.aux.len();
-                f.aux.resize(start + rows * p, T::zero());
+                let om_len = if chunk > 1 { o * chunk * p } else { 0 };
+                f.aux.resize(start + rows * chunk * p + om_len, T::zero());
+                let (cols, om) = f.aux[start..].split_at_mut(rows * chunk * p);
                 let sample = xs.numel() / n.max(1);
-                for s in 0..n {
-                    let cols = &mut f.aux[start..];
-                    im2col(&geom, &x[s * sample..(s + 1) * sample], cols);
-                    gemm(
-                        one,
-                        MatRef::row_major(w, o, rows),
-                        MatRef::row_major(cols, rows, p),
-                        zero,
-                        &mut f.out[s * o * p..(s + 1) * o * p],
-                    );
+                let wm = MatRef::row_major(w, o, rows);
+                let mut s0 = 0;
+                while s0 < n {
+                    let nb = chunk.min(n - s0);
+                    let cols = &mut cols[..rows * nb * p];
+                    im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols);
+                    let cm = MatRef::row_major(&*cols, rows, nb * p);
+                    let dst = &mut f.out[s0 * o * p..(s0 + nb) * o * p];
+                    if nb == 1 {
+                        gemm(one, wm, cm, zero, dst);
+                    } else {
+                        let om = &mut om[..o * nb * p];
+                        gemm(one, wm, cm, zero, om);
+                        for s in 0..nb {
+                            for oc in 0..o {
+                                dst[(s * o + oc) * p..][..p]
+                                    .copy_from_slice(&om[oc * nb * p + s * p..][..p]);
+                            }
+                        }
+                    }
+                    s0 += nb;
                 }
                 f.aux.truncate(start);
             })
@@ -405,19 +594,47 @@ impl<'t, T: Real> Var<'t, T> {
     pub fn max_pool2d(self, k: usize, stride: usize) -> Var<'t, T> {
         let s = self.shape();
         let out = pool_shape("max_pool2d", s, k, stride);
+        let (nc, h, w, ho, wo) = pool_geom(s, k, stride);
         self.tape
-            .record(Op::MaxPool2d { k, stride }, &[self], out, |f| {
+            .record_overwrite(Op::MaxPool2d { k, stride }, &[self], out, |f| {
                 let x = f.x(0);
                 let start = f.idx.len();
-                f.idx.resize(start + out.numel(), usize::MAX);
+                f.idx.resize(start + out.numel(), 0);
                 let arg = &mut f.idx[start..];
-                for_each_pool(s, k, stride, |o, i| {
-                    if arg[o] == usize::MAX || x[i] > x[arg[o]] {
-                        arg[o] = i;
+                // The first maximum of each window in row-major order (a later
+                // element wins only if strictly greater).
+                for plane in 0..nc {
+                    let base = plane * h * w;
+                    let xp = &x[base..base + h * w];
+                    let (op, ap) = (
+                        &mut f.out[plane * ho * wo..][..ho * wo],
+                        &mut arg[plane * ho * wo..][..ho * wo],
+                    );
+                    for oh in 0..ho {
+                        let r0 = oh * stride * w;
+                        for ow in 0..wo {
+                            let c0 = r0 + ow * stride;
+                            let (mut best, mut bi) = (xp[c0], c0);
+                            if k == 2 {
+                                for i in [c0 + 1, c0 + w, c0 + w + 1] {
+                                    if xp[i] > best {
+                                        (best, bi) = (xp[i], i);
+                                    }
+                                }
+                            } else {
+                                for ki in 0..k {
+                                    let r = c0 + ki * w;
+                                    for (i, &v) in xp[r..r + k].iter().enumerate() {
+                                        if v > best {
+                                            (best, bi) = (v, r + i);
+                                        }
+                                    }
+                                }
+                            }
+                            op[oh * wo + ow] = best;
+                            ap[oh * wo + ow] = base + bi;
+                        }
                     }
-                });
-                for (v, &i) in f.out.iter_mut().zip(arg.iter()) {
-                    *v = x[i];
                 }
             })
     }
@@ -431,11 +648,26 @@ impl<'t, T: Real> Var<'t, T> {
         let s = self.shape();
         let out = pool_shape("avg_pool2d", s, k, stride);
         let inv = T::from_f64(1.0 / (k * k) as f64);
+        let (nc, h, w, ho, wo) = pool_geom(s, k, stride);
         self.tape
-            .record(Op::AvgPool2d { k, stride }, &[self], out, |f| {
+            .record_overwrite(Op::AvgPool2d { k, stride }, &[self], out, |f| {
                 let x = f.x(0);
-                let o = &mut *f.out;
-                for_each_pool(s, k, stride, |oi, i| o[oi] += x[i] * inv);
+                for plane in 0..nc {
+                    let xp = &x[plane * h * w..][..h * w];
+                    let op = &mut f.out[plane * ho * wo..][..ho * wo];
+                    for oh in 0..ho {
+                        for ow in 0..wo {
+                            let c0 = oh * stride * w + ow * stride;
+                            let mut acc = T::zero();
+                            for ki in 0..k {
+                                for &v in &xp[c0 + ki * w..c0 + ki * w + k] {
+                                    acc += v;
+                                }
+                            }
+                            op[oh * wo + ow] = acc * inv;
+                        }
+                    }
+                }
             })
     }
 
@@ -466,5 +698,185 @@ impl<'t, T: Real> Var<'t, T> {
         let var = xc.square().mean_axes(axes, true);
         let xhat = xc / var.add_scalar(eps).sqrt();
         xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The im2col/GEMM convolution and the pooling fast paths against direct
+    //! loops over the definitions. Unit tests run with a tiny chunk budget
+    //! ([`COLS_BYTES`]), so these shapes exercise per-sample GEMMs, multi-sample
+    //! chunks with a short last chunk, the "same" stride-1 shifted copies, and
+    //! the general strided path.
+    use crate::{Dual, Tape, Tensor};
+
+    fn data(len: usize, seed: usize) -> Vec<f64> {
+        (0..len)
+            .map(|i| ((i * 37 + seed * 11) as f64 * 0.731).sin())
+            .collect()
+    }
+
+    /// Direct convolution: y[s,o,i,j] = Σ_{c,ki,kj} x[s,c,i·st+ki−pad,j·st+kj−pad]·w[o,c,ki,kj],
+    /// and, for an output adjoint g, ḡx and ḡw by the same sum (each product's
+    /// partials are g times the other factor).
+    #[allow(clippy::type_complexity)]
+    fn direct(
+        xd: [usize; 4],
+        wd: [usize; 4],
+        st: usize,
+        pad: usize,
+        x: &[f64],
+        w: &[f64],
+        g: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let [n, c, h, wi] = xd;
+        let [o, _, kh, kw] = wd;
+        let ho = (h + 2 * pad - kh) / st + 1;
+        let wo = (wi + 2 * pad - kw) / st + 1;
+        let mut y = vec![0.0; n * o * ho * wo];
+        let (mut gx, mut gw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        for s in 0..n {
+            for oc in 0..o {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let yi = ((s * o + oc) * ho + i) * wo + j;
+                        for ci in 0..c {
+                            for ki in 0..kh {
+                                for kj in 0..kw {
+                                    let ih = (i * st + ki) as isize - pad as isize;
+                                    let iw = (j * st + kj) as isize - pad as isize;
+                                    if ih < 0 || iw < 0 || ih >= h as isize || iw >= wi as isize {
+                                        continue;
+                                    }
+                                    let xi = ((s * c + ci) * h + ih as usize) * wi + iw as usize;
+                                    let wj = ((oc * c + ci) * kh + ki) * kw + kj;
+                                    y[yi] += x[xi] * w[wj];
+                                    gx[xi] += g[yi] * w[wj];
+                                    gw[wj] += g[yi] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, gx, gw)
+    }
+
+    fn close(a: &[f64], b: &[f64], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-12 * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_direct_loops_on_every_path() {
+        // (x dims, w dims, stride, pad)
+        let cases: [([usize; 4], [usize; 4], usize, usize); 9] = [
+            ([3, 1, 6, 7], [4, 1, 3, 3], 1, 1), // p ≥ rows: per sample, "same" copies
+            ([5, 4, 4, 4], [3, 4, 3, 3], 1, 1), // rows > p: chunks of 2, 2, 1
+            ([5, 3, 5, 6], [2, 3, 3, 3], 2, 1), // strided
+            ([4, 2, 7, 5], [3, 2, 2, 3], 3, 2), // non-square kernel, pad 2, stride 3
+            ([2, 2, 5, 5], [2, 2, 5, 5], 1, 2), // "same" with a 5×5 kernel
+            ([3, 2, 3, 4], [2, 2, 3, 3], 1, 0), // valid (no padding)
+            ([2, 3, 4, 4], [2, 3, 1, 1], 1, 0), // 1×1: "same" without padding
+            ([2, 1, 2, 2], [1, 1, 3, 3], 1, 2), // padding wider than the image
+            ([7, 6, 3, 3], [2, 6, 3, 3], 1, 1), // many chunks
+        ];
+        for (k, &(xd, wd, st, pad)) in cases.iter().enumerate() {
+            let x = data(xd.iter().product(), k);
+            let w = data(wd.iter().product(), k + 100);
+            let tape = Tape::<f64>::new();
+            let xv = tape.var(&Tensor::new(xd, x.clone()));
+            let wv = tape.var(&Tensor::new(wd, w.clone()));
+            let y = xv.conv2d(wv, st, pad);
+            let g = data(y.shape().numel(), k + 200);
+            let (ey, egx, egw) = direct(xd, wd, st, pad, &x, &w, &g);
+            let gv = tape.constant(&Tensor::new(y.shape().dims(), g));
+            tape.backward((y * gv).sum());
+            let case = format!("case {k}: x {xd:?} w {wd:?} stride {st} pad {pad}");
+            close(y.value().data(), &ey, &format!("{case}: y"));
+            close(tape.grad(xv).data(), &egx, &format!("{case}: gx"));
+            close(tape.grad(wv).data(), &egw, &format!("{case}: gw"));
+        }
+    }
+
+    #[test]
+    fn conv2d_tangents_follow_the_product_rule() {
+        // y is bilinear in (x, w): ẏ = conv(ẋ, w) + conv(x, ẇ), checked per case
+        // on the chunked and per-sample paths.
+        for (xd, wd, st, pad) in [
+            ([5, 4, 4, 4], [3, 4, 3, 3], 1, 1),
+            ([3, 1, 6, 7], [4, 1, 3, 3], 2, 1),
+        ] {
+            let (x, xt) = (data(xd.iter().product(), 1), data(xd.iter().product(), 2));
+            let (w, wt) = (data(wd.iter().product(), 3), data(wd.iter().product(), 4));
+            let zero = vec![0.0; 1 << 12];
+            let (y, _, _) = direct(xd, wd, st, pad, &x, &w, &zero);
+            let (y1, _, _) = direct(xd, wd, st, pad, &xt, &w, &zero);
+            let (y2, _, _) = direct(xd, wd, st, pad, &x, &wt, &zero);
+            let dual =
+                |v: &[f64], d: &[f64]| v.iter().zip(d).map(|(&v, &d)| Dual::new(v, d)).collect();
+            let tape = Tape::<Dual<f64>>::new();
+            let xv = tape.var(&Tensor::new(xd, dual(&x, &xt)));
+            let wv = tape.var(&Tensor::new(wd, dual(&w, &wt)));
+            let out = xv.conv2d(wv, st, pad).value();
+            let v: Vec<f64> = out.data().iter().map(|d| d.v).collect();
+            let d: Vec<f64> = out.data().iter().map(|d| d.d).collect();
+            let ed: Vec<f64> = y1.iter().zip(&y2).map(|(a, b)| a + b).collect();
+            close(&v, &y, "value");
+            close(&d, &ed, "tangent");
+        }
+    }
+
+    #[test]
+    fn pooling_matches_direct_loops() {
+        for (k, st) in [(2, 2), (2, 1), (3, 1), (3, 2)] {
+            let xd = [2, 3, 7, 6];
+            let x = data(xd.iter().product(), k * 10 + st);
+            let (ho, wo) = ((7 - k) / st + 1, (6 - k) / st + 1);
+            let g = data(6 * ho * wo, 7);
+            let (mut emax, mut eavg) = (vec![0.0; 6 * ho * wo], vec![0.0; 6 * ho * wo]);
+            let (mut gmax, mut gavg) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            for pl in 0..6 {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let oi = (pl * ho + i) * wo + j;
+                        let mut best = (f64::NEG_INFINITY, 0);
+                        for a in 0..k {
+                            for b in 0..k {
+                                let xi = (pl * 7 + i * st + a) * 6 + j * st + b;
+                                if x[xi] > best.0 {
+                                    best = (x[xi], xi);
+                                }
+                                eavg[oi] += x[xi] / (k * k) as f64;
+                                gavg[xi] += g[oi] / (k * k) as f64;
+                            }
+                        }
+                        emax[oi] = best.0;
+                        gmax[best.1] += g[oi];
+                    }
+                }
+            }
+            let tape = Tape::<f64>::new();
+            let xv = tape.var(&Tensor::new(xd, x.clone()));
+            let (mx, av) = (xv.max_pool2d(k, st), xv.avg_pool2d(k, st));
+            let gv = tape.constant(&Tensor::new(mx.shape().dims(), g.clone()));
+            let what = format!("k {k} stride {st}");
+            close(mx.value().data(), &emax, &format!("max {what}"));
+            close(av.value().data(), &eavg, &format!("avg {what}"));
+            tape.backward((mx * gv).sum());
+            close(tape.grad(xv).data(), &gmax, &format!("max grad {what}"));
+            let tape = Tape::<f64>::new();
+            let xv = tape.var(&Tensor::new(xd, x.clone()));
+            let av = xv.avg_pool2d(k, st);
+            let gv = tape.constant(&Tensor::new(av.shape().dims(), g));
+            tape.backward((av * gv).sum());
+            close(tape.grad(xv).data(), &gavg, &format!("avg grad {what}"));
+        }
     }
 }
