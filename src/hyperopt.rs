@@ -42,7 +42,7 @@ pub struct RegressionData {
 }
 
 impl RegressionData {
-    /// Draws the data set: x ~ N(0, I_d), w_true[k] ~ N(0, 1) for k < `informative`
+    /// Draws the data set: x ~ N(0, I_d), w_true\[k\] ~ N(0, 1) for k < `informative`
     /// and 0 otherwise, y = x·w_true + ε with ε ~ N(0, noise²). Seeded.
     pub fn synthetic(d: usize, informative: usize, n: [usize; 3], noise: f64, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

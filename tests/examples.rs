@@ -492,3 +492,31 @@ fn fewshot_checkpoint_and_resume_continue_bit_identically() {
     assert_eq!(resumed[0].test_accuracy, straight[0].test_accuracy);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn readme_quick_start_is_the_two_ci_commands() {
+    // .ci/run runs exactly the README's quick start: keep them in step.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme
+        .split("\n## Quick start\n")
+        .nth(1)
+        .expect("a '## Quick start' heading");
+    let block = after
+        .trim_start()
+        .strip_prefix("```sh\n")
+        .expect("an sh block right after the heading");
+    let body = &block[..block.find("```").expect("closing fence")];
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "cargo run --release --example counterexample",
+            "cargo test --workspace --release"
+        ]
+    );
+    let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).unwrap();
+    assert!(ci
+        .lines()
+        .any(|l| l.trim() == "cargo test --workspace --release"));
+}
