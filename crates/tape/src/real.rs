@@ -63,6 +63,17 @@ pub trait Real:
     /// Whether every part (primal and tangents) is finite.
     fn is_finite(self) -> bool;
 
+    /// `a` if `c`, else `b`, without a branch for the primitive floats (a bit
+    /// mask), so piecewise rules such as ReLU vectorise and do not mispredict.
+    #[inline]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        if c {
+            a
+        } else {
+            b
+        }
+    }
+
     /// e^x.
     fn exp(self) -> Self;
     /// Natural logarithm.
@@ -497,7 +508,7 @@ pub trait Float: Real<Base = Self> + Display {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $name:literal, $scratch:ident) => {
+    ($t:ty, $bits:ty, $gemm:path, $name:literal, $scratch:ident) => {
         thread_local! {
             /// Scratch for the dual GEMM's split parts; kept, so a steady state
             /// allocates nothing.
@@ -520,6 +531,11 @@ macro_rules! impl_float {
             #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline]
+            fn select(c: bool, a: Self, b: Self) -> Self {
+                let mask = (c as $bits).wrapping_neg();
+                <$t>::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
             }
             #[inline]
             fn exp(self) -> Self {
@@ -607,8 +623,20 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, matrixmultiply::sgemm, "f32", DUAL_GEMM_SCRATCH_F32);
-impl_float!(f64, matrixmultiply::dgemm, "f64", DUAL_GEMM_SCRATCH_F64);
+impl_float!(
+    f32,
+    u32,
+    matrixmultiply::sgemm,
+    "f32",
+    DUAL_GEMM_SCRATCH_F32
+);
+impl_float!(
+    f64,
+    u64,
+    matrixmultiply::dgemm,
+    "f64",
+    DUAL_GEMM_SCRATCH_F64
+);
 
 /// A dual number `v + d·ε` with `ε² = 0`: a primal value and one tangent.
 ///
@@ -772,6 +800,13 @@ impl<T: Real> Real for Dual<T> {
     #[inline]
     fn is_finite(self) -> bool {
         self.v.is_finite() && self.d.is_finite()
+    }
+    #[inline]
+    fn select(c: bool, a: Self, b: Self) -> Self {
+        Dual {
+            v: T::select(c, a.v, b.v),
+            d: T::select(c, a.d, b.d),
+        }
     }
     #[inline]
     fn exp(self) -> Self {
@@ -991,6 +1026,18 @@ mod tests {
         assert_eq!((-1000.0_f64).sigmoid(), 0.0);
         assert_eq!(1000.0_f64.softplus(), 1000.0);
         assert_eq!((-1000.0_f64).softplus(), 0.0);
+    }
+
+    #[test]
+    fn select_picks_by_the_condition_bit_for_bit() {
+        for (a, b) in [(1.5f32, -2.0f32), (f32::NAN, 0.0), (-0.0, f32::INFINITY)] {
+            assert_eq!(f32::select(true, a, b).to_bits(), a.to_bits());
+            assert_eq!(f32::select(false, a, b).to_bits(), b.to_bits());
+        }
+        assert_eq!(f64::select(true, -0.0, 1.0).to_bits(), (-0.0f64).to_bits());
+        let (x, y) = (Dual::new(1.0f64, 2.0), Dual::new(3.0, 4.0));
+        assert_eq!(Dual::select(false, x, y), y);
+        assert_eq!(Dual::select(true, x, y), x);
     }
 
     #[test]

@@ -303,13 +303,7 @@ fn unary_forward<T: Real>(op: &Op, x: T) -> T {
         Op::Square => x * x,
         Op::Tanh => x.tanh(),
         Op::Sigmoid => x.sigmoid(),
-        Op::Relu => {
-            if x > T::zero() {
-                x
-            } else {
-                T::zero()
-            }
-        }
+        Op::Relu => T::select(x > T::zero(), x, T::zero()),
         Op::Softplus => x.softplus(),
         Op::Abs => x.abs(),
         Op::Clamp(lo, hi) => {
@@ -340,13 +334,7 @@ fn unary_backward<T: Real>(op: &Op, x: T, out: T, g: T) -> T {
         Op::Square => g * T::from_f64(2.0) * x,
         Op::Tanh => g * (T::one() - out * out),
         Op::Sigmoid => g * out * (T::one() - out),
-        Op::Relu => {
-            if x > T::zero() {
-                g
-            } else {
-                T::zero()
-            }
-        }
+        Op::Relu => T::select(x > T::zero(), g, T::zero()),
         Op::Softplus => g * x.sigmoid(),
         Op::Abs => {
             if x > T::zero() {
