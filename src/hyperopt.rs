@@ -85,16 +85,35 @@ impl RegressionData {
     }
 }
 
-/// Ridge regression with learnable per-feature L2 weights, as a [`Problem`]
-/// with a single task (the data set).
+/// Which hyperparameters θ holds.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hyper {
+    /// Per-feature L2 weights λ_k = λ_max·σ(θ_k); plain SGD inner loop.
+    L2Weights,
+    /// Per-feature inner step sizes α_k = θ_k (Meta-SGD inner loop,
+    /// w ← w − α ⊙ ∇L_in) with a fixed L2 weight `l2` on every feature. θ
+    /// enters the inner *optimiser*, not L_in, so the implicit estimator does
+    /// not apply (at an exact optimum the solution does not depend on α).
+    StepSizes {
+        /// The fixed L2 weight.
+        l2: f64,
+    },
+}
+
+/// Ridge regression with learnable per-feature L2 weights (or inner step
+/// sizes), as a [`Problem`] with a single task (the data set).
 #[derive(Clone, Debug)]
 pub struct RidgeHyperopt {
     /// The data.
     pub data: RegressionData,
-    /// λ_k = `lambda_max`·σ(θ_k).
+    /// λ_k = `lambda_max`·σ(θ_k) (L2 mode).
     pub lambda_max: f64,
-    /// r steps of gradient descent with step α.
+    /// r steps of gradient descent: `InnerLoop::sgd(r, α)` for
+    /// [`Hyper::L2Weights`], `InnerLoop::meta_sgd(r, vec![0])` for [`Hyper::StepSizes`].
     pub inner: InnerLoop,
+    /// What θ is.
+    pub hyper: Hyper,
 }
 
 impl RidgeHyperopt {
@@ -120,14 +139,30 @@ impl RidgeHyperopt {
             / m as f64
     }
 
+    /// The hyperparameters in their natural units: λ_k (L2 mode) or α_k (step mode).
+    pub fn hypers(&self, theta: &Tensor<f64>) -> Vec<f64> {
+        match self.hyper {
+            Hyper::L2Weights => self.lambdas(theta),
+            Hyper::StepSizes { .. } => theta.data().to_vec(),
+        }
+    }
+
     /// The inner solution w_r(θ) by running the r gradient steps directly
-    /// (plain arithmetic, no tape): w ← w − α (X_trᵀ(X_tr w − y_tr)/n + λ ⊙ w).
+    /// (plain arithmetic, no tape): w ← w − α ⊙ (X_trᵀ(X_tr w − y_tr)/n + λ ⊙ w).
+    ///
+    /// # Panics
+    /// If the inner optimiser is not the one [`RidgeHyperopt::inner`] documents.
     pub fn inner_solution(&self, theta: &Tensor<f64>) -> Tensor<f64> {
-        let lr = match self.inner.optimizer {
-            blo::problem::InnerOptimizer::Sgd { lr } => lr,
-            ref o => panic!("RidgeHyperopt::inner_solution: plain SGD expected, got {o:?}"),
+        let d = self.data.dim();
+        let (lr, lam) = match (self.hyper, &self.inner.optimizer) {
+            (Hyper::L2Weights, blo::InnerOptimizer::Sgd { lr }) => {
+                (vec![*lr; d], self.lambdas(theta))
+            }
+            (Hyper::StepSizes { l2 }, blo::InnerOptimizer::MetaSgd { .. }) => {
+                (theta.data().to_vec(), vec![l2; d])
+            }
+            (h, o) => panic!("RidgeHyperopt::inner_solution: {h:?} with inner optimiser {o:?}"),
         };
-        let lam = self.lambdas(theta);
         let x = &self.data.x_train;
         let (n, d) = (x.dims()[0], x.dims()[1]);
         let (xd, yd) = (x.data(), self.data.y_train.data());
@@ -141,7 +176,7 @@ impl RidgeHyperopt {
                 }
             }
             for k in 0..d {
-                w[k] -= lr * g[k];
+                w[k] -= lr[k] * g[k];
             }
         }
         Tensor::new([d, 1], w)
@@ -167,8 +202,13 @@ impl Problem<f64> for RidgeHyperopt {
         let y = tape.constant_base(&self.data.y_train);
         let w = phi[0];
         let fit = x.matmul(w).mse(y).mul_scalar(0.5);
-        let lambda = theta[0].sigmoid().mul_scalar(self.lambda_max);
-        fit + (lambda * w.square()).sum().mul_scalar(0.5)
+        match self.hyper {
+            Hyper::L2Weights => {
+                let lambda = theta[0].sigmoid().mul_scalar(self.lambda_max);
+                fit + (lambda * w.square()).sum().mul_scalar(0.5)
+            }
+            Hyper::StepSizes { l2 } => fit + w.square().sum().mul_scalar(0.5 * l2),
+        }
     }
 
     fn outer_loss<'t, T: Real<Base = f64>>(
@@ -434,6 +474,8 @@ pub struct Config {
     pub alpha: f64,
     /// Upper bound of each L2 weight.
     pub lambda_max: f64,
+    /// What to learn: L2 weights, or inner step sizes (θ_0 = α for every feature).
+    pub hyper: Hyper,
     /// Outer (hyperparameter) steps.
     pub outer_steps: usize,
     /// Adam step for θ.
@@ -458,6 +500,7 @@ impl Default for Config {
             r: 100,
             alpha: 0.1,
             lambda_max: 5.0,
+            hyper: Hyper::L2Weights,
             outer_steps: 100,
             outer_lr: 0.1,
             seed: 0,
@@ -488,10 +531,10 @@ pub struct MethodResult {
     pub initial_test_loss: f64,
     /// Test MSE after the search.
     pub final_test_loss: f64,
-    /// Mean λ on the informative features after the search.
-    pub mean_lambda_informative: f64,
-    /// Mean λ on the noise features after the search.
-    pub mean_lambda_noise: f64,
+    /// Mean hyperparameter (λ, or α in step mode) on the informative features after the search.
+    pub mean_hyper_informative: f64,
+    /// Mean hyperparameter on the noise features after the search.
+    pub mean_hyper_noise: f64,
     /// ‖g − g_exact‖/‖g_exact‖ at θ_0 (single draw for UFO; 1 for first-order).
     pub rel_error_at_theta0: f64,
     /// Mean seconds per hypergradient.
@@ -516,12 +559,31 @@ pub struct MethodResult {
 pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, blo::BloError> {
     use blo::Optimiser;
     let data = RegressionData::synthetic(cfg.d, cfg.informative, cfg.n, cfg.noise, cfg.seed);
+    let (inner, theta0) = match cfg.hyper {
+        Hyper::L2Weights => (
+            InnerLoop::sgd(cfg.r, cfg.alpha)?,
+            vec![Tensor::zeros([cfg.d, 1])],
+        ),
+        Hyper::StepSizes { .. } => {
+            if cfg.methods.contains(&Method::Implicit) {
+                return Err(blo::BloError::invalid(
+                    "method",
+                    "implicit",
+                    "the implicit estimator does not apply to inner step sizes",
+                ));
+            }
+            (
+                InnerLoop::meta_sgd(cfg.r, vec![0])?,
+                vec![Tensor::full([cfg.d, 1], cfg.alpha)],
+            )
+        }
+    };
     let problem = RidgeHyperopt {
         data,
         lambda_max: cfg.lambda_max,
-        inner: InnerLoop::sgd(cfg.r, cfg.alpha)?,
+        inner,
+        hyper: cfg.hyper,
     };
-    let theta0 = vec![Tensor::zeros([cfg.d, 1])];
     let mut rng0 = ChaCha8Rng::seed_from_u64(cfg.seed);
     let reference = blo::Estimator::estimate(
         &blo::Exact::new(blo::Policy::StoreAll)?,
@@ -577,7 +639,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, blo::BloError> {
             .sum::<f64>()
             .sqrt()
             / gnorm.max(1e-300);
-        let lam = problem.lambdas(&theta[0]);
+        let lam = problem.hypers(&theta[0]);
         let k = cfg.informative.min(cfg.d);
         let mean = |v: &[f64]| {
             if v.is_empty() {
@@ -593,8 +655,8 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, blo::BloError> {
             final_val_loss: final_val,
             initial_test_loss: test(&theta0[0]),
             final_test_loss: test(&theta[0]),
-            mean_lambda_informative: mean(&lam[..k]),
-            mean_lambda_noise: mean(&lam[k..]),
+            mean_hyper_informative: mean(&lam[..k]),
+            mean_hyper_noise: mean(&lam[k..]),
             rel_error_at_theta0: err,
             seconds_per_hypergradient: seconds / steps,
             states_peak: stats.states_peak,
@@ -647,8 +709,8 @@ pub fn table(results: &[MethodResult]) -> String {
         "estimator",
         "val MSE 0→end",
         "test MSE 0→end",
-        "λ signal",
-        "λ noise",
+        "λ|α signal",
+        "λ|α noise",
         "time/hypergr",
         "states",
         "fwd steps",
@@ -661,8 +723,8 @@ pub fn table(results: &[MethodResult]) -> String {
             r.method,
             format!("{:.3}→{:.3}", r.initial_val_loss, r.final_val_loss),
             format!("{:.3}→{:.3}", r.initial_test_loss, r.final_test_loss),
-            r.mean_lambda_informative,
-            r.mean_lambda_noise,
+            r.mean_hyper_informative,
+            r.mean_hyper_noise,
             crate::util::fmt_secs(r.seconds_per_hypergradient),
             r.states_peak,
             r.forward_steps,

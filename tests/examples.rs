@@ -192,12 +192,13 @@ fn small_hyperopt(
 #[test]
 fn hyperopt_exact_hypergradient_matches_finite_differences_of_plain_arithmetic() {
     use blo::Estimator;
-    use blo_examples::hyperopt::{RegressionData, RidgeHyperopt};
+    use blo_examples::hyperopt::{Hyper, RegressionData, RidgeHyperopt};
     use rand::SeedableRng;
     let p = RidgeHyperopt {
         data: RegressionData::synthetic(5, 2, [12, 30, 10], 0.3, 3),
         lambda_max: 5.0,
         inner: blo::InnerLoop::sgd(15, 0.1).unwrap(),
+        hyper: Hyper::L2Weights,
     };
     let theta = tape::Tensor::new([5, 1], vec![0.3, -0.2, 0.0, 1.0, -1.0]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -252,7 +253,7 @@ fn hyperopt_estimators_agree_and_the_search_helps() {
     assert!(exact.final_test_loss < exact.initial_test_loss, "{exact:?}");
     // Noise features end with larger L2 weights than informative ones.
     assert!(
-        exact.mean_lambda_noise > exact.mean_lambda_informative,
+        exact.mean_hyper_noise > exact.mean_hyper_informative,
         "{exact:?}"
     );
     // Every checkpoint policy gives the same hypergradient to the last bit, hence the same search.
@@ -519,4 +520,63 @@ fn readme_quick_start_is_the_two_ci_commands() {
     assert!(ci
         .lines()
         .any(|l| l.trim() == "cargo test --workspace --release"));
+}
+
+#[test]
+fn hyperopt_learns_inner_step_sizes_with_meta_sgd() {
+    use blo::Estimator;
+    use blo_examples::hyperopt::{self, Hyper, Method, RegressionData, RidgeHyperopt};
+    use rand::SeedableRng;
+    // Exact hypergradient w.r.t. per-feature step sizes against central differences of
+    // the plain-arithmetic inner loop w ← w − α ⊙ ∇L_in.
+    let p = RidgeHyperopt {
+        data: RegressionData::synthetic(4, 2, [10, 20, 10], 0.3, 5),
+        lambda_max: 5.0,
+        inner: blo::InnerLoop::meta_sgd(12, vec![0]).unwrap(),
+        hyper: Hyper::StepSizes { l2: 0.1 },
+    };
+    let alpha = tape::Tensor::new([4, 1], vec![0.05, 0.1, 0.02, 0.08]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let g = blo::Exact::new(blo::Policy::StoreAll)
+        .unwrap()
+        .estimate(&p, &(), std::slice::from_ref(&alpha), &mut rng)
+        .unwrap();
+    let val = |a: &tape::Tensor<f64>| {
+        RidgeHyperopt::mse(&p.data.x_val, &p.data.y_val, &p.inner_solution(a))
+    };
+    assert!((val(&alpha) - g.outer_loss).abs() < 1e-12);
+    for k in 0..4 {
+        let h = 1e-6;
+        let (mut a, mut b) = (alpha.clone(), alpha.clone());
+        a.data_mut()[k] += h;
+        b.data_mut()[k] -= h;
+        let fd = (val(&a) - val(&b)) / (2.0 * h);
+        let got = g.grad[0].data()[k];
+        assert!(
+            (fd - got).abs() < 1e-6 * (1.0 + fd.abs()),
+            "α_{k}: fd {fd} vs {got}"
+        );
+    }
+    // The search in step-size mode: forward mode equals exact; learning the steps lowers
+    // the validation loss; the implicit estimator is refused with a reason.
+    let mut cfg = small_hyperopt(
+        vec![Method::ExactStoreAll, Method::ForwardMode, Method::Ufo(0.5)],
+        None,
+    );
+    cfg.hyper = Hyper::StepSizes { l2: 0.1 };
+    cfg.r = 10;
+    cfg.alpha = 0.02;
+    cfg.outer_lr = 0.01;
+    let res = hyperopt::run(&cfg).unwrap();
+    assert!(
+        res[0].final_val_loss < 0.8 * res[0].initial_val_loss,
+        "{:?}",
+        res[0]
+    );
+    assert!(res[1].rel_error_at_theta0 < 1e-10);
+    cfg.methods = vec![Method::Implicit];
+    assert!(matches!(
+        hyperopt::run(&cfg),
+        Err(blo::BloError::InvalidHyperparameter { .. })
+    ));
 }
