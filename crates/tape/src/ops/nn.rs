@@ -12,12 +12,23 @@
 //!
 //! The stabilising max of the softmax is taken on primal values; the formulas are
 //! exact for any shift, so tangents are unaffected.
+//!
+//! Convolutions cut the batch into chunks whose im2col matrix fits about 1 MiB
+//! (so it is still in cache when the GEMM packs it), one GEMM per chunk and per
+//! adjoint; layers with at least as many output positions as kernel taps go
+//! sample by sample, writing the output in place. Padded "same" convolutions
+//! (stride 1, or stride s after splitting each plane into s² phases) build the
+//! columns from one contiguous copy per tap and plane. The chunking depends only
+//! on the shapes, so results do not depend on the thread count. Buffers borrow
+//! the tape's arenas: a re-recording allocates nothing (for kernels up to 5×5,
+//! whose per-tap offsets live on the stack).
 
 use crate::gemm::{gemm, MatRef};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
 use crate::tape::{Bwd, Var};
+use smallvec::SmallVec;
 
 fn split3(s: Shape, axis: usize) -> (usize, usize, usize) {
     let d = s.dims();
@@ -187,61 +198,216 @@ impl Geom {
     }
 }
 
-/// For a stride-1 convolution whose output rows are as wide as the input's
-/// (`wo = w`, e.g. a 3×3 kernel with padding 1), the tap `(ki, kj)` reads
-/// `x[q + off]` at output position `q = oh·w + ow` with `off = (ki − pad)·w +
-/// kj − pad`: a single shifted contiguous range per plane, except for the
-/// columns `ow ∉ w0..w1` (which read padding). Returns the positions `qa..qb` of
-/// the rows `h0..h1` whose source index lies inside the plane, and `off`; every
-/// position of those rows outside `qa..qb` is such a padding column.
+/// How a tap `(ki, kj)` of a "shifted" convolution reads its input: the phase
+/// plane it reads, the output rows `h0..h1` and columns `w0..w1` that read
+/// inside that plane, and the contiguous run `qa..qb` of output positions
+/// `q = oh·wo + ow` reading `plane[q + off]` (see [`Geom::shifted`]).
+struct Shift {
+    phase: usize,
+    h0: usize,
+    h1: usize,
+    w0: usize,
+    w1: usize,
+    qa: usize,
+    qb: usize,
+    off: isize,
+}
+
+impl Geom {
+    /// Phase-plane size `(hp, wp) = (⌈h/stride⌉, ⌈w/stride⌉)`. Phase `(a, b)`
+    /// of an input plane is `P[i, j] = x[stride·i + a, stride·j + b]` (zero past
+    /// the image). Tap `(ki, kj)` at output `(oh, ow)` reads `x[stride·oh + ki −
+    /// pad, …]`, which is `P[oh + qi, ow + qj]` of phase `(a, b)` where
+    /// `ki − pad = stride·qi + a`, `0 ≤ a < stride` (likewise `kj`).
+    fn phase_dims(&self) -> (usize, usize) {
+        (self.h.div_ceil(self.stride), self.w.div_ceil(self.stride))
+    }
+    /// Whether output rows are as wide as the phase planes (`wo = ⌈w/stride⌉`,
+    /// e.g. a 3×3 kernel with padding 1 at stride 1 or 2): then each tap reads
+    /// its phase plane at a constant offset `q + off`, one contiguous run per
+    /// plane, and im2col and col2im are long copies and adds.
+    fn is_shifted(&self) -> bool {
+        self.wo == self.phase_dims().1
+    }
+    /// Elements of the phase planes of one input plane (none at stride 1,
+    /// where the plane is its own single phase).
+    fn phase_len(&self) -> usize {
+        if self.stride > 1 && self.is_shifted() {
+            let (hp, wp) = self.phase_dims();
+            self.stride * self.stride * hp * wp
+        } else {
+            0
+        }
+    }
+    /// The [`Shift`] of every tap, row-major over `(ki, kj)`, if the geometry
+    /// is shifted (else empty). On the stack for kernels up to 5×5.
+    fn shifts(&self) -> SmallVec<[Shift; 25]> {
+        if !self.is_shifted() {
+            return SmallVec::new();
+        }
+        (0..self.kh)
+            .flat_map(|ki| (0..self.kw).map(move |kj| self.shifted(ki, kj)))
+            .collect()
+    }
+    /// The [`Shift`] of tap `(ki, kj)`. Every output position of the rows
+    /// `h0..h1` outside `qa..qb` is a column outside `w0..w1`: positions inside
+    /// both ranges read inside the plane.
+    fn shifted(&self, ki: usize, kj: usize) -> Shift {
+        let (hp, wp) = self.phase_dims();
+        let s = self.stride as isize;
+        let (di, dj) = (
+            ki as isize - self.pad as isize,
+            kj as isize - self.pad as isize,
+        );
+        let (qi, qj) = (di.div_euclid(s), dj.div_euclid(s));
+        let phase = (di.rem_euclid(s) * s + dj.rem_euclid(s)) as usize;
+        let range = |q: isize, len: usize, out: usize| {
+            let lo = (-q).clamp(0, out as isize);
+            (
+                lo as usize,
+                (len as isize - q).clamp(lo, out as isize) as usize,
+            )
+        };
+        let (h0, h1) = range(qi, hp, self.ho);
+        let (w0, w1) = range(qj, wp, self.wo);
+        let off = qi * wp as isize + qj;
+        let qa = ((h0 * self.wo) as isize)
+            .max(-off)
+            .min((h1 * self.wo) as isize);
+        let qb = ((h1 * self.wo) as isize)
+            .min((hp * wp) as isize - off)
+            .max(qa);
+        Shift {
+            phase,
+            h0,
+            h1,
+            w0,
+            w1,
+            qa: qa as usize,
+            qb: qb as usize,
+            off,
+        }
+    }
+}
+
+/// Zeroes a padding edge of an output row: usually zero or one element, which a
+/// plain store handles without the call overhead of a `memset`.
 #[inline]
-fn shifted(g: &Geom, ki: usize, kj: usize, (h0, h1): (usize, usize)) -> (usize, usize, isize) {
-    let plane = (g.h * g.w) as isize;
-    let off = (ki * g.w + kj) as isize - (g.pad * g.w + g.pad) as isize;
-    let qa = ((h0 * g.wo) as isize).max(-off);
-    let qb = ((h1 * g.wo) as isize).min(plane - off).max(qa);
-    (qa as usize, qb as usize, off)
+fn zero_edge<T: Real>(s: &mut [T]) {
+    match s {
+        [] => {}
+        [a] => *a = T::zero(),
+        _ => s.fill(T::zero()),
+    }
+}
+
+/// Splits one input plane into its `stride²` phase planes (see
+/// [`Geom::phase_dims`]), zero past the image.
+fn split_phases<T: Real>(g: &Geom, src: &[T], phases: &mut [T]) {
+    let (hp, wp) = g.phase_dims();
+    let s = g.stride;
+    for a in 0..s {
+        for b in 0..s {
+            let ph = &mut phases[(a * s + b) * hp * wp..][..hp * wp];
+            for i in 0..hp {
+                let row = &mut ph[i * wp..][..wp];
+                let ih = s * i + a;
+                if ih >= g.h {
+                    row.fill(T::zero());
+                    continue;
+                }
+                let srow = &src[ih * g.w..][..g.w];
+                let n = if b < g.w { (g.w - b).div_ceil(s) } else { 0 };
+                for (d, &v) in row[..n]
+                    .iter_mut()
+                    .zip(srow[b.min(g.w)..].iter().step_by(s))
+                {
+                    *d = v;
+                }
+                row[n..].fill(T::zero());
+            }
+        }
+    }
+}
+
+/// The adjoint of [`split_phases`]: adds each phase entry inside the image back
+/// onto its input element.
+fn merge_phases_add<T: Real>(g: &Geom, phases: &[T], dst: &mut [T]) {
+    let (hp, wp) = g.phase_dims();
+    let s = g.stride;
+    for a in 0..s {
+        for b in 0..s {
+            let ph = &phases[(a * s + b) * hp * wp..][..hp * wp];
+            for i in 0..hp {
+                let ih = s * i + a;
+                if ih >= g.h || b >= g.w {
+                    continue;
+                }
+                let drow = &mut dst[ih * g.w..][..g.w];
+                for (d, &v) in drow[b..].iter_mut().step_by(s).zip(&ph[i * wp..][..wp]) {
+                    *d += v;
+                }
+            }
+        }
+    }
 }
 
 /// im2col of `nb` consecutive samples `x` (`[nb, c, h, w]`) into `cols`, a
 /// row-major `[c·kh·kw, nb·ho·wo]` matrix: `cols[(c, ki, kj), (s, oh, ow)] =
 /// x[s, c, oh·stride + ki − pad, ow·stride + kj − pad]`, zero where that is
 /// padding. Every element of `cols` is written (no prior zero-fill needed).
-/// Stride-1 rows are contiguous copies; "same" stride-1 convolutions copy a
-/// whole plane per tap (see [`shifted`]).
-fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T]) {
+/// "Shifted" geometries ([`Geom::is_shifted`]) copy one contiguous run per tap
+/// and plane (after a phase split at stride > 1, into `phases`, of length
+/// [`Geom::phase_len`]); others go row by row.
+fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T], phases: &mut [T]) {
     let (p, plane) = (g.cols(), g.h * g.w);
     let ncols = nb * p;
     let zero = T::zero();
-    let same = g.stride == 1 && g.wo == g.w;
+    let shifted = g.is_shifted();
+    let (hp, wp) = g.phase_dims();
+    let shifts = g.shifts();
     for s in 0..nb {
         for c in 0..g.c {
             let src = &x[(s * g.c + c) * plane..][..plane];
             let base = c * g.kh * g.kw;
-            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
-                let dst = &mut cols[(base + t) * ncols + s * p..][..p];
-                if same {
-                    let (qa, qb, off) = shifted(g, ki, kj, (h0, h1));
-                    dst[..qa].fill(zero);
-                    dst[qb..].fill(zero);
-                    let sa = (qa as isize + off) as usize;
-                    dst[qa..qb].copy_from_slice(&src[sa..sa + (qb - qa)]);
-                    if w0 > 0 || w1 < g.wo {
-                        for oh in h0..h1 {
-                            let drow = &mut dst[oh * g.wo..][..g.wo];
-                            drow[..w0].fill(zero);
-                            drow[w1..].fill(zero);
+            if shifted {
+                let planes: &[T] = if g.stride == 1 {
+                    src
+                } else {
+                    split_phases(g, src, phases);
+                    phases
+                };
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let t = &shifts[ki * g.kw + kj];
+                        let ph = &planes[t.phase * hp * wp..][..hp * wp];
+                        let dst = &mut cols[(base + ki * g.kw + kj) * ncols + s * p..][..p];
+                        dst[..t.qa].fill(zero);
+                        dst[t.qb..].fill(zero);
+                        if t.qb > t.qa {
+                            let sa = (t.qa as isize + t.off) as usize;
+                            dst[t.qa..t.qb].copy_from_slice(&ph[sa..sa + (t.qb - t.qa)]);
+                        }
+                        if t.w0 > 0 || t.w1 < g.wo {
+                            for oh in t.h0..t.h1 {
+                                let drow = &mut dst[oh * g.wo..][..g.wo];
+                                zero_edge(&mut drow[..t.w0]);
+                                zero_edge(&mut drow[t.w1..]);
+                            }
                         }
                     }
-                    return;
                 }
+                continue;
+            }
+            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
+                let dst = &mut cols[(base + t) * ncols + s * p..][..p];
                 dst[..h0 * g.wo].fill(zero);
                 dst[h1 * g.wo..].fill(zero);
                 for oh in h0..h1 {
                     let ih = oh * g.stride + ki - g.pad;
                     let drow = &mut dst[oh * g.wo..][..g.wo];
-                    drow[..w0].fill(zero);
-                    drow[w1..].fill(zero);
+                    zero_edge(&mut drow[..w0]);
+                    zero_edge(&mut drow[w1..]);
                     let iw0 = w0 * g.stride + kj - g.pad;
                     let srow = &src[ih * g.w..][..g.w];
                     if g.stride == 1 {
@@ -260,34 +426,57 @@ fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T]) {
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input
 /// element it was copied from (`gx += col2im(gcols)`); padding entries are
-/// dropped. For "same" stride-1 convolutions the padding entries of `gcols` are
-/// first set to zero (they are dropped anyway), so that each tap is one long
-/// contiguous add whose padding columns add exactly zero.
-fn col2im_add<T: Real>(g: &Geom, gcols: &mut [T], nb: usize, gx: &mut [T]) {
+/// dropped. For "shifted" geometries the padding entries of `gcols` are first
+/// set to zero (they are dropped anyway), so that each tap is one long
+/// contiguous add (into the phase planes, then merged) whose padding columns
+/// add exactly zero.
+fn col2im_add<T: Real>(g: &Geom, gcols: &mut [T], nb: usize, gx: &mut [T], phases: &mut [T]) {
     let (p, plane) = (g.cols(), g.h * g.w);
     let ncols = nb * p;
-    let same = g.stride == 1 && g.wo == g.w;
+    let shifted = g.is_shifted();
+    let (hp, wp) = g.phase_dims();
+    let shifts = g.shifts();
     for s in 0..nb {
         for c in 0..g.c {
             let dst = &mut gx[(s * g.c + c) * plane..][..plane];
             let base = c * g.kh * g.kw;
-            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
-                let src = &mut gcols[(base + t) * ncols + s * p..][..p];
-                if same {
-                    if w0 > 0 || w1 < g.wo {
-                        for oh in h0..h1 {
-                            let srow = &mut src[oh * g.wo..][..g.wo];
-                            srow[..w0].fill(T::zero());
-                            srow[w1..].fill(T::zero());
+            if shifted {
+                if g.stride > 1 {
+                    phases.fill(T::zero());
+                }
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let t = &shifts[ki * g.kw + kj];
+                        let src = &mut gcols[(base + ki * g.kw + kj) * ncols + s * p..][..p];
+                        if t.w0 > 0 || t.w1 < g.wo {
+                            for oh in t.h0..t.h1 {
+                                let srow = &mut src[oh * g.wo..][..g.wo];
+                                zero_edge(&mut srow[..t.w0]);
+                                zero_edge(&mut srow[t.w1..]);
+                            }
+                        }
+                        let planes: &mut [T] = if g.stride == 1 {
+                            &mut *dst
+                        } else {
+                            &mut *phases
+                        };
+                        let ph = &mut planes[t.phase * hp * wp..][..hp * wp];
+                        if t.qb > t.qa {
+                            let sa = (t.qa as isize + t.off) as usize;
+                            let run = &mut ph[sa..sa + (t.qb - t.qa)];
+                            for (d, &v) in run.iter_mut().zip(&src[t.qa..t.qb]) {
+                                *d += v;
+                            }
                         }
                     }
-                    let (qa, qb, off) = shifted(g, ki, kj, (h0, h1));
-                    let sa = (qa as isize + off) as usize;
-                    for (d, &v) in dst[sa..sa + (qb - qa)].iter_mut().zip(&src[qa..qb]) {
-                        *d += v;
-                    }
-                    return;
                 }
+                if g.stride > 1 {
+                    merge_phases_add(g, phases, dst);
+                }
+                continue;
+            }
+            g.taps(|t, ki, kj, (h0, h1), (w0, w1)| {
+                let src = &gcols[(base + t) * ncols + s * p..][..p];
                 for oh in h0..h1 {
                     let ih = oh * g.stride + ki - g.pad;
                     let srow = &src[oh * g.wo + w0..oh * g.wo + w1];
@@ -337,11 +526,12 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
     // read, so the resize only grows.
     let mut scratch = std::mem::take(b.scratch);
     let gm_len = if chunk > 1 { o * chunk * p } else { 0 };
-    let need = rows * chunk * p + gm_len;
+    let need = rows * chunk * p + gm_len + geom.phase_len();
     if scratch.len() < need {
         scratch.resize(need, T::zero());
     }
-    let (cols, gm) = scratch[..need].split_at_mut(rows * chunk * p);
+    let (cols, rest) = scratch[..need].split_at_mut(rows * chunk * p);
+    let (gm, phases) = rest.split_at_mut(gm_len);
     let wm = MatRef::row_major(w, o, rows);
     let sample = xs.numel() / n.max(1);
     let mut s0 = 0;
@@ -357,7 +547,7 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
             MatRef::row_major(&*gm, o, nb * p)
         };
         if want_w {
-            im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols);
+            im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols, phases);
             // ḡW = Σ_chunks g·colsᵀ: the first GEMM overwrites a fresh adjoint.
             let (gw, fresh) = b.g_in_overwrite(1);
             let beta = if fresh { zero } else { one };
@@ -372,7 +562,7 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
         if want_x {
             gemm(one, wm.t(), gmat, zero, cols);
             let gx = &mut b.g_in(0)[s0 * sample..(s0 + nb) * sample];
-            col2im_add(&geom, cols, nb, gx);
+            col2im_add(&geom, cols, nb, gx, phases);
         }
         s0 += nb;
     }
@@ -556,15 +746,17 @@ impl<'t, T: Real> Var<'t, T> {
                 // allocates nothing.
                 let start = f.aux.len();
                 let om_len = if chunk > 1 { o * chunk * p } else { 0 };
-                f.aux.resize(start + rows * chunk * p + om_len, T::zero());
-                let (cols, om) = f.aux[start..].split_at_mut(rows * chunk * p);
+                let len = rows * chunk * p + om_len + geom.phase_len();
+                f.aux.resize(start + len, T::zero());
+                let (cols, rest) = f.aux[start..].split_at_mut(rows * chunk * p);
+                let (om, phases) = rest.split_at_mut(om_len);
                 let sample = xs.numel() / n.max(1);
                 let wm = MatRef::row_major(w, o, rows);
                 let mut s0 = 0;
                 while s0 < n {
                     let nb = chunk.min(n - s0);
                     let cols = &mut cols[..rows * nb * p];
-                    im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols);
+                    im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols, phases);
                     let cm = MatRef::row_major(&*cols, rows, nb * p);
                     let dst = &mut f.out[s0 * o * p..(s0 + nb) * o * p];
                     if nb == 1 {
@@ -706,8 +898,8 @@ mod tests {
     //! The im2col/GEMM convolution and the pooling fast paths against direct
     //! loops over the definitions. Unit tests run with a tiny chunk budget
     //! ([`COLS_BYTES`]), so these shapes exercise per-sample GEMMs, multi-sample
-    //! chunks with a short last chunk, the "same" stride-1 shifted copies, and
-    //! the general strided path.
+    //! chunks with a short last chunk, the shifted copies (stride 1, and
+    //! strides 2 and 3 through phase planes), and the row-by-row path.
     use crate::{Dual, Tape, Tensor};
 
     fn data(len: usize, seed: usize) -> Vec<f64> {
@@ -776,11 +968,18 @@ mod tests {
     #[test]
     fn conv2d_matches_direct_loops_on_every_path() {
         // (x dims, w dims, stride, pad)
-        let cases: [([usize; 4], [usize; 4], usize, usize); 9] = [
+        let cases: [([usize; 4], [usize; 4], usize, usize); 16] = [
             ([3, 1, 6, 7], [4, 1, 3, 3], 1, 1), // p ≥ rows: per sample, "same" copies
             ([5, 4, 4, 4], [3, 4, 3, 3], 1, 1), // rows > p: chunks of 2, 2, 1
-            ([5, 3, 5, 6], [2, 3, 3, 3], 2, 1), // strided
-            ([4, 2, 7, 5], [3, 2, 2, 3], 3, 2), // non-square kernel, pad 2, stride 3
+            ([5, 3, 5, 6], [2, 3, 3, 3], 2, 1), // stride 2: phase split, odd height
+            ([3, 2, 7, 7], [2, 2, 3, 3], 2, 1), // stride 2, odd sizes
+            ([2, 3, 6, 8], [2, 3, 2, 2], 2, 0), // stride 2, 2×2 kernel, no padding
+            ([2, 2, 9, 9], [3, 2, 3, 3], 3, 1), // stride 3 phases
+            ([3, 1, 28, 28], [4, 1, 3, 3], 2, 1), // stride 2, per sample
+            ([2, 2, 2, 2], [2, 2, 3, 3], 2, 1), // stride 2, taps reading only padding
+            ([2, 1, 1, 1], [1, 1, 3, 3], 2, 1), // a single pixel
+            ([3, 2, 3, 3], [2, 2, 3, 3], 2, 1), // 3 → 2
+            ([4, 2, 7, 5], [3, 2, 2, 3], 3, 2), // non-square kernel, row by row
             ([2, 2, 5, 5], [2, 2, 5, 5], 1, 2), // "same" with a 5×5 kernel
             ([3, 2, 3, 4], [2, 2, 3, 3], 1, 0), // valid (no padding)
             ([2, 3, 4, 4], [2, 3, 1, 1], 1, 0), // 1×1: "same" without padding
