@@ -115,6 +115,10 @@ pub fn gemm<T: Real>(
             );
         }
     }
+    if a.rows * a.cols * b.cols <= SMALL_GEMM_MACS && b.cols <= SMALL_GEMM_COLS {
+        small_gemm(alpha, a, b, beta, c);
+        return;
+    }
     // SAFETY: the asserts above bound every index of A and B by their slices, C is a
     // dense rows × cols buffer of exactly that length, and C is a `&mut` so it
     // aliases neither A nor B.
@@ -138,6 +142,56 @@ pub fn gemm<T: Real>(
     }
 }
 
+/// Products up to this many multiply-adds skip the packing GEMM kernel: for
+/// the tiny matrices of few-shot regression (`[10, 40]·[40, 40]`) packing and
+/// masked edge kernels cost more than the arithmetic.
+const SMALL_GEMM_MACS: usize = 32 * 1024;
+/// ... and with at most this many columns (the accumulator row lives on the stack).
+const SMALL_GEMM_COLS: usize = 64;
+
+/// `C ← α·A·B + β·C` by rows: `acc = Σ_l A[i, l]·B[l, :]` in increasing `l`
+/// (a fixed order, so deterministic), then `C[i, :] = α·acc + β·C[i, :]`
+/// (`C` not read when β = 0). Works for any [`Real`], dual numbers included.
+fn small_gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (alpha, beta_is_zero, beta) = (
+        T::from_base(alpha),
+        beta == <T::Base as Real>::zero(),
+        T::from_base(beta),
+    );
+    let mut acc = [T::zero(); SMALL_GEMM_COLS];
+    let acc = &mut acc[..n];
+    for (i, c_row) in c.chunks_exact_mut(n).enumerate().take(m) {
+        acc.fill(T::zero());
+        for l in 0..k {
+            let a_il = a.data[i * a.rs + l * a.cs];
+            let b_row = l * b.rs;
+            if b.cs == 1 {
+                for (s, &b_lj) in acc.iter_mut().zip(&b.data[b_row..b_row + n]) {
+                    *s += a_il * b_lj;
+                }
+            } else {
+                for (j, s) in acc.iter_mut().enumerate() {
+                    *s += a_il * b.data[b_row + j * b.cs];
+                }
+            }
+        }
+        for (x, &s) in c_row.iter_mut().zip(acc.iter()) {
+            *x = if beta_is_zero {
+                alpha * s
+            } else {
+                alpha * s + beta * *x
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +207,44 @@ mod tests {
             }
         }
         c
+    }
+
+    /// The small-matrix path against the naive triple loop: transposed views,
+    /// β = 0 over a NaN-filled C (never read) and β = ½.
+    #[test]
+    fn small_gemm_matches_the_naive_product() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.53).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let at: Vec<f64> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect(); // Aᵀ stored
+        let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // Bᵀ stored
+        for (ta, tb, beta) in [
+            (false, false, 0.0),
+            (true, false, 0.5),
+            (false, true, 0.0),
+            (true, true, 0.5),
+        ] {
+            let am = if ta {
+                MatRef::row_major(&at, k, m).t()
+            } else {
+                MatRef::row_major(&a, m, k)
+            };
+            let bm = if tb {
+                MatRef::row_major(&bt, n, k).t()
+            } else {
+                MatRef::row_major(&b, k, n)
+            };
+            let mut c = vec![if beta == 0.0 { f64::NAN } else { 2.0 }; m * n];
+            gemm(2.0, am, bm, beta, &mut c);
+            for (x, w) in c.iter().zip(&want) {
+                let expect = 2.0 * w + if beta == 0.0 { 0.0 } else { beta * 2.0 };
+                assert!(
+                    (x - expect).abs() < 1e-12,
+                    "{ta} {tb} {beta}: {x} vs {expect}"
+                );
+            }
+        }
     }
 
     #[test]
