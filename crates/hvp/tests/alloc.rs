@@ -177,10 +177,9 @@ fn with_matrix_products_only_gemm_packing_buffers_are_allocated() {
     let mut out = vec![0.0; 18];
     h.apply(&v, &mut out);
     let (allocs, overaligned) = count(|| h.apply(&v, &mut out));
-    assert!(
-        allocs > 0,
-        "the dual GEMMs pack (see crates/tape/tests/alloc.rs)"
-    );
+    // Products this small (≤ 32K multiply-adds) skip matrixmultiply and allocate
+    // nothing (`tape::gemm`'s small-matrix path); larger ones allocate only the
+    // kernel's over-aligned packing buffers (see crates/tape/tests/alloc.rs).
     assert_eq!(
         allocs, overaligned,
         "every allocation is a GEMM packing buffer"
