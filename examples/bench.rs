@@ -16,53 +16,20 @@
 //! after a call), `steady_peak_rss_mib` (VmHWM over the timed calls only, the
 //! figure the JAX side reports), `loss` (must be finite).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
+use tape::testing::{process_allocations, CountingAllocator};
 
 #[path = "bench/maml.rs"]
 mod bench_maml;
 #[path = "bench/mlp.rs"]
 mod bench_mlp;
 
-/// Counts heap allocations (and their bytes) so the runner can report what a
-/// steady-state call allocates.
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static ALLOC_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; the counters are
-// plain atomics and never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(l.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(l.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `System` with layout `l`.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        ALLOC_BYTES.fetch_add(new, Ordering::Relaxed);
-        // SAFETY: `p` came from `System` with layout `l`.
-        unsafe { System.realloc(p, l, new) }
-    }
-}
-
+/// Counts heap allocations (and their bytes) over every thread, so the runner
+/// can report what a steady-state call allocates.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// A value from `/proc/self/status` in MiB (`VmHWM` = peak RSS, which is what
 /// `getrusage(RUSAGE_SELF).ru_maxrss` reports; `VmRSS` = current).
@@ -123,10 +90,8 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     );
     let peak_before_reset = proc_status_mib("VmHWM:").unwrap_or(0.0);
     reset_hwm();
-    let (a0, b0) = (
-        ALLOCS.load(Ordering::Relaxed),
-        ALLOC_BYTES.load(Ordering::Relaxed),
-    );
+    let before = process_allocations();
+    let (a0, b0) = (before.count, before.bytes);
     let mut times = Vec::with_capacity(n);
     let mut loss = first_loss;
     for _ in 0..n {
@@ -134,10 +99,8 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
         loss = w.call();
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
-    let (a1, b1) = (
-        ALLOCS.load(Ordering::Relaxed),
-        ALLOC_BYTES.load(Ordering::Relaxed),
-    );
+    let after = process_allocations();
+    let (a1, b1) = (after.count, after.bytes);
     let steady = proc_status_mib("VmHWM:");
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);

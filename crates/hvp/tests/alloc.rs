@@ -7,63 +7,17 @@
 //! are the known exception: `matrixmultiply` 0.3 allocates a packing buffer
 //! (aligned above 16 bytes) per call; see `crates/tape/tests/alloc.rs`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use hvp::{cg, CgParams, Damped, Hessian, LinOp, Objective, Workspace};
+use tape::testing::{count_allocations, CountingAllocator};
 use tape::{Real, Tape, Tensor, Var};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-    static OVERALIGNED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(layout: Layout) {
-    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        if layout.align() > 16 {
-            OVERALIGNED.with(|n| n.set(n.get() + 1));
-        }
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// (allocations, over-aligned allocations) made by `f` on this thread.
 fn count(f: impl FnOnce()) -> (usize, usize) {
-    ALLOCATIONS.with(|n| n.set(0));
-    OVERALIGNED.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    (ALLOCATIONS.with(|n| n.get()), OVERALIGNED.with(|n| n.get()))
+    let n = count_allocations(f);
+    (n.count, n.overaligned)
 }
 
 /// A smooth loss without matrix products: Σ softplus(a ⊙ x) + ½ Σ (x − b)² + tanh(Σ x).

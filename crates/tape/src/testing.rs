@@ -52,6 +52,9 @@ use crate::shape::{Shape, MAX_RANK};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 
+mod alloc;
+pub use alloc::{count_allocations, process_allocations, AllocationCount, CountingAllocator};
+
 /// Finite-difference step and acceptance bound of a gradient check.
 ///
 /// An analytic value `a` and a numeric value `n` agree when

@@ -10,69 +10,22 @@
 //! GEMM-free op (`Var::t` used to allocate its permutation; fixed). The matrix product does: `matrixmultiply`
 //! 0.3 allocates its packing buffer on every GEMM call (`make_packing_buffer`
 //! in its `src/gemm.rs`, an `Alloc` aligned to the kernel's 32 bytes), and it
-//! has no API to pass a reusable buffer. So the strict MLP test is `#[ignore]`d
-//! and a second test pins down that every allocation of the rerun is such a
-//! packing buffer, one per GEMM call.
+//! has no API to pass a reusable buffer. Products small enough for the tape's
+//! own fixed-order loop (`gemm::gemm`'s small path) do not allocate, so a small
+//! MLP reruns with zero allocations; for a larger one the strict test is
+//! `#[ignore]`d and a second test pins down that every allocation of the rerun
+//! is such a packing buffer, one per GEMM call.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use tape::testing::{count_allocations, CountingAllocator};
 use tape::{concat, Dual, Real, Tape, Tensor};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-    /// Allocations with alignment above 16 bytes (no `Vec` of the tape asks for that).
-    static OVERALIGNED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(layout: Layout) {
-    if COUNTING.try_with(|c| c.get()).unwrap_or(false) {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        if layout.align() > 16 {
-            OVERALIGNED.with(|n| n.set(n.get() + 1));
-        }
-    }
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(layout);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// (all, over-aligned) allocations made by `f` on this thread.
 fn allocations_in(f: impl FnOnce()) -> (usize, usize) {
-    let before = (ALLOCATIONS.with(Cell::get), OVERALIGNED.with(Cell::get));
-    COUNTING.with(|c| c.set(true));
-    f();
-    COUNTING.with(|c| c.set(false));
-    (
-        ALLOCATIONS.with(Cell::get) - before.0,
-        OVERALIGNED.with(Cell::get) - before.1,
-    )
+    let n = count_allocations(f);
+    (n.count, n.overaligned)
 }
 
 struct Mlp {
@@ -101,8 +54,18 @@ fn loss_and_grads(tape: &mut Tape<f64>, m: &Mlp, g1: &mut [f64], g2: &mut [f64])
     loss.item()
 }
 
+/// Small enough that every product takes the tape's own small-GEMM loop.
 fn mlp() -> Mlp {
-    let (n, d, h, c) = (8, 4, 16, 3);
+    mlp_of(8, 4, 16, 3)
+}
+
+/// Large enough that every product goes through matrixmultiply's packed kernel
+/// (more than `SMALL_GEMM_MACS` multiply-adds per product).
+fn big_mlp() -> Mlp {
+    mlp_of(64, 128, 64, 3)
+}
+
+fn mlp_of(n: usize, d: usize, h: usize, c: usize) -> Mlp {
     Mlp {
         x: Tensor::from_fn([n, d], |i| (i as f64 * 0.37).sin()),
         w1: Tensor::from_fn([d, h], |i| (i as f64 * 0.11).cos() * 0.5),
@@ -116,9 +79,9 @@ fn mlp() -> Mlp {
 /// Runs the MLP twice on one tape; returns the second run's allocations and
 /// checks both runs give the same numbers.
 fn rerun_allocations(
+    m: Mlp,
     record: fn(&mut Tape<f64>, &Mlp, &mut [f64], &mut [f64]) -> f64,
 ) -> (usize, usize) {
-    let m = mlp();
     let mut tape = Tape::<f64>::new();
     let (mut g1, mut g2) = (vec![0.0; m.w1.numel()], vec![0.0; m.w2.numel()]);
     let first = record(&mut tape, &m, &mut g1, &mut g2);
@@ -163,7 +126,7 @@ fn loss_and_grads_without_gemm(
 
 #[test]
 fn the_tape_itself_allocates_nothing_on_a_rerun() {
-    let (all, _) = rerun_allocations(loss_and_grads_without_gemm);
+    let (all, _) = rerun_allocations(big_mlp(), loss_and_grads_without_gemm);
     assert_eq!(
         all, 0,
         "the second recording + backward allocated {all} times"
@@ -171,8 +134,17 @@ fn the_tape_itself_allocates_nothing_on_a_rerun() {
 }
 
 #[test]
+fn small_mlp_rerun_allocates_nothing() {
+    let (all, gemm) = rerun_allocations(mlp(), loss_and_grads);
+    assert_eq!(
+        all, 0,
+        "the second recording + backward allocated {all} times ({gemm} over-aligned)"
+    );
+}
+
+#[test]
 fn mlp_rerun_allocates_only_gemm_packing_buffers() {
-    let (all, gemm) = rerun_allocations(loss_and_grads);
+    let (all, gemm) = rerun_allocations(big_mlp(), loss_and_grads);
     // GEMM calls: forward x·W1 and h·W2; backward ḡh and ḡW2 for the second
     // product, ḡW1 for the first (x is a constant): 5.
     assert_eq!(
@@ -181,13 +153,16 @@ fn mlp_rerun_allocates_only_gemm_packing_buffers() {
         "{} allocations of the rerun are not GEMM packing buffers",
         all - gemm
     );
-    assert!(gemm <= 5, "{gemm} packing buffers for 5 GEMM calls");
+    assert!(
+        (1..=5).contains(&gemm),
+        "{gemm} packing buffers for 5 GEMM calls through matrixmultiply"
+    );
 }
 
 #[test]
 #[ignore = "matrixmultiply 0.3 allocates a packing buffer on every GEMM call; see the module docs"]
 fn second_recording_and_backward_allocate_nothing() {
-    let (all, gemm) = rerun_allocations(loss_and_grads);
+    let (all, gemm) = rerun_allocations(big_mlp(), loss_and_grads);
     assert_eq!(
         all, 0,
         "the second recording + backward allocated {all} times ({gemm} GEMM packing buffers)"
