@@ -52,7 +52,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             problem,
             task,
             theta,
-            ws: InnerWorkspace::new(),
+            ws: InnerWorkspace::cached(),
             stats: Stats::default(),
             target,
             r: inner.steps,
@@ -246,10 +246,17 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
         self.stats.gradients += 1;
         Estimate {
-            grad: self.g,
+            grad: std::mem::take(&mut self.g),
             outer_loss: self.outer_loss,
-            stats: self.stats,
+            stats: std::mem::take(&mut self.stats),
         }
+    }
+}
+
+impl<F: Float, P: Problem<F>> Drop for Sweep<'_, F, P> {
+    /// Hands the workspace (tapes with their capacity) back to this thread's cache.
+    fn drop(&mut self) {
+        std::mem::take(&mut self.ws).recycle();
     }
 }
 

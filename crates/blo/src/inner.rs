@@ -9,6 +9,9 @@
 //! the mixed product M w = ∂²L_in/∂θ∂φ · w (on θ). The tapes are cleared and
 //! reused, so a long inner loop does not grow them.
 
+use std::any::Any;
+use std::cell::RefCell;
+
 use tape::{Dual, Float, Real, Tape, Tensor, Var};
 
 use crate::error::BloError;
@@ -114,10 +117,42 @@ fn all_finite<T: Real>(x: &[T]) -> bool {
     x.iter().all(|v| v.is_finite())
 }
 
+thread_local! {
+    /// Workspaces handed back by finished sweeps, reused by the next ones on this
+    /// thread (any `F`: looked up by type).
+    static CACHE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// At most this many workspaces are kept per thread.
+const CACHE_LEN: usize = 4;
+
 impl<F: Float> InnerWorkspace<F> {
     /// Empty tapes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A workspace from this thread's cache (its tapes keep their capacity, so
+    /// reusing it allocates nothing), or a new one. Every use clears the tapes
+    /// first, so the results do not depend on which one is returned.
+    pub(crate) fn cached() -> Self {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            match c.iter().position(|w| w.is::<Self>()) {
+                Some(i) => *c.swap_remove(i).downcast::<Self>().expect("checked type"),
+                None => Self::new(),
+            }
+        })
+    }
+
+    /// Hands the workspace back to this thread's cache (dropped if it is full).
+    pub(crate) fn recycle(self) {
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() < CACHE_LEN {
+                c.push(Box::new(self));
+            }
+        })
     }
 
     /// φ_0 = Φ_0(θ) (velocity zero for momentum). Not counted as a step.
@@ -180,28 +215,36 @@ impl<F: Float> InnerWorkspace<F> {
             return Err(non_finite("inner loss", j));
         }
         t.backward(loss);
-        // Check every gradient before touching the state.
-        let mut grads = Vec::with_capacity(ph.len());
+        // Check every gradient before touching the state. All gradients go into
+        // one reused buffer, concatenated in φ order (no allocation per step).
+        self.buf.clear();
         for &v in &ph {
-            self.buf.clear();
-            self.buf.resize(v.shape().numel(), F::zero());
-            t.grad_into(v, &mut self.buf);
-            if !all_finite(&self.buf) {
+            let start = self.buf.len();
+            self.buf.resize(start + v.shape().numel(), F::zero());
+            t.grad_into(v, &mut self.buf[start..]);
+            if !all_finite(&self.buf[start..]) {
                 return Err(non_finite("inner gradient", j));
             }
-            grads.push(self.buf.clone());
         }
+        // The i-th gradient as a slice of the buffer (shapes from the φ vars, so
+        // the iterator borrows neither the state nor itself across arms).
+        let mut rest = &self.buf[..];
+        let grads = ph.iter().map(move |v| {
+            let (g, tail) = rest.split_at(v.shape().numel());
+            rest = tail;
+            g
+        });
         match &problem.inner_loop().optimizer {
             InnerOptimizer::Sgd { lr } => {
                 let a = F::from_f64(*lr);
-                for (p, g) in state.phi.iter_mut().zip(&grads) {
+                for (p, g) in state.phi.iter_mut().zip(grads) {
                     for (x, &gi) in p.data_mut().iter_mut().zip(g) {
                         *x -= a * gi;
                     }
                 }
             }
             InnerOptimizer::MetaSgd { lr_index } => {
-                for (i, (p, g)) in state.phi.iter_mut().zip(&grads).enumerate() {
+                for (i, (p, g)) in state.phi.iter_mut().zip(grads).enumerate() {
                     let alpha = meta_sgd_steps(theta, lr_index, i, p);
                     for ((x, &gi), &a) in p.data_mut().iter_mut().zip(g).zip(alpha.data()) {
                         *x -= a * gi;
@@ -210,7 +253,7 @@ impl<F: Float> InnerWorkspace<F> {
             }
             InnerOptimizer::Momentum { lr, beta } => {
                 let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
-                for ((p, v), g) in state.phi.iter_mut().zip(&mut state.velocity).zip(&grads) {
+                for ((p, v), g) in state.phi.iter_mut().zip(&mut state.velocity).zip(grads) {
                     for ((x, vi), &gi) in p.data_mut().iter_mut().zip(v.data_mut()).zip(g) {
                         *vi = b * *vi + gi;
                         *x -= a * *vi;
@@ -597,7 +640,10 @@ pub fn meta_loss<F: Float, P: Problem<F>>(
     theta: &[Tensor<F>],
 ) -> Result<F, BloError> {
     let (phi_r, _) = rollout(problem, task, theta)?;
-    InnerWorkspace::new().outer_loss(problem, task, theta, &phi_r.phi)
+    let mut ws = InnerWorkspace::cached();
+    let l = ws.outer_loss(problem, task, theta, &phi_r.phi);
+    ws.recycle();
+    l
 }
 
 /// Σ_{j=1}^r L_in(θ, φ_{j−1}(θ); τ, j): the summed inner losses along the
@@ -629,11 +675,16 @@ pub fn rollout<F: Float, P: Problem<F>>(
 ) -> Result<(State<F>, Vec<F>), BloError> {
     let inner = problem.inner_loop();
     inner.validate()?;
-    let mut ws = InnerWorkspace::new();
-    let mut s = ws.initial_state(problem, task, theta)?;
-    let mut losses = Vec::with_capacity(inner.steps);
-    for j in 1..=inner.steps {
-        losses.push(ws.step_in_place(problem, task, j, theta, &mut s)?);
-    }
-    Ok((s, losses))
+    let mut ws = InnerWorkspace::cached();
+    let mut run = || {
+        let mut s = ws.initial_state(problem, task, theta)?;
+        let mut losses = Vec::with_capacity(inner.steps);
+        for j in 1..=inner.steps {
+            losses.push(ws.step_in_place(problem, task, j, theta, &mut s)?);
+        }
+        Ok((s, losses))
+    };
+    let out = run();
+    ws.recycle();
+    out
 }

@@ -154,6 +154,10 @@ const CASES: &[Case] = &[
         inputs: &[(&[2, 2, 3], Any), (&[2, 3, 2], Any)],
     },
     Case {
+        name: "matmul_t",
+        inputs: &[(&[3, 4], Any), (&[2, 4], Any)],
+    },
+    Case {
         name: "reshape",
         inputs: &[(&[2, 3], Any)],
     },
@@ -256,6 +260,7 @@ impl VectorFunction<f64> for OpFn {
             "mean_axes" => x[0].mean_axes(&[1], true),
             "max_axis" => x[0].max_axis(1, false),
             "matmul" | "matmul_batched" => x[0].matmul(x[1]),
+            "matmul_t" => x[0].matmul_t(x[1]),
             "reshape" => x[0].reshape([3, 2]),
             "permute" => x[0].permute(&[2, 0, 1]),
             "transpose" => x[0].t(),

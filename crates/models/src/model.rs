@@ -85,7 +85,7 @@ fn check_params<T: Real>(model: &str, specs: &[ParamSpec], params: &[Var<'_, T>]
 
 /// Affine layer on `[n, in]` with PyTorch layout: `x·Wᵀ + b`, `W [out, in]`, `b [out]`.
 fn affine<'t, T: Real>(x: Var<'t, T>, w: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
-    x.matmul(w.t()) + b
+    x.matmul_t(w) + b
 }
 
 /// A multilayer perceptron with any widths.

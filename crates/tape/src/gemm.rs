@@ -148,6 +148,9 @@ pub fn gemm<T: Real>(
 const SMALL_GEMM_MACS: usize = 32 * 1024;
 /// ... and with at most this many columns (the accumulator row lives on the stack).
 const SMALL_GEMM_COLS: usize = 64;
+/// A strided right operand of at most this many elements is packed row-major
+/// on the stack first (at most 32 KiB for `Dual<f64>`).
+const SMALL_GEMM_PACK: usize = 2048;
 
 /// `C ← α·A·B + β·C` by rows: `acc = Σ_l A[i, l]·B[l, :]` in increasing `l`
 /// (a fixed order, so deterministic), then `C[i, :] = α·acc + β·C[i, :]`
@@ -160,6 +163,25 @@ fn small_gemm<T: Real>(
     c: &mut [T],
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.cs != 1 && k * n <= SMALL_GEMM_PACK {
+        // A strided B (e.g. a transposed weight) is first copied row-major into
+        // a stack buffer, so the row loop below runs on contiguous (vectorised)
+        // rows. Only the memory layout changes: the products and the order of
+        // the sums are those of the strided product, so the bits are too.
+        let mut buf = [std::mem::MaybeUninit::<T>::uninit(); SMALL_GEMM_PACK];
+        for l in 0..k {
+            let lane = b.data[l * b.rs..].iter().step_by(b.cs);
+            for (dst, &b_lj) in buf[l * n..(l + 1) * n].iter_mut().zip(lane) {
+                dst.write(b_lj);
+            }
+        }
+        // SAFETY: the loop above wrote entries 0..k·n (each of the k rows gets n
+        // values: B's view bound was checked by `gemm`), and MaybeUninit<T> has
+        // the layout of T.
+        let packed = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), k * n) };
+        small_gemm(alpha, a, MatRef::row_major(packed, k, n), beta, c);
+        return;
+    }
     let (alpha, beta_is_zero, beta) = (
         T::from_base(alpha),
         beta == <T::Base as Real>::zero(),
@@ -177,8 +199,11 @@ fn small_gemm<T: Real>(
                     *s += a_il * b_lj;
                 }
             } else {
-                for (j, s) in acc.iter_mut().enumerate() {
-                    *s += a_il * b.data[b_row + j * b.cs];
+                // A strided row (e.g. a transposed operand): a stepping iterator,
+                // no bounds check per element.
+                let b_lane = b.data[b_row..].iter().step_by(b.cs);
+                for (s, &b_lj) in acc.iter_mut().zip(b_lane) {
+                    *s += a_il * b_lj;
                 }
             }
         }

@@ -166,6 +166,11 @@ fn matmul_3d_2d() -> BoxedStrategy<Vec<Shape>> {
         .prop_map(|(b, m, k, n)| vec![Shape::new(&[b, m, k]), Shape::new(&[k, n])])
         .boxed()
 }
+fn matmul_t_2d() -> BoxedStrategy<Vec<Shape>> {
+    (1..=4usize, 1..=4usize, 1..=4usize)
+        .prop_map(|(m, k, n)| vec![Shape::new(&[m, k]), Shape::new(&[n, k])])
+        .boxed()
+}
 fn matmul_batched() -> BoxedStrategy<Vec<Shape>> {
     (1..=3usize, 1..=3usize, 1..=4usize, 1..=3usize)
         .prop_map(|(b, m, k, n)| vec![Shape::new(&[b, m, k]), Shape::new(&[b, k, n])])
@@ -361,6 +366,8 @@ fn table() -> Vec<Row> {
             .matmul(x[1])),
         row!("matmul_batched", 2, matmul_batched, &[ANY], |x, _| x[0]
             .matmul(x[1])),
+        row!("matmul_t", 2, matmul_t_2d, &[ANY], |x, _| x[0]
+            .matmul_t(x[1])),
         // shape ops
         row!("permute", 1, one_rank2plus, &[ANY], |x, p| {
             let r = x[0].shape().rank();
@@ -726,6 +733,7 @@ fn the_table_covers_every_op() {
         "matmul_2d",
         "matmul_3d_2d",
         "matmul_batched",
+        "matmul_t",
         "permute",
         "t",
         "reshape",

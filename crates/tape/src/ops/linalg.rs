@@ -5,6 +5,7 @@
 //! | `matmul` | `[m, k]·[k, n]` | C = A·B | ḡA = g·Bᵀ, ḡB = Aᵀ·g |
 //! | `matmul` | `[b, m, k]·[k, n]` | one GEMM on `[b·m, k]` | as above, on the flattened rows |
 //! | `matmul` | `[b, m, k]·[b, k, n]` | C_i = A_i·B_i | per batch |
+//! | `matmul_t` | `[m, k]·[n, k]ᵀ` (or `[b, m, k]`) | C = A·Bᵀ | ḡA = g·B, ḡB = gᵀ·A |
 //!
 //! On dual numbers the product rule comes from the element type: a dual GEMM is
 //! three real GEMMs (see [`crate::Dual`]).
@@ -84,7 +85,76 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
 }
 
+/// (rows, k, n) of `A·Bᵀ` for `A [.., k]` (rank 2 or 3, leading axes flattened) and `B [n, k]`.
+#[track_caller]
+fn dims_t(a: Shape, b: Shape) -> (usize, usize, usize) {
+    let name = "matmul_t";
+    check_shapes!((a.rank() == 2 || a.rank() == 3) && b.rank() == 2, name, ["lhs" => a, "rhs" => b], "expected [m, k]·[n, k]ᵀ or [b, m, k]·[n, k]ᵀ");
+    let (ka, kb) = (a.dim(a.rank() - 1), b.dim(1));
+    check_shapes!(ka == kb, name, ["lhs" => a, "rhs" => b], "inner dimensions {ka} != {kb}");
+    (a.dims()[..a.rank() - 1].iter().product(), ka, b.dim(0))
+}
+
+/// VJP of `C = A·Bᵀ`: `ḡA = g·B`, `ḡB = gᵀ·A`. Both read their operands through
+/// strides, and each sum runs over the same index in the same order as the
+/// `A.matmul(B.t())` composition, so the results are bit-identical to it.
+pub(crate) fn matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (m, k, n) = dims_t(b.x_shape(0), b.x_shape(1));
+    let (x, y, g) = (b.x(0), b.x(1), b.g);
+    let one = <T::Base as Real>::one();
+    let beta = |fresh: bool| {
+        if fresh {
+            <T::Base as Real>::zero()
+        } else {
+            one
+        }
+    };
+    let gm = MatRef::row_major(g, m, n);
+    if b.wants(0) {
+        let (ga, fresh) = b.g_in_overwrite(0);
+        gemm(one, gm, MatRef::row_major(y, n, k), beta(fresh), ga);
+    }
+    if b.wants(1) {
+        let (gb, fresh) = b.g_in_overwrite(1);
+        gemm(one, gm.t(), MatRef::row_major(x, m, k), beta(fresh), gb);
+    }
+}
+
 impl<'t, T: Real> Var<'t, T> {
+    /// Product with a transposed right operand: `[m, k]·[n, k]ᵀ → [m, n]`
+    /// (or `[b, m, k]·[n, k]ᵀ → [b, m, n]`); the same values as
+    /// `self.matmul(rhs.t())` without materialising the transpose.
+    ///
+    /// # Panics
+    /// On mismatched dimensions: `matmul_t: lhs [3, 4], rhs [2, 5]: inner dimensions 4 != 5`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let a = t.var(&Tensor::new(&[1, 2], vec![1.0, 2.0]));
+    /// let w = t.var(&Tensor::new(&[1, 2], vec![3.0, 4.0]));
+    /// assert_eq!(a.matmul_t(w).item(), 11.0); // 1·3 + 2·4
+    /// ```
+    #[track_caller]
+    pub fn matmul_t(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        let (sa, sb) = (self.shape(), rhs.shape());
+        let (m, k, n) = dims_t(sa, sb);
+        let out = if sa.rank() == 3 {
+            Shape::new(&[sa.dim(0), sa.dim(1), n])
+        } else {
+            Shape::new(&[m, n])
+        };
+        let zero = <T::Base as Real>::zero();
+        let one = <T::Base as Real>::one();
+        self.tape
+            .record_overwrite(Op::MatmulT, &[self, rhs], out, |f| {
+                let (x, y) = (f.x(0), f.x(1));
+                let a = MatRef::row_major(x, m, k);
+                let bt = MatRef::row_major(y, n, k).t();
+                gemm(one, a, bt, zero, &mut *f.out);
+            })
+    }
+
     /// Matrix product: `[m, k]·[k, n] → [m, n]`, `[b, m, k]·[k, n] → [b, m, n]`,
     /// or batched `[b, m, k]·[b, k, n] → [b, m, n]`.
     ///
@@ -119,5 +189,115 @@ impl<'t, T: Real> Var<'t, T> {
                     gemm(one, ai, bi, zero, &mut f.out[i * m * n..(i + 1) * m * n]);
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{check_grad, check_vjp, Tolerance};
+    use crate::{Dual, Tape, Tensor};
+
+    /// Deterministic non-trivial entries (a fixed linear-congruential sequence).
+    fn filled(shape: &[usize], seed: u32) -> Tensor<f32> {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        let data = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        Tensor::new(shape, data)
+    }
+
+    /// Value and both gradients of Σ (A·Bᵀ) ⊙ W, by `matmul_t` or by `matmul(t())`.
+    fn run(a: &Tensor<f32>, b: &Tensor<f32>, w: &Tensor<f32>, fused: bool) -> Vec<Vec<f32>> {
+        let t = Tape::<f32>::new();
+        let (av, bv, wv) = (t.var(a), t.var(b), t.var(w));
+        let c = if fused {
+            av.matmul_t(bv)
+        } else {
+            av.matmul(bv.t())
+        };
+        let loss = (c * wv).sum();
+        let g = t.gradients(loss, &[av, bv]);
+        vec![
+            t.value(c).data().to_vec(),
+            g[0].data().to_vec(),
+            g[1].data().to_vec(),
+        ]
+    }
+
+    /// `A·Bᵀ` read through strides sums the same products in the same order as
+    /// the transposed copy, so value and gradients agree bit for bit — for the
+    /// small row-loop path ([10, 40]·[40, 40]ᵀ, [2, 3, 5]·[4, 5]ᵀ) and the
+    /// packing kernel ([70, 90]·[80, 90]ᵀ).
+    #[test]
+    fn matmul_t_is_bit_identical_to_matmul_of_transpose() {
+        for (sa, sb, sc) in [
+            (vec![10, 40], vec![40, 40], vec![10, 40]),
+            (vec![2, 3, 5], vec![4, 5], vec![2, 3, 4]),
+            (vec![70, 90], vec![80, 90], vec![70, 80]),
+        ] {
+            let (a, b, w) = (filled(&sa, 1), filled(&sb, 2), filled(&sc, 3));
+            let (x, y) = (run(&a, &b, &w, true), run(&a, &b, &w, false));
+            for (p, q) in x.iter().zip(&y) {
+                assert_eq!(p.len(), q.len());
+                for (u, v) in p.iter().zip(q) {
+                    assert_eq!(u.to_bits(), v.to_bits(), "{sa:?}·{sb:?}ᵀ: {u} vs {v}");
+                }
+            }
+        }
+    }
+
+    /// Dual numbers (Hessian-vector products run the sweep on them): the
+    /// tangent of A·Bᵀ is Ȧ·Bᵀ + A·Ḃᵀ, checked against `matmul(t())` bit for bit.
+    #[test]
+    fn matmul_t_on_duals_matches_matmul_of_transpose() {
+        let dual = |re: &Tensor<f32>, eps: &Tensor<f32>| {
+            let d = re
+                .data()
+                .iter()
+                .zip(eps.data())
+                .map(|(&r, &e)| Dual::new(r, e))
+                .collect();
+            Tensor::new(re.shape(), d)
+        };
+        let a = dual(&filled(&[10, 40], 4), &filled(&[10, 40], 5));
+        let b = dual(&filled(&[30, 40], 6), &filled(&[30, 40], 7));
+        let t = Tape::<Dual<f32>>::new();
+        let (av, bv) = (t.var(&a), t.var(&b));
+        let (p, q) = (t.value(av.matmul_t(bv)), t.value(av.matmul(bv.t())));
+        for (u, v) in p.data().iter().zip(q.data()) {
+            assert_eq!(
+                (u.v.to_bits(), u.d.to_bits()),
+                (v.v.to_bits(), v.d.to_bits())
+            );
+        }
+    }
+
+    /// The VJP against finite differences (f64), rank-2 and rank-3 left operands.
+    #[test]
+    fn matmul_t_gradient_matches_finite_differences() {
+        let tol = Tolerance::for_f64();
+        let a = Tensor::new([2, 3], vec![0.1, -0.4, 0.9, 1.3, -2.0, 0.5]);
+        let b = Tensor::new([4, 3], (0..12).map(|i| 0.3 * i as f64 - 1.1).collect());
+        check_grad(
+            |_, v| v[0].matmul_t(v[1]).tanh().sum(),
+            &[a.clone(), b.clone()],
+            tol,
+        )
+        .unwrap();
+        let a3 = Tensor::new([2, 2, 3], (0..12).map(|i| 0.7 - 0.2 * i as f64).collect());
+        check_vjp(|_, v| v[0].matmul_t(v[1]).tanh(), &[a3, b], 7, tol).unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul_t: lhs [3, 4], rhs [2, 5]: inner dimensions 4 != 5")]
+    fn matmul_t_mismatch_panics_with_shapes() {
+        let t = Tape::<f64>::new();
+        let a = t.var(&Tensor::zeros([3, 4]));
+        let b = t.var(&Tensor::zeros([2, 5]));
+        let _ = a.matmul_t(b);
     }
 }
