@@ -103,7 +103,11 @@ fn check_counts(r: usize, policy: Policy, e: &Estimate<f64>, momentum: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig {
+        // Fixed seed: the same cases on every run, so CI cannot flake.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(24302),
+        ..ProptestConfig::with_cases(32)
+    })]
     #[test]
     fn every_policy_equals_store_all_bit_for_bit(
         r in 1usize..=14,

@@ -89,7 +89,11 @@ fn fd_dense_hessian<O: Objective<f64>>(f: &O, x: &[Tensor<f64>], h: f64) -> Vec<
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig {
+        // Fixed seed: the same cases on every run, so CI cannot flake.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(24302),
+        ..ProptestConfig::with_cases(16)
+    })]
 
     #[test]
     fn quadratic_form_hessian_is_a_plus_a_transpose(seed in any::<u64>()) {
@@ -231,7 +235,11 @@ impl Objective<f64> for Inner {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig {
+        // Fixed seed: the same cases on every run, so CI cannot flake.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(24303),
+        ..ProptestConfig::with_cases(16)
+    })]
 
     #[test]
     fn mixed_hvp_matches_differences_of_gradients(seed in any::<u64>()) {

@@ -28,6 +28,40 @@ fn random_spd(r: &mut ChaCha8Rng, n: usize, shift: f64) -> DenseOp<f64> {
     DenseOp::new(n, a)
 }
 
+/// Q·diag(e)·Qᵀ with Q orthogonal (Gram–Schmidt of a random matrix) and
+/// eigenvalues e: the smallest in [0.1, 0.5], the largest in [12, 17], the rest
+/// in [1, 10], so both extremes are separated from the others by a gap ≥ 0.5
+/// (power iteration then converges at a rate of at most 10/12 per step).
+fn spd_with_gaps(r: &mut ChaCha8Rng, n: usize) -> (DenseOp<f64>, f64, f64) {
+    let m = uniform(r, &[n, n], -1.0, 1.0);
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut v = m.data()[i * n..(i + 1) * n].to_vec();
+        for u in &q {
+            let d: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= d * b);
+        }
+        let nv = norm(&v);
+        v.iter_mut().for_each(|a| *a /= nv);
+        q.push(v);
+    }
+    let u = uniform(r, &[n], 0.0, 1.0);
+    let e: Vec<f64> = (0..n)
+        .map(|i| match i {
+            0 => 0.1 + 0.4 * u.data()[i],
+            _ if i == n - 1 => 12.0 + 5.0 * u.data()[i],
+            _ => 1.0 + 9.0 * u.data()[i],
+        })
+        .collect();
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| q[k][i] * e[k] * q[k][j]).sum();
+        }
+    }
+    (DenseOp::new(n, a), e[0], e[n - 1])
+}
+
 fn apply(a: &impl LinOp<f64>, x: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; a.dim()];
     a.apply(x, &mut out);
@@ -39,7 +73,11 @@ fn norm(x: &[f64]) -> f64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig {
+        // Fixed seed: the same cases on every run, so CI cannot flake.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(24302),
+        ..ProptestConfig::with_cases(32)
+    })]
 
     #[test]
     fn cg_recovers_x_of_random_spd_systems(seed in any::<u64>()) {
@@ -342,14 +380,21 @@ fn lanczos_finds_both_extremes_of_a_known_spectrum() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig {
+        // Fixed seed: the same cases on every run, so CI cannot flake.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(24303),
+        ..ProptestConfig::with_cases(16)
+    })]
 
     #[test]
     fn lanczos_agrees_with_power_iteration_on_random_spd(seed in any::<u64>()) {
         let mut r = rng(seed);
         let n = 10;
-        let a = random_spd(&mut r, n, 0.1);
+        let (a, e_min, e_max) = spd_with_gaps(&mut r, n);
         let info = lanczos(&a, LanczosParams { tol: 1e-12, ..LanczosParams::default() }).unwrap();
+        // Both against the spectrum the matrix was built from.
+        assert!((info.max - e_max).abs() < 1e-8 * e_max, "λ_max {} vs {e_max}", info.max);
+        assert!((info.min - e_min).abs() < 1e-8 * e_max, "λ_min {} vs {e_min}", info.min);
         // λ_max by power iteration on A, λ_min by power iteration on (c·I − A),
         // whose top eigenvalue is c − λ_min for c ≥ λ_max.
         let pp = PowerParams { tol: 1e-9, max_iter: 100_000, seed: 1 };
@@ -364,7 +409,7 @@ proptest! {
         // Power iteration's Rayleigh quotient error is O(residual²/gap); 1e-7 is loose.
         assert!((info.max - top.eigenvalue).abs() < 1e-7 * top.eigenvalue, "{} vs {}", info.max, top.eigenvalue);
         assert!((info.min - lmin).abs() < 1e-7 * top.eigenvalue, "{} vs {lmin}", info.min);
-        assert!(info.positive_definite() && info.min >= 0.1 - 1e-9);
+        assert!(info.positive_definite());
     }
 }
 
