@@ -14,7 +14,11 @@
 //! during the timed calls, divided by N; counted by a wrapping global
 //! allocator), `tape_bytes` (values, saved data and adjoints in use on the tape
 //! after a call), `steady_peak_rss_mib` (VmHWM over the timed calls only, the
-//! figure the JAX side reports), `loss` (must be finite).
+//! figure the JAX side reports), `loss` (must be finite), `mean_ms` (mean of
+//! the timed calls; for a mixture like UFO the median is not the mean, and the
+//! cost model is about the mean), and for `maml_sine:rR:ufo` a `cost_model`
+//! object (see `bench/maml.rs`): the first-order estimator alone and the exact
+//! branch alone, timed afterwards in the same process under the same rule.
 
 use std::time::Instant;
 
@@ -56,6 +60,13 @@ pub(crate) trait Bench {
     fn extra(&mut self) -> Map<String, Value> {
         Map::new()
     }
+    /// Called once, just before the timed calls (to reset running totals).
+    fn start_timing(&mut self) {}
+    /// A cost-model check read after [`Bench::extra`], given the timed calls;
+    /// it may time other work in the same process.
+    fn cost_model(&mut self, _config: &str, _timed: &Timed) -> Option<Value> {
+        None
+    }
 }
 
 fn round1(x: f64) -> f64 {
@@ -66,7 +77,33 @@ fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
 
-fn run(config: &str, w: &mut dyn Bench) -> Value {
+/// The timed calls of one workload under the runner's timing rule.
+pub(crate) struct Timed {
+    /// Wall time of the first (untimed) call, in ms.
+    pub first_ms: f64,
+    /// Wall times of the N timed calls, in ms, in call order.
+    pub times: Vec<f64>,
+    /// The loss of the last call.
+    pub loss: f64,
+    /// VmHWM before it was reset for the timed calls, and after them (MiB).
+    peak_before_reset: f64,
+    steady: Option<f64>,
+    /// Heap allocations (count, bytes) over the timed calls.
+    allocs: (usize, usize),
+}
+
+impl Timed {
+    /// The arithmetic mean of the timed calls, in ms.
+    pub fn mean_ms(&self) -> f64 {
+        self.times.iter().sum::<f64>() / self.times.len() as f64
+    }
+}
+
+/// The timing rule: one first call and 3 warm-up calls, then N timed calls
+/// with N = clamp(5 s / t_warm, lo, 1000) (lo = 20; 10 if the last warm-up
+/// took > 0.5 s, 5 if > 2 s). [`Bench::start_timing`] is called just before
+/// the timed calls.
+pub(crate) fn timed_calls(label: &str, w: &mut dyn Bench) -> Timed {
     let t0 = Instant::now();
     let first_loss = w.call();
     let first_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -85,13 +122,13 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     };
     let n = ((5.0 / t_warm) as usize).clamp(lo, 1000);
     eprintln!(
-        "{config}: first call {first_ms:.2} ms, warm call {:.3} ms, timing {n} calls",
+        "{label}: first call {first_ms:.2} ms, warm call {:.3} ms, timing {n} calls",
         t_warm * 1e3
     );
     let peak_before_reset = proc_status_mib("VmHWM:").unwrap_or(0.0);
     reset_hwm();
+    w.start_timing();
     let before = process_allocations();
-    let (a0, b0) = (before.count, before.bytes);
     let mut times = Vec::with_capacity(n);
     let mut loss = first_loss;
     for _ in 0..n {
@@ -100,9 +137,28 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     let after = process_allocations();
-    let (a1, b1) = (after.count, after.bytes);
     let steady = proc_status_mib("VmHWM:");
-    let mut sorted = times.clone();
+    Timed {
+        first_ms,
+        times,
+        loss,
+        peak_before_reset,
+        steady,
+        allocs: (after.count - before.count, after.bytes - before.bytes),
+    }
+}
+
+fn run(config: &str, w: &mut dyn Bench) -> Value {
+    let timed = timed_calls(config, w);
+    let Timed {
+        first_ms,
+        loss,
+        peak_before_reset,
+        steady,
+        ..
+    } = timed;
+    let n = timed.times.len();
+    let mut sorted = timed.times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = if n % 2 == 1 {
         sorted[n / 2]
@@ -114,6 +170,7 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     out.insert("config".into(), json!(config));
     out.insert("params".into(), w.params());
     out.insert("median_ms".into(), json!(round4(median)));
+    out.insert("mean_ms".into(), json!(round4(timed.mean_ms())));
     out.insert("min_ms".into(), json!(round4(sorted[0])));
     out.insert("max_ms".into(), json!(round4(sorted[n - 1])));
     out.insert("iterations".into(), json!(n));
@@ -130,11 +187,11 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     out.insert("loss".into(), json!(loss));
     out.insert(
         "allocs_per_call".into(),
-        json!(round4((a1 - a0) as f64 / n as f64)),
+        json!(round4(timed.allocs.0 as f64 / n as f64)),
     );
     out.insert(
         "alloc_bytes_per_call".into(),
-        json!(round4((b1 - b0) as f64 / n as f64)),
+        json!(round4(timed.allocs.1 as f64 / n as f64)),
     );
     out.insert(
         "threads".into(),
@@ -142,6 +199,10 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     );
     for (k, v) in w.extra() {
         out.insert(k, v);
+    }
+    // Last: it runs more timed calls (of other estimators) in this process.
+    if let Some(cm) = w.cost_model(config, &timed) {
+        out.insert("cost_model".into(), cm);
     }
     Value::Object(out)
 }

@@ -15,6 +15,33 @@
 //! meta-batch: one `blo` estimate per task (tasks in parallel on rayon's pool;
 //! the per-task estimates are summed in task order, so the numbers do not
 //! depend on the thread count).
+//!
+//! # The UFO cost model (`maml_sine:rR:ufo`)
+//!
+//! After the UFO timing, the same tasks and θ are timed again, same rule, with
+//! the first-order estimator alone (UFO's surrogate, run on every task) and
+//! with the exact branch alone (`Exact` under `Policy::Recompute`, what UFO
+//! adds on a task whose coin comes up), each as a full meta-batch. The JSON
+//! gets `cost_model`: `model_ms = fo_mean + q·exact_branch_mean`,
+//! `model_ms_observed` with q replaced by the observed fraction of task-calls
+//! that ran the exact branch, and `ratio(_observed) = mean_ms / model`.
+//!
+//! The model is biased low on a multi-threaded pool, and we report it as is.
+//! Wall time of a call is the makespan of its 25 tasks over the threads, not
+//! their summed work divided by the thread count. The FO and exact baselines
+//! are 25 equal tasks each (balanced up to one task: 13 vs 12 on 2 threads);
+//! a UFO call is 25 FO tasks plus Binomial(25, q) exact branches that cannot
+//! be split: with an odd number of them (probability ≈ ½), one thread can still
+//! be running an exact branch (c_E, one branch's time) while the other idles.
+//! By Jensen (E max ≥ max E) the mean makespan exceeds the model, by up to
+//! about c_E/2 per call, which matters when c_E is large against the FO
+//! meta-batch (large R: the recompute branch costs O(R²) forward steps). A
+//! simulation of greedy in-order scheduling on 2 threads, with per-task costs
+//! as measured on a noisy machine, puts E[UFO wall] / model at about 1.00 for
+//! R = 1, 1.03 for R = 10 and 1.09 for R = 50 (1.00 on one thread). As a check
+//! free of scheduling (not of contention from other processes),
+//! `cost_model.busy` sums each task's own wall time (work, in task-ms per
+//! call) and compares the same model on that.
 
 use blo::{BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo};
 use blo_examples::maml::{ClassificationMaml, RegressionMaml};
@@ -23,9 +50,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tape::{Shape, Tensor};
 
-use crate::Bench;
+use crate::{Bench, Timed};
 
 const SINE_R: [usize; 5] = [1, 5, 10, 50, 200];
 const SINE_MODES: [&str; 5] = [
@@ -35,6 +64,8 @@ const SINE_MODES: [&str; 5] = [
     "exact_binomial",
     "ufo",
 ];
+/// UFO's fixed probability of running the exact branch.
+const UFO_Q: f64 = 0.1;
 const CONV_R: [usize; 2] = [1, 5];
 const CONV_MODES: [&str; 2] = ["exact", "first_order"];
 
@@ -86,7 +117,7 @@ fn estimator<P: Problem<f32>>(
         "first_order" => Box::new(FirstOrder::new()),
         "exact_recompute" => Box::new(Exact::new(Policy::Recompute)?),
         "exact_binomial" => Box::new(Exact::new(Policy::binomial(binomial_snapshots(r))?)?),
-        "ufo" => Box::new(Ufo::fixed(0.1)?),
+        "ufo" => Box::new(Ufo::fixed(UFO_Q)?),
         _ => unreachable!("mode checked by `workload`"),
     })
 }
@@ -102,6 +133,21 @@ struct Maml<P: Problem<f32>> {
     calls: u64,
     /// Summed over the meta-batch of the last call (peaks: maximum).
     stats: blo::Stats,
+    /// UFO's q, for the cost model (`Some` only for the `ufo` mode); it also
+    /// turns on the per-task timing behind `cost_model.busy`.
+    ufo_q: Option<f64>,
+    /// Running totals since [`Bench::start_timing`].
+    totals: Totals,
+}
+
+/// Running totals over the timed calls.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    calls: u64,
+    task_calls: usize,
+    exact_branches: usize,
+    /// Summed wall time of the individual task estimates (only with `ufo_q`).
+    busy_ns: u64,
 }
 
 impl<P: Problem<f32>> Maml<P> {
@@ -122,6 +168,8 @@ impl<P: Problem<f32>> Maml<P> {
             grad,
             calls: 0,
             stats: blo::Stats::default(),
+            ufo_q: None,
+            totals: Totals::default(),
         }
     }
 }
@@ -138,15 +186,23 @@ where
         let call = self.calls;
         self.calls += 1;
         let (problem, theta, est) = (&self.problem, &self.theta, &self.estimator);
+        let time_tasks = self.ufo_q.is_some();
+        let busy_ns = AtomicU64::new(0);
         // Each task's coin stream depends on (call, task) only.
         let estimates: Vec<Estimate<f32>> = self
             .tasks
             .par_iter()
             .enumerate()
             .map(|(i, task)| {
+                let t0 = time_tasks.then(Instant::now);
                 let mut rng = ChaCha8Rng::seed_from_u64((call << 16) | i as u64);
-                est.estimate(problem, task, theta, &mut rng)
-                    .unwrap_or_else(|e| panic!("task {i}: {e}"))
+                let e = est
+                    .estimate(problem, task, theta, &mut rng)
+                    .unwrap_or_else(|e| panic!("task {i}: {e}"));
+                if let Some(t0) = t0 {
+                    busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                e
             })
             .collect();
         let n = estimates.len() as f32;
@@ -164,8 +220,72 @@ where
                 }
             }
         }
+        self.totals.calls += 1;
+        self.totals.task_calls += estimates.len();
+        self.totals.exact_branches += stats.exact_branches;
+        self.totals.busy_ns += busy_ns.into_inner();
         self.stats = stats;
         loss / n as f64
+    }
+
+    fn start_timing(&mut self) {
+        self.totals = Totals::default();
+    }
+
+    fn cost_model(&mut self, config: &str, timed: &Timed) -> Option<Value> {
+        let q = self.ufo_q?;
+        let ufo = self.totals;
+        assert_eq!(
+            ufo.calls as usize,
+            timed.times.len(),
+            "totals cover the timed calls"
+        );
+        let exact_fraction = ufo.exact_branches as f64 / ufo.task_calls as f64;
+        // UFO's two parts alone, on the same tasks and θ, same timing rule and
+        // coin seeds (neither part draws from its rng here).
+        let ufo_est = std::mem::replace(&mut self.estimator, Box::new(FirstOrder::new()));
+        self.calls = 0;
+        let fo = crate::timed_calls(&format!("{config} [cost model: first-order]"), self);
+        let fo_busy = self.totals;
+        self.estimator = Box::new(Exact::new(Policy::Recompute).expect("valid policy"));
+        self.calls = 0;
+        let ex = crate::timed_calls(&format!("{config} [cost model: exact branch]"), self);
+        let ex_busy = self.totals;
+        self.estimator = ufo_est;
+        assert!(
+            fo.loss.is_finite() && ex.loss.is_finite(),
+            "{config}: non-finite loss"
+        );
+
+        let r4 = |x: f64| (x * 1e4).round() / 1e4;
+        let (fo_mean, ex_mean, mean) = (fo.mean_ms(), ex.mean_ms(), timed.mean_ms());
+        let model = fo_mean + q * ex_mean;
+        let model_obs = fo_mean + exact_fraction * ex_mean;
+        // Work per call in task-ms (sum of the tasks' own wall times).
+        let busy = |t: Totals| t.busy_ns as f64 / 1e6 / t.calls as f64;
+        let (b_ufo, b_fo, b_ex) = (busy(ufo), busy(fo_busy), busy(ex_busy));
+        let (b_model, b_model_obs) = (b_fo + q * b_ex, b_fo + exact_fraction * b_ex);
+        Some(json!({
+            "fo_mean_ms": r4(fo_mean),
+            "exact_branch_mean_ms": r4(ex_mean),
+            "q": q,
+            "exact_fraction": r4(exact_fraction),
+            "model_ms": r4(model),
+            "model_ms_observed": r4(model_obs),
+            "ratio": r4(mean / model),
+            "ratio_observed": r4(mean / model_obs),
+            "fo_iterations": fo.times.len(),
+            "exact_branch_iterations": ex.times.len(),
+            "busy": {
+                "ufo_task_ms_per_call": r4(b_ufo),
+                "fo_task_ms_per_call": r4(b_fo),
+                "exact_branch_task_ms_per_call": r4(b_ex),
+                "model": r4(b_model),
+                "model_observed": r4(b_model_obs),
+                "ratio": r4(b_ufo / b_model),
+                "ratio_observed": r4(b_ufo / b_model_obs),
+            },
+        }))
     }
 
     fn extra(&mut self) -> Map<String, Value> {
@@ -204,9 +324,13 @@ fn sine(r: usize, mode: &str) -> Result<Maml<RegressionMaml<Mlp>>, BloError> {
     let params = json!({"r": r, "mode": mode, "tasks": 25, "k_support": 10, "k_query": 10,
         "alpha": 0.01, "sizes": [1, 40, 40, 1], "dtype": "f32",
         "binomial_snapshots": if mode == "exact_binomial" { Some(binomial_snapshots(r)) } else { None },
-        "ufo_q": if mode == "ufo" { Some(0.1) } else { None }});
+        "ufo_q": if mode == "ufo" { Some(UFO_Q) } else { None }});
     let est = estimator(mode, r)?;
-    Ok(Maml::new(params, problem, tasks, theta, est))
+    let mut maml = Maml::new(params, problem, tasks, theta, est);
+    if mode == "ufo" {
+        maml.ufo_q = Some(UFO_Q);
+    }
+    Ok(maml)
 }
 
 fn conv4(r: usize, mode: &str) -> Result<Maml<ClassificationMaml<Conv4>>, BloError> {
