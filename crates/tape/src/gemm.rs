@@ -162,6 +162,21 @@ fn small_gemm<T: Real>(
     beta: T::Base,
     c: &mut [T],
 ) {
+    if T::small_gemm_simd(alpha, a, b, beta, c) {
+        return;
+    }
+    portable_small_gemm(alpha, a, b, beta, c);
+}
+
+/// The portable loop of [`small_gemm`]; the SIMD kernels (`simd.rs`) give the
+/// same bits.
+fn portable_small_gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.cs != 1 && k * n <= SMALL_GEMM_PACK {
         // A strided B (e.g. a transposed weight) is first copied row-major into
@@ -179,7 +194,7 @@ fn small_gemm<T: Real>(
         // values: B's view bound was checked by `gemm`), and MaybeUninit<T> has
         // the layout of T.
         let packed = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), k * n) };
-        small_gemm(alpha, a, MatRef::row_major(packed, k, n), beta, c);
+        portable_small_gemm(alpha, a, MatRef::row_major(packed, k, n), beta, c);
         return;
     }
     let (alpha, beta_is_zero, beta) = (
@@ -270,6 +285,103 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Bit equality, with any NaN equal to any NaN (payloads may differ).
+    fn same_bits(x: f64, y: f64) -> bool {
+        x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+    }
+
+    /// A value from a seed, with −0, ±∞ and NaN mixed in when `special`.
+    fn val(i: usize, seed: f64, special: bool) -> f64 {
+        let x = ((i as f64 + 1.0) * seed).sin() * 3.0;
+        match (special, i % 37) {
+            (true, 5) => -0.0,
+            (true, 11) => f64::INFINITY,
+            (true, 23) => f64::NAN,
+            (true, 29) => f64::NEG_INFINITY,
+            _ => x,
+        }
+    }
+
+    /// Every layout of A and B the tape produces (row-major, transposed, and a
+    /// general strided B), over shapes around the vector widths, against the
+    /// portable loop, bit for bit, for one element type given as a closure
+    /// building it from parts.
+    fn simd_matches_portable<T: Real>(make: impl Fn(f64, f64) -> T, parts: impl Fn(T) -> Vec<f64>) {
+        let shapes = [
+            (1, 1, 1),
+            (10, 1, 40),
+            (10, 40, 40),
+            (40, 10, 40),
+            (10, 40, 1),
+            (40, 10, 1),
+            (1, 10, 40),
+            (5, 7, 3),
+            (7, 17, 15),
+            (9, 16, 16),
+            (6, 33, 17),
+            (3, 8, 64),
+            (17, 5, 33),
+            (4, 20, 49),
+        ];
+        let (alpha, beta) = (T::Base::from_f64(1.5), T::Base::from_f64(-0.5));
+        for (case, &(m, k, n)) in shapes.iter().enumerate() {
+            for special in [false, true] {
+                let mk = |len: usize, seed: f64| -> Vec<T> {
+                    (0..len)
+                        .map(|i| make(val(i, seed, special), val(i, seed * 0.7 + 0.1, special)))
+                        .collect()
+                };
+                let a = mk(m * k, 0.37 + case as f64);
+                // B stored with room for a stride of 3 between columns.
+                let b = mk(3 * k * n, 0.53 + case as f64);
+                let c0 = mk(m * n, 0.29);
+                let a_views = [MatRef::row_major(&a, m, k), MatRef::row_major(&a, k, m).t()];
+                let b_views = [
+                    MatRef::row_major(&b[..k * n], k, n),
+                    MatRef::row_major(&b[..k * n], n, k).t(),
+                    MatRef {
+                        data: &b,
+                        rows: k,
+                        cols: n,
+                        rs: 3 * n,
+                        cs: 3,
+                    },
+                ];
+                for (ia, &av) in a_views.iter().enumerate() {
+                    for (ib, &bv) in b_views.iter().enumerate() {
+                        for beta in [T::Base::from_f64(0.0), beta] {
+                            let mut got = c0.clone();
+                            let mut want = c0.clone();
+                            gemm(alpha, av, bv, beta, &mut got);
+                            portable_small_gemm(alpha, av, bv, beta, &mut want);
+                            for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                                let ok =
+                                    parts(g).iter().zip(parts(w)).all(|(&x, y)| same_bits(x, y));
+                                assert!(
+                                    ok,
+                                    "[{m}, {k}] x [{k}, {n}], layouts {ia}/{ib}, beta {beta:?}, \
+                                     special {special}: element {idx}: {g:?} vs {w:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD kernels (where the CPU has them) give the portable loop's bits.
+    #[test]
+    fn simd_kernels_are_bit_identical_to_the_portable_loop() {
+        simd_matches_portable(|v, _| v as f32, |x| vec![x as f64]);
+        simd_matches_portable(|v, _| v, |x| vec![x]);
+        simd_matches_portable(
+            |v, d| Dual::new(v as f32, d as f32),
+            |x| vec![x.v as f64, x.d as f64],
+        );
+        simd_matches_portable(Dual::new, |x| vec![x.v, x.d]);
     }
 
     #[test]

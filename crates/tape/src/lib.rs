@@ -29,6 +29,7 @@ pub mod gemm;
 pub mod ops;
 pub mod real;
 pub mod shape;
+mod simd;
 mod tape;
 pub mod tensor;
 

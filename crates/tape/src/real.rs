@@ -6,6 +6,7 @@
 //! which is forward-over-reverse: the tangent part of the gradient is a
 //! Hessian-vector product. No rule knows which element type it runs on.
 
+use crate::gemm::MatRef;
 use std::fmt::{Debug, Display};
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
@@ -106,6 +107,32 @@ pub trait Real:
             Self::zero()
         };
         pos + (-self.abs()).exp().ln_1p()
+    }
+
+    /// The small-matrix SIMD kernel of [`crate::gemm::gemm`], if this type and
+    /// CPU have one; `false` means "not taken". Its results are bit-identical to
+    /// the portable loop's (see `simd.rs`).
+    #[doc(hidden)]
+    fn small_gemm_simd(
+        _alpha: Self::Base,
+        _a: MatRef<'_, Self>,
+        _b: MatRef<'_, Self>,
+        _beta: Self::Base,
+        _c: &mut [Self],
+    ) -> bool {
+        false
+    }
+
+    /// As [`Real::small_gemm_simd`], for dual matrices whose parts are `Self`.
+    #[doc(hidden)]
+    fn small_dual_gemm_simd(
+        _alpha: Self::Base,
+        _a: MatRef<'_, Dual<Self>>,
+        _b: MatRef<'_, Dual<Self>>,
+        _beta: Self::Base,
+        _c: &mut [Dual<Self>],
+    ) -> bool {
+        false
     }
 
     /// General matrix product `C ← alpha·A·B + beta·C` with arbitrary strides
@@ -585,6 +612,26 @@ macro_rules! impl_float {
                 // SAFETY: forwarded contract of `Real::gemm_raw`.
                 unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
             }
+            #[inline]
+            fn small_gemm_simd(
+                alpha: $t,
+                a: MatRef<'_, $t>,
+                b: MatRef<'_, $t>,
+                beta: $t,
+                c: &mut [$t],
+            ) -> bool {
+                crate::simd::real(alpha, a, b, beta, c)
+            }
+            #[inline]
+            fn small_dual_gemm_simd(
+                alpha: $t,
+                a: MatRef<'_, Dual<$t>>,
+                b: MatRef<'_, Dual<$t>>,
+                beta: $t,
+                c: &mut [Dual<$t>],
+            ) -> bool {
+                crate::simd::dual(alpha, a, b, beta, c)
+            }
             unsafe fn dual_gemm_raw(
                 m: usize,
                 k: usize,
@@ -854,6 +901,17 @@ impl<T: Real> Real for Dual<T> {
     #[inline]
     fn softplus(self) -> Self {
         self.chain(self.v.softplus(), self.v.sigmoid())
+    }
+
+    #[inline]
+    fn small_gemm_simd(
+        alpha: T::Base,
+        a: MatRef<'_, Self>,
+        b: MatRef<'_, Self>,
+        beta: T::Base,
+        c: &mut [Self],
+    ) -> bool {
+        T::small_dual_gemm_simd(alpha, a, b, beta, c)
     }
 
     unsafe fn gemm_raw(

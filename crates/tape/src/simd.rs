@@ -1,0 +1,659 @@
+//! SIMD kernels for the small-matrix path of [`crate::gemm::gemm`]: AVX-512F on
+//! x86_64, chosen at run time, for `f32`, `f64`, `Dual<f32>` and `Dual<f64>`.
+//!
+//! They compute exactly what the portable loop in `gemm.rs` computes. For each
+//! output element the same products are added in the same order (increasing
+//! `l`), each product and each sum rounded on its own (no fused multiply-add),
+//! and the epilogue is `α·s` or `α·s + β·c` as there. A dual product adds
+//! `a.d·b.v + a.v·b.d` to the tangent accumulator, as `Dual`'s `Mul` and
+//! `AddAssign` do. So the bits are the same with and without the kernels, on
+//! every machine; only the speed differs. The vector lanes run across the
+//! columns `j` of `C`, never across the sum over `l`.
+//!
+//! Blocking: up to four rows of `A` times a panel of up to four vectors of
+//! columns (64 `f32` columns) live in registers for the whole sum over `l`;
+//! each row of `B` is loaded once per panel and reused by every row of the
+//! block. The last vector of a row is a masked load and a masked store, so `B`
+//! and `C` are never read or written past column `n`.
+
+use crate::gemm::MatRef;
+use crate::real::{Dual, Real};
+
+/// Runs the real kernel if this CPU has one; `false` means "not taken" (the
+/// caller then runs the portable loop).
+pub(crate) fn real<E: Lane>(
+    alpha: E,
+    a: MatRef<'_, E>,
+    b: MatRef<'_, E>,
+    beta: E,
+    c: &mut [E],
+) -> bool {
+    imp::real(alpha, a, b, beta, c)
+}
+
+/// Runs the dual kernel if this CPU has one; `false` means "not taken".
+pub(crate) fn dual<E: Lane>(
+    alpha: E,
+    a: MatRef<'_, Dual<E>>,
+    b: MatRef<'_, Dual<E>>,
+    beta: E,
+    c: &mut [Dual<E>],
+) -> bool {
+    imp::dual(alpha, a, b, beta, c)
+}
+
+/// A right operand with strided columns is first copied into a contiguous
+/// stack buffer of at most this many elements (32 KiB of `Dual<f64>`).
+const PACK: usize = 2048;
+
+/// Copies a `k × n` view row-major into `buf` and returns the packed slice.
+fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [std::mem::MaybeUninit<T>]) -> &'b [T] {
+    let (k, n) = (b.rows, b.cols);
+    for l in 0..k {
+        let lane = b.data[l * b.rs..].iter().step_by(b.cs.max(1));
+        for (dst, &x) in buf[l * n..(l + 1) * n].iter_mut().zip(lane) {
+            dst.write(x);
+        }
+    }
+    // SAFETY: the loop wrote entries 0..k·n (each row gets n values: the view's
+    // bounds were checked by `gemm`), and MaybeUninit<T> has T's layout.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), k * n) }
+}
+
+/// The primitive floats that have kernels.
+pub(crate) trait Lane: Real<Base = Self> {
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    type V: Copy;
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    type M: Copy;
+    /// Lanes per vector.
+    #[cfg(target_arch = "x86_64")]
+    const N: usize;
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    fn mask(count: usize) -> Self::M;
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vzero() -> Self::V;
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vsplat(x: Self) -> Self::V;
+    /// The lanes in `m` from `p`, zero elsewhere (nothing outside `m` is read).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vload(p: *const Self, m: Self::M) -> Self::V;
+    /// Writes the lanes in `m` to `p` (nothing outside `m` is written).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vstore(p: *mut Self, v: Self::V, m: Self::M);
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vadd(a: Self::V, b: Self::V) -> Self::V;
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
+    /// Splits two vectors holding interleaved pairs `(v0, d0, v1, d1, …)` into
+    /// `(v0, v1, …)` and `(d0, d1, …)`.
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vdeinterleave(lo: Self::V, hi: Self::V) -> (Self::V, Self::V);
+    /// The inverse of [`Lane::vdeinterleave`].
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn vinterleave(v: Self::V, d: Self::V) -> (Self::V, Self::V);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Lane for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Lane for f64 {}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod imp {
+    use super::*;
+    pub(super) fn real<E: Lane>(
+        _: E,
+        _: MatRef<'_, E>,
+        _: MatRef<'_, E>,
+        _: E,
+        _: &mut [E],
+    ) -> bool {
+        false
+    }
+    pub(super) fn dual<E: Lane>(
+        _: E,
+        _: MatRef<'_, Dual<E>>,
+        _: MatRef<'_, Dual<E>>,
+        _: E,
+        _: &mut [Dual<E>],
+    ) -> bool {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::*;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    // SAFETY (for every method below): the caller runs on a CPU with AVX-512F
+    // (checked once per product in `real`/`dual`), and passes pointers valid for
+    // the lanes in the mask.
+    impl Lane for f32 {
+        type V = __m512;
+        type M = __mmask16;
+        const N: usize = 16;
+        #[inline(always)]
+        fn mask(count: usize) -> __mmask16 {
+            if count >= 16 {
+                !0
+            } else {
+                (1u16 << count) - 1
+            }
+        }
+        #[inline(always)]
+        unsafe fn vzero() -> __m512 {
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn vsplat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn vload(p: *const f32, m: __mmask16) -> __m512 {
+            unsafe { _mm512_maskz_loadu_ps(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn vstore(p: *mut f32, v: __m512, m: __mmask16) {
+            unsafe { _mm512_mask_storeu_ps(p, m, v) }
+        }
+        #[inline(always)]
+        unsafe fn vadd(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn vmul(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn vdeinterleave(lo: __m512, hi: __m512) -> (__m512, __m512) {
+            unsafe {
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd =
+                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                (
+                    _mm512_permutex2var_ps(lo, even, hi),
+                    _mm512_permutex2var_ps(lo, odd, hi),
+                )
+            }
+        }
+        #[inline(always)]
+        unsafe fn vinterleave(v: __m512, d: __m512) -> (__m512, __m512) {
+            unsafe {
+                let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+                let hi =
+                    _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+                (
+                    _mm512_permutex2var_ps(v, lo, d),
+                    _mm512_permutex2var_ps(v, hi, d),
+                )
+            }
+        }
+    }
+
+    impl Lane for f64 {
+        type V = __m512d;
+        type M = __mmask8;
+        const N: usize = 8;
+        #[inline(always)]
+        fn mask(count: usize) -> __mmask8 {
+            if count >= 8 {
+                !0
+            } else {
+                (1u8 << count) - 1
+            }
+        }
+        #[inline(always)]
+        unsafe fn vzero() -> __m512d {
+            unsafe { _mm512_setzero_pd() }
+        }
+        #[inline(always)]
+        unsafe fn vsplat(x: f64) -> __m512d {
+            unsafe { _mm512_set1_pd(x) }
+        }
+        #[inline(always)]
+        unsafe fn vload(p: *const f64, m: __mmask8) -> __m512d {
+            unsafe { _mm512_maskz_loadu_pd(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn vstore(p: *mut f64, v: __m512d, m: __mmask8) {
+            unsafe { _mm512_mask_storeu_pd(p, m, v) }
+        }
+        #[inline(always)]
+        unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_add_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn vmul(a: __m512d, b: __m512d) -> __m512d {
+            unsafe { _mm512_mul_pd(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn vdeinterleave(lo: __m512d, hi: __m512d) -> (__m512d, __m512d) {
+            unsafe {
+                let even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+                let odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
+                (
+                    _mm512_permutex2var_pd(lo, even, hi),
+                    _mm512_permutex2var_pd(lo, odd, hi),
+                )
+            }
+        }
+        #[inline(always)]
+        unsafe fn vinterleave(v: __m512d, d: __m512d) -> (__m512d, __m512d) {
+            unsafe {
+                let lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+                let hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+                (
+                    _mm512_permutex2var_pd(v, lo, d),
+                    _mm512_permutex2var_pd(v, hi, d),
+                )
+            }
+        }
+    }
+
+    fn has_avx512() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    pub(super) fn real<E: Lane>(
+        alpha: E,
+        a: MatRef<'_, E>,
+        b: MatRef<'_, E>,
+        beta: E,
+        c: &mut [E],
+    ) -> bool {
+        if !has_avx512() {
+            return false;
+        }
+        let mut buf = [MaybeUninit::<E>::uninit(); PACK];
+        let (bp, brs) = if b.cs == 1 || b.cols == 1 {
+            (b.data.as_ptr(), b.rs)
+        } else if b.rows * b.cols <= PACK {
+            (pack_t(b, &mut buf).as_ptr(), b.cols)
+        } else {
+            return false;
+        };
+        // SAFETY: AVX-512F is present; `gemm` checked that every (i, l) of A
+        // and (l, j) of B lies in its buffer (a packed B is a dense k × n
+        // buffer with row stride n), and `c` holds exactly m × n elements.
+        unsafe { real_avx512(alpha, a, bp, brs, b.cols, beta, c) };
+        true
+    }
+
+    pub(super) fn dual<E: Lane>(
+        alpha: E,
+        a: MatRef<'_, Dual<E>>,
+        b: MatRef<'_, Dual<E>>,
+        beta: E,
+        c: &mut [Dual<E>],
+    ) -> bool {
+        if !has_avx512() {
+            return false;
+        }
+        let mut buf = [MaybeUninit::<Dual<E>>::uninit(); PACK];
+        let (bp, brs) = if b.cs == 1 || b.cols == 1 {
+            (b.data.as_ptr(), b.rs)
+        } else if b.rows * b.cols <= PACK {
+            (pack_t(b, &mut buf).as_ptr(), b.cols)
+        } else {
+            return false;
+        };
+        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`), so row l of
+        // B is the 2n contiguous `E`s from `bp + l·brs`.
+        unsafe { dual_avx512(alpha, a, bp, brs, b.cols, beta, c) };
+        true
+    }
+
+    /// [`pack`] for a transposed right operand (`B[l, j] = src[l + j·cs]`,
+    /// unit row stride) of 4- or 8-byte elements: 16 × 16 (or 8 × 8) tiles
+    /// transposed in registers. Only bits move, so any `T` of that size works.
+    fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>]) -> &'b [T] {
+        let (k, n) = (b.rows, b.cols);
+        let size = std::mem::size_of::<T>();
+        if b.rs != 1 || !(size == 4 || size == 8) {
+            return pack(b, buf);
+        }
+        let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());
+        // SAFETY: AVX-512F is present (the callers checked); element (l, j) of
+        // the view, src[l + j·cs], is in bounds for l < k, j < n (checked by
+        // `gemm`) and the masks keep every load to those; dst has k·n ≤ PACK
+        // slots and the masked stores write exactly its entries (each once).
+        unsafe {
+            if size == 4 {
+                transpose_32(src.cast::<f32>(), b.cs, k, n, dst.cast::<f32>());
+            } else {
+                transpose_64(src.cast::<f64>(), b.cs, k, n, dst.cast::<f64>());
+            }
+            std::slice::from_raw_parts(dst, k * n)
+        }
+    }
+
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+        // SAFETY: see `pack_t`.
+        unsafe {
+            for j0 in (0..n).step_by(16) {
+                let jm = <f32 as Lane>::mask(n - j0);
+                for l0 in (0..k).step_by(16) {
+                    let lm = <f32 as Lane>::mask(k - l0);
+                    let r: [__m512; 16] = std::array::from_fn(|t| {
+                        if j0 + t < n {
+                            _mm512_maskz_loadu_ps(lm, src.add((j0 + t) * cs + l0))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    // Pairs of rows, then pairs of pairs (as 64-bit), then the
+                    // 128-bit lanes as a 4 × 4 transpose: b[4q + c] lane L holds
+                    // rows 4q..4q+4 of column 4L + c.
+                    let a: [__m512; 16] = std::array::from_fn(|i| {
+                        let (x, y) = (r[i & !1], r[i | 1]);
+                        if i % 2 == 0 {
+                            _mm512_unpacklo_ps(x, y)
+                        } else {
+                            _mm512_unpackhi_ps(x, y)
+                        }
+                    });
+                    let bq: [__m512; 16] = std::array::from_fn(|i| {
+                        let (q, c) = (i / 4, i % 4);
+                        let (x, y) = (
+                            _mm512_castps_pd(a[4 * q + c / 2]),
+                            _mm512_castps_pd(a[4 * q + 2 + c / 2]),
+                        );
+                        _mm512_castpd_ps(if c % 2 == 0 {
+                            _mm512_unpacklo_pd(x, y)
+                        } else {
+                            _mm512_unpackhi_pd(x, y)
+                        })
+                    });
+                    for c in 0..4 {
+                        let s0 = _mm512_shuffle_f32x4::<0x88>(bq[c], bq[4 + c]);
+                        let s1 = _mm512_shuffle_f32x4::<0xDD>(bq[c], bq[4 + c]);
+                        let s2 = _mm512_shuffle_f32x4::<0x88>(bq[8 + c], bq[12 + c]);
+                        let s3 = _mm512_shuffle_f32x4::<0xDD>(bq[8 + c], bq[12 + c]);
+                        let cols = [
+                            (c, _mm512_shuffle_f32x4::<0x88>(s0, s2)),
+                            (8 + c, _mm512_shuffle_f32x4::<0xDD>(s0, s2)),
+                            (4 + c, _mm512_shuffle_f32x4::<0x88>(s1, s3)),
+                            (12 + c, _mm512_shuffle_f32x4::<0xDD>(s1, s3)),
+                        ];
+                        for (s, v) in cols {
+                            if l0 + s < k {
+                                _mm512_mask_storeu_ps(dst.add((l0 + s) * n + j0), jm, v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 64-bit elements.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
+        // SAFETY: see `pack_t`.
+        unsafe {
+            for j0 in (0..n).step_by(8) {
+                let jm = <f64 as Lane>::mask(n - j0);
+                for l0 in (0..k).step_by(8) {
+                    let lm = <f64 as Lane>::mask(k - l0);
+                    let r: [__m512d; 8] = std::array::from_fn(|t| {
+                        if j0 + t < n {
+                            _mm512_maskz_loadu_pd(lm, src.add((j0 + t) * cs + l0))
+                        } else {
+                            _mm512_setzero_pd()
+                        }
+                    });
+                    // t[2p] lane L = rows (2p, 2p+1) of column 2L, t[2p+1] of 2L+1.
+                    let t: [__m512d; 8] = std::array::from_fn(|i| {
+                        let (x, y) = (r[i & !1], r[i | 1]);
+                        if i % 2 == 0 {
+                            _mm512_unpacklo_pd(x, y)
+                        } else {
+                            _mm512_unpackhi_pd(x, y)
+                        }
+                    });
+                    // u[4h + 2e + o]: rows 4h..4h+4 of columns (2·{0,2}+o) or (2·{1,3}+o).
+                    let mut cols = [_mm512_setzero_pd(); 8];
+                    for o in 0..2 {
+                        let u0 = _mm512_shuffle_f64x2::<0x88>(t[o], t[2 + o]);
+                        let u1 = _mm512_shuffle_f64x2::<0xDD>(t[o], t[2 + o]);
+                        let u4 = _mm512_shuffle_f64x2::<0x88>(t[4 + o], t[6 + o]);
+                        let u5 = _mm512_shuffle_f64x2::<0xDD>(t[4 + o], t[6 + o]);
+                        cols[o] = _mm512_shuffle_f64x2::<0x88>(u0, u4);
+                        cols[4 + o] = _mm512_shuffle_f64x2::<0xDD>(u0, u4);
+                        cols[2 + o] = _mm512_shuffle_f64x2::<0x88>(u1, u5);
+                        cols[6 + o] = _mm512_shuffle_f64x2::<0xDD>(u1, u5);
+                    }
+                    for (s, &v) in cols.iter().enumerate() {
+                        if l0 + s < k {
+                            _mm512_mask_storeu_pd(dst.add((l0 + s) * n + j0), jm, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns of `C` per register panel: four vectors.
+    const NV_MAX: usize = 4;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn real_avx512<E: Lane>(
+        alpha: E,
+        a: MatRef<'_, E>,
+        b: *const E,
+        brs: usize,
+        n: usize,
+        beta: E,
+        c: &mut [E],
+    ) {
+        let vectors = n.div_ceil(E::N);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let nv = (vectors - v0).min(NV_MAX);
+            let mut i = 0;
+            while i < a.rows {
+                let mr = (a.rows - i).min(4);
+                // SAFETY: forwarded; the panel covers rows i..i+mr and vector
+                // columns v0..v0+nv, all inside C.
+                unsafe {
+                    match (mr, nv) {
+                        (4, 4) => real_panel::<E, 4, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (4, 3) => real_panel::<E, 4, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (4, 2) => real_panel::<E, 4, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (4, _) => real_panel::<E, 4, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, 4) => real_panel::<E, 3, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, 3) => real_panel::<E, 3, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, 2) => real_panel::<E, 3, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, _) => real_panel::<E, 3, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 4) => real_panel::<E, 2, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 3) => real_panel::<E, 2, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 2) => real_panel::<E, 2, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, _) => real_panel::<E, 2, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 4) => real_panel::<E, 1, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 3) => real_panel::<E, 1, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 2) => real_panel::<E, 1, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, _) => real_panel::<E, 1, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                    }
+                }
+                i += mr;
+            }
+            v0 += nv;
+        }
+    }
+
+    /// Rows `i0..i0+MR` and vector columns `v0..v0+NV` of `C`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn real_panel<E: Lane, const MR: usize, const NV: usize>(
+        alpha: E,
+        a: MatRef<'_, E>,
+        b: *const E,
+        brs: usize,
+        n: usize,
+        beta: E,
+        c: &mut [E],
+        i0: usize,
+        v0: usize,
+    ) {
+        // SAFETY: see `real`; masks keep every access below column n.
+        unsafe {
+            let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(n - (v0 + v) * E::N));
+            let mut acc = [[E::vzero(); NV]; MR];
+            for l in 0..a.cols {
+                let row = b.add(l * brs + v0 * E::N);
+                let bv: [E::V; NV] = std::array::from_fn(|v| E::vload(row.add(v * E::N), masks[v]));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = E::vsplat(*a.data.get_unchecked((i0 + r) * a.rs + l * a.cs));
+                    for v in 0..NV {
+                        acc_r[v] = E::vadd(acc_r[v], E::vmul(x, bv[v]));
+                    }
+                }
+            }
+            let (va, vb, beta_zero) = (
+                E::vsplat(alpha),
+                E::vsplat(beta),
+                beta == <E as Real>::zero(),
+            );
+            for (r, acc_r) in acc.iter().enumerate() {
+                let row = c.as_mut_ptr().add((i0 + r) * n + v0 * E::N);
+                for v in 0..NV {
+                    let p = row.add(v * E::N);
+                    let mut out = E::vmul(va, acc_r[v]);
+                    if !beta_zero {
+                        out = E::vadd(out, E::vmul(vb, E::vload(p, masks[v])));
+                    }
+                    E::vstore(p, out, masks[v]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dual_avx512<E: Lane>(
+        alpha: E,
+        a: MatRef<'_, Dual<E>>,
+        b: *const Dual<E>,
+        brs: usize,
+        n: usize,
+        beta: E,
+        c: &mut [Dual<E>],
+    ) {
+        let vectors = n.div_ceil(E::N);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let nv = (vectors - v0).min(NV_MAX);
+            let mut i = 0;
+            while i < a.rows {
+                // Registers: 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32.
+                let mr = (a.rows - i).min(if nv <= 3 { 3 } else { 2 });
+                // SAFETY: forwarded, as in `real_avx512`.
+                unsafe {
+                    match (mr, nv) {
+                        (3, 3) => dual_panel::<E, 3, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, 2) => dual_panel::<E, 3, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (3, _) => dual_panel::<E, 3, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 4) => dual_panel::<E, 2, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 3) => dual_panel::<E, 2, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, 2) => dual_panel::<E, 2, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (2, _) => dual_panel::<E, 2, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 4) => dual_panel::<E, 1, 4>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 3) => dual_panel::<E, 1, 3>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, 2) => dual_panel::<E, 1, 2>(alpha, a, b, brs, n, beta, c, i, v0),
+                        (_, _) => dual_panel::<E, 1, 1>(alpha, a, b, brs, n, beta, c, i, v0),
+                    }
+                }
+                i += mr;
+            }
+            v0 += nv;
+        }
+    }
+
+    /// The dual panel: primal and tangent accumulators side by side; each
+    /// vector of B is two interleaved loads split into its parts.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_panel<E: Lane, const MR: usize, const NV: usize>(
+        alpha: E,
+        a: MatRef<'_, Dual<E>>,
+        b: *const Dual<E>,
+        brs: usize,
+        n: usize,
+        beta: E,
+        c: &mut [Dual<E>],
+        i0: usize,
+        v0: usize,
+    ) {
+        // SAFETY: see `dual`; the masks (in parts of E: two per dual) keep every
+        // load below column n.
+        unsafe {
+            let parts = |v: usize, half: usize| {
+                let done = 2 * (v0 + v) * E::N + half * E::N;
+                E::mask((2 * n).saturating_sub(done))
+            };
+            let lo: [E::M; NV] = std::array::from_fn(|v| parts(v, 0));
+            let hi: [E::M; NV] = std::array::from_fn(|v| parts(v, 1));
+            let mut acc_v = [[E::vzero(); NV]; MR];
+            let mut acc_d = [[E::vzero(); NV]; MR];
+            for l in 0..a.cols {
+                let row = b.add(l * brs + v0 * E::N).cast::<E>();
+                let mut bv = [E::vzero(); NV];
+                let mut bd = [E::vzero(); NV];
+                for v in 0..NV {
+                    let p = row.add(2 * v * E::N);
+                    (bv[v], bd[v]) =
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                }
+                for r in 0..MR {
+                    let x = *a.data.get_unchecked((i0 + r) * a.rs + l * a.cs);
+                    let (xv, xd) = (E::vsplat(x.v), E::vsplat(x.d));
+                    for v in 0..NV {
+                        acc_v[r][v] = E::vadd(acc_v[r][v], E::vmul(xv, bv[v]));
+                        // Dual's Mul: d = a.d·b.v + a.v·b.d, then added.
+                        acc_d[r][v] =
+                            E::vadd(acc_d[r][v], E::vadd(E::vmul(xd, bv[v]), E::vmul(xv, bd[v])));
+                    }
+                }
+            }
+            // The epilogue: Dual's α·s (+ β·c) with α, β constants (zero
+            // tangent), part by part: v = α·s.v (+ β·c.v) and
+            // d = (0·s.v + α·s.d) (+ (0·c.v + β·c.d)), as `Dual`'s Mul and Add.
+            let (va, vb, z) = (E::vsplat(alpha), E::vsplat(beta), E::vzero());
+            let beta_zero = beta == <E as Real>::zero();
+            for r in 0..MR {
+                let row = c.as_mut_ptr().add((i0 + r) * n + v0 * E::N).cast::<E>();
+                for v in 0..NV {
+                    let p = row.add(2 * v * E::N);
+                    let (sv, sd) = (acc_v[r][v], acc_d[r][v]);
+                    let mut ov = E::vmul(va, sv);
+                    let mut od = E::vadd(E::vmul(z, sv), E::vmul(va, sd));
+                    if !beta_zero {
+                        let (cv, cd) =
+                            E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                        ov = E::vadd(ov, E::vmul(vb, cv));
+                        od = E::vadd(od, E::vadd(E::vmul(z, cv), E::vmul(vb, cd)));
+                    }
+                    let (x0, x1) = E::vinterleave(ov, od);
+                    E::vstore(p, x0, lo[v]);
+                    E::vstore(p.add(E::N), x1, hi[v]);
+                }
+            }
+        }
+    }
+}
