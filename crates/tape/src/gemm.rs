@@ -324,6 +324,8 @@ mod tests {
             (3, 8, 64),
             (17, 5, 33),
             (4, 20, 49),
+            (70, 3, 1),
+            (2, 9, 1),
         ];
         let (alpha, beta) = (T::Base::from_f64(1.5), T::Base::from_f64(-0.5));
         for (case, &(m, k, n)) in shapes.iter().enumerate() {

@@ -280,6 +280,15 @@ mod imp {
             return false;
         }
         let mut buf = [MaybeUninit::<E>::uninit(); PACK];
+        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
+            let (at, ats) = columns(a, &mut buf);
+            // SAFETY: AVX-512F is present; column l of A is the a.rows
+            // contiguous elements from at + l·ats (A's own buffer, whose bounds
+            // `gemm` checked, or the packed Aᵀ), B's k elements are b.data[l·b.rs],
+            // and `c` holds a.rows elements.
+            unsafe { real_col_avx512(alpha, at, ats, a.rows, a.cols, b, beta, c) };
+            return true;
+        }
         let (bp, brs) = if b.cs == 1 || b.cols == 1 {
             (b.data.as_ptr(), b.rs)
         } else if b.rows * b.cols <= PACK {
@@ -305,6 +314,12 @@ mod imp {
             return false;
         }
         let mut buf = [MaybeUninit::<Dual<E>>::uninit(); PACK];
+        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
+            let (at, ats) = columns(a, &mut buf);
+            // SAFETY: as in `real`.
+            unsafe { dual_col_avx512(alpha, at, ats, a.rows, a.cols, b, beta, c) };
+            return true;
+        }
         let (bp, brs) = if b.cs == 1 || b.cols == 1 {
             (b.data.as_ptr(), b.rs)
         } else if b.rows * b.cols <= PACK {
@@ -446,6 +461,174 @@ mod imp {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The columns of A as contiguous runs: `(p, s)` with `A[i, l] = p[i + l·s]`.
+    /// A view with unit row stride is used as it is; otherwise Aᵀ is packed.
+    fn columns<T: Copy>(a: MatRef<'_, T>, buf: &mut [MaybeUninit<T>]) -> (*const T, usize) {
+        if a.rs == 1 {
+            (a.data.as_ptr(), a.cs)
+        } else {
+            (pack_t(a.t(), buf).as_ptr(), a.rows)
+        }
+    }
+
+    /// `C ← α·A·b + β·C` for a single column `b` (`n = 1`): the lanes run down
+    /// the rows of A (one product per row and l, summed in increasing l, as
+    /// the row kernel), in panels of up to four vectors of rows.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn real_col_avx512<E: Lane>(
+        alpha: E,
+        at: *const E,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, E>,
+        beta: E,
+        c: &mut [E],
+    ) {
+        let vectors = m.div_ceil(E::N);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let nv = (vectors - v0).min(NV_MAX);
+            // SAFETY: forwarded; the panel covers rows v0·N..(v0 + nv)·N ∧ < m.
+            unsafe {
+                match nv {
+                    4 => real_col::<E, 4>(alpha, at, ats, m, k, b, beta, c, v0),
+                    3 => real_col::<E, 3>(alpha, at, ats, m, k, b, beta, c, v0),
+                    2 => real_col::<E, 2>(alpha, at, ats, m, k, b, beta, c, v0),
+                    _ => real_col::<E, 1>(alpha, at, ats, m, k, b, beta, c, v0),
+                }
+            }
+            v0 += nv;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn real_col<E: Lane, const NV: usize>(
+        alpha: E,
+        at: *const E,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, E>,
+        beta: E,
+        c: &mut [E],
+        v0: usize,
+    ) {
+        // SAFETY: see `real`; the masks keep every access below row m.
+        unsafe {
+            let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(m - (v0 + v) * E::N));
+            let mut acc = [E::vzero(); NV];
+            for l in 0..k {
+                let col = at.add(l * ats + v0 * E::N);
+                let y = E::vsplat(*b.data.get_unchecked(l * b.rs));
+                for v in 0..NV {
+                    acc[v] = E::vadd(acc[v], E::vmul(E::vload(col.add(v * E::N), masks[v]), y));
+                }
+            }
+            let (va, vb, beta_zero) = (
+                E::vsplat(alpha),
+                E::vsplat(beta),
+                beta == <E as Real>::zero(),
+            );
+            for v in 0..NV {
+                let p = c.as_mut_ptr().add((v0 + v) * E::N);
+                let mut out = E::vmul(va, acc[v]);
+                if !beta_zero {
+                    out = E::vadd(out, E::vmul(vb, E::vload(p, masks[v])));
+                }
+                E::vstore(p, out, masks[v]);
+            }
+        }
+    }
+
+    /// The dual form of [`real_col_avx512`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_col_avx512<E: Lane>(
+        alpha: E,
+        at: *const Dual<E>,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, Dual<E>>,
+        beta: E,
+        c: &mut [Dual<E>],
+    ) {
+        let vectors = m.div_ceil(E::N);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let nv = (vectors - v0).min(NV_MAX);
+            // SAFETY: forwarded, as in `real_col_avx512`.
+            unsafe {
+                match nv {
+                    4 => dual_col::<E, 4>(alpha, at, ats, m, k, b, beta, c, v0),
+                    3 => dual_col::<E, 3>(alpha, at, ats, m, k, b, beta, c, v0),
+                    2 => dual_col::<E, 2>(alpha, at, ats, m, k, b, beta, c, v0),
+                    _ => dual_col::<E, 1>(alpha, at, ats, m, k, b, beta, c, v0),
+                }
+            }
+            v0 += nv;
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_col<E: Lane, const NV: usize>(
+        alpha: E,
+        at: *const Dual<E>,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, Dual<E>>,
+        beta: E,
+        c: &mut [Dual<E>],
+        v0: usize,
+    ) {
+        // SAFETY: see `dual`; masks in parts of E (two per dual) keep every
+        // access below row m.
+        unsafe {
+            let parts = |v: usize, half: usize| {
+                E::mask((2 * m).saturating_sub(2 * (v0 + v) * E::N + half * E::N))
+            };
+            let lo: [E::M; NV] = std::array::from_fn(|v| parts(v, 0));
+            let hi: [E::M; NV] = std::array::from_fn(|v| parts(v, 1));
+            let mut acc_v = [E::vzero(); NV];
+            let mut acc_d = [E::vzero(); NV];
+            for l in 0..k {
+                let col = at.add(l * ats + v0 * E::N).cast::<E>();
+                let y = *b.data.get_unchecked(l * b.rs);
+                let (yv, yd) = (E::vsplat(y.v), E::vsplat(y.d));
+                for v in 0..NV {
+                    let p = col.add(2 * v * E::N);
+                    let (xv, xd) =
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                    acc_v[v] = E::vadd(acc_v[v], E::vmul(xv, yv));
+                    // Dual's Mul (a·b): d = a.d·b.v + a.v·b.d, then added.
+                    acc_d[v] = E::vadd(acc_d[v], E::vadd(E::vmul(xd, yv), E::vmul(xv, yd)));
+                }
+            }
+            let (va, vb, z) = (E::vsplat(alpha), E::vsplat(beta), E::vzero());
+            let beta_zero = beta == <E as Real>::zero();
+            let out = c.as_mut_ptr().add(v0 * E::N).cast::<E>();
+            for v in 0..NV {
+                let p = out.add(2 * v * E::N);
+                let mut ov = E::vmul(va, acc_v[v]);
+                let mut od = E::vadd(E::vmul(z, acc_v[v]), E::vmul(va, acc_d[v]));
+                if !beta_zero {
+                    let (cv, cd) =
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                    ov = E::vadd(ov, E::vmul(vb, cv));
+                    od = E::vadd(od, E::vadd(E::vmul(z, cv), E::vmul(vb, cd)));
+                }
+                let (x0, x1) = E::vinterleave(ov, od);
+                E::vstore(p, x0, lo[v]);
+                E::vstore(p.add(E::N), x1, hi[v]);
             }
         }
     }
