@@ -180,7 +180,17 @@ impl Model for Mlp {
         params: &[Var<'t, T>],
         x: Var<'t, T>,
     ) -> Var<'t, T> {
-        check_params("Mlp", &self.param_specs(), params);
+        // The shapes checked in place: `param_specs` would format every name
+        // on every call (this runs once per inner step).
+        let layers = self.widths.len() - 1;
+        if params.len() != 2 * layers
+            || self.widths.windows(2).enumerate().any(|(i, w)| {
+                params[2 * i].shape().dims() != [w[1], w[0]]
+                    || params[2 * i + 1].shape().dims() != [w[1]]
+            })
+        {
+            check_params("Mlp", &self.param_specs(), params);
+        }
         let xs = x.shape();
         assert!(
             xs.rank() == 2 && xs.dim(1) == self.widths[0],
@@ -188,7 +198,6 @@ impl Model for Mlp {
             xs.dims(),
             self.widths[0]
         );
-        let layers = self.widths.len() - 1;
         let mut h = x;
         for i in 0..layers {
             h = affine(h, params[2 * i], params[2 * i + 1]);
