@@ -76,18 +76,32 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         self.live_bytes -= s.bytes();
     }
 
-    /// φ_0 = Φ_0(θ), held.
+    /// φ_0 = Φ_0(θ), held (in a spare state's buffers).
     pub(crate) fn initial(&mut self) -> Result<State<F>, BloError> {
-        let s = self.ws.initial_state(self.problem, self.task, self.theta)?;
+        let mut s = self.ws.spare_state();
+        self.ws
+            .initial_state_into(self.problem, self.task, self.theta, &mut s)?;
         self.hold(&s);
         Ok(s)
     }
 
-    /// A held copy of a held state.
+    /// A held copy of a held state (in a spare state's buffers).
     pub(crate) fn copy(&mut self, s: &State<F>) -> State<F> {
-        let c = s.clone();
+        let c = self.ws.copy_state(s);
         self.hold(&c);
         c
+    }
+
+    /// Releases a held state and keeps its buffers for a later state.
+    pub(crate) fn discard(&mut self, s: State<F>) {
+        self.release(&s);
+        self.ws.put_spare(s);
+    }
+
+    /// Keeps the buffers of a state that is no longer held (φ_r of
+    /// [`Sweep::forward`]) for a later state.
+    pub(crate) fn reuse(&mut self, s: State<F>) {
+        self.ws.put_spare(s);
     }
 
     /// Advances `s` from state `from` to state `to` (steps from+1..=to).
@@ -110,7 +124,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// wherever `keep(j)`; then L_out at φ_r and the initial cotangent.
     /// Returns the kept states in order, and φ_r (released).
     pub(crate) fn forward(&mut self, keep: impl Fn(usize) -> bool) -> Result<Forward<F>, BloError> {
-        let mut kept = Vec::new();
+        let mut kept = self.ws.take_kept();
         let mut s = self.initial()?;
         for j in 0..self.r {
             if keep(j) {
@@ -121,21 +135,24 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         }
         match self.target {
             Target::Outer => {
-                let og = self
-                    .ws
-                    .outer_grad(self.problem, self.task, self.theta, &s.phi)?;
+                // ∇_θ L_out goes straight into g (zeros so far), ∇_φ L_out into ū_φ.
+                let mut cot = self.ws.zero_cotangent(&s);
+                self.outer_loss = self.ws.outer_grad_into(
+                    self.problem,
+                    self.task,
+                    self.theta,
+                    &s.phi,
+                    &mut self.g,
+                    &mut cot.phi,
+                )?;
                 self.stats.gradients += 1;
-                self.outer_loss = og.loss;
-                self.g = og.theta;
-                let mut cot = Cotangent::zeros_like(&s);
-                cot.phi = og.phi;
                 self.cot = Some(cot);
             }
             Target::InnerSum => {
                 self.outer_loss =
                     self.ws
                         .outer_loss(self.problem, self.task, self.theta, &s.phi)?;
-                self.cot = Some(Cotangent::zeros_like(&s));
+                self.cot = Some(self.ws.zero_cotangent(&s));
             }
         }
         self.release(&s);
@@ -171,7 +188,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             Policy::StoreAll => {
                 while let Some((j, s)) = kept.pop() {
                     self.adjoint(j + 1, &s)?;
-                    self.release(&s);
+                    self.discard(s);
                 }
             }
             Policy::Recompute => {
@@ -179,14 +196,15 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                     let mut s = self.initial()?;
                     self.advance(&mut s, 0, j - 1)?;
                     self.adjoint(j, &s)?;
-                    self.release(&s);
+                    self.discard(s);
                 }
             }
             Policy::EveryK { .. } | Policy::Sqrt => {
                 let k = policy.spacing(r).unwrap_or(1);
+                let mut seg = Vec::with_capacity(k);
                 while let Some((start, cp)) = kept.pop() {
                     let end = (start + k).min(r);
-                    let mut seg = vec![cp];
+                    seg.push(cp);
                     for i in start + 1..end {
                         let mut s = self.copy(seg.last().expect("segment has its checkpoint"));
                         self.advance(&mut s, i - 1, i)?;
@@ -195,7 +213,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                     for j in (start + 1..=end).rev() {
                         let s = seg.pop().expect("one state per step of the segment");
                         self.adjoint(j, &s)?;
-                        self.release(&s);
+                        self.discard(s);
                     }
                 }
             }
@@ -203,9 +221,10 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                 let (a, s0) = kept.pop().expect("binomial keeps φ_0");
                 debug_assert_eq!(a, 0);
                 self.revolve(0, &s0, r, snapshots)?;
-                self.release(&s0);
+                self.discard(s0);
             }
         }
+        self.ws.put_kept(kept);
         Ok(())
     }
 
@@ -226,7 +245,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                     let mut w = self.copy(sa);
                     self.advance(&mut w, a, j - 1)?;
                     self.adjoint(j, &w)?;
-                    self.release(&w);
+                    self.discard(w);
                 }
             }
             return Ok(());
@@ -235,7 +254,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         let mut w = self.copy(sa);
         self.advance(&mut w, a, a + m)?;
         self.revolve(a + m, &w, l - m, c - 1)?;
-        self.release(&w);
+        self.discard(w);
         self.revolve(a, sa, m, c)
     }
 
@@ -244,6 +263,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         let cot = self.cot.take().expect("finish before the forward sweep");
         self.ws
             .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
+        self.ws.put_cotangent(cot);
         self.stats.gradients += 1;
         Estimate {
             grad: std::mem::take(&mut self.g),
@@ -279,7 +299,8 @@ pub(crate) fn exact_sweep<F: Float, P: Problem<F>>(
     target: Target,
 ) -> Result<Estimate<F>, BloError> {
     let mut sw = Sweep::new(problem, task, theta, target)?;
-    let (kept, _) = sw.forward(keep_for(policy, sw.r))?;
+    let (kept, phi_r) = sw.forward(keep_for(policy, sw.r))?;
+    sw.reuse(phi_r);
     sw.reverse(policy, kept)?;
     Ok(sw.finish())
 }
@@ -378,7 +399,9 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for FirstOrder {
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        sw.forward(|_| false)?;
+        let (kept, phi_r) = sw.forward(|_| false)?;
+        sw.reuse(phi_r);
+        sw.ws.put_kept(kept);
         Ok(sw.finish())
     }
 
@@ -425,7 +448,8 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
     ) -> Result<Estimate<F>, BloError> {
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
         let lo = sw.r.saturating_sub(self.k);
-        let (kept, _) = sw.forward(|j| j >= lo)?;
+        let (kept, phi_r) = sw.forward(|j| j >= lo)?;
+        sw.reuse(phi_r);
         sw.reverse(Policy::StoreAll, kept)?;
         if let Some(c) = sw.cot.as_mut() {
             c.velocity

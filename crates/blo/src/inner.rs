@@ -10,8 +10,9 @@
 //! reused, so a long inner loop does not grow them.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Ref, RefCell};
 
+use smallvec::SmallVec;
 use tape::{Dual, Float, Real, Tape, Tensor, Var};
 
 use crate::error::BloError;
@@ -40,7 +41,7 @@ impl<F: Float> State<F> {
 
     /// Whether every element is finite.
     pub fn is_finite(&self) -> bool {
-        self.phi.iter().chain(&self.velocity).all(|t| t.is_finite())
+        tensors_finite(self.phi.iter().chain(&self.velocity))
     }
 }
 
@@ -97,13 +98,32 @@ pub struct InnerHvp<F: Float> {
 
 /// Reusable tapes and buffers for the inner loop. One per thread; cheap to
 /// create, and clearing keeps the tapes' capacity.
+///
+/// Besides the two tapes it keeps the buffers a sweep needs again and again:
+/// the tangent w of [`InnerWorkspace::adjoint_step`], and (for the crate's
+/// own sweeps) spare states and a spare cotangent, so that after the first
+/// task a sweep on this workspace allocates only the gradient it returns.
+/// Like the tapes' high-water mark, the spare states keep the memory of the
+/// largest number of states a sweep on this workspace held at once.
 #[derive(Debug, Default)]
 pub struct InnerWorkspace<F: Float> {
     primal: Tape<F>,
     dual: Tape<Dual<F>>,
-    buf: Vec<F>,
-    dbuf: Vec<Dual<F>>,
+    /// The adjoint step's tangent w, concatenated in φ order.
+    w: Vec<F>,
+    /// Spare states whose tensors are overwritten by the next use.
+    spare: Vec<State<F>>,
+    /// A spare cotangent (the last sweep's).
+    spare_cot: Option<Cotangent<F>>,
+    /// An empty list with the capacity of the last sweep's kept states.
+    spare_kept: Vec<(usize, State<F>)>,
 }
+
+/// The variables of one tensor list on a tape (θ or φ): inline up to 8.
+type Vars<'t, T> = SmallVec<[Var<'t, T>; 8]>;
+
+/// Borrowed adjoints of a tensor list; `None` is a structural zero.
+type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 8]>;
 
 pub(crate) fn non_finite(what: &'static str, step: usize) -> BloError {
     BloError::NonFinite {
@@ -113,17 +133,27 @@ pub(crate) fn non_finite(what: &'static str, step: usize) -> BloError {
     }
 }
 
+/// Whether every element is finite. A branch-free fold per block of 256 (it
+/// vectorises, unlike a short-circuiting `all`), stopping at the first bad block.
 fn all_finite<T: Real>(x: &[T]) -> bool {
-    x.iter().all(|v| v.is_finite())
+    x.chunks(256)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+}
+
+/// Whether every element of every tensor is finite.
+fn tensors_finite<'a, T: Real + 'a>(ts: impl IntoIterator<Item = &'a Tensor<T>>) -> bool {
+    ts.into_iter().all(|t| all_finite(t.data()))
 }
 
 thread_local! {
-    /// Workspaces handed back by finished sweeps, reused by the next ones on this
-    /// thread (any `F`: looked up by type).
-    static CACHE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+    /// Slots for workspaces handed back by finished sweeps, reused by the next
+    /// ones on this thread (any `F`: a slot is an `Option<InnerWorkspace<F>>`,
+    /// looked up by type). A slot outlives its workspace, so taking a workspace
+    /// and handing it back allocates nothing.
+    static CACHE: RefCell<Vec<Box<dyn Slot>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// At most this many workspaces are kept per thread.
+/// At most this many workspace slots are kept per thread.
 const CACHE_LEN: usize = 4;
 
 impl<F: Float> InnerWorkspace<F> {
@@ -132,27 +162,86 @@ impl<F: Float> InnerWorkspace<F> {
         Self::default()
     }
 
-    /// A workspace from this thread's cache (its tapes keep their capacity, so
-    /// reusing it allocates nothing), or a new one. Every use clears the tapes
-    /// first, so the results do not depend on which one is returned.
+    /// A workspace from this thread's cache (its tapes and buffers keep their
+    /// capacity, so reusing it allocates nothing), or a new one. Every use
+    /// clears the tapes and overwrites the buffers first, so the results do not
+    /// depend on which one is returned.
     pub(crate) fn cached() -> Self {
         CACHE.with(|c| {
+            c.borrow_mut()
+                .iter_mut()
+                .find_map(|slot| slot.as_any_mut().downcast_mut::<Option<Self>>()?.take())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Hands the workspace back to this thread's cache: into an empty slot of
+    /// its type, a new slot, or an empty slot of another type (dropped if every
+    /// slot is full).
+    pub(crate) fn recycle(self) {
+        CACHE.with(|c| {
             let mut c = c.borrow_mut();
-            match c.iter().position(|w| w.is::<Self>()) {
-                Some(i) => *c.swap_remove(i).downcast::<Self>().expect("checked type"),
-                None => Self::new(),
+            let own = c
+                .iter_mut()
+                .filter_map(|slot| slot.as_any_mut().downcast_mut::<Option<Self>>())
+                .find(|o| o.is_none());
+            if let Some(o) = own {
+                *o = Some(self);
+            } else if c.len() < CACHE_LEN {
+                c.push(Box::new(Some(self)));
+            } else if let Some(slot) = c.iter_mut().find(|slot| slot.is_empty()) {
+                *slot = Box::new(Some(self));
             }
         })
     }
 
-    /// Hands the workspace back to this thread's cache (dropped if it is full).
-    pub(crate) fn recycle(self) {
-        CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len() < CACHE_LEN {
-                c.push(Box::new(self));
-            }
+    /// A spare state (tensors of unspecified shapes and values), or an empty one.
+    pub(crate) fn spare_state(&mut self) -> State<F> {
+        self.spare.pop().unwrap_or(State {
+            phi: Vec::new(),
+            velocity: Vec::new(),
         })
+    }
+
+    /// Keeps `s`'s buffers for a later [`InnerWorkspace::spare_state`].
+    pub(crate) fn put_spare(&mut self, s: State<F>) {
+        self.spare.push(s);
+    }
+
+    /// A copy of `s` in a spare state's buffers.
+    pub(crate) fn copy_state(&mut self, s: &State<F>) -> State<F> {
+        let mut c = self.spare_state();
+        copy_tensors(&mut c.phi, &s.phi);
+        copy_tensors(&mut c.velocity, &s.velocity);
+        c
+    }
+
+    /// An empty list for the kept states of a sweep (with the capacity of the
+    /// last one).
+    pub(crate) fn take_kept(&mut self) -> Vec<(usize, State<F>)> {
+        std::mem::take(&mut self.spare_kept)
+    }
+
+    /// Hands back a kept-state list; its remaining states become spares.
+    pub(crate) fn put_kept(&mut self, mut kept: Vec<(usize, State<F>)>) {
+        self.spare.extend(kept.drain(..).map(|(_, s)| s));
+        self.spare_kept = kept;
+    }
+
+    /// A zero cotangent shaped like `s`, in the spare cotangent's buffers.
+    pub(crate) fn zero_cotangent(&mut self, s: &State<F>) -> Cotangent<F> {
+        let mut c = self.spare_cot.take().unwrap_or(Cotangent {
+            phi: Vec::new(),
+            velocity: Vec::new(),
+        });
+        zero_tensors(&mut c.phi, &s.phi);
+        zero_tensors(&mut c.velocity, &s.velocity);
+        c
+    }
+
+    /// Keeps a cotangent's buffers for the next [`InnerWorkspace::zero_cotangent`].
+    pub(crate) fn put_cotangent(&mut self, c: Cotangent<F>) {
+        self.spare_cot = Some(c);
     }
 
     /// φ_0 = Φ_0(θ) (velocity zero for momentum). Not counted as a step.
@@ -165,24 +254,45 @@ impl<F: Float> InnerWorkspace<F> {
         task: &P::Task,
         theta: &[Tensor<F>],
     ) -> Result<State<F>, BloError> {
+        let mut s = State {
+            phi: Vec::new(),
+            velocity: Vec::new(),
+        };
+        self.initial_state_into(problem, task, theta, &mut s)?;
+        Ok(s)
+    }
+
+    /// [`InnerWorkspace::initial_state`] written into `s` (whose tensors are
+    /// reused where the shapes match). On error `s` holds unspecified values.
+    pub(crate) fn initial_state_into<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        s: &mut State<F>,
+    ) -> Result<(), BloError> {
         self.primal.clear();
         let t = &self.primal;
-        let th: Vec<Var<'_, F>> = theta.iter().map(|x| t.constant(x)).collect();
-        let phi: Vec<Tensor<F>> = problem
-            .initial_state(t, task, &th)
-            .iter()
-            .map(|v| v.value())
-            .collect();
-        let velocity = if problem.inner_loop().has_velocity() {
-            phi.iter().map(|p| Tensor::zeros(p.shape())).collect()
+        let th = leaves(t, theta, false);
+        let phi0 = problem.initial_state(t, task, &th);
+        s.phi.truncate(phi0.len());
+        for (i, v) in phi0.iter().enumerate() {
+            let shape = v.shape();
+            match s.phi.get_mut(i) {
+                Some(p) if p.shape() == shape => p.data_mut().copy_from_slice(&t.value_ref(*v)),
+                Some(p) => *p = v.value(),
+                None => s.phi.push(v.value()),
+            }
+        }
+        if problem.inner_loop().has_velocity() {
+            zero_tensors(&mut s.velocity, &s.phi);
         } else {
-            Vec::new()
-        };
-        let s = State { phi, velocity };
+            s.velocity.clear();
+        }
         if !s.is_finite() {
             return Err(non_finite("initial state", 0));
         }
-        Ok(s)
+        Ok(())
     }
 
     /// One inner step j (1-based) in place: state_{j−1} → state_j, by one
@@ -207,57 +317,48 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Result<F, BloError> {
         self.primal.clear();
         let t = &self.primal;
-        let th: Vec<Var<'_, F>> = theta.iter().map(|x| t.constant(x)).collect();
-        let ph: Vec<Var<'_, F>> = state.phi.iter().map(|x| t.var(x)).collect();
+        let th = leaves(t, theta, false);
+        let ph = leaves(t, &state.phi, true);
         let loss = problem.inner_loss(t, task, j, &th, &ph);
         let value = loss.item();
         if !value.is_finite() {
             return Err(non_finite("inner loss", j));
         }
         t.backward(loss);
-        // Check every gradient before touching the state. All gradients go into
-        // one reused buffer, concatenated in φ order (no allocation per step).
-        self.buf.clear();
-        for &v in &ph {
-            let start = self.buf.len();
-            self.buf.resize(start + v.shape().numel(), F::zero());
-            t.grad_into(v, &mut self.buf[start..]);
-            if !all_finite(&self.buf[start..]) {
-                return Err(non_finite("inner gradient", j));
-            }
+        // The gradients are read in place from the tape (no copy); every one is
+        // checked before the state is touched. A structural zero (no adjoint
+        // reached φ_i) is applied as zeros, as a copied gradient would be.
+        let grads: Adjoints<'_, F> = ph.iter().map(|&v| t.grad_ref(v)).collect();
+        if !grads.iter().flatten().all(|g| all_finite(g)) {
+            return Err(non_finite("inner gradient", j));
         }
-        // The i-th gradient as a slice of the buffer (shapes from the φ vars, so
-        // the iterator borrows neither the state nor itself across arms).
-        let mut rest = &self.buf[..];
-        let grads = ph.iter().map(move |v| {
-            let (g, tail) = rest.split_at(v.shape().numel());
-            rest = tail;
-            g
-        });
+        let grads = grads.iter().map(|g| g.as_deref());
         match &problem.inner_loop().optimizer {
             InnerOptimizer::Sgd { lr } => {
                 let a = F::from_f64(*lr);
                 for (p, g) in state.phi.iter_mut().zip(grads) {
-                    for (x, &gi) in p.data_mut().iter_mut().zip(g) {
-                        *x -= a * gi;
-                    }
+                    update(p.data_mut(), g, F::zero(), |x, gi| *x -= a * gi);
                 }
             }
             InnerOptimizer::MetaSgd { lr_index } => {
                 for (i, (p, g)) in state.phi.iter_mut().zip(grads).enumerate() {
                     let alpha = meta_sgd_steps(theta, lr_index, i, p);
-                    for ((x, &gi), &a) in p.data_mut().iter_mut().zip(g).zip(alpha.data()) {
+                    let mut alpha = alpha.data().iter();
+                    update(p.data_mut(), g, F::zero(), |x, gi| {
+                        let a = *alpha.next().expect("α has φ's shape");
                         *x -= a * gi;
-                    }
+                    });
                 }
             }
             InnerOptimizer::Momentum { lr, beta } => {
                 let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
                 for ((p, v), g) in state.phi.iter_mut().zip(&mut state.velocity).zip(grads) {
-                    for ((x, vi), &gi) in p.data_mut().iter_mut().zip(v.data_mut()).zip(g) {
+                    let mut v = v.data_mut().iter_mut();
+                    update(p.data_mut(), g, F::zero(), |x, gi| {
+                        let vi = v.next().expect("velocity has φ's shape");
                         *vi = b * *vi + gi;
                         *x -= a * *vi;
-                    }
+                    });
                 }
             }
         }
@@ -277,8 +378,8 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Result<F, BloError> {
         self.primal.clear();
         let t = &self.primal;
-        let th: Vec<Var<'_, F>> = theta.iter().map(|x| t.constant(x)).collect();
-        let ph: Vec<Var<'_, F>> = phi.iter().map(|x| t.constant(x)).collect();
+        let th = leaves(t, theta, false);
+        let ph = leaves(t, phi, false);
         let l = problem.outer_loss(t, task, &th, &ph).item();
         if !l.is_finite() {
             return Err(non_finite("outer loss", problem.inner_loop().steps + 1));
@@ -297,27 +398,50 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         phi: &[Tensor<F>],
     ) -> Result<OuterGrad<F>, BloError> {
+        let mut gt: Vec<Tensor<F>> = theta.iter().map(|x| Tensor::zeros(x.shape())).collect();
+        let mut gp: Vec<Tensor<F>> = phi.iter().map(|x| Tensor::zeros(x.shape())).collect();
+        let loss = self.outer_grad_into(problem, task, theta, phi, &mut gt, &mut gp)?;
+        Ok(OuterGrad {
+            loss,
+            theta: gt,
+            phi: gp,
+        })
+    }
+
+    /// [`InnerWorkspace::outer_grad`] written into `g_theta` and `g_phi` (shaped
+    /// like θ and φ; overwritten). Returns L_out. On error the gradients hold
+    /// unspecified values.
+    ///
+    /// # Panics
+    /// If a gradient tensor's size differs from its variable's.
+    #[track_caller]
+    pub(crate) fn outer_grad_into<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        phi: &[Tensor<F>],
+        g_theta: &mut [Tensor<F>],
+        g_phi: &mut [Tensor<F>],
+    ) -> Result<F, BloError> {
         let step = problem.inner_loop().steps + 1;
         self.primal.clear();
         let t = &self.primal;
-        let th: Vec<Var<'_, F>> = theta.iter().map(|x| t.var(x)).collect();
-        let ph: Vec<Var<'_, F>> = phi.iter().map(|x| t.var(x)).collect();
+        let th = leaves(t, theta, true);
+        let ph = leaves(t, phi, true);
         let loss = problem.outer_loss(t, task, &th, &ph);
         let value = loss.item();
         if !value.is_finite() {
             return Err(non_finite("outer loss", step));
         }
         t.backward(loss);
-        let gt: Vec<Tensor<F>> = th.iter().map(|&v| t.grad(v)).collect();
-        let gp: Vec<Tensor<F>> = ph.iter().map(|&v| t.grad(v)).collect();
-        if !gt.iter().chain(&gp).all(|g| g.is_finite()) {
+        for (g, &v) in g_theta.iter_mut().zip(&th).chain(g_phi.iter_mut().zip(&ph)) {
+            t.grad_into(v, g.data_mut());
+        }
+        if !tensors_finite(g_theta.iter().chain(g_phi.iter())) {
             return Err(non_finite("outer gradient", step));
         }
-        Ok(OuterGrad {
-            loss: value,
-            theta: gt,
-            phi: gp,
-        })
+        Ok(value)
     }
 
     /// g_θ += (∂Φ_0/∂θ)ᵀ u, one reverse sweep through [`Problem::initial_state`].
@@ -335,7 +459,7 @@ impl<F: Float> InnerWorkspace<F> {
     ) {
         self.primal.clear();
         let t = &self.primal;
-        let th: Vec<Var<'_, F>> = theta.iter().map(|x| t.var(x)).collect();
+        let th = leaves(t, theta, true);
         let phi0 = problem.initial_state(t, task, &th);
         assert_eq!(
             phi0.len(),
@@ -356,12 +480,8 @@ impl<F: Float> InnerWorkspace<F> {
         let Some(s) = s else { return };
         t.backward(s);
         for (g, &v) in g_theta.iter_mut().zip(&th) {
-            self.buf.clear();
-            self.buf.resize(g.numel(), F::zero());
-            t.grad_into(v, &mut self.buf);
-            for (x, &d) in g.data_mut().iter_mut().zip(&self.buf) {
-                *x += d;
-            }
+            let d = t.grad_ref(v);
+            update(g.data_mut(), d.as_deref(), F::zero(), |x, di| *x += di);
         }
     }
 
@@ -376,11 +496,14 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Vec<Tensor<F>> {
         self.dual.clear();
         let t = &self.dual;
-        let th = dual_leaves(t, theta, Some(theta_dot), &mut self.dbuf);
+        let th = dual_leaves(t, theta, Tangent::Tensors(theta_dot));
         problem
             .initial_state(t, task, &th)
             .iter()
-            .map(|v| v.value().map(|d| d.d))
+            .map(|&v| {
+                let d = t.value_ref(v);
+                Tensor::new(v.shape(), d.iter().map(|x| x.d).collect())
+            })
             .collect()
     }
 
@@ -405,33 +528,39 @@ impl<F: Float> InnerWorkspace<F> {
         v_phi: &[Tensor<F>],
         v_theta: Option<&[Tensor<F>]>,
     ) -> Result<InnerHvp<F>, BloError> {
-        self.dual.clear();
-        let t = &self.dual;
-        let th = dual_leaves(t, theta, v_theta, &mut self.dbuf);
-        let ph = dual_leaves(t, phi, Some(v_phi), &mut self.dbuf);
-        let loss = problem.inner_loss(t, task, j, &th, &ph);
-        let value = loss.item();
-        if !value.v.is_finite() {
-            return Err(non_finite("inner loss", j));
-        }
-        t.backward(loss);
-        let mut split = |vars: &[Var<'_, Dual<F>>]| {
+        let v_theta = v_theta.map_or(Tangent::Zero, Tangent::Tensors);
+        let (t, th, ph, loss) = dual_pass(
+            &mut self.dual,
+            problem,
+            task,
+            j,
+            theta,
+            phi,
+            v_theta,
+            Tangent::Tensors(v_phi),
+        )?;
+        let split = |vars: &[Var<'_, Dual<F>>]| {
             let mut g = Vec::with_capacity(vars.len());
             let mut d = Vec::with_capacity(vars.len());
             for &v in vars {
                 let shape = v.shape();
-                self.dbuf.clear();
-                self.dbuf.resize(shape.numel(), Dual::default());
-                t.grad_into(v, &mut self.dbuf);
-                g.push(Tensor::new(shape, self.dbuf.iter().map(|x| x.v).collect()));
-                d.push(Tensor::new(shape, self.dbuf.iter().map(|x| x.d).collect()));
+                match t.grad_ref(v) {
+                    Some(a) => {
+                        g.push(Tensor::new(shape, a.iter().map(|x| x.v).collect()));
+                        d.push(Tensor::new(shape, a.iter().map(|x| x.d).collect()));
+                    }
+                    None => {
+                        g.push(Tensor::zeros(shape));
+                        d.push(Tensor::zeros(shape));
+                    }
+                }
             }
             (g, d)
         };
         let (grad_theta, tangent_theta) = split(&th);
         let (grad_phi, tangent_phi) = split(&ph);
         Ok(InnerHvp {
-            loss: value.v,
+            loss,
             grad_theta,
             grad_phi,
             tangent_theta,
@@ -452,9 +581,17 @@ impl<F: Float> InnerWorkspace<F> {
     /// the objective (the summed-inner-loss objective of Reptile): its gradient,
     /// the primal part of the same pass, is added, ū_φ += ∇_φL and g_θ += ∇_θL.
     ///
+    /// Allocates nothing once the workspace's buffers have grown: w lives in
+    /// the workspace and the products are read in place from the tape.
+    ///
     /// # Errors
     /// [`BloError::NonFinite`] naming step j if the loss or the new cotangent is
     /// not finite.
+    ///
+    /// # Panics
+    /// If the cotangent's tensors (or, for momentum, its velocity tensors) do
+    /// not match `prev.phi` in number and shapes.
+    #[track_caller]
     #[allow(clippy::too_many_arguments)]
     pub fn adjoint_step<P: Problem<F>>(
         &mut self,
@@ -468,80 +605,151 @@ impl<F: Float> InnerWorkspace<F> {
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
         let opt = &problem.inner_loop().optimizer;
-        let w: Vec<Tensor<F>> = match opt {
+        check_like("adjoint_step: cotangent", &cot.phi, &prev.phi);
+        let w = &mut self.w;
+        w.clear();
+        match opt {
             InnerOptimizer::Sgd { lr } => {
                 let a = F::from_f64(*lr);
-                cot.phi.iter().map(|u| u.map(|x| a * x)).collect()
+                for u in &cot.phi {
+                    w.extend(u.data().iter().map(|&x| a * x));
+                }
             }
-            InnerOptimizer::MetaSgd { lr_index } => cot
-                .phi
-                .iter()
-                .enumerate()
-                .map(|(i, u)| {
+            InnerOptimizer::MetaSgd { lr_index } => {
+                for (i, u) in cot.phi.iter().enumerate() {
                     let alpha = meta_sgd_steps(theta, lr_index, i, u);
-                    zip_map(u, alpha, |x, a| a * x)
-                })
-                .collect(),
-            InnerOptimizer::Momentum { lr, .. } => {
-                let a = F::from_f64(*lr);
-                cot.velocity
-                    .iter()
-                    .zip(&cot.phi)
-                    .map(|(uv, u)| zip_map(uv, u, |v, x| v - a * x))
-                    .collect()
+                    w.extend(u.data().iter().zip(alpha.data()).map(|(&x, &a)| a * x));
+                }
             }
-        };
-        let out = self.inner_hvp(problem, task, j, theta, &prev.phi, &w, None)?;
+            InnerOptimizer::Momentum { lr, .. } => {
+                check_like("adjoint_step: velocity cotangent", &cot.velocity, &prev.phi);
+                let a = F::from_f64(*lr);
+                for (uv, u) in cot.velocity.iter().zip(&cot.phi) {
+                    w.extend(uv.data().iter().zip(u.data()).map(|(&v, &x)| v - a * x));
+                }
+            }
+        }
+        let (t, th, ph, _) = dual_pass(
+            &mut self.dual,
+            problem,
+            task,
+            j,
+            theta,
+            &prev.phi,
+            Tangent::Zero,
+            Tangent::Flat(&self.w),
+        )?;
+        let w = &self.w[..];
+        // The products, read in place from the tape: .v is ∇L_in, .d is H w
+        // (on φ) and M w (on θ). A structural zero is applied as zeros.
+        let on_phi: Adjoints<'_, Dual<F>> = ph.iter().map(|&v| t.grad_ref(v)).collect();
+        let on_theta: Adjoints<'_, Dual<F>> = th.iter().map(|&v| t.grad_ref(v)).collect();
+        let zero = Dual::new(F::zero(), F::zero());
         match opt {
             InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => {
                 if let InnerOptimizer::MetaSgd { lr_index } = opt {
                     // ∂φ_j/∂α_i = −g_i elementwise, with the cotangent ū_j (before update).
-                    for (i, (u, g)) in cot.phi.iter().zip(&out.grad_phi).enumerate() {
+                    for (i, (u, a)) in cot.phi.iter().zip(&on_phi).enumerate() {
                         let ga = g_theta[lr_index[i]].data_mut();
-                        for ((x, &ui), &gi) in ga.iter_mut().zip(u.data()).zip(g.data()) {
-                            *x -= gi * ui;
-                        }
+                        let mut ui = u.data().iter();
+                        update(ga, a.as_deref(), zero, |x, gi| {
+                            *x -= gi.v * *ui.next().expect("ū has α's shape");
+                        });
                     }
                 }
-                for (u, hw) in cot.phi.iter_mut().zip(&out.tangent_phi) {
-                    sub_in_place(u, hw);
+                for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
+                    update(u.data_mut(), a.as_deref(), zero, |x, hw| *x -= hw.d);
                 }
-                for (g, mw) in g_theta.iter_mut().zip(&out.tangent_theta) {
-                    sub_in_place(g, mw);
+                for (g, a) in g_theta.iter_mut().zip(&on_theta) {
+                    update(g.data_mut(), a.as_deref(), zero, |x, mw| *x -= mw.d);
                 }
             }
             InnerOptimizer::Momentum { beta, .. } => {
                 let b = F::from_f64(*beta);
-                for (u, hw) in cot.phi.iter_mut().zip(&out.tangent_phi) {
-                    add_in_place(u, hw);
+                for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
+                    update(u.data_mut(), a.as_deref(), zero, |x, hw| *x += hw.d);
                 }
-                for (uv, wi) in cot.velocity.iter_mut().zip(&w) {
-                    *uv = wi.map(|x| b * x);
+                let mut rest = w;
+                for uv in &mut cot.velocity {
+                    let (wi, tail) = rest.split_at(uv.numel());
+                    rest = tail;
+                    for (x, &wk) in uv.data_mut().iter_mut().zip(wi) {
+                        *x = b * wk;
+                    }
                 }
-                for (g, mw) in g_theta.iter_mut().zip(&out.tangent_theta) {
-                    add_in_place(g, mw);
+                for (g, a) in g_theta.iter_mut().zip(&on_theta) {
+                    update(g.data_mut(), a.as_deref(), zero, |x, mw| *x += mw.d);
                 }
             }
         }
         if with_inner_loss {
-            for (u, g) in cot.phi.iter_mut().zip(&out.grad_phi) {
-                add_in_place(u, g);
+            for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
+                update(u.data_mut(), a.as_deref(), zero, |x, g| *x += g.v);
             }
-            for (g, gt) in g_theta.iter_mut().zip(&out.grad_theta) {
-                add_in_place(g, gt);
+            for (g, a) in g_theta.iter_mut().zip(&on_theta) {
+                update(g.data_mut(), a.as_deref(), zero, |x, gt| *x += gt.v);
             }
         }
-        if !cot
-            .phi
-            .iter()
-            .chain(&cot.velocity)
-            .chain(g_theta.iter())
-            .all(|t| t.is_finite())
-        {
+        if !tensors_finite(cot.phi.iter().chain(&cot.velocity).chain(g_theta.iter())) {
             return Err(non_finite("adjoint", j));
         }
         Ok(())
     }
+}
+
+/// A cache slot: an `Option<InnerWorkspace<F>>` for some `F`.
+trait Slot {
+    fn is_empty(&self) -> bool;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<F: Float> Slot for Option<InnerWorkspace<F>> {
+    fn is_empty(&self) -> bool {
+        self.is_none()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// A tangent on a tensor list of a dual pass.
+#[derive(Clone, Copy)]
+enum Tangent<'a, F> {
+    /// Zero (the leaves are dual constants).
+    Zero,
+    /// One tensor per point tensor, same shapes.
+    Tensors(&'a [Tensor<F>]),
+    /// The tensors concatenated (lengths checked by the caller).
+    Flat(&'a [F]),
+}
+
+/// The pass under [`InnerWorkspace::inner_hvp`] and
+/// [`InnerWorkspace::adjoint_step`]: clears the dual tape, records L_in at
+/// (θ + v_θ ε, φ + v_φ ε) and runs the reverse sweep; returns the tape, the θ
+/// and φ leaves (whose adjoints hold the results) and L_in.
+#[track_caller]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn dual_pass<'t, F: Float, P: Problem<F>>(
+    dual: &'t mut Tape<Dual<F>>,
+    problem: &P,
+    task: &P::Task,
+    j: usize,
+    theta: &[Tensor<F>],
+    phi: &[Tensor<F>],
+    v_theta: Tangent<'_, F>,
+    v_phi: Tangent<'_, F>,
+) -> Result<(&'t Tape<Dual<F>>, Vars<'t, Dual<F>>, Vars<'t, Dual<F>>, F), BloError> {
+    dual.clear();
+    let t: &'t Tape<Dual<F>> = dual;
+    let th = dual_leaves(t, theta, v_theta);
+    let ph = dual_leaves(t, phi, v_phi);
+    let loss = problem.inner_loss(t, task, j, &th, &ph);
+    let value = loss.item();
+    if !value.v.is_finite() {
+        return Err(non_finite("inner loss", j));
+    }
+    t.backward(loss);
+    Ok((t, th, ph, value.v))
 }
 
 #[track_caller]
@@ -573,37 +781,123 @@ pub(crate) fn meta_sgd_steps<'a, F: Float>(
     alpha
 }
 
+/// The leaves of a tensor list on a tape, in order.
+fn leaves<'t, T: Real>(t: &'t Tape<T>, x: &[Tensor<T>], requires_grad: bool) -> Vars<'t, T> {
+    x.iter()
+        .map(|xi| t.leaf(xi.shape(), xi.data(), requires_grad))
+        .collect()
+}
+
+/// Differentiable dual leaves x + v ε, written in place on the tape.
+#[track_caller]
 fn dual_leaves<'t, F: Float>(
     t: &'t Tape<Dual<F>>,
     x: &[Tensor<F>],
-    v: Option<&[Tensor<F>]>,
-    buf: &mut Vec<Dual<F>>,
-) -> Vec<Var<'t, Dual<F>>> {
-    x.iter()
-        .enumerate()
-        .map(|(i, xi)| {
-            buf.clear();
-            match v {
-                Some(v) => {
-                    assert_eq!(
-                        v[i].shape(),
-                        xi.shape(),
-                        "inner_hvp: point {:?} but tangent {:?}",
-                        xi.shape(),
-                        v[i].shape()
-                    );
-                    buf.extend(
-                        xi.data()
-                            .iter()
-                            .zip(v[i].data())
-                            .map(|(&a, &b)| Dual::new(a, b)),
-                    );
+    v: Tangent<'_, F>,
+) -> Vars<'t, Dual<F>> {
+    fn fill<F: Float>(out: &mut [Dual<F>], x: &[F], v: &[F]) {
+        for ((o, &a), &b) in out.iter_mut().zip(x).zip(v) {
+            *o = Dual::new(a, b);
+        }
+    }
+    let mut vars = Vars::new();
+    let mut at = 0;
+    for (i, xi) in x.iter().enumerate() {
+        let xd = xi.data();
+        let leaf = match v {
+            Tangent::Zero => t.leaf_with(xi.shape(), true, |out| {
+                for (o, &a) in out.iter_mut().zip(xd) {
+                    *o = Dual::constant(a);
                 }
-                None => buf.extend(xi.data().iter().map(|&a| Dual::constant(a))),
+            }),
+            Tangent::Tensors(v) => {
+                let Some(vi) = v.get(i) else {
+                    panic!(
+                        "inner_hvp: {} point tensors but {} tangents",
+                        x.len(),
+                        v.len()
+                    )
+                };
+                assert_eq!(
+                    vi.shape(),
+                    xi.shape(),
+                    "inner_hvp: point {:?} but tangent {:?}",
+                    xi.shape(),
+                    vi.shape()
+                );
+                t.leaf_with(xi.shape(), true, |out| fill(out, xd, vi.data()))
             }
-            t.leaf(xi.shape(), buf, true)
-        })
-        .collect()
+            Tangent::Flat(w) => {
+                let wi = &w[at..at + xd.len()];
+                at += xd.len();
+                t.leaf_with(xi.shape(), true, |out| fill(out, xd, wi))
+            }
+        };
+        vars.push(leaf);
+    }
+    vars
+}
+
+/// `f(a_k, b_k)` for every k, with `b = None` (a structural zero) read as
+/// `zero` everywhere, so the arithmetic (and a −0 + 0 = +0) is the same as on
+/// a buffer of zeros.
+#[inline]
+fn update<A, B: Copy>(a: &mut [A], b: Option<&[B]>, zero: B, mut f: impl FnMut(&mut A, B)) {
+    match b {
+        Some(b) => {
+            for (x, &y) in a.iter_mut().zip(b) {
+                f(x, y);
+            }
+        }
+        None => {
+            for x in a {
+                f(x, zero);
+            }
+        }
+    }
+}
+
+/// Makes `dst` a copy of `src`, reusing `dst`'s tensors where the shapes match.
+fn copy_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, src: &[Tensor<F>]) {
+    dst.truncate(src.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        if d.shape() == s.shape() {
+            d.data_mut().copy_from_slice(s.data());
+        } else {
+            d.clone_from(s);
+        }
+    }
+    let n = dst.len();
+    dst.extend_from_slice(&src[n..]);
+}
+
+/// Makes `dst` zeros shaped like `like`, reusing `dst`'s tensors where the
+/// shapes match.
+fn zero_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
+    dst.truncate(like.len());
+    for (d, s) in dst.iter_mut().zip(like) {
+        if d.shape() == s.shape() {
+            d.data_mut().fill(F::zero());
+        } else {
+            *d = Tensor::zeros(s.shape());
+        }
+    }
+    let n = dst.len();
+    dst.extend(like[n..].iter().map(|s| Tensor::zeros(s.shape())));
+}
+
+/// Panics unless `a` has one tensor per tensor of `like`, shape for shape.
+#[track_caller]
+fn check_like<F: Float>(what: &str, a: &[Tensor<F>], like: &[Tensor<F>]) {
+    let same = a.len() == like.len() && a.iter().zip(like).all(|(x, y)| x.shape() == y.shape());
+    if !same {
+        let shapes = |v: &[Tensor<F>]| v.iter().map(|t| t.shape()).collect::<Vec<_>>();
+        panic!(
+            "{what}: shapes {:?} but the state's φ has {:?}",
+            shapes(a),
+            shapes(like)
+        );
+    }
 }
 
 pub(crate) fn zip_map<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -> F) -> Tensor<F> {
@@ -615,18 +909,6 @@ pub(crate) fn zip_map<F: Float>(a: &Tensor<F>, b: &Tensor<F>, f: impl Fn(F, F) -
             .map(|(&x, &y)| f(x, y))
             .collect(),
     )
-}
-
-pub(crate) fn add_in_place<F: Float>(a: &mut Tensor<F>, b: &Tensor<F>) {
-    for (x, &y) in a.data_mut().iter_mut().zip(b.data()) {
-        *x += y;
-    }
-}
-
-pub(crate) fn sub_in_place<F: Float>(a: &mut Tensor<F>, b: &Tensor<F>) {
-    for (x, &y) in a.data_mut().iter_mut().zip(b.data()) {
-        *x -= y;
-    }
 }
 
 /// F(θ) for one task: L_out(θ, φ_r(θ)) after the full inner loop.
