@@ -139,6 +139,28 @@ fn is_row(s: Shape, out: Shape) -> bool {
         && s.numel() == out.dim(out.rank() - 1)
 }
 
+/// If `s` broadcasts against `out` as one block of consecutive axes repeated
+/// over the others (a per-channel bias `[C, 1, 1]` on `[N, C, H, W]`, a row, a
+/// scalar), `(outer, mid, inner)`: element `(p, c, t)` of the output, at
+/// `(p·mid + c)·inner + t`, reads element `c` of `s`.
+#[inline]
+fn block_broadcast(s: Shape, out: Shape) -> Option<(usize, usize, usize)> {
+    let (p, o) = (s.padded4(), out.padded4());
+    let Some(first) = (0..MAX_RANK).find(|&i| p[i] != 1) else {
+        return Some((1, 1, out.numel()));
+    };
+    let last = (0..MAX_RANK).rev().find(|&i| p[i] != 1)?;
+    if (first..=last).any(|i| p[i] != o[i]) {
+        return None;
+    }
+    let prod = |d: &[usize]| d.iter().product::<usize>();
+    Some((
+        prod(&o[..first]),
+        prod(&p[first..=last]),
+        prod(&o[last + 1..]),
+    ))
+}
+
 /// `o[i] = f(x[ia], y[ib])` over the broadcast, with contiguous fast paths for
 /// equal shapes, a broadcast row and a broadcast scalar (same values and order
 /// as the general loop).
@@ -177,6 +199,22 @@ fn binary_map<T: Real>(
         let b = y[0];
         for (o, &a) in o.iter_mut().zip(x) {
             *o = f(a, b);
+        }
+    } else if let (true, Some((_, mid, inner))) = (sa == out, block_broadcast(sb, out)) {
+        // A per-channel y: runs of `inner` elements share one y.
+        for (ob, xb) in o
+            .chunks_exact_mut(mid * inner)
+            .zip(x.chunks_exact(mid * inner))
+        {
+            for ((orun, xrun), &b) in ob
+                .chunks_exact_mut(inner)
+                .zip(xb.chunks_exact(inner))
+                .zip(y)
+            {
+                for (o, &a) in orun.iter_mut().zip(xrun) {
+                    *o = f(a, b);
+                }
+            }
         }
     } else {
         for_each_broadcast(out, sa, sb, |i, ia, ib| o[i] = f(x[ia], y[ib]));
@@ -224,10 +262,95 @@ fn accumulate<T: Real, const TO_A: bool>(
                 *d += h(gi, xi, yj, oi);
             }
         }
+    } else if let (true, Some((_, mid, inner))) = (sa == out, block_broadcast(sb, out)) {
+        // A per-channel y: runs of `inner` elements share one y (and, for ḡy,
+        // one accumulator, added to in the general loop's order).
+        let blk = mid * inner;
+        for (p, (gb, (xb, ob))) in g
+            .chunks_exact(blk)
+            .zip(x.chunks_exact(blk).zip(o.chunks_exact(blk)))
+            .enumerate()
+        {
+            for (c, ((grun, xrun), orun)) in gb
+                .chunks_exact(inner)
+                .zip(xb.chunks_exact(inner))
+                .zip(ob.chunks_exact(inner))
+                .enumerate()
+            {
+                let yc = y[c];
+                if TO_A {
+                    let at = p * blk + c * inner;
+                    for (((d, &gi), &xi), &oi) in
+                        dst[at..at + inner].iter_mut().zip(grun).zip(xrun).zip(orun)
+                    {
+                        *d += h(gi, xi, yc, oi);
+                    }
+                } else {
+                    let mut acc = dst[c];
+                    for ((&gi, &xi), &oi) in grun.iter().zip(xrun).zip(orun) {
+                        acc += h(gi, xi, yc, oi);
+                    }
+                    dst[c] = acc;
+                }
+            }
+        }
     } else {
         for_each_broadcast(out, sa, sb, |i, ia, ib| {
             dst[if TO_A { ia } else { ib }] += h(g[i], x[ia], y[ib], o[i])
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(n: usize, seed: f64) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i as f64 + 1.0) * seed).sin() * 2.0)
+            .collect()
+    }
+
+    /// The per-channel fast paths give the general loop's bits, forward and
+    /// both adjoints, and `block_broadcast` recognises exactly the block shapes.
+    #[test]
+    fn block_broadcast_paths_match_the_general_loop() {
+        let out = Shape::new(&[2, 3, 4, 5]);
+        for (dims, is_block) in [
+            (&[3, 1, 1][..], true),
+            (&[1, 3, 4, 1], true),
+            (&[2, 3, 1, 1], true),
+            (&[3, 4, 5], true),
+            (&[1], true),
+            (&[3, 1, 5], false),
+            (&[2, 1, 4, 1], false),
+        ] {
+            let sb = Shape::new(dims);
+            assert_eq!(block_broadcast(sb, out).is_some(), is_block, "{dims:?}");
+            let (x, y) = (vals(out.numel(), 0.37), vals(sb.numel(), 0.53));
+            let (g, o) = (vals(out.numel(), 0.11), vals(out.numel(), 0.29));
+            let f = |a: f64, b: f64| a * b - a / b;
+            let (mut fast, mut slow) = (vec![0.0; out.numel()], vec![0.0; out.numel()]);
+            binary_map(out, out, sb, &x, &y, &mut fast, f);
+            for_each_broadcast(out, out, sb, |i, ia, ib| slow[i] = f(x[ia], y[ib]));
+            assert_eq!(fast, slow, "forward {dims:?}");
+            let h = |g: f64, x: f64, y: f64, o: f64| g * y / x + o;
+            let (mut fa, mut sa) = (vals(out.numel(), 0.7), vals(out.numel(), 0.7));
+            accumulate::<f64, true>(out, out, sb, &mut fa, &g, (&x, &y, &o), h);
+            for_each_broadcast(out, out, sb, |i, ia, ib| {
+                sa[ia] += h(g[i], x[ia], y[ib], o[i])
+            });
+            assert_eq!(fa, sa, "adjoint of x {dims:?}");
+            let (mut fb, mut sbv) = (vals(sb.numel(), 0.9), vals(sb.numel(), 0.9));
+            accumulate::<f64, false>(out, out, sb, &mut fb, &g, (&x, &y, &o), h);
+            for_each_broadcast(out, out, sb, |i, ia, ib| {
+                sbv[ib] += h(g[i], x[ia], y[ib], o[i])
+            });
+            assert!(
+                fb.iter().zip(&sbv).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "adjoint of y {dims:?}: {fb:?} vs {sbv:?}"
+            );
+        }
     }
 }
 
