@@ -201,7 +201,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             }
             Policy::EveryK { .. } | Policy::Sqrt => {
                 let k = policy.spacing(r).unwrap_or(1);
-                let mut seg = Vec::with_capacity(k);
+                let mut seg = self.ws.take_segment();
                 while let Some((start, cp)) = kept.pop() {
                     let end = (start + k).min(r);
                     seg.push(cp);
@@ -216,6 +216,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                         self.discard(s);
                     }
                 }
+                self.ws.put_segment(seg);
             }
             Policy::Binomial { snapshots } => {
                 let (a, s0) = kept.pop().expect("binomial keeps φ_0");
@@ -454,7 +455,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
         if let Some(c) = sw.cot.as_mut() {
             c.velocity
                 .iter_mut()
-                .for_each(|v| *v = Tensor::zeros(v.shape()));
+                .for_each(|v| v.data_mut().fill(F::zero()));
         }
         Ok(sw.finish())
     }

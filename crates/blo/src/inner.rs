@@ -117,6 +117,8 @@ pub struct InnerWorkspace<F: Float> {
     spare_cot: Option<Cotangent<F>>,
     /// An empty list with the capacity of the last sweep's kept states.
     spare_kept: Vec<(usize, State<F>)>,
+    /// An empty list with the capacity of the last checkpoint segment.
+    spare_segment: Vec<State<F>>,
 }
 
 /// The variables of one tensor list on a tape (θ or φ): inline up to 8.
@@ -226,6 +228,18 @@ impl<F: Float> InnerWorkspace<F> {
     pub(crate) fn put_kept(&mut self, mut kept: Vec<(usize, State<F>)>) {
         self.spare.extend(kept.drain(..).map(|(_, s)| s));
         self.spare_kept = kept;
+    }
+
+    /// An empty list for the states of a checkpoint segment (with the capacity
+    /// of the last one).
+    pub(crate) fn take_segment(&mut self) -> Vec<State<F>> {
+        std::mem::take(&mut self.spare_segment)
+    }
+
+    /// Hands back a segment list; its remaining states become spares.
+    pub(crate) fn put_segment(&mut self, mut seg: Vec<State<F>>) {
+        self.spare.append(&mut seg);
+        self.spare_segment = seg;
     }
 
     /// A zero cotangent shaped like `s`, in the spare cotangent's buffers.
