@@ -2,11 +2,11 @@
 //! tangents Z_j = dφ_j/dθ alongside the inner loop, one column per θ entry.
 
 use rand_chacha::ChaCha8Rng;
-use tape::{Float, Tensor};
+use tape::{Dual, Float, Tensor};
 
 use crate::error::BloError;
 use crate::estimator::{Estimate, Estimator, Stats};
-use crate::inner::{meta_sgd_steps, InnerWorkspace};
+use crate::inner::{meta_sgd_steps, tensors_finite, update, Adjoints, InnerWorkspace};
 use crate::problem::{InnerOptimizer, Problem};
 
 /// The hypergradient by forward mode: for each θ entry c (tangent θ̇ = e_c),
@@ -68,43 +68,45 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ForwardMode {
         stats.state_bytes_peak = bytes * stats.states_peak;
         for j in 1..=inner.steps {
             for c in 0..units.len() {
-                let out = ws.inner_hvp(problem, task, j, theta, &s.phi, &z[c], Some(&units[c]))?;
+                // H Ż + (∂²L/∂φ∂θ) θ̇ in `.d` and ∇_φL in `.v`, read in place
+                // from the tape (a structural zero reads as zeros).
+                let (t, _, ph, _) =
+                    ws.hvp_pass(problem, task, j, theta, &s.phi, &z[c], Some(&units[c]))?;
+                let on_phi: Adjoints<'_, Dual<F>> = ph.iter().map(|&v| t.grad_ref(v)).collect();
+                let zero = Dual::new(F::zero(), F::zero());
                 stats.hvps += 1;
                 match &inner.optimizer {
                     InnerOptimizer::Sgd { lr } => {
                         let a = F::from_f64(*lr);
-                        for (zi, ti) in z[c].iter_mut().zip(&out.tangent_phi) {
-                            for (x, &t) in zi.data_mut().iter_mut().zip(ti.data()) {
-                                *x -= a * t;
-                            }
+                        for (zi, o) in z[c].iter_mut().zip(&on_phi) {
+                            update(zi.data_mut(), o.as_deref(), zero, |x, t| *x -= a * t.d);
                         }
                     }
                     InnerOptimizer::MetaSgd { lr_index } => {
-                        for (i, (zi, ti)) in z[c].iter_mut().zip(&out.tangent_phi).enumerate() {
-                            let alpha = meta_sgd_steps(theta, lr_index, i, ti);
+                        for (i, (zi, o)) in z[c].iter_mut().zip(&on_phi).enumerate() {
+                            let alpha = meta_sgd_steps(theta, lr_index, i, zi);
                             let adot = &units[c][lr_index[i]];
-                            let g = &out.grad_phi[i];
+                            let o = o.as_deref();
                             for k in 0..zi.numel() {
-                                let d =
-                                    alpha.data()[k] * ti.data()[k] + adot.data()[k] * g.data()[k];
+                                let (t, g) = o.map_or((zero.d, zero.v), |o| (o[k].d, o[k].v));
+                                let d = alpha.data()[k] * t + adot.data()[k] * g;
                                 zi.data_mut()[k] -= d;
                             }
                         }
                     }
                     InnerOptimizer::Momentum { lr, beta } => {
                         let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
-                        for ((zi, vi), ti) in z[c].iter_mut().zip(&mut zv[c]).zip(&out.tangent_phi)
-                        {
-                            for ((x, v), &t) in
-                                zi.data_mut().iter_mut().zip(vi.data_mut()).zip(ti.data())
-                            {
-                                *v = b * *v + t;
+                        for ((zi, vi), o) in z[c].iter_mut().zip(&mut zv[c]).zip(&on_phi) {
+                            let mut vi = vi.data_mut().iter_mut();
+                            update(zi.data_mut(), o.as_deref(), zero, |x, t| {
+                                let v = vi.next().expect("V̇ has Ż's shape");
+                                *v = b * *v + t.d;
                                 *x -= a * *v;
-                            }
+                            });
                         }
                     }
                 }
-                if !z[c].iter().all(|t| t.is_finite()) {
+                if !tensors_finite(&z[c]) {
                     return Err(crate::inner::non_finite("forward tangent", j));
                 }
             }

@@ -122,10 +122,10 @@ pub struct InnerWorkspace<F: Float> {
 }
 
 /// The variables of one tensor list on a tape (θ or φ): inline up to 8.
-type Vars<'t, T> = SmallVec<[Var<'t, T>; 8]>;
+pub(crate) type Vars<'t, T> = SmallVec<[Var<'t, T>; 8]>;
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
-type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 8]>;
+pub(crate) type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 8]>;
 
 pub(crate) fn non_finite(what: &'static str, step: usize) -> BloError {
     BloError::NonFinite {
@@ -143,7 +143,9 @@ fn all_finite<T: Real>(x: &[T]) -> bool {
 }
 
 /// Whether every element of every tensor is finite.
-fn tensors_finite<'a, T: Real + 'a>(ts: impl IntoIterator<Item = &'a Tensor<T>>) -> bool {
+pub(crate) fn tensors_finite<'a, T: Real + 'a>(
+    ts: impl IntoIterator<Item = &'a Tensor<T>>,
+) -> bool {
     ts.into_iter().all(|t| all_finite(t.data()))
 }
 
@@ -582,6 +584,38 @@ impl<F: Float> InnerWorkspace<F> {
         })
     }
 
+    /// The pass of [`InnerWorkspace::inner_hvp`] without copying its results
+    /// out: returns the dual tape, the θ and φ leaves (whose adjoints hold
+    /// ∇L_in in `.v` and the tangent products in `.d`; read them with
+    /// `Tape::grad_ref`, `None` meaning zeros) and L_in.
+    ///
+    /// # Errors
+    /// As [`InnerWorkspace::inner_hvp`].
+    #[track_caller]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub(crate) fn hvp_pass<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        j: usize,
+        theta: &[Tensor<F>],
+        phi: &[Tensor<F>],
+        v_phi: &[Tensor<F>],
+        v_theta: Option<&[Tensor<F>]>,
+    ) -> Result<(&Tape<Dual<F>>, Vars<'_, Dual<F>>, Vars<'_, Dual<F>>, F), BloError> {
+        let v_theta = v_theta.map_or(Tangent::Zero, Tangent::Tensors);
+        dual_pass(
+            &mut self.dual,
+            problem,
+            task,
+            j,
+            theta,
+            phi,
+            v_theta,
+            Tangent::Tensors(v_phi),
+        )
+    }
+
     /// One adjoint step: the VJP of the step j map S(θ, state_{j−1}) → state_j.
     /// Given ū_j on state_j (in `cot`), sets `cot` to ū_{j−1} and adds the θ part
     /// to `g_theta`. `prev` must be state_{j−1}. One pass of
@@ -856,7 +890,12 @@ fn dual_leaves<'t, F: Float>(
 /// `zero` everywhere, so the arithmetic (and a −0 + 0 = +0) is the same as on
 /// a buffer of zeros.
 #[inline]
-fn update<A, B: Copy>(a: &mut [A], b: Option<&[B]>, zero: B, mut f: impl FnMut(&mut A, B)) {
+pub(crate) fn update<A, B: Copy>(
+    a: &mut [A],
+    b: Option<&[B]>,
+    zero: B,
+    mut f: impl FnMut(&mut A, B),
+) {
     match b {
         Some(b) => {
             for (x, &y) in a.iter_mut().zip(b) {
