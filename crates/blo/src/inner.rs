@@ -484,6 +484,17 @@ impl<F: Float> InnerWorkspace<F> {
             phi0.len(),
             u.len()
         );
+        if phi0.len() == th.len() && phi0.iter().zip(&th).all(|(p, v)| p.index() == v.index()) {
+            // Φ_0 returned θ itself (MAML's default): the VJP is u. Added as
+            // 0 + u, the bits the sweep below would give (a fresh adjoint is
+            // zero, and 1·(1·u) = u).
+            for (g, ui) in g_theta.iter_mut().zip(u) {
+                for (x, &y) in g.data_mut().iter_mut().zip(ui.data()) {
+                    *x += F::zero() + y;
+                }
+            }
+            return;
+        }
         // s = Σ_i ⟨Φ_0,i(θ), u_i⟩, so ∇_θ s = (∂Φ_0/∂θ)ᵀ u.
         let mut s: Option<Var<'_, F>> = None;
         for (p, ui) in phi0.iter().zip(u) {

@@ -147,3 +147,80 @@ fn inner_hvp_gives_the_hessian_and_mixed_products() {
         assert!((out.grad_theta[0].data()[k] - g_theta).abs() < 1e-12);
     }
 }
+
+/// `TanhNet` with Φ_0(θ) = 1·θ: the same map as the identity, recorded as an
+/// op, so `initial_state_vjp` takes its general sweep instead of the
+/// identity shortcut.
+struct OneTimes(TanhNet);
+
+impl blo::Problem<f64> for OneTimes {
+    type Task = Wave;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.0.inner
+    }
+    fn inner_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        t: &'t tape::Tape<T>,
+        task: &Wave,
+        j: usize,
+        theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        self.0.inner_loss(t, task, j, theta, phi)
+    }
+    fn outer_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        t: &'t tape::Tape<T>,
+        task: &Wave,
+        theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        self.0.outer_loss(t, task, theta, phi)
+    }
+    fn initial_state<'t, T: tape::Real<Base = f64>>(
+        &self,
+        _t: &'t tape::Tape<T>,
+        _task: &Wave,
+        theta: &[tape::Var<'t, T>],
+    ) -> Vec<tape::Var<'t, T>> {
+        theta.iter().map(|v| v.mul_scalar(1.0)).collect()
+    }
+}
+
+/// When Φ_0 returns θ itself, `initial_state_vjp` adds u to ḡ_θ without a
+/// sweep; the bits equal the sweep's (checked against Φ_0 = 1·θ, with −0 in
+/// u and in ḡ_θ, where a careless `g += u` would differ in the sign of zero).
+#[test]
+fn identity_initial_state_vjp_matches_the_sweep() {
+    let net = TanhNet {
+        inner: InnerLoop::sgd(3, 0.3).unwrap(),
+        hidden: 4,
+        meta_sgd: false,
+    };
+    let task = Wave {
+        amp: 0.9,
+        phase: 0.2,
+    };
+    let theta = net.theta(3);
+    let mut u = like(&theta, 0.61);
+    let mut g0 = like(&theta, 0.29);
+    for (k, (ui, gi)) in u.iter_mut().zip(g0.iter_mut()).enumerate() {
+        ui.data_mut()[0] = -0.0;
+        gi.data_mut()[0] = -0.0;
+        ui.data_mut()[1] = -0.0;
+        gi.data_mut()[1] = 0.5 + k as f64;
+    }
+    let mut ws = InnerWorkspace::new();
+    let (mut fast, mut swept) = (g0.clone(), g0.clone());
+    ws.initial_state_vjp(&net, &task, &theta, &u, &mut fast);
+    let general = OneTimes(net);
+    ws.initial_state_vjp(&general, &task, &theta, &u, &mut swept);
+    for (a, b) in fast.iter().zip(&swept) {
+        for (x, y) in a.data().iter().zip(b.data()) {
+            assert_eq!(x.to_bits(), y.to_bits(), "{x} vs {y}");
+        }
+    }
+    // And the value: ḡ_θ + u.
+    assert_eq!(fast[0].data()[2], g0[0].data()[2] + u[0].data()[2]);
+    assert_eq!(fast[0].data()[0].to_bits(), 0.0f64.to_bits()); // −0 + (0 + −0) = +0
+}
