@@ -193,6 +193,9 @@ where
             .tasks
             .par_iter()
             .enumerate()
+            // One task per job: a long task (UFO's exact branch) never holds
+            // queued tasks hostage, the other thread steals them.
+            .with_max_len(1)
             .map(|(i, task)| {
                 let t0 = time_tasks.then(Instant::now);
                 let mut rng = ChaCha8Rng::seed_from_u64((call << 16) | i as u64);

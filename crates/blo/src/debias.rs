@@ -263,21 +263,6 @@ impl Debiased<ReptileFirstOrder, ReptileExact> {
     }
 }
 
-fn sq_dist<F: Float>(a: &[Tensor<F>], b: &[Tensor<F>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .flat_map(|(x, y)| x.data().iter().zip(y.data()))
-        .map(|(&x, &y)| (x.to_f64() - y.to_f64()).powi(2))
-        .sum()
-}
-
-fn sq_norm<F: Float>(a: &[Tensor<F>]) -> f64 {
-    a.iter()
-        .flat_map(|x| x.data())
-        .map(|&x| x.to_f64().powi(2))
-        .sum()
-}
-
 impl<F, P, S, E> Estimator<F, P> for Debiased<S, E>
 where
     F: Float,
@@ -305,21 +290,27 @@ where
         est.stats.coins += 1;
         if xi {
             let ex = self.exact.estimate(problem, task, theta, &mut rng_exact)?;
-            sample.diff_sq = Some(sq_dist(&est.grad, &ex.grad));
-            sample.exact_sq = Some(sq_norm(&ex.grad));
+            // One pass over both gradients: ‖g_S − g_E‖², ‖g_E‖² (in f64) and
+            // the reweighted g_S + (e − s)/q, written over g_S in place.
+            let w = F::from_f64(1.0 / q);
+            let (mut diff_sq, mut exact_sq) = (0.0f64, 0.0f64);
+            for (gs, ge) in est.grad.iter_mut().zip(&ex.grad) {
+                for (s, &e) in gs.data_mut().iter_mut().zip(ge.data()) {
+                    diff_sq += (s.to_f64() - e.to_f64()).powi(2);
+                    exact_sq += e.to_f64().powi(2);
+                    if q < 1.0 {
+                        *s = *s + w * (e - *s);
+                    }
+                }
+            }
+            sample.diff_sq = Some(diff_sq);
+            sample.exact_sq = Some(exact_sq);
             sample.exact_cost = Some(ex.stats.cost());
             est.stats.add(&ex.stats);
             est.stats.exact_branches += 1;
-            est.grad = if q >= 1.0 {
-                ex.grad
-            } else {
-                let w = F::from_f64(1.0 / q);
-                est.grad
-                    .iter()
-                    .zip(&ex.grad)
-                    .map(|(s, e)| zip_map(s, e, |s, e| s + w * (e - s)))
-                    .collect()
-            };
+            if q >= 1.0 {
+                est.grad = ex.grad;
+            }
         }
         est.stats.debias = Some(sample);
         Ok(est)

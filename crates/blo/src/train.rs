@@ -1004,6 +1004,10 @@ where
 {
     (0..b)
         .into_par_iter()
+        // One task per job, so a long task (UFO's exact branch) never holds
+        // queued tasks back: idle threads steal them. Results are collected in
+        // task order, so this changes no numbers.
+        .with_max_len(1)
         .map(|i| {
             let task = sampler.sample(&mut task_rng(seed, k, i, Stream::Sampler));
             let mut rng = task_rng(seed, k, i, Stream::Estimator);
