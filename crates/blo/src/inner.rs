@@ -555,17 +555,7 @@ impl<F: Float> InnerWorkspace<F> {
         v_phi: &[Tensor<F>],
         v_theta: Option<&[Tensor<F>]>,
     ) -> Result<InnerHvp<F>, BloError> {
-        let v_theta = v_theta.map_or(Tangent::Zero, Tangent::Tensors);
-        let (t, th, ph, loss) = dual_pass(
-            &mut self.dual,
-            problem,
-            task,
-            j,
-            theta,
-            phi,
-            v_theta,
-            Tangent::Tensors(v_phi),
-        )?;
+        let (t, th, ph, loss) = self.hvp_pass(problem, task, j, theta, phi, v_phi, v_theta)?;
         let split = |vars: &[Var<'_, Dual<F>>]| {
             let mut g = Vec::with_capacity(vars.len());
             let mut d = Vec::with_capacity(vars.len());

@@ -44,9 +44,11 @@ pub(crate) fn dual<E: Lane>(
 
 /// A right operand with strided columns is first copied into a contiguous
 /// stack buffer of at most this many elements (32 KiB of `Dual<f64>`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PACK: usize = 2048;
 
 /// Copies a `k × n` view row-major into `buf` and returns the packed slice.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [std::mem::MaybeUninit<T>]) -> &'b [T] {
     let (k, n) = (b.rows, b.cols);
     for l in 0..k {
@@ -139,134 +141,190 @@ mod imp {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    // SAFETY (for every method below): the caller runs on a CPU with AVX-512F
-    // (checked once per product in `real`/`dual`), and passes pointers valid for
-    // the lanes in the mask.
-    impl Lane for f32 {
-        type V = __m512;
-        type M = __mmask16;
-        const N: usize = 16;
-        #[inline(always)]
-        fn mask(count: usize) -> __mmask16 {
-            if count >= 16 {
-                !0
-            } else {
-                (1u16 << count) - 1
+    /// `impl Lane` for one float type: its vector and mask types, lanes, and
+    /// the AVX-512F intrinsics of that width, plus the permutation indices that
+    /// split interleaved pairs (`even`, `odd`) and join them (`lo`, `hi`).
+    ///
+    /// SAFETY (for every method): the caller runs on a CPU with AVX-512F
+    /// (checked once per product in `real`/`dual`), and passes pointers valid
+    /// for the lanes in the mask.
+    macro_rules! impl_lane {
+        ($t:ty, $v:ty, $m:ty, $n:literal, $zero:ident, $set1:ident, $load:ident,
+         $store:ident, $add:ident, $mul:ident, $perm:ident, $setr:ident,
+         even $even:tt, odd $odd:tt, lo $lo:tt, hi $hi:tt) => {
+            impl Lane for $t {
+                type V = $v;
+                type M = $m;
+                const N: usize = $n;
+                #[inline(always)]
+                fn mask(count: usize) -> $m {
+                    if count >= $n {
+                        !0
+                    } else {
+                        ((1 as $m) << count) - 1
+                    }
+                }
+                #[inline(always)]
+                unsafe fn vzero() -> $v {
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn vsplat(x: $t) -> $v {
+                    unsafe { $set1(x) }
+                }
+                #[inline(always)]
+                unsafe fn vload(p: *const $t, m: $m) -> $v {
+                    unsafe { $load(m, p) }
+                }
+                #[inline(always)]
+                unsafe fn vstore(p: *mut $t, v: $v, m: $m) {
+                    unsafe { $store(p, m, v) }
+                }
+                #[inline(always)]
+                unsafe fn vadd(a: $v, b: $v) -> $v {
+                    unsafe { $add(a, b) }
+                }
+                #[inline(always)]
+                unsafe fn vmul(a: $v, b: $v) -> $v {
+                    unsafe { $mul(a, b) }
+                }
+                #[inline(always)]
+                unsafe fn vdeinterleave(lo: $v, hi: $v) -> ($v, $v) {
+                    unsafe { ($perm(lo, $setr $even, hi), $perm(lo, $setr $odd, hi)) }
+                }
+                #[inline(always)]
+                unsafe fn vinterleave(v: $v, d: $v) -> ($v, $v) {
+                    unsafe { ($perm(v, $setr $lo, d), $perm(v, $setr $hi, d)) }
+                }
             }
-        }
-        #[inline(always)]
-        unsafe fn vzero() -> __m512 {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn vsplat(x: f32) -> __m512 {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn vload(p: *const f32, m: __mmask16) -> __m512 {
-            unsafe { _mm512_maskz_loadu_ps(m, p) }
-        }
-        #[inline(always)]
-        unsafe fn vstore(p: *mut f32, v: __m512, m: __mmask16) {
-            unsafe { _mm512_mask_storeu_ps(p, m, v) }
-        }
-        #[inline(always)]
-        unsafe fn vadd(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn vmul(a: __m512, b: __m512) -> __m512 {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn vdeinterleave(lo: __m512, hi: __m512) -> (__m512, __m512) {
-            unsafe {
-                let even =
-                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-                let odd =
-                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-                (
-                    _mm512_permutex2var_ps(lo, even, hi),
-                    _mm512_permutex2var_ps(lo, odd, hi),
-                )
+        };
+    }
+
+    impl_lane!(
+        f32,
+        __m512,
+        __mmask16,
+        16,
+        _mm512_setzero_ps,
+        _mm512_set1_ps,
+        _mm512_maskz_loadu_ps,
+        _mm512_mask_storeu_ps,
+        _mm512_add_ps,
+        _mm512_mul_ps,
+        _mm512_permutex2var_ps,
+        _mm512_setr_epi32,
+        even(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+        odd(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+        lo(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+        hi(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+    );
+    impl_lane!(
+        f64,
+        __m512d,
+        __mmask8,
+        8,
+        _mm512_setzero_pd,
+        _mm512_set1_pd,
+        _mm512_maskz_loadu_pd,
+        _mm512_mask_storeu_pd,
+        _mm512_add_pd,
+        _mm512_mul_pd,
+        _mm512_permutex2var_pd,
+        _mm512_setr_epi64,
+        even(0, 2, 4, 6, 8, 10, 12, 14),
+        odd(1, 3, 5, 7, 9, 11, 13, 15),
+        lo(0, 8, 1, 9, 2, 10, 3, 11),
+        hi(4, 12, 5, 13, 6, 14, 7, 15)
+    );
+
+    /// Columns of `C` per register panel: four vectors.
+    const NV_MAX: usize = 4;
+
+    /// Walks C in register panels: vector columns `v0..v0 + nv` (nv ≤ NV_MAX)
+    /// by row blocks `i..i + mr` (mr ≤ `mr_max(nv)`), calling
+    /// `panel(mr, nv, i, v0)` for each.
+    #[inline(always)]
+    fn for_panels(
+        m: usize,
+        vectors: usize,
+        mr_max: impl Fn(usize) -> usize,
+        mut panel: impl FnMut(usize, usize, usize, usize),
+    ) {
+        let mut v0 = 0;
+        while v0 < vectors {
+            let nv = (vectors - v0).min(NV_MAX);
+            let mut i = 0;
+            while i < m {
+                let mr = (m - i).min(mr_max(nv));
+                panel(mr, nv, i, v0);
+                i += mr;
             }
-        }
-        #[inline(always)]
-        unsafe fn vinterleave(v: __m512, d: __m512) -> (__m512, __m512) {
-            unsafe {
-                let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-                let hi =
-                    _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-                (
-                    _mm512_permutex2var_ps(v, lo, d),
-                    _mm512_permutex2var_ps(v, hi, d),
-                )
-            }
+            v0 += nv;
         }
     }
 
-    impl Lane for f64 {
-        type V = __m512d;
-        type M = __mmask8;
-        const N: usize = 8;
-        #[inline(always)]
-        fn mask(count: usize) -> __mmask8 {
-            if count >= 8 {
-                !0
-            } else {
-                (1u8 << count) - 1
+    /// Calls a panel kernel with its const sizes chosen from run-time ones:
+    /// `dispatch!(f::<E>, nv, (args))` → `f::<E, NV>(args)`, and
+    /// `dispatch!(f::<E>, mr, nv, (args))` → `f::<E, MR, NV>(args)` (sizes 1..=4;
+    /// larger values clamp to 4).
+    macro_rules! dispatch {
+        ($f:ident::<$e:ty>, $nv:expr, $args:tt) => {
+            match $nv {
+                1 => dispatch!(@call $f::<$e, 1>, $args),
+                2 => dispatch!(@call $f::<$e, 2>, $args),
+                3 => dispatch!(@call $f::<$e, 3>, $args),
+                _ => dispatch!(@call $f::<$e, 4>, $args),
             }
-        }
-        #[inline(always)]
-        unsafe fn vzero() -> __m512d {
-            unsafe { _mm512_setzero_pd() }
-        }
-        #[inline(always)]
-        unsafe fn vsplat(x: f64) -> __m512d {
-            unsafe { _mm512_set1_pd(x) }
-        }
-        #[inline(always)]
-        unsafe fn vload(p: *const f64, m: __mmask8) -> __m512d {
-            unsafe { _mm512_maskz_loadu_pd(m, p) }
-        }
-        #[inline(always)]
-        unsafe fn vstore(p: *mut f64, v: __m512d, m: __mmask8) {
-            unsafe { _mm512_mask_storeu_pd(p, m, v) }
-        }
-        #[inline(always)]
-        unsafe fn vadd(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_add_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn vmul(a: __m512d, b: __m512d) -> __m512d {
-            unsafe { _mm512_mul_pd(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn vdeinterleave(lo: __m512d, hi: __m512d) -> (__m512d, __m512d) {
-            unsafe {
-                let even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
-                let odd = _mm512_setr_epi64(1, 3, 5, 7, 9, 11, 13, 15);
-                (
-                    _mm512_permutex2var_pd(lo, even, hi),
-                    _mm512_permutex2var_pd(lo, odd, hi),
-                )
+        };
+        ($f:ident::<$e:ty>, $mr:expr, $nv:expr, $args:tt) => {
+            match $mr {
+                1 => dispatch!($f::<$e, 1>, $nv, $args),
+                2 => dispatch!($f::<$e, 2>, $nv, $args),
+                3 => dispatch!($f::<$e, 3>, $nv, $args),
+                _ => dispatch!($f::<$e, 4>, $nv, $args),
             }
-        }
-        #[inline(always)]
-        unsafe fn vinterleave(v: __m512d, d: __m512d) -> (__m512d, __m512d) {
-            unsafe {
-                let lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
-                let hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
-                (
-                    _mm512_permutex2var_pd(v, lo, d),
-                    _mm512_permutex2var_pd(v, hi, d),
-                )
+        };
+        ($f:ident::<$e:ty, $a:literal>, $nv:expr, $args:tt) => {
+            match $nv {
+                1 => dispatch!(@call $f::<$e, $a, 1>, $args),
+                2 => dispatch!(@call $f::<$e, $a, 2>, $args),
+                3 => dispatch!(@call $f::<$e, $a, 3>, $args),
+                _ => dispatch!(@call $f::<$e, $a, 4>, $args),
             }
-        }
+        };
+        (@call $f:ident::<$($g:tt),*>, ($($arg:expr),*)) => {
+            $f::<$($g),*>($($arg),*)
+        };
     }
 
     fn has_avx512() -> bool {
         std::is_x86_feature_detected!("avx512f")
+    }
+
+    /// Where a small product's operands are read from: down the columns of A
+    /// (`n = 1`: `A[i, l] = p[i + l·s]`), or along the rows of B
+    /// (`B[l, j] = p[l·s + j]`). Either is the operand's own buffer or a copy
+    /// packed into the caller's stack buffer.
+    enum Layout<T> {
+        Columns(*const T, usize),
+        Rows(*const T, usize),
+    }
+
+    fn layout<T: Copy>(
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+        buf: &mut [MaybeUninit<T>],
+    ) -> Option<Layout<T>> {
+        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
+            let (at, ats) = columns(a, buf);
+            Some(Layout::Columns(at, ats))
+        } else if b.cs == 1 || b.cols == 1 {
+            Some(Layout::Rows(b.data.as_ptr(), b.rs))
+        } else if b.rows * b.cols <= PACK {
+            Some(Layout::Rows(pack_t(b, buf).as_ptr(), b.cols))
+        } else {
+            None
+        }
     }
 
     pub(super) fn real<E: Lane>(
@@ -276,30 +334,19 @@ mod imp {
         beta: E,
         c: &mut [E],
     ) -> bool {
-        if !has_avx512() {
-            return false;
-        }
         let mut buf = [MaybeUninit::<E>::uninit(); PACK];
-        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
-            let (at, ats) = columns(a, &mut buf);
-            // SAFETY: AVX-512F is present; column l of A is the a.rows
-            // contiguous elements from at + l·ats (A's own buffer, whose bounds
-            // `gemm` checked, or the packed Aᵀ), B's k elements are b.data[l·b.rs],
-            // and `c` holds a.rows elements.
-            unsafe { real_col_avx512(alpha, at, ats, a.rows, a.cols, b, beta, c) };
-            return true;
-        }
-        let (bp, brs) = if b.cs == 1 || b.cols == 1 {
-            (b.data.as_ptr(), b.rs)
-        } else if b.rows * b.cols <= PACK {
-            (pack_t(b, &mut buf).as_ptr(), b.cols)
-        } else {
+        let Some(layout) = has_avx512().then(|| layout(a, b, &mut buf)).flatten() else {
             return false;
         };
         // SAFETY: AVX-512F is present; `gemm` checked that every (i, l) of A
-        // and (l, j) of B lies in its buffer (a packed B is a dense k × n
-        // buffer with row stride n), and `c` holds exactly m × n elements.
-        unsafe { real_avx512(alpha, a, bp, brs, b.cols, beta, c) };
+        // and (l, j) of B lies in its buffer (a packed operand is a dense
+        // buffer with the stride given), and `c` holds exactly m × n elements.
+        unsafe {
+            match layout {
+                Layout::Columns(at, s) => real_col_avx512(alpha, at, s, a.rows, a.cols, b, beta, c),
+                Layout::Rows(bp, s) => real_avx512(alpha, a, bp, s, b.cols, beta, c),
+            }
+        }
         true
     }
 
@@ -310,26 +357,18 @@ mod imp {
         beta: E,
         c: &mut [Dual<E>],
     ) -> bool {
-        if !has_avx512() {
-            return false;
-        }
         let mut buf = [MaybeUninit::<Dual<E>>::uninit(); PACK];
-        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
-            let (at, ats) = columns(a, &mut buf);
-            // SAFETY: as in `real`.
-            unsafe { dual_col_avx512(alpha, at, ats, a.rows, a.cols, b, beta, c) };
-            return true;
-        }
-        let (bp, brs) = if b.cs == 1 || b.cols == 1 {
-            (b.data.as_ptr(), b.rs)
-        } else if b.rows * b.cols <= PACK {
-            (pack_t(b, &mut buf).as_ptr(), b.cols)
-        } else {
+        let Some(layout) = has_avx512().then(|| layout(a, b, &mut buf)).flatten() else {
             return false;
         };
-        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`), so row l of
-        // B is the 2n contiguous `E`s from `bp + l·brs`.
-        unsafe { dual_avx512(alpha, a, bp, brs, b.cols, beta, c) };
+        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`), so a run
+        // of duals is twice as many contiguous `E`s.
+        unsafe {
+            match layout {
+                Layout::Columns(at, s) => dual_col_avx512(alpha, at, s, a.rows, a.cols, b, beta, c),
+                Layout::Rows(bp, s) => dual_avx512(alpha, a, bp, s, b.cols, beta, c),
+            }
+        }
         true
     }
 
@@ -357,111 +396,121 @@ mod imp {
         }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n.
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
         // SAFETY: see `pack_t`.
+        unsafe { transpose_tiles::<f32, 16>(src, cs, k, n, dst, |r| tile_32(&r)) }
+    }
+
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
+        // SAFETY: see `pack_t`.
+        unsafe { transpose_tiles::<f64, 8>(src, cs, k, n, dst, |r| tile_64(&r)) }
+    }
+
+    /// The tiles of a transpose: T rows of `src` (T = E::N lanes each, masked
+    /// at the edges) go through `tile`, which returns the T columns.
+    #[inline(always)]
+    unsafe fn transpose_tiles<E: Lane, const T: usize>(
+        src: *const E,
+        cs: usize,
+        k: usize,
+        n: usize,
+        dst: *mut E,
+        tile: impl Fn([E::V; T]) -> [E::V; T],
+    ) {
+        // SAFETY: see `pack_t`; the masks keep loads below column k of each
+        // source row and stores below column n of each destination row.
         unsafe {
-            for j0 in (0..n).step_by(16) {
-                let jm = <f32 as Lane>::mask(n - j0);
-                for l0 in (0..k).step_by(16) {
-                    let lm = <f32 as Lane>::mask(k - l0);
-                    let r: [__m512; 16] = std::array::from_fn(|t| {
+            for j0 in (0..n).step_by(T) {
+                let jm = E::mask(n - j0);
+                for l0 in (0..k).step_by(T) {
+                    let lm = E::mask(k - l0);
+                    let rows: [E::V; T] = std::array::from_fn(|t| {
                         if j0 + t < n {
-                            _mm512_maskz_loadu_ps(lm, src.add((j0 + t) * cs + l0))
+                            E::vload(src.add((j0 + t) * cs + l0), lm)
                         } else {
-                            _mm512_setzero_ps()
+                            E::vzero()
                         }
                     });
-                    // Pairs of rows, then pairs of pairs (as 64-bit), then the
-                    // 128-bit lanes as a 4 × 4 transpose: b[4q + c] lane L holds
-                    // rows 4q..4q+4 of column 4L + c.
-                    let a: [__m512; 16] = std::array::from_fn(|i| {
-                        let (x, y) = (r[i & !1], r[i | 1]);
-                        if i % 2 == 0 {
-                            _mm512_unpacklo_ps(x, y)
-                        } else {
-                            _mm512_unpackhi_ps(x, y)
-                        }
-                    });
-                    let bq: [__m512; 16] = std::array::from_fn(|i| {
-                        let (q, c) = (i / 4, i % 4);
-                        let (x, y) = (
-                            _mm512_castps_pd(a[4 * q + c / 2]),
-                            _mm512_castps_pd(a[4 * q + 2 + c / 2]),
-                        );
-                        _mm512_castpd_ps(if c % 2 == 0 {
-                            _mm512_unpacklo_pd(x, y)
-                        } else {
-                            _mm512_unpackhi_pd(x, y)
-                        })
-                    });
-                    for c in 0..4 {
-                        let s0 = _mm512_shuffle_f32x4::<0x88>(bq[c], bq[4 + c]);
-                        let s1 = _mm512_shuffle_f32x4::<0xDD>(bq[c], bq[4 + c]);
-                        let s2 = _mm512_shuffle_f32x4::<0x88>(bq[8 + c], bq[12 + c]);
-                        let s3 = _mm512_shuffle_f32x4::<0xDD>(bq[8 + c], bq[12 + c]);
-                        let cols = [
-                            (c, _mm512_shuffle_f32x4::<0x88>(s0, s2)),
-                            (8 + c, _mm512_shuffle_f32x4::<0xDD>(s0, s2)),
-                            (4 + c, _mm512_shuffle_f32x4::<0x88>(s1, s3)),
-                            (12 + c, _mm512_shuffle_f32x4::<0xDD>(s1, s3)),
-                        ];
-                        for (s, v) in cols {
-                            if l0 + s < k {
-                                _mm512_mask_storeu_ps(dst.add((l0 + s) * n + j0), jm, v);
-                            }
-                        }
+                    for (s, col) in tile(rows).into_iter().enumerate().take(k - l0) {
+                        E::vstore(dst.add((l0 + s) * n + j0), col, jm);
                     }
                 }
             }
         }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 64-bit elements.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
-        // SAFETY: see `pack_t`.
+    /// A 16 × 16 transpose of 32-bit lanes: pairs of rows, then pairs of pairs
+    /// (as 64-bit), then the 128-bit lanes as a 4 × 4 transpose (b[4q + c]
+    /// lane L holds rows 4q..4q+4 of column 4L + c).
+    #[inline(always)]
+    unsafe fn tile_32(r: &[__m512; 16]) -> [__m512; 16] {
+        // SAFETY: register shuffles only (AVX-512F, see `transpose_32`).
         unsafe {
-            for j0 in (0..n).step_by(8) {
-                let jm = <f64 as Lane>::mask(n - j0);
-                for l0 in (0..k).step_by(8) {
-                    let lm = <f64 as Lane>::mask(k - l0);
-                    let r: [__m512d; 8] = std::array::from_fn(|t| {
-                        if j0 + t < n {
-                            _mm512_maskz_loadu_pd(lm, src.add((j0 + t) * cs + l0))
-                        } else {
-                            _mm512_setzero_pd()
-                        }
-                    });
-                    // t[2p] lane L = rows (2p, 2p+1) of column 2L, t[2p+1] of 2L+1.
-                    let t: [__m512d; 8] = std::array::from_fn(|i| {
-                        let (x, y) = (r[i & !1], r[i | 1]);
-                        if i % 2 == 0 {
-                            _mm512_unpacklo_pd(x, y)
-                        } else {
-                            _mm512_unpackhi_pd(x, y)
-                        }
-                    });
-                    // u[4h + 2e + o]: rows 4h..4h+4 of columns (2·{0,2}+o) or (2·{1,3}+o).
-                    let mut cols = [_mm512_setzero_pd(); 8];
-                    for o in 0..2 {
-                        let u0 = _mm512_shuffle_f64x2::<0x88>(t[o], t[2 + o]);
-                        let u1 = _mm512_shuffle_f64x2::<0xDD>(t[o], t[2 + o]);
-                        let u4 = _mm512_shuffle_f64x2::<0x88>(t[4 + o], t[6 + o]);
-                        let u5 = _mm512_shuffle_f64x2::<0xDD>(t[4 + o], t[6 + o]);
-                        cols[o] = _mm512_shuffle_f64x2::<0x88>(u0, u4);
-                        cols[4 + o] = _mm512_shuffle_f64x2::<0xDD>(u0, u4);
-                        cols[2 + o] = _mm512_shuffle_f64x2::<0x88>(u1, u5);
-                        cols[6 + o] = _mm512_shuffle_f64x2::<0xDD>(u1, u5);
-                    }
-                    for (s, &v) in cols.iter().enumerate() {
-                        if l0 + s < k {
-                            _mm512_mask_storeu_pd(dst.add((l0 + s) * n + j0), jm, v);
-                        }
-                    }
+            let a: [__m512; 16] = std::array::from_fn(|i| {
+                let (x, y) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(x, y)
+                } else {
+                    _mm512_unpackhi_ps(x, y)
                 }
+            });
+            let bq: [__m512; 16] = std::array::from_fn(|i| {
+                let (q, c) = (i / 4, i % 4);
+                let (x, y) = (
+                    _mm512_castps_pd(a[4 * q + c / 2]),
+                    _mm512_castps_pd(a[4 * q + 2 + c / 2]),
+                );
+                _mm512_castpd_ps(if c % 2 == 0 {
+                    _mm512_unpacklo_pd(x, y)
+                } else {
+                    _mm512_unpackhi_pd(x, y)
+                })
+            });
+            let mut cols = [_mm512_setzero_ps(); 16];
+            for c in 0..4 {
+                let s0 = _mm512_shuffle_f32x4::<0x88>(bq[c], bq[4 + c]);
+                let s1 = _mm512_shuffle_f32x4::<0xDD>(bq[c], bq[4 + c]);
+                let s2 = _mm512_shuffle_f32x4::<0x88>(bq[8 + c], bq[12 + c]);
+                let s3 = _mm512_shuffle_f32x4::<0xDD>(bq[8 + c], bq[12 + c]);
+                cols[c] = _mm512_shuffle_f32x4::<0x88>(s0, s2);
+                cols[8 + c] = _mm512_shuffle_f32x4::<0xDD>(s0, s2);
+                cols[4 + c] = _mm512_shuffle_f32x4::<0x88>(s1, s3);
+                cols[12 + c] = _mm512_shuffle_f32x4::<0xDD>(s1, s3);
             }
+            cols
+        }
+    }
+
+    /// An 8 × 8 transpose of 64-bit lanes: pairs of rows (t[2p] lane L = rows
+    /// 2p, 2p+1 of column 2L; t[2p+1] of 2L+1), then the 128-bit lanes.
+    #[inline(always)]
+    unsafe fn tile_64(r: &[__m512d; 8]) -> [__m512d; 8] {
+        // SAFETY: register shuffles only (AVX-512F, see `transpose_64`).
+        unsafe {
+            let t: [__m512d; 8] = std::array::from_fn(|i| {
+                let (x, y) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_pd(x, y)
+                } else {
+                    _mm512_unpackhi_pd(x, y)
+                }
+            });
+            let mut cols = [_mm512_setzero_pd(); 8];
+            for o in 0..2 {
+                let u0 = _mm512_shuffle_f64x2::<0x88>(t[o], t[2 + o]);
+                let u1 = _mm512_shuffle_f64x2::<0xDD>(t[o], t[2 + o]);
+                let u4 = _mm512_shuffle_f64x2::<0x88>(t[4 + o], t[6 + o]);
+                let u5 = _mm512_shuffle_f64x2::<0xDD>(t[4 + o], t[6 + o]);
+                cols[o] = _mm512_shuffle_f64x2::<0x88>(u0, u4);
+                cols[4 + o] = _mm512_shuffle_f64x2::<0xDD>(u0, u4);
+                cols[2 + o] = _mm512_shuffle_f64x2::<0x88>(u1, u5);
+                cols[6 + o] = _mm512_shuffle_f64x2::<0xDD>(u1, u5);
+            }
+            cols
         }
     }
 
@@ -490,21 +539,19 @@ mod imp {
         beta: E,
         c: &mut [E],
     ) {
-        let vectors = m.div_ceil(E::N);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let nv = (vectors - v0).min(NV_MAX);
-            // SAFETY: forwarded; the panel covers rows v0·N..(v0 + nv)·N ∧ < m.
-            unsafe {
-                match nv {
-                    4 => real_col::<E, 4>(alpha, at, ats, m, k, b, beta, c, v0),
-                    3 => real_col::<E, 3>(alpha, at, ats, m, k, b, beta, c, v0),
-                    2 => real_col::<E, 2>(alpha, at, ats, m, k, b, beta, c, v0),
-                    _ => real_col::<E, 1>(alpha, at, ats, m, k, b, beta, c, v0),
-                }
-            }
-            v0 += nv;
-        }
+        // SAFETY: forwarded; each panel covers rows v0·N..(v0 + nv)·N, < m.
+        for_panels(
+            1,
+            m.div_ceil(E::N),
+            |_| 1,
+            |_, nv, _, v0| unsafe {
+                dispatch!(
+                    real_col::<E>,
+                    nv,
+                    (alpha, at, ats, m, k, b, beta, &mut *c, v0)
+                )
+            },
+        );
     }
 
     #[inline(always)]
@@ -560,21 +607,19 @@ mod imp {
         beta: E,
         c: &mut [Dual<E>],
     ) {
-        let vectors = m.div_ceil(E::N);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let nv = (vectors - v0).min(NV_MAX);
-            // SAFETY: forwarded, as in `real_col_avx512`.
-            unsafe {
-                match nv {
-                    4 => dual_col::<E, 4>(alpha, at, ats, m, k, b, beta, c, v0),
-                    3 => dual_col::<E, 3>(alpha, at, ats, m, k, b, beta, c, v0),
-                    2 => dual_col::<E, 2>(alpha, at, ats, m, k, b, beta, c, v0),
-                    _ => dual_col::<E, 1>(alpha, at, ats, m, k, b, beta, c, v0),
-                }
-            }
-            v0 += nv;
-        }
+        // SAFETY: forwarded, as in `real_col_avx512`.
+        for_panels(
+            1,
+            m.div_ceil(E::N),
+            |_| 1,
+            |_, nv, _, v0| unsafe {
+                dispatch!(
+                    dual_col::<E>,
+                    nv,
+                    (alpha, at, ats, m, k, b, beta, &mut *c, v0)
+                )
+            },
+        );
     }
 
     #[inline(always)]
@@ -633,9 +678,6 @@ mod imp {
         }
     }
 
-    /// Columns of `C` per register panel: four vectors.
-    const NV_MAX: usize = 4;
-
     #[target_feature(enable = "avx512f")]
     unsafe fn real_avx512<E: Lane>(
         alpha: E,
@@ -646,39 +688,21 @@ mod imp {
         beta: E,
         c: &mut [E],
     ) {
-        let vectors = n.div_ceil(E::N);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let nv = (vectors - v0).min(NV_MAX);
-            let mut i = 0;
-            while i < a.rows {
-                let mr = (a.rows - i).min(4);
-                // SAFETY: forwarded; the panel covers rows i..i+mr and vector
-                // columns v0..v0+nv, all inside C.
-                unsafe {
-                    match (mr, nv) {
-                        (4, 4) => real_panel::<E, 4, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (4, 3) => real_panel::<E, 4, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (4, 2) => real_panel::<E, 4, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (4, _) => real_panel::<E, 4, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, 4) => real_panel::<E, 3, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, 3) => real_panel::<E, 3, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, 2) => real_panel::<E, 3, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, _) => real_panel::<E, 3, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 4) => real_panel::<E, 2, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 3) => real_panel::<E, 2, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 2) => real_panel::<E, 2, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, _) => real_panel::<E, 2, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 4) => real_panel::<E, 1, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 3) => real_panel::<E, 1, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 2) => real_panel::<E, 1, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, _) => real_panel::<E, 1, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                    }
-                }
-                i += mr;
-            }
-            v0 += nv;
-        }
+        // SAFETY: forwarded; each panel covers rows i..i+mr and vector
+        // columns v0..v0+nv, all inside C.
+        for_panels(
+            a.rows,
+            n.div_ceil(E::N),
+            |_| 4,
+            |mr, nv, i, v0| unsafe {
+                dispatch!(
+                    real_panel::<E>,
+                    mr,
+                    nv,
+                    (alpha, a, b, brs, n, beta, &mut *c, i, v0)
+                )
+            },
+        );
     }
 
     /// Rows `i0..i0+MR` and vector columns `v0..v0+NV` of `C`.
@@ -738,34 +762,17 @@ mod imp {
         beta: E,
         c: &mut [Dual<E>],
     ) {
-        let vectors = n.div_ceil(E::N);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let nv = (vectors - v0).min(NV_MAX);
-            let mut i = 0;
-            while i < a.rows {
-                // Registers: 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32.
-                let mr = (a.rows - i).min(if nv <= 3 { 3 } else { 2 });
-                // SAFETY: forwarded, as in `real_avx512`.
-                unsafe {
-                    match (mr, nv) {
-                        (3, 3) => dual_panel::<E, 3, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, 2) => dual_panel::<E, 3, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (3, _) => dual_panel::<E, 3, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 4) => dual_panel::<E, 2, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 3) => dual_panel::<E, 2, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, 2) => dual_panel::<E, 2, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (2, _) => dual_panel::<E, 2, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 4) => dual_panel::<E, 1, 4>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 3) => dual_panel::<E, 1, 3>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, 2) => dual_panel::<E, 1, 2>(alpha, a, b, brs, n, beta, c, i, v0),
-                        (_, _) => dual_panel::<E, 1, 1>(alpha, a, b, brs, n, beta, c, i, v0),
-                    }
-                }
-                i += mr;
-            }
-            v0 += nv;
-        }
+        // Registers: 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32.
+        let mr_max = |nv: usize| if nv <= 3 { 3 } else { 2 };
+        // SAFETY: forwarded, as in `real_avx512`.
+        for_panels(a.rows, n.div_ceil(E::N), mr_max, |mr, nv, i, v0| unsafe {
+            dispatch!(
+                dual_panel::<E>,
+                mr,
+                nv,
+                (alpha, a, b, brs, n, beta, &mut *c, i, v0)
+            )
+        });
     }
 
     /// The dual panel: primal and tangent accumulators side by side; each
