@@ -165,11 +165,38 @@ fn small_gemm<T: Real>(
     if T::small_gemm_simd(alpha, a, b, beta, c) {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { portable_small_gemm_avx2(alpha, a, b, beta, c) };
+        return;
+    }
+    portable_small_gemm(alpha, a, b, beta, c);
+}
+
+/// The portable loop compiled for AVX2 (LLVM vectorises its row updates with
+/// 256-bit registers; without `fma` enabled and without fast-math it keeps
+/// every product and sum rounded on its own, so the bits are the loop's).
+/// For CPUs without the AVX-512 kernels.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn portable_small_gemm_avx2<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
     portable_small_gemm(alpha, a, b, beta, c);
 }
 
 /// The portable loop of [`small_gemm`]; the SIMD kernels (`simd.rs`) give the
-/// same bits.
+/// same bits. Always inlined, so [`portable_small_gemm_avx2`] compiles it with
+/// AVX2.
+#[inline(always)]
 fn portable_small_gemm<T: Real>(
     alpha: T::Base,
     a: MatRef<'_, T>,
@@ -177,7 +204,7 @@ fn portable_small_gemm<T: Real>(
     beta: T::Base,
     c: &mut [T],
 ) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let (k, n) = (a.cols, b.cols);
     if b.cs != 1 && k * n <= SMALL_GEMM_PACK {
         // A strided B (e.g. a transposed weight) is first copied row-major into
         // a stack buffer, so the row loop below runs on contiguous (vectorised)
@@ -194,9 +221,22 @@ fn portable_small_gemm<T: Real>(
         // values: B's view bound was checked by `gemm`), and MaybeUninit<T> has
         // the layout of T.
         let packed = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), k * n) };
-        portable_small_gemm(alpha, a, MatRef::row_major(packed, k, n), beta, c);
-        return;
+        row_loop(alpha, a, MatRef::row_major(packed, k, n), beta, c);
+    } else {
+        row_loop(alpha, a, b, beta, c);
     }
+}
+
+/// The row loop of [`portable_small_gemm`].
+#[inline(always)]
+fn row_loop<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let (alpha, beta_is_zero, beta) = (
         T::from_base(alpha),
         beta == <T::Base as Real>::zero(),
@@ -309,6 +349,15 @@ mod tests {
     /// portable loop, bit for bit, for one element type given as a closure
     /// building it from parts.
     fn simd_matches_portable<T: Real>(make: impl Fn(f64, f64) -> T, parts: impl Fn(T) -> Vec<f64>) {
+        matches_portable(gemm::<T>, make, parts);
+    }
+
+    /// [`simd_matches_portable`] for any implementation `run` of the product.
+    fn matches_portable<T: Real>(
+        run: impl Fn(T::Base, MatRef<'_, T>, MatRef<'_, T>, T::Base, &mut [T]),
+        make: impl Fn(f64, f64) -> T,
+        parts: impl Fn(T) -> Vec<f64>,
+    ) {
         let shapes = [
             (1, 1, 1),
             (10, 1, 40),
@@ -356,7 +405,7 @@ mod tests {
                         for beta in [T::Base::from_f64(0.0), beta] {
                             let mut got = c0.clone();
                             let mut want = c0.clone();
-                            gemm(alpha, av, bv, beta, &mut got);
+                            run(alpha, av, bv, beta, &mut got);
                             portable_small_gemm(alpha, av, bv, beta, &mut want);
                             for (idx, (&g, &w)) in got.iter().zip(&want).enumerate() {
                                 let ok =
@@ -388,6 +437,28 @@ mod tests {
             |x| vec![x.v as f64, x.d as f64],
         );
         simd_matches_portable(Dual::new, |x| vec![x.v, x.d]);
+    }
+
+    /// The portable loop compiled for AVX2 (the path of CPUs without AVX-512)
+    /// gives the loop's bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_build_of_the_portable_loop_is_bit_identical() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("note: this CPU has no AVX2; the AVX2 build is not exercised here");
+            return;
+        }
+        fn run<T: Real>(al: T::Base, a: MatRef<'_, T>, b: MatRef<'_, T>, be: T::Base, c: &mut [T]) {
+            // SAFETY: AVX2 was detected above.
+            unsafe { portable_small_gemm_avx2(al, a, b, be, c) }
+        }
+        matches_portable(run::<f32>, |v, _| v as f32, |x| vec![x as f64]);
+        matches_portable(run::<f64>, |v, _| v, |x| vec![x]);
+        matches_portable(
+            run::<Dual<f32>>,
+            |v, d| Dual::new(v as f32, d as f32),
+            |x| vec![x.v as f64, x.d as f64],
+        );
     }
 
     #[test]
