@@ -298,7 +298,9 @@ pub enum PlanError {
         at: usize,
     },
     /// The `Turn` comes after recomputation (the first sweep took more than r steps).
-    #[error("action {at}: turn after {steps} forward steps; the first sweep must be exactly r = {r}")]
+    #[error(
+        "action {at}: turn after {steps} forward steps; the first sweep must be exactly r = {r}"
+    )]
     TurnLate {
         /// Action index.
         at: usize,
@@ -320,10 +322,20 @@ pub enum PlanError {
     AdjointOrder {
         /// Action index.
         at: usize,
-        /// The step due next (lowest − 1 when all are done).
+        /// The step due next.
         expected: usize,
         /// The step found.
         found: usize,
+    },
+    /// An adjoint step below the plan's `lowest` (after all of its steps ran).
+    #[error("action {at}: adjoint step {step} below the plan's lowest adjoint step {lowest}")]
+    AdjointBelowLowest {
+        /// Action index.
+        at: usize,
+        /// The adjoint step.
+        step: usize,
+        /// The plan's lowest adjoint step.
+        lowest: usize,
     },
     /// The plan ends without a `Turn`.
     #[error("the plan has no turn")]
@@ -456,7 +468,10 @@ fn replay(
                 if !turned {
                     return Err(PlanError::AdjointBeforeTurn { at, step });
                 }
-                if step != next || step < lowest {
+                if next < lowest {
+                    return Err(PlanError::AdjointBelowLowest { at, step, lowest });
+                }
+                if step != next {
                     return Err(PlanError::AdjointOrder {
                         at,
                         expected: next,
@@ -491,9 +506,7 @@ fn replay(
     if next + 1 != lowest {
         return Err(PlanError::MissingAdjoints { next, lowest });
     }
-    let bufs: Vec<usize> = (0..buffers)
-        .filter(|&b| slots[b] != Slot::Free)
-        .collect();
+    let bufs: Vec<usize> = (0..buffers).filter(|&b| slots[b] != Slot::Free).collect();
     if !bufs.is_empty() {
         return Err(PlanError::Leaked { bufs });
     }
@@ -807,7 +820,9 @@ fn every_k(r: usize, k: usize) -> Plan {
         let base = if i == 0 {
             b.init()
         } else {
-            snaps.pop().expect("one snapshot per segment after the first")
+            snaps
+                .pop()
+                .expect("one snapshot per segment after the first")
         };
         seg.push(base);
         for p in start + 1..end {
@@ -845,9 +860,10 @@ pub fn plan(policy: Policy, r: usize) -> Plan {
         Policy::StoreAll => binomial(r, r.max(1)),
         Policy::Recompute => binomial(r, 1),
         Policy::Binomial { snapshots } => binomial(r, snapshots),
-        Policy::EveryK { .. } | Policy::Sqrt => {
-            every_k(r, policy.spacing(r).expect("EveryK and Sqrt have a spacing"))
-        }
+        Policy::EveryK { .. } | Policy::Sqrt => every_k(
+            r,
+            policy.spacing(r).expect("EveryK and Sqrt have a spacing"),
+        ),
     }
 }
 
