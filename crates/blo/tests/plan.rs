@@ -147,6 +147,12 @@ fn verify(p: &Plan, what: &str) -> blo::engine::plan::PlanCounts {
     assert_eq!(c.forward_steps, p.forward_steps(), "{what}");
     assert_eq!(c.peak, p.peak(), "{what}");
     assert_eq!(p.buffers(), p.peak(), "{what}: lowest-free allocation");
+    let (sweep, reversal) = p.split_at_turn();
+    assert!(matches!(sweep.last(), Some(Action::Turn { .. })), "{what}");
+    assert!(
+        !reversal.iter().any(|a| matches!(a, Action::Turn { .. })),
+        "{what}"
+    );
     c
 }
 
@@ -279,7 +285,11 @@ fn a_budget_gives_the_fastest_plan_that_fits() {
             assert_eq!(by_states, by_bytes);
             let c = verify(&by_states, &format!("budget r={r} s={s}"));
             assert!(c.peak <= s, "budget r={r} s={s}: peak {}", c.peak);
-            assert_eq!(c.forward_steps as u128, r as u128 + o.u[r][s]);
+            assert_eq!(
+                c.forward_steps as u128,
+                r as u128 + o.u[r][s],
+                "budget r={r} s={s}: forward steps vs the DP optimum"
+            );
             // No other plan that fits is faster.
             let others = [Policy::StoreAll, Policy::Recompute, Policy::Sqrt]
                 .into_iter()
@@ -337,6 +347,19 @@ fn long_unrolls_plan_fast_and_optimally() {
     if !cfg!(debug_assertions) {
         assert!(dt.as_secs_f64() < 0.5, "building took {dt:?}");
     }
+    for s in [1, 2, 3, 5, 100, 20_000] {
+        let t0 = Instant::now();
+        let p = plan(Policy::Binomial { snapshots: s }, r);
+        let dt = t0.elapsed();
+        eprintln!(
+            "binomial r={r} s={s}: {} forward steps, built in {dt:?}",
+            p.forward_steps()
+        );
+        assert_eq!(p.forward_steps() as u128, optimal_forward_steps(r, s));
+        if !cfg!(debug_assertions) {
+            assert!(dt.as_secs_f64() < 0.5, "building took {dt:?}");
+        }
+    }
     for s in [1, 2, 3] {
         let p = plan(Policy::Binomial { snapshots: s }, 2000);
         verify(&p, &format!("binomial r=2000 s={s}"));
@@ -362,6 +385,12 @@ fn mutated(p: &Plan, lowest: usize, f: impl FnOnce(&mut Vec<Action>)) -> Result<
     Plan::from_actions(p.r(), lowest, a)
 }
 
+/// The error `from_actions` gives for a modified copy of `p`'s actions.
+#[track_caller]
+fn broken(p: &Plan, lowest: usize, f: impl FnOnce(&mut Vec<Action>)) -> PlanError {
+    mutated(p, lowest, f).expect_err("the checker accepts a broken plan")
+}
+
 #[test]
 fn the_checker_catches_broken_plans() {
     let p = plan(Policy::Binomial { snapshots: 4 }, 20);
@@ -370,11 +399,11 @@ fn the_checker_catches_broken_plans() {
 
     // Two adjoint steps swapped.
     let (i, j) = (nth(&p, 3, is_adjoint), nth(&p, 4, is_adjoint));
-    let e = mutated(&p, 1, |a| a.swap(i, j)).unwrap_err();
+    let e = broken(&p, 1, |a| a.swap(i, j));
     assert!(matches!(e, PlanError::AdjointOrder { .. }), "{e}");
 
     // Only the adjoint steps' numbers swapped: each then finds the wrong state.
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         let (Action::Adjoint { step: si, .. }, Action::Adjoint { step: sj, .. }) = (a[i], a[j])
         else {
             unreachable!()
@@ -385,24 +414,21 @@ fn the_checker_catches_broken_plans() {
         if let Action::Adjoint { step, .. } = &mut a[j] {
             *step = si;
         }
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::AdjointOrder { .. }), "{e}");
 
     // An adjoint step dropped.
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         a.remove(i);
-    })
-    .unwrap_err();
+    });
     assert!(
         matches!(e, PlanError::AdjointOrder { expected, found, .. } if found + 1 == expected),
         "{e}"
     );
     let last = nth(&p, 19, is_adjoint);
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         a.remove(last);
-    })
-    .unwrap_err();
+    });
     assert!(
         matches!(e, PlanError::MissingAdjoints { next: 1, lowest: 1 }),
         "{e}"
@@ -413,19 +439,17 @@ fn the_checker_catches_broken_plans() {
     let k = (turn..p.actions().len())
         .find(|&k| matches!(p.actions()[k], Action::Advance { .. }))
         .unwrap();
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         if let Action::Advance { to, .. } = &mut a[k] {
             *to += 1;
         }
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::WrongState { .. }), "{e}");
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         if let Action::Advance { from, .. } = &mut a[k] {
             *from += 1;
         }
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::WrongState { .. }), "{e}");
 
     // A missing Free: the buffer is written again while held, or leaks.
@@ -433,57 +457,51 @@ fn the_checker_catches_broken_plans() {
         .filter(|&k| matches!(p.actions()[k], Action::Free { .. }))
         .collect();
     for &f in &frees {
-        let e = mutated(&p, 1, |a| {
+        let e = broken(&p, 1, |a| {
             a.remove(f);
-        })
-        .unwrap_err();
+        });
         assert!(
             matches!(e, PlanError::NotFree { .. } | PlanError::Leaked { .. }),
             "free {f}: {e}"
         );
     }
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         a.remove(*frees.last().unwrap());
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::Leaked { .. }), "{e}");
 
     // A Copy onto a held buffer.
     let c = nth(&p, 0, |a| matches!(a, Action::Copy { .. }));
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         if let Action::Copy { from, to } = &mut a[c] {
             *to = *from;
         }
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::NotFree { .. }), "{e}");
 
     // Turn missing, twice, late, at the wrong state; adjoint before the turn.
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         a.remove(turn);
-    })
-    .unwrap_err();
+    });
     assert!(
         matches!(e, PlanError::AdjointBeforeTurn { step: 20, .. }),
         "{e}"
     );
-    let e = mutated(&p, 1, |a| a.insert(turn, a[turn])).unwrap_err();
+    let e = broken(&p, 1, |a| a.insert(turn, a[turn]));
     assert!(matches!(e, PlanError::TurnRepeated { .. }), "{e}");
-    let e = mutated(&p, 1, |a| {
+    let e = broken(&p, 1, |a| {
         let t = a.remove(turn);
         a.push(t);
-    })
-    .unwrap_err();
+    });
     assert!(matches!(e, PlanError::AdjointBeforeTurn { .. }), "{e}");
     let fo = first_order(5);
     assert_eq!(
-        mutated(&fo, 6, |a| {
+        broken(&fo, 6, |a| {
             a.remove(2);
-        })
-        .unwrap_err(),
+        }),
         PlanError::NoTurn
     );
-    let e = mutated(&fo, 6, |a| {
+    let e = broken(&fo, 6, |a| {
         a.insert(2, Action::Free { buf: 1 });
         a.insert(
             2,
@@ -494,8 +512,7 @@ fn the_checker_catches_broken_plans() {
             },
         );
         a.insert(2, Action::Init { buf: 1 });
-    })
-    .unwrap_err();
+    });
     assert_eq!(
         e,
         PlanError::TurnLate {
@@ -504,16 +521,18 @@ fn the_checker_catches_broken_plans() {
             r: 5
         }
     );
-    let e = mutated(&fo, 6, |a| {
-        a[1] = Action::Advance {
-            buf: 0,
-            from: 0,
-            to: 4,
-        };
-    })
-    .unwrap_err();
+    // The first-order sweep advancing 0 → `to` instead of 0 → 5.
+    let sweep_to = |to| {
+        broken(&fo, 6, |a| {
+            a[1] = Action::Advance {
+                buf: 0,
+                from: 0,
+                to,
+            }
+        })
+    };
     assert_eq!(
-        e,
+        sweep_to(4),
         PlanError::WrongState {
             at: 2,
             buf: 0,
@@ -542,18 +561,10 @@ fn the_checker_catches_broken_plans() {
     )
     .unwrap_err();
     assert_eq!(e, PlanError::Consumed { at: 6, buf: 0 });
-    let e = mutated(&fo, 6, |a| a.push(Action::Copy { from: 0, to: 1 })).unwrap_err();
+    let e = broken(&fo, 6, |a| a.push(Action::Copy { from: 0, to: 1 }));
     assert_eq!(e, PlanError::NotHeld { at: 4, buf: 0 });
-    let e = mutated(&fo, 6, |a| {
-        a[1] = Action::Advance {
-            buf: 0,
-            from: 0,
-            to: 6,
-        }
-    })
-    .unwrap_err();
     assert_eq!(
-        e,
+        sweep_to(6),
         PlanError::BadAdvance {
             at: 1,
             from: 0,
@@ -562,12 +573,12 @@ fn the_checker_catches_broken_plans() {
         }
     );
     assert_eq!(
-        mutated(&fo, 0, |_| {}).unwrap_err(),
+        broken(&fo, 0, |_| {}),
         PlanError::Lowest { lowest: 0, r: 5 }
     );
     // An extra adjoint step below `lowest`.
     let t = truncated(5, 2);
-    let e = mutated(&t, 4, |a| {
+    let e = broken(&t, 4, |a| {
         let n = a.len();
         a.insert(n, Action::Free { buf: 0 });
         a.insert(n, Action::Adjoint { buf: 0, step: 3 });
@@ -580,8 +591,7 @@ fn the_checker_catches_broken_plans() {
             },
         );
         a.insert(n, Action::Init { buf: 0 });
-    })
-    .unwrap_err();
+    });
     assert!(
         matches!(
             e,

@@ -406,6 +406,19 @@ fn replay(
                 Slot::Consumed => Err(PlanError::Consumed { at, buf }),
             }
         };
+        // Checks that `buf` holds state `expected`.
+        let holds = |slots: &[Slot], buf: usize, expected: usize| -> Result<(), PlanError> {
+            let held = read(slots, buf)?;
+            if held != expected {
+                return Err(PlanError::WrongState {
+                    at,
+                    buf,
+                    expected,
+                    held,
+                });
+            }
+            Ok(())
+        };
         let mut fill = |slots: &mut [Slot], buf: usize, j: usize| -> Result<(), PlanError> {
             if slots[get(buf)?] != Slot::Free {
                 return Err(PlanError::NotFree { at, buf });
@@ -427,15 +440,7 @@ fn replay(
                 c.copies += 1;
             }
             Action::Advance { buf, from, to } => {
-                let j = read(&slots, buf)?;
-                if j != from {
-                    return Err(PlanError::WrongState {
-                        at,
-                        buf,
-                        expected: from,
-                        held: j,
-                    });
-                }
+                holds(&slots, buf, from)?;
                 if from >= to || to > r {
                     return Err(PlanError::BadAdvance { at, from, to, r });
                 }
@@ -446,15 +451,7 @@ fn replay(
                 if turned {
                     return Err(PlanError::TurnRepeated { at });
                 }
-                let j = read(&slots, buf)?;
-                if j != r {
-                    return Err(PlanError::WrongState {
-                        at,
-                        buf,
-                        expected: r,
-                        held: j,
-                    });
-                }
+                holds(&slots, buf, r)?;
                 if c.forward_steps != r {
                     return Err(PlanError::TurnLate {
                         at,
@@ -478,15 +475,7 @@ fn replay(
                         found: step,
                     });
                 }
-                let j = read(&slots, buf)?;
-                if j != step - 1 {
-                    return Err(PlanError::WrongState {
-                        at,
-                        buf,
-                        expected: step - 1,
-                        held: j,
-                    });
-                }
+                holds(&slots, buf, step - 1)?;
                 slots[buf] = Slot::Consumed;
                 next -= 1;
                 c.adjoints += 1;
@@ -581,6 +570,32 @@ impl Plan {
     /// The adjoint steps the plan runs, `lowest..=r` (run in decreasing order).
     pub fn adjoint_steps(&self) -> RangeInclusive<usize> {
         self.lowest..=self.r
+    }
+
+    /// The plan cut right after its `Turn`: the first sweep (φ_0 → φ_r with
+    /// its snapshots, then the Turn) and the reversal (the rest). A first-order
+    /// rollout that may turn into an exact estimate runs the first part of the
+    /// exact plan and, if the coin says exact, continues with the second.
+    ///
+    /// ```
+    /// use blo::engine::plan::{plan, Action};
+    /// use blo::Policy;
+    /// let p = plan(Policy::Binomial { snapshots: 3 }, 10);
+    /// let (sweep, reversal) = p.split_at_turn();
+    /// assert!(matches!(sweep.last(), Some(Action::Turn { .. })));
+    /// assert!(!sweep.iter().any(|a| matches!(a, Action::Adjoint { .. })));
+    /// assert_eq!(sweep.len() + reversal.len(), p.actions().len());
+    /// ```
+    ///
+    /// # Panics
+    /// If the plan has no `Turn` (never for a checked plan).
+    pub fn split_at_turn(&self) -> (&[Action], &[Action]) {
+        let t = self
+            .actions
+            .iter()
+            .position(|a| matches!(a, Action::Turn { .. }))
+            .expect("a plan has a turn");
+        self.actions.split_at(t + 1)
     }
 
     /// Replays the plan on a symbolic machine (which state each buffer holds)
