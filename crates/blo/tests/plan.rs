@@ -211,7 +211,7 @@ fn binomial_plans_reach_the_optimum_within_s_buffers() {
                 "binomial r={r} s={s}: forward steps vs the DP optimum"
             );
             assert!(
-                c.peak <= s.min(r.max(1)),
+                c.peak == s.min(r.max(1)),
                 "binomial r={r} s={s}: peak {}",
                 c.peak
             );
@@ -359,6 +359,20 @@ fn long_unrolls_plan_fast_and_optimally() {
         if !cfg!(debug_assertions) {
             assert!(dt.as_secs_f64() < 0.5, "building took {dt:?}");
         }
+    }
+    // Long unrolls with many and with few slots: optimal, within budget, fast.
+    for (r, s) in [(100_000, 50_000), (100_000, 7)] {
+        let t0 = Instant::now();
+        let p = plan(Policy::Binomial { snapshots: s }, r);
+        eprintln!(
+            "binomial r={r} s={s}: {} forward steps, peak {}, built in {:?}",
+            p.forward_steps(),
+            p.peak(),
+            t0.elapsed()
+        );
+        verify(&p, &format!("binomial r={r} s={s}"));
+        assert_eq!(p.forward_steps() as u128, optimal_forward_steps(r, s));
+        assert!(p.peak() <= s);
     }
     for s in [1, 2, 3] {
         let p = plan(Policy::Binomial { snapshots: s }, 2000);
