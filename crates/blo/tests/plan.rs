@@ -577,6 +577,15 @@ fn the_checker_catches_broken_plans() {
     assert_eq!(e, PlanError::Consumed { at: 6, buf: 0 });
     let e = broken(&fo, 6, |a| a.push(Action::Copy { from: 0, to: 1 }));
     assert_eq!(e, PlanError::NotHeld { at: 4, buf: 0 });
+    let e = broken(&fo, 6, |a| a[0] = Action::Init { buf: usize::MAX });
+    assert_eq!(
+        e,
+        PlanError::BufferOutOfRange {
+            at: 0,
+            buf: usize::MAX,
+            buffers: 4
+        }
+    );
     assert_eq!(
         sweep_to(6),
         PlanError::BadAdvance {

@@ -507,7 +507,8 @@ fn replay(
 impl Plan {
     /// A plan from hand-written actions: replays them ([`Plan::check`]'s
     /// invariants) and takes the counts from the replay. `lowest` is the
-    /// lowest adjoint step (r + 1 for none); buffer ids may be any `usize`.
+    /// lowest adjoint step (r + 1 for none). Buffer ids must be below the
+    /// number of actions (a plan fills each buffer by an action of its own).
     ///
     /// # Errors
     /// The first broken invariant, as a [`PlanError`].
@@ -523,7 +524,7 @@ impl Plan {
                 Action::Copy { from, to } => from.max(to),
             })
             .max()
-            .map_or(0, |m| m + 1);
+            .map_or(0, |m| m.saturating_add(1).min(actions.len()));
         let c = replay(r, lowest, &actions, buffers)?;
         Ok(Plan {
             r,
@@ -715,6 +716,22 @@ impl Builder {
         self.held -= 1;
     }
 
+    /// The first sweep: φ_0 → φ_r in one working buffer, copying a snapshot at
+    /// each state of `snapshots` (increasing, within 1..r), then the Turn (and
+    /// the working buffer freed). Returns the snapshots' buffers, in order.
+    fn first_sweep(&mut self, snapshots: impl IntoIterator<Item = usize>) -> Vec<usize> {
+        let w = self.init();
+        let (mut at, mut bufs) = (0, Vec::new());
+        for p in snapshots {
+            self.advance(w, at, p);
+            bufs.push(self.copy(w));
+            at = p;
+        }
+        self.advance(w, at, self.r);
+        self.turn(w);
+        bufs
+    }
+
     /// The Turn at `buf` (holding φ_r), which is then freed.
     fn turn(&mut self, buf: usize) {
         self.actions.push(Action::Turn { buf });
@@ -799,34 +816,44 @@ struct Part {
 #[track_caller]
 fn binomial(r: usize, s: usize) -> Plan {
     assert!(s >= 1, "binomial plan for r = {r} steps with 0 snapshots");
-    let mut b = Builder::new(r);
-    let w = b.init();
-    // The first sweep walks `w` along U's spine of optimal splits, taking the
-    // snapshot at each split; each split leaves its left part for the reversal.
-    let mut parts = Vec::new();
-    let (mut a, mut start, mut l, mut c) = (0usize, None::<usize>, r, s);
+    // U's spine of optimal splits (a, m, c): the first sweep takes the
+    // snapshot at each split point a + m; each split leaves its left part
+    // (a + 1..=a + m with c slots) for the reversal.
+    let mut spine = Vec::new();
+    let (mut a, mut l, mut c) = (0usize, r, s);
     while l >= 2 && c >= 2 && c < l {
         let m = u_split(l, c);
-        b.advance(w, a, a + m);
-        let snap = b.copy(w);
-        parts.push(Part { a, start, l: m, c });
-        (a, start, l, c) = (a + m, Some(snap), l - m, c - 1);
+        spine.push((a, m, c));
+        (a, l, c) = (a + m, l - m, c - 1);
     }
     // The last part: all of its states fit (c ≥ l), or one slot (c = 1).
-    let mut tail = Vec::new();
-    if c >= l {
-        for p in a + 1..a + l {
-            b.advance(w, p - 1, p);
-            tail.push(b.copy(w));
-        }
+    let keep_all = c >= l;
+    let tail = if keep_all { a + 1..a + l } else { 0..0 };
+    let mut b = Builder::new(r);
+    let mut snaps = b.first_sweep(spine.iter().map(|&(a, m, _)| a + m).chain(tail));
+    let mut kept = snaps.split_off(spine.len());
+    while let Some(buf) = kept.pop() {
+        b.adjoint(buf, a + kept.len() + 2);
     }
-    b.advance(w, a + tail.len(), r);
-    b.turn(w);
-    while let Some(buf) = tail.pop() {
-        b.adjoint(buf, a + tail.len() + 2);
-    }
-    let l = if c >= l { l.min(1) } else { l };
-    parts.push(Part { a, start, l, c });
+    // Part i starts at the snapshot of split i − 1 (part 0 at φ_0).
+    let start = |i: usize| i.checked_sub(1).map(|i| snaps[i]);
+    let mut parts: Vec<Part> = spine
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, m, c))| Part {
+            a,
+            start: start(i),
+            l: m,
+            c,
+        })
+        .collect();
+    let l = if keep_all { l.min(1) } else { l };
+    parts.push(Part {
+        a,
+        start: start(spine.len()),
+        l,
+        c,
+    });
     b.reverse(parts);
     b.finish(1)
 }
@@ -836,16 +863,7 @@ fn binomial(r: usize, s: usize) -> Plan {
 fn every_k(r: usize, k: usize) -> Plan {
     assert!(k >= 1, "every-k plan for r = {r} steps with k = 0");
     let mut b = Builder::new(r);
-    let w = b.init();
-    let mut snaps = Vec::new();
-    let mut at = 0;
-    for p in (k..r).step_by(k) {
-        b.advance(w, at, p);
-        snaps.push(b.copy(w));
-        at = p;
-    }
-    b.advance(w, at, r);
-    b.turn(w);
+    let mut snaps = b.first_sweep((k..r).step_by(k));
     let mut seg = Vec::new();
     for i in (0..r.div_ceil(k)).rev() {
         let (start, end) = (i * k, ((i + 1) * k).min(r));
@@ -910,9 +928,7 @@ pub fn plan(policy: Policy, r: usize) -> Plan {
 /// ```
 pub fn first_order(r: usize) -> Plan {
     let mut b = Builder::new(r);
-    let w = b.init();
-    b.advance(w, 0, r);
-    b.turn(w);
+    b.first_sweep(None);
     b.finish(r + 1)
 }
 
@@ -932,16 +948,8 @@ pub fn truncated(r: usize, k: usize) -> Plan {
     let k = k.min(r);
     let lo = r - k;
     let mut b = Builder::new(r);
-    let w = b.init();
     // Keep φ_lo..φ_{r−1}, except the regenerable φ_0.
-    let (mut kept, mut at) = (Vec::new(), 0);
-    for p in lo.max(1)..r {
-        b.advance(w, at, p);
-        kept.push(b.copy(w));
-        at = p;
-    }
-    b.advance(w, at, r);
-    b.turn(w);
+    let mut kept = b.first_sweep(lo.max(1)..r);
     for j in (lo + 1..=r).rev() {
         let buf = kept.pop().unwrap_or_else(|| b.init());
         b.adjoint(buf, j);
