@@ -1,0 +1,3 @@
+//! The unrolling engine: checkpoint plans as data ([`plan`]), executed by one sweep.
+
+pub mod plan;
