@@ -73,6 +73,7 @@
 pub mod check;
 pub mod checkpoint;
 pub mod debias;
+pub mod engine;
 pub mod error;
 pub mod estimator;
 pub mod exact;
