@@ -5,7 +5,8 @@
 //!   inner SGD α = 0.01, R ∈ {1, 5, 10, 50, 200}; MODE ∈ {exact (every state
 //!   stored), first_order, exact_recompute (constant memory), exact_binomial
 //!   (⌈log2 R⌉ + 1 snapshots), ufo (q = 0.1, exact branch by recomputation, a
-//!   fresh coin per task and call)}.
+//!   fresh coin per task and call), ufo_binomial (the same, exact branch under
+//!   the binomial plan of exact_binomial)}.
 //! - `maml_conv4:rR:MODE`: 4 × [3×3 conv 64, same padding, ReLU, 2×2 max-pool]
 //!   on 28×28×1, linear head to 5 classes, no batch-norm; 4 tasks of 5 support
 //!   and 75 query images (uniform pixels), α = 0.4, R ∈ {1, 5}; MODE ∈ {exact,
@@ -20,11 +21,14 @@
 //!
 //! After the UFO timing, the same tasks and θ are timed again, same rule, with
 //! the first-order estimator alone (UFO's surrogate, run on every task) and
-//! with the exact branch alone (`Exact` under `Policy::Recompute`, what UFO
-//! adds on a task whose coin comes up), each as a full meta-batch. The JSON
-//! gets `cost_model`: `model_ms = fo_mean + q·exact_branch_mean`,
-//! `model_ms_observed` with q replaced by the observed fraction of task-calls
-//! that ran the exact branch, and `ratio(_observed) = mean_ms / model`.
+//! with the exact estimator alone under the exact branch's policy (`Exact`
+//! under `Policy::Recompute` for `ufo`, the binomial plan for
+//! `ufo_binomial`), each as a full meta-batch. UFO's exact branch continues
+//! the first-order rollout, so what it adds on a task whose coin comes up is
+//! the exact estimate minus the first-order one. The JSON gets `cost_model`:
+//! `model_ms = fo_mean + q·(exact_mean − fo_mean)`, `model_ms_observed` with q
+//! replaced by the observed fraction of task-calls that ran the exact branch,
+//! and `ratio(_observed) = mean_ms / model`.
 //!
 //! The model is biased low on a multi-threaded pool, and we report it as is.
 //! Wall time of a call is the makespan of its 25 tasks over the threads, not
@@ -57,12 +61,13 @@ use tape::{Shape, Tensor};
 use crate::{Bench, Timed};
 
 const SINE_R: [usize; 5] = [1, 5, 10, 50, 200];
-const SINE_MODES: [&str; 5] = [
+const SINE_MODES: [&str; 6] = [
     "exact",
     "first_order",
     "exact_recompute",
     "exact_binomial",
     "ufo",
+    "ufo_binomial",
 ];
 /// UFO's fixed probability of running the exact branch.
 const UFO_Q: f64 = 0.1;
@@ -108,6 +113,11 @@ fn binomial_snapshots(r: usize) -> usize {
     (usize::BITS - (r.max(1) - 1).leading_zeros()) as usize + 1
 }
 
+/// The binomial policy with [`binomial_snapshots`] slots.
+fn binomial_policy(r: usize) -> Result<Policy, BloError> {
+    Policy::binomial(binomial_snapshots(r))
+}
+
 fn estimator<P: Problem<f32>>(
     mode: &str,
     r: usize,
@@ -116,8 +126,9 @@ fn estimator<P: Problem<f32>>(
         "exact" => Box::new(Exact::new(Policy::StoreAll)?),
         "first_order" => Box::new(FirstOrder::new()),
         "exact_recompute" => Box::new(Exact::new(Policy::Recompute)?),
-        "exact_binomial" => Box::new(Exact::new(Policy::binomial(binomial_snapshots(r))?)?),
+        "exact_binomial" => Box::new(Exact::new(binomial_policy(r)?)?),
         "ufo" => Box::new(Ufo::fixed(UFO_Q)?),
+        "ufo_binomial" => Box::new(Ufo::fixed_with(UFO_Q, binomial_policy(r)?)?),
         _ => unreachable!("mode checked by `workload`"),
     })
 }
@@ -133,9 +144,10 @@ struct Maml<P: Problem<f32>> {
     calls: u64,
     /// Summed over the meta-batch of the last call (peaks: maximum).
     stats: blo::Stats,
-    /// UFO's q, for the cost model (`Some` only for the `ufo` mode); it also
-    /// turns on the per-task timing behind `cost_model.busy`.
-    ufo_q: Option<f64>,
+    /// UFO's q and its exact branch's policy, for the cost model (`Some` only
+    /// for the `ufo` modes); it also turns on the per-task timing behind
+    /// `cost_model.busy`.
+    ufo_q: Option<(f64, Policy)>,
     /// Running totals since [`Bench::start_timing`].
     totals: Totals,
 }
@@ -236,7 +248,7 @@ where
     }
 
     fn cost_model(&mut self, config: &str, timed: &Timed) -> Option<Value> {
-        let q = self.ufo_q?;
+        let (q, policy) = self.ufo_q?;
         let ufo = self.totals;
         assert_eq!(
             ufo.calls as usize,
@@ -250,7 +262,7 @@ where
         self.calls = 0;
         let fo = crate::timed_calls(&format!("{config} [cost model: first-order]"), self);
         let fo_busy = self.totals;
-        self.estimator = Box::new(Exact::new(Policy::Recompute).expect("valid policy"));
+        self.estimator = Box::new(Exact::new(policy).expect("valid policy"));
         self.calls = 0;
         let ex = crate::timed_calls(&format!("{config} [cost model: exact branch]"), self);
         let ex_busy = self.totals;
@@ -262,15 +274,18 @@ where
 
         let r4 = |x: f64| (x * 1e4).round() / 1e4;
         let (fo_mean, ex_mean, mean) = (fo.mean_ms(), ex.mean_ms(), timed.mean_ms());
-        let model = fo_mean + q * ex_mean;
-        let model_obs = fo_mean + exact_fraction * ex_mean;
+        let model = fo_mean + q * (ex_mean - fo_mean);
+        let model_obs = fo_mean + exact_fraction * (ex_mean - fo_mean);
         // Work per call in task-ms (sum of the tasks' own wall times).
         let busy = |t: Totals| t.busy_ns as f64 / 1e6 / t.calls as f64;
         let (b_ufo, b_fo, b_ex) = (busy(ufo), busy(fo_busy), busy(ex_busy));
-        let (b_model, b_model_obs) = (b_fo + q * b_ex, b_fo + exact_fraction * b_ex);
+        let (b_model, b_model_obs) = (
+            b_fo + q * (b_ex - b_fo),
+            b_fo + exact_fraction * (b_ex - b_fo),
+        );
         Some(json!({
             "fo_mean_ms": r4(fo_mean),
-            "exact_branch_mean_ms": r4(ex_mean),
+            "exact_mean_ms": r4(ex_mean),
             "q": q,
             "exact_fraction": r4(exact_fraction),
             "model_ms": r4(model),
@@ -278,11 +293,12 @@ where
             "ratio": r4(mean / model),
             "ratio_observed": r4(mean / model_obs),
             "fo_iterations": fo.times.len(),
-            "exact_branch_iterations": ex.times.len(),
+            "exact_iterations": ex.times.len(),
+            "exact_policy": format!("{policy:?}"),
             "busy": {
                 "ufo_task_ms_per_call": r4(b_ufo),
                 "fo_task_ms_per_call": r4(b_fo),
-                "exact_branch_task_ms_per_call": r4(b_ex),
+                "exact_task_ms_per_call": r4(b_ex),
                 "model": r4(b_model),
                 "model_observed": r4(b_model_obs),
                 "ratio": r4(b_ufo / b_model),
@@ -326,12 +342,14 @@ fn sine(r: usize, mode: &str) -> Result<Maml<RegressionMaml<Mlp>>, BloError> {
     };
     let params = json!({"r": r, "mode": mode, "tasks": 25, "k_support": 10, "k_query": 10,
         "alpha": 0.01, "sizes": [1, 40, 40, 1], "dtype": "f32",
-        "binomial_snapshots": if mode == "exact_binomial" { Some(binomial_snapshots(r)) } else { None },
-        "ufo_q": if mode == "ufo" { Some(UFO_Q) } else { None }});
+        "binomial_snapshots": if mode.ends_with("binomial") { Some(binomial_snapshots(r)) } else { None },
+        "ufo_q": if mode.starts_with("ufo") { Some(UFO_Q) } else { None }});
     let est = estimator(mode, r)?;
     let mut maml = Maml::new(params, problem, tasks, theta, est);
-    if mode == "ufo" {
-        maml.ufo_q = Some(UFO_Q);
+    match mode {
+        "ufo" => maml.ufo_q = Some((UFO_Q, Policy::Recompute)),
+        "ufo_binomial" => maml.ufo_q = Some((UFO_Q, binomial_policy(r)?)),
+        _ => {}
     }
     Ok(maml)
 }

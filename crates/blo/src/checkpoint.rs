@@ -1,21 +1,26 @@
 //! Checkpoint policies for the adjoint sweep, and the revolve cost.
 //!
 //! The adjoint step j needs state_{j−1}, and the sweep visits j = r, r−1, …, 1,
-//! the reverse of the order in which states are produced. A [`Policy`] decides
-//! which states are kept and which are recomputed (always by the same step
-//! function, so the hypergradient is bit-identical under every policy).
-//!
-//! Every policy first runs the inner loop once to φ_r (r forward steps) for
-//! L_out and its gradient, then reverses. `forward_steps` in the estimate's
-//! [`crate::Stats`] therefore is r + (recomputation of the reversal):
+//! the reverse of the order in which states are produced. A [`Policy`] names
+//! which states are kept and which are recomputed; its plan
+//! ([`crate::engine::plan::plan`]) is the list of actions the sweep executes
+//! (always the same step function, so the hypergradient is bit-identical under
+//! every policy). The plan module documents the cost convention; in short,
+//! φ_0 is regenerated from θ instead of held, and a policy's peak counts every
+//! state held at once, the working state included:
 //!
 //! | policy | states held at peak | forward steps |
 //! |---|---|---|
-//! | `StoreAll` | r + 1 | r |
+//! | `StoreAll` | r | r |
 //! | `Recompute` (from θ) | 1 | r + r(r−1)/2 = r(r+1)/2 |
-//! | `EveryK { k }`, n = ⌈r/k⌉ | ≤ n + k | 2r − n |
+//! | `EveryK { k }`, n = ⌈r/k⌉ | ≤ n + k − 1 | 2r − n |
 //! | `Sqrt` | `EveryK` with k = ⌈√r⌉ | ≈ 2r − √r |
-//! | `Binomial { snapshots: s }` | ≤ s + 1 | r + t(r, s), minimal (see [`revolve_cost`]) |
+//! | `Binomial { snapshots: s }` | ≤ s | r + U(r, s), revolve's optimum over the whole unroll |
+//!
+//! U is REFERENCE §9's recurrence (docs/math.md): the binomial plan places its
+//! snapshots during the first sweep. [`revolve_cost`] is the closed form of the
+//! reversal-only count t(l, s), which the plan uses for the parts it reverses
+//! from a held snapshot.
 
 use crate::error::BloError;
 
@@ -144,18 +149,4 @@ pub fn revolve_cost(l: usize, s: usize) -> u128 {
         tau += 1;
     }
     tau as u128 * l128 - revolve_beta(s + 1, tau - 1)
-}
-
-/// The split point m of the optimal binomial schedule for l steps and s slots:
-/// the smallest m minimising m + t(l − m, s − 1) + t(m, s).
-pub(crate) fn revolve_split(l: usize, s: usize) -> usize {
-    debug_assert!(l >= 2 && s >= 2);
-    let mut best = (u128::MAX, 1);
-    for m in 1..l {
-        let c = m as u128 + revolve_cost(l - m, s - 1) + revolve_cost(m, s);
-        if c < best.0 {
-            best = (c, m);
-        }
-    }
-    best.1
 }

@@ -34,9 +34,11 @@ use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
 use crate::checkpoint::Policy;
+use crate::engine::plan::Action;
+use crate::engine::sweep::{Sweep, Target};
 use crate::error::BloError;
 use crate::estimator::{DebiasSample, Estimate, Estimator};
-use crate::exact::{exact_sweep, FirstOrder, Sweep, Target};
+use crate::exact::{cached_plan, first_order_actions, run_plan, FirstOrder};
 use crate::inner::zip_map;
 use crate::problem::{InnerOptimizer, Problem};
 use crate::Exact;
@@ -225,9 +227,7 @@ impl Debiased<FirstOrder, Exact> {
     pub fn adaptive() -> Self {
         Debiased::new(
             FirstOrder::new(),
-            Exact {
-                policy: Policy::Recompute,
-            },
+            Exact::new(Policy::Recompute).expect("recompute is a valid policy"),
             QChoice::Adaptive(AdaptiveParams::default()),
         )
         .expect("default adaptive parameters are valid")
@@ -280,7 +280,27 @@ where
         let q = self.q;
         let xi = q >= 1.0 || rng.gen::<f64>() < q;
         let mut rng_exact = rng.clone();
-        let mut est = self.surrogate.estimate(problem, task, theta, rng)?;
+        // The exact branch continues the first-order rollout when it can: the
+        // pair then costs the surrogate plus only the exact extra.
+        let coupled = if xi && self.surrogate.is_first_order() {
+            self.exact
+                .estimate_with_first_order(problem, task, theta, &mut rng_exact)
+                .transpose()?
+        } else {
+            None
+        };
+        let (mut est, ex) = match coupled {
+            Some((s, e)) => (s, Some(e)),
+            None => {
+                let s = self.surrogate.estimate(problem, task, theta, rng)?;
+                let e = if xi {
+                    Some(self.exact.estimate(problem, task, theta, &mut rng_exact)?)
+                } else {
+                    None
+                };
+                (s, e)
+            }
+        };
         let mut sample = DebiasSample {
             surrogate_cost: est.stats.cost(),
             diff_sq: None,
@@ -288,8 +308,7 @@ where
             exact_cost: None,
         };
         est.stats.coins += 1;
-        if xi {
-            let ex = self.exact.estimate(problem, task, theta, &mut rng_exact)?;
+        if let Some(ex) = ex {
             // One pass over both gradients: ‖g_S − g_E‖², ‖g_E‖² (in f64) and
             // the reweighted g_S + (e − s)/q, written over g_S in place.
             let w = F::from_f64(1.0 / q);
@@ -429,19 +448,23 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ReptileFirstOrder {
                 "Reptile's direction (φ_0 − φ_r)/α needs plain SGD",
             ));
         };
+        let r = problem.inner_loop().steps;
         let mut sw = Sweep::new(problem, task, theta, Target::InnerSum)?;
-        let (mut kept, phi_r) = sw.forward(|j| j == 0)?;
-        let (_, phi0) = kept.pop().expect("φ_0 kept");
-        sw.release(&phi0);
+        // φ_0 in buffer 1, the rollout to φ_r in buffer 0.
+        let [init, advance, turn, _] = first_order_actions(r);
+        sw.run(&[init, Action::Copy { from: 0, to: 1 }, advance, turn])?;
         let inv = F::from_f64(1.0 / lr);
+        let phi = sw
+            .state(1)
+            .phi
+            .iter()
+            .zip(&sw.state(0).phi)
+            .map(|(a, b)| zip_map(a, b, |a, b| (a - b) * inv))
+            .collect();
         if let Some(c) = sw.cot.as_mut() {
-            c.phi = phi0
-                .phi
-                .iter()
-                .zip(&phi_r.phi)
-                .map(|(a, b)| zip_map(a, b, |a, b| (a - b) * inv))
-                .collect();
+            c.phi = phi;
         }
+        sw.run(&[Action::Free { buf: 0 }, Action::Free { buf: 1 }])?;
         Ok(sw.finish())
     }
 
@@ -479,7 +502,8 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ReptileExact {
         theta: &[Tensor<F>],
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
-        exact_sweep(problem, task, theta, self.policy, Target::InnerSum)
+        let plan = cached_plan(self.policy, problem.inner_loop().steps);
+        Ok(run_plan(problem, task, theta, &plan, Target::InnerSum, false)?.0)
     }
 
     fn name(&self) -> String {

@@ -16,6 +16,9 @@ pub enum BloError {
         /// The allowed range.
         reason: String,
     },
+    /// A memory budget below one state (the error says the minimum).
+    #[error(transparent)]
+    Budget(#[from] crate::engine::plan::BudgetError),
     /// A loss or gradient became non-finite; θ is left untouched.
     #[error("non-finite {what} at task {task}, inner step {step}")]
     NonFinite {

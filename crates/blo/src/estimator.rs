@@ -17,6 +17,16 @@ pub struct Stats {
     pub forward_steps: usize,
     /// Inner states held at once, at the peak.
     pub states_peak: usize,
+    /// The forward steps the checkpoint plan predicted (0 for estimators
+    /// without a plan); equal to `forward_steps` for the exact estimator.
+    /// For a debiased estimate whose exact branch continued the first-order
+    /// rollout: the branch's own steps, r fewer than its plan's total.
+    #[serde(default)]
+    pub planned_forward_steps: usize,
+    /// The states the checkpoint plan predicted holding at once, at the peak
+    /// (0 for estimators without a plan).
+    #[serde(default)]
+    pub planned_states_peak: usize,
     /// Bytes of those states at the peak.
     pub state_bytes_peak: usize,
     /// For randomised estimators (UFO): how many times the exact branch ran.
@@ -37,7 +47,9 @@ impl Stats {
         self.gradients += o.gradients;
         self.hvps += o.hvps;
         self.forward_steps += o.forward_steps;
+        self.planned_forward_steps += o.planned_forward_steps;
         self.states_peak = self.states_peak.max(o.states_peak);
+        self.planned_states_peak = self.planned_states_peak.max(o.planned_states_peak);
         self.state_bytes_peak = self.state_bytes_peak.max(o.state_bytes_peak);
         self.exact_branches += o.exact_branches;
         self.coins += o.coins;
@@ -110,6 +122,33 @@ pub trait Estimator<F: Float, P: Problem<F>>: Sync {
 
     /// A short name for logs and tables.
     fn name(&self) -> String;
+
+    /// Whether this estimator is the first-order truncation [`crate::FirstOrder`]
+    /// (default `false`): [`crate::Debiased`] then lets an exact partner that
+    /// implements [`Estimator::estimate_with_first_order`] compute both on one
+    /// rollout.
+    fn is_first_order(&self) -> bool {
+        false
+    }
+
+    /// Both this estimator's estimate and the first-order estimate of the same
+    /// task from one coupled run, `(first_order, this)`, if this estimator's
+    /// first sweep is the first-order rollout ([`crate::Exact`]: its plan
+    /// reads the first-order estimate off at the turn and continues with the
+    /// reversal, so the pair costs the first-order estimate plus only the
+    /// exact extra). `this`'s `Stats` then count only what it added to the
+    /// first-order run. The default is `None`: the caller runs the two
+    /// separately.
+    fn estimate_with_first_order(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        rng: &mut ChaCha8Rng,
+    ) -> Option<Result<(Estimate<F>, Estimate<F>), BloError>> {
+        let _ = (problem, task, theta, rng);
+        None
+    }
 
     /// The adaptive state (what `observe` changes) as JSON, for checkpoints, so
     /// a resumed meta-training run continues bit-identically. Store floats

@@ -4,306 +4,79 @@
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
-use crate::checkpoint::{revolve_split, Policy};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::checkpoint::Policy;
+use crate::engine::plan::{self, Action, Budget, Plan};
+use crate::engine::sweep::{Sweep, SweepBuffers, Target};
 use crate::error::BloError;
 use crate::estimator::{Estimate, Estimator, Stats};
-use crate::inner::{Cotangent, InnerWorkspace, State};
 use crate::problem::Problem;
 
-/// Which meta-objective the sweep differentiates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// F(θ) = L_out(θ, φ_r(θ)).
-    Outer,
-    /// Σ_{j=1}^r L_in(θ, φ_{j−1}(θ); τ, j) (Reptile's objective).
-    InnerSum,
+/// The plan `policy` gives for r steps, from this thread's cache (plans are
+/// pure functions of (policy, r); building one allocates, reusing it does not).
+pub(crate) fn cached_plan(policy: Policy, r: usize) -> Rc<Plan> {
+    thread_local! {
+        static PLANS: RefCell<Vec<(Policy, usize, Rc<Plan>)>> = const { RefCell::new(Vec::new()) };
+    }
+    /// At most this many plans are kept per thread.
+    const PLANS_LEN: usize = 8;
+    PLANS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((_, _, p)) = c.iter().find(|(q, n, _)| *q == policy && *n == r) {
+            return Rc::clone(p);
+        }
+        let p = Rc::new(plan::plan(policy, r));
+        if c.len() == PLANS_LEN {
+            c.remove(0);
+        }
+        c.push((policy, r, Rc::clone(&p)));
+        p
+    })
 }
 
-/// The first sweep's result: the kept states (index, state) and φ_r.
-pub(crate) type Forward<F> = (Vec<(usize, State<F>)>, State<F>);
-
-/// One adjoint sweep in progress: the inputs, the workspace, the running
-/// cotangent and θ-gradient, and the cost/memory meters.
-pub(crate) struct Sweep<'a, F: Float, P: Problem<F>> {
-    pub(crate) problem: &'a P,
-    pub(crate) task: &'a P::Task,
-    pub(crate) theta: &'a [Tensor<F>],
-    pub(crate) ws: InnerWorkspace<F>,
-    pub(crate) stats: Stats,
-    pub(crate) target: Target,
-    pub(crate) r: usize,
-    live: usize,
-    live_bytes: usize,
-    pub(crate) cot: Option<Cotangent<F>>,
-    pub(crate) g: Vec<Tensor<F>>,
-    pub(crate) outer_loss: F,
-}
-
-impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
-    pub(crate) fn new(
-        problem: &'a P,
-        task: &'a P::Task,
-        theta: &'a [Tensor<F>],
-        target: Target,
-    ) -> Result<Self, BloError> {
-        let inner = problem.inner_loop();
-        inner.validate()?;
-        Ok(Sweep {
-            problem,
-            task,
-            theta,
-            ws: InnerWorkspace::cached(),
-            stats: Stats::default(),
-            target,
-            r: inner.steps,
-            live: 0,
-            live_bytes: 0,
-            cot: None,
-            g: theta.iter().map(|t| Tensor::zeros(t.shape())).collect(),
-            outer_loss: F::zero(),
-        })
-    }
-
-    pub(crate) fn hold(&mut self, s: &State<F>) {
-        self.live += 1;
-        self.live_bytes += s.bytes();
-        self.stats.states_peak = self.stats.states_peak.max(self.live);
-        self.stats.state_bytes_peak = self.stats.state_bytes_peak.max(self.live_bytes);
-    }
-
-    pub(crate) fn release(&mut self, s: &State<F>) {
-        self.live -= 1;
-        self.live_bytes -= s.bytes();
-    }
-
-    /// φ_0 = Φ_0(θ), held (in a spare state's buffers).
-    pub(crate) fn initial(&mut self) -> Result<State<F>, BloError> {
-        let mut s = self.ws.spare_state();
-        self.ws
-            .initial_state_into(self.problem, self.task, self.theta, &mut s)?;
-        self.hold(&s);
-        Ok(s)
-    }
-
-    /// A held copy of a held state (in a spare state's buffers).
-    pub(crate) fn copy(&mut self, s: &State<F>) -> State<F> {
-        let c = self.ws.copy_state(s);
-        self.hold(&c);
-        c
-    }
-
-    /// Releases a held state and keeps its buffers for a later state.
-    pub(crate) fn discard(&mut self, s: State<F>) {
-        self.release(&s);
-        self.ws.put_spare(s);
-    }
-
-    /// Keeps the buffers of a state that is no longer held (φ_r of
-    /// [`Sweep::forward`]) for a later state.
-    pub(crate) fn reuse(&mut self, s: State<F>) {
-        self.ws.put_spare(s);
-    }
-
-    /// Advances `s` from state `from` to state `to` (steps from+1..=to).
-    pub(crate) fn advance(
-        &mut self,
-        s: &mut State<F>,
-        from: usize,
-        to: usize,
-    ) -> Result<(), BloError> {
-        for j in from + 1..=to {
-            self.ws
-                .step_in_place(self.problem, self.task, j, self.theta, s)?;
-            self.stats.forward_steps += 1;
-            self.stats.gradients += 1;
-        }
-        Ok(())
-    }
-
-    /// The first sweep: φ_0 → φ_r, keeping a held copy of state j (j < r)
-    /// wherever `keep(j)`; then L_out at φ_r and the initial cotangent.
-    /// Returns the kept states in order, and φ_r (released).
-    pub(crate) fn forward(&mut self, keep: impl Fn(usize) -> bool) -> Result<Forward<F>, BloError> {
-        let mut kept = self.ws.take_kept();
-        let mut s = self.initial()?;
-        for j in 0..self.r {
-            if keep(j) {
-                let c = self.copy(&s);
-                kept.push((j, c));
-            }
-            self.advance(&mut s, j, j + 1)?;
-        }
-        match self.target {
-            Target::Outer => {
-                // ∇_θ L_out goes straight into g (zeros so far), ∇_φ L_out into ū_φ.
-                let mut cot = self.ws.zero_cotangent(&s);
-                self.outer_loss = self.ws.outer_grad_into(
-                    self.problem,
-                    self.task,
-                    self.theta,
-                    &s.phi,
-                    &mut self.g,
-                    &mut cot.phi,
-                )?;
-                self.stats.gradients += 1;
-                self.cot = Some(cot);
-            }
-            Target::InnerSum => {
-                self.outer_loss =
-                    self.ws
-                        .outer_loss(self.problem, self.task, self.theta, &s.phi)?;
-                self.cot = Some(self.ws.zero_cotangent(&s));
-            }
-        }
-        self.release(&s);
-        Ok((kept, s))
-    }
-
-    /// The adjoint step j at `prev` = state_{j−1}.
-    pub(crate) fn adjoint(&mut self, j: usize, prev: &State<F>) -> Result<(), BloError> {
-        let cot = self.cot.as_mut().expect("adjoint before the forward sweep");
-        self.ws.adjoint_step(
-            self.problem,
-            self.task,
-            j,
-            self.theta,
-            prev,
-            cot,
-            &mut self.g,
-            self.target == Target::InnerSum,
-        )?;
-        self.stats.hvps += 1;
-        Ok(())
-    }
-
-    /// Adjoint steps lo+1..=r under `policy`, from the states the first sweep
-    /// kept (the policy's own choice of `keep`; see [`keep_for`]).
-    pub(crate) fn reverse(
-        &mut self,
-        policy: Policy,
-        mut kept: Vec<(usize, State<F>)>,
-    ) -> Result<(), BloError> {
-        let r = self.r;
-        match policy {
-            Policy::StoreAll => {
-                while let Some((j, s)) = kept.pop() {
-                    self.adjoint(j + 1, &s)?;
-                    self.discard(s);
-                }
-            }
-            Policy::Recompute => {
-                for j in (1..=r).rev() {
-                    let mut s = self.initial()?;
-                    self.advance(&mut s, 0, j - 1)?;
-                    self.adjoint(j, &s)?;
-                    self.discard(s);
-                }
-            }
-            Policy::EveryK { .. } | Policy::Sqrt => {
-                let k = policy.spacing(r).unwrap_or(1);
-                let mut seg = self.ws.take_segment();
-                while let Some((start, cp)) = kept.pop() {
-                    let end = (start + k).min(r);
-                    seg.push(cp);
-                    for i in start + 1..end {
-                        let mut s = self.copy(seg.last().expect("segment has its checkpoint"));
-                        self.advance(&mut s, i - 1, i)?;
-                        seg.push(s);
-                    }
-                    for j in (start + 1..=end).rev() {
-                        let s = seg.pop().expect("one state per step of the segment");
-                        self.adjoint(j, &s)?;
-                        self.discard(s);
-                    }
-                }
-                self.ws.put_segment(seg);
-            }
-            Policy::Binomial { snapshots } => {
-                let (a, s0) = kept.pop().expect("binomial keeps φ_0");
-                debug_assert_eq!(a, 0);
-                self.revolve(0, &s0, r, snapshots)?;
-                self.discard(s0);
-            }
-        }
-        self.ws.put_kept(kept);
-        Ok(())
-    }
-
-    /// Reverses steps a+1..=a+l from the held state `sa` = state_a with `c`
-    /// snapshot slots (`sa`'s included); recomputes exactly t(l, c) steps.
-    fn revolve(&mut self, a: usize, sa: &State<F>, l: usize, c: usize) -> Result<(), BloError> {
-        if l == 0 {
-            return Ok(());
-        }
-        if l == 1 {
-            return self.adjoint(a + 1, sa);
-        }
-        if c == 1 {
-            for j in (a + 1..=a + l).rev() {
-                if j == a + 1 {
-                    self.adjoint(j, sa)?;
-                } else {
-                    let mut w = self.copy(sa);
-                    self.advance(&mut w, a, j - 1)?;
-                    self.adjoint(j, &w)?;
-                    self.discard(w);
-                }
-            }
-            return Ok(());
-        }
-        let m = revolve_split(l, c);
-        let mut w = self.copy(sa);
-        self.advance(&mut w, a, a + m)?;
-        self.revolve(a + m, &w, l - m, c - 1)?;
-        self.discard(w);
-        self.revolve(a, sa, m, c)
-    }
-
-    /// g += (∂Φ_0/∂θ)ᵀ ū_φ and the estimate.
-    pub(crate) fn finish(mut self) -> Estimate<F> {
-        let cot = self.cot.take().expect("finish before the forward sweep");
-        self.ws
-            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
-        self.ws.put_cotangent(cot);
-        self.stats.gradients += 1;
-        Estimate {
-            grad: std::mem::take(&mut self.g),
-            outer_loss: self.outer_loss,
-            stats: std::mem::take(&mut self.stats),
-        }
-    }
-}
-
-impl<F: Float, P: Problem<F>> Drop for Sweep<'_, F, P> {
-    /// Hands the workspace (tapes with their capacity) back to this thread's cache.
-    fn drop(&mut self) {
-        std::mem::take(&mut self.ws).recycle();
-    }
-}
-
-/// Which states of the first sweep `policy` keeps.
-pub(crate) fn keep_for(policy: Policy, r: usize) -> impl Fn(usize) -> bool {
-    let k = policy.spacing(r);
-    move |j: usize| match policy {
-        Policy::StoreAll => true,
-        Policy::Recompute => false,
-        Policy::EveryK { .. } | Policy::Sqrt => j.checked_rem(k.unwrap_or(1)) == Some(0),
-        Policy::Binomial { .. } => j == 0,
-    }
-}
-
-pub(crate) fn exact_sweep<F: Float, P: Problem<F>>(
+/// Runs `plan` on a sweep of `target` and returns the estimate; with
+/// `first_order`, also the first-order estimate read off at the turn (the
+/// first sweep of every plan is the first-order rollout), with its own
+/// counts (r steps, the outer gradient, the VJP through Φ_0): the exact
+/// estimate's counts are then only what the exact branch adds.
+pub(crate) fn run_plan<F: Float, P: Problem<F>>(
     problem: &P,
     task: &P::Task,
     theta: &[Tensor<F>],
-    policy: Policy,
+    plan: &Plan,
     target: Target,
-) -> Result<Estimate<F>, BloError> {
+    first_order: bool,
+) -> Result<(Estimate<F>, Option<Estimate<F>>), BloError> {
     let mut sw = Sweep::new(problem, task, theta, target)?;
-    let (kept, phi_r) = sw.forward(keep_for(policy, sw.r))?;
-    sw.reuse(phi_r);
-    sw.reverse(policy, kept)?;
-    Ok(sw.finish())
+    let (sweep, reversal) = plan.split_at_turn();
+    sw.run(sweep)?;
+    let fo = if first_order {
+        let mut g: Vec<Tensor<F>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
+        sw.first_order_into(&mut g);
+        let stats = std::mem::take(&mut sw.stats);
+        Some(Estimate {
+            grad: g,
+            outer_loss: sw.outer_loss,
+            stats: Stats {
+                states_peak: sw.bufs.store.peak(),
+                state_bytes_peak: sw.bufs.store.peak_bytes(),
+                ..stats
+            },
+        })
+    } else {
+        None
+    };
+    sw.run(reversal)?;
+    let mut est = sw.finish();
+    est.stats.planned_forward_steps = plan.forward_steps();
+    est.stats.planned_states_peak = plan.peak();
+    if let Some(fo) = &fo {
+        // The exact branch's own counts: what it added to the first sweep.
+        est.stats.planned_forward_steps -= fo.stats.forward_steps;
+    }
+    Ok((est, fo))
 }
 
 /// The exact hypergradient ∇F(θ) of the unrolled inner loop, by the adjoint
@@ -336,9 +109,23 @@ pub(crate) fn exact_sweep<F: Float, P: Problem<F>>(
 /// assert_eq!(e.stats.forward_steps, 6); // r(r+1)/2
 /// # Ok::<(), blo::BloError>(())
 /// ```
+///
+/// Instead of a policy, a memory budget may be given ([`Exact::with_budget`]):
+/// the estimate then runs the fastest plan whose peak fits it (binomial with
+/// as many states as fit; store-all when r states fit), and `Stats` reports
+/// the plan's predicted forward steps and peak beside the measured ones.
 #[derive(Clone, Debug)]
 pub struct Exact {
-    pub(crate) policy: Policy,
+    memory: Memory,
+}
+
+/// How the exact estimator's plan is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Memory {
+    /// A fixed checkpoint policy.
+    Policy(Policy),
+    /// The fastest plan within a memory budget.
+    Budget(Budget),
 }
 
 impl Exact {
@@ -348,12 +135,100 @@ impl Exact {
     /// [`BloError::InvalidHyperparameter`] if the policy's budget is invalid.
     pub fn new(policy: Policy) -> Result<Self, BloError> {
         policy.validate()?;
-        Ok(Exact { policy })
+        Ok(Exact {
+            memory: Memory::Policy(policy),
+        })
     }
 
-    /// The checkpoint policy.
-    pub fn policy(&self) -> Policy {
-        self.policy
+    /// The exact estimator under the fastest plan that holds at most
+    /// `budget` (states, or bytes of states) at once
+    /// ([`plan::plan_for_budget`]). A budget too small for one state is an
+    /// error of each estimate ([`BloError::Budget`], saying the minimum), as
+    /// the size of a state is known only once Φ_0(θ) is.
+    ///
+    /// ```
+    /// # use blo::{Exact, Estimator, InnerLoop, Problem};
+    /// # use blo::engine::plan::Budget;
+    /// # use tape::{Real, Tape, Tensor, Var};
+    /// # use rand::SeedableRng;
+    /// # struct Quad { inner: InnerLoop }
+    /// # impl Problem<f64> for Quad {
+    /// #     type Task = f64;
+    /// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    /// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+    /// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] - *c).square().sum() * 0.5
+    /// #     }
+    /// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+    /// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { self.inner_loss(t, c, 0, th, phi) }
+    /// # }
+    /// let p = Quad { inner: InnerLoop::sgd(50, 0.1)? };
+    /// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    /// let theta = [Tensor::vector(vec![3.0])];
+    /// // One f64 state is 8 bytes: 7 states fit in 60 bytes, and revolve's
+    /// // optimum for r = 50 in 7 states is 108 forward steps.
+    /// let e = Exact::with_budget(Budget::Bytes(60)).estimate(&p, &1.0, &theta, &mut rng)?;
+    /// assert_eq!((e.stats.forward_steps, e.stats.planned_forward_steps), (108, 108));
+    /// assert!(e.stats.states_peak <= 7);
+    /// // Not even one state fits in 4 bytes: the error says the minimum.
+    /// let err = Exact::with_budget(Budget::Bytes(4)).estimate(&p, &1.0, &theta, &mut rng);
+    /// assert!(err.unwrap_err().to_string().contains("minimum of 1 state (8 bytes"));
+    /// # Ok::<(), blo::BloError>(())
+    /// ```
+    pub fn with_budget(budget: Budget) -> Self {
+        Exact {
+            memory: Memory::Budget(budget),
+        }
+    }
+
+    /// The checkpoint policy, if the estimator was built with one (`None`
+    /// for a memory budget).
+    pub fn policy(&self) -> Option<Policy> {
+        match self.memory {
+            Memory::Policy(p) => Some(p),
+            Memory::Budget(_) => None,
+        }
+    }
+
+    /// The plan this estimator runs for `problem` at θ (a budget needs the
+    /// size of a state: one evaluation of Φ_0(θ)).
+    ///
+    /// # Errors
+    /// A budget too small for one state; a non-finite φ_0.
+    pub(crate) fn plan_for<F: Float, P: Problem<F>>(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+    ) -> Result<Rc<Plan>, BloError> {
+        let r = problem.inner_loop().steps;
+        match self.memory {
+            Memory::Policy(p) => Ok(cached_plan(p, r)),
+            Memory::Budget(b) => {
+                let states = match b {
+                    Budget::States(n) => n,
+                    Budget::Bytes(_) => {
+                        let mut bufs = SweepBuffers::<F>::cached();
+                        let mut s = bufs.store.take_free(0);
+                        let phi0 = bufs.ws.initial_state_into(problem, task, theta, &mut s);
+                        let bytes = s.bytes();
+                        bufs.store.put(0, s);
+                        bufs.recycle();
+                        phi0?;
+                        plan::plan_for_budget(b, r, bytes)?.peak()
+                    }
+                };
+                if states == 0 {
+                    plan::plan_for_budget(b, r, 0)?;
+                }
+                Ok(cached_plan(
+                    Policy::Binomial {
+                        snapshots: states.min(r.max(1)),
+                    },
+                    r,
+                ))
+            }
+        }
     }
 }
 
@@ -365,11 +240,30 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Exact {
         theta: &[Tensor<F>],
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
-        exact_sweep(problem, task, theta, self.policy, Target::Outer)
+        let plan = self.plan_for(problem, task, theta)?;
+        Ok(run_plan(problem, task, theta, &plan, Target::Outer, false)?.0)
+    }
+
+    fn estimate_with_first_order(
+        &self,
+        problem: &P,
+        task: &P::Task,
+        theta: &[Tensor<F>],
+        _rng: &mut ChaCha8Rng,
+    ) -> Option<Result<(Estimate<F>, Estimate<F>), BloError>> {
+        let run = || {
+            let plan = self.plan_for(problem, task, theta)?;
+            let (exact, fo) = run_plan(problem, task, theta, &plan, Target::Outer, true)?;
+            Ok((fo.expect("asked for the first-order estimate"), exact))
+        };
+        Some(run())
     }
 
     fn name(&self) -> String {
-        format!("exact({:?})", self.policy)
+        match self.memory {
+            Memory::Policy(p) => format!("exact({p:?})"),
+            Memory::Budget(b) => format!("exact(budget {b})"),
+        }
     }
 }
 
@@ -399,15 +293,18 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for FirstOrder {
         theta: &[Tensor<F>],
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
+        let r = problem.inner_loop().steps;
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        let (kept, phi_r) = sw.forward(|_| false)?;
-        sw.reuse(phi_r);
-        sw.ws.put_kept(kept);
+        sw.run(&first_order_actions(r))?;
         Ok(sw.finish())
     }
 
     fn name(&self) -> String {
         "first-order".into()
+    }
+
+    fn is_first_order(&self) -> bool {
+        true
     }
 }
 
@@ -447,11 +344,10 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
         theta: &[Tensor<F>],
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
+        let r = problem.inner_loop().steps;
+        let plan = cached_truncated(r, self.k);
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        let lo = sw.r.saturating_sub(self.k);
-        let (kept, phi_r) = sw.forward(|j| j >= lo)?;
-        sw.reuse(phi_r);
-        sw.reverse(Policy::StoreAll, kept)?;
+        sw.run(plan.actions())?;
         if let Some(c) = sw.cot.as_mut() {
             c.velocity
                 .iter_mut()
@@ -463,4 +359,37 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
     fn name(&self) -> String {
         format!("truncated(k={})", self.k)
     }
+}
+
+/// The first-order plan's actions ([`plan::first_order`]) without building a
+/// plan: the first sweep and the turn, in one buffer.
+pub(crate) fn first_order_actions(r: usize) -> [Action; 4] {
+    [
+        Action::Init { buf: 0 },
+        Action::Advance {
+            buf: 0,
+            from: 0,
+            to: r,
+        },
+        Action::Turn { buf: 0 },
+        Action::Free { buf: 0 },
+    ]
+}
+
+/// [`plan::truncated`] from this thread's cache.
+fn cached_truncated(r: usize, k: usize) -> Rc<Plan> {
+    thread_local! {
+        static PLANS: RefCell<Option<(usize, usize, Rc<Plan>)>> = const { RefCell::new(None) };
+    }
+    PLANS.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((n, kk, p)) if *n == r && *kk == k => Rc::clone(p),
+            _ => {
+                let p = Rc::new(plan::truncated(r, k));
+                *c = Some((r, k, Rc::clone(&p)));
+                p
+            }
+        }
+    })
 }

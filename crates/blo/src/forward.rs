@@ -70,9 +70,10 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ForwardMode {
             for c in 0..units.len() {
                 // H Ż + (∂²L/∂φ∂θ) θ̇ in `.d` and ∇_φL in `.v`, read in place
                 // from the tape (a structural zero reads as zeros).
-                let (t, _, ph, _) =
-                    ws.hvp_pass(problem, task, j, theta, &s.phi, &z[c], Some(&units[c]))?;
-                let on_phi: Adjoints<'_, Dual<F>> = ph.iter().map(|&v| t.grad_ref(v)).collect();
+                let pass = ws.hvp_pass(problem, task, j, theta, &s.phi, &z[c], Some(&units[c]))?;
+                let nt = theta.len();
+                let on_phi: Adjoints<'_, Dual<F>> =
+                    (nt..nt + s.phi.len()).map(|i| pass.adjoint(i)).collect();
                 let zero = Dual::new(F::zero(), F::zero());
                 stats.hvps += 1;
                 match &inner.optimizer {

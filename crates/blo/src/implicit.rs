@@ -7,9 +7,10 @@ use hvp::{cg, neumann, CgError, CgParams, FnOp, NeumannError, NeumannParams};
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
+use crate::engine::sweep::{Sweep, Target};
 use crate::error::BloError;
 use crate::estimator::{Estimate, Estimator, SolverReport};
-use crate::exact::{Sweep, Target};
+use crate::exact::first_order_actions;
 use crate::problem::Problem;
 
 /// How the linear system is solved.
@@ -87,8 +88,12 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Implicit {
         _rng: &mut ChaCha8Rng,
     ) -> Result<Estimate<F>, BloError> {
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        let (_, phi_r) = sw.forward(|_| false)?;
         let r = sw.r;
+        // The rollout to φ_r and the turn, φ_r kept in buffer 0.
+        let [init, advance, turn, free] = first_order_actions(r);
+        sw.run(&[init, advance, turn])?;
+        let phi_r = sw.state(0).clone();
+        sw.run(&[free])?;
         let u = sw.cot.as_ref().expect("forward sweep ran").phi.clone();
         let shapes: Vec<_> = u.iter().map(|t| t.shape()).collect();
         let b: Vec<F> = u.iter().flat_map(|t| t.data().iter().copied()).collect();
@@ -99,7 +104,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Implicit {
             F::zero()
         };
         let inv = F::from_f64(1.0 / self.lambda);
-        let ws = RefCell::new(&mut sw.ws);
+        let ws = RefCell::new(&mut sw.bufs.ws);
         let failure: RefCell<Option<BloError>> = RefCell::new(None);
         let count = std::cell::Cell::new(0usize);
         // A v = v + (H v − shift·v)/λ, one HVP per application.

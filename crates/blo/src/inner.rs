@@ -9,12 +9,13 @@
 //! the mixed product M w = ∂²L_in/∂θ∂φ · w (on θ). The tapes are cleared and
 //! reused, so a long inner loop does not grow them.
 
-use std::any::Any;
-use std::cell::{Ref, RefCell};
+use std::cell::Ref;
 
+use hvp::{Leaves, Pass, Seed, Workspace};
 use smallvec::SmallVec;
-use tape::{Dual, Float, Real, Tape, Tensor, Var};
+use tape::{Dual, Float, Real, Tensor};
 
+use crate::engine::sweep::SweepBuffers;
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
 
@@ -56,6 +57,13 @@ pub struct Cotangent<F: Float> {
 }
 
 impl<F: Float> Cotangent<F> {
+    /// Makes this cotangent zeros shaped like `s`, reusing its tensors where
+    /// the shapes match.
+    pub(crate) fn zero_like(&mut self, s: &State<F>) {
+        zero_tensors(&mut self.phi, &s.phi);
+        zero_tensors(&mut self.velocity, &s.velocity);
+    }
+
     /// Zero cotangent shaped like `s`.
     pub fn zeros_like(s: &State<F>) -> Self {
         Cotangent {
@@ -96,33 +104,19 @@ pub struct InnerHvp<F: Float> {
     pub tangent_phi: Vec<Tensor<F>>,
 }
 
-/// Reusable tapes and buffers for the inner loop. One per thread; cheap to
-/// create, and clearing keeps the tapes' capacity.
-///
-/// Besides the two tapes it keeps the buffers a sweep needs again and again:
-/// the tangent w of [`InnerWorkspace::adjoint_step`], and (for the crate's
-/// own sweeps) spare states and a spare cotangent, so that after the first
-/// task a sweep on this workspace allocates only the gradient it returns.
-/// Like the tapes' high-water mark, the spare states keep the memory of the
-/// largest number of states a sweep on this workspace held at once.
+/// The step calculus of the inner loop: one forward step, one adjoint step,
+/// the HVP pass, the outer gradient and the VJP/JVP through Φ_0, each one of
+/// `hvp`'s passes ([`hvp::Workspace`]) on reusable tapes. One per thread;
+/// cheap to create, and clearing keeps the tapes' capacity. Besides the tapes
+/// it keeps the tangent w of [`InnerWorkspace::adjoint_step`], so a warm
+/// adjoint step allocates nothing.
 #[derive(Debug, Default)]
 pub struct InnerWorkspace<F: Float> {
-    primal: Tape<F>,
-    dual: Tape<Dual<F>>,
+    /// The tapes: every pass of this workspace is one of `hvp`'s passes.
+    ws: Workspace<F>,
     /// The adjoint step's tangent w, concatenated in φ order.
     w: Vec<F>,
-    /// Spare states whose tensors are overwritten by the next use.
-    spare: Vec<State<F>>,
-    /// A spare cotangent (the last sweep's).
-    spare_cot: Option<Cotangent<F>>,
-    /// An empty list with the capacity of the last sweep's kept states.
-    spare_kept: Vec<(usize, State<F>)>,
-    /// An empty list with the capacity of the last checkpoint segment.
-    spare_segment: Vec<State<F>>,
 }
-
-/// The variables of one tensor list on a tape (θ or φ): inline up to 8.
-pub(crate) type Vars<'t, T> = SmallVec<[Var<'t, T>; 8]>;
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
 pub(crate) type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 8]>;
@@ -149,115 +143,10 @@ pub(crate) fn tensors_finite<'a, T: Real + 'a>(
     ts.into_iter().all(|t| all_finite(t.data()))
 }
 
-thread_local! {
-    /// Slots for workspaces handed back by finished sweeps, reused by the next
-    /// ones on this thread (any `F`: a slot is an `Option<InnerWorkspace<F>>`,
-    /// looked up by type). A slot outlives its workspace, so taking a workspace
-    /// and handing it back allocates nothing.
-    static CACHE: RefCell<Vec<Box<dyn Slot>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// At most this many workspace slots are kept per thread.
-const CACHE_LEN: usize = 4;
-
 impl<F: Float> InnerWorkspace<F> {
     /// Empty tapes.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// A workspace from this thread's cache (its tapes and buffers keep their
-    /// capacity, so reusing it allocates nothing), or a new one. Every use
-    /// clears the tapes and overwrites the buffers first, so the results do not
-    /// depend on which one is returned.
-    pub(crate) fn cached() -> Self {
-        CACHE.with(|c| {
-            c.borrow_mut()
-                .iter_mut()
-                .find_map(|slot| slot.as_any_mut().downcast_mut::<Option<Self>>()?.take())
-                .unwrap_or_default()
-        })
-    }
-
-    /// Hands the workspace back to this thread's cache: into an empty slot of
-    /// its type, a new slot, or an empty slot of another type (dropped if every
-    /// slot is full).
-    pub(crate) fn recycle(self) {
-        CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            let own = c
-                .iter_mut()
-                .filter_map(|slot| slot.as_any_mut().downcast_mut::<Option<Self>>())
-                .find(|o| o.is_none());
-            if let Some(o) = own {
-                *o = Some(self);
-            } else if c.len() < CACHE_LEN {
-                c.push(Box::new(Some(self)));
-            } else if let Some(slot) = c.iter_mut().find(|slot| slot.is_empty()) {
-                *slot = Box::new(Some(self));
-            }
-        })
-    }
-
-    /// A spare state (tensors of unspecified shapes and values), or an empty one.
-    pub(crate) fn spare_state(&mut self) -> State<F> {
-        self.spare.pop().unwrap_or(State {
-            phi: Vec::new(),
-            velocity: Vec::new(),
-        })
-    }
-
-    /// Keeps `s`'s buffers for a later [`InnerWorkspace::spare_state`].
-    pub(crate) fn put_spare(&mut self, s: State<F>) {
-        self.spare.push(s);
-    }
-
-    /// A copy of `s` in a spare state's buffers.
-    pub(crate) fn copy_state(&mut self, s: &State<F>) -> State<F> {
-        let mut c = self.spare_state();
-        copy_tensors(&mut c.phi, &s.phi);
-        copy_tensors(&mut c.velocity, &s.velocity);
-        c
-    }
-
-    /// An empty list for the kept states of a sweep (with the capacity of the
-    /// last one).
-    pub(crate) fn take_kept(&mut self) -> Vec<(usize, State<F>)> {
-        std::mem::take(&mut self.spare_kept)
-    }
-
-    /// Hands back a kept-state list; its remaining states become spares.
-    pub(crate) fn put_kept(&mut self, mut kept: Vec<(usize, State<F>)>) {
-        self.spare.extend(kept.drain(..).map(|(_, s)| s));
-        self.spare_kept = kept;
-    }
-
-    /// An empty list for the states of a checkpoint segment (with the capacity
-    /// of the last one).
-    pub(crate) fn take_segment(&mut self) -> Vec<State<F>> {
-        std::mem::take(&mut self.spare_segment)
-    }
-
-    /// Hands back a segment list; its remaining states become spares.
-    pub(crate) fn put_segment(&mut self, mut seg: Vec<State<F>>) {
-        self.spare.append(&mut seg);
-        self.spare_segment = seg;
-    }
-
-    /// A zero cotangent shaped like `s`, in the spare cotangent's buffers.
-    pub(crate) fn zero_cotangent(&mut self, s: &State<F>) -> Cotangent<F> {
-        let mut c = self.spare_cot.take().unwrap_or(Cotangent {
-            phi: Vec::new(),
-            velocity: Vec::new(),
-        });
-        zero_tensors(&mut c.phi, &s.phi);
-        zero_tensors(&mut c.velocity, &s.velocity);
-        c
-    }
-
-    /// Keeps a cotangent's buffers for the next [`InnerWorkspace::zero_cotangent`].
-    pub(crate) fn put_cotangent(&mut self, c: Cotangent<F>) {
-        self.spare_cot = Some(c);
     }
 
     /// φ_0 = Φ_0(θ) (velocity zero for momentum). Not counted as a step.
@@ -287,19 +176,18 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         s: &mut State<F>,
     ) -> Result<(), BloError> {
-        self.primal.clear();
-        let t = &self.primal;
-        let th = leaves(t, theta, false);
-        let phi0 = problem.initial_state(t, task, &th);
-        s.phi.truncate(phi0.len());
-        for (i, v) in phi0.iter().enumerate() {
-            let shape = v.shape();
-            match s.phi.get_mut(i) {
-                Some(p) if p.shape() == shape => p.data_mut().copy_from_slice(&t.value_ref(*v)),
-                Some(p) => *p = v.value(),
-                None => s.phi.push(v.value()),
+        self.ws.eval(theta, |t, th| {
+            let phi0 = problem.initial_state(t, task, th);
+            s.phi.truncate(phi0.len());
+            for (i, v) in phi0.iter().enumerate() {
+                let shape = v.shape();
+                match s.phi.get_mut(i) {
+                    Some(p) if p.shape() == shape => p.data_mut().copy_from_slice(&t.value_ref(*v)),
+                    Some(p) => *p = v.value(),
+                    None => s.phi.push(v.value()),
+                }
             }
-        }
+        });
         if problem.inner_loop().has_velocity() {
             zero_tensors(&mut s.velocity, &s.phi);
         } else {
@@ -331,20 +219,22 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
-        self.primal.clear();
-        let t = &self.primal;
-        let th = leaves(t, theta, false);
-        let ph = leaves(t, &state.phi, true);
-        let loss = problem.inner_loss(t, task, j, &th, &ph);
-        let value = loss.item();
+        let nt = theta.len();
+        let pass = self.ws.grad_pass(
+            theta
+                .iter()
+                .map(|x| (x, false))
+                .chain(state.phi.iter().map(|x| (x, true))),
+            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+        );
+        let value = pass.value();
         if !value.is_finite() {
             return Err(non_finite("inner loss", j));
         }
-        t.backward(loss);
         // The gradients are read in place from the tape (no copy); every one is
         // checked before the state is touched. A structural zero (no adjoint
         // reached φ_i) is applied as zeros, as a copied gradient would be.
-        let grads: Adjoints<'_, F> = ph.iter().map(|&v| t.grad_ref(v)).collect();
+        let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
         if !grads.iter().flatten().all(|g| all_finite(g)) {
             return Err(non_finite("inner gradient", j));
         }
@@ -392,11 +282,10 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         phi: &[Tensor<F>],
     ) -> Result<F, BloError> {
-        self.primal.clear();
-        let t = &self.primal;
-        let th = leaves(t, theta, false);
-        let ph = leaves(t, phi, false);
-        let l = problem.outer_loss(t, task, &th, &ph).item();
+        let nt = theta.len();
+        let l = self.ws.eval(theta.iter().chain(phi), |t, v| {
+            problem.outer_loss(t, task, &v[..nt], &v[nt..]).item()
+        });
         if !l.is_finite() {
             return Err(non_finite("outer loss", problem.inner_loop().steps + 1));
         }
@@ -441,17 +330,22 @@ impl<F: Float> InnerWorkspace<F> {
         g_phi: &mut [Tensor<F>],
     ) -> Result<F, BloError> {
         let step = problem.inner_loop().steps + 1;
-        self.primal.clear();
-        let t = &self.primal;
-        let th = leaves(t, theta, true);
-        let ph = leaves(t, phi, true);
-        let loss = problem.outer_loss(t, task, &th, &ph);
-        let value = loss.item();
+        let nt = theta.len();
+        let pass = self
+            .ws
+            .grad_pass(theta.iter().chain(phi).map(|x| (x, true)), |t, v| {
+                problem.outer_loss(t, task, &v[..nt], &v[nt..])
+            });
+        let value = pass.value();
         if !value.is_finite() {
             return Err(non_finite("outer loss", step));
         }
-        t.backward(loss);
-        for (g, &v) in g_theta.iter_mut().zip(&th).chain(g_phi.iter_mut().zip(&ph)) {
+        let t = pass.tape();
+        for (g, &v) in g_theta
+            .iter_mut()
+            .chain(g_phi.iter_mut())
+            .zip(pass.inputs())
+        {
             t.grad_into(v, g.data_mut());
         }
         if !tensors_finite(g_theta.iter().chain(g_phi.iter())) {
@@ -473,43 +367,12 @@ impl<F: Float> InnerWorkspace<F> {
         u: &[Tensor<F>],
         g_theta: &mut [Tensor<F>],
     ) {
-        self.primal.clear();
-        let t = &self.primal;
-        let th = leaves(t, theta, true);
-        let phi0 = problem.initial_state(t, task, &th);
-        assert_eq!(
-            phi0.len(),
-            u.len(),
-            "initial_state_vjp: Φ_0 has {} tensors but the cotangent {}",
-            phi0.len(),
-            u.len()
+        self.ws.vjp_add(
+            theta,
+            |t, th| Leaves::from_vec(problem.initial_state(t, task, th)),
+            u,
+            g_theta,
         );
-        if phi0.len() == th.len() && phi0.iter().zip(&th).all(|(p, v)| p.index() == v.index()) {
-            // Φ_0 returned θ itself (MAML's default): the VJP is u. Added as
-            // 0 + u, the bits the sweep below would give (a fresh adjoint is
-            // zero, and 1·(1·u) = u).
-            for (g, ui) in g_theta.iter_mut().zip(u) {
-                for (x, &y) in g.data_mut().iter_mut().zip(ui.data()) {
-                    *x += F::zero() + y;
-                }
-            }
-            return;
-        }
-        // s = Σ_i ⟨Φ_0,i(θ), u_i⟩, so ∇_θ s = (∂Φ_0/∂θ)ᵀ u.
-        let mut s: Option<Var<'_, F>> = None;
-        for (p, ui) in phi0.iter().zip(u) {
-            let term = (*p * t.constant(ui)).sum();
-            s = Some(match s {
-                None => term,
-                Some(acc) => acc + term,
-            });
-        }
-        let Some(s) = s else { return };
-        t.backward(s);
-        for (g, &v) in g_theta.iter_mut().zip(&th) {
-            let d = t.grad_ref(v);
-            update(g.data_mut(), d.as_deref(), F::zero(), |x, di| *x += di);
-        }
     }
 
     /// φ̇_0 = (∂Φ_0/∂θ) θ̇, one forward pass on dual numbers (a JVP through
@@ -521,17 +384,14 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         theta_dot: &[Tensor<F>],
     ) -> Vec<Tensor<F>> {
-        self.dual.clear();
-        let t = &self.dual;
-        let th = dual_leaves(t, theta, Tangent::Tensors(theta_dot));
-        problem
-            .initial_state(t, task, &th)
-            .iter()
-            .map(|&v| {
-                let d = t.value_ref(v);
-                Tensor::new(v.shape(), d.iter().map(|x| x.d).collect())
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.ws.jvp_into(
+            theta,
+            theta_dot,
+            |t, th| Leaves::from_vec(problem.initial_state(t, task, th)),
+            &mut out,
+        );
+        out
     }
 
     /// One forward-over-reverse pass through L_in(θ, φ; τ, j) at (θ, φ) with
@@ -555,13 +415,15 @@ impl<F: Float> InnerWorkspace<F> {
         v_phi: &[Tensor<F>],
         v_theta: Option<&[Tensor<F>]>,
     ) -> Result<InnerHvp<F>, BloError> {
-        let (t, th, ph, loss) = self.hvp_pass(problem, task, j, theta, phi, v_phi, v_theta)?;
-        let split = |vars: &[Var<'_, Dual<F>>]| {
-            let mut g = Vec::with_capacity(vars.len());
-            let mut d = Vec::with_capacity(vars.len());
-            for &v in vars {
-                let shape = v.shape();
-                match t.grad_ref(v) {
+        let nt = theta.len();
+        let pass = self.hvp_pass(problem, task, j, theta, phi, v_phi, v_theta)?;
+        let loss = pass.value().v;
+        let split = |range: std::ops::Range<usize>| {
+            let mut g = Vec::with_capacity(range.len());
+            let mut d = Vec::with_capacity(range.len());
+            for i in range {
+                let shape = pass.inputs()[i].shape();
+                match pass.adjoint(i) {
                     Some(a) => {
                         g.push(Tensor::new(shape, a.iter().map(|x| x.v).collect()));
                         d.push(Tensor::new(shape, a.iter().map(|x| x.d).collect()));
@@ -574,8 +436,8 @@ impl<F: Float> InnerWorkspace<F> {
             }
             (g, d)
         };
-        let (grad_theta, tangent_theta) = split(&th);
-        let (grad_phi, tangent_phi) = split(&ph);
+        let (grad_theta, tangent_theta) = split(0..nt);
+        let (grad_phi, tangent_phi) = split(nt..nt + phi.len());
         Ok(InnerHvp {
             loss,
             grad_theta,
@@ -586,14 +448,14 @@ impl<F: Float> InnerWorkspace<F> {
     }
 
     /// The pass of [`InnerWorkspace::inner_hvp`] without copying its results
-    /// out: returns the dual tape, the θ and φ leaves (whose adjoints hold
-    /// ∇L_in in `.v` and the tangent products in `.d`; read them with
-    /// `Tape::grad_ref`, `None` meaning zeros) and L_in.
+    /// out: `hvp`'s dual pass over the inputs (θ, φ), whose adjoints hold
+    /// ∇L_in in `.v` and the tangent products in `.d` (inputs 0..|θ| are θ,
+    /// then φ; `None` meaning zeros).
     ///
     /// # Errors
     /// As [`InnerWorkspace::inner_hvp`].
     #[track_caller]
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn hvp_pass<P: Problem<F>>(
         &mut self,
         problem: &P,
@@ -603,10 +465,10 @@ impl<F: Float> InnerWorkspace<F> {
         phi: &[Tensor<F>],
         v_phi: &[Tensor<F>],
         v_theta: Option<&[Tensor<F>]>,
-    ) -> Result<(&Tape<Dual<F>>, Vars<'_, Dual<F>>, Vars<'_, Dual<F>>, F), BloError> {
+    ) -> Result<Pass<'_, Dual<F>>, BloError> {
         let v_theta = v_theta.map_or(Tangent::Zero, Tangent::Tensors);
         dual_pass(
-            &mut self.dual,
+            &mut self.ws,
             problem,
             task,
             j,
@@ -678,8 +540,8 @@ impl<F: Float> InnerWorkspace<F> {
                 }
             }
         }
-        let (t, th, ph, _) = dual_pass(
-            &mut self.dual,
+        let pass = dual_pass(
+            &mut self.ws,
             problem,
             task,
             j,
@@ -691,8 +553,10 @@ impl<F: Float> InnerWorkspace<F> {
         let w = &self.w[..];
         // The products, read in place from the tape: .v is ∇L_in, .d is H w
         // (on φ) and M w (on θ). A structural zero is applied as zeros.
-        let on_phi: Adjoints<'_, Dual<F>> = ph.iter().map(|&v| t.grad_ref(v)).collect();
-        let on_theta: Adjoints<'_, Dual<F>> = th.iter().map(|&v| t.grad_ref(v)).collect();
+        let nt = theta.len();
+        let on_phi: Adjoints<'_, Dual<F>> =
+            (nt..nt + prev.phi.len()).map(|i| pass.adjoint(i)).collect();
+        let on_theta: Adjoints<'_, Dual<F>> = (0..nt).map(|i| pass.adjoint(i)).collect();
         let zero = Dual::new(F::zero(), F::zero());
         match opt {
             InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => {
@@ -746,21 +610,6 @@ impl<F: Float> InnerWorkspace<F> {
     }
 }
 
-/// A cache slot: an `Option<InnerWorkspace<F>>` for some `F`.
-trait Slot {
-    fn is_empty(&self) -> bool;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
-}
-
-impl<F: Float> Slot for Option<InnerWorkspace<F>> {
-    fn is_empty(&self) -> bool {
-        self.is_none()
-    }
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-}
-
 /// A tangent on a tensor list of a dual pass.
 #[derive(Clone, Copy)]
 enum Tangent<'a, F> {
@@ -773,13 +622,15 @@ enum Tangent<'a, F> {
 }
 
 /// The pass under [`InnerWorkspace::inner_hvp`] and
-/// [`InnerWorkspace::adjoint_step`]: clears the dual tape, records L_in at
-/// (θ + v_θ ε, φ + v_φ ε) and runs the reverse sweep; returns the tape, the θ
-/// and φ leaves (whose adjoints hold the results) and L_in.
+/// [`InnerWorkspace::adjoint_step`]: `hvp`'s dual pass of L_in(·, ·; τ, j)
+/// at (θ + v_θ ε, φ + v_φ ε), inputs θ then φ.
+///
+/// # Errors
+/// [`BloError::NonFinite`] naming step j if L_in is not finite.
 #[track_caller]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn dual_pass<'t, F: Float, P: Problem<F>>(
-    dual: &'t mut Tape<Dual<F>>,
+    ws: &'t mut Workspace<F>,
     problem: &P,
     task: &P::Task,
     j: usize,
@@ -787,18 +638,54 @@ fn dual_pass<'t, F: Float, P: Problem<F>>(
     phi: &[Tensor<F>],
     v_theta: Tangent<'_, F>,
     v_phi: Tangent<'_, F>,
-) -> Result<(&'t Tape<Dual<F>>, Vars<'t, Dual<F>>, Vars<'t, Dual<F>>, F), BloError> {
-    dual.clear();
-    let t: &'t Tape<Dual<F>> = dual;
-    let th = dual_leaves(t, theta, v_theta);
-    let ph = dual_leaves(t, phi, v_phi);
-    let loss = problem.inner_loss(t, task, j, &th, &ph);
-    let value = loss.item();
-    if !value.v.is_finite() {
+) -> Result<Pass<'t, Dual<F>>, BloError> {
+    let nt = theta.len();
+    let seeds = seeds(theta, v_theta).chain(seeds(phi, v_phi));
+    let pass = ws.dual_pass(seeds, |t, v| {
+        problem.inner_loss(t, task, j, &v[..nt], &v[nt..])
+    });
+    if !pass.value().v.is_finite() {
         return Err(non_finite("inner loss", j));
     }
-    t.backward(loss);
-    Ok((t, th, ph, value.v))
+    Ok(pass)
+}
+
+/// The dual-pass seeds of a tensor list with its tangent.
+#[track_caller]
+fn seeds<'a, F: Float>(
+    x: &'a [Tensor<F>],
+    v: Tangent<'a, F>,
+) -> impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)> + 'a {
+    if let Tangent::Tensors(v) = v {
+        assert!(
+            v.len() == x.len(),
+            "inner_hvp: {} point tensors but {} tangents",
+            x.len(),
+            v.len()
+        );
+        for (xi, vi) in x.iter().zip(v) {
+            assert_eq!(
+                vi.shape(),
+                xi.shape(),
+                "inner_hvp: point {:?} but tangent {:?}",
+                xi.shape(),
+                vi.shape()
+            );
+        }
+    }
+    let mut at = 0;
+    x.iter().enumerate().map(move |(i, xi)| {
+        let seed = match v {
+            Tangent::Zero => Seed::Zero,
+            Tangent::Tensors(v) => Seed::Tangent(v[i].data()),
+            Tangent::Flat(w) => {
+                let wi = &w[at..at + xi.numel()];
+                at += xi.numel();
+                Seed::Tangent(wi)
+            }
+        };
+        (xi, seed)
+    })
 }
 
 #[track_caller]
@@ -830,63 +717,6 @@ pub(crate) fn meta_sgd_steps<'a, F: Float>(
     alpha
 }
 
-/// The leaves of a tensor list on a tape, in order.
-fn leaves<'t, T: Real>(t: &'t Tape<T>, x: &[Tensor<T>], requires_grad: bool) -> Vars<'t, T> {
-    x.iter()
-        .map(|xi| t.leaf(xi.shape(), xi.data(), requires_grad))
-        .collect()
-}
-
-/// Differentiable dual leaves x + v ε, written in place on the tape.
-#[track_caller]
-fn dual_leaves<'t, F: Float>(
-    t: &'t Tape<Dual<F>>,
-    x: &[Tensor<F>],
-    v: Tangent<'_, F>,
-) -> Vars<'t, Dual<F>> {
-    fn fill<F: Float>(out: &mut [Dual<F>], x: &[F], v: &[F]) {
-        for ((o, &a), &b) in out.iter_mut().zip(x).zip(v) {
-            *o = Dual::new(a, b);
-        }
-    }
-    let mut vars = Vars::new();
-    let mut at = 0;
-    for (i, xi) in x.iter().enumerate() {
-        let xd = xi.data();
-        let leaf = match v {
-            Tangent::Zero => t.leaf_with(xi.shape(), true, |out| {
-                for (o, &a) in out.iter_mut().zip(xd) {
-                    *o = Dual::constant(a);
-                }
-            }),
-            Tangent::Tensors(v) => {
-                let Some(vi) = v.get(i) else {
-                    panic!(
-                        "inner_hvp: {} point tensors but {} tangents",
-                        x.len(),
-                        v.len()
-                    )
-                };
-                assert_eq!(
-                    vi.shape(),
-                    xi.shape(),
-                    "inner_hvp: point {:?} but tangent {:?}",
-                    xi.shape(),
-                    vi.shape()
-                );
-                t.leaf_with(xi.shape(), true, |out| fill(out, xd, vi.data()))
-            }
-            Tangent::Flat(w) => {
-                let wi = &w[at..at + xd.len()];
-                at += xd.len();
-                t.leaf_with(xi.shape(), true, |out| fill(out, xd, wi))
-            }
-        };
-        vars.push(leaf);
-    }
-    vars
-}
-
 /// `f(a_k, b_k)` for every k, with `b = None` (a structural zero) read as
 /// `zero` everywhere, so the arithmetic (and a −0 + 0 = +0) is the same as on
 /// a buffer of zeros.
@@ -909,20 +739,6 @@ pub(crate) fn update<A, B: Copy>(
             }
         }
     }
-}
-
-/// Makes `dst` a copy of `src`, reusing `dst`'s tensors where the shapes match.
-fn copy_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, src: &[Tensor<F>]) {
-    dst.truncate(src.len());
-    for (d, s) in dst.iter_mut().zip(src) {
-        if d.shape() == s.shape() {
-            d.data_mut().copy_from_slice(s.data());
-        } else {
-            d.clone_from(s);
-        }
-    }
-    let n = dst.len();
-    dst.extend_from_slice(&src[n..]);
 }
 
 /// Makes `dst` zeros shaped like `like`, reusing `dst`'s tensors where the
@@ -976,9 +792,9 @@ pub fn meta_loss<F: Float, P: Problem<F>>(
     theta: &[Tensor<F>],
 ) -> Result<F, BloError> {
     let (phi_r, _) = rollout(problem, task, theta)?;
-    let mut ws = InnerWorkspace::cached();
-    let l = ws.outer_loss(problem, task, theta, &phi_r.phi);
-    ws.recycle();
+    let mut bufs = SweepBuffers::cached();
+    let l = bufs.ws.outer_loss(problem, task, theta, &phi_r.phi);
+    bufs.recycle();
     l
 }
 
@@ -1011,7 +827,8 @@ pub fn rollout<F: Float, P: Problem<F>>(
 ) -> Result<(State<F>, Vec<F>), BloError> {
     let inner = problem.inner_loop();
     inner.validate()?;
-    let mut ws = InnerWorkspace::cached();
+    let mut bufs = SweepBuffers::cached();
+    let ws = &mut bufs.ws;
     let mut run = || {
         let mut s = ws.initial_state(problem, task, theta)?;
         let mut losses = Vec::with_capacity(inner.steps);
@@ -1021,6 +838,6 @@ pub fn rollout<F: Float, P: Problem<F>>(
         Ok((s, losses))
     };
     let out = run();
-    ws.recycle();
+    bufs.recycle();
     out
 }

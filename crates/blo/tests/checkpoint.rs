@@ -63,13 +63,38 @@ fn revolve_closed_form_equals_the_recurrence() {
     assert_eq!(revolve_cost(6, 2), 8);
 }
 
-/// Peak states of EveryK with spacing k: the first sweep holds the n = ⌈r/k⌉
-/// checkpoints plus the working state; reversing segment c (0-based, length
-/// L_c) holds the c earlier checkpoints plus the L_c states of the segment.
+/// REFERENCE §9's optimum over the whole unroll, by dynamic programming:
+/// U(l, s) = 0 if l ≤ 1 or s ≥ l; U(l, 1) = T(l, 1);
+/// U(l, s) = min_{1≤m<l} U(l − m, s − 1) + T(m, s); the total is r + U(r, s).
+fn whole_unroll_optimum(r: usize, s: usize) -> usize {
+    let t = revolve_dp(r.max(1), s);
+    let mut u = vec![vec![0u128; s + 1]; r + 1];
+    for l in 2..=r {
+        for c in 1..=s {
+            u[l][c] = if c >= l {
+                0
+            } else if c == 1 {
+                t[l][1]
+            } else {
+                (1..l).map(|m| u[l - m][c - 1] + t[m][c]).min().unwrap()
+            };
+        }
+    }
+    r + u[r][s] as usize
+}
+
+/// Peak states of EveryK with spacing k (φ_0 is regenerated, not held): the
+/// first sweep holds the n − 1 checkpoints φ_k, φ_2k, … plus the working
+/// state; reversing segment c (0-based, length L_c) holds the c checkpoints
+/// up to its own (φ_0's one buffer for c = 0) plus the L_c − 1 states it
+/// recomputes.
 fn every_k_peak(r: usize, k: usize) -> usize {
     let n = r.div_ceil(k);
-    let seg = (0..n).map(|c| c + (k.min(r - c * k))).max().unwrap();
-    seg.max(n + 1)
+    let seg = (0..n)
+        .map(|c| c.max(1) + k.min(r - c * k) - 1)
+        .max()
+        .unwrap();
+    seg.max(n)
 }
 
 fn check_counts(r: usize, policy: Policy, e: &Estimate<f64>, momentum: bool) {
@@ -81,17 +106,17 @@ fn check_counts(r: usize, policy: Policy, e: &Estimate<f64>, momentum: bool) {
         "{policy:?}: steps + outer + Φ_0 VJP"
     );
     let (steps, peak) = match policy {
-        Policy::StoreAll => (r, r + 1),
+        Policy::StoreAll => (r, r),
         Policy::Recompute => (r * (r + 1) / 2, 1),
         Policy::EveryK { k } => (2 * r - r.div_ceil(k), every_k_peak(r, k)),
         Policy::Sqrt => unreachable!(),
-        Policy::Binomial { snapshots } => (r + revolve_cost(r, snapshots) as usize, s.states_peak),
+        Policy::Binomial { snapshots } => (whole_unroll_optimum(r, snapshots), s.states_peak),
     };
     assert_eq!(s.forward_steps, steps, "{policy:?} r={r}: forward steps");
     assert_eq!(s.states_peak, peak, "{policy:?} r={r}: states at peak");
     if let Policy::Binomial { snapshots } = policy {
         assert!(
-            s.states_peak <= snapshots + 1,
+            s.states_peak <= snapshots,
             "binomial r={r} s={snapshots}: {} states",
             s.states_peak
         );
@@ -137,8 +162,10 @@ proptest! {
 
 #[test]
 fn binomial_memory_is_logarithmic_and_time_near_linear() {
-    // r = 100 with 5 snapshots: β(5, τ) = C(5 + τ, 5) ≥ 100 at τ = 4 (C(9,5) = 126),
-    // so each step is recomputed at most 4 times: t = 4·100 − β(6, 3) = 400 − 84 = 316.
+    // r = 100 with 5 snapshots. Placing them only during the reversal would
+    // cost 100 + t(100, 5): β(5, τ) = C(5 + τ, 5) ≥ 100 at τ = 4 (C(9,5) = 126),
+    // t = 4·100 − β(6, 3) = 400 − 84 = 316. Placing them during the first
+    // sweep (the plan) does better: r + U(100, 5).
     let p = TanhNet {
         inner: InnerLoop::sgd(100, 0.05).unwrap(),
         hidden: 2,
@@ -147,8 +174,10 @@ fn binomial_memory_is_logarithmic_and_time_near_linear() {
     let theta = p.theta(0);
     let e = run(&p, Policy::Binomial { snapshots: 5 }, &theta);
     assert_eq!(revolve_cost(100, 5), 316);
-    assert_eq!(e.stats.forward_steps, 100 + 316);
-    assert!(e.stats.states_peak <= 6);
+    let opt = whole_unroll_optimum(100, 5);
+    assert!(opt < 100 + 316, "{opt}");
+    assert_eq!(e.stats.forward_steps, opt);
+    assert!(e.stats.states_peak <= 5);
     assert_eq!(bits(&e), bits(&run(&p, Policy::StoreAll, &theta)));
 }
 

@@ -45,6 +45,7 @@ mod dense;
 mod lanczos;
 mod linop;
 mod objective;
+mod pass;
 mod solve;
 mod workspace;
 
@@ -52,6 +53,7 @@ pub use dense::{dense_hessian, dense_jacobian, dense_matrix};
 pub use lanczos::{lanczos, LanczosError, LanczosInfo, LanczosParams};
 pub use linop::{Damped, DenseOp, FnOp, Hessian, Identity, LinOp};
 pub use objective::{AsVector, Objective, VectorFunction};
+pub use pass::{Leaves, Pass, Seed};
 pub use solve::{
     cg, neumann, power_iteration, CgError, CgInfo, CgParams, NeumannError, NeumannInfo,
     NeumannParams, PowerError, PowerInfo, PowerParams,

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use tape::{Dual, Float, Tape, Tensor, Var};
 
 use crate::objective::{Objective, VectorFunction};
+use crate::pass::{dual_leaves, Seed};
 
 /// The value, gradient and Hessian-vector product of an [`Objective`] at a point.
 #[derive(Clone, Debug)]
@@ -40,21 +41,6 @@ pub struct MixedHvp<F: Float> {
     pub h_thetaphi_v: Vec<Tensor<F>>,
 }
 
-/// How one input enters a dual pass.
-#[derive(Copy, Clone)]
-pub(crate) enum Seed<'a, F> {
-    /// Differentiable, with this tangent.
-    Tangent(&'a [F]),
-    /// Differentiable, zero tangent.
-    Zero,
-    /// Not differentiated: no adjoint is computed for it (pruned by `requires_grad`).
-    Constant,
-}
-
-/// Small vectors of variables: objectives rarely have more than 8 inputs, so
-/// collecting the leaves does not allocate.
-type Leaves<'t, F> = SmallVec<[Var<'t, Dual<F>>; 8]>;
-
 /// Reusable tapes, so repeated products allocate nothing after the first.
 ///
 /// Every pass clears the tape it uses (keeping the capacity of all its arenas),
@@ -66,8 +52,6 @@ pub struct Workspace<F: Float> {
     pub primal: Tape<F>,
     /// Tape for JVPs and HVPs.
     pub dual: Tape<Dual<F>>,
-    /// Staging buffer for dual leaves (reused).
-    scratch: Vec<Dual<F>>,
 }
 
 impl<F: Float> Workspace<F> {
@@ -76,7 +60,6 @@ impl<F: Float> Workspace<F> {
         Workspace {
             primal: Tape::new(),
             dual: Tape::new(),
-            scratch: Vec::new(),
         }
     }
 
@@ -86,13 +69,9 @@ impl<F: Float> Workspace<F> {
         f: &O,
         x: &[Tensor<F>],
     ) -> (F, Vec<Tensor<F>>) {
-        self.primal.clear();
-        let t = &self.primal;
-        let vars: SmallVec<[Var<'_, F>; 8]> = x.iter().map(|xi| t.var(xi)).collect();
-        let out = f.eval(t, &vars);
-        let value = out.item();
-        t.backward(out);
-        (value, vars.iter().map(|&v| t.grad(v)).collect())
+        let p = self.grad_pass(x.iter().map(|xi| (xi, true)), |t, v| f.eval(t, v));
+        let t = p.tape();
+        (p.value(), p.inputs().iter().map(|&v| t.grad(v)).collect())
     }
 
     /// f(x) and the directional derivative ⟨∇f(x), v⟩ by one forward pass on
@@ -110,7 +89,7 @@ impl<F: Float> Workspace<F> {
         check_tangents("jvp", x, v);
         self.dual.clear();
         let t = &self.dual;
-        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let vars = dual_leaves(t, x.iter().zip(v).map(opt_seed));
         let out = f.eval(t, &vars).item();
         (out.v, out.d)
     }
@@ -131,7 +110,7 @@ impl<F: Float> Workspace<F> {
         check_tangents("jvp_vec", x, v);
         self.dual.clear();
         let t = &self.dual;
-        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
+        let vars = dual_leaves(t, x.iter().zip(v).map(opt_seed));
         let out = g.eval(t, &vars);
         let vals = t.value_ref(out);
         let shape = out.shape();
@@ -180,20 +159,19 @@ impl<F: Float> Workspace<F> {
         v: &[Option<Tensor<F>>],
     ) -> HvpOutput<F> {
         check_tangents("hvp", x, v);
-        self.dual.clear();
-        let t = &self.dual;
-        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
-        let out = f.eval(t, &vars);
-        let value = out.item().v;
-        t.backward(out);
+        let p = self.dual_pass(x.iter().zip(v).map(opt_seed), |t, v| f.eval(t, v));
         let mut grad = Vec::with_capacity(x.len());
         let mut hv = Vec::with_capacity(x.len());
-        for (&var, xi) in vars.iter().zip(x) {
-            let (g, h) = split_adjoint(t, var, xi);
+        for (&var, xi) in p.inputs().iter().zip(x) {
+            let (g, h) = split_adjoint(p.tape(), var, xi);
             grad.push(g);
             hv.push(h);
         }
-        HvpOutput { value, grad, hv }
+        HvpOutput {
+            value: p.value().v,
+            grad,
+            hv,
+        }
     }
 
     /// [`Workspace::hvp`] writing ∇f(x) and H(x)·v into caller-owned tensors
@@ -228,15 +206,10 @@ impl<F: Float> Workspace<F> {
                 h.shape()
             );
         }
-        self.dual.clear();
-        let t = &self.dual;
-        let vars = record_inputs(t, &mut self.scratch, x.iter().zip(v).map(opt_seed));
-        let out = f.eval(t, &vars);
-        let value = out.item().v;
-        t.backward(out);
-        for ((&var, g), h) in vars.iter().zip(grad.iter_mut()).zip(hv.iter_mut()) {
+        let p = self.dual_pass(x.iter().zip(v).map(opt_seed), |t, v| f.eval(t, v));
+        for (i, (g, h)) in grad.iter_mut().zip(hv.iter_mut()).enumerate() {
             let (g, h) = (g.data_mut(), h.data_mut());
-            match t.grad_ref(var) {
+            match p.adjoint(i) {
                 Some(adj) => {
                     for ((gi, hi), d) in g.iter_mut().zip(h.iter_mut()).zip(adj.iter()) {
                         *gi = d.v;
@@ -249,7 +222,7 @@ impl<F: Float> Workspace<F> {
                 }
             }
         }
-        value
+        p.value().v
     }
 
     /// One dual pass of f(θ, φ) with the tangent `v_phi` on φ and none on θ.
@@ -305,19 +278,16 @@ impl<F: Float> Workspace<F> {
                 v.shape()
             );
         }
-        self.dual.clear();
-        let t = &self.dual;
         let seeds = theta.iter().map(|th| (th, Seed::Zero)).chain(
             phi.iter()
                 .zip(v_phi)
                 .map(|(p, v)| (p, Seed::Tangent(v.data()))),
         );
-        let vars = record_inputs(t, &mut self.scratch, seeds);
-        let out = f.eval(t, &vars);
-        let value = out.item().v;
-        t.backward(out);
+        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
+        let t = p.tape();
+        let vars = p.inputs();
         let mut m = MixedHvp {
-            value,
+            value: p.value().v,
             grad_theta: Vec::with_capacity(theta.len()),
             grad_phi: Vec::with_capacity(phi.len()),
             h_phiphi_v: Vec::with_capacity(phi.len()),
@@ -347,8 +317,6 @@ impl<F: Float> Workspace<F> {
         v: &[F],
         hv: &mut [F],
     ) {
-        self.dual.clear();
-        let t = &self.dual;
         let mut at = 0;
         let seeds = x.iter().zip(wrt).map(|(xi, &w)| {
             if w {
@@ -359,11 +327,10 @@ impl<F: Float> Workspace<F> {
                 (xi, Seed::Constant)
             }
         });
-        let vars = record_inputs(t, &mut self.scratch, seeds);
-        let out = f.eval(t, &vars);
-        t.backward(out);
+        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
+        let t = p.tape();
         let mut at = 0;
-        for ((&var, xi), &w) in vars.iter().zip(x).zip(wrt) {
+        for ((&var, xi), &w) in p.inputs().iter().zip(x).zip(wrt) {
             if !w {
                 continue;
             }
@@ -402,34 +369,6 @@ fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]
             );
         }
     }
-}
-
-/// Records each input as a dual leaf, staging the dual values in `buf` (reused).
-fn record_inputs<'t, 'a, F: Float>(
-    t: &'t Tape<Dual<F>>,
-    buf: &mut Vec<Dual<F>>,
-    seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
-) -> Leaves<'t, F> {
-    // The duals are written straight into the tape's arena (no staging copy);
-    // `buf` is kept for the signature's sake and stays empty.
-    let _ = &buf;
-    seeds
-        .map(|(x, seed)| {
-            let requires_grad = !matches!(seed, Seed::Constant);
-            t.leaf_with(x.shape(), requires_grad, |out| match seed {
-                Seed::Tangent(v) => {
-                    for ((o, &a), &b) in out.iter_mut().zip(x.data()).zip(v) {
-                        *o = Dual::new(a, b);
-                    }
-                }
-                Seed::Zero | Seed::Constant => {
-                    for (o, &a) in out.iter_mut().zip(x.data()) {
-                        *o = Dual::constant(a);
-                    }
-                }
-            })
-        })
-        .collect()
 }
 
 /// Calls `f(i, adjoint_i)` for every element of `var`'s adjoint after a sweep,

@@ -1,0 +1,230 @@
+//! The one loop that executes a plan: every exact, truncated and first-order
+//! estimate of the crate is a [`Plan`](super::plan::Plan) run by
+//! [`Sweep::run`].
+//!
+//! The sweep holds the inputs (problem, task, θ), the step calculus
+//! ([`InnerWorkspace`]: one forward step, one adjoint step), the
+//! [`StateStore`] that owns every held state, the running cotangent ū and
+//! θ-gradient g, and the cost meters. Each [`Action`] is one call:
+//!
+//! | action | effect | counted |
+//! |---|---|---|
+//! | `Init { buf }` | buf ← φ_0 = Φ_0(θ) | — |
+//! | `Copy { from, to }` | to ← from | — |
+//! | `Advance { buf, from, to }` | steps from+1..=to in place | `forward_steps`, `gradients` |
+//! | `Turn { buf }` | L_out at φ_r: g ← ∇_θ L_out, ū_φ ← ∇_φ L_out | `gradients` |
+//! | `Adjoint { buf, step: j }` | ū_j → ū_{j−1}, g += θ part (docs/math.md, the adjoint sweep) | `hvps` |
+//! | `Free { buf }` | buf released | — |
+//!
+//! Every state is produced by the same step function from the same inputs,
+//! so every plan gives the same bits.
+
+use tape::{Float, Tensor};
+
+use super::cache;
+use super::plan::Action;
+use super::store::StateStore;
+use crate::error::BloError;
+use crate::estimator::{Estimate, Stats};
+use crate::inner::{Cotangent, InnerWorkspace};
+use crate::problem::Problem;
+
+/// Which meta-objective the sweep differentiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// F(θ) = L_out(θ, φ_r(θ)).
+    Outer,
+    /// Σ_{j=1}^r L_in(θ, φ_{j−1}(θ); τ, j) (Reptile's objective).
+    InnerSum,
+}
+
+/// What a sweep keeps between tasks on one thread: the tapes, the state
+/// store and a spare cotangent.
+#[derive(Debug, Default)]
+pub(crate) struct SweepBuffers<F: Float> {
+    pub(crate) ws: InnerWorkspace<F>,
+    pub(crate) store: StateStore<F>,
+    cot: Option<Cotangent<F>>,
+}
+
+impl<F: Float> SweepBuffers<F> {
+    /// This thread's buffers (or new ones).
+    pub(crate) fn cached() -> Self {
+        cache::take()
+    }
+
+    /// Hands the buffers back to this thread's cache.
+    pub(crate) fn recycle(mut self) {
+        self.store.reset();
+        cache::give_back(self)
+    }
+}
+
+/// One sweep in progress. See the module docs.
+pub(crate) struct Sweep<'a, F: Float, P: Problem<F>> {
+    pub(crate) problem: &'a P,
+    pub(crate) task: &'a P::Task,
+    pub(crate) theta: &'a [Tensor<F>],
+    pub(crate) bufs: SweepBuffers<F>,
+    pub(crate) stats: Stats,
+    pub(crate) target: Target,
+    /// The number of inner steps r.
+    pub(crate) r: usize,
+    /// ū on the state (set by the turn).
+    pub(crate) cot: Option<Cotangent<F>>,
+    /// The θ-gradient accumulated so far.
+    pub(crate) g: Vec<Tensor<F>>,
+    pub(crate) outer_loss: F,
+}
+
+impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
+    /// A sweep of `problem`'s inner loop on `task` at θ.
+    ///
+    /// # Errors
+    /// Invalid inner-loop settings.
+    pub(crate) fn new(
+        problem: &'a P,
+        task: &'a P::Task,
+        theta: &'a [Tensor<F>],
+        target: Target,
+    ) -> Result<Self, BloError> {
+        let inner = problem.inner_loop();
+        inner.validate()?;
+        let mut bufs = SweepBuffers::cached();
+        bufs.store.reset();
+        Ok(Sweep {
+            problem,
+            task,
+            theta,
+            bufs,
+            stats: Stats::default(),
+            target,
+            r: inner.steps,
+            cot: None,
+            g: theta.iter().map(|t| Tensor::zeros(t.shape())).collect(),
+            outer_loss: F::zero(),
+        })
+    }
+
+    /// Executes `actions` in order.
+    ///
+    /// # Errors
+    /// The first error of a step (a non-finite loss, gradient or cotangent,
+    /// naming the inner step).
+    pub(crate) fn run(&mut self, actions: &[Action]) -> Result<(), BloError> {
+        for &a in actions {
+            self.act(a)?;
+        }
+        Ok(())
+    }
+
+    /// Executes one action.
+    fn act(&mut self, a: Action) -> Result<(), BloError> {
+        let (p, task, theta) = (self.problem, self.task, self.theta);
+        let SweepBuffers { ws, store, cot } = &mut self.bufs;
+        match a {
+            Action::Init { buf } => {
+                let mut s = store.take_free(buf);
+                let r = ws.initial_state_into(p, task, theta, &mut s);
+                store.put(buf, s);
+                r?;
+            }
+            Action::Copy { from, to } => store.copy(from, to),
+            Action::Advance { buf, from, to } => {
+                let s = store.get_mut(buf);
+                for j in from + 1..=to {
+                    ws.step_in_place(p, task, j, theta, s)?;
+                    self.stats.forward_steps += 1;
+                    self.stats.gradients += 1;
+                }
+            }
+            Action::Turn { buf } => {
+                let s = store.get(buf);
+                let mut c = cot.take().unwrap_or(Cotangent {
+                    phi: Vec::new(),
+                    velocity: Vec::new(),
+                });
+                c.zero_like(s);
+                match self.target {
+                    Target::Outer => {
+                        // ∇_θ L_out goes straight into g (zeros so far), ∇_φ L_out into ū_φ.
+                        self.outer_loss =
+                            ws.outer_grad_into(p, task, theta, &s.phi, &mut self.g, &mut c.phi)?;
+                        self.stats.gradients += 1;
+                    }
+                    Target::InnerSum => {
+                        self.outer_loss = ws.outer_loss(p, task, theta, &s.phi)?;
+                    }
+                }
+                self.cot = Some(c);
+            }
+            Action::Adjoint { buf, step } => {
+                let c = self
+                    .cot
+                    .as_mut()
+                    .expect("plan: adjoint step before the turn");
+                ws.adjoint_step(
+                    p,
+                    task,
+                    step,
+                    theta,
+                    store.get(buf),
+                    c,
+                    &mut self.g,
+                    self.target == Target::InnerSum,
+                )?;
+                self.stats.hvps += 1;
+            }
+            Action::Free { buf } => store.free(buf),
+        }
+        Ok(())
+    }
+
+    /// `g + (∂Φ_0/∂θ)ᵀ ū_φ` with the sweep's current g and ū, into `out`
+    /// (shaped like θ; overwritten), without changing the sweep: after the
+    /// turn, the first-order estimate (one more gradient is counted).
+    pub(crate) fn first_order_into(&mut self, out: &mut [Tensor<F>]) {
+        let cot = self
+            .cot
+            .as_ref()
+            .expect("first-order estimate before the turn");
+        for (o, g) in out.iter_mut().zip(&self.g) {
+            o.data_mut().copy_from_slice(g.data());
+        }
+        self.bufs
+            .ws
+            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, out);
+        self.stats.gradients += 1;
+    }
+
+    /// The held state in buffer `buf`.
+    pub(crate) fn state(&self, buf: usize) -> &crate::inner::State<F> {
+        self.bufs.store.get(buf)
+    }
+
+    /// g += (∂Φ_0/∂θ)ᵀ ū_φ, and the estimate.
+    pub(crate) fn finish(mut self) -> Estimate<F> {
+        let cot = self.cot.take().expect("finish before the turn");
+        self.bufs
+            .ws
+            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
+        self.bufs.cot = Some(cot);
+        self.stats.gradients += 1;
+        debug_assert_eq!(self.bufs.store.live(), 0, "a plan left states held");
+        self.stats.states_peak = self.bufs.store.peak();
+        self.stats.state_bytes_peak = self.bufs.store.peak_bytes();
+        Estimate {
+            grad: std::mem::take(&mut self.g),
+            outer_loss: self.outer_loss,
+            stats: std::mem::take(&mut self.stats),
+        }
+    }
+}
+
+impl<F: Float, P: Problem<F>> Drop for Sweep<'_, F, P> {
+    /// Hands the buffers (tapes with their capacity, spare states) back to
+    /// this thread's cache.
+    fn drop(&mut self) {
+        std::mem::take(&mut self.bufs).recycle();
+    }
+}
