@@ -1,0 +1,85 @@
+//! Helpers shared by the corrupt-input tests: a scratch folder, a panic
+//! detector that names the case, bit flips, and the "names the file" check.
+
+#![allow(dead_code)] // each test file uses a subset
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// A folder under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh, empty folder `models-<tag>-<pid>`.
+    pub fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("models-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `f`; a panic becomes a test failure that prints `case` (the panic
+/// itself is what the corrupt-input tests must never see).
+pub fn no_panic<T>(case: &dyn std::fmt::Display, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("case {case}: the loader panicked ({msg}) instead of returning an error");
+        }
+    }
+}
+
+/// `bytes` with bit `bit` (0 = least significant bit of byte 0) flipped.
+pub fn flipped(bytes: &[u8], bits: &[usize]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for &bit in bits {
+        b[bit / 8] ^= 1 << (bit % 8);
+    }
+    b
+}
+
+/// Asserts that an error message names `path`.
+#[track_caller]
+pub fn assert_names(msg: &str, path: &Path, case: &dyn std::fmt::Display) {
+    let p = path.display().to_string();
+    assert!(msg.contains(&p), "case {case}: message does not name {p}: {msg}");
+}
+
+/// Counts cases per class and asserts that every class in `want` was hit.
+#[derive(Default)]
+pub struct Tally(pub std::collections::BTreeMap<String, usize>);
+
+impl Tally {
+    /// Counts one case of `class`.
+    pub fn hit(&mut self, class: impl Into<String>) {
+        *self.0.entry(class.into()).or_default() += 1;
+    }
+    /// Total number of cases.
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+    /// Asserts that each of `want` was hit at least once, and prints the tally.
+    #[track_caller]
+    pub fn require(&self, what: &str, want: &[&str]) {
+        eprintln!("{what}: {} cases {:?}", self.total(), self.0);
+        for w in want {
+            assert!(
+                self.0.get(*w).copied().unwrap_or(0) > 0,
+                "{what}: no case of class `{w}` ({:?})",
+                self.0
+            );
+        }
+    }
+}
