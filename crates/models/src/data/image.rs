@@ -213,14 +213,30 @@ pub fn resize_area(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<
     out
 }
 
+/// Checks that `path` is a folder (`is_dir`) or a file (`!is_dir`).
+///
+/// # Errors
+/// [`DataError::Missing`] if nothing is there, [`DataError::UnexpectedEntry`]
+/// if the other kind is (a file where a folder should be, or the reverse);
+/// both name the path and say what was looked for (`what`).
+pub(crate) fn require(path: &Path, is_dir: bool, what: &str) -> Result<(), DataError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() == is_dir => Ok(()),
+        Ok(_) => Err(DataError::UnexpectedEntry {
+            path: path.to_path_buf(),
+            expected: what.to_string(),
+            found: entry_kind(path),
+        }),
+        Err(_) => Err(DataError::Missing {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        }),
+    }
+}
+
 /// Sorted entries of a folder, with errors naming the folder.
 pub(crate) fn sorted_entries(dir: &Path, what: &str) -> Result<Vec<std::path::PathBuf>, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::Missing {
-            path: dir.to_path_buf(),
-            what: what.to_string(),
-        });
-    }
+    require(dir, true, what)?;
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,

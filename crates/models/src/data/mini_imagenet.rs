@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::image::{check_color, entry_kind, read_png};
+use crate::data::image::{check_color, entry_kind, read_png, require};
 use crate::data::ImageSet;
 use crate::error::DataError;
 
@@ -35,26 +35,11 @@ pub const SIZE: usize = 84;
 /// [`DataError::WrongColorType`] naming the image.
 pub fn load_mini_imagenet(root: impl AsRef<Path>, split: &str) -> Result<ImageSet, DataError> {
     let root = root.as_ref();
-    if !root.is_dir() {
-        return Err(DataError::Missing {
-            path: root.to_path_buf(),
-            what: "Mini-ImageNet root folder".into(),
-        });
-    }
+    require(root, true, "Mini-ImageNet root folder")?;
     let images = root.join("images");
-    if !images.is_dir() {
-        return Err(DataError::Missing {
-            path: images,
-            what: "Mini-ImageNet images folder".into(),
-        });
-    }
+    require(&images, true, "Mini-ImageNet images folder")?;
     let csv = root.join(format!("{split}.csv"));
-    if !csv.is_file() {
-        return Err(DataError::Missing {
-            path: csv,
-            what: format!("split file for `{split}`"),
-        });
-    }
+    require(&csv, false, &format!("split file for `{split}`"))?;
     let text = std::fs::read_to_string(&csv).map_err(|source| DataError::Io {
         path: csv.clone(),
         source,

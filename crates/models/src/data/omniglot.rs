@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::image::{
-    check_color, entry_kind, is_hidden, read_png, resize_area, sorted_entries, utf8_name,
+    check_color, entry_kind, is_hidden, read_png, require, resize_area, sorted_entries, utf8_name,
 };
 use crate::data::ImageSet;
 use crate::error::DataError;
@@ -77,12 +77,7 @@ pub fn load_omniglot(
     opts: &OmniglotOptions,
 ) -> Result<(ImageSet, ImageSet), DataError> {
     let root = root.as_ref();
-    if !root.is_dir() {
-        return Err(DataError::Missing {
-            path: root.to_path_buf(),
-            what: "Omniglot root folder".into(),
-        });
-    }
+    require(root, true, "Omniglot root folder")?;
     let archives: Vec<PathBuf> = ["images_background", "images_evaluation"]
         .iter()
         .map(|a| root.join(a))
