@@ -27,7 +27,9 @@ pub enum ParamsError {
     },
     /// The file's content hash (see [`crate::params::CONTENT_HASH_KEY`]) does not
     /// match its tensors: the file was altered or damaged after it was written.
-    #[error("{path}: content hash mismatch (stored {stored}, computed {computed}): the file is damaged")]
+    #[error(
+        "{path}: content hash mismatch (stored {stored}, computed {computed}): the file is damaged"
+    )]
     ContentMismatch {
         /// The file.
         path: PathBuf,

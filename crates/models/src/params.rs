@@ -304,7 +304,7 @@ impl<F: Float> Params<F> {
         let hash = content_hash(
             views
                 .iter()
-                .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data().as_ref())),
+                .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())),
         );
         let metadata = HashMap::from([(CONTENT_HASH_KEY.to_string(), format_hash(hash))]);
         let buf =
@@ -421,7 +421,10 @@ fn content_hash<'a>(entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], 
     for (name, dtype, shape, data) in entries {
         field(name.as_bytes());
         field(format!("{dtype:?}").as_bytes());
-        let dims: Vec<u8> = shape.iter().flat_map(|&d| (d as u64).to_le_bytes()).collect();
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
         field(&dims);
         field(data);
     }
@@ -522,7 +525,7 @@ fn parse<'a>(path: &Path, buf: &'a [u8], verify: Verify) -> Result<SafeTensors<'
     let computed = format_hash(content_hash(
         views
             .iter()
-            .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data().as_ref())),
+            .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
     ));
     if *stored != computed {
         return Err(ParamsError::ContentMismatch {

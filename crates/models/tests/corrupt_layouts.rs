@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use common::{assert_names, flipped, no_panic, sync_tree, Scratch, Tally, Tree};
 use models::data::image::write_png;
-use models::{load_mini_imagenet, load_omniglot, DataError, EpisodeSampler, ImageSet, OmniglotOptions};
+use models::{
+    load_mini_imagenet, load_omniglot, DataError, EpisodeSampler, ImageSet, OmniglotOptions,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -123,7 +125,8 @@ fn omni_opts() -> OmniglotOptions {
 }
 
 fn char_dir(root: &Path, a: usize, c: usize) -> PathBuf {
-    root.join(format!("alpha{a}")).join(format!("character{c:02}"))
+    root.join(format!("alpha{a}"))
+        .join(format!("character{c:02}"))
 }
 
 fn image_path(root: &Path, a: usize, c: usize, k: usize) -> PathBuf {
@@ -185,7 +188,10 @@ fn omniglot_layouts() {
             1 => {
                 load_root = root.join(name);
                 std::fs::write(&load_root, b"x").unwrap();
-                ("root is a file", Expect::Error("UnexpectedEntry", load_root.clone()))
+                (
+                    "root is a file",
+                    Expect::Error("UnexpectedEntry", load_root.clone()),
+                )
             }
             2 => {
                 for k in 0..PER_CHAR {
@@ -202,17 +208,26 @@ fn omniglot_layouts() {
             4 => {
                 let p = chr.join(name);
                 std::fs::write(&p, b"stray").unwrap();
-                ("stray file in a character folder", Expect::Error("UnexpectedEntry", p))
+                (
+                    "stray file in a character folder",
+                    Expect::Error("UnexpectedEntry", p),
+                )
             }
             5 => {
                 let p = alpha.join(name);
                 std::fs::write(&p, b"stray").unwrap();
-                ("stray file in an alphabet folder", Expect::Error("UnexpectedEntry", p))
+                (
+                    "stray file in an alphabet folder",
+                    Expect::Error("UnexpectedEntry", p),
+                )
             }
             6 => {
                 let p = chr.join(if k == 0 { "extra.png" } else { "sub" });
                 std::fs::create_dir(&p).unwrap();
-                ("directory where a PNG should be", Expect::Error("UnexpectedEntry", p))
+                (
+                    "directory where a PNG should be",
+                    Expect::Error("UnexpectedEntry", p),
+                )
             }
             7 => {
                 let (w, h) = loop {
@@ -222,16 +237,22 @@ fn omniglot_layouts() {
                     }
                 };
                 std::fs::write(&img, png_bytes(&scratch.0, w, h, 1, &vec![7; w * h])).unwrap();
-                ("PNG of the wrong size", Expect::Error("WrongImageSize", img))
+                (
+                    "PNG of the wrong size",
+                    Expect::Error("WrongImageSize", img),
+                )
             }
             8 => {
                 let b = match k {
-                    0 => png_bytes(&scratch.0, SIDE, SIDE, 3, &vec![9; 3 * SIDE * SIDE]),
+                    0 => png_bytes(&scratch.0, SIDE, SIDE, 3, &[9; 3 * SIDE * SIDE]),
                     1 => alpha_png(&scratch.0, SIDE as u32, false),
                     _ => alpha_png(&scratch.0, SIDE as u32, true),
                 };
                 std::fs::write(&img, b).unwrap();
-                ("PNG of the wrong colour type", Expect::Error("WrongColorType", img))
+                (
+                    "PNG of the wrong colour type",
+                    Expect::Error("WrongColorType", img),
+                )
             }
             9 => {
                 let b = std::fs::read(&img).unwrap();
@@ -247,7 +268,11 @@ fn omniglot_layouts() {
                 ("bit-flipped PNG", Expect::Error("BadImage", img))
             }
             11 => {
-                let junk: &[u8] = if k == 0 { &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0] } else { b"text" };
+                let junk: &[u8] = if k == 0 {
+                    &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0]
+                } else {
+                    b"text"
+                };
                 std::fs::write(&img, junk).unwrap();
                 ("not a PNG, named .png", Expect::Error("BadImage", img))
             }
@@ -278,7 +303,10 @@ fn omniglot_layouts() {
             }
             15 => {
                 episode = Some((train.num_classes() + 1 + k, 1));
-                ("too few classes for an episode", Expect::Error("TooFewClasses", root.clone()))
+                (
+                    "too few classes for an episode",
+                    Expect::Error("TooFewClasses", root.clone()),
+                )
             }
             16 => {
                 episode = Some((2, PER_CHAR + 1 + k));
@@ -289,7 +317,10 @@ fn omniglot_layouts() {
             }
             17 => {
                 opts.train_characters = ALPHABETS * CHARS + k;
-                ("no characters left for the test split", Expect::Error("EmptySplit", root.clone()))
+                (
+                    "no characters left for the test split",
+                    Expect::Error("EmptySplit", root.clone()),
+                )
             }
             18 => {
                 for a in 0..ALPHABETS {
@@ -349,7 +380,12 @@ fn mini_name(c: usize, k: usize) -> String {
 }
 
 /// The set a split file listing `lines` (`(class, image)` pairs in order) must give.
-fn mini_oracle(root: &Path, csv: &Path, lines: &[(usize, usize)], gray: Option<(usize, usize)>) -> ImageSet {
+fn mini_oracle(
+    root: &Path,
+    csv: &Path,
+    lines: &[(usize, usize)],
+    gray: Option<(usize, usize)>,
+) -> ImageSet {
     let mut set = ImageSet::new(root, 3, MINI, MINI);
     let mut order: Vec<usize> = Vec::new();
     for &(c, _) in lines {
@@ -387,7 +423,15 @@ fn mini_imagenet_layouts() {
     let csv = root.join("train.csv");
     let mut rng = ChaCha8Rng::seed_from_u64(0x3141_5926);
     let pngs: Vec<Vec<u8>> = (0..CLASSES * PER_CLASS)
-        .map(|i| png_bytes(&scratch.0, MINI, MINI, 3, &mini_pixels(i / PER_CLASS, i % PER_CLASS)))
+        .map(|i| {
+            png_bytes(
+                &scratch.0,
+                MINI,
+                MINI,
+                3,
+                &mini_pixels(i / PER_CLASS, i % PER_CLASS),
+            )
+        })
         .collect();
     // Lines interleave the classes, so first appearance decides class order.
     let lines: Vec<(usize, usize)> = (0..PER_CLASS)
@@ -433,9 +477,15 @@ fn mini_imagenet_layouts() {
                 std::fs::remove_dir_all(&images_dir).unwrap();
                 if k == 0 {
                     std::fs::write(&images_dir, b"x").unwrap();
-                    ("images is a file", Expect::Error("UnexpectedEntry", images_dir.clone()))
+                    (
+                        "images is a file",
+                        Expect::Error("UnexpectedEntry", images_dir.clone()),
+                    )
                 } else {
-                    ("missing images folder", Expect::Error("Missing", images_dir.clone()))
+                    (
+                        "missing images folder",
+                        Expect::Error("Missing", images_dir.clone()),
+                    )
                 }
             }
             2 => {
@@ -443,7 +493,10 @@ fn mini_imagenet_layouts() {
                 let p = root.join(format!("{split}.csv"));
                 if k == 2 {
                     std::fs::create_dir(&p).unwrap();
-                    ("split file is a directory", Expect::Error("UnexpectedEntry", p))
+                    (
+                        "split file is a directory",
+                        Expect::Error("UnexpectedEntry", p),
+                    )
                 } else {
                     ("missing split file", Expect::Error("Missing", p))
                 }
@@ -455,11 +508,20 @@ fn mini_imagenet_layouts() {
                 std::fs::write(&csv, prefix).unwrap();
                 let complete = prefix.lines().count().saturating_sub(1);
                 if prefix.is_empty() {
-                    ("split file truncated to nothing", Expect::Error("EmptySplit", csv.clone()))
+                    (
+                        "split file truncated to nothing",
+                        Expect::Error("EmptySplit", csv.clone()),
+                    )
                 } else if !prefix.ends_with('\n') {
-                    ("split file cut mid-line", Expect::Error("BadSplitFile", csv.clone()))
+                    (
+                        "split file cut mid-line",
+                        Expect::Error("BadSplitFile", csv.clone()),
+                    )
                 } else if complete == 0 {
-                    ("split file cut after the header", Expect::Error("EmptySplit", csv.clone()))
+                    (
+                        "split file cut after the header",
+                        Expect::Error("EmptySplit", csv.clone()),
+                    )
                 } else {
                     (
                         "split file cut at a line break (accepted: the listed prefix)",
@@ -474,7 +536,10 @@ fn mini_imagenet_layouts() {
             6 => {
                 std::fs::remove_file(&img).unwrap();
                 std::fs::create_dir(&img).unwrap();
-                ("listed image is a directory", Expect::Error("UnexpectedEntry", img))
+                (
+                    "listed image is a directory",
+                    Expect::Error("UnexpectedEntry", img),
+                )
             }
             7 => {
                 let b = std::fs::read(&img).unwrap();
@@ -492,14 +557,21 @@ fn mini_imagenet_layouts() {
             9 => {
                 let (w, h) = [(80, 84), (84, 83), (28, 28)][k];
                 std::fs::write(&img, png_bytes(&scratch.0, w, h, 3, &vec![5; 3 * w * h])).unwrap();
-                ("PNG of the wrong size", Expect::Error("WrongImageSize", img))
+                (
+                    "PNG of the wrong size",
+                    Expect::Error("WrongImageSize", img),
+                )
             }
             10 => {
                 std::fs::write(&img, alpha_png(&scratch.0, MINI as u32, k != 0)).unwrap();
                 ("PNG with alpha", Expect::Error("WrongColorType", img))
             }
             11 => {
-                std::fs::write(&img, png_bytes(&scratch.0, MINI, MINI, 1, &gray_plane(c, k))).unwrap();
+                std::fs::write(
+                    &img,
+                    png_bytes(&scratch.0, MINI, MINI, 1, &gray_plane(c, k)),
+                )
+                .unwrap();
                 (
                     "grayscale PNG (accepted, channels repeated)",
                     Expect::Sets(vec![mini_oracle(&root, &csv, &lines, Some((c, k)))]),
@@ -510,13 +582,20 @@ fn mini_imagenet_layouts() {
                 std::fs::remove_file(&img).unwrap();
                 let jpg = img.with_extension("jpg");
                 std::fs::write(&jpg, [0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10]).unwrap();
-                std::fs::write(&csv, full_csv.replace(&mini_name(c, k), &format!("n{c:04}{k:04}.jpg"))).unwrap();
+                std::fs::write(
+                    &csv,
+                    full_csv.replace(&mini_name(c, k), &format!("n{c:04}{k:04}.jpg")),
+                )
+                .unwrap();
                 ("JPEG instead of PNG", Expect::Error("BadImage", jpg))
             }
             13 => {
                 let bad = ["../train.csv", "sub/x.png", "/etc/hosts"][k];
                 std::fs::write(&csv, full_csv.replace(&mini_name(c, k), bad)).unwrap();
-                ("split file names a path outside images/", Expect::Error("BadSplitFile", csv.clone()))
+                (
+                    "split file names a path outside images/",
+                    Expect::Error("BadSplitFile", csv.clone()),
+                )
             }
             14 => {
                 let mut b = full_csv.clone().into_bytes();
@@ -527,22 +606,38 @@ fn mini_imagenet_layouts() {
             }
             15 => {
                 std::fs::write(images_dir.join(name), b"stray").unwrap();
-                ("stray unlisted file in images/ (accepted)", Expect::Sets(vec![base.clone()]))
+                (
+                    "stray unlisted file in images/ (accepted)",
+                    Expect::Sets(vec![base.clone()]),
+                )
             }
             16 => {
                 episode = Some((CLASSES + 1 + k, 1));
-                ("too few classes for an episode", Expect::Error("TooFewClasses", root.clone()))
+                (
+                    "too few classes for an episode",
+                    Expect::Error("TooFewClasses", root.clone()),
+                )
             }
             17 => {
                 episode = Some((2, PER_CLASS + 1 + k));
-                ("too few examples for an episode", Expect::Error("TooFewExamples", csv.clone()))
+                (
+                    "too few examples for an episode",
+                    Expect::Error("TooFewExamples", csv.clone()),
+                )
             }
             _ => {
                 // A malformed line: a missing label or an extra field.
                 let line = format!("{},n{c:04}\n", mini_name(c, k));
-                let bad = if k == 0 { format!("{}\n", mini_name(c, k)) } else { format!("{},n{c:04},x\n", mini_name(c, k)) };
+                let bad = if k == 0 {
+                    format!("{}\n", mini_name(c, k))
+                } else {
+                    format!("{},n{c:04},x\n", mini_name(c, k))
+                };
                 std::fs::write(&csv, full_csv.replace(&line, &bad)).unwrap();
-                ("malformed split line", Expect::Error("BadSplitFile", csv.clone()))
+                (
+                    "malformed split line",
+                    Expect::Error("BadSplitFile", csv.clone()),
+                )
             }
         };
         tally.hit(kind);

@@ -56,11 +56,35 @@ fn fixtures(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     read("rgb8 6x5", &mut out);
     use png::{BitDepth, ColorType};
     // 1-bit rows of 13 pixels: 2 bytes each.
-    encode(&p, 13, 11, ColorType::Grayscale, BitDepth::One, false, &px(2 * 11));
+    encode(
+        &p,
+        13,
+        11,
+        ColorType::Grayscale,
+        BitDepth::One,
+        false,
+        &px(2 * 11),
+    );
     read("gray1 13x11", &mut out);
-    encode(&p, 5, 4, ColorType::Rgba, BitDepth::Eight, false, &px(5 * 4 * 4));
+    encode(
+        &p,
+        5,
+        4,
+        ColorType::Rgba,
+        BitDepth::Eight,
+        false,
+        &px(5 * 4 * 4),
+    );
     read("rgba8 5x4", &mut out);
-    encode(&p, 7, 7, ColorType::Grayscale, BitDepth::Eight, true, &px(7 * 7));
+    encode(
+        &p,
+        7,
+        7,
+        ColorType::Grayscale,
+        BitDepth::Eight,
+        true,
+        &px(7 * 7),
+    );
     read("gray8 7x7 + tEXt", &mut out);
     write_png(&p, 24, 16, 3, &px(24 * 16 * 3)).unwrap();
     read("rgb8 24x16", &mut out);

@@ -111,9 +111,10 @@ fn every_truncation_is_a_corrupt_error_naming_the_file() {
             };
             tally.hit(class);
             let case = format!("{label}: first {len} of {} bytes ({class})", full.len());
-            for (which, out) in ["load_like", "load"]
-                .iter()
-                .zip(run_case(&fx, &path, &full[..len], &case))
+            for (which, out) in
+                ["load_like", "load"]
+                    .iter()
+                    .zip(run_case(&fx, &path, &full[..len], &case))
             {
                 match out {
                     Err(e @ ParamsError::Corrupt { .. }) => {
@@ -144,7 +145,10 @@ fn bit_flips_are_detected_or_harmless() {
     let dir = Scratch::new("corrupt-st-flip");
     let path = dir.0.join("params.safetensors");
     let fixtures = fixtures();
-    let files: Vec<Vec<u8>> = fixtures.iter().map(|(_, fx)| save_bytes(fx, &path)).collect();
+    let files: Vec<Vec<u8>> = fixtures
+        .iter()
+        .map(|(_, fx)| save_bytes(fx, &path))
+        .collect();
     // One fixed seed; positions uniform over all bits of the file.
     let mut rng = ChaCha8Rng::seed_from_u64(0x5afe_7e25);
     let mut tally = Tally::default();
@@ -217,12 +221,9 @@ fn files_without_a_content_hash_need_the_explicit_unverified_load() {
         .iter()
         .zip(&data)
         .map(|((n, t), b)| {
-            let v = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F64,
-                t.dims().to_vec(),
-                b,
-            )
-            .unwrap();
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F64, t.dims().to_vec(), b)
+                    .unwrap();
             (n, v)
         })
         .collect();

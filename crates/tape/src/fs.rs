@@ -43,9 +43,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// # std::fs::remove_file(&p).unwrap();
 /// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}-{n}",
@@ -121,5 +121,82 @@ impl Fnv1a64 {
 impl Default for Fnv1a64 {
     fn default() -> Self {
         Fnv1a64::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tape-fs-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary_file() {
+        let dir = scratch("replace");
+        let p = dir.join("f.bin");
+        write_atomic(&p, b"first version").unwrap();
+        write_atomic(&p, b"2nd").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"2nd");
+        assert_eq!(listing(&dir), ["f.bin"]);
+        // A failed write (missing folder) leaves nothing behind.
+        assert!(write_atomic(&dir.join("missing/f.bin"), b"x").is_err());
+        assert!(write_atomic(Path::new("/"), b"x").is_err());
+        assert_eq!(listing(&dir), ["f.bin"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Threads of one process writing the same file never share a temporary
+    /// file: every write succeeds and the file ends as one whole write.
+    #[test]
+    fn concurrent_writers_in_one_process_do_not_collide() {
+        let dir = scratch("threads");
+        let p = dir.join("shared.bin");
+        let payload = |t: u8| vec![t; 4096 + t as usize];
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        write_atomic(p, &payload(t)).unwrap();
+                    }
+                });
+            }
+        });
+        let got = fs::read(&p).unwrap();
+        let t = got[0];
+        assert_eq!(got, payload(t));
+        assert_eq!(listing(&dir), ["shared.bin"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fnv1a64_published_vectors() {
+        let h = |s: &[u8]| {
+            let mut f = Fnv1a64::new();
+            f.update(s);
+            f.finish()
+        };
+        assert_eq!(h(b""), 0xcbf29ce484222325);
+        assert_eq!(h(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(h(b"foobar"), 0x85944171f73967e8);
+        // Feeding in pieces is the same as feeding at once.
+        let mut f = Fnv1a64::new();
+        f.update(b"foo");
+        f.update(b"bar");
+        assert_eq!(f.finish(), h(b"foobar"));
     }
 }

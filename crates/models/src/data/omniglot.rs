@@ -183,7 +183,12 @@ fn load_character(dir: &Path, opts: &OmniglotOptions) -> Result<Vec<Vec<u8>>, Da
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let img = read_png(&f, 1)?;
-        check_color(&img, &f, &[1], "grayscale (Omniglot's files are 1-bit grayscale)")?;
+        check_color(
+            &img,
+            &f,
+            &[1],
+            "grayscale (Omniglot's files are 1-bit grayscale)",
+        )?;
         if img.width != opts.source_size || img.height != opts.source_size {
             return Err(DataError::WrongImageSize {
                 path: f,

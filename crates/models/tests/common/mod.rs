@@ -54,7 +54,10 @@ pub fn flipped(bytes: &[u8], bits: &[usize]) -> Vec<u8> {
 #[track_caller]
 pub fn assert_names(msg: &str, path: &Path, case: &dyn std::fmt::Display) {
     let p = path.display().to_string();
-    assert!(msg.contains(&p), "case {case}: message does not name {p}: {msg}");
+    assert!(
+        msg.contains(&p),
+        "case {case}: message does not name {p}: {msg}"
+    );
 }
 
 /// Counts cases per class and asserts that every class in `want` was hit.
@@ -96,12 +99,7 @@ pub fn sync_tree(root: &Path, tree: &Tree) {
         .keys()
         .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
         .collect();
-    fn walk(
-        root: &Path,
-        rel: &Path,
-        tree: &Tree,
-        dirs: &std::collections::BTreeSet<PathBuf>,
-    ) {
+    fn walk(root: &Path, rel: &Path, tree: &Tree, dirs: &std::collections::BTreeSet<PathBuf>) {
         for e in std::fs::read_dir(root.join(rel)).unwrap() {
             let e = e.unwrap();
             let r = rel.join(e.file_name());
