@@ -16,7 +16,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_names, flipped, no_panic, sync_tree, Scratch, Tally, Tree};
+use common::{assert_names, flip_file, no_panic, sync_tree, truncate_file, Scratch, Tally, Tree};
 use models::data::image::write_png;
 use models::{
     load_mini_imagenet, load_omniglot, DataError, EpisodeSampler, ImageSet, OmniglotOptions,
@@ -255,16 +255,11 @@ fn omniglot_layouts() {
                 )
             }
             9 => {
-                let b = std::fs::read(&img).unwrap();
-                std::fs::write(&img, &b[..rng.gen_range(0..b.len())]).unwrap();
+                truncate_file(&img, &mut rng);
                 ("truncated PNG", Expect::Error("BadImage", img))
             }
             10 => {
-                let b = std::fs::read(&img).unwrap();
-                let flips: Vec<usize> = (0..rng.gen_range(1..=3))
-                    .map(|_| rng.gen_range(0..8 * b.len()))
-                    .collect();
-                std::fs::write(&img, flipped(&b, &flips)).unwrap();
+                flip_file(&img, &mut rng);
                 ("bit-flipped PNG", Expect::Error("BadImage", img))
             }
             11 => {
@@ -542,16 +537,11 @@ fn mini_imagenet_layouts() {
                 )
             }
             7 => {
-                let b = std::fs::read(&img).unwrap();
-                std::fs::write(&img, &b[..rng.gen_range(0..b.len())]).unwrap();
+                truncate_file(&img, &mut rng);
                 ("truncated PNG", Expect::Error("BadImage", img))
             }
             8 => {
-                let b = std::fs::read(&img).unwrap();
-                let flips: Vec<usize> = (0..rng.gen_range(1..=3))
-                    .map(|_| rng.gen_range(0..8 * b.len()))
-                    .collect();
-                std::fs::write(&img, flipped(&b, &flips)).unwrap();
+                flip_file(&img, &mut rng);
                 ("bit-flipped PNG", Expect::Error("BadImage", img))
             }
             9 => {

@@ -15,7 +15,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_names, flipped, no_panic, Scratch, Tally};
+use common::{assert_names, flipped, no_panic, random_flips, Scratch, Tally};
 use models::data::image::{read_png, write_png, Image};
 use models::DataError;
 use rand::{Rng, SeedableRng};
@@ -184,10 +184,7 @@ fn bit_flips_are_errors_or_land_in_skipped_ancillary_chunks() {
         let k = i % fixtures.len();
         let (label, file) = (&fixtures[k].0, &fixtures[k].1);
         let map = chunk_map(file);
-        let nflips = if i % 4 == 3 { rng.gen_range(2..=3) } else { 1 };
-        let flips: Vec<usize> = (0..nflips)
-            .map(|_| rng.gen_range(0..8 * file.len()))
-            .collect();
+        let flips = random_flips(&mut rng, file.len(), i % 4 == 3);
         let mut chunks: Vec<&str> = flips.iter().map(|&b| map[b / 8].as_str()).collect();
         chunks.sort();
         chunks.dedup();

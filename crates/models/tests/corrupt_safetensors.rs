@@ -14,9 +14,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_names, flipped, no_panic, Scratch, Tally};
+use common::{assert_names, flipped, no_panic, random_flips, Scratch, Tally};
 use models::{Activation, Mlp, Model, Params, ParamsError};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tape::Float;
 
@@ -158,10 +158,7 @@ fn bit_flips_are_detected_or_harmless() {
         let (label, fx) = (&fixtures[k].0, &fixtures[k].1);
         let file = &files[k];
         let n = header_len(file);
-        let nflips = if i % 4 == 3 { rng.gen_range(2..=3) } else { 1 };
-        let flips: Vec<usize> = (0..nflips)
-            .map(|_| rng.gen_range(0..8 * file.len()))
-            .collect();
+        let flips = random_flips(&mut rng, file.len(), i % 4 == 3);
         let region = |bit: usize| match bit / 8 {
             b if b < 8 => "length prefix",
             b if b < 8 + n => "header",

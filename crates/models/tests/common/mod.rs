@@ -41,7 +41,27 @@ pub fn no_panic<T>(case: &dyn std::fmt::Display, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// `bytes` with bit `bit` (0 = least significant bit of byte 0) flipped.
+/// Bit positions to flip in a file of `len` bytes: one, or (when `several`)
+/// two or three, uniform over all bits.
+pub fn random_flips(rng: &mut impl rand::Rng, len: usize, several: bool) -> Vec<usize> {
+    let n = if several { rng.gen_range(2..=3) } else { 1 };
+    (0..n).map(|_| rng.gen_range(0..8 * len)).collect()
+}
+
+/// Cuts the file at `path` to a random strict prefix.
+pub fn truncate_file(path: &Path, rng: &mut impl rand::Rng) {
+    let b = std::fs::read(path).unwrap();
+    std::fs::write(path, &b[..rng.gen_range(0..b.len())]).unwrap();
+}
+
+/// Flips one to three random bits of the file at `path`.
+pub fn flip_file(path: &Path, rng: &mut impl rand::Rng) {
+    let b = std::fs::read(path).unwrap();
+    let several = rng.gen_bool(0.5);
+    std::fs::write(path, flipped(&b, &random_flips(rng, b.len(), several))).unwrap();
+}
+
+/// `bytes` with each bit of `bits` (0 = least significant bit of byte 0) flipped.
 pub fn flipped(bytes: &[u8], bits: &[usize]) -> Vec<u8> {
     let mut b = bytes.to_vec();
     for &bit in bits {
