@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -46,13 +45,13 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> BloError {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file `.<name>.tmp-<pid>` in
-/// the same directory is written, synced and renamed over `path`. The directory
-/// must exist.
+/// Writes `bytes` to `path` atomically and durably (see [`tape::fs::write_atomic`]:
+/// temporary file in the same directory, `fsync`, rename, `fsync` of the
+/// directory). The directory must exist.
 ///
 /// # Errors
-/// [`BloError::Io`] naming `path` (or the temporary file) if any step fails;
-/// the temporary file is removed on failure.
+/// [`BloError::Io`] naming `path` if any step fails; the temporary file is
+/// removed on failure.
 ///
 /// ```
 /// let p = std::env::temp_dir().join(format!("blo-atomic-doc-{}.txt", std::process::id()));
@@ -61,42 +60,7 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> BloError {
 /// # std::fs::remove_file(&p).unwrap();
 /// ```
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BloError> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| {
-            io_err(
-                path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-            )
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(())
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(&tmp, e));
-    }
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    // Make the rename itself durable where the platform allows opening a directory.
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    tape::fs::write_atomic(path, bytes).map_err(|e| io_err(path, e))
 }
 
 /// Reads a whole file, naming it on failure.

@@ -25,6 +25,27 @@ pub enum ParamsError {
         /// What the parser reported.
         reason: String,
     },
+    /// The file's content hash (see [`crate::params::CONTENT_HASH_KEY`]) does not
+    /// match its tensors: the file was altered or damaged after it was written.
+    #[error(
+        "{path}: content hash mismatch (stored {stored}, computed {computed}): the file is damaged"
+    )]
+    ContentMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The hash in the file's metadata.
+        stored: String,
+        /// The hash of the tensors as read.
+        computed: String,
+    },
+    /// The file carries no content hash, so damage to its data could not be
+    /// detected. Files written by another program (or before hashes were added)
+    /// can be read with [`crate::Params::load_like_unverified`].
+    #[error("{path}: no content hash in the metadata (key `{key}`), so its data cannot be verified; if the file comes from another program or an older version, load it with `Params::load_like_unverified`", key = crate::params::CONTENT_HASH_KEY)]
+    Unverified {
+        /// The file.
+        path: PathBuf,
+    },
     /// A tensor the model needs is not in the file.
     #[error("{path}: tensor `{name}` is missing (the file has {available:?})")]
     MissingTensor {
@@ -102,6 +123,35 @@ pub enum DataError {
         found_w: usize,
         /// Found height.
         found_h: usize,
+    },
+    /// An image has a colour type the data set never has (e.g. RGB where
+    /// Omniglot's grayscale is expected, or an alpha channel the loader would drop).
+    #[error("{path}: image has {found}, expected {expected}")]
+    WrongColorType {
+        /// The image file.
+        path: PathBuf,
+        /// What the loader accepts, e.g. "grayscale".
+        expected: String,
+        /// What the file holds, e.g. "RGB".
+        found: String,
+    },
+    /// A folder holds an entry of the wrong kind: a directory where an image
+    /// should be, a file that is not a PNG, a file where a folder should be.
+    #[error("{path}: unexpected {found}; expected {expected}")]
+    UnexpectedEntry {
+        /// The entry.
+        path: PathBuf,
+        /// What the layout has at this place, e.g. "a PNG file".
+        expected: String,
+        /// What was found, e.g. "directory".
+        found: String,
+    },
+    /// A file or folder name is not valid UTF-8 (class names come from folder
+    /// names, and a lossy conversion could merge two classes).
+    #[error("{path}: the name is not valid UTF-8")]
+    NonUtf8Name {
+        /// The entry (printed lossily).
+        path: PathBuf,
     },
     /// A split file (CSV) has a malformed line.
     #[error("{path}:{line}: {reason}")]

@@ -40,12 +40,15 @@
 //! Contents:
 //! - networks: [`Mlp`], [`Conv4`] (Omniglot, Mini-ImageNet and benchmark
 //!   variants), [`Linear`]; [`Params`] with seeded initialisation ([`Init`]) and
-//!   safetensors files ([`Params::save`], [`Params::load_like`]);
+//!   safetensors files ([`Params::save`], [`Params::load_like`]) carrying a
+//!   content hash that is checked on load, so a damaged file is refused;
 //! - tasks: [`SinusoidTasks`] and the paper's one-dimensional
 //!   [`Counterexample`] with its closed forms;
 //! - data: [`ImageSet`] with the [`EpisodeSampler`] (N-way K-shot), loaders for
 //!   Omniglot ([`load_omniglot`]) and Mini-ImageNet ([`load_mini_imagenet`]),
-//!   and procedural [`glyphs`] that need no download.
+//!   and procedural [`glyphs`] that need no download. Loaders check the
+//!   layout and every image strictly; each failure is a [`DataError`] naming
+//!   the file or folder.
 //!
 //! Using your own model and data is described in `docs/tutorial-own-model.md`.
 #![deny(missing_docs)]

@@ -7,14 +7,15 @@
 //! `forward` takes, and names follow PyTorch's `state_dict` style
 //! (`layers.0.weight`), so saved files open in PyTorch or JAX under the same keys.
 
+use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use safetensors::{Dtype, SafeTensors};
+use tape::fs::Fnv1a64;
 use tape::{Float, Real, Tape, Tensor, Var};
 
 use crate::error::ParamsError;
@@ -278,8 +279,13 @@ impl<F: Float> Params<F> {
     }
 
     /// Writes the tensors to a safetensors file with dtype `F` (`F32` or `F64`),
-    /// atomically: a temporary file in the same folder, then a rename, so a
-    /// crash never leaves a half-written file under `path`.
+    /// atomically and durably (see [`tape::fs::write_atomic`]), so a crash
+    /// never leaves a half-written file under `path`.
+    ///
+    /// The header's `__metadata__` holds `{"models.content_hash": "fnv1a64:…"}`:
+    /// the [`Fnv1a64`] hash of every tensor's name, dtype, shape and bytes (see
+    /// [`CONTENT_HASH_KEY`]), which [`Params::load`] and [`Params::load_like`]
+    /// check, so a corrupted file is refused rather than loaded with wrong values.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ParamsError> {
         let path = path.as_ref();
         let dtype = dtype_of::<F>();
@@ -295,25 +301,59 @@ impl<F: Float> Params<F> {
                 })?;
             views.push((name.as_str(), v));
         }
-        let buf = safetensors::serialize(views, &None).map_err(|e| ParamsError::Corrupt {
+        let hash = content_hash(
+            views
+                .iter()
+                .map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())),
+        );
+        let metadata = HashMap::from([(CONTENT_HASH_KEY.to_string(), format_hash(hash))]);
+        let buf =
+            safetensors::serialize(views, &Some(metadata)).map_err(|e| ParamsError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        tape::fs::write_atomic(path, &buf).map_err(|source| ParamsError::Io {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(path, &buf)
+            source,
+        })
     }
 
     /// Reads a safetensors file with exactly the names, shapes and dtype of
     /// `self` (typically a freshly initialised model), returning the file's
-    /// values in `self`'s order. Extra tensors in the file are ignored.
+    /// values in `self`'s order. Extra tensors in the file are ignored (but
+    /// covered by the content hash).
     ///
     /// # Errors
     /// [`ParamsError::Io`] / [`ParamsError::Corrupt`] naming the path;
+    /// [`ParamsError::ContentMismatch`] if the content hash does not match
+    /// (the file was altered after it was written);
+    /// [`ParamsError::Unverified`] if the file has no content hash (written by
+    /// another program or before hashes were added: see
+    /// [`Params::load_like_unverified`]);
     /// [`ParamsError::MissingTensor`], [`ParamsError::WrongShape`],
     /// [`ParamsError::WrongDtype`] naming the tensor.
     pub fn load_like(&self, path: impl AsRef<Path>) -> Result<Self, ParamsError> {
         let path = path.as_ref();
         let buf = read_file(path)?;
-        let st = parse(path, &buf)?;
+        self.load_like_from(path, &parse(path, &buf, Verify::Required)?)
+    }
+
+    /// [`Params::load_like`] for files without a content hash: safetensors
+    /// files written by other programs (PyTorch, JAX) or by this crate before
+    /// hashes were added. A hash that is present is still checked; only its
+    /// absence is tolerated. Structural checks (header, offsets, names, shapes,
+    /// dtypes) are the same; a flipped bit in the data of an unhashed file
+    /// cannot be detected, which is why this is a separate, explicit call.
+    ///
+    /// # Errors
+    /// As [`Params::load_like`], except [`ParamsError::Unverified`].
+    pub fn load_like_unverified(&self, path: impl AsRef<Path>) -> Result<Self, ParamsError> {
+        let path = path.as_ref();
+        let buf = read_file(path)?;
+        self.load_like_from(path, &parse(path, &buf, Verify::IfPresent)?)
+    }
+
+    fn load_like_from(&self, path: &Path, st: &SafeTensors<'_>) -> Result<Self, ParamsError> {
         let mut out = Params::new();
         for (name, t) in self.iter() {
             let view = st.tensor(name).map_err(|_| {
@@ -338,24 +378,61 @@ impl<F: Float> Params<F> {
         Ok(out)
     }
 
-    /// Reads every tensor of a safetensors file (dtype must be `F`), in name order.
+    /// Reads every tensor of a safetensors file written by [`Params::save`]
+    /// (dtype must be `F`), in name order.
+    ///
+    /// # Errors
+    /// As [`Params::load_like`] (the content hash is required), and
+    /// [`ParamsError::WrongDtype`] for a tensor of another dtype.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ParamsError> {
         let path = path.as_ref();
         let buf = read_file(path)?;
-        let st = parse(path, &buf)?;
-        let mut names: Vec<String> = st.names().into_iter().cloned().collect();
-        names.sort();
+        let st = parse(path, &buf, Verify::Required)?;
+        let mut views = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Params::new();
-        for name in names {
-            let view = st.tensor(&name).map_err(|e| ParamsError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        for (name, view) in views {
             let t = from_view::<F>(path, &name, &view)?;
             out.push(name, t);
         }
         Ok(out)
     }
+}
+
+/// The `__metadata__` key under which [`Params::save`] stores the content hash,
+/// as `fnv1a64:` followed by 16 lower-case hex digits.
+///
+/// The hash is [`Fnv1a64`] over the tensors sorted by name, each contributing
+/// `len(name), name, len(dtype), dtype, rank, dims…, len(data), data` with every
+/// length and dimension as a little-endian `u64` and `dtype` the safetensors
+/// name (`F32`, `F64`). Names, dtypes and shapes are covered as well as the
+/// bytes, so a flipped bit in a name or a shape is caught too.
+pub const CONTENT_HASH_KEY: &str = "models.content_hash";
+
+/// [`Fnv1a64`] of `(name, dtype, shape, bytes)` entries, as [`CONTENT_HASH_KEY`] describes.
+fn content_hash<'a>(entries: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> u64 {
+    let mut entries: Vec<_> = entries.collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Fnv1a64::new();
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for (name, dtype, shape, data) in entries {
+        field(name.as_bytes());
+        field(format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        field(&dims);
+        field(data);
+    }
+    h.finish()
+}
+
+fn format_hash(h: u64) -> String {
+    format!("fnv1a64:{h:016x}")
 }
 
 fn dtype_of<F: Float>() -> Dtype {
@@ -415,37 +492,47 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ParamsError> {
     })
 }
 
-fn parse<'a>(path: &Path, buf: &'a [u8]) -> Result<SafeTensors<'a>, ParamsError> {
-    SafeTensors::deserialize(buf).map_err(|e| ParamsError::Corrupt {
-        path: path.to_path_buf(),
-        reason: format!("{e:?}"),
-    })
+/// Whether [`parse`] insists on a content hash.
+#[derive(Clone, Copy, PartialEq)]
+enum Verify {
+    /// A missing hash is [`ParamsError::Unverified`].
+    Required,
+    /// A missing hash is tolerated; a present one is checked.
+    IfPresent,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a
-/// rename (atomic on POSIX file systems).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ParamsError> {
-    let io = |source| ParamsError::Io {
+/// Parses a safetensors buffer and checks its content hash.
+fn parse<'a>(path: &Path, buf: &'a [u8], verify: Verify) -> Result<SafeTensors<'a>, ParamsError> {
+    let corrupt = |reason: String| ParamsError::Corrupt {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    let (_, meta) = SafeTensors::read_metadata(buf).map_err(|e| corrupt(format!("{e:?}")))?;
+    let st = SafeTensors::deserialize(buf).map_err(|e| corrupt(format!("{e:?}")))?;
+    let stored = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CONTENT_HASH_KEY));
+    let Some(stored) = stored else {
+        return match verify {
+            Verify::Required => Err(ParamsError::Unverified {
+                path: path.to_path_buf(),
+            }),
+            Verify::IfPresent => Ok(st),
+        };
     };
-    let file_name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    let views = st.tensors();
+    let computed = format_hash(content_hash(
+        views
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+    ));
+    if *stored != computed {
+        return Err(ParamsError::ContentMismatch {
+            path: path.to_path_buf(),
+            stored: stored.clone(),
+            computed,
+        });
     }
-    result.map_err(io)
+    Ok(st)
 }

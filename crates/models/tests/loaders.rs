@@ -2,27 +2,13 @@
 //! themselves (PNG files made with the `png` crate in a temp dir), and every
 //! bad-input error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::Scratch as TmpDir;
 use models::data::image::write_png;
 use models::{load_mini_imagenet, load_omniglot, DataError, OmniglotOptions};
-
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new(name: &str) -> Self {
-        let d = std::env::temp_dir().join(format!("models-data-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        TmpDir(d)
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The grey level of example `k` of character `ch`: distinct for every image.
 fn level(ch: usize, k: usize) -> u8 {

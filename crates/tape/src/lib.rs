@@ -25,6 +25,7 @@
 //! (see the `hvp` crate). The design is explained in `docs/design/tape.md`.
 #![deny(missing_docs)]
 
+pub mod fs;
 pub mod gemm;
 pub mod ops;
 pub mod real;

@@ -1,7 +1,7 @@
 //! PNG reading and writing (the `png` crate), and area resizing.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::BufWriter;
 use std::path::Path;
 
 use crate::error::DataError;
@@ -15,6 +15,11 @@ pub struct Image {
     pub height: usize,
     /// Channels: 1 (gray) or 3 (RGB).
     pub channels: usize,
+    /// Channels stored in the file (after palette and low-bit expansion):
+    /// 1 gray, 2 gray + alpha, 3 RGB, 4 RGBA. Loaders use it to refuse a colour
+    /// type their data set never has (an alpha channel is dropped on reading,
+    /// which could hide the picture).
+    pub file_channels: usize,
     /// `channels·height·width` bytes, channel-major.
     pub data: Vec<u8>,
 }
@@ -29,36 +34,40 @@ fn bad(path: &Path, reason: impl Into<String>) -> DataError {
 /// Reads a PNG as `channels` (1 = gray, 3 = RGB) 8-bit planes. Palette and
 /// low-bit images are expanded, 16-bit samples are truncated to 8 bits, alpha
 /// is dropped, RGB becomes gray by the mean of the three channels, gray
-/// becomes RGB by repetition.
+/// becomes RGB by repetition ([`Image::file_channels`] says what the file held).
+///
+/// The whole file is checked, not only the pixels: every chunk's CRC, the
+/// zlib Adler-32 checksum of the image data, and the chunks after it up to
+/// `IEND`, so a truncated or bit-flipped file is an error rather than an image
+/// with wrong pixels. (The decoder skips an *ancillary* chunk whose CRC fails,
+/// e.g. a text comment; such chunks do not change the pixels.)
 ///
 /// # Errors
-/// [`DataError::Io`] if the file cannot be opened, [`DataError::BadImage`] if it
-/// is not a decodable PNG (a JPEG is reported as such: only PNG is supported).
+/// [`DataError::Io`] if the file cannot be read (a directory, a missing file),
+/// [`DataError::BadImage`] if it is not a complete, intact PNG (a JPEG is
+/// reported as such: only PNG is supported).
 pub fn read_png(path: &Path, channels: usize) -> Result<Image, DataError> {
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut head = [0u8; 3];
-    let mut r = BufReader::new(file);
-    let n = r.read(&mut head).unwrap_or(0);
-    if n >= 3 && head == [0xFF, 0xD8, 0xFF] {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Err(bad(
             path,
             "this is a JPEG file; only PNG is supported (convert the images to PNG)",
         ));
     }
-    let file = File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut decoder = png::Decoder::new(BufReader::new(file));
+    let mut decoder = png::Decoder::new(bytes.as_slice());
     decoder.set_transformations(png::Transformations::normalize_to_color8());
+    decoder.ignore_checksums(false);
     let mut reader = decoder.read_info().map_err(|e| bad(path, e.to_string()))?;
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)
         .map_err(|e| bad(path, e.to_string()))?;
+    reader
+        .finish()
+        .map_err(|e| bad(path, format!("after the image data: {e}")))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let src_ch = match info.color_type {
         png::ColorType::Grayscale => 1,
@@ -96,6 +105,7 @@ pub fn read_png(path: &Path, channels: usize) -> Result<Image, DataError> {
         width: w,
         height: h,
         channels,
+        file_channels: src_ch,
         data,
     })
 }
@@ -203,14 +213,30 @@ pub fn resize_area(src: &[u8], h: usize, w: usize, oh: usize, ow: usize) -> Vec<
     out
 }
 
+/// Checks that `path` is a folder (`is_dir`) or a file (`!is_dir`).
+///
+/// # Errors
+/// [`DataError::Missing`] if nothing is there, [`DataError::UnexpectedEntry`]
+/// if the other kind is (a file where a folder should be, or the reverse);
+/// both name the path and say what was looked for (`what`).
+pub(crate) fn require(path: &Path, is_dir: bool, what: &str) -> Result<(), DataError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() == is_dir => Ok(()),
+        Ok(_) => Err(DataError::UnexpectedEntry {
+            path: path.to_path_buf(),
+            expected: what.to_string(),
+            found: entry_kind(path),
+        }),
+        Err(_) => Err(DataError::Missing {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        }),
+    }
+}
+
 /// Sorted entries of a folder, with errors naming the folder.
 pub(crate) fn sorted_entries(dir: &Path, what: &str) -> Result<Vec<std::path::PathBuf>, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::Missing {
-            path: dir.to_path_buf(),
-            what: what.to_string(),
-        });
-    }
+    require(dir, true, what)?;
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,
@@ -225,4 +251,59 @@ pub(crate) fn sorted_entries(dir: &Path, what: &str) -> Result<Vec<std::path::Pa
     }
     v.sort();
     Ok(v)
+}
+
+/// The UTF-8 file name of `path`.
+///
+/// # Errors
+/// [`DataError::NonUtf8Name`] naming the path.
+pub(crate) fn utf8_name(path: &Path) -> Result<&str, DataError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| DataError::NonUtf8Name {
+            path: path.to_path_buf(),
+        })
+}
+
+/// Whether the entry's name starts with `.` (`.DS_Store`, editor files): such
+/// entries are skipped by the loaders. A non-UTF-8 name is not hidden.
+pub(crate) fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().first() == Some(&b'.'))
+}
+
+/// What kind of entry `path` is, for error messages.
+pub(crate) fn entry_kind(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => "directory".into(),
+        Ok(_) => "file".into(),
+        Err(e) => format!("entry ({e})"),
+    }
+}
+
+/// Refuses an image whose file held a colour type outside `accepted`
+/// (counts of [`Image::file_channels`]).
+///
+/// # Errors
+/// [`DataError::WrongColorType`] naming the file.
+pub(crate) fn check_color(
+    img: &Image,
+    path: &Path,
+    accepted: &[usize],
+    expected: &str,
+) -> Result<(), DataError> {
+    if accepted.contains(&img.file_channels) {
+        return Ok(());
+    }
+    let found = match img.file_channels {
+        1 => "grayscale",
+        2 => "grayscale with alpha",
+        3 => "RGB",
+        _ => "RGB with alpha",
+    };
+    Err(DataError::WrongColorType {
+        path: path.to_path_buf(),
+        expected: expected.into(),
+        found: found.into(),
+    })
 }

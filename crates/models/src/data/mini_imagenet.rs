@@ -5,11 +5,17 @@
 //! Images must be 84×84 RGB **PNG**: this crate is pure Rust with only a PNG
 //! decoder. The usual release ships JPEGs; convert them once (for example
 //! `mogrify -format png images/*.jpg`). If the CSV names `x.jpg` and only
-//! `x.png` exists, the PNG is used.
+//! `x.png` exists, the PNG is used. A grayscale PNG (ImageMagick writes one for
+//! a photo whose pixels are all gray) is read as three equal channels; an
+//! image with an alpha channel is refused, since reading would drop the alpha.
+//!
+//! The split file must end with a line break: a file cut in the middle of its
+//! last line would otherwise add a class named by a truncated label. File
+//! names in it are plain names inside `images/` (no folders, no `..`).
 
 use std::path::{Path, PathBuf};
 
-use crate::data::image::read_png;
+use crate::data::image::{check_color, entry_kind, read_png, require};
 use crate::data::ImageSet;
 use crate::error::DataError;
 
@@ -21,35 +27,32 @@ pub const SIZE: usize = 84;
 ///
 /// # Errors
 /// [`DataError::Missing`] for a missing root, images folder, CSV or image;
-/// [`DataError::BadSplitFile`] for a malformed CSV line; [`DataError::EmptySplit`]
-/// for a CSV with no entries; [`DataError::BadImage`] / [`DataError::WrongImageSize`]
-/// naming the image.
+/// [`DataError::Io`] for a CSV that cannot be read (or is not UTF-8);
+/// [`DataError::BadSplitFile`] for a malformed CSV line or a CSV without a
+/// final line break; [`DataError::EmptySplit`] for a CSV with no entries;
+/// [`DataError::UnexpectedEntry`] for a listed image that is a directory;
+/// [`DataError::BadImage`] / [`DataError::WrongImageSize`] /
+/// [`DataError::WrongColorType`] naming the image.
 pub fn load_mini_imagenet(root: impl AsRef<Path>, split: &str) -> Result<ImageSet, DataError> {
     let root = root.as_ref();
-    if !root.is_dir() {
-        return Err(DataError::Missing {
-            path: root.to_path_buf(),
-            what: "Mini-ImageNet root folder".into(),
-        });
-    }
+    require(root, true, "Mini-ImageNet root folder")?;
     let images = root.join("images");
-    if !images.is_dir() {
-        return Err(DataError::Missing {
-            path: images,
-            what: "Mini-ImageNet images folder".into(),
-        });
-    }
+    require(&images, true, "Mini-ImageNet images folder")?;
     let csv = root.join(format!("{split}.csv"));
-    if !csv.is_file() {
-        return Err(DataError::Missing {
-            path: csv,
-            what: format!("split file for `{split}`"),
-        });
-    }
+    require(&csv, false, &format!("split file for `{split}`"))?;
     let text = std::fs::read_to_string(&csv).map_err(|source| DataError::Io {
         path: csv.clone(),
         source,
     })?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(DataError::BadSplitFile {
+            path: csv.clone(),
+            line: text.lines().count(),
+            reason: "no line break after the last line: the file looks truncated \
+                     (add a final newline if it is complete)"
+                .into(),
+        });
+    }
     // label → list of files, in order of first appearance.
     let mut classes: Vec<(String, Vec<PathBuf>)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -70,6 +73,13 @@ pub fn load_mini_imagenet(root: impl AsRef<Path>, split: &str) -> Result<ImageSe
                 })
             }
         };
+        if file.contains(['/', '\\']) || file == ".." || file == "." {
+            return Err(DataError::BadSplitFile {
+                path: csv.clone(),
+                line: i + 1,
+                reason: format!("`{file}` is not a plain file name inside images/"),
+            });
+        }
         let path = images.join(file);
         match classes.iter_mut().find(|(l, _)| l == label) {
             Some((_, v)) => v.push(path),
@@ -89,6 +99,7 @@ pub fn load_mini_imagenet(root: impl AsRef<Path>, split: &str) -> Result<ImageSe
         for f in files {
             let f = resolve(&f)?;
             let img = read_png(&f, 3)?;
+            check_color(&img, &f, &[1, 3], "RGB or grayscale without alpha")?;
             if img.width != SIZE || img.height != SIZE {
                 return Err(DataError::WrongImageSize {
                     path: f,
@@ -108,6 +119,13 @@ pub fn load_mini_imagenet(root: impl AsRef<Path>, split: &str) -> Result<ImageSe
 fn resolve(f: &Path) -> Result<PathBuf, DataError> {
     if f.is_file() {
         return Ok(f.to_path_buf());
+    }
+    if f.exists() {
+        return Err(DataError::UnexpectedEntry {
+            path: f.to_path_buf(),
+            expected: "an image file".into(),
+            found: entry_kind(f),
+        });
     }
     let png = f.with_extension("png");
     if png.is_file() {

@@ -15,7 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::data::image::{read_png, resize_area, sorted_entries};
+use crate::data::image::{
+    check_color, entry_kind, is_hidden, read_png, require, resize_area, sorted_entries, utf8_name,
+};
 use crate::data::ImageSet;
 use crate::error::DataError;
 
@@ -51,21 +53,31 @@ impl Default for OmniglotOptions {
 
 /// Loads Omniglot and returns `(train, test)`.
 ///
+/// The layout is checked strictly, so that a damaged copy is reported rather
+/// than loaded with missing or wrong classes:
+/// - at the top (`root`, or each of `images_background` / `images_evaluation`
+///   if present) every folder is an alphabet; files there (archives, licences)
+///   are ignored;
+/// - an alphabet folder holds only character folders, at least one;
+/// - a character folder holds only `.png` files (any case), at least one, each
+///   a grayscale `source_size × source_size` PNG that decodes completely;
+/// - names are valid UTF-8; entries whose name starts with `.` (`.DS_Store`)
+///   are skipped everywhere.
+///
 /// # Errors
-/// [`DataError::Missing`] if `root` (or a character folder's images) is missing,
-/// [`DataError::BadImage`] / [`DataError::WrongImageSize`] naming the image,
-/// [`DataError::EmptySplit`] if there are no characters or either split is empty.
+/// [`DataError::Missing`] if `root` is missing or an alphabet / character
+/// folder is empty, [`DataError::UnexpectedEntry`] for a file where a
+/// character folder should be or a non-PNG entry in a character folder,
+/// [`DataError::NonUtf8Name`], [`DataError::Io`], [`DataError::BadImage`],
+/// [`DataError::WrongImageSize`], [`DataError::WrongColorType`] naming the
+/// entry, [`DataError::EmptySplit`] if there are no characters or either split
+/// is empty.
 pub fn load_omniglot(
     root: impl AsRef<Path>,
     opts: &OmniglotOptions,
 ) -> Result<(ImageSet, ImageSet), DataError> {
     let root = root.as_ref();
-    if !root.is_dir() {
-        return Err(DataError::Missing {
-            path: root.to_path_buf(),
-            what: "Omniglot root folder".into(),
-        });
-    }
+    require(root, true, "Omniglot root folder")?;
     let archives: Vec<PathBuf> = ["images_background", "images_evaluation"]
         .iter()
         .map(|a| root.join(a))
@@ -80,21 +92,30 @@ pub fn load_omniglot(
     let mut chars: Vec<(String, String, PathBuf)> = Vec::new();
     for cont in &containers {
         for alpha in sorted_entries(cont, "alphabet container folder")? {
-            if !alpha.is_dir() {
+            if is_hidden(&alpha) || !alpha.is_dir() {
                 continue;
             }
-            let an = alpha
-                .file_name()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let an = utf8_name(&alpha)?.to_string();
+            let before = chars.len();
             for ch in sorted_entries(&alpha, "alphabet folder")? {
-                if ch.is_dir() {
-                    let cn = ch
-                        .file_name()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    chars.push((an.clone(), cn, ch));
+                if is_hidden(&ch) {
+                    continue;
                 }
+                if !ch.is_dir() {
+                    return Err(DataError::UnexpectedEntry {
+                        found: entry_kind(&ch),
+                        path: ch,
+                        expected: "a character folder".into(),
+                    });
+                }
+                let cn = utf8_name(&ch)?.to_string();
+                chars.push((an.clone(), cn, ch));
+            }
+            if chars.len() == before {
+                return Err(DataError::Missing {
+                    path: alpha,
+                    what: "character folders in this alphabet folder".into(),
+                });
             }
         }
     }
@@ -137,10 +158,22 @@ pub fn load_omniglot(
 }
 
 fn load_character(dir: &Path, opts: &OmniglotOptions) -> Result<Vec<Vec<u8>>, DataError> {
-    let files: Vec<PathBuf> = sorted_entries(dir, "character folder")?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
-        .collect();
+    let mut files = Vec::new();
+    for f in sorted_entries(dir, "character folder")? {
+        if is_hidden(&f) {
+            continue;
+        }
+        let is_png = f.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+        if !is_png || f.is_dir() {
+            return Err(DataError::UnexpectedEntry {
+                found: entry_kind(&f),
+                path: f,
+                expected: "a .png file".into(),
+            });
+        }
+        utf8_name(&f)?;
+        files.push(f);
+    }
     if files.is_empty() {
         return Err(DataError::Missing {
             path: dir.to_path_buf(),
@@ -150,6 +183,12 @@ fn load_character(dir: &Path, opts: &OmniglotOptions) -> Result<Vec<Vec<u8>>, Da
     let mut out = Vec::with_capacity(files.len());
     for f in files {
         let img = read_png(&f, 1)?;
+        check_color(
+            &img,
+            &f,
+            &[1],
+            "grayscale (Omniglot's files are 1-bit grayscale)",
+        )?;
         if img.width != opts.source_size || img.height != opts.source_size {
             return Err(DataError::WrongImageSize {
                 path: f,
