@@ -335,7 +335,6 @@ impl Implicit {
         Some(k)
     }
 
-    #[allow(clippy::too_many_lines)]
     fn run<F: Float, P: Problem<F>>(
         &self,
         iws: &mut InnerWorkspace<F>,
@@ -405,7 +404,8 @@ impl Implicit {
             None => probe.grad_phi,
         };
         let grad_norm = norm(&grad_r);
-        if !(grad_norm <= self.stationarity_tol * g0_norm) {
+        // A NaN norm fails the test too.
+        if grad_norm.is_nan() || grad_norm > self.stationarity_tol * g0_norm {
             return Err(BloError::NotStationary {
                 step: j,
                 grad_norm,
@@ -452,7 +452,7 @@ impl Implicit {
         } else {
             norm(&axpy(&b, -F::one(), &av)) / b_norm
         };
-        if !(residual <= tol) {
+        if residual.is_nan() || residual > tol {
             return Err(BloError::NotConverged {
                 solver: self.solver_name(),
                 iterations,

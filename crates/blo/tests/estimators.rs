@@ -200,6 +200,7 @@ fn implicit_matches_the_closed_form_at_the_inner_optimum() {
     let p = Prox {
         q: QuadMaml::new(4, InnerLoop::sgd(400, 0.2).unwrap()),
         lambda,
+        from_zero: false,
     };
     let theta = vec![0.4, -0.3, 0.8, 0.0];
     let rhs: Vec<f64> =
@@ -259,6 +260,7 @@ fn implicit_reports_a_solver_that_does_not_converge() {
     let p = Prox {
         q: QuadMaml::new(4, InnerLoop::sgd(20, 0.2).unwrap()),
         lambda: 2.0,
+        from_zero: false,
     };
     let th = [Tensor::vector(vec![0.4, -0.3, 0.8, 0.0])];
     let est = Implicit::new(2.0)

@@ -354,9 +354,11 @@ impl<F: Float> Problem<F> for TanhNet {
 
 /// Proximal quadratic: L_in = ½φᵀAφ − bᵀφ + λ/2‖φ − θ‖², L_out = ½φᵀCφ − dᵀφ.
 /// φ*(θ) = (A + λI)⁻¹(b + λθ), dφ*/dθ = λ(A + λI)⁻¹, ∇F = λ(A + λI)⁻¹(Cφ* − d).
+/// φ_0 = θ, or 0 with `from_zero` (θ is then the proximal centre but not the start).
 pub struct Prox {
     pub q: QuadMaml,
     pub lambda: f64,
+    pub from_zero: bool,
 }
 
 impl<F: Float> Problem<F> for Prox {
@@ -383,6 +385,18 @@ impl<F: Float> Problem<F> for Prox {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         Problem::<F>::outer_loss(&self.q, t, task, th, phi)
+    }
+    fn initial_state<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        _task: &(),
+        th: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        if self.from_zero {
+            vec![consts(t, &vec![0.0; self.q.dim])]
+        } else {
+            th.to_vec()
+        }
     }
 }
 
