@@ -5,11 +5,11 @@
 
 mod common;
 
-use blo::{BloError, Estimator, Exact, Implicit, ImplicitSolver, InnerLoop, Policy};
+use blo::{BloError, Estimator, Exact, Implicit, ImplicitSolver, InnerLoop, Policy, Problem};
 use common::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tape::Tensor;
+use tape::{Float, Real, Tape, Tensor, Var};
 
 fn rng() -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(11)
@@ -290,5 +290,73 @@ fn a_solve_below_tolerance_is_an_error_with_its_residual() {
             }
             other => panic!("expected NotConverged, got {other:?}"),
         }
+    }
+}
+
+/// L_in(θ, φ; j) = ½(φ − c_j)² with c_1 = 0 and c_j = θ for j ≥ 2; L_out = ½(φ − 1)²,
+/// φ_0 = 0. Only the losses from step 2 on have φ* = θ as their stationary point.
+struct StepDependent {
+    inner: InnerLoop,
+}
+
+impl<F: Float> Problem<F> for StepDependent {
+    type Task = ();
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: Real<Base = F>>(
+        &self,
+        _t: &'t Tape<T>,
+        _: &(),
+        j: usize,
+        th: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        let centre = if j == 1 { th[0] * 0.0 } else { th[0] };
+        (phi[0] - centre).square().sum() * 0.5
+    }
+    fn outer_loss<'t, T: Real<Base = F>>(
+        &self,
+        _t: &'t Tape<T>,
+        _: &(),
+        _th: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        (phi[0] - 1.0).square().sum() * 0.5
+    }
+    fn initial_state<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        _: &(),
+        _th: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        vec![consts(t, &[0.0])]
+    }
+}
+
+#[test]
+fn the_stationarity_index_is_a_parameter() {
+    // 60 steps of α = 0.5 on ½(φ − θ)² from step 2 on: φ_r = θ(1 − 2^−59).
+    let p = StepDependent {
+        inner: InnerLoop::sgd(60, 0.5).unwrap(),
+    };
+    let theta = [Tensor::vector(vec![0.3])];
+    // At j = r (default) or any j ≥ 2: φ* = θ, so dF/dθ = φ* − 1 = −0.7.
+    for est in [Implicit::ift(), Implicit::ift().stationary_at(2)] {
+        let g = est.estimate(&p, &(), &theta, &mut rng()).unwrap();
+        assert!((g.grad[0].data()[0] + 0.7).abs() < 1e-12, "{:?}", g.grad);
+    }
+    // At j = 1 the condition is φ = 0, which φ_r is not: ‖∇‖ = 0.3 at φ_r, 0 at φ_0.
+    match Implicit::ift()
+        .stationary_at(1)
+        .estimate(&p, &(), &theta, &mut rng())
+    {
+        Err(BloError::NotStationary {
+            step, grad_norm, ..
+        }) => {
+            assert_eq!(step, 1);
+            assert!((grad_norm - 0.3).abs() < 1e-12, "{grad_norm}");
+        }
+        other => panic!("expected NotStationary, got {other:?}"),
     }
 }
