@@ -55,7 +55,7 @@ impl<F: Float, M: Model + Sync> Problem<F> for RegressionMaml<M> {
 ///
 /// With `proximal = Some(λ)` the inner loss is iMAML's
 /// CE_support(φ) + λ/2·‖φ − θ‖², whose Hessian is H + λI (use
-/// `blo::Implicit::new(λ)?.proximal_in_loss(true)`).
+/// `blo::Implicit::imaml(λ)?.proximal_in_loss(true)`).
 #[derive(Clone, Debug)]
 pub struct ClassificationMaml<M> {
     /// The network; its output is `[batch, N]` logits.

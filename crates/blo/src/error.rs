@@ -60,6 +60,39 @@ pub enum BloError {
         /// What happened, with the numbers.
         reason: String,
     },
+    /// Implicit differentiation ([`crate::Implicit`]) needs a stationary point
+    /// of the inner objective, ∇_φ L_in(θ, φ_r; τ, j) = 0, and the returned
+    /// state is not one: ‖∇_φ L_in(θ, φ_r)‖ > tol · ‖∇_φ L_in(θ, φ_0)‖.
+    #[error(
+        "implicit differentiation needs a stationary inner point: at inner-loss index {step}, \
+         ‖∇_φ L_in(θ, φ_r)‖ = {grad_norm:.3e} > tol {tol:.1e} × ‖∇_φ L_in(θ, φ_0)‖ = {initial_grad_norm:.3e} \
+         (run more inner steps, or state a looser tolerance with Implicit::stationarity_tol)"
+    )]
+    NotStationary {
+        /// The inner-loss index j the stationarity condition is taken at.
+        step: usize,
+        /// ‖∇_φ L_in(θ, φ_r; τ, j)‖ (with the implied proximal term, if any).
+        grad_norm: f64,
+        /// ‖∇_φ L_in(θ, φ_0; τ, j)‖, the scale the tolerance is relative to.
+        initial_grad_norm: f64,
+        /// The relative tolerance.
+        tol: f64,
+    },
+    /// An estimator's assumption about how θ enters the problem does not hold
+    /// (e.g. [`crate::Implicit::imaml`] on a problem where θ enters the inner
+    /// loss other than as the proximal centre): it refuses rather than return
+    /// a wrong number.
+    #[error("{estimator}: {reason} (relative mismatch {mismatch:.3e} > tol {tol:.1e})")]
+    UnsupportedStructure {
+        /// The estimator's name.
+        estimator: String,
+        /// Which assumption failed, the evidence, and what to use instead.
+        reason: String,
+        /// The measured relative mismatch.
+        mismatch: f64,
+        /// The tolerance it exceeds.
+        tol: f64,
+    },
     /// A hypergradient check ([`crate::check_hypergradient`]) failed.
     #[error(
         "hypergradient check failed: relative error {rel_err:e} > tol {tol:e} \

@@ -60,10 +60,12 @@
 //! - Estimators: [`Exact`] under a checkpoint [`Policy`] (store all, recompute,
 //!   every k-th, binomial/revolve), [`FirstOrder`], [`Ufo`] and the generic
 //!   [`Debiased`] hook (also for Reptile: [`ReptileFirstOrder`] +
-//!   [`ReptileExact`]), [`Truncated`], [`Implicit`], [`ForwardMode`].
+//!   [`ReptileExact`]), [`Truncated`], [`Implicit`] (the implicit-function-theorem estimator
+//!   and iMAML), [`ForwardMode`].
 //! - Building blocks for your own estimator: [`InnerWorkspace`] (one forward
 //!   step, one adjoint step, the HVP pass, the outer gradient, the VJP/JVP
-//!   through Φ_0), [`rollout`], [`meta_loss`], [`check_hypergradient`].
+//!   through Φ_0), the losses as `hvp` objectives ([`InnerObjective`],
+//!   [`OuterObjective`]), [`rollout`], [`meta_loss`], [`check_hypergradient`].
 //! - Meta-training ([`Trainer`], outer optimisers) and checkpoint files ([`io`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
@@ -81,6 +83,7 @@ pub mod forward;
 pub mod implicit;
 pub mod inner;
 pub mod io;
+pub mod objective;
 pub mod outer;
 pub mod problem;
 pub mod train;
@@ -98,6 +101,7 @@ pub use implicit::{Implicit, ImplicitSolver};
 pub use inner::{
     meta_loss, rollout, summed_inner_loss, Cotangent, InnerHvp, InnerWorkspace, OuterGrad, State,
 };
+pub use objective::{InnerObjective, OuterObjective};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
 pub use problem::{InnerLoop, InnerOptimizer, Problem};
 pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};

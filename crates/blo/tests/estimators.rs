@@ -194,72 +194,13 @@ fn truncation_interpolates_between_first_order_and_exact() {
     assert!(Truncated::new(0).is_err());
 }
 
-/// Proximal quadratic: L_in = ½φᵀAφ − bᵀφ + λ/2‖φ − θ‖², L_out = ½φᵀCφ − dᵀφ.
-/// φ*(θ) = (A + λI)⁻¹(b + λθ), dφ*/dθ = λ(A + λI)⁻¹, ∇F = λ(A + λI)⁻¹(Cφ* − d).
-struct Prox {
-    q: QuadMaml,
-    lambda: f64,
-}
-
-impl<F: Float> Problem<F> for Prox {
-    type Task = ();
-    fn inner_loop(&self) -> &InnerLoop {
-        &self.q.inner
-    }
-    fn inner_loss<'t, T: Real<Base = F>>(
-        &self,
-        t: &'t Tape<T>,
-        task: &(),
-        j: usize,
-        th: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-    ) -> Var<'t, T> {
-        Problem::<F>::inner_loss(&self.q, t, task, j, th, phi)
-            + (phi[0] - th[0]).square().sum() * (0.5 * self.lambda)
-    }
-    fn outer_loss<'t, T: Real<Base = F>>(
-        &self,
-        t: &'t Tape<T>,
-        task: &(),
-        th: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-    ) -> Var<'t, T> {
-        Problem::<F>::outer_loss(&self.q, t, task, th, phi)
-    }
-}
-
-/// Solves (A + λI) x = y by Gaussian elimination (small dense test helper).
-fn solve(a: &[f64], lambda: f64, y: &[f64]) -> Vec<f64> {
-    let d = y.len();
-    let mut m: Vec<Vec<f64>> = (0..d)
-        .map(|i| {
-            let mut row: Vec<f64> = (0..d)
-                .map(|j| a[i * d + j] + if i == j { lambda } else { 0.0 })
-                .collect();
-            row.push(y[i]);
-            row
-        })
-        .collect();
-    for c in 0..d {
-        let piv = m[c][c];
-        for r in 0..d {
-            if r != c {
-                let f = m[r][c] / piv;
-                for k in c..=d {
-                    m[r][k] -= f * m[c][k];
-                }
-            }
-        }
-    }
-    (0..d).map(|i| m[i][d] / m[i][i]).collect()
-}
-
 #[test]
 fn implicit_matches_the_closed_form_at_the_inner_optimum() {
     let lambda = 2.0;
     let p = Prox {
         q: QuadMaml::new(4, InnerLoop::sgd(400, 0.2).unwrap()),
         lambda,
+        from_zero: false,
     };
     let theta = vec![0.4, -0.3, 0.8, 0.0];
     let rhs: Vec<f64> =
@@ -319,6 +260,7 @@ fn implicit_reports_a_solver_that_does_not_converge() {
     let p = Prox {
         q: QuadMaml::new(4, InnerLoop::sgd(20, 0.2).unwrap()),
         lambda: 2.0,
+        from_zero: false,
     };
     let th = [Tensor::vector(vec![0.4, -0.3, 0.8, 0.0])];
     let est = Implicit::new(2.0)

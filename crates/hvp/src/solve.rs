@@ -201,19 +201,26 @@ pub struct NeumannParams {
     /// I − αA is below 1, i.e. for SPD A iff 0 < α < 2/λ_max(A)
     /// (see [`power_iteration`]).
     pub alpha: f64,
-    /// k: the number of operator applications; the sum has k + 1 terms.
+    /// k: at most this many operator applications in the series (the sum then
+    /// has k + 1 terms); one more application checks the result.
     pub terms: usize,
-    /// Stop early once a term's norm is ≤ `tol`·‖b‖ (0 runs all k terms).
+    /// The required relative residual ‖b − Ax‖/‖b‖ of the result. The series
+    /// stops early once its recurrence residual (the next term's norm, see
+    /// [`neumann`]) is ≤ `tol`; the result is accepted only if the *true*
+    /// residual, recomputed by one extra application, is ≤ `tol` too.
+    /// `tol = 0` asks for an exact solve, so in practice it runs all k terms
+    /// and returns the truncated sum inside [`NeumannError::NotConverged`]:
+    /// the way to ask for a truncated series on purpose.
     pub tol: f64,
 }
 
 impl Default for NeumannParams {
-    /// `alpha = 0.01`, `terms = 100`, `tol = 0`.
+    /// `alpha = 0.01`, `terms = 1000`, `tol = 1e-6`.
     fn default() -> Self {
         NeumannParams {
             alpha: 0.01,
-            terms: 100,
-            tol: 0.0,
+            terms: 1000,
+            tol: 1e-6,
         }
     }
 }
@@ -221,16 +228,36 @@ impl Default for NeumannParams {
 /// What [`neumann`] did.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct NeumannInfo {
-    /// Operator applications made (terms summed minus one).
+    /// Operator applications made in the series (terms summed minus one); the
+    /// check of the true residual made one more.
     pub terms: usize,
-    /// ‖t_k‖/‖b‖ for the last term t_k = (I − αA)^k b: a bound on how much the
-    /// next term would add, hence a cheap truncation indicator.
+    /// The true relative residual ‖b − Ax‖/‖b‖ of the returned x, recomputed
+    /// with one operator application after the series (0 when b = 0).
+    pub residual: f64,
+    /// ‖t_k‖/‖b‖ for the last term summed, t_k = (I − αA)^k b: how much the
+    /// series still moved at the end (a truncation indicator, not a residual).
     pub last_term: f64,
 }
 
 /// Why [`neumann`] failed.
 #[derive(Clone, Debug, PartialEq, Error)]
-pub enum NeumannError {
+pub enum NeumannError<F: Float> {
+    /// The true relative residual ‖b − Ax‖/‖b‖ is above `tol` after the series
+    /// (too few terms for the spectrum, or rounding). The truncated sum is
+    /// returned for callers that want a truncated series on purpose.
+    #[error(
+        "Neumann series did not converge: relative residual ‖b − Ax‖/‖b‖ = {residual:.3e} > tol {tol:.3e} after {terms} terms"
+    )]
+    NotConverged {
+        /// Operator applications in the series.
+        terms: usize,
+        /// The true relative residual of `x`.
+        residual: f64,
+        /// The tolerance asked for.
+        tol: f64,
+        /// The truncated sum x_k.
+        x: Vec<F>,
+    },
     /// A term grew beyond ‖b‖. For a symmetric A every term's norm is ≤ ‖b‖ iff
     /// the spectral radius of I − αA is ≤ 1, so growth proves the series diverges
     /// (α too large, or A has negative eigenvalues).
@@ -250,22 +277,41 @@ pub enum NeumannError {
 }
 
 /// Approximates A⁻¹b by the truncated Neumann series
-/// x_k = α Σ_{j=0}^{k} (I − αA)^j b, which needs only k operator applications and
-/// two extra n-vectors. It converges to A⁻¹b as k → ∞ iff ρ(I − αA) < 1; the
-/// truncation error is (I − αA)^{k+1} A⁻¹ b.
+/// x_k = α Σ_{j=0}^{k} t_j with t_j = (I − αA)^j b, which needs only k operator
+/// applications and three extra n-vectors. It converges to A⁻¹b as k → ∞ iff
+/// ρ(I − αA) < 1; the truncation error is (I − αA)^{k+1} A⁻¹ b.
+///
+/// Since αA t_j = t_j − t_{j+1}, the residual of x_k is b − A x_k = t_{k+1}:
+/// the series stops as soon as a new term has ‖t_{k+1}‖ ≤ `tol`·‖b‖ (that term
+/// is still added). That identity holds in exact arithmetic only, so the
+/// returned residual is the true one, ‖b − A x‖/‖b‖ from one more operator
+/// application, and a result whose true residual is above `tol` is an error.
 ///
 /// ```
 /// use hvp::{neumann, DenseOp, NeumannParams};
 /// // A = diag(1, 2), α = 0.5: (I − αA) = diag(0.5, 0) so the series converges fast.
 /// let a = DenseOp::new(2, vec![1.0_f64, 0.0, 0.0, 2.0]);
-/// let p = NeumannParams { alpha: 0.5, terms: 60, tol: 0.0 };
-/// let (x, _) = neumann(&a, &[1.0, 1.0], p).unwrap();
+/// let p = NeumannParams { alpha: 0.5, terms: 60, tol: 1e-12 };
+/// let (x, info) = neumann(&a, &[1.0, 1.0], p).unwrap();
 /// assert!((x[0] - 1.0).abs() < 1e-12 && (x[1] - 0.5).abs() < 1e-12);
+/// assert!(info.residual <= 1e-12 && info.terms < 60);
+/// // Three terms are not enough: the error carries the true residual
+/// // (‖t_4‖/‖b‖ = 0.5⁴/√2) and the truncated sum.
+/// let few = NeumannParams { alpha: 0.5, terms: 3, tol: 1e-12 };
+/// match neumann(&a, &[1.0, 1.0], few) {
+///     Err(hvp::NeumannError::NotConverged { terms, residual, .. }) => {
+///         assert_eq!(terms, 3);
+///         assert!((residual - 0.0625 / 2f64.sqrt()).abs() < 1e-15);
+///     }
+///     other => panic!("{other:?}"),
+/// }
 /// ```
 ///
 /// # Errors
-/// [`NeumannError::Diverging`] if a term's norm exceeds ‖b‖ (by a relative
-/// margin of 1e-6), [`NeumannError::NonFinite`].
+/// [`NeumannError::NotConverged`] (with the true residual and the truncated
+/// sum) if ‖b − Ax‖/‖b‖ > `tol` at the end, [`NeumannError::Diverging`] if a
+/// term's norm exceeds ‖b‖ (by a relative margin of 1e-6),
+/// [`NeumannError::NonFinite`].
 ///
 /// # Panics
 /// If `b.len() != a.dim()`.
@@ -274,7 +320,7 @@ pub fn neumann<F: Float>(
     a: &impl LinOp<F>,
     b: &[F],
     params: NeumannParams,
-) -> Result<(Vec<F>, NeumannInfo), NeumannError> {
+) -> Result<(Vec<F>, NeumannInfo), NeumannError<F>> {
     check_rhs("neumann", a, b);
     let n = b.len();
     let alpha = F::from_f64(params.alpha);
@@ -282,27 +328,30 @@ pub fn neumann<F: Float>(
     if !b_norm.is_finite() {
         return Err(NeumannError::NonFinite { term: 0 });
     }
+    if b_norm == 0.0 {
+        // A⁻¹0 = 0 exactly: not a silent failure.
+        let info = NeumannInfo {
+            terms: 0,
+            residual: 0.0,
+            last_term: 0.0,
+        };
+        return Ok((vec![F::zero(); n], info));
+    }
     let mut term = b.to_vec();
     let mut sum = b.to_vec();
     let mut at = vec![F::zero(); n];
-    let mut info = NeumannInfo {
-        terms: 0,
-        last_term: if b_norm == 0.0 { 0.0 } else { 1.0 },
-    };
+    let mut terms = 0;
+    let mut last_term = 1.0;
     for j in 1..=params.terms {
-        if info.last_term <= params.tol {
-            break;
-        }
         a.apply(&term, &mut at);
         for i in 0..n {
             term[i] -= alpha * at[i];
             sum[i] += term[i];
         }
+        // ‖t_j‖/‖b‖: the recurrence residual of the sum before t_j was added.
         let rel = norm(&term) / b_norm;
-        info = NeumannInfo {
-            terms: j,
-            last_term: rel,
-        };
+        terms = j;
+        last_term = rel;
         if !rel.is_finite() {
             return Err(NeumannError::NonFinite { term: j });
         }
@@ -312,11 +361,37 @@ pub fn neumann<F: Float>(
                 growth: rel,
             });
         }
+        if rel <= params.tol {
+            break;
+        }
     }
     for s in &mut sum {
         *s *= alpha;
     }
-    Ok((sum, info))
+    // The true residual ‖b − A x‖/‖b‖ (one more application; `term` is reused).
+    a.apply(&sum, &mut at);
+    for i in 0..n {
+        term[i] = b[i] - at[i];
+    }
+    let residual = norm(&term) / b_norm;
+    if !residual.is_finite() {
+        return Err(NeumannError::NonFinite { term: terms + 1 });
+    }
+    if residual <= params.tol {
+        let info = NeumannInfo {
+            terms,
+            residual,
+            last_term,
+        };
+        Ok((sum, info))
+    } else {
+        Err(NeumannError::NotConverged {
+            terms,
+            residual,
+            tol: params.tol,
+            x: sum,
+        })
+    }
 }
 
 /// Parameters of [`power_iteration`].

@@ -107,8 +107,12 @@ proptest! {
 
         // Truncation error after k applications is exactly (I − αA)^{k+1} x_true.
         let k = 5;
-        let (x, info) = neumann(&a, &b, NeumannParams { alpha, terms: k, tol: 0.0 }).unwrap();
-        assert_eq!(info.terms, k);
+        // tol = 0 runs all k terms; the truncated sum comes back in the error.
+        let (x, terms) = match neumann(&a, &b, NeumannParams { alpha, terms: k, tol: 0.0 }) {
+            Err(NeumannError::NotConverged { x, terms, .. }) => (x, terms),
+            other => panic!("expected NotConverged, got {other:?}"),
+        };
+        assert_eq!(terms, k);
         let mut e = x_true.clone();
         for _ in 0..=k {
             let ae = apply(&a, &e);
@@ -121,6 +125,7 @@ proptest! {
         let p = NeumannParams { alpha, terms: 100_000, tol: 1e-13 };
         let (x, info) = neumann(&a, &b, p).unwrap();
         assert!(info.last_term <= 1e-13 && info.terms < 100_000);
+        assert!(info.residual <= 1e-13, "{info:?}");
         assert_close("Neumann solution", &x, &x_true, 1e-10);
     }
 }
@@ -438,4 +443,95 @@ fn lanczos_reports_non_convergence() {
         }
         other => panic!("expected NotConverged, got {other:?}"),
     }
+}
+
+/// ‖b − Ax‖/‖b‖, computed here with the test's own product.
+fn true_residual(a: &DenseOp<f64>, x: &[f64], b: &[f64]) -> f64 {
+    let res: Vec<f64> = apply(a, x).iter().zip(b).map(|(p, q)| q - p).collect();
+    norm(&res) / norm(b)
+}
+
+/// A = diag(1, 2, …, 5) scaled by `scale`, b = (1, …, 1).
+fn neumann_diag(scale: f64) -> (DenseOp<f64>, Vec<f64>) {
+    let n = 5;
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        a[i * n + i] = scale * (i + 1) as f64;
+    }
+    (DenseOp::new(n, a), vec![1.0; n])
+}
+
+#[test]
+fn neumann_reports_its_true_residual_when_it_converges() {
+    // A = diag(1..5), α = 0.3: the factors 1 − 0.3·λ are 0.7, 0.4, 0.1, −0.2, −0.5,
+    // so ‖t_{j+1}‖ ≈ 0.7‖t_j‖: the last term summed is ≈ 1/0.7 times the residual.
+    let (a, b) = neumann_diag(1.0);
+    let p = NeumannParams {
+        alpha: 0.3,
+        terms: 500,
+        tol: 1e-9,
+    };
+    let (x, info) = neumann(&a, &b, p).unwrap();
+    let want = true_residual(&a, &x, &b);
+    assert!(
+        (info.residual - want).abs() <= 1e-12 * want,
+        "reported {} vs recomputed {want}",
+        info.residual
+    );
+    assert!(info.residual <= 1e-9 && info.terms < 500, "{info:?}");
+    // The last term is not the residual (it is ≈ 1/0.7 times larger).
+    assert!(info.last_term > 1.3 * info.residual, "{info:?}");
+    for (i, xi) in x.iter().enumerate() {
+        assert!((xi - 1.0 / (i + 1) as f64).abs() < 1e-8, "x_{i} = {xi}");
+    }
+}
+
+#[test]
+fn neumann_below_tolerance_is_an_error_with_its_true_residual() {
+    // Too few terms: after k = 10 the residual is t_11, dominated by 0.7^11 ≈ 0.02.
+    let (a, b) = neumann_diag(1.0);
+    let p = NeumannParams {
+        alpha: 0.3,
+        terms: 10,
+        tol: 1e-6,
+    };
+    match neumann(&a, &b, p) {
+        Err(NeumannError::NotConverged {
+            terms,
+            residual,
+            tol,
+            x,
+        }) => {
+            assert_eq!((terms, tol), (10, 1e-6));
+            let want = true_residual(&a, &x, &b);
+            assert!(
+                (residual - want).abs() <= 1e-12 * want,
+                "{residual} vs {want}"
+            );
+            // Analytically, b − Ax = t_11 with entries (1 − 0.3·λ_i)^11.
+            let t11: Vec<f64> = (1..=5).map(|l| (1.0 - 0.3 * l as f64).powi(11)).collect();
+            assert!((residual - norm(&t11) / norm(&b)).abs() < 1e-12);
+            assert!(residual > 5e-3, "{residual}");
+        }
+        other => panic!("expected NotConverged, got {other:?}"),
+    }
+    // A spectrum where the series converges slowly: λ_min·α = 1e-3, so 2000
+    // terms leave (1 − 1e-3)^2001 ≈ 0.135 of the first component.
+    let (a, b) = neumann_diag(1e-3);
+    let p = NeumannParams {
+        alpha: 1.0,
+        terms: 2000,
+        tol: 1e-8,
+    };
+    match neumann(&a, &b, p) {
+        Err(NeumannError::NotConverged { residual, x, .. }) => {
+            let want = true_residual(&a, &x, &b);
+            assert!((residual - want).abs() <= 1e-12 * want);
+            assert!(residual > 0.03, "{residual}");
+        }
+        other => panic!("expected NotConverged, got {other:?}"),
+    }
+    // b = 0 is solved exactly by x = 0, with no application.
+    let (x, info) = neumann(&a, &[0.0; 5], p).unwrap();
+    assert_eq!((x, info.terms, info.residual), (vec![0.0; 5], 0, 0.0));
 }

@@ -160,7 +160,7 @@ impl Ridge {
     }
 
     /// A = XᵀX/n, c = Xᵀy/n.
-    fn gram(&self) -> (Vec<f64>, Vec<f64>) {
+    pub fn gram(&self) -> (Vec<f64>, Vec<f64>) {
         let (n, d) = (self.n, self.dim);
         let mut a = vec![0.0; d * d];
         let mut c = vec![0.0; d];
@@ -350,4 +350,78 @@ impl<F: Float> Problem<F> for TanhNet {
     ) -> Vec<Var<'t, T>> {
         theta[..2].to_vec()
     }
+}
+
+/// Proximal quadratic: L_in = ½φᵀAφ − bᵀφ + λ/2‖φ − θ‖², L_out = ½φᵀCφ − dᵀφ.
+/// φ*(θ) = (A + λI)⁻¹(b + λθ), dφ*/dθ = λ(A + λI)⁻¹, ∇F = λ(A + λI)⁻¹(Cφ* − d).
+/// φ_0 = θ, or 0 with `from_zero` (θ is then the proximal centre but not the start).
+pub struct Prox {
+    pub q: QuadMaml,
+    pub lambda: f64,
+    pub from_zero: bool,
+}
+
+impl<F: Float> Problem<F> for Prox {
+    type Task = ();
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.q.inner
+    }
+    fn inner_loss<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &(),
+        j: usize,
+        th: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        Problem::<F>::inner_loss(&self.q, t, task, j, th, phi)
+            + (phi[0] - th[0]).square().sum() * (0.5 * self.lambda)
+    }
+    fn outer_loss<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &(),
+        th: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        Problem::<F>::outer_loss(&self.q, t, task, th, phi)
+    }
+    fn initial_state<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        _task: &(),
+        th: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        if self.from_zero {
+            vec![consts(t, &vec![0.0; self.q.dim])]
+        } else {
+            th.to_vec()
+        }
+    }
+}
+
+/// Solves (A + λI) x = y by Gaussian elimination (small dense test helper).
+pub fn solve(a: &[f64], lambda: f64, y: &[f64]) -> Vec<f64> {
+    let d = y.len();
+    let mut m: Vec<Vec<f64>> = (0..d)
+        .map(|i| {
+            let mut row: Vec<f64> = (0..d)
+                .map(|j| a[i * d + j] + if i == j { lambda } else { 0.0 })
+                .collect();
+            row.push(y[i]);
+            row
+        })
+        .collect();
+    for c in 0..d {
+        let piv = m[c][c];
+        for r in 0..d {
+            if r != c {
+                let f = m[r][c] / piv;
+                for k in c..=d {
+                    m[r][k] -= f * m[c][k];
+                }
+            }
+        }
+    }
+    (0..d).map(|i| m[i][d] / m[i][i]).collect()
 }
