@@ -244,7 +244,7 @@ pub const IMPLICIT_STATIONARITY_TOL: f64 = 1e-2;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
-    /// Exact reverse sweep, every state stored (r + 1 states).
+    /// Exact reverse sweep, every state stored (r states; φ_0 is regenerated).
     ExactStoreAll,
     /// Exact reverse sweep with binomial checkpointing (s snapshots).
     ExactBinomial(usize),
