@@ -1,68 +1,52 @@
-//! SIMD kernels for the small-matrix path of [`crate::gemm::gemm`]: AVX-512F on
-//! x86_64, chosen at run time, for `f32`, `f64`, `Dual<f32>` and `Dual<f64>`.
+//! [`super::Family::Avx512`]: AVX-512F kernels for the small products of
+//! `f32`, `f64`, `Dual<f32>` and `Dual<f64>`, chosen at run time.
 //!
-//! They compute exactly what the portable loop in `gemm.rs` computes. For each
-//! output element the same products are added in the same order (increasing
-//! `l`), each product and each sum rounded on its own (no fused multiply-add),
-//! and the epilogue is `α·s` or `α·s + β·c` as there. A dual product adds
-//! `a.d·b.v + a.v·b.d` to the tangent accumulator, as `Dual`'s `Mul` and
-//! `AddAssign` do. So the bits are the same with and without the kernels, on
-//! every machine; only the speed differs. The vector lanes run across the
-//! columns `j` of `C`, never across the sum over `l`.
+//! They compute exactly what the portable loop (`portable.rs`) computes. For
+//! each output element the same products are added in the same order
+//! (increasing `l`), each product and each sum rounded on its own (no fused
+//! multiply-add), and the epilogue is `α·s` or `α·s + β·c` as there. A dual
+//! product adds `a.d·b.v + a.v·b.d` to the tangent accumulator, as `Dual`'s
+//! `Mul` and `AddAssign` do. So the bits are the same with and without the
+//! kernels, on every machine; only the speed differs. The vector lanes run
+//! across the columns `j` of `C`, never across the sum over `l`.
 //!
 //! Blocking: up to four rows of `A` times a panel of up to four vectors of
 //! columns (64 `f32` columns) live in registers for the whole sum over `l`;
 //! each row of `B` is loaded once per panel and reused by every row of the
 //! block. The last vector of a row is a masked load and a masked store, so `B`
-//! and `C` are never read or written past column `n`.
+//! and `C` are never read or written past column `n`; addresses are computed
+//! with `wrapping_add`, so a vector whose mask is empty (the second half of a
+//! dual vector at the end of a row) never forms an out-of-bounds pointer with
+//! `add`.
+//!
+//! Soundness rests on: AVX-512F detected in [`real`]/[`dual`] before any
+//! kernel runs; the view invariants (every element of `A` and `B` inside its
+//! slice, checked by `MatRef`'s constructors); `C` a dense row-major `m × n`
+//! slice (`MatMut::dense_row_major`) and the shapes of a [`Product`]; packing
+//! buffers of at most [`PACK`] elements, checked before packing.
 
-use crate::gemm::MatRef;
+use super::{Product, PACK};
 use crate::real::{Dual, Real};
 
-/// Runs the real kernel if this CPU has one; `false` means "not taken" (the
-/// caller then runs the portable loop).
-pub(crate) fn real<E: Lane>(
-    alpha: E,
-    a: MatRef<'_, E>,
-    b: MatRef<'_, E>,
-    beta: E,
-    c: &mut [E],
-) -> bool {
-    imp::real(alpha, a, b, beta, c)
+/// Runs the real kernel if this CPU has AVX-512F and the layout suits it;
+/// `false` means "not taken" (the caller runs another family).
+pub(crate) fn real<E: Lane>(p: &mut Product<'_, E>) -> bool {
+    imp::real(p)
 }
 
-/// Runs the dual kernel if this CPU has one; `false` means "not taken".
-pub(crate) fn dual<E: Lane>(
-    alpha: E,
-    a: MatRef<'_, Dual<E>>,
-    b: MatRef<'_, Dual<E>>,
-    beta: E,
-    c: &mut [Dual<E>],
-) -> bool {
-    imp::dual(alpha, a, b, beta, c)
+/// Runs the dual kernel if this CPU has AVX-512F and the layout suits it;
+/// `false` means "not taken".
+pub(crate) fn dual<E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
+    imp::dual(p)
 }
 
-/// A right operand with strided columns is first copied into a contiguous
-/// stack buffer of at most this many elements (32 KiB of `Dual<f64>`).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PACK: usize = 2048;
-
-/// Copies a `k × n` view row-major into `buf` and returns the packed slice.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [std::mem::MaybeUninit<T>]) -> &'b [T] {
-    let (k, n) = (b.rows, b.cols);
-    for l in 0..k {
-        let lane = b.data[l * b.rs..].iter().step_by(b.cs.max(1));
-        for (dst, &x) in buf[l * n..(l + 1) * n].iter_mut().zip(lane) {
-            dst.write(x);
-        }
-    }
-    // SAFETY: the loop wrote entries 0..k·n (each row gets n values: the view's
-    // bounds were checked by `gemm`), and MaybeUninit<T> has T's layout.
-    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<T>(), k * n) }
-}
-
-/// The primitive floats that have kernels.
+/// The primitive floats that have kernels: their vector and mask types and
+/// the AVX-512F intrinsics of that width.
+///
+/// Every `unsafe fn` here requires a CPU with AVX-512F; `vload`/`vstore`
+/// also require `p` valid for reads/writes of the lanes in `m` (only those
+/// are touched; `p` itself need not point into an allocation when `m` is
+/// empty).
 pub(crate) trait Lane: Real<Base = Self> {
     #[cfg(target_arch = "x86_64")]
     #[doc(hidden)]
@@ -73,37 +57,29 @@ pub(crate) trait Lane: Real<Base = Self> {
     /// Lanes per vector.
     #[cfg(target_arch = "x86_64")]
     const N: usize;
+    /// The mask of the first `min(count, N)` lanes.
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     fn mask(count: usize) -> Self::M;
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vzero() -> Self::V;
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vsplat(x: Self) -> Self::V;
     /// The lanes in `m` from `p`, zero elsewhere (nothing outside `m` is read).
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vload(p: *const Self, m: Self::M) -> Self::V;
     /// Writes the lanes in `m` to `p` (nothing outside `m` is written).
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vstore(p: *mut Self, v: Self::V, m: Self::M);
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vadd(a: Self::V, b: Self::V) -> Self::V;
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vmul(a: Self::V, b: Self::V) -> Self::V;
     /// Splits two vectors holding interleaved pairs `(v0, d0, v1, d1, …)` into
     /// `(v0, v1, …)` and `(d0, d1, …)`.
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vdeinterleave(lo: Self::V, hi: Self::V) -> (Self::V, Self::V);
     /// The inverse of [`Lane::vdeinterleave`].
     #[cfg(target_arch = "x86_64")]
-    #[doc(hidden)]
     unsafe fn vinterleave(v: Self::V, d: Self::V) -> (Self::V, Self::V);
 }
 
@@ -115,29 +91,19 @@ impl Lane for f64 {}
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
     use super::*;
-    pub(super) fn real<E: Lane>(
-        _: E,
-        _: MatRef<'_, E>,
-        _: MatRef<'_, E>,
-        _: E,
-        _: &mut [E],
-    ) -> bool {
+    pub(super) fn real<E: Lane>(_: &mut Product<'_, E>) -> bool {
         false
     }
-    pub(super) fn dual<E: Lane>(
-        _: E,
-        _: MatRef<'_, Dual<E>>,
-        _: MatRef<'_, Dual<E>>,
-        _: E,
-        _: &mut [Dual<E>],
-    ) -> bool {
+    pub(super) fn dual<E: Lane>(_: &mut Product<'_, Dual<E>>) -> bool {
         false
     }
 }
-
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
+    use crate::kernels::family::has_avx512;
+    use crate::kernels::portable::pack;
+    use crate::kernels::MatRef;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -297,23 +263,22 @@ mod imp {
         };
     }
 
-    fn has_avx512() -> bool {
-        std::is_x86_feature_detected!("avx512f")
-    }
-
     /// Where a small product's operands are read from: down the columns of A
     /// (`n = 1`: `A[i, l] = p[i + l·s]`), or along the rows of B
     /// (`B[l, j] = p[l·s + j]`). Either is the operand's own buffer or a copy
-    /// packed into the caller's stack buffer.
+    /// packed into the caller's stack buffer; either way every `(i, l)` of A
+    /// or `(l, j)` of B so addressed lies inside that buffer.
     enum Layout<T> {
         Columns(*const T, usize),
         Rows(*const T, usize),
     }
 
+    /// The layout for `A·B`, packing into `buf` if needed; `None` if an operand
+    /// that would need packing does not fit `buf`.
     fn layout<T: Copy>(
         a: MatRef<'_, T>,
         b: MatRef<'_, T>,
-        buf: &mut [MaybeUninit<T>],
+        buf: &mut [MaybeUninit<T>; PACK],
     ) -> Option<Layout<T>> {
         if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
             let (at, ats) = columns(a, buf);
@@ -327,20 +292,23 @@ mod imp {
         }
     }
 
-    pub(super) fn real<E: Lane>(
-        alpha: E,
-        a: MatRef<'_, E>,
-        b: MatRef<'_, E>,
-        beta: E,
-        c: &mut [E],
-    ) -> bool {
-        let mut buf = [MaybeUninit::<E>::uninit(); PACK];
-        let Some(layout) = has_avx512().then(|| layout(a, b, &mut buf)).flatten() else {
+    pub(super) fn real<E: Lane>(p: &mut Product<'_, E>) -> bool {
+        if !has_avx512() {
+            return false;
+        }
+        let (alpha, a, b, beta) = (p.alpha, p.a, p.b, p.beta);
+        let Some(c) = p.c.dense_row_major() else {
             return false;
         };
-        // SAFETY: AVX-512F is present; `gemm` checked that every (i, l) of A
-        // and (l, j) of B lies in its buffer (a packed operand is a dense
-        // buffer with the stride given), and `c` holds exactly m × n elements.
+        let mut buf = [MaybeUninit::<E>::uninit(); PACK];
+        let Some(layout) = layout(a, b, &mut buf) else {
+            return false;
+        };
+        // SAFETY: AVX-512F was detected above; the views' constructors checked
+        // that every (i, l) of A and (l, j) of B lies in its slice (a packed
+        // operand is a dense buffer with the stride given, see `Layout`);
+        // `Product::new` checked the shapes and `dense_row_major` that `c` is
+        // exactly m × n elements.
         unsafe {
             match layout {
                 Layout::Columns(at, s) => real_col_avx512(alpha, at, s, a.rows, a.cols, b, beta, c),
@@ -350,19 +318,20 @@ mod imp {
         true
     }
 
-    pub(super) fn dual<E: Lane>(
-        alpha: E,
-        a: MatRef<'_, Dual<E>>,
-        b: MatRef<'_, Dual<E>>,
-        beta: E,
-        c: &mut [Dual<E>],
-    ) -> bool {
-        let mut buf = [MaybeUninit::<Dual<E>>::uninit(); PACK];
-        let Some(layout) = has_avx512().then(|| layout(a, b, &mut buf)).flatten() else {
+    pub(super) fn dual<E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
+        if !has_avx512() {
+            return false;
+        }
+        let (alpha, a, b, beta) = (p.alpha, p.a, p.b, p.beta);
+        let Some(c) = p.c.dense_row_major() else {
             return false;
         };
-        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`), so a run
-        // of duals is twice as many contiguous `E`s.
+        let mut buf = [MaybeUninit::<Dual<E>>::uninit(); PACK];
+        let Some(layout) = layout(a, b, &mut buf) else {
+            return false;
+        };
+        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`, no
+        // padding), so a run of duals is twice as many contiguous `E`s.
         unsafe {
             match layout {
                 Layout::Columns(at, s) => dual_col_avx512(alpha, at, s, a.rows, a.cols, b, beta, c),
@@ -372,20 +341,32 @@ mod imp {
         true
     }
 
-    /// [`pack`] for a transposed right operand (`B[l, j] = src[l + j·cs]`,
+    /// `portable::pack` for a transposed right operand (`B[l, j] = src[l + j·cs]`,
     /// unit row stride) of 4- or 8-byte elements: 16 × 16 (or 8 × 8) tiles
     /// transposed in registers. Only bits move, so any `T` of that size works.
-    fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>]) -> &'b [T] {
+    /// Other views go through `portable::pack`.
+    ///
+    /// # Panics
+    /// If `k·n` exceeds the buffer.
+    fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
         let (k, n) = (b.rows, b.cols);
         let size = std::mem::size_of::<T>();
-        if b.rs != 1 || !(size == 4 || size == 8) {
+        if b.rs != 1 || !(size == 4 || size == 8) || !has_avx512() {
             return pack(b, buf);
         }
+        assert!(
+            k * n <= PACK,
+            "pack_t: [{k}, {n}] does not fit {PACK} elements"
+        );
         let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());
-        // SAFETY: AVX-512F is present (the callers checked); element (l, j) of
-        // the view, src[l + j·cs], is in bounds for l < k, j < n (checked by
-        // `gemm`) and the masks keep every load to those; dst has k·n ≤ PACK
-        // slots and the masked stores write exactly its entries (each once).
+        // SAFETY: AVX-512F was detected above; element (l, j) of the view,
+        // src[l + j·cs], is inside `b.data` for l < k, j < n (checked by
+        // `MatRef`'s constructors) and the masks keep every load to those; the
+        // loads are unaligned, so reading a `T` of 4 (8) bytes as f32 (f64)
+        // lanes is fine and moves its bits unchanged. `dst` has k·n ≤ PACK
+        // slots (asserted) and the masked stores write every one of them: tile
+        // (l0, j0) stores rows l0.. (below k) of columns j0.. (below n), and
+        // the tiles cover 0..k × 0..n. MaybeUninit<T> has T's layout.
         unsafe {
             if size == 4 {
                 transpose_32(src.cast::<f32>(), b.cs, k, n, dst.cast::<f32>());
@@ -430,13 +411,13 @@ mod imp {
                     let lm = E::mask(k - l0);
                     let rows: [E::V; T] = std::array::from_fn(|t| {
                         if j0 + t < n {
-                            E::vload(src.add((j0 + t) * cs + l0), lm)
+                            E::vload(src.wrapping_add((j0 + t) * cs + l0), lm)
                         } else {
                             E::vzero()
                         }
                     });
                     for (s, col) in tile(rows).into_iter().enumerate().take(k - l0) {
-                        E::vstore(dst.add((l0 + s) * n + j0), col, jm);
+                        E::vstore(dst.wrapping_add((l0 + s) * n + j0), col, jm);
                     }
                 }
             }
@@ -516,7 +497,7 @@ mod imp {
 
     /// The columns of A as contiguous runs: `(p, s)` with `A[i, l] = p[i + l·s]`.
     /// A view with unit row stride is used as it is; otherwise Aᵀ is packed.
-    fn columns<T: Copy>(a: MatRef<'_, T>, buf: &mut [MaybeUninit<T>]) -> (*const T, usize) {
+    fn columns<T: Copy>(a: MatRef<'_, T>, buf: &mut [MaybeUninit<T>; PACK]) -> (*const T, usize) {
         if a.rs == 1 {
             (a.data.as_ptr(), a.cs)
         } else {
@@ -572,10 +553,13 @@ mod imp {
             let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(m - (v0 + v) * E::N));
             let mut acc = [E::vzero(); NV];
             for l in 0..k {
-                let col = at.add(l * ats + v0 * E::N);
+                let col = at.wrapping_add(l * ats + v0 * E::N);
                 let y = E::vsplat(*b.data.get_unchecked(l * b.rs));
                 for v in 0..NV {
-                    acc[v] = E::vadd(acc[v], E::vmul(E::vload(col.add(v * E::N), masks[v]), y));
+                    acc[v] = E::vadd(
+                        acc[v],
+                        E::vmul(E::vload(col.wrapping_add(v * E::N), masks[v]), y),
+                    );
                 }
             }
             let (va, vb, beta_zero) = (
@@ -584,7 +568,7 @@ mod imp {
                 beta == <E as Real>::zero(),
             );
             for v in 0..NV {
-                let p = c.as_mut_ptr().add((v0 + v) * E::N);
+                let p = c.as_mut_ptr().wrapping_add((v0 + v) * E::N);
                 let mut out = E::vmul(va, acc[v]);
                 if !beta_zero {
                     out = E::vadd(out, E::vmul(vb, E::vload(p, masks[v])));
@@ -646,13 +630,13 @@ mod imp {
             let mut acc_v = [E::vzero(); NV];
             let mut acc_d = [E::vzero(); NV];
             for l in 0..k {
-                let col = at.add(l * ats + v0 * E::N).cast::<E>();
+                let col = at.wrapping_add(l * ats + v0 * E::N).cast::<E>();
                 let y = *b.data.get_unchecked(l * b.rs);
                 let (yv, yd) = (E::vsplat(y.v), E::vsplat(y.d));
                 for v in 0..NV {
-                    let p = col.add(2 * v * E::N);
+                    let p = col.wrapping_add(2 * v * E::N);
                     let (xv, xd) =
-                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.wrapping_add(E::N), hi[v]));
                     acc_v[v] = E::vadd(acc_v[v], E::vmul(xv, yv));
                     // Dual's Mul (a·b): d = a.d·b.v + a.v·b.d, then added.
                     acc_d[v] = E::vadd(acc_d[v], E::vadd(E::vmul(xd, yv), E::vmul(xv, yd)));
@@ -660,20 +644,20 @@ mod imp {
             }
             let (va, vb, z) = (E::vsplat(alpha), E::vsplat(beta), E::vzero());
             let beta_zero = beta == <E as Real>::zero();
-            let out = c.as_mut_ptr().add(v0 * E::N).cast::<E>();
+            let out = c.as_mut_ptr().wrapping_add(v0 * E::N).cast::<E>();
             for v in 0..NV {
-                let p = out.add(2 * v * E::N);
+                let p = out.wrapping_add(2 * v * E::N);
                 let mut ov = E::vmul(va, acc_v[v]);
                 let mut od = E::vadd(E::vmul(z, acc_v[v]), E::vmul(va, acc_d[v]));
                 if !beta_zero {
                     let (cv, cd) =
-                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.wrapping_add(E::N), hi[v]));
                     ov = E::vadd(ov, E::vmul(vb, cv));
                     od = E::vadd(od, E::vadd(E::vmul(z, cv), E::vmul(vb, cd)));
                 }
                 let (x0, x1) = E::vinterleave(ov, od);
                 E::vstore(p, x0, lo[v]);
-                E::vstore(p.add(E::N), x1, hi[v]);
+                E::vstore(p.wrapping_add(E::N), x1, hi[v]);
             }
         }
     }
@@ -724,8 +708,9 @@ mod imp {
             let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(n - (v0 + v) * E::N));
             let mut acc = [[E::vzero(); NV]; MR];
             for l in 0..a.cols {
-                let row = b.add(l * brs + v0 * E::N);
-                let bv: [E::V; NV] = std::array::from_fn(|v| E::vload(row.add(v * E::N), masks[v]));
+                let row = b.wrapping_add(l * brs + v0 * E::N);
+                let bv: [E::V; NV] =
+                    std::array::from_fn(|v| E::vload(row.wrapping_add(v * E::N), masks[v]));
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let x = E::vsplat(*a.data.get_unchecked((i0 + r) * a.rs + l * a.cs));
                     for v in 0..NV {
@@ -739,9 +724,9 @@ mod imp {
                 beta == <E as Real>::zero(),
             );
             for (r, acc_r) in acc.iter().enumerate() {
-                let row = c.as_mut_ptr().add((i0 + r) * n + v0 * E::N);
+                let row = c.as_mut_ptr().wrapping_add((i0 + r) * n + v0 * E::N);
                 for v in 0..NV {
-                    let p = row.add(v * E::N);
+                    let p = row.wrapping_add(v * E::N);
                     let mut out = E::vmul(va, acc_r[v]);
                     if !beta_zero {
                         out = E::vadd(out, E::vmul(vb, E::vload(p, masks[v])));
@@ -802,13 +787,13 @@ mod imp {
             let mut acc_v = [[E::vzero(); NV]; MR];
             let mut acc_d = [[E::vzero(); NV]; MR];
             for l in 0..a.cols {
-                let row = b.add(l * brs + v0 * E::N).cast::<E>();
+                let row = b.wrapping_add(l * brs + v0 * E::N).cast::<E>();
                 let mut bv = [E::vzero(); NV];
                 let mut bd = [E::vzero(); NV];
                 for v in 0..NV {
-                    let p = row.add(2 * v * E::N);
+                    let p = row.wrapping_add(2 * v * E::N);
                     (bv[v], bd[v]) =
-                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                        E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.wrapping_add(E::N), hi[v]));
                 }
                 for r in 0..MR {
                     let x = *a.data.get_unchecked((i0 + r) * a.rs + l * a.cs);
@@ -827,21 +812,26 @@ mod imp {
             let (va, vb, z) = (E::vsplat(alpha), E::vsplat(beta), E::vzero());
             let beta_zero = beta == <E as Real>::zero();
             for r in 0..MR {
-                let row = c.as_mut_ptr().add((i0 + r) * n + v0 * E::N).cast::<E>();
+                let row = c
+                    .as_mut_ptr()
+                    .wrapping_add((i0 + r) * n + v0 * E::N)
+                    .cast::<E>();
                 for v in 0..NV {
-                    let p = row.add(2 * v * E::N);
+                    let p = row.wrapping_add(2 * v * E::N);
                     let (sv, sd) = (acc_v[r][v], acc_d[r][v]);
                     let mut ov = E::vmul(va, sv);
                     let mut od = E::vadd(E::vmul(z, sv), E::vmul(va, sd));
                     if !beta_zero {
-                        let (cv, cd) =
-                            E::vdeinterleave(E::vload(p, lo[v]), E::vload(p.add(E::N), hi[v]));
+                        let (cv, cd) = E::vdeinterleave(
+                            E::vload(p, lo[v]),
+                            E::vload(p.wrapping_add(E::N), hi[v]),
+                        );
                         ov = E::vadd(ov, E::vmul(vb, cv));
                         od = E::vadd(od, E::vadd(E::vmul(z, cv), E::vmul(vb, cd)));
                     }
                     let (x0, x1) = E::vinterleave(ov, od);
                     E::vstore(p, x0, lo[v]);
-                    E::vstore(p.add(E::N), x1, hi[v]);
+                    E::vstore(p.wrapping_add(E::N), x1, hi[v]);
                 }
             }
         }

@@ -1,0 +1,314 @@
+//! Strided matrix views, built only by checked constructors.
+//!
+//! Element `(i, j)` of a view is `data[i·rs + j·cs]`. The constructors
+//! establish the invariants every kernel of this folder relies on, so that a
+//! view that exists is a view that can be read (and, for [`MatMut`], written)
+//! without a bounds check:
+//!
+//! 1. **Strides.** A stride may be 0 only where it is never multiplied by a
+//!    nonzero index: along a dimension of size ≤ 1, or in an empty view. Any
+//!    other zero stride is a programmer error (it would repeat one row or
+//!    column), and it is rejected even though reading it would be harmless,
+//!    because kernels that pack or vectorise count on distinct elements.
+//! 2. **Bounds.** In a non-empty view the last element,
+//!    `(rows − 1)·rs + (cols − 1)·cs`, is computed without overflow and lies
+//!    inside `data`; with nonnegative strides every other element lies below it.
+//! 3. **No overlap (outputs only).** In a [`MatMut`] no two elements share an
+//!    index: one dimension nests inside the other, `cs·cols ≤ rs` (rows of
+//!    contiguous-or-strided columns, row-major-like) or `rs·rows ≤ cs`
+//!    (column-major-like), dimensions of size ≤ 1 aside. Every layout a dense
+//!    buffer, a block of one, or one part of an interleaved buffer has passes;
+//!    a few exotic non-overlapping layouts (`rs = 3, cs = 2` on `2 × 2`) are
+//!    rejected too.
+//!
+//! A violation panics at the caller's line with the shape and strides, e.g.
+//! `MatRef::new: [2, 3] view with strides (2, 0): column stride 0 repeats one
+//! column 3 times`.
+
+/// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
+///
+/// Built by [`MatRef::new`] or [`MatRef::row_major`], which check the layout
+/// (module docs of [`crate::kernels`]: no zero stride along a dimension of size
+/// > 1, every element inside `data`); read by accessors. Overlapping rows or
+/// columns (e.g. `rs = cs = 1`) are allowed in an input.
+///
+/// ```
+/// use tape::gemm::MatRef;
+/// let data = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let m = MatRef::new(&data, 2, 2, 3, 2); // columns 0 and 2 of a row-major 2 × 3 buffer
+/// assert_eq!((m.rows(), m.cols(), m.rs(), m.cs()), (2, 2, 3, 2));
+/// assert_eq!(m.get(1, 1), 6.0); // data[1·3 + 1·2]
+/// ```
+#[derive(Copy, Clone, Debug)]
+pub struct MatRef<'a, T> {
+    pub(in crate::kernels) data: &'a [T],
+    pub(in crate::kernels) rows: usize,
+    pub(in crate::kernels) cols: usize,
+    pub(in crate::kernels) rs: usize,
+    pub(in crate::kernels) cs: usize,
+}
+
+/// A writable strided matrix view whose elements do not overlap: element
+/// `(i, j)` is `data[i·rs + j·cs]`.
+///
+/// Built by [`MatMut::new`] or [`MatMut::row_major`], which check everything
+/// [`MatRef`]'s constructors check and, in addition, that no two elements share
+/// an index (one dimension nests inside the other: `cs·cols ≤ rs` or
+/// `rs·rows ≤ cs`).
+///
+/// ```
+/// use tape::gemm::{gemm_into, MatMut, MatRef};
+/// let a = [1.0_f64, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let mut c = [0.0; 4];
+/// // A·A written column-major: C[i, j] at c[i + 2j].
+/// gemm_into(1.0, MatRef::row_major(&a, 2, 2), MatRef::row_major(&a, 2, 2), 0.0,
+///           MatMut::new(&mut c, 2, 2, 1, 2));
+/// assert_eq!(c, [7.0, 15.0, 10.0, 22.0]);
+/// ```
+#[derive(Debug)]
+pub struct MatMut<'a, T> {
+    pub(in crate::kernels) data: &'a mut [T],
+    pub(in crate::kernels) rows: usize,
+    pub(in crate::kernels) cols: usize,
+    pub(in crate::kernels) rs: usize,
+    pub(in crate::kernels) cs: usize,
+}
+
+/// Checks invariants 1 and 2 (and 3 when `output`) of the module docs for a
+/// `rows × cols` view with strides `(rs, cs)` over `len` elements; `what` names
+/// the constructor in the panic message.
+#[track_caller]
+fn check_layout(
+    what: &str,
+    len: usize,
+    [rows, cols]: [usize; 2],
+    [rs, cs]: [usize; 2],
+    output: bool,
+) {
+    let view = format_args!("{what}: [{rows}, {cols}] view with strides ({rs}, {cs})");
+    if rows == 0 || cols == 0 {
+        return; // no element: nothing to read, write or overlap
+    }
+    for (name, size, stride) in [("row", rows, rs), ("column", cols, cs)] {
+        assert!(
+            stride > 0 || size <= 1,
+            "{view}: {name} stride 0 repeats one {name} {size} times (a stride may be 0 only \
+             along a dimension of size ≤ 1)"
+        );
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
+    let Some(last) = last else {
+        panic!("{view}: the index of the last element overflows usize");
+    };
+    assert!(
+        last < len,
+        "{view} reaches index {last} of a buffer of {len} elements"
+    );
+    if output {
+        // Dimensions of size 1 never multiply their stride, so they cannot
+        // collide; otherwise one dimension must step over the whole other one.
+        // `last` did not overflow, so neither do these products.
+        let nested = rows == 1 || cols == 1 || cs * cols <= rs || rs * rows <= cs;
+        assert!(
+            nested,
+            "{view}: output elements overlap (an output needs cs·cols ≤ rs or rs·rows ≤ cs, \
+             here {cs}·{cols} > {rs} and {rs}·{rows} > {cs})"
+        );
+    }
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A `rows × cols` view of `data` with row stride `rs` and column stride
+    /// `cs` (in elements): `(i, j)` is `data[i·rs + j·cs]`.
+    ///
+    /// # Panics
+    /// If a stride is 0 along a dimension of size > 1, or the last element
+    /// lies outside `data` (the message has the shape and strides).
+    #[track_caller]
+    pub fn new(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        check_layout("MatRef::new", data.len(), [rows, cols], [rs, cs], false);
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A dense row-major `rows × cols` matrix in the first `rows·cols`
+    /// elements of `data` (`rs = cols`, `cs = 1`).
+    ///
+    /// # Panics
+    /// If `data` has fewer than `rows·cols` elements.
+    #[track_caller]
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        check_layout(
+            "MatRef::row_major",
+            data.len(),
+            [rows, cols],
+            [cols, 1],
+            false,
+        );
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose: the same buffer with the strides swapped (no copy).
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    /// The buffer the view reads from.
+    pub fn data(&self) -> &'a [T] {
+        self.data
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row stride, in elements.
+    pub fn rs(&self) -> usize {
+        self.rs
+    }
+    /// Column stride, in elements.
+    pub fn cs(&self) -> usize {
+        self.cs
+    }
+    /// Whether the view has no element (`rows·cols = 0`).
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0 || self.cols == 0
+    }
+    /// Element `(i, j)`.
+    ///
+    /// # Panics
+    /// If `i ≥ rows` or `j ≥ cols`.
+    #[track_caller]
+    pub fn get(&self, i: usize, j: usize) -> T
+    where
+        T: Copy,
+    {
+        assert!(
+            i < self.rows && j < self.cols,
+            "MatRef::get: ({i}, {j}) outside a [{}, {}] view",
+            self.rows,
+            self.cols
+        );
+        self.data[i * self.rs + j * self.cs]
+    }
+}
+
+impl<'a, T> MatMut<'a, T> {
+    /// A writable `rows × cols` view of `data` with row stride `rs` and column
+    /// stride `cs` (in elements): `(i, j)` is `data[i·rs + j·cs]`.
+    ///
+    /// # Panics
+    /// As [`MatRef::new`], and if two elements share an index (neither
+    /// `cs·cols ≤ rs` nor `rs·rows ≤ cs`, dimensions of size 1 aside).
+    #[track_caller]
+    pub fn new(data: &'a mut [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        check_layout("MatMut::new", data.len(), [rows, cols], [rs, cs], true);
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A dense row-major `rows × cols` output in the first `rows·cols`
+    /// elements of `data`.
+    ///
+    /// # Panics
+    /// If `data` has fewer than `rows·cols` elements.
+    #[track_caller]
+    pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
+        check_layout(
+            "MatMut::row_major",
+            data.len(),
+            [rows, cols],
+            [cols, 1],
+            true,
+        );
+        MatMut {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row stride, in elements.
+    pub fn rs(&self) -> usize {
+        self.rs
+    }
+    /// Column stride, in elements.
+    pub fn cs(&self) -> usize {
+        self.cs
+    }
+    /// A read-only view of the same elements.
+    pub fn as_ref(&self) -> MatRef<'_, T> {
+        MatRef {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+    /// The same view for a shorter borrow (to pass it on and use it again).
+    pub fn rb(&mut self) -> MatMut<'_, T> {
+        MatMut {
+            data: self.data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
+
+    /// Whether the view is exactly a dense row-major buffer of `rows·cols`
+    /// elements (the layout the small-product kernels write).
+    pub(in crate::kernels) fn dense_row_major(&mut self) -> Option<&mut [T]> {
+        let n = self.rows * self.cols;
+        let dense = self.cs == 1 || self.cols <= 1;
+        let rows_packed = self.rs == self.cols || self.rows <= 1;
+        (dense && rows_packed && self.data.len() >= n).then(|| &mut self.data[..n])
+    }
+
+    /// Applies `f` to every element, row by row.
+    pub(in crate::kernels) fn for_each(&mut self, mut f: impl FnMut(&mut T)) {
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                f(&mut self.data[i * self.rs + j * self.cs]);
+            }
+        }
+    }
+}
