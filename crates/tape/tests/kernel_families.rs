@@ -188,7 +188,9 @@ fn tape_gradients_are_bit_identical_across_families() {
     let want_dual = with_family(Family::Portable, || run(Dual::new));
     for &family in &families {
         let got32 = with_family(family, || run(|v, _| v as f32));
+        assert_eq!(last_family(), Some(family), "f32 MLP under {family}");
         let got_dual = with_family(family, || run(Dual::new));
+        assert_eq!(last_family(), Some(family), "dual MLP under {family}");
         assert!(
             got32
                 .iter()

@@ -98,6 +98,10 @@ mod imp {
         false
     }
 }
+/// The x86_64 kernels. Every `unsafe fn` in here has one contract: the CPU
+/// has AVX-512F, and the operands are as [`real`]/[`dual`] (or `pack_t`) build
+/// them: checked views or packed copies, the shapes of a [`Product`], a dense
+/// `m × n` output. Each `// SAFETY:` comment says which of these it uses.
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
@@ -111,9 +115,9 @@ mod imp {
     /// the AVX-512F intrinsics of that width, plus the permutation indices that
     /// split interleaved pairs (`even`, `odd`) and join them (`lo`, `hi`).
     ///
-    /// SAFETY (for every method): the caller runs on a CPU with AVX-512F
-    /// (checked once per product in `real`/`dual`), and passes pointers valid
-    /// for the lanes in the mask.
+    /// Every method's contract (see [`Lane`]) is the intrinsic's: a CPU with
+    /// AVX-512F (detected once per product in `real`/`dual`), and for loads
+    /// and stores a pointer valid for the lanes in the mask.
     macro_rules! impl_lane {
         ($t:ty, $v:ty, $m:ty, $n:literal, $zero:ident, $set1:ident, $load:ident,
          $store:ident, $add:ident, $mul:ident, $perm:ident, $setr:ident,
@@ -132,34 +136,42 @@ mod imp {
                 }
                 #[inline(always)]
                 unsafe fn vzero() -> $v {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { $zero() }
                 }
                 #[inline(always)]
                 unsafe fn vsplat(x: $t) -> $v {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { $set1(x) }
                 }
                 #[inline(always)]
                 unsafe fn vload(p: *const $t, m: $m) -> $v {
+                    // SAFETY: AVX-512F is present and `p` is valid for the lanes of `m` (this fn's contract).
                     unsafe { $load(m, p) }
                 }
                 #[inline(always)]
                 unsafe fn vstore(p: *mut $t, v: $v, m: $m) {
+                    // SAFETY: AVX-512F is present and `p` is valid for the lanes of `m` (this fn's contract).
                     unsafe { $store(p, m, v) }
                 }
                 #[inline(always)]
                 unsafe fn vadd(a: $v, b: $v) -> $v {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { $add(a, b) }
                 }
                 #[inline(always)]
                 unsafe fn vmul(a: $v, b: $v) -> $v {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { $mul(a, b) }
                 }
                 #[inline(always)]
                 unsafe fn vdeinterleave(lo: $v, hi: $v) -> ($v, $v) {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { ($perm(lo, $setr $even, hi), $perm(lo, $setr $odd, hi)) }
                 }
                 #[inline(always)]
                 unsafe fn vinterleave(v: $v, d: $v) -> ($v, $v) {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { ($perm(v, $setr $lo, d), $perm(v, $setr $hi, d)) }
                 }
             }
@@ -380,14 +392,14 @@ mod imp {
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
-        // SAFETY: see `pack_t`.
+        // SAFETY: this fn's contract, as `pack_t` establishes it.
         unsafe { transpose_tiles::<f32, 16>(src, cs, k, n, dst, |r| tile_32(&r)) }
     }
 
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
-        // SAFETY: see `pack_t`.
+        // SAFETY: this fn's contract, as `pack_t` establishes it.
         unsafe { transpose_tiles::<f64, 8>(src, cs, k, n, dst, |r| tile_64(&r)) }
     }
 
@@ -402,8 +414,10 @@ mod imp {
         dst: *mut E,
         tile: impl Fn([E::V; T]) -> [E::V; T],
     ) {
-        // SAFETY: see `pack_t`; the masks keep loads below column k of each
-        // source row and stores below column n of each destination row.
+        // SAFETY: AVX-512F and the buffers come from `pack_t` (src[l + j·cs]
+        // in bounds for l < k, j < n; dst of k·n slots); source rows j0 + t < n
+        // only, loads masked to l0.. below k, destination rows l0 + s < k,
+        // stores masked to j0.. below n; addresses via `wrapping_add`.
         unsafe {
             for j0 in (0..n).step_by(T) {
                 let jm = E::mask(n - j0);
@@ -429,7 +443,8 @@ mod imp {
     /// lane L holds rows 4q..4q+4 of column 4L + c).
     #[inline(always)]
     unsafe fn tile_32(r: &[__m512; 16]) -> [__m512; 16] {
-        // SAFETY: register shuffles only (AVX-512F, see `transpose_32`).
+        // SAFETY: register shuffles only; AVX-512F is this fn's contract
+        // (called from `transpose_32`).
         unsafe {
             let a: [__m512; 16] = std::array::from_fn(|i| {
                 let (x, y) = (r[i & !1], r[i | 1]);
@@ -470,7 +485,8 @@ mod imp {
     /// 2p, 2p+1 of column 2L; t[2p+1] of 2L+1), then the 128-bit lanes.
     #[inline(always)]
     unsafe fn tile_64(r: &[__m512d; 8]) -> [__m512d; 8] {
-        // SAFETY: register shuffles only (AVX-512F, see `transpose_64`).
+        // SAFETY: register shuffles only; AVX-512F is this fn's contract
+        // (called from `transpose_64`).
         unsafe {
             let t: [__m512d; 8] = std::array::from_fn(|i| {
                 let (x, y) = (r[i & !1], r[i | 1]);
@@ -520,7 +536,9 @@ mod imp {
         beta: E,
         c: &mut [E],
     ) {
-        // SAFETY: forwarded; each panel covers rows v0·N..(v0 + nv)·N, < m.
+        // SAFETY: this fn's contract (from `real`: AVX-512F detected, the
+        // operands as `real_col` needs them); `for_panels` passes vector rows
+        // v0..v0 + nv < ⌈m / N⌉, the range `real_col` handles.
         for_panels(
             1,
             m.div_ceil(E::N),
@@ -548,7 +566,14 @@ mod imp {
         c: &mut [E],
         v0: usize,
     ) {
-        // SAFETY: see `real`; the masks keep every access below row m.
+        // SAFETY: AVX-512F and the operands come from `real` (after
+        // `has_avx512`): A[i, l] = at[i + l·ats] lies in its buffer for i < m,
+        // l < k (`Layout::Columns`: `MatRef::new`'s bounds check, or a packed
+        // copy of m·k ≤ PACK elements); B[l, 0] = b.data[l·rs] for l < k =
+        // b.rows (bounds check, `Product::new`); `c` has m elements
+        // (`dense_row_major`). Vector v of the panel has row v0 + v < ⌈m / N⌉,
+        // its mask keeps only rows below m, and its addresses are formed with
+        // `wrapping_add`, so only elements of those buffers are touched.
         unsafe {
             let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(m - (v0 + v) * E::N));
             let mut acc = [E::vzero(); NV];
@@ -591,7 +616,7 @@ mod imp {
         beta: E,
         c: &mut [Dual<E>],
     ) {
-        // SAFETY: forwarded, as in `real_col_avx512`.
+        // SAFETY: as in `real_col_avx512` (from `dual`).
         for_panels(
             1,
             m.div_ceil(E::N),
@@ -619,8 +644,11 @@ mod imp {
         c: &mut [Dual<E>],
         v0: usize,
     ) {
-        // SAFETY: see `dual`; masks in parts of E (two per dual) keep every
-        // access below row m.
+        // SAFETY: as in `real_col` (from `dual`, after `has_avx512`), with
+        // the masks counted in parts of E (two per dual): `lo`/`hi` cover the
+        // parts of rows below m only. `hi` may be empty at the end of a column;
+        // its address is formed with `wrapping_add`, and a load or store with
+        // an empty mask touches no memory.
         unsafe {
             let parts = |v: usize, half: usize| {
                 E::mask((2 * m).saturating_sub(2 * (v0 + v) * E::N + half * E::N))
@@ -672,8 +700,9 @@ mod imp {
         beta: E,
         c: &mut [E],
     ) {
-        // SAFETY: forwarded; each panel covers rows i..i+mr and vector
-        // columns v0..v0+nv, all inside C.
+        // SAFETY: this fn's contract (from `real`); `for_panels` passes rows
+        // i..i + mr ≤ m and vector columns v0..v0 + nv ≤ ⌈n / N⌉, the ranges
+        // `real_panel` handles.
         for_panels(
             a.rows,
             n.div_ceil(E::N),
@@ -703,7 +732,14 @@ mod imp {
         i0: usize,
         v0: usize,
     ) {
-        // SAFETY: see `real`; masks keep every access below column n.
+        // SAFETY: AVX-512F and the operands come from `real` (after
+        // `has_avx512`): B[l, j] = b[l·brs + j] lies in its buffer for l < k,
+        // j < n (`Layout::Rows`: `MatRef::new`'s bounds check with unit column
+        // stride, or a packed copy); A[i, l] for i < m = a.rows, l < k = a.cols
+        // (bounds check, `Product::new`); `c` has m·n elements
+        // (`dense_row_major`). Rows i0 + r < m (`for_panels`); the mask of
+        // vector v keeps only columns below n, and addresses are formed with
+        // `wrapping_add`, so only elements of those buffers are touched.
         unsafe {
             let masks: [E::M; NV] = std::array::from_fn(|v| E::mask(n - (v0 + v) * E::N));
             let mut acc = [[E::vzero(); NV]; MR];
@@ -749,7 +785,7 @@ mod imp {
     ) {
         // Registers: 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32.
         let mr_max = |nv: usize| if nv <= 3 { 3 } else { 2 };
-        // SAFETY: forwarded, as in `real_avx512`.
+        // SAFETY: as in `real_avx512` (from `dual`).
         for_panels(a.rows, n.div_ceil(E::N), mr_max, |mr, nv, i, v0| unsafe {
             dispatch!(
                 dual_panel::<E>,
@@ -775,8 +811,11 @@ mod imp {
         i0: usize,
         v0: usize,
     ) {
-        // SAFETY: see `dual`; the masks (in parts of E: two per dual) keep every
-        // load below column n.
+        // SAFETY: as in `real_panel` (from `dual`, after `has_avx512`), with
+        // the masks counted in parts of E (two per dual): `lo`/`hi` cover the
+        // parts of columns below n only. `hi` may be empty at the end of a row;
+        // its address is formed with `wrapping_add`, and a load or store with
+        // an empty mask touches no memory.
         unsafe {
             let parts = |v: usize, half: usize| {
                 let done = 2 * (v0 + v) * E::N + half * E::N;

@@ -52,8 +52,8 @@ impl<'a, T> MatRef<'a, Dual<T>> {
 
     /// The view as a real `rows × 2·cols` matrix (columns `2j`, `2j + 1` are
     /// the parts of column `j`); only for a unit column stride.
-    fn as_real_columns(self) -> MatRef<'a, T> {
-        assert_eq!(self.cs, 1, "as_real_columns needs unit column stride");
+    fn real_columns(self) -> MatRef<'a, T> {
+        assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         MatRef::new(
             flat(self.data),
             self.rows,
@@ -79,9 +79,9 @@ impl<'a, T> MatMut<'a, Dual<T>> {
         MatMut::new(&mut f[offset.min(len)..], r, c, rs, cs)
     }
 
-    /// The `&mut` form of [`MatRef::as_real_columns`].
-    fn as_real_columns(&mut self) -> MatMut<'_, T> {
-        assert_eq!(self.cs, 1, "as_real_columns needs unit column stride");
+    /// The `&mut` form of [`MatRef::real_columns`].
+    fn real_columns(&mut self) -> MatMut<'_, T> {
+        assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         let (r, c, rs) = (self.rows, 2 * self.cols, self.rs.saturating_mul(2));
         MatMut::new(flat_mut(self.data), r, c, rs, 1)
     }
@@ -154,9 +154,9 @@ fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>) {
         F::large_gemm(Product::new(
             alpha,
             av,
-            b.as_real_columns(),
+            b.real_columns(),
             beta,
-            c.as_real_columns(),
+            c.real_columns(),
         ));
         if !a_d_zero {
             // C.d += α A.d B.v

@@ -28,9 +28,9 @@
 /// A read-only strided matrix view: element `(i, j)` is `data[i·rs + j·cs]`.
 ///
 /// Built by [`MatRef::new`] or [`MatRef::row_major`], which check the layout
-/// (module docs of [`crate::kernels`]: no zero stride along a dimension of size
-/// > 1, every element inside `data`); read by accessors. Overlapping rows or
-/// columns (e.g. `rs = cs = 1`) are allowed in an input.
+/// (see [`crate::kernels`]): no zero stride along a dimension of more than one
+/// element, every element inside `data`. Read by accessors. Overlapping rows
+/// or columns (e.g. `rs = cs = 1`) are allowed in an input.
 ///
 /// ```
 /// use tape::gemm::MatRef;
