@@ -5,7 +5,6 @@
 //! on its own, so the bits are the portable loop's. For CPUs without the
 //! AVX-512 kernels, and for element types that have none.
 
-use super::portable;
 use super::MatRef;
 use crate::real::Real;
 
@@ -29,7 +28,7 @@ pub(super) fn small<T: Real>(
     false
 }
 
-/// [`portable::small`] compiled with AVX2 (it is `#[inline(always)]`).
+/// `portable::small` compiled with AVX2 (it is `#[inline(always)]`).
 ///
 /// # Safety
 /// The CPU must have AVX2.
@@ -42,5 +41,5 @@ unsafe fn small_avx2<T: Real>(
     beta: T::Base,
     c: &mut [T],
 ) {
-    portable::small(alpha, a, b, beta, c);
+    super::portable::small(alpha, a, b, beta, c);
 }

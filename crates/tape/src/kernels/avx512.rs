@@ -25,7 +25,7 @@
 //! slice (`MatMut::dense_row_major`) and the shapes of a [`Product`]; packing
 //! buffers of at most [`PACK`] elements, checked before packing.
 
-use super::{Product, PACK};
+use super::Product;
 use crate::real::{Dual, Real};
 
 /// Runs the real kernel if this CPU has AVX-512F and the layout suits it;
@@ -108,6 +108,7 @@ mod imp {
     use crate::kernels::family::has_avx512;
     use crate::kernels::portable::pack;
     use crate::kernels::MatRef;
+    use crate::kernels::{fits_pack, PACK};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -292,12 +293,12 @@ mod imp {
         b: MatRef<'_, T>,
         buf: &mut [MaybeUninit<T>; PACK],
     ) -> Option<Layout<T>> {
-        if b.cols == 1 && a.rows > 1 && a.rows * a.cols <= PACK {
+        if b.cols == 1 && a.rows > 1 && fits_pack(a.rows, a.cols) {
             let (at, ats) = columns(a, buf);
             Some(Layout::Columns(at, ats))
         } else if b.cs == 1 || b.cols == 1 {
             Some(Layout::Rows(b.data.as_ptr(), b.rs))
-        } else if b.rows * b.cols <= PACK {
+        } else if fits_pack(b.rows, b.cols) {
             Some(Layout::Rows(pack_t(b, buf).as_ptr(), b.cols))
         } else {
             None
@@ -367,7 +368,7 @@ mod imp {
             return pack(b, buf);
         }
         assert!(
-            k * n <= PACK,
+            fits_pack(k, n),
             "pack_t: [{k}, {n}] does not fit {PACK} elements"
         );
         let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());

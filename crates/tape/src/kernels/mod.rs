@@ -96,6 +96,12 @@ pub const SMALL_COLS: usize = 64;
 /// before a small product (at most 32 KiB for `Dual<f64>`).
 const PACK: usize = 2048;
 
+/// Whether a `rows × cols` operand fits the packing buffer. (Input views may
+/// overlap, so `rows·cols` is not bounded by a slice length: no wrapping.)
+fn fits_pack(rows: usize, cols: usize) -> bool {
+    rows.checked_mul(cols).is_some_and(|len| len <= PACK)
+}
+
 /// One matrix product `C ← α·A·B + β·C` whose shapes agree: `A` is `m × k`,
 /// `B` is `k × n`, `C` is `m × n`. Built by [`Product::new`]; it is what the
 /// element types' kernel hooks on [`Real`] receive.
@@ -241,7 +247,9 @@ fn run<T: Real>(mut p: Product<'_, T>) {
         scale(&mut p.c, p.beta);
         return;
     }
-    if m * k * n <= SMALL_MACS && n <= SMALL_COLS && p.c.dense_row_major().is_some() {
+    // Input views may overlap, so m·k·n is not bounded by any slice length.
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    if macs <= SMALL_MACS && n <= SMALL_COLS && p.c.dense_row_major().is_some() {
         small(p);
     } else {
         T::large_gemm(p);

@@ -2,7 +2,7 @@
 //! with AVX2 by `avx2.rs`), the stack packing shared with the AVX-512 kernels,
 //! and a strided loop for element types without a large-product kernel.
 
-use super::{MatRef, Product, PACK, SMALL_COLS};
+use super::{fits_pack, MatRef, Product, PACK, SMALL_COLS};
 use crate::real::Real;
 use std::mem::MaybeUninit;
 
@@ -14,6 +14,10 @@ use std::mem::MaybeUninit;
 #[inline(always)]
 pub(super) fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>]) -> &'b [T] {
     let (k, n) = (b.rows, b.cols);
+    assert!(
+        fits_pack(k, n) && k * n <= buf.len(),
+        "pack: [{k}, {n}] does not fit"
+    );
     let dst = &mut buf[..k * n];
     if n > 0 {
         for (l, row) in dst.chunks_exact_mut(n).enumerate() {
@@ -33,7 +37,7 @@ pub(super) fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>])
     // SAFETY: every one of the k·n slots of `dst` was written above (n per
     // row, k rows: the assert guarantees the zip is n long), and
     // MaybeUninit<T> has T's layout; the slice borrows `buf` for 'b.
-    unsafe { std::slice::from_raw_parts(dst.as_ptr().cast::<T>(), k * n) }
+    unsafe { std::slice::from_raw_parts(dst.as_ptr().cast::<T>(), dst.len()) }
 }
 
 /// `C ← α·A·B + β·C` by rows, `c` dense row-major `m × n`:
@@ -53,7 +57,7 @@ pub(super) fn small<T: Real>(
     c: &mut [T],
 ) {
     let (k, n) = (a.cols, b.cols);
-    if b.cs != 1 && k * n <= PACK {
+    if b.cs != 1 && fits_pack(k, n) {
         // A strided B (e.g. a transposed weight) is first copied row-major into
         // a stack buffer, so the row loop below runs on contiguous (vectorised)
         // rows. Only the memory layout changes: the products and the order of

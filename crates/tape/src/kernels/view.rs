@@ -109,8 +109,10 @@ fn check_layout(
     if output {
         // Dimensions of size 1 never multiply their stride, so they cannot
         // collide; otherwise one dimension must step over the whole other one.
-        // `last` did not overflow, so neither do these products.
-        let nested = rows == 1 || cols == 1 || cs * cols <= rs || rs * rows <= cs;
+        let fits = |stride: usize, size: usize, outer: usize| {
+            stride.checked_mul(size).is_some_and(|span| span <= outer)
+        };
+        let nested = rows == 1 || cols == 1 || fits(cs, cols, rs) || fits(rs, rows, cs);
         assert!(
             nested,
             "{view}: output elements overlap (an output needs cs·cols ≤ rs or rs·rows ≤ cs, \
@@ -119,48 +121,81 @@ fn check_layout(
     }
 }
 
+/// The constructors and shape accessors, the same for both views: `$buf` is
+/// the slice type, `$output` whether the no-overlap check applies, `$extra` the
+/// `# Panics` line beyond [`check_layout`]'s common ones.
+macro_rules! view_common {
+    ($view:ident, $buf:ty, $output:literal, $what:literal, $extra:literal) => {
+        impl<'a, T> $view<'a, T> {
+            /// A `rows × cols` view of `data` with row stride `rs` and column
+            /// stride `cs` (in elements): `(i, j)` is `data[i·rs + j·cs]`.
+            ///
+            /// # Panics
+            /// If a stride is 0 along a dimension of size > 1, or the last
+            /// element lies outside `data` (the message has the shape and
+            #[doc = concat!("strides)", $extra, ".")]
+            #[track_caller]
+            pub fn new(data: $buf, rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+                Self::checked(concat!($what, "::new"), data, [rows, cols], [rs, cs])
+            }
+
+            /// A dense row-major `rows × cols` matrix in the first `rows·cols`
+            /// elements of `data` (`rs = cols`, `cs = 1`).
+            ///
+            /// # Panics
+            /// If `data` has fewer than `rows·cols` elements.
+            #[track_caller]
+            pub fn row_major(data: $buf, rows: usize, cols: usize) -> Self {
+                Self::checked(concat!($what, "::row_major"), data, [rows, cols], [cols, 1])
+            }
+
+            #[track_caller]
+            fn checked(
+                what: &str,
+                data: $buf,
+                [rows, cols]: [usize; 2],
+                [rs, cs]: [usize; 2],
+            ) -> Self {
+                check_layout(what, data.len(), [rows, cols], [rs, cs], $output);
+                $view {
+                    data,
+                    rows,
+                    cols,
+                    rs,
+                    cs,
+                }
+            }
+
+            /// Number of rows.
+            pub fn rows(&self) -> usize {
+                self.rows
+            }
+            /// Number of columns.
+            pub fn cols(&self) -> usize {
+                self.cols
+            }
+            /// Row stride, in elements.
+            pub fn rs(&self) -> usize {
+                self.rs
+            }
+            /// Column stride, in elements.
+            pub fn cs(&self) -> usize {
+                self.cs
+            }
+        }
+    };
+}
+
+view_common!(MatRef, &'a [T], false, "MatRef", "");
+view_common!(
+    MatMut,
+    &'a mut [T],
+    true,
+    "MatMut",
+    "; or if two elements share an index (neither `cs·cols ≤ rs` nor `rs·rows ≤ cs`, dimensions of size 1 aside)"
+);
+
 impl<'a, T> MatRef<'a, T> {
-    /// A `rows × cols` view of `data` with row stride `rs` and column stride
-    /// `cs` (in elements): `(i, j)` is `data[i·rs + j·cs]`.
-    ///
-    /// # Panics
-    /// If a stride is 0 along a dimension of size > 1, or the last element
-    /// lies outside `data` (the message has the shape and strides).
-    #[track_caller]
-    pub fn new(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        check_layout("MatRef::new", data.len(), [rows, cols], [rs, cs], false);
-        MatRef {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// A dense row-major `rows × cols` matrix in the first `rows·cols`
-    /// elements of `data` (`rs = cols`, `cs = 1`).
-    ///
-    /// # Panics
-    /// If `data` has fewer than `rows·cols` elements.
-    #[track_caller]
-    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
-        check_layout(
-            "MatRef::row_major",
-            data.len(),
-            [rows, cols],
-            [cols, 1],
-            false,
-        );
-        MatRef {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
     /// The transpose: the same buffer with the strides swapped (no copy).
     pub fn t(self) -> Self {
         MatRef {
@@ -175,22 +210,6 @@ impl<'a, T> MatRef<'a, T> {
     /// The buffer the view reads from.
     pub fn data(&self) -> &'a [T] {
         self.data
-    }
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-    /// Row stride, in elements.
-    pub fn rs(&self) -> usize {
-        self.rs
-    }
-    /// Column stride, in elements.
-    pub fn cs(&self) -> usize {
-        self.cs
     }
     /// Whether the view has no element (`rows·cols = 0`).
     pub fn is_empty(&self) -> bool {
@@ -216,63 +235,6 @@ impl<'a, T> MatRef<'a, T> {
 }
 
 impl<'a, T> MatMut<'a, T> {
-    /// A writable `rows × cols` view of `data` with row stride `rs` and column
-    /// stride `cs` (in elements): `(i, j)` is `data[i·rs + j·cs]`.
-    ///
-    /// # Panics
-    /// As [`MatRef::new`], and if two elements share an index (neither
-    /// `cs·cols ≤ rs` nor `rs·rows ≤ cs`, dimensions of size 1 aside).
-    #[track_caller]
-    pub fn new(data: &'a mut [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        check_layout("MatMut::new", data.len(), [rows, cols], [rs, cs], true);
-        MatMut {
-            data,
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// A dense row-major `rows × cols` output in the first `rows·cols`
-    /// elements of `data`.
-    ///
-    /// # Panics
-    /// If `data` has fewer than `rows·cols` elements.
-    #[track_caller]
-    pub fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
-        check_layout(
-            "MatMut::row_major",
-            data.len(),
-            [rows, cols],
-            [cols, 1],
-            true,
-        );
-        MatMut {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    /// Number of columns.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-    /// Row stride, in elements.
-    pub fn rs(&self) -> usize {
-        self.rs
-    }
-    /// Column stride, in elements.
-    pub fn cs(&self) -> usize {
-        self.cs
-    }
     /// A read-only view of the same elements.
     pub fn as_ref(&self) -> MatRef<'_, T> {
         MatRef {
