@@ -2,6 +2,7 @@
 //! with AVX2 by `avx2.rs`), the stack packing shared with the AVX-512 kernels,
 //! and a strided loop for element types without a large-product kernel.
 
+use super::view::last_index;
 use super::{fits_pack, MatRef, Product, PACK, SMALL_COLS};
 use crate::real::Real;
 use std::mem::MaybeUninit;
@@ -19,24 +20,28 @@ pub(super) fn pack<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>])
         "pack: [{k}, {n}] does not fit"
     );
     let dst = &mut buf[..k * n];
-    if n > 0 {
+    // A zero column stride is allowed only for n = 1; step by 1 then.
+    let cs = b.cs.max(1);
+    if k > 0 && n > 0 {
+        // Holds for every checked view; checked here too (once per call),
+        // because the unsafe read below needs it: element (k − 1, n − 1) with
+        // the step used is in the slice, so every row's lane below, starting
+        // at l·rs and stepping by cs, has at least n elements.
+        let last = last_index([k, n], [b.rs, cs]);
+        assert!(
+            last.is_some_and(|last| last < b.data.len()),
+            "pack: a [{k}, {n}] view reaches past its buffer"
+        );
         for (l, row) in dst.chunks_exact_mut(n).enumerate() {
-            // A zero column stride is allowed only for n = 1; step by 1 then.
-            let lane = b.data[l * b.rs..].iter().step_by(b.cs.max(1));
-            // Holds for every checked view (element (l, n − 1) is in the
-            // slice); checked anyway, as the unsafe read below needs it.
-            assert!(
-                lane.len() >= n,
-                "pack: row {l} of a [{k}, {n}] view is short"
-            );
+            let lane = b.data[l * b.rs..].iter().step_by(cs);
             for (d, &x) in row.iter_mut().zip(lane) {
                 d.write(x);
             }
         }
     }
-    // SAFETY: every one of the k·n slots of `dst` was written above (n per
-    // row, k rows: the assert guarantees the zip is n long), and
-    // MaybeUninit<T> has T's layout; the slice borrows `buf` for 'b.
+    // SAFETY: every one of the k·n slots of `dst` was written above: k rows
+    // of n, each zip n long by the assert on the last index. MaybeUninit<T>
+    // has T's layout; the slice borrows `buf` for 'b.
     unsafe { std::slice::from_raw_parts(dst.as_ptr().cast::<T>(), dst.len()) }
 }
 

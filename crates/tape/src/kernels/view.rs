@@ -74,50 +74,92 @@ pub struct MatMut<'a, T> {
     pub(in crate::kernels) cs: usize,
 }
 
-/// Checks invariants 1 and 2 (and 3 when `output`) of the module docs for a
-/// `rows × cols` view with strides `(rs, cs)` over `len` elements; `what` names
-/// the constructor in the panic message.
+/// What is wrong with a layout (see [`check_layout`]).
+enum Flaw {
+    /// A zero stride along a dimension (`"row"` or `"column"`) of this size > 1.
+    ZeroStride(&'static str, usize),
+    /// The index of the last element overflows `usize`.
+    Overflow,
+    /// The last element's index, at or past the end of the slice.
+    OutOfBounds(usize),
+    /// Two output elements share an index.
+    Overlap,
+}
+
+/// The index of element `(rows − 1, cols − 1)`, if the view is non-empty and
+/// it does not overflow.
+#[inline]
+pub(in crate::kernels) fn last_index(
+    [rows, cols]: [usize; 2],
+    [rs, cs]: [usize; 2],
+) -> Option<usize> {
+    let r = rows.checked_sub(1)?.checked_mul(rs)?;
+    r.checked_add(cols.checked_sub(1)?.checked_mul(cs)?)
+}
+
+/// Invariants 1 and 2 (and 3 when `output`) of the module docs for a
+/// `rows × cols` view with strides `(rs, cs)` over `len` elements.
+#[inline]
+fn flaw(len: usize, [rows, cols]: [usize; 2], [rs, cs]: [usize; 2], output: bool) -> Option<Flaw> {
+    if rows == 0 || cols == 0 {
+        return None; // no element: nothing to read, write or overlap
+    }
+    if rs == 0 && rows > 1 {
+        return Some(Flaw::ZeroStride("row", rows));
+    }
+    if cs == 0 && cols > 1 {
+        return Some(Flaw::ZeroStride("column", cols));
+    }
+    let Some(last) = last_index([rows, cols], [rs, cs]) else {
+        return Some(Flaw::Overflow);
+    };
+    if last >= len {
+        return Some(Flaw::OutOfBounds(last));
+    }
+    // Dimensions of size 1 never multiply their stride, so they cannot
+    // collide; otherwise one dimension must step over the whole other one.
+    let fits = |stride: usize, size: usize, outer: usize| {
+        stride.checked_mul(size).is_some_and(|span| span <= outer)
+    };
+    let nested = rows == 1 || cols == 1 || fits(cs, cols, rs) || fits(rs, rows, cs);
+    (output && !nested).then_some(Flaw::Overlap)
+}
+
+/// Checks a layout (invariants 1–2, and 3 when `output`); `what` names the
+/// constructor in the panic message. Cheap when the layout is fine: the
+/// message is formatted only on the cold path.
+#[inline]
 #[track_caller]
-fn check_layout(
+fn check_layout(what: &str, len: usize, dims: [usize; 2], strides: [usize; 2], output: bool) {
+    if let Some(flaw) = flaw(len, dims, strides, output) {
+        layout_panic(what, len, dims, strides, flaw);
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn layout_panic(
     what: &str,
     len: usize,
     [rows, cols]: [usize; 2],
     [rs, cs]: [usize; 2],
-    output: bool,
-) {
+    flaw: Flaw,
+) -> ! {
     let view = format_args!("{what}: [{rows}, {cols}] view with strides ({rs}, {cs})");
-    if rows == 0 || cols == 0 {
-        return; // no element: nothing to read, write or overlap
-    }
-    for (name, size, stride) in [("row", rows, rs), ("column", cols, cs)] {
-        assert!(
-            stride > 0 || size <= 1,
+    match flaw {
+        Flaw::ZeroStride(name, size) => panic!(
             "{view}: {name} stride 0 repeats one {name} {size} times (a stride may be 0 only \
              along a dimension of size ≤ 1)"
-        );
-    }
-    let last = (rows - 1)
-        .checked_mul(rs)
-        .and_then(|r| (cols - 1).checked_mul(cs).and_then(|c| r.checked_add(c)));
-    let Some(last) = last else {
-        panic!("{view}: the index of the last element overflows usize");
-    };
-    assert!(
-        last < len,
-        "{view} reaches index {last} of a buffer of {len} elements"
-    );
-    if output {
-        // Dimensions of size 1 never multiply their stride, so they cannot
-        // collide; otherwise one dimension must step over the whole other one.
-        let fits = |stride: usize, size: usize, outer: usize| {
-            stride.checked_mul(size).is_some_and(|span| span <= outer)
-        };
-        let nested = rows == 1 || cols == 1 || fits(cs, cols, rs) || fits(rs, rows, cs);
-        assert!(
-            nested,
+        ),
+        Flaw::Overflow => panic!("{view}: the index of the last element overflows usize"),
+        Flaw::OutOfBounds(last) => {
+            panic!("{view} reaches index {last} of a buffer of {len} elements")
+        }
+        Flaw::Overlap => panic!(
             "{view}: output elements overlap (an output needs cs·cols ≤ rs or rs·rows ≤ cs, \
              here {cs}·{cols} > {rs} and {rs}·{rows} > {cs})"
-        );
+        ),
     }
 }
 
