@@ -238,6 +238,16 @@ fn forcing_a_missing_family_panics_with_the_reason() {
     );
 }
 
+/// Runs a 2 × 2 product on this thread; returns the family that ran it.
+fn tiny_product_family() -> Option<Family> {
+    let a = [1.0_f32, 2.0, 3.0, 4.0];
+    let mut c = [0.0; 4];
+    let m = MatRef::row_major(&a, 2, 2);
+    gemm(1.0, m, m, 0.0, &mut c);
+    assert_eq!(c, [7.0, 10.0, 15.0, 22.0]);
+    last_family()
+}
+
 /// `TAPE_KERNELS` (read once per process) caps the family; an unknown name or
 /// a family the CPU lacks panics with the allowed values. Checked in child
 /// processes of this test binary, each with its own environment.
@@ -245,16 +255,8 @@ fn forcing_a_missing_family_panics_with_the_reason() {
 fn tape_kernels_env_var_selects_or_rejects() {
     const CHILD: &str = "KERNEL_FAMILIES_TEST_CHILD";
     if std::env::var_os(CHILD).is_some() {
-        let a = [1.0_f64, 2.0, 3.0, 4.0];
-        let mut c = [0.0; 4];
-        gemm(
-            1.0,
-            MatRef::row_major(&a, 2, 2),
-            MatRef::row_major(&a, 2, 2),
-            0.0,
-            &mut c,
-        );
-        println!("CHILD RAN {}", last_family().expect("a small product ran"));
+        let ran = tiny_product_family().expect("a small product ran");
+        println!("CHILD RAN {ran}");
         return;
     }
     let child = |value: &str| {
@@ -296,4 +298,37 @@ fn tape_kernels_env_var_selects_or_rejects() {
             && text.contains("portable, avx2, avx512"),
         "{text}"
     );
+}
+
+/// `force` caps the family on every thread until it is reset with `None`;
+/// `with_family` still wins on its own thread. (The other tests of this
+/// binary use `with_family`, so a brief `force` does not disturb them.)
+#[test]
+fn force_caps_every_thread_and_with_family_wins() {
+    fn product_on_a_new_thread() -> Option<Family> {
+        std::thread::spawn(tiny_product_family).join().unwrap()
+    }
+    let default = std::thread::spawn(tape::kernels::active).join().unwrap();
+    tape::kernels::force(Some(Family::Portable));
+    let forced = product_on_a_new_thread();
+    let scoped = Family::Avx2.is_available().then(|| {
+        let a = [1.0_f64; 4];
+        with_family(Family::Avx2, || {
+            gemm(
+                1.0,
+                MatRef::row_major(&a, 2, 2),
+                MatRef::row_major(&a, 2, 2),
+                0.0,
+                &mut [0.0; 4],
+            )
+        });
+        last_family()
+    });
+    tape::kernels::force(None);
+    let reset = product_on_a_new_thread();
+    assert_eq!(forced, Some(Family::Portable));
+    if let Some(scoped) = scoped {
+        assert_eq!(scoped, Some(Family::Avx2), "with_family over force");
+    }
+    assert_eq!(reset, Some(default), "force(None) goes back to the default");
 }
