@@ -23,14 +23,19 @@
 //! on `f32`/`f64` they give values and gradients; on [`Dual`] numbers the
 //! forward pass is a JVP and the reverse sweep yields Hessian-vector products
 //! (see the `hvp` crate). The design is explained in `docs/design/tape.md`.
+//!
+//! All `unsafe` code of the crate (the matrix-product kernels) lives in
+//! [`kernels`], behind safe functions and views built by checked
+//! constructors; the kernel family of small products can be forced with
+//! `TAPE_KERNELS=portable|avx2|avx512` or [`kernels::with_family`].
 #![deny(missing_docs)]
 
 pub mod fs;
 pub mod gemm;
+pub mod kernels;
 pub mod ops;
 pub mod real;
 pub mod shape;
-mod simd;
 mod tape;
 pub mod tensor;
 

@@ -60,7 +60,7 @@ fn mlp() -> Mlp {
 }
 
 /// Large enough that every product goes through matrixmultiply's packed kernel
-/// (more than `SMALL_GEMM_MACS` multiply-adds per product).
+/// (more than `tape::kernels::SMALL_MACS` multiply-adds per product).
 fn big_mlp() -> Mlp {
     mlp_of(64, 128, 64, 3)
 }

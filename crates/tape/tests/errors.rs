@@ -1,35 +1,10 @@
 //! Programmer errors panic with the op and the shapes (or tapes) involved, at
 //! the caller's line.
 
-use std::cell::RefCell;
-use std::panic::{self, AssertUnwindSafe};
+mod common;
+use common::panic_of;
 
 use tape::{concat, Tape, Tensor};
-
-/// Runs `f`, expecting a panic; returns its message and the file:line it was
-/// reported at. Installs a hook that records the location on this thread only.
-fn panic_of(f: impl FnOnce()) -> (String, String) {
-    thread_local! {
-        static LOCATION: RefCell<String> = const { RefCell::new(String::new()) };
-    }
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(|info| {
-        let loc = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        LOCATION.with(|l| *l.borrow_mut() = loc);
-    }));
-    let result = panic::catch_unwind(AssertUnwindSafe(f));
-    panic::set_hook(previous);
-    let payload = result.expect_err("expected a panic");
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
-    (msg, LOCATION.with(|l| l.borrow().clone()))
-}
 
 // ---------- mixing tapes ----------
 

@@ -1,0 +1,365 @@
+//! The matrix-product kernels: every `unsafe` block of the crate lives in this
+//! folder, behind the safe functions [`gemm`] and [`gemm_into`].
+//!
+//! | file | what | `unsafe` for |
+//! |---|---|---|
+//! | `view.rs` | [`MatRef`], [`MatMut`]: strided views built only by checked constructors | — |
+//! | `family.rs` | [`Family`], [`with_family`], [`force`], `TAPE_KERNELS` | — |
+//! | `portable.rs` | the small-product row loop, and a strided loop for other element types | reading a packed stack buffer |
+//! | `avx2.rs` | the same loop compiled with AVX2 | calling a `#[target_feature]` function |
+//! | `avx512.rs` | AVX-512F kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>` | intrinsics, masked loads and stores |
+//! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
+//! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into scratch) | viewing `[Dual<T>]` as `[T]` |
+//!
+//! # Soundness
+//! The kernels read and write without bounds checks. What makes that sound
+//! is established once, by safe constructors, and named by every
+//! `// SAFETY:` comment:
+//!
+//! - **Views** ([`MatRef::new`], [`MatMut::new`], `row_major`): a stride is 0
+//!   only along a dimension of size ≤ 1 (or in an empty view); the last element
+//!   `(rows − 1)·rs + (cols − 1)·cs` is computed without overflow and lies in
+//!   the slice, so every element does; an output's elements do not overlap
+//!   (`cs·cols ≤ rs` or `rs·rows ≤ cs`). Fields are private to this folder, so
+//!   no other code can build a view that skips the checks.
+//! - **Products** ([`Product::new`]): `A` is `m × k`, `B` is `k × n` and `C` is
+//!   `m × n`. `C` is a `&mut` borrow, so it aliases neither `A` nor `B`.
+//! - **CPU features**: a `#[target_feature]` function is called only after
+//!   `is_x86_feature_detected!` said yes, in the same function.
+//! - **Masks**: vector kernels compute addresses with `wrapping_add` and touch
+//!   only the lanes of their mask, which are elements of a checked view.
+//!
+//! A bad view is a panic at the caller's line, with its shape and strides,
+//! before any kernel runs, on every CPU.
+//!
+//! # Kernel families
+//! A *small* product (at most [`SMALL_MACS`] multiply-adds and [`SMALL_COLS`]
+//! columns, dense row-major output) runs one of three families, which give the
+//! same bits: for each output element the products `a_il·b_lj` are added in
+//! increasing `l`, each rounded on its own (no fused multiply-add), then
+//! `α·s (+ β·c)`; duals follow `Dual`'s `Mul` and `Add`.
+//!
+//! - [`Family::Portable`]: the row loop, compiled for the baseline target;
+//! - [`Family::Avx2`]: the same loop compiled with AVX2 (x86_64);
+//! - [`Family::Avx512`]: hand-written AVX-512F kernels (x86_64), for `f32`,
+//!   `f64`, `Dual<f32>` and `Dual<f64>`; other element types (nested duals)
+//!   run the AVX2 loop under this family.
+//!
+//! By default the best family the CPU has runs. To test or benchmark another
+//! one: the environment variable `TAPE_KERNELS=portable|avx2|avx512|auto`
+//! (read once per process), [`force`] (process-wide), or [`with_family`]
+//! (this thread, for the duration of a closure). Asking for a family the CPU
+//! lacks, or an unknown name, panics with the allowed values; it never
+//! reaches an instruction the CPU does not have. [`last_family`] tells which
+//! family ran the thread's last small product.
+//!
+//! A *large* product runs `matrixmultiply` (`sgemm`/`dgemm`, which picks its
+//! own kernels at run time); a dual one is split into real ones (`dual.rs`).
+//!
+//! ```
+//! use tape::gemm::{gemm, MatRef};
+//! use tape::kernels::{last_family, with_family, Family};
+//! let a = [1.0_f64, 2.0, 3.0, 4.0, 5.0, 6.0]; // [[1, 2, 3], [4, 5, 6]]
+//! let a = MatRef::row_major(&a, 2, 3);
+//! let mut want = [0.0; 4];
+//! gemm(1.0, a, a.t(), 0.0, &mut want); // A·Aᵀ with the default family
+//! for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+//!     let mut c = [f64::NAN; 4]; // β = 0: C is written, never read
+//!     with_family(family, || gemm(1.0, a, a.t(), 0.0, &mut c));
+//!     assert_eq!(last_family(), Some(family));
+//!     assert_eq!(c, want);
+//! }
+//! assert_eq!(want, [14.0, 32.0, 32.0, 77.0]);
+//! ```
+
+mod avx2;
+pub(crate) mod avx512;
+pub(crate) mod dual;
+mod family;
+pub(crate) mod large;
+pub(crate) mod portable;
+mod view;
+
+pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
+pub use view::{MatMut, MatRef};
+
+use crate::real::{Float, Real};
+
+/// Products with at most this many multiply-adds (and at most [`SMALL_COLS`]
+/// columns, into a dense row-major output) run a small-product family instead
+/// of `matrixmultiply`: for the tiny matrices of few-shot regression
+/// (`[10, 40]·[40, 40]`) packing and edge kernels cost more than the arithmetic.
+pub const SMALL_MACS: usize = 32 * 1024;
+/// ... and with at most this many columns (the accumulator row lives on the stack).
+pub const SMALL_COLS: usize = 64;
+/// A strided operand of at most this many elements is packed on the stack
+/// before a small product (at most 32 KiB for `Dual<f64>`).
+const PACK: usize = 2048;
+
+/// Whether a `rows × cols` operand fits the packing buffer. (Input views may
+/// overlap, so `rows·cols` is not bounded by a slice length: no wrapping.)
+fn fits_pack(rows: usize, cols: usize) -> bool {
+    rows.checked_mul(cols).is_some_and(|len| len <= PACK)
+}
+
+/// One matrix product `C ← α·A·B + β·C` whose shapes agree: `A` is `m × k`,
+/// `B` is `k × n`, `C` is `m × n`. Built by [`Product::new`]; it is what the
+/// element types' kernel hooks on [`Real`] receive.
+pub struct Product<'a, T: Real> {
+    alpha: T::Base,
+    a: MatRef<'a, T>,
+    b: MatRef<'a, T>,
+    beta: T::Base,
+    c: MatMut<'a, T>,
+}
+
+impl<'a, T: Real> Product<'a, T> {
+    /// Checks the shapes of `C ← α·A·B + β·C`.
+    ///
+    /// # Panics
+    /// If `A`'s columns differ from `B`'s rows, or `C` is not `A.rows × B.cols`
+    /// (the message has the three shapes).
+    #[track_caller]
+    pub fn new(
+        alpha: T::Base,
+        a: MatRef<'a, T>,
+        b: MatRef<'a, T>,
+        beta: T::Base,
+        c: MatMut<'a, T>,
+    ) -> Self {
+        check_inner(&a, &b);
+        assert!(
+            c.rows == a.rows && c.cols == b.cols,
+            "gemm: lhs [{}, {}], rhs [{}, {}]: output is [{}, {}], expected [{}, {}]",
+            a.rows,
+            a.cols,
+            b.rows,
+            b.cols,
+            c.rows,
+            c.cols,
+            a.rows,
+            b.cols
+        );
+        Product {
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+        }
+    }
+
+    /// `[m, k, n]`.
+    pub fn shape(&self) -> [usize; 3] {
+        [self.a.rows, self.a.cols, self.b.cols]
+    }
+}
+
+#[track_caller]
+fn check_inner<T>(a: &MatRef<'_, T>, b: &MatRef<'_, T>) {
+    assert!(
+        a.cols == b.rows,
+        "gemm: lhs [{}, {}], rhs [{}, {}]: inner dimensions {} != {}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        a.cols,
+        b.rows
+    );
+}
+
+/// `C ← alpha·A·B + beta·C` for any [`Real`] element type, dual numbers included.
+///
+/// `c` is a dense row-major `a.rows × b.cols` buffer. With `beta = 0`, `c` is
+/// overwritten and never read (it may hold anything, NaN included).
+/// [`gemm_into`] takes a strided output instead.
+///
+/// # Panics
+/// If the inner dimensions differ or `c` has the wrong length (the message
+/// has the shapes). The views were checked when they were built.
+///
+/// ```
+/// use tape::gemm::{gemm, MatRef};
+/// let a = [1.0_f64, 2.0, 3.0, 4.0]; // [[1, 2], [3, 4]]
+/// let mut c = [0.0; 4];
+/// // C = A·Aᵀ
+/// let m = MatRef::row_major(&a, 2, 2);
+/// gemm(1.0, m, m.t(), 0.0, &mut c);
+/// assert_eq!(c, [5.0, 11.0, 11.0, 25.0]);
+/// ```
+#[track_caller]
+pub fn gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    check_inner(&a, &b);
+    assert!(
+        c.len() == a.rows * b.cols,
+        "gemm: lhs [{}, {}], rhs [{}, {}]: output has {} elements, expected {} × {} = {}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.len(),
+        a.rows,
+        b.cols,
+        a.rows * b.cols
+    );
+    run(Product::new(
+        alpha,
+        a,
+        b,
+        beta,
+        MatMut::row_major(c, a.rows, b.cols),
+    ));
+}
+
+/// `C ← alpha·A·B + beta·C` into a strided output view (see [`gemm`]). A dense
+/// row-major `c` takes the same path, with the same bits, as [`gemm`]; other
+/// layouts run the large-product path whatever the size.
+///
+/// # Panics
+/// If the shapes do not agree (the message has the three shapes).
+#[track_caller]
+pub fn gemm_into<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: MatMut<'_, T>,
+) {
+    run(Product::new(alpha, a, b, beta, c));
+}
+
+/// The dispatch: empty products, the empty sum, small and large products.
+fn run<T: Real>(mut p: Product<'_, T>) {
+    let [m, k, n] = p.shape();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum: C ← β·C; β = 0 overwrites without reading C (which
+        // may hold stale values, as matrixmultiply also promises for β = 0).
+        scale(&mut p.c, p.beta);
+        return;
+    }
+    // Input views may overlap, so m·k·n is not bounded by any slice length.
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    if macs <= SMALL_MACS && n <= SMALL_COLS && p.c.dense_row_major().is_some() {
+        small(p);
+    } else {
+        T::large_gemm(p);
+    }
+}
+
+/// `C ← β·C`, without reading `C` when β = 0.
+fn scale<T: Real>(c: &mut MatMut<'_, T>, beta: T::Base) {
+    if beta == <T::Base as Real>::zero() {
+        c.for_each(|x| *x = T::zero());
+    } else {
+        let beta = T::from_base(beta);
+        c.for_each(|x| *x = beta * *x);
+    }
+}
+
+/// A small product with a dense row-major output, by the highest family up to
+/// the active one that handles it.
+fn small<T: Real>(mut p: Product<'_, T>) {
+    let family = active();
+    if family >= Family::Avx512 && T::simd_gemm(&mut p) {
+        family::record(Family::Avx512);
+        return;
+    }
+    let Product {
+        alpha,
+        a,
+        b,
+        beta,
+        mut c,
+    } = p;
+    let c = c
+        .dense_row_major()
+        .expect("`run` sends only dense row-major outputs here");
+    if family >= Family::Avx2 && avx2::small(alpha, a, b, beta, c) {
+        family::record(Family::Avx2);
+        return;
+    }
+    portable::small(alpha, a, b, beta, c);
+    family::record(Family::Portable);
+}
+
+/// The primitive floats, with what the kernels need to know about them: their
+/// AVX-512 lanes, their `matrixmultiply` entry point and the dual product's
+/// scratch. Crate-private, so no other type can claim to be one.
+pub(crate) trait Prim: Float + avx512::Lane {
+    /// `C ← α·A·B + β·C` by `matrixmultiply` (`sgemm`/`dgemm`).
+    ///
+    /// # Safety
+    /// As `matrixmultiply::dgemm`: every `(i, l)`, `(l, j)`, `(i, j)` offset of
+    /// A, B, C lies inside its allocation, the offsets of C are pairwise
+    /// distinct, and C aliases neither A nor B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn matrixmultiply(
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
+
+    /// Runs `f` on this thread's scratch for the dual product's split parts
+    /// (kept, so a steady state allocates nothing; a fresh one if re-entered).
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+}
+
+macro_rules! impl_prim {
+    ($t:ty, $gemm:path, $scratch:ident) => {
+        thread_local! {
+            static $scratch: std::cell::RefCell<Vec<$t>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        impl Prim for $t {
+            #[inline]
+            unsafe fn matrixmultiply(
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: $t,
+                a: *const $t,
+                rsa: isize,
+                csa: isize,
+                b: *const $t,
+                rsb: isize,
+                csb: isize,
+                beta: $t,
+                c: *mut $t,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: the caller's contract is matrixmultiply's.
+                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<$t>) -> R) -> R {
+                $scratch.with(|s| match s.try_borrow_mut() {
+                    Ok(mut s) => f(&mut s),
+                    Err(_) => f(&mut Vec::new()),
+                })
+            }
+        }
+    };
+}
+impl_prim!(f32, matrixmultiply::sgemm, DUAL_SCRATCH_F32);
+impl_prim!(f64, matrixmultiply::dgemm, DUAL_SCRATCH_F64);
