@@ -11,7 +11,7 @@ test:
 
 # The tape and blo tests with debug assertions and overflow checks on (CI's last step).
 test-debug:
-    cargo test -p tape -p blo
+    cargo test -p tape -p blo --lib --tests
 
 # The README's main demo.
 demo:
