@@ -17,7 +17,10 @@ fn ln_factorial(k: usize) -> f64 {
 /// The tail sum is taken directly (not 1 − upper tail), so tiny values keep
 /// their relative accuracy.
 pub fn chi2_cdf_even(k: usize, x: f64) -> f64 {
-    assert!(k > 0 && k.is_multiple_of(2), "even degrees of freedom only, got {k}");
+    assert!(
+        k > 0 && k.is_multiple_of(2),
+        "even degrees of freedom only, got {k}"
+    );
     if x <= 0.0 {
         return 0.0;
     }
@@ -42,7 +45,10 @@ pub fn chi2_cdf_even(k: usize, x: f64) -> f64 {
 
 /// P(χ²_k > x) for even k: e^{−h} Σ_{j < k/2} h^j/j!, h = x/2.
 pub fn chi2_sf_even(k: usize, x: f64) -> f64 {
-    assert!(k > 0 && k.is_multiple_of(2), "even degrees of freedom only, got {k}");
+    assert!(
+        k > 0 && k.is_multiple_of(2),
+        "even degrees of freedom only, got {k}"
+    );
     if x <= 0.0 {
         return 1.0;
     }
