@@ -12,20 +12,26 @@ fn ln_factorial(k: usize) -> f64 {
     (2..=k).map(|i| (i as f64).ln()).sum()
 }
 
+/// k/2 for an even number of degrees of freedom k > 0 (the closed forms below
+/// need it).
+fn half_dof(k: usize) -> usize {
+    assert!(
+        k > 0 && k.is_multiple_of(2),
+        "even degrees of freedom only, got {k}"
+    );
+    k / 2
+}
+
 /// P(χ²_k ≤ x) for even k: for k = 2m, χ²_k/2 is a Gamma(m, 1) variable, and
 /// P(Gamma(m, 1) ≤ h) = P(Poisson(h) ≥ m) = e^{−h} Σ_{j ≥ m} h^j/j!, h = x/2.
 /// The tail sum is taken directly (not 1 − upper tail), so tiny values keep
 /// their relative accuracy.
 pub fn chi2_cdf_even(k: usize, x: f64) -> f64 {
-    assert!(
-        k > 0 && k.is_multiple_of(2),
-        "even degrees of freedom only, got {k}"
-    );
+    let m = half_dof(k);
     if x <= 0.0 {
         return 0.0;
     }
     let h = x / 2.0;
-    let m = k / 2;
     let mut j = m;
     let mut term = (-h + m as f64 * h.ln() - ln_factorial(m)).exp();
     let mut sum = 0.0;
@@ -45,16 +51,13 @@ pub fn chi2_cdf_even(k: usize, x: f64) -> f64 {
 
 /// P(χ²_k > x) for even k: e^{−h} Σ_{j < k/2} h^j/j!, h = x/2.
 pub fn chi2_sf_even(k: usize, x: f64) -> f64 {
-    assert!(
-        k > 0 && k.is_multiple_of(2),
-        "even degrees of freedom only, got {k}"
-    );
+    let m = half_dof(k);
     if x <= 0.0 {
         return 1.0;
     }
     let h = x / 2.0;
     let (mut term, mut sum) = (1.0, 1.0);
-    for j in 1..k / 2 {
+    for j in 1..m {
         term *= h / j as f64;
         sum += term;
     }
