@@ -9,6 +9,10 @@ ci:
 test:
     cargo test --workspace --release
 
+# The tape and blo tests with debug assertions and overflow checks on (CI's last step).
+test-debug:
+    cargo test -p tape -p blo --lib --tests
+
 # The README's main demo.
 demo:
     cargo run --release --example counterexample
