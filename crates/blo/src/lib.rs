@@ -72,36 +72,29 @@
 //! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
-pub mod check;
-pub mod checkpoint;
-pub mod debias;
 pub mod engine;
 pub mod error;
-pub mod estimator;
-pub mod exact;
-pub mod forward;
-pub mod implicit;
-pub mod inner;
+pub mod estimators;
 pub mod io;
-pub mod objective;
 pub mod outer;
 pub mod problem;
 pub mod train;
 
-pub use check::{check_hypergradient, CheckReport};
-pub use checkpoint::{revolve_beta, revolve_cost, Policy};
-pub use debias::{
-    optimal_q, AdaptiveParams, Debiased, QChoice, ReptileExact, ReptileFirstOrder, Ufo, UfoReptile,
-};
-pub use error::BloError;
-pub use estimator::{DebiasSample, Estimate, Estimator, SolverReport, Stats};
-pub use exact::{Exact, FirstOrder, Truncated};
-pub use forward::ForwardMode;
-pub use implicit::{Implicit, ImplicitSolver};
-pub use inner::{
+pub use engine::objective::{InnerObjective, OuterObjective};
+pub use engine::policy::{revolve_beta, revolve_cost, Policy};
+pub use engine::step::{
     meta_loss, rollout, summed_inner_loss, Cotangent, InnerHvp, InnerWorkspace, OuterGrad, State,
 };
-pub use objective::{InnerObjective, OuterObjective};
+pub use error::BloError;
+pub use estimators::check::{check_hypergradient, CheckReport};
+pub use estimators::debiased::{optimal_q, AdaptiveParams, Debiased, QChoice, Ufo};
+pub use estimators::exact::Exact;
+pub use estimators::first_order::FirstOrder;
+pub use estimators::forward_mode::ForwardMode;
+pub use estimators::implicit::{Implicit, ImplicitSolver};
+pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
+pub use estimators::truncated::Truncated;
+pub use estimators::{DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
 pub use problem::{InnerLoop, InnerOptimizer, Problem};
 pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};

@@ -80,7 +80,7 @@ use serde_json::Value;
 use tape::{Float, Tensor};
 
 use crate::error::BloError;
-use crate::estimator::{Estimate, Estimator, Stats};
+use crate::estimators::{Estimate, Estimator, Stats};
 use crate::io;
 use crate::outer::{Optimiser, OptimiserState};
 use crate::problem::Problem;

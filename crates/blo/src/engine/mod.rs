@@ -9,14 +9,18 @@
 //! plan of the same sweep gives the same bits.
 
 mod cache;
+pub mod objective;
 pub mod plan;
+pub mod policy;
+pub(crate) mod run;
+pub mod step;
 pub(crate) mod store;
 pub(crate) mod sweep;
 
 use tape::{Float, Tensor};
 
 use crate::error::BloError;
-use crate::estimator::Estimate;
+use crate::estimators::Estimate;
 use crate::problem::Problem;
 
 /// Executes `plan` on `problem`'s inner loop for `task` at θ and returns what
@@ -83,5 +87,5 @@ pub fn execute<F: Float, P: Problem<F>>(
         "engine::execute: a plan for r = {} inner steps, but the problem takes {r}",
         plan.r()
     );
-    Ok(crate::exact::run_plan(problem, task, theta, plan, sweep::Target::Outer, false)?.0)
+    Ok(run::run_plan(problem, task, theta, plan, sweep::Target::Outer, false)?.0)
 }

@@ -126,7 +126,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use crate::checkpoint::Policy;
+use crate::engine::policy::Policy;
 
 /// One action of a checkpoint plan. Buffers are numbered `0..plan.buffers()`;
 /// "state_j" is φ_j, the inner state after j steps.

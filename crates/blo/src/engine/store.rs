@@ -9,7 +9,7 @@
 
 use tape::{Float, Tensor};
 
-use crate::inner::State;
+use crate::engine::step::State;
 
 /// Held states by buffer id, spare states, and the meters.
 #[derive(Debug, Default)]

@@ -24,9 +24,9 @@ use tape::{Float, Tensor};
 use super::cache;
 use super::plan::Action;
 use super::store::StateStore;
+use crate::engine::step::{Cotangent, InnerWorkspace};
 use crate::error::BloError;
-use crate::estimator::{Estimate, Stats};
-use crate::inner::{Cotangent, InnerWorkspace};
+use crate::estimators::{Estimate, Stats};
 use crate::problem::Problem;
 
 /// Which meta-objective the sweep differentiates.
@@ -68,8 +68,6 @@ pub(crate) struct Sweep<'a, F: Float, P: Problem<F>> {
     pub(crate) bufs: SweepBuffers<F>,
     pub(crate) stats: Stats,
     pub(crate) target: Target,
-    /// The number of inner steps r.
-    pub(crate) r: usize,
     /// ū on the state (set by the turn).
     pub(crate) cot: Option<Cotangent<F>>,
     /// The θ-gradient accumulated so far.
@@ -99,7 +97,6 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             bufs,
             stats: Stats::default(),
             target,
-            r: inner.steps,
             cot: None,
             g: theta.iter().map(|t| Tensor::zeros(t.shape())).collect(),
             outer_loss: F::zero(),
@@ -198,7 +195,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     }
 
     /// The held state in buffer `buf`.
-    pub(crate) fn state(&self, buf: usize) -> &crate::inner::State<F> {
+    pub(crate) fn state(&self, buf: usize) -> &crate::engine::step::State<F> {
         self.bufs.store.get(buf)
     }
 

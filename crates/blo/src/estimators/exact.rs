@@ -1,83 +1,17 @@
-//! The exact hypergradient (adjoint sweep under a checkpoint [`Policy`]), its
-//! first-order truncation and truncated backpropagation.
+//! The exact hypergradient: an adjoint sweep under a checkpoint plan.
+
+use std::rc::Rc;
 
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
-use crate::checkpoint::Policy;
-use crate::engine::plan::{self, Action, Budget, Plan};
-use crate::engine::sweep::{Sweep, SweepBuffers, Target};
+use crate::engine::plan::{self, Budget, Plan};
+use crate::engine::policy::Policy;
+use crate::engine::run::{cached_plan, run_plan};
+use crate::engine::sweep::{SweepBuffers, Target};
 use crate::error::BloError;
-use crate::estimator::{Estimate, Estimator, Stats};
+use crate::estimators::{Estimate, Estimator};
 use crate::problem::Problem;
-
-/// The plan `policy` gives for r steps, from this thread's cache (plans are
-/// pure functions of (policy, r); building one allocates, reusing it does not).
-pub(crate) fn cached_plan(policy: Policy, r: usize) -> Rc<Plan> {
-    thread_local! {
-        static PLANS: RefCell<Vec<(Policy, usize, Rc<Plan>)>> = const { RefCell::new(Vec::new()) };
-    }
-    /// At most this many plans are kept per thread.
-    const PLANS_LEN: usize = 8;
-    PLANS.with(|c| {
-        let mut c = c.borrow_mut();
-        if let Some((_, _, p)) = c.iter().find(|(q, n, _)| *q == policy && *n == r) {
-            return Rc::clone(p);
-        }
-        let p = Rc::new(plan::plan(policy, r));
-        if c.len() == PLANS_LEN {
-            c.remove(0);
-        }
-        c.push((policy, r, Rc::clone(&p)));
-        p
-    })
-}
-
-/// Runs `plan` on a sweep of `target` and returns the estimate; with
-/// `first_order`, also the first-order estimate read off at the turn (the
-/// first sweep of every plan is the first-order rollout), with its own
-/// counts (r steps, the outer gradient, the VJP through Φ_0): the exact
-/// estimate's counts are then only what the exact branch adds.
-pub(crate) fn run_plan<F: Float, P: Problem<F>>(
-    problem: &P,
-    task: &P::Task,
-    theta: &[Tensor<F>],
-    plan: &Plan,
-    target: Target,
-    first_order: bool,
-) -> Result<(Estimate<F>, Option<Estimate<F>>), BloError> {
-    let mut sw = Sweep::new(problem, task, theta, target)?;
-    let (sweep, reversal) = plan.split_at_turn();
-    sw.run(sweep)?;
-    let fo = if first_order {
-        let mut g: Vec<Tensor<F>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
-        sw.first_order_into(&mut g);
-        let stats = std::mem::take(&mut sw.stats);
-        Some(Estimate {
-            grad: g,
-            outer_loss: sw.outer_loss,
-            stats: Stats {
-                states_peak: sw.bufs.store.peak(),
-                state_bytes_peak: sw.bufs.store.peak_bytes(),
-                ..stats
-            },
-        })
-    } else {
-        None
-    };
-    sw.run(reversal)?;
-    let mut est = sw.finish();
-    est.stats.planned_forward_steps = plan.forward_steps();
-    est.stats.planned_states_peak = plan.peak();
-    if let Some(fo) = &fo {
-        // The exact branch's own counts: what it added to the first sweep.
-        est.stats.planned_forward_steps -= fo.stats.forward_steps;
-    }
-    Ok((est, fo))
-}
 
 /// The exact hypergradient ∇F(θ) of the unrolled inner loop, by the adjoint
 /// sweep of REFERENCE §2 (one HVP + mixed-product pass per step, then the VJP
@@ -265,131 +199,4 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Exact {
             Memory::Budget(b) => format!("exact(budget {b})"),
         }
     }
-}
-
-/// The first-order estimator (FO-BLO / FOMAML, REFERENCE §3): every second
-/// derivative dropped,
-///
-/// g_FO = ∇_θ L_out(θ, φ_r) + (∂Φ_0/∂θ)ᵀ ∇_φ L_out(θ, φ_r).
-///
-/// Cost: r + 2 gradients (r steps, the outer gradient, the VJP through Φ_0);
-/// one state in memory. Biased in general; exact when L_in is linear in φ
-/// and θ does not enter L_in.
-#[derive(Clone, Debug, Default)]
-pub struct FirstOrder;
-
-impl FirstOrder {
-    /// The first-order estimator.
-    pub fn new() -> Self {
-        FirstOrder
-    }
-}
-
-impl<F: Float, P: Problem<F>> Estimator<F, P> for FirstOrder {
-    fn estimate(
-        &self,
-        problem: &P,
-        task: &P::Task,
-        theta: &[Tensor<F>],
-        _rng: &mut ChaCha8Rng,
-    ) -> Result<Estimate<F>, BloError> {
-        let r = problem.inner_loop().steps;
-        let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        sw.run(&first_order_actions(r))?;
-        Ok(sw.finish())
-    }
-
-    fn name(&self) -> String {
-        "first-order".into()
-    }
-
-    fn is_first_order(&self) -> bool {
-        true
-    }
-}
-
-/// Truncated backpropagation (Shaban et al. 2019): the adjoint sweep over the
-/// last k steps only (states φ_{r−k}..φ_{r−1} stored); the earlier steps are
-/// treated as the identity on φ (their second derivatives and their θ
-/// dependence dropped, a momentum cotangent discarded), so ū reaches Φ_0
-/// unchanged: `Truncated { k: r }` is [`Exact`], and k = 0 would be
-/// [`FirstOrder`]. Biased; O(k·d) memory, k HVPs.
-#[derive(Clone, Debug)]
-pub struct Truncated {
-    k: usize,
-}
-
-impl Truncated {
-    /// Truncation to the last `k` ≥ 1 steps (k > r means all r).
-    ///
-    /// # Errors
-    /// [`BloError::InvalidHyperparameter`] if k = 0 (use [`FirstOrder`]).
-    pub fn new(k: usize) -> Result<Self, BloError> {
-        if k == 0 {
-            return Err(BloError::invalid(
-                "k",
-                0,
-                "truncation needs at least one step; k = 0 is FirstOrder",
-            ));
-        }
-        Ok(Truncated { k })
-    }
-}
-
-impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
-    fn estimate(
-        &self,
-        problem: &P,
-        task: &P::Task,
-        theta: &[Tensor<F>],
-        _rng: &mut ChaCha8Rng,
-    ) -> Result<Estimate<F>, BloError> {
-        let r = problem.inner_loop().steps;
-        let plan = cached_truncated(r, self.k);
-        let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
-        sw.run(plan.actions())?;
-        if let Some(c) = sw.cot.as_mut() {
-            c.velocity
-                .iter_mut()
-                .for_each(|v| v.data_mut().fill(F::zero()));
-        }
-        Ok(sw.finish())
-    }
-
-    fn name(&self) -> String {
-        format!("truncated(k={})", self.k)
-    }
-}
-
-/// The first-order plan's actions ([`plan::first_order`]) without building a
-/// plan: the first sweep and the turn, in one buffer.
-pub(crate) fn first_order_actions(r: usize) -> [Action; 4] {
-    [
-        Action::Init { buf: 0 },
-        Action::Advance {
-            buf: 0,
-            from: 0,
-            to: r,
-        },
-        Action::Turn { buf: 0 },
-        Action::Free { buf: 0 },
-    ]
-}
-
-/// [`plan::truncated`] from this thread's cache.
-fn cached_truncated(r: usize, k: usize) -> Rc<Plan> {
-    thread_local! {
-        static PLANS: RefCell<Option<(usize, usize, Rc<Plan>)>> = const { RefCell::new(None) };
-    }
-    PLANS.with(|c| {
-        let mut c = c.borrow_mut();
-        match &*c {
-            Some((n, kk, p)) if *n == r && *kk == k => Rc::clone(p),
-            _ => {
-                let p = Rc::new(plan::truncated(r, k));
-                *c = Some((r, k, Rc::clone(&p)));
-                p
-            }
-        }
-    })
 }

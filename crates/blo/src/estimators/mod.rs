@@ -1,4 +1,27 @@
-//! The estimator interface: one trait for every hypergradient estimator.
+//! The estimators: one trait for every hypergradient estimator, and the
+//! built-in ones, one per file.
+//!
+//! | estimator | file | what it returns |
+//! |---|---|---|
+//! | [`Exact`](exact::Exact) | `exact.rs` | the exact hypergradient under a checkpoint plan |
+//! | [`FirstOrder`](first_order::FirstOrder) | `first_order.rs` | the first-order truncation |
+//! | [`Truncated`](truncated::Truncated) | `truncated.rs` | backpropagation through the last k steps |
+//! | [`Debiased`](debiased::Debiased), [`Ufo`](debiased::Ufo) | `debiased.rs` | a surrogate debiased by an exact estimator (UFO-BLO) |
+//! | [`ReptileFirstOrder`](reptile::ReptileFirstOrder), [`ReptileExact`](reptile::ReptileExact) | `reptile.rs` | Reptile's direction and its exact counterpart |
+//! | [`Implicit`](implicit::Implicit) | `implicit.rs` | implicit differentiation at the inner optimum |
+//! | [`ForwardMode`](forward_mode::ForwardMode) | `forward_mode.rs` | the exact hypergradient by forward mode |
+//!
+//! [`check_hypergradient`](check::check_hypergradient) (`check.rs`) compares
+//! any estimator with central differences of F.
+
+pub mod check;
+pub mod debiased;
+pub mod exact;
+pub mod first_order;
+pub mod forward_mode;
+pub mod implicit;
+pub mod reptile;
+pub mod truncated;
 
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};

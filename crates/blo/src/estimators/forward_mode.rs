@@ -4,9 +4,9 @@
 use rand_chacha::ChaCha8Rng;
 use tape::{Dual, Float, Tensor};
 
+use crate::engine::step::{meta_sgd_steps, tensors_finite, update, Adjoints, InnerWorkspace};
 use crate::error::BloError;
-use crate::estimator::{Estimate, Estimator, Stats};
-use crate::inner::{meta_sgd_steps, tensors_finite, update, Adjoints, InnerWorkspace};
+use crate::estimators::{Estimate, Estimator, Stats};
 use crate::problem::{InnerOptimizer, Problem};
 
 /// The hypergradient by forward mode: for each θ entry c (tangent θ̇ = e_c),
@@ -108,7 +108,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ForwardMode {
                     }
                 }
                 if !tensors_finite(&z[c]) {
-                    return Err(crate::inner::non_finite("forward tangent", j));
+                    return Err(crate::engine::step::non_finite("forward tangent", j));
                 }
             }
             ws.step_in_place(problem, task, j, theta, &mut s)?;

@@ -22,10 +22,10 @@ use hvp::{
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
+use crate::engine::objective::{InnerObjective, OuterObjective};
+use crate::engine::step::InnerWorkspace;
 use crate::error::BloError;
-use crate::estimator::{Estimate, Estimator, SolverReport, Stats};
-use crate::inner::InnerWorkspace;
-use crate::objective::{InnerObjective, OuterObjective};
+use crate::estimators::{Estimate, Estimator, SolverReport, Stats};
 use crate::problem::Problem;
 
 /// How the linear system A u = ∇_φ L_out is solved (A is given in [`Implicit`]).

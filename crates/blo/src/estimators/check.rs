@@ -5,9 +5,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
+use crate::engine::step::meta_loss;
 use crate::error::BloError;
-use crate::estimator::Estimator;
-use crate::inner::meta_loss;
+use crate::estimators::Estimator;
 use crate::problem::Problem;
 
 /// What [`check_hypergradient`] compared.
