@@ -94,7 +94,7 @@ pub use estimators::forward_mode::ForwardMode;
 pub use estimators::implicit::{Implicit, ImplicitSolver};
 pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
 pub use estimators::truncated::Truncated;
-pub use estimators::{DebiasSample, Estimate, Estimator, SolverReport, Stats};
+pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
 pub use problem::{InnerLoop, InnerOptimizer, Problem};
 pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};

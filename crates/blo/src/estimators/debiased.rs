@@ -10,7 +10,7 @@
 //!
 //! Two pairs are built in: [`Ufo`] (S = [`FirstOrder`], E = [`Exact`], the
 //! exact branch by default under [`Policy::Recompute`], so memory stays
-//! constant) and the Reptile pair ([`ReptileFirstOrder`], [`ReptileExact`]).
+//! constant) and the Reptile pair ([`crate::ReptileFirstOrder`], [`crate::ReptileExact`]).
 //!
 //! # Choosing q adaptively
 //!
@@ -270,7 +270,7 @@ where
             None
         };
         let (mut est, ex) = match coupled {
-            Some((s, e)) => (s, Some(e)),
+            Some(c) => (c.first_order, Some(c.exact)),
             None => {
                 let s = self.surrogate.estimate(problem, task, theta, rng)?;
                 let e = if xi {

@@ -10,7 +10,7 @@ use crate::engine::policy::Policy;
 use crate::engine::run::{cached_plan, run_plan};
 use crate::engine::sweep::{SweepBuffers, Target};
 use crate::error::BloError;
-use crate::estimators::{Estimate, Estimator};
+use crate::estimators::{CoupledEstimate, Estimate, Estimator};
 use crate::problem::Problem;
 
 /// The exact hypergradient ∇F(θ) of the unrolled inner loop, by the adjoint
@@ -184,11 +184,14 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Exact {
         task: &P::Task,
         theta: &[Tensor<F>],
         _rng: &mut ChaCha8Rng,
-    ) -> Option<Result<(Estimate<F>, Estimate<F>), BloError>> {
+    ) -> Option<Result<CoupledEstimate<F>, BloError>> {
         let run = || {
             let plan = self.plan_for(problem, task, theta)?;
             let (exact, fo) = run_plan(problem, task, theta, &plan, Target::Outer, true)?;
-            Ok((fo.expect("asked for the first-order estimate"), exact))
+            Ok(CoupledEstimate {
+                first_order: fo.expect("asked for the first-order estimate"),
+                exact,
+            })
         };
         Some(run())
     }

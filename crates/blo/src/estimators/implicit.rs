@@ -12,7 +12,7 @@
 //!
 //! where H_θφ = ∂²L_in/∂θ∂φ is the mixed block. The start Φ_0(θ) plays no role
 //! at a fixed point. Every product is taken by `hvp` on the adapters of
-//! [`crate::objective`]: H_φφ·x inside the solver ([`hvp::Hessian`] over φ with
+//! [`crate::engine::objective`]: H_φφ·x inside the solver ([`hvp::Hessian`] over φ with
 //! θ fixed), and ∇_φ L_in, H_φφ v, H_θφ v from one [`hvp::Workspace::mixed_hvp`]
 //! pass over (θ, φ).
 

@@ -111,6 +111,17 @@ pub struct SolverReport {
     pub residual: f64,
 }
 
+/// The first-order estimate and an exact estimate of the same task from one
+/// coupled run ([`Estimator::estimate_with_first_order`]).
+#[derive(Clone, Debug)]
+pub struct CoupledEstimate<F: Float> {
+    /// The first-order estimate, read off at the turn.
+    pub first_order: Estimate<F>,
+    /// The exact estimate; its `Stats` count only what it added to the
+    /// first-order run.
+    pub exact: Estimate<F>,
+}
+
 /// One hypergradient estimate for one task.
 #[derive(Clone, Debug)]
 pub struct Estimate<F: Float> {
@@ -155,7 +166,7 @@ pub trait Estimator<F: Float, P: Problem<F>>: Sync {
     }
 
     /// Both this estimator's estimate and the first-order estimate of the same
-    /// task from one coupled run, `(first_order, this)`, if this estimator's
+    /// task from one coupled run, if this estimator's
     /// first sweep is the first-order rollout ([`crate::Exact`]: its plan
     /// reads the first-order estimate off at the turn and continues with the
     /// reversal, so the pair costs the first-order estimate plus only the
@@ -168,7 +179,7 @@ pub trait Estimator<F: Float, P: Problem<F>>: Sync {
         task: &P::Task,
         theta: &[Tensor<F>],
         rng: &mut ChaCha8Rng,
-    ) -> Option<Result<(Estimate<F>, Estimate<F>), BloError>> {
+    ) -> Option<Result<CoupledEstimate<F>, BloError>> {
         let _ = (problem, task, theta, rng);
         None
     }

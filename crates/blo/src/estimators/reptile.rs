@@ -86,7 +86,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ReptileFirstOrder {
 
 /// The exact gradient of the summed inner losses along the trajectory,
 /// ∇_θ Σ_{j=1}^r L_in(θ, φ_{j−1}(θ); τ, j): the same adjoint sweep as
-/// [`Exact`] with no outer loss and each step's gradient (the primal part of
+/// [`crate::Exact`] with no outer loss and each step's gradient (the primal part of
 /// its HVP pass) injected into the cotangent. Paired with
 /// [`ReptileFirstOrder`] it gives debiased Reptile.
 #[derive(Clone, Debug)]

@@ -13,8 +13,8 @@ use crate::problem::Problem;
 /// last k steps only (states φ_{r−k}..φ_{r−1} stored); the earlier steps are
 /// treated as the identity on φ (their second derivatives and their θ
 /// dependence dropped, a momentum cotangent discarded), so ū reaches Φ_0
-/// unchanged: `Truncated { k: r }` is [`Exact`], and k = 0 would be
-/// [`FirstOrder`]. Biased; O(k·d) memory, k HVPs.
+/// unchanged: `Truncated { k: r }` is [`crate::Exact`], and k = 0 would be
+/// [`crate::FirstOrder`]. Biased; O(k·d) memory, k HVPs.
 #[derive(Clone, Debug)]
 pub struct Truncated {
     k: usize,
@@ -24,7 +24,7 @@ impl Truncated {
     /// Truncation to the last `k` ≥ 1 steps (k > r means all r).
     ///
     /// # Errors
-    /// [`BloError::InvalidHyperparameter`] if k = 0 (use [`FirstOrder`]).
+    /// [`BloError::InvalidHyperparameter`] if k = 0 (use [`crate::FirstOrder`]).
     pub fn new(k: usize) -> Result<Self, BloError> {
         if k == 0 {
             return Err(BloError::invalid(
