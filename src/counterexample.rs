@@ -1,5 +1,5 @@
 //! The main demo: FO-BLO converges to the wrong point on the paper's
-//! counterexample, UFO-BLO and the exact hypergradient do not (REFERENCE §6).
+//! counterexample, UFO-BLO and the exact hypergradient do not (docs/math.md §6).
 //!
 //! SGD θ_{k+1} = θ_k − η_k g_k with η_k = 10/(k + 1), one task drawn per
 //! iteration (probability ½ each), θ_0 ~ U(−10, 30), from several seeds; g_k is
@@ -77,7 +77,7 @@ pub enum Method {
     FirstOrder,
     /// UFO-BLO with a fixed q.
     Ufo(f64),
-    /// UFO-BLO with the adaptive q of REFERENCE §4.
+    /// UFO-BLO with the adaptive q of docs/math.md §4.
     UfoAdaptive,
     /// The exact hypergradient (q = 1).
     Exact,

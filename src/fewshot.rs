@@ -1,13 +1,13 @@
 //! N-way K-shot meta-training with any estimator, on procedural glyphs (no
 //! download) or on Omniglot / Mini-ImageNet from disk, compared at equal
-//! compute (REFERENCE §7).
+//! compute (docs/math.md §7).
 //!
 //! - Model: Conv4 (4 × [3×3 conv, batch-norm with batch statistics, ReLU],
 //!   dense N); inner loop: r SGD steps of size α on the full support set;
 //!   outer: Adam with the step linearly decayed to 0, meta-batch B.
 //! - Equal compute: each method gets the same budget of
 //!   *gradient-equivalents* per run, counting one reverse-mode gradient as 1
-//!   and one Hessian-vector product as 2 (REFERENCE §8), from the estimators'
+//!   and one Hessian-vector product as 2 (docs/math.md §8), from the estimators'
 //!   own [`blo::Stats`]; cheaper methods take more meta-steps. The cost per
 //!   meta-step is measured on a short pilot run with θ held fixed (for UFO
 //!   with fixed q it is c_FO + q·c_exact, the expectation; for adaptive q, whose

@@ -10,7 +10,7 @@
 //! minimised by r steps of gradient descent from the fixed start w_0 = 0;
 //! outer loss: the validation MSE mean((X_val w_r − y_val)²). θ does not enter
 //! L_out and w_0 does not depend on θ, so the first-order estimate is exactly
-//! zero here: every bit of signal is in the second-order terms (REFERENCE §2,
+//! zero here: every bit of signal is in the second-order terms (docs/math.md §2,
 //! the mixed products M_j), which is why this problem compares the exact,
 //! checkpointed, forward-mode, implicit and UFO estimators only.
 

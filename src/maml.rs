@@ -1,5 +1,5 @@
 //! MAML problems shared by the examples: sinusoid regression with an MLP and
-//! N-way K-shot classification with any [`Model`] (REFERENCE §1: φ_0 = θ,
+//! N-way K-shot classification with any [`Model`] (docs/math.md §1: φ_0 = θ,
 //! L_in on the support set, L_out on the query set).
 
 use blo::problem::InnerLoop;

@@ -79,7 +79,7 @@ fn counterexample_fo_stalls_and_ufo_does_not() {
     };
     let report = counterexample::run(&cfg).unwrap();
     assert_eq!(report.runs.len(), 12);
-    // REFERENCE §6: θ* ≈ 2.840, θ_FO ≈ 5.759, |F′(θ_FO)| = √(2·0.06) ≈ 0.346.
+    // docs/math.md §6: θ* ≈ 2.840, θ_FO ≈ 5.759, |F′(θ_FO)| = √(2·0.06) ≈ 0.346.
     assert!((report.theta_star - 2.840).abs() < 1e-3);
     assert!((report.theta_fo - 5.759).abs() < 1e-3);
     assert!((report.fo_plateau - 0.12f64.sqrt()).abs() < 1e-9);

@@ -62,6 +62,10 @@
 //!   [`Debiased`] hook (also for Reptile: [`ReptileFirstOrder`] +
 //!   [`ReptileExact`]), [`Truncated`], [`Implicit`] (the implicit-function-theorem estimator
 //!   and iMAML), [`ForwardMode`].
+//! - The unrolling engine ([`engine`]): checkpoint plans as data
+//!   ([`engine::plan`]: every policy, or the fastest plan within a memory
+//!   budget, as a checked list of actions), executed by one loop
+//!   ([`engine::execute`]) over one owner of the held states.
 //! - Building blocks for your own estimator: [`InnerWorkspace`] (one forward
 //!   step, one adjoint step, the HVP pass, the outer gradient, the VJP/JVP
 //!   through Φ_0), the losses as `hvp` objectives ([`InnerObjective`],
@@ -81,6 +85,7 @@ pub mod problem;
 pub mod train;
 
 pub use engine::objective::{InnerObjective, OuterObjective};
+pub use engine::plan::Budget;
 pub use engine::policy::{revolve_beta, revolve_cost, Policy};
 pub use engine::step::{
     meta_loss, rollout, summed_inner_loss, Cotangent, InnerHvp, InnerWorkspace, OuterGrad, State,

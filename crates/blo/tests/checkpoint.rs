@@ -63,7 +63,7 @@ fn revolve_closed_form_equals_the_recurrence() {
     assert_eq!(revolve_cost(6, 2), 8);
 }
 
-/// REFERENCE §9's optimum over the whole unroll, by dynamic programming:
+/// docs/math.md §9's optimum over the whole unroll, by dynamic programming:
 /// U(l, s) = 0 if l ≤ 1 or s ≥ l; U(l, 1) = T(l, 1);
 /// U(l, s) = min_{1≤m<l} U(l − m, s − 1) + T(m, s); the total is r + U(r, s).
 fn whole_unroll_optimum(r: usize, s: usize) -> usize {

@@ -1,4 +1,4 @@
-//! The paper's counterexample (REFERENCE §6): first-order SGD converges to a
+//! The paper's counterexample (docs/math.md §6): first-order SGD converges to a
 //! point that is not stationary, UFO-BLO does not.
 #![allow(clippy::needless_range_loop)]
 

@@ -45,7 +45,7 @@ fn estimate<E: Estimator<f64, TanhNet>>(e: &E, p: &TanhNet, seed: u64) -> Estima
 }
 
 /// Binomial over the whole unroll: the measured forward steps are revolve's
-/// optimum r + U(r, s) (REFERENCE §9, by the plan module's independent
+/// optimum r + U(r, s) (docs/math.md §9, by the plan module's independent
 /// dynamic program), the peak is at most s states, and `Stats` reports the
 /// plan's prediction beside the measurement; the bits are store-all's.
 #[test]
@@ -73,7 +73,7 @@ fn binomial_runs_at_revolves_optimum_within_s_states() {
         );
         assert_eq!(e.stats.hvps, r);
     }
-    // REFERENCE §9's example, measured on a problem.
+    // docs/math.md §9's example, measured on a problem.
     let e = estimate(
         &Exact::new(Policy::Binomial { snapshots: 7 }).unwrap(),
         &net(50, false),

@@ -1,7 +1,7 @@
 //! Checkpoint plans as data (`blo::engine::plan`), property-tested without any
 //! `Problem`: every plan is replayed by `Plan::check` and, independently, run
 //! by a toy executor whose "states" are numbers (so a wrong state in a buffer
-//! shows as a wrong value), and its counts are compared with REFERENCE §9's
+//! shows as a wrong value), and its counts are compared with docs/math.md §9's
 //! recurrences evaluated by plain dynamic programming.
 
 use std::time::Instant;
@@ -15,7 +15,7 @@ use blo::{revolve_cost, Policy};
 const R_MAX: usize = 300;
 const S_MAX: usize = 12;
 
-/// REFERENCE §9's T(l, s) and U(l, s), as written there, by dynamic
+/// docs/math.md §9's T(l, s) and U(l, s), as written there, by dynamic
 /// programming over l ≤ n, s ≤ s_max (indexed [l][s]; s = 0 unused).
 struct Oracle {
     t: Vec<Vec<u128>>,
@@ -177,7 +177,7 @@ fn recurrences_closed_forms_and_reference_examples() {
             assert_eq!(optimal_forward_steps(l, s), l as u128 + o.u[l][s]);
         }
     }
-    // REFERENCE §9's numbers.
+    // docs/math.md §9's numbers.
     assert_eq!(50 + o.u[50][7], 108);
     assert_eq!(50 + o.t[50][7], 155);
     assert_eq!(200 + o.u[200][9], 537);

@@ -122,7 +122,7 @@ fn estimates_are_deterministic_given_the_rng() {
 //
 //       x_i = ( g − g_ex ,  ‖g‖² − ‖g_ex‖² − (1/q − 1)‖g_ex − g_FO‖² ).
 //
-//   REFERENCE §4 gives E[g | τ] = g_ex and E[‖g‖² | τ] = ‖g_ex‖² +
+//   docs/math.md §4 gives E[g | τ] = g_ex and E[‖g‖² | τ] = ‖g_ex‖² +
 //   (1/q − 1)‖g_FO − g_ex‖², so under H0 ("the estimator is UFO-BLO with
 //   probability q") the x_i are i.i.d. with mean 0. The statistic sees only
 //   the estimator's output.
@@ -406,7 +406,7 @@ impl MyEma {
     }
 }
 
-/// The cost-times-second-moment objective of REFERENCE §4,
+/// The cost-times-second-moment objective of docs/math.md §4,
 /// f(q) = (C_det + q·C_rnd)·(V² + (1/q − 1)·D²).
 fn cost_times_moment(q: f64, c_det: f64, c_rnd: f64, v2: f64, d2: f64) -> f64 {
     (c_det + q * c_rnd) * (v2 + (1.0 / q - 1.0) * d2)
@@ -465,7 +465,7 @@ fn adaptive_q_matches_an_independent_computation_from_the_recorded_samples() {
         };
         let theta = p.theta(11);
         // The test's own first-order and exact gradients and costs per task
-        // (cost = gradients + 2·HVP passes, REFERENCE §8).
+        // (cost = gradients + 2·HVP passes, docs/math.md §8).
         let mut r0 = ChaCha8Rng::seed_from_u64(0);
         let own: Vec<(Vec<f64>, Vec<f64>, f64, f64)> = tasks
             .iter()
@@ -476,11 +476,14 @@ fn adaptive_q_matches_an_independent_computation_from_the_recorded_samples() {
                     .estimate(&p, w, &theta, &mut r0)
                     .unwrap();
                 let cost = |s: &blo::Stats| s.gradients as f64 + 2.0 * s.hvps as f64;
+                // UFO's exact branch continues the first-order rollout: it
+                // costs what the exact estimate adds to the first-order one,
+                // plus its own VJP through Φ_0 (both estimates end with one).
                 (
                     flat(&fo.grad),
                     flat(&ex.grad),
                     cost(&fo.stats),
-                    cost(&ex.stats),
+                    cost(&ex.stats) - cost(&fo.stats) + 1.0,
                 )
             })
             .collect();

@@ -1,5 +1,5 @@
 //! The paper's one-dimensional counterexample: first-order MAML (FO-BLO)
-//! converges to the wrong point (REFERENCE §6).
+//! converges to the wrong point (docs/math.md §6).
 //!
 //! Two tasks, each drawn with probability ½. Task i's inner and outer loss is
 //! the same "Huber-like" function f_i centred at c_i = b_i/a_i. With
@@ -56,7 +56,7 @@ impl Counterexample {
     }
 
     /// The family member with curvatures `a`, first offset `b1`, gap `d` = D,
-    /// `r` steps of size `alpha`; b_2 and A are computed as in REFERENCE §6.
+    /// `r` steps of size `alpha`; b_2 and A are computed as in docs/math.md §6.
     ///
     /// # Panics
     /// If the denominator of b_2 vanishes (e.g. a_1 = a_2), or r = 0.

@@ -1,4 +1,4 @@
-//! The paper's counterexample (REFERENCE §6): constants, closed forms, and the
+//! The paper's counterexample (docs/math.md §6): constants, closed forms, and the
 //! tape version, each checked against the formulas or finite differences.
 
 use models::Counterexample;
@@ -32,7 +32,7 @@ fn paper_constants_follow_the_reference_formulas() {
     assert!((ce.b[1] - b2).abs() < 1e-12);
     assert!(
         (ce.b[1] - 17.395).abs() < 5e-3,
-        "REFERENCE quotes ≈ 17.395, got {}",
+        "docs/math.md §6 quotes ≈ 17.395, got {}",
         ce.b[1]
     );
     // A = |b1/a1 − b2/a2| + 1
@@ -44,7 +44,7 @@ fn fixed_points_and_plateau() {
     let ce = Counterexample::paper();
     // θ_FO is the zero of FO's mean field (found by bisection on the general,
     // all-zone formula), θ* the zero of F' — both must match the quadratic-zone
-    // closed forms and the values quoted in REFERENCE §6.
+    // closed forms and the values quoted in docs/math.md §6.
     let fo = bisect(|t| ce.fo_mean_field(t), -5.0, 12.0);
     let star = bisect(|t| ce.hypergradient(t), -5.0, 12.0);
     assert!(

@@ -30,7 +30,7 @@
 //!   snapshot to a fresh buffer (or writing φ_0 into one) and advancing it.
 //! - **Forward steps** count every step of every `Advance`: r for the first
 //!   sweep plus the recomputation. This is the count `Stats::forward_steps`
-//!   reports and the count of REFERENCE §9.
+//!   reports and the count of docs/math.md §9.
 //! - **Memory** is the number of buffers held at once (between the action that
 //!   fills a buffer, `Init` or `Copy`, and its `Free`), working buffer
 //!   included. Every plan frees every buffer after its last use, so an
@@ -39,7 +39,7 @@
 //!   first, so [`Plan::buffers`] = [`Plan::peak`]: an executor allocates that
 //!   many state buffers and never more.
 //!
-//! In REFERENCE §9's terms, a budget of s *slots* "with φ_0 in one of them" is
+//! In docs/math.md §9's terms, a budget of s *slots* "with φ_0 in one of them" is
 //! a plan holding at most s buffers: φ_0's slot is the regenerable φ_0 (it
 //! holds no buffer), and the slot it frees is the working buffer. So s slots
 //! = s − 1 real snapshots + 1 working buffer. With this reading §9's optimum
@@ -65,7 +65,7 @@
 //! - **Recompute** takes no snapshot; adjoint step j writes φ_0 into the one
 //!   buffer and advances it j − 1 steps. It is the binomial plan with s = 1.
 //! - **Binomial** (revolve over the whole unroll): the first sweep places the
-//!   snapshots of U's optimal splits (REFERENCE §9: U(l, c) = min_m U(l − m,
+//!   snapshots of U's optimal splits (docs/math.md §9: U(l, c) = min_m U(l − m,
 //!   c − 1) + T(m, c), the snapshot at m taken as the sweep passes) down to a
 //!   part that either fits (c ≥ l: all its states are kept) or has one slot
 //!   (c = 1: recompute); the reversal then runs that last part and, right to
@@ -113,7 +113,7 @@
 //! ]);
 //! assert_eq!((p.peak(), p.forward_steps(), p.buffers()), (3, 3, 3));
 //!
-//! // Revolve's optimum for r = 50 steps in 7 buffers (REFERENCE §9): 108 steps.
+//! // Revolve's optimum for r = 50 steps in 7 buffers (docs/math.md §9): 108 steps.
 //! let b = plan(Policy::Binomial { snapshots: 7 }, 50);
 //! let counts = b.check()?; // replays the plan and checks every invariant
 //! assert_eq!(counts.forward_steps, 108);
@@ -895,7 +895,7 @@ fn every_k(r: usize, k: usize) -> Plan {
 /// use blo::engine::plan::{optimal_forward_steps, plan};
 /// use blo::Policy;
 /// let p = plan(Policy::Binomial { snapshots: 9 }, 200);
-/// assert_eq!(p.forward_steps(), 537); // REFERENCE §9
+/// assert_eq!(p.forward_steps(), 537); // docs/math.md §9
 /// assert_eq!(p.forward_steps() as u128, optimal_forward_steps(200, 9));
 /// assert!(p.peak() <= 9);
 /// assert_eq!(plan(Policy::Recompute, 200).forward_steps(), 200 * 201 / 2);
@@ -959,7 +959,7 @@ pub fn truncated(r: usize, k: usize) -> Plan {
 
 /// T(l, c): the forward steps that reversing l steps costs beyond the
 /// adjoint steps, when the start state is held (or is the regenerable φ_0)
-/// and the end state is not, with c slots, the start's included (REFERENCE §9:
+/// and the end state is not, with c slots, the start's included (docs/math.md §9:
 /// T(1, c) = 0, T(l, 1) = l(l − 1)/2, T(l, c) = min_{1≤m<l} m + T(l − m, c − 1)
 /// + T(m, c)). Griewank and Walther's closed form:
 ///
@@ -971,7 +971,7 @@ pub fn truncated(r: usize, k: usize) -> Plan {
 /// ```
 /// use blo::engine::plan::reversal_steps;
 /// assert_eq!(reversal_steps(10, 1), 45);
-/// assert_eq!(reversal_steps(50, 7), 155 - 50); // REFERENCE §9: r + T = 155
+/// assert_eq!(reversal_steps(50, 7), 155 - 50); // docs/math.md §9: r + T = 155
 /// ```
 ///
 /// # Panics
@@ -1003,7 +1003,7 @@ pub fn reversal_steps(l: usize, c: usize) -> u128 {
 
 /// U(l, c): the forward steps that reversing l steps costs beyond the
 /// adjoint steps right after a free sweep through all l steps (snapshots taken
-/// as it passes), with c slots, the start's included (REFERENCE §9: U(l, c) = 0
+/// as it passes), with c slots, the start's included (docs/math.md §9: U(l, c) = 0
 /// if l ≤ 1 or c ≥ l, U(l, 1) = T(l, 1), U(l, c) = min_{1≤m<l} U(l − m, c − 1)
 /// + T(m, c)).
 ///
@@ -1051,7 +1051,7 @@ pub fn reversal_steps_after_sweep(l: usize, c: usize) -> u128 {
 }
 
 /// Revolve's optimum in forward steps for r inner steps and s slots
-/// (REFERENCE §9): r + U(r, s), in the convention of the [module docs](self)
+/// (docs/math.md §9): r + U(r, s), in the convention of the [module docs](self)
 /// (peak ≤ s buffers). The binomial plan reaches it; the tests check both
 /// against the recurrence evaluated by plain dynamic programming.
 ///

@@ -17,7 +17,7 @@
 //! | `Sqrt` | `EveryK` with k = ⌈√r⌉ | ≈ 2r − √r |
 //! | `Binomial { snapshots: s }` | ≤ s | r + U(r, s), revolve's optimum over the whole unroll |
 //!
-//! U is REFERENCE §9's recurrence (docs/math.md): the binomial plan places its
+//! U is docs/math.md §9's recurrence (docs/math.md): the binomial plan places its
 //! snapshots during the first sweep. [`revolve_cost`] is the closed form of the
 //! reversal-only count t(l, s), which the plan uses for the parts it reverses
 //! from a held snapshot.

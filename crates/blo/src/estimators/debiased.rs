@@ -4,7 +4,7 @@
 //! g = g_S + (ξ/q)(g_E − g_S),   ξ ~ Bernoulli(q) drawn from the task's rng,
 //!
 //! so E\[g\] = g_E (unbiased) and E‖g‖² = ‖g_E‖² + (1/q − 1)‖g_S − g_E‖²
-//! (REFERENCE §4). Both run on the same task with the same θ, and batches are a
+//! (docs/math.md §4). Both run on the same task with the same θ, and batches are a
 //! deterministic function of (task, step), so they see the same batches and the
 //! same trajectory (the coupling); E also gets a copy of the rng stream S got.
 //!

@@ -14,7 +14,7 @@ use crate::estimators::{CoupledEstimate, Estimate, Estimator};
 use crate::problem::Problem;
 
 /// The exact hypergradient ∇F(θ) of the unrolled inner loop, by the adjoint
-/// sweep of REFERENCE §2 (one HVP + mixed-product pass per step, then the VJP
+/// sweep of docs/math.md §2 (one HVP + mixed-product pass per step, then the VJP
 /// through Φ_0), with the states supplied by a checkpoint [`Policy`]. All
 /// policies return the same bits.
 ///

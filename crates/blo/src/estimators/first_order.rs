@@ -10,7 +10,7 @@ use crate::error::BloError;
 use crate::estimators::{Estimate, Estimator};
 use crate::problem::Problem;
 
-/// The first-order estimator (FO-BLO / FOMAML, REFERENCE §3): every second
+/// The first-order estimator (FO-BLO / FOMAML, docs/math.md §3): every second
 /// derivative dropped,
 ///
 /// g_FO = ∇_θ L_out(θ, φ_r) + (∂Φ_0/∂θ)ᵀ ∇_φ L_out(θ, φ_r).

@@ -81,7 +81,7 @@ impl Stats {
         }
     }
 
-    /// The cost in gradient units under REFERENCE §8's model: one per
+    /// The cost in gradient units under docs/math.md §8's model: one per
     /// gradient, two per Hessian-vector (forward-over-reverse) pass.
     pub fn cost(&self) -> f64 {
         self.gradients as f64 + 2.0 * self.hvps as f64
