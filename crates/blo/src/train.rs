@@ -1321,7 +1321,6 @@ where
         if let Some(d) = diffs.first().filter(|_| !self.force) {
             return Err(mismatch(d));
         }
-        let same = |k: &str| !diffs.iter().any(|d| d.field == k || d.field == "settings");
         // Restore the estimator last-but-one and the optimiser last, undoing on failure.
         let mut opt_state = state.optimiser.clone();
         if self.force {
@@ -1332,7 +1331,7 @@ where
         self.optimiser
             .load_state(&opt_state)
             .map_err(|e| field_err(&json_path, "optimiser", &state.optimiser.kind, e))?;
-        let restore_estimator = !self.force || same("estimator");
+        let restore_estimator = !self.force || state.estimator == self.estimator.name();
         if restore_estimator {
             if let Err(e) = self.estimator.load_state(&state.estimator_state) {
                 self.optimiser
