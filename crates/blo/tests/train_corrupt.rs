@@ -171,12 +171,17 @@ fn run_cases(
         }
     }
     std::fs::write(file, original).unwrap();
+    let count = |kind: &str| failures.iter().filter(|f| f.contains(kind)).count();
     assert!(
         failures.is_empty(),
-        "{} of {} corruptions of {} mishandled, e.g.:\n{}",
+        "{} of {} corruptions of {} mishandled ({} panics, {} errors not naming the file, \
+         {} accepted with other content), e.g.:\n{}",
         failures.len(),
         tally.cases,
         file.display(),
+        count(": panicked: "),
+        count(": error not naming "),
+        count(": accepted with other content: "),
         failures[..failures.len().min(8)].join("\n")
     );
     tally
