@@ -54,7 +54,10 @@ fn fewshot_resume_checks_settings_and_force_overrides() {
             ..
         }) => {
             assert_eq!(field, "data");
-            assert!(checkpoint.contains("2 query") && run.contains("3 query"), "{checkpoint} / {run}");
+            assert!(
+                checkpoint.contains("2 query") && run.contains("3 query"),
+                "{checkpoint} / {run}"
+            );
         }
         r => panic!("expected a settings mismatch, got {:?}", r.map(|r| r.len())),
     }

@@ -94,7 +94,7 @@ impl Schedule {
 
     /// Checks the schedule's values: η (constant), η₀ (linear decay) and c
     /// (inverse time) finite and ≥ 0, the inverse-time offset k₀ finite and
-    /// > 0. A custom schedule cannot be checked ahead; its η_k is checked
+    /// positive. A custom schedule cannot be checked ahead; its η_k is checked
     /// when used (see [`Schedule::check_eta`]).
     ///
     /// # Errors
@@ -334,8 +334,7 @@ impl OptimiserState {
                         ));
                     }
                 }
-                for j in 0..2 * n {
-                    let (name, t) = &self.buffers[j];
+                for (j, ((name, t), vals)) in self.buffers.iter().zip(&values).enumerate() {
                     let want = if j < n {
                         format!("m.{j}")
                     } else {
@@ -356,10 +355,10 @@ impl OptimiserState {
                         ));
                     }
                     if j >= n {
-                        if let Some(k) = values[j].iter().position(|&x| x < 0.0) {
+                        if let Some(k) = vals.iter().position(|&x| x < 0.0) {
                             return Err(fault(
                                 format!("buffers.{name}"),
-                                format!("element {k}: {}", values[j][k]),
+                                format!("element {k}: {}", vals[k]),
                                 "Adam's second moment is >= 0",
                             ));
                         }

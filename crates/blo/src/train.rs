@@ -28,9 +28,19 @@
 //! - [`Trainer::checkpoint_every`]: `theta-<step>.safetensors` (θ, tensors
 //!   named `theta.0`, `theta.1`, … or [`Trainer::param_names`]) and
 //!   `trainer.json` ([`CheckpointState`]: step, seed, optimiser and estimator
-//!   state, the θ file's name and a fingerprint of its content), each written
-//!   atomically, the JSON last; [`read_checkpoint`] loads θ back.
-//! - [`Trainer::resume_from`]: continue from such a directory.
+//!   state, the θ file's name and a fingerprint of its content, the run's
+//!   settings, and a fingerprint of the JSON itself), each written
+//!   atomically, the JSON last; [`read_checkpoint`] loads θ back, checking
+//!   every field.
+//! - [`Trainer::resume_from`]: continue from such a directory; a run whose
+//!   settings ([`Trainer::settings`]) differ from the checkpoint's is refused
+//!   unless [`Trainer::force_resume`].
+//!
+//! # Bad settings
+//!
+//! Builder methods never panic on values; [`Trainer::run`] starts with
+//! [`Trainer::validate`] and returns [`BloError::InvalidHyperparameter`]
+//! before the first step.
 //!
 //! ```
 //! use blo::train::Trainer;
@@ -412,10 +422,16 @@ impl CheckpointState {
     }
 }
 
-/// Reads the checkpoint in `dir` and checks it is whole: the JSON parses and
-/// has this format and dtype, the θ file it names exists, its content
-/// fingerprint and header step match the JSON, and it holds exactly the named
-/// tensors with the recorded shapes. Returns the state and θ.
+/// Reads the checkpoint in `dir` and checks it is whole and possible: the JSON
+/// parses, has a known format, and (format 2) hashes to its
+/// `content_fingerprint`; each field holds a value a trainer in `F` can have
+/// written (dtype, meta-batch ≥ 1, θ file name of its step, names distinct and
+/// one per shape, elapsed time finite and ≥ 0, the optimiser's step equal to
+/// the step and its state consistent with θ's shapes, [`OptimiserState::check`]);
+/// the θ file it names exists, its content fingerprint and header step match
+/// the JSON, and it holds exactly the named tensors with the recorded shapes,
+/// all finite. The estimator's state is checked when a trainer restores it
+/// ([`Estimator::load_state`]). Returns the state and θ.
 ///
 /// Useful to load trained parameters, e.g. for evaluation:
 ///
@@ -427,7 +443,8 @@ impl CheckpointState {
 ///
 /// # Errors
 /// [`BloError::Io`] for a missing or unreadable file, [`BloError::Corrupt`]
-/// naming the file and what is wrong.
+/// naming the file and what is wrong, [`BloError::CheckpointField`] naming the
+/// file, the field and its value.
 pub fn read_checkpoint<F: Float>(
     dir: &Path,
 ) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {

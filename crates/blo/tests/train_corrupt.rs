@@ -39,7 +39,7 @@ fn trainer() -> Trainer<'static, f64, QuadMaml, impl blo::TaskSampler<Task>, Ufo
     // Three θ tensors of different ranks; only the first enters the losses.
     let theta0 = vec![
         Tensor::vector(vec![0.5, -1.0, 2.0]),
-        Tensor::new(&[2, 2], vec![0.25, 0.5, -0.75, 1.0]),
+        Tensor::new([2, 2], vec![0.25, 0.5, -0.75, 1.0]),
         Tensor::scalar(3.0),
     ];
     Trainer::new(

@@ -186,7 +186,7 @@ fn killed_and_resumed_run_is_bit_identical() {
         bits(&straight.theta),
         "θ differs from the uninterrupted run"
     );
-    assert_ne!(bits(&theta), bits(&trainer().theta().to_vec()), "θ moved");
+    assert_ne!(bits(&theta), bits(trainer().theta()), "θ moved");
     assert_eq!(log_lines(&dir.join("log.jsonl")), log_lines(&straight_log));
     // No stale θ files are left behind (killed children may leave their
     // temporary files, `.<name>.tmp-<pid>`, which nothing reads).

@@ -867,7 +867,8 @@ fn meta_sgd_is_checked_before_the_first_step() {
         .steps(3)
         .run()
         .unwrap();
-    let cases: Vec<(Vec<usize>, Vec<Tensor<f64>>, &str, &str)> = vec![
+    type Case = (Vec<usize>, Vec<Tensor<f64>>, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
         // Out of range.
         (
             vec![2],
