@@ -94,7 +94,7 @@ use crate::error::BloError;
 use crate::estimator::{Estimate, Estimator, Stats};
 use crate::io;
 use crate::outer::{Optimiser, OptimiserState};
-use crate::problem::{check_start, Problem};
+use crate::problem::{check_start, InnerOptimizer, Problem};
 
 /// Draws tasks τ for a [`Problem`] from a random stream.
 ///
@@ -1039,9 +1039,14 @@ where
             self.load_checkpoint(&dir)?;
             self.resume = None;
         }
-        if self.step < self.steps {
+        let meta_sgd = matches!(
+            self.problem.inner_loop().optimizer,
+            InnerOptimizer::MetaSgd { .. }
+        );
+        if meta_sgd && self.step < self.steps {
             // φ_0's shapes (Meta-SGD's `lr_index`) need a task: the first one
-            // the next step will draw (sampling has no side effects).
+            // the next step will draw (its stream is a function of (seed, k, 0),
+            // so drawing it here changes no numbers).
             let task = self
                 .sampler
                 .sample(&mut task_rng(self.seed, self.step, 0, Stream::Sampler));
