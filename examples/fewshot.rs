@@ -1,7 +1,9 @@
 //! N-way K-shot meta-training with any estimator, compared at equal compute:
 //! procedural glyphs by default (no download), Omniglot or Mini-ImageNet with
 //! `--data PATH`. Reports test accuracy with a 95% interval over ≥ 600 test
-//! episodes; checkpoints with `--checkpoint-dir`, continue with `--resume`.
+//! episodes; checkpoints with `--checkpoint-dir`, continue with `--resume`
+//! (which refuses a checkpoint whose settings differ from this run's, naming
+//! the setting; `--resume --force` continues anyway, printing each difference).
 //!
 //! ```text
 //! cargo run --release --example fewshot
@@ -84,6 +86,10 @@ struct Args {
     /// Resume from the checkpoints in --checkpoint-dir.
     #[arg(long, requires = "checkpoint_dir")]
     resume: bool,
+    /// With --resume: continue even if the settings differ from the
+    /// checkpoint's (each difference is printed as "resume forced").
+    #[arg(long, requires = "resume")]
+    force: bool,
     /// Stop each method after N meta-steps (resume later with --resume).
     #[arg(long)]
     stop_after: Option<u64>,
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
         checkpoint_dir: a.checkpoint_dir.clone(),
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
+        force: a.force,
         stop_after: a.stop_after,
         figure: (!a.no_figure).then(|| a.figure.clone()),
         progress: !a.json,

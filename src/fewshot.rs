@@ -215,6 +215,11 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Continue from the checkpoints in `checkpoint_dir` where they exist.
     pub resume: bool,
+    /// With `resume`: continue even if this run's settings differ from the
+    /// checkpoint's (each difference is printed; see
+    /// `blo::train::Trainer::force_resume`). Without it such a resume fails
+    /// with the setting that differs.
+    pub force: bool,
     /// Stop each method after this many meta-steps (its schedule still spans
     /// the full run), e.g. to split a long run across sessions with `resume`.
     pub stop_after: Option<u64>,
@@ -250,6 +255,7 @@ impl Default for Config {
             checkpoint_dir: None,
             checkpoint_every: 50,
             resume: false,
+            force: false,
             stop_after: None,
             figure: Some(PathBuf::from("target/figures/fewshot.svg")),
             progress: true,
@@ -293,6 +299,16 @@ pub struct MethodResult {
     /// (cumulative gradient-equivalents, meta-batch loss) per step (not in JSON).
     #[serde(skip)]
     pub curve: Vec<(f64, f64)>,
+}
+
+/// What the meta-training tasks are, recorded in checkpoints and compared on
+/// resume (`blo::train::Trainer::data_id`): the data source and the episode
+/// shape (the network's layout is checked through θ's names and shapes).
+fn data_id(cfg: &Config) -> String {
+    format!(
+        "fewshot {:?}: {}-way {}-shot, {} query per class",
+        cfg.data, cfg.n_way, cfg.k_shot, cfg.q_query
+    )
 }
 
 fn cost(stats: &blo::Stats) -> f64 {
@@ -500,6 +516,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
             .steps(cfg.stop_after.map_or(steps, |s| s.min(steps)))
             .seed(cfg.seed)
             .param_names(names.clone())
+            .data_id(data_id(cfg))
             .progress(false)
             .on_step(|rep: &blo::StepReport| {
                 spent += cost(&rep.stats);
@@ -515,7 +532,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
                 })?;
                 if cfg.resume && blo::train::checkpoint_exists(&d) {
                     resumed = true;
-                    tr = tr.resume_from(&d);
+                    tr = tr.resume_from(&d).force_resume(cfg.force);
                 }
                 tr = tr
                     .log_jsonl(d.join("log.jsonl"))

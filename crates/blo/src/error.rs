@@ -126,6 +126,36 @@ pub enum BloError {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint field holds a value no run can have written (a NaN
+    /// probability, a negative moment, a counter that disagrees with another);
+    /// nothing is restored.
+    #[error("{path}: checkpoint field {field} = {value}: {reason}")]
+    CheckpointField {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The field (dotted path, e.g. `optimiser.buffers.v.0`).
+        field: String,
+        /// The value found.
+        value: String,
+        /// Why it cannot be right.
+        reason: String,
+    },
+    /// Resume: a setting of this run differs from the one recorded in the
+    /// checkpoint (see `train::Trainer::force_resume` to continue anyway).
+    #[error(
+        "{path}: setting {field} is {checkpoint} in the checkpoint but {run} in this run \
+         (resume with force, e.g. --force, to continue with this run's settings)"
+    )]
+    SettingsMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The setting (e.g. `inner.optimizer`, `meta_batch`, `data`).
+        field: String,
+        /// Its value in the checkpoint.
+        checkpoint: String,
+        /// Its value in this run.
+        run: String,
+    },
 }
 
 impl BloError {

@@ -285,7 +285,35 @@ impl ExactTensor {
         if self.dtype != F::NAME {
             return Err(format!("stored as {}, expected {}", self.dtype, F::NAME));
         }
-        let n: usize = self.shape.iter().product();
+        self.values_f64()?;
+        Ok(Tensor::new(
+            &self.shape[..],
+            self.bits.iter().map(|&b| float_from_bits::<F>(b)).collect(),
+        ))
+    }
+}
+
+impl ExactTensor {
+    /// The values as `f64` (exact for both dtypes), after checking the dtype
+    /// tag, that the number of values matches the shape and that `f32`
+    /// patterns fit in 32 bits.
+    ///
+    /// # Errors
+    /// A description of what does not fit.
+    ///
+    /// ```
+    /// use blo::io::ExactTensor;
+    /// let t = ExactTensor { shape: vec![2], dtype: "f32".into(), bits: vec![0x3f80_0000, 0] };
+    /// assert_eq!(t.values_f64().unwrap(), [1.0, 0.0]);
+    /// let bad = ExactTensor { shape: vec![3], ..t };
+    /// assert!(bad.values_f64().is_err());
+    /// ```
+    pub fn values_f64(&self) -> Result<Vec<f64>, String> {
+        let n = self
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| format!("shape {:?} overflows", self.shape))?;
         if n != self.bits.len() {
             return Err(format!(
                 "shape {:?} needs {n} elements, {} stored",
@@ -293,13 +321,19 @@ impl ExactTensor {
                 self.bits.len()
             ));
         }
-        if F::NAME == "f32" && self.bits.iter().any(|&b| b > u32::MAX as u64) {
-            return Err("f32 bit pattern wider than 32 bits".into());
+        match self.dtype.as_str() {
+            "f64" => Ok(self.bits.iter().map(|&b| f64::from_bits(b)).collect()),
+            "f32" => self
+                .bits
+                .iter()
+                .map(|&b| {
+                    u32::try_from(b)
+                        .map(|b| f32::from_bits(b) as f64)
+                        .map_err(|_| format!("f32 bit pattern {b:#x} wider than 32 bits"))
+                })
+                .collect(),
+            d => Err(format!("dtype {d:?}, expected \"f32\" or \"f64\"")),
         }
-        Ok(Tensor::new(
-            &self.shape[..],
-            self.bits.iter().map(|&b| float_from_bits::<F>(b)).collect(),
-        ))
     }
 }
 

@@ -24,9 +24,15 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tape::{Float, Tensor};
 
+use crate::error::BloError;
 use crate::io::ExactTensor;
 
 /// A step-size schedule η_k, k = 0, 1, 2, … the number of steps already taken.
+///
+/// The constructors never panic; [`Schedule::validate`] checks the values
+/// (η ≥ 0 and finite; k₀ > 0), and [`crate::train::Trainer::run`] calls it
+/// before its first step (a [`Schedule::Custom`] is checked at every step: the
+/// trainer refuses a step with a non-finite or negative η_k).
 ///
 /// ```
 /// use blo::outer::Schedule;
@@ -72,17 +78,88 @@ impl Schedule {
     pub fn linear_decay(eta0: f64, total: u64) -> Self {
         Schedule::LinearDecay { eta0, total }
     }
-    /// η_k = c/(k + k₀).
+    /// η_k = c/(k + k₀). Valid for c ≥ 0 and k₀ > 0, both finite (see
+    /// [`Schedule::validate`]; an offset k₀ ≤ 0 would make η_0 infinite or
+    /// negative).
     ///
-    /// # Panics
-    /// If `offset <= 0` (η_0 would be infinite or negative).
-    #[track_caller]
+    /// ```
+    /// use blo::outer::Schedule;
+    /// assert!(Schedule::inverse_time(10.0, 1.0).validate().is_ok());
+    /// let e = Schedule::inverse_time(10.0, 0.0).validate().unwrap_err();
+    /// assert!(e.to_string().contains("offset"), "{e}");
+    /// ```
     pub fn inverse_time(scale: f64, offset: f64) -> Self {
-        assert!(
-            offset > 0.0,
-            "Schedule::inverse_time: offset {offset} must be > 0"
-        );
         Schedule::InverseTime { scale, offset }
+    }
+
+    /// Checks the schedule's values: η (constant), η₀ (linear decay) and c
+    /// (inverse time) finite and ≥ 0, the inverse-time offset k₀ finite and
+    /// positive. A custom schedule cannot be checked ahead; its η_k is checked
+    /// when used (see [`Schedule::check_eta`]).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the value.
+    ///
+    /// ```
+    /// use blo::outer::Schedule;
+    /// assert!(Schedule::constant(0.0).validate().is_ok()); // η = 0: a frozen θ
+    /// assert!(Schedule::constant(f64::NAN).validate().is_err());
+    /// assert!(Schedule::linear_decay(-1.0, 10).validate().is_err());
+    /// assert!(Schedule::inverse_time(f64::INFINITY, 1.0).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), BloError> {
+        let eta = |name: &'static str, x: f64| {
+            if x.is_finite() && x >= 0.0 {
+                Ok(())
+            } else {
+                Err(BloError::invalid(
+                    name,
+                    x,
+                    "a step size must be finite and >= 0",
+                ))
+            }
+        };
+        match self {
+            Schedule::Constant(x) => eta("Schedule::constant eta", *x),
+            Schedule::LinearDecay { eta0, .. } => eta("Schedule::linear_decay eta0", *eta0),
+            Schedule::InverseTime { scale, offset } => {
+                eta("Schedule::inverse_time scale", *scale)?;
+                if offset.is_finite() && *offset > 0.0 {
+                    Ok(())
+                } else {
+                    Err(BloError::invalid(
+                        "Schedule::inverse_time offset",
+                        offset,
+                        "must be finite and > 0 (eta_0 = scale/offset)",
+                    ))
+                }
+            }
+            Schedule::Custom { .. } => Ok(()),
+        }
+    }
+
+    /// η_k, checked: finite and ≥ 0.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the schedule, k and η_k.
+    ///
+    /// ```
+    /// use blo::outer::Schedule;
+    /// let s = Schedule::custom("bad", |k| 1.0 - k as f64);
+    /// assert_eq!(s.check_eta(0).unwrap(), 1.0);
+    /// assert!(s.check_eta(2).unwrap_err().to_string().contains("-1"));
+    /// ```
+    pub fn check_eta(&self, k: u64) -> Result<f64, BloError> {
+        let eta = self.eta(k);
+        if eta.is_finite() && eta >= 0.0 {
+            Ok(eta)
+        } else {
+            Err(BloError::invalid(
+                "learning rate",
+                format!("eta_{k} = {eta} from {}", self.config()),
+                "a step size must be finite and >= 0",
+            ))
+        }
     }
     /// η_k = f(k), identified by `name`.
     pub fn custom(name: impl Into<String>, f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
@@ -144,6 +221,156 @@ pub struct OptimiserState {
     pub buffers: Vec<(String, ExactTensor)>,
 }
 
+/// What is wrong with one field of a saved state (see [`OptimiserState::check`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateFault {
+    /// The field, e.g. `buffers.v.0`.
+    pub field: String,
+    /// The value found.
+    pub value: String,
+    /// Why it cannot be right.
+    pub reason: String,
+}
+
+impl fmt::Display for StateFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {}: {}", self.field, self.value, self.reason)
+    }
+}
+
+fn fault(field: impl Into<String>, value: impl fmt::Display, reason: &str) -> StateFault {
+    StateFault {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl OptimiserState {
+    /// Checks that the state is one an optimiser can have reached: every
+    /// buffer holds as many values as its shape says, all finite; for
+    /// `"sgd"` no buffers; for `"adam"` buffers `m.0 … m.{n−1}, v.0 … v.{n−1}`
+    /// with v ≥ 0 and m.i shaped like v.i, none at step 0 and some after it,
+    /// and a step counter below 2³¹ − 1 (Adam's bias correction raises β to
+    /// the power k + 1 as an `i32`). With `theta_shapes`, a buffer named
+    /// `<x>.<i>` must have θ tensor i's shape, and Adam must hold one m and one
+    /// v per θ tensor.
+    ///
+    /// # Errors
+    /// The first [`StateFault`]: the field, the value, the reason.
+    ///
+    /// ```
+    /// use blo::outer::{Adam, Optimiser};
+    /// use tape::Tensor;
+    /// let mut adam = Adam::new(0.1);
+    /// let mut theta = vec![Tensor::vector(vec![1.0_f64, 2.0])];
+    /// adam.step(&mut theta, &[Tensor::vector(vec![0.5, -0.5])]);
+    /// let mut state = Optimiser::<f64>::state(&adam);
+    /// assert!(state.check(Some(&[vec![2]])).is_ok());
+    /// state.buffers[1].1.bits[0] = (-1.0f64).to_bits(); // v.0 < 0
+    /// assert_eq!(state.check(None).unwrap_err().field, "buffers.v.0");
+    /// ```
+    pub fn check(&self, theta_shapes: Option<&[Vec<usize>]>) -> Result<(), StateFault> {
+        let mut values = Vec::with_capacity(self.buffers.len());
+        for (name, t) in &self.buffers {
+            let field = format!("buffers.{name}");
+            let v = t
+                .values_f64()
+                .map_err(|e| fault(&field, format!("{:?}", t.shape), &e))?;
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(fault(
+                    field,
+                    format!("element {j}: {}", v[j]),
+                    "optimiser buffers are finite",
+                ));
+            }
+            if let (Some(shapes), Some(i)) = (
+                theta_shapes,
+                name.rsplit('.')
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok()),
+            ) {
+                if shapes.get(i) != Some(&t.shape) {
+                    return Err(fault(
+                        field,
+                        format!("shape {:?}", t.shape),
+                        &format!(
+                            "θ tensor {i} has shape {:?}",
+                            shapes.get(i).map_or("(none)".into(), |s| format!("{s:?}"))
+                        ),
+                    ));
+                }
+            }
+            values.push(v);
+        }
+        match self.kind.as_str() {
+            "sgd" if !self.buffers.is_empty() => Err(fault(
+                "buffers",
+                format!("{} buffers", self.buffers.len()),
+                "sgd keeps no buffers",
+            )),
+            "adam" => {
+                let n = self.buffers.len() / 2;
+                if self.step >= i32::MAX as u64 {
+                    return Err(fault(
+                        "step",
+                        self.step,
+                        "Adam's step counter must be < 2^31 - 1",
+                    ));
+                }
+                if 2 * n != self.buffers.len() || (n == 0) != (self.step == 0) {
+                    return Err(fault(
+                        "buffers",
+                        format!("{} buffers at step {}", self.buffers.len(), self.step),
+                        "adam holds one m and one v per θ tensor after its first step, none before",
+                    ));
+                }
+                if let Some(shapes) = theta_shapes {
+                    if n != shapes.len() {
+                        return Err(fault(
+                            "buffers",
+                            format!("{n} m and {n} v buffers"),
+                            &format!("θ has {} tensors", shapes.len()),
+                        ));
+                    }
+                }
+                for (j, ((name, t), vals)) in self.buffers.iter().zip(&values).enumerate() {
+                    let want = if j < n {
+                        format!("m.{j}")
+                    } else {
+                        format!("v.{}", j - n)
+                    };
+                    if *name != want {
+                        return Err(fault(
+                            format!("buffers[{j}]"),
+                            format!("{name:?}"),
+                            &format!("expected {want:?}"),
+                        ));
+                    }
+                    if j < n && t.shape != self.buffers[j + n].1.shape {
+                        return Err(fault(
+                            format!("buffers.{name}"),
+                            format!("shape {:?}", t.shape),
+                            &format!("v.{j} has shape {:?}", self.buffers[j + n].1.shape),
+                        ));
+                    }
+                    if j >= n {
+                        if let Some(k) = vals.iter().position(|&x| x < 0.0) {
+                            return Err(fault(
+                                format!("buffers.{name}"),
+                                format!("element {k}: {}", vals[k]),
+                                "Adam's second moment is >= 0",
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// An outer optimiser: θ ← update(θ, g) with internal state.
 ///
 /// Implementations must be deterministic functions of their state and inputs,
@@ -153,7 +380,9 @@ pub trait Optimiser<F: Float>: Send {
     /// using η_k for the current k, then k ← k + 1.
     ///
     /// # Panics
-    /// If `grad` does not match `theta` in count or shapes.
+    /// If `grad` does not match `theta` in count or shapes; for [`Sgd`] and
+    /// [`Adam`], if η_k is not finite and ≥ 0 (the trainer checks
+    /// [`Optimiser::checked_learning_rate`] first and returns an error instead).
     fn step(&mut self, theta: &mut [Tensor<F>], grad: &[Tensor<F>]);
     /// The step size the next [`Optimiser::step`] will use, η_k.
     fn learning_rate(&self) -> f64;
@@ -169,6 +398,33 @@ pub trait Optimiser<F: Float>: Send {
     fn load_state(&mut self, state: &OptimiserState) -> Result<(), String>;
     /// A short name for logs, e.g. `"sgd"`.
     fn name(&self) -> String;
+    /// Checks the hyperparameters (e.g. the schedule, [`Schedule::validate`]);
+    /// [`crate::train::Trainer::run`] calls it before its first step. The
+    /// default accepts everything.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the value.
+    fn validate(&self) -> Result<(), BloError> {
+        Ok(())
+    }
+    /// The step size η_k the next step will use, checked finite and ≥ 0 (the
+    /// trainer calls it before each step). The default checks
+    /// [`Optimiser::learning_rate`].
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming k and η_k.
+    fn checked_learning_rate(&self) -> Result<f64, BloError> {
+        let eta = self.learning_rate();
+        if eta.is_finite() && eta >= 0.0 {
+            Ok(eta)
+        } else {
+            Err(BloError::invalid(
+                "learning rate",
+                format!("eta_{} = {eta} ({})", self.steps_taken(), self.name()),
+                "a step size must be finite and >= 0",
+            ))
+        }
+    }
 }
 
 impl<F: Float, O: Optimiser<F> + ?Sized> Optimiser<F> for Box<O> {
@@ -189,6 +445,12 @@ impl<F: Float, O: Optimiser<F> + ?Sized> Optimiser<F> for Box<O> {
     }
     fn name(&self) -> String {
         (**self).name()
+    }
+    fn validate(&self) -> Result<(), BloError> {
+        (**self).validate()
+    }
+    fn checked_learning_rate(&self) -> Result<f64, BloError> {
+        (**self).checked_learning_rate()
     }
 }
 
@@ -273,6 +535,9 @@ impl<F: Float> Optimiser<F> for Sgd {
     #[track_caller]
     fn step(&mut self, theta: &mut [Tensor<F>], grad: &[Tensor<F>]) {
         check_grad("Sgd::step", theta, grad);
+        if let Err(e) = self.schedule.check_eta(self.k) {
+            panic!("Sgd::step: {e}");
+        }
         let eta = F::from_f64(self.schedule.eta(self.k));
         for (t, g) in theta.iter_mut().zip(grad) {
             for (x, &gx) in t.data_mut().iter_mut().zip(g.data()) {
@@ -297,17 +562,18 @@ impl<F: Float> Optimiser<F> for Sgd {
     }
     fn load_state(&mut self, state: &OptimiserState) -> Result<(), String> {
         check_config("sgd", state, &self.config())?;
-        if !state.buffers.is_empty() {
-            return Err(format!(
-                "sgd has no buffers, {} stored",
-                state.buffers.len()
-            ));
-        }
+        state.check(None).map_err(|f| f.to_string())?;
         self.k = state.step;
         Ok(())
     }
     fn name(&self) -> String {
         "sgd".into()
+    }
+    fn validate(&self) -> Result<(), BloError> {
+        self.schedule.validate()
+    }
+    fn checked_learning_rate(&self) -> Result<f64, BloError> {
+        self.schedule.check_eta(self.k)
     }
 }
 
@@ -394,6 +660,9 @@ impl<F: Float> Optimiser<F> for Adam<F> {
     #[track_caller]
     fn step(&mut self, theta: &mut [Tensor<F>], grad: &[Tensor<F>]) {
         check_grad("Adam::step", theta, grad);
+        if let Err(e) = self.schedule.check_eta(self.k) {
+            panic!("Adam::step: {e}");
+        }
         if self.m.is_empty() {
             self.m = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
             self.v = self.m.clone();
@@ -447,13 +716,8 @@ impl<F: Float> Optimiser<F> for Adam<F> {
     }
     fn load_state(&mut self, state: &OptimiserState) -> Result<(), String> {
         check_config("adam", state, &self.config())?;
+        state.check(None).map_err(|f| f.to_string())?;
         let n = state.buffers.len() / 2;
-        if 2 * n != state.buffers.len() {
-            return Err(format!(
-                "adam needs as many m as v buffers, {} stored",
-                state.buffers.len()
-            ));
-        }
         let mut m = Vec::with_capacity(n);
         let mut v = Vec::with_capacity(n);
         for (j, (name, t)) in state.buffers.iter().enumerate() {
@@ -470,9 +734,6 @@ impl<F: Float> Optimiser<F> for Adam<F> {
                     .map_err(|e| format!("adam buffer {name}: {e}"))?,
             );
         }
-        if n == 0 && state.step > 0 {
-            return Err(format!("adam at step {} has no moment buffers", state.step));
-        }
         self.m = m;
         self.v = v;
         self.k = state.step;
@@ -480,5 +741,11 @@ impl<F: Float> Optimiser<F> for Adam<F> {
     }
     fn name(&self) -> String {
         "adam".into()
+    }
+    fn validate(&self) -> Result<(), BloError> {
+        self.schedule.validate()
+    }
+    fn checked_learning_rate(&self) -> Result<f64, BloError> {
+        self.schedule.check_eta(self.k)
     }
 }

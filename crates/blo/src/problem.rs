@@ -1,7 +1,7 @@
 //! Stating a bilevel problem: the losses ([`Problem`]) and the inner optimiser
 //! ([`InnerLoop`], [`InnerOptimizer`]).
 
-use tape::{Float, Real, Tape, Var};
+use tape::{Float, Real, Tape, Tensor, Var};
 
 use crate::error::BloError;
 
@@ -195,6 +195,115 @@ impl InnerLoop {
         }
     }
 
+    /// Checks θ against the inner optimiser, before any step is run. For
+    /// Meta-SGD: every `lr_index` entry names a θ tensor, and every step size
+    /// α (an element of such a tensor) is finite and ≥ 0 (a negative α ascends
+    /// the inner loss). Other optimisers take their steps from the config and
+    /// accept any θ.
+    ///
+    /// [`crate::train::Trainer::run`] calls this (with
+    /// [`InnerLoop::validate_phi0`], through [`check_start`]) before its first
+    /// step, and checks the step sizes again on every updated θ before
+    /// committing it.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the entry, the θ tensor, the
+    /// element index and the value.
+    ///
+    /// ```
+    /// use blo::InnerLoop;
+    /// use tape::Tensor;
+    /// let inner = InnerLoop::meta_sgd(1, vec![1]).unwrap();
+    /// let w = Tensor::vector(vec![0.0_f64, 0.0]);
+    /// assert!(inner.validate_theta(&[w.clone(), Tensor::vector(vec![0.1, 0.2])]).is_ok());
+    /// let e = inner.validate_theta(&[w.clone(), Tensor::vector(vec![0.1, -0.2])]).unwrap_err();
+    /// assert!(e.to_string().contains("θ[1] element 1 = -0.2"), "{e}");
+    /// assert!(inner.validate_theta(&[w]).is_err()); // θ[1] does not exist
+    /// ```
+    pub fn validate_theta<F: Float>(&self, theta: &[Tensor<F>]) -> Result<(), BloError> {
+        let InnerOptimizer::MetaSgd { lr_index } = &self.optimizer else {
+            return Ok(());
+        };
+        for (i, &k) in lr_index.iter().enumerate() {
+            let Some(alpha) = theta.get(k) else {
+                return Err(BloError::invalid(
+                    "lr_index",
+                    format!("lr_index[{i}] = {k}"),
+                    &format!("θ has {} tensors", theta.len()),
+                ));
+            };
+            if let Some(j) = alpha
+                .data()
+                .iter()
+                .position(|a| !(a.is_finite() && a.to_f64() >= 0.0))
+            {
+                return Err(BloError::invalid(
+                    "Meta-SGD step size",
+                    format!(
+                        "θ[{k}] element {j} = {} (the steps of φ tensor {i})",
+                        alpha.data()[j].to_f64()
+                    ),
+                    "a step size must be finite and >= 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the shapes of φ_0 (one task's [`Problem::initial_state`])
+    /// against the inner optimiser: for Meta-SGD, one `lr_index` entry per φ
+    /// tensor, and θ[`lr_index[i]`] shaped like φ tensor i. Others accept any φ_0.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the entry and both shapes.
+    ///
+    /// ```
+    /// use blo::InnerLoop;
+    /// use tape::Tensor;
+    /// let inner = InnerLoop::meta_sgd(1, vec![1]).unwrap();
+    /// let theta = [Tensor::vector(vec![0.0_f64; 3]), Tensor::vector(vec![0.1; 2])];
+    /// let e = inner.validate_phi0(&theta, &[vec![3]]).unwrap_err();
+    /// assert!(e.to_string().contains("[2]") && e.to_string().contains("[3]"), "{e}");
+    /// ```
+    pub fn validate_phi0<F: Float>(
+        &self,
+        theta: &[Tensor<F>],
+        phi0_shapes: &[Vec<usize>],
+    ) -> Result<(), BloError> {
+        let InnerOptimizer::MetaSgd { lr_index } = &self.optimizer else {
+            return Ok(());
+        };
+        if lr_index.len() != phi0_shapes.len() {
+            return Err(BloError::invalid(
+                "lr_index",
+                format!("{lr_index:?}"),
+                &format!(
+                    "needs one entry per φ tensor, and φ_0 has {}",
+                    phi0_shapes.len()
+                ),
+            ));
+        }
+        for (i, (&k, phi)) in lr_index.iter().zip(phi0_shapes).enumerate() {
+            match theta.get(k) {
+                Some(a) if a.dims() == phi.as_slice() => {}
+                a => {
+                    return Err(BloError::invalid(
+                        "lr_index",
+                        format!("lr_index[{i}] = {k}"),
+                        &format!(
+                            "θ[{k}] has shape {}, φ tensor {i} has shape {phi:?}",
+                            a.map_or("(none: θ has fewer tensors)".into(), |a| format!(
+                                "{:?}",
+                                a.dims()
+                            ))
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the state carries a velocity (momentum).
     pub fn has_velocity(&self) -> bool {
         matches!(self.optimizer, InnerOptimizer::Momentum { .. })
@@ -211,4 +320,32 @@ fn check_lr(lr: f64) -> Result<(), BloError> {
             "the step size must be finite and > 0",
         ))
     }
+}
+
+/// Checks a problem's inner loop against θ before a run: the ranges
+/// ([`InnerLoop::validate`]), θ ([`InnerLoop::validate_theta`]) and the
+/// shapes of φ_0 = Φ_0(θ) on `task` ([`InnerLoop::validate_phi0`]; φ_0 is
+/// recorded once on a scratch tape).
+///
+/// # Errors
+/// [`BloError::InvalidHyperparameter`] naming the offending value.
+pub fn check_start<F: Float, P: Problem<F>>(
+    problem: &P,
+    task: &P::Task,
+    theta: &[Tensor<F>],
+) -> Result<(), BloError> {
+    let inner = problem.inner_loop();
+    inner.validate()?;
+    inner.validate_theta(theta)?;
+    if !matches!(inner.optimizer, InnerOptimizer::MetaSgd { .. }) {
+        return Ok(());
+    }
+    let tape = Tape::<F>::new();
+    let vars: Vec<Var<'_, F>> = theta.iter().map(|t| tape.constant(t)).collect();
+    let phi0: Vec<Vec<usize>> = problem
+        .initial_state(&tape, task, &vars)
+        .iter()
+        .map(|v| v.shape().dims().to_vec())
+        .collect();
+    inner.validate_phi0(theta, &phi0)
 }

@@ -28,9 +28,19 @@
 //! - [`Trainer::checkpoint_every`]: `theta-<step>.safetensors` (θ, tensors
 //!   named `theta.0`, `theta.1`, … or [`Trainer::param_names`]) and
 //!   `trainer.json` ([`CheckpointState`]: step, seed, optimiser and estimator
-//!   state, the θ file's name and a fingerprint of its content), each written
-//!   atomically, the JSON last; [`read_checkpoint`] loads θ back.
-//! - [`Trainer::resume_from`]: continue from such a directory.
+//!   state, the θ file's name and a fingerprint of its content, the run's
+//!   settings, and a fingerprint of the JSON itself), each written
+//!   atomically, the JSON last; [`read_checkpoint`] loads θ back, checking
+//!   every field.
+//! - [`Trainer::resume_from`]: continue from such a directory; a run whose
+//!   settings ([`Trainer::settings`]) differ from the checkpoint's is refused
+//!   unless [`Trainer::force_resume`].
+//!
+//! # Bad settings
+//!
+//! Builder methods never panic on values; [`Trainer::run`] starts with
+//! [`Trainer::validate`] and returns [`BloError::InvalidHyperparameter`]
+//! before the first step.
 //!
 //! ```
 //! use blo::train::Trainer;
@@ -68,6 +78,7 @@
 //! # Ok::<(), BloError>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -83,7 +94,7 @@ use crate::error::BloError;
 use crate::estimators::{Estimate, Estimator, Stats};
 use crate::io;
 use crate::outer::{Optimiser, OptimiserState};
-use crate::problem::Problem;
+use crate::problem::{check_start, InnerOptimizer, Problem};
 
 /// Draws tasks τ for a [`Problem`] from a random stream.
 ///
@@ -279,7 +290,14 @@ pub struct TrainOutcome<F: Float> {
 /// removes older θ files: the JSON's rename is the commit point, so after a
 /// crash at any moment the directory holds a consistent pair — the new one or
 /// the previous one.
+///
+/// Every field is checked on load ([`read_checkpoint`]): the whole file
+/// against its `content_fingerprint` (so an edited or bit-flipped file is
+/// refused even when it still parses), then each value against what a run can
+/// have written. The run's settings ([`Trainer::settings`]) are recorded so a
+/// resumed run with other settings is refused ([`Trainer::force_resume`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CheckpointState {
     /// Format tag, [`CheckpointState::FORMAT`].
     pub format: String,
@@ -308,11 +326,88 @@ pub struct CheckpointState {
     pub optimiser: OptimiserState,
     /// Wall-clock seconds of training so far.
     pub elapsed_seconds: f64,
+    /// The settings of the run that wrote it ([`Trainer::settings`]);
+    /// `None` in checkpoints of format `blo-checkpoint/1`.
+    #[serde(default)]
+    pub settings: Option<BTreeMap<String, String>>,
+    /// [`io::fingerprint`] of this file's bytes as written, with these 16 hex
+    /// digits replaced by `0`s; `None` in format `blo-checkpoint/1`. Must stay
+    /// the last field (it is located in the text by its key).
+    #[serde(default)]
+    pub content_fingerprint: Option<String>,
 }
 
 impl CheckpointState {
     /// The format tag written and expected.
-    pub const FORMAT: &'static str = "blo-checkpoint/1";
+    pub const FORMAT: &'static str = "blo-checkpoint/2";
+    /// The format of checkpoints written before settings and the content
+    /// fingerprint were recorded: readable by [`read_checkpoint`], resumable
+    /// only with [`Trainer::force_resume`].
+    pub const LEGACY_FORMAT: &'static str = "blo-checkpoint/1";
+    /// The key that introduces the content fingerprint in the file.
+    const FP_KEY: &'static [u8] = b"\"content_fingerprint\": \"";
+
+    /// The file's bytes: pretty JSON ending in a newline, with
+    /// `content_fingerprint` set to the fingerprint of these bytes with its
+    /// own 16 digits zeroed.
+    fn encode(&self) -> Vec<u8> {
+        let mut s = self.clone();
+        s.content_fingerprint = Some("0".repeat(16));
+        let mut text = serde_json::to_string_pretty(&s)
+            .expect("a checkpoint state serialises")
+            .into_bytes();
+        text.push(b'\n');
+        let at =
+            find_unique(&text, Self::FP_KEY).expect("the key is written once") + Self::FP_KEY.len();
+        let fp = io::fingerprint(&text);
+        text[at..at + 16].copy_from_slice(fp.as_bytes());
+        text
+    }
+
+    /// Parses `bytes` read from `path` and, for the current format, checks
+    /// the content fingerprint.
+    fn decode(path: &Path, bytes: &[u8]) -> Result<Self, BloError> {
+        let state: CheckpointState =
+            serde_json::from_slice(bytes).map_err(|e| BloError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("bad JSON: {e}"),
+            })?;
+        if state.format == Self::LEGACY_FORMAT {
+            return Ok(state);
+        }
+        if state.format != Self::FORMAT {
+            return Err(field_err(
+                path,
+                "format",
+                format!("{:?}", state.format),
+                format!("expected {:?} (or {:?})", Self::FORMAT, Self::LEGACY_FORMAT),
+            ));
+        }
+        let stored = state.content_fingerprint.clone().unwrap_or_default();
+        let at = find_unique(bytes, Self::FP_KEY)
+            .map(|i| i + Self::FP_KEY.len())
+            .filter(|&i| bytes.get(i..i + 16) == Some(stored.as_bytes()));
+        let Some(at) = at else {
+            return Err(field_err(
+                path,
+                "content_fingerprint",
+                format!("{:?}", state.content_fingerprint),
+                "missing, malformed or not in the form written (16 hex digits, once)".into(),
+            ));
+        };
+        let mut zeroed = bytes.to_vec();
+        zeroed[at..at + 16].copy_from_slice(b"0000000000000000");
+        let fp = io::fingerprint(&zeroed);
+        if fp != stored {
+            return Err(field_err(
+                path,
+                "content_fingerprint",
+                stored,
+                format!("the file hashes to {fp}: it was edited, torn or corrupted"),
+            ));
+        }
+        Ok(state)
+    }
     /// File name of this JSON state.
     pub const STATE_FILE: &'static str = "trainer.json";
 
@@ -327,10 +422,16 @@ impl CheckpointState {
     }
 }
 
-/// Reads the checkpoint in `dir` and checks it is whole: the JSON parses and
-/// has this format and dtype, the θ file it names exists, its content
-/// fingerprint and header step match the JSON, and it holds exactly the named
-/// tensors with the recorded shapes. Returns the state and θ.
+/// Reads the checkpoint in `dir` and checks it is whole and possible: the JSON
+/// parses, has a known format, and (format 2) hashes to its
+/// `content_fingerprint`; each field holds a value a trainer in `F` can have
+/// written (dtype, meta-batch ≥ 1, θ file name of its step, names distinct and
+/// one per shape, elapsed time finite and ≥ 0, the optimiser's step equal to
+/// the step and its state consistent with θ's shapes, [`OptimiserState::check`]);
+/// the θ file it names exists, its content fingerprint and header step match
+/// the JSON, and it holds exactly the named tensors with the recorded shapes,
+/// all finite. The estimator's state is checked when a trainer restores it
+/// ([`Estimator::load_state`]). Returns the state and θ.
 ///
 /// Useful to load trained parameters, e.g. for evaluation:
 ///
@@ -342,79 +443,36 @@ impl CheckpointState {
 ///
 /// # Errors
 /// [`BloError::Io`] for a missing or unreadable file, [`BloError::Corrupt`]
-/// naming the file and what is wrong.
+/// naming the file and what is wrong, [`BloError::CheckpointField`] naming the
+/// file, the field and its value.
 pub fn read_checkpoint<F: Float>(
     dir: &Path,
 ) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {
     let json_path = io::join(dir, CheckpointState::STATE_FILE);
-    let state: CheckpointState = io::load_json(&json_path)?;
-    let bad = |path: &Path, reason: String| BloError::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if state.format != CheckpointState::FORMAT {
-        return Err(bad(
-            &json_path,
-            format!(
-                "format {:?}, expected {:?}",
-                state.format,
-                CheckpointState::FORMAT
-            ),
-        ));
-    }
-    if state.dtype != F::NAME {
-        return Err(bad(
-            &json_path,
-            format!(
-                "dtype is {} in the checkpoint but {} in this run",
-                state.dtype,
-                F::NAME
-            ),
-        ));
-    }
-    let plain = Path::new(&state.theta_file)
-        .file_name()
-        .is_some_and(|n| n == state.theta_file.as_str());
-    if !plain {
-        return Err(bad(
-            &json_path,
-            format!("theta_file {:?} is not a plain file name", state.theta_file),
-        ));
-    }
-    if state.param_names.len() != state.param_shapes.len() {
-        return Err(bad(
-            &json_path,
-            format!(
-                "{} parameter names but {} shapes",
-                state.param_names.len(),
-                state.param_shapes.len()
-            ),
-        ));
-    }
+    let state = CheckpointState::decode(&json_path, &io::read_file(&json_path)?)?;
+    check_fields::<F>(&json_path, &state)?;
     let theta_path = io::join(dir, &state.theta_file);
     let bytes = io::read_file(&theta_path)?;
+    let bad = |reason: String| BloError::Corrupt {
+        path: theta_path.clone(),
+        reason,
+    };
     let fp = io::fingerprint(&bytes);
     if fp != state.theta_fingerprint {
-        return Err(bad(
-            &theta_path,
-            format!(
-                "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
-                state.theta_fingerprint,
-                json_path.display()
-            ),
-        ));
+        return Err(bad(format!(
+            "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
+            state.theta_fingerprint,
+            json_path.display()
+        )));
     }
     let meta = io::metadata_from_bytes(&theta_path, &bytes)?;
     if meta.get("step") != Some(&state.step.to_string()) {
-        return Err(bad(
-            &theta_path,
-            format!(
-                "header step {:?} differs from step {} in {}",
-                meta.get("step"),
-                state.step,
-                json_path.display()
-            ),
-        ));
+        return Err(bad(format!(
+            "header step {:?} differs from step {} in {}",
+            meta.get("step"),
+            state.step,
+            json_path.display()
+        )));
     }
     let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, &bytes, &state.param_names)?;
     for ((t, s), name) in theta
@@ -423,17 +481,134 @@ pub fn read_checkpoint<F: Float>(
         .zip(&state.param_names)
     {
         if t.dims() != s.as_slice() {
-            return Err(bad(
-                &theta_path,
-                format!(
-                    "tensor {name:?} has shape {:?}, {} records {s:?}",
-                    t.dims(),
-                    json_path.display()
-                ),
-            ));
+            return Err(bad(format!(
+                "tensor {name:?} has shape {:?}, {} records {s:?}",
+                t.dims(),
+                json_path.display()
+            )));
+        }
+        if let Some(j) = t.data().iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!(
+                "tensor {name:?} element {j} is {} (a trainer never commits a non-finite θ)",
+                t.data()[j].to_f64()
+            )));
         }
     }
     Ok((state, theta))
+}
+
+/// A [`BloError::CheckpointField`].
+fn field_err(path: &Path, field: &str, value: impl ToString, reason: String) -> BloError {
+    BloError::CheckpointField {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// The position of the only occurrence of `needle` in `hay`, if it occurs once.
+fn find_unique(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut hits = hay
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i);
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
+}
+
+/// Checks each field of a parsed checkpoint state (written to `path`) against
+/// what a trainer in dtype `F` can have written.
+fn check_fields<F: Float>(path: &Path, state: &CheckpointState) -> Result<(), BloError> {
+    let err =
+        |field: &str, value: String, reason: String| Err(field_err(path, field, value, reason));
+    if state.dtype != F::NAME {
+        return err(
+            "dtype",
+            state.dtype.clone(),
+            format!("this run trains in {}", F::NAME),
+        );
+    }
+    if state.meta_batch == 0 {
+        return err(
+            "meta_batch",
+            "0".into(),
+            "a meta-batch has at least one task".into(),
+        );
+    }
+    let want = CheckpointState::theta_file_name(state.step);
+    if state.theta_file != want {
+        return err(
+            "theta_file",
+            format!("{:?}", state.theta_file),
+            format!("the checkpoint of step {} names {want:?}", state.step),
+        );
+    }
+    let hex = state.theta_fingerprint.len() == 16
+        && state
+            .theta_fingerprint
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex {
+        return err(
+            "theta_fingerprint",
+            format!("{:?}", state.theta_fingerprint),
+            "expected 16 lowercase hex digits".into(),
+        );
+    }
+    if state.param_names.len() != state.param_shapes.len() {
+        return err(
+            "param_names",
+            format!("{:?}", state.param_names),
+            format!(
+                "{} names for {} shapes",
+                state.param_names.len(),
+                state.param_shapes.len()
+            ),
+        );
+    }
+    let mut sorted = state.param_names.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != state.param_names.len() || state.param_names.is_empty() {
+        return err(
+            "param_names",
+            format!("{:?}", state.param_names),
+            "expected at least one name, all distinct".into(),
+        );
+    }
+    if !(state.elapsed_seconds.is_finite() && state.elapsed_seconds >= 0.0) {
+        return err(
+            "elapsed_seconds",
+            state.elapsed_seconds.to_string(),
+            "expected a finite time >= 0".into(),
+        );
+    }
+    if state.optimiser.step != state.step {
+        return err(
+            "optimiser.step",
+            state.optimiser.step.to_string(),
+            format!(
+                "the trainer's optimiser takes one step per outer step, and step is {}",
+                state.step
+            ),
+        );
+    }
+    if let Err(f) = state.optimiser.check(Some(&state.param_shapes)) {
+        return err(&format!("optimiser.{}", f.field), f.value, f.reason);
+    }
+    if state.format == CheckpointState::FORMAT && state.settings.is_none() {
+        return err(
+            "settings",
+            "(absent)".into(),
+            format!(
+                "format {} records the run's settings",
+                CheckpointState::FORMAT
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Whether `dir` holds a checkpoint (its JSON state file exists).
@@ -499,9 +674,27 @@ where
     log_path: Option<PathBuf>,
     checkpoint: Option<(u64, PathBuf)>,
     resume: Option<PathBuf>,
+    force: bool,
+    overrides: Vec<SettingDiff>,
+    data_id: Option<String>,
     progress: bool,
     observers: Vec<Box<dyn Observer<F> + 'o>>,
 }
+
+/// A setting that differs between a checkpoint and the run resuming from it
+/// (see [`Trainer::force_resume`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingDiff {
+    /// The setting's name (a key of [`Trainer::settings`]).
+    pub field: String,
+    /// Its value in the checkpoint (`(absent)` if not recorded).
+    pub checkpoint: String,
+    /// Its value in this run.
+    pub run: String,
+}
+
+/// The text recorded for a setting a checkpoint does not have.
+const ABSENT: &str = "(absent)";
 
 impl<'o, F, P, S, E, O> Trainer<'o, F, P, S, E, O>
 where
@@ -532,18 +725,18 @@ where
             log_path: None,
             checkpoint: None,
             resume: None,
+            force: false,
+            overrides: Vec::new(),
+            data_id: None,
             progress: true,
             observers: Vec::new(),
         }
     }
 
-    /// Tasks per outer step, B ≥ 1.
-    ///
-    /// # Panics
-    /// If `b == 0`.
-    #[track_caller]
+    /// Tasks per outer step, B ≥ 1. Like every builder setting, it is
+    /// checked by [`Trainer::validate`], which [`Trainer::run`] calls before
+    /// its first step: B = 0 is an [`BloError::InvalidHyperparameter`] there.
     pub fn meta_batch(mut self, b: usize) -> Self {
-        assert!(b >= 1, "Trainer::meta_batch: B = 0, need at least one task");
         self.meta_batch = b;
         self
     }
@@ -561,14 +754,10 @@ where
         self
     }
 
-    /// Runs the meta-batch on a dedicated rayon pool of `n` threads (default:
-    /// the current pool). Results do not depend on `n`.
-    ///
-    /// # Panics
-    /// If `n == 0`.
-    #[track_caller]
+    /// Runs the meta-batch on a dedicated rayon pool of `n` ≥ 1 threads
+    /// (default: the current pool). Results do not depend on `n`. `n = 0` is
+    /// reported by [`Trainer::validate`].
     pub fn threads(mut self, n: usize) -> Self {
-        assert!(n >= 1, "Trainer::threads: 0 threads");
         self.threads = Some(n);
         self
     }
@@ -607,25 +796,173 @@ where
         self
     }
 
-    /// Writes a checkpoint to `dir` after every `every` steps and after the
-    /// last one (`dir` is created if needed).
-    ///
-    /// # Panics
-    /// If `every == 0`.
-    #[track_caller]
+    /// Writes a checkpoint to `dir` after every `every` ≥ 1 steps and after
+    /// the last one (`dir` is created if needed). `every = 0` is reported by
+    /// [`Trainer::validate`].
     pub fn checkpoint_every(mut self, every: u64, dir: impl Into<PathBuf>) -> Self {
-        assert!(every >= 1, "Trainer::checkpoint_every: every = 0");
         self.checkpoint = Some((every, dir.into()));
         self
     }
 
     /// Continues from the checkpoint in `dir` when [`Trainer::run`] starts: θ,
     /// the step count, the optimiser's and the estimator's states are restored.
-    /// The seed, meta-batch size, dtype, tensor names and shapes, estimator
-    /// name and optimiser configuration must match this trainer's.
+    ///
+    /// Every field of the checkpoint is checked ([`read_checkpoint`]), and the
+    /// settings it records must equal this run's ([`Trainer::settings`]): the
+    /// first that differs is a [`BloError::SettingsMismatch`] naming it with
+    /// both values, unless [`Trainer::force_resume`] is set. A checkpoint of
+    /// the older format [`CheckpointState::LEGACY_FORMAT`] records no
+    /// settings: resuming from it is a `SettingsMismatch` on `settings`, and
+    /// needs `force_resume`.
     pub fn resume_from(mut self, dir: impl Into<PathBuf>) -> Self {
         self.resume = Some(dir.into());
         self
+    }
+
+    /// With `true`, [`Trainer::resume_from`] continues even when settings
+    /// differ from the checkpoint's (or it records none): each difference is
+    /// printed to stderr as `blo: resume forced: …` and kept in
+    /// [`Trainer::resume_overrides`]; the run continues with *this* run's
+    /// settings (e.g. a new optimiser configuration keeps the saved step count
+    /// and moments), and later checkpoints record them. A different estimator
+    /// starts from its fresh state. Never forced: a file that fails its checks
+    /// (corrupt), another dtype, other θ names or shapes, another optimiser
+    /// kind.
+    pub fn force_resume(mut self, force: bool) -> Self {
+        self.force = force;
+        self
+    }
+
+    /// An identity of the task distribution (data set, its version or
+    /// split, sampler options…), recorded in checkpoints as the setting
+    /// `data` and compared on resume like the others. The trainer cannot see
+    /// inside a [`TaskSampler`], so without this call a resumed run's data is
+    /// not checked (the setting reads `(not set)`).
+    pub fn data_id(mut self, id: impl Into<String>) -> Self {
+        self.data_id = Some(id.into());
+        self
+    }
+
+    /// The settings a resumed run must share with the run that wrote the
+    /// checkpoint, by name: `dtype`, `seed`, `meta_batch`, `inner.steps` (r),
+    /// `inner.optimizer` (the inner optimiser with α, β or the Meta-SGD
+    /// index), `estimator` (its name, which carries its configuration such as
+    /// q or the checkpoint policy; an adaptive UFO also checks q_min and the
+    /// decay in its state), `optimiser` and `optimiser.config` (the outer
+    /// optimiser, its hyperparameters and step-size schedule), `theta` (names
+    /// and shapes) and `data` ([`Trainer::data_id`]). The number of steps K is
+    /// not a setting: a run may be resumed to train longer.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let inner = self.problem.inner_loop();
+        let opt = self.optimiser.state();
+        let theta = self
+            .names
+            .iter()
+            .zip(&self.theta)
+            .map(|(n, t)| format!("{n} {:?}", t.dims()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        [
+            ("dtype", F::NAME.to_string()),
+            ("seed", self.seed.to_string()),
+            ("meta_batch", self.meta_batch.to_string()),
+            ("inner.steps", inner.steps.to_string()),
+            ("inner.optimizer", format!("{:?}", inner.optimizer)),
+            ("estimator", self.estimator.name()),
+            ("optimiser", opt.kind),
+            ("optimiser.config", opt.config.to_string()),
+            ("theta", theta),
+            (
+                "data",
+                self.data_id.clone().unwrap_or_else(|| "(not set)".into()),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The settings that differed from the checkpoint's when the last
+    /// [`Trainer::run`] resumed with [`Trainer::force_resume`].
+    pub fn resume_overrides(&self) -> &[SettingDiff] {
+        &self.overrides
+    }
+
+    /// Checks the trainer's configuration without running: B ≥ 1, threads ≥
+    /// 1, checkpoint interval ≥ 1, the outer optimiser's hyperparameters
+    /// ([`Optimiser::validate`]), the inner loop ([`crate::InnerLoop::validate`])
+    /// and θ against it ([`crate::InnerLoop::validate_theta`]: Meta-SGD's
+    /// `lr_index` in range, step sizes finite and ≥ 0), θ finite, and the
+    /// optimiser fresh (its step count is the trainer's, so a checkpoint can
+    /// be checked). [`Trainer::run`] calls it first; builder methods do not
+    /// panic on bad values, so existing chains keep compiling and the error
+    /// comes from here.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the setting and its value.
+    ///
+    /// ```
+    /// # use blo::train::Trainer;
+    /// # use blo::{BloError, FirstOrder, InnerLoop, Problem, Sgd};
+    /// # use rand_chacha::ChaCha8Rng;
+    /// # use tape::{Real, Tape, Tensor, Var};
+    /// # struct Quad { inner: InnerLoop }
+    /// # impl Problem<f64> for Quad {
+    /// #     type Task = f64;
+    /// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    /// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+    /// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] - *c).square().sum() }
+    /// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+    /// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { self.inner_loss(t, c, 1, th, phi) }
+    /// # }
+    /// let mut t = Trainer::new(Quad { inner: InnerLoop::sgd(1, 0.5)? }, |_: &mut ChaCha8Rng| 1.0,
+    ///                          FirstOrder::new(), Sgd::constant(0.1), vec![Tensor::scalar(0.0)])
+    ///     .meta_batch(0)
+    ///     .steps(5);
+    /// let e = t.run().unwrap_err();
+    /// assert!(matches!(e, BloError::InvalidHyperparameter { name: "meta_batch", .. }), "{e}");
+    /// # Ok::<(), BloError>(())
+    /// ```
+    pub fn validate(&self) -> Result<(), BloError> {
+        if self.meta_batch == 0 {
+            return Err(BloError::invalid(
+                "meta_batch",
+                0,
+                "a meta-batch needs at least one task",
+            ));
+        }
+        if self.threads == Some(0) {
+            return Err(BloError::invalid("threads", 0, "need at least one thread"));
+        }
+        if let Some((0, dir)) = &self.checkpoint {
+            return Err(BloError::invalid(
+                "checkpoint_every",
+                format!("0 (directory {})", dir.display()),
+                "checkpoint at least every step",
+            ));
+        }
+        self.optimiser.validate()?;
+        let inner = self.problem.inner_loop();
+        inner.validate()?;
+        inner.validate_theta(&self.theta)?;
+        for (name, t) in self.names.iter().zip(&self.theta) {
+            if let Some(j) = t.data().iter().position(|x| !x.is_finite()) {
+                return Err(BloError::invalid(
+                    "theta",
+                    format!("{name} element {j} = {}", t.data()[j].to_f64()),
+                    "θ_0 must be finite",
+                ));
+            }
+        }
+        if self.resume.is_none() && self.optimiser.steps_taken() != self.step {
+            return Err(BloError::invalid(
+                "optimiser",
+                format!("{} steps taken", self.optimiser.steps_taken()),
+                "the trainer counts outer steps from a fresh optimiser",
+            ));
+        }
+        Ok(())
     }
 
     /// Shows (when stderr is a terminal) or hides the progress bar.
@@ -685,14 +1022,35 @@ where
     /// restoring a checkpoint if [`Trainer::resume_from`] was given.
     ///
     /// # Errors
+    /// - [`BloError::InvalidHyperparameter`] before the first step
+    ///   ([`Trainer::validate`], and φ_0 against Meta-SGD's `lr_index`), or at
+    ///   a step whose η_k is not finite and ≥ 0 or whose update would make a
+    ///   Meta-SGD step size negative or non-finite (the step does not happen);
+    /// - [`BloError::CheckpointField`], [`BloError::Corrupt`] or
+    ///   [`BloError::SettingsMismatch`] from [`Trainer::resume_from`];
     /// - [`BloError::NonFinite`] / [`BloError::NonFiniteEstimate`] naming the
     ///   task (θ, optimiser and estimator untouched: the step did not happen);
     /// - any other error of the estimator;
     /// - [`BloError::Io`] / [`BloError::Corrupt`] naming the file, for the log
     ///   and checkpoints.
     pub fn run(&mut self) -> Result<TrainOutcome<F>, BloError> {
-        if let Some(dir) = self.resume.take() {
+        self.validate()?;
+        if let Some(dir) = self.resume.clone() {
             self.load_checkpoint(&dir)?;
+            self.resume = None;
+        }
+        let meta_sgd = matches!(
+            self.problem.inner_loop().optimizer,
+            InnerOptimizer::MetaSgd { .. }
+        );
+        if meta_sgd && self.step < self.steps {
+            // φ_0's shapes (Meta-SGD's `lr_index`) need a task: the first one
+            // the next step will draw (its stream is a function of (seed, k, 0),
+            // so drawing it here changes no numbers).
+            let task = self
+                .sampler
+                .sample(&mut task_rng(self.seed, self.step, 0, Stream::Sampler));
+            check_start(&self.problem, &task, &self.theta)?;
         }
         let mut log = match &self.log_path {
             Some(p) => Some(open_log(p, self.step)?),
@@ -837,20 +1195,38 @@ where
         }
         let grad_norm = grad.iter().map(|g| g.norm().powi(2)).sum::<f64>().sqrt();
 
-        // Apply the update on a copy; commit only if θ stays finite.
-        let learning_rate = self.optimiser.learning_rate();
+        // Apply the update on a copy; commit only if θ stays finite (and
+        // Meta-SGD's step sizes stay valid).
+        let learning_rate = self.optimiser.checked_learning_rate()?;
         let saved = self.optimiser.state();
         let mut new_theta = self.theta.clone();
         self.optimiser.step(&mut new_theta, &grad);
-        if !new_theta.iter().all(Tensor::is_finite) {
-            self.optimiser
-                .load_state(&saved)
-                .expect("restoring the optimiser's own state");
-            return Err(BloError::NonFiniteEstimate {
+        let refused = if !new_theta.iter().all(Tensor::is_finite) {
+            Some(BloError::NonFiniteEstimate {
                 what: "updated θ",
                 task: None,
                 outer_step: k,
-            });
+            })
+        } else {
+            match self.problem.inner_loop().validate_theta(&new_theta) {
+                Err(BloError::InvalidHyperparameter {
+                    name,
+                    value,
+                    reason,
+                }) => Some(BloError::InvalidHyperparameter {
+                    name,
+                    value: format!("{value} after the update of outer step {k}"),
+                    reason,
+                }),
+                Err(e) => Some(e),
+                Ok(()) => None,
+            }
+        };
+        if let Some(e) = refused {
+            self.optimiser
+                .load_state(&saved)
+                .expect("restoring the optimiser's own state");
+            return Err(e);
         }
         self.theta = new_theta;
         self.estimator.observe(&estimates);
@@ -896,8 +1272,10 @@ where
             estimator_state: self.estimator.save_state(),
             optimiser: self.optimiser.state(),
             elapsed_seconds: elapsed,
+            settings: Some(self.settings()),
+            content_fingerprint: None,
         };
-        io::save_json(&io::join(dir, CheckpointState::STATE_FILE), &state)?;
+        io::write_atomic(&io::join(dir, CheckpointState::STATE_FILE), &state.encode())?;
         // Older θ files are no longer referenced; failing to remove one is harmless.
         if let Ok(entries) = fs::read_dir(dir) {
             for entry in entries.flatten() {
@@ -913,70 +1291,94 @@ where
         Ok(())
     }
 
-    /// Reads and checks a checkpoint, then restores it; on error nothing is changed.
+    /// Reads and checks a checkpoint, compares its settings with this run's,
+    /// then restores it; on error nothing is changed.
     fn load_checkpoint(&mut self, dir: &Path) -> Result<(), BloError> {
         let json_path = io::join(dir, CheckpointState::STATE_FILE);
         let (state, theta) = read_checkpoint::<F>(dir)?;
-        let bad = |path: &Path, reason: String| BloError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
+        let here = self.settings();
+        let mismatch = |d: &SettingDiff| BloError::SettingsMismatch {
+            path: json_path.clone(),
+            field: d.field.clone(),
+            checkpoint: d.checkpoint.clone(),
+            run: d.run.clone(),
         };
-        let expect = |what: &str, stored: String, here: String| -> Result<(), BloError> {
-            if stored == here {
-                Ok(())
-            } else {
-                Err(bad(
-                    &json_path,
-                    format!("{what} is {stored} in the checkpoint but {here} in this run"),
-                ))
+        // θ's names and shapes decide what the files mean: never forced.
+        let stored_theta = state
+            .param_names
+            .iter()
+            .zip(&state.param_shapes)
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if stored_theta != here["theta"] {
+            return Err(mismatch(&SettingDiff {
+                field: "theta".into(),
+                checkpoint: stored_theta,
+                run: here["theta"].clone(),
+            }));
+        }
+        let diffs: Vec<SettingDiff> = match &state.settings {
+            None => vec![SettingDiff {
+                field: "settings".into(),
+                checkpoint: format!("(none recorded: format {})", state.format),
+                run: format!("{} settings", here.len()),
+            }],
+            Some(stored) => {
+                let keys: std::collections::BTreeSet<&String> =
+                    stored.keys().chain(here.keys()).collect();
+                keys.into_iter()
+                    .filter_map(|k| {
+                        let a = stored.get(k).map_or(ABSENT, String::as_str);
+                        let b = here.get(k).map_or(ABSENT, String::as_str);
+                        (a != b).then(|| SettingDiff {
+                            field: k.clone(),
+                            checkpoint: a.into(),
+                            run: b.into(),
+                        })
+                    })
+                    .collect()
             }
         };
-        expect("seed", state.seed.to_string(), self.seed.to_string())?;
-        expect(
-            "meta-batch size",
-            state.meta_batch.to_string(),
-            self.meta_batch.to_string(),
-        )?;
-        expect("estimator", state.estimator.clone(), self.estimator.name())?;
-        expect(
-            "parameter names",
-            format!("{:?}", state.param_names),
-            format!("{:?}", self.names),
-        )?;
-        let shapes: Vec<Vec<usize>> = self.theta.iter().map(|t| t.dims().to_vec()).collect();
-        expect(
-            "parameter shapes",
-            format!("{:?}", state.param_shapes),
-            format!("{shapes:?}"),
-        )?;
-        for (name, buf) in &state.optimiser.buffers {
-            let idx = name
-                .rsplit('.')
-                .next()
-                .and_then(|s| s.parse::<usize>().ok());
-            if let Some(i) = idx {
-                if i >= shapes.len() || buf.shape != shapes[i] {
-                    return Err(bad(
-                        &json_path,
-                        format!(
-                            "optimiser buffer {name:?} has shape {:?}, which fits no θ tensor",
-                            buf.shape
-                        ),
-                    ));
-                }
-            }
+        if let Some(d) = diffs.first().filter(|_| !self.force) {
+            return Err(mismatch(d));
         }
         // Restore the estimator last-but-one and the optimiser last, undoing on failure.
+        let mut opt_state = state.optimiser.clone();
+        if self.force {
+            // Continue with this run's hyperparameters, the saved counter and moments.
+            opt_state.config = self.optimiser.state().config;
+        }
         let saved_opt = self.optimiser.state();
         self.optimiser
-            .load_state(&state.optimiser)
-            .map_err(|e| bad(&json_path, e))?;
-        if let Err(e) = self.estimator.load_state(&state.estimator_state) {
-            self.optimiser
-                .load_state(&saved_opt)
-                .expect("restoring the optimiser's own state");
-            return Err(bad(&json_path, e));
+            .load_state(&opt_state)
+            .map_err(|e| field_err(&json_path, "optimiser", &state.optimiser.kind, e))?;
+        let restore_estimator = !self.force || state.estimator == self.estimator.name();
+        if restore_estimator {
+            if let Err(e) = self.estimator.load_state(&state.estimator_state) {
+                self.optimiser
+                    .load_state(&saved_opt)
+                    .expect("restoring the optimiser's own state");
+                let mut value: String = state.estimator_state.to_string();
+                if value.chars().count() > 300 {
+                    value = value.chars().take(300).chain(['…']).collect();
+                }
+                return Err(field_err(&json_path, "estimator_state", value, e));
+            }
         }
+        for d in &diffs {
+            eprintln!(
+                "blo: resume forced: {}: setting {} is {} in the checkpoint but {} in this run; continuing with this run's",
+                json_path.display(),
+                d.field,
+                d.checkpoint,
+                d.run
+            );
+        }
+        if !restore_estimator {
+            eprintln!("blo: resume forced: the estimator differs, its saved state is not restored");
+        }
+        self.overrides = diffs;
         self.theta = theta;
         self.step = state.step;
         self.elapsed_before = state.elapsed_seconds;

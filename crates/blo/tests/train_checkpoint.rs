@@ -157,7 +157,13 @@ fn resume_err(
     let before = bits(t.theta());
     let e = t.run().unwrap_err();
     assert!(
-        matches!(e, BloError::Corrupt { .. } | BloError::Io { .. }),
+        matches!(
+            e,
+            BloError::Corrupt { .. }
+                | BloError::Io { .. }
+                | BloError::CheckpointField { .. }
+                | BloError::SettingsMismatch { .. }
+        ),
         "{e:?}"
     );
     assert_eq!(t.step(), 0, "nothing restored on error");
@@ -213,7 +219,7 @@ fn mismatched_run_is_reported() {
         trainer(vec![Tensor::vector(vec![0.0; 4]), Tensor::scalar(0.0)]),
     );
     assert!(
-        e.contains(&json) && e.contains("parameter shapes") && e.contains("[4]"),
+        e.contains(&json) && e.contains("setting theta is") && e.contains("theta.0 [4]"),
         "{e}"
     );
     // Other seed.
@@ -221,7 +227,10 @@ fn mismatched_run_is_reported() {
     assert!(e.contains("seed is 42 in the checkpoint but 43"), "{e}");
     // Other meta-batch.
     let e = resume_err(&dir, trainer(theta0()).meta_batch(6));
-    assert!(e.contains("meta-batch size"), "{e}");
+    assert!(
+        e.contains("setting meta_batch is 5 in the checkpoint but 6"),
+        "{e}"
+    );
     // Other optimiser configuration.
     let t = Trainer::new(
         QuadMaml::new(0.1, 3),
@@ -235,7 +244,7 @@ fn mismatched_run_is_reported() {
     .progress(false);
     let e = resume_err(&dir, t);
     assert!(
-        e.contains("optimiser configuration") && e.contains("0.07"),
+        e.contains("setting optimiser.config") && e.contains("0.07"),
         "{e}"
     );
     // θ file from another checkpoint (a torn pair).

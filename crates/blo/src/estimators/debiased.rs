@@ -346,33 +346,48 @@ where
         )
     }
 
+    /// Fixed q: `null`. Adaptive: q and the four moving averages (m, t) as
+    /// bit patterns, plus the parameters q_min and decay (so a resumed run
+    /// with other parameters is refused).
     fn save_state(&self) -> serde_json::Value {
         match self.choice {
             QChoice::Fixed(_) => serde_json::Value::Null,
-            QChoice::Adaptive(_) => {
+            QChoice::Adaptive(p) => {
                 let m = &self.moments;
                 let e = |x: &Ema| serde_json::json!([x.m.to_bits(), x.t]);
                 serde_json::json!({
                     "q": self.q.to_bits(),
                     "d2": e(&m.d2), "v2": e(&m.v2), "c_det": e(&m.c_det), "c_rnd": e(&m.c_rnd),
+                    "q_min": p.q_min.to_bits(), "decay": p.decay.to_bits(),
                 })
             }
         }
     }
 
+    /// Restores [`Estimator::save_state`]'s output after checking it is a state
+    /// the adaptive scheme can reach: q ∈ [q_min, 1] (NaN refused: `rng < NaN`
+    /// is always false, so a NaN q would silently never run the exact branch),
+    /// every moving average finite and ≥ 0 (they average costs and squared
+    /// norms), the counters of D², V² and C_rnd equal (pushed together, once
+    /// per exact branch) and at most C_det's (pushed once per estimate), an
+    /// average with no samples zero, and q_min and decay (when recorded) equal
+    /// to this estimator's. Nothing is changed on error.
     fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
-        if let QChoice::Fixed(_) = self.choice {
-            return if state.is_null() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "fixed-q estimator keeps no state, checkpoint holds {state}"
-                ))
-            };
-        }
+        let p = match self.choice {
+            QChoice::Fixed(_) => {
+                return if state.is_null() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "fixed-q estimator keeps no state, checkpoint holds {state}"
+                    ))
+                };
+            }
+            QChoice::Adaptive(p) => p,
+        };
         let bits = |v: &serde_json::Value, what: &str| {
             v.as_u64()
-                .ok_or_else(|| format!("adaptive UFO state: {what} is not a u64 bit pattern"))
+                .ok_or_else(|| format!("adaptive UFO state: {what} = {v} is not a u64 bit pattern"))
         };
         let ema = |name: &str| -> Result<Ema, String> {
             let a = state
@@ -380,21 +395,60 @@ where
                 .and_then(|v| v.as_array())
                 .filter(|a| a.len() == 2)
                 .ok_or_else(|| format!("adaptive UFO state: missing or malformed {name}"))?;
-            Ok(Ema {
+            let e = Ema {
                 m: f64::from_bits(bits(&a[0], name)?),
                 t: bits(&a[1], name)?,
-            })
+            };
+            if !(e.m.is_finite() && e.m >= 0.0) {
+                return Err(format!(
+                    "adaptive UFO state: {name} moving average = {} (bits {:#x}): must be finite and >= 0",
+                    e.m,
+                    e.m.to_bits()
+                ));
+            }
+            if e.t == 0 && e.m != 0.0 {
+                return Err(format!(
+                    "adaptive UFO state: {name} moving average = {} with 0 samples: must be 0",
+                    e.m
+                ));
+            }
+            Ok(e)
         };
         let q = f64::from_bits(bits(
             state.get("q").ok_or("adaptive UFO state: missing q")?,
             "q",
         )?);
-        self.moments = Moments {
+        if !(q >= p.q_min && q <= 1.0) {
+            return Err(format!(
+                "adaptive UFO state: q = {q} (bits {:#x}): must lie in [q_min, 1] = [{}, 1]",
+                q.to_bits(),
+                p.q_min
+            ));
+        }
+        for (name, want) in [("q_min", p.q_min), ("decay", p.decay)] {
+            if let Some(v) = state.get(name) {
+                let got = f64::from_bits(bits(v, name)?);
+                if got.to_bits() != want.to_bits() {
+                    return Err(format!(
+                        "adaptive UFO state: {name} = {got} in the checkpoint, {want} in this estimator"
+                    ));
+                }
+            }
+        }
+        let moments = Moments {
             d2: ema("d2")?,
             v2: ema("v2")?,
             c_det: ema("c_det")?,
             c_rnd: ema("c_rnd")?,
         };
+        let (d, v, c, r) = (moments.d2.t, moments.v2.t, moments.c_det.t, moments.c_rnd.t);
+        if d != v || d != r || d > c {
+            return Err(format!(
+                "adaptive UFO state: sample counters d2 {d}, v2 {v}, c_rnd {r}, c_det {c}: \
+                 d2, v2 and c_rnd count the exact branches (equal), c_det every estimate (>= them)"
+            ));
+        }
+        self.moments = moments;
         self.q = q;
         Ok(())
     }
