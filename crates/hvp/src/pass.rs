@@ -39,9 +39,10 @@ pub enum Seed<'a, F> {
     Constant,
 }
 
-/// The leaves of a pass's inputs, in order (inline up to 8: problems rarely
-/// have more input tensors, so collecting them does not allocate).
-pub type Leaves<'t, T> = SmallVec<[Var<'t, T>; 8]>;
+/// The leaves of a pass's inputs, in order (inline up to 32: a bilevel pass
+/// records θ and φ together, and models rarely have more than 16 tensors
+/// each, so collecting them does not allocate).
+pub type Leaves<'t, T> = SmallVec<[Var<'t, T>; 32]>;
 
 /// A recorded and swept scalar function: its value and, per input, the
 /// adjoint read in place from the tape.

@@ -119,7 +119,7 @@ pub struct InnerWorkspace<F: Float> {
 }
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
-pub(crate) type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 8]>;
+pub(crate) type Adjoints<'t, T> = SmallVec<[Option<Ref<'t, [T]>>; 16]>;
 
 pub(crate) fn non_finite(what: &'static str, step: usize) -> BloError {
     BloError::NonFinite {
