@@ -71,6 +71,9 @@
 //!   through Φ_0), the losses as `hvp` objectives ([`InnerObjective`],
 //!   [`OuterObjective`]), [`rollout`], [`meta_loss`], [`check_hypergradient`].
 //! - Meta-training ([`Trainer`], outer optimisers) and checkpoint files ([`io`]).
+//! - Single-loop stochastic bilevel solvers ([`solvers`]: SOBA, AmIGO, F2SA,
+//!   BOME) with a warm-started, checkpointable state, and the benchmark
+//!   problems of benchopt's `benchmark_bilevel` ([`problems`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
 //! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
@@ -82,6 +85,8 @@ pub mod estimators;
 pub mod io;
 pub mod outer;
 pub mod problem;
+pub mod problems;
+pub mod solvers;
 pub mod train;
 
 pub use engine::objective::{InnerObjective, OuterObjective};
