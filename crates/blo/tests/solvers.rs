@@ -286,6 +286,27 @@ fn bome_step_matches_the_closed_form() {
     );
 }
 
+/// The barrier multiplier: ∇f already decreasing ψ fast enough (⟨∇f, ∇ψ⟩ ≥
+/// η‖∇ψ‖²) gives λ = 0; against ∇ψ it is η + |⟨∇f, ∇ψ⟩|/‖∇ψ‖²; ∇ψ = 0 gives 0.
+#[test]
+fn bome_multiplier_is_the_dynamic_barrier() {
+    let bome = Bome::new(c(0.1), 1, 0.5, c(0.1)).unwrap();
+    let t = |x: &[f64]| vec![Tensor::vector(x.to_vec())];
+    let (psi_x, psi_y) = (t(&[1.0, 0.0]), t(&[0.0, 2.0])); // ‖∇ψ‖² = 5
+    let along = (t(&[3.0, 0.0]), t(&[0.0, 6.0])); // ⟨∇f, ∇ψ⟩ = 15
+    assert_eq!(bome.multiplier((&along.0, &along.1), (&psi_x, &psi_y)), 0.0);
+    let against = (t(&[-1.0, 0.0]), t(&[0.0, -2.0])); // ⟨∇f, ∇ψ⟩ = −5
+    assert_eq!(
+        bome.multiplier((&against.0, &against.1), (&psi_x, &psi_y)),
+        1.5
+    );
+    let zero = (t(&[0.0, 0.0]), t(&[0.0, 0.0]));
+    assert_eq!(
+        bome.multiplier((&against.0, &against.1), (&zero.0, &zero.1)),
+        0.0
+    );
+}
+
 // ---------------------------------------------------------------------------
 // SOBA's and AmIGO's products against the exact estimator's.
 
