@@ -141,7 +141,8 @@ pub struct Reference {
 }
 
 /// [`Reference`] at θ, starting Newton from `phi` (a warm start), until the
-/// inner gradient norm is below `tol`.
+/// inner gradient norm is below `tol` (absolute; near 1e-10 for losses of
+/// order one is what f64 rounding allows).
 ///
 /// # Errors
 /// [`BloError::NotConverged`] after 100 Newton steps; [`BloError::SolverFailed`]
@@ -177,16 +178,20 @@ pub fn reference<P: Problem<f64, Task = ()>>(
         }
         let h = hvp::dense_hessian(&of_phi, &phi);
         let step = spd_solve(h.data(), n, &gf)?;
-        // Backtracking on the inner loss (a full step once close).
-        let mut t = 1.0;
+        // Backtracking on the inner loss while far from φ*; near it (where the
+        // loss differences drown in rounding) the full Newton step.
         let x = hvp::flatten(&phi);
+        let decrease: f64 = gf.iter().zip(&step).map(|(a, b)| a * b).sum();
+        let mut t = 1.0;
         loop {
             let cand: Vec<f64> = x.iter().zip(&step).map(|(a, b)| a - t * b).collect();
             let cand = hvp::unflatten(&cand, &phi);
+            if gn < 1e-4 || t < 1e-8 {
+                phi = cand;
+                break;
+            }
             let (lc, _) = ws.value_and_grad(&of_phi, &cand);
-            if lc <= l - 1e-4 * t * gf.iter().zip(&step).map(|(a, b)| a * b).sum::<f64>()
-                || t < 1e-10
-            {
+            if lc <= l - 1e-4 * t * decrease {
                 phi = cand;
                 break;
             }
