@@ -94,7 +94,11 @@ struct Args {
 trait Bench: Problem<f64, Task = ()> {
     fn start(&self) -> Vec<Tensor<f64>>;
     /// (h(θ), ‖∇h(θ)‖); `warm` is the previous φ*, updated.
-    fn evaluate(&self, theta: &[Tensor<f64>], warm: &mut Option<Vec<Tensor<f64>>>) -> Result<(f64, f64), BloError>;
+    fn evaluate(
+        &self,
+        theta: &[Tensor<f64>],
+        warm: &mut Option<Vec<Tensor<f64>>>,
+    ) -> Result<(f64, f64), BloError>;
     /// The solvers' and estimators' step sizes: (inner ρ, outer γ).
     fn steps(&self) -> (f64, f64);
 }
@@ -103,7 +107,11 @@ impl Bench for Quadratic {
     fn start(&self) -> Vec<Tensor<f64>> {
         self.theta0()
     }
-    fn evaluate(&self, theta: &[Tensor<f64>], _: &mut Option<Vec<Tensor<f64>>>) -> Result<(f64, f64), BloError> {
+    fn evaluate(
+        &self,
+        theta: &[Tensor<f64>],
+        _: &mut Option<Vec<Tensor<f64>>>,
+    ) -> Result<(f64, f64), BloError> {
         let t = theta[0].data();
         let g = self.hypergradient(t);
         Ok((self.value(t), g.iter().map(|x| x * x).sum::<f64>().sqrt()))
@@ -129,7 +137,11 @@ impl Bench for L2Logreg {
     fn start(&self) -> Vec<Tensor<f64>> {
         self.theta0()
     }
-    fn evaluate(&self, theta: &[Tensor<f64>], warm: &mut Option<Vec<Tensor<f64>>>) -> Result<(f64, f64), BloError> {
+    fn evaluate(
+        &self,
+        theta: &[Tensor<f64>],
+        warm: &mut Option<Vec<Tensor<f64>>>,
+    ) -> Result<(f64, f64), BloError> {
         let d = theta[0].numel();
         evaluate_by_reference(self, theta, warm, vec![Tensor::zeros(&[d][..])])
     }
@@ -142,7 +154,11 @@ impl Bench for HyperCleaning {
     fn start(&self) -> Vec<Tensor<f64>> {
         self.theta0()
     }
-    fn evaluate(&self, theta: &[Tensor<f64>], warm: &mut Option<Vec<Tensor<f64>>>) -> Result<(f64, f64), BloError> {
+    fn evaluate(
+        &self,
+        theta: &[Tensor<f64>],
+        warm: &mut Option<Vec<Tensor<f64>>>,
+    ) -> Result<(f64, f64), BloError> {
         let shape = self.phi_shape();
         evaluate_by_reference(self, theta, warm, vec![Tensor::zeros(&shape[..])])
     }
@@ -177,14 +193,24 @@ fn due(cost: f64, next: &mut f64, budget: f64) -> bool {
 }
 
 fn run_solver<S: Solver<f64>, P: Bench>(name: &str, s: &S, p: &P, budget: f64) -> Run {
-    let mut out = Run { name: name.to_string(), points: Vec::new(), error: None };
+    let mut out = Run {
+        name: name.to_string(),
+        points: Vec::new(),
+        error: None,
+    };
     let mut ws = SolverWorkspace::new();
     let mut warm = None;
-    let mut record = |st: &SolverState<f64>, time: f64, warm: &mut Option<_>| -> Result<(), BloError> {
-        let (h, grad_norm) = p.evaluate(&st.theta, warm)?;
-        out.points.push(Point { cost: st.work.cost(), time, h, grad_norm });
-        Ok(())
-    };
+    let mut record =
+        |st: &SolverState<f64>, time: f64, warm: &mut Option<_>| -> Result<(), BloError> {
+            let (h, grad_norm) = p.evaluate(&st.theta, warm)?;
+            out.points.push(Point {
+                cost: st.work.cost(),
+                time,
+                h,
+                grad_norm,
+            });
+            Ok(())
+        };
     let result = (|| {
         let mut st = s.init(&mut ws, p, &(), p.start())?;
         record(&st, 0.0, &mut warm)?;
@@ -203,15 +229,30 @@ fn run_solver<S: Solver<f64>, P: Bench>(name: &str, s: &S, p: &P, budget: f64) -
     out
 }
 
-fn run_estimator<P: Bench, E: Estimator<f64, P>>(name: &str, e: &E, p: &P, budget: f64, seed: u64) -> Run {
-    let mut out = Run { name: name.to_string(), points: Vec::new(), error: None };
+fn run_estimator<P: Bench, E: Estimator<f64, P>>(
+    name: &str,
+    e: &E,
+    p: &P,
+    budget: f64,
+    seed: u64,
+) -> Run {
+    let mut out = Run {
+        name: name.to_string(),
+        points: Vec::new(),
+        error: None,
+    };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let (_, gamma) = p.steps();
     let mut warm = None;
     let result = (|| {
         let mut theta = p.start();
         let (h, grad_norm) = p.evaluate(&theta, &mut warm)?;
-        out.points.push(Point { cost: 0.0, time: 0.0, h, grad_norm });
+        out.points.push(Point {
+            cost: 0.0,
+            time: 0.0,
+            h,
+            grad_norm,
+        });
         let (mut cost, mut time, mut next) = (0.0, 0.0, budget / 40.0);
         while cost < budget {
             let t0 = Instant::now();
@@ -225,7 +266,12 @@ fn run_estimator<P: Bench, E: Estimator<f64, P>>(name: &str, e: &E, p: &P, budge
             cost += est.stats.cost();
             if due(cost, &mut next, budget) || cost >= budget {
                 let (h, grad_norm) = p.evaluate(&theta, &mut warm)?;
-                out.points.push(Point { cost, time, h, grad_norm });
+                out.points.push(Point {
+                    cost,
+                    time,
+                    h,
+                    grad_norm,
+                });
             }
         }
         Ok::<(), BloError>(())
@@ -238,10 +284,21 @@ fn compare<P: Bench>(p: &P, a: &Args, label: &str) -> Result<Vec<Run>, BloError>
     let (rho, gamma) = p.steps();
     let b = a.budget;
     let mut runs = vec![
-        run_solver("SOBA", &Soba::new(StepSize::constant(rho), StepSize::constant(gamma))?, p, b),
+        run_solver(
+            "SOBA",
+            &Soba::new(StepSize::constant(rho), StepSize::constant(gamma))?,
+            p,
+            b,
+        ),
         run_solver(
             "AmIGO",
-            &Amigo::new(StepSize::constant(rho), rho, 5, 5, StepSize::constant(gamma))?,
+            &Amigo::new(
+                StepSize::constant(rho),
+                rho,
+                5,
+                5,
+                StepSize::constant(gamma),
+            )?,
             p,
             b,
         ),
@@ -256,15 +313,44 @@ fn compare<P: Bench>(p: &P, a: &Args, label: &str) -> Result<Vec<Run>, BloError>
             p,
             b,
         ),
-        run_solver("BOME", &Bome::new(StepSize::constant(rho), 10, 0.5, StepSize::constant(gamma))?, p, b),
+        run_solver(
+            "BOME",
+            &Bome::new(StepSize::constant(rho), 10, 0.5, StepSize::constant(gamma))?,
+            p,
+            b,
+        ),
     ];
-    runs.push(run_estimator("exact (unrolled)", &Exact::new(Policy::StoreAll)?, p, b, a.seed));
-    runs.push(run_estimator("first order", &FirstOrder::new(), p, b, a.seed));
-    runs.push(run_estimator("UFO-BLO q=0.2", &Ufo::fixed(0.2)?, p, b, a.seed));
+    runs.push(run_estimator(
+        "exact (unrolled)",
+        &Exact::new(Policy::StoreAll)?,
+        p,
+        b,
+        a.seed,
+    ));
+    runs.push(run_estimator(
+        "first order",
+        &FirstOrder::new(),
+        p,
+        b,
+        a.seed,
+    ));
+    runs.push(run_estimator(
+        "UFO-BLO q=0.2",
+        &Ufo::fixed(0.2)?,
+        p,
+        b,
+        a.seed,
+    ));
     // The implicit estimator needs a stationary φ_r: r inner steps reach a
     // relative inner gradient of a few 1e-2 on the logistic problems, so that is the tolerance
     // stated (its bias grows with it).
-    runs.push(run_estimator("implicit (CG)", &Implicit::ift().stationarity_tol(5e-2)?, p, b, a.seed));
+    runs.push(run_estimator(
+        "implicit (CG)",
+        &Implicit::ift().stationarity_tol(5e-2)?,
+        p,
+        b,
+        a.seed,
+    ));
     plot(&runs, &a.figures, label);
     Ok(runs)
 }
@@ -275,16 +361,33 @@ fn plot(runs: &[Run], dir: &Path, label: &str) {
         return;
     }
     let series = |f: &dyn Fn(&Point) -> (f64, f64)| -> Vec<Series> {
-        runs.iter().map(|r| Series::new(&r.name, r.points.iter().map(f).collect())).collect()
+        runs.iter()
+            .map(|r| Series::new(&r.name, r.points.iter().map(f).collect()))
+            .collect()
     };
     let h_min = runs
         .iter()
         .flat_map(|r| r.points.iter().map(|p| p.h))
         .fold(f64::INFINITY, f64::min);
     let figs = [
-        ("objective", "gradient-equivalents", "h(θ) − min over all runs + 1e-12", series(&|p| (p.cost, p.h - h_min + 1e-12))),
-        ("gradnorm", "gradient-equivalents", "‖∇h(θ)‖", series(&|p| (p.cost, p.grad_norm))),
-        ("time", "seconds (outer steps only)", "‖∇h(θ)‖", series(&|p| (p.time, p.grad_norm))),
+        (
+            "objective",
+            "gradient-equivalents",
+            "h(θ) − min over all runs + 1e-12",
+            series(&|p| (p.cost, p.h - h_min + 1e-12)),
+        ),
+        (
+            "gradnorm",
+            "gradient-equivalents",
+            "‖∇h(θ)‖",
+            series(&|p| (p.cost, p.grad_norm)),
+        ),
+        (
+            "time",
+            "seconds (outer steps only)",
+            "‖∇h(θ)‖",
+            series(&|p| (p.time, p.grad_norm)),
+        ),
     ];
     for (name, x, y, s) in figs {
         let path = dir.join(format!("bilevel_{label}_{name}.svg"));
@@ -309,7 +412,10 @@ fn table(runs: &[Run]) {
     );
     for r in runs {
         let last = r.points.last();
-        let quarter = r.points.iter().find(|p| p.cost >= r.points.last().map_or(0.0, |l| l.cost) / 4.0);
+        let quarter = r
+            .points
+            .iter()
+            .find(|p| p.cost >= r.points.last().map_or(0.0, |l| l.cost) / 4.0);
         match last {
             Some(p) => println!(
                 "{:<18} {:>12.0} {:>12} {:>14.8} {:>12.3e} {:>12.3e}",
@@ -381,7 +487,12 @@ fn trace_on<P: Problem<f64, Task = ()>>(
             (hyper, traj, t)
         }
         Traced::F2sa => {
-            let s = F2sa::new(StepSize::constant(rho), StepSize::constant(rho), StepSize::constant(gamma), penalty)?;
+            let s = F2sa::new(
+                StepSize::constant(rho),
+                StepSize::constant(rho),
+                StepSize::constant(gamma),
+                penalty,
+            )?;
             let hyper = serde_json::json!({
                 "method": "f2sa", "rho_y": rho, "rho_z": rho, "gamma": gamma,
                 "lambda0": penalty.lambda0, "growth": penalty.growth, "lambda_max": penalty.lambda_max,
@@ -455,10 +566,14 @@ fn main() -> ExitCode {
             let p = p.with_inner_loop(inner(0.1)?);
             compare(&p, &a, "logreg")
         }),
-        Which::Cleaning => HyperCleaning::generate(10, 4, 100, 200, a.corruption, a.batches, a.seed).and_then(|p| {
-            let p = p.with_inner_loop(inner(0.5)?);
-            compare(&p, &a, "cleaning")
-        }),
+        Which::Cleaning => {
+            HyperCleaning::generate(10, 4, 100, 200, a.corruption, a.batches, a.seed).and_then(
+                |p| {
+                    let p = p.with_inner_loop(inner(0.5)?);
+                    compare(&p, &a, "cleaning")
+                },
+            )
+        }
     };
     match result {
         Ok(runs) => {

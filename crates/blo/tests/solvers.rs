@@ -432,7 +432,7 @@ fn soba_and_amigo_products_agree_with_the_exact_estimator() {
     products_agree_with_exact(&lr, theta, phi);
     let hc = HyperCleaning::generate(4, 3, 12, 10, 0.5, 1, 3).unwrap();
     let theta = vec![Tensor::vector(randn(&mut r, 12))];
-    let phi = vec![Tensor::new(&[4, 3], randn(&mut r, 12))];
+    let phi = vec![Tensor::new([4, 3], randn(&mut r, 12))];
     products_agree_with_exact(&hc, theta, phi);
 }
 

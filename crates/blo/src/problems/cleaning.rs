@@ -76,7 +76,7 @@ impl HyperCleaning {
             || n_train == 0
             || n_val == 0
             || batches == 0
-            || n_train % batches != 0
+            || !n_train.is_multiple_of(batches)
         {
             return Err(BloError::invalid(
                 "HyperCleaning sizes",
@@ -113,7 +113,7 @@ impl HyperCleaning {
         }
         let nb = n_train / batches;
         let train_x = (0..batches)
-            .map(|b| Tensor::new(&[nb, d], tx[b * nb * d..(b + 1) * nb * d].to_vec()))
+            .map(|b| Tensor::new([nb, d], tx[b * nb * d..(b + 1) * nb * d].to_vec()))
             .collect();
         let train_y = (0..batches)
             .map(|b| noisy[b * nb..(b + 1) * nb].to_vec())
@@ -125,7 +125,7 @@ impl HyperCleaning {
             batches,
             train_x,
             train_y,
-            val_x: Tensor::new(&[n_val, d], vx),
+            val_x: Tensor::new([n_val, d], vx),
             val_y: vy,
             corrupted,
             mu: 1e-2,

@@ -74,7 +74,7 @@ impl L2Logreg {
                 "sizes must be ≥ 1 and informative ≤ d",
             ));
         }
-        if n_train % batches != 0 {
+        if !n_train.is_multiple_of(batches) {
             return Err(BloError::invalid(
                 "L2Logreg batches",
                 batches,
@@ -95,12 +95,12 @@ impl L2Logreg {
         let val = samples(&mut r, n_val, &w);
         let nb = n_train / batches;
         let train = (0..batches)
-            .map(|b| Tensor::new(&[nb, d], train[b * nb * d..(b + 1) * nb * d].to_vec()))
+            .map(|b| Tensor::new([nb, d], train[b * nb * d..(b + 1) * nb * d].to_vec()))
             .collect();
         Ok(L2Logreg {
             d,
             train,
-            val: Tensor::new(&[n_val, d], val),
+            val: Tensor::new([n_val, d], val),
             inner: InnerLoop::sgd(batches.max(50), 0.5)?,
         })
     }

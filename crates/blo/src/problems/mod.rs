@@ -71,7 +71,7 @@ pub fn spd_solve(s: &[f64], n: usize, b: &[f64]) -> Result<Vec<f64>, BloError> {
                 sum -= l[i * n + k] * l[j * n + k];
             }
             if i == j {
-                if !(sum > 0.0) {
+                if sum.is_nan() || sum <= 0.0 {
                     return Err(BloError::SolverFailed {
                         solver: "spd_solve (Cholesky)",
                         reason: format!("pivot {i} = {sum:e}: the matrix is not positive definite"),

@@ -497,6 +497,9 @@ pub fn inner_products<F: Float, P: Problem<F>>(
     })
 }
 
+/// A loss and its gradients over (θ, φ).
+pub(crate) type LossGrads<F> = (F, Vec<Tensor<F>>, Vec<Tensor<F>>);
+
 /// One gradient of L_out over (θ, φ): (L_out, ∇_θ L_out, ∇_φ L_out).
 pub(crate) fn outer_gradient<F: Float, P: Problem<F>>(
     ws: &mut SolverWorkspace<F>,
@@ -505,7 +508,7 @@ pub(crate) fn outer_gradient<F: Float, P: Problem<F>>(
     theta: &[Tensor<F>],
     phi: &[Tensor<F>],
     work: &mut Work,
-) -> Result<(F, Vec<Tensor<F>>, Vec<Tensor<F>>), BloError> {
+) -> Result<LossGrads<F>, BloError> {
     let g = ws.inner.outer_grad(problem, task, theta, phi)?;
     work.gradients += 1;
     Ok((g.loss, g.theta, g.phi))
@@ -520,7 +523,7 @@ pub(crate) fn inner_gradient<F: Float, P: Problem<F>>(
     theta: &[Tensor<F>],
     phi: &[Tensor<F>],
     work: &mut Work,
-) -> Result<(F, Vec<Tensor<F>>, Vec<Tensor<F>>), BloError> {
+) -> Result<LossGrads<F>, BloError> {
     let mut x: Vec<Tensor<F>> = theta.to_vec();
     x.extend(phi.iter().cloned());
     let obj = crate::engine::objective::InnerObjective::joint(problem, task, j, theta.len());
