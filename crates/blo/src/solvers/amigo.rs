@@ -4,8 +4,8 @@
 use tape::{Float, Tensor};
 
 use super::{
-    add_to, check_count, check_finite, initial, inner_gradient_phi, inner_products, outer_gradient,
-    sub_scaled, zeros_like, Solver, SolverState, SolverStep, SolverWorkspace, StepSize, Work,
+    add_to, check_count, check_finite, initial_with_v, inner_gradient_phi, inner_products,
+    outer_gradient, sub_scaled, Solver, SolverState, SolverStep, SolverWorkspace, StepSize, Work,
 };
 use crate::error::BloError;
 use crate::problem::Problem;
@@ -85,10 +85,6 @@ impl<F: Float> Solver<F> for Amigo {
         "AmIGO"
     }
 
-    fn settings(&self) -> String {
-        format!("{self:?}")
-    }
-
     fn init<P: Problem<F>>(
         &self,
         ws: &mut SolverWorkspace<F>,
@@ -96,9 +92,7 @@ impl<F: Float> Solver<F> for Amigo {
         task: &P::Task,
         theta0: Vec<Tensor<F>>,
     ) -> Result<SolverState<F>, BloError> {
-        let mut s = initial(ws, problem, task, theta0)?;
-        s.v = zeros_like(&s.phi);
-        Ok(s)
+        initial_with_v(ws, problem, task, theta0)
     }
 
     fn step<P: Problem<F>>(
@@ -141,13 +135,6 @@ impl<F: Float> Solver<F> for Amigo {
         state.theta = theta;
         state.phi = phi;
         state.v = v;
-        state.commit(draws, work);
-        Ok(SolverStep {
-            iteration: k,
-            outer_loss: Some(outer_loss),
-            direction: d_theta,
-            outer_lr: gamma,
-            work,
-        })
+        Ok(state.commit(draws, work, Some(outer_loss), d_theta, gamma))
     }
 }

@@ -99,10 +99,6 @@ impl<F: Float> Solver<F> for Bome {
         "BOME"
     }
 
-    fn settings(&self) -> String {
-        format!("{self:?}")
-    }
-
     fn init<P: Problem<F>>(
         &self,
         ws: &mut SolverWorkspace<F>,
@@ -152,13 +148,6 @@ impl<F: Float> Solver<F> for Bome {
         check_finite("BOME update (θ or φ)", k, &[&theta, &phi])?;
         state.theta = theta;
         state.phi = phi;
-        state.commit(draws, work);
-        Ok(SolverStep {
-            iteration: k,
-            outer_loss: Some(outer_loss),
-            direction: d_theta,
-            outer_lr: gamma,
-            work,
-        })
+        Ok(state.commit(draws, work, Some(outer_loss), d_theta, gamma))
     }
 }

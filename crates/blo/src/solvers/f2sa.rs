@@ -210,10 +210,6 @@ impl<F: Float> Solver<F> for F2sa {
         "F2SA"
     }
 
-    fn settings(&self) -> String {
-        format!("{self:?}")
-    }
-
     fn init<P: Problem<F>>(
         &self,
         ws: &mut SolverWorkspace<F>,
@@ -274,13 +270,6 @@ impl<F: Float> Solver<F> for F2sa {
         state.theta = theta;
         state.phi = phi;
         state.z = z;
-        state.commit(draws, work);
-        Ok(SolverStep {
-            iteration: k,
-            outer_loss: None,
-            direction: d_theta,
-            outer_lr: gamma,
-            work,
-        })
+        Ok(state.commit(draws, work, None, d_theta, gamma))
     }
 }

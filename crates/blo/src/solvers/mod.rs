@@ -220,12 +220,28 @@ impl<F: Float> SolverState<F> {
         }
     }
 
-    /// Ends a successful outer step: the iteration counter advances, the
-    /// drawn indices and the work are recorded.
-    pub fn commit(&mut self, draws: Draws, work: Work) {
+    /// Ends a successful outer step k = `self.iteration`: the iteration
+    /// counter advances, the drawn indices and the work are recorded, and the
+    /// step's report is returned.
+    pub fn commit(
+        &mut self,
+        draws: Draws,
+        work: Work,
+        outer_loss: Option<F>,
+        direction: Vec<Tensor<F>>,
+        outer_lr: f64,
+    ) -> SolverStep<F> {
+        let iteration = self.iteration;
         self.iteration += 1;
         self.samples = draws.samples;
         self.work.add(work);
+        SolverStep {
+            iteration,
+            outer_loss,
+            direction,
+            outer_lr,
+            work,
+        }
     }
 }
 
@@ -333,13 +349,16 @@ impl<F: Float> SolverWorkspace<F> {
 
 /// A single-loop bilevel solver: a state created by [`Solver::init`] and
 /// advanced one outer step at a time by [`Solver::step`].
-pub trait Solver<F: Float> {
+pub trait Solver<F: Float>: std::fmt::Debug {
     /// The method's name (stored in checkpoints).
     fn name(&self) -> &'static str;
 
     /// The hyperparameters, as text (stored in checkpoints; a resume with
-    /// different settings is refused by [`load_state`]).
-    fn settings(&self) -> String;
+    /// different settings is refused by [`load_state`]). Default: the
+    /// solver's `Debug` form, which lists every hyperparameter.
+    fn settings(&self) -> String {
+        format!("{self:?}")
+    }
 
     /// The state at θ_0: φ = Φ_0(θ_0) ([`Problem::initial_state`]), plus the
     /// method's extra variables (v = 0, z = φ_0).
@@ -378,6 +397,18 @@ pub(crate) fn initial<F: Float, P: Problem<F>>(
 ) -> Result<SolverState<F>, BloError> {
     let phi = ws.inner.initial_state(problem, task, &theta0)?.phi;
     Ok(SolverState::new(theta0, phi))
+}
+
+/// φ = Φ_0(θ_0) and v = 0: the start of the methods with a linear system (SOBA, AmIGO).
+pub(crate) fn initial_with_v<F: Float, P: Problem<F>>(
+    ws: &mut SolverWorkspace<F>,
+    problem: &P,
+    task: &P::Task,
+    theta0: Vec<Tensor<F>>,
+) -> Result<SolverState<F>, BloError> {
+    let mut s = initial(ws, problem, task, theta0)?;
+    s.v = zeros_like(&s.phi);
+    Ok(s)
 }
 
 /// x ← x − s·d, elementwise over tensor lists of the same shapes.

@@ -4,7 +4,7 @@
 use tape::{Float, Tensor};
 
 use super::{
-    add_to, check_finite, initial, inner_products, outer_gradient, sub_scaled, zeros_like, Solver,
+    add_to, check_finite, initial_with_v, inner_products, outer_gradient, sub_scaled, Solver,
     SolverState, SolverStep, SolverWorkspace, StepSize, Work,
 };
 use crate::error::BloError;
@@ -61,10 +61,6 @@ impl<F: Float> Solver<F> for Soba {
         "SOBA"
     }
 
-    fn settings(&self) -> String {
-        format!("{self:?}")
-    }
-
     fn init<P: Problem<F>>(
         &self,
         ws: &mut SolverWorkspace<F>,
@@ -72,9 +68,7 @@ impl<F: Float> Solver<F> for Soba {
         task: &P::Task,
         theta0: Vec<Tensor<F>>,
     ) -> Result<SolverState<F>, BloError> {
-        let mut s = initial(ws, problem, task, theta0)?;
-        s.v = zeros_like(&s.phi);
-        Ok(s)
+        initial_with_v(ws, problem, task, theta0)
     }
 
     fn step<P: Problem<F>>(
@@ -114,13 +108,6 @@ impl<F: Float> Solver<F> for Soba {
         state.theta = theta;
         state.phi = phi;
         state.v = v;
-        state.commit(draw, work);
-        Ok(SolverStep {
-            iteration: k,
-            outer_loss: Some(outer_loss),
-            direction: d_theta,
-            outer_lr: gamma,
-            work,
-        })
+        Ok(state.commit(draw, work, Some(outer_loss), d_theta, gamma))
     }
 }
