@@ -4,10 +4,9 @@
 use tape::{Float, Real, Tape, Tensor, Var};
 
 use super::{
-    check_finite, initial, sub_scaled, Solver, SolverState, SolverStep, SolverWorkspace, StepSize,
-    Work,
+    check_finite, checked_grad, initial, sub_scaled, Solver, SolverState, SolverStep,
+    SolverWorkspace, StepSize, Work,
 };
-use crate::engine::step::tensors_finite;
 use crate::error::BloError;
 use crate::problem::Problem;
 
@@ -239,18 +238,13 @@ impl<F: Float> Solver<F> for F2sa {
         x.extend(state.phi.iter().cloned());
         x.extend(state.z.iter().cloned());
         let obj = PenaltyObjective::new(problem, task, j, lambda, nt, np);
-        let (value, mut g) = ws.ws.value_and_grad(&obj, &x);
-        let work = Work {
-            gradients: 3,
-            hvps: 0,
-        };
-        if !(value.is_finite() && tensors_finite(g.iter())) {
-            return Err(BloError::NonFinite {
-                what: "F2SA penalty L_out + λ(L_in(y) − L_in(z)) or its gradient",
-                task: 0,
-                step: j,
-            });
-        }
+        let mut work = Work::default();
+        let what = (
+            "F2SA penalty L_out + λ(L_in(y) − L_in(z)) or its gradient",
+            j,
+        );
+        // One pass recording f and g twice: 3 gradients.
+        let (_, mut g) = checked_grad(ws, &obj, &x, what, 3, &mut work)?;
         let g_z = g.split_off(nt + np);
         let g_y = g.split_off(nt);
         let d_theta = g;

@@ -68,6 +68,7 @@ use std::path::Path;
 
 use tape::{Float, Tensor};
 
+use crate::engine::objective::InnerObjective;
 use crate::engine::step::{tensors_finite, InnerWorkspace};
 use crate::error::BloError;
 use crate::io::{self, ExactTensor};
@@ -545,6 +546,32 @@ pub(crate) fn outer_gradient<F: Float, P: Problem<F>>(
     Ok((g.loss, g.theta, g.phi))
 }
 
+/// f(x) and ∇f(x) of any objective by one reverse pass, counted as `cost`
+/// gradients.
+///
+/// # Errors
+/// [`BloError::NonFinite`] naming `what` and the inner-loss index j if the
+/// value or a gradient is not finite.
+pub(crate) fn checked_grad<F: Float, O: hvp::Objective<F>>(
+    ws: &mut SolverWorkspace<F>,
+    obj: &O,
+    x: &[Tensor<F>],
+    (what, j): (&'static str, usize),
+    cost: u64,
+    work: &mut Work,
+) -> Result<(F, Vec<Tensor<F>>), BloError> {
+    let (l, g) = ws.ws.value_and_grad(obj, x);
+    work.gradients += cost;
+    if !(l.is_finite() && tensors_finite(g.iter())) {
+        return Err(BloError::NonFinite {
+            what,
+            task: 0,
+            step: j,
+        });
+    }
+    Ok((l, g))
+}
+
 /// One gradient of L_in(·, ·; j) over (θ, φ): (L_in, ∇_θ L_in, ∇_φ L_in).
 pub(crate) fn inner_gradient<F: Float, P: Problem<F>>(
     ws: &mut SolverWorkspace<F>,
@@ -557,17 +584,10 @@ pub(crate) fn inner_gradient<F: Float, P: Problem<F>>(
 ) -> Result<LossGrads<F>, BloError> {
     let mut x: Vec<Tensor<F>> = theta.to_vec();
     x.extend(phi.iter().cloned());
-    let obj = crate::engine::objective::InnerObjective::joint(problem, task, j, theta.len());
-    let (l, mut g) = ws.ws.value_and_grad(&obj, &x);
-    work.gradients += 1;
+    let obj = InnerObjective::joint(problem, task, j, theta.len());
+    let what = ("inner loss or gradient", j);
+    let (l, mut g) = checked_grad(ws, &obj, &x, what, 1, work)?;
     let gp = g.split_off(theta.len());
-    if !(l.is_finite() && tensors_finite(g.iter().chain(&gp))) {
-        return Err(BloError::NonFinite {
-            what: "inner loss or gradient",
-            task: 0,
-            step: j,
-        });
-    }
     Ok((l, g, gp))
 }
 
@@ -581,17 +601,8 @@ pub(crate) fn inner_gradient_phi<F: Float, P: Problem<F>>(
     phi: &[Tensor<F>],
     work: &mut Work,
 ) -> Result<(F, Vec<Tensor<F>>), BloError> {
-    let obj = crate::engine::objective::InnerObjective::of_phi(problem, task, j, theta);
-    let (l, g) = ws.ws.value_and_grad(&obj, phi);
-    work.gradients += 1;
-    if !(l.is_finite() && tensors_finite(g.iter())) {
-        return Err(BloError::NonFinite {
-            what: "inner loss or gradient",
-            task: 0,
-            step: j,
-        });
-    }
-    Ok((l, g))
+    let obj = InnerObjective::of_phi(problem, task, j, theta);
+    checked_grad(ws, &obj, phi, ("inner loss or gradient", j), 1, work)
 }
 
 /// Runs `steps` outer steps from `state`, calling `observe` after each.
