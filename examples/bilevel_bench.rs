@@ -76,6 +76,9 @@ struct Args {
     /// Where the figures go (`<problem>_objective.svg`, `<problem>_gradnorm.svg`, `<problem>_time.svg`).
     #[arg(long, default_value = "target/figures")]
     figures: PathBuf,
+    /// One JSON object per method (its last point) instead of the table.
+    #[arg(long)]
+    json: bool,
     /// Trace one solver for the JAX comparison instead (quadratic or logreg).
     #[arg(long, value_enum)]
     trace: Option<Traced>,
@@ -399,7 +402,7 @@ fn plot(runs: &[Run], dir: &Path, label: &str) {
             reference: None,
         };
         match line_plot_svg(&path, &spec, &s) {
-            Ok(()) => println!("figure: {}", path.display()),
+            Ok(()) => eprintln!("figure: {}", path.display()),
             Err(e) => eprintln!("bilevel_bench: {e}"),
         }
     }
@@ -576,6 +579,20 @@ fn main() -> ExitCode {
         }
     };
     match result {
+        Ok(runs) if a.json => {
+            for r in &runs {
+                let last = r.points.last();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "problem": format!("{:?}", a.problem).to_lowercase(), "method": r.name,
+                        "gradient_equivalents": last.map(|p| p.cost), "seconds": last.map(|p| p.time),
+                        "h": last.map(|p| p.h), "grad_norm": last.map(|p| p.grad_norm), "error": r.error,
+                    })
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Ok(runs) => {
             println!(
                 "{:?}, budget {} gradient-equivalents per method, r = {} inner steps for the unrolled estimators",
