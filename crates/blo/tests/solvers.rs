@@ -613,3 +613,95 @@ fn runs_are_bit_identical_for_any_thread_count() {
     };
     assert_eq!(at(1), at(4));
 }
+
+/// A diverging run stops with a typed error at the first non-finite value,
+/// and the failing step leaves the state as it was (no NaN is committed).
+#[test]
+fn divergence_is_a_typed_error_and_leaves_the_state_unchanged() {
+    let q = quad(0);
+    let soba = Soba::new(c(10.0), c(10.0)).unwrap(); // far beyond 2/λ_max(A)
+    let mut ws = SolverWorkspace::new();
+    let mut st = soba.init(&mut ws, &q, &(), q.theta0()).unwrap();
+    for k in 0..10_000 {
+        let before = st.clone();
+        match soba.step(&mut ws, &q, &(), &mut st) {
+            Ok(_) => assert!(bits(&st).iter().all(|&b| f64::from_bits(b).is_finite())),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        BloError::NonFinite { .. } | BloError::NonFiniteEstimate { .. }
+                    ),
+                    "{e}"
+                );
+                assert_eq!(bits(&st), bits(&before), "step {k} changed the state");
+                assert_eq!(
+                    (st.iteration, st.samples, st.work),
+                    (before.iteration, before.samples, before.work)
+                );
+                return;
+            }
+        }
+    }
+    panic!("SOBA with ρ = γ = 10 did not diverge");
+}
+
+/// An update that overflows although every loss and product was finite (a
+/// step of 1e308 along a direction of order 100) is refused by the check of the updated variables.
+#[test]
+fn an_overflowing_update_is_refused() {
+    let q = quad(0);
+    let solvers: [(
+        &str,
+        Box<dyn Fn(&mut SolverState<f64>) -> Result<(), BloError>>,
+    ); 4] = [
+        (
+            "SOBA",
+            Box::new(|s| {
+                Soba::new(c(0.1), c(1e308))
+                    .unwrap()
+                    .step(&mut SolverWorkspace::new(), &q, &(), s)
+                    .map(drop)
+            }),
+        ),
+        (
+            "AmIGO",
+            Box::new(|s| {
+                Amigo::new(c(0.1), 0.1, 1, 1, c(1e308))
+                    .unwrap()
+                    .step(&mut SolverWorkspace::new(), &q, &(), s)
+                    .map(drop)
+            }),
+        ),
+        (
+            "F2SA",
+            Box::new(|s| {
+                let pen = Penalty::new(1.0, 1.0, 10.0).unwrap();
+                F2sa::new(c(0.1), c(0.1), c(1e308), pen)
+                    .unwrap()
+                    .step(&mut SolverWorkspace::new(), &q, &(), s)
+                    .map(drop)
+            }),
+        ),
+        (
+            "BOME",
+            Box::new(|s| {
+                Bome::new(c(0.1), 1, 0.5, c(1e308))
+                    .unwrap()
+                    .step(&mut SolverWorkspace::new(), &q, &(), s)
+                    .map(drop)
+            }),
+        ),
+    ];
+    for (name, step) in solvers {
+        let mut st = random_state(&q, 3);
+        // ‖D_θ‖_∞ ≫ 1.8, so γ D_θ overflows.
+        st.theta[0] = st.theta[0].map(|x| 100.0 * x);
+        let before = st.clone();
+        match step(&mut st) {
+            Err(BloError::NonFiniteEstimate { outer_step: 0, .. }) => {}
+            other => panic!("{name}: expected NonFiniteEstimate at outer step 0, got {other:?}"),
+        }
+        assert_eq!(bits(&st), bits(&before), "{name}: the state changed");
+    }
+}
