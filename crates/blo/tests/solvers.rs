@@ -651,10 +651,8 @@ fn divergence_is_a_typed_error_and_leaves_the_state_unchanged() {
 #[test]
 fn an_overflowing_update_is_refused() {
     let q = quad(0);
-    let solvers: [(
-        &str,
-        Box<dyn Fn(&mut SolverState<f64>) -> Result<(), BloError>>,
-    ); 4] = [
+    type Step<'a> = Box<dyn Fn(&mut SolverState<f64>) -> Result<(), BloError> + 'a>;
+    let solvers: [(&str, Step<'_>); 4] = [
         (
             "SOBA",
             Box::new(|s| {
