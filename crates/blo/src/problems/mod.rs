@@ -5,8 +5,8 @@
 //! | problem | θ | φ | closed form |
 //! |---|---|---|---|
 //! | [`Quadratic`] | x ∈ Rⁿ | y ∈ Rᵖ | φ*(θ), h(θ), ∇h(θ), θ* |
-//! | [`L2Logreg`] | one log-strength per feature | logistic weights | no ([`reference`]) |
-//! | [`HyperCleaning`] | one weight logit per training sample | softmax weights | no ([`reference`]) |
+//! | [`L2Logreg`] | one log-strength per feature | logistic weights | no ([`reference()`]) |
+//! | [`HyperCleaning`] | one weight logit per training sample | softmax weights | no ([`reference()`]) |
 //!
 //! They live in `blo` (not `models`) so that `blo`'s own tests can use them;
 //! `models` does not depend on `blo`.
@@ -14,7 +14,7 @@
 //! Each implements [`Problem<f64>`] with task `()`. The inner loss at index j
 //! uses minibatch (j − 1) mod b of b equal batches (b = 1: the full batch), so
 //! a solver's drawn index j picks the batch. Every problem holds an
-//! [`InnerLoop`] for the unrolled estimators (default: r SGD steps).
+//! [`crate::InnerLoop`] for the unrolled estimators (default: r SGD steps).
 
 mod cleaning;
 mod logreg;
