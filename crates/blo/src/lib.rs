@@ -82,6 +82,7 @@ pub mod estimators;
 pub mod io;
 pub mod outer;
 pub mod problem;
+pub mod rules;
 pub mod train;
 
 pub use engine::objective::{InnerObjective, OuterObjective};
@@ -102,6 +103,7 @@ pub use estimators::truncated::Truncated;
 pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
 pub use problem::{InnerLoop, InnerOptimizer, Problem};
+pub use rules::{InnerRule, Rule, RuleStep};
 pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};
 
 /// The tutorial `docs/tutorial-meta-training.md`, compiled and run as doctests.

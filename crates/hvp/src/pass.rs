@@ -250,16 +250,9 @@ impl<F: Float> Workspace<F> {
             }
             return;
         }
-        // s = Σ_i ⟨y_i, u_i⟩, so ∇_x s = Jᵀu.
-        let mut s: Option<Var<'t, F>> = None;
-        for (y, ui) in outs.iter().zip(u) {
-            let term = (*y * t.constant(ui)).sum();
-            s = Some(match s {
-                None => term,
-                Some(acc) => acc + term,
-            });
-        }
-        let Some(s) = s else { return };
+        let Some(s) = weighted_sum(t, &outs, u.iter()) else {
+            return;
+        };
         t.backward(s);
         for (g, &v) in acc.iter_mut().zip(&inputs) {
             if let Some(d) = t.grad_ref(v) {
@@ -271,6 +264,76 @@ impl<F: Float> Workspace<F> {
                     *a += F::zero();
                 }
             }
+        }
+    }
+
+    /// Jᵀu for the map x ↦ (y_1, …, y_m) recorded by `f` on the cleared
+    /// primal tape over leaves for `inputs` (`(x_i, differentiate)`, as in
+    /// [`Workspace::grad_pass`]), read in place: one reverse sweep of
+    /// s = Σ_i ⟨y_i, u_i⟩ (u one cotangent per output, shaped like it). The
+    /// pass's value is s, and input i's adjoint is (Jᵀu)_i (`None`: a
+    /// structural zero, or a leaf with `false`).
+    ///
+    /// ```
+    /// use hvp::{Leaves, Workspace};
+    /// use tape::Tensor;
+    /// // (y_1, y_2) = (x·a, x²): Jᵀu = (a u_1 + 2x u_2, x u_1).
+    /// let (x, a) = (Tensor::vector(vec![3.0]), Tensor::vector(vec![2.0]));
+    /// let (u1, u2) = (Tensor::vector(vec![1.0]), Tensor::vector(vec![0.5]));
+    /// let mut ws = Workspace::<f64>::new();
+    /// let p = ws.vjp_pass([(&x, true), (&a, true)],
+    ///     |_, v| Leaves::from_slice(&[v[0] * v[1], v[0].square()]), [&u1, &u2]);
+    /// assert_eq!(p.value(), 6.0 + 4.5);
+    /// assert_eq!(p.adjoint(0).unwrap()[0], 2.0 + 3.0);
+    /// assert_eq!(p.adjoint(1).unwrap()[0], 3.0);
+    /// ```
+    ///
+    /// # Panics
+    /// If `u` does not have one tensor per output, shaped like it.
+    #[track_caller]
+    pub fn vjp_pass<'t, 'a>(
+        &'t mut self,
+        inputs: impl IntoIterator<Item = (&'a Tensor<F>, bool)>,
+        f: impl FnOnce(&'t Tape<F>, &[Var<'t, F>]) -> Leaves<'t, F>,
+        u: impl IntoIterator<Item = &'a Tensor<F>> + Clone,
+    ) -> Pass<'t, F>
+    where
+        F: 'a,
+    {
+        self.primal.clear();
+        let t: &'t Tape<F> = &self.primal;
+        let inputs: Leaves<'t, F> = inputs
+            .into_iter()
+            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
+            .collect();
+        let outs = f(t, &inputs);
+        let n_u = u.clone().into_iter().count();
+        assert_eq!(
+            outs.len(),
+            n_u,
+            "vjp_pass: the map has {} outputs but {} cotangents",
+            outs.len(),
+            n_u
+        );
+        for (o, ui) in outs.iter().zip(u.clone()) {
+            assert!(
+                o.shape() == ui.shape(),
+                "vjp_pass: output {:?} but cotangent {:?}",
+                o.shape(),
+                ui.shape()
+            );
+        }
+        let value = match weighted_sum(t, &outs, u.into_iter()) {
+            Some(s) => {
+                t.backward(s);
+                s.item()
+            }
+            None => F::zero(),
+        };
+        Pass {
+            tape: t,
+            inputs,
+            value,
         }
     }
 
@@ -348,6 +411,23 @@ impl<F: Float> Workspace<F> {
             .collect();
         f(t, &inputs)
     }
+}
+
+/// s = Σ_i ⟨y_i, u_i⟩ recorded on `t` (so ∇_x s = Jᵀu), or `None` for no outputs.
+fn weighted_sum<'t, 'a, F: Float>(
+    t: &'t Tape<F>,
+    outs: &[Var<'t, F>],
+    u: impl Iterator<Item = &'a Tensor<F>>,
+) -> Option<Var<'t, F>> {
+    let mut s: Option<Var<'t, F>> = None;
+    for (y, ui) in outs.iter().zip(u) {
+        let term = (*y * t.constant(ui)).sum();
+        s = Some(match s {
+            None => term,
+            Some(acc) => acc + term,
+        });
+    }
+    s
 }
 
 /// Records each input as a dual leaf x + v ε, written straight into the

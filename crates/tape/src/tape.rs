@@ -667,6 +667,35 @@ impl<T: Real> Tape<T> {
         }
     }
 
+    /// The variable at node `index` of this tape: for code that hands a
+    /// tape's variables across a type-erased boundary (it downcasts
+    /// `&Tape<T>` with [`std::any::Any`] to a concrete element type, then
+    /// rebuilds the variables by their [`Var::index`]).
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let any: &dyn std::any::Any = &t;
+    /// let t64 = any.downcast_ref::<Tape<f64>>().unwrap();
+    /// assert_eq!(t64.var_at(x.index()).value().data(), &[1.0, 2.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `index` is not a node of this tape.
+    #[track_caller]
+    pub fn var_at(&self, index: usize) -> Var<'_, T> {
+        let n = self.len();
+        assert!(
+            index < n,
+            "Tape::var_at: node {index} of a tape of {n} nodes"
+        );
+        Var {
+            tape: self,
+            idx: index as u32,
+        }
+    }
+
     /// Shape of node `i` (crate-internal, for op constructors).
     #[inline]
     pub(crate) fn node_shape(&self, i: u32) -> Shape {
