@@ -577,7 +577,11 @@ fn rules_agree_with_the_jax_reference() {
         serde_json::from_str(include_str!("fixtures/inner_rules_reference.json")).unwrap();
     let r = fixture["r"].as_u64().unwrap() as usize;
     let floats = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
     };
     for name in ["adam", "lslr"] {
         let case = &fixture[name];
@@ -587,7 +591,12 @@ fn rules_agree_with_the_jax_reference() {
             .unwrap()
             .iter()
             .map(|s| {
-                let dims: Vec<usize> = s.as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+                let dims: Vec<usize> = s
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
                 let n = dims.iter().product();
                 Tensor::new(dims.as_slice(), flat_theta.by_ref().take(n).collect())
             })
@@ -595,7 +604,10 @@ fn rules_agree_with_the_jax_reference() {
         let inner = match name {
             "adam" => {
                 let f = |k: &str| case[k].as_f64().unwrap();
-                InnerLoop::rule(r, Adam::new(f("lr"), f("beta1"), f("beta2"), f("eps")).unwrap())
+                InnerLoop::rule(
+                    r,
+                    Adam::new(f("lr"), f("beta1"), f("beta2"), f("eps")).unwrap(),
+                )
             }
             _ => InnerLoop::rule(r, Lslr::table(4)),
         }
@@ -604,13 +616,25 @@ fn rules_agree_with_the_jax_reference() {
         blo::problem::check_start(&p, &(), &th).unwrap();
         let want = floats(&case["grad"]);
         for e in [
-            estimate(&Exact::new(Policy::Binomial { snapshots: 3 }).unwrap(), &p, &th),
+            estimate(
+                &Exact::new(Policy::Binomial { snapshots: 3 }).unwrap(),
+                &p,
+                &th,
+            ),
             estimate(&ForwardMode::new(), &p, &th),
         ] {
             let got = flat(&e.grad);
-            assert!(rel(&got, &want) < 1e-10, "{name}: {} {got:?} vs {want:?}", rel(&got, &want));
+            assert!(
+                rel(&got, &want) < 1e-10,
+                "{name}: {} {got:?} vs {want:?}",
+                rel(&got, &want)
+            );
             let f = case["loss"].as_f64().unwrap();
-            assert!((e.outer_loss - f).abs() <= 1e-12 * f.abs(), "{name}: F {} vs {f}", e.outer_loss);
+            assert!(
+                (e.outer_loss - f).abs() <= 1e-12 * f.abs(),
+                "{name}: F {} vs {f}",
+                e.outer_loss
+            );
         }
     }
 }

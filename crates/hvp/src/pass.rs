@@ -269,10 +269,11 @@ impl<F: Float> Workspace<F> {
 
     /// Jᵀu for the map x ↦ (y_1, …, y_m) recorded by `f` on the cleared
     /// primal tape over leaves for `inputs` (`(x_i, differentiate)`, as in
-    /// [`Workspace::grad_pass`]), read in place: one reverse sweep of
-    /// s = Σ_i ⟨y_i, u_i⟩ (u one cotangent per output, shaped like it). The
-    /// pass's value is s, and input i's adjoint is (Jᵀu)_i (`None`: a
-    /// structural zero, or a leaf with `false`).
+    /// [`Workspace::grad_pass`]), read in place: one reverse sweep seeded
+    /// with u_i at output y_i (u one cotangent per output, shaped like it;
+    /// [`Tape::backward_seeded`]). Input i's adjoint is (Jᵀu)_i (`None`: a
+    /// structural zero, or a leaf with `false`); the pass's value is not
+    /// computed (zero).
     ///
     /// ```
     /// use hvp::{Leaves, Workspace};
@@ -283,7 +284,6 @@ impl<F: Float> Workspace<F> {
     /// let mut ws = Workspace::<f64>::new();
     /// let p = ws.vjp_pass([(&x, true), (&a, true)],
     ///     |_, v| Leaves::from_slice(&[v[0] * v[1], v[0].square()]), [&u1, &u2]);
-    /// assert_eq!(p.value(), 6.0 + 4.5);
     /// assert_eq!(p.adjoint(0).unwrap()[0], 2.0 + 3.0);
     /// assert_eq!(p.adjoint(1).unwrap()[0], 3.0);
     /// ```
@@ -323,17 +323,16 @@ impl<F: Float> Workspace<F> {
                 ui.shape()
             );
         }
-        let value = match weighted_sum(t, &outs, u.into_iter()) {
-            Some(s) => {
-                t.backward(s);
-                s.item()
-            }
-            None => F::zero(),
-        };
+        // One sweep seeded at every output (no Σ⟨y_i, u_i⟩ recorded).
+        let seeds: SmallVec<[(Var<'t, F>, &[F]); 32]> =
+            outs.iter().zip(u).map(|(&y, ui)| (y, ui.data())).collect();
+        if !seeds.is_empty() {
+            t.backward_seeded(&seeds);
+        }
         Pass {
             tape: t,
             inputs,
-            value,
+            value: F::zero(),
         }
     }
 

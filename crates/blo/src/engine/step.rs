@@ -338,18 +338,17 @@ impl<F: Float> InnerWorkspace<F> {
         let inputs = theta.iter().chain(phi).chain(extra).chain(&self.g);
         let (t, out) = self.ws.eval(inputs, |t, v| {
             let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
-            let shapes = |x: &[Tensor<F>]| x.iter().map(|p| p.shape()).collect::<Vec<_>>();
             check_step_shapes(
                 rule,
                 "φ",
                 out.phi.iter().map(|v| v.shape()),
-                shapes(phi).into_iter(),
+                phi.iter().map(|p| p.shape()),
             )?;
             check_step_shapes(
                 rule,
                 "extra state",
                 out.extra.iter().map(|v| v.shape()),
-                shapes(extra).into_iter(),
+                extra.iter().map(|p| p.shape()),
             )?;
             Ok::<_, BloError>((t, out))
         })?;
@@ -808,12 +807,14 @@ impl<F: Float> InnerWorkspace<F> {
         mode: AdjointG,
     ) -> Result<(), BloError> {
         let (a, b, c) = split_points(theta, prev);
+        // For a_g alone, only g is differentiated.
+        let all = mode != AdjointG::Only;
         let inputs = theta
             .iter()
             .chain(&prev.phi)
             .chain(&prev.extra)
-            .chain(&self.g)
-            .map(|x| (x, true));
+            .map(|x| (x, all))
+            .chain(self.g.iter().map(|x| (x, true)));
         let pass = self.ws.vjp_pass(
             inputs,
             |t, v| {
