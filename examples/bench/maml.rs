@@ -379,7 +379,7 @@ fn sine_lslr(r: usize) -> Result<Maml<WithSteps<RegressionMaml<Mlp>>>, BloError>
         .with_init(Init::TorchDefault, Init::TorchDefault);
     let mut theta = net.init::<f32>(1).into_tensors();
     let n_phi = theta.len();
-    theta.push(Tensor::new(&[r, n_phi], vec![0.01; r * n_phi]));
+    theta.push(Tensor::new([r, n_phi], vec![0.01; r * n_phi]));
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let dist = SinusoidTasks::default();
     let tasks: Vec<RegressionEpisode<f32>> = (0..25)

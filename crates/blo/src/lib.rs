@@ -56,7 +56,9 @@
 //! The pieces:
 //!
 //! - [`Problem`], [`InnerLoop`], [`InnerOptimizer`]: SGD, Meta-SGD (learnable
-//!   per-parameter steps in θ), momentum.
+//!   per-parameter steps in θ), momentum, and any update rule written once as
+//!   an [`InnerRule`] ([`rules`]: Adam, LSLR, Nesterov, learnable β, …), its
+//!   adjoint derived by the engine (docs/math.md §12).
 //! - Estimators: [`Exact`] under a checkpoint [`Policy`] (store all, recompute,
 //!   every k-th, binomial/revolve), [`FirstOrder`], [`Ufo`] and the generic
 //!   [`Debiased`] hook (also for Reptile: [`ReptileFirstOrder`] +
@@ -73,7 +75,7 @@
 //! - Meta-training ([`Trainer`], outer optimisers) and checkpoint files ([`io`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
-//! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
+//! `docs/tutorial-custom-estimator.md`, `docs/tutorial-inner-optimiser.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
 pub mod engine;
@@ -125,3 +127,8 @@ pub struct TutorialUfo;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/tutorial-custom-estimator.md")]
 pub struct TutorialCustomEstimator;
+
+/// The tutorial `docs/tutorial-inner-optimiser.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-inner-optimiser.md")]
+pub struct TutorialInnerOptimiser;

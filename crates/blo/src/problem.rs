@@ -372,7 +372,8 @@ fn to_f64<F: Float>(theta: &[Tensor<F>]) -> Vec<Tensor<f64>> {
     theta.iter().map(|t| t.map(|x| x.to_f64())).collect()
 }
 
-fn check_lr(lr: f64) -> Result<(), BloError> {
+/// An error unless the step size α is finite and > 0.
+pub(crate) fn check_lr(lr: f64) -> Result<(), BloError> {
     if lr.is_finite() && lr > 0.0 {
         Ok(())
     } else {

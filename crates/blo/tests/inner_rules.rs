@@ -29,7 +29,7 @@ fn batch(j: usize, n: usize) -> (Tensor<f64>, Tensor<f64>) {
     let y = (0..n)
         .map(|k| (k as f64 + 0.3 * j as f64).cos() * 0.8)
         .collect();
-    (Tensor::new(&[n, 2], x), Tensor::vector(y))
+    (Tensor::new([n, 2], x), Tensor::vector(y))
 }
 
 impl Net {
@@ -84,7 +84,7 @@ const R: usize = 4;
 
 /// θ's first four tensors, then `extra`.
 fn theta(extra: Vec<Tensor<f64>>) -> Vec<Tensor<f64>> {
-    let w = Tensor::new(&[2, 3], vec![0.3, -0.2, 0.5, 0.1, 0.4, -0.6]);
+    let w = Tensor::new([2, 3], vec![0.3, -0.2, 0.5, 0.1, 0.4, -0.6]);
     let b = Tensor::vector(vec![0.05, -0.1, 0.2]);
     let v = Tensor::vector(vec![0.7, -0.5, 0.4]);
     let rho = Tensor::vector(vec![-0.3]);
@@ -107,15 +107,15 @@ fn cases() -> Vec<(&'static str, InnerLoop, Vec<Tensor<f64>>)> {
             "meta-sgd",
             InnerLoop::rule(R, MetaSgd::new(vec![4, 5, 6])).unwrap(),
             theta(vec![
-                Tensor::new(&[1, 3], vec![0.2, 0.3, 0.25]),
-                Tensor::new(&[], vec![0.3]),
+                Tensor::new([1, 3], vec![0.2, 0.3, 0.25]),
+                Tensor::new([], vec![0.3]),
                 Tensor::vector(vec![0.1, 0.2, 0.3]),
             ]),
         ),
         (
             "lslr-table",
             InnerLoop::rule(R, Lslr::table(4)).unwrap(),
-            theta(vec![Tensor::new(&[R, 3], lslr_table)]),
+            theta(vec![Tensor::new([R, 3], lslr_table)]),
         ),
         (
             "lslr-per-tensor",
@@ -283,7 +283,7 @@ fn reptile_exact_through_rules_matches_central_differences() {
 #[test]
 fn generic_path_equals_the_hand_derived_fast_paths() {
     let steps = vec![
-        Tensor::new(&[2, 3], vec![0.2, 0.3, 0.25, 0.15, 0.1, 0.3]),
+        Tensor::new([2, 3], vec![0.2, 0.3, 0.25, 0.15, 0.1, 0.3]),
         Tensor::vector(vec![0.3, 0.2, 0.1]),
         Tensor::vector(vec![0.1, 0.2, 0.3]),
     ];
@@ -431,7 +431,7 @@ fn bad_hyperparameters_are_typed_errors_naming_the_value() {
     let e = blo::problem::check_start(
         &p,
         &(),
-        &theta(vec![Tensor::new(&[R + 1, 3], vec![0.1; (R + 1) * 3])]),
+        &theta(vec![Tensor::new([R + 1, 3], vec![0.1; (R + 1) * 3])]),
     )
     .unwrap_err();
     assert!(

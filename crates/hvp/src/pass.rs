@@ -11,6 +11,7 @@
 //! | [`Workspace::grad_pass`] | `F` | ∇f |
 //! | [`Workspace::dual_pass`] | `Dual<F>` | ∇f in `.v`, H·v in `.d` (v the seeded tangents) |
 //! | [`Workspace::vjp_add`] | `F` | (written into the caller's buffers) `acc += Jᵀu` |
+//! | [`Workspace::vjp_pass`] | `F` | Jᵀu (one sweep seeded at every output) |
 //! | [`Workspace::jvp_into`] | `Dual<F>` | (written into the caller's buffers) J·v |
 //!
 //! A [`Pass`] borrows the tape: the gradient and the products are read from
@@ -115,12 +116,7 @@ impl<F: Float> Workspace<F> {
     where
         F: 'a,
     {
-        self.primal.clear();
-        let t: &'t Tape<F> = &self.primal;
-        let inputs: Leaves<'t, F> = inputs
-            .into_iter()
-            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
-            .collect();
+        let (t, inputs) = self.primal_leaves(inputs);
         let out = f(t, &inputs);
         let value = out.item();
         t.backward(out);
@@ -300,12 +296,7 @@ impl<F: Float> Workspace<F> {
     where
         F: 'a,
     {
-        self.primal.clear();
-        let t: &'t Tape<F> = &self.primal;
-        let inputs: Leaves<'t, F> = inputs
-            .into_iter()
-            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
-            .collect();
+        let (t, inputs) = self.primal_leaves(inputs);
         let outs = f(t, &inputs);
         let n_u = u.clone().into_iter().count();
         assert_eq!(
@@ -409,6 +400,25 @@ impl<F: Float> Workspace<F> {
             .map(|xi| t.leaf(xi.shape(), xi.data(), false))
             .collect();
         f(t, &inputs)
+    }
+}
+
+impl<F: Float> Workspace<F> {
+    /// Clears the primal tape and records a leaf per input (`(x_i, differentiate)`).
+    fn primal_leaves<'t, 'a>(
+        &'t mut self,
+        inputs: impl IntoIterator<Item = (&'a Tensor<F>, bool)>,
+    ) -> (&'t Tape<F>, Leaves<'t, F>)
+    where
+        F: 'a,
+    {
+        self.primal.clear();
+        let t: &'t Tape<F> = &self.primal;
+        let leaves = inputs
+            .into_iter()
+            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
+            .collect();
+        (t, leaves)
     }
 }
 

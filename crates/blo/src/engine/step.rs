@@ -8,6 +8,10 @@
 //! it needs: its primal part is ∇L_in, its tangent part is H_φφ w (on φ) and
 //! the mixed product M w = ∂²L_in/∂θ∂φ · w (on θ). The tapes are cleared and
 //! reused, so a long inner loop does not grow them.
+//!
+//! SGD, Meta-SGD and momentum have hand-derived steps (docs/math.md §2); an
+//! [`crate::InnerRule`]'s forward, adjoint and tangent steps are derived from
+//! its one step by `hvp`'s passes (docs/math.md §12).
 
 use std::cell::Ref;
 

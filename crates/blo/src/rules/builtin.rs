@@ -7,6 +7,7 @@ use tape::{Real, Shape, Tape, Tensor, Var};
 
 use super::{InnerRule, RuleStep};
 use crate::error::BloError;
+use crate::problem::check_lr;
 
 /// Plain SGD, φ_j = φ_{j−1} − α g_j, on the generic path (the same update as
 /// [`crate::InnerOptimizer::Sgd`], whose hand-derived adjoint is the fast path).
@@ -403,18 +404,6 @@ impl InnerRule for Adam {
         }
         out.extra.extend(vs);
         out
-    }
-}
-
-fn check_lr(lr: f64) -> Result<(), BloError> {
-    if lr.is_finite() && lr > 0.0 {
-        Ok(())
-    } else {
-        Err(BloError::invalid(
-            "lr",
-            lr,
-            "the step size must be finite and > 0",
-        ))
     }
 }
 
