@@ -148,7 +148,11 @@ fn cases() -> Vec<(&'static str, InnerLoop, Vec<Tensor<f64>>)> {
     ]
 }
 
-fn estimate<E: Estimator<f64, Net>>(e: &E, p: &Net, th: &[Tensor<f64>]) -> Estimate<f64> {
+fn estimate<P: Problem<f64, Task = ()>, E: Estimator<f64, P>>(
+    e: &E,
+    p: &P,
+    th: &[Tensor<f64>],
+) -> Estimate<f64> {
     e.estimate(p, &(), th, &mut ChaCha8Rng::seed_from_u64(3))
         .unwrap_or_else(|err| panic!("{}: {err}", e.name()))
 }
@@ -637,4 +641,61 @@ fn rules_agree_with_the_jax_reference() {
             );
         }
     }
+}
+
+/// L_in = ½ Σ d ⊙ (φ − θ)² with d = (1, 2), φ_0 = 0, L_out = Σ (φ − 1)²: the
+/// inner minimiser is φ* = θ, so at convergence ∂F/∂θ = 2(θ − 1).
+struct Quadratic {
+    inner: InnerLoop,
+}
+
+impl Problem<f64> for Quadratic {
+    type Task = ();
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        _: &(),
+        _j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        let d = t.constant_base(&Tensor::vector(vec![1.0, 2.0]));
+        (d * (phi[0] - theta[0]).square()).sum() * 0.5
+    }
+    fn outer_loss<'t, T: Real<Base = f64>>(
+        &self,
+        _t: &'t Tape<T>,
+        _: &(),
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        (phi[0] - 1.0).square().sum()
+    }
+    fn initial_state<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        _: &(),
+        _theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        vec![t.constant_base(&Tensor::vector(vec![0.0, 0.0]))]
+    }
+}
+
+/// The implicit estimator only runs the inner loop to a stationary point, so
+/// a rule that gets there (Nesterov here) gives the implicit hypergradient.
+#[test]
+fn implicit_runs_on_a_rule_that_converges() {
+    let p = Quadratic {
+        inner: InnerLoop::rule(80, Momentum::nesterov(0.3, Beta::Fixed(0.5)).unwrap()).unwrap(),
+    };
+    let th = vec![Tensor::vector(vec![0.25, -0.5])];
+    let g = flat(&estimate(&blo::Implicit::ift(), &p, &th).grad);
+    let want = [2.0 * (0.25 - 1.0), 2.0 * (-0.5 - 1.0)];
+    assert!(rel(&g, &want) < 1e-8, "{g:?} vs {want:?}");
+    // … and the exact sweep through 80 Nesterov steps agrees.
+    let e = flat(&estimate(&Exact::new(Policy::Sqrt).unwrap(), &p, &th).grad);
+    assert!(rel(&e, &want) < 1e-8, "{e:?} vs {want:?}");
 }
