@@ -209,7 +209,7 @@ impl InnerRule for Lslr {
 pub enum Beta {
     /// A fixed β ∈ [0, 1).
     Fixed(f64),
-    /// β = θ[k], every element in [0, 1).
+    /// β = θ\[k\], every element in [0, 1).
     Theta(usize),
 }
 
