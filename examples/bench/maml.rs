@@ -6,7 +6,12 @@
 //!   stored), first_order, exact_recompute (constant memory), exact_binomial
 //!   (⌈log2 R⌉ + 1 snapshots), ufo (q = 0.1, exact branch by recomputation, a
 //!   fresh coin per task and call), ufo_binomial (the same, exact branch under
-//!   the binomial plan of exact_binomial)}.
+//!   the binomial plan of exact_binomial); the inner optimiser as a rule
+//!   (`blo::rules`, its adjoint derived by the engine, docs/math.md §12):
+//!   exact_rule and first_order_rule (SGD α = 0.01 on the generic path: the
+//!   same numbers as exact and first_order up to rounding), exact_adam (Adam
+//!   α = 0.01, β = (0.9, 0.999), ε = 1e-8, every state stored) and exact_lslr
+//!   (MAML++'s per-layer per-step steps: an [R, 6] table in θ, all 0.01)}.
 //! - `maml_conv4:rR:MODE`: 4 × [3×3 conv 64, same padding, ReLU, 2×2 max-pool]
 //!   on 28×28×1, linear head to 5 classes, no batch-norm; 4 tasks of 5 support
 //!   and 75 query images (uniform pixels), α = 0.4, R ∈ {1, 5}; MODE ∈ {exact,
@@ -47,7 +52,9 @@
 //! `cost_model.busy` sums each task's own wall time (work, in task-ms per
 //! call) and compares the same model on that.
 
-use blo::{BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo};
+use blo::{
+    rules, BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo,
+};
 use blo_examples::maml::{ClassificationMaml, RegressionMaml};
 use models::{Activation, Conv4, Episode, Init, Mlp, Model, RegressionEpisode, SinusoidTasks};
 use rand::{Rng, SeedableRng};
@@ -56,18 +63,22 @@ use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tape::{Shape, Tensor};
+use tape::{Real, Shape, Tape, Tensor, Var};
 
 use crate::{Bench, Timed};
 
 const SINE_R: [usize; 5] = [1, 5, 10, 50, 200];
-const SINE_MODES: [&str; 6] = [
+const SINE_MODES: [&str; 10] = [
     "exact",
     "first_order",
     "exact_recompute",
     "exact_binomial",
     "ufo",
     "ufo_binomial",
+    "exact_rule",
+    "first_order_rule",
+    "exact_adam",
+    "exact_lslr",
 ];
 /// UFO's fixed probability of running the exact branch.
 const UFO_Q: f64 = 0.1;
@@ -98,6 +109,9 @@ pub(crate) fn workload(config: &str) -> Option<Box<dyn Bench>> {
     };
     let r: usize = r.strip_prefix('r')?.parse().ok()?;
     match family {
+        "maml_sine" if SINE_R.contains(&r) && mode == "exact_lslr" => {
+            Some(Box::new(sine_lslr(r).expect("valid hyperparameters")))
+        }
         "maml_sine" if SINE_R.contains(&r) && SINE_MODES.contains(&mode) => {
             Some(Box::new(sine(r, mode).expect("valid hyperparameters")))
         }
@@ -123,8 +137,10 @@ fn estimator<P: Problem<f32>>(
     r: usize,
 ) -> Result<Box<dyn Estimator<f32, P>>, BloError> {
     Ok(match mode {
-        "exact" => Box::new(Exact::new(Policy::StoreAll)?),
-        "first_order" => Box::new(FirstOrder::new()),
+        "exact" | "exact_rule" | "exact_adam" | "exact_lslr" => {
+            Box::new(Exact::new(Policy::StoreAll)?)
+        }
+        "first_order" | "first_order_rule" => Box::new(FirstOrder::new()),
         "exact_recompute" => Box::new(Exact::new(Policy::Recompute)?),
         "exact_binomial" => Box::new(Exact::new(binomial_policy(r)?)?),
         "ufo" => Box::new(Ufo::fixed(UFO_Q)?),
@@ -336,10 +352,12 @@ fn sine(r: usize, mode: &str) -> Result<Maml<RegressionMaml<Mlp>>, BloError> {
     let tasks: Vec<RegressionEpisode<f32>> = (0..25)
         .map(|_| dist.sample_episode(&mut rng, 10, 10))
         .collect();
-    let problem = RegressionMaml {
-        net,
-        inner: InnerLoop::sgd(r, 0.01)?,
+    let inner = match mode {
+        "exact_rule" | "first_order_rule" => InnerLoop::rule(r, rules::Sgd::new(0.01)?)?,
+        "exact_adam" => InnerLoop::rule(r, rules::Adam::new(0.01, 0.9, 0.999, 1e-8)?)?,
+        _ => InnerLoop::sgd(r, 0.01)?,
     };
+    let problem = RegressionMaml { net, inner };
     let params = json!({"r": r, "mode": mode, "tasks": 25, "k_support": 10, "k_query": 10,
         "alpha": 0.01, "sizes": [1, 40, 40, 1], "dtype": "f32",
         "binomial_snapshots": if mode.ends_with("binomial") { Some(binomial_snapshots(r)) } else { None },
@@ -352,6 +370,77 @@ fn sine(r: usize, mode: &str) -> Result<Maml<RegressionMaml<Mlp>>, BloError> {
         _ => {}
     }
     Ok(maml)
+}
+
+/// `maml_sine:rR:exact_lslr`: the sine MLP with θ = (weights, an [R, 6]
+/// table of per-layer, per-step steps, all 0.01), φ_0 = the weights.
+fn sine_lslr(r: usize) -> Result<Maml<WithSteps<RegressionMaml<Mlp>>>, BloError> {
+    let net = Mlp::new(&[1, 40, 40, 1], Activation::Relu)
+        .with_init(Init::TorchDefault, Init::TorchDefault);
+    let mut theta = net.init::<f32>(1).into_tensors();
+    let n_phi = theta.len();
+    theta.push(Tensor::new([r, n_phi], vec![0.01; r * n_phi]));
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let dist = SinusoidTasks::default();
+    let tasks: Vec<RegressionEpisode<f32>> = (0..25)
+        .map(|_| dist.sample_episode(&mut rng, 10, 10))
+        .collect();
+    let problem = WithSteps {
+        problem: RegressionMaml {
+            net,
+            inner: InnerLoop::sgd(r, 0.01)?,
+        },
+        inner: InnerLoop::rule(r, rules::Lslr::table(n_phi))?,
+        n_phi,
+    };
+    let params = json!({"r": r, "mode": "exact_lslr", "tasks": 25, "k_support": 10, "k_query": 10,
+        "alpha": 0.01, "sizes": [1, 40, 40, 1], "dtype": "f32"});
+    let est = estimator("exact_lslr", r)?;
+    Ok(Maml::new(params, problem, tasks, theta, est))
+}
+
+/// A MAML problem whose θ carries step sizes after its weights: φ_0 is the
+/// first `n_phi` tensors of θ, and the losses see those only.
+struct WithSteps<P> {
+    problem: P,
+    inner: InnerLoop,
+    n_phi: usize,
+}
+
+impl<P: Problem<f32>> Problem<f32> for WithSteps<P> {
+    type Task = P::Task;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: Real<Base = f32>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &Self::Task,
+        step: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.problem
+            .inner_loss(tape, task, step, &theta[..self.n_phi], phi)
+    }
+    fn outer_loss<'t, T: Real<Base = f32>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &Self::Task,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.problem
+            .outer_loss(tape, task, &theta[..self.n_phi], phi)
+    }
+    fn initial_state<'t, T: Real<Base = f32>>(
+        &self,
+        _tape: &'t Tape<T>,
+        _task: &Self::Task,
+        theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        theta[..self.n_phi].to_vec()
+    }
 }
 
 fn conv4(r: usize, mode: &str) -> Result<Maml<ClassificationMaml<Conv4>>, BloError> {

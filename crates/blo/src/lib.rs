@@ -56,7 +56,9 @@
 //! The pieces:
 //!
 //! - [`Problem`], [`InnerLoop`], [`InnerOptimizer`]: SGD, Meta-SGD (learnable
-//!   per-parameter steps in θ), momentum.
+//!   per-parameter steps in θ), momentum, and any update rule written once as
+//!   an [`InnerRule`] ([`rules`]: Adam, LSLR, Nesterov, learnable β, …), its
+//!   adjoint derived by the engine (docs/math.md §12).
 //! - Estimators: [`Exact`] under a checkpoint [`Policy`] (store all, recompute,
 //!   every k-th, binomial/revolve), [`FirstOrder`], [`Ufo`] and the generic
 //!   [`Debiased`] hook (also for Reptile: [`ReptileFirstOrder`] +
@@ -76,7 +78,7 @@
 //!   problems of benchopt's `benchmark_bilevel` ([`problems`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
-//! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
+//! `docs/tutorial-custom-estimator.md`, `docs/tutorial-inner-optimiser.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
 pub mod engine;
@@ -86,6 +88,7 @@ pub mod io;
 pub mod outer;
 pub mod problem;
 pub mod problems;
+pub mod rules;
 pub mod solvers;
 pub mod train;
 
@@ -107,6 +110,7 @@ pub use estimators::truncated::Truncated;
 pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
 pub use problem::{InnerLoop, InnerOptimizer, Problem};
+pub use rules::{InnerRule, Rule, RuleStep};
 pub use train::{StepReport, TaskSampler, TrainOutcome, Trainer};
 
 /// The tutorial `docs/tutorial-meta-training.md`, compiled and run as doctests.
@@ -128,3 +132,8 @@ pub struct TutorialUfo;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/tutorial-custom-estimator.md")]
 pub struct TutorialCustomEstimator;
+
+/// The tutorial `docs/tutorial-inner-optimiser.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-inner-optimiser.md")]
+pub struct TutorialInnerOptimiser;

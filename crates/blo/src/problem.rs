@@ -1,9 +1,10 @@
 //! Stating a bilevel problem: the losses ([`Problem`]) and the inner optimiser
 //! ([`InnerLoop`], [`InnerOptimizer`]).
 
-use tape::{Float, Real, Tape, Tensor, Var};
+use tape::{Float, Real, Shape, Tape, Tensor, Var};
 
 use crate::error::BloError;
+use crate::rules::{check_trial_step, InnerRule, Rule};
 
 /// A bilevel problem: minimise F(θ) = E_τ L_out(θ, φ_r(θ); τ), where φ_r is r
 /// steps of an inner optimiser ([`Problem::inner_loop`]) on L_in(θ, φ; τ, j)
@@ -89,6 +90,13 @@ pub trait Problem<F: Float>: Sync {
 /// | `Sgd { lr: α }` | φ | φ_j = φ_{j−1} − α g_j |
 /// | `MetaSgd { lr_index }` | φ | φ_j = φ_{j−1} − α ⊙ g_j, with α_i = θ[`lr_index[i]`] (same shape as φ_i) |
 /// | `Momentum { lr: α, beta: β }` | (φ, v), v_0 = 0 | v_j = β v_{j−1} + g_j, φ_j = φ_{j−1} − α v_j |
+/// | `Rule(rule)` | (φ, e), e_0 = 0 | (φ_j, e_j) = R(θ, φ_{j−1}, e_{j−1}, g_j; j), any [`InnerRule`] |
+///
+/// The first three have hand-derived adjoints (the fast paths,
+/// docs/math.md §2); a [`Rule`]'s adjoint is derived from its one step by
+/// the engine (docs/math.md §12). [`crate::rules`] has SGD, Meta-SGD with any
+/// broadcastable step shape, LSLR, heavy-ball and Nesterov momentum with a
+/// fixed or learnable β, and Adam as rules.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InnerOptimizer {
     /// Plain SGD with a fixed scalar step α > 0.
@@ -110,6 +118,8 @@ pub enum InnerOptimizer {
         /// The momentum β ∈ [0, 1).
         beta: f64,
     },
+    /// Any update rule ([`InnerRule`]), its adjoint derived by the engine.
+    Rule(Rule),
 }
 
 /// The inner loop: `steps` = r steps of `optimizer`.
@@ -166,6 +176,28 @@ impl InnerLoop {
         Ok(s)
     }
 
+    /// r steps of an update rule; see [`InnerOptimizer::Rule`] and
+    /// [`crate::rules`].
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if r = 0.
+    ///
+    /// ```
+    /// use blo::{rules::Adam, InnerLoop};
+    /// let inner = InnerLoop::rule(10, Adam::new(0.01, 0.9, 0.999, 1e-8)?)?;
+    /// assert!(InnerLoop::rule(0, Adam::new(0.01, 0.9, 0.999, 1e-8)?).is_err());
+    /// # let _ = inner;
+    /// # Ok::<(), blo::BloError>(())
+    /// ```
+    pub fn rule(steps: usize, rule: impl InnerRule) -> Result<Self, BloError> {
+        let s = InnerLoop {
+            steps,
+            optimizer: InnerOptimizer::Rule(Rule::new(rule)),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Checks the ranges: r ≥ 1, α finite and > 0, β ∈ [0, 1).
     ///
     /// # Errors
@@ -180,7 +212,7 @@ impl InnerLoop {
         }
         match &self.optimizer {
             InnerOptimizer::Sgd { lr } => check_lr(*lr),
-            InnerOptimizer::MetaSgd { .. } => Ok(()),
+            InnerOptimizer::MetaSgd { .. } | InnerOptimizer::Rule(_) => Ok(()),
             InnerOptimizer::Momentum { lr, beta } => {
                 check_lr(*lr)?;
                 if !(beta.is_finite() && (0.0..1.0).contains(beta)) {
@@ -221,6 +253,9 @@ impl InnerLoop {
     /// assert!(inner.validate_theta(&[w]).is_err()); // θ[1] does not exist
     /// ```
     pub fn validate_theta<F: Float>(&self, theta: &[Tensor<F>]) -> Result<(), BloError> {
+        if let InnerOptimizer::Rule(rule) = &self.optimizer {
+            return rule.validate(self.steps, &to_f64(theta), None);
+        }
         let InnerOptimizer::MetaSgd { lr_index } = &self.optimizer else {
             return Ok(());
         };
@@ -270,6 +305,12 @@ impl InnerLoop {
         theta: &[Tensor<F>],
         phi0_shapes: &[Vec<usize>],
     ) -> Result<(), BloError> {
+        if let InnerOptimizer::Rule(rule) = &self.optimizer {
+            let theta = to_f64(theta);
+            let phi0: Vec<Shape> = phi0_shapes.iter().map(|s| Shape::new(s)).collect();
+            rule.validate(self.steps, &theta, Some(&phi0))?;
+            return check_trial_step(rule, &theta, &phi0);
+        }
         let InnerOptimizer::MetaSgd { lr_index } = &self.optimizer else {
             return Ok(());
         };
@@ -304,13 +345,35 @@ impl InnerLoop {
         Ok(())
     }
 
-    /// Whether the state carries a velocity (momentum).
-    pub fn has_velocity(&self) -> bool {
-        matches!(self.optimizer, InnerOptimizer::Momentum { .. })
+    /// Whether [`InnerLoop::validate_phi0`] checks anything (Meta-SGD and
+    /// rules), i.e. whether a run must record φ_0 once before its first step
+    /// to check the optimiser against it ([`check_start`]).
+    pub fn checks_phi0(&self) -> bool {
+        matches!(
+            self.optimizer,
+            InnerOptimizer::MetaSgd { .. } | InnerOptimizer::Rule(_)
+        )
+    }
+
+    /// The shapes of the optimiser's extra state (zeros at step 0) for φ of
+    /// shapes `phi`: φ's shapes for momentum's velocity,
+    /// [`InnerRule::extra_state`] for a rule, none otherwise.
+    pub fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        match &self.optimizer {
+            InnerOptimizer::Momentum { .. } => phi.to_vec(),
+            InnerOptimizer::Rule(rule) => rule.extra_state(phi),
+            InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => Vec::new(),
+        }
     }
 }
 
-fn check_lr(lr: f64) -> Result<(), BloError> {
+/// θ as `f64` tensors, for the rules' checks.
+fn to_f64<F: Float>(theta: &[Tensor<F>]) -> Vec<Tensor<f64>> {
+    theta.iter().map(|t| t.map(|x| x.to_f64())).collect()
+}
+
+/// An error unless the step size α is finite and > 0.
+pub(crate) fn check_lr(lr: f64) -> Result<(), BloError> {
     if lr.is_finite() && lr > 0.0 {
         Ok(())
     } else {
@@ -337,7 +400,7 @@ pub fn check_start<F: Float, P: Problem<F>>(
     let inner = problem.inner_loop();
     inner.validate()?;
     inner.validate_theta(theta)?;
-    if !matches!(inner.optimizer, InnerOptimizer::MetaSgd { .. }) {
+    if !inner.checks_phi0() {
         return Ok(());
     }
     let tape = Tape::<F>::new();

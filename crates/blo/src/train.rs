@@ -94,7 +94,7 @@ use crate::error::BloError;
 use crate::estimators::{Estimate, Estimator, Stats};
 use crate::io;
 use crate::outer::{Optimiser, OptimiserState};
-use crate::problem::{check_start, InnerOptimizer, Problem};
+use crate::problem::{check_start, Problem};
 
 /// Draws tasks τ for a [`Problem`] from a random stream.
 ///
@@ -1039,12 +1039,8 @@ where
             self.load_checkpoint(&dir)?;
             self.resume = None;
         }
-        let meta_sgd = matches!(
-            self.problem.inner_loop().optimizer,
-            InnerOptimizer::MetaSgd { .. }
-        );
-        if meta_sgd && self.step < self.steps {
-            // φ_0's shapes (Meta-SGD's `lr_index`) need a task: the first one
+        if self.problem.inner_loop().checks_phi0() && self.step < self.steps {
+            // φ_0's shapes (Meta-SGD's `lr_index`, a rule's) need a task: the first one
             // the next step will draw (its stream is a function of (seed, k, 0),
             // so drawing it here changes no numbers).
             let task = self

@@ -71,14 +71,14 @@ fn adjoint_step_is_the_transpose_of_the_step() {
         let v_theta = like(&theta, 0.7);
         let v_state = State {
             phi: like(&s.phi, 1.3),
-            velocity: like(&s.velocity, 2.1),
+            extra: like(&s.extra, 2.1),
         };
         let step = |h: f64| {
             let mut ws = InnerWorkspace::new();
             let th = perturb(&theta, &v_theta, h);
             let mut st = State {
                 phi: perturb(&s.phi, &v_state.phi, h),
-                velocity: perturb(&s.velocity, &v_state.velocity, h),
+                extra: perturb(&s.extra, &v_state.extra, h),
             };
             ws.step_in_place(&p, &task, j, &th, &mut st).unwrap();
             st
@@ -101,19 +101,18 @@ fn adjoint_step_is_the_transpose_of_the_step() {
                 .collect()
         };
         let jv_phi = jv(&plus.phi, &minus.phi);
-        let jv_vel = jv(&plus.velocity, &minus.velocity);
+        let jv_vel = jv(&plus.extra, &minus.extra);
 
         let u = Cotangent {
             phi: like(&s.phi, 3.1),
-            velocity: like(&s.velocity, 4.3),
+            extra: like(&s.extra, 4.3),
         };
-        let lhs = dot(&u.phi, &jv_phi) + dot(&u.velocity, &jv_vel);
+        let lhs = dot(&u.phi, &jv_phi) + dot(&u.extra, &jv_vel);
         let mut ut = u.clone();
         let mut g: Vec<Tensor<f64>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
         ws.adjoint_step(&p, &task, j, &theta, &s, &mut ut, &mut g, false)
             .unwrap();
-        let rhs =
-            dot(&ut.phi, &v_state.phi) + dot(&ut.velocity, &v_state.velocity) + dot(&g, &v_theta);
+        let rhs = dot(&ut.phi, &v_state.phi) + dot(&ut.extra, &v_state.extra) + dot(&g, &v_theta);
         assert!(
             (lhs - rhs).abs() < 1e-8 * (1.0 + lhs.abs()),
             "{inner:?}: {lhs} vs {rhs}"

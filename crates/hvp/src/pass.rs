@@ -11,6 +11,7 @@
 //! | [`Workspace::grad_pass`] | `F` | ∇f |
 //! | [`Workspace::dual_pass`] | `Dual<F>` | ∇f in `.v`, H·v in `.d` (v the seeded tangents) |
 //! | [`Workspace::vjp_add`] | `F` | (written into the caller's buffers) `acc += Jᵀu` |
+//! | [`Workspace::vjp_pass`] | `F` | Jᵀu (one sweep seeded at every output) |
 //! | [`Workspace::jvp_into`] | `Dual<F>` | (written into the caller's buffers) J·v |
 //!
 //! A [`Pass`] borrows the tape: the gradient and the products are read from
@@ -115,12 +116,7 @@ impl<F: Float> Workspace<F> {
     where
         F: 'a,
     {
-        self.primal.clear();
-        let t: &'t Tape<F> = &self.primal;
-        let inputs: Leaves<'t, F> = inputs
-            .into_iter()
-            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
-            .collect();
+        let (t, inputs) = self.primal_leaves(inputs);
         let out = f(t, &inputs);
         let value = out.item();
         t.backward(out);
@@ -250,16 +246,9 @@ impl<F: Float> Workspace<F> {
             }
             return;
         }
-        // s = Σ_i ⟨y_i, u_i⟩, so ∇_x s = Jᵀu.
-        let mut s: Option<Var<'t, F>> = None;
-        for (y, ui) in outs.iter().zip(u) {
-            let term = (*y * t.constant(ui)).sum();
-            s = Some(match s {
-                None => term,
-                Some(acc) => acc + term,
-            });
-        }
-        let Some(s) = s else { return };
+        let Some(s) = weighted_sum(t, &outs, u.iter()) else {
+            return;
+        };
         t.backward(s);
         for (g, &v) in acc.iter_mut().zip(&inputs) {
             if let Some(d) = t.grad_ref(v) {
@@ -271,6 +260,70 @@ impl<F: Float> Workspace<F> {
                     *a += F::zero();
                 }
             }
+        }
+    }
+
+    /// Jᵀu for the map x ↦ (y_1, …, y_m) recorded by `f` on the cleared
+    /// primal tape over leaves for `inputs` (`(x_i, differentiate)`, as in
+    /// [`Workspace::grad_pass`]), read in place: one reverse sweep seeded
+    /// with u_i at output y_i (u one cotangent per output, shaped like it;
+    /// [`Tape::backward_seeded`]). Input i's adjoint is (Jᵀu)_i (`None`: a
+    /// structural zero, or a leaf with `false`); the pass's value is not
+    /// computed (zero).
+    ///
+    /// ```
+    /// use hvp::{Leaves, Workspace};
+    /// use tape::Tensor;
+    /// // (y_1, y_2) = (x·a, x²): Jᵀu = (a u_1 + 2x u_2, x u_1).
+    /// let (x, a) = (Tensor::vector(vec![3.0]), Tensor::vector(vec![2.0]));
+    /// let (u1, u2) = (Tensor::vector(vec![1.0]), Tensor::vector(vec![0.5]));
+    /// let mut ws = Workspace::<f64>::new();
+    /// let p = ws.vjp_pass([(&x, true), (&a, true)],
+    ///     |_, v| Leaves::from_slice(&[v[0] * v[1], v[0].square()]), [&u1, &u2]);
+    /// assert_eq!(p.adjoint(0).unwrap()[0], 2.0 + 3.0);
+    /// assert_eq!(p.adjoint(1).unwrap()[0], 3.0);
+    /// ```
+    ///
+    /// # Panics
+    /// If `u` does not have one tensor per output, shaped like it.
+    #[track_caller]
+    pub fn vjp_pass<'t, 'a>(
+        &'t mut self,
+        inputs: impl IntoIterator<Item = (&'a Tensor<F>, bool)>,
+        f: impl FnOnce(&'t Tape<F>, &[Var<'t, F>]) -> Leaves<'t, F>,
+        u: impl IntoIterator<Item = &'a Tensor<F>> + Clone,
+    ) -> Pass<'t, F>
+    where
+        F: 'a,
+    {
+        let (t, inputs) = self.primal_leaves(inputs);
+        let outs = f(t, &inputs);
+        let n_u = u.clone().into_iter().count();
+        assert_eq!(
+            outs.len(),
+            n_u,
+            "vjp_pass: the map has {} outputs but {} cotangents",
+            outs.len(),
+            n_u
+        );
+        for (o, ui) in outs.iter().zip(u.clone()) {
+            assert!(
+                o.shape() == ui.shape(),
+                "vjp_pass: output {:?} but cotangent {:?}",
+                o.shape(),
+                ui.shape()
+            );
+        }
+        // One sweep seeded at every output (no Σ⟨y_i, u_i⟩ recorded).
+        let seeds: SmallVec<[(Var<'t, F>, &[F]); 32]> =
+            outs.iter().zip(u).map(|(&y, ui)| (y, ui.data())).collect();
+        if !seeds.is_empty() {
+            t.backward_seeded(&seeds);
+        }
+        Pass {
+            tape: t,
+            inputs,
+            value: F::zero(),
         }
     }
 
@@ -348,6 +401,42 @@ impl<F: Float> Workspace<F> {
             .collect();
         f(t, &inputs)
     }
+}
+
+impl<F: Float> Workspace<F> {
+    /// Clears the primal tape and records a leaf per input (`(x_i, differentiate)`).
+    fn primal_leaves<'t, 'a>(
+        &'t mut self,
+        inputs: impl IntoIterator<Item = (&'a Tensor<F>, bool)>,
+    ) -> (&'t Tape<F>, Leaves<'t, F>)
+    where
+        F: 'a,
+    {
+        self.primal.clear();
+        let t: &'t Tape<F> = &self.primal;
+        let leaves = inputs
+            .into_iter()
+            .map(|(x, rg)| t.leaf(x.shape(), x.data(), rg))
+            .collect();
+        (t, leaves)
+    }
+}
+
+/// s = Σ_i ⟨y_i, u_i⟩ recorded on `t` (so ∇_x s = Jᵀu), or `None` for no outputs.
+fn weighted_sum<'t, 'a, F: Float>(
+    t: &'t Tape<F>,
+    outs: &[Var<'t, F>],
+    u: impl Iterator<Item = &'a Tensor<F>>,
+) -> Option<Var<'t, F>> {
+    let mut s: Option<Var<'t, F>> = None;
+    for (y, ui) in outs.iter().zip(u) {
+        let term = (*y * t.constant(ui)).sum();
+        s = Some(match s {
+            None => term,
+            Some(acc) => acc + term,
+        });
+    }
+    s
 }
 
 /// Records each input as a dual leaf x + v ε, written straight into the

@@ -534,28 +534,63 @@ impl<T: Real> Tape<T> {
     /// If the cotangent's length differs from the output's element count.
     #[track_caller]
     pub fn backward_with(&self, out: Var<'_, T>, cotangent: &[T]) {
-        self.check_own(out, "backward_with");
+        self.backward_seeded(&[(out, cotangent)]);
+    }
+
+    /// Runs one reverse sweep seeded at several outputs: afterwards each
+    /// variable's adjoint is Σ_i (∂y_i/∂x)ᵀ u_i for the seeds (y_i, u_i), the
+    /// VJP of the map x ↦ (y_1, …, y_m) without recording Σ_i ⟨y_i, u_i⟩. A
+    /// variable seeded twice gets the sum of its cotangents.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![3.0]));
+    /// let (y1, y2) = (x * 2.0, x.square());
+    /// t.backward_seeded(&[(y1, &[1.0]), (y2, &[0.5])]);
+    /// assert_eq!(x.grad().data(), &[2.0 + 3.0]); // 2·1 + 2x·0.5
+    /// ```
+    ///
+    /// # Panics
+    /// If there is no seed, a seed is of another tape, or a cotangent's length
+    /// differs from its output's element count.
+    #[track_caller]
+    pub fn backward_seeded(&self, seeds: &[(Var<'_, T>, &[T])]) {
+        for (out, _) in seeds {
+            self.check_own(*out, "backward_seeded");
+        }
+        let Some(root) = seeds.iter().map(|(v, _)| v.idx).max() else {
+            panic!("backward_seeded: no seed")
+        };
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let root = out.idx as usize;
-        let root_node = &inner.nodes[root];
-        if cotangent.len() != root_node.shape.numel() {
-            shape_panic(
-                "backward_with",
-                &[("output", root_node.shape)],
-                format_args!("cotangent has {} elements", cotangent.len()),
-            );
-        }
-        let end = root_node.range().end;
+        let end = inner.nodes[root as usize].range().end;
         // Adjoints are zeroed lazily, on first touch (see `Bwd::g_in`).
         if inner.grads.len() < end {
             inner.grads.resize(end, T::zero());
         }
         inner.has_adj.clear();
-        inner.has_adj.resize(root + 1, false);
-        inner.grads[root_node.range()].copy_from_slice(cotangent);
-        inner.has_adj[root] = true;
-        inner.swept_from = Some(out.idx);
+        inner.has_adj.resize(root as usize + 1, false);
+        for (out, cotangent) in seeds {
+            let i = out.idx as usize;
+            let node = &inner.nodes[i];
+            if cotangent.len() != node.shape.numel() {
+                shape_panic(
+                    "backward_seeded",
+                    &[("output", node.shape)],
+                    format_args!("cotangent has {} elements", cotangent.len()),
+                );
+            }
+            let g = &mut inner.grads[node.range()];
+            if inner.has_adj[i] {
+                g.iter_mut().zip(*cotangent).for_each(|(a, &b)| *a += b);
+            } else {
+                g.copy_from_slice(cotangent);
+                inner.has_adj[i] = true;
+            }
+        }
+        let root = root as usize;
+        inner.swept_from = Some(root as u32);
         let mut scratch = std::mem::take(&mut inner.scratch);
         for i in (0..=root).rev() {
             let node = &inner.nodes[i];
@@ -664,6 +699,35 @@ impl<T: Real> Tape<T> {
                 "{what}: {v:?} belongs to tape {}, not to tape {}",
                 v.tape.id, self.id
             );
+        }
+    }
+
+    /// The variable at node `index` of this tape: for code that hands a
+    /// tape's variables across a type-erased boundary (it downcasts
+    /// `&Tape<T>` with [`std::any::Any`] to a concrete element type, then
+    /// rebuilds the variables by their [`Var::index`]).
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let any: &dyn std::any::Any = &t;
+    /// let t64 = any.downcast_ref::<Tape<f64>>().unwrap();
+    /// assert_eq!(t64.var_at(x.index()).value().data(), &[1.0, 2.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `index` is not a node of this tape.
+    #[track_caller]
+    pub fn var_at(&self, index: usize) -> Var<'_, T> {
+        let n = self.len();
+        assert!(
+            index < n,
+            "Tape::var_at: node {index} of a tape of {n} nodes"
+        );
+        Var {
+            tape: self,
+            idx: index as u32,
         }
     }
 

@@ -8,41 +8,43 @@
 //! it needs: its primal part is ∇L_in, its tangent part is H_φφ w (on φ) and
 //! the mixed product M w = ∂²L_in/∂θ∂φ · w (on θ). The tapes are cleared and
 //! reused, so a long inner loop does not grow them.
+//!
+//! SGD, Meta-SGD and momentum have hand-derived steps (docs/math.md §2); an
+//! [`crate::InnerRule`]'s forward, adjoint and tangent steps are derived from
+//! its one step by `hvp`'s passes (docs/math.md §12).
 
 use std::cell::Ref;
 
 use hvp::{Leaves, Pass, Seed, Workspace};
 use smallvec::SmallVec;
-use tape::{Dual, Float, Real, Tensor};
+use tape::{Dual, Float, Real, Shape, Tensor};
 
 use crate::engine::sweep::SweepBuffers;
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
+use crate::rules::{check_step_shapes, Rule};
 
-/// An inner state: the weights φ and, for momentum, the velocity v.
+/// An inner state: the weights φ and the optimiser's extra state e (the
+/// velocity for momentum, Adam's moments, whatever an [`crate::InnerRule`]
+/// carries; see [`crate::InnerLoop::extra_state`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct State<F: Float> {
     /// φ, one tensor per φ tensor of the problem.
     pub phi: Vec<Tensor<F>>,
-    /// The velocity v (same shapes as φ) for momentum; empty otherwise.
-    pub velocity: Vec<Tensor<F>>,
+    /// The extra state e (zeros at step 0; empty for SGD and Meta-SGD).
+    pub extra: Vec<Tensor<F>>,
 }
 
 impl<F: Float> State<F> {
     /// Bytes held by the state's elements.
     pub fn bytes(&self) -> usize {
-        let n: usize = self
-            .phi
-            .iter()
-            .chain(&self.velocity)
-            .map(|t| t.numel())
-            .sum();
+        let n: usize = self.phi.iter().chain(&self.extra).map(|t| t.numel()).sum();
         n * std::mem::size_of::<F>()
     }
 
     /// Whether every element is finite.
     pub fn is_finite(&self) -> bool {
-        tensors_finite(self.phi.iter().chain(&self.velocity))
+        tensors_finite(self.phi.iter().chain(&self.extra))
     }
 }
 
@@ -52,8 +54,8 @@ impl<F: Float> State<F> {
 pub struct Cotangent<F: Float> {
     /// ū on φ.
     pub phi: Vec<Tensor<F>>,
-    /// ū on the velocity (momentum only; empty otherwise).
-    pub velocity: Vec<Tensor<F>>,
+    /// ū on the extra state (empty when there is none).
+    pub extra: Vec<Tensor<F>>,
 }
 
 impl<F: Float> Cotangent<F> {
@@ -61,18 +63,14 @@ impl<F: Float> Cotangent<F> {
     /// the shapes match.
     pub(crate) fn zero_like(&mut self, s: &State<F>) {
         zero_tensors(&mut self.phi, &s.phi);
-        zero_tensors(&mut self.velocity, &s.velocity);
+        zero_tensors(&mut self.extra, &s.extra);
     }
 
     /// Zero cotangent shaped like `s`.
     pub fn zeros_like(s: &State<F>) -> Self {
         Cotangent {
             phi: s.phi.iter().map(|t| Tensor::zeros(t.shape())).collect(),
-            velocity: s
-                .velocity
-                .iter()
-                .map(|t| Tensor::zeros(t.shape()))
-                .collect(),
+            extra: s.extra.iter().map(|t| Tensor::zeros(t.shape())).collect(),
         }
     }
 }
@@ -116,6 +114,11 @@ pub struct InnerWorkspace<F: Float> {
     ws: Workspace<F>,
     /// The adjoint step's tangent w, concatenated in φ order.
     w: Vec<F>,
+    /// A rule's step: g_j, one tensor per φ tensor.
+    g: Vec<Tensor<F>>,
+    /// A rule's adjoint step: H w (plus ∇_φ L_in for the inner-sum
+    /// objective), concatenated in φ order.
+    hw: Vec<F>,
 }
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
@@ -149,7 +152,7 @@ impl<F: Float> InnerWorkspace<F> {
         Self::default()
     }
 
-    /// φ_0 = Φ_0(θ) (velocity zero for momentum). Not counted as a step.
+    /// φ_0 = Φ_0(θ) (extra state zero). Not counted as a step.
     ///
     /// # Errors
     /// [`BloError::NonFinite`] (step 0) if φ_0 is not finite.
@@ -161,7 +164,7 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Result<State<F>, BloError> {
         let mut s = State {
             phi: Vec::new(),
-            velocity: Vec::new(),
+            extra: Vec::new(),
         };
         self.initial_state_into(problem, task, theta, &mut s)?;
         Ok(s)
@@ -188,10 +191,13 @@ impl<F: Float> InnerWorkspace<F> {
                 }
             }
         });
-        if problem.inner_loop().has_velocity() {
-            zero_tensors(&mut s.velocity, &s.phi);
-        } else {
-            s.velocity.clear();
+        match &problem.inner_loop().optimizer {
+            InnerOptimizer::Momentum { .. } => zero_tensors(&mut s.extra, &s.phi),
+            InnerOptimizer::Rule(rule) => {
+                let phi: SmallVec<[Shape; 16]> = s.phi.iter().map(|p| p.shape()).collect();
+                zero_shapes(&mut s.extra, rule.extra_state(&phi).into_iter());
+            }
+            InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => s.extra.clear(),
         }
         if !s.is_finite() {
             return Err(non_finite("initial state", 0));
@@ -219,6 +225,11 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
+        if let InnerOptimizer::Rule(rule) = &problem.inner_loop().optimizer {
+            let value = self.inner_grad(problem, task, j, theta, &state.phi)?;
+            self.rule_forward(rule, j, theta, state)?;
+            return Ok(value);
+        }
         let nt = theta.len();
         let pass = self.ws.grad_pass(
             theta
@@ -258,7 +269,7 @@ impl<F: Float> InnerWorkspace<F> {
             }
             InnerOptimizer::Momentum { lr, beta } => {
                 let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
-                for ((p, v), g) in state.phi.iter_mut().zip(&mut state.velocity).zip(grads) {
+                for ((p, v), g) in state.phi.iter_mut().zip(&mut state.extra).zip(grads) {
                     let mut v = v.data_mut().iter_mut();
                     update(p.data_mut(), g, F::zero(), |x, gi| {
                         let vi = v.next().expect("velocity has φ's shape");
@@ -267,8 +278,92 @@ impl<F: Float> InnerWorkspace<F> {
                     });
                 }
             }
+            InnerOptimizer::Rule(_) => unreachable!("a rule's step is taken above"),
         }
         Ok(value)
+    }
+
+    /// L_in(θ, φ; τ, j) and g_j = ∇_φ L_in into `self.g` (one reverse sweep).
+    ///
+    /// # Errors
+    /// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
+    /// finite.
+    fn inner_grad<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        j: usize,
+        theta: &[Tensor<F>],
+        phi: &[Tensor<F>],
+    ) -> Result<F, BloError> {
+        let nt = theta.len();
+        let pass = self.ws.grad_pass(
+            theta
+                .iter()
+                .map(|x| (x, false))
+                .chain(phi.iter().map(|x| (x, true))),
+            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+        );
+        let value = pass.value();
+        if !value.is_finite() {
+            return Err(non_finite("inner loss", j));
+        }
+        zero_tensors(&mut self.g, phi);
+        for (i, g) in self.g.iter_mut().enumerate() {
+            if let Some(a) = pass.adjoint(nt + i) {
+                g.data_mut().copy_from_slice(&a);
+            }
+        }
+        if !tensors_finite(&self.g) {
+            return Err(non_finite("inner gradient", j));
+        }
+        Ok(value)
+    }
+
+    /// A rule's forward step, state_{j−1} → state_j = R(θ, φ, e, g_j; j) with
+    /// g_j in `self.g`: the rule recorded once on the primal tape, its outputs
+    /// checked (shapes, finiteness) and copied into `state`.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the rule, the tensor and
+    /// both shapes if the step returns a state of another shape;
+    /// [`BloError::NonFinite`] if the new state is not finite (`state` is then
+    /// unchanged).
+    fn rule_forward(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        state: &mut State<F>,
+    ) -> Result<(), BloError> {
+        let (a, b, c) = split_points(theta, state);
+        let phi = &state.phi;
+        let extra = &state.extra;
+        let inputs = theta.iter().chain(phi).chain(extra).chain(&self.g);
+        let (t, out) = self.ws.eval(inputs, |t, v| {
+            let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+            check_step_shapes(
+                rule,
+                "φ",
+                out.phi.iter().map(|v| v.shape()),
+                phi.iter().map(|p| p.shape()),
+            )?;
+            check_step_shapes(
+                rule,
+                "extra state",
+                out.extra.iter().map(|v| v.shape()),
+                extra.iter().map(|p| p.shape()),
+            )?;
+            Ok::<_, BloError>((t, out))
+        })?;
+        let outs = || out.phi.iter().chain(&out.extra);
+        if !outs().all(|&v| all_finite(&t.value_ref(v))) {
+            return Err(non_finite("inner state", j));
+        }
+        for (x, &v) in state.phi.iter_mut().chain(&mut state.extra).zip(outs()) {
+            x.data_mut().copy_from_slice(&t.value_ref(v));
+        }
+        Ok(())
     }
 
     /// L_out(θ, φ) only (one forward pass, no sweep).
@@ -517,6 +612,24 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Result<(), BloError> {
         let opt = &problem.inner_loop().optimizer;
         check_like("adjoint_step: cotangent", &cot.phi, &prev.phi);
+        if let InnerOptimizer::Rule(rule) = opt {
+            check_like(
+                "adjoint_step: extra-state cotangent",
+                &cot.extra,
+                &prev.extra,
+            );
+            return self.rule_adjoint(
+                problem,
+                task,
+                rule,
+                j,
+                theta,
+                prev,
+                cot,
+                g_theta,
+                with_inner_loss,
+            );
+        }
         let w = &mut self.w;
         w.clear();
         match opt {
@@ -533,12 +646,13 @@ impl<F: Float> InnerWorkspace<F> {
                 }
             }
             InnerOptimizer::Momentum { lr, .. } => {
-                check_like("adjoint_step: velocity cotangent", &cot.velocity, &prev.phi);
+                check_like("adjoint_step: velocity cotangent", &cot.extra, &prev.phi);
                 let a = F::from_f64(*lr);
-                for (uv, u) in cot.velocity.iter().zip(&cot.phi) {
+                for (uv, u) in cot.extra.iter().zip(&cot.phi) {
                     w.extend(uv.data().iter().zip(u.data()).map(|(&v, &x)| v - a * x));
                 }
             }
+            InnerOptimizer::Rule(_) => unreachable!("a rule's adjoint is taken above"),
         }
         let pass = dual_pass(
             &mut self.ws,
@@ -577,13 +691,14 @@ impl<F: Float> InnerWorkspace<F> {
                     update(g.data_mut(), a.as_deref(), zero, |x, mw| *x -= mw.d);
                 }
             }
+            InnerOptimizer::Rule(_) => unreachable!("a rule's adjoint is taken above"),
             InnerOptimizer::Momentum { beta, .. } => {
                 let b = F::from_f64(*beta);
                 for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
                     update(u.data_mut(), a.as_deref(), zero, |x, hw| *x += hw.d);
                 }
                 let mut rest = w;
-                for uv in &mut cot.velocity {
+                for uv in &mut cot.extra {
                     let (wi, tail) = rest.split_at(uv.numel());
                     rest = tail;
                     for (x, &wk) in uv.data_mut().iter_mut().zip(wi) {
@@ -603,11 +718,307 @@ impl<F: Float> InnerWorkspace<F> {
                 update(g.data_mut(), a.as_deref(), zero, |x, gt| *x += gt.v);
             }
         }
-        if !tensors_finite(cot.phi.iter().chain(&cot.velocity).chain(g_theta.iter())) {
+        if !tensors_finite(cot.phi.iter().chain(&cot.extra).chain(g_theta.iter())) {
             return Err(non_finite("adjoint", j));
         }
         Ok(())
     }
+}
+
+impl<F: Float> InnerWorkspace<F> {
+    /// A rule's adjoint step (docs/math.md §12). With s_j = R(θ, φ, e, g) and
+    /// g = ∇_φ L_in(θ, φ): one reverse sweep of R at (θ, φ_{j−1}, e_{j−1}, g_j)
+    /// with cotangent ū_j gives (a_θ, a_φ, a_e, a_g); one dual pass of L_in
+    /// with tangent a_g gives H a_g and M a_g; then
+    /// ū_{j−1} = (a_φ + H a_g, a_e) and g_θ += a_θ + M a_g.
+    ///
+    /// g_j comes first from a gradient pass, unless the rule is affine in g:
+    /// then a_g does not depend on g, so it is taken from a sweep at g = 0, the
+    /// dual pass supplies g_j in its primal part, and the full sweep follows
+    /// (which checks that a_g is indeed the same).
+    #[allow(clippy::too_many_arguments)]
+    fn rule_adjoint<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+        with_inner_loss: bool,
+    ) -> Result<(), BloError> {
+        if rule.affine_in_grad() {
+            zero_tensors(&mut self.g, &prev.phi);
+            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Only)?;
+            self.rule_dual(
+                problem,
+                task,
+                j,
+                theta,
+                prev,
+                g_theta,
+                with_inner_loss,
+                true,
+            )?;
+            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Check)?;
+        } else {
+            self.inner_grad(problem, task, j, theta, &prev.phi)?;
+            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Set)?;
+            self.rule_dual(
+                problem,
+                task,
+                j,
+                theta,
+                prev,
+                g_theta,
+                with_inner_loss,
+                false,
+            )?;
+        }
+        let mut hw = &self.hw[..];
+        for u in &mut cot.phi {
+            let (h, rest) = hw.split_at(u.numel());
+            hw = rest;
+            for (x, &y) in u.data_mut().iter_mut().zip(h) {
+                *x += y;
+            }
+        }
+        if !tensors_finite(cot.phi.iter().chain(&cot.extra).chain(g_theta.iter())) {
+            return Err(non_finite("adjoint", j));
+        }
+        Ok(())
+    }
+
+    /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (g in
+    /// `self.g`) with cotangent ū_j = `cot`. `Only`: a_g into `self.w`, nothing
+    /// else. `Set`: a_g into `self.w`, and `Check`: a_g must equal `self.w`;
+    /// both then add a_θ to `g_theta` and set `cot` to (a_φ, a_e).
+    ///
+    /// # Errors
+    /// `Check` with a different a_g: the rule claims to be affine in g and is
+    /// not ([`BloError::InvalidHyperparameter`] naming it).
+    #[allow(clippy::too_many_arguments)]
+    fn rule_vjp(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+        mode: AdjointG,
+    ) -> Result<(), BloError> {
+        let (a, b, c) = split_points(theta, prev);
+        // For a_g alone, only g is differentiated.
+        let all = mode != AdjointG::Only;
+        let inputs = theta
+            .iter()
+            .chain(&prev.phi)
+            .chain(&prev.extra)
+            .map(|x| (x, all))
+            .chain(self.g.iter().map(|x| (x, true)));
+        let pass = self.ws.vjp_pass(
+            inputs,
+            |t, v| {
+                let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+                out.phi.into_iter().chain(out.extra).collect()
+            },
+            cot.phi.iter().chain(&cot.extra),
+        );
+        let a_g = (c..pass.inputs().len()).map(|i| pass.adjoint(i));
+        match mode {
+            AdjointG::Only | AdjointG::Set => {
+                self.w.clear();
+                for (ag, g) in a_g.zip(&self.g) {
+                    match ag {
+                        Some(ag) => self.w.extend_from_slice(&ag),
+                        None => self.w.extend(std::iter::repeat_n(F::zero(), g.numel())),
+                    }
+                }
+                if mode == AdjointG::Only {
+                    return Ok(());
+                }
+            }
+            AdjointG::Check => {
+                let mut w = &self.w[..];
+                for (ag, g) in a_g.zip(&self.g) {
+                    let (wi, rest) = w.split_at(g.numel());
+                    w = rest;
+                    let same = match ag {
+                        Some(ag) => *ag == *wi,
+                        None => wi.iter().all(|x| *x == F::zero()),
+                    };
+                    if !same {
+                        return Err(BloError::invalid(
+                            "inner rule",
+                            rule.name(),
+                            "declares its step affine in g (affine_in_grad) but its VJP with respect to g depends on g",
+                        ));
+                    }
+                }
+            }
+        }
+        let zero = F::zero();
+        for (i, gt) in g_theta.iter_mut().enumerate() {
+            update(gt.data_mut(), pass.adjoint(i).as_deref(), zero, |x, y| {
+                *x += y
+            });
+        }
+        for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
+            update(
+                u.data_mut(),
+                pass.adjoint(a + i).as_deref(),
+                zero,
+                |x, y| *x = y,
+            );
+        }
+        Ok(())
+    }
+
+    /// The dual pass of a rule's adjoint step: L_in at (θ, φ_{j−1} + ε w),
+    /// w = a_g in `self.w`. Sets `self.hw` to H w (plus ∇_φ L_in with
+    /// `with_inner_loss`), adds M w (plus ∇_θ L_in) to `g_theta`, and with
+    /// `take_g` copies g_j (the primal part) into `self.g`.
+    #[allow(clippy::too_many_arguments)]
+    fn rule_dual<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        g_theta: &mut [Tensor<F>],
+        with_inner_loss: bool,
+        take_g: bool,
+    ) -> Result<(), BloError> {
+        let pass = dual_pass(
+            &mut self.ws,
+            problem,
+            task,
+            j,
+            theta,
+            &prev.phi,
+            Tangent::Zero,
+            Tangent::Flat(&self.w),
+        )?;
+        let nt = theta.len();
+        let zero = Dual::new(F::zero(), F::zero());
+        let inner = if with_inner_loss { F::one() } else { F::zero() };
+        for (i, gt) in g_theta.iter_mut().enumerate() {
+            update(gt.data_mut(), pass.adjoint(i).as_deref(), zero, |x, y| {
+                *x += y.d + inner * y.v;
+            });
+        }
+        self.hw.clear();
+        for (i, g) in self.g.iter_mut().enumerate() {
+            let adj = pass.adjoint(nt + i);
+            match adj.as_deref() {
+                Some(a) => self.hw.extend(a.iter().map(|y| y.d + inner * y.v)),
+                None => self.hw.extend(std::iter::repeat_n(F::zero(), g.numel())),
+            }
+            if take_g {
+                update(g.data_mut(), adj.as_deref(), zero, |x, y| *x = y.v);
+            }
+        }
+        if take_g && !tensors_finite(&self.g) {
+            return Err(non_finite("inner gradient", j));
+        }
+        Ok(())
+    }
+}
+
+impl<F: Float> InnerWorkspace<F> {
+    /// A rule's forward-mode tangent step at state s_{j−1} = `state` along
+    /// θ̇ = `theta_dot`: one dual pass of L_in with tangents (θ̇, φ̇) gives g_j
+    /// and ġ = H φ̇ + (∂²L_in/∂φ∂θ) θ̇; then (φ̇, ė) ← the JVP of R at
+    /// (θ, φ, e, g_j) along (θ̇, φ̇, ė, ġ), one forward pass on dual numbers.
+    ///
+    /// # Errors
+    /// [`BloError::NonFinite`] naming step j if L_in is not finite.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn rule_tangent_step<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        state: &State<F>,
+        theta_dot: &[Tensor<F>],
+        phi_dot: &mut Vec<Tensor<F>>,
+        extra_dot: &mut Vec<Tensor<F>>,
+    ) -> Result<(), BloError> {
+        let nt = theta.len();
+        let mut x: Vec<Tensor<F>> = theta
+            .iter()
+            .chain(&state.phi)
+            .chain(&state.extra)
+            .cloned()
+            .collect();
+        let mut x_dot: Vec<Tensor<F>> = theta_dot
+            .iter()
+            .chain(phi_dot.iter())
+            .chain(extra_dot.iter())
+            .cloned()
+            .collect();
+        {
+            let pass = self.hvp_pass(
+                problem,
+                task,
+                j,
+                theta,
+                &state.phi,
+                phi_dot,
+                Some(theta_dot),
+            )?;
+            for (i, p) in state.phi.iter().enumerate() {
+                let (mut g, mut g_dot) = (Tensor::zeros(p.shape()), Tensor::zeros(p.shape()));
+                if let Some(a) = pass.adjoint(nt + i) {
+                    for ((gk, dk), y) in g.data_mut().iter_mut().zip(g_dot.data_mut()).zip(a.iter())
+                    {
+                        (*gk, *dk) = (y.v, y.d);
+                    }
+                }
+                x.push(g);
+                x_dot.push(g_dot);
+            }
+        }
+        let (a, b, c) = split_points(theta, state);
+        let mut out = Vec::new();
+        self.ws.jvp_into(
+            &x,
+            &x_dot,
+            |t, v| {
+                let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+                out.phi.into_iter().chain(out.extra).collect()
+            },
+            &mut out,
+        );
+        *extra_dot = out.split_off(state.phi.len());
+        *phi_dot = out;
+        Ok(())
+    }
+}
+
+/// What [`InnerWorkspace::rule_vjp`] does with the VJP's g-part a_g.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AdjointG {
+    /// Keep a_g only.
+    Only,
+    /// Keep a_g and apply the rest.
+    Set,
+    /// Check a_g against the kept one and apply the rest.
+    Check,
+}
+
+/// Where θ, φ, e and g start among a rule step's inputs (θ, φ, e, g): the
+/// ends of θ, φ and e.
+fn split_points<F: Float>(theta: &[Tensor<F>], s: &State<F>) -> (usize, usize, usize) {
+    let a = theta.len();
+    let b = a + s.phi.len();
+    (a, b, b + s.extra.len())
 }
 
 /// A tangent on a tensor list of a dual pass.
@@ -744,16 +1155,21 @@ pub(crate) fn update<A, B: Copy>(
 /// Makes `dst` zeros shaped like `like`, reusing `dst`'s tensors where the
 /// shapes match.
 fn zero_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
-    dst.truncate(like.len());
-    for (d, s) in dst.iter_mut().zip(like) {
-        if d.shape() == s.shape() {
-            d.data_mut().fill(F::zero());
-        } else {
-            *d = Tensor::zeros(s.shape());
+    zero_shapes(dst, like.iter().map(|t| t.shape()));
+}
+
+/// Makes `dst` zeros of the given shapes, reusing `dst`'s tensors where the
+/// shapes match.
+fn zero_shapes<F: Float>(dst: &mut Vec<Tensor<F>>, shapes: impl ExactSizeIterator<Item = Shape>) {
+    dst.truncate(shapes.len());
+    let mut shapes = shapes.enumerate();
+    for (i, s) in shapes.by_ref() {
+        match dst.get_mut(i) {
+            Some(d) if d.shape() == s => d.data_mut().fill(F::zero()),
+            Some(d) => *d = Tensor::zeros(s),
+            None => dst.push(Tensor::zeros(s)),
         }
     }
-    let n = dst.len();
-    dst.extend(like[n..].iter().map(|s| Tensor::zeros(s.shape())));
 }
 
 /// Panics unless `a` has one tensor per tensor of `like`, shape for shape.

@@ -54,7 +54,7 @@ impl<F: Float> StateStore<F> {
         );
         self.spare.pop().unwrap_or(State {
             phi: Vec::new(),
-            velocity: Vec::new(),
+            extra: Vec::new(),
         })
     }
 
@@ -101,7 +101,7 @@ impl<F: Float> StateStore<F> {
         let mut c = self.take_free(to);
         let s = self.get(from);
         copy_tensors(&mut c.phi, &s.phi);
-        copy_tensors(&mut c.velocity, &s.velocity);
+        copy_tensors(&mut c.extra, &s.extra);
         self.put(to, c);
     }
 

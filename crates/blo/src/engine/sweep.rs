@@ -139,7 +139,7 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                 let s = store.get(buf);
                 let mut c = cot.take().unwrap_or(Cotangent {
                     phi: Vec::new(),
-                    velocity: Vec::new(),
+                    extra: Vec::new(),
                 });
                 c.zero_like(s);
                 match self.target {

@@ -16,6 +16,8 @@ use crate::problem::{InnerOptimizer, Problem};
 /// - SGD: Ż ← Ż − α ṫ;
 /// - Meta-SGD: Ż ← Ż − α ⊙ ṫ − α̇ ⊙ ∇_φL_in (α̇ the part of e_c on the steps);
 /// - momentum: V̇ ← β V̇ + ṫ, Ż ← Ż − α V̇;
+/// - a rule R: (Ż, ė) ← the JVP of R at (θ, φ, e, g) along (θ̇, Ż, ė, ṫ), one
+///   forward pass on dual numbers (docs/math.md §12);
 ///
 /// and finally ∂F/∂θ_c = ∇_θ L_out · e_c + ∇_φ L_out · Ż_r. No reverse sweep
 /// over the trajectory, so no state is stored, but the cost is n·r HVP passes
@@ -59,15 +61,25 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ForwardMode {
             .map(|e| ws.initial_state_jvp(problem, task, theta, e))
             .collect();
         stats.hvps += units.len();
-        let mut zv: Vec<Vec<Tensor<F>>> = z
-            .iter()
-            .map(|zc| zc.iter().map(|t| Tensor::zeros(t.shape())).collect())
+        // The tangents of the extra state (ė_0 = 0: e_0 does not depend on θ).
+        let mut zv: Vec<Vec<Tensor<F>>> = (0..units.len())
+            .map(|_| s.extra.iter().map(|t| Tensor::zeros(t.shape())).collect())
             .collect();
         let bytes = s.bytes();
-        stats.states_peak = 1 + units.len() * if inner.has_velocity() { 2 } else { 1 };
+        // The state and one tangent state (Ż, ė) per column.
+        stats.states_peak = 1 + units.len();
         stats.state_bytes_peak = bytes * stats.states_peak;
         for j in 1..=inner.steps {
             for c in 0..units.len() {
+                if let InnerOptimizer::Rule(rule) = &inner.optimizer {
+                    let (zc, zvc) = (&mut z[c], &mut zv[c]);
+                    ws.rule_tangent_step(problem, task, rule, j, theta, &s, &units[c], zc, zvc)?;
+                    stats.hvps += 1;
+                    if !tensors_finite(z[c].iter().chain(&zv[c])) {
+                        return Err(crate::engine::step::non_finite("forward tangent", j));
+                    }
+                    continue;
+                }
                 // H Ż + (∂²L/∂φ∂θ) θ̇ in `.d` and ∇_φL in `.v`, read in place
                 // from the tape (a structural zero reads as zeros).
                 let pass = ws.hvp_pass(problem, task, j, theta, &s.phi, &z[c], Some(&units[c]))?;
@@ -106,6 +118,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for ForwardMode {
                             });
                         }
                     }
+                    InnerOptimizer::Rule(_) => unreachable!("a rule's tangent step is taken above"),
                 }
                 if !tensors_finite(&z[c]) {
                     return Err(crate::engine::step::non_finite("forward tangent", j));

@@ -50,7 +50,7 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Truncated {
         let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
         sw.run(plan.actions())?;
         if let Some(c) = sw.cot.as_mut() {
-            c.velocity
+            c.extra
                 .iter_mut()
                 .for_each(|v| v.data_mut().fill(F::zero()));
         }
