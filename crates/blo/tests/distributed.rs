@@ -440,3 +440,25 @@ fn rank_0_failing_to_write_its_checkpoint_stops_the_others() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_theta_file_has_the_same_bytes_whatever_the_hash_order_of_its_metadata() {
+    // Ranks and runs are separate processes, each with its own HashMap
+    // order; so are these maps (each RandomState has its own keys).
+    let names: Vec<String> = ["w", "b", "Z", "_a"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let theta: Vec<Tensor<f64>> = (0..4).map(|i| Tensor::vector(vec![i as f64; 3])).collect();
+    let files: Vec<Vec<u8>> = (0..16)
+        .map(|_| {
+            let meta = (0..8)
+                .map(|i| (format!("key{i}"), format!("{i}")))
+                .collect();
+            blo::io::tensors_to_bytes(&names, &theta, Some(meta))
+        })
+        .collect();
+    for f in &files[1..] {
+        assert_eq!(f, &files[0]);
+    }
+}

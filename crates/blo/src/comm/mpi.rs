@@ -16,6 +16,8 @@ use super::{CommError, Communicator};
 
 /// The tag of heartbeat messages (on a communicator of their own).
 const HEARTBEAT_TAG: i32 = 0x6b6c;
+/// The tag of a rank's last heartbeat message, at shutdown.
+const BYE_TAG: i32 = 0x6b6d;
 /// How often each rank sends its heartbeat.
 const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 /// The exit code of a rank that stops because another rank was lost.
@@ -30,21 +32,26 @@ const NONE_LOST: usize = usize::MAX;
 /// polled), so they move bytes only: the trainer sums in task order itself.
 ///
 /// # A lost rank
-/// A killed process cannot answer any more, and an MPI collective waiting for
-/// it cannot be cancelled. Each rank therefore runs a heartbeat thread (on a
-/// duplicate of `MPI_COMM_WORLD`, MPI initialised with
-/// `MPI_THREAD_MULTIPLE`): every 0.2 s it sends a byte to every other rank
-/// and reads theirs. A rank silent for longer than the heartbeat timeout
-/// (default 10 s, environment variable `BLO_MPI_HEARTBEAT_SECS`) is lost: a
-/// rank waiting in a collective prints
+/// An MPI collective waiting for a rank that will never answer cannot be
+/// cancelled, and a hung or frozen process (or machine) is reported by no
+/// transport. Each rank therefore runs a heartbeat thread (on a duplicate of
+/// `MPI_COMM_WORLD`, MPI initialised with `MPI_THREAD_MULTIPLE`): every
+/// 0.2 s it sends a byte to every other rank and reads theirs. A rank silent
+/// for longer than the heartbeat timeout (default 10 s, environment variable
+/// `BLO_MPI_HEARTBEAT_SECS`; `off` for none) is lost: a rank waiting in a
+/// collective prints
 /// `blo: rank R: rank L lost (no heartbeat for T s) during <op> at <context>`
-/// to stderr and exits with code [`LOST_RANK_EXIT_CODE`] (the trainer sets the
-/// context to the outer step; rank 0 writes checkpoints between collectives,
-/// so the last checkpoint is whole). MPICH's launcher by default kills the
-/// whole job as soon as one process dies, before that; it then names the
-/// dead process by its PID, which rank 0's start-up line
-/// (`blo: MPI job of N ranks: rank 0 = pid …`) maps to a rank. Start the
-/// job with `mpiexec -disable-auto-cleanup` to let the survivors report.
+/// to stderr and exits with code [`LOST_RANK_EXIT_CODE`] (the trainer sets
+/// the context to the outer step; rank 0 writes checkpoints between
+/// collectives, so the last checkpoint is whole), and MPICH's launcher then
+/// ends the job.
+///
+/// A *killed* process is seen sooner by MPICH itself: its launcher kills the
+/// whole job at once (or UCX aborts the survivor whose transfer failed) and
+/// names the dead process by its PID, which rank 0's start-up line
+/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps to a rank.
+/// (`mpiexec -disable-auto-cleanup` is not supported: MPICH then signals the
+/// survivors with SIGUSR1, which ends them.)
 ///
 /// Dropping the last `Mpi` finalises MPI (after a barrier, so every rank's
 /// heartbeats stop first); a rank that saw a lost peer skips finalisation.
@@ -79,6 +86,7 @@ impl Mpi {
     /// is not a positive number of seconds.
     pub fn init() -> Result<Mpi, CommError> {
         let secs = match std::env::var("BLO_MPI_HEARTBEAT_SECS") {
+            Ok(s) if s.trim() == "off" => return Self::start(None),
             Ok(s) => s
                 .trim()
                 .parse::<f64>()
@@ -99,26 +107,40 @@ impl Mpi {
     /// # Errors
     /// [`CommError::Protocol`] if MPI was already initialised.
     pub fn init_with_heartbeat(timeout: Duration) -> Result<Mpi, CommError> {
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+        Self::start(Some(timeout))
+    }
+
+    /// Initialises MPI, with a heartbeat of timeout `heartbeat` or none
+    /// (`BLO_MPI_HEARTBEAT_SECS=off`: single-threaded MPI, a lost rank is
+    /// then left to the launcher).
+    fn start(heartbeat: Option<Duration>) -> Result<Mpi, CommError> {
+        let want = if heartbeat.is_some() {
+            Threading::Multiple
+        } else {
+            Threading::Single
+        };
+        let (universe, threading) = mpi::initialize_with_threading(want)
             .ok_or_else(|| CommError::Protocol("MPI was already initialised".into()))?;
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        let heartbeat = (size > 1 && threading == Threading::Multiple).then(|| {
-            let stop = Arc::new(AtomicBool::new(false));
-            let lost = Arc::new(AtomicUsize::new(NONE_LOST));
-            let comm = world.duplicate();
-            let (s, l) = (Arc::clone(&stop), Arc::clone(&lost));
-            let thread = std::thread::Builder::new()
-                .name("blo-mpi-heartbeat".into())
-                .spawn(move || heartbeat_loop(comm, rank, size, timeout, &s, &l))
-                .expect("spawning the heartbeat thread");
-            Heartbeat {
-                stop,
-                lost,
-                timeout,
-                thread: Some(thread),
-            }
-        });
+        let heartbeat = heartbeat
+            .filter(|_| size > 1 && threading == Threading::Multiple)
+            .map(|timeout| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let lost = Arc::new(AtomicUsize::new(NONE_LOST));
+                let comm = world.duplicate();
+                let (s, l) = (Arc::clone(&stop), Arc::clone(&lost));
+                let thread = std::thread::Builder::new()
+                    .name("blo-mpi-heartbeat".into())
+                    .spawn(move || heartbeat_loop(comm, rank, size, timeout, &s, &l))
+                    .expect("spawning the heartbeat thread");
+                Heartbeat {
+                    stop,
+                    lost,
+                    timeout,
+                    thread: Some(thread),
+                }
+            });
         let me = Mpi {
             world,
             rank,
@@ -128,7 +150,7 @@ impl Mpi {
             calls: std::cell::Cell::new(0),
             _universe: universe,
         };
-        if threading != Threading::Multiple && size > 1 {
+        if threading != want && size > 1 {
             eprintln!(
                 "blo: MPI gave thread level {threading:?}, not Multiple: no heartbeat, a lost rank may hang the job"
             );
@@ -150,7 +172,11 @@ impl Mpi {
     /// Polls `test` until it reports completion; exits the process if a rank
     /// is lost meanwhile (an MPI request cannot be abandoned).
     fn poll(&self, op: &'static str, mut test: impl FnMut() -> bool) {
-        let mut nap = Duration::from_micros(20);
+        // Spin (yielding the core) for the first 2 ms: a meta-step's
+        // exchange is usually that quick, and a sleep costs ~60 µs at least.
+        // Then nap, up to 1 ms, so a rank waiting for a slow peer idles.
+        let started = Instant::now();
+        let mut nap = Duration::from_micros(50);
         while !test() {
             if let Some(hb) = &self.heartbeat {
                 let lost = hb.lost.load(Ordering::SeqCst);
@@ -164,8 +190,12 @@ impl Mpi {
                     std::process::exit(LOST_RANK_EXIT_CODE);
                 }
             }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(1));
+            if started.elapsed() < Duration::from_millis(2) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
         }
     }
 
@@ -209,6 +239,27 @@ fn heartbeat_loop(
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // Say goodbye, then read every peer's messages up to its goodbye (one
+    // sender's messages arrive in order), so none is left unread at
+    // MPI_Finalize. A peer lost meanwhile is given up after `timeout`.
+    for p in (0..size).filter(|&p| p != rank && lost.load(Ordering::SeqCst) != p) {
+        comm.process_at_rank(p as i32).send_with_tag(&0u8, BYE_TAG);
+    }
+    let mut done: Vec<bool> = (0..size)
+        .map(|p| p == rank || lost.load(Ordering::SeqCst) == p)
+        .collect();
+    let started = Instant::now();
+    while done.iter().any(|d| !d) && started.elapsed() < timeout {
+        match comm.any_process().immediate_matched_probe() {
+            Some((msg, status)) => {
+                let _: (u8, _) = msg.matched_receive();
+                if status.tag() == BYE_TAG {
+                    done[status.source_rank() as usize] = true;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
     }
 }
 
@@ -344,8 +395,9 @@ impl Communicator for Mpi {
 
 impl Drop for Mpi {
     /// Stops the heartbeat after a barrier (everyone is here, so no heartbeat
-    /// can be missed while they stop), then a second barrier (no heartbeat is
-    /// in flight any more); the universe, dropped last, finalises MPI.
+    /// can be missed while they stop); each heartbeat thread reads its peers'
+    /// messages up to their goodbyes before it ends; the universe, dropped
+    /// last, finalises MPI.
     fn drop(&mut self) {
         if self.heartbeat.is_some() {
             self.set_context("shutdown");
@@ -356,7 +408,6 @@ impl Drop for Mpi {
                     let _ = t.join();
                 }
             }
-            let _ = Communicator::barrier(self);
         }
     }
 }
