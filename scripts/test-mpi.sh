@@ -40,7 +40,7 @@ same_run() {
 # 1. Two ranks against one process, 20 meta-steps.
 sine=(--rs 10 --method ufo-adaptive --meta-steps 20 --checkpoint-every 5)
 $bin "${sine[@]}" --threads 1 --train-dir "$work/one" >/dev/null
-mpiexec -n 2 $bin --mpi "${sine[@]}" --train-dir "$work/two" >/dev/null 2>"$work/two.err"
+timeout 120 mpiexec -n 2 $bin --mpi "${sine[@]}" --train-dir "$work/two" >/dev/null 2>"$work/two.err"
 if [ "$(wc -l <"$work/two/log.jsonl")" -eq 20 ] && same_run "$work/one" "$work/two" 20; then
     ok "mpiexec -n 2: θ, optimiser and UFO state, and the log of 20 steps equal one process's"
 else
@@ -54,7 +54,7 @@ $bin "${long[@]}" --threads 1 --train-dir "$work/full" >/dev/null
 kill_run() { # $1: name, $2: signal; leaves $work/$1.{rc,err,ms,pid1}
     local d="$work/$1" pid1 t0
     (
-        mpiexec -n 2 $bin --mpi "${long[@]}" --train-dir "$d" >"$d.err" 2>&1
+        timeout 60 mpiexec -n 2 $bin --mpi "${long[@]}" --train-dir "$d" >"$d.err" 2>&1
         echo $? >"$d.rc"
     ) &
     local job=$!

@@ -253,7 +253,7 @@ impl<E: Estimator<f64, TanhNet>> Estimator<f64, TanhNet> for Faulty<E> {
                 panic!("planted panic");
             }
             return Err(BloError::SolverFailed {
-                solver: "planted".into(),
+                solver: "planted",
                 reason: "planted failure".into(),
             });
         }

@@ -37,11 +37,11 @@ mod mpi;
 mod threads;
 
 #[cfg(feature = "mpi")]
-pub use self::mpi::Mpi;
+pub use self::mpi::{Mpi, LOST_RANK_EXIT_CODE};
 pub(crate) use exchange::exchange;
 pub use local::Local;
 pub(crate) use threads::panic_text;
-pub use threads::ThreadComm;
+pub use threads::{ThreadComm, DEFAULT_TIMEOUT};
 
 /// Why a collective did not complete.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

@@ -193,7 +193,7 @@ impl ThreadComm {
                 });
             let now = Instant::now();
             let error = failed.or_else(|| {
-                (now >= deadline).then(|| CommError::Timeout {
+                (now >= deadline).then_some(CommError::Timeout {
                     rank: m,
                     op,
                     seconds: sh.timeout.as_secs_f64(),
