@@ -56,28 +56,28 @@ nets = [
     ("10 GbE, TCP (assumed: α = 50 µs, β = 0.9 ns/B)", 50.0, 0.9),
     ("100 Gb/s InfiniBand (assumed: α = 3 µs, β = 0.085 ns/B)", 3.0, 0.085),
 ]
-print()
-print("| workload | network | N = 8 | N = 64 | N = 512 |")
-print("|---|---|---|---|---|")
-for (bench, method), (c, p) in cs.items():
-    for name, a, bt in nets:
-        cells = []
-        for n in (8, 64, 512):
-            m = min_batch(n, c, p, a, bt)
-            cells.append("never" if m is None else f"B ≥ {m}")
-        print(f"| {bench} {method} | {name} | " + " | ".join(cells) + " |")
+def table(title, smallest_batch):
+    """Prints the smallest B with E >= 0.8 for each workload, network and N."""
+    print()
+    print(f"| {title} | network | N = 8 | N = 64 | N = 512 |")
+    print("|---|---|---|---|---|")
+    for (bench, method), (c, p) in cs.items():
+        for name, a, bt in nets:
+            cells = []
+            for n in (8, 64, 512):
+                m = smallest_batch(n, c, p, a, bt)
+                cells.append("never" if m is None else f"B ≥ {m}")
+            print(f"| {bench} {method} | {name} | " + " | ".join(cells) + " |")
+
+
+table("workload", min_batch)
 
 # The same with an exact tree reduction instead of the per-task all-gather (not
 # implemented; see docs/distributed.md): a reduce and a broadcast of one θ-sized
 # buffer along ceil(log2 N) levels, T_comm = 2*ceil(log2 N)*(alpha + beta*P).
-print()
-print("| workload (tree reduction, not implemented) | network | N = 8 | N = 64 | N = 512 |")
-print("|---|---|---|---|---|")
-for (bench, method), (c, p) in cs.items():
-    for name, a, bt in nets:
-        cells = []
-        for n in (8, 64, 512):
-            comm = 2 * math.ceil(math.log2(n)) * (a * 1e-6 + bt * 1e-9 * p)
-            m = max(1, math.ceil(4 * comm / (c * 1e-3)))
-            cells.append(f"B ≥ {n * m}")
-        print(f"| {bench} {method} | {name} | " + " | ".join(cells) + " |")
+def min_batch_tree(n, c_ms, p, alpha_us, beta_ns):
+    comm = 2 * math.ceil(math.log2(n)) * (alpha_us * 1e-6 + beta_ns * 1e-9 * p)
+    return n * max(1, math.ceil(4 * comm / (c_ms * 1e-3)))
+
+
+table("workload (tree reduction, not implemented)", min_batch_tree)

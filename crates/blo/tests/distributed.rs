@@ -52,6 +52,21 @@ fn ufo() -> Ufo {
     .unwrap()
 }
 
+/// A trainer of B tasks per step, SGD on θ, no progress bar.
+fn trainer<'o, E: Estimator<f64, TanhNet>>(
+    estimator: E,
+) -> Trainer<'o, f64, TanhNet, impl blo::TaskSampler<Wave>, E, Sgd> {
+    Trainer::new(
+        problem(),
+        sampler,
+        estimator,
+        Sgd::constant(0.05),
+        problem().theta(3),
+    )
+    .meta_batch(B)
+    .progress(false)
+}
+
 /// What a run produced, on one rank.
 #[derive(Debug, PartialEq)]
 struct Run {
@@ -83,24 +98,16 @@ fn train<E: Estimator<f64, TanhNet>>(
     let mut thetas = Vec::new();
     let mut reports = Vec::new();
     let state = {
-        let t = Trainer::new(
-            problem(),
-            sampler,
-            estimator,
-            Sgd::constant(0.05),
-            problem().theta(3),
-        )
-        .meta_batch(B)
-        .steps(steps)
-        .seed(11)
-        .threads(2)
-        .progress(false)
-        .log_jsonl(dir.join("log.jsonl"))
-        .checkpoint_every(3, dir.join("ckpt"))
-        .on_step_theta(|r: &StepReport, th: &[Tensor<f64>]| {
-            thetas.push(bits(th));
-            reports.push(without_timings(r));
-        });
+        let t = trainer(estimator)
+            .steps(steps)
+            .seed(11)
+            .threads(2)
+            .log_jsonl(dir.join("log.jsonl"))
+            .checkpoint_every(3, dir.join("ckpt"))
+            .on_step_theta(|r: &StepReport, th: &[Tensor<f64>]| {
+                thetas.push(bits(th));
+                reports.push(without_timings(r));
+            });
         let t = if resume {
             t.resume_from(dir.join("ckpt"))
         } else {
@@ -274,18 +281,7 @@ fn failing_run(panic: bool) -> Vec<std::thread::Result<Result<Run, BloError>>> {
             panic,
             calls: AtomicUsize::new(0),
         };
-        let mut t = Trainer::new(
-            problem(),
-            sampler,
-            est,
-            Sgd::constant(0.05),
-            problem().theta(3),
-        )
-        .meta_batch(B)
-        .steps(4)
-        .threads(1)
-        .progress(false)
-        .communicator(&comm);
+        let mut t = trainer(est).steps(4).threads(1).communicator(&comm);
         t.run().map(|o| Run {
             thetas: vec![bits(&o.theta)],
             reports: vec![],
@@ -335,24 +331,16 @@ fn a_rank_that_panics_stops_every_rank_naming_it() {
 #[test]
 fn a_stuck_rank_is_reported_within_the_timeout_never_a_hang() {
     let started = Instant::now();
-    let out = ThreadComm::spawn_with_timeout(2, Duration::from_millis(500), |comm| {
-        let mut t = Trainer::new(
-            problem(),
-            sampler,
-            Exact::new(Policy::Recompute).unwrap(),
-            Sgd::constant(0.05),
-            problem().theta(3),
-        )
-        .meta_batch(B)
-        .steps(3)
-        .threads(1)
-        .progress(false)
-        .on_step(|r: &StepReport| {
-            if comm.rank() == 1 && r.step == 1 {
-                std::thread::sleep(Duration::from_secs(2));
-            }
-        })
-        .communicator(&comm);
+    let out = ThreadComm::spawn_with_timeout(2, Duration::from_secs(1), |comm| {
+        let mut t = trainer(Exact::new(Policy::Recompute).unwrap())
+            .steps(3)
+            .threads(1)
+            .on_step(|r: &StepReport| {
+                if comm.rank() == 1 && r.step == 1 {
+                    std::thread::sleep(Duration::from_secs(4));
+                }
+            })
+            .communicator(&comm);
         t.run().map(|_| ())
     });
     match out[0].as_ref().unwrap() {
@@ -362,7 +350,7 @@ fn a_stuck_rank_is_reported_within_the_timeout_never_a_hang() {
             reason,
         }) => {
             assert!(
-                reason.contains("did not join all_gather within 0.5 s"),
+                reason.contains("did not join all_gather within 1 s"),
                 "{reason}"
             )
         }
@@ -375,25 +363,17 @@ fn a_stuck_rank_is_reported_within_the_timeout_never_a_hang() {
         }) => {}
         other => panic!("{other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[test]
 fn ranks_given_other_settings_are_refused_naming_the_setting() {
     let out = ThreadComm::spawn(3, |comm| {
         let seed = if comm.rank() == 1 { 12 } else { 11 };
-        let mut t = Trainer::new(
-            problem(),
-            sampler,
-            Exact::new(Policy::Recompute).unwrap(),
-            Sgd::constant(0.05),
-            problem().theta(3),
-        )
-        .meta_batch(B)
-        .seed(seed)
-        .steps(2)
-        .progress(false)
-        .communicator(&comm);
+        let mut t = trainer(Exact::new(Policy::Recompute).unwrap())
+            .seed(seed)
+            .steps(2)
+            .communicator(&comm);
         t.run().map(|_| ())
     });
     for r in out {

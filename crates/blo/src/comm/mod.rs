@@ -168,33 +168,6 @@ impl<C: Communicator + ?Sized> Communicator for &C {
     }
 }
 
-impl<C: Communicator + ?Sized> Communicator for Box<C> {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-    fn size(&self) -> usize {
-        (**self).size()
-    }
-    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
-        (**self).all_gather(mine)
-    }
-    fn broadcast(&self, root: usize, buf: &mut Vec<u8>) -> Result<(), CommError> {
-        (**self).broadcast(root, buf)
-    }
-    fn barrier(&self) -> Result<(), CommError> {
-        (**self).barrier()
-    }
-    fn fail(&self, reason: &str) {
-        (**self).fail(reason)
-    }
-    fn set_context(&self, context: &str) {
-        (**self).set_context(context)
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-}
-
 /// The tasks of a meta-batch of `b` tasks that rank `rank` of `size`
 /// estimates: contiguous blocks in rank order, the first `b mod size` ranks
 /// one task more (ranks beyond `b` get none).

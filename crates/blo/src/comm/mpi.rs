@@ -199,6 +199,22 @@ impl Mpi {
         }
     }
 
+    /// Waits for `req` (polled, see [`Mpi::poll`]).
+    fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+        &self,
+        op: &'static str,
+        req: mpi::request::Request<'a, D, S>,
+    ) {
+        let mut req = Some(req);
+        self.poll(op, || match req.take().expect("pending").test() {
+            Ok(_) => true,
+            Err(r) => {
+                req = Some(r);
+                false
+            }
+        });
+    }
+
     fn count_call(&self) {
         self.calls.set(self.calls.get() + 1);
     }
@@ -280,19 +296,10 @@ impl Communicator for Mpi {
         })?;
         let mut lens = vec![0i32; self.size];
         mpi::request::scope(|scope| {
-            let mut req = Some(
-                self.world
-                    .immediate_all_gather_into(scope, &len, &mut lens[..]),
-            );
-            self.poll("all_gather (lengths)", || {
-                match req.take().expect("pending").test() {
-                    Ok(_) => true,
-                    Err(r) => {
-                        req = Some(r);
-                        false
-                    }
-                }
-            });
+            let req = self
+                .world
+                .immediate_all_gather_into(scope, &len, &mut lens[..]);
+            self.wait("all_gather (lengths)", req);
         });
         let mut displs = Vec::with_capacity(self.size);
         let mut total: i64 = 0;
@@ -306,17 +313,10 @@ impl Communicator for Mpi {
         {
             let mut part = PartitionMut::new(&mut buf[..], &lens[..], &displs[..]);
             mpi::request::scope(|scope| {
-                let mut req = Some(
-                    self.world
-                        .immediate_all_gather_varcount_into(scope, mine, &mut part),
-                );
-                self.poll("all_gather", || match req.take().expect("pending").test() {
-                    Ok(_) => true,
-                    Err(r) => {
-                        req = Some(r);
-                        false
-                    }
-                });
+                let req = self
+                    .world
+                    .immediate_all_gather_varcount_into(scope, mine, &mut part);
+                self.wait("all_gather", req);
             });
         }
         Ok(lens
@@ -337,41 +337,21 @@ impl Communicator for Mpi {
         let mut len = buf.len() as u64;
         let root_proc = self.world.process_at_rank(root as i32);
         mpi::request::scope(|scope| {
-            let mut req = Some(root_proc.immediate_broadcast_into(scope, &mut len));
-            self.poll("broadcast (length)", || {
-                match req.take().expect("pending").test() {
-                    Ok(_) => true,
-                    Err(r) => {
-                        req = Some(r);
-                        false
-                    }
-                }
-            });
+            let req = root_proc.immediate_broadcast_into(scope, &mut len);
+            self.wait("broadcast (length)", req);
         });
         buf.resize(len as usize, 0);
         mpi::request::scope(|scope| {
-            let mut req = Some(root_proc.immediate_broadcast_into(scope, &mut buf[..]));
-            self.poll("broadcast", || match req.take().expect("pending").test() {
-                Ok(_) => true,
-                Err(r) => {
-                    req = Some(r);
-                    false
-                }
-            });
+            let req = root_proc.immediate_broadcast_into(scope, &mut buf[..]);
+            self.wait("broadcast", req);
         });
         Ok(())
     }
 
     fn barrier(&self) -> Result<(), CommError> {
         self.count_call();
-        let mut req = Some(self.world.immediate_barrier());
-        self.poll("barrier", || match req.take().expect("pending").test() {
-            Ok(_) => true,
-            Err(r) => {
-                req = Some(r);
-                false
-            }
-        });
+        let req = self.world.immediate_barrier();
+        self.wait("barrier", req);
         Ok(())
     }
 
