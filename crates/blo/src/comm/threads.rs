@@ -22,8 +22,9 @@ struct Round {
 struct State {
     /// Collectives by sequence number (each rank counts its own calls).
     rounds: BTreeMap<u64, Round>,
-    /// Ranks that failed or left, with why.
-    failed: BTreeMap<usize, String>,
+    /// Ranks that failed or left, with why, and the rank whose failure
+    /// stopped them (`None`: their own).
+    failed: BTreeMap<usize, (String, Option<usize>)>,
 }
 
 struct Shared {
@@ -40,7 +41,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
     fn mark_failed(&self, rank: usize, reason: String) {
-        self.lock().failed.entry(rank).or_insert(reason);
+        self.lock().failed.entry(rank).or_insert((reason, None));
         self.changed.notify_all();
     }
 }
@@ -66,7 +67,9 @@ impl Shared {
 /// assert!(out[2].is_err()); // its panic, caught
 /// for r in &out[..2] {
 ///     match r.as_ref().unwrap() {
-///         Err(CommError::RankFailed { rank: 2, .. }) => {}
+///         Err(CommError::RankFailed { rank: 2, reason }) => {
+///             assert_eq!(reason, "panicked: rank 2 gives up")
+///         }
 ///         other => panic!("{other:?}"),
 ///     }
 /// }
@@ -134,7 +137,7 @@ impl ThreadComm {
                             };
                             let out = panic::catch_unwind(AssertUnwindSafe(|| f(comm)));
                             if let Err(p) = &out {
-                                shared.mark_failed(rank, format!("panicked: {}", panic_text(p)));
+                                shared.mark_failed(rank, format!("panicked: {}", panic_text(&**p)));
                             }
                             out
                         })
@@ -182,14 +185,24 @@ impl ThreadComm {
             let Some(m) = missing else {
                 break;
             };
-            // A failed rank that has not contributed never will.
+            // A failed rank that has not contributed never will. Report the
+            // failure that started it all: a rank stopped by another's names it.
             let failed = st
                 .failed
-                .iter()
-                .find(|(&r, _)| round.parts[r].is_none() && r != self.rank)
-                .map(|(&rank, reason)| CommError::RankFailed {
-                    rank,
-                    reason: reason.clone(),
+                .keys()
+                .find(|&&r| round.parts[r].is_none() && r != self.rank)
+                .map(|&r| {
+                    let mut rank = r;
+                    for _ in 0..n {
+                        match st.failed[&rank].1 {
+                            Some(q) if q != self.rank && st.failed.contains_key(&q) => rank = q,
+                            _ => break,
+                        }
+                    }
+                    CommError::RankFailed {
+                        rank,
+                        reason: st.failed[&rank].0.clone(),
+                    }
                 });
             let now = Instant::now();
             let error = failed.or_else(|| {
@@ -203,9 +216,15 @@ impl ThreadComm {
                 // This rank stops too: withdraw its part, so a late rank
                 // cannot complete the round and carry on alone.
                 st.rounds.get_mut(&seq).expect("present").parts[self.rank] = None;
+                let culprit = match &e {
+                    CommError::RankFailed { rank, .. } | CommError::Timeout { rank, .. } => {
+                        Some(*rank)
+                    }
+                    CommError::Protocol(_) => None,
+                };
                 st.failed
                     .entry(self.rank)
-                    .or_insert_with(|| format!("stopped in {op} #{seq}: {e}"));
+                    .or_insert_with(|| (format!("stopped in {op} #{seq}: {e}"), culprit));
                 sh.changed.notify_all();
                 return Err(e);
             }
