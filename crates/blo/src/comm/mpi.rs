@@ -47,9 +47,10 @@ const NONE_LOST: usize = usize::MAX;
 /// ends the job.
 ///
 /// A *killed* process is seen sooner by MPICH itself: its launcher kills the
-/// whole job at once (or UCX aborts the survivor whose transfer failed) and
-/// names the dead process by its PID, which rank 0's start-up line
-/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps to a rank.
+/// whole job at once (or UCX aborts a survivor whose transfer from the dead
+/// process failed), so no survivor can report; the launcher's banner names a
+/// PID (not always the killed one), which rank 0's start-up line
+/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps to ranks.
 /// (`mpiexec -disable-auto-cleanup` is not supported: MPICH then signals the
 /// survivors with SIGUSR1, which ends them.)
 ///
