@@ -13,6 +13,11 @@ test:
 test-debug:
     cargo test -p tape -p blo --lib --tests
 
+# Distributed meta-training over MPI (CI's last step; needs MPICH: `apt-get install -y mpich libmpich-dev libclang-dev pkgconf`).
+test-mpi:
+    cargo build --release --features mpi --example maml_sine
+    scripts/test-mpi.sh
+
 # The README's main demo.
 demo:
     cargo run --release --example counterexample

@@ -9,6 +9,8 @@
 //! cargo run --release --example fewshot
 //! cargo run --release --example fewshot -- --methods fo,ufo:0.1,ufo:adaptive,exact:recompute,reptile,imaml:1
 //! cargo run --release --example fewshot -- --data ~/data/omniglot --dataset omniglot --n-way 20 --r 5 --alpha 0.005
+//! cargo build --release --features mpi --example fewshot
+//! RAYON_NUM_THREADS=1 mpiexec -n 2 target/release/examples/fewshot --mpi --methods fo
 //! ```
 //!
 //! The logic lives in `blo_examples::fewshot` (so the tests run it).
@@ -102,6 +104,11 @@ struct Args {
     /// One JSON object per method instead of the table.
     #[arg(long)]
     json: bool,
+    /// Run as one rank of an MPI job (`mpiexec -n N`), each meta-batch split
+    /// across the ranks, bit-identical to one process; needs a build with
+    /// `--features mpi`.
+    #[arg(long)]
+    mpi: bool,
 }
 
 fn main() -> ExitCode {
@@ -151,13 +158,23 @@ fn main() -> ExitCode {
         progress: !a.json,
         ..Config::default()
     };
-    let results = match fewshot::run(&cfg) {
-        Ok(r) => r,
+    let comm = match blo_examples::distributed::communicator(a.mpi) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("fewshot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let results = match fewshot::run_on(&cfg, &*comm) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fewshot: rank {} of {}: {e}", comm.rank(), comm.size());
             return ExitCode::FAILURE;
         }
     };
+    if comm.rank() != 0 {
+        return ExitCode::SUCCESS;
+    }
     if a.json {
         blo_examples::util::print_json_lines(&results);
     } else {

@@ -7,6 +7,16 @@
 //! cargo run --release --example maml_sine -- --rs 1,5 --meta-steps 200 --json
 //! ```
 //!
+//! One estimator with a log and checkpoints (`--train-dir`), and the same run
+//! split across the ranks of an MPI job, bit-identical to one process
+//! (`--mpi`; see docs/distributed.md):
+//!
+//! ```text
+//! cargo run --release --example maml_sine -- --train-dir runs/sine --rs 10 --meta-steps 20
+//! cargo build --release --features mpi --example maml_sine
+//! RAYON_NUM_THREADS=1 mpiexec -n 2 target/release/examples/maml_sine --mpi --train-dir runs/sine2 --rs 10 --meta-steps 20
+//! ```
+//!
 //! The logic lives in `blo_examples::maml_sine` (so the tests run it).
 
 use std::path::PathBuf;
@@ -55,6 +65,66 @@ struct Args {
     /// One JSON object per (r, estimator) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Train one estimator (`--method`) at the first r of `--rs`, writing
+    /// DIR/log.jsonl and checkpoints in DIR/ckpt, instead of the comparison.
+    #[arg(long, value_name = "DIR")]
+    train_dir: Option<PathBuf>,
+    /// With --train-dir: fo, ufo (q = --q), ufo-adaptive or exact.
+    #[arg(long, default_value = "ufo-adaptive")]
+    method: String,
+    /// With --train-dir: checkpoint every this many steps.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: u64,
+    /// With --train-dir: continue from DIR/ckpt.
+    #[arg(long)]
+    resume: bool,
+    /// With --train-dir: rayon threads of each process (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// With --train-dir: one rank of an MPI job (`mpiexec -n N`); needs a
+    /// build with `--features mpi`.
+    #[arg(long)]
+    mpi: bool,
+}
+
+/// `--train-dir`: one estimator, a log and checkpoints, on one process or as a rank of an MPI job.
+fn train(a: &Args, cfg: &Config, dir: &std::path::Path) -> Result<(), String> {
+    let method = match a.method.as_str() {
+        "fo" => Method::FirstOrder,
+        "ufo" => Method::Ufo(a.q),
+        "ufo-adaptive" => Method::UfoAdaptive,
+        "exact" => Method::ExactRecompute,
+        m => {
+            return Err(format!(
+                "--method {m:?}: expected fo, ufo, ufo-adaptive or exact"
+            ))
+        }
+    };
+    let comm = blo_examples::distributed::communicator(a.mpi)?;
+    let run = maml_sine::TrainRun {
+        dir: dir.to_path_buf(),
+        r: a.rs[0],
+        method,
+        checkpoint_every: a.checkpoint_every,
+        resume: a.resume,
+        threads: a.threads,
+    };
+    let out = maml_sine::train_run(cfg, &run, &*comm)
+        .map_err(|e| format!("rank {} of {}: {e}", comm.rank(), comm.size()))?;
+    if comm.rank() == 0 {
+        println!(
+            "{}: r = {}, {} ranks, {} steps run, {:.3} ms per meta-step, last mean outer loss {:.6}; log {}, checkpoint {}",
+            method.label(),
+            run.r,
+            comm.size(),
+            out.steps_run,
+            1e3 * out.seconds_per_step,
+            out.last_loss,
+            dir.join("log.jsonl").display(),
+            dir.join("ckpt").display()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -79,6 +149,15 @@ fn main() -> ExitCode {
         progress: !a.json,
         ..Config::default()
     };
+    if let Some(dir) = &a.train_dir {
+        return match train(&a, &cfg, dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("maml_sine: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let out = match maml_sine::run(&cfg) {
         Ok(o) => o,
         Err(e) => {

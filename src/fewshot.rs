@@ -441,6 +441,20 @@ fn data_err(set: &ImageSet, e: models::DataError) -> BloError {
 /// # Errors
 /// Data loading, estimator, trainer (checkpoint files) and figure errors.
 pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
+    run_on(cfg, &blo::comm::Local)
+}
+
+/// [`run`] as one rank of a distributed run (the example's `--mpi`): every
+/// meta-batch is split across the ranks of `comm`, bit-identically to one
+/// process ([`blo::comm`]); every rank evaluates, rank 0 alone writes the
+/// log, checkpoints and figure.
+///
+/// # Errors
+/// As [`run`], and [`BloError::RankFailed`] naming a failed rank.
+pub fn run_on(
+    cfg: &Config,
+    comm: &dyn blo::comm::Communicator,
+) -> Result<Vec<MethodResult>, BloError> {
     let (train, test) = load(&cfg.data, cfg.seed)?;
     let train_sampler = EpisodeSampler::new(&train, cfg.n_way, cfg.k_shot, cfg.q_query)
         .map_err(|e| data_err(&train, e))?;
@@ -467,6 +481,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
         .steps(steps)
         .seed(cfg.seed ^ 0x9110)
         .progress(false)
+        .communicator(comm)
         .on_step(|rep: &blo::StepReport| per_step.push(cost(&rep.stats)));
         tr.run()?;
         drop(tr);
@@ -518,6 +533,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
             .param_names(names.clone())
             .data_id(data_id(cfg))
             .progress(false)
+            .communicator(comm)
             .on_step(|rep: &blo::StepReport| {
                 spent += cost(&rep.stats);
                 seconds += rep.step_seconds;
@@ -576,7 +592,7 @@ pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
             curve,
         });
     }
-    if let Some(path) = &cfg.figure {
+    if let Some(path) = cfg.figure.as_ref().filter(|_| comm.rank() == 0) {
         let series: Vec<Series> = results
             .iter()
             .map(|r| {

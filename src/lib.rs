@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod counterexample;
+pub mod distributed;
 pub mod dyn_estimator;
 pub mod fewshot;
 pub mod hyperopt;

@@ -251,6 +251,100 @@ pub fn run(cfg: &Config) -> Result<Vec<RunResult>, BloError> {
     Ok(out)
 }
 
+/// One meta-training run with a log and checkpoints (the example's `--train-dir`).
+#[derive(Clone, Debug)]
+pub struct TrainRun {
+    /// Directory of `log.jsonl` and the checkpoint `ckpt/`.
+    pub dir: PathBuf,
+    /// Inner steps r.
+    pub r: usize,
+    /// The estimator.
+    pub method: Method,
+    /// Checkpoint every this many steps (and after the last).
+    pub checkpoint_every: u64,
+    /// Continue from `dir/ckpt`.
+    pub resume: bool,
+    /// Rayon threads of this process (`None`: all cores).
+    pub threads: Option<usize>,
+}
+
+/// What [`train_run`] returns.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// θ after the last step.
+    pub theta: Vec<tape::Tensor<f64>>,
+    /// Steps run by this call.
+    pub steps_run: usize,
+    /// Mean seconds per meta-step over them.
+    pub seconds_per_step: f64,
+    /// The last step's mean outer loss.
+    pub last_loss: f64,
+}
+
+/// Meta-trains one estimator at one r for `cfg.meta_steps` steps (counting
+/// those before a resume), as one rank of `comm`: with MPI each rank
+/// estimates a block of every meta-batch and the result is bit-identical to
+/// one process ([`blo::comm`]). Rank 0 writes `dir/log.jsonl` and the
+/// checkpoints in `dir/ckpt` (θ of the last step included).
+///
+/// # Errors
+/// What the trainer reports ([`blo::BloError::RankFailed`] naming a failed rank).
+pub fn train_run(
+    cfg: &Config,
+    run: &TrainRun,
+    comm: &dyn blo::comm::Communicator,
+) -> Result<TrainSummary, BloError> {
+    let mut widths = vec![1];
+    widths.extend(&cfg.hidden);
+    widths.push(1);
+    let net = Mlp::new(&widths, Activation::Relu);
+    let problem = RegressionMaml {
+        net: net.clone(),
+        inner: InnerLoop::sgd(run.r, cfg.alpha)?,
+    };
+    let (tasks, k) = (SinusoidTasks::default(), cfg.k_shot);
+    let sampler = move |rng: &mut ChaCha8Rng| tasks.sample_episode::<f64, _>(rng, k, k);
+    let (mut seconds, mut steps_run, mut last_loss) = (0.0, 0, f64::NAN);
+    let theta = {
+        let t = Trainer::new(
+            problem,
+            sampler,
+            DynEstimator(run.method.estimator()?),
+            blo::Adam::<f64>::new(cfg.outer_lr),
+            net.init::<f64>(cfg.seed).into_tensors(),
+        )
+        .meta_batch(cfg.meta_batch)
+        .steps(cfg.meta_steps)
+        .seed(cfg.seed)
+        .progress(cfg.progress && comm.rank() == 0)
+        .data_id(format!("sinusoid k_shot={k}"))
+        .log_jsonl(run.dir.join("log.jsonl"))
+        .checkpoint_every(run.checkpoint_every, run.dir.join("ckpt"))
+        .on_step(|rep: &blo::StepReport| {
+            seconds += rep.step_seconds;
+            steps_run += 1;
+            last_loss = rep.mean_outer_loss;
+        })
+        .communicator(comm);
+        let t = if run.resume {
+            t.resume_from(run.dir.join("ckpt"))
+        } else {
+            t
+        };
+        let mut t = match run.threads {
+            Some(n) => t.threads(n),
+            None => t,
+        };
+        t.run()?.theta
+    };
+    Ok(TrainSummary {
+        theta,
+        steps_run,
+        seconds_per_step: seconds / steps_run.max(1) as f64,
+        last_loss,
+    })
+}
+
 /// Writes `maml_sine_loss.svg` (meta-test loss against r), `maml_sine_time.svg`
 /// (seconds per meta-step against r), `maml_sine_states.svg` (states held
 /// against r) and `maml_sine_train.svg` (training curves at the largest r).

@@ -156,9 +156,37 @@ pub enum BloError {
         /// Its value in this run.
         run: String,
     },
+    /// A distributed run ([`crate::comm`]) cannot go on: rank `rank` failed
+    /// (an error or panic in one of its tasks, a lost process, a departure) or
+    /// disagrees with rank 0 on a setting. Every surviving rank returns it.
+    #[error("rank {rank} failed at outer step {step}: {reason}")]
+    RankFailed {
+        /// The rank that failed (or disagrees).
+        rank: usize,
+        /// The outer step being run (the checkpoint's step, at start-up).
+        step: u64,
+        /// What happened.
+        reason: String,
+    },
 }
 
 impl BloError {
+    /// A [`crate::comm::CommError`] met by rank `me` at outer step `step`,
+    /// as a [`BloError::RankFailed`] naming the failed rank (`me` for a
+    /// protocol error).
+    pub fn from_comm(e: crate::comm::CommError, step: u64, me: usize) -> Self {
+        use crate::comm::CommError;
+        let (rank, reason) = match e {
+            CommError::RankFailed { rank, reason } => (rank, reason),
+            CommError::Timeout { rank, op, seconds } => (
+                rank,
+                format!("did not join {op} within {seconds} s (lost or stuck)"),
+            ),
+            CommError::Protocol(p) => (me, p),
+        };
+        BloError::RankFailed { rank, step, reason }
+    }
+
     /// An [`BloError::InvalidHyperparameter`].
     pub fn invalid(name: &'static str, value: impl std::fmt::Display, reason: &str) -> Self {
         BloError::InvalidHyperparameter {

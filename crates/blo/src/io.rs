@@ -122,7 +122,38 @@ pub fn tensors_to_bytes<F: Float>(
             (n.clone(), view)
         })
         .collect();
-    safetensors::serialize(views, &metadata).expect("in-memory safetensors serialisation")
+    let mut out =
+        safetensors::serialize(views, &metadata).expect("in-memory safetensors serialisation");
+    sort_header(&mut out);
+    out
+}
+
+/// Rewrites a safetensors file's JSON header with its keys (tensor names and
+/// metadata) sorted, in place. `safetensors` writes them in `HashMap` order,
+/// which is random per process: without this, the same θ saved by two
+/// processes (two runs, or the ranks of a distributed run) gives different
+/// bytes and fingerprints. The header keeps its length (same entries, same
+/// compact JSON), so the data offsets stay valid.
+fn sort_header(bytes: &mut [u8]) {
+    use std::collections::BTreeMap;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length")) as usize;
+    let header = &bytes[8..8 + n];
+    let text = std::str::from_utf8(header).expect("safetensors writes a UTF-8 header");
+    let body = text.trim_end_matches(' ');
+    let mut top: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(body).expect("safetensors writes a JSON object");
+    if let Some(meta) = top.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta.take()).expect("metadata maps strings to strings");
+        *meta = serde_json::to_value(sorted).expect("strings serialise");
+    }
+    let sorted = serde_json::to_vec(&top).expect("JSON values serialise");
+    assert_eq!(
+        sorted.len(),
+        body.len(),
+        "sort_header: the sorted header changed length"
+    );
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
 }
 
 /// Saves named tensors as a safetensors file, atomically (see [`write_atomic`]).

@@ -81,6 +81,7 @@
 //! `docs/tutorial-custom-estimator.md`, `docs/tutorial-inner-optimiser.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
+pub mod comm;
 pub mod engine;
 pub mod error;
 pub mod estimators;

@@ -90,6 +90,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 use tape::{Float, Tensor};
 
+use crate::comm::{self, Communicator, Local};
 use crate::error::BloError;
 use crate::estimators::{Estimate, Estimator, Stats};
 use crate::io;
@@ -448,16 +449,36 @@ impl CheckpointState {
 pub fn read_checkpoint<F: Float>(
     dir: &Path,
 ) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {
+    let (json, theta) = read_checkpoint_files::<F>(dir)?;
+    checkpoint_from_bytes(dir, &json, &theta)
+}
+
+/// The bytes of the checkpoint in `dir`: its JSON state (checked) and the θ
+/// file it names ([`checkpoint_from_bytes`] checks it against the JSON).
+fn read_checkpoint_files<F: Float>(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), BloError> {
     let json_path = io::join(dir, CheckpointState::STATE_FILE);
-    let state = CheckpointState::decode(&json_path, &io::read_file(&json_path)?)?;
+    let json = io::read_file(&json_path)?;
+    let state = CheckpointState::decode(&json_path, &json)?;
+    check_fields::<F>(&json_path, &state)?;
+    let theta = io::read_file(&io::join(dir, &state.theta_file))?;
+    Ok((json, theta))
+}
+
+/// [`read_checkpoint`] on the files' bytes (`dir` names them in errors).
+fn checkpoint_from_bytes<F: Float>(
+    dir: &Path,
+    json: &[u8],
+    bytes: &[u8],
+) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {
+    let json_path = io::join(dir, CheckpointState::STATE_FILE);
+    let state = CheckpointState::decode(&json_path, json)?;
     check_fields::<F>(&json_path, &state)?;
     let theta_path = io::join(dir, &state.theta_file);
-    let bytes = io::read_file(&theta_path)?;
     let bad = |reason: String| BloError::Corrupt {
         path: theta_path.clone(),
         reason,
     };
-    let fp = io::fingerprint(&bytes);
+    let fp = io::fingerprint(bytes);
     if fp != state.theta_fingerprint {
         return Err(bad(format!(
             "content fingerprint {fp} differs from {} recorded in {} (torn, edited or from another checkpoint)",
@@ -465,7 +486,7 @@ pub fn read_checkpoint<F: Float>(
             json_path.display()
         )));
     }
-    let meta = io::metadata_from_bytes(&theta_path, &bytes)?;
+    let meta = io::metadata_from_bytes(&theta_path, bytes)?;
     if meta.get("step") != Some(&state.step.to_string()) {
         return Err(bad(format!(
             "header step {:?} differs from step {} in {}",
@@ -474,7 +495,7 @@ pub fn read_checkpoint<F: Float>(
             json_path.display()
         )));
     }
-    let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, &bytes, &state.param_names)?;
+    let theta: Vec<Tensor<F>> = io::tensors_from_bytes(&theta_path, bytes, &state.param_names)?;
     for ((t, s), name) in theta
         .iter()
         .zip(&state.param_shapes)
@@ -679,6 +700,7 @@ where
     data_id: Option<String>,
     progress: bool,
     observers: Vec<Box<dyn Observer<F> + 'o>>,
+    comm: Box<dyn Communicator + 'o>,
 }
 
 /// A setting that differs between a checkpoint and the run resuming from it
@@ -730,6 +752,7 @@ where
             data_id: None,
             progress: true,
             observers: Vec::new(),
+            comm: Box::new(Local),
         }
     }
 
@@ -841,6 +864,67 @@ where
     pub fn data_id(mut self, id: impl Into<String>) -> Self {
         self.data_id = Some(id.into());
         self
+    }
+
+    /// Runs as one rank of a distributed run ([`crate::comm`]; default
+    /// [`Local`], one rank). Each meta-batch's tasks are split into
+    /// contiguous blocks ([`comm::block`]); each rank estimates its block with
+    /// the usual per-task streams ([`task_rng`]), the results are gathered to
+    /// every rank and summed in task order, so θ, the log and the estimator's
+    /// adaptive state are bit-identical to a one-process run for any number
+    /// of ranks and threads. Every rank must be given the same settings (they
+    /// are compared when [`Trainer::run`] starts: a difference is a
+    /// [`BloError::RankFailed`] naming the rank and the setting).
+    ///
+    /// Rank 0 alone writes the log and checkpoints; on resume it reads the
+    /// checkpoint and sends it to the others (which need no shared disk), so a
+    /// run may resume with another number of ranks. Observers are called on
+    /// every rank. A rank that fails (an error in one of its tasks, a panic, a
+    /// lost process) makes every other rank return [`BloError::RankFailed`]
+    /// naming it and the step; the failing rank returns its own error (or
+    /// resumes its panic).
+    ///
+    /// ```
+    /// # use blo::train::Trainer;
+    /// # use blo::{BloError, FirstOrder, InnerLoop, Problem, Sgd};
+    /// # use blo::comm::ThreadComm;
+    /// # use rand::Rng;
+    /// # use rand_chacha::ChaCha8Rng;
+    /// # use tape::{Real, Tape, Tensor, Var};
+    /// # #[derive(Clone)]
+    /// # struct Quad { inner: InnerLoop }
+    /// # impl Problem<f64> for Quad {
+    /// #     type Task = f64;
+    /// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    /// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+    /// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] - *c).square().sum() * 0.5 }
+    /// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+    /// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { self.inner_loss(t, c, 1, th, phi) }
+    /// # }
+    /// let train = |comm: Option<ThreadComm>| {
+    ///     let t = Trainer::new(Quad { inner: InnerLoop::sgd(1, 0.5).unwrap() },
+    ///                          |rng: &mut ChaCha8Rng| rng.gen_range(1.0..3.0),
+    ///                          FirstOrder::new(), Sgd::constant(0.5), vec![Tensor::scalar(0.0)])
+    ///         .meta_batch(5)
+    ///         .steps(10);
+    ///     let mut t = match comm { Some(c) => t.communicator(c), None => t };
+    ///     t.run().unwrap().theta[0].item()
+    /// };
+    /// let one = train(None);
+    /// // Three ranks on threads (tasks 0–1, 2–3, 4): the same θ, bit for bit, on every rank.
+    /// for theta in ThreadComm::spawn(3, |c| train(Some(c))) {
+    ///     assert_eq!(theta.unwrap().to_bits(), one.to_bits());
+    /// }
+    /// ```
+    pub fn communicator(mut self, comm: impl Communicator + 'o) -> Self {
+        self.comm = Box::new(comm);
+        self
+    }
+
+    /// This run's communicator ([`Trainer::communicator`]).
+    pub fn comm(&self) -> &dyn Communicator {
+        &*self.comm
     }
 
     /// The settings a resumed run must share with the run that wrote the
@@ -1039,6 +1123,10 @@ where
             self.load_checkpoint(&dir)?;
             self.resume = None;
         }
+        if self.comm.size() > 1 {
+            self.check_ranks_agree()?;
+        }
+        let lead = self.comm.rank() == 0;
         if self.problem.inner_loop().checks_phi0() && self.step < self.steps {
             // φ_0's shapes (Meta-SGD's `lr_index`, a rule's) need a task: the first one
             // the next step will draw (its stream is a function of (seed, k, 0),
@@ -1049,8 +1137,8 @@ where
             check_start(&self.problem, &task, &self.theta)?;
         }
         let mut log = match &self.log_path {
-            Some(p) => Some(open_log(p, self.step)?),
-            None => None,
+            Some(p) if lead => Some(self.or_fail(open_log(p, self.step))?),
+            _ => None,
         };
         let bar = if self.progress && std::io::stderr().is_terminal() {
             indicatif::ProgressBar::new(self.steps)
@@ -1081,10 +1169,28 @@ where
                 &self.theta[..],
             );
             let (seed, k, b) = (self.seed, self.step, self.meta_batch);
-            let batch = || estimate_batch(problem, sampler, estimator, theta, seed, k, b);
-            let results = match &pool {
+            let comm = &*self.comm;
+            let tasks = comm::block(b, comm.size(), comm.rank());
+            let batch = || estimate_batch(problem, sampler, estimator, theta, seed, k, tasks);
+            let run_batch = || match &pool {
                 Some(pool) => pool.install(batch),
                 None => batch(),
+            };
+            let results = if comm.size() == 1 {
+                run_batch()
+            } else {
+                comm.set_context(&format!("outer step {k}"));
+                // A panic is sent to the other ranks, then resumed here.
+                let local = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run_batch));
+                let (payload, panic) = match local {
+                    Ok(r) => (Ok(r), None),
+                    Err(p) => (Err(comm::panic_text(&*p)), Some(p)),
+                };
+                let all = comm::exchange(comm, k, b, payload);
+                if let Some(p) = panic {
+                    std::panic::resume_unwind(p);
+                }
+                all?
             };
             let mut report = self.apply(results)?;
             report.step_seconds = t0.elapsed().as_secs_f64();
@@ -1092,10 +1198,11 @@ where
             if let Some((file, path)) = &mut log {
                 let mut line = serde_json::to_string(&report).expect("StepReport serialises");
                 line.push('\n');
-                file.write_all(line.as_bytes()).map_err(|e| BloError::Io {
+                let written = file.write_all(line.as_bytes()).map_err(|e| BloError::Io {
                     path: path.clone(),
                     source: e,
-                })?;
+                });
+                self.or_fail(written)?;
             }
             for obs in &mut self.observers {
                 obs.on_step_theta(&report, &self.theta);
@@ -1107,10 +1214,11 @@ where
                 // `%` rather than `is_multiple_of`, which is newer than the workspace's MSRV.
                 #[allow(clippy::manual_is_multiple_of)]
                 let due = self.step % every == 0 || self.step == self.steps;
-                if due {
+                if due && lead {
                     let dir = dir.clone();
                     let elapsed = self.elapsed_before + start.elapsed().as_secs_f64();
-                    self.save_checkpoint(&dir, elapsed)?;
+                    let saved = self.save_checkpoint(&dir, elapsed);
+                    self.or_fail(saved)?;
                 }
             }
         }
@@ -1120,6 +1228,113 @@ where
             theta: self.theta.clone(),
             history,
         })
+    }
+
+    /// `r`, after telling the other ranks that this one stops if it is an
+    /// error they cannot know of (rank 0's log and checkpoint files).
+    fn or_fail<T>(&self, r: Result<T, BloError>) -> Result<T, BloError> {
+        if let Err(e) = &r {
+            if self.comm.size() > 1 {
+                self.comm.fail(&format!("at outer step {}: {e}", self.step));
+            }
+        }
+        r
+    }
+
+    /// Compares this rank's settings, step and θ with rank 0's: a rank given
+    /// other settings would silently compute another run.
+    fn check_ranks_agree(&self) -> Result<(), BloError> {
+        let mut mine = self.settings();
+        mine.insert("steps".into(), self.steps.to_string());
+        mine.insert("step".into(), self.step.to_string());
+        mine.insert(
+            "theta values".into(),
+            io::fingerprint(&io::tensors_to_bytes(&self.names, &self.theta, None)),
+        );
+        let text = serde_json::to_vec(&mine).expect("settings serialise");
+        let me = self.comm.rank();
+        let all = self
+            .comm
+            .all_gather(&text)
+            .map_err(|e| BloError::from_comm(e, self.step, me))?;
+        let parse = |b: &[u8]| serde_json::from_slice::<BTreeMap<String, String>>(b).ok();
+        let first = parse(&all[0]);
+        for (rank, b) in all.iter().enumerate().skip(1) {
+            let (Some(there), Some(lead)) = (parse(b), first.as_ref()) else {
+                return Err(BloError::RankFailed {
+                    rank,
+                    step: self.step,
+                    reason: "sent settings that do not parse".into(),
+                });
+            };
+            let keys: std::collections::BTreeSet<&String> =
+                there.keys().chain(lead.keys()).collect();
+            for key in keys {
+                let (a, b) = (
+                    lead.get(key).map_or(ABSENT, String::as_str),
+                    there.get(key).map_or(ABSENT, String::as_str),
+                );
+                if a != b {
+                    return Err(BloError::RankFailed {
+                        rank,
+                        step: self.step,
+                        reason: format!("setting {key} is {b} on rank {rank} but {a} on rank 0"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint in `dir`, read by rank 0 and sent to every rank.
+    fn read_checkpoint_shared(
+        &self,
+        dir: &Path,
+    ) -> Result<(CheckpointState, Vec<Tensor<F>>), BloError> {
+        if self.comm.size() == 1 {
+            return read_checkpoint(dir);
+        }
+        let me = self.comm.rank();
+        let read = (me == 0).then(|| read_checkpoint_files::<F>(dir));
+        let mut msg = Vec::new();
+        match &read {
+            Some(Ok((json, theta))) => {
+                msg.push(0);
+                msg.extend((json.len() as u64).to_le_bytes());
+                msg.extend(json);
+                msg.extend(theta);
+            }
+            Some(Err(e)) => {
+                msg.push(1);
+                msg.extend(e.to_string().into_bytes());
+            }
+            None => {}
+        }
+        self.comm
+            .broadcast(0, &mut msg)
+            .map_err(|e| BloError::from_comm(e, self.step, me))?;
+        if let Some(Err(_)) = read {
+            return Err(read.expect("rank 0 read").expect_err("an error"));
+        }
+        let failed = |reason: String| BloError::RankFailed {
+            rank: 0,
+            step: self.step,
+            reason,
+        };
+        match msg.first() {
+            Some(0) if msg.len() >= 9 => {
+                let n = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes")) as usize;
+                let json = msg
+                    .get(9..9usize.saturating_add(n))
+                    .ok_or_else(|| failed("sent a checkpoint message cut short".into()))?;
+                checkpoint_from_bytes(dir, json, &msg[9 + n..])
+            }
+            Some(1) => Err(failed(format!(
+                "could not read the checkpoint: {}",
+                String::from_utf8_lossy(&msg[1..])
+            ))),
+            _ => Err(failed("sent an undecodable checkpoint message".into())),
+        }
     }
 
     /// Finishes outer step k = `self.step` from the meta-batch's results; on
@@ -1291,7 +1506,7 @@ where
     /// then restores it; on error nothing is changed.
     fn load_checkpoint(&mut self, dir: &Path) -> Result<(), BloError> {
         let json_path = io::join(dir, CheckpointState::STATE_FILE);
-        let (state, theta) = read_checkpoint::<F>(dir)?;
+        let (state, theta) = self.read_checkpoint_shared(dir)?;
         let here = self.settings();
         let mismatch = |d: &SettingDiff| BloError::SettingsMismatch {
             path: json_path.clone(),
@@ -1382,8 +1597,8 @@ where
     }
 }
 
-/// The estimates of the B tasks of step `k`, in task order, computed in
-/// parallel on the current rayon pool. Task i samples from
+/// The estimates of tasks `tasks` (of the B tasks of step `k`), in task
+/// order, computed in parallel on the current rayon pool. Task i samples from
 /// `task_rng(seed, k, i, Sampler)` and estimates with `task_rng(seed, k, i, Estimator)`.
 fn estimate_batch<F, P, S, E>(
     problem: &P,
@@ -1392,7 +1607,7 @@ fn estimate_batch<F, P, S, E>(
     theta: &[Tensor<F>],
     seed: u64,
     k: u64,
-    b: usize,
+    tasks: std::ops::Range<usize>,
 ) -> Vec<Result<Estimate<F>, BloError>>
 where
     F: Float,
@@ -1400,7 +1615,7 @@ where
     S: TaskSampler<P::Task>,
     E: Estimator<F, P>,
 {
-    (0..b)
+    tasks
         .into_par_iter()
         // One task per job, so a long task (UFO's exact branch) never holds
         // queued tasks back: idle threads steal them. Results are collected in

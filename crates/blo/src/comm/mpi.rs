@@ -1,0 +1,394 @@
+//! [`Mpi`]: the ranks of an MPI job (cargo feature `mpi`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mpi::collective::{CommunicatorCollectives, Root};
+use mpi::datatype::PartitionMut;
+use mpi::environment::Universe;
+use mpi::point_to_point::{Destination, Source};
+use mpi::topology::{Communicator as _, SimpleCommunicator};
+use mpi::Threading;
+
+use super::{CommError, Communicator};
+
+/// The tag of heartbeat messages (on a communicator of their own).
+const HEARTBEAT_TAG: i32 = 0x6b6c;
+/// The tag of a rank's last heartbeat message, at shutdown.
+const BYE_TAG: i32 = 0x6b6d;
+/// How often each rank sends its heartbeat.
+const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
+/// The exit code of a rank that stops because another rank was lost.
+pub const LOST_RANK_EXIT_CODE: i32 = 75;
+/// No rank lost (the value of the shared "lost" cell).
+const NONE_LOST: usize = usize::MAX;
+
+/// The ranks of an MPI job started with `mpiexec -n N program …` (rsmpi on
+/// the system's MPI library; tested with MPICH's `mpiexec`).
+///
+/// Collectives are MPI's (`MPI_Iallgatherv`, `MPI_Ibcast`, `MPI_Ibarrier`,
+/// polled), so they move bytes only: the trainer sums in task order itself.
+///
+/// # A lost rank
+/// An MPI collective waiting for a rank that will never answer cannot be
+/// cancelled, and a hung or frozen process (or machine) is reported by no
+/// transport. Each rank therefore runs a heartbeat thread (on a duplicate of
+/// `MPI_COMM_WORLD`, MPI initialised with `MPI_THREAD_MULTIPLE`): every
+/// 0.2 s it sends a byte to every other rank and reads theirs. A rank silent
+/// for longer than the heartbeat timeout (default 10 s, environment variable
+/// `BLO_MPI_HEARTBEAT_SECS`; `off` for none) is lost: a rank waiting in a
+/// collective prints
+/// `blo: rank R: rank L lost (no heartbeat for T s) during <op> at <context>`
+/// to stderr and exits with code [`LOST_RANK_EXIT_CODE`] (the trainer sets
+/// the context to the outer step; rank 0 writes checkpoints between
+/// collectives, so the last checkpoint is whole), and MPICH's launcher then
+/// ends the job.
+///
+/// A *killed* process is seen sooner by MPICH itself: its launcher kills the
+/// whole job at once (or UCX aborts a survivor whose transfer from the dead
+/// process failed), so no survivor can report; the launcher's banner names a
+/// PID (not always the killed one), which rank 0's start-up line
+/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps to ranks.
+/// (`mpiexec -disable-auto-cleanup` is not supported: MPICH then signals the
+/// survivors with SIGUSR1, which ends them.)
+///
+/// Dropping the last `Mpi` finalises MPI (after a barrier, so every rank's
+/// heartbeats stop first); a rank that saw a lost peer skips finalisation.
+pub struct Mpi {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    heartbeat: Option<Heartbeat>,
+    /// What the caller is doing, for messages about lost ranks.
+    context: std::cell::RefCell<String>,
+    /// Collectives called.
+    calls: std::cell::Cell<u64>,
+    /// Dropped last: finalises MPI.
+    _universe: Universe,
+}
+
+/// The heartbeat thread and what it shares with its rank.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    /// The first rank found silent, or `NONE_LOST`.
+    lost: Arc<AtomicUsize>,
+    timeout: Duration,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Mpi {
+    /// Initialises MPI (once per process) with the heartbeat timeout from
+    /// `BLO_MPI_HEARTBEAT_SECS` (default 10 s).
+    ///
+    /// # Errors
+    /// [`CommError::Protocol`] if MPI was already initialised or the timeout
+    /// is not a positive number of seconds.
+    pub fn init() -> Result<Mpi, CommError> {
+        let secs = match std::env::var("BLO_MPI_HEARTBEAT_SECS") {
+            Ok(s) if s.trim() == "off" => return Self::start(None),
+            Ok(s) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| {
+                    CommError::Protocol(format!(
+                        "BLO_MPI_HEARTBEAT_SECS = {s:?}: expected a number of seconds > 0"
+                    ))
+                })?,
+            Err(_) => 10.0,
+        };
+        Self::init_with_heartbeat(Duration::from_secs_f64(secs))
+    }
+
+    /// Initialises MPI with a heartbeat timeout of `timeout`.
+    ///
+    /// # Errors
+    /// [`CommError::Protocol`] if MPI was already initialised.
+    pub fn init_with_heartbeat(timeout: Duration) -> Result<Mpi, CommError> {
+        Self::start(Some(timeout))
+    }
+
+    /// Initialises MPI, with a heartbeat of timeout `heartbeat` or none
+    /// (`BLO_MPI_HEARTBEAT_SECS=off`: single-threaded MPI, a lost rank is
+    /// then left to the launcher).
+    fn start(heartbeat: Option<Duration>) -> Result<Mpi, CommError> {
+        let want = if heartbeat.is_some() {
+            Threading::Multiple
+        } else {
+            Threading::Single
+        };
+        let (universe, threading) = mpi::initialize_with_threading(want)
+            .ok_or_else(|| CommError::Protocol("MPI was already initialised".into()))?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let heartbeat = heartbeat
+            .filter(|_| size > 1 && threading == Threading::Multiple)
+            .map(|timeout| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let lost = Arc::new(AtomicUsize::new(NONE_LOST));
+                let comm = world.duplicate();
+                let (s, l) = (Arc::clone(&stop), Arc::clone(&lost));
+                let thread = std::thread::Builder::new()
+                    .name("blo-mpi-heartbeat".into())
+                    .spawn(move || heartbeat_loop(comm, rank, size, timeout, &s, &l))
+                    .expect("spawning the heartbeat thread");
+                Heartbeat {
+                    stop,
+                    lost,
+                    timeout,
+                    thread: Some(thread),
+                }
+            });
+        let me = Mpi {
+            world,
+            rank,
+            size,
+            heartbeat,
+            context: std::cell::RefCell::new("start-up".into()),
+            calls: std::cell::Cell::new(0),
+            _universe: universe,
+        };
+        if threading != want && size > 1 {
+            eprintln!(
+                "blo: MPI gave thread level {threading:?}, not Multiple: no heartbeat, a lost rank may hang the job"
+            );
+        }
+        // Who is who, so the launcher's report of a dead PID names a rank.
+        let host = mpi::environment::processor_name().unwrap_or_else(|_| "?".into());
+        let me_text = format!("rank {} = pid {} on {host}", rank, std::process::id());
+        let all = me.all_gather(me_text.as_bytes())?;
+        if rank == 0 {
+            let list: Vec<String> = all
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+            eprintln!("blo: MPI job of {size} ranks: {}", list.join(", "));
+        }
+        Ok(me)
+    }
+
+    /// Polls `test` until it reports completion; exits the process if a rank
+    /// is lost meanwhile (an MPI request cannot be abandoned).
+    fn poll(&self, op: &'static str, mut test: impl FnMut() -> bool) {
+        // Spin (yielding the core) for the first 2 ms: a meta-step's
+        // exchange is usually that quick, and a sleep costs ~60 µs at least.
+        // Then nap, up to 1 ms, so a rank waiting for a slow peer idles.
+        let started = Instant::now();
+        let mut nap = Duration::from_micros(50);
+        while !test() {
+            if let Some(hb) = &self.heartbeat {
+                let lost = hb.lost.load(Ordering::SeqCst);
+                if lost != NONE_LOST {
+                    eprintln!(
+                        "blo: rank {}: rank {lost} lost (no heartbeat for {} s) during {op} at {}; stopping (exit code {LOST_RANK_EXIT_CODE})",
+                        self.rank,
+                        hb.timeout.as_secs_f64(),
+                        self.context.borrow()
+                    );
+                    std::process::exit(LOST_RANK_EXIT_CODE);
+                }
+            }
+            if started.elapsed() < Duration::from_millis(2) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Waits for `req` (polled, see [`Mpi::poll`]).
+    fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+        &self,
+        op: &'static str,
+        req: mpi::request::Request<'a, D, S>,
+    ) {
+        let mut req = Some(req);
+        self.poll(op, || match req.take().expect("pending").test() {
+            Ok(_) => true,
+            Err(r) => {
+                req = Some(r);
+                false
+            }
+        });
+    }
+
+    fn count_call(&self) {
+        self.calls.set(self.calls.get() + 1);
+    }
+}
+
+/// Sends a heartbeat to every other rank every [`HEARTBEAT_PERIOD`], reads
+/// theirs, and records the first rank silent for longer than `timeout`.
+fn heartbeat_loop(
+    comm: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    timeout: Duration,
+    stop: &AtomicBool,
+    lost: &AtomicUsize,
+) {
+    let mut seen = vec![Instant::now(); size];
+    let mut last_sent = Instant::now() - HEARTBEAT_PERIOD;
+    while !stop.load(Ordering::SeqCst) {
+        if last_sent.elapsed() >= HEARTBEAT_PERIOD {
+            for p in (0..size).filter(|&p| p != rank) {
+                if lost.load(Ordering::SeqCst) != p {
+                    comm.process_at_rank(p as i32)
+                        .send_with_tag(&1u8, HEARTBEAT_TAG);
+                }
+            }
+            last_sent = Instant::now();
+        }
+        while let Some((msg, status)) = comm
+            .any_process()
+            .immediate_matched_probe_with_tag(HEARTBEAT_TAG)
+        {
+            let _: (u8, _) = msg.matched_receive();
+            seen[status.source_rank() as usize] = Instant::now();
+        }
+        if lost.load(Ordering::SeqCst) == NONE_LOST {
+            if let Some(p) = (0..size).find(|&p| p != rank && seen[p].elapsed() > timeout) {
+                lost.store(p, Ordering::SeqCst);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Say goodbye, then read every peer's messages up to its goodbye (one
+    // sender's messages arrive in order), so none is left unread at
+    // MPI_Finalize. A peer lost meanwhile is given up after `timeout`.
+    for p in (0..size).filter(|&p| p != rank && lost.load(Ordering::SeqCst) != p) {
+        comm.process_at_rank(p as i32).send_with_tag(&0u8, BYE_TAG);
+    }
+    let mut done: Vec<bool> = (0..size)
+        .map(|p| p == rank || lost.load(Ordering::SeqCst) == p)
+        .collect();
+    let started = Instant::now();
+    while done.iter().any(|d| !d) && started.elapsed() < timeout {
+        match comm.any_process().immediate_matched_probe() {
+            Some((msg, status)) => {
+                let _: (u8, _) = msg.matched_receive();
+                if status.tag() == BYE_TAG {
+                    done[status.source_rank() as usize] = true;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+impl Communicator for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
+        self.count_call();
+        let len = i32::try_from(mine.len()).map_err(|_| {
+            CommError::Protocol(format!(
+                "all_gather: {} bytes exceed MPI's count limit of 2^31 - 1",
+                mine.len()
+            ))
+        })?;
+        let mut lens = vec![0i32; self.size];
+        mpi::request::scope(|scope| {
+            let req = self
+                .world
+                .immediate_all_gather_into(scope, &len, &mut lens[..]);
+            self.wait("all_gather (lengths)", req);
+        });
+        let mut displs = Vec::with_capacity(self.size);
+        let mut total: i64 = 0;
+        for &l in &lens {
+            displs.push(i32::try_from(total).map_err(|_| {
+                CommError::Protocol("all_gather: more than 2^31 - 1 bytes in all".into())
+            })?);
+            total += i64::from(l);
+        }
+        let mut buf = vec![0u8; total as usize];
+        {
+            let mut part = PartitionMut::new(&mut buf[..], &lens[..], &displs[..]);
+            mpi::request::scope(|scope| {
+                let req = self
+                    .world
+                    .immediate_all_gather_varcount_into(scope, mine, &mut part);
+                self.wait("all_gather", req);
+            });
+        }
+        Ok(lens
+            .iter()
+            .zip(&displs)
+            .map(|(&l, &d)| buf[d as usize..(d + l) as usize].to_vec())
+            .collect())
+    }
+
+    #[track_caller]
+    fn broadcast(&self, root: usize, buf: &mut Vec<u8>) -> Result<(), CommError> {
+        assert!(
+            root < self.size,
+            "Mpi::broadcast: root {root} of {} ranks",
+            self.size
+        );
+        self.count_call();
+        let mut len = buf.len() as u64;
+        let root_proc = self.world.process_at_rank(root as i32);
+        mpi::request::scope(|scope| {
+            let req = root_proc.immediate_broadcast_into(scope, &mut len);
+            self.wait("broadcast (length)", req);
+        });
+        buf.resize(len as usize, 0);
+        mpi::request::scope(|scope| {
+            let req = root_proc.immediate_broadcast_into(scope, &mut buf[..]);
+            self.wait("broadcast", req);
+        });
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<(), CommError> {
+        self.count_call();
+        let req = self.world.immediate_barrier();
+        self.wait("barrier", req);
+        Ok(())
+    }
+
+    fn fail(&self, reason: &str) {
+        eprintln!(
+            "blo: rank {} cannot go on at {}: {reason}; aborting the MPI job",
+            self.rank,
+            self.context.borrow()
+        );
+        self.world.abort(1);
+    }
+
+    fn set_context(&self, context: &str) {
+        *self.context.borrow_mut() = context.to_string();
+    }
+
+    fn describe(&self) -> String {
+        format!("mpi(rank {} of {})", self.rank, self.size)
+    }
+}
+
+impl Drop for Mpi {
+    /// Stops the heartbeat after a barrier (everyone is here, so no heartbeat
+    /// can be missed while they stop); each heartbeat thread reads its peers'
+    /// messages up to their goodbyes before it ends; the universe, dropped
+    /// last, finalises MPI.
+    fn drop(&mut self) {
+        if self.heartbeat.is_some() {
+            self.set_context("shutdown");
+            let _ = Communicator::barrier(self);
+            if let Some(mut hb) = self.heartbeat.take() {
+                hb.stop.store(true, Ordering::SeqCst);
+                if let Some(t) = hb.thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
+    }
+}
