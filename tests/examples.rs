@@ -450,6 +450,7 @@ fn fewshot_equal_compute_policies_and_accuracy_interval() {
     assert!(fo.meta_steps > exact.meta_steps);
     assert!(fewshot::table(&res).contains("test accuracy"));
     check_svg(&dir.join("f.svg")).unwrap();
+    check_svg(&dir.join("f-steps.svg")).unwrap();
 
     // Equal steps: every checkpoint policy trains bit-identically.
     let mut cfg = tiny_fewshot(vec![

@@ -62,8 +62,9 @@ pub mod sinusoid;
 
 pub use counterexample::Counterexample;
 pub use data::glyphs::{glyphs, GlyphOptions};
-pub use data::mini_imagenet::load_mini_imagenet;
+pub use data::mini_imagenet::{load_mini_imagenet, load_mini_imagenet_pooled};
 pub use data::omniglot::{load_omniglot, OmniglotOptions};
+pub use data::split::{ClassSplit, SplitSize, Splits};
 pub use data::{Episode, EpisodeSampler, ImageSet};
 pub use error::{DataError, ParamsError};
 pub use model::{binary_logistic_loss, Activation, Conv4, Conv4Variant, Linear, Mlp, Model};
