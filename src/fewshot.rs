@@ -40,9 +40,9 @@ use rayon::prelude::*;
 use tape::{Tape, Tensor};
 
 use crate::dyn_estimator::DynEstimator;
-use crate::maml::ClassificationMaml;
 use crate::stats::{self, Interval};
 use crate::util::{self, PlotSpec, Series};
+use models::ClassificationMaml;
 
 /// What can go wrong in a few-shot run: the data (a file, the class split, an
 /// episode the sets cannot serve), a setting, or training itself.
@@ -388,10 +388,6 @@ fn data_id(cfg: &Config, train: &ImageSet) -> String {
     )
 }
 
-fn cost(stats: &blo::Stats) -> f64 {
-    stats.gradients as f64 + 2.0 * stats.hvps as f64
-}
-
 fn conv4(cfg: &Config, set: &ImageSet) -> Conv4 {
     let [c, h, w] = set.image_shape();
     // Colour images get the Mini-ImageNet network, grayscale the Omniglot one.
@@ -598,7 +594,7 @@ fn run_seed(
         .steps(steps)
         .seed(seed ^ 0x9110)
         .progress(false)
-        .on_step(|rep: &blo::StepReport| per_step.push(cost(&rep.stats)));
+        .on_step(|rep: &blo::StepReport| per_step.push(rep.stats.cost()));
         tr.run()?;
         drop(tr);
         let half = &per_step[per_step.len() / 2..];
@@ -650,7 +646,7 @@ fn run_seed(
             .data_id(data_id(cfg, train))
             .progress(false)
             .on_step(|rep: &blo::StepReport| {
-                spent += cost(&rep.stats);
+                spent += rep.stats.cost();
                 seconds += rep.step_seconds;
                 curve.push((spent, rep.mean_outer_loss));
                 bar.set_position(rep.step + 1);
@@ -730,13 +726,7 @@ fn run_seed(
 /// Where the figure against meta-steps goes: `path` with `-steps` before the
 /// extension (`fewshot.svg` → `fewshot-steps.svg`).
 pub fn steps_figure_path(path: &Path) -> PathBuf {
-    path.with_file_name(format!(
-        "{}-steps.{}",
-        path.file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("fewshot"),
-        path.extension().and_then(|s| s.to_str()).unwrap_or("svg")
-    ))
+    util::with_suffix(path, "-steps")
 }
 
 /// Writes the training loss of one seed's runs against compute to `path`, and

@@ -10,7 +10,6 @@ pub mod counterexample;
 pub mod dyn_estimator;
 pub mod fewshot;
 pub mod hyperopt;
-pub mod maml;
 pub mod maml_sine;
 pub mod stats;
 pub mod util;

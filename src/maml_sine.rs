@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::dyn_estimator::{reset_peak_rss, DynEstimator};
-use crate::maml::RegressionMaml;
 use crate::util::{self, PlotSpec, Series};
+use models::RegressionMaml;
 
 /// An estimator to compare.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

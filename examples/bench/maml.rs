@@ -48,8 +48,8 @@
 //! call) and compares the same model on that.
 
 use blo::{BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo};
-use blo_examples::maml::{ClassificationMaml, RegressionMaml};
 use models::{Activation, Conv4, Episode, Init, Mlp, Model, RegressionEpisode, SinusoidTasks};
+use models::{ClassificationMaml, RegressionMaml};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
