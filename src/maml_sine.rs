@@ -63,7 +63,7 @@ impl Method {
             Method::UfoAdaptive => Box::new(Ufo::adaptive()),
             Method::ExactStoreAll => Box::new(Exact::new(Policy::StoreAll)?),
             Method::ExactRecompute => Box::new(Exact::new(Policy::Recompute)?),
-            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::binomial(s)?)?),
+            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::Binomial { snapshots: s })?),
             Method::Truncated(k) => Box::new(Truncated::new(k)?),
         })
     }

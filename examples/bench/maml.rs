@@ -115,7 +115,11 @@ fn binomial_snapshots(r: usize) -> usize {
 
 /// The binomial policy with [`binomial_snapshots`] slots.
 fn binomial_policy(r: usize) -> Result<Policy, BloError> {
-    Policy::binomial(binomial_snapshots(r))
+    let p = Policy::Binomial {
+        snapshots: binomial_snapshots(r),
+    };
+    p.validate()?;
+    Ok(p)
 }
 
 fn estimator<P: Problem<f32>>(
