@@ -1,4 +1,4 @@
-//! MAML configs, f32, as defined in `../shared/bench/jax_ref/workloads.py`:
+//! MAML configs, f32, as defined in `bench/README.md` (JAX side: `bench/jax_workloads.py`):
 //!
 //! - `maml_sine:rR:MODE`: MLP 1-40-40-1 ReLU, MSE, 25 tasks (amplitude
 //!   U(0.1, 5), phase U(0, π), x U(−5, 5)), 10 support and 10 query points,
