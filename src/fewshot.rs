@@ -576,7 +576,7 @@ fn run_seed(
     let net = conv4(cfg, train);
     let theta0 = net.init::<f32>(seed).into_tensors();
     let names: Vec<String> = net.param_specs().iter().map(|s| s.name.clone()).collect();
-    let sample = |rng: &mut ChaCha8Rng| train_sampler.sample::<f32, _>(&train, rng);
+    let sample = |rng: &mut ChaCha8Rng| train_sampler.sample::<f32, _>(train, rng);
 
     // Pilot: cost per meta-step of each method (deterministic counts), averaged
     // over the second half of `steps` pilot meta-steps.

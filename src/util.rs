@@ -326,6 +326,19 @@ pub fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// `path` with `suffix` before its extension: `("f.svg", "-steps")` → `f-steps.svg`
+/// (a companion figure next to the main one).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("figure");
+    match path.extension().and_then(|s| s.to_str()) {
+        Some(ext) => path.with_file_name(format!("{stem}{suffix}.{ext}")),
+        None => path.with_file_name(format!("{stem}{suffix}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,18 +384,5 @@ mod tests {
         let (m, h) = mean_ci95(&[1.0, 2.0, 3.0]);
         assert_eq!(m, 2.0);
         assert!((h - 1.96 / 3f64.sqrt()).abs() < 1e-15);
-    }
-}
-
-/// `path` with `suffix` before its extension: `("f.svg", "-steps")` → `f-steps.svg`
-/// (a companion figure next to the main one).
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("figure");
-    match path.extension().and_then(|s| s.to_str()) {
-        Some(ext) => path.with_file_name(format!("{stem}{suffix}.{ext}")),
-        None => path.with_file_name(format!("{stem}{suffix}")),
     }
 }
