@@ -359,20 +359,7 @@ impl<F: Float> Workspace<F> {
         phi: &[Tensor<F>],
         v_phi: &[Tensor<F>],
     ) -> MixedHvp<F> {
-        assert!(
-            phi.len() == v_phi.len(),
-            "mixed_hvp: {} φ inputs but {} tangents",
-            phi.len(),
-            v_phi.len()
-        );
-        for (p, v) in phi.iter().zip(v_phi) {
-            assert!(
-                p.shape() == v.shape(),
-                "mixed_hvp: φ input {:?} but tangent {:?}",
-                p.shape(),
-                v.shape()
-            );
-        }
+        check_shapes("mixed_hvp", "φ input", phi, v_phi.iter().map(Some));
         let seeds = theta.iter().map(|th| (th, Seed::Zero)).chain(
             phi.iter()
                 .zip(v_phi)
@@ -450,29 +437,18 @@ fn full_seed<'a, F: Float>((x, v): (&'a Tensor<F>, &'a Tensor<F>)) -> (&'a Tenso
     (x, Seed::Tangent(v.data()))
 }
 
+/// Panics unless there is one tangent per input and each present tangent has
+/// its input's shape; `label` names the inputs in the message ("input", "φ input").
 #[track_caller]
-fn check_directions<F: Float>(what: &str, x: &[Tensor<F>], v: &[Tensor<F>]) {
+fn check_shapes<'a, F: Float + 'a>(
+    what: &str,
+    label: &str,
+    x: &[Tensor<F>],
+    v: impl ExactSizeIterator<Item = Option<&'a Tensor<F>>>,
+) {
     assert!(
         x.len() == v.len(),
-        "{what}: {} inputs but {} tangents",
-        x.len(),
-        v.len()
-    );
-    for (xi, vi) in x.iter().zip(v) {
-        assert!(
-            vi.shape() == xi.shape(),
-            "{what}: input {:?} but tangent {:?}",
-            xi.shape(),
-            vi.shape()
-        );
-    }
-}
-
-#[track_caller]
-fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) {
-    assert!(
-        x.len() == v.len(),
-        "{what}: {} inputs but {} tangents",
+        "{what}: {} {label}s but {} tangents",
         x.len(),
         v.len()
     );
@@ -480,12 +456,22 @@ fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]
         if let Some(vi) = vi {
             assert!(
                 vi.shape() == xi.shape(),
-                "{what}: input {:?} but tangent {:?}",
+                "{what}: {label} {:?} but tangent {:?}",
                 xi.shape(),
                 vi.shape()
             );
         }
     }
+}
+
+#[track_caller]
+fn check_directions<F: Float>(what: &str, x: &[Tensor<F>], v: &[Tensor<F>]) {
+    check_shapes(what, "input", x, v.iter().map(Some));
+}
+
+#[track_caller]
+fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) {
+    check_shapes(what, "input", x, v.iter().map(Option::as_ref));
 }
 
 /// Calls `f(i, adjoint_i)` for every element of `var`'s adjoint after a sweep,
