@@ -383,3 +383,43 @@ fn one_bit_pngs_like_the_official_omniglot_files_are_expanded() {
     let x = train.image::<f64>(0, 0);
     assert_eq!((x[0], x[27], x[27 * 28 + 27]), (1.0, 0.0, 0.0));
 }
+
+#[test]
+fn mini_imagenet_pooled_classes_take_a_class_split() {
+    let tmp = TmpDir::new("mini-pooled");
+    mini_fixture(&tmp.0); // train.csv: 3 classes, no val.csv or test.csv
+                          // A test.csv with one more class (n0003), images of class n0000 reused.
+    std::fs::write(
+        tmp.0.join("test.csv"),
+        "filename,label\nn0000000.png,n0003\nn0000001.png,n0003\n",
+    )
+    .unwrap();
+    let all = models::load_mini_imagenet_pooled(&tmp.0).unwrap();
+    let names: Vec<&str> = all.classes().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["n0000", "n0001", "n0002", "n0003"]);
+    let split = ClassSplit {
+        train: SplitSize::Count(2),
+        val: SplitSize::Count(1),
+        test: SplitSize::Rest,
+    };
+    let Splits { train, val, test } = split.apply(&all).unwrap();
+    assert_eq!(
+        (train.num_classes(), val.num_classes(), test.num_classes()),
+        (2, 1, 1)
+    );
+    assert_eq!(val.class(0).name, "n0002");
+    assert_eq!(test.image::<f64>(0, 1), all.image::<f64>(3, 1));
+    // Asking for more classes than the 4 found names both numbers.
+    let e = ClassSplit {
+        train: SplitSize::Count(4),
+        ..split
+    }
+    .apply(&all)
+    .unwrap_err();
+    assert!(e.to_string().contains("4 classes found"), "{e}");
+    // No split file at all.
+    let empty = TmpDir::new("mini-pooled-empty");
+    std::fs::create_dir_all(empty.0.join("images")).unwrap();
+    let e = models::load_mini_imagenet_pooled(&empty.0).unwrap_err();
+    assert!(matches!(e, DataError::Missing { .. }), "{e}");
+}
