@@ -22,9 +22,9 @@ test-mpi:
 demo:
     cargo run --release --example counterexample
 
-# Side-by-side benchmarks against JAX (needs `python3 -m pip install -r ../shared/bench/jax_ref/requirements.txt`).
+# Side-by-side benchmarks against JAX (needs `python3 -m pip install -r bench/requirements.txt` once; bench/README.md).
 bench:
-    python3 ../shared/bench/compare.py mlp_grad mlp_hvp maml_sine:r1:exact maml_sine:r10:exact maml_sine:r10:first_order --rounds 3
+    python3 bench/compare.py mlp_grad mlp_hvp maml_sine:r1:exact maml_sine:r10:exact maml_sine:r10:first_order --rounds 3
 
 # API docs with warnings denied; tutorials run as doctests in `just test`.
 docs:

@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- --list
 //! ```
 //!
-//! Timing follows the JAX side (`../shared/bench/jax_ref/workloads.py`): one
+//! Timing follows the JAX side (`bench/jax_workloads.py`): one
 //! first call and 3 warm-up calls, then N timed calls with
 //! N = clamp(5 s / t_warm, lo, 1000), lo = 20 (10 if a call takes > 0.5 s, 5 if
 //! > 2 s); the median is reported. Everything but the JSON line goes to stderr.

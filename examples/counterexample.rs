@@ -29,7 +29,8 @@ struct Args {
     /// Fixed q values for UFO-BLO (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "0.1")]
     q: Vec<f64>,
-    /// Where to write the SVG figure of |F′(θ_k)| against k.
+    /// Where to write the SVG figure of |F′(θ_k)| against k (and, with
+    /// `-compute` before the extension, against gradient-equivalents spent).
     #[arg(long, default_value = "target/figures/counterexample.svg")]
     figure: PathBuf,
     /// Do not write the figure.
@@ -66,11 +67,16 @@ fn main() -> ExitCode {
     } else {
         print!("{}", counterexample::table(&report));
     }
-    if let Some(p) = &report.figure {
+    if let (Some(p), Some(c)) = (&report.figure, &report.compute_figure) {
+        let line = format!(
+            "figures: {} (against iterations), {} (against compute)",
+            p.display(),
+            c.display()
+        );
         if args.json {
-            eprintln!("figure: {}", p.display());
+            eprintln!("{line}");
         } else {
-            println!("figure: {}", p.display());
+            println!("{line}");
         }
     }
     ExitCode::SUCCESS

@@ -1,7 +1,10 @@
 //! N-way K-shot meta-training with any estimator, compared at equal compute:
 //! procedural glyphs by default (no download), Omniglot or Mini-ImageNet with
-//! `--data PATH`. Reports test accuracy with a 95% interval over ≥ 600 test
-//! episodes; checkpoints with `--checkpoint-dir`, continue with `--resume`
+//! `--data PATH` (any folder in their layout: divide its classes with
+//! `--train-classes`, `--val-classes`, `--test-classes`). Reports test
+//! accuracy with a 95% interval over ≥ 600 test episodes, and with
+//! `--seeds N` the mean over N training seeds with its 95% t interval and a
+//! paired comparison of the methods on those seeds; checkpoints with `--checkpoint-dir`, continue with `--resume`
 //! (which refuses a checkpoint whose settings differ from this run's, naming
 //! the setting; `--resume --force` continues anyway, printing each difference).
 //!
@@ -11,6 +14,7 @@
 //! cargo run --release --example fewshot -- --data ~/data/omniglot --dataset omniglot --n-way 20 --r 5 --alpha 0.005
 //! cargo build --release --features mpi --example fewshot
 //! RAYON_NUM_THREADS=1 mpiexec -n 2 target/release/examples/fewshot --mpi --methods fo
+//! cargo run --release --example fewshot -- --data ~/my-alphabets --train-classes 0.6 --val-classes 0.2 --seeds 5
 //! ```
 //!
 //! The logic lives in `blo_examples::fewshot` (so the tests run it).
@@ -20,6 +24,7 @@ use std::process::ExitCode;
 
 use blo_examples::fewshot::{self, Config, DataSource, Method};
 use clap::{Parser, ValueEnum};
+use models::{ClassSplit, SplitSize};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Dataset {
@@ -40,6 +45,18 @@ struct Args {
     /// Which data set `--data` holds.
     #[arg(long, value_enum, default_value = "omniglot")]
     dataset: Dataset,
+    /// Classes (characters) for meta-training: a count (5), a fraction (0.6)
+    /// or `rest`; classes are taken in sorted order: train, validation, test.
+    /// Default with --data: 1200 for Omniglot (the rest test), the CSV files'
+    /// split for Mini-ImageNet (any split flag pools their classes instead).
+    #[arg(long, value_name = "N|FRACTION|rest")]
+    train_classes: Option<SplitSize>,
+    /// Classes for validation (accuracy reported beside the test accuracy); default 0.
+    #[arg(long, value_name = "N|FRACTION|rest")]
+    val_classes: Option<SplitSize>,
+    /// Classes for testing; default: the rest.
+    #[arg(long, value_name = "N|FRACTION|rest")]
+    test_classes: Option<SplitSize>,
     /// Classes per episode N.
     #[arg(long, default_value_t = 5)]
     n_way: usize,
@@ -76,9 +93,13 @@ struct Args {
     /// Test episodes.
     #[arg(long, default_value_t = 600)]
     test_episodes: usize,
-    /// Seed.
+    /// Seed (of the first training run).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train each method from N seeds (seed, seed + 1, …) and report the mean
+    /// test accuracy with its 95% interval across seeds and paired differences.
+    #[arg(long, default_value_t = 1)]
+    seeds: usize,
     /// Write checkpoints and JSON-lines logs to DIR/<method>/.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -128,6 +149,20 @@ fn main() -> ExitCode {
         (Some(p), Dataset::Omniglot) => DataSource::Omniglot(p.clone()),
         (Some(p), Dataset::MiniImagenet) => DataSource::MiniImagenet(p.clone()),
     };
+    let sizes = [a.train_classes, a.val_classes, a.test_classes];
+    let classes = match (&a.data, sizes.iter().any(Option::is_some)) {
+        (_, false) => None,
+        (None, true) => {
+            eprintln!("fewshot: --train-classes, --val-classes and --test-classes divide a --data folder; procedural glyphs have fixed splits");
+            return ExitCode::from(2);
+        }
+        (Some(_), true) => Some(ClassSplit::from_sizes(
+            a.train_classes,
+            a.val_classes,
+            a.test_classes,
+            ClassSplit::default().train,
+        )),
+    };
     let filters = match (&a.data, a.filters) {
         (_, Some(f)) => Some(f),
         (None, None) => Some(32),
@@ -148,7 +183,9 @@ fn main() -> ExitCode {
         outer_lr: a.outer_lr,
         test_episodes: a.test_episodes,
         methods,
+        classes,
         seed: a.seed,
+        seeds: a.seeds,
         checkpoint_dir: a.checkpoint_dir.clone(),
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
@@ -165,10 +202,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let results = match fewshot::run_on(&cfg, &*comm) {
+    let results = match fewshot::load(&cfg).and_then(|data| fewshot::run_on(&cfg, &data, &*comm)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fewshot: rank {} of {}: {e}", comm.rank(), comm.size());
+            match comm.size() {
+                1 => eprintln!("fewshot: {e}"),
+                n => eprintln!("fewshot: rank {} of {n}: {e}", comm.rank()),
+            }
+            if matches!(
+                e,
+                fewshot::Error::Data(
+                    models::DataError::ClassSplit { .. } | models::DataError::EmptySplit { .. }
+                )
+            ) {
+                eprintln!("fewshot: set the class split with --train-classes, --val-classes, --test-classes (a count, a fraction such as 0.6, or rest)");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -177,10 +225,23 @@ fn main() -> ExitCode {
     }
     if a.json {
         blo_examples::util::print_json_lines(&results);
+        if a.seeds > 1 {
+            match fewshot::summarise(&results) {
+                Ok((summaries, pairs)) => {
+                    blo_examples::util::print_json_lines(&summaries);
+                    blo_examples::util::print_json_lines(&pairs);
+                }
+                Err(e) => eprintln!("fewshot: {e}"),
+            }
+        }
     } else {
         print!("{}", fewshot::table(&results));
         if let Some(p) = &cfg.figure {
-            println!("figure: {}", p.display());
+            println!(
+                "figures: {} (against compute), {} (against meta-steps)",
+                p.display(),
+                fewshot::steps_figure_path(p).display()
+            );
         }
     }
     ExitCode::SUCCESS

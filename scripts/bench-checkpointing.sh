@@ -11,11 +11,11 @@
 # the exact estimator alone in one process: its `cost_model`). Set
 # TAPE_KERNELS=avx2 (or portable, avx512) to force a kernel family on both
 # our runs; JAX is unaffected. Prints one JSON line per run.
-# Needs `python3 -m pip install jax` once (CPU build).
+# Needs `python3 -m pip install -r bench/requirements.txt` once (CPU build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-3}"
-jax=(python3 ../shared/bench/jax_ref/workloads.py)
+jax=(python3 bench/jax_workloads.py)
 cargo build --quiet --release --example bench
 ours=(target/release/examples/bench)
 for round in $(seq 1 "$rounds"); do

@@ -7,67 +7,18 @@
 //! the closed form [`Counterexample::hypergradient`], which does not use the
 //! tape, so it is an independent check of the estimators.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blo::{BloError, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo};
+use blo::{BloError, Estimator, Exact, FirstOrder, Policy, Ufo};
 use blo::{Optimiser, Schedule, Sgd};
 use models::Counterexample;
+pub use models::CounterexampleProblem;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tape::{Real, Tape, Tensor, Var};
+use tape::Tensor;
 
 use crate::util::{self, PlotSpec, Series};
-
-/// The counterexample as a [`Problem`]: θ and φ are one scalar each (shape
-/// `[1]`), a task is the index i ∈ {0, 1}, and L_in = L_out = f_i(φ).
-#[derive(Clone, Debug)]
-pub struct CounterexampleProblem {
-    /// Constants and closed forms.
-    pub ce: Counterexample,
-    /// r steps of SGD with step α (from `ce`).
-    pub inner: InnerLoop,
-}
-
-impl CounterexampleProblem {
-    /// The problem for the given constants.
-    ///
-    /// # Panics
-    /// If `ce.alpha` is not finite and positive or `ce.r` = 0.
-    pub fn new(ce: Counterexample) -> Self {
-        let inner = InnerLoop::sgd(ce.r, ce.alpha).expect("counterexample: r ≥ 1 and α > 0");
-        CounterexampleProblem { ce, inner }
-    }
-}
-
-impl Problem<f64> for CounterexampleProblem {
-    type Task = usize;
-
-    fn inner_loop(&self) -> &InnerLoop {
-        &self.inner
-    }
-
-    fn inner_loss<'t, T: Real<Base = f64>>(
-        &self,
-        _tape: &'t Tape<T>,
-        task: &usize,
-        _step: usize,
-        _theta: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-    ) -> Var<'t, T> {
-        self.ce.f_tape(*task, phi[0]).sum()
-    }
-
-    fn outer_loss<'t, T: Real<Base = f64>>(
-        &self,
-        _tape: &'t Tape<T>,
-        task: &usize,
-        _theta: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-    ) -> Var<'t, T> {
-        self.ce.f_tape(*task, phi[0]).sum()
-    }
-}
 
 /// Which hypergradient estimator drives SGD.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -195,6 +146,12 @@ pub struct RunResult {
     /// (0, |F′(θ_0)|) first (not printed in JSON).
     #[serde(skip)]
     pub trace: Vec<(f64, f64)>,
+    /// Gradient-equivalents spent up to each point of `trace` (gradient = 1,
+    /// HVP = 2: `blo::Stats::cost`, docs/math.md §8; not printed in JSON).
+    #[serde(skip)]
+    pub trace_cost: Vec<f64>,
+    /// Gradient-equivalents spent over the run.
+    pub total_cost: f64,
 }
 
 /// All runs, plus the problem's reference points.
@@ -208,8 +165,10 @@ pub struct Report {
     pub theta_fo: f64,
     /// |F′(θ_FO)| = √(2D).
     pub fo_plateau: f64,
-    /// The figure, if one was written.
+    /// The figure against iterations, if one was written.
     pub figure: Option<PathBuf>,
+    /// The figure against compute (gradient-equivalents), beside it.
+    pub compute_figure: Option<PathBuf>,
 }
 
 /// Runs SGD on the counterexample with every method and seed of `cfg`.
@@ -218,8 +177,8 @@ pub struct Report {
 /// Whatever the estimators report (non-finite values), and figure-writing
 /// failures (as [`BloError::Io`]).
 pub fn run(cfg: &Config) -> Result<Report, BloError> {
-    let problem = CounterexampleProblem::new(Counterexample::paper());
-    let ce = &problem.ce;
+    let problem = CounterexampleProblem::new(Counterexample::paper())?;
+    let ce = problem.ce();
     let total = (cfg.methods.len() * cfg.seeds.len() * cfg.iterations) as u64;
     let bar = util::progress(total, "counterexample", !cfg.progress);
     let record_every = cfg.record_every.max(1);
@@ -236,6 +195,8 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
             let mut theta = vec![Tensor::vector(vec![theta0])];
             let mut sgd = Sgd::new(Schedule::inverse_time(10.0, 1.0));
             let mut trace = vec![(0.0, ce.hypergradient(theta0).abs())];
+            let mut trace_cost = vec![0.0];
+            let mut spent = 0.0;
             let tail_start = cfg.iterations - cfg.iterations / 10;
             let (mut tail_sum, mut tail_n) = (0.0, 0usize);
             let mut exact_branches = 0;
@@ -244,6 +205,7 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
                 let task: usize = rng.gen_range(0..2);
                 let e = est.estimate(&problem, &task, &theta, &mut coin_rng)?;
                 exact_branches += e.stats.exact_branches;
+                spent += e.stats.cost();
                 est.observe(std::slice::from_ref(&e));
                 sgd.step(&mut theta, &e.grad);
                 let th = theta[0].data()[0];
@@ -263,6 +225,7 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
                 window_n += 1;
                 if (k + 1) % record_every == 0 || k + 1 == cfg.iterations {
                     trace.push(((k + 1) as f64, window_sum / window_n as f64));
+                    trace_cost.push(spent);
                     window_sum = 0.0;
                     window_n = 0;
                 }
@@ -288,45 +251,20 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
                 exact_branches,
                 seconds: start.elapsed().as_secs_f64(),
                 trace,
+                trace_cost,
+                total_cost: spent,
             });
         }
     }
     bar.finish_and_clear();
     let fo_plateau = ce.hypergradient(ce.theta_fo()).abs();
-    let figure = match &cfg.figure {
+    let (figure, compute_figure) = match &cfg.figure {
         Some(path) => {
-            // One line per method: the mean over seeds (all runs share the recording grid).
-            let mut series: Vec<Series> = Vec::new();
-            for &method in &cfg.methods {
-                let rs: Vec<&RunResult> =
-                    runs.iter().filter(|r| r.label == method.label()).collect();
-                let Some(first) = rs.first() else { continue };
-                let points = (0..first.trace.len())
-                    .map(|i| {
-                        let mean = rs.iter().map(|r| r.trace[i].1).sum::<f64>() / rs.len() as f64;
-                        (first.trace[i].0, mean)
-                    })
-                    .collect();
-                series.push(Series::new(method.label(), points));
-            }
-            let spec = PlotSpec {
-                title: format!(
-                    "Counterexample: |F'(θ_k)| under SGD (mean over {} seeds, windows of {} steps)",
-                    cfg.seeds.len(),
-                    record_every
-                ),
-                x_label: "iteration k".into(),
-                y_label: "|F'(θ_k)|".into(),
-                log_y: true,
-                reference: Some((fo_plateau, format!("FO plateau √(2D) = {fo_plateau:.3}"))),
-            };
-            util::line_plot_svg(path, &spec, &series).map_err(|e| BloError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            Some(path.clone())
+            let compute_path = util::with_suffix(path, "-compute");
+            figures(cfg, &runs, fo_plateau, path, &compute_path)?;
+            (Some(path.clone()), Some(compute_path))
         }
-        None => None,
+        None => (None, None),
     };
     Ok(Report {
         runs,
@@ -334,7 +272,63 @@ pub fn run(cfg: &Config) -> Result<Report, BloError> {
         theta_fo: ce.theta_fo(),
         fo_plateau,
         figure,
+        compute_figure,
     })
+}
+
+/// Writes |F′| against iterations to `path` and against compute to
+/// `compute_path`: one line per method, the mean over seeds at each recording
+/// point (all runs share the grid of iterations; the compute there is the
+/// mean over seeds too, random for UFO).
+fn figures(
+    cfg: &Config,
+    runs: &[RunResult],
+    fo_plateau: f64,
+    path: &Path,
+    compute_path: &Path,
+) -> Result<(), BloError> {
+    let record_every = cfg.record_every.max(1);
+    for (file, against_compute) in [(path, false), (compute_path, true)] {
+        let mut series: Vec<Series> = Vec::new();
+        for &method in &cfg.methods {
+            let rs: Vec<&RunResult> = runs.iter().filter(|r| r.label == method.label()).collect();
+            let Some(first) = rs.first() else { continue };
+            let n = rs.len() as f64;
+            let points = (0..first.trace.len())
+                .map(|i| {
+                    let mean = rs.iter().map(|r| r.trace[i].1).sum::<f64>() / n;
+                    let x = if against_compute {
+                        rs.iter().map(|r| r.trace_cost[i]).sum::<f64>() / n
+                    } else {
+                        first.trace[i].0
+                    };
+                    (x, mean)
+                })
+                .collect();
+            series.push(Series::new(method.label(), points));
+        }
+        let spec = PlotSpec {
+            title: format!(
+                "Counterexample: |F'(θ_k)| under SGD against {} (mean over {} seeds, windows of {} steps)",
+                if against_compute { "compute" } else { "iterations" },
+                cfg.seeds.len(),
+                record_every
+            ),
+            x_label: if against_compute {
+                "gradient-equivalents spent (gradient = 1, HVP = 2)".into()
+            } else {
+                "iteration k".into()
+            },
+            y_label: "|F'(θ_k)|".into(),
+            log_y: true,
+            reference: Some((fo_plateau, format!("FO plateau √(2D) = {fo_plateau:.3}"))),
+        };
+        util::line_plot_svg(file, &spec, &series).map_err(|e| BloError::Io {
+            path: file.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(())
 }
 
 /// The table printed by the example: one row per method with the mean and

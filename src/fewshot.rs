@@ -15,7 +15,14 @@
 //!   realised spend is reported).
 //! - Test accuracy: mean query accuracy over ≥ 600 held-out episodes (classes
 //!   never seen in training) after r inner steps, with a 95% interval
-//!   1.96·s/√n.
+//!   1.96·s/√n over those episodes (how well one trained network was
+//!   measured). With a validation split, the same on its classes.
+//! - Across training seeds (`seeds` > 1): every method is trained once per
+//!   seed; the summary gives the mean test accuracy over seeds with its 95%
+//!   Student-t interval, and each method's paired difference to the first
+//!   method on the same seeds ([`crate::stats`]).
+//! - Data: any Omniglot- or Mini-ImageNet-layout folder, divided by class with
+//!   [`Config::classes`], or sets already in memory ([`run_on`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -24,15 +31,33 @@ use blo::{
     BloError, Estimator, Exact, FirstOrder, Implicit, InnerLoop, Policy, ReptileFirstOrder,
     Schedule, Trainer, Ufo,
 };
-use models::{glyphs, Conv4, EpisodeSampler, GlyphOptions, ImageSet, Model};
+use models::{
+    glyphs, ClassSplit, Conv4, DataError, EpisodeSampler, GlyphOptions, ImageSet, Model, Splits,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use tape::{Tape, Tensor};
 
 use crate::dyn_estimator::DynEstimator;
-use crate::maml::ClassificationMaml;
+use crate::stats::{self, Interval};
 use crate::util::{self, PlotSpec, Series};
+use models::ClassificationMaml;
+
+/// What can go wrong in a few-shot run: the data (a file, the class split, an
+/// episode the sets cannot serve), a setting, or training itself.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data set could not be loaded or split, or cannot serve episodes.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A setting that does not apply (e.g. a class split for procedural glyphs).
+    #[error("{0}")]
+    Config(String),
+    /// Training, checkpoints, the figure.
+    #[error(transparent)]
+    Blo(#[from] BloError),
+}
 
 /// Where episodes come from.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,9 +75,12 @@ pub enum DataSource {
         /// Side length.
         size: usize,
     },
-    /// Omniglot at this root (see `models::load_omniglot`).
+    /// An Omniglot-layout folder (`root/<alphabet>/<character>/*.png`, see
+    /// `models::load_omniglot`), split by [`Config::classes`].
     Omniglot(PathBuf),
-    /// Mini-ImageNet at this root (see `models::load_mini_imagenet`).
+    /// A Mini-ImageNet-layout folder (see `models::load_mini_imagenet`): its
+    /// `train.csv`, `val.csv` (if present) and `test.csv` splits, or with
+    /// [`Config::classes`] all their classes pooled and split by it.
     MiniImagenet(PathBuf),
 }
 
@@ -67,22 +95,28 @@ impl Default for DataSource {
     }
 }
 
-/// Loads (train, test) image sets.
+/// Loads the train, validation and test sets of `cfg.data`, divided by
+/// `cfg.classes` where given (procedural glyphs have no validation classes;
+/// their data set is drawn from `cfg.seed`).
 ///
 /// # Errors
-/// [`BloError::Io`] naming the path when a data set cannot be read.
-pub fn load(source: &DataSource, seed: u64) -> Result<(ImageSet, ImageSet), BloError> {
-    let wrap = |path: &Path, e: models::DataError| BloError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    };
-    Ok(match source {
+/// [`Error::Data`] naming the file, or saying how many classes were found and
+/// what the class split asks for; [`Error::Config`] for a class split on glyphs.
+pub fn load(cfg: &Config) -> Result<Splits, Error> {
+    let seed = cfg.seed;
+    Ok(match &cfg.data {
         DataSource::Glyphs {
             train_classes,
             test_classes,
             per_class,
             size,
         } => {
+            if let Some(split) = &cfg.classes {
+                return Err(Error::Config(format!(
+                    "a class split ({split}) applies to data from a folder; procedural glyphs \
+                     draw {train_classes} train and {test_classes} test classes"
+                )));
+            }
             let opts = |n, s| GlyphOptions {
                 n_classes: n,
                 per_class: *per_class,
@@ -91,19 +125,36 @@ pub fn load(source: &DataSource, seed: u64) -> Result<(ImageSet, ImageSet), BloE
                 ..GlyphOptions::default()
             };
             // Different seeds draw different stroke sets: the test classes are unseen.
-            (
-                glyphs(&opts(*train_classes, 2 * seed)),
-                glyphs(&opts(*test_classes, 2 * seed + 1)),
-            )
+            let train = glyphs(&opts(*train_classes, 2 * seed));
+            let val = ImageSet::new(train.source(), 1, *size, *size);
+            Splits {
+                train,
+                val,
+                test: glyphs(&opts(*test_classes, 2 * seed + 1)),
+            }
         }
-        DataSource::Omniglot(root) => {
-            models::load_omniglot(root, &models::OmniglotOptions::default())
-                .map_err(|e| wrap(root, e))?
-        }
-        DataSource::MiniImagenet(root) => (
-            models::load_mini_imagenet(root, "train").map_err(|e| wrap(root, e))?,
-            models::load_mini_imagenet(root, "test").map_err(|e| wrap(root, e))?,
-        ),
+        DataSource::Omniglot(root) => models::load_omniglot(
+            root,
+            &models::OmniglotOptions {
+                split: cfg.classes.unwrap_or_default(),
+                ..models::OmniglotOptions::default()
+            },
+        )?,
+        DataSource::MiniImagenet(root) => match &cfg.classes {
+            Some(split) => split.apply(&models::load_mini_imagenet_pooled(root)?)?,
+            None => {
+                let side = models::data::mini_imagenet::SIZE;
+                Splits {
+                    train: models::load_mini_imagenet(root, "train")?,
+                    val: if root.join("val.csv").exists() {
+                        models::load_mini_imagenet(root, "val")?
+                    } else {
+                        ImageSet::new(root, 3, side, side)
+                    },
+                    test: models::load_mini_imagenet(root, "test")?,
+                }
+            }
+        },
     })
 }
 
@@ -207,8 +258,15 @@ pub struct Config {
     pub test_episodes: usize,
     /// Methods, in order; the first sets the budget.
     pub methods: Vec<Method>,
-    /// Seed (initialisation, episodes, coins).
+    /// How the folder's classes are divided into train, validation and test
+    /// (`None`: 1,200 / 0 / rest for Omniglot, the CSV files for
+    /// Mini-ImageNet). Not for glyphs.
+    pub classes: Option<ClassSplit>,
+    /// Seed (initialisation, episodes, coins) of the first training run.
     pub seed: u64,
+    /// Training runs per method, from seeds `seed`, `seed + 1`, …; with more
+    /// than one, [`summarise`] gives statistics across seeds.
+    pub seeds: usize,
     /// Checkpoints (and JSON-lines logs) go to `dir/<method>/`.
     pub checkpoint_dir: Option<PathBuf>,
     /// Checkpoint every this many meta-steps.
@@ -251,7 +309,9 @@ impl Default for Config {
                 Method::Ufo(0.1),
                 Method::Exact(Policy::StoreAll),
             ],
+            classes: None,
             seed: 0,
+            seeds: 1,
             checkpoint_dir: None,
             checkpoint_every: 50,
             resume: false,
@@ -268,7 +328,9 @@ impl Default for Config {
 pub struct MethodResult {
     /// Method label.
     pub method: String,
-    /// N, K.
+    /// The training seed of this run.
+    pub seed: u64,
+    /// N.
     pub n_way: usize,
     /// K.
     pub k_shot: usize,
@@ -287,6 +349,11 @@ pub struct MethodResult {
     pub test_ci95: f64,
     /// Test episodes.
     pub test_episodes: usize,
+    /// Mean query accuracy over as many validation episodes (`None` without
+    /// validation classes).
+    pub val_accuracy: Option<f64>,
+    /// Half-width of its 95% interval.
+    pub val_ci95: Option<f64>,
     /// Mean outer loss over the last 10% of meta-steps run in this process.
     pub final_train_loss: f64,
     /// Wall-clock seconds of training (this process).
@@ -302,26 +369,33 @@ pub struct MethodResult {
 }
 
 /// What the meta-training tasks are, recorded in checkpoints and compared on
-/// resume (`blo::train::Trainer::data_id`): the data source and the episode
-/// shape (the network's layout is checked through θ's names and shapes).
-fn data_id(cfg: &Config) -> String {
+/// resume (`blo::train::Trainer::data_id`): the training set (source, classes,
+/// images, image shape) and the episode shape (the network's layout is
+/// checked through θ's names and shapes).
+fn data_id(cfg: &Config, train: &ImageSet) -> String {
+    let name = |c: Option<&models::data::ClassInfo>| c.map_or("", |c| c.name.as_str()).to_string();
     format!(
-        "fewshot {:?}: {}-way {}-shot, {} query per class",
-        cfg.data, cfg.n_way, cfg.k_shot, cfg.q_query
+        "fewshot {}: {} train classes `{}`..`{}`, {} images {:?}: {}-way {}-shot, {} query per class",
+        train.source().display(),
+        train.num_classes(),
+        name(train.classes().first()),
+        name(train.classes().last()),
+        train.num_images(),
+        train.image_shape(),
+        cfg.n_way,
+        cfg.k_shot,
+        cfg.q_query
     )
-}
-
-fn cost(stats: &blo::Stats) -> f64 {
-    stats.gradients as f64 + 2.0 * stats.hvps as f64
 }
 
 fn conv4(cfg: &Config, set: &ImageSet) -> Conv4 {
     let [c, h, w] = set.image_shape();
-    let base = match (&cfg.data, cfg.batch_norm) {
-        (DataSource::MiniImagenet(_), true) => Conv4::mini_imagenet(cfg.n_way),
-        (DataSource::MiniImagenet(_), false) => Conv4::benchmark(cfg.n_way).with_filters(32),
-        (_, true) => Conv4::omniglot(cfg.n_way),
-        (_, false) => Conv4::benchmark(cfg.n_way),
+    // Colour images get the Mini-ImageNet network, grayscale the Omniglot one.
+    let base = match (c == 3, cfg.batch_norm) {
+        (true, true) => Conv4::mini_imagenet(cfg.n_way),
+        (true, false) => Conv4::benchmark(cfg.n_way).with_filters(32),
+        (false, true) => Conv4::omniglot(cfg.n_way),
+        (false, false) => Conv4::benchmark(cfg.n_way),
     };
     let base = base.with_input(c, h, w);
     match cfg.filters {
@@ -429,41 +503,91 @@ pub fn test_accuracies(
         .collect()
 }
 
-fn data_err(set: &ImageSet, e: models::DataError) -> BloError {
-    BloError::Corrupt {
-        path: set.source().to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
-/// Trains every method and evaluates it.
+/// Loads `cfg.data` ([`load`]) and trains and evaluates every method on it
+/// ([`run_on`]).
 ///
 /// # Errors
-/// Data loading, estimator, trainer (checkpoint files) and figure errors.
-pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, BloError> {
-    run_on(cfg, &blo::comm::Local)
+/// As [`load`] and [`run_on`].
+pub fn run(cfg: &Config) -> Result<Vec<MethodResult>, Error> {
+    run_on(cfg, &load(cfg)?, &blo::comm::Local)
 }
 
-/// [`run`] as one rank of a distributed run (the example's `--mpi`): every
-/// meta-batch is split across the ranks of `comm`, bit-identically to one
-/// process ([`blo::comm`]); every rank evaluates, rank 0 alone writes the
-/// log, checkpoints and figure.
+/// Trains every method of `cfg` on `data.train` once per seed (`cfg.seeds`
+/// runs from `cfg.seed`) and evaluates it on `data.test` (and `data.val` if it
+/// has classes). `cfg.data` and `cfg.classes` are not used: the sets may come
+/// from anywhere, e.g. built in memory with [`models::ImageSet::add_class`].
+/// The results are grouped by seed, methods in order within each seed.
+///
+/// `comm` makes this one rank of a distributed run (the example's `--mpi`;
+/// [`blo::comm::Local`] for one process): every meta-batch is split across
+/// its ranks, bit-identically to one process ([`blo::comm`]); every rank
+/// evaluates, rank 0 alone writes the logs, checkpoints and figures.
+///
+/// ```no_run
+/// use blo_examples::fewshot::{run_on, Config};
+/// use models::{glyphs, GlyphOptions, ImageSet, Splits};
+/// let opts = |seed| GlyphOptions { n_classes: 20, seed, ..GlyphOptions::default() };
+/// let (train, test) = (glyphs(&opts(0)), glyphs(&opts(1)));
+/// let val = ImageSet::new("none", 1, 28, 28);
+/// let results = run_on(&Config::default(), &Splits { train, val, test }, &blo::comm::Local)?;
+/// # Ok::<(), blo_examples::fewshot::Error>(())
+/// ```
 ///
 /// # Errors
-/// As [`run`], and [`BloError::RankFailed`] naming a failed rank.
+/// [`Error::Data`] if a set cannot serve N-way episodes with K + Q examples
+/// per class; [`Error::Config`] for `seeds` = 0; [`Error::Blo`] for estimator,
+/// trainer (checkpoint files) and figure errors, including
+/// [`BloError::RankFailed`] naming a failed rank.
 pub fn run_on(
     cfg: &Config,
+    data: &Splits,
     comm: &dyn blo::comm::Communicator,
-) -> Result<Vec<MethodResult>, BloError> {
-    let (train, test) = load(&cfg.data, cfg.seed)?;
-    let train_sampler = EpisodeSampler::new(&train, cfg.n_way, cfg.k_shot, cfg.q_query)
-        .map_err(|e| data_err(&train, e))?;
-    let test_sampler = EpisodeSampler::new(&test, cfg.n_way, cfg.k_shot, cfg.q_query)
-        .map_err(|e| data_err(&test, e))?;
-    let net = conv4(cfg, &train);
-    let theta0 = net.init::<f32>(cfg.seed).into_tensors();
+) -> Result<Vec<MethodResult>, Error> {
+    if cfg.seeds == 0 {
+        return Err(Error::Config("seeds = 0: train at least once".into()));
+    }
+    let sampler = |set: &ImageSet| EpisodeSampler::new(set, cfg.n_way, cfg.k_shot, cfg.q_query);
+    let samplers = Samplers {
+        train: sampler(&data.train)?,
+        val: match data.val.num_classes() {
+            0 => None,
+            _ => Some(sampler(&data.val)?),
+        },
+        test: sampler(&data.test)?,
+    };
+    let mut results = Vec::new();
+    for seed in (0..cfg.seeds as u64).map(|k| cfg.seed + k) {
+        results.extend(run_seed(cfg, data, &samplers, seed, comm)?);
+    }
+    if let Some(path) = cfg.figure.as_ref().filter(|_| comm.rank() == 0) {
+        let first: Vec<&MethodResult> = results.iter().filter(|r| r.seed == cfg.seed).collect();
+        figures(cfg, path, &first)?;
+    }
+    Ok(results)
+}
+
+struct Samplers {
+    train: EpisodeSampler,
+    val: Option<EpisodeSampler>,
+    test: EpisodeSampler,
+}
+
+/// Every method trained from `seed` (initialisation, episodes, coins; the test
+/// episodes are drawn from it too, so methods of one seed are compared on the
+/// same episodes).
+fn run_seed(
+    cfg: &Config,
+    data: &Splits,
+    samplers: &Samplers,
+    seed: u64,
+    comm: &dyn blo::comm::Communicator,
+) -> Result<Vec<MethodResult>, Error> {
+    let (train, test) = (&data.train, &data.test);
+    let train_sampler = samplers.train;
+    let net = conv4(cfg, train);
+    let theta0 = net.init::<f32>(seed).into_tensors();
     let names: Vec<String> = net.param_specs().iter().map(|s| s.name.clone()).collect();
-    let sample = |rng: &mut ChaCha8Rng| train_sampler.sample::<f32, _>(&train, rng);
+    let sample = |rng: &mut ChaCha8Rng| train_sampler.sample::<f32, _>(train, rng);
 
     // Pilot: cost per meta-step of each method (deterministic counts), averaged
     // over the second half of `steps` pilot meta-steps.
@@ -479,10 +603,10 @@ pub fn run_on(
         )
         .meta_batch(cfg.meta_batch)
         .steps(steps)
-        .seed(cfg.seed ^ 0x9110)
+        .seed(seed ^ 0x9110)
         .progress(false)
         .communicator(comm)
-        .on_step(|rep: &blo::StepReport| per_step.push(cost(&rep.stats)));
+        .on_step(|rep: &blo::StepReport| per_step.push(rep.stats.cost()));
         tr.run()?;
         drop(tr);
         let half = &per_step[per_step.len() / 2..];
@@ -529,19 +653,22 @@ pub fn run_on(
             )
             .meta_batch(cfg.meta_batch)
             .steps(cfg.stop_after.map_or(steps, |s| s.min(steps)))
-            .seed(cfg.seed)
+            .seed(seed)
             .param_names(names.clone())
-            .data_id(data_id(cfg))
+            .data_id(data_id(cfg, train))
             .progress(false)
             .communicator(comm)
             .on_step(|rep: &blo::StepReport| {
-                spent += cost(&rep.stats);
+                spent += rep.stats.cost();
                 seconds += rep.step_seconds;
                 curve.push((spent, rep.mean_outer_loss));
                 bar.set_position(rep.step + 1);
             });
             if let Some(dir) = &cfg.checkpoint_dir {
-                let d = dir.join(method.label().replace(':', "_"));
+                let mut d = dir.join(method.label().replace(':', "_"));
+                if cfg.seeds > 1 {
+                    d = d.join(format!("seed{seed}"));
+                }
                 std::fs::create_dir_all(&d).map_err(|e| BloError::Io {
                     path: d.clone(),
                     source: e,
@@ -561,13 +688,24 @@ pub fn run_on(
         bar.finish_and_clear();
         let accs = test_accuracies(
             &problem,
-            &test,
-            &test_sampler,
+            test,
+            &samplers.test,
             &outcome.theta,
             cfg.test_episodes,
-            cfg.seed ^ 0x7e57,
+            seed ^ 0x7e57,
         )?;
         let (acc, ci) = util::mean_ci95(&accs);
+        let val = match &samplers.val {
+            Some(vs) => Some(util::mean_ci95(&test_accuracies(
+                &problem,
+                &data.val,
+                vs,
+                &outcome.theta,
+                cfg.test_episodes,
+                seed ^ 0x7a1,
+            )?)),
+            None => None,
+        };
         let tail = (curve.len() / 10).max(1).min(curve.len());
         let final_train_loss = if curve.is_empty() {
             f64::NAN
@@ -576,6 +714,7 @@ pub fn run_on(
         };
         results.push(MethodResult {
             method: method.label(),
+            seed,
             n_way: cfg.n_way,
             k_shot: cfg.k_shot,
             meta_steps: steps,
@@ -585,6 +724,8 @@ pub fn run_on(
             test_accuracy: acc,
             test_ci95: ci,
             test_episodes: accs.len(),
+            val_accuracy: val.map(|v| v.0),
+            val_ci95: val.map(|v| v.1),
             final_train_loss,
             train_seconds: seconds,
             resumed,
@@ -592,62 +733,180 @@ pub fn run_on(
             curve,
         });
     }
-    if let Some(path) = cfg.figure.as_ref().filter(|_| comm.rank() == 0) {
+    Ok(results)
+}
+
+/// Where the figure against meta-steps goes: `path` with `-steps` before the
+/// extension (`fewshot.svg` → `fewshot-steps.svg`).
+pub fn steps_figure_path(path: &Path) -> PathBuf {
+    util::with_suffix(path, "-steps")
+}
+
+/// Writes the training loss of one seed's runs against compute to `path`, and
+/// against meta-steps to `path` with `-steps` before the extension.
+fn figures(cfg: &Config, path: &Path, results: &[&MethodResult]) -> Result<(), BloError> {
+    // (meta-step, compute, loss) averaged over windows of about 1/60 of the run.
+    let windows = |r: &MethodResult| -> Vec<(f64, f64, f64)> {
+        let w = (r.curve.len() / 60).max(1);
+        r.curve
+            .chunks(w)
+            .enumerate()
+            .map(|(i, ch)| {
+                let loss = ch.iter().map(|p| p.1).sum::<f64>() / ch.len() as f64;
+                (((i * w) + ch.len()) as f64, ch[ch.len() - 1].0, loss)
+            })
+            .collect()
+    };
+    let seed_note = match cfg.seeds {
+        1 => String::new(),
+        _ => format!(" (seed {})", cfg.seed),
+    };
+    let steps_path = steps_figure_path(path);
+    for (file, against, x_label) in [
+        (
+            path.to_path_buf(),
+            "compute",
+            "gradient-equivalents spent (gradient = 1, HVP = 2)",
+        ),
+        (steps_path, "meta-steps", "meta-step"),
+    ] {
         let series: Vec<Series> = results
             .iter()
             .map(|r| {
-                let w = (r.curve.len() / 60).max(1);
-                let pts = r
-                    .curve
-                    .chunks(w)
-                    .map(|ch| {
-                        (
-                            ch[ch.len() - 1].0,
-                            ch.iter().map(|p| p.1).sum::<f64>() / ch.len() as f64,
-                        )
-                    })
+                let pts = windows(r)
+                    .into_iter()
+                    .map(|(k, c, l)| (if against == "compute" { c } else { k }, l))
                     .collect();
                 Series::new(r.method.clone(), pts)
             })
             .collect();
         let spec = PlotSpec {
             title: format!(
-                "{}-way {}-shot meta-training loss against compute",
+                "{}-way {}-shot meta-training loss against {against}{seed_note}",
                 cfg.n_way, cfg.k_shot
             ),
-            x_label: "gradient-equivalents spent (gradient = 1, HVP = 2)".into(),
+            x_label: x_label.into(),
             y_label: "meta-batch query loss".into(),
             log_y: false,
             reference: None,
         };
-        util::line_plot_svg(path, &spec, &series).map_err(|e| BloError::Io {
-            path: path.clone(),
+        util::line_plot_svg(&file, &spec, &series).map_err(|e| BloError::Io {
+            path: file.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
     }
-    Ok(results)
+    Ok(())
 }
 
-/// The table printed by the example.
+/// One method's test accuracy across training seeds.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SeedSummary {
+    /// Method label.
+    pub method: String,
+    /// The seeds it was trained from, ascending.
+    pub seeds: Vec<u64>,
+    /// Mean test accuracy over seeds with its 95% Student-t interval.
+    pub accuracy: Interval,
+    /// Mean over seeds of the per-run test-episode half-width (how well each
+    /// trained network was measured, for comparison with the spread between seeds).
+    pub mean_episode_ci95: f64,
+}
+
+/// Method `a` minus method `b`, paired on the same seeds.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PairedComparison {
+    /// The first method.
+    pub a: String,
+    /// The second method.
+    pub b: String,
+    /// Mean of acc_a(seed) − acc_b(seed) with its 95% Student-t interval;
+    /// an interval excluding 0 says the methods differ at the 5% level.
+    pub difference: Interval,
+}
+
+/// Statistics across seeds: each method's mean test accuracy (with the 95%
+/// Student-t interval across seeds, [`stats::mean_t_ci95`]) and every pair of
+/// methods compared on the seeds both were trained from
+/// ([`stats::paired_t_ci95`]), methods in order of first appearance.
+///
+/// # Errors
+/// [`Error::Config`] if a method has fewer than two seeds, or two methods were
+/// not trained on the same seeds.
+pub fn summarise(
+    results: &[MethodResult],
+) -> Result<(Vec<SeedSummary>, Vec<PairedComparison>), Error> {
+    let mut methods: Vec<&str> = Vec::new();
+    for r in results {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    // Per method: (seed, accuracy, episode half-width), by seed.
+    let runs = |m: &str| -> Vec<(u64, f64, f64)> {
+        let mut v: Vec<_> = results
+            .iter()
+            .filter(|r| r.method == m)
+            .map(|r| (r.seed, r.test_accuracy, r.test_ci95))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    let mut summaries = Vec::new();
+    for &m in &methods {
+        let v = runs(m);
+        let acc: Vec<f64> = v.iter().map(|x| x.1).collect();
+        let accuracy = stats::mean_t_ci95(&acc).map_err(|e| Error::Config(format!("{m}: {e}")))?;
+        summaries.push(SeedSummary {
+            method: m.to_string(),
+            seeds: v.iter().map(|x| x.0).collect(),
+            accuracy,
+            mean_episode_ci95: v.iter().map(|x| x.2).sum::<f64>() / v.len() as f64,
+        });
+    }
+    let mut pairs = Vec::new();
+    for (i, a) in summaries.iter().enumerate() {
+        for b in &summaries[i + 1..] {
+            if a.seeds != b.seeds {
+                return Err(Error::Config(format!(
+                    "paired comparison: {} was trained on seeds {:?}, {} on {:?}",
+                    a.method, a.seeds, b.method, b.seeds
+                )));
+            }
+            let acc = |m: &str| runs(m).iter().map(|x| x.1).collect::<Vec<f64>>();
+            let difference =
+                stats::paired_t_ci95(&acc(&a.method), &acc(&b.method)).map_err(Error::Config)?;
+            pairs.push(PairedComparison {
+                a: a.method.clone(),
+                b: b.method.clone(),
+                difference,
+            });
+        }
+    }
+    Ok((summaries, pairs))
+}
+
+/// The table printed by the example: one row per run and, when a method was
+/// trained from more than one seed, the statistics across seeds ([`summarise`]).
 pub fn table(results: &[MethodResult]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(
+    let several = results.iter().any(|r| r.seed != results[0].seed);
+    let has_val = results.iter().any(|r| r.val_accuracy.is_some());
+    let _ = write!(
         s,
-        "{:<18} {:>10} {:>12} {:>12} {:>22} {:>10} {:>10}",
-        "method",
-        "meta-steps",
-        "cost/step",
-        "cost spent",
-        "test accuracy ±95%",
-        "train loss",
-        "train time"
+        "{:<18} {:>5} {:>10} {:>12} {:>12} {:>22}",
+        "method", "seed", "meta-steps", "cost/step", "cost spent", "test accuracy ±95%"
     );
+    if has_val {
+        let _ = write!(s, " {:>16}", "val. accuracy");
+    }
+    let _ = writeln!(s, " {:>10} {:>10}", "train loss", "train time");
     for r in results {
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "{:<18} {:>10} {:>12.0} {:>12.0} {:>22} {:>10.3} {:>10}{}",
+            "{:<18} {:>5} {:>10} {:>12.0} {:>12.0} {:>22}",
             r.method,
+            r.seed,
             r.meta_steps,
             r.cost_per_step,
             r.cost_spent,
@@ -657,6 +916,17 @@ pub fn table(results: &[MethodResult]) -> String {
                 100.0 * r.test_ci95,
                 r.test_episodes
             ),
+        );
+        if has_val {
+            let v = match (r.val_accuracy, r.val_ci95) {
+                (Some(a), Some(c)) => format!("{:.2}% ± {:.2}%", 100.0 * a, 100.0 * c),
+                _ => "-".into(),
+            };
+            let _ = write!(s, " {v:>16}");
+        }
+        let _ = writeln!(
+            s,
+            " {:>10.3} {:>10}{}",
             r.final_train_loss,
             util::fmt_secs(r.train_seconds),
             if r.resumed { " (resumed)" } else { "" }
@@ -665,9 +935,62 @@ pub fn table(results: &[MethodResult]) -> String {
     if let Some(r) = results.first() {
         let _ = writeln!(
             s,
-            "chance: {:.2}%; cost in gradient-equivalents (gradient = 1, HVP = 2)",
+            "chance: {:.2}%; cost in gradient-equivalents (gradient = 1, HVP = 2); \
+             ±95% over the test episodes of each run",
             100.0 / r.n_way as f64
         );
+    }
+    if several {
+        match summarise(results) {
+            Ok((summaries, pairs)) => {
+                let _ = writeln!(
+                    s,
+                    "\nacross training seeds (mean ± 95% Student-t interval over seeds):"
+                );
+                let _ = writeln!(
+                    s,
+                    "{:<18} {:>5} {:>24} {:>24}",
+                    "method", "seeds", "test accuracy", "mean episode ±95%"
+                );
+                for m in &summaries {
+                    let _ = writeln!(
+                        s,
+                        "{:<18} {:>5} {:>24} {:>24}",
+                        m.method,
+                        m.accuracy.n,
+                        format!(
+                            "{:.2}% ± {:.2}%",
+                            100.0 * m.accuracy.mean,
+                            100.0 * m.accuracy.half_width
+                        ),
+                        format!("± {:.2}%", 100.0 * m.mean_episode_ci95)
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "\npaired on the same seeds (a − b, mean ± 95% t interval):"
+                );
+                for p in &pairs {
+                    let d = p.difference;
+                    let verdict = if d.mean.abs() > d.half_width {
+                        "differ"
+                    } else {
+                        "not distinguishable"
+                    };
+                    let _ = writeln!(
+                        s,
+                        "{:<18} − {:<18} {:>+8.2}% ± {:.2}%  ({verdict} at 5%)",
+                        p.a,
+                        p.b,
+                        100.0 * d.mean,
+                        100.0 * d.half_width
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(s, "no statistics across seeds: {e}");
+            }
+        }
     }
     s
 }

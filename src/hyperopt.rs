@@ -284,7 +284,7 @@ impl Method {
         use blo::{Exact, FirstOrder, ForwardMode, Policy, Ufo};
         Ok(match *self {
             Method::ExactStoreAll => Box::new(Exact::new(Policy::StoreAll)?),
-            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::binomial(s)?)?),
+            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::Binomial { snapshots: s })?),
             Method::ExactRecompute => Box::new(Exact::new(Policy::Recompute)?),
             Method::ForwardMode => Box::new(ForwardMode::new()),
             Method::Implicit => Box::new(

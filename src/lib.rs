@@ -11,8 +11,8 @@ pub mod distributed;
 pub mod dyn_estimator;
 pub mod fewshot;
 pub mod hyperopt;
-pub mod maml;
 pub mod maml_sine;
+pub mod stats;
 pub mod util;
 
 /// The README's code blocks, compiled and run as doctests so they never rot.

@@ -15,8 +15,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::dyn_estimator::{reset_peak_rss, DynEstimator};
-use crate::maml::RegressionMaml;
 use crate::util::{self, PlotSpec, Series};
+use models::RegressionMaml;
 
 /// An estimator to compare.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +63,7 @@ impl Method {
             Method::UfoAdaptive => Box::new(Ufo::adaptive()),
             Method::ExactStoreAll => Box::new(Exact::new(Policy::StoreAll)?),
             Method::ExactRecompute => Box::new(Exact::new(Policy::Recompute)?),
-            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::binomial(s)?)?),
+            Method::ExactBinomial(s) => Box::new(Exact::new(Policy::Binomial { snapshots: s })?),
             Method::Truncated(k) => Box::new(Truncated::new(k)?),
         })
     }

@@ -3,7 +3,7 @@
 //! small statistics.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
@@ -323,6 +323,19 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{:.2} ms", s * 1e3)
     } else {
         format!("{s:.2} s")
+    }
+}
+
+/// `path` with `suffix` before its extension: `("f.svg", "-steps")` → `f-steps.svg`
+/// (a companion figure next to the main one).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("figure");
+    match path.extension().and_then(|s| s.to_str()) {
+        Some(ext) => path.with_file_name(format!("{stem}{suffix}.{ext}")),
+        None => path.with_file_name(format!("{stem}{suffix}")),
     }
 }
 

@@ -31,8 +31,8 @@ fn quickstart_matches_closed_forms() {
 fn counterexample_exact_estimator_matches_closed_form_in_every_zone() {
     use blo::{Estimator, Exact, FirstOrder, Policy};
     use rand::SeedableRng;
-    let p = CounterexampleProblem::new(models::Counterexample::paper());
-    let ce = &p.ce;
+    let p = CounterexampleProblem::new(models::Counterexample::paper()).unwrap();
+    let ce = p.ce();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     // θ in the quadratic zone of both tasks, in the cubic zone of task 1, and far out (linear zone).
     let c2 = ce.c(1);
@@ -169,6 +169,33 @@ fn counterexample_fo_stalls_and_ufo_does_not() {
     );
 
     check_svg(&fig).unwrap();
+    check_svg(&dir.join("ce-compute.svg")).unwrap();
+    // Compute per iteration (docs/math.md §8, r = 10): FO r + 2 = 12 gradients;
+    // exact with recompute r(r+1)/2 + 2 = 57 gradients and r = 10 HVPs (2 each),
+    // 77 in all; UFO pays FO's 12 every iteration plus, on the iterations whose
+    // coin chose the exact branch, a fixed extra (the exact branch continues
+    // FO's rollout, so the extra is below 77).
+    let mut ufo_extra = Vec::new();
+    for r in &report.runs {
+        assert_eq!(r.trace_cost.len(), r.trace.len());
+        assert!(r.trace_cost.windows(2).all(|w| w[0] < w[1]));
+        let per_iter = r.total_cost / r.iterations as f64;
+        match r.label.as_str() {
+            "fo" => assert_eq!(per_iter, 12.0, "{}", r.label),
+            "exact" => assert_eq!(per_iter, 77.0, "{}", r.label),
+            "ufo(q=0.1)" => {
+                let extra = (r.total_cost - 12.0 * r.iterations as f64) / r.exact_branches as f64;
+                assert!(extra > 0.0 && extra < 77.0, "{}: extra {extra}", r.label);
+                ufo_extra.push(extra);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(ufo_extra.len(), 3);
+    assert!(
+        ufo_extra.iter().all(|e| (e - ufo_extra[0]).abs() < 1e-9),
+        "{ufo_extra:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -450,6 +477,7 @@ fn fewshot_equal_compute_policies_and_accuracy_interval() {
     assert!(fo.meta_steps > exact.meta_steps);
     assert!(fewshot::table(&res).contains("test accuracy"));
     check_svg(&dir.join("f.svg")).unwrap();
+    check_svg(&dir.join("f-steps.svg")).unwrap();
 
     // Equal steps: every checkpoint policy trains bit-identically.
     let mut cfg = tiny_fewshot(vec![

@@ -47,12 +47,12 @@ fn fewshot_resume_checks_settings_and_force_overrides() {
     other.resume = true;
     other.q_query = 3;
     match fewshot::run(&other) {
-        Err(BloError::SettingsMismatch {
+        Err(fewshot::Error::Blo(BloError::SettingsMismatch {
             field,
             checkpoint,
             run,
             ..
-        }) => {
+        })) => {
             assert_eq!(field, "data");
             assert!(
                 checkpoint.contains("2 query") && run.contains("3 query"),
@@ -66,7 +66,9 @@ fn fewshot_resume_checks_settings_and_force_overrides() {
     other.resume = true;
     other.meta_batch = 3;
     match fewshot::run(&other) {
-        Err(BloError::SettingsMismatch { field, .. }) => assert_eq!(field, "meta_batch"),
+        Err(fewshot::Error::Blo(BloError::SettingsMismatch { field, .. })) => {
+            assert_eq!(field, "meta_batch")
+        }
         r => panic!("expected a settings mismatch, got {:?}", r.map(|r| r.len())),
     }
     // Forced: continues from step 2 to the end.

@@ -1,4 +1,4 @@
-//! MAML configs, f32, as defined in `../shared/bench/jax_ref/workloads.py`:
+//! MAML configs, f32, as defined in `bench/README.md` (JAX side: `bench/jax_workloads.py`):
 //!
 //! - `maml_sine:rR:MODE`: MLP 1-40-40-1 ReLU, MSE, 25 tasks (amplitude
 //!   U(0.1, 5), phase U(0, π), x U(−5, 5)), 10 support and 10 query points,
@@ -55,8 +55,8 @@
 use blo::{
     rules, BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo,
 };
-use blo_examples::maml::{ClassificationMaml, RegressionMaml};
 use models::{Activation, Conv4, Episode, Init, Mlp, Model, RegressionEpisode, SinusoidTasks};
+use models::{ClassificationMaml, RegressionMaml};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -129,7 +129,11 @@ fn binomial_snapshots(r: usize) -> usize {
 
 /// The binomial policy with [`binomial_snapshots`] slots.
 fn binomial_policy(r: usize) -> Result<Policy, BloError> {
-    Policy::binomial(binomial_snapshots(r))
+    let p = Policy::Binomial {
+        snapshots: binomial_snapshots(r),
+    };
+    p.validate()?;
+    Ok(p)
 }
 
 fn estimator<P: Problem<f32>>(

@@ -126,7 +126,7 @@ impl Bench for MlpGrad {
 pub(crate) struct MlpHvp {
     loss: MlpLoss,
     params: Vec<Tensor<f32>>,
-    v: Vec<Option<Tensor<f32>>>,
+    v: Vec<Tensor<f32>>,
     ws: Workspace<f32>,
     grad: Vec<Tensor<f32>>,
     hv: Vec<Tensor<f32>>,
@@ -136,12 +136,11 @@ impl MlpHvp {
     pub(crate) fn new() -> Self {
         let (loss, params, v) = setup();
         let mut ws = Workspace::new();
-        let vs: Vec<_> = v.iter().cloned().map(Some).collect();
-        let out = ws.hvp(&loss, &params, &vs);
+        let out = ws.hvp(&loss, &params, &v);
         MlpHvp {
             loss,
             params,
-            v: vs,
+            v,
             ws,
             grad: out.grad,
             hv: out.hv,
@@ -208,8 +207,7 @@ pub(crate) fn check_hvp() -> f64 {
     let mut ws64 = Workspace::<f64>::new();
     let (_, gp) = ws64.value_and_grad(&loss64, &shifted(eps));
     let (_, gm) = ws64.value_and_grad(&loss64, &shifted(-eps));
-    let vs: Vec<_> = v.iter().cloned().map(Some).collect();
-    let out = Workspace::new().hvp(&loss, &params, &vs);
+    let out = Workspace::new().hvp(&loss, &params, &v);
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for ((a, b), h) in gp.iter().zip(&gm).zip(&out.hv) {
         for ((&a, &b), &h) in a.data().iter().zip(b.data()).zip(h.data()) {

@@ -172,9 +172,9 @@ fn sweeps_allocate_only_their_result_once_warm() {
     let policies = [
         Policy::StoreAll,
         Policy::Recompute,
-        Policy::every_k(3).unwrap(),
+        Policy::EveryK { k: 3 },
         Policy::Sqrt,
-        Policy::binomial(3).unwrap(),
+        Policy::Binomial { snapshots: 3 },
     ];
     let inners = [
         ("sgd", InnerLoop::sgd(6, 0.1).unwrap(), false),

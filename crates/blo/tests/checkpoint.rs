@@ -185,7 +185,17 @@ fn binomial_memory_is_logarithmic_and_time_near_linear() {
 fn zero_budgets_are_rejected_at_construction() {
     assert!(Exact::new(Policy::Binomial { snapshots: 0 }).is_err());
     assert!(Exact::new(Policy::EveryK { k: 0 }).is_err());
-    assert!(Policy::binomial(0).is_err());
-    assert!(Policy::every_k(0).is_err());
-    assert!(Policy::binomial(1).is_ok());
+    assert!(Policy::Binomial { snapshots: 0 }.validate().is_err());
+    assert!(Policy::EveryK { k: 0 }.validate().is_err());
+    assert!(Policy::Binomial { snapshots: 1 }.validate().is_ok());
+    // The deprecated checked constructors still work.
+    #[allow(deprecated)]
+    {
+        assert!(Policy::binomial(0).is_err());
+        assert!(Policy::every_k(0).is_err());
+        assert_eq!(
+            Policy::binomial(1).unwrap(),
+            Policy::Binomial { snapshots: 1 }
+        );
+    }
 }

@@ -220,7 +220,7 @@ fn implicit_matches_the_closed_form_at_the_inner_optimum() {
         .map(|x| lambda * x)
         .collect();
     let th = [Tensor::vector(theta)];
-    let est = Implicit::new(lambda).unwrap().proximal_in_loss(true);
+    let est = Implicit::imaml(lambda).unwrap().proximal_in_loss(true);
     let e = est.estimate(&p, &(), &th, &mut rng()).unwrap();
     // φ_400 equals φ* to ~1e-15 (contraction ≤ 1 − 0.2·λ_min(A + λI) per step).
     assert!(
@@ -266,7 +266,7 @@ fn implicit_reports_a_solver_that_does_not_converge() {
         from_zero: false,
     };
     let th = [Tensor::vector(vec![0.4, -0.3, 0.8, 0.0])];
-    let est = Implicit::new(2.0)
+    let est = Implicit::imaml(2.0)
         .unwrap()
         .proximal_in_loss(true)
         .with_solver(ImplicitSolver::Cg(hvp::CgParams {
@@ -284,8 +284,13 @@ fn implicit_reports_a_solver_that_does_not_converge() {
         }
         other => panic!("expected NotConverged, got {other:?}"),
     }
-    assert!(Implicit::new(0.0).is_err());
-    assert!(Implicit::new(f64::NAN).is_err());
+    assert!(Implicit::imaml(0.0).is_err());
+    assert!(Implicit::imaml(f64::NAN).is_err());
+    #[allow(deprecated)]
+    {
+        assert!(Implicit::new(0.0).is_err());
+        assert_eq!(Implicit::new(2.0).unwrap().lambda(), Some(2.0));
+    }
 }
 
 /// L_in = ½(φ − c)² on steps 1, 2 and +∞·(φ − c)² from step 3 on.

@@ -68,16 +68,15 @@ pub fn dense_hessian<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>]) -> Tenso
 pub fn dense_jacobian<F: Float, G: VectorFunction<F>>(g: &G, x: &[Tensor<F>]) -> Tensor<F> {
     let mut ws = Workspace::new();
     let n: usize = x.iter().map(Tensor::numel).sum();
-    let mut tangents: Vec<Option<Tensor<F>>> =
-        x.iter().map(|xi| Some(Tensor::zeros(xi.shape()))).collect();
+    let mut tangents: Vec<Tensor<F>> = x.iter().map(|xi| Tensor::zeros(xi.shape())).collect();
     let mut jac: Vec<F> = Vec::new();
     let mut m = 0;
     let mut col = 0;
     for (i, xi) in x.iter().enumerate() {
         for k in 0..xi.numel() {
-            tangents[i].as_mut().expect("all Some").data_mut()[k] = F::one();
+            tangents[i].data_mut()[k] = F::one();
             let (_, jv) = ws.jvp_vec(g, x, &tangents);
-            tangents[i].as_mut().expect("all Some").data_mut()[k] = F::zero();
+            tangents[i].data_mut()[k] = F::zero();
             if col == 0 {
                 m = jv.numel();
                 jac = vec![F::zero(); m * n];

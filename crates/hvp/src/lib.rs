@@ -18,7 +18,7 @@
 //! }
 //! let x = Tensor::vector(vec![1.0, 2.0]);
 //! let v = Tensor::vector(vec![1.0, 1.0]);
-//! let out = hvp(&Cubes, &[x], &[Some(v)]);
+//! let out = hvp(&Cubes, &[x], &[v]);
 //! assert_eq!(out.value, 9.0);
 //! assert_eq!(out.grad[0].data(), &[3.0, 12.0]);
 //! assert_eq!(out.hv[0].data(), &[6.0, 12.0]);

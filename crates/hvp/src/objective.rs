@@ -41,7 +41,7 @@ impl<F: Float, O: Objective<F> + ?Sized> Objective<F> for &O {
 /// let (y, jv) = Workspace::new().jvp_vec(
 ///     &Square,
 ///     &[Tensor::vector(vec![1.0, 3.0])],
-///     &[Some(Tensor::vector(vec![1.0, -1.0]))],
+///     &[Tensor::vector(vec![1.0, -1.0])],
 /// );
 /// assert_eq!(y.data(), &[1.0, 9.0]);
 /// assert_eq!(jv.data(), &[2.0, -6.0]);

@@ -75,42 +75,92 @@ impl<F: Float> Workspace<F> {
     }
 
     /// f(x) and the directional derivative ⟨∇f(x), v⟩ by one forward pass on
-    /// dual numbers (a JVP). `None` tangents are zero.
+    /// dual numbers (a JVP), with one direction per input (for directions on
+    /// some inputs only, see [`Workspace::jvp_partial`]).
     ///
     /// # Panics
-    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    /// If `v` does not have one entry per input, or a direction's shape differs.
     #[track_caller]
-    pub fn jvp<O: Objective<F>>(
+    pub fn jvp<O: Objective<F>>(&mut self, f: &O, x: &[Tensor<F>], v: &[Tensor<F>]) -> (F, F) {
+        check_directions("jvp", x, v);
+        self.jvp_seeded(f, x.iter().zip(v).map(full_seed))
+    }
+
+    /// [`Workspace::jvp`] with a direction on some inputs only: `None` stands
+    /// for a zero direction, which costs nothing (no zeros are stored or
+    /// multiplied).
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a direction's shape differs.
+    #[track_caller]
+    pub fn jvp_partial<O: Objective<F>>(
         &mut self,
         f: &O,
         x: &[Tensor<F>],
         v: &[Option<Tensor<F>>],
     ) -> (F, F) {
-        check_tangents("jvp", x, v);
+        check_tangents("jvp_partial", x, v);
+        self.jvp_seeded(f, x.iter().zip(v).map(opt_seed))
+    }
+
+    fn jvp_seeded<'a, O: Objective<F>>(
+        &mut self,
+        f: &O,
+        seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
+    ) -> (F, F)
+    where
+        F: 'a,
+    {
         self.dual.clear();
         let t = &self.dual;
-        let vars = dual_leaves(t, x.iter().zip(v).map(opt_seed));
+        let vars = dual_leaves(t, seeds);
         let out = f.eval(t, &vars).item();
         (out.v, out.d)
     }
 
     /// y = g(x) and J·v for a tensor-valued `g`, by one forward pass on dual
     /// numbers: the forward rule of every op, run on `Dual` elements, is that op's
-    /// JVP. `None` tangents are zero. Both outputs have the shape of y.
+    /// JVP. One direction per input; both outputs have the shape of y.
     ///
     /// # Panics
-    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    /// If `v` does not have one entry per input, or a direction's shape differs.
     #[track_caller]
     pub fn jvp_vec<G: VectorFunction<F>>(
         &mut self,
         g: &G,
         x: &[Tensor<F>],
+        v: &[Tensor<F>],
+    ) -> (Tensor<F>, Tensor<F>) {
+        check_directions("jvp_vec", x, v);
+        self.jvp_vec_seeded(g, x.iter().zip(v).map(full_seed))
+    }
+
+    /// [`Workspace::jvp_vec`] with a direction on some inputs only (`None`: zero).
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a direction's shape differs.
+    #[track_caller]
+    pub fn jvp_vec_partial<G: VectorFunction<F>>(
+        &mut self,
+        g: &G,
+        x: &[Tensor<F>],
         v: &[Option<Tensor<F>>],
     ) -> (Tensor<F>, Tensor<F>) {
-        check_tangents("jvp_vec", x, v);
+        check_tangents("jvp_vec_partial", x, v);
+        self.jvp_vec_seeded(g, x.iter().zip(v).map(opt_seed))
+    }
+
+    fn jvp_vec_seeded<'a, G: VectorFunction<F>>(
+        &mut self,
+        g: &G,
+        seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
+    ) -> (Tensor<F>, Tensor<F>)
+    where
+        F: 'a,
+    {
         self.dual.clear();
         let t = &self.dual;
-        let vars = dual_leaves(t, x.iter().zip(v).map(opt_seed));
+        let vars = dual_leaves(t, seeds);
         let out = g.eval(t, &vars);
         let vals = t.value_ref(out);
         let shape = out.shape();
@@ -145,21 +195,66 @@ impl<F: Float> Workspace<F> {
         (out.value(), vars.iter().map(|&v| t.grad(v)).collect())
     }
 
-    /// f(x), ∇f(x) and H(x)·v in one forward-over-reverse pass. `None` tangents are
-    /// zero, so a tangent on one group of inputs gives both the diagonal block
-    /// H_φφ·v and the mixed block ∂²f/∂θ∂φ·v (see [`Workspace::mixed_hvp`]).
+    /// f(x), ∇f(x) and H(x)·v in one forward-over-reverse pass, with one
+    /// direction per input (`v[i]` shaped like `x[i]`).
+    ///
+    /// ```
+    /// use hvp::{Objective, Workspace};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// /// f(x) = Σ x³: ∇f = 3x², H·v = 6x ⊙ v.
+    /// struct Cubic;
+    /// impl Objective<f64> for Cubic {
+    ///     fn eval<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         (x[0] * x[0] * x[0]).sum()
+    ///     }
+    /// }
+    /// let x = [Tensor::vector(vec![1.0, 2.0])];
+    /// let v = [Tensor::vector(vec![1.0, 0.5])];
+    /// let out = Workspace::new().hvp(&Cubic, &x, &v);
+    /// assert_eq!(out.hv[0].data(), &[6.0, 6.0]);
+    /// ```
     ///
     /// # Panics
-    /// If `v` does not have one entry per input, or a tangent's shape differs.
+    /// If `v` does not have one entry per input, or a direction's shape differs.
     #[track_caller]
     pub fn hvp<O: Objective<F>>(
         &mut self,
         f: &O,
         x: &[Tensor<F>],
+        v: &[Tensor<F>],
+    ) -> HvpOutput<F> {
+        check_directions("hvp", x, v);
+        self.hvp_seeded(f, x, x.iter().zip(v).map(full_seed))
+    }
+
+    /// [`Workspace::hvp`] with a direction on some inputs only: `None` is a zero
+    /// direction at no cost, so a direction on one group of inputs gives both
+    /// the diagonal block H_φφ·v and the mixed block ∂²f/∂θ∂φ·v (for two groups,
+    /// [`Workspace::mixed_hvp`] names them).
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a direction's shape differs.
+    #[track_caller]
+    pub fn hvp_partial<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
         v: &[Option<Tensor<F>>],
     ) -> HvpOutput<F> {
-        check_tangents("hvp", x, v);
-        let p = self.dual_pass(x.iter().zip(v).map(opt_seed), |t, v| f.eval(t, v));
+        check_tangents("hvp_partial", x, v);
+        self.hvp_seeded(f, x, x.iter().zip(v).map(opt_seed))
+    }
+
+    fn hvp_seeded<'a, O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        seeds: impl Iterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
+    ) -> HvpOutput<F>
+    where
+        F: 'a,
+    {
+        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
         let mut grad = Vec::with_capacity(x.len());
         let mut hv = Vec::with_capacity(x.len());
         for (&var, xi) in p.inputs().iter().zip(x) {
@@ -185,11 +280,11 @@ impl<F: Float> Workspace<F> {
         &mut self,
         f: &O,
         x: &[Tensor<F>],
-        v: &[Option<Tensor<F>>],
+        v: &[Tensor<F>],
         grad: &mut [Tensor<F>],
         hv: &mut [Tensor<F>],
     ) -> F {
-        check_tangents("hvp_into", x, v);
+        check_directions("hvp_into", x, v);
         assert!(
             grad.len() == x.len() && hv.len() == x.len(),
             "hvp_into: {} inputs but {} gradient and {} product buffers",
@@ -206,7 +301,7 @@ impl<F: Float> Workspace<F> {
                 h.shape()
             );
         }
-        let p = self.dual_pass(x.iter().zip(v).map(opt_seed), |t, v| f.eval(t, v));
+        let p = self.dual_pass(x.iter().zip(v).map(full_seed), |t, v| f.eval(t, v));
         for (i, (g, h)) in grad.iter_mut().zip(hv.iter_mut()).enumerate() {
             let (g, h) = (g.data_mut(), h.data_mut());
             match p.adjoint(i) {
@@ -264,20 +359,7 @@ impl<F: Float> Workspace<F> {
         phi: &[Tensor<F>],
         v_phi: &[Tensor<F>],
     ) -> MixedHvp<F> {
-        assert!(
-            phi.len() == v_phi.len(),
-            "mixed_hvp: {} φ inputs but {} tangents",
-            phi.len(),
-            v_phi.len()
-        );
-        for (p, v) in phi.iter().zip(v_phi) {
-            assert!(
-                p.shape() == v.shape(),
-                "mixed_hvp: φ input {:?} but tangent {:?}",
-                p.shape(),
-                v.shape()
-            );
-        }
+        check_shapes("mixed_hvp", "φ input", phi, v_phi.iter().map(Some));
         let seeds = theta.iter().map(|th| (th, Seed::Zero)).chain(
             phi.iter()
                 .zip(v_phi)
@@ -351,11 +433,22 @@ fn opt_seed<'a, F: Float>(
     }
 }
 
+fn full_seed<'a, F: Float>((x, v): (&'a Tensor<F>, &'a Tensor<F>)) -> (&'a Tensor<F>, Seed<'a, F>) {
+    (x, Seed::Tangent(v.data()))
+}
+
+/// Panics unless there is one tangent per input and each present tangent has
+/// its input's shape; `label` names the inputs in the message ("input", "φ input").
 #[track_caller]
-fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) {
+fn check_shapes<'a, F: Float + 'a>(
+    what: &str,
+    label: &str,
+    x: &[Tensor<F>],
+    v: impl ExactSizeIterator<Item = Option<&'a Tensor<F>>>,
+) {
     assert!(
         x.len() == v.len(),
-        "{what}: {} inputs but {} tangents",
+        "{what}: {} {label}s but {} tangents",
         x.len(),
         v.len()
     );
@@ -363,12 +456,22 @@ fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]
         if let Some(vi) = vi {
             assert!(
                 vi.shape() == xi.shape(),
-                "{what}: input {:?} but tangent {:?}",
+                "{what}: {label} {:?} but tangent {:?}",
                 xi.shape(),
                 vi.shape()
             );
         }
     }
+}
+
+#[track_caller]
+fn check_directions<F: Float>(what: &str, x: &[Tensor<F>], v: &[Tensor<F>]) {
+    check_shapes(what, "input", x, v.iter().map(Some));
+}
+
+#[track_caller]
+fn check_tangents<F: Float>(what: &str, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) {
+    check_shapes(what, "input", x, v.iter().map(Option::as_ref));
 }
 
 /// Calls `f(i, adjoint_i)` for every element of `var`'s adjoint after a sweep,
@@ -407,7 +510,7 @@ pub fn value_and_grad<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>]) -> (F, 
 
 /// f(x) and ⟨∇f(x), v⟩; see [`Workspace::jvp`].
 #[track_caller]
-pub fn jvp<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Option<Tensor<F>>]) -> (F, F) {
+pub fn jvp<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Tensor<F>]) -> (F, F) {
     Workspace::new().jvp(f, x, v)
 }
 
@@ -416,18 +519,14 @@ pub fn jvp<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Option<Tensor
 pub fn jvp_vec<F: Float, G: VectorFunction<F>>(
     g: &G,
     x: &[Tensor<F>],
-    v: &[Option<Tensor<F>>],
+    v: &[Tensor<F>],
 ) -> (Tensor<F>, Tensor<F>) {
     Workspace::new().jvp_vec(g, x, v)
 }
 
 /// f(x), ∇f(x) and H(x)·v; see [`Workspace::hvp`].
 #[track_caller]
-pub fn hvp<F: Float, O: Objective<F>>(
-    f: &O,
-    x: &[Tensor<F>],
-    v: &[Option<Tensor<F>>],
-) -> HvpOutput<F> {
+pub fn hvp<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Tensor<F>]) -> HvpOutput<F> {
     Workspace::new().hvp(f, x, v)
 }
 

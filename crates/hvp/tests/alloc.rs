@@ -69,7 +69,7 @@ fn hessian_apply_and_hvp_into_allocate_nothing_after_the_first_call() {
     );
 
     let mut ws = Workspace::new();
-    let vs = [Some(Tensor::vector(v.clone()))];
+    let vs = [Tensor::vector(v.clone())];
     let (mut g, mut hv) = ([Tensor::zeros([n])], [Tensor::zeros([n])]);
     ws.hvp_into(&f, &x, &vs, &mut g, &mut hv);
     let (allocs, _) = count(|| {

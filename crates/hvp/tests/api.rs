@@ -19,14 +19,14 @@ impl<F: tape::Float> Objective<F> for Cubic {
 #[should_panic(expected = "hvp: input [3] but tangent [2]")]
 fn hvp_rejects_a_misshapen_tangent() {
     let x = [Tensor::vector(vec![1.0, 2.0, 3.0])];
-    hvp(&Cubic, &x, &[Some(Tensor::vector(vec![1.0, 2.0]))]);
+    hvp(&Cubic, &x, &[Tensor::vector(vec![1.0, 2.0])]);
 }
 
 #[test]
-#[should_panic(expected = "jvp: 1 inputs but 2 tangents")]
+#[should_panic(expected = "jvp_partial: 1 inputs but 2 tangents")]
 fn jvp_rejects_a_wrong_number_of_tangents() {
     let x = [Tensor::vector(vec![1.0_f64])];
-    Workspace::new().jvp(&Cubic, &x, &[None, None]);
+    Workspace::new().jvp_partial(&Cubic, &x, &[None, None]);
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn hessian_block_rejects_a_bad_index() {
 fn f32_hvp_and_cg_agree_with_the_closed_form() {
     // H = I + 2·diag(x) at x = (0.5, 1, 2): diag(2, 3, 5); all products exact in f32.
     let x = [Tensor::vector(vec![0.5_f32, 1.0, 2.0])];
-    let out = hvp(&Cubic, &x, &[Some(Tensor::vector(vec![1.0, 1.0, 1.0]))]);
+    let out = hvp(&Cubic, &x, &[Tensor::vector(vec![1.0, 1.0, 1.0])]);
     assert_eq!(out.grad[0].data(), &[0.75, 2.0, 6.0]);
     assert_eq!(out.hv[0].data(), &[2.0, 3.0, 5.0]);
     // (H + I) s = (3, 4, 6) ⇒ s = (1, 1, 1).
@@ -104,4 +104,34 @@ fn as_vector_makes_the_jacobian_of_a_scalar_its_gradient_row() {
     // f = ½(0.25 + 1 + 4) + ⅓(0.125 − 1 + 8) = 2.625 + 2.375 = 5.
     assert!((y.item() - 5.0).abs() < 1e-15);
     assert_eq!(jt[0].data(), &[1.5, 0.0, 12.0]);
+}
+
+/// f(a, b) = Σ a²·b (elementwise): ∇_a = 2ab, ∇_b = a²;
+/// H·(v_a, v_b) = (2b v_a + 2a v_b, 2a v_a).
+struct Mixed;
+impl Objective<f64> for Mixed {
+    fn eval<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+        (x[0] * x[0] * x[1]).sum()
+    }
+}
+
+#[test]
+fn partial_directions_equal_full_ones_with_zeros() {
+    let x = [
+        Tensor::vector(vec![1.0, 2.0]),
+        Tensor::vector(vec![3.0, -1.0]),
+    ];
+    let va = Tensor::vector(vec![0.5, -2.0]);
+    let mut ws = Workspace::new();
+    let partial = ws.hvp_partial(&Mixed, &x, &[Some(va.clone()), None]);
+    let full = ws.hvp(&Mixed, &x, &[va.clone(), Tensor::zeros([2])]);
+    // H·(v_a, 0) = (2b v_a, 2a v_a) = ([3, 4], [1, -8]).
+    assert_eq!(partial.hv[0].data(), &[3.0, 4.0]);
+    assert_eq!(partial.hv[1].data(), &[1.0, -8.0]);
+    assert_eq!(partial.hv, full.hv);
+    assert_eq!(partial.grad, full.grad);
+    // JVPs likewise: ⟨∇f, (v_a, 0)⟩ = Σ 2ab·v_a = 2·3·0.5 + 2·2·(−1)·(−2) = 3 + 8 = 11.
+    let (_, d_partial) = ws.jvp_partial(&Mixed, &x, &[Some(va.clone()), None]);
+    let (_, d_full) = ws.jvp(&Mixed, &x, &[va, Tensor::zeros([2])]);
+    assert_eq!((d_partial, d_full), (11.0, 11.0));
 }

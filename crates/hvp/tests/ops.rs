@@ -332,10 +332,9 @@ fn check_all<G: VectorFunction<f64>>(name: &str, g: &G, x: &[Tensor<f64>], r: &m
         .map(|xi| uniform(r, xi.dims(), -1.0, 1.0))
         .collect();
     let mut ws = Workspace::new();
-    let some = |v: &[Tensor<f64>]| v.iter().cloned().map(Some).collect::<Vec<_>>();
 
     // JVP against the central difference of the op.
-    let (y, jv) = ws.jvp_vec(g, x, &some(&v));
+    let (y, jv) = ws.jvp_vec(g, x, &v);
     assert_close(
         &format!("{name}: value"),
         y.data(),
@@ -364,7 +363,7 @@ fn check_all<G: VectorFunction<f64>>(name: &str, g: &G, x: &[Tensor<f64>], r: &m
         g,
         c: uniform(r, y.dims(), -1.0, 1.0),
     };
-    let out = ws.hvp(&loss, x, &some(&v));
+    let out = ws.hvp(&loss, x, &v);
     let (_, grad) = ws.value_and_grad(&loss, x);
     assert_close(
         &format!("{name}: dual grad"),
@@ -379,7 +378,7 @@ fn check_all<G: VectorFunction<f64>>(name: &str, g: &G, x: &[Tensor<f64>], r: &m
         &flat(&fd),
         1e-6,
     );
-    let hw = ws.hvp(&loss, x, &some(&w)).hv;
+    let hw = ws.hvp(&loss, x, &w).hv;
     let (a, b) = (dot(&w, &out.hv), dot(&v, &hw));
     assert!(
         (a - b).abs() <= 1e-11 * (1.0 + a.abs()),

@@ -17,6 +17,15 @@
 //! b_2 = 2√(2D) / |(a_1p_1² + a_2p_2²)p_2/(a_1p_1 + a_2p_2) − p_2²| ≈ 17.395,
 //! A = |b_1/a_1 − b_2/a_2| + 1.
 //!
+//! For any b_1, [`Counterexample::from_d`] places the second centre at
+//! c_2 = c_1 + Δ with Δ = 2√(2D)(a_1p_1 + a_2p_2) / (a_1a_2p_1p_2|p_1 − p_2|),
+//! so D keeps one meaning across the family: ½F′(θ_FO)² = D, the squared
+//! gradient norm (halved) at FO's fixed point (docs/math.md §6). With b_1 = 0
+//! this is the b_2 above.
+//!
+//! [`CounterexampleProblem`] is the family as a [`blo::Problem`], ready for
+//! any estimator.
+//!
 //! ```
 //! use models::Counterexample;
 //! let ce = Counterexample::paper();
@@ -26,7 +35,8 @@
 //! assert!(ce.hypergradient(ce.theta_star()).abs() < 1e-12);
 //! ```
 
-use tape::{Real, Var};
+use blo::{BloError, InnerLoop, Problem};
+use tape::{Real, Tape, Var};
 
 /// The counterexample's constants; every field is settable.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,11 +65,20 @@ impl Counterexample {
         Self::from_d([0.5, 1.5], 0.0, 0.06, 10, 0.1)
     }
 
-    /// The family member with curvatures `a`, first offset `b1`, gap `d` = D,
-    /// `r` steps of size `alpha`; b_2 and A are computed as in docs/math.md §6.
+    /// The family member with curvatures `a`, first offset `b1` (c_1 = b_1/a_1),
+    /// gap `d` = D, `r` steps of size `alpha`. The second centre is
+    /// c_2 = c_1 + Δ, Δ = 2√(2D)(a_1p_1 + a_2p_2)/(a_1a_2p_1p_2|p_1 − p_2|),
+    /// so that ½F′(θ_FO)² = D for every b_1 (docs/math.md §6), and
+    /// A = |c_1 − c_2| + 1 keeps both fixed points in both quadratic zones.
+    ///
+    /// ```
+    /// use models::Counterexample;
+    /// let ce = Counterexample::from_d([0.8, 2.0], -3.0, 0.1, 5, 0.1);
+    /// assert!((ce.hypergradient(ce.theta_fo()).abs() - (2.0f64 * 0.1).sqrt()).abs() < 1e-12);
+    /// ```
     ///
     /// # Panics
-    /// If the denominator of b_2 vanishes (e.g. a_1 = a_2), or r = 0.
+    /// If Δ is not finite (e.g. a_1 = a_2, so p_1 = p_2), or r = 0.
     #[track_caller]
     pub fn from_d(a: [f64; 2], b1: f64, d: f64, r: usize, alpha: f64) -> Self {
         assert!(r >= 1, "Counterexample::from_d: r = 0");
@@ -67,15 +86,15 @@ impl Counterexample {
             (1.0 - alpha * a[0]).powi(r as i32),
             (1.0 - alpha * a[1]).powi(r as i32),
         ];
-        let denom = ((a[0] * p[0] * p[0] + a[1] * p[1] * p[1]) * p[1]
-            / (a[0] * p[0] + a[1] * p[1])
-            - p[1] * p[1])
-            .abs();
+        // |F′(θ_FO)| = ½ Δ a_1a_2p_1p_2|p_1 − p_2| / (a_1p_1 + a_2p_2) (docs/math.md §6).
+        let slope = a[0] * a[1] * p[0] * p[1] * (p[0] - p[1]).abs() / (a[0] * p[0] + a[1] * p[1]);
+        let delta = 2.0 * (2.0 * d).sqrt() / slope;
         assert!(
-            denom > 0.0,
-            "Counterexample::from_d: degenerate constants a = {a:?} (denominator of b_2 is 0)"
+            delta.is_finite(),
+            "Counterexample::from_d: degenerate constants a = {a:?}, r = {r}, α = {alpha} \
+             (p_1 = p_2, so FO's fixed point is stationary and no gap D can be made)"
         );
-        let b2 = 2.0 * (2.0 * d).sqrt() / denom;
+        let b2 = a[1] * (b1 / a[0] + delta);
         let big_a = (b1 / a[0] - b2 / a[1]).abs() + 1.0;
         Counterexample {
             a,
@@ -249,5 +268,77 @@ impl Counterexample {
             .sum();
         let den: f64 = (0..2).map(|i| self.a[i] * self.p(i).powi(2)).sum();
         num / den
+    }
+}
+
+/// The counterexample family as a [`blo::Problem`]: θ and φ are one scalar
+/// each (shape `[1]`), a task is the index i ∈ {0, 1} (draw each with
+/// probability ½), L_in = L_out = f_i(φ), and the inner loop is r SGD steps of
+/// size α from φ_0 = θ, so F(θ) = ½ Σ_i f_i(φ_r^i(θ)) (docs/math.md §6).
+///
+/// ```
+/// use blo::{Estimator, Exact, FirstOrder, Policy};
+/// use models::{Counterexample, CounterexampleProblem};
+/// use rand::SeedableRng;
+/// let p = CounterexampleProblem::new(Counterexample::paper()).unwrap();
+/// let ce = p.ce();
+/// let theta = [tape::Tensor::vector(vec![ce.theta_fo()])];
+/// let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+/// let mean = |e: &dyn Fn(usize) -> f64| 0.5 * (e(0) + e(1));
+/// let fo = mean(&|i| FirstOrder::new().estimate(&p, &i, &theta, &mut rng.clone()).unwrap().grad[0].data()[0]);
+/// let exact = mean(&|i| Exact::new(Policy::Recompute).unwrap().estimate(&p, &i, &theta, &mut rng.clone()).unwrap().grad[0].data()[0]);
+/// // At FO's fixed point FO's mean field vanishes but F′ does not: |F′| = √(2D).
+/// assert!(fo.abs() < 1e-9);
+/// assert!((exact.abs() - (2.0f64 * 0.06).sqrt()).abs() < 1e-9);
+/// ```
+#[derive(Clone, Debug)]
+pub struct CounterexampleProblem {
+    ce: Counterexample,
+    inner: InnerLoop,
+}
+
+impl CounterexampleProblem {
+    /// The problem for the constants `ce` (its r and α make the inner loop).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if `ce.r` = 0 or `ce.alpha` is not
+    /// finite and positive.
+    pub fn new(ce: Counterexample) -> Result<Self, BloError> {
+        let inner = InnerLoop::sgd(ce.r, ce.alpha)?;
+        Ok(CounterexampleProblem { ce, inner })
+    }
+
+    /// The constants and closed forms.
+    pub fn ce(&self) -> &Counterexample {
+        &self.ce
+    }
+}
+
+impl Problem<f64> for CounterexampleProblem {
+    type Task = usize;
+
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+
+    fn inner_loss<'t, T: Real<Base = f64>>(
+        &self,
+        _tape: &'t Tape<T>,
+        task: &usize,
+        _step: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.ce.f_tape(*task, phi[0]).sum()
+    }
+
+    fn outer_loss<'t, T: Real<Base = f64>>(
+        &self,
+        _tape: &'t Tape<T>,
+        task: &usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.ce.f_tape(*task, phi[0]).sum()
     }
 }

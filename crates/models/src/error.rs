@@ -173,6 +173,19 @@ pub enum DataError {
         /// What is empty.
         reason: String,
     },
+    /// A class split ([`crate::ClassSplit`]) does not fit the classes found:
+    /// its sizes add up to more, or more than one is `rest`.
+    #[error("{path}: {found} classes found, but the class split asks for {requested}: {problem}")]
+    ClassSplit {
+        /// The data set.
+        path: PathBuf,
+        /// Classes found.
+        found: usize,
+        /// The split asked for (`train 5, validation 0, test rest`).
+        requested: String,
+        /// What does not fit.
+        problem: String,
+    },
     /// A class has fewer examples than an episode needs.
     #[error("class `{class}` ({path}) has {have} examples, but an episode needs {need} (K support + Q query)")]
     TooFewExamples {

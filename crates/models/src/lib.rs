@@ -44,6 +44,9 @@
 //!   content hash that is checked on load, so a damaged file is refused;
 //! - tasks: [`SinusoidTasks`] and the paper's one-dimensional
 //!   [`Counterexample`] with its closed forms;
+//! - the paper's problems as `blo::Problem`s: [`CounterexampleProblem`],
+//!   [`RegressionMaml`] (e.g. sinusoid regression with an [`Mlp`]) and
+//!   [`ClassificationMaml`] (few-shot classification with a [`Conv4`]);
 //! - data: [`ImageSet`] with the [`EpisodeSampler`] (N-way K-shot), loaders for
 //!   Omniglot ([`load_omniglot`]) and Mini-ImageNet ([`load_mini_imagenet`]),
 //!   and procedural [`glyphs`] that need no download. Loaders check the
@@ -56,16 +59,19 @@
 pub mod counterexample;
 pub mod data;
 pub mod error;
+pub mod maml;
 pub mod model;
 pub mod params;
 pub mod sinusoid;
 
-pub use counterexample::Counterexample;
+pub use counterexample::{Counterexample, CounterexampleProblem};
 pub use data::glyphs::{glyphs, GlyphOptions};
-pub use data::mini_imagenet::load_mini_imagenet;
+pub use data::mini_imagenet::{load_mini_imagenet, load_mini_imagenet_pooled};
 pub use data::omniglot::{load_omniglot, OmniglotOptions};
+pub use data::split::{ClassSplit, SplitSize, Splits};
 pub use data::{Episode, EpisodeSampler, ImageSet};
 pub use error::{DataError, ParamsError};
+pub use maml::{ClassificationMaml, RegressionMaml};
 pub use model::{binary_logistic_loss, Activation, Conv4, Conv4Variant, Linear, Mlp, Model};
 pub use params::{init_params, Init, ParamSpec, Params};
 pub use sinusoid::{RegressionEpisode, SinusoidTask, SinusoidTasks};

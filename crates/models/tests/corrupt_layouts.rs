@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use common::{assert_names, flip_file, no_panic, sync_tree, truncate_file, Scratch, Tally, Tree};
 use models::data::image::write_png;
 use models::{
-    load_mini_imagenet, load_omniglot, DataError, EpisodeSampler, ImageSet, OmniglotOptions,
+    load_mini_imagenet, load_omniglot, ClassSplit, DataError, EpisodeSampler, ImageSet,
+    OmniglotOptions, SplitSize, Splits,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -43,6 +44,7 @@ fn variant(e: &DataError) -> (&'static str, &Path) {
         DataError::NonUtf8Name { path } => ("NonUtf8Name", path),
         DataError::BadSplitFile { path, .. } => ("BadSplitFile", path),
         DataError::EmptySplit { path, .. } => ("EmptySplit", path),
+        DataError::ClassSplit { path, .. } => ("ClassSplit", path),
         DataError::TooFewExamples { path, .. } => ("TooFewExamples", path),
         DataError::TooFewClasses { path, .. } => ("TooFewClasses", path),
     }
@@ -119,7 +121,10 @@ fn omni_opts() -> OmniglotOptions {
     OmniglotOptions {
         size: 4,
         source_size: SIDE,
-        train_characters: 4,
+        split: ClassSplit {
+            train: SplitSize::Count(4),
+            ..ClassSplit::default()
+        },
         ..OmniglotOptions::default()
     }
 }
@@ -156,7 +161,7 @@ fn omniglot_layouts() {
     }
     let build = |root: &Path| sync_tree(root, &tree);
     build(&root);
-    let (train, test) = load_omniglot(&root, &omni_opts()).unwrap();
+    let Splits { train, test, .. } = load_omniglot(&root, &omni_opts()).unwrap();
     assert_eq!(
         (train.num_classes(), test.num_classes()),
         (4 * 4, 2),
@@ -311,11 +316,18 @@ fn omniglot_layouts() {
                 )
             }
             17 => {
-                opts.train_characters = ALPHABETS * CHARS + k;
-                (
-                    "no characters left for the test split",
-                    Expect::Error("EmptySplit", root.clone()),
-                )
+                opts.split.train = SplitSize::Count(ALPHABETS * CHARS + k);
+                if k == 0 {
+                    (
+                        "no characters left for the test split",
+                        Expect::Error("EmptySplit", root.clone()),
+                    )
+                } else {
+                    (
+                        "more training characters than found",
+                        Expect::Error("ClassSplit", root.clone()),
+                    )
+                }
             }
             18 => {
                 for a in 0..ALPHABETS {
@@ -333,7 +345,7 @@ fn omniglot_layouts() {
         tally.hit(kind);
         let case = format!("omniglot #{i}: {kind} (alphabet {a}, character {c}, image {k})");
         let got = no_panic(&case, || {
-            let (train, test) = load_omniglot(&load_root, &opts)?;
+            let Splits { train, test, .. } = load_omniglot(&load_root, &opts)?;
             if let Some((n, kq)) = episode {
                 EpisodeSampler::new(&train, n, kq - 1, 1)?;
             }
@@ -342,7 +354,7 @@ fn omniglot_layouts() {
         check(&case, got, &want);
     }
     tally.require("omniglot layouts", &[]);
-    assert_eq!(tally.0.len(), 20, "every mutation kind ran");
+    assert_eq!(tally.0.len(), 21, "every mutation kind ran");
     assert!(tally.total() >= 1000);
 }
 

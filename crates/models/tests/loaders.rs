@@ -8,7 +8,9 @@ mod common;
 
 use common::Scratch as TmpDir;
 use models::data::image::write_png;
-use models::{load_mini_imagenet, load_omniglot, DataError, OmniglotOptions};
+use models::{
+    load_mini_imagenet, load_omniglot, ClassSplit, DataError, OmniglotOptions, SplitSize, Splits,
+};
 
 /// The grey level of example `k` of character `ch`: distinct for every image.
 fn level(ch: usize, k: usize) -> u8 {
@@ -43,10 +45,13 @@ fn omniglot_roundtrip_split_resize_invert_rotate() {
     let tmp = TmpDir::new("omni");
     omniglot_fixture(&tmp.0, 3, 2, 3);
     let opts = OmniglotOptions {
-        train_characters: 4,
+        split: ClassSplit {
+            train: SplitSize::Count(4),
+            ..ClassSplit::default()
+        },
         ..OmniglotOptions::default()
     };
-    let (train, test) = load_omniglot(&tmp.0, &opts).unwrap();
+    let Splits { train, test, .. } = load_omniglot(&tmp.0, &opts).unwrap();
     // 6 characters sorted by (alphabet, character): the first 4 train, ×4 with rotations.
     assert_eq!(train.num_classes(), 4 * 4);
     assert_eq!(test.num_classes(), 2);
@@ -71,12 +76,15 @@ fn omniglot_roundtrip_split_resize_invert_rotate() {
     }
     // Without inversion and rotations.
     let plain = OmniglotOptions {
-        train_characters: 4,
+        split: ClassSplit {
+            train: SplitSize::Count(4),
+            ..ClassSplit::default()
+        },
         rotations: false,
         invert: false,
         ..OmniglotOptions::default()
     };
-    let (train, _) = load_omniglot(&tmp.0, &plain).unwrap();
+    let Splits { train, .. } = load_omniglot(&tmp.0, &plain).unwrap();
     assert_eq!(train.num_classes(), 4);
     assert_eq!(train.image::<f32>(1, 2)[0], level(1, 2) as f32 / 255.0);
 }
@@ -97,12 +105,15 @@ fn omniglot_resizes_a_pattern_by_area_and_reads_both_archives() {
     write_png(&bg.join("a.png"), 105, 105, 1, &img).unwrap();
     write_png(&ev.join("a.png"), 105, 105, 1, &img).unwrap();
     let opts = OmniglotOptions {
-        train_characters: 1,
+        split: ClassSplit {
+            train: SplitSize::Count(1),
+            ..ClassSplit::default()
+        },
         rotations: false,
         invert: false,
         ..OmniglotOptions::default()
     };
-    let (train, test) = load_omniglot(&tmp.0, &opts).unwrap();
+    let Splits { train, test, .. } = load_omniglot(&tmp.0, &opts).unwrap();
     // Sorted by alphabet: Greek (evaluation) before Latin (background).
     assert_eq!(train.class(0).name, "Greek/character01");
     assert_eq!(test.class(0).name, "Latin/character01");
@@ -134,15 +145,44 @@ fn omniglot_errors_name_the_path() {
     // Empty root.
     let e = load_omniglot(&tmp.0, &OmniglotOptions::default()).unwrap_err();
     assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
-    // Empty test split: 2 characters, all go to training.
+    // 2 characters: the default split asks for 1,200 training characters.
     omniglot_fixture(&tmp.0, 1, 2, 1);
     let e = load_omniglot(&tmp.0, &OmniglotOptions::default()).unwrap_err();
+    assert!(matches!(&e, DataError::ClassSplit { found: 2, .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: 2 classes found, but the class split asks for train 1200, validation 0, \
+             test rest: the splits add up to 1200 classes (1200 + 0 + 0)",
+            tmp.0.display()
+        )
+    );
+    // Empty test split: both characters go to training.
+    let all_train = OmniglotOptions {
+        split: ClassSplit {
+            train: SplitSize::Count(2),
+            ..ClassSplit::default()
+        },
+        ..OmniglotOptions::default()
+    };
+    let e = load_omniglot(&tmp.0, &all_train).unwrap_err();
     assert!(
         matches!(&e, DataError::EmptySplit { split, .. } if split == "test"),
         "{e}"
     );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: empty split `test`: 2 classes found; the class split asks for train 2, \
+             validation 0, test rest, which gives 2 train, 0 validation, 0 test",
+            tmp.0.display()
+        )
+    );
     let opts = OmniglotOptions {
-        train_characters: 1,
+        split: ClassSplit {
+            train: SplitSize::Count(1),
+            ..ClassSplit::default()
+        },
         ..OmniglotOptions::default()
     };
     // Wrongly sized image.
@@ -330,13 +370,56 @@ fn one_bit_pngs_like_the_official_omniglot_files_are_expanded() {
     std::fs::create_dir_all(tmp.0.join("Beta/character01")).unwrap();
     std::fs::copy(&path, tmp.0.join("Beta/character01/a.png")).unwrap();
     let opts = OmniglotOptions {
-        train_characters: 1,
+        split: ClassSplit {
+            train: SplitSize::Count(1),
+            ..ClassSplit::default()
+        },
         rotations: false,
         ..OmniglotOptions::default()
     };
-    let (train, _) = load_omniglot(&tmp.0, &opts).unwrap();
+    let Splits { train, .. } = load_omniglot(&tmp.0, &opts).unwrap();
     // Inverted: the black block becomes ink 1 in the top-left output pixel
     // (which covers source pixels [0, 3.75)² ⊂ the 8×8 block), background 0.
     let x = train.image::<f64>(0, 0);
     assert_eq!((x[0], x[27], x[27 * 28 + 27]), (1.0, 0.0, 0.0));
+}
+
+#[test]
+fn mini_imagenet_pooled_classes_take_a_class_split() {
+    let tmp = TmpDir::new("mini-pooled");
+    mini_fixture(&tmp.0); // train.csv: 3 classes, no val.csv or test.csv
+                          // A test.csv with one more class (n0003), images of class n0000 reused.
+    std::fs::write(
+        tmp.0.join("test.csv"),
+        "filename,label\nn0000000.png,n0003\nn0000001.png,n0003\n",
+    )
+    .unwrap();
+    let all = models::load_mini_imagenet_pooled(&tmp.0).unwrap();
+    let names: Vec<&str> = all.classes().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["n0000", "n0001", "n0002", "n0003"]);
+    let split = ClassSplit {
+        train: SplitSize::Count(2),
+        val: SplitSize::Count(1),
+        test: SplitSize::Rest,
+    };
+    let Splits { train, val, test } = split.apply(&all).unwrap();
+    assert_eq!(
+        (train.num_classes(), val.num_classes(), test.num_classes()),
+        (2, 1, 1)
+    );
+    assert_eq!(val.class(0).name, "n0002");
+    assert_eq!(test.image::<f64>(0, 1), all.image::<f64>(3, 1));
+    // Asking for more classes than the 4 found names both numbers.
+    let e = ClassSplit {
+        train: SplitSize::Count(4),
+        ..split
+    }
+    .apply(&all)
+    .unwrap_err();
+    assert!(e.to_string().contains("4 classes found"), "{e}");
+    // No split file at all.
+    let empty = TmpDir::new("mini-pooled-empty");
+    std::fs::create_dir_all(empty.0.join("images")).unwrap();
+    let e = models::load_mini_imagenet_pooled(&empty.0).unwrap_err();
+    assert!(matches!(e, DataError::Missing { .. }), "{e}");
 }

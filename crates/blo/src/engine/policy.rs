@@ -25,6 +25,17 @@
 use crate::error::BloError;
 
 /// Which states of the inner trajectory the exact adjoint sweep keeps.
+///
+/// A policy is plain data, written as a value (`Policy::Binomial { snapshots: 4 }`);
+/// its budget is checked where it is used ([`crate::Exact::new`], or
+/// [`Policy::validate`] directly), which names the field and its value.
+///
+/// ```
+/// use blo::{Exact, Policy};
+/// assert!(Exact::new(Policy::Binomial { snapshots: 4 }).is_ok());
+/// let e = Exact::new(Policy::EveryK { k: 0 }).unwrap_err();
+/// assert!(e.to_string().contains("k = 0"), "{e}");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     /// Keep every state φ_0..φ_{r−1}: no recomputation, O(r·d) memory.
@@ -54,6 +65,10 @@ impl Policy {
     ///
     /// # Errors
     /// [`BloError::InvalidHyperparameter`] if k = 0.
+    #[deprecated(
+        since = "0.1.0",
+        note = "write the value `Policy::EveryK { k }`; `Exact::new` (or `Policy::validate`) checks it"
+    )]
     pub fn every_k(k: usize) -> Result<Self, BloError> {
         let p = Policy::EveryK { k };
         p.validate()?;
@@ -64,6 +79,10 @@ impl Policy {
     ///
     /// # Errors
     /// [`BloError::InvalidHyperparameter`] if snapshots = 0 (φ_0 needs a slot).
+    #[deprecated(
+        since = "0.1.0",
+        note = "write the value `Policy::Binomial { snapshots }`; `Exact::new` (or `Policy::validate`) checks it"
+    )]
     pub fn binomial(snapshots: usize) -> Result<Self, BloError> {
         let p = Policy::Binomial { snapshots };
         p.validate()?;

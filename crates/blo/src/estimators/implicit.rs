@@ -173,10 +173,16 @@ impl Implicit {
         })
     }
 
-    /// The same as [`Implicit::imaml`] (the name before the general estimator existed).
+    /// The same as [`Implicit::imaml`] (the name before the general estimator
+    /// existed): it asks for a λ even where there is no proximal term, so use
+    /// [`Implicit::imaml`] for iMAML and [`Implicit::ift`] otherwise.
     ///
     /// # Errors
     /// As [`Implicit::imaml`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `Implicit::imaml(λ)` for iMAML's proximal problem, `Implicit::ift()` for the general one (no λ)"
+    )]
     pub fn new(lambda: f64) -> Result<Self, BloError> {
         Self::imaml(lambda)
     }

@@ -136,3 +136,38 @@ fn resolve(f: &Path) -> Result<PathBuf, DataError> {
         what: "image listed in the split file".into(),
     })
 }
+
+/// Every class listed in `train.csv`, `val.csv` and `test.csv` (those that
+/// exist, at least one, in that order) as one set, to be divided by a
+/// [`crate::ClassSplit`] of your own instead of the files' split.
+///
+/// ```no_run
+/// use models::{load_mini_imagenet_pooled, ClassSplit, SplitSize};
+/// let all = load_mini_imagenet_pooled("mini-imagenet")?;
+/// let split = ClassSplit { train: SplitSize::Fraction(0.8), val: SplitSize::Count(0), test: SplitSize::Rest };
+/// let splits = split.apply(&all)?;
+/// # Ok::<(), models::DataError>(())
+/// ```
+///
+/// # Errors
+/// [`DataError::Missing`] if none of the three files exists; otherwise as
+/// [`load_mini_imagenet`] for each file.
+pub fn load_mini_imagenet_pooled(root: impl AsRef<Path>) -> Result<ImageSet, DataError> {
+    let root = root.as_ref();
+    require(root, true, "Mini-ImageNet root folder")?;
+    let mut all = ImageSet::new(root, 3, SIZE, SIZE);
+    let mut any = false;
+    for split in ["train", "val", "test"] {
+        if root.join(format!("{split}.csv")).exists() {
+            all.append(&load_mini_imagenet(root, split)?);
+            any = true;
+        }
+    }
+    if !any {
+        return Err(DataError::Missing {
+            path: root.to_path_buf(),
+            what: "split files train.csv, val.csv or test.csv".into(),
+        });
+    }
+    Ok(all)
+}

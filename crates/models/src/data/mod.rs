@@ -17,6 +17,7 @@ pub mod glyphs;
 pub mod image;
 pub mod mini_imagenet;
 pub mod omniglot;
+pub mod split;
 
 /// One class of an [`ImageSet`].
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +127,67 @@ impl ImageSet {
                     rotation: r,
                 });
             }
+        }
+    }
+
+    /// A new set holding the classes `ids` of this one, in that order (their
+    /// images copied once even when rotated views share them; rotations kept).
+    ///
+    /// # Panics
+    /// If an id is not a class of this set.
+    #[track_caller]
+    pub fn select_classes(&self, ids: &[usize]) -> ImageSet {
+        let n = self.image_len();
+        let mut out = ImageSet::new(self.source.clone(), self.channels, self.height, self.width);
+        // Old image index → new one, so views of one image keep sharing it.
+        let mut moved: Vec<Option<usize>> = vec![None; self.pixels.len() / n.max(1)];
+        for &c in ids {
+            assert!(
+                c < self.classes.len(),
+                "ImageSet::select_classes: class {c} of {}",
+                self.classes.len()
+            );
+            let class = &self.classes[c];
+            let images = class
+                .images
+                .iter()
+                .map(|&i| {
+                    *moved[i].get_or_insert_with(|| {
+                        out.pixels
+                            .extend_from_slice(&self.pixels[i * n..(i + 1) * n]);
+                        out.pixels.len() / n.max(1) - 1
+                    })
+                })
+                .collect();
+            out.classes.push(ClassInfo {
+                images,
+                ..class.clone()
+            });
+        }
+        out
+    }
+
+    /// Appends every class of `other` (same image shape) after this set's
+    /// classes, keeping their names, paths and rotations.
+    ///
+    /// # Panics
+    /// If the image shapes differ.
+    #[track_caller]
+    pub fn append(&mut self, other: &ImageSet) {
+        assert_eq!(
+            self.image_shape(),
+            other.image_shape(),
+            "ImageSet::append: images {:?} and {:?}",
+            self.image_shape(),
+            other.image_shape()
+        );
+        let offset = self.pixels.len() / self.image_len().max(1);
+        self.pixels.extend_from_slice(&other.pixels);
+        for c in &other.classes {
+            self.classes.push(ClassInfo {
+                images: c.images.iter().map(|i| i + offset).collect(),
+                ..c.clone()
+            });
         }
     }
 

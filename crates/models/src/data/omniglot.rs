@@ -3,21 +3,24 @@
 //!
 //! If `root` holds `images_background` and/or `images_evaluation` (the two
 //! archives of the official release), the alphabets of both are used.
-//! Characters are sorted by `(alphabet, character)` folder name; the first
-//! `train_characters` (1200) form the meta-training split, the rest the test
-//! split (Finn et al. 2017; Vinyals et al. 2016).
+//! Characters are sorted by `(alphabet, character)` folder name and divided
+//! in that order by a [`ClassSplit`]: by default the first 1,200 form the
+//! meta-training split, none the validation split and the rest the test split
+//! (Finn et al. 2017; Vinyals et al. 2016). Any folder in this layout works,
+//! with a split set to its number of characters.
 //!
 //! Images are resized to `size × size` (28) by area averaging (a box filter with
 //! exact fractional coverage, see [`crate::data::image::resize_area`]) and, by
 //! default, inverted so that strokes are 1 and background 0. Rotations by
 //! 90°, 180°, 270° are added as extra classes (to the training split by
-//! default; to the test split too with `rotate_test`).
+//! default; to the validation and test splits too with `rotate_test`).
 
 use std::path::{Path, PathBuf};
 
 use crate::data::image::{
     check_color, entry_kind, is_hidden, read_png, require, resize_area, sorted_entries, utf8_name,
 };
+use crate::data::split::{ClassSplit, Splits};
 use crate::data::ImageSet;
 use crate::error::DataError;
 
@@ -28,11 +31,12 @@ pub struct OmniglotOptions {
     pub size: usize,
     /// Expected side length of the files (default 105).
     pub source_size: usize,
-    /// Characters in the training split (default 1200).
-    pub train_characters: usize,
+    /// Characters per split, in sorted order (default: 1,200 train, 0
+    /// validation, the rest test).
+    pub split: ClassSplit,
     /// Add 90°/180°/270° rotations to the training split (default true).
     pub rotations: bool,
-    /// Add rotations to the test split too (default false).
+    /// Add rotations to the validation and test splits too (default false).
     pub rotate_test: bool,
     /// Map pixel v to 255 − v, so strokes (black in the files) are 1 (default true).
     pub invert: bool,
@@ -43,7 +47,7 @@ impl Default for OmniglotOptions {
         OmniglotOptions {
             size: 28,
             source_size: 105,
-            train_characters: 1200,
+            split: ClassSplit::default(),
             rotations: true,
             rotate_test: false,
             invert: true,
@@ -51,7 +55,8 @@ impl Default for OmniglotOptions {
     }
 }
 
-/// Loads Omniglot and returns `(train, test)`.
+/// Loads Omniglot and divides its characters into train, validation and test
+/// splits by `opts.split`.
 ///
 /// The layout is checked strictly, so that a damaged copy is reported rather
 /// than loaded with missing or wrong classes:
@@ -70,12 +75,10 @@ impl Default for OmniglotOptions {
 /// character folder should be or a non-PNG entry in a character folder,
 /// [`DataError::NonUtf8Name`], [`DataError::Io`], [`DataError::BadImage`],
 /// [`DataError::WrongImageSize`], [`DataError::WrongColorType`] naming the
-/// entry, [`DataError::EmptySplit`] if there are no characters or either split
-/// is empty.
-pub fn load_omniglot(
-    root: impl AsRef<Path>,
-    opts: &OmniglotOptions,
-) -> Result<(ImageSet, ImageSet), DataError> {
+/// entry, [`DataError::EmptySplit`] if there are no characters or the train
+/// or test split would be empty, [`DataError::ClassSplit`] if the split asks
+/// for more characters than there are (both errors say how many were found).
+pub fn load_omniglot(root: impl AsRef<Path>, opts: &OmniglotOptions) -> Result<Splits, DataError> {
     let root = root.as_ref();
     require(root, true, "Omniglot root folder")?;
     let archives: Vec<PathBuf> = ["images_background", "images_evaluation"]
@@ -127,34 +130,23 @@ pub fn load_omniglot(
             reason: "no <alphabet>/<character>/ folders found".into(),
         });
     }
-    let n_train = opts.train_characters.min(chars.len());
-    let mut train = ImageSet::new(root, 1, opts.size, opts.size);
-    let mut test = ImageSet::new(root, 1, opts.size, opts.size);
-    for (k, (an, cn, path)) in chars.iter().enumerate() {
+    // Resolve the split before reading any image (a wrong split fails fast),
+    // then read only the characters it uses.
+    let counts = opts.split.resolve(chars.len(), root)?;
+    let mut all = ImageSet::new(root, 1, opts.size, opts.size);
+    for (an, cn, path) in chars.iter().take(counts.iter().sum()) {
         let images = load_character(path, opts)?;
-        let set = if k < n_train { &mut train } else { &mut test };
-        set.add_class(format!("{an}/{cn}"), path.clone(), images);
+        all.add_class(format!("{an}/{cn}"), path.clone(), images);
     }
-    for (set, name) in [(&train, "train"), (&test, "test")] {
-        if set.num_classes() == 0 {
-            return Err(DataError::EmptySplit {
-                path: root.to_path_buf(),
-                split: name.into(),
-                reason: format!(
-                    "{} characters found, {} go to the training split",
-                    chars.len(),
-                    n_train
-                ),
-            });
-        }
-    }
+    let mut splits = Splits::by_counts(&all, counts);
     if opts.rotations {
-        train.add_rotations();
+        splits.train.add_rotations();
     }
     if opts.rotate_test {
-        test.add_rotations();
+        splits.val.add_rotations();
+        splits.test.add_rotations();
     }
-    Ok((train, test))
+    Ok(splits)
 }
 
 fn load_character(dir: &Path, opts: &OmniglotOptions) -> Result<Vec<Vec<u8>>, DataError> {

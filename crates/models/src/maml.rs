@@ -1,10 +1,11 @@
-//! MAML problems shared by the examples: sinusoid regression with an MLP and
-//! N-way K-shot classification with any [`Model`] (docs/math.md §1: φ_0 = θ,
-//! L_in on the support set, L_out on the query set).
+//! The paper's MAML problems as [`blo::Problem`]s: regression episodes (the
+//! sinusoid tasks) and N-way K-shot classification with any [`Model`]
+//! (docs/math.md §1: φ_0 = θ, L_in on the support set, L_out on the query set;
+//! §7 for the few-shot experiments).
 
+use crate::{Episode, Model, RegressionEpisode};
 use blo::problem::InnerLoop;
 use blo::Problem;
-use models::{Episode, Model, RegressionEpisode};
 use tape::{Float, Real, Tape, Var};
 
 /// MAML on regression episodes: L_in = MSE on the support set (every inner

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Side by side: time each benchmark config in JAX and in this project, print ours / JAX.
+
+    python3 bench/compare.py [--rounds N] [--pin CPU] [--json] CONFIG [CONFIG ...]
+
+Run from anywhere inside the repository (it finds the root from its own path).
+Every round runs, for each config, the JAX workload (bench/jax_workloads.py)
+and then our runner (`examples/bench.rs`, built once with cargo first), one
+process per config and side, so each peak memory figure belongs to one
+workload. A side's figure is the median over rounds of its per-call medians;
+the ratio is taken within each round and then its median reported (a drift of
+the machine's speed between rounds cancels in a ratio taken within a round).
+Configs and their definitions: bench/README.md. Needs the JAX install line in
+bench/requirements.txt.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JAX = [sys.executable, os.path.join(ROOT, "bench", "jax_workloads.py")]
+
+
+def json_line(cmd):
+    """Runs cmd and returns its last stdout line that parses as a JSON object."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"compare.py: `{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    sys.exit(f"compare.py: `{' '.join(cmd)}` printed no JSON line:\n{proc.stdout[-2000:]}")
+
+
+def build_runner():
+    """Builds our runner once and returns its path, so the timed rounds run the
+    binary directly (a `cargo run` per process would wait for the build lock
+    whenever another build holds it)."""
+    cmd = ["cargo", "build", "--release", "--example", "bench", "--message-format=json-render-diagnostics"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"compare.py: `{' '.join(cmd)}` failed:\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():
+        msg = json.loads(line)
+        target = msg.get("target", {})
+        if msg.get("reason") == "compiler-artifact" and target.get("name") == "bench" and "example" in target.get("kind", []):
+            if msg.get("executable"):
+                return msg["executable"]
+    sys.exit("compare.py: cargo built no `bench` example executable")
+
+
+def measure(ours_cmd, config, rounds, pin):
+    prefix = ["taskset", "-c", pin] if pin is not None else []
+    ours, jax, ratios = [], [], []
+    for _ in range(rounds):
+        j = json_line(prefix + JAX + [config])
+        o = json_line(prefix + ours_cmd + [config])
+        jax.append(j)
+        ours.append(o)
+        ratios.append(o["median_ms"] / j["median_ms"])
+    peak = lambda runs, key: max((r[key] for r in runs if r.get(key) is not None), default=None)
+    return {
+        "config": config,
+        "rounds": rounds,
+        "ours_ms": statistics.median(r["median_ms"] for r in ours),
+        "jax_ms": statistics.median(r["median_ms"] for r in jax),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "ours_peak_rss_mib": peak(ours, "peak_rss_mib"),
+        "jax_steady_rss_mib": peak(jax, "steady_peak_rss_mib"),
+    }
+
+
+def table(rows):
+    head = f"{'config':34} {'ours ms':>10} {'jax ms':>10} {'ours/jax':>9} {'(min-max)':>13} {'ours MiB':>9} {'jax MiB':>9}"
+    lines = [head]
+    fmt = lambda x: f"{x:9.1f}" if x is not None else f"{'-':>9}"
+    for r in rows:
+        spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
+        lines.append(
+            f"{r['config']:34} {r['ours_ms']:10.3f} {r['jax_ms']:10.3f} {r['ratio']:9.2f} {spread:>13} "
+            f"{fmt(r['ours_peak_rss_mib'])} {fmt(r['jax_steady_rss_mib'])}"
+        )
+    lines.append("ratio < 1: we are faster; ours MiB = our process's peak RSS, jax MiB = JAX's peak over its timed calls")
+    return "\n".join(lines)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="+", metavar="CONFIG")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per config (default 3)")
+    ap.add_argument("--pin", metavar="CPU", help="run both sides under `taskset -c CPU`")
+    ap.add_argument("--json", action="store_true", help="one JSON line per config instead of the table")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: need at least 1")
+    known = set(subprocess.run(JAX + ["--list"], capture_output=True, text=True, check=True).stdout.split())
+    for c in args.configs:
+        if c not in known and not c.startswith("maml_sine:") and not c.startswith("maml_conv4:"):
+            ap.error(f"unknown config {c!r}; known: {' '.join(sorted(known))}")
+    ours = [build_runner()]
+    rows = []
+    for config in args.configs:
+        rows.append(measure(ours, config, args.rounds, args.pin))
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.json:
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""The JAX (CPU, float32, jax.jit) side of the benchmarks in docs/benchmarks.md.
+
+    python3 bench/jax_workloads.py --list     # the configs
+    python3 bench/jax_workloads.py CONFIG     # time one config, print one JSON line
+
+One config per process, so the reported peak memory belongs to that workload.
+Every config is the same work as `cargo run --release --example bench -- CONFIG`
+(see bench/README.md for the table of definitions): same shapes, distributions
+and hyperparameters, not the same random numbers.
+
+Timing, the same as our runner: compile (trace, lower, XLA compile) is timed
+apart; then one call and three warm-up calls; then N timed calls, each waited
+for with block_until_ready, N = clamp(5 s / t_call, lo, 1000) with lo = 20
+(10 if a call takes over 0.5 s, 5 if over 2 s); the median is the figure.
+"""
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+F32 = jnp.float32
+
+
+# ------------------------------------------------------------------ measuring
+def rusage_peak_mib():
+    """Peak resident set of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def status_field_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+def time_jitted(fn, args):
+    """Compile fn for args, then time calls as described in the module docstring."""
+    before_compile = rusage_peak_mib()
+    jitted = jax.jit(fn)
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_ms = 1e3 * (time.perf_counter() - start)
+    try:
+        temp_mib = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # not every backend reports it
+        temp_mib = None
+
+    def call():
+        return jax.block_until_ready(jitted(*args))
+
+    out = call()
+    for _ in range(3):
+        start = time.perf_counter()
+        call()
+        t_call = time.perf_counter() - start
+    lo = 5 if t_call > 2.0 else (10 if t_call > 0.5 else 20)
+    n = int(min(1000, max(lo, 5.0 / t_call)))
+    # Reset VmHWM to the current RSS, so the steady peak covers the timed calls only.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append(1e3 * (time.perf_counter() - start))
+    loss = out[0] if isinstance(out, tuple) else None
+    return {
+        "median_ms": round(statistics.median(samples), 4),
+        "min_ms": round(min(samples), 4),
+        "max_ms": round(max(samples), 4),
+        "iterations": n,
+        "compile_ms": round(compile_ms, 1),
+        "peak_rss_mib": round(rusage_peak_mib(), 1),
+        "steady_peak_rss_mib": round(status_field_mib("VmHWM"), 1),
+        "rss_before_compile_mib": round(before_compile, 1),
+        "xla_temp_mib": None if temp_mib is None else round(temp_mib, 3),
+        "loss": None if loss is None else float(loss),
+    }
+
+
+# ------------------------------------------------------------------ networks
+def torch_uniform(key, shape, fan_in):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for linear and conv layers."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return jax.random.uniform(key, shape, F32, -bound, bound)
+
+
+def dense_layers(key, widths):
+    """[(w, b)] for an MLP with the given widths, w: (fan_in, fan_out)."""
+    layers = []
+    for key, fan_in, fan_out in zip(jax.random.split(key, len(widths) - 1), widths, widths[1:]):
+        kw, kb = jax.random.split(key)
+        layers.append((torch_uniform(kw, (fan_in, fan_out), fan_in), torch_uniform(kb, (fan_out,), fan_in)))
+    return layers
+
+
+def mlp_forward(layers, x):
+    *hidden, (w_out, b_out) = layers
+    for w, b in hidden:
+        x = jax.nn.relu(x @ w + b)
+    return x @ w_out + b_out
+
+
+def cross_entropy(logits, labels):
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
+
+
+def conv4_params(key):
+    """4 x [3x3 conv, 64 filters] on one input channel, then a 64 -> 5 linear head."""
+    keys = jax.random.split(key, 5)
+    convs, c_in = [], 1
+    for k in keys[:4]:
+        kw, kb = jax.random.split(k)
+        fan_in = 9 * c_in
+        convs.append((torch_uniform(kw, (3, 3, c_in, 64), fan_in), torch_uniform(kb, (64,), fan_in)))
+        c_in = 64
+    kw, kb = jax.random.split(keys[4])
+    return {"convs": convs, "head": (torch_uniform(kw, (64, 5), 64), torch_uniform(kb, (5,), 64))}
+
+
+def pool2x2(x):
+    """2x2 max-pool, stride 2, floor, NHWC (as reshape + max: cheap gradients on XLA:CPU)."""
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def conv4_forward(params, x):
+    """x: (N, 28, 28, 1); spatial 28 -> 14 -> 7 -> 3 -> 1."""
+    for w, b in params["convs"]:
+        y = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = pool2x2(jax.nn.relu(y + b))
+    w, b = params["head"]
+    return x.reshape(x.shape[0], -1) @ w + b
+
+
+# ------------------------------------------------------------------ MAML
+def sgd_unroll(params, loss, support, alpha, steps, remat, python_loop):
+    """`steps` SGD steps of size alpha on loss(params, *support)."""
+    def step(p):
+        grads = jax.grad(loss)(p, *support)
+        return jax.tree_util.tree_map(lambda w, g: w - alpha * g, p, grads)
+
+    if remat:
+        step = jax.checkpoint(step)
+    if python_loop:
+        for _ in range(steps):
+            params = step(params)
+        return params
+    return lax.scan(lambda p, _: (step(p), None), params, None, length=steps)[0]
+
+
+def maml_objective(loss, alpha, steps, mode, vectorise, python_loop):
+    """f(params, tasks) -> (mean query loss, gradient for the initialisation).
+
+    tasks = (support_x, support_y, query_x, query_y), each stacked over tasks.
+    exact / exact_remat differentiate through the unroll (exact_remat recomputes
+    each step in the backward pass); first_order uses the query-loss gradient at
+    the adapted parameters as the gradient for the initialisation.
+    """
+    def per_task(fn, tasks):
+        if vectorise:
+            return jax.vmap(fn)(*tasks)
+        results = [fn(*(t[i] for t in tasks)) for i in range(tasks[0].shape[0])]
+        return jax.tree_util.tree_map(lambda *r: jnp.stack(r), *results)
+
+    if mode in ("exact", "exact_remat"):
+        remat = mode == "exact_remat"
+
+        def meta_loss(params, tasks):
+            def one(xs, ys, xq, yq):
+                phi = sgd_unroll(params, loss, (xs, ys), alpha, steps, remat, python_loop)
+                return loss(phi, xq, yq)
+            return jnp.mean(per_task(one, tasks))
+
+        return jax.value_and_grad(meta_loss)
+
+    if mode == "first_order":
+        def fo(params, tasks):
+            def one(xs, ys, xq, yq):
+                phi = sgd_unroll(params, loss, (xs, ys), alpha, steps, False, python_loop)
+                return jax.value_and_grad(loss)(phi, xq, yq)
+            losses, grads = per_task(one, tasks)
+            return jnp.mean(losses), jax.tree_util.tree_map(lambda g: jnp.mean(g, axis=0), grads)
+
+        return fo
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def sinusoid_tasks(rng, n_tasks=25, k=10):
+    """Amplitude U(0.1, 5), phase U(0, pi), x U(-5, 5); k support and k query points."""
+    amplitude = rng.uniform(0.1, 5.0, (n_tasks, 1, 1))
+    phase = rng.uniform(0.0, np.pi, (n_tasks, 1, 1))
+    xs = rng.uniform(-5.0, 5.0, (n_tasks, k, 1))
+    xq = rng.uniform(-5.0, 5.0, (n_tasks, k, 1))
+    wave = lambda x: amplitude * np.sin(x - phase)
+    return tuple(jnp.asarray(a, F32) for a in (xs, wave(xs), xq, wave(xq)))
+
+
+def random_image_tasks(rng, n_tasks=4, ways=5, shots=1, queries=15):
+    """Uniform random 28x28x1 pixels; labels 0..ways-1 grouped by class."""
+    xs = rng.uniform(0.0, 1.0, (n_tasks, ways * shots, 28, 28, 1))
+    xq = rng.uniform(0.0, 1.0, (n_tasks, ways * queries, 28, 28, 1))
+    ys = np.tile(np.repeat(np.arange(ways), shots), (n_tasks, 1))
+    yq = np.tile(np.repeat(np.arange(ways), queries), (n_tasks, 1))
+    return (jnp.asarray(xs, F32), jnp.asarray(ys, jnp.int32), jnp.asarray(xq, F32), jnp.asarray(yq, jnp.int32))
+
+
+# ------------------------------------------------------------------ configs
+def mlp_problem():
+    k_params, k_x, k_y, k_dir = jax.random.split(jax.random.PRNGKey(0), 4)
+    layers = dense_layers(k_params, [784, 256, 256, 10])
+    x = jax.random.normal(k_x, (64, 784), F32)
+    y = jax.random.randint(k_y, (64,), 0, 10)
+    leaves, treedef = jax.tree_util.tree_flatten(layers)
+    direction = [jax.random.normal(k, leaf.shape, F32) for k, leaf in zip(jax.random.split(k_dir, len(leaves)), leaves)]
+    loss = lambda p, x, y: cross_entropy(mlp_forward(p, x), y)
+    return loss, layers, x, y, jax.tree_util.tree_unflatten(treedef, direction)
+
+
+def run_mlp_grad():
+    loss, layers, x, y, _ = mlp_problem()
+    res = time_jitted(jax.value_and_grad(loss), (layers, x, y))
+    res["params"] = {"sizes": [784, 256, 256, 10], "batch": 64}
+    return res
+
+
+def run_mlp_hvp():
+    loss, layers, x, y, v = mlp_problem()
+
+    def hvp(p, v, x, y):  # forward-over-reverse: the JVP of the gradient
+        return jax.jvp(lambda q: jax.grad(loss)(q, x, y), (p,), (v,))[1]
+
+    res = time_jitted(hvp, (layers, v, x, y))
+    res["params"] = {"sizes": [784, 256, 256, 10], "batch": 64, "mode": "jvp(grad)"}
+    return res
+
+
+def run_maml_sine(r, mode):
+    layers = dense_layers(jax.random.PRNGKey(1), [1, 40, 40, 1])
+    tasks = sinusoid_tasks(np.random.default_rng(0))
+    mse = lambda p, x, y: jnp.mean((mlp_forward(p, x) - y) ** 2)
+    fn = maml_objective(mse, 0.01, r, mode, vectorise=True, python_loop=False)
+    res = time_jitted(fn, (layers, tasks))
+    res["params"] = {"r": r, "mode": mode, "tasks": 25, "k_support": 10, "k_query": 10,
+                     "alpha": 0.01, "sizes": [1, 40, 40, 1], "impl": "vmap + lax.scan"}
+    return res
+
+
+def run_maml_conv4(r, mode):
+    params = conv4_params(jax.random.PRNGKey(2))
+    tasks = random_image_tasks(np.random.default_rng(0))
+    loss = lambda p, x, y: cross_entropy(conv4_forward(p, x), y)
+    # Python loops over tasks and steps: the fastest formulation on XLA:CPU.
+    fn = maml_objective(loss, 0.4, r, mode, vectorise=False, python_loop=True)
+    res = time_jitted(fn, (params, tasks))
+    res["params"] = {"r": r, "mode": mode, "tasks": 4, "ways": 5, "shots": 1,
+                     "queries_per_class": 15, "alpha": 0.4, "channels": 64, "impl": "unrolled"}
+    return res
+
+
+def configs():
+    table = {"mlp_grad": run_mlp_grad, "mlp_hvp": run_mlp_hvp}
+    for r in (1, 5, 10, 50, 200):
+        for mode in ("exact", "first_order", "exact_remat"):
+            table[f"maml_sine:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_sine(r, mode))
+    for r in (1, 5):
+        for mode in ("exact", "first_order"):
+            table[f"maml_conv4:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_conv4(r, mode))
+    return table
+
+
+def main(argv):
+    table = configs()
+    if not argv or argv[0] == "--list":
+        print("\n".join(table))
+        return 0
+    name = argv[0]
+    if name not in table:
+        print(f"unknown config {name!r}; --list names them", file=sys.stderr)
+        return 2
+    res = table[name]()
+    res.update({"config": name, "side": "jax", "jax": jax.__version__,
+                "cpus": len(os.sched_getaffinity(0))})
+    print(json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
