@@ -97,7 +97,12 @@ pub use estimators::exact::Exact;
 pub use estimators::first_order::FirstOrder;
 pub use estimators::forward_mode::ForwardMode;
 pub use estimators::implicit::{Implicit, ImplicitSolver};
+pub use estimators::planner::{plan_estimator, Choice, PlannerParams, PlannerReport};
 pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
+pub use estimators::telescope::{
+    doubling_depths, every_depth, optimal_depths, AdaptiveDepths, DepthDistribution, DepthError,
+    DepthModel, Depths, Telescope, TelescopeKind, TelescopeSample,
+};
 pub use estimators::truncated::Truncated;
 pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
