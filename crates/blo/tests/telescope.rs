@@ -118,7 +118,7 @@ fn every_level_is_the_truncated_estimate_bit_for_bit() {
         assert!(est.stats.states_peak <= s);
         // Cost model: the plan's forward steps, the turn, one VJP per level
         // and g_0, two per HVP.
-        let (c0, costs) = DepthModel::plan_costs(r, &every_depth(r), s);
+        let (c0, costs) = DepthModel::plan_costs(r, &every_depth(r), s, true);
         assert_eq!(est.stats.cost(), c0 + costs[r - 1], "budget {s}");
     }
     // Depth differences are not all zero (the test has teeth).
@@ -346,9 +346,14 @@ fn second_moment_matches_the_closed_form_on_a_quadratic() {
         let d = DepthDistribution::new(levels.clone(), &depths).unwrap();
         let (p, s) = (d.probabilities().to_vec(), d.survival().to_vec());
         let t = Telescope::new(kind, d.clone(), Budget::States(3)).unwrap();
+        let ta = t.clone().adaptive(AdaptiveDepths::default()).unwrap();
         let mut moment = 0.0;
         for lvl in 0..=m {
-            let got = flat(&t.estimate_at(&q, &(), &theta, lvl).unwrap().grad);
+            let e = t.estimate_at(&q, &(), &theta, lvl).unwrap();
+            let (c0, costs) = DepthModel::plan_costs(r, &levels, 3, false);
+            let cost = if lvl == 0 { c0 } else { c0 + costs[lvl - 1] };
+            assert_eq!(e.stats.cost(), cost, "{kind:?} level {lvl}: the cost model");
+            let got = flat(&e.grad);
             let mut want = g[0].clone();
             for i in 1..=lvl {
                 let wt = match kind {
@@ -366,6 +371,18 @@ fn second_moment_matches_the_closed_form_on_a_quadratic() {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f64::max);
             assert!(err < 1e-10, "{kind:?} level {lvl}: {got:?} vs {want:?}");
+            // The adaptive estimator reads every level (one VJP each) instead
+            // of combining the cotangents: the same number up to rounding.
+            let per_level = flat(&ta.estimate_at(&q, &(), &theta, lvl).unwrap().grad);
+            let err = got
+                .iter()
+                .zip(&per_level)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                err < 1e-12,
+                "{kind:?} level {lvl}: combined {got:?}, per level {per_level:?}"
+            );
             moment += p[lvl] * dot(&got, &got);
         }
         let closed = w + match kind {
@@ -418,7 +435,7 @@ fn optimal_depths_is_no_worse_than_perturbed_distributions() {
     let gram = (0..m * m)
         .map(|ij| 0.8f64.powi((ij / m).abs_diff(ij % m) as i32) * (d[ij / m] * d[ij % m]).sqrt())
         .collect();
-    let (c0, costs) = DepthModel::plan_costs(m, &levels, m + 1);
+    let (c0, costs) = DepthModel::plan_costs(m, &levels, m + 1, false);
     let model = DepthModel {
         c0,
         costs,
@@ -545,13 +562,14 @@ fn adaptive_distribution_is_deterministic_and_checkpointed() {
 // unbiasedness (and a correct second moment) E x = 0 and Hotelling's T² is
 // asymptotically χ²_{10} (θ has 9 entries). Level ALPHA per variant.
 //
-// Power: for a planted defect (the same draws, one weight 5% too large), the
+// Power: for a planted defect (the same draws; every correction weight 5%
+// too large, or only the first level's), the
 // row's mean and covariance are computed exactly per task by enumerating the
 // levels, λ = N·E[x]ᵀCov(x)⁻¹E[x], and P(miss) = P(χ²_{10}(λ) ≤ threshold)
 // is asserted ≤ MAX_MISS before the defect's T² is asserted to reject.
 // ---------------------------------------------------------------------------
 
-const POWER_TASKS: usize = 20_000;
+const POWER_TASKS: usize = 60_000;
 const ALPHA: f64 = 5e-5;
 const MAX_MISS: f64 = 1e-6;
 
@@ -687,7 +705,7 @@ fn statistics_helpers_match_independent_values() {
 #[test]
 #[cfg_attr(
     debug_assertions,
-    ignore = "release only: 20,000 tasks × 7 references + 5 variants"
+    ignore = "release only: 60,000 tasks × 7 references + 5 variants"
 )]
 fn every_telescope_is_unbiased_and_the_test_rejects_a_planted_mis_weighting() {
     let r = 5;
@@ -735,37 +753,40 @@ fn every_telescope_is_unbiased_and_the_test_rejects_a_planted_mis_weighting() {
             "{kind:?} {depths:?} looks biased: T² = {t2} ≥ {threshold}"
         );
 
-        // Planted: the deepest level's weight 5% too large (the draws
-        // unchanged), computed from the same draws as the real estimator.
+        // Planted defects, from the same draws as the real estimator: every
+        // correction weight 5% too large (UFO's planted over-weighting), and
+        // only the first level's weight 5% too large.
         let good = weights(kind, &d);
-        let mut bad = good.clone();
-        let m = levels.len();
-        bad[m] *= 1.05;
-        let lambda = noncentrality(kind, &refs, &d, &bad);
-        let miss = stats::noncentral_chi2_cdf_even(dim, lambda, threshold);
-        let rows: Vec<Vec<f64>> = refs
-            .par_iter()
-            .enumerate()
-            .map(|(i, rf)| {
-                let lvl = d.draw(&mut stream(2, i));
-                row(
-                    rf,
-                    &at_level(kind, rf, &levels, lvl, &bad),
-                    cond_moment(kind, rf, &d),
-                )
-            })
-            .collect();
-        let t2 = stats::hotelling_t2(&rows);
-        eprintln!(
-            "    planted 5% on level {m}: λ = {lambda:.1}, P(miss) = {miss:.2e}, T² = {t2:.1}"
-        );
-        assert!(
-            miss <= MAX_MISS,
-            "{kind:?}: power too low, P(miss) = {miss:.2e} (λ = {lambda})"
-        );
-        assert!(
-            t2 >= threshold,
-            "{kind:?}: planted mis-weighting not rejected, T² = {t2}"
-        );
+        let all: Vec<f64> = good.iter().map(|w| w * 1.05).collect();
+        let mut first = good.clone();
+        first[1] *= 1.05;
+        for (what, bad) in [("every weight", all), ("level 1", first)] {
+            let lambda = noncentrality(kind, &refs, &d, &bad);
+            let miss = stats::noncentral_chi2_cdf_even(dim, lambda, threshold);
+            let rows: Vec<Vec<f64>> = refs
+                .par_iter()
+                .enumerate()
+                .map(|(i, rf)| {
+                    let lvl = d.draw(&mut stream(2, i));
+                    row(
+                        rf,
+                        &at_level(kind, rf, &levels, lvl, &bad),
+                        cond_moment(kind, rf, &d),
+                    )
+                })
+                .collect();
+            let t2 = stats::hotelling_t2(&rows);
+            eprintln!(
+                "    planted 5% on {what}: λ = {lambda:.1}, P(miss) = {miss:.2e}, T² = {t2:.1}"
+            );
+            assert!(
+                miss <= MAX_MISS,
+                "{kind:?} {what}: power too low, P(miss) = {miss:.2e} (λ = {lambda})"
+            );
+            assert!(
+                t2 >= threshold,
+                "{kind:?} {what}: planted mis-weighting not rejected, T² = {t2}"
+            );
+        }
     }
 }

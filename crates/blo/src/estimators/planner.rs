@@ -361,6 +361,6 @@ pub fn coarse_model(r: usize, states: usize, fine: &[f64], w: f64, levels: &[usi
                 .sum()
         })
         .collect();
-    let (c0, costs) = DepthModel::plan_costs(r, levels, states);
+    let (c0, costs) = DepthModel::plan_costs(r, levels, states, levels.len() == 1);
     DepthModel { c0, costs, w, gram }
 }

@@ -433,7 +433,8 @@ pub struct TelescopeSample {
 /// - `c0`: the cost of g_0 (the first sweep, the outer gradient and one VJP
 ///   through Φ_0: r + 2);
 /// - `costs[i − 1]`: what reaching level i adds: the plan's recomputed
-///   forward steps, 2 per adjoint step (k_i HVPs) and one VJP per level read;
+///   forward steps, 2 per adjoint step (k_i HVPs) and the VJPs through Φ_0
+///   (one per level read when the levels are read one by one, else one);
 /// - `w`: W = E‖g_0‖² + 2E⟨g_0, g_exact − g_0⟩;
 /// - `gram[(i − 1)·m + (j − 1)]`: C_ij = E⟨Δ_i, Δ_j⟩.
 #[derive(Clone, Debug, PartialEq)]
@@ -452,14 +453,22 @@ impl DepthModel {
     /// The costs of the plans a telescope over `levels` runs for r inner
     /// steps within `states` buffers: c0 = r + 2, and for level i the plan
     /// [`truncated_within`]`(r, k_i, states)`'s forward steps beyond r,
-    /// + 2k_i + i.
-    pub fn plan_costs(r: usize, levels: &[usize], states: usize) -> (f64, Vec<f64>) {
+    /// + 2k_i, + the VJPs through Φ_0: i with `per_level` reads (an adaptive
+    /// telescope, which measures every difference, or one level), else 1 (the
+    /// weighted sum of the cotangent differences).
+    pub fn plan_costs(
+        r: usize,
+        levels: &[usize],
+        states: usize,
+        per_level: bool,
+    ) -> (f64, Vec<f64>) {
         let costs = levels
             .iter()
             .enumerate()
             .map(|(i, &k)| {
                 let extra = truncated_within(r, k, states).forward_steps() - r;
-                (extra + 2 * k + i + 1) as f64
+                let vjps = if per_level { i + 1 } else { 1 };
+                (extra + 2 * k + vjps) as f64
             })
             .collect();
         ((r + 2) as f64, costs)
@@ -795,7 +804,7 @@ impl Telescope {
             .collect::<Option<Vec<f64>>>()?;
         let w = mom.w.get(b)?;
         let m = d.len();
-        let (c0, costs) = DepthModel::plan_costs(r, self.dist.levels(), states);
+        let (c0, costs) = DepthModel::plan_costs(r, self.dist.levels(), states, true);
         let gram = (0..m * m)
             .map(|ij| {
                 let (i, j) = (ij / m, ij % m);
@@ -836,54 +845,68 @@ impl Telescope {
         let mut prev: Vec<Tensor<F>> = Vec::new();
         let mut diff_sq = Vec::with_capacity(level);
         let mut plain = true;
-        let (mut est, states) = sweep_levels(
-            problem,
-            task,
-            theta,
-            levels,
-            level,
-            self.memory,
-            |i, g: &[Tensor<F>]| {
-                if i == 0 {
-                    g0 = g.to_vec();
-                    acc = g.to_vec();
-                    prev = g.to_vec();
-                    return;
-                }
-                // ‖Δ_i‖², and ĝ updated in place: a ← a + w (g_i − g_{i−1}),
-                // UFO's `s + w (e − s)` for one level.
-                let mut sq = 0.0f64;
-                let w = match self.kind {
-                    TelescopeKind::RussianRoulette => Some(s[i]),
-                    TelescopeKind::SingleSample => (i == level).then_some(p[i]),
-                };
-                // A weight of exactly 1 on the first levels keeps g_i itself
-                // (UFO returns g_exact at q = 1).
-                let plain_here = w == Some(1.0)
-                    && plain
-                    && (self.kind == TelescopeKind::RussianRoulette || i == 1);
-                let wf = F::from_f64(1.0 / w.unwrap_or(1.0));
-                for ((a, c), pv) in acc.iter_mut().zip(g).zip(&prev) {
-                    for ((a, &c), &pv) in a.data_mut().iter_mut().zip(c.data()).zip(pv.data()) {
-                        sq += (c.to_f64() - pv.to_f64()).powi(2);
-                        if w.is_some() {
-                            if plain_here {
-                                *a = c;
-                            } else {
-                                *a = *a + wf * (c - pv);
-                            }
+        let mut on = |i: usize, g: &[Tensor<F>]| {
+            if i == 0 {
+                g0 = g.to_vec();
+                acc = g.to_vec();
+                prev = g.to_vec();
+                return;
+            }
+            // ‖Δ_i‖², and ĝ updated in place: a ← a + w (g_i − g_{i−1}),
+            // UFO's `s + w (e − s)` for one level.
+            let mut sq = 0.0f64;
+            let w = match self.kind {
+                TelescopeKind::RussianRoulette => Some(s[i]),
+                TelescopeKind::SingleSample => (i == level).then_some(p[i]),
+            };
+            // A weight of exactly 1 on the first levels keeps g_i itself
+            // (UFO returns g_exact at q = 1).
+            let plain_here =
+                w == Some(1.0) && plain && (self.kind == TelescopeKind::RussianRoulette || i == 1);
+            let wf = F::from_f64(1.0 / w.unwrap_or(1.0));
+            for ((a, c), pv) in acc.iter_mut().zip(g).zip(&prev) {
+                for ((a, &c), &pv) in a.data_mut().iter_mut().zip(c.data()).zip(pv.data()) {
+                    sq += (c.to_f64() - pv.to_f64()).powi(2);
+                    if w.is_some() {
+                        if plain_here {
+                            *a = c;
+                        } else {
+                            *a = *a + wf * (c - pv);
                         }
                     }
                 }
-                if w.is_some() && !plain_here {
-                    plain = false;
-                }
-                diff_sq.push(sq);
-                for (pv, c) in prev.iter_mut().zip(g) {
-                    pv.data_mut().copy_from_slice(c.data());
-                }
-            },
-        )?;
+            }
+            if w.is_some() && !plain_here {
+                plain = false;
+            }
+            diff_sq.push(sq);
+            for (pv, c) in prev.iter_mut().zip(g) {
+                pv.data_mut().copy_from_slice(c.data());
+            }
+        };
+        // Per-level reads when the differences are measured (adaptive) or
+        // when there is one level (both ways cost the same two VJPs, and the
+        // per-level arithmetic is UFO's); otherwise the combination alone.
+        let per_level = self.adapt.is_some() || m == 1;
+        let weights: Vec<f64> = (0..=m)
+            .map(|i| match self.kind {
+                _ if i == 0 => 0.0,
+                TelescopeKind::RussianRoulette => 1.0 / s[i],
+                TelescopeKind::SingleSample if i == level => 1.0 / p[i],
+                TelescopeKind::SingleSample => 0.0,
+            })
+            .collect();
+        let reads = if per_level {
+            Reads::PerLevel(&mut on)
+        } else {
+            Reads::Combined(&weights)
+        };
+        let (mut est, g0_read, states) =
+            sweep_levels(problem, task, theta, levels, level, self.memory, reads)?;
+        if !per_level {
+            acc = std::mem::take(&mut est.grad);
+            g0 = g0_read;
+        }
         let (mut g0sq, mut cross) = (0.0f64, 0.0f64);
         for (a, z) in acc.iter().zip(&g0) {
             for (&a, &z) in a.data().iter().zip(z.data()) {
@@ -906,12 +929,22 @@ impl Telescope {
     }
 }
 
+/// How a sweep reads the levels it passes.
+enum Reads<'a, F: Float> {
+    /// g_{k_i} = ḡ + (∂Φ_0/∂θ)ᵀ ū_φ at every level (one VJP each), handed
+    /// to the callback with i (and g_0 with i = 0).
+    PerLevel(&'a mut dyn FnMut(usize, &[Tensor<F>])),
+    /// Only the combination g_0 + Σ_i w_i Δ_i, with one VJP for g_0 and one
+    /// for the weighted sum of the cotangent differences (the VJP is linear
+    /// in ū and taken at the same θ: docs/math.md §10); `w[i]` for i = 1..=I.
+    Combined(&'a [f64]),
+}
+
 /// One sweep of a telescope: draws nothing; runs revolve's plan for the last
-/// k_I steps within `memory`, calls `on(0, g_0)` at the turn and `on(i,
-/// g_{k_i})` when the reversal has passed depth k_i, for i = 1..=I, and
-/// returns the sweep's estimate (its `grad` empty, for the caller to set)
-/// with the states the budget held.
-#[allow(clippy::too_many_arguments)]
+/// k_I steps within `memory` and reads the levels up to I as `reads` says.
+/// Returns the sweep's estimate (its `grad` the combination for
+/// [`Reads::Combined`], empty for [`Reads::PerLevel`]), g_0, and the states
+/// the budget held.
 fn sweep_levels<F: Float, P: Problem<F>>(
     problem: &P,
     task: &P::Task,
@@ -919,8 +952,8 @@ fn sweep_levels<F: Float, P: Problem<F>>(
     levels: &[usize],
     level: usize,
     memory: Budget,
-    mut on: impl FnMut(usize, &[Tensor<F>]),
-) -> Result<(Estimate<F>, usize), BloError> {
+    reads: Reads<'_, F>,
+) -> Result<(Estimate<F>, Vec<Tensor<F>>, usize), BloError> {
     let r = problem.inner_loop().steps;
     let last = *levels.last().expect("validated: at least one level");
     if last != r {
@@ -932,26 +965,83 @@ fn sweep_levels<F: Float, P: Problem<F>>(
     let mut sw = Sweep::new(problem, task, theta, Target::Outer)?;
     let (sweep, reversal) = plan.split_at_turn();
     sw.run(sweep)?;
-    let mut g: Vec<Tensor<F>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
-    sw.truncated_into(&mut g);
-    on(0, &g);
+    let zeros = || -> Vec<Tensor<F>> { theta.iter().map(|t| Tensor::zeros(t.shape())).collect() };
+    let mut g0 = zeros();
+    sw.truncated_into(&mut g0);
+    // Combined: the running θ part and cotangent of the last level read, and
+    // the weighted sums of their differences.
+    let cot_phi = |sw: &Sweep<'_, F, P>| sw.cot.as_ref().expect("after the turn").phi.clone();
+    let (mut prev_g, mut prev_u) = (sw.g.clone(), cot_phi(&sw));
+    let (mut sum_g, mut sum_u) = (
+        zeros(),
+        prev_u
+            .iter()
+            .map(|t| Tensor::zeros(t.shape()))
+            .collect::<Vec<_>>(),
+    );
+    let mut g = zeros();
+    let mut reads = reads;
+    if let Reads::PerLevel(on) = &mut reads {
+        on(0, &g0);
+    }
     let mut next = 1;
     for a in reversal {
         sw.run(std::slice::from_ref(a))?;
-        if let Action::Adjoint { step, .. } = *a {
-            if next <= level && r + 1 - step == levels[next - 1] {
+        let Action::Adjoint { step, .. } = *a else {
+            continue;
+        };
+        if next > level || r + 1 - step != levels[next - 1] {
+            continue;
+        }
+        match &mut reads {
+            Reads::PerLevel(on) => {
                 sw.truncated_into(&mut g);
                 on(next, &g);
-                next += 1;
+            }
+            Reads::Combined(w) => {
+                let w = F::from_f64(w[next]);
+                let cot = &sw.cot.as_ref().expect("after the turn").phi;
+                for (pairs, (acc, prev)) in [
+                    (sw.g.as_slice(), (&mut sum_g, &mut prev_g)),
+                    (cot.as_slice(), (&mut sum_u, &mut prev_u)),
+                ] {
+                    for ((cur, acc), prev) in pairs.iter().zip(acc.iter_mut()).zip(prev.iter_mut())
+                    {
+                        for ((&c, a), p) in
+                            cur.data().iter().zip(acc.data_mut()).zip(prev.data_mut())
+                        {
+                            *a = *a + w * (c - *p);
+                            *p = c;
+                        }
+                    }
+                }
             }
         }
+        next += 1;
     }
     debug_assert_eq!(
         next,
         level + 1,
         "the plan reached every level up to {level}"
     );
-    Ok((sw.finish_with(Vec::new()), states))
+    let grad = match reads {
+        Reads::PerLevel(_) => Vec::new(),
+        Reads::Combined(_) => {
+            for ((o, z), s) in g.iter_mut().zip(&g0).zip(&sum_g) {
+                for ((o, &z), &s) in o.data_mut().iter_mut().zip(z.data()).zip(s.data()) {
+                    *o = z + s;
+                }
+            }
+            if level > 0 {
+                sw.bufs
+                    .ws
+                    .initial_state_vjp(problem, task, theta, &sum_u, &mut g);
+                sw.stats.gradients += 1;
+            }
+            g
+        }
+    };
+    Ok((sw.finish_with(grad), g0, states))
 }
 
 /// Every g_{k_i}, i = 0..=m, of one task from one full sweep (a telescope at
@@ -968,20 +1058,21 @@ pub fn all_levels<F: Float, P: Problem<F>>(
     memory: Budget,
 ) -> Result<(Vec<Vec<f64>>, Estimate<F>), BloError> {
     let mut out = Vec::with_capacity(levels.len() + 1);
-    let (est, _) = sweep_levels(
+    let mut on = |_: usize, g: &[Tensor<F>]| {
+        out.push(
+            g.iter()
+                .flat_map(|t| t.data().iter().map(|x| x.to_f64()))
+                .collect(),
+        )
+    };
+    let (est, _, _) = sweep_levels(
         problem,
         task,
         theta,
         levels,
         levels.len(),
         memory,
-        |_, g| {
-            out.push(
-                g.iter()
-                    .flat_map(|t| t.data().iter().map(|x| x.to_f64()))
-                    .collect(),
-            )
-        },
+        Reads::PerLevel(&mut on),
     )?;
     Ok((out, est))
 }
