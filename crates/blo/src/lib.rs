@@ -73,6 +73,7 @@
 //! - Meta-training ([`Trainer`], outer optimisers) and checkpoint files ([`io`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
+//! `docs/tutorial-telescopes.md`,
 //! `docs/tutorial-custom-estimator.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
@@ -123,6 +124,11 @@ pub struct TutorialHypergradients;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/tutorial-ufo.md")]
 pub struct TutorialUfo;
+
+/// The tutorial `docs/tutorial-telescopes.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-telescopes.md")]
+pub struct TutorialTelescopes;
 
 /// The tutorial `docs/tutorial-custom-estimator.md`, compiled and run as doctests.
 #[cfg(doctest)]

@@ -97,8 +97,10 @@ pub(crate) fn first_order_actions(r: usize) -> [Action; 4] {
 /// randomized telescope draws a depth per task: the plans of the last few
 /// depths are kept).
 pub(crate) fn cached_truncated_within(r: usize, k: usize, s: usize) -> Rc<Plan> {
+    /// (r, k, s) and its plan.
+    type Entry = ((usize, usize, usize), Rc<Plan>);
     thread_local! {
-        static PLANS: RefCell<Vec<((usize, usize, usize), Rc<Plan>)>> = const { RefCell::new(Vec::new()) };
+        static PLANS: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
     }
     /// At most this many plans are kept per thread.
     const PLANS_LEN: usize = 64;

@@ -174,13 +174,13 @@ impl std::fmt::Display for PlannerReport {
         )?;
         writeln!(
             f,
-            "  {:<34} {:>10} {:>12} {:>12} {:>12}",
+            "  {:<40} {:>10} {:>12} {:>12} {:>12}",
             "candidate", "cost", "2nd moment", "variance", "cost×var"
         )?;
         for (i, c) in self.candidates.iter().enumerate() {
             writeln!(
                 f,
-                "{} {:<34} {:>10.1} {:>12.4e} {:>12.4e} {:>12.4e}{}",
+                "{} {:<40} {:>10.1} {:>12.4e} {:>12.4e} {:>12.4e}{}",
                 if i == self.chosen { "*" } else { " " },
                 c.name,
                 c.cost,

@@ -453,9 +453,9 @@ impl DepthModel {
     /// The costs of the plans a telescope over `levels` runs for r inner
     /// steps within `states` buffers: c0 = r + 2, and for level i the plan
     /// [`truncated_within`]`(r, k_i, states)`'s forward steps beyond r,
-    /// + 2k_i, + the VJPs through Φ_0: i with `per_level` reads (an adaptive
-    /// telescope, which measures every difference, or one level), else 1 (the
-    /// weighted sum of the cotangent differences).
+    /// plus 2k_i, plus the VJPs through Φ_0: i with `per_level` reads (an
+    /// adaptive telescope, which measures every difference, or one level),
+    /// else 1 (the weighted sum of the cotangent differences).
     pub fn plan_costs(
         r: usize,
         levels: &[usize],
@@ -518,9 +518,10 @@ impl DepthModel {
 }
 
 /// The distribution over `levels` that minimises (expected cost) × (second
-/// moment) under `model` within a family, with at least `floor`/m mass on
-/// every level (0 < floor ≤ 1; the floor keeps every level observed and the
-/// estimate unbiased whatever the measurements say).
+/// moment) under `model` within a family, with a floor 0 < floor ≤ 1 (single
+/// sample: at least floor/m mass on every level; roulette: every level
+/// reached with probability at least floor), which keeps every level
+/// observed and the estimate unbiased whatever the measurements say.
 ///
 /// The family is the stationary point of the unconstrained problem: for
 /// f = (c0 + Σ a_i x_i)(W + Σ b_i/x_i), ∂f/∂x_i = 0 gives x_i = λ√(b_i/a_i)
@@ -531,10 +532,12 @@ impl DepthModel {
 /// docs/math.md §10 with the fixed cost c0 included). Roulette:
 /// x_i = S_i, a_i = costs_i − costs_{i−1} (the cost of going one level
 /// deeper), b_i = C_ii + 2Σ_{j>i} C_ij (so Σ b_i/S_i is the second moment),
-/// made non-increasing by a running minimum and capped at 1. In both cases
-/// p ← (1 − floor)·p + floor/m on the levels, and λ is chosen by a grid of
-/// 241 values (λ over six decades below λ_hi, ν over twelve decades
-/// around the costs) and a golden section
+/// made non-increasing by a running minimum and capped at 1, and also a
+/// constant S_i = t (UFO's coin over the whole telescope). The floor: single
+/// sample p ← (1 − floor)·p + floor/m on the levels; roulette S_i ≥ floor
+/// (so S = 1, the exact estimator, stays in the family). Each parameter is
+/// chosen by a grid of 241 values (λ over six decades below λ_hi, ν over
+/// twelve decades around the costs, t over [floor, 1]) and a golden section
 /// refinement, on the exact figure [`DepthModel::figure`].
 /// Deterministic: a pure function of its inputs.
 ///
@@ -613,15 +616,31 @@ pub fn optimal_depths(
                     p[i + 1] = y[i] / sum;
                 }
             }
-            (TelescopeKind::RussianRoulette, _) => {
-                let s: Vec<f64> = x.iter().map(|xi| (t * xi).min(1.0)).collect();
+            (TelescopeKind::RussianRoulette, family) => {
+                // Family 0: S_i = min(1, λ x_i) (x non-increasing); family
+                // 1: S_i = t for every level (UFO's coin on the whole
+                // telescope). The floor is on S: every level is reached
+                // with probability ≥ floor, and S = 1 (exact) stays allowed.
+                let s: Vec<f64> = x
+                    .iter()
+                    .map(|xi| {
+                        if family == 0 {
+                            (t * xi).min(1.0)
+                        } else {
+                            t.min(1.0)
+                        }
+                    })
+                    .map(|si| si.max(floor))
+                    .collect();
                 for i in 0..m {
                     p[i + 1] = s[i] - s.get(i + 1).copied().unwrap_or(0.0);
                 }
             }
         }
-        for pi in &mut p[1..] {
-            *pi = (1.0 - floor) * *pi + floor / m as f64;
+        if kind == TelescopeKind::SingleSample {
+            for pi in &mut p[1..] {
+                *pi = (1.0 - floor) * *pi + floor / m as f64;
+            }
         }
         p[0] = (1.0 - p[1..].iter().sum::<f64>()).max(0.0);
         let sum: f64 = p.iter().sum();
@@ -646,8 +665,9 @@ pub fn optimal_depths(
     // twelve decades around the costs (ν = 0 is λ = λ_hi).
     let c_max = model.costs.iter().copied().fold(tiny, f64::max);
     let mut ranges = vec![(0usize, lambda_hi * 1e-6, lambda_hi)];
-    if kind == TelescopeKind::SingleSample {
-        ranges.push((1, c_max * 1e-6, c_max * 1e6));
+    match kind {
+        TelescopeKind::SingleSample => ranges.push((1, c_max * 1e-6, c_max * 1e6)),
+        TelescopeKind::RussianRoulette => ranges.push((1, floor, 1.0)),
     }
     let mut best: Option<(f64, DepthDistribution)> = None;
     for (family, lo, hi) in ranges {
@@ -871,7 +891,7 @@ impl Telescope {
                         if plain_here {
                             *a = c;
                         } else {
-                            *a = *a + wf * (c - pv);
+                            *a += wf * (c - pv);
                         }
                     }
                 }
@@ -940,6 +960,10 @@ enum Reads<'a, F: Float> {
     Combined(&'a [f64]),
 }
 
+/// What [`sweep_levels`] returns: the sweep's estimate, g_0, and the states
+/// the budget held.
+type SweepOutput<F> = (Estimate<F>, Vec<Tensor<F>>, usize);
+
 /// One sweep of a telescope: draws nothing; runs revolve's plan for the last
 /// k_I steps within `memory` and reads the levels up to I as `reads` says.
 /// Returns the sweep's estimate (its `grad` the combination for
@@ -953,7 +977,7 @@ fn sweep_levels<F: Float, P: Problem<F>>(
     level: usize,
     memory: Budget,
     reads: Reads<'_, F>,
-) -> Result<(Estimate<F>, Vec<Tensor<F>>, usize), BloError> {
+) -> Result<SweepOutput<F>, BloError> {
     let r = problem.inner_loop().steps;
     let last = *levels.last().expect("validated: at least one level");
     if last != r {
@@ -1010,7 +1034,7 @@ fn sweep_levels<F: Float, P: Problem<F>>(
                         for ((&c, a), p) in
                             cur.data().iter().zip(acc.data_mut()).zip(prev.data_mut())
                         {
-                            *a = *a + w * (c - *p);
+                            *a += w * (c - *p);
                             *p = c;
                         }
                     }
