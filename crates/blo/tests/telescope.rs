@@ -790,3 +790,148 @@ fn every_telescope_is_unbiased_and_the_test_rejects_a_planted_mis_weighting() {
         }
     }
 }
+
+/// The planner on the counterexample's quadratic zone: every figure it
+/// reports is cost × (second moment − ‖ḡ‖²) recomputed here from the
+/// closed-form g_k, the telescopes contain UFO (roulette with a constant coin
+/// is UFO over every depth), the choice is the smallest eligible figure, and
+/// the choice survives serde and builds the estimator it names.
+#[test]
+fn planner_figures_match_closed_forms_and_it_picks_the_smallest() {
+    use blo::{plan_estimator, Choice, PlannerParams};
+    let (a, c, r, alpha, th) = ([0.5f64, 1.5], [0.0f64, 11.6], 10usize, 0.1, 2.84);
+    let p = Quad1 {
+        inner: InnerLoop::sgd(r, alpha).unwrap(),
+        a,
+        c,
+    };
+    let theta = [Tensor::vector(vec![th])];
+    let rep = plan_estimator(
+        &p,
+        &[0, 1],
+        &theta,
+        Budget::States(3),
+        &PlannerParams::default(),
+    )
+    .unwrap();
+    eprintln!("{rep}");
+    let g = |k: usize, i: usize| {
+        let pi = (1.0 - alpha * a[i]).powi(r as i32);
+        (1.0 - alpha * a[i]).powi(k as i32) * a[i] * pi * (th - c[i])
+    };
+    let mean = |f: &dyn Fn(usize) -> f64| (f(0) + f(1)) / 2.0;
+    let v2 = mean(&|i| g(r, i).powi(2));
+    let d2 = mean(&|i| (g(r, i) - g(0, i)).powi(2));
+    let mean_sq = mean(&|i| g(r, i)).powi(2);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * y.abs().max(1e-12);
+    assert!(
+        close(rep.v2, v2) && close(rep.d2, d2),
+        "{} {}",
+        rep.v2,
+        rep.d2
+    );
+    let exact = &rep.candidates[1];
+    let exact_cost =
+        (plan(Policy::Binomial { snapshots: 3 }, r).forward_steps() + 2 + 2 * r) as f64;
+    assert_eq!(exact.cost, exact_cost);
+    assert!(close(exact.variance, v2 - mean_sq));
+    assert!(!rep.candidates[0].eligible, "first order is biased here");
+    let ufo = &rep.candidates[2];
+    let tel_best = rep.candidates[3..]
+        .iter()
+        .map(|c| c.figure)
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        tel_best <= ufo.figure * (1.0 + 1e-6),
+        "{tel_best} vs UFO {}",
+        ufo.figure
+    );
+    // UFO at q = 1 is exact plus the first-order read (one VJP).
+    assert!(ufo.figure <= (exact.cost + 1.0) * exact.variance * (1.0 + 1e-12));
+    let min = rep
+        .candidates
+        .iter()
+        .filter(|c| c.eligible)
+        .map(|c| c.figure)
+        .fold(f64::INFINITY, f64::min);
+    assert!(rep.choice().figure <= min * (1.0 + 1e-9));
+    // Each telescope's figure from its own table.
+    for cand in &rep.candidates[3..] {
+        let Choice::Telescope {
+            kind,
+            levels,
+            p: table,
+            ..
+        } = &cand.choice
+        else {
+            panic!()
+        };
+        let d = DepthDistribution::from_table(levels.clone(), table.clone()).unwrap();
+        let lg = |i: usize, t: usize| if i == 0 { g(0, t) } else { g(levels[i - 1], t) };
+        let m = levels.len();
+        let (pp, s) = (d.probabilities(), d.survival());
+        let q: f64 = mean(&|t| match kind {
+            Single => (1..=m)
+                .map(|i| (lg(i, t) - lg(i - 1, t)).powi(2) / pp[i])
+                .sum(),
+            Roulette => (0..=m)
+                .map(|k| {
+                    pp[k]
+                        * (1..=k)
+                            .map(|i| (lg(i, t) - lg(i - 1, t)) / s[i])
+                            .sum::<f64>()
+                            .powi(2)
+                })
+                .sum(),
+        });
+        let w = mean(&|t| g(0, t).powi(2) + 2.0 * g(0, t) * (g(r, t) - g(0, t)));
+        assert!(
+            close(cand.second_moment, w + q),
+            "{}: {} vs {}",
+            cand.name,
+            cand.second_moment,
+            w + q
+        );
+        let (c0, costs) = DepthModel::plan_costs(r, levels, 3, m == 1);
+        let cost = c0 + (1..=m).map(|i| pp[i] * costs[i - 1]).sum::<f64>();
+        assert!(close(cand.cost, cost), "{}", cand.name);
+    }
+    let json = serde_json::to_string(&rep.choice().choice).unwrap();
+    let back: Choice = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, rep.choice().choice);
+    let est: Box<dyn Estimator<f64, Quad1>> = back.build().unwrap();
+    est.estimate(&p, &0, &theta, &mut stream(0, 0)).unwrap();
+}
+
+/// ½a_i(φ − c_i)² for both losses, MAML (φ_0 = θ), two tasks.
+struct Quad1 {
+    inner: InnerLoop,
+    a: [f64; 2],
+    c: [f64; 2],
+}
+
+impl blo::Problem<f64> for Quad1 {
+    type Task = usize;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        _t: &'t tape::Tape<T>,
+        i: &usize,
+        _j: usize,
+        _th: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        (phi[0] - self.c[*i]).square().sum() * (0.5 * self.a[*i])
+    }
+    fn outer_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        t: &'t tape::Tape<T>,
+        i: &usize,
+        th: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        self.inner_loss(t, i, 0, th, phi)
+    }
+}

@@ -152,7 +152,8 @@ pub struct PlannerReport {
     pub depth_diff_sq: Vec<f64>,
     /// Every candidate, in the order compared.
     pub candidates: Vec<Candidate>,
-    /// Index of the chosen candidate.
+    /// Index of the chosen candidate: the smallest cost × variance among the
+    /// eligible, the first listed on a tie (within 1e-9).
     pub chosen: usize,
 }
 
@@ -172,6 +173,12 @@ impl std::fmt::Display for PlannerReport {
             "planner: r = {}, {} states, {} pilot tasks: V² = {:.4e}, D² = {:.4e}, ‖ḡ‖² = {:.4e}",
             self.r, self.states, self.tasks, self.v2, self.d2, self.mean_sq
         )?;
+        let shown: Vec<String> = std::iter::successors(Some(1usize), |k| Some(k * 2))
+            .take_while(|&k| k < self.r)
+            .chain((self.r > 0).then_some(self.r))
+            .map(|k| format!("{k}: {:.3e}", self.depth_diff_sq[k - 1]))
+            .collect();
+        writeln!(f, "  E‖g_k − g_(k−1)‖² at depth {}", shown.join(", "))?;
         writeln!(
             f,
             "  {:<40} {:>10} {:>12} {:>12} {:>12}",
@@ -288,7 +295,8 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
     push(
         format!("exact ({states} states)"),
         Choice::Exact { states },
-        c0 + c_rnd,
+        // Alone, exact reads no first-order estimate: one VJP fewer.
+        c0 + c_rnd - 1.0,
         v2,
         true,
     );
@@ -324,12 +332,16 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
             );
         }
     }
+    // The smallest figure; within 1e-9 of it, the simplest (first listed:
+    // first order, exact, UFO, then the telescopes).
+    let best = candidates
+        .iter()
+        .filter(|c| c.eligible)
+        .map(|c| c.figure)
+        .fold(f64::INFINITY, f64::min);
     let chosen = candidates
         .iter()
-        .enumerate()
-        .filter(|(_, c)| c.eligible)
-        .min_by(|a, b| a.1.figure.total_cmp(&b.1.figure))
-        .map(|(i, _)| i)
+        .position(|c| c.eligible && c.figure <= best + 1e-9 * best.abs())
         .expect("exact is always eligible");
     Ok(PlannerReport {
         r,

@@ -653,28 +653,41 @@ pub fn optimal_depths(
         let f = model.figure(kind, &d);
         (if f.is_nan() { f64::INFINITY } else { f }, d)
     };
+    // λ_hi: single sample, Σ p = 1; roulette, every S_i with x_i > 0 at 1.
     let lambda_hi = match kind {
         TelescopeKind::SingleSample => 1.0 / x.iter().sum::<f64>(),
-        TelescopeKind::RussianRoulette => 1.0 / x.iter().copied().fold(f64::INFINITY, f64::min),
+        TelescopeKind::RussianRoulette => {
+            1.0 / x
+                .iter()
+                .copied()
+                .filter(|&v| v > 0.0)
+                .fold(f64::INFINITY, f64::min)
+        }
     };
-    if !(lambda_hi.is_finite() && lambda_hi > 0.0) {
-        // Every difference measured zero (or no cost): the floor alone.
-        return Ok(eval(0, 0.0).1);
-    }
     // Each family's parameter range: λ over six decades below λ_hi; ν over
-    // twelve decades around the costs (ν = 0 is λ = λ_hi).
+    // twelve decades around the costs (ν = 0 is λ = λ_hi); t over [floor, 1].
+    // With every difference measured zero only the floor (single sample) or
+    // the constant coin (roulette) is left.
     let c_max = model.costs.iter().copied().fold(tiny, f64::max);
-    let mut ranges = vec![(0usize, lambda_hi * 1e-6, lambda_hi)];
+    let mut ranges = Vec::new();
+    if lambda_hi.is_finite() && lambda_hi > 0.0 {
+        ranges.push((0usize, lambda_hi * 1e-6, lambda_hi));
+        if kind == TelescopeKind::SingleSample {
+            ranges.push((1, c_max * 1e-6, c_max * 1e6));
+        }
+    }
     match kind {
-        TelescopeKind::SingleSample => ranges.push((1, c_max * 1e-6, c_max * 1e6)),
         TelescopeKind::RussianRoulette => ranges.push((1, floor, 1.0)),
+        TelescopeKind::SingleSample if ranges.is_empty() => return Ok(eval(0, 0.0).1),
+        TelescopeKind::SingleSample => {}
     }
     let mut best: Option<(f64, DepthDistribution)> = None;
     for (family, lo, hi) in ranges {
         let n = 241;
-        let grid: Vec<f64> = (0..n)
+        let mut grid: Vec<f64> = (0..n)
             .map(|t| lo * (hi / lo).powf(t as f64 / (n - 1) as f64))
             .collect();
+        grid[n - 1] = hi;
         let (at, _) = grid
             .iter()
             .enumerate()
