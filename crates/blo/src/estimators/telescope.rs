@@ -417,7 +417,8 @@ impl DepthDistribution {
 pub struct TelescopeSample {
     /// The level I drawn.
     pub level: usize,
-    /// ‖Δ_i‖² for i = 1..=I.
+    /// ‖Δ_i‖² for i = 1..=I when the levels are read one by one (adaptive,
+    /// or a single level); empty when only the combination is formed.
     pub diff_sq: Vec<f64>,
     /// ‖g_0‖² + 2⟨g_0, ĝ − g_0⟩.
     pub w: f64,
