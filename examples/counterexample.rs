@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example counterexample
 //! cargo run --release --example counterexample -- --iterations 2000 --seeds 3 --json
+//! cargo run --release --example counterexample -- --telescopes   # and the randomized telescopes
 //! ```
 //!
 //! The logic lives in `blo_examples::counterexample` (so the tests run it).
@@ -13,6 +14,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use blo::TelescopeKind;
 use blo_examples::counterexample::{self, Config, Method};
 use clap::Parser;
 
@@ -39,6 +41,10 @@ struct Args {
     /// Print one JSON object per run (estimator, q, seed, final θ, final |F′|) instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also run the randomized telescopes (single sample and roulette over
+    /// every depth, p(k) ∝ 0.9^(k−1) and adaptive; docs/math.md §10).
+    #[arg(long)]
+    telescopes: bool,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +53,13 @@ fn main() -> ExitCode {
     methods.extend(args.q.iter().map(|&q| Method::Ufo(q)));
     methods.push(Method::UfoAdaptive);
     methods.push(Method::Exact);
+    if args.telescopes {
+        for kind in [TelescopeKind::SingleSample, TelescopeKind::RussianRoulette] {
+            for adaptive in [false, true] {
+                methods.push(Method::Telescope { kind, adaptive });
+            }
+        }
+    }
     let cfg = Config {
         iterations: args.iterations,
         seeds: (0..args.seeds).collect(),

@@ -10,7 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use blo::{BloError, Estimator, Exact, FirstOrder, Policy, Ufo};
+use blo::{
+    every_depth, AdaptiveDepths, BloError, Budget, DepthDistribution, Depths, Estimator, Exact,
+    FirstOrder, Policy, Telescope, TelescopeKind, Ufo,
+};
 use blo::{Optimiser, Schedule, Sgd};
 use models::Counterexample;
 pub use models::CounterexampleProblem;
@@ -32,6 +35,15 @@ pub enum Method {
     UfoAdaptive,
     /// The exact hypergradient (q = 1).
     Exact,
+    /// A randomized telescope over every depth (docs/math.md §10), holding
+    /// the whole tail (r + 1 states, no recomputation), with p(k) ∝ 0.9^{k−1}
+    /// or, if `adaptive`, starting there and re-solved after every estimate.
+    Telescope {
+        /// Single sample or Russian roulette.
+        kind: TelescopeKind,
+        /// Whether the depth distribution adapts.
+        adaptive: bool,
+    },
 }
 
 impl Method {
@@ -42,6 +54,14 @@ impl Method {
             Method::Ufo(q) => format!("ufo(q={q})"),
             Method::UfoAdaptive => "ufo(adaptive)".into(),
             Method::Exact => "exact".into(),
+            Method::Telescope { kind, adaptive } => format!(
+                "telescope-{}({})",
+                match kind {
+                    TelescopeKind::SingleSample => "single",
+                    TelescopeKind::RussianRoulette => "roulette",
+                },
+                if *adaptive { "adaptive" } else { "geo0.9" }
+            ),
         }
     }
 
@@ -51,6 +71,7 @@ impl Method {
             Method::FirstOrder => "fo",
             Method::Ufo(_) | Method::UfoAdaptive => "ufo",
             Method::Exact => "exact",
+            Method::Telescope { .. } => "telescope",
         }
     }
 
@@ -59,7 +80,7 @@ impl Method {
         match self {
             Method::FirstOrder => Some(0.0),
             Method::Ufo(q) => Some(*q),
-            Method::UfoAdaptive => None,
+            Method::UfoAdaptive | Method::Telescope { .. } => None,
             Method::Exact => Some(1.0),
         }
     }
@@ -79,6 +100,16 @@ pub fn estimator(
         Method::Ufo(q) => Box::new(Ufo::fixed(q)?),
         Method::UfoAdaptive => Box::new(Ufo::adaptive()),
         Method::Exact => Box::new(Exact::new(Policy::Recompute)?),
+        Method::Telescope { kind, adaptive } => {
+            let r = Counterexample::paper().r;
+            let dist = DepthDistribution::new(every_depth(r), &Depths::Geometric { ratio: 0.9 })?;
+            let t = Telescope::new(kind, dist, Budget::States(r + 1))?;
+            if adaptive {
+                Box::new(t.adaptive(AdaptiveDepths::default())?)
+            } else {
+                Box::new(t)
+            }
+        }
     })
 }
 

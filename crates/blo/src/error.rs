@@ -19,6 +19,10 @@ pub enum BloError {
     /// A memory budget below one state (the error says the minimum).
     #[error(transparent)]
     Budget(#[from] crate::engine::plan::BudgetError),
+    /// A depth distribution of a randomized telescope that is not a
+    /// distribution, or not one the estimator can use.
+    #[error(transparent)]
+    Depths(#[from] crate::estimators::telescope::DepthError),
     /// A loss or gradient became non-finite; θ is left untouched.
     #[error("non-finite {what} at task {task}, inner step {step}")]
     NonFinite {

@@ -78,7 +78,8 @@
 //!   problems of benchopt's `benchmark_bilevel` ([`problems`]).
 //!
 //! Tutorials: `docs/tutorial-hypergradients.md`, `docs/tutorial-ufo.md`,
-//! `docs/tutorial-custom-estimator.md`, `docs/tutorial-inner-optimiser.md`; design: `docs/design/adjoint-and-checkpointing.md`.
+//! `docs/tutorial-telescopes.md`, `docs/tutorial-custom-estimator.md`,
+//! `docs/tutorial-inner-optimiser.md`; design: `docs/design/adjoint-and-checkpointing.md`.
 #![deny(missing_docs)]
 
 pub mod comm;
@@ -106,7 +107,12 @@ pub use estimators::exact::Exact;
 pub use estimators::first_order::FirstOrder;
 pub use estimators::forward_mode::ForwardMode;
 pub use estimators::implicit::{Implicit, ImplicitSolver};
+pub use estimators::planner::{plan_estimator, Choice, PlannerParams, PlannerReport};
 pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
+pub use estimators::telescope::{
+    doubling_depths, every_depth, optimal_depths, AdaptiveDepths, DepthDistribution, DepthError,
+    DepthModel, Depths, Telescope, TelescopeKind, TelescopeSample,
+};
 pub use estimators::truncated::Truncated;
 pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};
 pub use outer::{Adam, Optimiser, Schedule, Sgd};
@@ -128,6 +134,11 @@ pub struct TutorialHypergradients;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/tutorial-ufo.md")]
 pub struct TutorialUfo;
+
+/// The tutorial `docs/tutorial-telescopes.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/tutorial-telescopes.md")]
+pub struct TutorialTelescopes;
 
 /// The tutorial `docs/tutorial-custom-estimator.md`, compiled and run as doctests.
 #[cfg(doctest)]

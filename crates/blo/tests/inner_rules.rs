@@ -204,7 +204,7 @@ fn every_policy_and_budget_equals_store_all_bit_for_bit() {
         let reference = bits(&estimate(&Exact::new(Policy::StoreAll).unwrap(), &p, &th));
         let policies = [
             Policy::Recompute,
-            Policy::every_k(2).unwrap(),
+            Policy::EveryK { k: 2 },
             Policy::Sqrt,
             Policy::Binomial { snapshots: 2 },
         ];

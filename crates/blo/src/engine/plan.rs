@@ -815,12 +815,38 @@ struct Part {
 /// steps, peak ≤ s.
 #[track_caller]
 fn binomial(r: usize, s: usize) -> Plan {
-    assert!(s >= 1, "binomial plan for r = {r} steps with 0 snapshots");
+    binomial_tail(r, r, s)
+}
+
+/// The reversal of the last k steps (adjoint steps r..=r − k + 1, k ≤ r) by
+/// revolve's schedule within s buffers. The tail starts at φ_{r−k}: for k = r
+/// that is the regenerable φ_0 and this is the binomial plan; otherwise the
+/// first sweep snapshots φ_{r−k} (one buffer) and the tail is reversed like a
+/// whole unroll with the s − 1 other slots (the spine of U's splits taken as
+/// the sweep passes, then T's schedule). With s = 1 no snapshot fits beside
+/// the working buffer, and each adjoint step j recomputes φ_{j−1} from φ_0.
+#[track_caller]
+fn binomial_tail(r: usize, k: usize, s: usize) -> Plan {
+    assert!(s >= 1, "plan for r = {r} steps with 0 snapshots");
+    assert!(k <= r, "tail of k = {k} steps of r = {r}");
+    let lo = r - k;
+    let mut b = Builder::new(r);
+    if lo > 0 && s == 1 {
+        b.first_sweep(None);
+        for j in (lo + 1..=r).rev() {
+            let w = b.init();
+            b.advance(w, 0, j - 1);
+            b.adjoint(w, j);
+        }
+        return b.finish(lo + 1);
+    }
+    // The tail's start: the regenerable φ_0, or a snapshot holding one slot.
+    let held = lo > 0;
     // U's spine of optimal splits (a, m, c): the first sweep takes the
     // snapshot at each split point a + m; each split leaves its left part
     // (a + 1..=a + m with c slots) for the reversal.
     let mut spine = Vec::new();
-    let (mut a, mut l, mut c) = (0usize, r, s);
+    let (mut a, mut l, mut c) = (lo, k, if held { s - 1 } else { s });
     while l >= 2 && c >= 2 && c < l {
         let m = u_split(l, c);
         spine.push((a, m, c));
@@ -829,14 +855,19 @@ fn binomial(r: usize, s: usize) -> Plan {
     // The last part: all of its states fit (c ≥ l), or one slot (c = 1).
     let keep_all = c >= l;
     let tail = if keep_all { a + 1..a + l } else { 0..0 };
-    let mut b = Builder::new(r);
-    let mut snaps = b.first_sweep(spine.iter().map(|&(a, m, _)| a + m).chain(tail));
+    let base = held.then_some(lo);
+    let mut snaps = b.first_sweep(
+        base.into_iter()
+            .chain(spine.iter().map(|&(a, m, _)| a + m))
+            .chain(tail),
+    );
+    let base = held.then(|| snaps.remove(0));
     let mut kept = snaps.split_off(spine.len());
     while let Some(buf) = kept.pop() {
         b.adjoint(buf, a + kept.len() + 2);
     }
-    // Part i starts at the snapshot of split i − 1 (part 0 at φ_0).
-    let start = |i: usize| i.checked_sub(1).map(|i| snaps[i]);
+    // Part i starts at the snapshot of split i − 1 (part 0 at the tail's start).
+    let start = |i: usize| i.checked_sub(1).map_or(base, |i| Some(snaps[i]));
     let mut parts: Vec<Part> = spine
         .iter()
         .enumerate()
@@ -855,7 +886,7 @@ fn binomial(r: usize, s: usize) -> Plan {
         c,
     });
     b.reverse(parts);
-    b.finish(1)
+    b.finish(lo + 1)
 }
 
 /// The every-k plan (module docs).
@@ -955,6 +986,41 @@ pub fn truncated(r: usize, k: usize) -> Plan {
         b.adjoint(buf, j);
     }
     b.finish(lo + 1)
+}
+
+/// Truncated backpropagation over the last k steps within a memory budget of
+/// s buffers: the adjoint steps r..=r − k' + 1 (k' = min(k, r);
+/// [`Plan::lowest`] = r − k' + 1) by revolve's schedule. For k' = r it is
+/// [`plan`]`(Policy::Binomial { snapshots: s }, r)`; otherwise the first
+/// sweep snapshots φ_{r−k'} and the last k' steps are reversed as an unroll
+/// of their own with the other s − 1 buffers (so for s ≥ k' + 1 it is
+/// [`truncated`]`(r, k)`, k' + 1 buffers, no recomputation); with s = 1 each
+/// adjoint step recomputes its state from φ_0. k = 0 is [`first_order`].
+/// This is the plan of one draw of a randomized telescope
+/// ([`crate::Telescope`], docs/math.md §10): its reversal passes every depth
+/// 1..=k' on the way.
+///
+/// ```
+/// use blo::engine::plan::{truncated, truncated_within, plan};
+/// use blo::Policy;
+/// assert_eq!(truncated_within(10, 3, 4), truncated(10, 3));
+/// assert_eq!(truncated_within(10, 10, 3), plan(Policy::Binomial { snapshots: 3 }, 10));
+/// let p = truncated_within(50, 20, 4);
+/// assert_eq!(p.adjoint_steps(), 31..=50);
+/// assert!(p.peak() <= 4 && p.check().is_ok());
+/// // s = 1: φ_{j−1} recomputed from φ_0 for j = 50, 49: 49 + 48 steps.
+/// assert_eq!(truncated_within(50, 2, 1).forward_steps(), 50 + 49 + 48);
+/// ```
+///
+/// # Panics
+/// If s = 0.
+#[track_caller]
+pub fn truncated_within(r: usize, k: usize, s: usize) -> Plan {
+    assert!(s >= 1, "truncated_within: r = {r}, k = {k} with 0 buffers");
+    if k == 0 {
+        return first_order(r);
+    }
+    binomial_tail(r, k.min(r), s)
 }
 
 /// T(l, c): the forward steps that reversing l steps costs beyond the

@@ -53,7 +53,7 @@ pub(crate) fn run_plan<F: Float, P: Problem<F>>(
     sw.run(sweep)?;
     let fo = if first_order {
         let mut g: Vec<Tensor<F>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
-        sw.first_order_into(&mut g);
+        sw.truncated_into(&mut g);
         let stats = std::mem::take(&mut sw.stats);
         Some(Estimate {
             grad: g,
@@ -91,6 +91,64 @@ pub(crate) fn first_order_actions(r: usize) -> [Action; 4] {
         Action::Turn { buf: 0 },
         Action::Free { buf: 0 },
     ]
+}
+
+/// [`plan::truncated_within`]`(r, k, s)` from this thread's cache (a
+/// randomized telescope draws a depth per task: the plans of the last few
+/// depths are kept).
+pub(crate) fn cached_truncated_within(r: usize, k: usize, s: usize) -> Rc<Plan> {
+    /// (r, k, s) and its plan.
+    type Entry = ((usize, usize, usize), Rc<Plan>);
+    thread_local! {
+        static PLANS: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    }
+    /// At most this many plans are kept per thread.
+    const PLANS_LEN: usize = 64;
+    PLANS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((_, p)) = c.iter().find(|(key, _)| *key == (r, k, s)) {
+            return Rc::clone(p);
+        }
+        let p = Rc::new(plan::truncated_within(r, k, s));
+        if c.len() == PLANS_LEN {
+            c.remove(0);
+        }
+        c.push(((r, k, s), Rc::clone(&p)));
+        p
+    })
+}
+
+/// The number of states a memory budget holds for `problem` at θ, at most
+/// max(r, 1) (a `Bytes` budget needs the size of a state: one evaluation of
+/// Φ_0(θ)).
+///
+/// # Errors
+/// A budget too small for one state ([`BloError::Budget`], saying the
+/// minimum); a non-finite φ_0.
+pub(crate) fn budget_states<F: Float, P: Problem<F>>(
+    budget: plan::Budget,
+    problem: &P,
+    task: &P::Task,
+    theta: &[Tensor<F>],
+) -> Result<usize, BloError> {
+    let r = problem.inner_loop().steps;
+    let states = match budget {
+        plan::Budget::States(n) => n,
+        plan::Budget::Bytes(_) => {
+            let mut bufs = super::sweep::SweepBuffers::<F>::cached();
+            let mut s = bufs.store.take_free(0);
+            let phi0 = bufs.ws.initial_state_into(problem, task, theta, &mut s);
+            let bytes = s.bytes();
+            bufs.store.put(0, s);
+            bufs.recycle();
+            phi0?;
+            plan::plan_for_budget(budget, r, bytes)?.peak()
+        }
+    };
+    if states == 0 {
+        plan::plan_for_budget(budget, r, 0)?;
+    }
+    Ok(states.min(r.max(1)))
 }
 
 /// [`plan::truncated`] from this thread's cache.

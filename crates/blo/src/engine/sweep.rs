@@ -178,9 +178,12 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     }
 
     /// `g + (∂Φ_0/∂θ)ᵀ ū_φ` with the sweep's current g and ū, into `out`
-    /// (shaped like θ; overwritten), without changing the sweep: after the
-    /// turn, the first-order estimate (one more gradient is counted).
-    pub(crate) fn first_order_into(&mut self, out: &mut [Tensor<F>]) {
+    /// (shaped like θ; overwritten), without changing the sweep (one more
+    /// gradient is counted): right after the turn, the first-order estimate
+    /// g_0; after the adjoint steps r..=r − k + 1, the truncated estimate g_k
+    /// (docs/math.md §5; a momentum cotangent is dropped, as the truncation
+    /// drops it).
+    pub(crate) fn truncated_into(&mut self, out: &mut [Tensor<F>]) {
         let cot = self
             .cot
             .as_ref()
@@ -201,17 +204,24 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
 
     /// g += (∂Φ_0/∂θ)ᵀ ū_φ, and the estimate.
     pub(crate) fn finish(mut self) -> Estimate<F> {
-        let cot = self.cot.take().expect("finish before the turn");
+        let cot = self.cot.as_ref().expect("finish before the turn");
         self.bufs
             .ws
             .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
-        self.bufs.cot = Some(cot);
         self.stats.gradients += 1;
+        let g = std::mem::take(&mut self.g);
+        self.finish_with(g)
+    }
+
+    /// The estimate `grad` (computed by the caller from the sweep's reads,
+    /// [`Sweep::truncated_into`]) with the sweep's outer loss and counts.
+    pub(crate) fn finish_with(mut self, grad: Vec<Tensor<F>>) -> Estimate<F> {
+        self.bufs.cot = self.cot.take();
         debug_assert_eq!(self.bufs.store.live(), 0, "a plan left states held");
         self.stats.states_peak = self.bufs.store.peak();
         self.stats.state_bytes_peak = self.bufs.store.peak_bytes();
         Estimate {
-            grad: std::mem::take(&mut self.g),
+            grad,
             outer_loss: self.outer_loss,
             stats: std::mem::take(&mut self.stats),
         }

@@ -70,17 +70,17 @@ impl Default for AdaptiveParams {
 /// A bias-corrected exponential moving average: m_t = β m_{t−1} + (1 − β) x_t,
 /// reported as m_t / (1 − β^t).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-struct Ema {
-    m: f64,
-    t: u64,
+pub(crate) struct Ema {
+    pub(crate) m: f64,
+    pub(crate) t: u64,
 }
 
 impl Ema {
-    fn push(&mut self, beta: f64, x: f64) {
+    pub(crate) fn push(&mut self, beta: f64, x: f64) {
         self.m = beta * self.m + (1.0 - beta) * x;
         self.t += 1;
     }
-    fn get(&self, beta: f64) -> Option<f64> {
+    pub(crate) fn get(&self, beta: f64) -> Option<f64> {
         (self.t > 0).then(|| self.m / (1.0 - beta.powi(self.t.min(i32::MAX as u64) as i32)))
     }
 }

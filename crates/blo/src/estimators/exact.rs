@@ -5,10 +5,10 @@ use std::rc::Rc;
 use rand_chacha::ChaCha8Rng;
 use tape::{Float, Tensor};
 
-use crate::engine::plan::{self, Budget, Plan};
+use crate::engine::plan::{Budget, Plan};
 use crate::engine::policy::Policy;
-use crate::engine::run::{cached_plan, run_plan};
-use crate::engine::sweep::{SweepBuffers, Target};
+use crate::engine::run::{budget_states, cached_plan, run_plan};
+use crate::engine::sweep::Target;
 use crate::error::BloError;
 use crate::estimators::{CoupledEstimate, Estimate, Estimator};
 use crate::problem::Problem;
@@ -76,7 +76,7 @@ impl Exact {
 
     /// The exact estimator under the fastest plan that holds at most
     /// `budget` (states, or bytes of states) at once
-    /// ([`plan::plan_for_budget`]). A budget too small for one state is an
+    /// ([`crate::engine::plan::plan_for_budget`]). A budget too small for one state is an
     /// error of each estimate ([`BloError::Budget`], saying the minimum), as
     /// the size of a state is known only once Φ_0(θ) is.
     ///
@@ -138,30 +138,12 @@ impl Exact {
         let r = problem.inner_loop().steps;
         match self.memory {
             Memory::Policy(p) => Ok(cached_plan(p, r)),
-            Memory::Budget(b) => {
-                let states = match b {
-                    Budget::States(n) => n,
-                    Budget::Bytes(_) => {
-                        let mut bufs = SweepBuffers::<F>::cached();
-                        let mut s = bufs.store.take_free(0);
-                        let phi0 = bufs.ws.initial_state_into(problem, task, theta, &mut s);
-                        let bytes = s.bytes();
-                        bufs.store.put(0, s);
-                        bufs.recycle();
-                        phi0?;
-                        plan::plan_for_budget(b, r, bytes)?.peak()
-                    }
-                };
-                if states == 0 {
-                    plan::plan_for_budget(b, r, 0)?;
-                }
-                Ok(cached_plan(
-                    Policy::Binomial {
-                        snapshots: states.min(r.max(1)),
-                    },
-                    r,
-                ))
-            }
+            Memory::Budget(b) => Ok(cached_plan(
+                Policy::Binomial {
+                    snapshots: budget_states(b, problem, task, theta)?,
+                },
+                r,
+            )),
         }
     }
 }

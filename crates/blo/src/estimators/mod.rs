@@ -8,11 +8,14 @@
 //! | [`Truncated`](truncated::Truncated) | `truncated.rs` | backpropagation through the last k steps |
 //! | [`Debiased`](debiased::Debiased), [`Ufo`](debiased::Ufo) | `debiased.rs` | a surrogate debiased by an exact estimator (UFO-BLO) |
 //! | [`ReptileFirstOrder`](reptile::ReptileFirstOrder), [`ReptileExact`](reptile::ReptileExact) | `reptile.rs` | Reptile's direction and its exact counterpart |
+//! | [`Telescope`](telescope::Telescope) | `telescope.rs` | randomized telescopes over the truncation depth |
 //! | [`Implicit`](implicit::Implicit) | `implicit.rs` | implicit differentiation at the inner optimum |
 //! | [`ForwardMode`](forward_mode::ForwardMode) | `forward_mode.rs` | the exact hypergradient by forward mode |
 //!
 //! [`check_hypergradient`](check::check_hypergradient) (`check.rs`) compares
-//! any estimator with central differences of F.
+//! any estimator with central differences of F; [`planner`] (`planner.rs`)
+//! picks among first order, UFO, the telescopes and exact from a memory
+//! budget and measured moments.
 
 pub mod check;
 pub mod debiased;
@@ -20,7 +23,9 @@ pub mod exact;
 pub mod first_order;
 pub mod forward_mode;
 pub mod implicit;
+pub mod planner;
 pub mod reptile;
+pub mod telescope;
 pub mod truncated;
 
 use rand_chacha::ChaCha8Rng;
@@ -62,6 +67,11 @@ pub struct Stats {
     /// for the adaptive choice of q. Per task: [`Stats::add`] leaves it alone.
     #[serde(default)]
     pub debias: Option<DebiasSample>,
+    /// What a randomized telescope ([`crate::Telescope`]) measured on this
+    /// task, for the adaptive choice of its depth distribution. Per task:
+    /// [`Stats::add`] leaves it alone.
+    #[serde(default)]
+    pub telescope: Option<telescope::TelescopeSample>,
 }
 
 impl Stats {

@@ -1,0 +1,378 @@
+//! The planner: from a memory budget and a pilot sample of tasks, pick the
+//! estimator (first order, UFO, a randomized telescope or exact) and its
+//! parameters with the smallest (expected cost) × (variance), and say why.
+//!
+//! The pilot runs one full telescope sweep per task ([`all_levels`]: g_0, g_1,
+//! …, g_r from one sweep within the budget) and measures, over the pilot
+//! tasks, V² = E‖g_exact‖², D² = E‖g_exact − g_0‖², W = E‖g_0‖² +
+//! 2E⟨g_0, g_exact − g_0⟩, the Gram matrix C_ij = E⟨Δ_i, Δ_j⟩ of the depth
+//! differences and ‖ḡ‖², ḡ the mean of g_exact. Costs are those of the plans
+//! that fit the budget (docs/math.md §8, §9). The variance of an unbiased
+//! estimator over tasks and draws is its second moment minus ‖ḡ‖²; each
+//! candidate's parameters are chosen for the smallest cost × variance:
+//!
+//! | candidate | expected cost | second moment |
+//! |---|---|---|
+//! | exact, binomial plan in s states | r + U(r, s) + 2 + 2r | V² |
+//! | UFO, q* of docs/math.md §4 | c0 + q·(U(r, s) + 2r + 1) | W + D²/q |
+//! | telescopes, [`optimal_depths`] over every depth and over doubling depths | [`DepthModel::expected_cost`] | [`DepthModel::second_moment`] |
+//! | first order (biased) | r + 2 | E‖g_0‖², eligible only if D² ≤ tolerance·V² |
+
+use serde::{Deserialize, Serialize};
+use tape::{Float, Tensor};
+
+use super::debiased::{optimal_q, Debiased, QChoice};
+use super::exact::Exact;
+use super::first_order::FirstOrder;
+use super::telescope::{
+    all_levels, doubling_depths, every_depth, optimal_depths, DepthDistribution, DepthModel,
+    Telescope, TelescopeKind,
+};
+use crate::engine::plan::{truncated_within, Budget};
+use crate::engine::run::budget_states;
+use crate::error::BloError;
+use crate::estimators::Estimator;
+use crate::problem::Problem;
+
+/// An estimator with its parameters, as the planner chooses it (serializable,
+/// so a training run can store its choice).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Choice {
+    /// [`FirstOrder`].
+    FirstOrder,
+    /// [`Exact`] within `states`.
+    Exact {
+        /// States held.
+        states: usize,
+    },
+    /// UFO-BLO with a fixed q, the exact branch within `states`.
+    Ufo {
+        /// The exact-branch probability.
+        q: f64,
+        /// States held.
+        states: usize,
+    },
+    /// A [`Telescope`].
+    Telescope {
+        /// Single sample or roulette.
+        kind: TelescopeKind,
+        /// The levels k_1 < … < k_m.
+        levels: Vec<usize>,
+        /// p(0), …, p(m).
+        p: Vec<f64>,
+        /// States held.
+        states: usize,
+    },
+}
+
+impl Choice {
+    /// The estimator this choice names.
+    ///
+    /// # Errors
+    /// An invalid parameter (a q outside (0, 1], a table that is not a
+    /// distribution the kind can use), e.g. from a hand-edited checkpoint.
+    pub fn build<F: Float, P: Problem<F>>(&self) -> Result<Box<dyn Estimator<F, P>>, BloError> {
+        Ok(match self {
+            Choice::FirstOrder => Box::new(FirstOrder::new()),
+            Choice::Exact { states } => Box::new(Exact::with_budget(Budget::States(*states))),
+            Choice::Ufo { q, states } => Box::new(Debiased::new(
+                FirstOrder::new(),
+                Exact::with_budget(Budget::States(*states)),
+                QChoice::Fixed(*q),
+            )?),
+            Choice::Telescope {
+                kind,
+                levels,
+                p,
+                states,
+            } => Box::new(Telescope::new(
+                *kind,
+                DepthDistribution::from_table(levels.clone(), p.clone())?,
+                Budget::States(*states),
+            )?),
+        })
+    }
+}
+
+/// One candidate the planner compared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    /// A readable name.
+    pub name: String,
+    /// The estimator and its parameters.
+    pub choice: Choice,
+    /// Expected cost per estimate (gradient units, docs/math.md §8).
+    pub cost: f64,
+    /// E‖ĝ‖² over the pilot tasks and the draws.
+    pub second_moment: f64,
+    /// E‖ĝ − ḡ‖² = second moment − ‖ḡ‖².
+    pub variance: f64,
+    /// cost × variance, the criterion.
+    pub figure: f64,
+    /// Whether it may be chosen (unbiased, or first order within tolerance).
+    pub eligible: bool,
+}
+
+/// The planner's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannerParams {
+    /// First order is eligible when D² ≤ `fo_tolerance`·V² (default 0: only
+    /// if it is exact on the pilot tasks).
+    pub fo_tolerance: f64,
+    /// The least probability mass on corrections (UFO's q_min, the
+    /// telescopes' floor; default 0.05).
+    pub floor: f64,
+}
+
+impl Default for PlannerParams {
+    fn default() -> Self {
+        PlannerParams {
+            fo_tolerance: 0.0,
+            floor: 0.05,
+        }
+    }
+}
+
+/// What the planner measured, compared and chose.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannerReport {
+    /// The number of inner steps.
+    pub r: usize,
+    /// States the budget holds.
+    pub states: usize,
+    /// Pilot tasks.
+    pub tasks: usize,
+    /// V² = E‖g_exact‖².
+    pub v2: f64,
+    /// D² = E‖g_exact − g_0‖².
+    pub d2: f64,
+    /// ‖ḡ‖², ḡ = E g_exact.
+    pub mean_sq: f64,
+    /// E‖Δ_k‖², k = 1..=r (the per-depth differences).
+    pub depth_diff_sq: Vec<f64>,
+    /// Every candidate, in the order compared.
+    pub candidates: Vec<Candidate>,
+    /// Index of the chosen candidate: the smallest cost × variance among the
+    /// eligible, the first listed on a tie (within 1e-9).
+    pub chosen: usize,
+}
+
+impl PlannerReport {
+    /// The chosen candidate.
+    pub fn choice(&self) -> &Candidate {
+        &self.candidates[self.chosen]
+    }
+}
+
+impl std::fmt::Display for PlannerReport {
+    /// The measured moments, then one line per candidate (why: the figures
+    /// compared), the choice marked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "planner: r = {}, {} states, {} pilot tasks: V² = {:.4e}, D² = {:.4e}, ‖ḡ‖² = {:.4e}",
+            self.r, self.states, self.tasks, self.v2, self.d2, self.mean_sq
+        )?;
+        let shown: Vec<String> = std::iter::successors(Some(1usize), |k| Some(k * 2))
+            .take_while(|&k| k < self.r)
+            .chain((self.r > 0).then_some(self.r))
+            .map(|k| format!("{k}: {:.3e}", self.depth_diff_sq[k - 1]))
+            .collect();
+        writeln!(f, "  E‖g_k − g_(k−1)‖² at depth {}", shown.join(", "))?;
+        writeln!(
+            f,
+            "  {:<40} {:>10} {:>12} {:>12} {:>12}",
+            "candidate", "cost", "2nd moment", "variance", "cost×var"
+        )?;
+        for (i, c) in self.candidates.iter().enumerate() {
+            writeln!(
+                f,
+                "{} {:<40} {:>10.1} {:>12.4e} {:>12.4e} {:>12.4e}{}",
+                if i == self.chosen { "*" } else { " " },
+                c.name,
+                c.cost,
+                c.second_moment,
+                c.variance,
+                c.figure,
+                if c.eligible {
+                    ""
+                } else {
+                    "  (biased: not eligible)"
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-task measurements, summed over the pilot.
+#[derive(Default)]
+struct Sums {
+    v2: f64,
+    d2: f64,
+    w: f64,
+    g0sq: f64,
+    gram: Vec<f64>,
+    mean: Vec<f64>,
+}
+
+/// Measures the pilot `tasks` at θ within `budget` and picks the estimator
+/// (module docs). Tasks are measured in order (deterministic).
+///
+/// # Errors
+/// No tasks; a budget below one state; any error of a sweep.
+pub fn plan_estimator<F: Float, P: Problem<F>>(
+    problem: &P,
+    tasks: &[P::Task],
+    theta: &[Tensor<F>],
+    budget: Budget,
+    params: &PlannerParams,
+) -> Result<PlannerReport, BloError> {
+    let first = tasks
+        .first()
+        .ok_or_else(|| BloError::invalid("tasks", 0, "the planner needs pilot tasks"))?;
+    let r = problem.inner_loop().steps;
+    let states = budget_states(budget, problem, first, theta)?;
+    let levels = every_depth(r);
+    let m = r;
+    let mut s = Sums {
+        gram: vec![0.0; m * m],
+        ..Sums::default()
+    };
+    for task in tasks {
+        let (g, _) = all_levels(problem, task, theta, &levels, Budget::States(states))?;
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let sub = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
+        let (g0, gr) = (&g[0], &g[m]);
+        let d = sub(gr, g0);
+        s.v2 += dot(gr, gr);
+        s.d2 += dot(&d, &d);
+        s.g0sq += dot(g0, g0);
+        s.w += dot(g0, g0) + 2.0 * dot(g0, &d);
+        if s.mean.is_empty() {
+            s.mean = vec![0.0; gr.len()];
+        }
+        s.mean.iter_mut().zip(gr).for_each(|(a, b)| *a += b);
+        let diffs: Vec<Vec<f64>> = (1..=m).map(|i| sub(&g[i], &g[i - 1])).collect();
+        for i in 0..m {
+            for j in i..m {
+                let c = dot(&diffs[i], &diffs[j]);
+                s.gram[i * m + j] += c;
+                if j != i {
+                    s.gram[j * m + i] += c;
+                }
+            }
+        }
+    }
+    let n = tasks.len() as f64;
+    let (v2, d2, w, g0sq) = (s.v2 / n, s.d2 / n, s.w / n, s.g0sq / n);
+    let mean_sq = s.mean.iter().map(|x| (x / n).powi(2)).sum::<f64>();
+    let gram: Vec<f64> = s.gram.iter().map(|x| x / n).collect();
+    let mut candidates = Vec::new();
+    let mut push = |name: String, choice: Choice, cost: f64, second_moment: f64, eligible| {
+        let variance = second_moment - mean_sq;
+        candidates.push(Candidate {
+            name,
+            choice,
+            cost,
+            second_moment,
+            variance,
+            figure: cost * variance,
+            eligible,
+        });
+    };
+    let c0 = (r + 2) as f64;
+    // The exact branch: revolve's plan in `states` (what reaching depth r
+    // adds to the first-order rollout, its VJP included).
+    let c_rnd = (truncated_within(r, r, states).forward_steps() - r + 2 * r + 1) as f64;
+    push(
+        "first order".into(),
+        Choice::FirstOrder,
+        c0,
+        g0sq,
+        d2 <= params.fo_tolerance * v2,
+    );
+    push(
+        format!("exact ({states} states)"),
+        Choice::Exact { states },
+        // Alone, exact reads no first-order estimate: one VJP fewer.
+        c0 + c_rnd - 1.0,
+        v2,
+        true,
+    );
+    // UFO's q* for cost × variance: V² − ‖ḡ‖² in place of V² (W is shifted
+    // by the constant ‖ḡ‖²).
+    let q = optimal_q(c0, c_rnd, v2 - mean_sq, d2, params.floor);
+    push(
+        format!("UFO q = {q:.4}"),
+        Choice::Ufo { q, states },
+        c0 + q * c_rnd,
+        w + d2 / q,
+        true,
+    );
+    for (lname, lv) in [
+        ("every depth", every_depth(r)),
+        ("doubling", doubling_depths(r)),
+    ] {
+        let model = coarse_model(r, states, &gram, w - mean_sq, &lv);
+        for kind in [TelescopeKind::SingleSample, TelescopeKind::RussianRoulette] {
+            let d = optimal_depths(kind, &model, &lv, params.floor)?;
+            let second = model.second_moment(kind, &d) + mean_sq;
+            push(
+                format!("telescope {kind:?}, {lname}"),
+                Choice::Telescope {
+                    kind,
+                    levels: lv.clone(),
+                    p: d.probabilities().to_vec(),
+                    states,
+                },
+                model.expected_cost(d.probabilities()),
+                second,
+                true,
+            );
+        }
+    }
+    // The smallest figure; within 1e-9 of it, the simplest (first listed:
+    // first order, exact, UFO, then the telescopes).
+    let best = candidates
+        .iter()
+        .filter(|c| c.eligible)
+        .map(|c| c.figure)
+        .fold(f64::INFINITY, f64::min);
+    let chosen = candidates
+        .iter()
+        .position(|c| c.eligible && c.figure <= best + 1e-9 * best.abs())
+        .expect("exact is always eligible");
+    Ok(PlannerReport {
+        r,
+        states,
+        tasks: tasks.len(),
+        v2,
+        d2,
+        mean_sq,
+        depth_diff_sq: (0..m).map(|i| gram[i * m + i]).collect(),
+        candidates,
+        chosen,
+    })
+}
+
+/// The model of a telescope over the coarse `levels` from the Gram matrix of
+/// the per-depth differences (`fine`, r × r): a coarse difference is the sum
+/// of the fine ones between its levels, so its Gram entries are block sums.
+pub fn coarse_model(r: usize, states: usize, fine: &[f64], w: f64, levels: &[usize]) -> DepthModel {
+    let m = levels.len();
+    let block = |i: usize| {
+        let lo = if i == 0 { 0 } else { levels[i - 1] };
+        lo..levels[i]
+    };
+    let gram = (0..m * m)
+        .map(|ij| {
+            let (bi, bj) = (block(ij / m), block(ij % m));
+            bi.flat_map(|a| bj.clone().map(move |b| (a, b)))
+                .map(|(a, b)| fine[a * r + b])
+                .sum()
+        })
+        .collect();
+    let (c0, costs) = DepthModel::plan_costs(r, levels, states, levels.len() == 1);
+    DepthModel { c0, costs, w, gram }
+}

@@ -1,0 +1,277 @@
+//! Randomized telescopes against UFO-BLO (docs/math.md §10): variance ×
+//! expected cost of the best telescope and of UFO's best q, on the sinusoid
+//! (MAML, MLP 1-40-40-1) and on the counterexample family, under a memory
+//! budget, with the planner's choice.
+//!
+//! ```text
+//! cargo run --release --example telescope
+//! cargo run --release --example telescope -- --rs 10,50 --tasks 32 --states 1,8 --draws 2000
+//! ```
+//!
+//! For each problem, r and budget the planner ([`blo::plan_estimator`])
+//! measures, on pilot tasks at θ, every g_k (one sweep per task), and computes
+//! each candidate's expected cost (docs/math.md §8, under the plans that fit
+//! the budget) and variance over tasks and draws (exact over the draws, from
+//! the Gram matrix of the depth differences; empirical over the pilot tasks).
+//! The table prints UFO's best q and the best telescope side by side; with
+//! `--draws N > 0` both are also run N times (tasks cycled, fresh draws) and
+//! their variance and cost measured from the estimates themselves.
+
+use std::process::ExitCode;
+
+use blo::{
+    plan_estimator, Adam, Budget, Choice, Estimator, FirstOrder, InnerLoop, PlannerParams,
+    PlannerReport, Problem, Trainer,
+};
+use blo_examples::counterexample::CounterexampleProblem;
+use models::RegressionMaml;
+use clap::Parser;
+use models::{Activation, Counterexample, Mlp, Model, SinusoidTasks};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tape::Tensor;
+
+/// Variance × cost of randomized telescopes against UFO-BLO.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Inner steps r for the sinusoid.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,200")]
+    rs: Vec<usize>,
+    /// Inner steps r for the counterexample family (a = (0.5, 1.5), α = 0.1, D = 0.06).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    counterexample_rs: Vec<usize>,
+    /// Memory budgets in states.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    states: Vec<usize>,
+    /// Pilot tasks for the sinusoid.
+    #[arg(long, default_value_t = 64)]
+    tasks: usize,
+    /// Monte Carlo estimates per (estimator, setting) to check the model (0: none).
+    #[arg(long, default_value_t = 0)]
+    draws: usize,
+    /// Meta-train θ first for this many steps (first order, r = 10, Adam 1e-3,
+    /// 5 tasks per step) and measure there instead of at initialisation.
+    #[arg(long, default_value_t = 0)]
+    train_steps: u64,
+    /// Print every planner table (all candidates), not only the summary.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// One row of the summary.
+struct Row {
+    problem: String,
+    report: PlannerReport,
+    mc: Option<(f64, f64, f64, f64)>,
+}
+
+fn best<'a>(report: &'a PlannerReport, prefix: &str) -> &'a blo::estimators::planner::Candidate {
+    report
+        .candidates
+        .iter()
+        .filter(|c| c.name.starts_with(prefix))
+        .min_by(|a, b| a.figure.total_cmp(&b.figure))
+        .expect("the planner compares UFO and telescopes")
+}
+
+/// Runs `choice` `draws` times over `tasks` (cycled) with fresh draws and
+/// returns (variance, mean cost) measured from the estimates.
+fn monte_carlo<P: Problem<f64>>(
+    problem: &P,
+    tasks: &[P::Task],
+    theta: &[Tensor<f64>],
+    choice: &Choice,
+    draws: usize,
+) -> Result<(f64, f64), blo::BloError> {
+    let est: Box<dyn Estimator<f64, P>> = choice.build()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(12345);
+    let (mut sum, mut sum_sq, mut cost) = (Vec::<f64>::new(), 0.0, 0.0);
+    for i in 0..draws {
+        let e = est.estimate(problem, &tasks[i % tasks.len()], theta, &mut rng)?;
+        let g: Vec<f64> = e.grad.iter().flat_map(|t| t.data().to_vec()).collect();
+        if sum.is_empty() {
+            sum = vec![0.0; g.len()];
+        }
+        sum.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+        sum_sq += g.iter().map(|x| x * x).sum::<f64>();
+        cost += e.stats.cost();
+    }
+    let n = draws as f64;
+    let mean_sq = sum.iter().map(|s| (s / n).powi(2)).sum::<f64>();
+    Ok(((sum_sq / n - mean_sq) * n / (n - 1.0), cost / n))
+}
+
+fn measure<P: Problem<f64>>(
+    name: String,
+    problem: &P,
+    tasks: &[P::Task],
+    theta: &[Tensor<f64>],
+    states: usize,
+    args: &Args,
+    rows: &mut Vec<Row>,
+) -> Result<(), blo::BloError> {
+    let report = plan_estimator(
+        problem,
+        tasks,
+        theta,
+        Budget::States(states),
+        &PlannerParams::default(),
+    )?;
+    if args.verbose {
+        println!("{name}\n{report}");
+    }
+    let mc = if args.draws > 1 {
+        let ufo = best(&report, "UFO");
+        let tel = best(&report, "telescope");
+        let (vu, cu) = monte_carlo(problem, tasks, theta, &ufo.choice, args.draws)?;
+        let (vt, ct) = monte_carlo(problem, tasks, theta, &tel.choice, args.draws)?;
+        Some((vu, cu, vt, ct))
+    } else {
+        None
+    };
+    rows.push(Row {
+        problem: name,
+        report,
+        mc,
+    });
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<Vec<Row>, blo::BloError> {
+    let mut rows = Vec::new();
+    // The sinusoid: MAML with the maml_sine example's network and α, θ at
+    // initialisation, pilot tasks from a fixed seed.
+    let net = Mlp::new(&[1, 40, 40, 1], Activation::Relu);
+    let mut theta = net.init::<f64>(0).into_tensors();
+    let sampler = SinusoidTasks::default();
+    if args.train_steps > 0 {
+        let tasks = sampler.clone();
+        let problem = RegressionMaml {
+            net: net.clone(),
+            inner: InnerLoop::sgd(10, 0.01)?,
+        };
+        theta = Trainer::new(
+            problem,
+            move |rng: &mut ChaCha8Rng| tasks.sample_episode::<f64, _>(rng, 10, 10),
+            FirstOrder::new(),
+            Adam::<f64>::new(1e-3),
+            theta,
+        )
+        .meta_batch(5)
+        .steps(args.train_steps)
+        .seed(0)
+        .progress(false)
+        .run()?
+        .theta;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let tasks: Vec<_> = (0..args.tasks)
+        .map(|_| sampler.sample_episode::<f64, _>(&mut rng, 10, 10))
+        .collect();
+    for &r in &args.rs {
+        let problem = RegressionMaml {
+            net: net.clone(),
+            inner: InnerLoop::sgd(r, 0.01)?,
+        };
+        for &s in &args.states {
+            measure(
+                format!("sinusoid r={r}"),
+                &problem,
+                &tasks,
+                &theta,
+                s,
+                args,
+                &mut rows,
+            )?;
+        }
+    }
+    // The counterexample family at its stationary point θ*: the two tasks are
+    // the whole task distribution.
+    for &r in &args.counterexample_rs {
+        let ce = Counterexample::from_d([0.5, 1.5], 0.0, 0.06, r, 0.1);
+        let theta = [Tensor::vector(vec![ce.theta_star()])];
+        let problem = CounterexampleProblem::new(ce)?;
+        for &s in &args.states {
+            measure(
+                format!("counterexample r={r}"),
+                &problem,
+                &[0usize, 1],
+                &theta,
+                s,
+                args,
+                &mut rows,
+            )?;
+        }
+    }
+    Ok(rows)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rows = match run(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("telescope: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "| problem | states | UFO q* | UFO cost | UFO var | UFO cost×var | best telescope | its cost | its var | its cost×var | ratio | planner's choice |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let rep = &row.report;
+        let ufo = best(rep, "UFO");
+        let tel = best(rep, "telescope");
+        let q = match ufo.choice {
+            Choice::Ufo { q, .. } => q,
+            _ => f64::NAN,
+        };
+        println!(
+            "| {} | {} | {:.3} | {:.0} | {:.3e} | {:.3e} | {} | {:.0} | {:.3e} | {:.3e} | {:.3} | {} |",
+            row.problem,
+            rep.states,
+            q,
+            ufo.cost,
+            ufo.variance,
+            ufo.figure,
+            tel.name.trim_start_matches("telescope "),
+            tel.cost,
+            tel.variance,
+            tel.figure,
+            tel.figure / ufo.figure,
+            rep.choice().name
+        );
+    }
+    if rows.iter().any(|r| r.mc.is_some()) {
+        println!();
+        println!(
+            "Monte Carlo check ({} estimates each, tasks cycled, fresh draws):",
+            args.draws
+        );
+        println!("| problem | states | UFO var (model / MC) | UFO cost (model / MC) | telescope var (model / MC) | telescope cost (model / MC) | ratio (MC) |");
+        println!("|---|---|---|---|---|---|---|");
+        for row in &rows {
+            let Some((vu, cu, vt, ct)) = row.mc else {
+                continue;
+            };
+            let (ufo, tel) = (best(&row.report, "UFO"), best(&row.report, "telescope"));
+            println!(
+                "| {} | {} | {:.3e} / {:.3e} | {:.0} / {:.0} | {:.3e} / {:.3e} | {:.0} / {:.0} | {:.3} |",
+                row.problem,
+                row.report.states,
+                ufo.variance,
+                vu,
+                ufo.cost,
+                cu,
+                tel.variance,
+                vt,
+                tel.cost,
+                ct,
+                (vt * ct) / (vu * cu)
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
