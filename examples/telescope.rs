@@ -24,8 +24,8 @@ use blo::{
     PlannerReport, Problem, Trainer,
 };
 use blo_examples::counterexample::CounterexampleProblem;
-use models::RegressionMaml;
 use clap::Parser;
+use models::RegressionMaml;
 use models::{Activation, Counterexample, Mlp, Model, SinusoidTasks};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
