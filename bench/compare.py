@@ -10,7 +10,10 @@ process per config and side, so each peak memory figure belongs to one
 workload. A side's figure is the median over rounds of its per-call medians;
 the ratio is taken within each round and then its median reported (a drift of
 the machine's speed between rounds cancels in a ratio taken within a round).
-Configs and their definitions: bench/README.md. Needs the JAX install line in
+Configs and their definitions: bench/README.md. Our `maml_sine:rR:exact_rule`
+and `first_order_rule` (the inner SGD as a generic rule) are timed against
+JAX's `exact` and `first_order` (the same numbers), and the table adds their
+time over our hand path's when both are run. Needs the JAX install line in
 bench/requirements.txt.
 """
 import argparse
@@ -53,11 +56,23 @@ def build_runner():
     sys.exit("compare.py: cargo built no `bench` example executable")
 
 
+# Our configs that run the inner optimiser as a generic rule (blo::rules) for the
+# same numbers as a hand-derived config: JAX has one formulation of each, the hand one's.
+RULE_TWINS = {"exact_rule": "exact", "first_order_rule": "first_order"}
+
+
+def hand_twin(config):
+    """The hand-path config computing the same numbers as `config`, or None."""
+    head, _, mode = config.rpartition(":")
+    return f"{head}:{RULE_TWINS[mode]}" if mode in RULE_TWINS else None
+
+
 def measure(ours_cmd, config, rounds, pin):
     prefix = ["taskset", "-c", pin] if pin is not None else []
+    jax_config = hand_twin(config) or config
     ours, jax, ratios = [], [], []
     for _ in range(rounds):
-        j = json_line(prefix + JAX + [config])
+        j = json_line(prefix + JAX + [jax_config])
         o = json_line(prefix + ours_cmd + [config])
         jax.append(j)
         ours.append(o)
@@ -65,6 +80,7 @@ def measure(ours_cmd, config, rounds, pin):
     peak = lambda runs, key: max((r[key] for r in runs if r.get(key) is not None), default=None)
     return {
         "config": config,
+        "jax_config": jax_config,
         "rounds": rounds,
         "ours_ms": statistics.median(r["median_ms"] for r in ours),
         "jax_ms": statistics.median(r["median_ms"] for r in jax),
@@ -73,6 +89,13 @@ def measure(ours_cmd, config, rounds, pin):
         "ratio_max": max(ratios),
         "ours_peak_rss_mib": peak(ours, "peak_rss_mib"),
         "jax_steady_rss_mib": peak(jax, "steady_peak_rss_mib"),
+        # The value and |gradient| each side reports at its θ_0 (last round):
+        # different random numbers on the two sides, so equal only in kind.
+        "ours_loss": ours[-1].get("loss"),
+        "jax_loss": jax[-1].get("loss"),
+        "ours_grad_norm": ours[-1].get("grad_norm"),
+        "jax_grad_norm": jax[-1].get("grad_norm"),
+        "ours_threads": ours[-1].get("rayon_threads"),
     }
 
 
@@ -87,6 +110,19 @@ def table(rows):
             f"{fmt(r['ours_peak_rss_mib'])} {fmt(r['jax_steady_rss_mib'])}"
         )
     lines.append("ratio < 1: we are faster; ours MiB = our process's peak RSS, jax MiB = JAX's peak over its timed calls")
+    by_config = {r["config"]: r for r in rows}
+    for r in rows:
+        if r["jax_config"] != r["config"]:
+            lines.append(f"{r['config']}: JAX side is {r['jax_config']} (the same numbers)")
+        hand = by_config.get(hand_twin(r["config"]))
+        if hand is not None:
+            lines.append(f"{r['config']} / {hand['config']} (ours, generic rule / hand path): "
+                         f"{r['ours_ms'] / hand['ours_ms']:.3f}")
+    num = lambda x: f"{x:.6g}" if isinstance(x, (int, float)) else "-"
+    lines.append("value and |gradient| at θ_0 (last round; the sides draw different random numbers):")
+    for r in rows:
+        lines.append(f"  {r['config']:34} ours loss {num(r['ours_loss'])} |g| {num(r['ours_grad_norm'])}"
+                     f"   jax loss {num(r['jax_loss'])} |g| {num(r['jax_grad_norm'])}")
     return "\n".join(lines)
 
 

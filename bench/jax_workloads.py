@@ -74,6 +74,11 @@ def time_jitted(fn, args):
         call()
         samples.append(1e3 * (time.perf_counter() - start))
     loss = out[0] if isinstance(out, tuple) else None
+    # |gradient| over every leaf (as our runner's grad_norm), for value-and-grad outputs.
+    grad_norm = None
+    if isinstance(out, tuple) and len(out) == 2:
+        leaves = jax.tree_util.tree_leaves(out[1])
+        grad_norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64))) for g in leaves)))
     return {
         "median_ms": round(statistics.median(samples), 4),
         "min_ms": round(min(samples), 4),
@@ -85,6 +90,7 @@ def time_jitted(fn, args):
         "rss_before_compile_mib": round(before_compile, 1),
         "xla_temp_mib": None if temp_mib is None else round(temp_mib, 3),
         "loss": None if loss is None else float(loss),
+        "grad_norm": grad_norm,
     }
 
 
@@ -161,12 +167,59 @@ def sgd_unroll(params, loss, support, alpha, steps, remat, python_loop):
     return lax.scan(lambda p, _: (step(p), None), params, None, length=steps)[0]
 
 
+def adam_unroll(params, loss, support, steps, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+    """`steps` Adam steps on loss(params, *support), written out (optax-style,
+    bias-corrected), with eps inside the square root as in our `blo::rules::Adam`:
+
+        m_j = b1 m_{j-1} + (1 - b1) g_j,   v_j = b2 v_{j-1} + (1 - b2) g_j^2,
+        p_j = p_{j-1} - lr m_hat_j / sqrt(v_hat_j + eps^2),
+        m_hat_j = m_j / (1 - b1^j),   v_hat_j = v_j / (1 - b2^j),   m_0 = v_0 = 0.
+
+    (optax.scale_by_adam(eps=0, eps_root=eps**2) is the same update.) The bias
+    corrections are computed in float64 and scanned over as float32 constants.
+    """
+    j = np.arange(1, steps + 1, dtype=np.float64)
+    corrections = jnp.asarray(np.stack([1.0 / (1.0 - b1**j), 1.0 / (1.0 - b2**j)], axis=1), F32)
+    tree_map = jax.tree_util.tree_map
+
+    def step(carry, c):
+        p, m, v = carry
+        g = jax.grad(loss)(p, *support)
+        m = tree_map(lambda m, g: b1 * m + (1.0 - b1) * g, m, g)
+        v = tree_map(lambda v, g: b2 * v + (1.0 - b2) * g * g, v, g)
+        p = tree_map(lambda p, m, v: p - lr * (m * c[0]) / jnp.sqrt(v * c[1] + eps * eps), p, m, v)
+        return (p, m, v), None
+
+    zeros = tree_map(jnp.zeros_like, params)
+    return lax.scan(step, (params, zeros, zeros), corrections)[0][0]
+
+
+def lslr_unroll(theta, loss, support, steps):
+    """MAML++'s per-layer, per-step learnable steps (LSLR): theta = (params, table)
+    with table of shape [steps, L] for the L leaves of params (w0, b0, w1, b1, ...,
+    our tensor order); step j updates leaf i by p_i - table[j - 1, i] g_i."""
+    params, table = theta
+    assert table.shape == (steps, len(jax.tree_util.tree_leaves(params))), table.shape
+
+    def step(p, row):
+        leaves, treedef = jax.tree_util.tree_flatten(p)
+        grads = jax.tree_util.tree_leaves(jax.grad(loss)(p, *support))
+        return jax.tree_util.tree_unflatten(treedef, [w - row[i] * g for i, (w, g) in enumerate(zip(leaves, grads))]), None
+
+    return lax.scan(step, params, table)[0]
+
+
+RULE_UNROLLS = {"exact_adam": adam_unroll, "exact_lslr": lslr_unroll}
+
+
 def maml_objective(loss, alpha, steps, mode, vectorise, python_loop):
     """f(params, tasks) -> (mean query loss, gradient for the initialisation).
 
     tasks = (support_x, support_y, query_x, query_y), each stacked over tasks.
     exact / exact_remat differentiate through the unroll (exact_remat recomputes
-    each step in the backward pass); first_order uses the query-loss gradient at
+    each step in the backward pass); exact_adam and exact_lslr do the same
+    through an Adam unroll (adam_unroll; alpha unused) or an LSLR unroll
+    (lslr_unroll; params = (weights, [steps, L] step table)); first_order uses the query-loss gradient at
     the adapted parameters as the gradient for the initialisation.
     """
     def per_task(fn, tasks):
@@ -182,6 +235,17 @@ def maml_objective(loss, alpha, steps, mode, vectorise, python_loop):
             def one(xs, ys, xq, yq):
                 phi = sgd_unroll(params, loss, (xs, ys), alpha, steps, remat, python_loop)
                 return loss(phi, xq, yq)
+            return jnp.mean(per_task(one, tasks))
+
+        return jax.value_and_grad(meta_loss)
+
+    if mode in RULE_UNROLLS:
+        # exact through a stored unroll of another inner rule (lax.scan only).
+        unroll = RULE_UNROLLS[mode]
+
+        def meta_loss(theta, tasks):
+            def one(xs, ys, xq, yq):
+                return loss(unroll(theta, loss, (xs, ys), steps), xq, yq)
             return jnp.mean(per_task(one, tasks))
 
         return jax.value_and_grad(meta_loss)
@@ -252,9 +316,14 @@ def run_maml_sine(r, mode):
     tasks = sinusoid_tasks(np.random.default_rng(0))
     mse = lambda p, x, y: jnp.mean((mlp_forward(p, x) - y) ** 2)
     fn = maml_objective(mse, 0.01, r, mode, vectorise=True, python_loop=False)
-    res = time_jitted(fn, (layers, tasks))
+    theta = layers
+    if mode == "exact_lslr":  # one step per step and tensor (6 tensors), all 0.01
+        theta = (layers, jnp.full((r, len(jax.tree_util.tree_leaves(layers))), 0.01, F32))
+    res = time_jitted(fn, (theta, tasks))
     res["params"] = {"r": r, "mode": mode, "tasks": 25, "k_support": 10, "k_query": 10,
                      "alpha": 0.01, "sizes": [1, 40, 40, 1], "impl": "vmap + lax.scan"}
+    if mode == "exact_adam":
+        res["params"].update({"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "eps_form": "sqrt(v_hat + eps^2)"})
     return res
 
 
@@ -273,7 +342,7 @@ def run_maml_conv4(r, mode):
 def configs():
     table = {"mlp_grad": run_mlp_grad, "mlp_hvp": run_mlp_hvp}
     for r in (1, 5, 10, 50, 200):
-        for mode in ("exact", "first_order", "exact_remat"):
+        for mode in ("exact", "first_order", "exact_remat", "exact_adam", "exact_lslr"):
             table[f"maml_sine:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_sine(r, mode))
     for r in (1, 5):
         for mode in ("exact", "first_order"):
