@@ -96,6 +96,7 @@ def measure(ours_cmd, config, rounds, pin):
         "ours_grad_norm": ours[-1].get("grad_norm"),
         "jax_grad_norm": jax[-1].get("grad_norm"),
         "ours_threads": ours[-1].get("rayon_threads"),
+        "ours_kernel_family": ours[-1].get("kernel_family"),
     }
 
 
@@ -110,6 +111,8 @@ def table(rows):
             f"{fmt(r['ours_peak_rss_mib'])} {fmt(r['jax_steady_rss_mib'])}"
         )
     lines.append("ratio < 1: we are faster; ours MiB = our process's peak RSS, jax MiB = JAX's peak over its timed calls")
+    families = sorted({r["ours_kernel_family"] or "-" for r in rows})
+    lines.append(f"our small-product kernel family: {', '.join(families)} (TAPE_KERNELS=portable|avx2|avx512 forces one)")
     by_config = {r["config"]: r for r in rows}
     for r in rows:
         if r["jax_config"] != r["config"]:

@@ -18,7 +18,9 @@
 //! the timed calls; for a mixture like UFO the median is not the mean, and the
 //! cost model is about the mean), and for `maml_sine:rR:ufo` a `cost_model`
 //! object (see `bench/maml.rs`): the first-order estimator alone and the exact
-//! branch alone, timed afterwards in the same process under the same rule.
+//! branch alone, timed afterwards in the same process under the same rule;
+//! `kernel_family` (the small-product kernels in effect: `portable`, `avx2`
+//! or `avx512`; `TAPE_KERNELS` forces one, so one machine measures each).
 
 use std::time::Instant;
 
@@ -196,6 +198,11 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     out.insert(
         "threads".into(),
         json!(std::env::var("MATMUL_NUM_THREADS").ok()),
+    );
+    // The small-product kernel family in effect (`TAPE_KERNELS` forces one).
+    out.insert(
+        "kernel_family".into(),
+        json!(tape::kernels::active().name()),
     );
     for (k, v) in w.extra() {
         out.insert(k, v);
