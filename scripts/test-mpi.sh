@@ -8,11 +8,14 @@
 #     the other exits non-zero within seconds with blo's message naming the lost rank and the
 #     step (the heartbeat, here with a 2 s timeout); the last checkpoint is whole, and resuming
 #     from it (one process) reproduces the uninterrupted run bit for bit.
-#  3. A rank killed mid-run (SIGKILL): MPICH's launcher ends the whole job non-zero within
-#     seconds (it kills the survivors at once, so they cannot report; its banner names a PID,
-#     observed to be sometimes the killed rank's and sometimes the survivor's, which rank 0's
-#     start-up line maps to ranks); resuming from the checkpoint again reproduces the
-#     uninterrupted run.
+#  3. A rank killed mid-run (SIGKILL), launched as docs/distributed.md says
+#     (`mpiexec -disable-auto-cleanup -n 2 scripts/mpi-rank.sh …`): the other exits 75 within
+#     seconds with blo's message naming the killed rank and the step it was in (the step must be
+#     the number of log lines rank 0 wrote: steps 0 … K − 1 done); the job's status is non-zero;
+#     resuming from the checkpoint reproduces the uninterrupted run bit for bit.
+#  4. The same kill under a plain `mpiexec -n 2`: MPICH's launcher ends the whole job non-zero
+#     within seconds (it kills the survivors at once, so no one names the rank); resuming from
+#     the checkpoint again reproduces the uninterrupted run.
 #
 # Needs mpiexec (MPICH) and `cargo build --release --features mpi --example maml_sine`.
 # Prints `N passed, M failed` and exits non-zero on any failure.
@@ -53,10 +56,11 @@ fi
 # 2 and 3. Kill rank 1 once the checkpoint of step 50 exists (of 300 steps).
 long=(--rs 10 --method ufo-adaptive --meta-batch 20 --meta-steps 300 --checkpoint-every 25)
 $bin "${long[@]}" --threads 1 --train-dir "$work/full" >/dev/null
-kill_run() { # $1: name, $2: signal; leaves $work/$1.{rc,err,ms,pid1}
-    local d="$work/$1" pid1 t0
+kill_run() { # $1: name, $2: signal, $3…: the launcher's command; leaves $work/$1.{rc,err,ms,pid1}
+    local d="$work/$1" sig="$2" pid1 t0
+    shift 2
     (
-        timeout 60 mpiexec -n 2 $bin --mpi "${long[@]}" --train-dir "$d" >"$d.err" 2>&1
+        timeout 60 "$@" $bin --mpi "${long[@]}" --train-dir "$d" >"$d.err" 2>&1
         echo $? >"$d.rc"
     ) &
     local job=$!
@@ -67,7 +71,7 @@ kill_run() { # $1: name, $2: signal; leaves $work/$1.{rc,err,ms,pid1}
     pid1="$(grep -o 'rank 1 = pid [0-9]*' "$d.err" | awk '{print $5}')"
     echo "$pid1" >"$d.pid1"
     t0=$(date +%s%N)
-    kill -"$2" "$pid1"
+    kill -"$sig" "$pid1"
     wait $job
     echo $((($(date +%s%N) - t0) / 1000000)) >"$d.ms"
 }
@@ -82,7 +86,7 @@ resumes() { # $1: name: resume with one process, compare with the uninterrupted 
     fi
 }
 
-BLO_MPI_HEARTBEAT_SECS=2 kill_run heartbeat STOP
+BLO_MPI_HEARTBEAT_SECS=2 kill_run heartbeat STOP mpiexec -n 2
 rc=$(cat "$work/heartbeat.rc") ms=$(cat "$work/heartbeat.ms")
 msg="$(grep 'rank 1 lost' "$work/heartbeat.err")"
 if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && [[ "$msg" == "blo: rank 0: rank 1 lost (no heartbeat for 2 s) during "*" at outer step "* ]]; then
@@ -92,7 +96,22 @@ else
 fi
 resumes heartbeat
 
-kill_run launcher KILL
+kill_run killed KILL mpiexec -disable-auto-cleanup -n 2 scripts/mpi-rank.sh
+rc=$(cat "$work/killed.rc") ms=$(cat "$work/killed.ms")
+msg="$(grep 'lost' "$work/killed.err")"
+logged=$(wc -l <"$work/killed/log.jsonl")
+# The op is `all_gather` or `all_gather (lengths)`, depending on when the kill lands.
+head="blo: rank 0: rank 1 lost (its process ended: mpiexec's notice, no heartbeat for 1 s) during all_gather"
+tail=" at outer step $logged; stopping (exit code 75)"
+want="$head…$tail"
+if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && [ "$logged" -ge 50 ] && [[ "$msg" == "$head"*"$tail" ]]; then
+    ok "killed: rank 1 killed, rank 0 exited after $ms ms (job status $rc): $msg"
+else
+    bad "killed: job status $rc after $ms ms, $logged steps logged; wanted: $want; stderr: $(head -c 2000 "$work/killed.err")"
+fi
+resumes killed
+
+kill_run launcher KILL mpiexec -n 2
 rc=$(cat "$work/launcher.rc") ms=$(cat "$work/launcher.ms") pid1=$(cat "$work/launcher.pid1")
 if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && grep -q "rank 1 = pid $pid1" "$work/launcher.err" &&
     grep -q -e "BAD TERMINATION" -e "Killed (signal 9)" "$work/launcher.err"; then

@@ -24,6 +24,10 @@ const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 pub const LOST_RANK_EXIT_CODE: i32 = 75;
 /// No rank lost (the value of the shared "lost" cell).
 const NONE_LOST: usize = usize::MAX;
+/// After the launcher's notice that a process of the job died (SIGUSR1 under
+/// `mpiexec -disable-auto-cleanup`), a rank silent for this long is the dead
+/// one (5 heartbeat periods: the live ranks' heartbeats keep arriving).
+const NOTICED_SILENCE: Duration = Duration::from_secs(1);
 
 /// The ranks of an MPI job started with `mpiexec -n N program …` (rsmpi on
 /// the system's MPI library; tested with MPICH's `mpiexec`).
@@ -46,13 +50,17 @@ const NONE_LOST: usize = usize::MAX;
 /// collectives, so the last checkpoint is whole), and MPICH's launcher then
 /// ends the job.
 ///
-/// A *killed* process is seen sooner by MPICH itself: its launcher kills the
-/// whole job at once (or UCX aborts a survivor whose transfer from the dead
-/// process failed), so no survivor can report; the launcher's banner names a
-/// PID (not always the killed one), which rank 0's start-up line
-/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps to ranks.
-/// (`mpiexec -disable-auto-cleanup` is not supported: MPICH then signals the
-/// survivors with SIGUSR1, which ends them.)
+/// A *killed* (or crashed) process: MPICH's launcher by default kills the
+/// whole job at once (SIGKILL), so no survivor can report. Started with
+/// `mpiexec -disable-auto-cleanup -n N …`, the launcher instead lets the
+/// survivors run and sends them SIGUSR1; each rank catches it (a flag set by
+/// the `signal-hook` crate's handler, registered when the heartbeat is on),
+/// names the rank whose heartbeat has been silent for over 1 s since then
+/// (the live ranks' heartbeats keep arriving), and a rank waiting in a collective prints
+/// `blo: rank R: rank L lost (its process ended: mpiexec's notice, no
+/// heartbeat for 1 s) during <op> at <context>` and exits with
+/// [`LOST_RANK_EXIT_CODE`]. Rank 0's start-up line
+/// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps PIDs to ranks.
 ///
 /// Dropping the last `Mpi` finalises MPI (after a barrier, so every rank's
 /// heartbeats stop first); a rank that saw a lost peer skips finalisation.
@@ -74,6 +82,8 @@ struct Heartbeat {
     stop: Arc<AtomicBool>,
     /// The first rank found silent, or `NONE_LOST`.
     lost: Arc<AtomicUsize>,
+    /// Set by SIGUSR1: the launcher's notice that a process of the job died.
+    noticed: Arc<AtomicBool>,
     timeout: Duration,
     thread: Option<JoinHandle<()>>,
 }
@@ -129,15 +139,25 @@ impl Mpi {
             .map(|timeout| {
                 let stop = Arc::new(AtomicBool::new(false));
                 let lost = Arc::new(AtomicUsize::new(NONE_LOST));
+                let noticed = Arc::new(AtomicBool::new(false));
+                // MPICH's launcher under -disable-auto-cleanup tells the
+                // survivors of a dead process with SIGUSR1 (whose default
+                // action would end them silently): note it instead.
+                if let Err(e) =
+                    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&noticed))
+                {
+                    eprintln!("blo: rank {rank}: cannot catch SIGUSR1 ({e}): a killed rank will not be named");
+                }
                 let comm = world.duplicate();
-                let (s, l) = (Arc::clone(&stop), Arc::clone(&lost));
+                let (s, l, n) = (Arc::clone(&stop), Arc::clone(&lost), Arc::clone(&noticed));
                 let thread = std::thread::Builder::new()
                     .name("blo-mpi-heartbeat".into())
-                    .spawn(move || heartbeat_loop(comm, rank, size, timeout, &s, &l))
+                    .spawn(move || heartbeat_loop(comm, rank, size, timeout, &s, &l, &n))
                     .expect("spawning the heartbeat thread");
                 Heartbeat {
                     stop,
                     lost,
+                    noticed,
                     timeout,
                     thread: Some(thread),
                 }
@@ -182,10 +202,17 @@ impl Mpi {
             if let Some(hb) = &self.heartbeat {
                 let lost = hb.lost.load(Ordering::SeqCst);
                 if lost != NONE_LOST {
+                    let why = if hb.noticed.load(Ordering::SeqCst) {
+                        format!(
+                            "its process ended: mpiexec's notice, no heartbeat for {} s",
+                            NOTICED_SILENCE.min(hb.timeout).as_secs_f64()
+                        )
+                    } else {
+                        format!("no heartbeat for {} s", hb.timeout.as_secs_f64())
+                    };
                     eprintln!(
-                        "blo: rank {}: rank {lost} lost (no heartbeat for {} s) during {op} at {}; stopping (exit code {LOST_RANK_EXIT_CODE})",
+                        "blo: rank {}: rank {lost} lost ({why}) during {op} at {}; stopping (exit code {LOST_RANK_EXIT_CODE})",
                         self.rank,
-                        hb.timeout.as_secs_f64(),
                         self.context.borrow()
                     );
                     std::process::exit(LOST_RANK_EXIT_CODE);
@@ -222,7 +249,9 @@ impl Mpi {
 }
 
 /// Sends a heartbeat to every other rank every [`HEARTBEAT_PERIOD`], reads
-/// theirs, and records the first rank silent for longer than `timeout`.
+/// theirs, and records the first rank silent for longer than `timeout`, or,
+/// once `noticed` (the launcher said a process died), the rank silent the
+/// longest if that is over [`NOTICED_SILENCE`].
 fn heartbeat_loop(
     comm: SimpleCommunicator,
     rank: usize,
@@ -230,6 +259,7 @@ fn heartbeat_loop(
     timeout: Duration,
     stop: &AtomicBool,
     lost: &AtomicUsize,
+    noticed: &AtomicBool,
 ) {
     let mut seen = vec![Instant::now(); size];
     let mut last_sent = Instant::now() - HEARTBEAT_PERIOD;
@@ -251,7 +281,15 @@ fn heartbeat_loop(
             seen[status.source_rank() as usize] = Instant::now();
         }
         if lost.load(Ordering::SeqCst) == NONE_LOST {
-            if let Some(p) = (0..size).find(|&p| p != rank && seen[p].elapsed() > timeout) {
+            let limit = if noticed.load(Ordering::SeqCst) {
+                NOTICED_SILENCE.min(timeout)
+            } else {
+                timeout
+            };
+            if let Some(p) = (0..size)
+                .filter(|&p| p != rank && seen[p].elapsed() > limit)
+                .max_by_key(|&p| seen[p].elapsed())
+            {
                 lost.store(p, Ordering::SeqCst);
             }
         }
