@@ -106,7 +106,12 @@ fn gemm_results_do_not_depend_on_the_thread_count() {
     let exe = std::env::current_exe().expect("test binary path");
     let run = |threads: &str| -> (String, usize) {
         let out = Command::new(&exe)
-            .args(["--ignored", "--exact", "gemm_threads_child", "--nocapture"])
+            .args([
+                "--ignored",
+                "--exact",
+                "gemm_threads::gemm_threads_child",
+                "--nocapture",
+            ])
             .env("MATMUL_NUM_THREADS", threads)
             .output()
             .expect("spawn the child test");

@@ -8,7 +8,7 @@ use blo_examples::counterexample::{self, CounterexampleProblem, Method};
 use blo_examples::util::check_svg;
 
 #[allow(dead_code)]
-#[path = "../examples/quickstart.rs"]
+#[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
 fn tmp_dir(name: &str) -> PathBuf {
