@@ -8,6 +8,12 @@
 //!
 //! Prints one JSON object per message size: the median and mean seconds of
 //! one all-gather over `--reps` repetitions (after `--warmup`).
+//!
+//! With `--work-us W` each rank first spins for W µs of wall-clock time, as a
+//! meta-step computes its block before the exchange, and the time reported is
+//! the iteration's less W: the all-gather *including the wait for the later
+//! rank* — on a loaded machine a rank that computed is often descheduled when
+//! its peer arrives, which a back-to-back all-gather does not show.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -27,6 +33,10 @@ struct Args {
     /// Untimed repetitions first.
     #[arg(long, default_value_t = 50)]
     warmup: usize,
+    /// Wall-clock microseconds each rank spins before each all-gather (comma
+    /// separated; each value is a run of its own).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    work_us: Vec<u64>,
     /// Run as a rank of an MPI job (build with `--features mpi`).
     #[arg(long)]
     mpi: bool,
@@ -41,27 +51,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for &n in &a.bytes {
-        let mine = vec![comm.rank() as u8; n];
-        let mut times = Vec::with_capacity(a.reps);
-        for i in 0..a.warmup + a.reps {
-            let t = Instant::now();
-            if let Err(e) = comm.all_gather(&mine) {
-                eprintln!("comm_bench: {e}");
-                return ExitCode::FAILURE;
+    for &work_us in &a.work_us {
+        let work = std::time::Duration::from_micros(work_us);
+        for &n in &a.bytes {
+            let mine = vec![comm.rank() as u8; n];
+            let mut times = Vec::with_capacity(a.reps);
+            for i in 0..a.warmup + a.reps {
+                let t = Instant::now();
+                while t.elapsed() < work {
+                    std::hint::spin_loop();
+                }
+                if let Err(e) = comm.all_gather(&mine) {
+                    eprintln!("comm_bench: {e}");
+                    return ExitCode::FAILURE;
+                }
+                if i >= a.warmup {
+                    times.push((t.elapsed() - work).as_secs_f64());
+                }
             }
-            if i >= a.warmup {
-                times.push(t.elapsed().as_secs_f64());
+            times.sort_by(f64::total_cmp);
+            if comm.rank() == 0 {
+                let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+                println!(
+                    "{{\"ranks\":{},\"bytes_per_rank\":{n},\"work_us\":{work_us},\"median_s\":{:e},\"mean_s\":{mean:e}}}",
+                    comm.size(),
+                    times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
+                );
             }
-        }
-        times.sort_by(f64::total_cmp);
-        if comm.rank() == 0 {
-            let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
-            println!(
-                "{{\"ranks\":{},\"bytes_per_rank\":{n},\"median_s\":{:e},\"mean_s\":{mean:e}}}",
-                comm.size(),
-                times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
-            );
         }
     }
     ExitCode::SUCCESS

@@ -50,14 +50,17 @@ const NOTICED_SILENCE: Duration = Duration::from_secs(1);
 /// collectives, so the last checkpoint is whole), and MPICH's launcher then
 /// ends the job.
 ///
-/// A *killed* (or crashed) process: MPICH's launcher by default kills the
-/// whole job at once (SIGKILL), so no survivor can report. Started with
-/// `mpiexec -disable-auto-cleanup -n N …`, the launcher instead lets the
-/// survivors run and sends them SIGUSR1; each rank catches it (a flag set by
-/// the `signal-hook` crate's handler, registered when the heartbeat is on),
-/// names the rank whose heartbeat has been silent for over 1 s since then
-/// (the live ranks' heartbeats keep arriving), and a rank waiting in a collective prints
-/// `blo: rank R: rank L lost (its process ended: mpiexec's notice, no
+/// A *killed* (or crashed) process: MPICH's launcher (hydra 4.0.2) kills
+/// every rank of the job at once when one dies by a signal, even under
+/// `-disable-auto-cleanup`, so no survivor can report. Started as
+/// `mpiexec -disable-auto-cleanup -n N scripts/mpi-rank.sh program …`, each
+/// rank runs under a shell that turns its death into a plain exit (status
+/// 128 + signal), to which the launcher answers only by sending the other
+/// ranks SIGUSR1. Each rank catches that notice (a flag set by the
+/// `signal-hook` crate's handler, registered when the heartbeat is on) and
+/// names the rank whose heartbeat has been silent for over 1 s since (the
+/// live ranks' heartbeats keep arriving); a rank waiting in a collective
+/// prints `blo: rank R: rank L lost (its process ended: mpiexec's notice, no
 /// heartbeat for 1 s) during <op> at <context>` and exits with
 /// [`LOST_RANK_EXIT_CODE`]. Rank 0's start-up line
 /// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps PIDs to ranks.
