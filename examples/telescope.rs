@@ -119,10 +119,7 @@ struct Row {
 
 fn best<'a>(report: &'a PlannerReport, prefix: &str) -> &'a blo::estimators::planner::Candidate {
     report
-        .candidates
-        .iter()
-        .filter(|c| c.name.starts_with(prefix))
-        .min_by(|a, b| a.figure.total_cmp(&b.figure))
+        .best(prefix)
         .expect("the planner compares UFO and telescopes")
 }
 

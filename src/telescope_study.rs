@@ -111,14 +111,7 @@ const METHODS: [&str; 6] = [
 /// The choice and expected cost per task of `method` from the planner's
 /// report (UFO at another q: c0 + q·c_rnd, c_rnd from the report's UFO line).
 fn pick(report: &PlannerReport, method: &str) -> (Choice, f64) {
-    let find = |prefix: &str| {
-        report
-            .candidates
-            .iter()
-            .filter(|c| c.name.starts_with(prefix))
-            .min_by(|a, b| a.figure.total_cmp(&b.figure))
-            .expect("the planner lists every family")
-    };
+    let find = |prefix: &str| report.best(prefix).expect("the planner lists every family");
     let c0 = (report.r + 2) as f64;
     match method {
         "first order" => (find("first order").choice.clone(), c0),
@@ -216,48 +209,30 @@ pub fn run(cfg: &StudyConfig) -> Result<Vec<MethodResult>, BloError> {
             let sampler = move |rng: &mut ChaCha8Rng| tasks.sample_episode::<f64, _>(rng, k, k);
             let mut spent = 0.0;
             let start = Instant::now();
-            let (theta, name) = if *method == "planner's choice" {
-                let mut t = Trainer::planned(
-                    problem.clone(),
-                    sampler,
-                    spec.clone(),
-                    blo::Adam::<f64>::new(cfg.outer_lr),
-                    theta0.clone(),
-                )
-                .meta_batch(cfg.meta_batch)
-                .steps(steps)
-                .seed(seed)
-                .progress(false)
-                .on_step(|rep: &blo::StepReport| spent += rep.stats.cost());
-                let theta = t.run()?.theta;
-                if t.planner_report() != Some(&report) {
-                    return Err(BloError::invalid(
-                        "planner",
-                        format!("seed {seed}"),
-                        "the planned run's report differs from the pilot's",
-                    ));
-                }
-                (
-                    theta,
-                    Estimator::<f64, RegressionMaml<Mlp>>::name(t.estimator()),
-                )
+            let planned = *method == "planner's choice";
+            let adam = blo::Adam::<f64>::new(cfg.outer_lr);
+            let base = if planned {
+                Trainer::planned(problem.clone(), sampler, spec.clone(), adam, theta0.clone())
             } else {
                 let est: Box<dyn Estimator<f64, RegressionMaml<Mlp>>> = choice.build()?;
-                let name = est.name();
-                let mut t = Trainer::new(
-                    problem.clone(),
-                    sampler,
-                    est,
-                    blo::Adam::<f64>::new(cfg.outer_lr),
-                    theta0.clone(),
-                )
+                Trainer::new(problem.clone(), sampler, est, adam, theta0.clone())
+            };
+            let mut t = base
                 .meta_batch(cfg.meta_batch)
                 .steps(steps)
                 .seed(seed)
                 .progress(false)
                 .on_step(|rep: &blo::StepReport| spent += rep.stats.cost());
-                (t.run()?.theta, name)
-            };
+            let theta = t.run()?.theta;
+            if planned && t.planner_report() != Some(&report) {
+                return Err(BloError::invalid(
+                    "planner",
+                    format!("seed {seed}"),
+                    "the planned run's report differs from the pilot's",
+                ));
+            }
+            let name = Estimator::<f64, RegressionMaml<Mlp>>::name(t.estimator());
+            drop(t);
             res.seconds += start.elapsed().as_secs_f64();
             let losses = test_losses(&problem, &test_set, &theta)?;
             res.test_loss

@@ -732,8 +732,11 @@ where
 struct Planning<'o, E> {
     spec: PlanSpec,
     report: Option<PlannerReport>,
-    build: Box<dyn Fn(&Choice) -> Result<E, BloError> + 'o>,
+    build: BuildFromChoice<'o, E>,
 }
+
+/// Builds a trainer's estimator from the planner's choice.
+type BuildFromChoice<'o, E> = Box<dyn Fn(&Choice) -> Result<E, BloError> + 'o>;
 
 /// The outer-step number whose task streams draw a planned run's pilot
 /// tasks ([`task_rng`]`(seed, PILOT_STEP, i, Sampler)`): a step no run

@@ -200,6 +200,15 @@ impl PlannerReport {
     pub fn choice(&self) -> &Candidate {
         &self.candidates[self.chosen]
     }
+
+    /// The candidate with the smallest figure among those whose name starts
+    /// with `prefix` (`"UFO"`, `"telescope"`, `"exact"`…), eligible or not.
+    pub fn best(&self, prefix: &str) -> Option<&Candidate> {
+        self.candidates
+            .iter()
+            .filter(|c| c.name.starts_with(prefix))
+            .min_by(|a, b| a.figure.total_cmp(&b.figure))
+    }
 }
 
 impl std::fmt::Display for PlannerReport {
