@@ -16,6 +16,15 @@
 //! The table prints UFO's best q and the best telescope side by side; with
 //! `--draws N > 0` both are also run N times (tasks cycled, fresh draws) and
 //! their variance and cost measured from the estimates themselves.
+//!
+//! With `--study`, it runs the meta-training study instead
+//! ([`blo_examples::telescope_study`]): the sinusoid's meta-test loss at equal
+//! compute across training seeds for first order, UFO, the best telescope,
+//! the planner's choice and exact:
+//!
+//! ```text
+//! cargo run --release --example telescope -- --study --study-seeds 5 --study-budget 350000
+//! ```
 
 use std::process::ExitCode;
 
@@ -57,6 +66,48 @@ struct Args {
     /// Print every planner table (all candidates), not only the summary.
     #[arg(long)]
     verbose: bool,
+    /// Run the equal-compute meta-training study across seeds instead.
+    #[arg(long)]
+    study: bool,
+    /// Study: training seeds 0..N (at least 2).
+    #[arg(long, default_value_t = 5)]
+    study_seeds: u64,
+    /// Study: compute per training run, in gradient units.
+    #[arg(long, default_value_t = 350_000.0)]
+    study_budget: f64,
+    /// Study: inner steps r.
+    #[arg(long, default_value_t = 10)]
+    study_r: usize,
+    /// Study: memory budget in states.
+    #[arg(long, default_value_t = 8)]
+    study_states: usize,
+}
+
+/// The `--study` mode: prints the table and the wall time.
+fn study(args: &Args) -> ExitCode {
+    let cfg = blo_examples::telescope_study::StudyConfig {
+        r: args.study_r,
+        states: args.study_states,
+        seeds: args.study_seeds,
+        budget: args.study_budget,
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    match blo_examples::telescope_study::run(&cfg) {
+        Ok(results) => {
+            println!(
+                "sinusoid r = {}, {} states, seeds 0..{}, budget {} gradient units per run, B = {}",
+                cfg.r, cfg.states, cfg.seeds, cfg.budget, cfg.meta_batch
+            );
+            print!("{}", blo_examples::telescope_study::table(&results));
+            println!("wall time {:.1} s", start.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("telescope --study: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// One row of the summary.
@@ -68,10 +119,7 @@ struct Row {
 
 fn best<'a>(report: &'a PlannerReport, prefix: &str) -> &'a blo::estimators::planner::Candidate {
     report
-        .candidates
-        .iter()
-        .filter(|c| c.name.starts_with(prefix))
-        .min_by(|a, b| a.figure.total_cmp(&b.figure))
+        .best(prefix)
         .expect("the planner compares UFO and telescopes")
 }
 
@@ -209,6 +257,9 @@ fn run(args: &Args) -> Result<Vec<Row>, blo::BloError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.study {
+        return study(&args);
+    }
     let rows = match run(&args) {
         Ok(r) => r,
         Err(e) => {

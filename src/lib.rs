@@ -13,6 +13,7 @@ pub mod fewshot;
 pub mod hyperopt;
 pub mod maml_sine;
 pub mod stats;
+pub mod telescope_study;
 pub mod util;
 
 /// The README's code blocks, compiled and run as doctests so they never rot.

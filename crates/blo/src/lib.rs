@@ -107,7 +107,9 @@ pub use estimators::exact::Exact;
 pub use estimators::first_order::FirstOrder;
 pub use estimators::forward_mode::ForwardMode;
 pub use estimators::implicit::{Implicit, ImplicitSolver};
-pub use estimators::planner::{plan_estimator, Choice, PlannerParams, PlannerReport};
+pub use estimators::planner::{
+    plan_estimator, Choice, PlanSpec, PlannerParams, PlannerReport, ReportFault,
+};
 pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
 pub use estimators::telescope::{
     doubling_depths, every_depth, optimal_depths, AdaptiveDepths, DepthDistribution, DepthError,

@@ -35,6 +35,10 @@
 //! - [`Trainer::resume_from`]: continue from such a directory; a run whose
 //!   settings ([`Trainer::settings`]) differ from the checkpoint's is refused
 //!   unless [`Trainer::force_resume`].
+//! - [`Trainer::planned`]: the estimator is chosen by the planner
+//!   ([`plan_estimator`]) at θ₀; the checkpoint records its report (the choice
+//!   and the figures it compared), and a resumed run continues with that
+//!   choice instead of planning again.
 //!
 //! # Bad settings
 //!
@@ -92,6 +96,7 @@ use tape::{Float, Tensor};
 
 use crate::comm::{self, Communicator, Local};
 use crate::error::BloError;
+use crate::estimators::planner::{plan_estimator, Choice, PlanSpec, PlannerReport};
 use crate::estimators::{Estimate, Estimator, Stats};
 use crate::io;
 use crate::outer::{Optimiser, OptimiserState};
@@ -327,6 +332,11 @@ pub struct CheckpointState {
     pub optimiser: OptimiserState,
     /// Wall-clock seconds of training so far.
     pub elapsed_seconds: f64,
+    /// The planner's report in a planned run ([`Trainer::planned`]): the
+    /// estimator it chose and every figure it compared. Absent (and not
+    /// written) otherwise. Checked on load ([`PlannerReport::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<PlannerReport>,
     /// The settings of the run that wrote it ([`Trainer::settings`]);
     /// `None` in checkpoints of format `blo-checkpoint/1`.
     #[serde(default)]
@@ -619,6 +629,18 @@ fn check_fields<F: Float>(path: &Path, state: &CheckpointState) -> Result<(), Bl
     if let Err(f) = state.optimiser.check(Some(&state.param_shapes)) {
         return err(&format!("optimiser.{}", f.field), f.value, f.reason);
     }
+    if let Some(report) = &state.planner {
+        // The report against the r the run recorded (else its own r).
+        let r = state
+            .settings
+            .as_ref()
+            .and_then(|s| s.get("inner.steps"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(report.r);
+        if let Err(f) = report.check(r) {
+            return err(&format!("planner.{}", f.field), f.value, f.reason);
+        }
+    }
     if state.format == CheckpointState::FORMAT && state.settings.is_none() {
         return err(
             "settings",
@@ -701,6 +723,46 @@ where
     progress: bool,
     observers: Vec<Box<dyn Observer<F> + 'o>>,
     comm: Box<dyn Communicator + 'o>,
+    planner: Option<Planning<'o, E>>,
+}
+
+/// A planned run's planner ([`Trainer::planned`]): what it is asked, its
+/// report once it has run (or been restored), and how an estimator is built
+/// from a choice.
+struct Planning<'o, E> {
+    spec: PlanSpec,
+    report: Option<PlannerReport>,
+    build: BuildFromChoice<'o, E>,
+}
+
+/// Builds a trainer's estimator from the planner's choice.
+type BuildFromChoice<'o, E> = Box<dyn Fn(&Choice) -> Result<E, BloError> + 'o>;
+
+/// The outer-step number whose task streams draw a planned run's pilot
+/// tasks ([`task_rng`]`(seed, PILOT_STEP, i, Sampler)`): a step no run
+/// reaches, so the pilot shares no stream with training.
+pub const PILOT_STEP: u64 = u64::MAX;
+
+/// The estimator of a planned trainer before its planner has run.
+struct Unplanned;
+
+impl<F: Float, P: Problem<F>> Estimator<F, P> for Unplanned {
+    fn estimate(
+        &self,
+        _problem: &P,
+        _task: &P::Task,
+        _theta: &[Tensor<F>],
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<Estimate<F>, BloError> {
+        Err(BloError::invalid(
+            "estimator",
+            "(not planned)",
+            "a planned trainer estimates only after Trainer::run has planned",
+        ))
+    }
+    fn name(&self) -> String {
+        "planned (the planner has not run)".into()
+    }
 }
 
 /// A setting that differs between a checkpoint and the run resuming from it
@@ -753,7 +815,39 @@ where
             progress: true,
             observers: Vec::new(),
             comm: Box::new(Local),
+            planner: None,
         }
+    }
+
+    /// The planner's report in a planned run ([`Trainer::planned`]), once it
+    /// has planned (at the start of [`Trainer::run`]) or been restored from a
+    /// checkpoint; `None` otherwise.
+    pub fn planner_report(&self) -> Option<&PlannerReport> {
+        self.planner.as_ref().and_then(|p| p.report.as_ref())
+    }
+
+    /// Plans, if this is a planned run that has not: `pilot_tasks` tasks
+    /// from the streams of [`PILOT_STEP`], measured at the current θ.
+    fn plan_if_needed(&mut self) -> Result<(), BloError> {
+        let Some(pl) = self.planner.as_mut().filter(|p| p.report.is_none()) else {
+            return Ok(());
+        };
+        let tasks: Vec<P::Task> = (0..pl.spec.pilot_tasks)
+            .map(|i| {
+                self.sampler
+                    .sample(&mut task_rng(self.seed, PILOT_STEP, i, Stream::Sampler))
+            })
+            .collect();
+        let report = plan_estimator(
+            &self.problem,
+            &tasks,
+            &self.theta,
+            pl.spec.budget,
+            &pl.spec.params,
+        )?;
+        self.estimator = (pl.build)(&report.choice().choice)?;
+        pl.report = Some(report);
+        Ok(())
     }
 
     /// Tasks per outer step, B ≥ 1. Like every builder setting, it is
@@ -934,8 +1028,11 @@ where
     /// q or the checkpoint policy; an adaptive UFO also checks q_min and the
     /// decay in its state), `optimiser` and `optimiser.config` (the outer
     /// optimiser, its hyperparameters and step-size schedule), `theta` (names
-    /// and shapes) and `data` ([`Trainer::data_id`]). The number of steps K is
-    /// not a setting: a run may be resumed to train longer.
+    /// and shapes) and `data` ([`Trainer::data_id`]); in a planned run
+    /// ([`Trainer::planned`]) also `planner.budget`, `planner.pilot_tasks`,
+    /// `planner.floor` and `planner.fo_tolerance` ([`PlanSpec::settings`]).
+    /// The number of steps K is not a setting: a run may be resumed to train
+    /// longer.
     pub fn settings(&self) -> BTreeMap<String, String> {
         let inner = self.problem.inner_loop();
         let opt = self.optimiser.state();
@@ -962,6 +1059,7 @@ where
             ),
         ]
         .into_iter()
+        .chain(self.planner.iter().flat_map(|p| p.spec.settings()))
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -1018,6 +1116,13 @@ where
         }
         if self.threads == Some(0) {
             return Err(BloError::invalid("threads", 0, "need at least one thread"));
+        }
+        if let Some(pl) = self.planner.as_ref().filter(|p| p.spec.pilot_tasks == 0) {
+            return Err(BloError::invalid(
+                "planner.pilot_tasks",
+                pl.spec.pilot_tasks,
+                "the planner measures at least one pilot task",
+            ));
         }
         if let Some((0, dir)) = &self.checkpoint {
             return Err(BloError::invalid(
@@ -1126,6 +1231,7 @@ where
         if self.comm.size() > 1 {
             self.check_ranks_agree()?;
         }
+        self.plan_if_needed()?;
         let lead = self.comm.rank() == 0;
         if self.problem.inner_loop().checks_phi0() && self.step < self.steps {
             // φ_0's shapes (Meta-SGD's `lr_index`, a rule's) need a task: the first one
@@ -1483,6 +1589,7 @@ where
             estimator_state: self.estimator.save_state(),
             optimiser: self.optimiser.state(),
             elapsed_seconds: elapsed,
+            planner: self.planner.as_ref().and_then(|p| p.report.clone()),
             settings: Some(self.settings()),
             content_fingerprint: None,
         };
@@ -1507,7 +1614,27 @@ where
     fn load_checkpoint(&mut self, dir: &Path) -> Result<(), BloError> {
         let json_path = io::join(dir, CheckpointState::STATE_FILE);
         let (state, theta) = self.read_checkpoint_shared(dir)?;
-        let here = self.settings();
+        // A planned run continues with the choice its checkpoint records (a
+        // pilot at the resumed θ would choose afresh): the estimator it names
+        // is built first, and the settings compared with its name.
+        let mut restored = match (&self.planner, &state.planner) {
+            (Some(pl), Some(report)) => {
+                let est = (pl.build)(&report.choice().choice).map_err(|e| {
+                    field_err(
+                        &json_path,
+                        "planner.chosen",
+                        format!("{:?}", report.choice().choice),
+                        e.to_string(),
+                    )
+                })?;
+                Some((report.clone(), est))
+            }
+            _ => None,
+        };
+        let mut here = self.settings();
+        if let Some((_, est)) = &restored {
+            here.insert("estimator".into(), est.name());
+        }
         let mismatch = |d: &SettingDiff| BloError::SettingsMismatch {
             path: json_path.clone(),
             field: d.field.clone(),
@@ -1554,6 +1681,12 @@ where
         if let Some(d) = diffs.first().filter(|_| !self.force) {
             return Err(mismatch(d));
         }
+        // Forced with other planner settings: the saved choice was made for
+        // other settings, so the run plans again at the resumed θ.
+        let replan = diffs.iter().any(|d| d.field.starts_with("planner."));
+        if replan {
+            restored = None;
+        }
         // Restore the estimator last-but-one and the optimiser last, undoing on failure.
         let mut opt_state = state.optimiser.clone();
         if self.force {
@@ -1564,9 +1697,13 @@ where
         self.optimiser
             .load_state(&opt_state)
             .map_err(|e| field_err(&json_path, "optimiser", &state.optimiser.kind, e))?;
-        let restore_estimator = !self.force || state.estimator == self.estimator.name();
+        let target = match &mut restored {
+            Some((_, est)) => est,
+            None => &mut self.estimator,
+        };
+        let restore_estimator = !replan && (!self.force || state.estimator == target.name());
         if restore_estimator {
-            if let Err(e) = self.estimator.load_state(&state.estimator_state) {
+            if let Err(e) = target.load_state(&state.estimator_state) {
                 self.optimiser
                     .load_state(&saved_opt)
                     .expect("restoring the optimiser's own state");
@@ -1589,11 +1726,96 @@ where
         if !restore_estimator {
             eprintln!("blo: resume forced: the estimator differs, its saved state is not restored");
         }
+        if let Some(pl) = &mut self.planner {
+            pl.report = None;
+            if let Some((report, est)) = restored {
+                self.estimator = est;
+                pl.report = Some(report);
+            }
+        }
         self.overrides = diffs;
         self.theta = theta;
         self.step = state.step;
         self.elapsed_before = state.elapsed_seconds;
         Ok(())
+    }
+}
+
+impl<'o, F, P, S, O> Trainer<'o, F, P, S, Box<dyn Estimator<F, P>>, O>
+where
+    F: Float,
+    P: Problem<F>,
+    S: TaskSampler<P::Task>,
+    O: Optimiser<F>,
+{
+    /// A trainer whose estimator the planner chooses ([`plan_estimator`]):
+    /// when [`Trainer::run`] starts, `spec.pilot_tasks` tasks are drawn from
+    /// the streams of [`PILOT_STEP`] (shared with no training step), measured
+    /// at θ₀ within `spec.budget`, and the estimator with the smallest
+    /// cost × variance is built ([`Choice::build`]); its report is
+    /// [`Trainer::planner_report`].
+    ///
+    /// Checkpoints record the report (the choice and every figure compared,
+    /// [`CheckpointState::planner`]), and the spec is part of the settings
+    /// (`planner.budget`, `planner.pilot_tasks`, `planner.floor`,
+    /// `planner.fo_tolerance`). Resuming restores the recorded choice without
+    /// planning again, so the run continues bit-identically. A resume with
+    /// another spec is a [`BloError::SettingsMismatch`] naming the setting and
+    /// both values; with [`Trainer::force_resume`] the saved choice is
+    /// dropped and the planner runs again at the resumed θ under the new spec
+    /// (a documented re-plan: the continuation is then not that of the saved
+    /// run). A stored report that no planner can have written is a
+    /// [`BloError::CheckpointField`] naming `planner.<field>`.
+    ///
+    /// ```
+    /// # use blo::train::Trainer;
+    /// # use blo::{Adam, BloError, Budget, InnerLoop, PlanSpec, Problem};
+    /// # use rand::Rng;
+    /// # use rand_chacha::ChaCha8Rng;
+    /// # use tape::{Real, Tape, Tensor, Var};
+    /// # struct Quad { inner: InnerLoop }
+    /// # impl Problem<f64> for Quad {
+    /// #     type Task = f64;
+    /// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    /// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+    /// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] - *c).square().sum() * 0.5 }
+    /// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &f64,
+    /// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { self.inner_loss(t, c, 1, th, phi) }
+    /// # }
+    /// let mut t = Trainer::planned(Quad { inner: InnerLoop::sgd(4, 0.3)? },
+    ///                              |rng: &mut ChaCha8Rng| rng.gen_range(-1.0..1.0),
+    ///                              PlanSpec::new(Budget::States(2), 8),
+    ///                              Adam::new(0.05), vec![Tensor::scalar(2.0_f64)])
+    ///     .meta_batch(4)
+    ///     .steps(5);
+    /// t.run()?;
+    /// let report = t.planner_report().expect("planned at the start of run");
+    /// println!("{report}"); // every figure compared, the choice marked
+    /// assert_eq!(blo::Estimator::<f64, Quad>::name(t.estimator()),
+    ///            report.choice().choice.build::<f64, Quad>()?.name());
+    /// # Ok::<(), BloError>(())
+    /// ```
+    pub fn planned(
+        problem: P,
+        sampler: S,
+        spec: PlanSpec,
+        optimiser: O,
+        theta0: Vec<Tensor<F>>,
+    ) -> Self {
+        let mut t = Trainer::new(
+            problem,
+            sampler,
+            Box::new(Unplanned) as Box<dyn Estimator<F, P>>,
+            optimiser,
+            theta0,
+        );
+        t.planner = Some(Planning {
+            spec,
+            report: None,
+            build: Box::new(|c: &Choice| c.build::<F, P>()),
+        });
+        t
     }
 }
 

@@ -14,7 +14,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
 use tape::{Real, Tape, Tensor, Var};
-use train_common::{bits, sampler, scratch, Coin, QuadMaml, Task};
+use train_common::{bits, rewrite_checkpoint as rewrite, sampler, scratch, Coin, QuadMaml, Task};
 
 type BoxEst = Box<dyn Estimator<f64, QuadMaml>>;
 type BoxOpt = Box<dyn Optimiser<f64>>;
@@ -249,22 +249,6 @@ fn forced_resume_records_the_new_settings() {
         Err(BloError::SettingsMismatch { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Rewrites the checkpoint's JSON through `edit` with a valid content
-/// fingerprint (as `blo-checkpoint/2` defines it: FNV-1a of the file with its
-/// 16 digits zeroed), so the field checks, not the hash, must catch the edit.
-fn rewrite(dir: &Path, edit: impl FnOnce(&mut Value)) {
-    let p = json(dir);
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-    edit(&mut v);
-    let zeros = "0".repeat(16);
-    v["content_fingerprint"] = Value::String(zeros.clone());
-    let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
-    let fp = blo::io::fingerprint(text.as_bytes());
-    let key = format!("\"content_fingerprint\": \"{zeros}\"");
-    let text = text.replace(&key, &format!("\"content_fingerprint\": \"{fp}\""));
-    std::fs::write(&p, text).unwrap();
 }
 
 /// The rewrite helper itself produces an accepted file when it changes

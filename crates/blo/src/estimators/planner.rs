@@ -37,6 +37,7 @@ use crate::problem::Problem;
 /// An estimator with its parameters, as the planner chooses it (serializable,
 /// so a training run can store its choice).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum Choice {
     /// [`FirstOrder`].
     FirstOrder,
@@ -72,6 +73,7 @@ impl Choice {
     /// An invalid parameter (a q outside (0, 1], a table that is not a
     /// distribution the kind can use), e.g. from a hand-edited checkpoint.
     pub fn build<F: Float, P: Problem<F>>(&self) -> Result<Box<dyn Estimator<F, P>>, BloError> {
+        self.validate()?;
         Ok(match self {
             Choice::FirstOrder => Box::new(FirstOrder::new()),
             Choice::Exact { states } => Box::new(Exact::with_budget(Budget::States(*states))),
@@ -94,8 +96,43 @@ impl Choice {
     }
 }
 
+impl Choice {
+    /// Checks the parameters [`Choice::build`] would refuse: a q outside
+    /// (0, 1], a depth table that is not a distribution over its levels or
+    /// under which its kind is biased, a budget of 0 states.
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] or [`BloError::Depths`] naming the value.
+    pub fn validate(&self) -> Result<(), BloError> {
+        let states = match self {
+            Choice::FirstOrder => return Ok(()),
+            Choice::Exact { states } => *states,
+            Choice::Ufo { q, states } => {
+                if !(q.is_finite() && *q > 0.0 && *q <= 1.0) {
+                    return Err(BloError::invalid("q", q, "must be in (0, 1]"));
+                }
+                *states
+            }
+            Choice::Telescope {
+                kind,
+                levels,
+                p,
+                states,
+            } => {
+                DepthDistribution::from_table(levels.clone(), p.clone())?.check_for(*kind)?;
+                *states
+            }
+        };
+        if states == 0 {
+            return Err(BloError::invalid("states", 0, "at least one state"));
+        }
+        Ok(())
+    }
+}
+
 /// One candidate the planner compared.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Candidate {
     /// A readable name.
     pub name: String,
@@ -135,6 +172,7 @@ impl Default for PlannerParams {
 
 /// What the planner measured, compared and chose.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlannerReport {
     /// The number of inner steps.
     pub r: usize,
@@ -161,6 +199,15 @@ impl PlannerReport {
     /// The chosen candidate.
     pub fn choice(&self) -> &Candidate {
         &self.candidates[self.chosen]
+    }
+
+    /// The candidate with the smallest figure among those whose name starts
+    /// with `prefix` (`"UFO"`, `"telescope"`, `"exact"`…), eligible or not.
+    pub fn best(&self, prefix: &str) -> Option<&Candidate> {
+        self.candidates
+            .iter()
+            .filter(|c| c.name.starts_with(prefix))
+            .min_by(|a, b| a.figure.total_cmp(&b.figure))
     }
 }
 
@@ -332,17 +379,7 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
             );
         }
     }
-    // The smallest figure; within 1e-9 of it, the simplest (first listed:
-    // first order, exact, UFO, then the telescopes).
-    let best = candidates
-        .iter()
-        .filter(|c| c.eligible)
-        .map(|c| c.figure)
-        .fold(f64::INFINITY, f64::min);
-    let chosen = candidates
-        .iter()
-        .position(|c| c.eligible && c.figure <= best + 1e-9 * best.abs())
-        .expect("exact is always eligible");
+    let chosen = pick(&candidates).expect("exact is always eligible");
     Ok(PlannerReport {
         r,
         states,
@@ -354,6 +391,207 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
         candidates,
         chosen,
     })
+}
+
+/// The planner's rule: the smallest figure among the eligible; within 1e-9
+/// of it, the simplest (the first listed: first order, exact, UFO, then the
+/// telescopes). `None` if none is eligible.
+fn pick(candidates: &[Candidate]) -> Option<usize> {
+    let best = candidates
+        .iter()
+        .filter(|c| c.eligible)
+        .map(|c| c.figure)
+        .fold(f64::INFINITY, f64::min);
+    candidates
+        .iter()
+        .position(|c| c.eligible && c.figure <= best + 1e-9 * best.abs())
+}
+
+/// A field of a stored [`PlannerReport`] that no planner run can have
+/// written ([`PlannerReport::check`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportFault {
+    /// The field (dotted, e.g. `chosen` or `candidates.2.figure`).
+    pub field: String,
+    /// The value found.
+    pub value: String,
+    /// Why it cannot be right.
+    pub reason: String,
+}
+
+impl PlannerReport {
+    /// Checks that this report, read back from a checkpoint, is one
+    /// [`plan_estimator`] can have written for a problem of `r` inner steps:
+    /// r, at least one state and one pilot task; E‖Δ_k‖² one finite value
+    /// ≥ 0 per depth; every candidate's figures finite, its variance its
+    /// second moment − ‖ḡ‖² and its figure cost × variance (bit for bit, as
+    /// computed); `chosen` the candidate the planner's rule picks from these
+    /// figures; and the chosen estimator buildable within the report's states
+    /// (q ∈ (0, 1], a depth table that is a distribution under which its kind
+    /// is unbiased, levels ending at r).
+    ///
+    /// # Errors
+    /// The first [`ReportFault`] found.
+    pub fn check(&self, r: usize) -> Result<(), ReportFault> {
+        let fault = |field: &str, value: String, reason: String| {
+            Err(ReportFault {
+                field: field.into(),
+                value,
+                reason,
+            })
+        };
+        if self.r != r {
+            return fault(
+                "r",
+                self.r.to_string(),
+                format!("this run takes r = {r} inner steps"),
+            );
+        }
+        if self.states == 0 || self.tasks == 0 {
+            return fault(
+                if self.states == 0 { "states" } else { "tasks" },
+                "0".into(),
+                "the planner holds at least one state and measures at least one pilot task".into(),
+            );
+        }
+        if self.depth_diff_sq.len() != r {
+            return fault(
+                "depth_diff_sq",
+                format!("{} values", self.depth_diff_sq.len()),
+                format!("one per depth 1..={r}"),
+            );
+        }
+        let finite = |x: f64| x.is_finite();
+        if let Some((k, x)) = self
+            .depth_diff_sq
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !(finite(**x) && **x >= 0.0))
+        {
+            return fault(
+                &format!("depth_diff_sq.{k}"),
+                x.to_string(),
+                "a mean square: finite and >= 0".into(),
+            );
+        }
+        for (name, x) in [("v2", self.v2), ("d2", self.d2), ("mean_sq", self.mean_sq)] {
+            if !(finite(x) && x >= 0.0) {
+                return fault(name, x.to_string(), "a mean square: finite and >= 0".into());
+            }
+        }
+        for (i, c) in self.candidates.iter().enumerate() {
+            let at = |f: &str| format!("candidates.{i}.{f}");
+            if !(finite(c.cost) && c.cost > 0.0) {
+                return fault(&at("cost"), c.cost.to_string(), "finite and > 0".into());
+            }
+            if (c.second_moment - self.mean_sq).to_bits() != c.variance.to_bits() {
+                return fault(
+                    &at("variance"),
+                    c.variance.to_string(),
+                    format!(
+                        "the planner writes second moment − ‖ḡ‖² = {}",
+                        c.second_moment - self.mean_sq
+                    ),
+                );
+            }
+            if (c.cost * c.variance).to_bits() != c.figure.to_bits() || !finite(c.figure) {
+                return fault(
+                    &at("figure"),
+                    c.figure.to_string(),
+                    format!(
+                        "the planner writes cost × variance = {}",
+                        c.cost * c.variance
+                    ),
+                );
+            }
+        }
+        match pick(&self.candidates) {
+            Some(i) if i == self.chosen => {}
+            want => {
+                return fault(
+                    "chosen",
+                    self.chosen.to_string(),
+                    match want {
+                        Some(i) => format!(
+                            "the planner's rule picks candidate {i} ({}) from these figures",
+                            self.candidates[i].name
+                        ),
+                        None => "no candidate is eligible".into(),
+                    },
+                )
+            }
+        }
+        let choice = &self.candidates[self.chosen].choice;
+        let states = match choice {
+            Choice::FirstOrder => None,
+            Choice::Exact { states } | Choice::Ufo { states, .. } => Some(*states),
+            Choice::Telescope { states, levels, .. } => {
+                if levels.last() != Some(&r) {
+                    return fault(
+                        &format!("candidates.{}.choice.levels", self.chosen),
+                        format!("{levels:?}"),
+                        format!("the last level must be r = {r}"),
+                    );
+                }
+                Some(*states)
+            }
+        };
+        if let Some(s) = states.filter(|&s| s != self.states) {
+            return fault(
+                &format!("candidates.{}.choice.states", self.chosen),
+                s.to_string(),
+                format!("the report's budget holds {} states", self.states),
+            );
+        }
+        if let Err(e) = choice.validate() {
+            return fault(
+                &format!("candidates.{}.choice", self.chosen),
+                format!("{choice:?}"),
+                e.to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a planned training run asks of the planner
+/// ([`crate::train::Trainer::planned`]): the memory budget, the number of
+/// pilot tasks and the planner's parameters. These are settings of the run
+/// ([`PlanSpec::settings`]): a run resumed with other values is refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanSpec {
+    /// The memory budget the estimator's plans must fit.
+    pub budget: Budget,
+    /// Pilot tasks measured at θ₀ (at least 1).
+    pub pilot_tasks: usize,
+    /// The planner's parameters.
+    pub params: PlannerParams,
+}
+
+impl PlanSpec {
+    /// The spec with the default [`PlannerParams`].
+    pub fn new(budget: Budget, pilot_tasks: usize) -> Self {
+        PlanSpec {
+            budget,
+            pilot_tasks,
+            params: PlannerParams::default(),
+        }
+    }
+
+    /// The settings a resumed run must share (`planner.budget`,
+    /// `planner.pilot_tasks`, `planner.floor`, `planner.fo_tolerance`), values
+    /// as text (floats in their shortest round-trip form).
+    pub fn settings(&self) -> [(&'static str, String); 4] {
+        [
+            ("planner.budget", self.budget.to_string()),
+            ("planner.pilot_tasks", self.pilot_tasks.to_string()),
+            ("planner.floor", format!("{:?}", self.params.floor)),
+            (
+                "planner.fo_tolerance",
+                format!("{:?}", self.params.fo_tolerance),
+            ),
+        ]
+    }
 }
 
 /// The model of a telescope over the coarse `levels` from the Gram matrix of

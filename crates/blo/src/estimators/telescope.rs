@@ -534,7 +534,10 @@ impl DepthModel {
 /// x_i = S_i, a_i = costs_i − costs_{i−1} (the cost of going one level
 /// deeper), b_i = C_ii + 2Σ_{j>i} C_ij (so Σ b_i/S_i is the second moment),
 /// made non-increasing by a running minimum and capped at 1, and also a
-/// constant S_i = t (UFO's coin over the whole telescope). The floor: single
+/// constant S_i = t (UFO's coin over the whole telescope), and the pooled
+/// minimiser of Σ b_i/S_i + t·Σ a_i S_i over non-increasing S (pool adjacent
+/// violators; it also merges levels, and uses the b_i < 0 of anti-correlated
+/// differences that the first family clips). The floor: single
 /// sample p ← (1 − floor)·p + floor/m on the levels; roulette S_i ≥ floor
 /// (so S = 1, the exact estimator, stays in the family). Each parameter is
 /// chosen by a grid of 241 values (λ over six decades below λ_hi, ν over
@@ -578,6 +581,16 @@ pub fn optimal_depths(
         });
     }
     let tiny = 1e-12 * model.c0.max(1.0);
+    // Roulette's b_i = C_ii + 2Σ_{j>i} C_ij (any sign) and a_i, the cost of
+    // going one level deeper.
+    let (rb, ra): (Vec<f64>, Vec<f64>) = (0..m)
+        .map(|i| {
+            let b = model.gram[i * m + i]
+                + 2.0 * (i + 1..m).map(|j| model.gram[i * m + j]).sum::<f64>();
+            let a = model.costs[i] - if i == 0 { 0.0 } else { model.costs[i - 1] };
+            (b, a.max(tiny))
+        })
+        .unzip();
     let x: Vec<f64> = match kind {
         TelescopeKind::SingleSample => (0..m)
             .map(|i| (model.gram[i * m + i].max(0.0) / model.costs[i].max(tiny)).sqrt())
@@ -586,10 +599,7 @@ pub fn optimal_depths(
             let mut run = f64::INFINITY;
             (0..m)
                 .map(|i| {
-                    let b = model.gram[i * m + i]
-                        + 2.0 * (i + 1..m).map(|j| model.gram[i * m + j]).sum::<f64>();
-                    let a = model.costs[i] - if i == 0 { 0.0 } else { model.costs[i - 1] };
-                    run = run.min((b.max(0.0) / a.max(tiny)).sqrt());
+                    run = run.min((rb[i].max(0.0) / ra[i]).sqrt());
                     run
                 })
                 .collect()
@@ -620,19 +630,19 @@ pub fn optimal_depths(
             (TelescopeKind::RussianRoulette, family) => {
                 // Family 0: S_i = min(1, λ x_i) (x non-increasing); family
                 // 1: S_i = t for every level (UFO's coin on the whole
-                // telescope). The floor is on S: every level is reached
-                // with probability ≥ floor, and S = 1 (exact) stays allowed.
-                let s: Vec<f64> = x
-                    .iter()
-                    .map(|xi| {
-                        if family == 0 {
-                            (t * xi).min(1.0)
-                        } else {
-                            t.min(1.0)
-                        }
-                    })
-                    .map(|si| si.max(floor))
-                    .collect();
+                // telescope); family 2: the pooled minimiser of
+                // Σ b_i/S_i + t·Σ a_i S_i over non-increasing S
+                // ([`pooled_survival`]). The floor is on S: every level is
+                // reached with probability ≥ floor, and S = 1 (exact) stays
+                // allowed.
+                let s: Vec<f64> = match family {
+                    0 => x.iter().map(|xi| t * xi).collect(),
+                    1 => vec![t; m],
+                    _ => pooled_survival(&rb, &ra, t),
+                }
+                .into_iter()
+                .map(|si| si.min(1.0).max(floor))
+                .collect();
                 for i in 0..m {
                     p[i + 1] = s[i] - s.get(i + 1).copied().unwrap_or(0.0);
                 }
@@ -677,8 +687,20 @@ pub fn optimal_depths(
             ranges.push((1, c_max * 1e-6, c_max * 1e6));
         }
     }
+    let ratios = rb
+        .iter()
+        .zip(&ra)
+        .filter(|(b, _)| **b > 0.0)
+        .map(|(b, a)| b / a);
+    let (r_lo, r_hi) = ratios.fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
     match kind {
-        TelescopeKind::RussianRoulette => ranges.push((1, floor, 1.0)),
+        TelescopeKind::RussianRoulette => {
+            ranges.push((1, floor, 1.0));
+            if r_hi > 0.0 {
+                // A block's S is 1 at t = Σb/Σa and the floor at that over floor².
+                ranges.push((2, 0.25 * r_lo, 4.0 * r_hi / (floor * floor)));
+            }
+        }
         TelescopeKind::SingleSample if ranges.is_empty() => return Ok(eval(0, 0.0).1),
         TelescopeKind::SingleSample => {}
     }
@@ -711,6 +733,34 @@ pub fn optimal_depths(
         }
     }
     Ok(best.expect("at least one family").1)
+}
+
+/// The S minimising Σ b_i/S_i + t·Σ a_i S_i over non-increasing S ≥ 0, by
+/// pooling adjacent violators: a block of levels pooled together has
+/// S = √(max(Σb, 0)/(t·Σa)), and a block whose S is below the next one's is
+/// merged with it. Exact when every b_i ≥ 0 (the terms are then convex); with
+/// negative b_i (anti-correlated differences) a candidate that the caller
+/// scores by the exact figure. Equal S over a block is the coarse telescope
+/// that skips the levels inside it, so this family also chooses the levels.
+fn pooled_survival(b: &[f64], a: &[f64], t: f64) -> Vec<f64> {
+    // (Σb, Σa, levels) per block.
+    let value = |(sb, sa, _): (f64, f64, usize)| (sb.max(0.0) / (t * sa)).sqrt();
+    let mut blocks: Vec<(f64, f64, usize)> = Vec::with_capacity(b.len());
+    for (&bi, &ai) in b.iter().zip(a) {
+        blocks.push((bi, ai, 1));
+        while let [.., prev, last] = blocks[..] {
+            if value(prev) >= value(last) {
+                break;
+            }
+            blocks.pop();
+            let top = blocks.last_mut().expect("two blocks");
+            *top = (prev.0 + last.0, prev.1 + last.1, prev.2 + last.2);
+        }
+    }
+    blocks
+        .into_iter()
+        .flat_map(|bl| std::iter::repeat_n(value(bl), bl.2))
+        .collect()
 }
 
 /// Parameters of the adaptive depth distribution.

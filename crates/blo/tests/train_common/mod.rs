@@ -238,3 +238,21 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// Rewrites the checkpoint's JSON in `dir` through `edit` with a valid
+/// content fingerprint (as `blo-checkpoint/2` defines it: FNV-1a of the file
+/// with its 16 digits zeroed), so the field checks, not the hash, must catch
+/// the edit.
+pub fn rewrite_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    use serde_json::Value;
+    let p = dir.join(blo::train::CheckpointState::STATE_FILE);
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    edit(&mut v);
+    let zeros = "0".repeat(16);
+    v["content_fingerprint"] = Value::String(zeros.clone());
+    let text = serde_json::to_string_pretty(&v).unwrap() + "\n";
+    let fp = blo::io::fingerprint(text.as_bytes());
+    let key = format!("\"content_fingerprint\": \"{zeros}\"");
+    let text = text.replace(&key, &format!("\"content_fingerprint\": \"{fp}\""));
+    std::fs::write(&p, text).unwrap();
+}
