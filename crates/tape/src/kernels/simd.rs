@@ -296,31 +296,62 @@ mod imp {
         with_job::<I, Dual<E>>(p, |job| unsafe { I::dual(job) })
     }
 
-    /// Walks C in register panels: vector columns `v0..v0 + nv` (nv ≤ `nv_max`)
-    /// by row blocks `i..i + mr` (mr ≤ `mr_max[nv − 1]`), calling
-    /// `panel(mr, nv, i, v0, full)`, where `full` says that the panel's last
-    /// vector has all its lanes below `lanes_end` (the column or row count).
-    #[inline(always)]
-    fn for_panels(
+    /// C's register panels, in order: vector columns `v0..v0 + nv` (nv ≤
+    /// `nv_max`) by row blocks `i..i + mr` (mr ≤ `mr_max[nv − 1]`), as
+    /// `(mr, nv, i, v0, full)`, where `full` says that the panel's last vector
+    /// has all its lanes below `lanes_end` (the column or row count). An
+    /// iterator rather than a loop taking a closure: a closure would be
+    /// compiled without the caller's `#[target_feature]`s, and its intrinsics
+    /// would become calls.
+    struct Panels {
         m: usize,
         lanes: usize,
         lanes_end: usize,
         nv_max: usize,
         mr_max: [usize; 4],
-        mut panel: impl FnMut(usize, usize, usize, usize, bool),
-    ) {
-        let vectors = lanes_end.div_ceil(lanes);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let nv = (vectors - v0).min(nv_max).min(4);
-            let full = (v0 + nv) * lanes <= lanes_end;
-            let mut i = 0;
-            while i < m {
-                let mr = (m - i).min(mr_max[nv - 1]);
-                panel(mr, nv, i, v0, full);
-                i += mr;
+        v0: usize,
+        i: usize,
+    }
+
+    impl Panels {
+        #[inline(always)]
+        fn new(
+            m: usize,
+            lanes: usize,
+            lanes_end: usize,
+            nv_max: usize,
+            mr_max: [usize; 4],
+        ) -> Self {
+            Panels {
+                m,
+                lanes,
+                lanes_end,
+                nv_max: nv_max.clamp(1, 4),
+                mr_max,
+                v0: 0,
+                i: 0,
             }
-            v0 += nv;
+        }
+    }
+
+    impl Iterator for Panels {
+        type Item = (usize, usize, usize, usize, bool);
+        #[inline(always)]
+        fn next(&mut self) -> Option<Self::Item> {
+            let vectors = self.lanes_end.div_ceil(self.lanes);
+            if self.v0 >= vectors || self.m == 0 {
+                return None;
+            }
+            let nv = (vectors - self.v0).min(self.nv_max);
+            let full = (self.v0 + nv) * self.lanes <= self.lanes_end;
+            let mr = (self.m - self.i).min(self.mr_max[nv - 1]).max(1);
+            let item = (mr, nv, self.i, self.v0, full);
+            self.i += mr;
+            if self.i >= self.m {
+                self.i = 0;
+                self.v0 += nv;
+            }
+            Some(item)
         }
     }
 
@@ -372,37 +403,34 @@ mod imp {
         let (m, k, n) = (a.rows, a.cols, b.cols);
         // SAFETY: this fn's contract (a job from `real`: the CPU has V's
         // instruction set, the operands as `Layout` describes them);
-        // `for_panels` passes rows i..i + mr ≤ m and vector columns
+        // `Panels` yields rows i..i + mr ≤ m and vector columns
         // v0..v0 + nv ≤ ⌈n / N⌉ (rows ⌈m / N⌉ for the column kernel), the
         // ranges the panels handle, and `full` only if the last vector's
         // lanes are all below n (m).
-        match layout {
-            Layout::Columns(at, ats) => {
-                for_panels(1, V::N, m, 4, [1; 4], |_, nv, _, v0, full| unsafe {
-                    dispatch!(
-                        real_col::<V>,
-                        full,
-                        nv,
-                        (alpha, at, ats, m, k, b, beta, &mut *c, v0)
-                    )
-                })
+        unsafe {
+            match layout {
+                Layout::Columns(at, ats) => {
+                    for (_, nv, _, v0, full) in Panels::new(1, V::N, m, 4, [1; 4]) {
+                        dispatch!(
+                            real_col::<V>,
+                            full,
+                            nv,
+                            (alpha, at, ats, m, k, b, beta, &mut *c, v0)
+                        )
+                    }
+                }
+                Layout::Rows(bp, brs) => {
+                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, I::NV[0], I::MR[0]) {
+                        dispatch!(
+                            real_panel::<V>,
+                            full,
+                            mr,
+                            nv,
+                            (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
+                        )
+                    }
+                }
             }
-            Layout::Rows(bp, brs) => for_panels(
-                m,
-                V::N,
-                n,
-                I::NV[0],
-                I::MR[0],
-                |mr, nv, i, v0, full| unsafe {
-                    dispatch!(
-                        real_panel::<V>,
-                        full,
-                        mr,
-                        nv,
-                        (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
-                    )
-                },
-            ),
         }
     }
 
@@ -422,33 +450,30 @@ mod imp {
         } = job;
         let (m, k, n) = (a.rows, a.cols, b.cols);
         // SAFETY: as in `run_real` (a job from `dual`).
-        match layout {
-            Layout::Columns(at, ats) => {
-                for_panels(1, V::N, m, 4, [1; 4], |_, nv, _, v0, full| unsafe {
-                    dispatch!(
-                        dual_col::<V>,
-                        full,
-                        nv,
-                        (alpha, at, ats, m, k, b, beta, &mut *c, v0)
-                    )
-                })
+        unsafe {
+            match layout {
+                Layout::Columns(at, ats) => {
+                    for (_, nv, _, v0, full) in Panels::new(1, V::N, m, 4, [1; 4]) {
+                        dispatch!(
+                            dual_col::<V>,
+                            full,
+                            nv,
+                            (alpha, at, ats, m, k, b, beta, &mut *c, v0)
+                        )
+                    }
+                }
+                Layout::Rows(bp, brs) => {
+                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, I::NV[1], I::MR[1]) {
+                        dispatch!(
+                            dual_panel::<V>,
+                            full,
+                            mr,
+                            nv,
+                            (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
+                        )
+                    }
+                }
             }
-            Layout::Rows(bp, brs) => for_panels(
-                m,
-                V::N,
-                n,
-                I::NV[1],
-                I::MR[1],
-                |mr, nv, i, v0, full| unsafe {
-                    dispatch!(
-                        dual_panel::<V>,
-                        full,
-                        mr,
-                        nv,
-                        (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
-                    )
-                },
-            ),
         }
     }
 
@@ -461,7 +486,7 @@ mod imp {
         m: V::M,
     ) -> V::V {
         // SAFETY: the caller's: `p` valid for the lanes of `m`, which are all
-        // N lanes when FULL or v + 1 < NV (`for_panels`).
+        // N lanes when FULL or v + 1 < NV (`Panels`).
         unsafe {
             if FULL || v + 1 < NV {
                 V::load(p)
@@ -626,7 +651,7 @@ mod imp {
         // l < k, j < n (`Layout::Rows`: `MatRef::new`'s bounds check with unit
         // column stride, or a packed copy); A[i, l] for i < m = a.rows,
         // l < k = a.cols (bounds check, `Product::new`); `c` has m·n elements
-        // (`dense_row_major`). Rows i0 + r < m (`for_panels`); the mask of
+        // (`dense_row_major`). Rows i0 + r < m (`Panels`); the mask of
         // vector v keeps only columns below n (all of them when FULL or not
         // last), and addresses are formed with `wrapping_add`, so only
         // elements of those buffers are touched.
