@@ -68,48 +68,20 @@ unsafe fn small_avx2<T: Real>(
 mod imp {
     use crate::kernels::family::has_avx2_fma;
     use crate::kernels::portable::pack;
-    use crate::kernels::simd::{run_dual, run_real, Isa, Job, Lane, Vectors};
-    use crate::kernels::{MatRef, PACK};
-    use crate::real::Dual;
+    use crate::kernels::simd::{isa, Vectors};
     use std::arch::x86_64::*;
-    use std::mem::MaybeUninit;
 
-    /// The AVX2+FMA instruction set ([`Isa`]).
-    pub(crate) struct Avx2;
-
-    impl Isa for Avx2 {
-        type Vec<E: Lane> = E::Avx2;
-        fn available() -> bool {
-            has_avx2_fma()
-        }
-        fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
-            pack(b, buf)
-        }
-        const NV: [usize; 2] = [2, 2];
-        const MR: [[usize; 4]; 2] = [[4; 4], [4, 2, 2, 2]];
-        unsafe fn real<E: Lane>(job: Job<'_, E>) {
-            // SAFETY: this fn's contract (AVX2 and FMA detected, a job from `real`).
-            unsafe { real_avx2::<E::Avx2>(job) }
-        }
-        unsafe fn dual<E: Lane>(job: Job<'_, Dual<E>>) {
-            // SAFETY: this fn's contract (AVX2 and FMA detected, a job from `dual`).
-            unsafe { dual_avx2::<E::Avx2>(job) }
-        }
-    }
-
-    /// `simd::run_real` compiled with AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn real_avx2<V: Vectors>(job: Job<'_, V::E>) {
-        // SAFETY: this fn's contract, passed on (`Isa::real`).
-        unsafe { run_real::<Avx2, V>(job) }
-    }
-
-    /// `simd::run_dual` compiled with AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dual_avx2<V: Vectors>(job: Job<'_, Dual<V::E>>) {
-        // SAFETY: this fn's contract, passed on (`Isa::dual`).
-        unsafe { run_dual::<Avx2, V>(job) }
-    }
+    isa!(
+        /// The AVX2+FMA instruction set ([`Isa`](crate::kernels::simd::Isa)):
+        /// real blocks up to 4 rows × 2 vectors, dual 4 × 1 or 2 × 2.
+        Avx2,
+        features "avx2,fma",
+        vec Avx2,
+        available has_avx2_fma,
+        pack_t pack,
+        nv [2, 2],
+        mr [[4; 4], [4, 2, 2, 2]]
+    );
 
     /// `f32 × 8`.
     pub(crate) struct F32x8;

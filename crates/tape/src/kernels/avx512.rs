@@ -23,49 +23,23 @@ pub(crate) use imp::{Avx512, F32x16, F64x8};
 mod imp {
     use crate::kernels::family::has_avx512;
     use crate::kernels::portable::pack;
-    use crate::kernels::simd::{run_dual, run_real, Isa, Job, Lane, Vectors};
+    use crate::kernels::simd::{isa, Vectors};
     use crate::kernels::{fits_pack, MatRef, PACK};
-    use crate::real::Dual;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    /// The AVX-512F instruction set ([`Isa`]).
-    pub(crate) struct Avx512;
-
-    impl Isa for Avx512 {
-        type Vec<E: Lane> = E::Avx512;
-        fn available() -> bool {
-            has_avx512()
-        }
-        fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
-            pack_t(b, buf)
-        }
-        const NV: [usize; 2] = [4, 4];
-        // Duals: 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32.
-        const MR: [[usize; 4]; 2] = [[4; 4], [3, 3, 3, 2]];
-        unsafe fn real<E: Lane>(job: Job<'_, E>) {
-            // SAFETY: this fn's contract (AVX-512F detected, a job from `real`).
-            unsafe { real_avx512::<E::Avx512>(job) }
-        }
-        unsafe fn dual<E: Lane>(job: Job<'_, Dual<E>>) {
-            // SAFETY: this fn's contract (AVX-512F detected, a job from `dual`).
-            unsafe { dual_avx512::<E::Avx512>(job) }
-        }
-    }
-
-    /// `simd::run_real` compiled with AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn real_avx512<V: Vectors>(job: Job<'_, V::E>) {
-        // SAFETY: this fn's contract, passed on (`Isa::real`).
-        unsafe { run_real::<Avx512, V>(job) }
-    }
-
-    /// `simd::run_dual` compiled with AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dual_avx512<V: Vectors>(job: Job<'_, Dual<V::E>>) {
-        // SAFETY: this fn's contract, passed on (`Isa::dual`).
-        unsafe { run_dual::<Avx512, V>(job) }
-    }
+    isa!(
+        /// The AVX-512F instruction set ([`Isa`](crate::kernels::simd::Isa)):
+        /// real blocks up to 4 rows × 4 vectors; duals 3 × 3 or 2 × 4
+        /// (2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32).
+        Avx512,
+        features "avx512f",
+        vec Avx512,
+        available has_avx512,
+        pack_t pack_t,
+        nv [4, 4],
+        mr [[4; 4], [3, 3, 3, 2]]
+    );
 
     /// `f32 × 16`.
     pub(crate) struct F32x16;

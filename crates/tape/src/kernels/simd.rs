@@ -37,7 +37,9 @@
 //! [`Product`]; packing buffers of at most [`PACK`] elements, checked before
 //! packing.
 
-use super::{Family, Product};
+#[cfg(target_arch = "x86_64")]
+use super::Family;
+use super::Product;
 use crate::real::{Dual, Real};
 
 /// The primitive floats that have kernels: `f32` and `f64`, with their
@@ -62,43 +64,48 @@ pub(crate) use imp::*;
 /// the row loop).
 pub(crate) fn real<E: Lane>(p: &mut Product<'_, E>) -> bool {
     #[cfg(target_arch = "x86_64")]
-    let cap = super::active();
-    #[cfg(target_arch = "x86_64")]
-    for (family, run) in [
-        (
-            Family::Avx512,
-            imp::real::<super::avx512::Avx512, E> as fn(&mut _) -> bool,
-        ),
-        (Family::Avx2, imp::real::<super::avx2::Avx2, E>),
-    ] {
-        if cap >= family && run(p) {
-            super::family::record(family);
-            return true;
-        }
+    return first_taken(
+        p,
+        imp::real::<super::avx512::Avx512, E>,
+        imp::real::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        false
     }
-    let _ = p;
-    false
 }
 
-/// Runs the dual kernel of the product's family (see [`real`]).
+/// Runs the dual kernel of the active family (see [`real`]).
 pub(crate) fn dual<E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
     #[cfg(target_arch = "x86_64")]
-    let cap = super::active();
-    #[cfg(target_arch = "x86_64")]
-    for (family, run) in [
-        (
-            Family::Avx512,
-            imp::dual::<super::avx512::Avx512, E> as fn(&mut _) -> bool,
-        ),
-        (Family::Avx2, imp::dual::<super::avx2::Avx2, E>),
-    ] {
-        if cap >= family && run(p) {
-            super::family::record(family);
-            return true;
-        }
+    return first_taken(
+        p,
+        imp::dual::<super::avx512::Avx512, E>,
+        imp::dual::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        false
     }
-    let _ = p;
-    false
+}
+
+/// Tries the AVX-512F kernel, then the AVX2+FMA one, each only if the active
+/// family allows it; records the family that ran.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn first_taken<P>(p: &mut P, avx512: fn(&mut P) -> bool, avx2: fn(&mut P) -> bool) -> bool {
+    let cap = super::active();
+    let family = if cap >= Family::Avx512 && avx512(p) {
+        Family::Avx512
+    } else if cap >= Family::Avx2 && avx2(p) {
+        Family::Avx2
+    } else {
+        return false;
+    };
+    super::family::record(family);
+    true
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -111,6 +118,65 @@ impl Lane for f64 {
     type Avx2 = super::avx2::F64x4;
     type Avx512 = super::avx512::F64x8;
 }
+/// Defines an instruction set ([`Isa`]): its marker type `$name`, the
+/// element's vector shape for it (`Lane::$vec`), its detection, packer and
+/// register-block limits, and its two entries, compiled with
+/// `#[target_feature(enable = $features)]` around `run_real`/`run_dual`
+/// (always inlined, so the kernels get those features).
+#[cfg(target_arch = "x86_64")]
+macro_rules! isa {
+    ($(#[$doc:meta])* $name:ident, features $features:literal, vec $vec:ident,
+     available $avail:path, pack_t $pack:path, nv $nv:expr, mr $mr:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl $crate::kernels::simd::Isa for $name {
+            type Vec<E: $crate::kernels::simd::Lane> = E::$vec;
+            fn available() -> bool {
+                $avail()
+            }
+            fn pack_t<'b, T: Copy>(
+                b: $crate::kernels::MatRef<'_, T>,
+                buf: &'b mut [::std::mem::MaybeUninit<T>; $crate::kernels::PACK],
+            ) -> &'b [T] {
+                $pack(b, buf)
+            }
+            const NV: [usize; 2] = $nv;
+            const MR: [[usize; 4]; 2] = $mr;
+            unsafe fn real<E: $crate::kernels::simd::Lane>(job: $crate::kernels::simd::Job<'_, E>) {
+                /// `run_real` compiled with this instruction set.
+                #[target_feature(enable = $features)]
+                unsafe fn entry<V: $crate::kernels::simd::Vectors>(
+                    job: $crate::kernels::simd::Job<'_, V::E>,
+                ) {
+                    // SAFETY: this fn's contract, passed on (`Isa::real`).
+                    unsafe { $crate::kernels::simd::run_real::<$name, V>(job) }
+                }
+                // SAFETY: this fn's contract (the instruction set detected by
+                // `available`, a job from `simd::real`).
+                unsafe { entry::<E::$vec>(job) }
+            }
+            unsafe fn dual<E: $crate::kernels::simd::Lane>(
+                job: $crate::kernels::simd::Job<'_, $crate::real::Dual<E>>,
+            ) {
+                /// `run_dual` compiled with this instruction set.
+                #[target_feature(enable = $features)]
+                unsafe fn entry<V: $crate::kernels::simd::Vectors>(
+                    job: $crate::kernels::simd::Job<'_, $crate::real::Dual<V::E>>,
+                ) {
+                    // SAFETY: this fn's contract, passed on (`Isa::dual`).
+                    unsafe { $crate::kernels::simd::run_dual::<$name, V>(job) }
+                }
+                // SAFETY: this fn's contract (the instruction set detected by
+                // `available`, a job from `simd::dual`).
+                unsafe { entry::<E::$vec>(job) }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use isa;
+
 #[cfg(not(target_arch = "x86_64"))]
 impl Lane for f32 {}
 #[cfg(not(target_arch = "x86_64"))]
@@ -385,34 +451,25 @@ mod imp {
         };
     }
 
-    /// A real job, by panels; always inlined into an [`Isa::real`] entry, so it
-    /// is compiled with that entry's target features.
-    ///
-    /// # Safety
-    /// As [`Isa::real`], with `I::Vec<E> = V`.
-    #[inline(always)]
-    pub(crate) unsafe fn run_real<I: Isa, V: Vectors>(job: Job<'_, V::E>) {
-        let Job {
-            alpha,
-            a,
-            b,
-            layout,
-            beta,
-            c,
-        } = job;
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        // SAFETY: this fn's contract (a job from `real`: the CPU has V's
-        // instruction set, the operands as `Layout` describes them);
-        // `Panels` yields rows i..i + mr ≤ m and vector columns
-        // v0..v0 + nv ≤ ⌈n / N⌉ (rows ⌈m / N⌉ for the column kernel), the
-        // ranges the panels handle, and `full` only if the last vector's
-        // lanes are all below n (m).
-        unsafe {
+    /// The body of [`run_real`] and [`run_dual`]: the job's panels, each
+    /// through its kernel (`$col` for a single column, `$panel` otherwise),
+    /// with the register-block limits of entry `$which` (0 real, 1 dual).
+    macro_rules! run_job {
+        ($job:expr, $col:ident, $panel:ident, $which:literal) => {{
+            let Job {
+                alpha,
+                a,
+                b,
+                layout,
+                beta,
+                c,
+            } = $job;
+            let (m, k, n) = (a.rows, a.cols, b.cols);
             match layout {
                 Layout::Columns(at, ats) => {
                     for (_, nv, _, v0, full) in Panels::new(1, V::N, m, 4, [1; 4]) {
                         dispatch!(
-                            real_col::<V>,
+                            $col::<V>,
                             full,
                             nv,
                             (alpha, at, ats, m, k, b, beta, &mut *c, v0)
@@ -420,9 +477,10 @@ mod imp {
                     }
                 }
                 Layout::Rows(bp, brs) => {
-                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, I::NV[0], I::MR[0]) {
+                    let (nv_max, mr_max) = (I::NV[$which], I::MR[$which]);
+                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, nv_max, mr_max) {
                         dispatch!(
-                            real_panel::<V>,
+                            $panel::<V>,
                             full,
                             mr,
                             nv,
@@ -431,7 +489,23 @@ mod imp {
                     }
                 }
             }
-        }
+        }};
+    }
+
+    /// A real job, by panels; always inlined into an [`Isa::real`] entry, so it
+    /// is compiled with that entry's target features.
+    ///
+    /// # Safety
+    /// As [`Isa::real`], with `I::Vec<E> = V`.
+    #[inline(always)]
+    pub(crate) unsafe fn run_real<I: Isa, V: Vectors>(job: Job<'_, V::E>) {
+        // SAFETY: this fn's contract (a job from `real`: the CPU has V's
+        // instruction set, the operands as `Layout` describes them);
+        // `Panels` yields rows i..i + mr ≤ m and vector columns
+        // v0..v0 + nv ≤ ⌈n / N⌉ (rows ⌈m / N⌉ for the column kernel), the
+        // ranges the panels handle, and `full` only if the last vector's
+        // lanes are all below n (m).
+        unsafe { run_job!(job, real_col, real_panel, 0) }
     }
 
     /// A dual job, by panels (see [`run_real`]).
@@ -440,41 +514,8 @@ mod imp {
     /// As [`Isa::dual`], with `I::Vec<E> = V`.
     #[inline(always)]
     pub(crate) unsafe fn run_dual<I: Isa, V: Vectors>(job: Job<'_, Dual<V::E>>) {
-        let Job {
-            alpha,
-            a,
-            b,
-            layout,
-            beta,
-            c,
-        } = job;
-        let (m, k, n) = (a.rows, a.cols, b.cols);
         // SAFETY: as in `run_real` (a job from `dual`).
-        unsafe {
-            match layout {
-                Layout::Columns(at, ats) => {
-                    for (_, nv, _, v0, full) in Panels::new(1, V::N, m, 4, [1; 4]) {
-                        dispatch!(
-                            dual_col::<V>,
-                            full,
-                            nv,
-                            (alpha, at, ats, m, k, b, beta, &mut *c, v0)
-                        )
-                    }
-                }
-                Layout::Rows(bp, brs) => {
-                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, I::NV[1], I::MR[1]) {
-                        dispatch!(
-                            dual_panel::<V>,
-                            full,
-                            mr,
-                            nv,
-                            (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
-                        )
-                    }
-                }
-            }
-        }
+        unsafe { run_job!(job, dual_col, dual_panel, 1) }
     }
 
     /// Vector `v` of a panel of `NV` starting at `p`: a plain load when all
