@@ -14,8 +14,8 @@
 //!
 //! Register blocks (16 `ymm` registers): up to four rows by two vectors for
 //! real products (8 accumulators, 2 vectors of B, a broadcast), four rows by one
-//! vector or two rows by two for duals (2·MR·NV accumulators + 2·NV parts of B
-//! + 2 broadcasts ≤ 14). The masks of the edge vectors are integer vectors
+//! vector or two rows by two for duals (2·MR·NV accumulators, 2·NV parts of B
+//! and 2 broadcasts: at most 14). The masks of the edge vectors are integer vectors
 //! (`vmaskmovps/pd`): a masked-out lane is neither read nor written.
 
 use super::MatRef;
