@@ -97,7 +97,20 @@ def measure(ours_cmd, config, rounds, pin):
         "jax_grad_norm": jax[-1].get("grad_norm"),
         "ours_threads": ours[-1].get("rayon_threads"),
         "ours_kernel_family": ours[-1].get("kernel_family"),
+        "ratios": ratios,
+        # Share of this machine's FMA peak (see examples/bench.rs `fma_peak`),
+        # median over rounds, where our runner reports one.
+        "ours_fma_peak_share": median_of(ours, lambda r: r.get("fma_peak_share")),
+        "ours_conv4_gemms_peak_share": median_of(ours, lambda r: (r.get("conv4_gemms") or {}).get("fma_peak_share")),
+        "ours_fma_peak_gflops": (ours[-1].get("fma_peak") or {}).get("gflops"),
     }
+
+
+def median_of(runs, get):
+    """The median of get(run) over the runs that have it, or None."""
+    xs = [get(r) for r in runs]
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def table(rows):
@@ -113,6 +126,14 @@ def table(rows):
     lines.append("ratio < 1: we are faster; ours MiB = our process's peak RSS, jax MiB = JAX's peak over its timed calls")
     families = sorted({r["ours_kernel_family"] or "-" for r in rows})
     lines.append(f"our small-product kernel family: {', '.join(families)} (TAPE_KERNELS=portable|avx2|avx512 forces one)")
+    lines.append("ours/jax per round: " + "; ".join(
+        f"{r['config']} " + " ".join(f"{x:.2f}" for x in r["ratios"]) for r in rows))
+    for r in rows:
+        for key, what in [("ours_fma_peak_share", "the whole call's GEMM work"),
+                          ("ours_conv4_gemms_peak_share", "the Conv4 forward GEMMs alone")]:
+            if r.get(key) is not None:
+                lines.append(f"{r['config']}: {100 * r[key]:.1f}% of the FMA peak ({what}; "
+                             f"peak {r['ours_fma_peak_gflops']} GFLOP/s, see examples/bench.rs fma_peak)")
     by_config = {r["config"]: r for r in rows}
     for r in rows:
         if r["jax_config"] != r["config"]:

@@ -20,7 +20,14 @@
 //! object (see `bench/maml.rs`): the first-order estimator alone and the exact
 //! branch alone, timed afterwards in the same process under the same rule;
 //! `kernel_family` (the small-product kernels in effect: `portable`, `avx2`
-//! or `avx512`; `TAPE_KERNELS` forces one, so one machine measures each).
+//! or `avx512`; `TAPE_KERNELS` forces one, so one machine measures each);
+//! `fma_peak` (this machine's f32 FMA peak, see [`fma_peak`]); for
+//! `mlp_grad`, `gemm_macs_per_call` and `fma_peak_share` (2·GEMM
+//! multiply-adds per call / median time / peak: the share of the peak the
+//! whole call reaches, counting only its GEMM work); for `maml_conv4:*`,
+//! `conv4_gemms` (the four conv layers' forward GEMMs on the 80 query images,
+//! `[64, 9·C]·[9·C, 80·H·W]`, timed alone after the timed calls, with their
+//! GFLOP/s and `fma_peak_share`).
 
 use std::time::Instant;
 
@@ -58,6 +65,11 @@ pub(crate) trait Bench {
     fn params(&self) -> Value;
     /// Runs the work once; returns the loss it computed.
     fn call(&mut self) -> f64;
+    /// The GEMM multiply-adds of one call, where the runner reports its share
+    /// of the FMA peak (`mlp_grad`).
+    fn gemm_macs(&self) -> Option<usize> {
+        None
+    }
     /// Extra fields read after the timed calls (tape bytes, states held, ...).
     fn extra(&mut self) -> Map<String, Value> {
         Map::new()
@@ -204,6 +216,18 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
         "kernel_family".into(),
         json!(tape::kernels::active().name()),
     );
+    let peak = fma_peak();
+    let peak_gflops = peak["gflops"].as_f64().unwrap_or(f64::NAN);
+    out.insert("fma_peak".into(), peak);
+    if let Some(macs) = w.gemm_macs() {
+        out.insert("gemm_macs_per_call".into(), json!(macs));
+        let gflops = 2.0 * macs as f64 / (median * 1e-3) / 1e9;
+        out.insert("gemm_gflops".into(), json!(round4(gflops)));
+        out.insert("fma_peak_share".into(), json!(round4(gflops / peak_gflops)));
+    }
+    if config.starts_with("maml_conv4") {
+        out.insert("conv4_gemms".into(), conv4_gemms(peak_gflops));
+    }
     for (k, v) in w.extra() {
         out.insert(k, v);
     }
@@ -212,6 +236,77 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
         out.insert("cost_model".into(), cm);
     }
     Value::Object(out)
+}
+
+/// This machine's f32 fused-multiply-add peak for the kernel family in
+/// effect: cores × FMA units × f32 lanes × 2 flop × clock. Assumed per core:
+/// `portable` 2 units × 4 lanes (SSE), `avx2` 2 × 8, `avx512` 2 × 16 (two
+/// 512-bit units, as on Intel server cores and Zen 5; Zen 4 splits a 512-bit
+/// FMA into two 256-bit halves, so its real peak is the `avx2` one). Cores:
+/// the CPUs this process may run on (`available_parallelism`: it follows
+/// `taskset`; SMT siblings share their units, so count cores, not threads, on
+/// an SMT machine). Clock: the first `cpu MHz` line of `/proc/cpuinfo` (what
+/// the kernel reports, not measured; under turbo the real clock may be
+/// higher, and the share lower).
+fn fma_peak() -> Value {
+    use tape::kernels::Family;
+    let (units, lanes) = match tape::kernels::active() {
+        Family::Portable => (2, 4),
+        Family::Avx2 => (2, 8),
+        Family::Avx512 => (2, 16),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mhz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("cpu MHz"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    let gflops = mhz.map(|mhz| (cores * units * lanes * 2) as f64 * mhz / 1e3);
+    json!({"gflops": gflops.map(round4), "cores": cores, "fma_units": units,
+        "f32_lanes": lanes, "clock_mhz": mhz,
+        "clock_source": "/proc/cpuinfo cpu MHz (first entry, not measured)"})
+}
+
+/// The forward GEMMs of the Conv4 benchmark's four conv layers on its 80 query
+/// images (28×28×1 input, 64 filters, 3×3, same padding, 2×2 pools: 28, 14, 7
+/// and 3 pixels a side), as one `[64, 9·C]·[9·C, 80·H·W]` product per layer
+/// (im2col layout), timed alone (median of 7 after a warm-up): their GFLOP/s
+/// and the share of `peak_gflops`.
+fn conv4_gemms(peak_gflops: f64) -> Value {
+    use tape::gemm::{gemm, MatRef};
+    let images = 80;
+    let layers = [(1, 28), (64, 14), (64, 7), (64, 3)];
+    let mut macs = 0usize;
+    let mut bufs = Vec::new();
+    for &(c, side) in &layers {
+        let (k, n) = (9 * c, images * side * side);
+        let w: Vec<f32> = (0..64 * k)
+            .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+            .collect();
+        let x: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+        macs += 64 * k * n;
+        bufs.push((w, x, vec![0.0f32; 64 * n], k, n));
+    }
+    let mut once = || {
+        let t = Instant::now();
+        for (w, x, out, k, n) in &mut bufs {
+            gemm(
+                1.0,
+                MatRef::row_major(w, 64, *k),
+                MatRef::row_major(x, *k, *n),
+                0.0,
+                out,
+            );
+        }
+        t.elapsed().as_secs_f64()
+    };
+    once();
+    let mut times: Vec<f64> = (0..7).map(|_| once()).collect();
+    times.sort_by(f64::total_cmp);
+    let gflops = 2.0 * macs as f64 / times[3] / 1e9;
+    json!({"macs": macs, "median_ms": round4(times[3] * 1e3), "gflops": round4(gflops),
+        "fma_peak_share": round4(gflops / peak_gflops)})
 }
 
 fn configs() -> Vec<String> {

@@ -84,6 +84,15 @@ impl Bench for MlpGrad {
     fn params(&self) -> Value {
         params_json("value_and_grad")
     }
+    /// Forward `x·W` of every layer, the weight gradients `hᵀ·ḡ` of every
+    /// layer, and the input gradients `ḡ·Wᵀ` of all layers but the first (the
+    /// data are constants): Σ B·in·out over those 8 products.
+    fn gemm_macs(&self) -> Option<usize> {
+        let layer = |w: &[usize]| BATCH * w[0] * w[1];
+        let all: usize = SIZES.windows(2).map(layer).sum();
+        let first = layer(&SIZES[..2]);
+        Some(3 * all - first)
+    }
     fn call(&mut self) -> f64 {
         self.tape.clear();
         let t = &self.tape;

@@ -109,11 +109,12 @@ pub trait Real:
         pos + (-self.abs()).exp().ln_1p()
     }
 
-    /// Kernel hook: the AVX-512 small-product kernel of this element type, if
-    /// it has one and the CPU and layout suit it; `false` means "not taken".
-    /// Called by [`crate::gemm::gemm`] when the active kernel family is
-    /// [`Family::Avx512`](crate::kernels::Family::Avx512). The default has no
-    /// kernel; a type defined outside this crate keeps it.
+    /// Kernel hook: the hand-written small-product kernel of this element
+    /// type for the active family (AVX-512F or AVX2+FMA), if it has one and
+    /// the CPU and layout suit it; `false` means "not taken". Called by
+    /// [`crate::gemm::gemm`] when the active kernel family is above
+    /// [`Family::Portable`](crate::kernels::Family::Portable). The default has
+    /// no kernel; a type defined outside this crate keeps it.
     #[doc(hidden)]
     fn simd_gemm(_p: &mut Product<'_, Self>) -> bool {
         false
@@ -208,13 +209,13 @@ macro_rules! impl_float {
                 <$t>::abs(self)
             }
             fn simd_gemm(p: &mut Product<'_, $t>) -> bool {
-                kernels::avx512::real(p)
+                kernels::simd::real(p)
             }
             fn large_gemm(p: Product<'_, $t>) {
                 kernels::large::real(p)
             }
             fn dual_simd_gemm(p: &mut Product<'_, Dual<$t>>) -> bool {
-                kernels::avx512::dual(p)
+                kernels::simd::dual(p)
             }
             fn dual_large_gemm(p: Product<'_, Dual<$t>>) {
                 kernels::dual::split(p)

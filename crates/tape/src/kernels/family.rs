@@ -19,21 +19,29 @@ use std::sync::OnceLock;
 /// CPU lacks, panics with the allowed values.
 pub const ENV_VAR: &str = "TAPE_KERNELS";
 
-/// A family of small-product kernels. All of them give the same bits.
+/// A family of small-product kernels. [`Family::Portable`] and
+/// [`Family::Avx512`] give the same bits; [`Family::Avx2`] uses fused
+/// multiply-adds and differs from them by rounding only, within the bound
+/// stated in the [module docs](crate::kernels) ("Determinism and accuracy").
+/// Within a family, results are bit-identical for any thread count.
 ///
 /// Families are ordered: a product runs the highest family, up to the one
-/// selected, that handles it. [`Family::Avx512`] has kernels for `f32`, `f64`,
-/// `Dual<f32>` and `Dual<f64>` (and a right operand that fits its packing
-/// buffer); other products under it run [`Family::Avx2`]'s loop.
+/// selected, that handles it. [`Family::Avx512`] and [`Family::Avx2`] have
+/// kernels for `f32`, `f64`, `Dual<f32>` and `Dual<f64>` (and a strided
+/// operand that fits their packing buffer); other products under them run the
+/// row loop compiled with AVX2.
 /// Large products (beyond the small-product limits) always run
 /// `matrixmultiply`, which chooses its own kernels.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
-    /// The plain row loop, compiled for the baseline target.
+    /// The plain row loop, compiled for the baseline target (every CPU; what
+    /// an x86_64 CPU with AVX2 but without FMA runs).
     Portable,
-    /// The same loop compiled with AVX2 enabled (x86_64 CPUs with AVX2).
+    /// Register-blocked AVX2 kernels with fused multiply-adds (x86_64 CPUs
+    /// with AVX2 and FMA).
     Avx2,
-    /// The AVX-512F kernels (x86_64 CPUs with AVX-512F).
+    /// Register-blocked AVX-512F kernels without fused multiply-adds: the
+    /// portable loop's bits (x86_64 CPUs with AVX-512F).
     Avx512,
 }
 
@@ -59,9 +67,9 @@ impl Family {
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
             Family::Portable => None,
-            Family::Avx2 if has_avx2() => None,
+            Family::Avx2 if has_avx2_fma() => None,
             Family::Avx512 if has_avx512() => None,
-            Family::Avx2 if cfg!(target_arch = "x86_64") => Some("this CPU has no AVX2"),
+            Family::Avx2 if cfg!(target_arch = "x86_64") => Some("this CPU lacks AVX2 or FMA"),
             Family::Avx512 if cfg!(target_arch = "x86_64") => Some("this CPU has no AVX-512F"),
             _ => Some("AVX2 and AVX-512 kernels exist only on x86_64"),
         }
@@ -122,12 +130,13 @@ impl FromStr for Family {
     }
 }
 
+/// Whether the CPU has AVX2 and FMA (the [`Family::Avx2`] kernels use both).
 #[cfg(target_arch = "x86_64")]
-pub(in crate::kernels) fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
+pub(in crate::kernels) fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 #[cfg(not(target_arch = "x86_64"))]
-pub(in crate::kernels) fn has_avx2() -> bool {
+pub(in crate::kernels) fn has_avx2_fma() -> bool {
     false
 }
 #[cfg(target_arch = "x86_64")]

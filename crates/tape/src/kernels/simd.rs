@@ -1,0 +1,792 @@
+//! The register-blocked small-product kernels, written once over a vector
+//! shape ([`Vectors`]: `f32 × 8`, `f64 × 4` for AVX2+FMA, `f32 × 16`, `f64 × 8`
+//! for AVX-512F) and compiled per instruction set by `avx2.rs` and
+//! `avx512.rs` (each wraps them in a `#[target_feature]` entry, [`Isa`]).
+//!
+//! # What they compute
+//! For each output element, the products `a_il·b_lj` are accumulated in
+//! increasing `l` into one vector lane, from zero: `s ← madd(s, a_il, b_lj)`,
+//! where [`Vectors::madd`] is either a fused multiply-add (one rounding: the
+//! AVX2+FMA family) or a product and a sum rounded on their own (AVX-512F:
+//! then the bits are the portable loop's). A dual product accumulates the
+//! primal `a.v·b.v` the same way and the tangent as
+//! [`Vectors::madd2`]`(s, a.d, b.v, a.v, b.d)`. The epilogue is `α·s` or
+//! `α·s + β·c`, each product and sum rounded on its own (duals: `Dual`'s
+//! `Mul` and `Add` with constant `α`, `β`). The lanes run across the columns
+//! `j` of `C` (or, for a single column, down its rows), never across the sum
+//! over `l`; so an element's value depends only on its row of `A`, its column
+//! of `B`, `α`, `β` and `c_ij`, not on where it falls in a register block, on
+//! the shape around it or on how a caller splits the rows between threads.
+//!
+//! # Blocking
+//! Up to [`Isa::MR`] rows of `A` times a panel of up to [`Isa::NV`] vectors of
+//! columns live in registers for the whole sum over `l`; each row of `B` is
+//! loaded once per panel and reused by every row of the block, and each
+//! `a_il` is broadcast once per block row. The last vector of a row is a
+//! masked load and store when `n` is not a multiple of the lanes, so `B` and
+//! `C` are never read or written past column `n`; addresses are computed with
+//! `wrapping_add`, so a vector whose mask is empty (the second half of a dual
+//! vector at the end of a row) never forms an out-of-bounds pointer with
+//! `add`.
+//!
+//! # Soundness
+//! Rests on: the instruction set detected ([`Isa::available`]) before any
+//! kernel runs, in [`real`]/[`dual`]; the view invariants (every element of `A`
+//! and `B` inside its slice, checked by `MatRef`'s constructors); `C` a dense
+//! row-major `m × n` slice (`MatMut::dense_row_major`) and the shapes of a
+//! [`Product`]; packing buffers of at most [`PACK`] elements, checked before
+//! packing.
+
+#[cfg(target_arch = "x86_64")]
+use super::Family;
+use super::Product;
+use crate::real::{Dual, Real};
+
+/// The primitive floats that have kernels: `f32` and `f64`, with their
+/// vector shapes per instruction set.
+pub(crate) trait Lane: Real<Base = Self> {
+    /// The AVX2+FMA vector of this element (256 bits).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    type Avx2: imp::Vectors<E = Self>;
+    /// The AVX-512F vector of this element (512 bits).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    type Avx512: imp::Vectors<E = Self>;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use imp::*;
+
+/// Runs the real kernel of the active family ([`super::active`]), or of the
+/// highest family below it that has one, if the CPU and the layout suit it,
+/// and records which family ran; `false` means "not taken" (the caller runs
+/// the row loop).
+pub(crate) fn real<E: Lane>(p: &mut Product<'_, E>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return first_taken(
+        p,
+        imp::real::<super::avx512::Avx512, E>,
+        imp::real::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        false
+    }
+}
+
+/// Runs the dual kernel of the active family (see [`real`]).
+pub(crate) fn dual<E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return first_taken(
+        p,
+        imp::dual::<super::avx512::Avx512, E>,
+        imp::dual::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = p;
+        false
+    }
+}
+
+/// Tries the AVX-512F kernel, then the AVX2+FMA one, each only if the active
+/// family allows it; records the family that ran.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn first_taken<P>(p: &mut P, avx512: fn(&mut P) -> bool, avx2: fn(&mut P) -> bool) -> bool {
+    let cap = super::active();
+    let family = if cap >= Family::Avx512 && avx512(p) {
+        Family::Avx512
+    } else if cap >= Family::Avx2 && avx2(p) {
+        Family::Avx2
+    } else {
+        return false;
+    };
+    super::family::record(family);
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lane for f32 {
+    type Avx2 = super::avx2::F32x8;
+    type Avx512 = super::avx512::F32x16;
+}
+#[cfg(target_arch = "x86_64")]
+impl Lane for f64 {
+    type Avx2 = super::avx2::F64x4;
+    type Avx512 = super::avx512::F64x8;
+}
+/// Defines an instruction set ([`Isa`]): its marker type `$name`, the
+/// element's vector shape for it (`Lane::$vec`), its detection, packer and
+/// register-block limits, and its two entries, compiled with
+/// `#[target_feature(enable = $features)]` around `run_real`/`run_dual`
+/// (always inlined, so the kernels get those features).
+#[cfg(target_arch = "x86_64")]
+macro_rules! isa {
+    ($(#[$doc:meta])* $name:ident, features $features:literal, vec $vec:ident,
+     available $avail:path, pack_t $pack:path, nv $nv:expr, mr $mr:expr) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl $crate::kernels::simd::Isa for $name {
+            type Vec<E: $crate::kernels::simd::Lane> = E::$vec;
+            fn available() -> bool {
+                $avail()
+            }
+            fn pack_t<'b, T: Copy>(
+                b: $crate::kernels::MatRef<'_, T>,
+                buf: &'b mut [::std::mem::MaybeUninit<T>; $crate::kernels::PACK],
+            ) -> &'b [T] {
+                $pack(b, buf)
+            }
+            const NV: [usize; 2] = $nv;
+            const MR: [[usize; 4]; 2] = $mr;
+            unsafe fn real<E: $crate::kernels::simd::Lane>(job: $crate::kernels::simd::Job<'_, E>) {
+                /// `run_real` compiled with this instruction set.
+                #[target_feature(enable = $features)]
+                unsafe fn entry<V: $crate::kernels::simd::Vectors>(
+                    job: $crate::kernels::simd::Job<'_, V::E>,
+                ) {
+                    // SAFETY: this fn's contract, passed on (`Isa::real`).
+                    unsafe { $crate::kernels::simd::run_real::<$name, V>(job) }
+                }
+                // SAFETY: this fn's contract (the instruction set detected by
+                // `available`, a job from `simd::real`).
+                unsafe { entry::<E::$vec>(job) }
+            }
+            unsafe fn dual<E: $crate::kernels::simd::Lane>(
+                job: $crate::kernels::simd::Job<'_, $crate::real::Dual<E>>,
+            ) {
+                /// `run_dual` compiled with this instruction set.
+                #[target_feature(enable = $features)]
+                unsafe fn entry<V: $crate::kernels::simd::Vectors>(
+                    job: $crate::kernels::simd::Job<'_, $crate::real::Dual<V::E>>,
+                ) {
+                    // SAFETY: this fn's contract, passed on (`Isa::dual`).
+                    unsafe { $crate::kernels::simd::run_dual::<$name, V>(job) }
+                }
+                // SAFETY: this fn's contract (the instruction set detected by
+                // `available`, a job from `simd::dual`).
+                unsafe { entry::<E::$vec>(job) }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use isa;
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Lane for f32 {}
+#[cfg(not(target_arch = "x86_64"))]
+impl Lane for f64 {}
+
+/// The x86_64 kernels. Every `unsafe fn` in here has one contract: the CPU
+/// has the instruction set of the [`Vectors`] type in use (detected by
+/// [`Isa::available`]), and the operands are as [`real`]/[`dual`] build them:
+/// checked views or packed copies, the shapes of a [`Product`], a dense
+/// `m × n` output. Each `// SAFETY:` comment says which of these it uses.
+#[cfg(target_arch = "x86_64")]
+mod imp {
+    use super::*;
+    use crate::kernels::{fits_pack, MatRef, PACK};
+    use std::mem::MaybeUninit;
+
+    /// A vector shape of one instruction set: `N` lanes of `E`, a mask type,
+    /// and the operations the kernels use.
+    ///
+    /// Every `unsafe fn` requires a CPU with the instruction set;
+    /// `load`/`store_masked`/`load_masked` also require `p` valid for reads
+    /// (writes) of the lanes touched (all `N` for `load`; those in `m` for the
+    /// masked ones, and only those are touched: `p` need not point into an
+    /// allocation when `m` is empty).
+    pub(crate) trait Vectors {
+        /// The element.
+        type E: Lane;
+        /// A vector of `N` elements.
+        type V: Copy;
+        /// A lane mask.
+        type M: Copy;
+        /// Lanes per vector.
+        const N: usize;
+        /// The mask of the first `min(count, N)` lanes.
+        unsafe fn mask(count: usize) -> Self::M;
+        unsafe fn zero() -> Self::V;
+        unsafe fn splat(x: Self::E) -> Self::V;
+        /// All `N` lanes from `p`.
+        unsafe fn load(p: *const Self::E) -> Self::V;
+        /// The lanes in `m` from `p`, zero elsewhere (nothing outside `m` is read).
+        unsafe fn load_masked(p: *const Self::E, m: Self::M) -> Self::V;
+        /// Writes the lanes in `m` to `p` (nothing outside `m` is written).
+        unsafe fn store_masked(p: *mut Self::E, v: Self::V, m: Self::M);
+        unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// `acc + x·y`: fused (one rounding) for AVX2+FMA, a product and a sum
+        /// rounded on their own for AVX-512F.
+        unsafe fn madd(acc: Self::V, x: Self::V, y: Self::V) -> Self::V;
+        /// The dual tangent's step `acc + (x1·y1 + x2·y2)`: fused as
+        /// `madd(madd(acc, x1, y1), x2, y2)` (two roundings) for AVX2+FMA;
+        /// `acc + (x1·y1 + x2·y2)` with every operation rounded (four roundings,
+        /// `Dual`'s `Mul` then `AddAssign`) for AVX-512F.
+        unsafe fn madd2(
+            acc: Self::V,
+            x1: Self::V,
+            y1: Self::V,
+            x2: Self::V,
+            y2: Self::V,
+        ) -> Self::V;
+        /// Splits two vectors holding interleaved pairs `(v0, d0, v1, d1, …)`
+        /// into the `v` and the `d` parts, in a lane order that is the same
+        /// for both outputs and for every call (the kernels work lane by lane,
+        /// so any fixed order will do).
+        unsafe fn deinterleave(lo: Self::V, hi: Self::V) -> (Self::V, Self::V);
+        /// The inverse of [`Vectors::deinterleave`].
+        unsafe fn interleave(v: Self::V, d: Self::V) -> (Self::V, Self::V);
+    }
+
+    /// One instruction set's kernels: its detection, its packer for a
+    /// transposed operand, its register-block limits, and its entries
+    /// compiled with its `#[target_feature]`s.
+    pub(crate) trait Isa {
+        /// The vector of `E` for this instruction set.
+        type Vec<E: Lane>: Vectors<E = E>;
+        /// Whether this CPU has the instruction set.
+        fn available() -> bool;
+        /// Packs a `k × n` view row-major into `buf` (as `portable::pack`).
+        fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T];
+        /// Most vectors of columns in a register panel (real, dual).
+        const NV: [usize; 2];
+        /// Most rows in a register block with `nv` vectors of columns
+        /// (real, dual; entries for nv = 1..=4).
+        const MR: [[usize; 4]; 2];
+        /// Runs a real job.
+        ///
+        /// # Safety
+        /// [`Isa::available`] said yes, and the job is as [`real`] builds it.
+        unsafe fn real<E: Lane>(job: Job<'_, E>);
+        /// Runs a dual job.
+        ///
+        /// # Safety
+        /// [`Isa::available`] said yes, and the job is as [`dual`] builds it.
+        unsafe fn dual<E: Lane>(job: Job<'_, Dual<E>>);
+    }
+
+    /// A product ready for a kernel: `C ← α·A·B + β·C` with `C` dense row-major
+    /// `m × n` and the operand layout chosen ([`Layout`]).
+    pub(crate) struct Job<'a, T: Real> {
+        alpha: T::Base,
+        a: MatRef<'a, T>,
+        b: MatRef<'a, T>,
+        layout: Layout<T>,
+        beta: T::Base,
+        c: &'a mut [T],
+    }
+
+    /// Where a small product's operands are read from: down the columns of A
+    /// (`n = 1`: `A[i, l] = p[i + l·s]`), or along the rows of B
+    /// (`B[l, j] = p[l·s + j]`). Either is the operand's own buffer or a copy
+    /// packed into the caller's stack buffer; either way every `(i, l)` of A
+    /// or `(l, j)` of B so addressed lies inside that buffer.
+    enum Layout<T> {
+        Columns(*const T, usize),
+        Rows(*const T, usize),
+    }
+
+    /// The layout for `A·B`, packing into `buf` with `pack_t` if needed;
+    /// `None` if an operand that would need packing does not fit `buf`.
+    fn layout<T: Copy>(
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+        buf: &mut [MaybeUninit<T>; PACK],
+        pack_t: impl for<'x, 'b> Fn(MatRef<'x, T>, &'b mut [MaybeUninit<T>; PACK]) -> &'b [T],
+    ) -> Option<Layout<T>> {
+        if b.cols == 1 && a.rows > 1 && fits_pack(a.rows, a.cols) {
+            // The columns of A as contiguous runs: used as they are with unit
+            // row stride; otherwise Aᵀ is packed.
+            Some(if a.rs == 1 {
+                Layout::Columns(a.data.as_ptr(), a.cs)
+            } else {
+                Layout::Columns(pack_t(a.t(), buf).as_ptr(), a.rows)
+            })
+        } else if b.cs == 1 || b.cols == 1 {
+            Some(Layout::Rows(b.data.as_ptr(), b.rs))
+        } else if fits_pack(b.rows, b.cols) {
+            Some(Layout::Rows(pack_t(b, buf).as_ptr(), b.cols))
+        } else {
+            None
+        }
+    }
+
+    /// Builds the job for `p` under instruction set `I` (`None`: not taken)
+    /// and hands it to `run` with a packing buffer on this stack frame.
+    #[inline(always)]
+    fn with_job<I: Isa, T: Real>(p: &mut Product<'_, T>, run: impl FnOnce(Job<'_, T>)) -> bool {
+        if !I::available() {
+            return false;
+        }
+        let (alpha, a, b, beta) = (p.alpha, p.a, p.b, p.beta);
+        let Some(c) = p.c.dense_row_major() else {
+            return false;
+        };
+        let mut buf = [MaybeUninit::<T>::uninit(); PACK];
+        let Some(layout) = layout(a, b, &mut buf, I::pack_t) else {
+            return false;
+        };
+        run(Job {
+            alpha,
+            a,
+            b,
+            layout,
+            beta,
+            c,
+        });
+        true
+    }
+
+    /// The real kernel of instruction set `I`, if the CPU has it and the
+    /// layout suits; `false`: not taken.
+    pub(super) fn real<I: Isa, E: Lane>(p: &mut Product<'_, E>) -> bool {
+        // SAFETY: `with_job` calls `run` only after `I::available()` said yes,
+        // with a job whose views passed their constructors' bounds checks
+        // (a packed operand is a dense buffer with the stride given, see
+        // `Layout`), whose shapes `Product::new` checked, and whose `c` is
+        // exactly m × n elements (`dense_row_major`).
+        with_job::<I, E>(p, |job| unsafe { I::real(job) })
+    }
+
+    /// The dual kernel of instruction set `I` (see [`real`]).
+    pub(super) fn dual<I: Isa, E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
+        // SAFETY: as in `real`; a `Dual<E>` is two `E`s (`repr(C)`, no
+        // padding), so a run of duals is twice as many contiguous `E`s.
+        with_job::<I, Dual<E>>(p, |job| unsafe { I::dual(job) })
+    }
+
+    /// C's register panels, in order: vector columns `v0..v0 + nv` (nv ≤
+    /// `nv_max`) by row blocks `i..i + mr` (mr ≤ `mr_max[nv − 1]`), as
+    /// `(mr, nv, i, v0, full)`, where `full` says that the panel's last vector
+    /// has all its lanes below `lanes_end` (the column or row count). An
+    /// iterator rather than a loop taking a closure: a closure would be
+    /// compiled without the caller's `#[target_feature]`s, and its intrinsics
+    /// would become calls.
+    struct Panels {
+        m: usize,
+        lanes: usize,
+        lanes_end: usize,
+        nv_max: usize,
+        mr_max: [usize; 4],
+        v0: usize,
+        i: usize,
+    }
+
+    impl Panels {
+        #[inline(always)]
+        fn new(
+            m: usize,
+            lanes: usize,
+            lanes_end: usize,
+            nv_max: usize,
+            mr_max: [usize; 4],
+        ) -> Self {
+            Panels {
+                m,
+                lanes,
+                lanes_end,
+                nv_max: nv_max.clamp(1, 4),
+                mr_max,
+                v0: 0,
+                i: 0,
+            }
+        }
+    }
+
+    impl Iterator for Panels {
+        type Item = (usize, usize, usize, usize, bool);
+        #[inline(always)]
+        fn next(&mut self) -> Option<Self::Item> {
+            let vectors = self.lanes_end.div_ceil(self.lanes);
+            if self.v0 >= vectors || self.m == 0 {
+                return None;
+            }
+            let nv = (vectors - self.v0).min(self.nv_max);
+            let full = (self.v0 + nv) * self.lanes <= self.lanes_end;
+            let mr = (self.m - self.i).min(self.mr_max[nv - 1]).max(1);
+            let item = (mr, nv, self.i, self.v0, full);
+            self.i += mr;
+            if self.i >= self.m {
+                self.i = 0;
+                self.v0 += nv;
+            }
+            Some(item)
+        }
+    }
+
+    /// Calls a panel kernel with its const sizes chosen from run-time ones:
+    /// `dispatch!(f::<V>, full, nv, (args))` → `f::<V, FULL, NV>(args)`, and
+    /// `dispatch!(f::<V>, full, mr, nv, (args))` → `f::<V, FULL, MR, NV>(args)`
+    /// (sizes 1..=4; larger values clamp to 4).
+    macro_rules! dispatch {
+        ($f:ident::<$v:ty>, $full:expr, $($rest:tt)*) => {
+            if $full {
+                dispatch!(@sizes $f::<$v, true>, $($rest)*)
+            } else {
+                dispatch!(@sizes $f::<$v, false>, $($rest)*)
+            }
+        };
+        (@sizes $f:ident::<$($g:tt),*>, $nv:expr, ($($arg:expr),*)) => {
+            match $nv {
+                1 => $f::<$($g),*, 1>($($arg),*),
+                2 => $f::<$($g),*, 2>($($arg),*),
+                3 => $f::<$($g),*, 3>($($arg),*),
+                _ => $f::<$($g),*, 4>($($arg),*),
+            }
+        };
+        (@sizes $f:ident::<$($g:tt),*>, $mr:expr, $nv:expr, $args:tt) => {
+            match $mr {
+                1 => dispatch!(@sizes $f::<$($g),*, 1>, $nv, $args),
+                2 => dispatch!(@sizes $f::<$($g),*, 2>, $nv, $args),
+                3 => dispatch!(@sizes $f::<$($g),*, 3>, $nv, $args),
+                _ => dispatch!(@sizes $f::<$($g),*, 4>, $nv, $args),
+            }
+        };
+    }
+
+    /// The body of [`run_real`] and [`run_dual`]: the job's panels, each
+    /// through its kernel (`$col` for a single column, `$panel` otherwise),
+    /// with the register-block limits of entry `$which` (0 real, 1 dual).
+    macro_rules! run_job {
+        ($job:expr, $col:ident, $panel:ident, $which:literal) => {{
+            let Job {
+                alpha,
+                a,
+                b,
+                layout,
+                beta,
+                c,
+            } = $job;
+            let (m, k, n) = (a.rows, a.cols, b.cols);
+            match layout {
+                Layout::Columns(at, ats) => {
+                    for (_, nv, _, v0, full) in Panels::new(1, V::N, m, 4, [1; 4]) {
+                        dispatch!(
+                            $col::<V>,
+                            full,
+                            nv,
+                            (alpha, at, ats, m, k, b, beta, &mut *c, v0)
+                        )
+                    }
+                }
+                Layout::Rows(bp, brs) => {
+                    let (nv_max, mr_max) = (I::NV[$which], I::MR[$which]);
+                    for (mr, nv, i, v0, full) in Panels::new(m, V::N, n, nv_max, mr_max) {
+                        dispatch!(
+                            $panel::<V>,
+                            full,
+                            mr,
+                            nv,
+                            (alpha, a, bp, brs, n, beta, &mut *c, i, v0)
+                        )
+                    }
+                }
+            }
+        }};
+    }
+
+    /// A real job, by panels; always inlined into an [`Isa::real`] entry, so it
+    /// is compiled with that entry's target features.
+    ///
+    /// # Safety
+    /// As [`Isa::real`], with `I::Vec<E> = V`.
+    #[inline(always)]
+    pub(crate) unsafe fn run_real<I: Isa, V: Vectors>(job: Job<'_, V::E>) {
+        // SAFETY: this fn's contract (a job from `real`: the CPU has V's
+        // instruction set, the operands as `Layout` describes them);
+        // `Panels` yields rows i..i + mr ≤ m and vector columns
+        // v0..v0 + nv ≤ ⌈n / N⌉ (rows ⌈m / N⌉ for the column kernel), the
+        // ranges the panels handle, and `full` only if the last vector's
+        // lanes are all below n (m).
+        unsafe { run_job!(job, real_col, real_panel, 0) }
+    }
+
+    /// A dual job, by panels (see [`run_real`]).
+    ///
+    /// # Safety
+    /// As [`Isa::dual`], with `I::Vec<E> = V`.
+    #[inline(always)]
+    pub(crate) unsafe fn run_dual<I: Isa, V: Vectors>(job: Job<'_, Dual<V::E>>) {
+        // SAFETY: as in `run_real` (a job from `dual`).
+        unsafe { run_job!(job, dual_col, dual_panel, 1) }
+    }
+
+    /// Vector `v` of a panel of `NV` starting at `p`: a plain load when all
+    /// its lanes are in range (`FULL` or not the panel's last), else masked.
+    #[inline(always)]
+    unsafe fn load_v<V: Vectors, const FULL: bool, const NV: usize>(
+        p: *const V::E,
+        v: usize,
+        m: V::M,
+    ) -> V::V {
+        // SAFETY: the caller's: `p` valid for the lanes of `m`, which are all
+        // N lanes when FULL or v + 1 < NV (`Panels`).
+        unsafe {
+            if FULL || v + 1 < NV {
+                V::load(p)
+            } else {
+                V::load_masked(p, m)
+            }
+        }
+    }
+
+    /// `C ← α·A·b + β·C` for a single column `b` (`n = 1`): the lanes run down
+    /// the rows of A (one product per row and l, accumulated in increasing l,
+    /// as the row kernel), vectors of rows `v0..v0 + NV`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn real_col<V: Vectors, const FULL: bool, const NV: usize>(
+        alpha: V::E,
+        at: *const V::E,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, V::E>,
+        beta: V::E,
+        c: &mut [V::E],
+        v0: usize,
+    ) {
+        // SAFETY: the instruction set and the operands come from `real`
+        // (after `available`): A[i, l] = at[i + l·ats] lies in its buffer for
+        // i < m, l < k (`Layout::Columns`: `MatRef::new`'s bounds check, or a
+        // packed copy of m·k ≤ PACK elements); B[l, 0] = b.data[l·rs] for
+        // l < k = b.rows (bounds check, `Product::new`); `c` has m elements
+        // (`dense_row_major`). Vector v of the panel has rows below
+        // (v0 + v + 1)·N; its mask keeps only rows below m (all of them when
+        // FULL or not last), and its addresses are formed with
+        // `wrapping_add`, so only elements of those buffers are touched.
+        unsafe {
+            let masks: [V::M; NV] = std::array::from_fn(|v| V::mask(m - (v0 + v) * V::N));
+            let mut acc = [V::zero(); NV];
+            for l in 0..k {
+                let col = at.wrapping_add(l * ats + v0 * V::N);
+                let y = V::splat(*b.data.get_unchecked(l * b.rs));
+                for v in 0..NV {
+                    let x = load_v::<V, FULL, NV>(col.wrapping_add(v * V::N), v, masks[v]);
+                    acc[v] = V::madd(acc[v], x, y);
+                }
+            }
+            let (va, vb, beta_zero) = (V::splat(alpha), V::splat(beta), beta == V::E::zero());
+            for v in 0..NV {
+                let p = c.as_mut_ptr().wrapping_add((v0 + v) * V::N);
+                let mut out = V::mul(va, acc[v]);
+                if !beta_zero {
+                    out = V::add(out, V::mul(vb, V::load_masked(p, masks[v])));
+                }
+                V::store_masked(p, out, masks[v]);
+            }
+        }
+    }
+
+    /// The dual form of [`real_col`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_col<V: Vectors, const FULL: bool, const NV: usize>(
+        alpha: V::E,
+        at: *const Dual<V::E>,
+        ats: usize,
+        m: usize,
+        k: usize,
+        b: MatRef<'_, Dual<V::E>>,
+        beta: V::E,
+        c: &mut [Dual<V::E>],
+        v0: usize,
+    ) {
+        // SAFETY: as in `real_col` (from `dual`, after `available`), with the
+        // masks counted in parts of E (two per dual): `lo`/`hi` cover the parts
+        // of rows below m only (all of them when FULL or not last). `hi` may be
+        // empty at the end of a column; its address is formed with
+        // `wrapping_add`, and a load or store with an empty mask touches no
+        // memory.
+        unsafe {
+            let parts = |v: usize, half: usize| {
+                V::mask((2 * m).saturating_sub(2 * (v0 + v) * V::N + half * V::N))
+            };
+            let lo: [V::M; NV] = std::array::from_fn(|v| parts(v, 0));
+            let hi: [V::M; NV] = std::array::from_fn(|v| parts(v, 1));
+            let mut acc_v = [V::zero(); NV];
+            let mut acc_d = [V::zero(); NV];
+            for l in 0..k {
+                let col = at.wrapping_add(l * ats + v0 * V::N).cast::<V::E>();
+                let y = *b.data.get_unchecked(l * b.rs);
+                let (yv, yd) = (V::splat(y.v), V::splat(y.d));
+                for v in 0..NV {
+                    let p = col.wrapping_add(2 * v * V::N);
+                    let (xv, xd) = V::deinterleave(
+                        load_v::<V, FULL, NV>(p, v, lo[v]),
+                        load_v::<V, FULL, NV>(p.wrapping_add(V::N), v, hi[v]),
+                    );
+                    acc_v[v] = V::madd(acc_v[v], xv, yv);
+                    // Dual's Mul (a·b): d = a.d·b.v + a.v·b.d, then added.
+                    acc_d[v] = V::madd2(acc_d[v], xd, yv, xv, yd);
+                }
+            }
+            let out = c.as_mut_ptr().wrapping_add(v0 * V::N).cast::<V::E>();
+            for v in 0..NV {
+                let p = out.wrapping_add(2 * v * V::N);
+                dual_epilogue::<V>(alpha, beta, acc_v[v], acc_d[v], p, lo[v], hi[v]);
+            }
+        }
+    }
+
+    /// Writes `α·s + β·c` (or `α·s` when β = 0, without reading `c`) for one
+    /// dual vector, `Dual`'s `Mul` and `Add` with constant α, β (zero
+    /// tangents), part by part: v = α·s.v (+ β·c.v) and
+    /// d = (0·s.v + α·s.d) (+ (0·c.v + β·c.d)).
+    ///
+    /// # Safety
+    /// The CPU has V's instruction set; `p` is valid for reads and writes of
+    /// the parts in `lo` and of those in `hi` from `p + N`.
+    #[inline(always)]
+    unsafe fn dual_epilogue<V: Vectors>(
+        alpha: V::E,
+        beta: V::E,
+        sv: V::V,
+        sd: V::V,
+        p: *mut V::E,
+        lo: V::M,
+        hi: V::M,
+    ) {
+        // SAFETY: this fn's contract; only the lanes of the masks are touched.
+        unsafe {
+            let (va, vb, z) = (V::splat(alpha), V::splat(beta), V::zero());
+            let mut ov = V::mul(va, sv);
+            let mut od = V::add(V::mul(z, sv), V::mul(va, sd));
+            if beta != V::E::zero() {
+                let (cv, cd) = V::deinterleave(
+                    V::load_masked(p, lo),
+                    V::load_masked(p.wrapping_add(V::N), hi),
+                );
+                ov = V::add(ov, V::mul(vb, cv));
+                od = V::add(od, V::add(V::mul(z, cv), V::mul(vb, cd)));
+            }
+            let (x0, x1) = V::interleave(ov, od);
+            V::store_masked(p, x0, lo);
+            V::store_masked(p.wrapping_add(V::N), x1, hi);
+        }
+    }
+
+    /// Rows `i0..i0+MR` and vector columns `v0..v0+NV` of `C`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn real_panel<V: Vectors, const FULL: bool, const MR: usize, const NV: usize>(
+        alpha: V::E,
+        a: MatRef<'_, V::E>,
+        b: *const V::E,
+        brs: usize,
+        n: usize,
+        beta: V::E,
+        c: &mut [V::E],
+        i0: usize,
+        v0: usize,
+    ) {
+        // SAFETY: the instruction set and the operands come from `real`
+        // (after `available`): B[l, j] = b[l·brs + j] lies in its buffer for
+        // l < k, j < n (`Layout::Rows`: `MatRef::new`'s bounds check with unit
+        // column stride, or a packed copy); A[i, l] for i < m = a.rows,
+        // l < k = a.cols (bounds check, `Product::new`); `c` has m·n elements
+        // (`dense_row_major`). Rows i0 + r < m (`Panels`); the mask of
+        // vector v keeps only columns below n (all of them when FULL or not
+        // last), and addresses are formed with `wrapping_add`, so only
+        // elements of those buffers are touched.
+        unsafe {
+            let masks: [V::M; NV] = std::array::from_fn(|v| V::mask(n - (v0 + v) * V::N));
+            let mut acc = [[V::zero(); NV]; MR];
+            for l in 0..a.cols {
+                let row = b.wrapping_add(l * brs + v0 * V::N);
+                let bv: [V::V; NV] = std::array::from_fn(|v| {
+                    load_v::<V, FULL, NV>(row.wrapping_add(v * V::N), v, masks[v])
+                });
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = V::splat(*a.data.get_unchecked((i0 + r) * a.rs + l * a.cs));
+                    for v in 0..NV {
+                        acc_r[v] = V::madd(acc_r[v], x, bv[v]);
+                    }
+                }
+            }
+            let (va, vb, beta_zero) = (V::splat(alpha), V::splat(beta), beta == V::E::zero());
+            for (r, acc_r) in acc.iter().enumerate() {
+                let row = c.as_mut_ptr().wrapping_add((i0 + r) * n + v0 * V::N);
+                for v in 0..NV {
+                    let p = row.wrapping_add(v * V::N);
+                    let mut out = V::mul(va, acc_r[v]);
+                    if !beta_zero {
+                        out = V::add(out, V::mul(vb, V::load_masked(p, masks[v])));
+                    }
+                    V::store_masked(p, out, masks[v]);
+                }
+            }
+        }
+    }
+
+    /// The dual panel: primal and tangent accumulators side by side; each
+    /// vector of B is two interleaved loads split into its parts.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dual_panel<V: Vectors, const FULL: bool, const MR: usize, const NV: usize>(
+        alpha: V::E,
+        a: MatRef<'_, Dual<V::E>>,
+        b: *const Dual<V::E>,
+        brs: usize,
+        n: usize,
+        beta: V::E,
+        c: &mut [Dual<V::E>],
+        i0: usize,
+        v0: usize,
+    ) {
+        // SAFETY: as in `real_panel` (from `dual`, after `available`), with
+        // the masks counted in parts of E (two per dual): `lo`/`hi` cover the
+        // parts of columns below n only (all of them when FULL or not last).
+        // `hi` may be empty at the end of a row; its address is formed with
+        // `wrapping_add`, and a load or store with an empty mask touches no
+        // memory.
+        unsafe {
+            let parts = |v: usize, half: usize| {
+                let done = 2 * (v0 + v) * V::N + half * V::N;
+                V::mask((2 * n).saturating_sub(done))
+            };
+            let lo: [V::M; NV] = std::array::from_fn(|v| parts(v, 0));
+            let hi: [V::M; NV] = std::array::from_fn(|v| parts(v, 1));
+            let mut acc_v = [[V::zero(); NV]; MR];
+            let mut acc_d = [[V::zero(); NV]; MR];
+            for l in 0..a.cols {
+                let row = b.wrapping_add(l * brs + v0 * V::N).cast::<V::E>();
+                let mut bv = [V::zero(); NV];
+                let mut bd = [V::zero(); NV];
+                for v in 0..NV {
+                    let p = row.wrapping_add(2 * v * V::N);
+                    (bv[v], bd[v]) = V::deinterleave(
+                        load_v::<V, FULL, NV>(p, v, lo[v]),
+                        load_v::<V, FULL, NV>(p.wrapping_add(V::N), v, hi[v]),
+                    );
+                }
+                for r in 0..MR {
+                    let x = *a.data.get_unchecked((i0 + r) * a.rs + l * a.cs);
+                    let (xv, xd) = (V::splat(x.v), V::splat(x.d));
+                    for v in 0..NV {
+                        acc_v[r][v] = V::madd(acc_v[r][v], xv, bv[v]);
+                        // Dual's Mul: d = a.d·b.v + a.v·b.d, then added.
+                        acc_d[r][v] = V::madd2(acc_d[r][v], xd, bv[v], xv, bd[v]);
+                    }
+                }
+            }
+            for r in 0..MR {
+                let row = c
+                    .as_mut_ptr()
+                    .wrapping_add((i0 + r) * n + v0 * V::N)
+                    .cast::<V::E>();
+                for v in 0..NV {
+                    let p = row.wrapping_add(2 * v * V::N);
+                    dual_epilogue::<V>(alpha, beta, acc_v[r][v], acc_d[r][v], p, lo[v], hi[v]);
+                }
+            }
+        }
+    }
+}
