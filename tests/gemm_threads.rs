@@ -153,7 +153,10 @@ fn cut_and_uncut_products_give_the_same_bits() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none()
         && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
     {
-        assert!(rayon::current_num_threads() >= 2, "the global pool has one thread");
+        assert!(
+            rayon::current_num_threads() >= 2,
+            "the global pool has one thread"
+        );
     }
     let outside = fingerprint();
     let inside = pool.install(fingerprint);

@@ -371,7 +371,10 @@ impl<F: Float> Workspace<F> {
     ) -> F {
         check_directions("hvp_only_into", x, v);
         check_shapes("hvp_only_into", "input", x, hv.iter().map(Some));
-        let seeds = x.iter().zip(v).map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())));
+        let seeds = x
+            .iter()
+            .zip(v)
+            .map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())));
         let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
         for (i, h) in hv.iter_mut().enumerate() {
             let h = h.data_mut();

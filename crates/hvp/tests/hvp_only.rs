@@ -104,17 +104,27 @@ fn both<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Tensor<F>]) -> [
 /// MLP with `matmul` and `matmul_t`, and a convolution).
 #[test]
 fn hvp_only_equals_the_full_pass_bit_for_bit() {
-    fn check<F: Float, O: Objective<F>>(what: &str, (f, x, v): (O, Vec<Tensor<F>>, Vec<Tensor<F>>)) {
+    fn check<F: Float, O: Objective<F>>(
+        what: &str,
+        (f, x, v): (O, Vec<Tensor<F>>, Vec<Tensor<F>>),
+    ) {
         let [only, full] = both(&f, &x, &v);
         for (i, (a, b)) in only.iter().zip(&full).enumerate() {
-            assert!(a.iter().any(|&h| h != F::zero()), "{what}: input {i}: H·v is zero");
+            assert!(
+                a.iter().any(|&h| h != F::zero()),
+                "{what}: input {i}: H·v is zero"
+            );
             for (j, (p, q)) in a.iter().zip(b).enumerate() {
                 assert!(
                     p == q || (p.to_f64() == 0.0 && q.to_f64() == 0.0),
                     "{what} {}: input {i} element {j}: {p} (HVP-only) vs {q} (full pass)",
                     F::NAME
                 );
-                assert_eq!(p.to_f64().to_bits(), q.to_f64().to_bits(), "{what}: {i}/{j}");
+                assert_eq!(
+                    p.to_f64().to_bits(),
+                    q.to_f64().to_bits(),
+                    "{what}: {i}/{j}"
+                );
             }
         }
     }

@@ -119,7 +119,9 @@ pub(crate) fn three<T: Real>(p: Product<'_, Dual<T>>) {
 /// row-major dual `B` is a real `k × 2n` matrix with the parts in alternate
 /// columns, and so is `C`, so one real product with 2n columns computes
 /// `C.v = α A.v B.v + β C.v` and the first half of `C.d = α A.v B.d + β C.d`;
-/// a second, strided one adds `α A.d B.v` unless `A`'s tangent is zero.
+/// a second, strided one adds `α A.d B.v` unless `A`'s tangent is zero. If
+/// `B`'s tangent is zero instead (and `A`'s is not), the two products are
+/// `C.v = α A.v B.v + β C.v` and `C.d = α A.d B.v + β C.d`.
 ///
 /// Each copy runs in the source's memory order, and the scratch takes the
 /// matching layout (row- or column-major). The result depends only on the
@@ -168,8 +170,7 @@ pub(crate) fn tangent_gemm<T: Real>(
         // The full product (which also reports shape errors).
         return super::gemm(alpha, a, b, beta, c);
     }
-    if !tangent_as::<T, f32>(alpha, a, b, beta, c) && !tangent_as::<T, f64>(alpha, a, b, beta, c)
-    {
+    if !tangent_as::<T, f32>(alpha, a, b, beta, c) && !tangent_as::<T, f64>(alpha, a, b, beta, c) {
         super::gemm(alpha, a, b, beta, c);
     }
 }
@@ -239,6 +240,20 @@ fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, want: Want
     };
     if b.cs == 1 && c.cs == 1 {
         let (av, ad) = a.parts();
+        // A constant right operand (e.g. a weight held fixed in a partial
+        // HVP): C.v = α A.v B.v + β C.v and C.d = α A.d B.v + β C.d, two real
+        // products, not A.v·[B.v | B.d] with half its columns multiplying zeros.
+        // The scan runs in B's memory order and stops at the first non-zero.
+        if !a_d_zero && (0..k).all(|l| (0..n).all(|j| b.data[l * b.rs + j].d == zero)) {
+            let bv = b.parts().0;
+            if want == Want::Both {
+                F::large_gemm(Product::new(alpha, av, bv, beta, c.part(0)));
+            } else {
+                super::scale(&mut c.part(0), beta);
+            }
+            F::large_gemm(Product::new(alpha, ad, bv, beta, c.part(1)));
+            return;
+        }
         if want == Want::Both {
             F::large_gemm(Product::new(
                 alpha,
@@ -423,6 +438,47 @@ mod tests {
                         w.d
                     );
                 }
+            }
+        }
+    }
+
+    /// The tangent-only product ([`tangent_gemm`], large shapes) writes the
+    /// full product's `C.d` bit for bit and `C.v = β·C.v`, for transposed
+    /// operands, zero tangents on either side and β ∈ {0, 1} (β = 0: C starts
+    /// as NaN and must be overwritten).
+    #[test]
+    fn tangent_only_product_is_the_full_products_tangent() {
+        let (m, k, n) = (40, 50, 70);
+        for case in 0..32 {
+            let [ta, tb, za, zb, acc] = std::array::from_fn(|i| case & (1 << i) != 0);
+            let beta = if acc { 1.0 } else { 0.0 };
+            let a = dual_mat(m, k, 0.3, za);
+            let b = dual_mat(k, n, 0.4, zb);
+            let at: Vec<_> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect();
+            let bt: Vec<_> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect();
+            let av = if ta {
+                MatRef::row_major(&at, k, m).t()
+            } else {
+                MatRef::row_major(&a, m, k)
+            };
+            let bv = if tb {
+                MatRef::row_major(&bt, n, k).t()
+            } else {
+                MatRef::row_major(&b, k, n)
+            };
+            let c0 = if acc {
+                dual_mat(m, n, 0.5, false)
+            } else {
+                vec![Dual::new(f64::NAN, f64::NAN); m * n]
+            };
+            let (mut full, mut only) = (c0.clone(), c0.clone());
+            super::super::gemm(1.0, av, bv, beta, &mut full);
+            tangent_gemm(1.0, av, bv, beta, &mut only);
+            for (i, ((f, o), z)) in full.iter().zip(&only).zip(&c0).enumerate() {
+                let case = (ta, tb, za, zb, acc);
+                assert_eq!(f.d.to_bits(), o.d.to_bits(), "{case:?}: tangent {i}");
+                let v = if acc { z.v } else { 0.0 };
+                assert_eq!(o.v.to_bits(), v.to_bits(), "{case:?}: primal {i}");
             }
         }
     }

@@ -78,8 +78,7 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         cs: c.cs,
     };
     let (chunks, along_rows) = chunking(m, k, n);
-    if chunks == 1 || rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2
-    {
+    if chunks == 1 || rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
         return call(alpha, a, b, beta, &out, 0..m, 0..n);
     }
     let dim = if along_rows { m } else { n };
