@@ -373,6 +373,26 @@ mod tests {
             .collect()
     }
 
+    /// `x` (`rows × cols`, row-major) stored row-major, or as the transpose
+    /// of a `cols × rows` buffer if `t` (read back by [`view`]).
+    fn stored(x: &[Dual<f64>], rows: usize, cols: usize, t: bool) -> Vec<Dual<f64>> {
+        if t {
+            let at = |i: usize| x[(i % rows) * cols + i / rows];
+            (0..rows * cols).map(at).collect()
+        } else {
+            x.to_vec()
+        }
+    }
+
+    /// The `rows × cols` matrix of a [`stored`] buffer.
+    fn view(buf: &[Dual<f64>], rows: usize, cols: usize, t: bool) -> MatRef<'_, Dual<f64>> {
+        if t {
+            MatRef::row_major(buf, cols, rows).t()
+        } else {
+            MatRef::row_major(buf, rows, cols)
+        }
+    }
+
     /// The split dual product (contiguous parts, one product with inner
     /// dimension 2k) against the three-product rule, for every combination of
     /// transposed operands, column-major output, structurally zero tangents
@@ -387,18 +407,8 @@ mod tests {
             let a = dual_mat(m, k, 0.1, za);
             let b = dual_mat(k, n, 0.2, zb);
             // A stored row-major or as the transpose of a k × m buffer; same for B.
-            let at: Vec<_> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect();
-            let bt: Vec<_> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect();
-            let av = if ta {
-                MatRef::row_major(&at, k, m).t()
-            } else {
-                MatRef::row_major(&a, m, k)
-            };
-            let bv = if tb {
-                MatRef::row_major(&bt, n, k).t()
-            } else {
-                MatRef::row_major(&b, k, n)
-            };
+            let (sa, sb) = (stored(&a, m, k, ta), stored(&b, k, n, tb));
+            let (av, bv) = (view(&sa, m, k, ta), view(&sb, k, n, tb));
             let c0 = if beta == 0.0 {
                 Dual::new(f64::NAN, f64::NAN)
             } else {
@@ -454,18 +464,8 @@ mod tests {
             let beta = if acc { 1.0 } else { 0.0 };
             let a = dual_mat(m, k, 0.3, za);
             let b = dual_mat(k, n, 0.4, zb);
-            let at: Vec<_> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect();
-            let bt: Vec<_> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect();
-            let av = if ta {
-                MatRef::row_major(&at, k, m).t()
-            } else {
-                MatRef::row_major(&a, m, k)
-            };
-            let bv = if tb {
-                MatRef::row_major(&bt, n, k).t()
-            } else {
-                MatRef::row_major(&b, k, n)
-            };
+            let (sa, sb) = (stored(&a, m, k, ta), stored(&b, k, n, tb));
+            let (av, bv) = (view(&sa, m, k, ta), view(&sb, k, n, tb));
             let c0 = if acc {
                 dual_mat(m, n, 0.5, false)
             } else {
