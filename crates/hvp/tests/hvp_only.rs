@@ -45,7 +45,7 @@ struct Conv<F: Float> {
 impl<F: Float> Objective<F> for Conv<F> {
     fn eval<'t, T: Real<Base = F>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
         let h = t.constant_base(&self.x).conv2d(p[0], 1, 1).tanh(); // [6, 16, 10, 10]
-        h.reshape(&[6, 1600])
+        h.reshape([6, 1600])
             .matmul(p[1])
             .softmax_cross_entropy(&self.labels)
     }
