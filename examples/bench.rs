@@ -310,7 +310,11 @@ fn conv4_gemms(peak_gflops: f64) -> Value {
 }
 
 fn configs() -> Vec<String> {
-    let mut c = vec!["mlp_grad".to_string(), "mlp_hvp".to_string()];
+    let mut c = vec![
+        "mlp_grad".to_string(),
+        "mlp_hvp".to_string(),
+        "mlp_hvp_full".to_string(),
+    ];
     c.extend(bench_maml::configs());
     c
 }
@@ -338,7 +342,8 @@ fn main() {
     let rss_at_start = proc_status_mib("VmRSS:");
     let mut workload: Box<dyn Bench> = match config.as_str() {
         "mlp_grad" => Box::new(bench_mlp::MlpGrad::new()),
-        "mlp_hvp" => Box::new(bench_mlp::MlpHvp::new()),
+        "mlp_hvp" => Box::new(bench_mlp::MlpHvp::new(false)),
+        "mlp_hvp_full" => Box::new(bench_mlp::MlpHvp::new(true)),
         c => match bench_maml::workload(c) {
             Some(w) => w,
             None => {

@@ -129,9 +129,12 @@ impl Bench for MlpGrad {
 }
 
 /// `mlp_hvp`: H·v for all parameters along a random normal direction, by one
-/// forward-over-reverse pass (`hvp::Workspace::hvp_into`: `Workspace::hvp`
-/// writing into reused output tensors; tapes reused, so a steady-state call
-/// allocates only matrixmultiply's packing buffers).
+/// forward-over-reverse pass that computes H·v alone, as JAX's
+/// `jvp(grad(loss))[1]` does (`hvp::Workspace::hvp_only_into`: the primal
+/// weight-gradient products are skipped). `mlp_hvp_full`: the same pass
+/// returning the value, the gradient and H·v (`Workspace::hvp_into`). Tapes
+/// and outputs are reused, so a steady-state call allocates only
+/// matrixmultiply's packing buffers.
 pub(crate) struct MlpHvp {
     loss: MlpLoss,
     params: Vec<Tensor<f32>>,
@@ -139,10 +142,12 @@ pub(crate) struct MlpHvp {
     ws: Workspace<f32>,
     grad: Vec<Tensor<f32>>,
     hv: Vec<Tensor<f32>>,
+    /// Value, gradient and H·v (`mlp_hvp_full`) instead of H·v alone.
+    full: bool,
 }
 
 impl MlpHvp {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(full: bool) -> Self {
         let (loss, params, v) = setup();
         let mut ws = Workspace::new();
         let out = ws.hvp(&loss, &params, &v);
@@ -153,19 +158,27 @@ impl MlpHvp {
             ws,
             grad: out.grad,
             hv: out.hv,
+            full,
         }
     }
 }
 
 impl Bench for MlpHvp {
     fn params(&self) -> Value {
-        params_json("forward-over-reverse (dual reverse sweep)")
+        params_json(if self.full {
+            "forward-over-reverse (dual reverse sweep): value, gradient and H·v"
+        } else {
+            "forward-over-reverse (dual reverse sweep): H·v only"
+        })
     }
     fn call(&mut self) -> f64 {
         let (x, v) = (&self.params, &self.v);
-        let value = self
-            .ws
-            .hvp_into(&self.loss, x, v, &mut self.grad, &mut self.hv);
+        let value = if self.full {
+            self.ws
+                .hvp_into(&self.loss, x, v, &mut self.grad, &mut self.hv)
+        } else {
+            self.ws.hvp_only_into(&self.loss, x, v, &mut self.hv)
+        };
         value as f64
     }
     fn extra(&mut self) -> Map<String, Value> {
@@ -216,9 +229,10 @@ pub(crate) fn check_hvp() -> f64 {
     let mut ws64 = Workspace::<f64>::new();
     let (_, gp) = ws64.value_and_grad(&loss64, &shifted(eps));
     let (_, gm) = ws64.value_and_grad(&loss64, &shifted(-eps));
-    let out = Workspace::new().hvp(&loss, &params, &v);
+    // The HVP-only pass that `mlp_hvp` times.
+    let hv = Workspace::new().hvp_only(&loss, &params, &v);
     let (mut num, mut den) = (0.0f64, 0.0f64);
-    for ((a, b), h) in gp.iter().zip(&gm).zip(&out.hv) {
+    for ((a, b), h) in gp.iter().zip(&gm).zip(&hv) {
         for ((&a, &b), &h) in a.data().iter().zip(b.data()).zip(h.data()) {
             let fd = (a - b) / (2.0 * eps);
             num += (fd - h as f64).powi(2);

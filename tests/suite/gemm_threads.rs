@@ -1,11 +1,14 @@
-//! matrixmultiply's `threading` feature (enabled by this package) must not
-//! change a single bit: it splits a GEMM over blocks of *output* rows (its
-//! loop 3) and column panels (loop 2), while the sum over k runs in a fixed
-//! order of kc-blocks inside one thread, so every output element is computed by
-//! the same sequence of FMAs whatever the thread count. This test checks it:
-//! it runs the same GEMMs (plain, transposed, dual) and an MLP gradient and HVP
-//! in two child processes with `MATMUL_NUM_THREADS=1` and `=2` (the variable
-//! is read once per process) and compares the bits of the results.
+//! The GEMM threads must not change a single bit. A large product called
+//! outside rayon's workers is cut into fixed chunks of output rows or columns
+//! (a function of the shape only), run as rayon jobs; inside a worker it is one
+//! `matrixmultiply` call. The sum over k runs in a fixed order of kc-blocks
+//! inside one call, and the chunks are aligned to the register tiles, so every
+//! output element is computed by the same sequence of FMAs whatever the thread
+//! count. These tests check it: the same GEMMs (plain, transposed, dual) and an
+//! MLP gradient and HVP run in two child processes with `RAYON_NUM_THREADS=1`
+//! and `=2` (rayon's global pool is built once per process), and in one
+//! process both cut (called from the main thread) and uncut (called inside a
+//! rayon worker); the bits of the results are compared.
 
 use std::process::Command;
 
@@ -20,8 +23,7 @@ fn fingerprint() -> String {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     };
-    // Shapes large enough for matrixmultiply to use 2 threads in both loops
-    // (m ≥ 3·mc/2 for loop 3; (mk + kn)/2^14 ≥ 2 for any threading).
+    // Shapes large enough to be cut into chunks, along rows and along columns.
     for &(m, k, n) in &[
         (64usize, 784usize, 256usize),
         (512, 300, 200),
@@ -92,7 +94,7 @@ fn fingerprint() -> String {
 #[ignore = "child process of gemm_results_do_not_depend_on_the_thread_count"]
 fn gemm_threads_child() {
     println!("FINGERPRINT {}", fingerprint());
-    // matrixmultiply's pool exists once a GEMM ran: report the process's threads.
+    // rayon's global pool exists once a GEMM was cut: report the process's threads.
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let threads = status
         .lines()
@@ -112,7 +114,7 @@ fn gemm_results_do_not_depend_on_the_thread_count() {
                 "gemm_threads::gemm_threads_child",
                 "--nocapture",
             ])
-            .env("MATMUL_NUM_THREADS", threads)
+            .env("RAYON_NUM_THREADS", threads)
             .output()
             .expect("spawn the child test");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -131,13 +133,37 @@ fn gemm_results_do_not_depend_on_the_thread_count() {
         )
     };
     let ((one, threads_one), (two, threads_two)) = (run("1"), run("2"));
-    // The 2-thread child really has a GEMM worker thread more (else the
+    // The 2-thread child really has a worker thread more (else the
     // comparison would prove nothing).
     assert!(
         threads_two > threads_one,
-        "MATMUL_NUM_THREADS=2 started no worker thread ({threads_two} vs {threads_one})"
+        "RAYON_NUM_THREADS=2 started no worker thread ({threads_two} vs {threads_one})"
     );
     assert_eq!(one, two, "1 thread and 2 threads give different bits");
     // And the fingerprint is a function of the inputs: the same in-process.
     assert_eq!(fingerprint(), fingerprint());
+}
+
+/// In one process: cut into rayon jobs (called from the test's own thread,
+/// outside any pool) and one call (inside a rayon worker, where products are
+/// not cut) give the same bits.
+#[test]
+fn cut_and_uncut_products_give_the_same_bits() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a rayon pool");
+    // Outside any pool, products are cut only if rayon's global pool has two
+    // threads or more (it has one per core unless RAYON_NUM_THREADS says otherwise).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2)
+    {
+        assert!(
+            rayon::current_num_threads() >= 2,
+            "the global pool has one thread"
+        );
+    }
+    let outside = fingerprint();
+    let inside = pool.install(fingerprint);
+    assert_eq!(outside, inside, "cut and uncut GEMMs give different bits");
 }

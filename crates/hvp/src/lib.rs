@@ -30,7 +30,8 @@
 //!   written once, generic over the element type.
 //! - [`Workspace`]: reusable tapes with [`Workspace::value_and_grad`],
 //!   [`Workspace::jvp`], [`Workspace::jvp_vec`], [`Workspace::vjp_vec`],
-//!   [`Workspace::hvp`], [`Workspace::hvp_into`] and [`Workspace::mixed_hvp`]
+//!   [`Workspace::hvp`], [`Workspace::hvp_into`], [`Workspace::hvp_only`]
+//!   (H·v alone, without the primal weight-gradient products) and [`Workspace::mixed_hvp`]
 //!   (H_φφ·v and H_θφ·v from one pass).
 //! - [`LinOp`] with [`Hessian`], [`Damped`], [`Identity`], [`FnOp`], [`DenseOp`].
 //! - Solvers: [`cg`], [`neumann`], [`power_iteration`], [`lanczos`] (both extreme

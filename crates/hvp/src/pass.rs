@@ -33,6 +33,13 @@ use crate::workspace::Workspace;
 pub enum Seed<'a, F> {
     /// Differentiable, with this tangent (one value per element, row-major).
     Tangent(&'a [F]),
+    /// Differentiable, with this tangent, and only the tangent part of its
+    /// adjoint (the H·v row block) is read: the products that feed only the
+    /// primal part (∇f) of this input's adjoint are skipped, so after a
+    /// [`Workspace::dual_pass`] its adjoint's `.v` is unspecified (zero or
+    /// partial) and its `.d` is bit for bit that of [`Seed::Tangent`]
+    /// ([`tape::Tape::tangent_leaf_with`]).
+    HvOnly(&'a [F]),
     /// Differentiable, zero tangent.
     Zero,
     /// Not differentiated: no adjoint is computed for it (pruned by
@@ -450,7 +457,7 @@ pub(crate) fn dual_leaves<'t, 'a, F: Float + 'a>(
         .into_iter()
         .map(|(x, seed)| {
             let requires_grad = !matches!(seed, Seed::Constant);
-            if let Seed::Tangent(v) = seed {
+            if let Seed::Tangent(v) | Seed::HvOnly(v) = seed {
                 assert!(
                     v.len() == x.numel(),
                     "dual pass: input {:?} ({} elements) but a tangent of {} elements",
@@ -459,8 +466,8 @@ pub(crate) fn dual_leaves<'t, 'a, F: Float + 'a>(
                     v.len()
                 );
             }
-            t.leaf_with(x.shape(), requires_grad, |out| match seed {
-                Seed::Tangent(v) => {
+            let fill = |out: &mut [Dual<F>]| match seed {
+                Seed::Tangent(v) | Seed::HvOnly(v) => {
                     for ((o, &a), &b) in out.iter_mut().zip(x.data()).zip(v) {
                         *o = Dual::new(a, b);
                     }
@@ -470,7 +477,12 @@ pub(crate) fn dual_leaves<'t, 'a, F: Float + 'a>(
                         *o = Dual::constant(a);
                     }
                 }
-            })
+            };
+            if let Seed::HvOnly(_) = seed {
+                t.tangent_leaf_with(x.shape(), fill)
+            } else {
+                t.leaf_with(x.shape(), requires_grad, fill)
+            }
         })
         .collect()
 }

@@ -6,6 +6,7 @@
 //! | [`Workspace::jvp`], [`Workspace::jvp_vec`] | `Dual<F>` | f, J·v | one dual forward |
 //! | [`Workspace::vjp_vec`] | `F` | y, Jᵀu | forward + reverse |
 //! | [`Workspace::hvp`], [`Workspace::hvp_into`], [`Workspace::mixed_hvp`] | `Dual<F>` | f, ∇f, H·v | one dual forward + reverse |
+//! | [`Workspace::hvp_only`], [`Workspace::hvp_only_into`] | `Dual<F>` | f, H·v | the same, without the primal weight-gradient products |
 
 use smallvec::SmallVec;
 use tape::{Dual, Float, Tape, Tensor, Var};
@@ -320,6 +321,103 @@ impl<F: Float> Workspace<F> {
         p.value().v
     }
 
+    /// H(x)·v alone, written into caller-owned tensors shaped like `x`, and
+    /// f(x) returned: the HVP-only pass, what JAX's `jvp(grad(f), (x,), (v,))[1]`
+    /// computes.
+    ///
+    /// It is the pass of [`Workspace::hvp_into`] with every input seeded
+    /// [`Seed::HvOnly`]: the reverse sweep on x + v ε gives each input the
+    /// adjoint ∇f(x) + (H(x)·v) ε, and for a product `C = A·W` with a weight
+    /// input `W` the adjoint ḡW = Aᵀ·ḡC has parts
+    ///
+    /// - ḡW.v = A.vᵀ·ḡC.v (the gradient, not wanted here), and
+    /// - ḡW.d = A.vᵀ·ḡC.d + A.dᵀ·ḡC.v (the H·v block),
+    ///
+    /// so the primal weight-gradient products A.vᵀ·ḡC.v are skipped (decided per
+    /// node: only the inputs' own adjoints lose their primal part; every
+    /// intermediate adjoint keeps it, since nonlinear rules need ḡ.v for ḡ.d).
+    /// The products that remain are those of the full pass, summed in the same
+    /// order, so `hv` is bit for bit [`Workspace::hvp_into`]'s.
+    ///
+    /// ```
+    /// use hvp::{Objective, Workspace};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// /// f(w) = Σ tanh(x·w) for a constant x [2, 3]: H = xᵀ diag(−2 t (1 − t²)) x.
+    /// struct Layer(Tensor<f64>);
+    /// impl Objective<f64> for Layer {
+    ///     fn eval<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, w: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         t.constant_base(&self.0).matmul(w[0]).tanh().sum()
+    ///     }
+    /// }
+    /// let f = Layer(Tensor::new(&[2, 3], vec![0.1, 0.2, 0.3, -0.4, 0.5, 0.6]));
+    /// let (x, v) = ([Tensor::new(&[3, 2], vec![0.3; 6])], [Tensor::new(&[3, 2], vec![1.0; 6])]);
+    /// let mut ws = Workspace::new();
+    /// let mut hv = vec![Tensor::zeros(&[3, 2])];
+    /// let value = ws.hvp_only_into(&f, &x, &v, &mut hv);
+    /// let full = ws.hvp(&f, &x, &v);
+    /// assert_eq!(value, full.value);
+    /// assert_eq!(hv[0], full.hv[0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `v` or `hv` does not have one entry per input, or a shape differs.
+    #[track_caller]
+    pub fn hvp_only_into<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Tensor<F>],
+        hv: &mut [Tensor<F>],
+    ) -> F {
+        check_directions("hvp_only_into", x, v);
+        check_shapes("hvp_only_into", "input", x, hv.iter().map(Some));
+        let seeds = x
+            .iter()
+            .zip(v)
+            .map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())));
+        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
+        for (i, h) in hv.iter_mut().enumerate() {
+            let h = h.data_mut();
+            match p.adjoint(i) {
+                Some(adj) => h.iter_mut().zip(adj.iter()).for_each(|(hi, d)| *hi = d.d),
+                None => h.fill(F::zero()),
+            }
+        }
+        p.value().v
+    }
+
+    /// H(x)·v alone, one tensor per input: [`Workspace::hvp_only_into`] into
+    /// fresh tensors (see there for the math).
+    ///
+    /// ```
+    /// use hvp::{Objective, Workspace};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// /// f(x) = Σ x³: H·v = 6x ⊙ v.
+    /// struct Cubic;
+    /// impl Objective<f64> for Cubic {
+    ///     fn eval<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, x: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         (x[0] * x[0] * x[0]).sum()
+    ///     }
+    /// }
+    /// let hv = Workspace::new().hvp_only(&Cubic, &[Tensor::vector(vec![1.0, 2.0])],
+    ///     &[Tensor::vector(vec![1.0, 0.5])]);
+    /// assert_eq!(hv[0].data(), &[6.0, 6.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `v` does not have one entry per input, or a direction's shape differs.
+    #[track_caller]
+    pub fn hvp_only<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Tensor<F>],
+    ) -> Vec<Tensor<F>> {
+        let mut hv: Vec<Tensor<F>> = x.iter().map(|xi| Tensor::zeros(xi.shape())).collect();
+        self.hvp_only_into(f, x, v, &mut hv);
+        hv
+    }
+
     /// One dual pass of f(θ, φ) with the tangent `v_phi` on φ and none on θ.
     /// The objective is called with the inputs `θ₁, …, θ_a, φ₁, …, φ_b` in that
     /// order. Returns both gradients, H_φφ·v and the mixed block H_θφ·v: the
@@ -402,7 +500,8 @@ impl<F: Float> Workspace<F> {
         let mut at = 0;
         let seeds = x.iter().zip(wrt).map(|(xi, &w)| {
             if w {
-                let s = Seed::Tangent(&v[at..at + xi.numel()]);
+                // Only H·v is read: the primal weight-gradient products are skipped.
+                let s = Seed::HvOnly(&v[at..at + xi.numel()]);
                 at += xi.numel();
                 (xi, s)
             } else {

@@ -16,3 +16,25 @@
 //! ```
 
 pub use crate::kernels::{gemm, gemm_into, MatMut, MatRef, Product};
+
+use crate::kernels::dual::tangent_gemm;
+use crate::real::Real;
+
+/// An adjoint's product `C ← α·A·B + β·C` for input `k` of a product node:
+/// the full one, or only its tangent part when nobody reads the primal part
+/// of input `k`'s adjoint (a leaf of [`crate::Tape::tangent_leaf_with`]: the
+/// primal weight-gradient products an HVP-only pass drops).
+pub(crate) fn adjoint_gemm<T: Real>(
+    primal: bool,
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    if primal {
+        gemm(alpha, a, b, beta, c);
+    } else {
+        tangent_gemm(alpha, a, b, beta, c);
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use smallvec::SmallVec;
 
 use crate::ops::{self, Op};
-use crate::real::Real;
+use crate::real::{Dual, Real};
 use crate::shape::{shape_panic, Shape};
 use crate::tensor::Tensor;
 
@@ -38,6 +38,12 @@ pub(crate) struct Node {
     /// Whether any adjoint flows through this node (false for constants and
     /// everything computed only from constants).
     pub(crate) requires_grad: bool,
+    /// Whether the primal part of this node's adjoint is read by anyone: false
+    /// only for the leaves of [`Tape::tangent_leaf_with`] (an HVP-only pass,
+    /// which reads the tangent part ḡ.d alone), so rules may skip the products
+    /// that feed only ḡ.v. Always true on other nodes: a rule's tangent output
+    /// depends on its cotangent's primal part in general (e.g. tanh's).
+    pub(crate) primal_adjoint: bool,
 }
 
 impl Node {
@@ -206,6 +212,13 @@ impl<'a, T: Real> Bwd<'a, T> {
     pub(crate) fn wants(&self, k: usize) -> bool {
         self.nodes[self.node.inputs[k] as usize].requires_grad
     }
+    /// Whether input `k` wants the primal part of its adjoint (false: only
+    /// the tangent part, see [`Tape::tangent_leaf_with`]); implies nothing
+    /// unless [`Bwd::wants`] is true.
+    #[inline]
+    pub(crate) fn wants_primal(&self, k: usize) -> bool {
+        self.nodes[self.node.inputs[k] as usize].primal_adjoint
+    }
     /// The adjoint buffer of input `k`, to accumulate into (`+=`). Zeroed on
     /// the first touch of the sweep.
     #[inline]
@@ -361,6 +374,16 @@ impl<T: Real> Tape<T> {
         requires_grad: bool,
         fill: impl FnOnce(&mut [T]),
     ) -> Var<'_, T> {
+        self.record_leaf_as(shape, requires_grad, true, fill)
+    }
+
+    fn record_leaf_as(
+        &self,
+        shape: Shape,
+        requires_grad: bool,
+        primal_adjoint: bool,
+        fill: impl FnOnce(&mut [T]),
+    ) -> Var<'_, T> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
         let at = inner.alloc(shape.numel(), false);
@@ -374,6 +397,7 @@ impl<T: Real> Tape<T> {
             aux: a..a,
             idx: i..i,
             requires_grad,
+            primal_adjoint,
         });
         Var {
             tape: self,
@@ -456,6 +480,7 @@ impl<T: Real> Tape<T> {
             aux: aux0..aux1,
             idx: idx0..idx1,
             requires_grad,
+            primal_adjoint: true,
         });
         Var {
             tape: self,
@@ -481,6 +506,7 @@ impl<T: Real> Tape<T> {
             aux: a..a,
             idx: i..i,
             requires_grad: false,
+            primal_adjoint: true,
         });
         Var {
             tape: self,
@@ -735,6 +761,49 @@ impl<T: Real> Tape<T> {
     #[inline]
     pub(crate) fn node_shape(&self, i: u32) -> Shape {
         self.inner.borrow().nodes[i as usize].shape
+    }
+}
+
+impl<T: Real> Tape<Dual<T>> {
+    /// A differentiable leaf whose adjoint is wanted for its **tangent part
+    /// only**, its values written in place by `fill` (as [`Tape::leaf_with`]).
+    ///
+    /// On a dual tape the reverse sweep gives each leaf the adjoint
+    /// ḡ = ∇f + (H·v) ε. For a product `C = A·B` whose right operand is such a
+    /// leaf, ḡB = Aᵀ·ḡC splits into
+    ///
+    /// - ḡB.v = A.vᵀ·ḡC.v (the gradient), and
+    /// - ḡB.d = A.vᵀ·ḡC.d + A.dᵀ·ḡC.v (the H·v block),
+    ///
+    /// and only the second is computed: the primal weight-gradient products
+    /// that JAX's `jvp(grad(f))` drops as dead code. Rules that have no such
+    /// saving compute ḡ.v anyway, so after the sweep **the primal part of this
+    /// leaf's adjoint is unspecified** (zero or partial); the tangent part is
+    /// the same as for [`Tape::leaf_with`] — bit for bit, as the same products
+    /// are summed in the same order.
+    ///
+    /// ```
+    /// use tape::{Dual, Tape, Tensor};
+    /// // f(x, w) = Σ (x·w)² for a constant x [1, 2] and w [2, 1]:
+    /// // ∇_w f = 2 xᵀ(x w), H = 2 xᵀx, so H·v = 2 xᵀ(x v).
+    /// let t = Tape::<Dual<f64>>::new();
+    /// let x = t.constant_base(&Tensor::new(&[1, 2], vec![1.0, 3.0]));
+    /// let (w, v) = ([0.5, -1.0], [1.0, 2.0]);
+    /// let wv = t.tangent_leaf_with([2, 1], |out| {
+    ///     for ((o, &w), &v) in out.iter_mut().zip(&w).zip(&v) {
+    ///         *o = Dual::new(w, v);
+    ///     }
+    /// });
+    /// t.backward(x.matmul(wv).square().sum());
+    /// let hv: Vec<f64> = t.grad(wv).data().iter().map(|g| g.d).collect();
+    /// assert_eq!(hv, [14.0, 42.0]); // x v = 7; 2·7·xᵀ
+    /// ```
+    pub fn tangent_leaf_with(
+        &self,
+        shape: impl Into<Shape>,
+        fill: impl FnOnce(&mut [Dual<T>]),
+    ) -> Var<'_, Dual<T>> {
+        self.record_leaf_as(shape.into(), true, false, fill)
     }
 }
 

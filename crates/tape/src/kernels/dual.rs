@@ -10,6 +10,8 @@
 //! - [`split`], for `f32`/`f64`: copies the parts into contiguous scratch so
 //!   that the tangent is one product with inner dimension 2k (see its docs).
 
+use std::any::{Any, TypeId};
+
 use super::{MatMut, MatRef, Prim, Product};
 use crate::real::{Dual, Real};
 
@@ -117,16 +119,103 @@ pub(crate) fn three<T: Real>(p: Product<'_, Dual<T>>) {
 /// row-major dual `B` is a real `k × 2n` matrix with the parts in alternate
 /// columns, and so is `C`, so one real product with 2n columns computes
 /// `C.v = α A.v B.v + β C.v` and the first half of `C.d = α A.v B.d + β C.d`;
-/// a second, strided one adds `α A.d B.v` unless `A`'s tangent is zero.
+/// a second, strided one adds `α A.d B.v` unless `A`'s tangent is zero. If
+/// `B`'s tangent is zero instead (and `A`'s is not), the two products are
+/// `C.v = α A.v B.v + β C.v` and `C.d = α A.d B.v + β C.d`.
 ///
 /// Each copy runs in the source's memory order, and the scratch takes the
 /// matching layout (row- or column-major). The result depends only on the
 /// operands, never on the thread count.
 pub(crate) fn split<F: Prim>(p: Product<'_, Dual<F>>) {
-    F::with_scratch(|s| split_with(s, p));
+    F::with_scratch(|s| split_with(s, p, Want::Both));
 }
 
-fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>) {
+/// Which parts of a dual product's output are wanted.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+enum Want {
+    /// `C.v` and `C.d`.
+    Both,
+    /// `C.d` only; `C.v ← β·C.v` (the `α·A.v·B.v` product is skipped).
+    Tangent,
+}
+
+/// `C.d ← α (A.v B.d + A.d B.v) + β C.d` and `C.v ← β C.v`: the tangent part
+/// of the dual product alone, for an adjoint whose primal part nobody reads
+/// (a leaf of [`crate::Tape::tangent_leaf_with`]). `c` is dense row-major,
+/// as for [`super::gemm`].
+///
+/// The tangent is computed by the same real products, in the same order, as
+/// the full dual product would compute it ([`split`]: one with inner
+/// dimension k and 2n columns, or with inner dimension 2k), so `C.d` is bit
+/// for bit the one [`super::gemm`] writes; only the `A.v·B.v` product is left
+/// out. Products that [`super::gemm`] sends to a small-product family, and
+/// element types other than `Dual<f32>`/`Dual<f64>`, run the full product
+/// (the small kernels interleave both parts; the saving is in large
+/// products).
+///
+/// # Panics
+/// As [`super::gemm`].
+#[track_caller]
+pub(crate) fn tangent_gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    let small = macs <= super::SMALL_MACS && n <= super::SMALL_COLS;
+    if small || m == 0 || n == 0 || k == 0 || a.cols != b.rows || c.len() != m * n {
+        // The full product (which also reports shape errors).
+        return super::gemm(alpha, a, b, beta, c);
+    }
+    if !tangent_as::<T, f32>(alpha, a, b, beta, c) && !tangent_as::<T, f64>(alpha, a, b, beta, c) {
+        super::gemm(alpha, a, b, beta, c);
+    }
+}
+
+/// [`tangent_gemm`] if `T` is `Dual<F>` (then `true`), else nothing (`false`).
+fn tangent_as<T: Real, F: Prim>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) -> bool {
+    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
+    let (Some(alpha), Some(beta)) = (base(alpha), base(beta)) else {
+        return false;
+    };
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return false;
+    }
+    let a = MatRef::new(same_type(a.data), a.rows, a.cols, a.rs, a.cs);
+    let b = MatRef::new(same_type(b.data), b.rows, b.cols, b.rs, b.cs);
+    let c = MatMut::row_major(same_type_mut(c), a.rows, b.cols);
+    F::with_scratch(|s| split_with(s, Product::new(alpha, a, b, beta, c), Want::Tangent));
+    true
+}
+
+/// `&[T]` as `&[U]` for one and the same type.
+///
+/// # Panics
+/// If `T` and `U` are different types.
+fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
+    // SAFETY: the assert above: `T` and `U` are the same type, so the slice
+    // is reborrowed unchanged (same pointer, length and lifetime).
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<U>(), x.len()) }
+}
+
+/// The `&mut` form of [`same_type`].
+fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
+    // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }
+}
+
+fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, want: Want) {
     let [m, k, n] = p.shape();
     if m == 0 || n == 0 {
         return;
@@ -151,13 +240,33 @@ fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>) {
     };
     if b.cs == 1 && c.cs == 1 {
         let (av, ad) = a.parts();
-        F::large_gemm(Product::new(
-            alpha,
-            av,
-            b.real_columns(),
-            beta,
-            c.real_columns(),
-        ));
+        // A constant right operand (e.g. a weight held fixed in a partial
+        // HVP): C.v = α A.v B.v + β C.v and C.d = α A.d B.v + β C.d, two real
+        // products, not A.v·[B.v | B.d] with half its columns multiplying zeros.
+        // The scan runs in B's memory order and stops at the first non-zero.
+        if !a_d_zero && (0..k).all(|l| (0..n).all(|j| b.data[l * b.rs + j].d == zero)) {
+            let bv = b.parts().0;
+            if want == Want::Both {
+                F::large_gemm(Product::new(alpha, av, bv, beta, c.part(0)));
+            } else {
+                super::scale(&mut c.part(0), beta);
+            }
+            F::large_gemm(Product::new(alpha, ad, bv, beta, c.part(1)));
+            return;
+        }
+        if want == Want::Both {
+            F::large_gemm(Product::new(
+                alpha,
+                av,
+                b.real_columns(),
+                beta,
+                c.real_columns(),
+            ));
+        } else {
+            // The tangent half of the 2n columns above: C.d = α A.v B.d + β C.d.
+            super::scale(&mut c.part(0), beta);
+            F::large_gemm(Product::new(alpha, av, b.parts().1, beta, c.part(1)));
+        }
         if !a_d_zero {
             // C.d += α A.d B.v
             F::large_gemm(Product::new(alpha, ad, b.parts().0, one, c.part(1)));
@@ -222,7 +331,10 @@ fn split_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>) {
     let (ap, bp) = (&*ap, &*bp);
     let a_v = MatRef::new(ap, m, k, ars, acs);
     let b_v = MatRef::new(&bp[b_v_off..], k, n, brs, bcs);
-    F::large_gemm(Product::new(alpha, a_v, b_v, beta, c.part(0)));
+    match want {
+        Want::Both => F::large_gemm(Product::new(alpha, a_v, b_v, beta, c.part(0))),
+        Want::Tangent => super::scale(&mut c.part(0), beta),
+    }
     let mut c_d = c.part(1);
     match (a_has_d, b_has_d) {
         (true, true) => {
@@ -261,6 +373,26 @@ mod tests {
             .collect()
     }
 
+    /// `x` (`rows × cols`, row-major) stored row-major, or as the transpose
+    /// of a `cols × rows` buffer if `t` (read back by [`view`]).
+    fn stored(x: &[Dual<f64>], rows: usize, cols: usize, t: bool) -> Vec<Dual<f64>> {
+        if t {
+            let at = |i: usize| x[(i % rows) * cols + i / rows];
+            (0..rows * cols).map(at).collect()
+        } else {
+            x.to_vec()
+        }
+    }
+
+    /// The `rows × cols` matrix of a [`stored`] buffer.
+    fn view(buf: &[Dual<f64>], rows: usize, cols: usize, t: bool) -> MatRef<'_, Dual<f64>> {
+        if t {
+            MatRef::row_major(buf, cols, rows).t()
+        } else {
+            MatRef::row_major(buf, rows, cols)
+        }
+    }
+
     /// The split dual product (contiguous parts, one product with inner
     /// dimension 2k) against the three-product rule, for every combination of
     /// transposed operands, column-major output, structurally zero tangents
@@ -275,18 +407,8 @@ mod tests {
             let a = dual_mat(m, k, 0.1, za);
             let b = dual_mat(k, n, 0.2, zb);
             // A stored row-major or as the transpose of a k × m buffer; same for B.
-            let at: Vec<_> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect();
-            let bt: Vec<_> = (0..k * n).map(|i| b[(i % k) * n + i / k]).collect();
-            let av = if ta {
-                MatRef::row_major(&at, k, m).t()
-            } else {
-                MatRef::row_major(&a, m, k)
-            };
-            let bv = if tb {
-                MatRef::row_major(&bt, n, k).t()
-            } else {
-                MatRef::row_major(&b, k, n)
-            };
+            let (sa, sb) = (stored(&a, m, k, ta), stored(&b, k, n, tb));
+            let (av, bv) = (view(&sa, m, k, ta), view(&sb, k, n, tb));
             let c0 = if beta == 0.0 {
                 Dual::new(f64::NAN, f64::NAN)
             } else {
@@ -326,6 +448,37 @@ mod tests {
                         w.d
                     );
                 }
+            }
+        }
+    }
+
+    /// The tangent-only product ([`tangent_gemm`], large shapes) writes the
+    /// full product's `C.d` bit for bit and `C.v = β·C.v`, for transposed
+    /// operands, zero tangents on either side and β ∈ {0, 1} (β = 0: C starts
+    /// as NaN and must be overwritten).
+    #[test]
+    fn tangent_only_product_is_the_full_products_tangent() {
+        let (m, k, n) = (40, 50, 70);
+        for case in 0..32 {
+            let [ta, tb, za, zb, acc] = std::array::from_fn(|i| case & (1 << i) != 0);
+            let beta = if acc { 1.0 } else { 0.0 };
+            let a = dual_mat(m, k, 0.3, za);
+            let b = dual_mat(k, n, 0.4, zb);
+            let (sa, sb) = (stored(&a, m, k, ta), stored(&b, k, n, tb));
+            let (av, bv) = (view(&sa, m, k, ta), view(&sb, k, n, tb));
+            let c0 = if acc {
+                dual_mat(m, n, 0.5, false)
+            } else {
+                vec![Dual::new(f64::NAN, f64::NAN); m * n]
+            };
+            let (mut full, mut only) = (c0.clone(), c0.clone());
+            super::super::gemm(1.0, av, bv, beta, &mut full);
+            tangent_gemm(1.0, av, bv, beta, &mut only);
+            for (i, ((f, o), z)) in full.iter().zip(&only).zip(&c0).enumerate() {
+                let case = (ta, tb, za, zb, acc);
+                assert_eq!(f.d.to_bits(), o.d.to_bits(), "{case:?}: tangent {i}");
+                let v = if acc { z.v } else { 0.0 };
+                assert_eq!(o.v.to_bits(), v.to_bits(), "{case:?}: primal {i}");
             }
         }
     }

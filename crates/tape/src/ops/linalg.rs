@@ -10,7 +10,7 @@
 //! On dual numbers the product rule comes from the element type: a dual GEMM is
 //! three real GEMMs (see [`crate::Dual`]).
 
-use crate::gemm::{gemm, MatRef};
+use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -54,11 +54,13 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         }
     };
     if b.wants(0) {
+        let primal = b.wants_primal(0);
         let (ga, fresh) = b.g_in_overwrite(0);
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
-            gemm(
+            adjoint_gemm(
+                primal,
                 one,
                 gi,
                 bi.t(),
@@ -70,11 +72,13 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     if b.wants(1) {
         // The batched [b, m, k]·[k, n] product shares B: its adjoint is one GEMM
         // on the flattened rows (batch = 1 here); a [b, k, n] B has one per batch.
+        let primal = b.wants_primal(1);
         let (gb, fresh) = b.g_in_overwrite(1);
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            gemm(
+            adjoint_gemm(
+                primal,
                 one,
                 ai.t(),
                 gi,
@@ -111,12 +115,16 @@ pub(crate) fn matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     };
     let gm = MatRef::row_major(g, m, n);
     if b.wants(0) {
+        let primal = b.wants_primal(0);
         let (ga, fresh) = b.g_in_overwrite(0);
-        gemm(one, gm, MatRef::row_major(y, n, k), beta(fresh), ga);
+        let yb = MatRef::row_major(y, n, k);
+        adjoint_gemm(primal, one, gm, yb, beta(fresh), ga);
     }
     if b.wants(1) {
+        let primal = b.wants_primal(1);
         let (gb, fresh) = b.g_in_overwrite(1);
-        gemm(one, gm.t(), MatRef::row_major(x, m, k), beta(fresh), gb);
+        let xa = MatRef::row_major(x, m, k);
+        adjoint_gemm(primal, one, gm.t(), xa, beta(fresh), gb);
     }
 }
 

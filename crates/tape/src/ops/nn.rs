@@ -23,7 +23,7 @@
 //! the tape's arenas: a re-recording allocates nothing (for kernels up to 5×5,
 //! whose per-tap offsets live on the stack).
 
-use crate::gemm::{gemm, MatRef};
+use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -549,9 +549,11 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
         if want_w {
             im2col(&geom, &x[s0 * sample..(s0 + nb) * sample], nb, cols, phases);
             // ḡW = Σ_chunks g·colsᵀ: the first GEMM overwrites a fresh adjoint.
+            let primal = b.wants_primal(1);
             let (gw, fresh) = b.g_in_overwrite(1);
             let beta = if fresh { zero } else { one };
-            gemm(
+            adjoint_gemm(
+                primal,
                 one,
                 gmat,
                 MatRef::row_major(&*cols, rows, nb * p).t(),

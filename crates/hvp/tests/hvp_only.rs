@@ -1,0 +1,198 @@
+//! The HVP-only pass ([`Workspace::hvp_only_into`], [`hvp::Seed::HvOnly`]):
+//! it skips the primal weight-gradient products, and must give the full
+//! pass's H·v bit for bit (the same products summed in the same order) and
+//! agree with the central difference of gradients.
+//!
+//! The networks are large enough that their products leave the small-product
+//! kernels (more than 32 k multiply-adds), where the tangent-only product
+//! runs; the small ones take the full product in both passes.
+
+use hvp::{Objective, Seed, Workspace};
+use tape::{Float, Real, Tape, Tensor, Var};
+
+/// Deterministic entries in [−0.5, 0.5) (a fixed linear-congruential sequence).
+fn filled<F: Float>(shape: &[usize], seed: u32, scale: f64) -> Tensor<F> {
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    Tensor::from_fn(shape, |_| {
+        s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+        F::from_f64(scale * ((s >> 8) as f64 / (1u64 << 24) as f64 - 0.5))
+    })
+}
+
+/// An MLP 48-64-64-20 on 40 constant samples, tanh then ReLU, softmax
+/// cross-entropy; the last layer is `matmul_t` (weight `[20, 64]`), so both
+/// product ops and both operand sides of the tangent-only product are used.
+struct Mlp<F: Float> {
+    x: Tensor<F>,
+    labels: Vec<usize>,
+}
+
+impl<F: Float> Objective<F> for Mlp<F> {
+    fn eval<'t, T: Real<Base = F>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let h = (t.constant_base(&self.x).matmul(p[0]) + p[1]).tanh();
+        let h = (h.matmul(p[2]) + p[3]).relu();
+        h.matmul_t(p[4]).softmax_cross_entropy(&self.labels)
+    }
+}
+
+/// A conv layer (8 → 16 channels, 3×3, on 6 images of 10×10) and a linear
+/// read-out: the weight gradient is the chunked `g·colsᵀ` product.
+struct Conv<F: Float> {
+    x: Tensor<F>,
+    labels: Vec<usize>,
+}
+
+impl<F: Float> Objective<F> for Conv<F> {
+    fn eval<'t, T: Real<Base = F>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let h = t.constant_base(&self.x).conv2d(p[0], 1, 1).tanh(); // [6, 16, 10, 10]
+        h.reshape([6, 1600])
+            .matmul(p[1])
+            .softmax_cross_entropy(&self.labels)
+    }
+}
+
+fn mlp<F: Float>() -> (Mlp<F>, Vec<Tensor<F>>, Vec<Tensor<F>>) {
+    let f = Mlp {
+        x: filled(&[40, 48], 1, 2.0),
+        labels: (0..40).map(|i| (i * 7) % 20).collect(),
+    };
+    let shapes: [&[usize]; 5] = [&[48, 64], &[64], &[64, 64], &[64], &[20, 64]];
+    let x = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| filled(s, 10 + i as u32, 0.6))
+        .collect();
+    let v = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| filled(s, 20 + i as u32, 2.0))
+        .collect();
+    (f, x, v)
+}
+
+fn conv<F: Float>() -> (Conv<F>, Vec<Tensor<F>>, Vec<Tensor<F>>) {
+    let f = Conv {
+        x: filled(&[6, 8, 10, 10], 3, 2.0),
+        labels: (0..6).map(|i| i % 4).collect(),
+    };
+    let shapes: [&[usize]; 2] = [&[16, 8, 3, 3], &[1600, 4]];
+    let x = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| filled(s, 30 + i as u32, 0.3))
+        .collect();
+    let v = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| filled(s, 40 + i as u32, 2.0))
+        .collect();
+    (f, x, v)
+}
+
+/// The bits of H·v from the HVP-only pass and from the full pass.
+fn both<F: Float, O: Objective<F>>(f: &O, x: &[Tensor<F>], v: &[Tensor<F>]) -> [Vec<Vec<F>>; 2] {
+    let mut ws = Workspace::new();
+    let mut hv: Vec<Tensor<F>> = x.iter().map(|xi| Tensor::zeros(xi.shape())).collect();
+    let value = ws.hvp_only_into(f, x, v, &mut hv);
+    let full = ws.hvp(f, x, v);
+    assert_eq!(value, full.value);
+    let data = |t: &[Tensor<F>]| t.iter().map(|t| t.data().to_vec()).collect();
+    [data(&hv), data(&full.hv)]
+}
+
+/// H·v of the HVP-only pass is bit for bit the full pass's (f32 and f64, an
+/// MLP with `matmul` and `matmul_t`, and a convolution).
+#[test]
+fn hvp_only_equals_the_full_pass_bit_for_bit() {
+    fn check<F: Float, O: Objective<F>>(
+        what: &str,
+        (f, x, v): (O, Vec<Tensor<F>>, Vec<Tensor<F>>),
+    ) {
+        let [only, full] = both(&f, &x, &v);
+        for (i, (a, b)) in only.iter().zip(&full).enumerate() {
+            assert!(
+                a.iter().any(|&h| h != F::zero()),
+                "{what}: input {i}: H·v is zero"
+            );
+            for (j, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    p == q || (p.to_f64() == 0.0 && q.to_f64() == 0.0),
+                    "{what} {}: input {i} element {j}: {p} (HVP-only) vs {q} (full pass)",
+                    F::NAME
+                );
+                assert_eq!(
+                    p.to_f64().to_bits(),
+                    q.to_f64().to_bits(),
+                    "{what}: {i}/{j}"
+                );
+            }
+        }
+    }
+    check("mlp", mlp::<f32>());
+    check("mlp", mlp::<f64>());
+    check("conv", conv::<f32>());
+    check("conv", conv::<f64>());
+}
+
+/// H·v against the central difference of f64 gradients, (∇f(x + εv) −
+/// ∇f(x − εv)) / 2ε, within 1e-6 relative (ε = 1e-5: no ReLU changes side).
+#[test]
+fn hvp_only_matches_differences_of_gradients() {
+    fn check<O: Objective<f64>>(what: &str, (f, x, v): (O, Vec<Tensor<f64>>, Vec<Tensor<f64>>)) {
+        let eps = 1e-5;
+        let shifted = |s: f64| -> Vec<Tensor<f64>> {
+            x.iter()
+                .zip(&v)
+                .map(|(p, d)| {
+                    let data = p.data().iter().zip(d.data()).map(|(&a, &b)| a + s * b);
+                    Tensor::new(p.shape(), data.collect())
+                })
+                .collect()
+        };
+        let mut ws = Workspace::new();
+        let (_, gp) = ws.value_and_grad(&f, &shifted(eps));
+        let (_, gm) = ws.value_and_grad(&f, &shifted(-eps));
+        let hv = ws.hvp_only(&f, &x, &v);
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for ((a, b), h) in gp.iter().zip(&gm).zip(&hv) {
+            for ((&a, &b), &h) in a.data().iter().zip(b.data()).zip(h.data()) {
+                num += ((a - b) / (2.0 * eps) - h).powi(2);
+                den += h * h;
+            }
+        }
+        let rel = (num / den).sqrt();
+        assert!(rel < 1e-6, "{what}: |Hv − FD| / |Hv| = {rel:e}");
+    }
+    check("mlp", mlp::<f64>());
+    check("conv", conv::<f64>());
+}
+
+/// The skip is structural: after an HVP-only dual pass, a weight's adjoint
+/// has no primal part (its product was not taken, the fresh adjoint's `.v` is
+/// written as β·C.v = 0), while the full pass's holds the gradient. The
+/// biases (an add's adjoint: a sum, no product to skip) keep theirs.
+#[test]
+fn hvp_only_skips_the_primal_weight_gradient() {
+    let (f, x, v) = mlp::<f64>();
+    let mut ws = Workspace::new();
+    let primal_parts = |ws: &mut Workspace<f64>, only: bool| -> Vec<bool> {
+        let seeds = x.iter().zip(&v).map(|(xi, vi)| {
+            let s = if only {
+                Seed::HvOnly(vi.data())
+            } else {
+                Seed::Tangent(vi.data())
+            };
+            (xi, s)
+        });
+        let p = ws.dual_pass(seeds, |t, p| f.eval(t, p));
+        (0..x.len())
+            .map(|i| p.adjoint(i).unwrap().iter().any(|d| d.v != 0.0))
+            .collect()
+    };
+    assert_eq!(primal_parts(&mut ws, false), [true; 5]);
+    // Weights 0, 2 (matmul) and 4 (matmul_t): skipped; biases 1, 3: kept.
+    assert_eq!(
+        primal_parts(&mut ws, true),
+        [false, true, false, true, false]
+    );
+}
