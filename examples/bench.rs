@@ -209,7 +209,7 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     );
     out.insert(
         "threads".into(),
-        json!(std::env::var("MATMUL_NUM_THREADS").ok()),
+        json!(std::env::var("RAYON_NUM_THREADS").ok()),
     );
     // The small-product kernel family in effect (`TAPE_KERNELS` forces one).
     out.insert(

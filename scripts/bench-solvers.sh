@@ -12,8 +12,8 @@
 # method from the same point on the same data in JAX (f64), checks the
 # trajectories agree (`trajectory_max_rel_diff`) and times a jitted step per
 # call (`jax_step_us`) and all K steps in one jitted lax.scan (`jax_scan_us`).
-# Ours runs with MATMUL_NUM_THREADS=1 (one thread, as the scalar-sized GEMMs
-# here gain nothing from matrixmultiply's threads); a second line times ours
+# Ours runs with RAYON_NUM_THREADS=1 (one thread, as the scalar-sized GEMMs
+# here gain nothing from a second thread); a second line times ours
 # with the default threading. Prints one JSON line per case.
 # Needs `python3 -m pip install jax` once (CPU build).
 set -euo pipefail
@@ -31,7 +31,7 @@ for round in $(seq 1 "$rounds"); do
             trace="$out/$method-$problem.json"
             "$ours" --trace "$method" --problem "$problem" --steps "$steps" --out "$out/threads-default.json" \
                 | sed 's/"ours_us_per_step"/"ours_default_threads_us_per_step"/'
-            MATMUL_NUM_THREADS=1 "$ours" --trace "$method" --problem "$problem" --steps "$steps" --out "$trace" >/dev/null
+            RAYON_NUM_THREADS=1 "$ours" --trace "$method" --problem "$problem" --steps "$steps" --out "$trace" >/dev/null
             JAX_ENABLE_X64=1 python3 bench/jax_solvers.py "$trace" 2> >(grep -v -e '^WARNING' -e 'NVIDIA' >&2)
         done
     done

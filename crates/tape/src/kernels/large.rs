@@ -57,7 +57,7 @@ pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
 /// the two kinds of threads do not compete for the cores. Each element of `C`
 /// is the same sequence of operations (the sum over k in `matrixmultiply`'s
 /// fixed kc-blocks) however `C` is cut, so the bits do not depend on the chunks
-/// nor on the thread count (`tests/gemm_threads.rs`).
+/// nor on the thread count (`tests/suite/gemm_threads.rs`).
 pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     let [m, k, n] = p.shape();
     let Product {
