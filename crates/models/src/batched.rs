@@ -189,8 +189,8 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         summed_mse(self.net.forward_batched(tape, phi, x), y)
     }
 
-    /// φ_0 = (θ, …, θ): each θ tensor of shape `d` broadcast to `[B, ..d]`
-    /// (its VJP sums the B blocks).
+    /// φ_0 = (θ, …, θ): each θ tensor of shape `d` tiled to `[B, ..d]`
+    /// (`tile_batch`; its VJP sums the B blocks).
     fn initial_state<'t, T: Real<Base = F>>(
         &self,
         _tape: &'t Tape<T>,
@@ -198,17 +198,7 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         theta: &[Var<'t, T>],
     ) -> Vec<Var<'t, T>> {
         let b = task.tasks();
-        theta
-            .iter()
-            .map(|v| {
-                let d = v.shape();
-                let mut one = vec![1];
-                one.extend_from_slice(d.dims());
-                let mut to = one.clone();
-                to[0] = b;
-                v.reshape(Shape::new(&one)).broadcast_to(Shape::new(&to))
-            })
-            .collect()
+        theta.iter().map(|v| v.tile_batch(b)).collect()
     }
 }
 

@@ -230,14 +230,7 @@ impl Mlp {
     /// let p = net.init::<f64>(0);
     /// let t = Tape::<f64>::new();
     /// // Two tasks sharing the initial parameters: stack them.
-    /// let stacked: Vec<_> = p.vars(&t).into_iter().map(|v| {
-    ///     let d = v.shape().dims().to_vec();
-    ///     let mut b = vec![2];
-    ///     b.extend(&d);
-    ///     let mut one = vec![1];
-    ///     one.extend(&d);
-    ///     v.reshape(tape::Shape::new(&one)).broadcast_to(tape::Shape::new(&b))
-    /// }).collect();
+    /// let stacked: Vec<_> = p.vars(&t).into_iter().map(|v| v.tile_batch(2)).collect();
     /// let x = t.constant(&Tensor::new(&[2, 3, 1], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]));
     /// let y = net.forward_batched(&t, &stacked, x).value();
     /// assert_eq!(y.dims(), &[2, 3, 1]);

@@ -383,6 +383,8 @@ fn table() -> Vec<Row> {
             .batched_matmul_t(x[1])),
         row!("batched_bias_add", 2, batched_bias_shapes, &[ANY], |x, _| x[0]
             .batched_bias_add(x[1])),
+        row!("tile_batch", 1, one_any, &[ANY], |x, p| x[0]
+            .tile_batch(1 + (p % 3) as usize)),
         // shape ops
         row!("permute", 1, one_rank2plus, &[ANY], |x, p| {
             let r = x[0].shape().rank();
@@ -751,6 +753,7 @@ fn the_table_covers_every_op() {
         "matmul_t",
         "batched_matmul_t",
         "batched_bias_add",
+        "tile_batch",
         "permute",
         "t",
         "reshape",

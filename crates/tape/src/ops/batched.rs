@@ -8,6 +8,7 @@
 //! |---|---|---|---|---|
 //! | `batched_matmul_t` | `[B, m, k]·[B, n, k]ᵀ → [B, m, n]` | C_b = A_b·W_bᵀ | Ċ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ | ḡA_b = g_b·W_b, ḡW_b = g_bᵀ·A_b |
 //! | `batched_bias_add` | `[B, m, n] + [B, n] → [B, m, n]` | y_bij = x_bij + c_bj | ẏ_bij = ẋ_bij + ċ_bj | ḡx = g, ḡc_bj = Σ_i g_bij |
+//! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
 //!
 //! Each slice's product goes through the small-product kernels of
 //! [`crate::gemm`]; nothing is saved beyond the inputs. As everywhere on the
@@ -20,7 +21,7 @@
 use crate::gemm::{gemm, MatRef};
 use crate::ops::Op;
 use crate::real::Real;
-use crate::shape::{check_shapes, Shape};
+use crate::shape::{check_shapes, Shape, MAX_RANK};
 use crate::tape::{Bwd, Var};
 
 /// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ`.
@@ -105,7 +106,59 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
 }
 
+/// VJP of `y_b = x` (B copies): `ḡx = Σ_b g_b`, summed over b in increasing
+/// order, one contiguous block at a time.
+pub(crate) fn tile_batch_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    if !b.wants(0) {
+        return;
+    }
+    let g = b.g;
+    let (gx, fresh) = b.g_in_overwrite(0);
+    let n = gx.len();
+    let mut blocks = g.chunks_exact(n);
+    if fresh {
+        gx.copy_from_slice(blocks.next().expect("B ≥ 1"));
+    }
+    for gb in blocks {
+        gx.iter_mut().zip(gb).for_each(|(a, &v)| *a += v);
+    }
+}
+
 impl<'t, T: Real> Var<'t, T> {
+    /// B copies of `self` stacked along a new leading axis: `[..d] → [B, ..d]`
+    /// (the same values as `reshape([1, ..d]).broadcast_to([B, ..d])`, by
+    /// block copies). Its adjoint sums the B blocks: a batch of tasks that
+    /// all start from θ gets ∇θ = Σ_b ∇φ_b.
+    ///
+    /// # Panics
+    /// If `b` = 0 or `self` has rank [`MAX_RANK`] (the result has one axis more):
+    /// `tile_batch: x [2, 3, 4, 5]: need B ≥ 1 (got 2) and rank < 4`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = x.tile_batch(3);
+    /// assert_eq!(y.shape().dims(), &[3, 2]);
+    /// t.backward((y * y).sum());
+    /// assert_eq!(x.grad().data(), &[6.0, 12.0]); // 3 copies of 2x
+    /// ```
+    #[track_caller]
+    pub fn tile_batch(self, b: usize) -> Var<'t, T> {
+        let s = self.shape();
+        check_shapes!(b > 0 && s.rank() < MAX_RANK, "tile_batch", ["x" => s], "need B ≥ 1 (got {b}) and rank < {MAX_RANK}");
+        let mut d = vec![b];
+        d.extend_from_slice(s.dims());
+        let n = s.numel();
+        self.tape
+            .record_overwrite(Op::TileBatch, &[self], Shape::new(&d), |f| {
+                let x = f.x(0);
+                for o in f.out.chunks_exact_mut(n) {
+                    o.copy_from_slice(x);
+                }
+            })
+    }
+
     /// Batched product with transposed right operands:
     /// `[B, m, k]·[B, n, k]ᵀ → [B, m, n]`, C_b = A_b·W_bᵀ for each b (a stack
     /// of B affine layers' `x·Wᵀ` with their own weights). One node for the
@@ -259,6 +312,43 @@ mod tests {
         let _ = t
             .var(&Tensor::zeros([3, 4]))
             .batched_matmul_t(t.var(&Tensor::zeros([5, 4])));
+    }
+
+    /// `tile_batch` equals `reshape` + `broadcast_to`, value and gradient,
+    /// bit for bit (the gradient sums the blocks in the same order).
+    #[test]
+    fn tile_batch_equals_broadcast_to() {
+        let x = filled(&[40, 40], 5);
+        let w = filled(&[13, 40, 40], 6);
+        let run = |tiled: bool| {
+            let t = Tape::<f32>::new();
+            let (xv, wv) = (t.var(&x), t.constant(&w));
+            let y = if tiled {
+                xv.tile_batch(13)
+            } else {
+                xv.reshape([1, 40, 40]).broadcast_to([13, 40, 40])
+            };
+            t.backward((y * wv).sum());
+            (y.value(), xv.grad())
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert_eq!(y1.data(), y2.data());
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(g1.data()), bits(g2.data()));
+    }
+
+    #[test]
+    #[should_panic(expected = "tile_batch: x [2, 3, 4, 5]: need B ≥ 1 (got 2) and rank < 4")]
+    fn tile_batch_of_rank_4_names_op_and_shape() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([2, 3, 4, 5])).tile_batch(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "tile_batch: x [3]: need B ≥ 1 (got 0)")]
+    fn tile_batch_of_zero_copies_names_op_and_shape() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([3])).tile_batch(0);
     }
 
     #[test]
