@@ -123,9 +123,9 @@ pub(crate) fn workload(config: &str) -> Option<Box<dyn Bench>> {
         "maml_sine" if SINE_R.contains(&r) && mode == "exact_lslr" => {
             Some(Box::new(sine_lslr(r).expect("valid hyperparameters")))
         }
-        "maml_sine" if SINE_R.contains(&r) && mode.ends_with("_batched") => {
-            Some(Box::new(sine_batched(r, mode).expect("valid hyperparameters")))
-        }
+        "maml_sine" if SINE_R.contains(&r) && mode.ends_with("_batched") => Some(Box::new(
+            sine_batched(r, mode).expect("valid hyperparameters"),
+        )),
         "maml_sine" if SINE_R.contains(&r) && SINE_MODES.contains(&mode) => {
             Some(Box::new(sine(r, mode).expect("valid hyperparameters")))
         }
@@ -158,9 +158,7 @@ fn estimator<P: Problem<f32>>(
         "exact" | "exact_rule" | "exact_adam" | "exact_lslr" | "exact_batched" => {
             Box::new(Exact::new(Policy::StoreAll)?)
         }
-        "first_order" | "first_order_rule" | "first_order_batched" => {
-            Box::new(FirstOrder::new())
-        }
+        "first_order" | "first_order_rule" | "first_order_batched" => Box::new(FirstOrder::new()),
         "exact_recompute" => Box::new(Exact::new(Policy::Recompute)?),
         "exact_binomial" => Box::new(Exact::new(binomial_policy(r)?)?),
         "ufo" => Box::new(Ufo::fixed(UFO_Q)?),

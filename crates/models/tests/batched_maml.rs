@@ -41,7 +41,10 @@ fn per_task_mean(
         let e = est.estimate(&problem, ep, theta, &mut rng).unwrap();
         loss += e.outer_loss;
         for (a, g) in grad.iter_mut().zip(&e.grad) {
-            a.data_mut().iter_mut().zip(g.data()).for_each(|(a, &b)| *a += b);
+            a.data_mut()
+                .iter_mut()
+                .zip(g.data())
+                .for_each(|(a, &b)| *a += b);
         }
     }
     let n = eps.len() as f64;
@@ -199,7 +202,11 @@ fn mismatched_episodes_are_refused_with_the_evidence() {
             found: vec![7, 1],
         }
     );
-    assert!(e.to_string().contains("episode 2: query_x has shape [7, 1]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("episode 2: query_x has shape [7, 1]"),
+        "{e}"
+    );
     // Chunks of 2 keep the odd episode apart: [0, 1] and [2] both stack.
     assert_eq!(RegressionChunk::chunks(&eps, 2).unwrap().len(), 2);
     assert!(matches!(

@@ -379,10 +379,20 @@ fn table() -> Vec<Row> {
         row!("matmul_t", 2, matmul_t_2d, &[ANY], |x, _| x[0]
             .matmul_t(x[1])),
         // batched ops (a stack of B small problems)
-        row!("batched_matmul_t", 2, batched_matmul_t_shapes, &[ANY], |x, _| x[0]
-            .batched_matmul_t(x[1])),
-        row!("batched_bias_add", 2, batched_bias_shapes, &[ANY], |x, _| x[0]
-            .batched_bias_add(x[1])),
+        row!(
+            "batched_matmul_t",
+            2,
+            batched_matmul_t_shapes,
+            &[ANY],
+            |x, _| x[0].batched_matmul_t(x[1])
+        ),
+        row!(
+            "batched_bias_add",
+            2,
+            batched_bias_shapes,
+            &[ANY],
+            |x, _| x[0].batched_bias_add(x[1])
+        ),
         row!("tile_batch", 1, one_any, &[ANY], |x, p| x[0]
             .tile_batch(1 + (p % 3) as usize)),
         // shape ops

@@ -70,7 +70,13 @@ pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-            gemm(one, gi, wi, beta::<T>(fresh), &mut ga[i * m * k..(i + 1) * m * k]);
+            gemm(
+                one,
+                gi,
+                wi,
+                beta::<T>(fresh),
+                &mut ga[i * m * k..(i + 1) * m * k],
+            );
         }
     }
     if b.wants(1) {
@@ -78,7 +84,13 @@ pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            gemm(one, gi.t(), ai, beta::<T>(fresh), &mut gw[i * n * k..(i + 1) * n * k]);
+            gemm(
+                one,
+                gi.t(),
+                ai,
+                beta::<T>(fresh),
+                &mut gw[i * n * k..(i + 1) * n * k],
+            );
         }
     }
 }
@@ -98,7 +110,11 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
     if b.wants(1) {
         let gc = b.g_in(1);
-        for (gb, gs) in gc.chunks_exact_mut(n).zip(g.chunks_exact(m * n)).take(batch) {
+        for (gb, gs) in gc
+            .chunks_exact_mut(n)
+            .zip(g.chunks_exact(m * n))
+            .take(batch)
+        {
             for row in gs.chunks_exact(n) {
                 gb.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
             }
@@ -189,7 +205,13 @@ impl<'t, T: Real> Var<'t, T> {
                 for i in 0..batch {
                     let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
                     let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-                    gemm(one, ai, wi.t(), zero, &mut f.out[i * m * n..(i + 1) * m * n]);
+                    gemm(
+                        one,
+                        ai,
+                        wi.t(),
+                        zero,
+                        &mut f.out[i * m * n..(i + 1) * m * n],
+                    );
                 }
             })
     }
