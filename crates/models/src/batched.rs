@@ -150,11 +150,23 @@ pub struct BatchedRegressionMaml {
     pub inner: InnerLoop,
 }
 
-/// Σ_b mean_i (ŷ_bi − y_bi)² = B · (mean over all B·n points), as every task
-/// has the same number of points.
-fn summed_mse<'t, T: Real>(pred: Var<'t, T>, y: Var<'t, T>) -> Var<'t, T> {
-    let b = pred.shape().dim(0);
-    pred.mse(y).mul_scalar(b as f64)
+impl BatchedRegressionMaml {
+    /// Σ_b mean_i (ŷ_bi − y_bi)² = B · (mean over all B·n points) of the
+    /// network at the stacked φ on `x` (every task has the same number of points).
+    fn summed_mse<'t, T: Real>(
+        &self,
+        tape: &'t Tape<T>,
+        phi: &[Var<'t, T>],
+        x: &Tensor<T::Base>,
+        y: &Tensor<T::Base>,
+    ) -> Var<'t, T> {
+        let (x, y) = (tape.constant_base(x), tape.constant_base(y));
+        let b = x.shape().dim(0);
+        self.net
+            .forward_batched(tape, phi, x)
+            .mse(y)
+            .mul_scalar(b as f64)
+    }
 }
 
 impl<F: Float> Problem<F> for BatchedRegressionMaml {
@@ -172,9 +184,7 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         _theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        let x = tape.constant_base(&task.support_x);
-        let y = tape.constant_base(&task.support_y);
-        summed_mse(self.net.forward_batched(tape, phi, x), y)
+        self.summed_mse(tape, phi, &task.support_x, &task.support_y)
     }
 
     fn outer_loss<'t, T: Real<Base = F>>(
@@ -184,9 +194,7 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         _theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        let x = tape.constant_base(&task.query_x);
-        let y = tape.constant_base(&task.query_y);
-        summed_mse(self.net.forward_batched(tape, phi, x), y)
+        self.summed_mse(tape, phi, &task.query_x, &task.query_y)
     }
 
     /// φ_0 = (θ, …, θ): each θ tensor of shape `d` tiled to `[B, ..d]`
