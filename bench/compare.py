@@ -13,7 +13,10 @@ the machine's speed between rounds cancels in a ratio taken within a round).
 Configs and their definitions: bench/README.md. Our `maml_sine:rR:exact_rule`
 and `first_order_rule` (the inner SGD as a generic rule) are timed against
 JAX's `exact` and `first_order` (the same numbers), and the table adds their
-time over our hand path's when both are run. Needs the JAX install line in
+time over our hand path's when both are run; likewise our batched
+`exact_batched` and `first_order_batched` (a chunk of tasks per tape, issue 11),
+against JAX's `exact`/`first_order` and our per-task path. The table lists every
+round's times and ratio after the medians. Needs the JAX install line in
 bench/requirements.txt.
 """
 import argparse
@@ -56,15 +59,22 @@ def build_runner():
     sys.exit("compare.py: cargo built no `bench` example executable")
 
 
-# Our configs that run the inner optimiser as a generic rule (blo::rules) for the
-# same numbers as a hand-derived config: JAX has one formulation of each, the hand one's.
-RULE_TWINS = {"exact_rule": "exact", "first_order_rule": "first_order"}
+# Our configs that compute the same numbers as a per-task, hand-derived config in
+# another way: the inner optimiser as a generic rule (blo::rules), or a chunk of
+# tasks batched on one tape (models::BatchedRegressionMaml). JAX has one
+# formulation of each, the hand one's. Mode -> (twin mode, what the two are).
+TWINS = {
+    "exact_rule": ("exact", "generic rule / hand path"),
+    "first_order_rule": ("first_order", "generic rule / hand path"),
+    "exact_batched": ("exact", "batched / per-task"),
+    "first_order_batched": ("first_order", "batched / per-task"),
+}
 
 
 def hand_twin(config):
     """The hand-path config computing the same numbers as `config`, or None."""
     head, _, mode = config.rpartition(":")
-    return f"{head}:{RULE_TWINS[mode]}" if mode in RULE_TWINS else None
+    return f"{head}:{TWINS[mode][0]}" if mode in TWINS else None
 
 
 def measure(ours_cmd, config, rounds, pin):
@@ -87,6 +97,8 @@ def measure(ours_cmd, config, rounds, pin):
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
+        "rounds": [{"ours_ms": o["median_ms"], "jax_ms": j["median_ms"], "ratio": q}
+                   for o, j, q in zip(ours, jax, ratios)],
         "ours_peak_rss_mib": peak(ours, "peak_rss_mib"),
         "jax_steady_rss_mib": peak(jax, "steady_peak_rss_mib"),
         # The value and |gradient| each side reports at its θ_0 (last round):
@@ -140,8 +152,13 @@ def table(rows):
             lines.append(f"{r['config']}: JAX side is {r['jax_config']} (the same numbers)")
         hand = by_config.get(hand_twin(r["config"]))
         if hand is not None:
-            lines.append(f"{r['config']} / {hand['config']} (ours, generic rule / hand path): "
+            what = TWINS[r["config"].rpartition(":")[2]][1]
+            lines.append(f"{r['config']} / {hand['config']} (ours, {what}): "
                          f"{r['ours_ms'] / hand['ours_ms']:.3f}")
+    lines.append("every round (ours ms / jax ms = ratio):")
+    for r in rows:
+        per = "   ".join(f"{x['ours_ms']:.3f}/{x['jax_ms']:.3f} = {x['ratio']:.2f}" for x in r["rounds"])
+        lines.append(f"  {r['config']:34} {per}")
     num = lambda x: f"{x:.6g}" if isinstance(x, (int, float)) else "-"
     lines.append("value and |gradient| at θ_0 (last round; the sides draw different random numbers):")
     for r in rows:

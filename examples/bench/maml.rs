@@ -11,16 +11,21 @@
 //!   exact_rule and first_order_rule (SGD α = 0.01 on the generic path: the
 //!   same numbers as exact and first_order up to rounding), exact_adam (Adam
 //!   α = 0.01, β = (0.9, 0.999), ε = 1e-8, every state stored) and exact_lslr
-//!   (MAML++'s per-layer per-step steps: an [R, 6] table in θ, all 0.01)}.
+//!   (MAML++'s per-layer per-step steps: an [R, 6] table in θ, all 0.01);
+//!   and the batched path (`models::BatchedRegressionMaml`, issue 11):
+//!   exact_batched and first_order_batched, the same tasks and quantity as
+//!   exact and first_order (JAX's `exact` and `first_order` configs), with the
+//!   25 tasks stacked in chunks of [`SINE_CHUNK`] (one tape per chunk, batched
+//!   products) instead of one tape per task}.
 //! - `maml_conv4:rR:MODE`: 4 × [3×3 conv 64, same padding, ReLU, 2×2 max-pool]
 //!   on 28×28×1, linear head to 5 classes, no batch-norm; 4 tasks of 5 support
 //!   and 75 query images (uniform pixels), α = 0.4, R ∈ {1, 5}; MODE ∈ {exact,
 //!   first_order}.
 //!
 //! One call = value and meta-gradient of the mean query loss over the
-//! meta-batch: one `blo` estimate per task (tasks in parallel on rayon's pool;
-//! the per-task estimates are summed in task order, so the numbers do not
-//! depend on the thread count).
+//! meta-batch: one `blo` estimate per task, or per chunk of tasks for the
+//! batched modes (in parallel on rayon's pool; the estimates are summed in
+//! task or chunk order, so the numbers do not depend on the thread count).
 //!
 //! # The UFO cost model (`maml_sine:rR:ufo`)
 //!
@@ -56,7 +61,7 @@ use blo::{
     rules, BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Ufo,
 };
 use models::{Activation, Conv4, Episode, Init, Mlp, Model, RegressionEpisode, SinusoidTasks};
-use models::{ClassificationMaml, RegressionMaml};
+use models::{BatchedRegressionMaml, ClassificationMaml, RegressionChunk, RegressionMaml};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -68,7 +73,7 @@ use tape::{Real, Shape, Tape, Tensor, Var};
 use crate::{Bench, Timed};
 
 const SINE_R: [usize; 5] = [1, 5, 10, 50, 200];
-const SINE_MODES: [&str; 10] = [
+const SINE_MODES: [&str; 12] = [
     "exact",
     "first_order",
     "exact_recompute",
@@ -79,7 +84,13 @@ const SINE_MODES: [&str; 10] = [
     "first_order_rule",
     "exact_adam",
     "exact_lslr",
+    "exact_batched",
+    "first_order_batched",
 ];
+/// Tasks per chunk of the batched modes: 25 tasks → chunks of 13 and 12, one
+/// per core on the 2-core machines of docs/benchmarks.md. A constant, so the
+/// numbers do not depend on the thread count.
+const SINE_CHUNK: usize = 13;
 /// UFO's fixed probability of running the exact branch.
 const UFO_Q: f64 = 0.1;
 const CONV_R: [usize; 2] = [1, 5];
@@ -112,6 +123,9 @@ pub(crate) fn workload(config: &str) -> Option<Box<dyn Bench>> {
         "maml_sine" if SINE_R.contains(&r) && mode == "exact_lslr" => {
             Some(Box::new(sine_lslr(r).expect("valid hyperparameters")))
         }
+        "maml_sine" if SINE_R.contains(&r) && mode.ends_with("_batched") => Some(Box::new(
+            sine_batched(r, mode).expect("valid hyperparameters"),
+        )),
         "maml_sine" if SINE_R.contains(&r) && SINE_MODES.contains(&mode) => {
             Some(Box::new(sine(r, mode).expect("valid hyperparameters")))
         }
@@ -141,10 +155,10 @@ fn estimator<P: Problem<f32>>(
     r: usize,
 ) -> Result<Box<dyn Estimator<f32, P>>, BloError> {
     Ok(match mode {
-        "exact" | "exact_rule" | "exact_adam" | "exact_lslr" => {
+        "exact" | "exact_rule" | "exact_adam" | "exact_lslr" | "exact_batched" => {
             Box::new(Exact::new(Policy::StoreAll)?)
         }
-        "first_order" | "first_order_rule" => Box::new(FirstOrder::new()),
+        "first_order" | "first_order_rule" | "first_order_batched" => Box::new(FirstOrder::new()),
         "exact_recompute" => Box::new(Exact::new(Policy::Recompute)?),
         "exact_binomial" => Box::new(Exact::new(binomial_policy(r)?)?),
         "ufo" => Box::new(Ufo::fixed(UFO_Q)?),
@@ -158,6 +172,9 @@ struct Maml<P: Problem<f32>> {
     params: Value,
     problem: P,
     tasks: Vec<P::Task>,
+    /// The number of tasks of the meta-batch (more than `tasks.len()` when a
+    /// task of `P` is a chunk of tasks); the mean divides by it.
+    meta_batch: usize,
     theta: Vec<Tensor<f32>>,
     estimator: Box<dyn Estimator<f32, P>>,
     grad: Vec<Tensor<f32>>,
@@ -194,6 +211,7 @@ impl<P: Problem<f32>> Maml<P> {
         Maml {
             params,
             problem,
+            meta_batch: tasks.len(),
             tasks,
             theta,
             estimator,
@@ -240,7 +258,7 @@ where
                 e
             })
             .collect();
-        let n = estimates.len() as f32;
+        let n = self.meta_batch as f32;
         let mut loss = 0.0f64;
         let mut stats = blo::Stats::default();
         for g in &mut self.grad {
@@ -373,6 +391,24 @@ fn sine(r: usize, mode: &str) -> Result<Maml<RegressionMaml<Mlp>>, BloError> {
         "ufo_binomial" => maml.ufo_q = Some((UFO_Q, binomial_policy(r)?)),
         _ => {}
     }
+    Ok(maml)
+}
+
+/// `maml_sine:rR:{exact,first_order}_batched`: the tasks, θ and inner loop of
+/// [`sine`], the 25 tasks stacked in chunks of [`SINE_CHUNK`].
+fn sine_batched(r: usize, mode: &str) -> Result<Maml<BatchedRegressionMaml>, BloError> {
+    let per_task = sine(r, mode)?;
+    let eps: Vec<RegressionEpisode<f32>> = per_task.tasks;
+    let chunks = RegressionChunk::chunks(&eps, SINE_CHUNK).expect("25 equally shaped episodes");
+    let problem = BatchedRegressionMaml {
+        net: per_task.problem.net,
+        inner: per_task.problem.inner,
+    };
+    let mut params = per_task.params;
+    params["chunk"] = json!(SINE_CHUNK);
+    let est = estimator(mode, r)?;
+    let mut maml = Maml::new(params, problem, chunks, per_task.theta, est);
+    maml.meta_batch = eps.len();
     Ok(maml)
 }
 

@@ -253,10 +253,15 @@ impl<F: Float> Workspace<F> {
             }
             return;
         }
-        let Some(s) = weighted_sum(t, &outs, u.iter()) else {
+        if outs.is_empty() {
             return;
-        };
-        t.backward(s);
+        }
+        // One sweep seeded with u_i at y_i (no recorded Σ⟨y_i, u_i⟩: its
+        // reduction cost as much as the sweep on a stack of tasks' φ_0). The
+        // adjoints are the same bits: the recorded sum seeded each y_i with 1·u_i.
+        let seeds: SmallVec<[(Var<'t, F>, &[F]); 16]> =
+            outs.iter().zip(u).map(|(&y, ui)| (y, ui.data())).collect();
+        t.backward_seeded(&seeds);
         for (g, &v) in acc.iter_mut().zip(&inputs) {
             if let Some(d) = t.grad_ref(v) {
                 for (a, &b) in g.data_mut().iter_mut().zip(d.iter()) {
@@ -427,23 +432,6 @@ impl<F: Float> Workspace<F> {
             .collect();
         (t, leaves)
     }
-}
-
-/// s = Σ_i ⟨y_i, u_i⟩ recorded on `t` (so ∇_x s = Jᵀu), or `None` for no outputs.
-fn weighted_sum<'t, 'a, F: Float>(
-    t: &'t Tape<F>,
-    outs: &[Var<'t, F>],
-    u: impl Iterator<Item = &'a Tensor<F>>,
-) -> Option<Var<'t, F>> {
-    let mut s: Option<Var<'t, F>> = None;
-    for (y, ui) in outs.iter().zip(u) {
-        let term = (*y * t.constant(ui)).sum();
-        s = Some(match s {
-            None => term,
-            Some(acc) => acc + term,
-        });
-    }
-    s
 }
 
 /// Records each input as a dual leaf x + v ε, written straight into the

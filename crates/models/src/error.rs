@@ -1,4 +1,5 @@
-//! Error types: [`ParamsError`] for parameter files, [`DataError`] for data sets.
+//! Error types: [`ParamsError`] for parameter files, [`DataError`] for data sets,
+//! [`BatchError`] for episodes that cannot be stacked into one batch.
 //!
 //! Every variant carries the evidence: the file or folder, the tensor's name,
 //! what was expected and what was found.
@@ -207,5 +208,26 @@ pub enum DataError {
         have: usize,
         /// Classes needed.
         need: usize,
+    },
+}
+
+/// Episodes that cannot be stacked into one batch of tasks
+/// ([`crate::RegressionChunk`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    /// No episode was given, or a chunk size of zero was asked for.
+    #[error("cannot stack tasks: {0}")]
+    Empty(&'static str),
+    /// An episode's tensor has another shape than the first episode's.
+    #[error("episode {episode}: {what} has shape {found:?}, episode 0 has {expected:?} (every task of a batch needs the same shapes)")]
+    ShapeMismatch {
+        /// The index of the offending episode in the given slice.
+        episode: usize,
+        /// Which tensor (`support_x`, `support_y`, `query_x`, `query_y`).
+        what: &'static str,
+        /// Episode 0's shape.
+        expected: Vec<usize>,
+        /// The offending episode's shape.
+        found: Vec<usize>,
     },
 }

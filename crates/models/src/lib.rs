@@ -47,6 +47,9 @@
 //! - the paper's problems as `blo::Problem`s: [`CounterexampleProblem`],
 //!   [`RegressionMaml`] (e.g. sinusoid regression with an [`Mlp`]) and
 //!   [`ClassificationMaml`] (few-shot classification with a [`Conv4`]);
+//!   [`BatchedRegressionMaml`] runs a chunk of regression tasks
+//!   ([`RegressionChunk`]) on one tape with batched products, summed by
+//!   [`sum_estimates`] in a thread-count-independent order;
 //! - data: [`ImageSet`] with the [`EpisodeSampler`] (N-way K-shot), loaders for
 //!   Omniglot ([`load_omniglot`]) and Mini-ImageNet ([`load_mini_imagenet`]),
 //!   and procedural [`glyphs`] that need no download. Loaders check the
@@ -56,6 +59,7 @@
 //! Using your own model and data is described in `docs/tutorial-own-model.md`.
 #![deny(missing_docs)]
 
+pub mod batched;
 pub mod counterexample;
 pub mod data;
 pub mod error;
@@ -64,13 +68,14 @@ pub mod model;
 pub mod params;
 pub mod sinusoid;
 
+pub use batched::{sum_estimates, BatchedRegressionMaml, RegressionChunk};
 pub use counterexample::{Counterexample, CounterexampleProblem};
 pub use data::glyphs::{glyphs, GlyphOptions};
 pub use data::mini_imagenet::{load_mini_imagenet, load_mini_imagenet_pooled};
 pub use data::omniglot::{load_omniglot, OmniglotOptions};
 pub use data::split::{ClassSplit, SplitSize, Splits};
 pub use data::{Episode, EpisodeSampler, ImageSet};
-pub use error::{DataError, ParamsError};
+pub use error::{BatchError, DataError, ParamsError};
 pub use maml::{ClassificationMaml, RegressionMaml};
 pub use model::{binary_logistic_loss, Activation, Conv4, Conv4Variant, Linear, Mlp, Model};
 pub use params::{init_params, Init, ParamSpec, Params};

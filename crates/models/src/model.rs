@@ -209,6 +209,81 @@ impl Model for Mlp {
     }
 }
 
+impl Mlp {
+    /// The network on a stack of B parameter sets, one per task, in one
+    /// recording: `params` are [`Model::param_specs`]' tensors with a leading
+    /// batch axis (`layers.{i}.weight [B, d_{i+1}, d_i]`,
+    /// `layers.{i}.bias [B, d_{i+1}]`) and `x` is `[B, n, d_0]`; slice b of the
+    /// `[B, n, d_L]` output is [`Model::forward`] of parameter set b on `x_b`
+    /// (h ↦ h·W_bᵀ + b_b per layer, by `batched_matmul_t` and
+    /// `batched_bias_add`). With B = 1 the numbers are bit-identical to
+    /// [`Model::forward`].
+    ///
+    /// # Panics
+    /// If a parameter or `x` has the wrong shape (the message names it and
+    /// both shapes).
+    ///
+    /// ```
+    /// use models::{Activation, Mlp, Model};
+    /// use tape::{Tape, Tensor};
+    /// let net = Mlp::new(&[1, 8, 1], Activation::Tanh);
+    /// let p = net.init::<f64>(0);
+    /// let t = Tape::<f64>::new();
+    /// // Two tasks sharing the initial parameters: stack them.
+    /// let stacked: Vec<_> = p.vars(&t).into_iter().map(|v| v.tile_batch(2)).collect();
+    /// let x = t.constant(&Tensor::new(&[2, 3, 1], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]));
+    /// let y = net.forward_batched(&t, &stacked, x).value();
+    /// assert_eq!(y.dims(), &[2, 3, 1]);
+    /// assert_eq!(y.data()[..3], y.data()[3..]); // same parameters, same inputs
+    /// ```
+    #[track_caller]
+    pub fn forward_batched<'t, T: Real>(
+        &self,
+        _tape: &'t Tape<T>,
+        params: &[Var<'t, T>],
+        x: Var<'t, T>,
+    ) -> Var<'t, T> {
+        let layers = self.widths.len() - 1;
+        let xs = x.shape();
+        assert!(
+            xs.rank() == 3 && xs.dim(2) == self.widths[0],
+            "Mlp::forward_batched: input {:?}, expected [B, n, {}]",
+            xs.dims(),
+            self.widths[0]
+        );
+        let b = xs.dim(0);
+        assert_eq!(
+            params.len(),
+            2 * layers,
+            "Mlp::forward_batched: {} parameter tensors given, the model has {}",
+            params.len(),
+            2 * layers
+        );
+        for (i, w) in self.widths.windows(2).enumerate() {
+            let (pw, pb) = (params[2 * i].shape(), params[2 * i + 1].shape());
+            assert!(
+                pw.dims() == [b, w[1], w[0]] && pb.dims() == [b, w[1]],
+                "Mlp::forward_batched: layer {i} has weight {:?} and bias {:?}, expected {:?} and {:?} (B = {b} from the input {:?})",
+                pw.dims(),
+                pb.dims(),
+                [b, w[1], w[0]],
+                [b, w[1]],
+                xs.dims()
+            );
+        }
+        let mut h = x;
+        for i in 0..layers {
+            h = h
+                .batched_matmul_t(params[2 * i])
+                .batched_bias_add(params[2 * i + 1]);
+            if i + 1 < layers {
+                h = self.activation.apply(h);
+            }
+        }
+        h
+    }
+}
+
 /// A linear model `x·Wᵀ + b` (`W [out, in]`, `b [out]`): logistic or softmax
 /// regression when paired with a cross-entropy loss, least squares with MSE.
 /// Used by the hyperparameter-search examples. Parameters `weight`, `bias`,

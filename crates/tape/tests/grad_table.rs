@@ -176,6 +176,16 @@ fn matmul_batched() -> BoxedStrategy<Vec<Shape>> {
         .prop_map(|(b, m, k, n)| vec![Shape::new(&[b, m, k]), Shape::new(&[b, k, n])])
         .boxed()
 }
+fn batched_matmul_t_shapes() -> BoxedStrategy<Vec<Shape>> {
+    (1..=3usize, 1..=3usize, 1..=4usize, 1..=3usize)
+        .prop_map(|(b, m, k, n)| vec![Shape::new(&[b, m, k]), Shape::new(&[b, n, k])])
+        .boxed()
+}
+fn batched_bias_shapes() -> BoxedStrategy<Vec<Shape>> {
+    (1..=3usize, 1..=3usize, 1..=4usize)
+        .prop_map(|(b, m, n)| vec![Shape::new(&[b, m, n]), Shape::new(&[b, n])])
+        .boxed()
+}
 
 /// A shape with some unit dimensions (to broadcast from).
 fn with_ones() -> BoxedStrategy<Vec<Shape>> {
@@ -368,6 +378,23 @@ fn table() -> Vec<Row> {
             .matmul(x[1])),
         row!("matmul_t", 2, matmul_t_2d, &[ANY], |x, _| x[0]
             .matmul_t(x[1])),
+        // batched ops (a stack of B small problems)
+        row!(
+            "batched_matmul_t",
+            2,
+            batched_matmul_t_shapes,
+            &[ANY],
+            |x, _| x[0].batched_matmul_t(x[1])
+        ),
+        row!(
+            "batched_bias_add",
+            2,
+            batched_bias_shapes,
+            &[ANY],
+            |x, _| x[0].batched_bias_add(x[1])
+        ),
+        row!("tile_batch", 1, one_any, &[ANY], |x, p| x[0]
+            .tile_batch(1 + (p % 3) as usize)),
         // shape ops
         row!("permute", 1, one_rank2plus, &[ANY], |x, p| {
             let r = x[0].shape().rank();
@@ -734,6 +761,9 @@ fn the_table_covers_every_op() {
         "matmul_3d_2d",
         "matmul_batched",
         "matmul_t",
+        "batched_matmul_t",
+        "batched_bias_add",
+        "tile_batch",
         "permute",
         "t",
         "reshape",

@@ -158,6 +158,18 @@ const CASES: &[Case] = &[
         inputs: &[(&[3, 4], Any), (&[2, 4], Any)],
     },
     Case {
+        name: "batched_matmul_t",
+        inputs: &[(&[2, 3, 4], Any), (&[2, 2, 4], Any)],
+    },
+    Case {
+        name: "batched_bias_add",
+        inputs: &[(&[2, 3, 4], Any), (&[2, 4], Any)],
+    },
+    Case {
+        name: "tile_batch",
+        inputs: &[(&[2, 3], Any)],
+    },
+    Case {
         name: "reshape",
         inputs: &[(&[2, 3], Any)],
     },
@@ -261,6 +273,9 @@ impl VectorFunction<f64> for OpFn {
             "max_axis" => x[0].max_axis(1, false),
             "matmul" | "matmul_batched" => x[0].matmul(x[1]),
             "matmul_t" => x[0].matmul_t(x[1]),
+            "batched_matmul_t" => x[0].batched_matmul_t(x[1]),
+            "batched_bias_add" => x[0].batched_bias_add(x[1]),
+            "tile_batch" => x[0].tile_batch(3),
             "reshape" => x[0].reshape([3, 2]),
             "permute" => x[0].permute(&[2, 0, 1]),
             "transpose" => x[0].t(),

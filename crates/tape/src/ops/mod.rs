@@ -8,12 +8,14 @@
 //! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
+//! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, tile_batch |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
 //! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
 
 use crate::real::Real;
 use crate::tape::Bwd;
 
+pub mod batched;
 pub mod elementwise;
 pub mod linalg;
 pub mod nn;
@@ -65,6 +67,12 @@ pub(crate) enum Op {
     Matmul,
     /// `A·Bᵀ` with `B [n, k]` read through swapped strides (no transpose copy).
     MatmulT,
+    /// `[B, m, k]·[B, n, k]ᵀ → [B, m, n]`, one product per batch.
+    BatchedMatmulT,
+    /// `[B, m, n] + [B, n]`: a bias row per batch.
+    BatchedBiasAdd,
+    /// `[..d] → [B, ..d]`: B copies along a new leading axis.
+    TileBatch,
     Reshape,
     Permute([u8; 4]),
     BroadcastTo,
@@ -134,6 +142,9 @@ impl Op {
             Op::Max { .. } => "max",
             Op::Matmul => "matmul",
             Op::MatmulT => "matmul_t",
+            Op::BatchedMatmulT => "batched_matmul_t",
+            Op::BatchedBiasAdd => "batched_bias_add",
+            Op::TileBatch => "tile_batch",
             Op::Reshape => "reshape",
             Op::Permute(_) => "permute",
             Op::BroadcastTo => "broadcast_to",
@@ -165,6 +176,9 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         Max { axis } => reduce::max_vjp(b, axis as usize),
         Matmul => linalg::matmul_vjp(b),
         MatmulT => linalg::matmul_t_vjp(b),
+        BatchedMatmulT => batched::batched_matmul_t_vjp(b),
+        BatchedBiasAdd => batched::batched_bias_add_vjp(b),
+        TileBatch => batched::tile_batch_vjp(b),
         Reshape => shape_ops::reshape_vjp(b),
         Permute(p) => shape_ops::permute_vjp(b, p),
         BroadcastTo => shape_ops::broadcast_to_vjp(b),

@@ -1,0 +1,220 @@
+//! The batched MAML path ([`BatchedRegressionMaml`] on [`RegressionChunk`]s)
+//! against the per-task path ([`RegressionMaml`], one estimate per task), and
+//! its thread-count independence.
+
+use blo::{Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy};
+use models::{
+    sum_estimates, Activation, BatchError, BatchedRegressionMaml, Mlp, Model, RegressionChunk,
+    RegressionEpisode, RegressionMaml, SinusoidTasks,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tape::{Float, Tensor};
+
+/// The sinusoid MLP of the benchmark (1-40-40-1, ReLU).
+fn net() -> Mlp {
+    Mlp::new(&[1, 40, 40, 1], Activation::Relu)
+}
+
+fn episodes<F: Float>(n: usize) -> Vec<RegressionEpisode<F>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    (0..n)
+        .map(|_| SinusoidTasks::default().sample_episode(&mut rng, 10, 10))
+        .collect()
+}
+
+/// Mean over tasks of the per-task estimates (the per-task path).
+fn per_task_mean(
+    est: &dyn Estimator<f64, RegressionMaml<Mlp>>,
+    r: usize,
+    eps: &[RegressionEpisode<f64>],
+    theta: &[Tensor<f64>],
+) -> (f64, Vec<Tensor<f64>>) {
+    let problem = RegressionMaml {
+        net: net(),
+        inner: InnerLoop::sgd(r, 0.01).unwrap(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut loss = 0.0;
+    let mut grad: Vec<Tensor<f64>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();
+    for ep in eps {
+        let e = est.estimate(&problem, ep, theta, &mut rng).unwrap();
+        loss += e.outer_loss;
+        for (a, g) in grad.iter_mut().zip(&e.grad) {
+            a.data_mut()
+                .iter_mut()
+                .zip(g.data())
+                .for_each(|(a, &b)| *a += b);
+        }
+    }
+    let n = eps.len() as f64;
+    grad.iter_mut()
+        .for_each(|g| g.data_mut().iter_mut().for_each(|v| *v /= n));
+    (loss / n, grad)
+}
+
+/// Mean over tasks by the batched path, in chunks of `chunk`.
+fn batched_mean(
+    est: &dyn Estimator<f64, BatchedRegressionMaml>,
+    r: usize,
+    eps: &[RegressionEpisode<f64>],
+    theta: &[Tensor<f64>],
+    chunk: usize,
+) -> (f64, Vec<Tensor<f64>>) {
+    let problem = BatchedRegressionMaml {
+        net: net(),
+        inner: InnerLoop::sgd(r, 0.01).unwrap(),
+    };
+    let chunks = RegressionChunk::chunks(eps, chunk).unwrap();
+    let s = sum_estimates(&problem, est, &chunks, theta, 0).unwrap();
+    let n = eps.len() as f64;
+    let grad = s.grad.iter().map(|g| g.map(|v| v / n)).collect();
+    (s.outer_loss / n, grad)
+}
+
+/// max |a − b| over every element of every tensor.
+fn max_diff(a: &[Tensor<f64>], b: &[Tensor<f64>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.data().iter().zip(y.data()).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f64::max)
+}
+
+fn max_abs(a: &[Tensor<f64>]) -> f64 {
+    a.iter()
+        .flat_map(|x| x.data().iter().map(|v| v.abs()))
+        .fold(0.0, f64::max)
+}
+
+/// The batched meta-gradient (5 tasks in chunks of 2: [2, 2, 1]) equals the
+/// per-task path's mean within 1e-11 relative to its largest entry, in f64,
+/// for the exact estimator (r = 1 and r = 3: the block-diagonal Hessian
+/// enters from r = 2 on) and the first-order one. The sums run in another
+/// order (one MSE over the chunk instead of one per task), so the two differ
+/// by rounding only: about 1e-15 relative. For r = 3 the check also shows
+/// the second-order terms matter (exact and first-order differ by far more
+/// than the tolerance), so a batched path that dropped them would fail.
+#[test]
+fn batched_meta_gradient_equals_the_per_task_mean() {
+    let eps = episodes::<f64>(5);
+    let theta = net().init::<f64>(1).into_tensors();
+    let exact = Exact::new(Policy::StoreAll).unwrap();
+    let fo = FirstOrder::new();
+    let mut fo_grads = Vec::new();
+    let mut exact_grads = Vec::new();
+    for r in [1, 3] {
+        for (name, first_order) in [("exact", false), ("first_order", true)] {
+            let ((l1, g1), (l2, g2)) = if first_order {
+                (
+                    per_task_mean(&fo, r, &eps, &theta),
+                    batched_mean(&fo, r, &eps, &theta, 2),
+                )
+            } else {
+                (
+                    per_task_mean(&exact, r, &eps, &theta),
+                    batched_mean(&exact, r, &eps, &theta, 2),
+                )
+            };
+            let tol = 1e-11 * max_abs(&g1);
+            let d = max_diff(&g1, &g2);
+            assert!(d <= tol, "{name} r = {r}: max |Δgrad| = {d:e} > {tol:e}");
+            assert!(
+                (l1 - l2).abs() <= 1e-11 * l1.abs(),
+                "{name} r = {r}: loss {l1} vs {l2}"
+            );
+            if r == 3 {
+                if first_order {
+                    fo_grads = g1;
+                } else {
+                    exact_grads = g1;
+                }
+            }
+        }
+    }
+    let second_order = max_diff(&exact_grads, &fo_grads);
+    assert!(
+        second_order > 1e3 * 1e-11 * max_abs(&exact_grads),
+        "exact and first-order differ by {second_order:e} only: the test could not tell them apart"
+    );
+}
+
+/// Bits of an estimate's loss and gradient.
+fn bits(e: &Estimate<f32>) -> Vec<u32> {
+    let mut b = vec![e.outer_loss.to_bits()];
+    for g in &e.grad {
+        b.extend(g.data().iter().map(|v| v.to_bits()));
+    }
+    b
+}
+
+/// The bench's workload (25 tasks, f32), exact with r = 5 and first-order,
+/// in chunks of 13 (the bench's) and of 4 (7 chunks, so the association of
+/// the sum matters; with 2 chunks any order gives the same bits): one rayon
+/// thread and two give the same bits.
+#[test]
+fn batched_sum_is_bit_identical_for_one_and_two_threads() {
+    let eps = episodes::<f32>(25);
+    let theta = net().init::<f32>(1).into_tensors();
+    let problem = BatchedRegressionMaml {
+        net: net(),
+        inner: InnerLoop::sgd(5, 0.01).unwrap(),
+    };
+    let exact = Exact::new(Policy::StoreAll).unwrap();
+    let fo = FirstOrder::new();
+    let ests: [&dyn Estimator<f32, BatchedRegressionMaml>; 2] = [&exact, &fo];
+    for (est, size) in ests.into_iter().flat_map(|e| [(e, 13), (e, 4)]) {
+        let chunks = RegressionChunk::chunks(&eps, size).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                assert_eq!(rayon::current_num_threads(), threads);
+                bits(&sum_estimates(&problem, est, &chunks, &theta, 3).unwrap())
+            })
+        };
+        let (one, two) = (run(1), run(2));
+        assert_eq!(one.len(), two.len());
+        let first = one.iter().zip(&two).position(|(a, b)| a != b);
+        assert!(
+            first.is_none(),
+            "{}, chunks of {size}: 1 and 2 threads differ first at element {first:?} (0 = the loss)",
+            est.name()
+        );
+    }
+}
+
+/// Episodes of different sizes cannot share a chunk; the error names the
+/// episode, the tensor and both shapes. A zero chunk size is refused.
+#[test]
+fn mismatched_episodes_are_refused_with_the_evidence() {
+    let mut eps = episodes::<f64>(3);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    eps[2] = SinusoidTasks::default().sample_episode(&mut rng, 10, 7);
+    let e = RegressionChunk::new(&eps).unwrap_err();
+    assert_eq!(
+        e,
+        BatchError::ShapeMismatch {
+            episode: 2,
+            what: "query_x",
+            expected: vec![10, 1],
+            found: vec![7, 1],
+        }
+    );
+    assert!(
+        e.to_string()
+            .contains("episode 2: query_x has shape [7, 1]"),
+        "{e}"
+    );
+    // Chunks of 2 keep the odd episode apart: [0, 1] and [2] both stack.
+    assert_eq!(RegressionChunk::chunks(&eps, 2).unwrap().len(), 2);
+    assert!(matches!(
+        RegressionChunk::chunks(&eps, 0),
+        Err(BatchError::Empty(_))
+    ));
+    assert!(matches!(
+        RegressionChunk::<f64>::new(&[]),
+        Err(BatchError::Empty(_))
+    ));
+}

@@ -1,0 +1,386 @@
+//! Batched ops: one node for a stack of B independent small problems (a
+//! `vmap`-like path). A meta-batch of B tasks whose parameters are stacked
+//! along a leading axis runs through one tape with these ops, so every per-node
+//! cost (recording, dispatch, the sweep's bookkeeping) is paid once per batch
+//! instead of once per task.
+//!
+//! | op | shapes | forward | JVP | VJP (`g` = output adjoint) |
+//! |---|---|---|---|---|
+//! | `batched_matmul_t` | `[B, m, k]·[B, n, k]ᵀ → [B, m, n]` | C_b = A_b·W_bᵀ | Ċ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ | ḡA_b = g_b·W_b, ḡW_b = g_bᵀ·A_b |
+//! | `batched_bias_add` | `[B, m, n] + [B, n] → [B, m, n]` | y_bij = x_bij + c_bj | ẏ_bij = ẋ_bij + ċ_bj | ḡx = g, ḡc_bj = Σ_i g_bij |
+//! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
+//!
+//! Each slice's product goes through the small-product kernels of
+//! [`crate::gemm`]; nothing is saved beyond the inputs. As everywhere on the
+//! tape, the JVP is the forward rule run on dual numbers, and the VJP rules,
+//! written with [`Real`] arithmetic, run on duals for Hessian-vector products.
+//! With B = 1 both ops compute the same sums in the same order as
+//! `matmul_t` and a broadcast `+`, so a one-task batch reproduces the
+//! per-task numbers bit for bit.
+
+use crate::gemm::{gemm, MatRef};
+use crate::ops::Op;
+use crate::real::Real;
+use crate::shape::{check_shapes, Shape, MAX_RANK};
+use crate::tape::{Bwd, Var};
+
+/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ`.
+#[track_caller]
+fn dims_mt(a: Shape, w: Shape) -> (usize, usize, usize, usize) {
+    let name = "batched_matmul_t";
+    check_shapes!(a.rank() == 3 && w.rank() == 3, name, ["lhs" => a, "rhs" => w], "expected [B, m, k]·[B, n, k]ᵀ");
+    check_shapes!(a.dim(0) == w.dim(0), name, ["lhs" => a, "rhs" => w], "batch dimensions {} != {}", a.dim(0), w.dim(0));
+    check_shapes!(a.dim(2) == w.dim(2), name, ["lhs" => a, "rhs" => w], "inner dimensions {} != {}", a.dim(2), w.dim(2));
+    (a.dim(0), a.dim(1), a.dim(2), w.dim(1))
+}
+
+/// (B, m, n) of `[B, m, n] + [B, n]`.
+#[track_caller]
+fn dims_bias(x: Shape, c: Shape) -> (usize, usize, usize) {
+    let name = "batched_bias_add";
+    check_shapes!(x.rank() == 3 && c.rank() == 2, name, ["input" => x, "bias" => c], "expected [B, m, n] + [B, n]");
+    check_shapes!(
+        x.dim(0) == c.dim(0) && x.dim(2) == c.dim(1),
+        name,
+        ["input" => x, "bias" => c],
+        "bias must be [{}, {}]",
+        x.dim(0),
+        x.dim(2)
+    );
+    (x.dim(0), x.dim(1), x.dim(2))
+}
+
+/// β of an adjoint GEMM: 0 overwrites a fresh (stale) adjoint, 1 accumulates.
+fn beta<T: Real>(fresh: bool) -> T::Base {
+    if fresh {
+        <T::Base as Real>::zero()
+    } else {
+        <T::Base as Real>::one()
+    }
+}
+
+/// VJP of `C_b = A_b·W_bᵀ`: `ḡA_b = g_b·W_b` and `ḡW_b = g_bᵀ·A_b`, one GEMM
+/// per slice, operands read through strides.
+pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (batch, m, k, n) = dims_mt(b.x_shape(0), b.x_shape(1));
+    let (x, w, g) = (b.x(0), b.x(1), b.g);
+    let one = <T::Base as Real>::one();
+    if b.wants(0) {
+        let (ga, fresh) = b.g_in_overwrite(0);
+        for i in 0..batch {
+            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
+            let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
+            gemm(
+                one,
+                gi,
+                wi,
+                beta::<T>(fresh),
+                &mut ga[i * m * k..(i + 1) * m * k],
+            );
+        }
+    }
+    if b.wants(1) {
+        let (gw, fresh) = b.g_in_overwrite(1);
+        for i in 0..batch {
+            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
+            let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+            gemm(
+                one,
+                gi.t(),
+                ai,
+                beta::<T>(fresh),
+                &mut gw[i * n * k..(i + 1) * n * k],
+            );
+        }
+    }
+}
+
+/// VJP of `y_bij = x_bij + c_bj`: `ḡx = g`, `ḡc_bj = Σ_i g_bij` (summed over
+/// i in increasing order).
+pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (batch, m, n) = dims_bias(b.x_shape(0), b.x_shape(1));
+    let g = b.g;
+    if b.wants(0) {
+        let (gx, fresh) = b.g_in_overwrite(0);
+        if fresh {
+            gx.copy_from_slice(g);
+        } else {
+            gx.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
+        }
+    }
+    if b.wants(1) {
+        let gc = b.g_in(1);
+        for (gb, gs) in gc
+            .chunks_exact_mut(n)
+            .zip(g.chunks_exact(m * n))
+            .take(batch)
+        {
+            for row in gs.chunks_exact(n) {
+                gb.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+        }
+    }
+}
+
+/// VJP of `y_b = x` (B copies): `ḡx = Σ_b g_b`, summed over b in increasing
+/// order, one contiguous block at a time.
+pub(crate) fn tile_batch_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    if !b.wants(0) {
+        return;
+    }
+    let g = b.g;
+    let (gx, fresh) = b.g_in_overwrite(0);
+    let n = gx.len();
+    let mut blocks = g.chunks_exact(n);
+    if fresh {
+        gx.copy_from_slice(blocks.next().expect("B ≥ 1"));
+    }
+    for gb in blocks {
+        gx.iter_mut().zip(gb).for_each(|(a, &v)| *a += v);
+    }
+}
+
+impl<'t, T: Real> Var<'t, T> {
+    /// B copies of `self` stacked along a new leading axis: `[..d] → [B, ..d]`
+    /// (the same values as `reshape([1, ..d]).broadcast_to([B, ..d])`, by
+    /// block copies). Its adjoint sums the B blocks: a batch of tasks that
+    /// all start from θ gets ∇θ = Σ_b ∇φ_b.
+    ///
+    /// # Panics
+    /// If `b` = 0 or `self` has rank [`MAX_RANK`] (the result has one axis more):
+    /// `tile_batch: x [2, 3, 4, 5]: need B ≥ 1 (got 2) and rank < 4`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = x.tile_batch(3);
+    /// assert_eq!(y.shape().dims(), &[3, 2]);
+    /// t.backward((y * y).sum());
+    /// assert_eq!(x.grad().data(), &[6.0, 12.0]); // 3 copies of 2x
+    /// ```
+    #[track_caller]
+    pub fn tile_batch(self, b: usize) -> Var<'t, T> {
+        let s = self.shape();
+        check_shapes!(b > 0 && s.rank() < MAX_RANK, "tile_batch", ["x" => s], "need B ≥ 1 (got {b}) and rank < {MAX_RANK}");
+        let mut d = vec![b];
+        d.extend_from_slice(s.dims());
+        let n = s.numel();
+        self.tape
+            .record_overwrite(Op::TileBatch, &[self], Shape::new(&d), |f| {
+                let x = f.x(0);
+                for o in f.out.chunks_exact_mut(n) {
+                    o.copy_from_slice(x);
+                }
+            })
+    }
+
+    /// Batched product with transposed right operands:
+    /// `[B, m, k]·[B, n, k]ᵀ → [B, m, n]`, C_b = A_b·W_bᵀ for each b (a stack
+    /// of B affine layers' `x·Wᵀ` with their own weights). One node for the
+    /// whole stack; slice b equals `A_b.matmul_t(W_b)` bit for bit.
+    ///
+    /// # Panics
+    /// On ranks other than 3 or mismatched dimensions:
+    /// `batched_matmul_t: lhs [2, 3, 4], rhs [2, 5, 3]: inner dimensions 4 != 3`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// // Two batches of a [1, 2]·[1, 2]ᵀ product.
+    /// let a = t.var(&Tensor::new(&[2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let w = t.var(&Tensor::new(&[2, 1, 2], vec![5.0, 6.0, 7.0, 8.0]));
+    /// let c = a.batched_matmul_t(w);
+    /// assert_eq!(c.value().data(), &[17.0, 53.0]); // 1·5 + 2·6, 3·7 + 4·8
+    /// ```
+    #[track_caller]
+    pub fn batched_matmul_t(self, rhs: Var<'t, T>) -> Var<'t, T> {
+        let (batch, m, k, n) = dims_mt(self.shape(), rhs.shape());
+        let zero = <T::Base as Real>::zero();
+        let one = <T::Base as Real>::one();
+        let out = Shape::new(&[batch, m, n]);
+        self.tape
+            .record_overwrite(Op::BatchedMatmulT, &[self, rhs], out, |f| {
+                let (x, w) = (f.x(0), f.x(1));
+                for i in 0..batch {
+                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
+                    gemm(
+                        one,
+                        ai,
+                        wi.t(),
+                        zero,
+                        &mut f.out[i * m * n..(i + 1) * m * n],
+                    );
+                }
+            })
+    }
+
+    /// Adds a per-batch bias row to every row of its batch:
+    /// `[B, m, n] + [B, n] → [B, m, n]`, y_bij = x_bij + c_bj (a stack of B
+    /// affine layers' `+ b` with their own biases). The adjoint of `c` sums
+    /// over the rows.
+    ///
+    /// # Panics
+    /// If `self` is not rank 3 or `bias` is not `[B, n]`:
+    /// `batched_bias_add: input [2, 3, 4], bias [2, 3]: bias must be [2, 4]`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::new(&[2, 2, 1], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let c = t.var(&Tensor::new(&[2, 1], vec![10.0, 20.0]));
+    /// let y = x.batched_bias_add(c);
+    /// assert_eq!(y.value().data(), &[11.0, 12.0, 23.0, 24.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(c.grad().data(), &[2.0, 2.0]); // two rows per batch
+    /// ```
+    #[track_caller]
+    pub fn batched_bias_add(self, bias: Var<'t, T>) -> Var<'t, T> {
+        let (_, m, n) = dims_bias(self.shape(), bias.shape());
+        self.tape
+            .record_overwrite(Op::BatchedBiasAdd, &[self, bias], self.shape(), |f| {
+                let (x, c) = (f.x(0), f.x(1));
+                for ((os, xs), cb) in f
+                    .out
+                    .chunks_exact_mut(m * n)
+                    .zip(x.chunks_exact(m * n))
+                    .zip(c.chunks_exact(n))
+                {
+                    for (orow, xrow) in os.chunks_exact_mut(n).zip(xs.chunks_exact(n)) {
+                        for ((o, &a), &b) in orow.iter_mut().zip(xrow).zip(cb) {
+                            *o = a + b;
+                        }
+                    }
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Tape, Tensor};
+
+    /// Deterministic non-trivial entries.
+    fn filled(shape: &[usize], seed: u64) -> Tensor<f32> {
+        Tensor::from_fn(shape, |i| {
+            ((i as u64 * 2654435761 + seed * 97) % 1000) as f32 / 500.0 - 1.0
+        })
+    }
+
+    /// Slice b of the batched ops equals the per-slice `matmul_t` and
+    /// broadcast `+`, value and gradients, bit for bit (the MLP's shapes).
+    #[test]
+    fn each_slice_equals_the_unbatched_ops_bit_for_bit() {
+        let (bsz, m, k, n) = (3, 10, 40, 40);
+        let (a, w, c) = (
+            filled(&[bsz, m, k], 1),
+            filled(&[bsz, n, k], 2),
+            filled(&[bsz, n], 3),
+        );
+        let t = Tape::<f32>::new();
+        let (av, wv, cv) = (t.var(&a), t.var(&w), t.var(&c));
+        let y = av.batched_matmul_t(wv).batched_bias_add(cv).relu();
+        t.backward((y * y).sum());
+        let (yb, ga, gw, gc) = (y.value(), av.grad(), wv.grad(), cv.grad());
+        for b in 0..bsz {
+            let s = Tape::<f32>::new();
+            let slice = |x: &Tensor<f32>, len: usize| {
+                let d = &x.data()[b * len..(b + 1) * len];
+                let dims = &x.dims()[1..];
+                Tensor::new(dims, d.to_vec())
+            };
+            let (ab, wb, cb) = (
+                s.var(&slice(&a, m * k)),
+                s.var(&slice(&w, n * k)),
+                s.var(&slice(&c, n)),
+            );
+            let yy = (ab.matmul_t(wb) + cb).relu();
+            s.backward((yy * yy).sum());
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(yy.value().data()), bits(slice(&yb, m * n).data()));
+            assert_eq!(bits(ab.grad().data()), bits(slice(&ga, m * k).data()));
+            assert_eq!(bits(wb.grad().data()), bits(slice(&gw, n * k).data()));
+            assert_eq!(bits(cb.grad().data()), bits(slice(&gc, n).data()));
+        }
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_matmul_t: lhs [2, 3, 4], rhs [2, 5, 3]: inner dimensions 4 != 3"
+    )]
+    fn matmul_inner_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t
+            .var(&Tensor::zeros([2, 3, 4]))
+            .batched_matmul_t(t.var(&Tensor::zeros([2, 5, 3])));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_matmul_t: lhs [2, 3, 4], rhs [3, 5, 4]: batch dimensions 2 != 3"
+    )]
+    fn matmul_batch_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t
+            .var(&Tensor::zeros([2, 3, 4]))
+            .batched_matmul_t(t.var(&Tensor::zeros([3, 5, 4])));
+    }
+
+    #[test]
+    #[should_panic(expected = "batched_matmul_t: lhs [3, 4], rhs [5, 4]: expected [B, m, k]")]
+    fn matmul_rank_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t
+            .var(&Tensor::zeros([3, 4]))
+            .batched_matmul_t(t.var(&Tensor::zeros([5, 4])));
+    }
+
+    /// `tile_batch` equals `reshape` + `broadcast_to`, value and gradient,
+    /// bit for bit (the gradient sums the blocks in the same order).
+    #[test]
+    fn tile_batch_equals_broadcast_to() {
+        let x = filled(&[40, 40], 5);
+        let w = filled(&[13, 40, 40], 6);
+        let run = |tiled: bool| {
+            let t = Tape::<f32>::new();
+            let (xv, wv) = (t.var(&x), t.constant(&w));
+            let y = if tiled {
+                xv.tile_batch(13)
+            } else {
+                xv.reshape([1, 40, 40]).broadcast_to([13, 40, 40])
+            };
+            t.backward((y * wv).sum());
+            (y.value(), xv.grad())
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert_eq!(y1.data(), y2.data());
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(g1.data()), bits(g2.data()));
+    }
+
+    #[test]
+    #[should_panic(expected = "tile_batch: x [2, 3, 4, 5]: need B ≥ 1 (got 2) and rank < 4")]
+    fn tile_batch_of_rank_4_names_op_and_shape() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([2, 3, 4, 5])).tile_batch(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "tile_batch: x [3]: need B ≥ 1 (got 0)")]
+    fn tile_batch_of_zero_copies_names_op_and_shape() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([3])).tile_batch(0);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_bias_add: input [2, 3, 4], bias [2, 3]: bias must be [2, 4]"
+    )]
+    fn bias_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t
+            .var(&Tensor::zeros([2, 3, 4]))
+            .batched_bias_add(t.var(&Tensor::zeros([2, 3])));
+    }
+}
