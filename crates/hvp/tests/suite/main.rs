@@ -19,3 +19,6 @@ mod ops;
 
 #[path = "solvers.rs"]
 mod solvers;
+
+#[path = "hvp_only.rs"]
+mod hvp_only;

@@ -8,6 +8,9 @@
 // helpers load once per module, as they loaded once per binary before.
 #![allow(clippy::duplicate_mod)]
 
+#[path = "batched_maml.rs"]
+mod batched_maml;
+
 #[path = "corrupt_layouts.rs"]
 mod corrupt_layouts;
 
