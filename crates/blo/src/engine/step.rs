@@ -119,6 +119,9 @@ pub struct InnerWorkspace<F: Float> {
     /// A rule's adjoint step: H w (plus ∇_φ L_in for the inner-sum
     /// objective), concatenated in φ order.
     hw: Vec<F>,
+    /// The rule whose [`crate::InnerRule::constant_grad_coefficient`] claim
+    /// this workspace has checked.
+    checked: Option<Rule>,
 }
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
@@ -735,7 +738,11 @@ impl<F: Float> InnerWorkspace<F> {
     /// g_j comes first from a gradient pass, unless the rule is affine in g:
     /// then a_g does not depend on g, so it is taken from a sweep at g = 0, the
     /// dual pass supplies g_j in its primal part, and the full sweep follows
-    /// (which checks that a_g is indeed the same).
+    /// (which checks that a_g is indeed the same). With a constant coefficient
+    /// of g ([`crate::InnerRule::constant_grad_coefficient`]) no part of the
+    /// VJP depends on g: the one sweep at g = 0 gives all of it, and no g_j is
+    /// needed (the claim is checked once per workspace and rule,
+    /// [`InnerWorkspace::check_constant_coefficient`]).
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint<P: Problem<F>>(
         &mut self,
@@ -749,7 +756,24 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
-        if rule.affine_in_grad() {
+        if rule.constant_grad_coefficient() {
+            if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
+                self.check_constant_coefficient(rule, j, theta, prev)?;
+                self.checked = Some(rule.clone());
+            }
+            zero_tensors(&mut self.g, &prev.phi);
+            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Set)?;
+            self.rule_dual(
+                problem,
+                task,
+                j,
+                theta,
+                prev,
+                g_theta,
+                with_inner_loss,
+                false,
+            )?;
+        } else if rule.affine_in_grad() {
             zero_tensors(&mut self.g, &prev.phi);
             self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Only)?;
             self.rule_dual(
@@ -810,23 +834,11 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         mode: AdjointG,
     ) -> Result<(), BloError> {
-        let (a, b, c) = split_points(theta, prev);
+        let (a, _, c) = split_points(theta, prev);
         // For a_g alone, only g is differentiated.
         let all = mode != AdjointG::Only;
-        let inputs = theta
-            .iter()
-            .chain(&prev.phi)
-            .chain(&prev.extra)
-            .map(|x| (x, all))
-            .chain(self.g.iter().map(|x| (x, true)));
-        let pass = self.ws.vjp_pass(
-            inputs,
-            |t, v| {
-                let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
-                out.phi.into_iter().chain(out.extra).collect()
-            },
-            cot.phi.iter().chain(&cot.extra),
-        );
+        let cots = cot.phi.iter().chain(&cot.extra);
+        let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, &self.g, cots, all);
         let a_g = (c..pass.inputs().len()).map(|i| pass.adjoint(i));
         match mode {
             AdjointG::Only | AdjointG::Set => {
@@ -927,6 +939,99 @@ impl<F: Float> InnerWorkspace<F> {
         }
         Ok(())
     }
+}
+
+impl<F: Float> InnerWorkspace<F> {
+    /// Checks a rule's [`crate::InnerRule::constant_grad_coefficient`] claim
+    /// at (θ, φ_{j−1}, e_{j−1}): the VJP of the step at g = 0 and at another
+    /// g (both with the same cotangent ū, every input differentiated) must be
+    /// equal bit for bit (with R = A + B g and B constant, g enters only
+    /// through additions of B g, so no adjoint depends on its value). g and ū
+    /// are fixed non-zero patterns, g_k = 1 + ½ sin(0.7 k), ū_k = cos(1.3 k + 0.4).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the rule if they differ.
+    fn check_constant_coefficient(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+    ) -> Result<(), BloError> {
+        let pattern = |like: &[Tensor<F>], f: fn(f64) -> f64| -> Vec<Tensor<F>> {
+            let mut k = 0.0;
+            like.iter()
+                .map(|t| {
+                    let data = (0..t.numel())
+                        .map(|_| {
+                            k += 1.0;
+                            F::from_f64(f(k))
+                        })
+                        .collect();
+                    Tensor::new(t.shape(), data)
+                })
+                .collect()
+        };
+        let g1 = pattern(&prev.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
+        let g0: Vec<Tensor<F>> = prev.phi.iter().map(|p| Tensor::zeros(p.shape())).collect();
+        let u_phi = pattern(&prev.phi, |k| (1.3 * k + 0.4).cos());
+        let u_extra = pattern(&prev.extra, |k| (1.3 * k + 0.9).cos());
+        let mut adjoints = |g: &[Tensor<F>]| -> Vec<Option<Vec<F>>> {
+            let cots = u_phi.iter().chain(&u_extra);
+            let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, g, cots, true);
+            (0..pass.inputs().len())
+                .map(|i| pass.adjoint(i).map(|a| a.to_vec()))
+                .collect()
+        };
+        let (at0, at1) = (adjoints(&g0), adjoints(&g1));
+        let same = at0.iter().zip(&at1).all(|(x, y)| {
+            let zero = |v: &[F]| v.iter().all(|x| *x == F::zero());
+            match (x, y) {
+                (Some(x), Some(y)) => x == y,
+                (Some(x), None) | (None, Some(x)) => zero(x),
+                (None, None) => true,
+            }
+        });
+        if !same {
+            return Err(BloError::invalid(
+                "inner rule",
+                rule.name(),
+                "declares a constant coefficient of g (constant_grad_coefficient) but its VJP depends on g",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) seeded
+/// with the cotangents `cots` on (φ_j, e_j): inputs θ, φ, e (differentiated
+/// with `all`), then g (always).
+#[allow(clippy::too_many_arguments)]
+fn rule_vjp_pass<'t, 'a, F: Float>(
+    ws: &'t mut Workspace<F>,
+    rule: &Rule,
+    j: usize,
+    theta: &'a [Tensor<F>],
+    prev: &'a State<F>,
+    g: &'a [Tensor<F>],
+    cots: impl Iterator<Item = &'a Tensor<F>> + Clone,
+    all: bool,
+) -> Pass<'t, F> {
+    let (a, b, c) = split_points(theta, prev);
+    let inputs = theta
+        .iter()
+        .chain(&prev.phi)
+        .chain(&prev.extra)
+        .map(|x| (x, all))
+        .chain(g.iter().map(|x| (x, true)));
+    ws.vjp_pass(
+        inputs,
+        |t, v| {
+            let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+            out.phi.into_iter().chain(out.extra).collect()
+        },
+        cots,
+    )
 }
 
 impl<F: Float> InnerWorkspace<F> {

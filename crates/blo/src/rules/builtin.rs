@@ -34,6 +34,9 @@ impl InnerRule for Sgd {
     fn affine_in_grad(&self) -> bool {
         true
     }
+    fn constant_grad_coefficient(&self) -> bool {
+        true
+    }
     fn step<'t, T: Real>(
         &self,
         _tape: &'t Tape<T>,
@@ -267,6 +270,11 @@ impl InnerRule for Momentum {
     }
     fn affine_in_grad(&self) -> bool {
         true
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        // Heavy ball: B = (−α, 1) whatever β; Nesterov: B = (−α(1 + β), 1),
+        // constant unless β is learnable.
+        !self.nesterov || matches!(self.beta, Beta::Fixed(_))
     }
     fn validate(
         &self,
