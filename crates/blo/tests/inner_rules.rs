@@ -764,7 +764,9 @@ fn the_adjoint_paths_agree_on_every_built_in() {
 /// Unrolled Adam and LSLR (r = 10) on `Net` against JAX's `value_and_grad`
 /// of the same unrolled loop (`scripts/reference_inner_rules.py`, which
 /// defines the problem identically with closed-form data and wrote the
-/// fixture), in f64 to 1e-10 relative.
+/// fixture), value for value: the same θ and hyperparameters (read from the
+/// fixture), the same batches (checked against the fixture's), F to 1e-12
+/// and dF/dθ to 1e-10 relative, in f64.
 #[test]
 fn rules_agree_with_the_jax_reference() {
     let fixture: serde_json::Value =
@@ -777,6 +779,17 @@ fn rules_agree_with_the_jax_reference() {
             .map(|x| x.as_f64().unwrap())
             .collect()
     };
+    // Both sides fit the same data: the script's batches are ours.
+    for j in (1..=r).chain([100]) {
+        let b = &fixture["batches"][j.to_string()];
+        let (x, y) = batch(j, 4);
+        let (fx, fy) = (floats(&b["x"]), floats(&b["y"]));
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-15)
+        };
+        assert!(close(x.data(), &fx), "batch {j}: X {:?} vs {fx:?}", x.data());
+        assert!(close(y.data(), &fy), "batch {j}: y {:?} vs {fy:?}", y.data());
+    }
     for name in ["adam", "lslr"] {
         let case = &fixture[name];
         let mut flat_theta = floats(&case["theta"]).into_iter();
