@@ -514,7 +514,9 @@ fn bad_hyperparameters_are_typed_errors_naming_the_value() {
     let th = theta(vec![]);
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for e in [
-        Exact::new(Policy::StoreAll).unwrap().estimate(&p, &(), &th, &mut rng),
+        Exact::new(Policy::StoreAll)
+            .unwrap()
+            .estimate(&p, &(), &th, &mut rng),
         FirstOrder::new().estimate(&p, &(), &th, &mut rng),
         ForwardMode::new().estimate(&p, &(), &th, &mut rng),
     ] {
@@ -787,8 +789,16 @@ fn rules_agree_with_the_jax_reference() {
         let close = |a: &[f64], b: &[f64]| {
             a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-15)
         };
-        assert!(close(x.data(), &fx), "batch {j}: X {:?} vs {fx:?}", x.data());
-        assert!(close(y.data(), &fy), "batch {j}: y {:?} vs {fy:?}", y.data());
+        assert!(
+            close(x.data(), &fx),
+            "batch {j}: X {:?} vs {fx:?}",
+            x.data()
+        );
+        assert!(
+            close(y.data(), &fy),
+            "batch {j}: y {:?} vs {fy:?}",
+            y.data()
+        );
     }
     for name in ["adam", "lslr"] {
         let case = &fixture[name];

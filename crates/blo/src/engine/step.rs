@@ -304,8 +304,16 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
-        let (value, pass) =
-            inner_grad_pass(&mut self.ws, &mut self.g, problem, task, j, theta, &state.phi, false)?;
+        let (value, pass) = inner_grad_pass(
+            &mut self.ws,
+            &mut self.g,
+            problem,
+            task,
+            j,
+            theta,
+            &state.phi,
+            false,
+        )?;
         let t = pass.tape();
         let vars = rule_inputs(t, pass.inputs(), &state.extra, &self.g, false);
         let out = record_rule(t, rule, j, theta, state, &vars)?;
@@ -788,7 +796,17 @@ impl<F: Float> InnerWorkspace<F> {
         let cots = cot.phi.iter().chain(&cot.extra);
         let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, &self.g, cots, all);
         let (t, vars) = (pass.tape(), pass.inputs());
-        apply_rule_vjp(rule, t, vars, theta.len(), &mut self.w, &self.g, cot, g_theta, mode)
+        apply_rule_vjp(
+            rule,
+            t,
+            vars,
+            theta.len(),
+            &mut self.w,
+            &self.g,
+            cot,
+            g_theta,
+            mode,
+        )
     }
 
     /// A non-affine rule's reverse sweep, fused with the gradient pass that
@@ -811,8 +829,16 @@ impl<F: Float> InnerWorkspace<F> {
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
     ) -> Result<(), BloError> {
-        let (_, pass) =
-            inner_grad_pass(&mut self.ws, &mut self.g, problem, task, j, theta, &prev.phi, true)?;
+        let (_, pass) = inner_grad_pass(
+            &mut self.ws,
+            &mut self.g,
+            problem,
+            task,
+            j,
+            theta,
+            &prev.phi,
+            true,
+        )?;
         let t = pass.tape();
         let vars = rule_inputs(t, pass.inputs(), &prev.extra, &self.g, true);
         let out = record_rule(t, rule, j, theta, prev, &vars)?;
@@ -1108,7 +1134,9 @@ fn apply_rule_vjp<F: Float>(
         update(gt.data_mut(), adjoint(i).as_deref(), zero, |x, y| *x += y);
     }
     for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
-        update(u.data_mut(), adjoint(nt + i).as_deref(), zero, |x, y| *x = y);
+        update(u.data_mut(), adjoint(nt + i).as_deref(), zero, |x, y| {
+            *x = y
+        });
     }
     Ok(())
 }
