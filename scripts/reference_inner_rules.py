@@ -14,9 +14,13 @@ identically with closed-form data (no random numbers):
   fit(j, φ) = mean((Σ_c tanh(X W + b)[:, c] v[c] − y)²),   φ = (W [2,3], b [3], v [3])
   L_in(θ, φ; j) = fit(j, φ) + 0.05 σ(ρ) ‖W‖²,   L_out(φ) = fit(100, φ),   φ_0 = θ[:3].
 
-Writes crates/blo/tests/fixtures/inner_rules_reference.json (θ, F and dF/dθ,
-flattened in θ's order, row-major); the test `rules_agree_with_the_jax_reference`
-reads it. Regenerate with
+Writes crates/blo/tests/fixtures/inner_rules_reference.json: per case θ (the
+initial point, flattened in θ's order, row-major, with its shapes), the rule's
+hyperparameters, F and dF/dθ, and the batches X_j, y_j of every step j = 1..r
+and of the outer loss (j = 100) as this script computed them. The test
+`rules_agree_with_the_jax_reference` reads it: it starts from the same θ with
+the same hyperparameters, checks that its own batches equal these (so both
+sides fit the same data), and compares F and dF/dθ. Regenerate with
 
   JAX_ENABLE_X64=1 python3 scripts/reference_inner_rules.py
 """
@@ -115,6 +119,11 @@ def main():
         "generator": "scripts/reference_inner_rules.py",
         "jax": jax.__version__,
         "r": R,
+        "batches": {
+            str(j): {"x": [float(v) for v in jnp.ravel(batch(j)[0])],
+                     "y": [float(v) for v in batch(j)[1]]}
+            for j in list(range(1, R + 1)) + [100]
+        },
         "adam": dict(case(unroll_adam, base_theta()), **ADAM),
         "lslr": case(unroll_lslr, base_theta() + [table]),
     }

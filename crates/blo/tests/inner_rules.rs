@@ -136,6 +136,11 @@ fn cases() -> Vec<(&'static str, InnerLoop, Vec<Tensor<f64>>)> {
             theta(vec![Tensor::vector(vec![0.5])]),
         ),
         (
+            "nesterov",
+            InnerLoop::rule(R, Momentum::nesterov(0.2, Beta::Fixed(0.5)).unwrap()).unwrap(),
+            theta(vec![]),
+        ),
+        (
             "nesterov-learnable",
             InnerLoop::rule(R, Momentum::nesterov(0.2, Beta::Theta(4)).unwrap()).unwrap(),
             theta(vec![Tensor::vector(vec![0.4])]),
@@ -491,9 +496,68 @@ fn bad_hyperparameters_are_typed_errors_naming_the_value() {
         .estimate(&p, &(), &theta(vec![]), &mut ChaCha8Rng::seed_from_u64(0))
         .unwrap_err();
     assert!(
-        msg(&e).contains("extra state tensor 0 of shape [1, 3]"),
+        msg(&e).contains("extra state tensor 0 of shape [1, 3]") && msg(&e).contains("[2, 3]"),
         "{e}"
     );
+    // A φ tensor of another shape with the same number of elements (b [3]
+    // returned as [1, 3]): an error naming the tensor and both shapes, from
+    // the start check and from every estimator's first step.
+    let p = Net {
+        inner: InnerLoop::rule(R, MisshapenPhi).unwrap(),
+    };
+    let want = |e: &BloError| {
+        let m = msg(e);
+        m.contains("misshapen-φ") && m.contains("φ tensor 1 of shape [1, 3]") && m.contains("[3]")
+    };
+    let e = blo::problem::check_start(&p, &(), &theta(vec![])).unwrap_err();
+    assert!(want(&e), "{e}");
+    let th = theta(vec![]);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    for e in [
+        Exact::new(Policy::StoreAll)
+            .unwrap()
+            .estimate(&p, &(), &th, &mut rng),
+        FirstOrder::new().estimate(&p, &(), &th, &mut rng),
+        ForwardMode::new().estimate(&p, &(), &th, &mut rng),
+    ] {
+        let e = e.unwrap_err();
+        assert!(want(&e), "{e}");
+    }
+}
+
+/// SGD, but φ tensor 1 (b, [3]) comes back as [1, 3].
+struct MisshapenPhi;
+
+impl InnerRule for MisshapenPhi {
+    fn name(&self) -> String {
+        "misshapen-φ".into()
+    }
+    fn step<'t, T: Real>(
+        &self,
+        _t: &'t Tape<T>,
+        _j: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        _extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        RuleStep {
+            phi: phi
+                .iter()
+                .zip(grad)
+                .enumerate()
+                .map(|(i, (&p, &g))| {
+                    let p = p - g * 0.1;
+                    if i == 1 {
+                        p.reshape(Shape::new(&[1, 3]))
+                    } else {
+                        p
+                    }
+                })
+                .collect(),
+            extra: Default::default(),
+        }
+    }
 }
 
 /// Declares a velocity shaped like φ but returns W's summed over rows.
@@ -571,10 +635,140 @@ fn a_false_affine_claim_is_detected() {
     );
 }
 
+/// A rule that is affine in g but whose coefficient reads φ:
+/// φ_j = φ − (0.1 + 0.05 φ²) ⊙ g, declared with a constant coefficient.
+struct FalselyConstant;
+
+impl InnerRule for FalselyConstant {
+    fn name(&self) -> String {
+        "falsely-constant".into()
+    }
+    fn affine_in_grad(&self) -> bool {
+        true
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        true
+    }
+    fn step<'t, T: Real>(
+        &self,
+        _t: &'t Tape<T>,
+        _j: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        _extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        RuleStep {
+            phi: phi
+                .iter()
+                .zip(grad)
+                .map(|(&p, &g)| p - g * (p.square() * 0.05 + 0.1))
+                .collect(),
+            extra: Default::default(),
+        }
+    }
+}
+
+#[test]
+fn a_false_constant_coefficient_claim_is_detected() {
+    let p = Net {
+        inner: InnerLoop::rule(R, FalselyConstant).unwrap(),
+    };
+    for policy in [Policy::StoreAll, Policy::Recompute] {
+        let err = Exact::new(policy)
+            .unwrap()
+            .estimate(&p, &(), &theta(vec![]), &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("falsely-constant")
+                && err.to_string().contains("constant_grad_coefficient"),
+            "{policy:?}: {err}"
+        );
+    }
+}
+
+/// A built-in rule with its claims withdrawn: never a constant coefficient,
+/// affine in g only if `affine` (and the rule says so), so the engine takes
+/// its other adjoint paths (two sweeps around the dual pass; a gradient pass
+/// first).
+struct Weakened {
+    rule: blo::rules::Rule,
+    affine: bool,
+}
+
+impl InnerRule for Weakened {
+    fn name(&self) -> String {
+        format!("weakened({:?}, affine {})", self.rule, self.affine)
+    }
+    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        self.rule.extra_state(phi)
+    }
+    fn affine_in_grad(&self) -> bool {
+        self.affine && self.rule.affine_in_grad()
+    }
+    fn validate(
+        &self,
+        steps: usize,
+        theta: &[Tensor<f64>],
+        phi0: Option<&[Shape]>,
+    ) -> Result<(), BloError> {
+        self.rule.validate(steps, theta, phi0)
+    }
+    fn step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        self.rule.step(t, j, theta, phi, extra, grad)
+    }
+}
+
+/// The engine's three adjoint paths for a rule (one sweep at g = 0 for a
+/// constant coefficient of g; a g-only sweep, the dual pass, then the full
+/// sweep for an affine rule; a gradient pass with the sweep fused on its tape
+/// otherwise) give the same hypergradient for every built-in rule, under the
+/// exact and the inner-sum (Reptile) objectives, to 1e-13 relative.
+#[test]
+fn the_adjoint_paths_agree_on_every_built_in() {
+    let mut constant = 0;
+    for (name, inner, th) in cases() {
+        let blo::InnerOptimizer::Rule(rule) = &inner.optimizer else {
+            unreachable!("{name} is a rule")
+        };
+        constant += usize::from(rule.constant_grad_coefficient());
+        let grads = |inner: InnerLoop| {
+            let p = Net { inner };
+            [
+                flat(&estimate(&Exact::new(Policy::StoreAll).unwrap(), &p, &th).grad),
+                flat(&estimate(&ReptileExact::new(Policy::StoreAll).unwrap(), &p, &th).grad),
+            ]
+        };
+        let want = grads(inner.clone());
+        for affine in [true, false] {
+            let weak = Weakened {
+                rule: rule.clone(),
+                affine,
+            };
+            let got = grads(InnerLoop::rule(R, weak).unwrap());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(rel(g, w) < 1e-13, "{name}, affine {affine}: {}", rel(g, w));
+            }
+        }
+    }
+    // SGD, heavy ball (fixed and learnable β), Nesterov with a fixed β.
+    assert_eq!(constant, 4);
+}
+
 /// Unrolled Adam and LSLR (r = 10) on `Net` against JAX's `value_and_grad`
 /// of the same unrolled loop (`scripts/reference_inner_rules.py`, which
 /// defines the problem identically with closed-form data and wrote the
-/// fixture), in f64 to 1e-10 relative.
+/// fixture), value for value: the same θ and hyperparameters (read from the
+/// fixture), the same batches (checked against the fixture's), F to 1e-12
+/// and dF/dθ to 1e-10 relative, in f64.
 #[test]
 fn rules_agree_with_the_jax_reference() {
     let fixture: serde_json::Value =
@@ -587,6 +781,25 @@ fn rules_agree_with_the_jax_reference() {
             .map(|x| x.as_f64().unwrap())
             .collect()
     };
+    // Both sides fit the same data: the script's batches are ours.
+    for j in (1..=r).chain([100]) {
+        let b = &fixture["batches"][j.to_string()];
+        let (x, y) = batch(j, 4);
+        let (fx, fy) = (floats(&b["x"]), floats(&b["y"]));
+        let close = |a: &[f64], b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-15)
+        };
+        assert!(
+            close(x.data(), &fx),
+            "batch {j}: X {:?} vs {fx:?}",
+            x.data()
+        );
+        assert!(
+            close(y.data(), &fy),
+            "batch {j}: y {:?} vs {fy:?}",
+            y.data()
+        );
+    }
     for name in ["adam", "lslr"] {
         let case = &fixture[name];
         let mut flat_theta = floats(&case["theta"]).into_iter();

@@ -119,6 +119,9 @@ pub struct InnerWorkspace<F: Float> {
     /// A rule's adjoint step: H w (plus ∇_φ L_in for the inner-sum
     /// objective), concatenated in φ order.
     hw: Vec<F>,
+    /// The rule whose [`crate::InnerRule::constant_grad_coefficient`] claim
+    /// this workspace has checked.
+    checked: Option<Rule>,
 }
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
@@ -226,9 +229,7 @@ impl<F: Float> InnerWorkspace<F> {
         state: &mut State<F>,
     ) -> Result<F, BloError> {
         if let InnerOptimizer::Rule(rule) = &problem.inner_loop().optimizer {
-            let value = self.inner_grad(problem, task, j, theta, &state.phi)?;
-            self.rule_forward(rule, j, theta, state)?;
-            return Ok(value);
+            return self.rule_forward(problem, task, rule, j, theta, state);
         }
         let nt = theta.len();
         let pass = self.ws.grad_pass(
@@ -283,79 +284,39 @@ impl<F: Float> InnerWorkspace<F> {
         Ok(value)
     }
 
-    /// L_in(θ, φ; τ, j) and g_j = ∇_φ L_in into `self.g` (one reverse sweep).
+    /// A rule's forward step, state_{j−1} → state_j = R(θ, φ, e, g_j; j):
+    /// one gradient pass of L_in for g_j ([`inner_grad_pass`]), then the rule
+    /// recorded on the same tape, on the pass's own θ and φ leaves (so θ and
+    /// φ are not copied again), its outputs checked (shapes, finiteness) and
+    /// copied into `state`. Returns L_in(θ, φ_{j−1}).
     ///
     /// # Errors
-    /// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
-    /// finite.
-    fn inner_grad<P: Problem<F>>(
+    /// [`BloError::NonFinite`] naming step j if the loss, the gradient or the
+    /// new state is not finite (`state` is then unchanged);
+    /// [`BloError::InvalidHyperparameter`] naming the rule, the tensor and
+    /// both shapes if the step returns a state of another shape.
+    fn rule_forward<P: Problem<F>>(
         &mut self,
         problem: &P,
         task: &P::Task,
-        j: usize,
-        theta: &[Tensor<F>],
-        phi: &[Tensor<F>],
-    ) -> Result<F, BloError> {
-        let nt = theta.len();
-        let pass = self.ws.grad_pass(
-            theta
-                .iter()
-                .map(|x| (x, false))
-                .chain(phi.iter().map(|x| (x, true))),
-            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
-        );
-        let value = pass.value();
-        if !value.is_finite() {
-            return Err(non_finite("inner loss", j));
-        }
-        zero_tensors(&mut self.g, phi);
-        for (i, g) in self.g.iter_mut().enumerate() {
-            if let Some(a) = pass.adjoint(nt + i) {
-                g.data_mut().copy_from_slice(&a);
-            }
-        }
-        if !tensors_finite(&self.g) {
-            return Err(non_finite("inner gradient", j));
-        }
-        Ok(value)
-    }
-
-    /// A rule's forward step, state_{j−1} → state_j = R(θ, φ, e, g_j; j) with
-    /// g_j in `self.g`: the rule recorded once on the primal tape, its outputs
-    /// checked (shapes, finiteness) and copied into `state`.
-    ///
-    /// # Errors
-    /// [`BloError::InvalidHyperparameter`] naming the rule, the tensor and
-    /// both shapes if the step returns a state of another shape;
-    /// [`BloError::NonFinite`] if the new state is not finite (`state` is then
-    /// unchanged).
-    fn rule_forward(
-        &mut self,
         rule: &Rule,
         j: usize,
         theta: &[Tensor<F>],
         state: &mut State<F>,
-    ) -> Result<(), BloError> {
-        let (a, b, c) = split_points(theta, state);
-        let phi = &state.phi;
-        let extra = &state.extra;
-        let inputs = theta.iter().chain(phi).chain(extra).chain(&self.g);
-        let (t, out) = self.ws.eval(inputs, |t, v| {
-            let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
-            check_step_shapes(
-                rule,
-                "φ",
-                out.phi.iter().map(|v| v.shape()),
-                phi.iter().map(|p| p.shape()),
-            )?;
-            check_step_shapes(
-                rule,
-                "extra state",
-                out.extra.iter().map(|v| v.shape()),
-                extra.iter().map(|p| p.shape()),
-            )?;
-            Ok::<_, BloError>((t, out))
-        })?;
+    ) -> Result<F, BloError> {
+        let (value, pass) = inner_grad_pass(
+            &mut self.ws,
+            &mut self.g,
+            problem,
+            task,
+            j,
+            theta,
+            &state.phi,
+            false,
+        )?;
+        let t = pass.tape();
+        let vars = rule_inputs(t, pass.inputs(), &state.extra, &self.g, false);
+        let out = record_rule(t, rule, j, theta, state, &vars)?;
         let outs = || out.phi.iter().chain(&out.extra);
         if !outs().all(|&v| all_finite(&t.value_ref(v))) {
             return Err(non_finite("inner state", j));
@@ -363,7 +324,7 @@ impl<F: Float> InnerWorkspace<F> {
         for (x, &v) in state.phi.iter_mut().chain(&mut state.extra).zip(outs()) {
             x.data_mut().copy_from_slice(&t.value_ref(v));
         }
-        Ok(())
+        Ok(value)
     }
 
     /// L_out(θ, φ) only (one forward pass, no sweep).
@@ -735,7 +696,11 @@ impl<F: Float> InnerWorkspace<F> {
     /// g_j comes first from a gradient pass, unless the rule is affine in g:
     /// then a_g does not depend on g, so it is taken from a sweep at g = 0, the
     /// dual pass supplies g_j in its primal part, and the full sweep follows
-    /// (which checks that a_g is indeed the same).
+    /// (which checks that a_g is indeed the same). With a constant coefficient
+    /// of g ([`crate::InnerRule::constant_grad_coefficient`]) no part of the
+    /// VJP depends on g: the one sweep at g = 0 gives all of it, and no g_j is
+    /// needed (the claim is checked once per workspace and rule,
+    /// [`InnerWorkspace::check_constant_coefficient`]).
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint<P: Problem<F>>(
         &mut self,
@@ -749,7 +714,24 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
-        if rule.affine_in_grad() {
+        if rule.constant_grad_coefficient() {
+            if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
+                self.check_constant_coefficient(rule, j, theta, prev)?;
+                self.checked = Some(rule.clone());
+            }
+            zero_tensors(&mut self.g, &prev.phi);
+            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Set)?;
+            self.rule_dual(
+                problem,
+                task,
+                j,
+                theta,
+                prev,
+                g_theta,
+                with_inner_loss,
+                false,
+            )?;
+        } else if rule.affine_in_grad() {
             zero_tensors(&mut self.g, &prev.phi);
             self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Only)?;
             self.rule_dual(
@@ -764,8 +746,7 @@ impl<F: Float> InnerWorkspace<F> {
             )?;
             self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Check)?;
         } else {
-            self.inner_grad(problem, task, j, theta, &prev.phi)?;
-            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Set)?;
+            self.rule_grad_vjp(problem, task, rule, j, theta, prev, cot, g_theta)?;
             self.rule_dual(
                 problem,
                 task,
@@ -810,71 +791,80 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         mode: AdjointG,
     ) -> Result<(), BloError> {
-        let (a, b, c) = split_points(theta, prev);
         // For a_g alone, only g is differentiated.
         let all = mode != AdjointG::Only;
-        let inputs = theta
-            .iter()
-            .chain(&prev.phi)
-            .chain(&prev.extra)
-            .map(|x| (x, all))
-            .chain(self.g.iter().map(|x| (x, true)));
-        let pass = self.ws.vjp_pass(
-            inputs,
-            |t, v| {
-                let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
-                out.phi.into_iter().chain(out.extra).collect()
-            },
-            cot.phi.iter().chain(&cot.extra),
-        );
-        let a_g = (c..pass.inputs().len()).map(|i| pass.adjoint(i));
-        match mode {
-            AdjointG::Only | AdjointG::Set => {
-                self.w.clear();
-                for (ag, g) in a_g.zip(&self.g) {
-                    match ag {
-                        Some(ag) => self.w.extend_from_slice(&ag),
-                        None => self.w.extend(std::iter::repeat_n(F::zero(), g.numel())),
-                    }
-                }
-                if mode == AdjointG::Only {
-                    return Ok(());
-                }
+        let cots = cot.phi.iter().chain(&cot.extra);
+        let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, &self.g, cots, all);
+        let (t, vars) = (pass.tape(), pass.inputs());
+        apply_rule_vjp(
+            rule,
+            t,
+            vars,
+            theta.len(),
+            &mut self.w,
+            &self.g,
+            cot,
+            g_theta,
+            mode,
+        )
+    }
+
+    /// A non-affine rule's reverse sweep, fused with the gradient pass that
+    /// gives g_j: the rule is recorded on the gradient pass's tape (on its θ
+    /// and φ leaves) and swept from its outputs with cotangent ū_j = `cot`;
+    /// then as [`InnerWorkspace::rule_vjp`] with [`AdjointG::Set`].
+    ///
+    /// # Errors
+    /// [`BloError::NonFinite`] naming step j if L_in or g_j is not finite;
+    /// a step returning a state of another shape.
+    #[allow(clippy::too_many_arguments)]
+    fn rule_grad_vjp<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+    ) -> Result<(), BloError> {
+        let (_, pass) = inner_grad_pass(
+            &mut self.ws,
+            &mut self.g,
+            problem,
+            task,
+            j,
+            theta,
+            &prev.phi,
+            true,
+        )?;
+        let t = pass.tape();
+        let vars = rule_inputs(t, pass.inputs(), &prev.extra, &self.g, true);
+        let out = record_rule(t, rule, j, theta, prev, &vars)?;
+        {
+            let seeds: SmallVec<[(tape::Var<'_, F>, &[F]); 32]> = out
+                .phi
+                .iter()
+                .chain(&out.extra)
+                .zip(cot.phi.iter().chain(&cot.extra))
+                .map(|(&y, u)| (y, u.data()))
+                .collect();
+            if !seeds.is_empty() {
+                t.backward_seeded(&seeds);
             }
-            AdjointG::Check => {
-                let mut w = &self.w[..];
-                for (ag, g) in a_g.zip(&self.g) {
-                    let (wi, rest) = w.split_at(g.numel());
-                    w = rest;
-                    let same = match ag {
-                        Some(ag) => *ag == *wi,
-                        None => wi.iter().all(|x| *x == F::zero()),
-                    };
-                    if !same {
-                        return Err(BloError::invalid(
-                            "inner rule",
-                            rule.name(),
-                            "declares its step affine in g (affine_in_grad) but its VJP with respect to g depends on g",
-                        ));
-                    }
-                }
-            }
         }
-        let zero = F::zero();
-        for (i, gt) in g_theta.iter_mut().enumerate() {
-            update(gt.data_mut(), pass.adjoint(i).as_deref(), zero, |x, y| {
-                *x += y
-            });
-        }
-        for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
-            update(
-                u.data_mut(),
-                pass.adjoint(a + i).as_deref(),
-                zero,
-                |x, y| *x = y,
-            );
-        }
-        Ok(())
+        apply_rule_vjp(
+            rule,
+            t,
+            &vars,
+            theta.len(),
+            &mut self.w,
+            &self.g,
+            cot,
+            g_theta,
+            AdjointG::Set,
+        )
     }
 
     /// The dual pass of a rule's adjoint step: L_in at (θ, φ_{j−1} + ε w),
@@ -927,6 +917,259 @@ impl<F: Float> InnerWorkspace<F> {
         }
         Ok(())
     }
+}
+
+impl<F: Float> InnerWorkspace<F> {
+    /// Checks a rule's [`crate::InnerRule::constant_grad_coefficient`] claim
+    /// at (θ, φ_{j−1}, e_{j−1}): the VJP of the step at g = 0 and at another
+    /// g (both with the same cotangent ū, every input differentiated) must be
+    /// equal bit for bit (with R = A + B g and B constant, g enters only
+    /// through additions of B g, so no adjoint depends on its value). g and ū
+    /// are fixed non-zero patterns, g_k = 1 + ½ sin(0.7 k), ū_k = cos(1.3 k + 0.4).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the rule if they differ.
+    fn check_constant_coefficient(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+    ) -> Result<(), BloError> {
+        let pattern = |like: &[Tensor<F>], f: fn(f64) -> f64| -> Vec<Tensor<F>> {
+            let mut k = 0.0;
+            like.iter()
+                .map(|t| {
+                    let data = (0..t.numel())
+                        .map(|_| {
+                            k += 1.0;
+                            F::from_f64(f(k))
+                        })
+                        .collect();
+                    Tensor::new(t.shape(), data)
+                })
+                .collect()
+        };
+        let g1 = pattern(&prev.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
+        let g0: Vec<Tensor<F>> = prev.phi.iter().map(|p| Tensor::zeros(p.shape())).collect();
+        let u_phi = pattern(&prev.phi, |k| (1.3 * k + 0.4).cos());
+        let u_extra = pattern(&prev.extra, |k| (1.3 * k + 0.9).cos());
+        let mut adjoints = |g: &[Tensor<F>]| -> Vec<Option<Vec<F>>> {
+            let cots = u_phi.iter().chain(&u_extra);
+            let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, g, cots, true);
+            (0..pass.inputs().len())
+                .map(|i| pass.adjoint(i).map(|a| a.to_vec()))
+                .collect()
+        };
+        let (at0, at1) = (adjoints(&g0), adjoints(&g1));
+        let same = at0.iter().zip(&at1).all(|(x, y)| {
+            let zero = |v: &[F]| v.iter().all(|x| *x == F::zero());
+            match (x, y) {
+                (Some(x), Some(y)) => x == y,
+                (Some(x), None) | (None, Some(x)) => zero(x),
+                (None, None) => true,
+            }
+        });
+        if !same {
+            return Err(BloError::invalid(
+                "inner rule",
+                rule.name(),
+                "declares a constant coefficient of g (constant_grad_coefficient) but its VJP depends on g",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The variables of a rule step's inputs on tape `t` besides θ and φ:
+/// θ and φ are the first leaves of a gradient pass (`theta_phi`), then leaves
+/// for e and g (differentiated with `grad`).
+fn rule_inputs<'t, F: Float>(
+    t: &'t tape::Tape<F>,
+    theta_phi: &[tape::Var<'t, F>],
+    extra: &[Tensor<F>],
+    g: &[Tensor<F>],
+    grad: bool,
+) -> SmallVec<[tape::Var<'t, F>; 64]> {
+    let mut vars: SmallVec<[tape::Var<'t, F>; 64]> = theta_phi.iter().copied().collect();
+    vars.extend(
+        extra
+            .iter()
+            .chain(g)
+            .map(|x| t.leaf(x.shape(), x.data(), grad)),
+    );
+    vars
+}
+
+/// Records `rule`'s step j on `t` over `vars` (θ, φ, e, g in order, split
+/// as `state` is) and checks the shapes it returns against `state`'s.
+///
+/// # Errors
+/// [`BloError::InvalidHyperparameter`] naming the rule, the tensor and both
+/// shapes if the step returns a state of another shape.
+fn record_rule<'t, F: Float>(
+    t: &'t tape::Tape<F>,
+    rule: &Rule,
+    j: usize,
+    theta: &[Tensor<F>],
+    state: &State<F>,
+    vars: &[tape::Var<'t, F>],
+) -> Result<crate::rules::RuleStep<'t, F>, BloError> {
+    let (a, b, c) = split_points(theta, state);
+    let out = rule.step(t, j, &vars[..a], &vars[a..b], &vars[b..c], &vars[c..]);
+    check_step_shapes(
+        rule,
+        "φ",
+        out.phi.iter().map(|v| v.shape()),
+        state.phi.iter().map(|p| p.shape()),
+    )?;
+    check_step_shapes(
+        rule,
+        "extra state",
+        out.extra.iter().map(|v| v.shape()),
+        state.extra.iter().map(|p| p.shape()),
+    )?;
+    Ok(out)
+}
+
+/// L_in(θ, φ; τ, j) by one gradient pass, with g_j = ∇_φ L_in copied into
+/// `g`; θ's leaves are differentiated with `theta_grad`. Returns L_in and
+/// the pass (its tape can record more: a rule step on the same leaves).
+///
+/// # Errors
+/// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
+/// finite.
+#[allow(clippy::too_many_arguments)]
+fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
+    ws: &'t mut Workspace<F>,
+    g: &mut Vec<Tensor<F>>,
+    problem: &P,
+    task: &P::Task,
+    j: usize,
+    theta: &[Tensor<F>],
+    phi: &[Tensor<F>],
+    theta_grad: bool,
+) -> Result<(F, Pass<'t, F>), BloError> {
+    let nt = theta.len();
+    let pass = ws.grad_pass(
+        theta
+            .iter()
+            .map(|x| (x, theta_grad))
+            .chain(phi.iter().map(|x| (x, true))),
+        |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+    );
+    let value = pass.value();
+    if !value.is_finite() {
+        return Err(non_finite("inner loss", j));
+    }
+    zero_tensors(g, phi);
+    for (i, gi) in g.iter_mut().enumerate() {
+        if let Some(a) = pass.adjoint(nt + i) {
+            gi.data_mut().copy_from_slice(&a);
+        }
+    }
+    if !tensors_finite(g.iter()) {
+        return Err(non_finite("inner gradient", j));
+    }
+    Ok((value, pass))
+}
+
+/// What [`InnerWorkspace::rule_vjp`] does with a swept rule step on tape `t`
+/// whose inputs are `vars` (θ: the first `nt`, then φ, e, g): `Only` keeps
+/// a_g in `w`; `Set` also applies the rest, `Check` compares a_g with `w`
+/// and applies the rest (a_θ added to `g_theta`, `cot` set to (a_φ, a_e)).
+///
+/// # Errors
+/// `Check` with a different a_g ([`BloError::InvalidHyperparameter`] naming
+/// the rule).
+#[allow(clippy::too_many_arguments)]
+fn apply_rule_vjp<F: Float>(
+    rule: &Rule,
+    t: &tape::Tape<F>,
+    vars: &[tape::Var<'_, F>],
+    nt: usize,
+    w: &mut Vec<F>,
+    g: &[Tensor<F>],
+    cot: &mut Cotangent<F>,
+    g_theta: &mut [Tensor<F>],
+    mode: AdjointG,
+) -> Result<(), BloError> {
+    let adjoint = |i: usize| t.grad_ref(vars[i]);
+    let c = vars.len() - g.len();
+    let a_g = (c..vars.len()).map(adjoint);
+    match mode {
+        AdjointG::Only | AdjointG::Set => {
+            w.clear();
+            for (ag, gi) in a_g.zip(g) {
+                match ag {
+                    Some(ag) => w.extend_from_slice(&ag),
+                    None => w.extend(std::iter::repeat_n(F::zero(), gi.numel())),
+                }
+            }
+            if mode == AdjointG::Only {
+                return Ok(());
+            }
+        }
+        AdjointG::Check => {
+            let mut rest = &w[..];
+            for (ag, gi) in a_g.zip(g) {
+                let (wi, tail) = rest.split_at(gi.numel());
+                rest = tail;
+                let same = match ag {
+                    Some(ag) => *ag == *wi,
+                    None => wi.iter().all(|x| *x == F::zero()),
+                };
+                if !same {
+                    return Err(BloError::invalid(
+                        "inner rule",
+                        rule.name(),
+                        "declares its step affine in g (affine_in_grad) but its VJP with respect to g depends on g",
+                    ));
+                }
+            }
+        }
+    }
+    let zero = F::zero();
+    for (i, gt) in g_theta.iter_mut().enumerate() {
+        update(gt.data_mut(), adjoint(i).as_deref(), zero, |x, y| *x += y);
+    }
+    for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
+        update(u.data_mut(), adjoint(nt + i).as_deref(), zero, |x, y| {
+            *x = y
+        });
+    }
+    Ok(())
+}
+
+/// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) seeded
+/// with the cotangents `cots` on (φ_j, e_j): inputs θ, φ, e (differentiated
+/// with `all`), then g (always).
+#[allow(clippy::too_many_arguments)]
+fn rule_vjp_pass<'t, 'a, F: Float>(
+    ws: &'t mut Workspace<F>,
+    rule: &Rule,
+    j: usize,
+    theta: &'a [Tensor<F>],
+    prev: &'a State<F>,
+    g: &'a [Tensor<F>],
+    cots: impl Iterator<Item = &'a Tensor<F>> + Clone,
+    all: bool,
+) -> Pass<'t, F> {
+    let (a, b, c) = split_points(theta, prev);
+    let inputs = theta
+        .iter()
+        .chain(&prev.phi)
+        .chain(&prev.extra)
+        .map(|x| (x, all))
+        .chain(g.iter().map(|x| (x, true)));
+    ws.vjp_pass(
+        inputs,
+        |t, v| {
+            let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+            out.phi.into_iter().chain(out.extra).collect()
+        },
+        cots,
+    )
 }
 
 impl<F: Float> InnerWorkspace<F> {

@@ -1,6 +1,11 @@
 //! The built-in rules: SGD, Meta-SGD, MAML++'s LSLR, momentum (heavy ball or
 //! Nesterov) and Adam, each one [`InnerRule::step`] (their adjoints are the
 //! engine's, docs/math.md §12).
+//!
+//! A broadcast θ-tensor (a step size, a β) is the second operand of its
+//! product (`g * α`, not `α * g`): the tape's VJP has contiguous fast paths
+//! for a broadcast second operand only, and the first form took the general
+//! indexed loop (a quarter of `maml_sine:r10:exact_lslr`'s time).
 
 use tape::shape::broadcast_shapes;
 use tape::{Real, Shape, Tape, Tensor, Var};
@@ -32,6 +37,9 @@ impl InnerRule for Sgd {
         format!("sgd(α={})", self.lr)
     }
     fn affine_in_grad(&self) -> bool {
+        true
+    }
+    fn constant_grad_coefficient(&self) -> bool {
         true
     }
     fn step<'t, T: Real>(
@@ -99,7 +107,7 @@ impl InnerRule for MetaSgd {
                 .iter()
                 .zip(grad)
                 .zip(&self.lr_index)
-                .map(|((&p, &g), &k)| p - theta[k] * g)
+                .map(|((&p, &g), &k)| p - g * theta[k])
                 .collect(),
             extra: Default::default(),
         }
@@ -196,7 +204,7 @@ impl InnerRule for Lslr {
                 .iter()
                 .zip(grad)
                 .enumerate()
-                .map(|(i, (&p, &g))| p - alpha(i) * g)
+                .map(|(i, (&p, &g))| p - g * alpha(i))
                 .collect(),
             extra: Default::default(),
         }
@@ -268,6 +276,11 @@ impl InnerRule for Momentum {
     fn affine_in_grad(&self) -> bool {
         true
     }
+    fn constant_grad_coefficient(&self) -> bool {
+        // Heavy ball: B = (−α, 1) whatever β; Nesterov: B = (−α(1 + β), 1),
+        // constant unless β is learnable.
+        !self.nesterov || matches!(self.beta, Beta::Fixed(_))
+    }
     fn validate(
         &self,
         _steps: usize,
@@ -306,7 +319,7 @@ impl InnerRule for Momentum {
     ) -> RuleStep<'t, T> {
         let scale = |x: Var<'t, T>| match self.beta {
             Beta::Fixed(b) => x * b,
-            Beta::Theta(k) => theta[k] * x,
+            Beta::Theta(k) => x * theta[k],
         };
         let mut out = RuleStep {
             phi: Default::default(),

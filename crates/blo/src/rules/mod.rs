@@ -103,6 +103,20 @@ pub trait InnerRule: Send + Sync + 'static {
         false
     }
 
+    /// Whether the step is R = A(θ, φ, e) + B g with B a constant linear map
+    /// (B reads no θ, φ or e: SGD's −α, heavy-ball momentum's (−α, 1) for
+    /// any β, Nesterov with a fixed β). This implies
+    /// [`InnerRule::affine_in_grad`], and more: no part of the step's VJP
+    /// depends on g, so the adjoint step takes one sweep of the rule (at
+    /// g = 0) instead of two (docs/math.md §12). The default `false` is
+    /// always correct; a wrong `true` is detected at the first adjoint step a
+    /// workspace takes with the rule, by the VJP at g = 0 against the VJP at
+    /// another g, bit for bit ([`BloError::InvalidHyperparameter`] naming
+    /// the rule).
+    fn constant_grad_coefficient(&self) -> bool {
+        false
+    }
+
     /// Checks the rule against θ (its values, as `f64`) and the number of
     /// steps r and, when known, the shapes of φ_0: the θ tensors it reads
     /// exist, broadcast to their φ tensors, hold valid values. Called before
@@ -141,6 +155,7 @@ trait ErasedRule: Send + Sync {
     fn name(&self) -> String;
     fn extra_state(&self, phi: &[Shape]) -> Vec<Shape>;
     fn affine_in_grad(&self) -> bool;
+    fn constant_grad_coefficient(&self) -> bool;
     fn validate(
         &self,
         steps: usize,
@@ -179,6 +194,9 @@ impl<R: InnerRule> ErasedRule for R {
     }
     fn affine_in_grad(&self) -> bool {
         InnerRule::affine_in_grad(self)
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        InnerRule::constant_grad_coefficient(self)
     }
     fn validate(
         &self,
@@ -234,6 +252,17 @@ impl Rule {
     /// [`InnerRule::affine_in_grad`].
     pub fn affine_in_grad(&self) -> bool {
         self.0.affine_in_grad()
+    }
+
+    /// [`InnerRule::constant_grad_coefficient`].
+    pub fn constant_grad_coefficient(&self) -> bool {
+        self.0.constant_grad_coefficient()
+    }
+
+    /// Whether `self` and `other` wrap the same rule object (not only rules
+    /// of the same name).
+    pub fn same_object(&self, other: &Rule) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// [`InnerRule::validate`].
