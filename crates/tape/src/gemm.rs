@@ -1,4 +1,4 @@
-//! The matrix product, for any [`Real`](crate::Real) element type: the safe
+//! The matrix product, for any [`Real`] element type: the safe
 //! entry points of [`crate::kernels`], re-exported under their historical path.
 //!
 //! Transposes never copy: a transposed operand is the same buffer with its row
