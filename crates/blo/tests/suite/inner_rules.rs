@@ -772,7 +772,7 @@ fn the_adjoint_paths_agree_on_every_built_in() {
 #[test]
 fn rules_agree_with_the_jax_reference() {
     let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/inner_rules_reference.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/inner_rules_reference.json")).unwrap();
     let r = fixture["r"].as_u64().unwrap() as usize;
     let floats = |v: &serde_json::Value| -> Vec<f64> {
         v.as_array()
