@@ -7,7 +7,7 @@ F(θ) = L_out(φ_r(θ)) for r = 10 steps of
   - Adam (bias-corrected, ε inside the square root: φ −= α m̂ / √(v̂ + ε²)),
   - MAML++ LSLR (per-layer, per-step learnable steps, an [r, 3] table in θ),
 
-on the small problem of crates/blo/tests/inner_rules.rs (`Net`), defined here
+on the small problem of crates/blo/tests/suite/inner_rules.rs (`Net`), defined here
 identically with closed-form data (no random numbers):
 
   batch(j): X[k, d] = sin(0.7 k + 1.3 d + 0.5 j) (4 × 2), y[k] = 0.8 cos(k + 0.3 j)

@@ -3,7 +3,7 @@
 //! resolve, through the `#[path]`, to the shims beside this file, which load the shared
 //! helpers in `tests/`); test names read `<name>::<test>`, so
 //! `cargo test -p tape --test suite <name>::` runs one former file.
-//! `alloc.rs` (a counting `#[global_allocator]`) and `kernel_families.rs` (it forces a kernel family process-wide) stay binaries of their own.
+//! `alloc.rs` (a counting `#[global_allocator]`), `kernel_families.rs` (it forces a kernel family process-wide) and `tape_mixing.rs` (it needs the process's first two tape ids) stay binaries of their own.
 
 // Each former file keeps its own `mod common;` (so the files move unchanged).
 #![allow(clippy::duplicate_mod)]
@@ -22,9 +22,6 @@ mod grad_table;
 
 #[path = "literal.rs"]
 mod literal;
-
-#[path = "tape_mixing.rs"]
-mod tape_mixing;
 
 #[path = "testing_api.rs"]
 mod testing_api;
