@@ -96,7 +96,16 @@ else
 fi
 resumes heartbeat
 
-kill_run killed KILL mpiexec -disable-auto-cleanup -n 2 scripts/mpi-rank.sh
+# Known race (open defect): if the kill lands while rank 0's UCX is copying from rank 1's memory
+# (CMA transport), UCX aborts rank 0 inside MPI_Test ("process_vm_readv ... No such process")
+# before blo can name the lost rank. That failure alone is retried, at most twice, and each
+# retry is printed; any other failure fails at once.
+for attempt in 1 2 3; do
+    rm -rf "$work/killed" "$work/killed".*
+    kill_run killed KILL mpiexec -disable-auto-cleanup -n 2 scripts/mpi-rank.sh
+    grep -q 'process_vm_readv' "$work/killed.err" && ! grep -q 'lost (its process ended' "$work/killed.err" && [ $attempt -lt 3 ] || break
+    echo "retry: killed: attempt $attempt hit the UCX CMA race (rank 0 aborted inside MPI_Test); running it again"
+done
 rc=$(cat "$work/killed.rc") ms=$(cat "$work/killed.ms")
 msg="$(grep 'lost' "$work/killed.err")"
 logged=$(wc -l <"$work/killed/log.jsonl")
