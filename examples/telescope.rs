@@ -15,7 +15,10 @@
 //! the Gram matrix of the depth differences; empirical over the pilot tasks).
 //! The table prints UFO's best q and the best telescope side by side; with
 //! `--draws N > 0` both are also run N times (tasks cycled, fresh draws) and
-//! their variance and cost measured from the estimates themselves.
+//! their variance and cost measured from the estimates themselves. The
+//! "held-out ratio" column is the same ratio out of sample
+//! ([`blo::estimators::planner::Candidate::held_out`]: parameters fitted on
+//! half the pilot tasks, scored on the other half, both ways).
 //!
 //! With `--study`, it runs the meta-training study instead
 //! ([`blo_examples::telescope_study`]): the sinusoid's meta-test loss at equal
@@ -268,9 +271,9 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "| problem | states | UFO q* | UFO cost | UFO var | UFO cost×var | best telescope | its cost | its var | its cost×var | ratio | planner's choice |"
+        "| problem | states | UFO q* | UFO cost | UFO var | UFO cost×var | best telescope | its cost | its var | its cost×var | ratio | held-out ratio | planner's choice |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         let rep = &row.report;
         let ufo = best(rep, "UFO");
@@ -280,7 +283,7 @@ fn main() -> ExitCode {
             _ => f64::NAN,
         };
         println!(
-            "| {} | {} | {:.3} | {:.0} | {:.3e} | {:.3e} | {} | {:.0} | {:.3e} | {:.3e} | {:.3} | {} |",
+            "| {} | {} | {:.3} | {:.0} | {:.3e} | {:.3e} | {} | {:.0} | {:.3e} | {:.3e} | {:.3} | {} | {} |",
             row.problem,
             rep.states,
             q,
@@ -292,6 +295,10 @@ fn main() -> ExitCode {
             tel.variance,
             tel.figure,
             tel.figure / ufo.figure,
+            match (tel.held_out, ufo.held_out) {
+                (Some(t), Some(u)) => format!("{:.3}", t / u),
+                _ => "–".into(),
+            },
             rep.choice().name
         );
     }

@@ -17,6 +17,12 @@
 //! | UFO, q* of docs/math.md §4 | c0 + q·(U(r, s) + 2r + 1) | W + D²/q |
 //! | telescopes, [`optimal_depths`] over every depth and over doubling depths | [`DepthModel::expected_cost`] | [`DepthModel::second_moment`] |
 //! | first order (biased) | r + 2 | E‖g_0‖², eligible only if D² ≤ tolerance·V² |
+//!
+//! The figures are in sample: a candidate's parameters are fitted and scored
+//! on the same pilot tasks. [`Candidate::held_out`] adds the figure out of
+//! sample for the fitted candidates (two-fold cross-fitting over the even-
+//! and odd-numbered pilot tasks), so a report shows how much of a fitted
+//! candidate's advantage is fitted noise.
 
 use serde::{Deserialize, Serialize};
 use tape::{Float, Tensor};
@@ -148,6 +154,17 @@ pub struct Candidate {
     pub figure: f64,
     /// Whether it may be chosen (unbiased, or first order within tolerance).
     pub eligible: bool,
+    /// The figure out of sample, for candidates whose parameters the planner
+    /// fits (UFO's q, the telescopes' depth tables): the pilot tasks are cut
+    /// into the even- and odd-numbered halves, the parameters fitted on one
+    /// half and cost × variance scored on the other, and the two scores
+    /// averaged (two-fold cross-fitting). `None` for fixed candidates (first
+    /// order, exact) and with fewer than 4 pilot tasks (a half of one task has
+    /// no spread over tasks: its variance is rounding). The planner chooses
+    /// by `figure`; this says how much of a fitted candidate's advantage
+    /// survives on tasks it was not fitted to.
+    #[serde(default)]
+    pub held_out: Option<f64>,
 }
 
 /// The planner's settings.
@@ -228,19 +245,20 @@ impl std::fmt::Display for PlannerReport {
         writeln!(f, "  E‖g_k − g_(k−1)‖² at depth {}", shown.join(", "))?;
         writeln!(
             f,
-            "  {:<40} {:>10} {:>12} {:>12} {:>12}",
-            "candidate", "cost", "2nd moment", "variance", "cost×var"
+            "  {:<40} {:>10} {:>12} {:>12} {:>12} {:>12}",
+            "candidate", "cost", "2nd moment", "variance", "cost×var", "held out"
         )?;
         for (i, c) in self.candidates.iter().enumerate() {
             writeln!(
                 f,
-                "{} {:<40} {:>10.1} {:>12.4e} {:>12.4e} {:>12.4e}{}",
+                "{} {:<40} {:>10.1} {:>12.4e} {:>12.4e} {:>12.4e} {:>12}{}",
                 if i == self.chosen { "*" } else { " " },
                 c.name,
                 c.cost,
                 c.second_moment,
                 c.variance,
                 c.figure,
+                c.held_out.map_or("–".into(), |h| format!("{h:.4e}")),
                 if c.eligible {
                     ""
                 } else {
@@ -252,9 +270,10 @@ impl std::fmt::Display for PlannerReport {
     }
 }
 
-/// Per-task measurements, summed over the pilot.
+/// Per-task measurements, summed over a set of pilot tasks.
 #[derive(Default)]
 struct Sums {
+    n: usize,
     v2: f64,
     d2: f64,
     w: f64,
@@ -263,8 +282,151 @@ struct Sums {
     mean: Vec<f64>,
 }
 
+impl Sums {
+    /// Adds one task's levels `g` = (g_0, …, g_m).
+    fn add(&mut self, g: &[Vec<f64>]) {
+        let m = g.len() - 1;
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let sub = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
+        let (g0, gr) = (&g[0], &g[m]);
+        let d = sub(gr, g0);
+        self.n += 1;
+        self.v2 += dot(gr, gr);
+        self.d2 += dot(&d, &d);
+        self.g0sq += dot(g0, g0);
+        self.w += dot(g0, g0) + 2.0 * dot(g0, &d);
+        if self.mean.is_empty() {
+            self.mean = vec![0.0; gr.len()];
+            self.gram = vec![0.0; m * m];
+        }
+        self.mean.iter_mut().zip(gr).for_each(|(a, b)| *a += b);
+        let diffs: Vec<Vec<f64>> = (1..=m).map(|i| sub(&g[i], &g[i - 1])).collect();
+        for i in 0..m {
+            for j in i..m {
+                let c = dot(&diffs[i], &diffs[j]);
+                self.gram[i * m + j] += c;
+                if j != i {
+                    self.gram[j * m + i] += c;
+                }
+            }
+        }
+    }
+
+    /// The means over the tasks added.
+    fn moments(&self) -> Moments {
+        let n = self.n as f64;
+        Moments {
+            v2: self.v2 / n,
+            d2: self.d2 / n,
+            w: self.w / n,
+            g0sq: self.g0sq / n,
+            mean_sq: self.mean.iter().map(|x| (x / n).powi(2)).sum::<f64>(),
+            gram: self.gram.iter().map(|x| x / n).collect(),
+        }
+    }
+}
+
+/// V², D², W = E‖g_0‖² + 2E⟨g_0, g_exact − g_0⟩, E‖g_0‖², ‖ḡ‖² and the Gram matrix of the depth differences
+/// over a set of pilot tasks (module docs).
+struct Moments {
+    v2: f64,
+    d2: f64,
+    w: f64,
+    g0sq: f64,
+    mean_sq: f64,
+    gram: Vec<f64>,
+}
+
+/// How a fitted candidate's parameters are chosen and scored: `fit` picks
+/// the parameters from one set of moments, `score` returns (cost, variance)
+/// of those parameters under another.
+trait Fitted {
+    type Params;
+    fn fit(&self, on: &Moments) -> Result<Self::Params, BloError>;
+    fn score(&self, params: &Self::Params, on: &Moments) -> (f64, f64);
+
+    /// The two-fold cross-fitted figure: fitted on each half, scored on the
+    /// other, averaged (`Candidate::held_out`).
+    fn held_out(&self, halves: Option<&[Moments; 2]>) -> Result<Option<f64>, BloError> {
+        let Some([a, b]) = halves else {
+            return Ok(None);
+        };
+        let mut total = 0.0;
+        for (fit_on, score_on) in [(a, b), (b, a)] {
+            let (cost, var) = self.score(&self.fit(fit_on)?, score_on);
+            total += cost * var;
+        }
+        Ok(Some(total / 2.0))
+    }
+}
+
+/// UFO at the q* of docs/math.md §4.
+struct UfoFit {
+    c0: f64,
+    c_rnd: f64,
+    floor: f64,
+}
+
+impl Fitted for UfoFit {
+    type Params = f64;
+    fn fit(&self, on: &Moments) -> Result<f64, BloError> {
+        // V² − ‖ḡ‖² in place of V² (W is shifted by the constant ‖ḡ‖²).
+        Ok(optimal_q(
+            self.c0,
+            self.c_rnd,
+            on.v2 - on.mean_sq,
+            on.d2,
+            self.floor,
+        ))
+    }
+    fn score(&self, q: &f64, on: &Moments) -> (f64, f64) {
+        (self.c0 + q * self.c_rnd, on.w + on.d2 / q - on.mean_sq)
+    }
+}
+
+/// A telescope of one kind over fixed levels at [`optimal_depths`].
+struct TelescopeFit<'a> {
+    kind: TelescopeKind,
+    levels: &'a [usize],
+    r: usize,
+    states: usize,
+    floor: f64,
+}
+
+impl TelescopeFit<'_> {
+    fn model(&self, on: &Moments) -> DepthModel {
+        coarse_model(
+            self.r,
+            self.states,
+            &on.gram,
+            on.w - on.mean_sq,
+            self.levels,
+        )
+    }
+}
+
+impl Fitted for TelescopeFit<'_> {
+    type Params = DepthDistribution;
+    fn fit(&self, on: &Moments) -> Result<DepthDistribution, BloError> {
+        Ok(optimal_depths(
+            self.kind,
+            &self.model(on),
+            self.levels,
+            self.floor,
+        )?)
+    }
+    fn score(&self, d: &DepthDistribution, on: &Moments) -> (f64, f64) {
+        let model = self.model(on);
+        (
+            model.expected_cost(d.probabilities()),
+            model.second_moment(self.kind, d),
+        )
+    }
+}
+
 /// Measures the pilot `tasks` at θ within `budget` and picks the estimator
-/// (module docs). Tasks are measured in order (deterministic).
+/// (module docs). Tasks are measured in order (deterministic). Each fitted
+/// candidate also gets its cross-fitted figure ([`Candidate::held_out`]).
 ///
 /// # Errors
 /// No tasks; a budget below one state; any error of a sweep.
@@ -282,41 +444,24 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
     let states = budget_states(budget, problem, first, theta)?;
     let levels = every_depth(r);
     let m = r;
-    let mut s = Sums {
-        gram: vec![0.0; m * m],
-        ..Sums::default()
-    };
-    for task in tasks {
+    // All tasks, then the even- and odd-numbered halves.
+    let mut sums: [Sums; 3] = Default::default();
+    for (i, task) in tasks.iter().enumerate() {
         let (g, _) = all_levels(problem, task, theta, &levels, Budget::States(states))?;
-        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        let sub = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>();
-        let (g0, gr) = (&g[0], &g[m]);
-        let d = sub(gr, g0);
-        s.v2 += dot(gr, gr);
-        s.d2 += dot(&d, &d);
-        s.g0sq += dot(g0, g0);
-        s.w += dot(g0, g0) + 2.0 * dot(g0, &d);
-        if s.mean.is_empty() {
-            s.mean = vec![0.0; gr.len()];
-        }
-        s.mean.iter_mut().zip(gr).for_each(|(a, b)| *a += b);
-        let diffs: Vec<Vec<f64>> = (1..=m).map(|i| sub(&g[i], &g[i - 1])).collect();
-        for i in 0..m {
-            for j in i..m {
-                let c = dot(&diffs[i], &diffs[j]);
-                s.gram[i * m + j] += c;
-                if j != i {
-                    s.gram[j * m + i] += c;
-                }
-            }
-        }
+        sums[0].add(&g);
+        sums[1 + i % 2].add(&g);
     }
-    let n = tasks.len() as f64;
-    let (v2, d2, w, g0sq) = (s.v2 / n, s.d2 / n, s.w / n, s.g0sq / n);
-    let mean_sq = s.mean.iter().map(|x| (x / n).powi(2)).sum::<f64>();
-    let gram: Vec<f64> = s.gram.iter().map(|x| x / n).collect();
+    let all = sums[0].moments();
+    let halves = (tasks.len() >= 4).then(|| [sums[1].moments(), sums[2].moments()]);
+    let halves = halves.as_ref();
+    let mean_sq = all.mean_sq;
     let mut candidates = Vec::new();
-    let mut push = |name: String, choice: Choice, cost: f64, second_moment: f64, eligible| {
+    let mut push = |name: String,
+                    choice: Choice,
+                    cost: f64,
+                    second_moment: f64,
+                    eligible,
+                    held_out: Option<f64>| {
         let variance = second_moment - mean_sq;
         candidates.push(Candidate {
             name,
@@ -326,6 +471,7 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
             variance,
             figure: cost * variance,
             eligible,
+            held_out,
         });
     };
     let c0 = (r + 2) as f64;
@@ -336,34 +482,47 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
         "first order".into(),
         Choice::FirstOrder,
         c0,
-        g0sq,
-        d2 <= params.fo_tolerance * v2,
+        all.g0sq,
+        all.d2 <= params.fo_tolerance * all.v2,
+        None,
     );
     push(
         format!("exact ({states} states)"),
         Choice::Exact { states },
         // Alone, exact reads no first-order estimate: one VJP fewer.
         c0 + c_rnd - 1.0,
-        v2,
+        all.v2,
         true,
+        None,
     );
-    // UFO's q* for cost × variance: V² − ‖ḡ‖² in place of V² (W is shifted
-    // by the constant ‖ḡ‖²).
-    let q = optimal_q(c0, c_rnd, v2 - mean_sq, d2, params.floor);
+    let ufo = UfoFit {
+        c0,
+        c_rnd,
+        floor: params.floor,
+    };
+    let q = ufo.fit(&all)?;
     push(
         format!("UFO q = {q:.4}"),
         Choice::Ufo { q, states },
         c0 + q * c_rnd,
-        w + d2 / q,
+        all.w + all.d2 / q,
         true,
+        ufo.held_out(halves)?,
     );
     for (lname, lv) in [
         ("every depth", every_depth(r)),
         ("doubling", doubling_depths(r)),
     ] {
-        let model = coarse_model(r, states, &gram, w - mean_sq, &lv);
         for kind in [TelescopeKind::SingleSample, TelescopeKind::RussianRoulette] {
-            let d = optimal_depths(kind, &model, &lv, params.floor)?;
+            let fit = TelescopeFit {
+                kind,
+                levels: &lv,
+                r,
+                states,
+                floor: params.floor,
+            };
+            let d = fit.fit(&all)?;
+            let model = fit.model(&all);
             let second = model.second_moment(kind, &d) + mean_sq;
             push(
                 format!("telescope {kind:?}, {lname}"),
@@ -376,6 +535,7 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
                 model.expected_cost(d.probabilities()),
                 second,
                 true,
+                fit.held_out(halves)?,
             );
         }
     }
@@ -384,10 +544,10 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
         r,
         states,
         tasks: tasks.len(),
-        v2,
-        d2,
+        v2: all.v2,
+        d2: all.d2,
         mean_sq,
-        depth_diff_sq: (0..m).map(|i| gram[i * m + i]).collect(),
+        depth_diff_sq: (0..m).map(|i| all.gram[i * m + i]).collect(),
         candidates,
         chosen,
     })
@@ -493,6 +653,9 @@ impl PlannerReport {
                         c.second_moment - self.mean_sq
                     ),
                 );
+            }
+            if let Some(h) = c.held_out.filter(|h| !finite(*h)) {
+                return fault(&at("held_out"), h.to_string(), "finite".into());
             }
             if (c.cost * c.variance).to_bits() != c.figure.to_bits() || !finite(c.figure) {
                 return fault(

@@ -800,10 +800,9 @@ fn every_telescope_is_unbiased_and_the_test_rejects_a_planted_mis_weighting() {
 fn planner_figures_match_closed_forms_and_it_picks_the_smallest() {
     use blo::{plan_estimator, Choice, PlannerParams};
     let (a, c, r, alpha, th) = ([0.5f64, 1.5], [0.0f64, 11.6], 10usize, 0.1, 2.84);
-    let p = Quad1 {
+    let p = QuadN {
         inner: InnerLoop::sgd(r, alpha).unwrap(),
-        a,
-        c,
+        tasks: vec![(a[0], c[0]), (a[1], c[1])],
     };
     let theta = [Tensor::vector(vec![th])];
     let rep = plan_estimator(
@@ -899,18 +898,17 @@ fn planner_figures_match_closed_forms_and_it_picks_the_smallest() {
     let json = serde_json::to_string(&rep.choice().choice).unwrap();
     let back: Choice = serde_json::from_str(&json).unwrap();
     assert_eq!(back, rep.choice().choice);
-    let est: Box<dyn Estimator<f64, Quad1>> = back.build().unwrap();
+    let est: Box<dyn Estimator<f64, QuadN>> = back.build().unwrap();
     est.estimate(&p, &0, &theta, &mut stream(0, 0)).unwrap();
 }
 
-/// ½a_i(φ − c_i)² for both losses, MAML (φ_0 = θ), two tasks.
-struct Quad1 {
+/// ½a(φ − c)² for both losses, MAML (φ_0 = θ), a task per (a, c).
+struct QuadN {
     inner: InnerLoop,
-    a: [f64; 2],
-    c: [f64; 2],
+    tasks: Vec<(f64, f64)>,
 }
 
-impl blo::Problem<f64> for Quad1 {
+impl blo::Problem<f64> for QuadN {
     type Task = usize;
     fn inner_loop(&self) -> &InnerLoop {
         &self.inner
@@ -923,7 +921,8 @@ impl blo::Problem<f64> for Quad1 {
         _th: &[tape::Var<'t, T>],
         phi: &[tape::Var<'t, T>],
     ) -> tape::Var<'t, T> {
-        (phi[0] - self.c[*i]).square().sum() * (0.5 * self.a[*i])
+        let (a, c) = self.tasks[*i];
+        (phi[0] - c).square().sum() * (0.5 * a)
     }
     fn outer_loss<'t, T: tape::Real<Base = f64>>(
         &self,
@@ -933,5 +932,93 @@ impl blo::Problem<f64> for Quad1 {
         phi: &[tape::Var<'t, T>],
     ) -> tape::Var<'t, T> {
         self.inner_loss(t, i, 0, th, phi)
+    }
+}
+
+/// The planner's held-out figures (two-fold cross-fitting over the even- and
+/// odd-numbered pilot tasks) against the same computation from the closed-form
+/// g_k: UFO's q and each telescope's depth table fitted on one half's moments
+/// (`optimal_q`, `optimal_depths`), cost × variance scored on the other half's,
+/// averaged over the two folds. Fixed candidates (first order, exact) have none.
+#[test]
+fn planner_held_out_figures_are_cross_fitted_on_the_other_half() {
+    use blo::{optimal_q, plan_estimator, Choice, PlannerParams};
+    let (r, alpha, th) = (6usize, 0.1, 0.7);
+    let tasks = vec![(0.5, 0.0), (1.5, 2.0), (0.9, -1.0), (2.5, 1.2), (1.1, 3.0)];
+    let p = QuadN {
+        inner: InnerLoop::sgd(r, alpha).unwrap(),
+        tasks: tasks.clone(),
+    };
+    let theta = [Tensor::vector(vec![th])];
+    let ids: Vec<usize> = (0..tasks.len()).collect();
+    let params = PlannerParams::default();
+    let states = 2;
+    let rep = plan_estimator(&p, &ids, &theta, Budget::States(states), &params).unwrap();
+    eprintln!("{rep}");
+    // g_k for task t (docs/math.md §10): (1 − αa)^k a (1 − αa)^r (θ − c).
+    let g = |k: usize, t: usize| {
+        let (a, c) = tasks[t];
+        let pi = (1.0 - alpha * a).powi(r as i32);
+        (1.0 - alpha * a).powi(k as i32) * a * pi * (th - c)
+    };
+    // One half's moments: (V², D², W, ‖ḡ‖², Gram of the depth differences).
+    let moments = |half: &[usize]| {
+        let n = half.len() as f64;
+        let mean = |f: &dyn Fn(usize) -> f64| half.iter().map(|&t| f(t)).sum::<f64>() / n;
+        let v2 = mean(&|t| g(r, t).powi(2));
+        let d2 = mean(&|t| (g(r, t) - g(0, t)).powi(2));
+        let w = mean(&|t| g(0, t).powi(2) + 2.0 * g(0, t) * (g(r, t) - g(0, t)));
+        let ms = mean(&|t| g(r, t)).powi(2);
+        let gram: Vec<f64> = (0..r * r)
+            .map(|ij| {
+                let (i, j) = (ij / r + 1, ij % r + 1);
+                mean(&|t| (g(i, t) - g(i - 1, t)) * (g(j, t) - g(j - 1, t)))
+            })
+            .collect();
+        (v2, d2, w, ms, gram)
+    };
+    let halves = [moments(&[0, 2, 4]), moments(&[1, 3])];
+    let folds = [(&halves[0], &halves[1]), (&halves[1], &halves[0])];
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-8 * y.abs().max(1e-300);
+    let c0 = (r + 2) as f64;
+    let exact = &rep.candidates[1];
+    assert!(rep.candidates[0].held_out.is_none() && exact.held_out.is_none());
+    let c_rnd = exact.cost + 1.0 - c0;
+    let ufo = &rep.candidates[2];
+    let want: f64 = folds
+        .iter()
+        .map(|(fit, score)| {
+            let q = optimal_q(c0, c_rnd, fit.0 - fit.3, fit.1, params.floor);
+            (c0 + q * c_rnd) * (score.2 + score.1 / q - score.3)
+        })
+        .sum::<f64>()
+        / 2.0;
+    let got = ufo.held_out.expect("UFO is fitted");
+    assert!(close(got, want), "UFO held out {got} vs {want}");
+    for cand in &rep.candidates[3..] {
+        let Choice::Telescope { kind, levels, .. } = &cand.choice else {
+            panic!("{}", cand.name)
+        };
+        let (c0l, costs) = DepthModel::plan_costs(r, levels, states, levels.len() == 1);
+        let model = |m: &(f64, f64, f64, f64, Vec<f64>)| {
+            let gram = blo::estimators::planner::coarse_model(r, states, &m.4, 0.0, levels).gram;
+            DepthModel {
+                c0: c0l,
+                costs: costs.clone(),
+                w: m.2 - m.3,
+                gram,
+            }
+        };
+        let want: f64 = folds
+            .iter()
+            .map(|(fit, score)| {
+                let d = optimal_depths(*kind, &model(fit), levels, params.floor).unwrap();
+                let on = model(score);
+                on.expected_cost(d.probabilities()) * on.second_moment(*kind, &d)
+            })
+            .sum::<f64>()
+            / 2.0;
+        let got = cand.held_out.expect("telescopes are fitted");
+        assert!(close(got, want), "{}: held out {got} vs {want}", cand.name);
     }
 }
