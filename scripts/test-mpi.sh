@@ -55,14 +55,14 @@ loops="${KILL_LOOP:-0}"
 # 1. Two ranks against one process, 20 meta-steps.
 sine=(--rs 10 --method ufo-adaptive --meta-steps 20 --checkpoint-every 5)
 [ "$loops" -gt 0 ] || {
-$bin "${sine[@]}" --threads 1 --train-dir "$work/one" >/dev/null
-timeout 120 mpiexec -n 2 $bin --mpi "${sine[@]}" --train-dir "$work/two" >/dev/null 2>"$work/two.err"
-if [ "$(wc -l <"$work/two/log.jsonl")" -eq 20 ] && same_run "$work/one" "$work/two" 20; then
-    ok "mpiexec -n 2: θ, optimiser and UFO state, and the log of 20 steps equal one process's"
-else
-    bad "mpiexec -n 2 differs from one process (see $work)"
-    diff <(strip_log "$work/one/log.jsonl") <(strip_log "$work/two/log.jsonl") | head -5
-fi
+    $bin "${sine[@]}" --threads 1 --train-dir "$work/one" >/dev/null
+    timeout 120 mpiexec -n 2 $bin --mpi "${sine[@]}" --train-dir "$work/two" >/dev/null 2>"$work/two.err"
+    if [ "$(wc -l <"$work/two/log.jsonl")" -eq 20 ] && same_run "$work/one" "$work/two" 20; then
+        ok "mpiexec -n 2: θ, optimiser and UFO state, and the log of 20 steps equal one process's"
+    else
+        bad "mpiexec -n 2 differs from one process (see $work)"
+        diff <(strip_log "$work/one/log.jsonl") <(strip_log "$work/two/log.jsonl") | head -5
+    fi
 
 }
 
@@ -132,15 +132,15 @@ resumes() { # $1: name: resume with one process, compare with the uninterrupted 
 }
 
 [ "$loops" -gt 0 ] || {
-BLO_MPI_HEARTBEAT_SECS=2 kill_run heartbeat STOP mpiexec -n 2
-rc=$(cat "$work/heartbeat.rc") ms=$(cat "$work/heartbeat.ms")
-msg="$(grep 'rank 1 lost' "$work/heartbeat.err")"
-if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && [[ "$msg" == "blo: rank 0: rank 1 lost (no heartbeat for 2 s) during "*" at outer step "* ]]; then
-    ok "heartbeat: rank 1 frozen, rank 0 exited with $rc after $ms ms: $msg"
-else
-    bad "heartbeat: exit $rc after $ms ms, message: ${msg:-none}; stderr: $(head -c 2000 "$work/heartbeat.err")"
-fi
-resumes heartbeat
+    BLO_MPI_HEARTBEAT_SECS=2 kill_run heartbeat STOP mpiexec -n 2
+    rc=$(cat "$work/heartbeat.rc") ms=$(cat "$work/heartbeat.ms")
+    msg="$(grep 'rank 1 lost' "$work/heartbeat.err")"
+    if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && [[ "$msg" == "blo: rank 0: rank 1 lost (no heartbeat for 2 s) during "*" at outer step "* ]]; then
+        ok "heartbeat: rank 1 frozen, rank 0 exited with $rc after $ms ms: $msg"
+    else
+        bad "heartbeat: exit $rc after $ms ms, message: ${msg:-none}; stderr: $(head -c 2000 "$work/heartbeat.err")"
+    fi
+    resumes heartbeat
 }
 
 # A rank killed under the wrapper; then killed mid-transfer (see 3b above).
@@ -164,15 +164,15 @@ for i in $(seq "$(((loops > 0 ? loops : 1) * 2))"); do
 done
 
 [ "$loops" -gt 0 ] || {
-kill_run launcher KILL mpiexec -n 2
-rc=$(cat "$work/launcher.rc") ms=$(cat "$work/launcher.ms") pid1=$(cat "$work/launcher.pid1")
-if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && grep -q "rank 1 = pid $pid1" "$work/launcher.err" &&
-    grep -q -e "BAD TERMINATION" -e "Killed (signal 9)" "$work/launcher.err"; then
-    ok "launcher: rank 1 (pid $pid1) killed, mpiexec ended the job with $rc after $ms ms: $(grep -o 'PID [0-9]*' "$work/launcher.err" | head -1) reported"
-else
-    bad "launcher: exit $rc after $ms ms; stderr: $(head -c 2000 "$work/launcher.err")"
-fi
-resumes launcher
+    kill_run launcher KILL mpiexec -n 2
+    rc=$(cat "$work/launcher.rc") ms=$(cat "$work/launcher.ms") pid1=$(cat "$work/launcher.pid1")
+    if [ "$rc" -ne 0 ] && [ "$ms" -lt 10000 ] && grep -q "rank 1 = pid $pid1" "$work/launcher.err" &&
+        grep -q -e "BAD TERMINATION" -e "Killed (signal 9)" "$work/launcher.err"; then
+        ok "launcher: rank 1 (pid $pid1) killed, mpiexec ended the job with $rc after $ms ms: $(grep -o 'PID [0-9]*' "$work/launcher.err" | head -1) reported"
+    else
+        bad "launcher: exit $rc after $ms ms; stderr: $(head -c 2000 "$work/launcher.err")"
+    fi
+    resumes launcher
 }
 
 echo "mpi: $pass passed, $fail failed"
