@@ -11,6 +11,12 @@
 # SIGUSR1; blo's `Mpi` catches that notice, names the rank whose heartbeat
 # stopped and exits with status 75. The wrapper itself ignores the notice
 # (`trap : USR1`: it receives it too, as the leader of the rank's process group).
+#
+# Both additions are needed: without -disable-auto-cleanup hydra answers the
+# wrapper's non-zero exit by killing the other ranks (no one names the rank).
+# A kill landing mid-exchange needs nothing more here: blo's `Mpi::init` sets
+# UCX_RNDV_THRESH=inf (unless set) so no rank copies out of a dead rank's memory
+# (docs/distributed.md, "A rank killed mid-exchange").
 trap : USR1
 "$@"
 exit $?

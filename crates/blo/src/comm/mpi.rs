@@ -24,6 +24,10 @@ const HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 pub const LOST_RANK_EXIT_CODE: i32 = 75;
 /// No rank lost (the value of the shared "lost" cell).
 const NONE_LOST: usize = usize::MAX;
+/// The UCX setting [`Mpi`] makes before `MPI_Init` when the environment has
+/// none: no rendezvous protocol, every message eager (see [`Mpi`], "Why
+/// eager messages").
+const UCX_RNDV_THRESH: (&str, &str) = ("UCX_RNDV_THRESH", "inf");
 /// After the launcher's notice that a process of the job died (SIGUSR1 under
 /// `mpiexec -disable-auto-cleanup`), a rank silent for this long is the dead
 /// one (5 heartbeat periods: the live ranks' heartbeats keep arriving).
@@ -65,6 +69,32 @@ const NOTICED_SILENCE: Duration = Duration::from_secs(1);
 /// [`LOST_RANK_EXIT_CODE`]. Rank 0's start-up line
 /// (`blo: MPI job of N ranks: rank 0 = pid … on host, …`) maps PIDs to ranks.
 ///
+/// # Why eager messages
+/// MPICH's UCX netmod (MPICH 4.0.2, UCX 1.13.1) sends a large message (a
+/// block of per-task gradients: 145 kB for the sinusoid at r = 10, B = 20)
+/// by rendezvous: the sender announces it, and on the same host the
+/// *receiver* copies it out of the sender's memory (`process_vm_readv`, the
+/// CMA transport). If the sender is killed between its announcement and that
+/// copy, the copy fails with `ESRCH`, and UCX, whose endpoints MPICH opens
+/// without error handling, aborts the receiver inside `MPI_Test` (a
+/// `cma_ep.c: process_vm_readv(...) returned -1: No such process` line and a
+/// backtrace) tens of milliseconds after the kill, before the notice and
+/// the heartbeat can name the lost rank. Unless `UCX_RNDV_THRESH` is already
+/// set, [`Mpi::init`] therefore sets it to `inf` before `MPI_Init`: every
+/// message goes eagerly through the shared-memory queues the receiver owns,
+/// so a rank never reads another's memory, and a sender that dies mid-message
+/// leaves its peer waiting, where the notice and the heartbeat name it.
+/// (Excluding CMA, `UCX_TLS=^cma`, does not do: UCX then runs the
+/// rendezvous over TCP on the loopback and Ethernet interfaces, whose closed
+/// sockets fail the next send to the dead rank at once, and MPICH aborts.)
+/// The exchange's result is unchanged (the same bytes arrive); its cost is
+/// one more copy per message, measured in docs/distributed.md. A user who
+/// sets `UCX_RNDV_THRESH` (e.g. `auto`, UCX's default) gets that setting and
+/// a warning from rank 0 that a killed rank may then abort the others inside
+/// UCX unnamed. Between machines UCX's network transports (TCP, InfiniBand)
+/// report a dead peer as an error, which MPICH's default error handler turns
+/// into an abort of the survivors (MPICH's error stack, not blo's message).
+///
 /// Dropping the last `Mpi` finalises MPI (after a barrier, so every rank's
 /// heartbeats stop first); a rank that saw a lost peer skips finalisation.
 pub struct Mpi {
@@ -93,7 +123,9 @@ struct Heartbeat {
 
 impl Mpi {
     /// Initialises MPI (once per process) with the heartbeat timeout from
-    /// `BLO_MPI_HEARTBEAT_SECS` (default 10 s).
+    /// `BLO_MPI_HEARTBEAT_SECS` (default 10 s). Sets `UCX_RNDV_THRESH=inf`
+    /// first unless the environment sets it (see "Why eager messages" on
+    /// [`Mpi`]); call it before starting threads.
     ///
     /// # Errors
     /// [`CommError::Protocol`] if MPI was already initialised or the timeout
@@ -116,7 +148,8 @@ impl Mpi {
         Self::init_with_heartbeat(Duration::from_secs_f64(secs))
     }
 
-    /// Initialises MPI with a heartbeat timeout of `timeout`.
+    /// Initialises MPI with a heartbeat timeout of `timeout` (and
+    /// `UCX_RNDV_THRESH` as [`Mpi::init`] does).
     ///
     /// # Errors
     /// [`CommError::Protocol`] if MPI was already initialised.
@@ -128,6 +161,15 @@ impl Mpi {
     /// (`BLO_MPI_HEARTBEAT_SECS=off`: single-threaded MPI, a lost rank is
     /// then left to the launcher).
     fn start(heartbeat: Option<Duration>) -> Result<Mpi, CommError> {
+        // UCX reads its settings from the environment in MPI_Init. Setting a
+        // variable is not thread-safe against C code reading the
+        // environment at the same time; MPI is initialised first thing in a
+        // program, before its threads (rayon's pool is started lazily).
+        let (var, eager) = UCX_RNDV_THRESH;
+        let users = std::env::var(var).ok();
+        if users.is_none() {
+            std::env::set_var(var, eager);
+        }
         let want = if heartbeat.is_some() {
             Threading::Multiple
         } else {
@@ -189,6 +231,13 @@ impl Mpi {
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .collect();
             eprintln!("blo: MPI job of {size} ranks: {}", list.join(", "));
+            if let Some(v) = users.filter(|v| v.trim() != eager) {
+                eprintln!(
+                    "blo: {var}={v} (set by the environment; blo sets {eager}): a rank killed while \
+                     another copies a large message from it may abort that rank inside UCX before \
+                     blo can name the lost rank (docs/distributed.md, \"Faults\")"
+                );
+            }
         }
         Ok(me)
     }
