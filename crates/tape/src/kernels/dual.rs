@@ -54,7 +54,7 @@ impl<'a, T> MatRef<'a, Dual<T>> {
 
     /// The view as a real `rows × 2·cols` matrix (columns `2j`, `2j + 1` are
     /// the parts of column `j`); only for a unit column stride.
-    fn real_columns(self) -> MatRef<'a, T> {
+    pub(in crate::kernels) fn real_columns(self) -> MatRef<'a, T> {
         assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         MatRef::new(
             flat(self.data),
@@ -82,7 +82,7 @@ impl<'a, T> MatMut<'a, Dual<T>> {
     }
 
     /// The `&mut` form of [`MatRef::real_columns`].
-    fn real_columns(&mut self) -> MatMut<'_, T> {
+    pub(in crate::kernels) fn real_columns(&mut self) -> MatMut<'_, T> {
         assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         let (r, c, rs) = (self.rows, 2 * self.cols, self.rs.saturating_mul(2));
         MatMut::new(flat_mut(self.data), r, c, rs, 1)
@@ -201,7 +201,7 @@ fn tangent_as<T: Real, F: Prim>(
 ///
 /// # Panics
 /// If `T` and `U` are different types.
-fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+pub(in crate::kernels) fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
     // SAFETY: the assert above: `T` and `U` are the same type, so the slice
     // is reborrowed unchanged (same pointer, length and lifetime).
@@ -209,7 +209,7 @@ fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
 }
 
 /// The `&mut` form of [`same_type`].
-fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
+pub(in crate::kernels) fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
     // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }

@@ -11,6 +11,7 @@
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into scratch) | viewing `[Dual<T>]` as `[T]` |
+//! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //!
 //! # Soundness
 //! The kernels read and write without bounds checks. What makes that sound
@@ -114,11 +115,14 @@ pub(crate) mod dual;
 mod family;
 pub(crate) mod large;
 pub(crate) mod portable;
+pub(crate) mod real_left;
 pub(crate) mod simd;
 mod view;
 
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use view::{MatMut, MatRef};
+
+pub(crate) use real_left::{real_left_gemm, real_left_ok, takes_real_left};
 
 use crate::real::{Float, Real};
 

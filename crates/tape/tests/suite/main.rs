@@ -20,5 +20,8 @@ mod grad_table;
 #[path = "literal.rs"]
 mod literal;
 
+#[path = "real_left.rs"]
+mod real_left;
+
 #[path = "testing_api.rs"]
 mod testing_api;
