@@ -164,8 +164,7 @@ pub(crate) fn tangent_gemm<T: Real>(
     c: &mut [T],
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let macs = m.saturating_mul(k).saturating_mul(n);
-    let small = macs <= super::SMALL_MACS && n <= super::SMALL_COLS;
+    let small = super::is_small(m, k, n);
     if small || m == 0 || n == 0 || k == 0 || a.cols != b.rows || c.len() != m * n {
         // The full product (which also reports shape errors).
         return super::gemm(alpha, a, b, beta, c);

@@ -25,7 +25,7 @@
 use std::any::{Any, TypeId};
 
 use super::dual::{same_type, same_type_mut};
-use super::{MatMut, MatRef, Prim, Product, SMALL_COLS, SMALL_MACS};
+use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
 use crate::real::{Dual, Real};
 
 /// Whether `T` takes a real left operand without converting it: `Dual<f32>`
@@ -40,9 +40,7 @@ pub(crate) fn takes_real_left<T: Real>() -> bool {
 /// small product whose `2n` real columns would not fit the small kernels'
 /// accumulator row ([`SMALL_COLS`]); those convert the constant instead.
 pub(crate) fn real_left_ok(m: usize, k: usize, n: usize) -> bool {
-    let macs = m.saturating_mul(k).saturating_mul(n);
-    let small = macs <= SMALL_MACS && n <= SMALL_COLS;
-    k > 0 && !(small && 2 * n > SMALL_COLS)
+    k > 0 && !(is_small(m, k, n) && 2 * n > SMALL_COLS)
 }
 
 /// `C ← α·A·B + β·C` for a real `A` (`T::Base`) and `B`, `C` of `T`, where
@@ -121,8 +119,7 @@ fn as_dual<T: Real, F: Prim>(
 fn dual<F: Prim>(primal: bool, p: Product<'_, F>) {
     let [m, k, n2] = p.shape();
     let n = n2 / 2;
-    let macs = m.saturating_mul(k).saturating_mul(n);
-    if macs <= SMALL_MACS && n <= SMALL_COLS {
+    if is_small(m, k, n) {
         // The small family, as the dual product would run it (its own
         // small/large choice counts n dual columns).
         super::small(p);

@@ -23,5 +23,8 @@ mod literal;
 #[path = "real_left.rs"]
 mod real_left;
 
+#[path = "thin.rs"]
+mod thin;
+
 #[path = "testing_api.rs"]
 mod testing_api;

@@ -6,7 +6,7 @@
 //! the CPU has.
 
 use tape::kernels::{with_family, Family};
-use tape::{Dual, Float, Real, Tape, Tensor};
+use tape::{Dual, Float, Tape, Tensor};
 
 /// Deterministic entries in (−0.5, 0.5) from a seed (a linear-congruential
 /// sequence), as `F`.
