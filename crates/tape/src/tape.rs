@@ -336,6 +336,7 @@ impl<T: Real> Tape<T> {
             None => 0,
         };
         (i.len + i.aux.len() + swept) * e
+            + i.base.len() * std::mem::size_of::<T::Base>()
             + i.idx.len() * std::mem::size_of::<usize>()
             + i.nodes.len() * std::mem::size_of::<Node>()
     }
@@ -368,9 +369,9 @@ impl<T: Real> Tape<T> {
     /// (a `memcpy`, not a conversion), and a [`Var::matmul`] with this leaf
     /// as its left operand reads it from there: real products on the other
     /// operand's value and tangent parts, with the same bits as the dual
-    /// product of the converted leaf (`docs/math.md`: a zero tangent
-    /// contributes exact zeros). The converted dual value is written only
-    /// when another op (or [`Tape::value`]) reads it.
+    /// product of the converted leaf (a zero tangent contributes exact
+    /// zeros; see `kernels/real_left.rs`). The converted dual value is
+    /// written only when another op (or [`Tape::value`]) reads it.
     ///
     /// ```
     /// use tape::{Dual, Tape, Tensor};

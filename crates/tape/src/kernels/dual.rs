@@ -182,18 +182,26 @@ fn tangent_as<T: Real, F: Prim>(
     beta: T::Base,
     c: &mut [T],
 ) -> bool {
-    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
-    let (Some(alpha), Some(beta)) = (base(alpha), base(beta)) else {
+    let Some((alpha, beta)) = dual_scalars::<T, F>(alpha, beta) else {
         return false;
     };
-    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
-        return false;
-    }
     let a = MatRef::new(same_type(a.data), a.rows, a.cols, a.rs, a.cs);
     let b = MatRef::new(same_type(b.data), b.rows, b.cols, b.rs, b.cs);
     let c = MatMut::row_major(same_type_mut(c), a.rows, b.cols);
     F::with_scratch(|s| split_with(s, Product::new(alpha, a, b, beta, c), Want::Tangent));
     true
+}
+
+/// `(α, β)` as `F`s if `T` is `Dual<F>` (whose `Base` is `F`), else `None`.
+pub(in crate::kernels) fn dual_scalars<T: Real, F: Prim>(
+    alpha: T::Base,
+    beta: T::Base,
+) -> Option<(F, F)> {
+    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return None;
+    }
+    Some((base(alpha)?, base(beta)?))
 }
 
 /// `&[T]` as `&[U]` for one and the same type.

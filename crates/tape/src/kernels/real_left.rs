@@ -22,9 +22,9 @@
 //! (`+0 + −0`) and non-finite `B` (`0·∞`), where the dual path gives `+0`
 //! or NaN in the tangent and this one `−0` or the finite product.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
-use super::dual::{same_type, same_type_mut};
+use super::dual::{dual_scalars, same_type, same_type_mut};
 use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
 use crate::real::{Dual, Real};
 
@@ -97,13 +97,9 @@ fn as_dual<T: Real, F: Prim>(
     beta: T::Base,
     c: &mut [T],
 ) -> bool {
-    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
-    let (Some(alpha), Some(beta)) = (base(alpha), base(beta)) else {
+    let Some((alpha, beta)) = dual_scalars::<T, F>(alpha, beta) else {
         return false;
     };
-    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
-        return false;
-    }
     let a = MatRef::new(same_type::<_, F>(a.data), a.rows, a.cols, a.rs, a.cs);
     let b = MatRef::new(same_type::<_, Dual<F>>(b.data), b.rows, b.cols, b.rs, b.cs);
     let mut c = MatMut::row_major(same_type_mut::<_, Dual<F>>(c), a.rows, b.cols);

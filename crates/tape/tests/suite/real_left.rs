@@ -133,9 +133,9 @@ fn real_left_products_match_the_dual_product_f32() {
 #[test]
 fn a_constant_base_product_has_the_exact_tangent() {
     let t = Tape::<Dual<f64>>::new();
-    let a = t.constant_base(&Tensor::new(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+    let a = t.constant_base(&Tensor::new([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
     let x = t.leaf(
-        &[3, 1],
+        [3, 1],
         &[
             Dual::new(1.0, 1.0),
             Dual::new(0.0, 2.0),
