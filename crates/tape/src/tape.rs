@@ -44,6 +44,16 @@ pub(crate) struct Node {
     /// that feed only ḡ.v. Always true on other nodes: a rule's tangent output
     /// depends on its cotangent's primal part in general (e.g. tanh's).
     pub(crate) primal_adjoint: bool,
+    /// Start of this node's value as real data in the `base` arena: set
+    /// only on the leaves of [`Tape::constant_base`] on a tape whose
+    /// products take a real left operand (`Dual<f32>`, `Dual<f64>`). A
+    /// matmul reads its left operand from there (real products on the other
+    /// operand's parts, no zero tangents); see [`crate::ops::linalg`].
+    pub(crate) base: Option<usize>,
+    /// Whether the value in `vals` is not written yet (a `base` leaf that
+    /// only real-left products have read); [`Inner::materialize`] writes it
+    /// on the first read of `vals`.
+    pub(crate) pending: bool,
 }
 
 impl Node {
@@ -60,7 +70,7 @@ impl Node {
 /// rule overwrites anyway, and lets the sweep zero an adjoint only when it is
 /// first touched (or not at all, when the rule overwrites it).
 #[derive(Default)]
-struct Inner<T> {
+struct Inner<T: Real> {
     nodes: Vec<Node>,
     /// Values; `vals[..len]` is in use, the rest is stale.
     vals: Vec<T>,
@@ -72,9 +82,25 @@ struct Inner<T> {
     scratch: Vec<T>,
     /// Index of the node the last backward sweep started from, if any.
     swept_from: Option<u32>,
+    /// Real-valued copies of the [`Tape::constant_base`] leaves (`Node::base`).
+    base: Vec<T::Base>,
 }
 
 impl<T: Real> Inner<T> {
+    /// Writes node `i`'s value into `vals` (`T::from_base` of its real copy)
+    /// if it is still pending; a no-op otherwise.
+    fn materialize(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if let (true, Some(b)) = (node.pending, node.base) {
+            node.pending = false;
+            let r = node.range();
+            let src = &self.base[b..b + r.len()];
+            for (o, &v) in self.vals[r].iter_mut().zip(src) {
+                *o = T::from_base(v);
+            }
+        }
+    }
+
     /// Reserves `n` values at the end of the arena and returns their start. The
     /// slots are zeroed if `zeroed`, else they hold stale (initialised) values.
     #[inline]
@@ -152,8 +178,9 @@ impl<T: Real> fmt::Debug for Var<'_, T> {
 }
 
 /// What a forward rule sees: its inputs' values and its output buffer.
-pub(crate) struct Fwd<'a, T> {
+pub(crate) struct Fwd<'a, T: Real> {
     vals: &'a [T],
+    base: &'a [T::Base],
     nodes: &'a [Node],
     inputs: &'a [u32],
     /// The output buffer: zero-initialised by [`Tape::record`]; stale (finite
@@ -171,14 +198,28 @@ impl<'a, T: Real> Fwd<'a, T> {
     pub(crate) fn x(&self, k: usize) -> &'a [T] {
         &self.vals[self.nodes[self.inputs[k] as usize].range()]
     }
+    /// Input `k` as real data, if it is a [`Tape::constant_base`] leaf with
+    /// a real copy (its `vals` may not be written: only rules that the
+    /// recording exempts from materialising may read it this way).
+    #[inline]
+    pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
+        base_of(self.nodes, self.base, self.inputs[k])
+    }
+}
+
+/// Node `i`'s real copy in the `base` arena, if it has one.
+fn base_of<'a, B>(nodes: &[Node], base: &'a [B], i: u32) -> Option<&'a [B]> {
+    let n = &nodes[i as usize];
+    n.base.map(|b| &base[b..b + n.shape.numel()])
 }
 
 /// What a VJP rule sees: the node, its inputs' values, its output value and
 /// adjoint, and the adjoint buffers of its inputs to accumulate into.
-pub(crate) struct Bwd<'a, T> {
+pub(crate) struct Bwd<'a, T: Real> {
     pub(crate) node: &'a Node,
     nodes: &'a [Node],
     vals: &'a [T],
+    base: &'a [T::Base],
     /// The adjoint of this node's output (`g_out`).
     pub(crate) g: &'a [T],
     grads: &'a mut [T],
@@ -196,6 +237,11 @@ impl<'a, T: Real> Bwd<'a, T> {
     #[inline]
     pub(crate) fn x(&self, k: usize) -> &'a [T] {
         &self.vals[self.nodes[self.node.inputs[k] as usize].range()]
+    }
+    /// Input `k` as real data (see [`Fwd::x_base`]).
+    #[inline]
+    pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
+        base_of(self.nodes, self.base, self.node.inputs[k])
     }
     /// Shape of input `k`.
     #[inline]
@@ -268,6 +314,7 @@ impl<T: Real> Tape<T> {
         inner.aux.clear();
         inner.idx.clear();
         inner.swept_from = None;
+        inner.base.clear();
     }
 
     /// Number of recorded nodes.
@@ -289,6 +336,7 @@ impl<T: Real> Tape<T> {
             None => 0,
         };
         (i.len + i.aux.len() + swept) * e
+            + i.base.len() * std::mem::size_of::<T::Base>()
             + i.idx.len() * std::mem::size_of::<usize>()
             + i.nodes.len() * std::mem::size_of::<Node>()
     }
@@ -298,6 +346,7 @@ impl<T: Real> Tape<T> {
         let i = self.inner.borrow();
         let e = std::mem::size_of::<T>();
         (i.vals.capacity() + i.aux.capacity() + i.grads.capacity() + i.scratch.capacity()) * e
+            + i.base.capacity() * std::mem::size_of::<T::Base>()
             + i.idx.capacity() * std::mem::size_of::<usize>()
             + i.nodes.capacity() * std::mem::size_of::<Node>()
             + i.has_adj.capacity()
@@ -315,12 +364,40 @@ impl<T: Real> Tape<T> {
 
     /// A constant leaf from data of the primitive type (e.g. `f64` data on a
     /// `Dual<f64>` tape), converted with a zero tangent.
+    ///
+    /// On a `Dual<f32>` or `Dual<f64>` tape the data is kept as a real copy
+    /// (a `memcpy`, not a conversion), and a [`Var::matmul`] with this leaf
+    /// as its left operand reads it from there: real products on the other
+    /// operand's value and tangent parts, with the same bits as the dual
+    /// product of the converted leaf (a zero tangent contributes exact
+    /// zeros; see `kernels/real_left.rs`). The converted dual value is
+    /// written only when another op (or [`Tape::value`]) reads it.
+    ///
+    /// ```
+    /// use tape::{Dual, Tape, Tensor};
+    /// let t = Tape::<Dual<f64>>::new();
+    /// let a = t.constant_base(&Tensor::new(&[1, 2], vec![1.0, 2.0]));
+    /// let x = t.leaf(&[2, 1], &[Dual::new(3.0, 1.0), Dual::new(4.0, 0.5)], true);
+    /// // A·x = 1·3 + 2·4, tangent A·ẋ = 1·1 + 2·0.5
+    /// assert_eq!(a.matmul(x).item(), Dual::new(11.0, 2.0));
+    /// assert_eq!(t.value(a).data()[1], Dual::new(2.0, 0.0));
+    /// ```
     pub fn constant_base(&self, x: &Tensor<T::Base>) -> Var<'_, T> {
-        self.record_leaf(x.shape(), false, |out| {
-            for (o, &v) in out.iter_mut().zip(x.data()) {
-                *o = T::from_base(v);
-            }
-        })
+        if !crate::kernels::takes_real_left::<T>() {
+            return self.record_leaf(x.shape(), false, |out| {
+                for (o, &v) in out.iter_mut().zip(x.data()) {
+                    *o = T::from_base(v);
+                }
+            });
+        }
+        let v = self.record_leaf(x.shape(), false, |_| {});
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let node = inner.nodes.last_mut().expect("just recorded");
+        node.base = Some(inner.base.len());
+        node.pending = true;
+        inner.base.extend_from_slice(x.data());
+        v
     }
 
     /// A rank-0 constant.
@@ -398,6 +475,8 @@ impl<T: Real> Tape<T> {
             idx: i..i,
             requires_grad,
             primal_adjoint,
+            base: None,
+            pending: false,
         });
         Var {
             tape: self,
@@ -456,6 +535,12 @@ impl<T: Real> Tape<T> {
         let inner = &mut *inner;
         let idxs: SmallVec<[u32; 3]> = inputs.iter().map(|v| v.idx).collect();
         let requires_grad = idxs.iter().any(|&i| inner.nodes[i as usize].requires_grad);
+        for (k, &i) in idxs.iter().enumerate() {
+            let shape = |j: usize| inner.nodes[idxs[j] as usize].shape;
+            if inner.nodes[i as usize].pending && !ops::reads_base(&op, k, shape) {
+                inner.materialize(i as usize);
+            }
+        }
         let at = inner.alloc(shape.numel(), zeroed);
         let (aux0, idx0) = (inner.aux.len(), inner.idx.len());
         {
@@ -463,6 +548,7 @@ impl<T: Real> Tape<T> {
             let out = &mut rest[..shape.numel()];
             let mut f = Fwd {
                 vals: before,
+                base: &inner.base,
                 nodes: &inner.nodes,
                 inputs: &idxs,
                 out,
@@ -481,6 +567,8 @@ impl<T: Real> Tape<T> {
             idx: idx0..idx1,
             requires_grad,
             primal_adjoint: true,
+            base: None,
+            pending: false,
         });
         Var {
             tape: self,
@@ -494,6 +582,7 @@ impl<T: Real> Tape<T> {
         self.check_own(v, "detach");
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
+        inner.materialize(v.idx as usize);
         let src = inner.nodes[v.idx as usize].clone();
         let at = inner.alloc(src.shape.numel(), false);
         inner.vals.copy_within(src.range(), at);
@@ -507,6 +596,8 @@ impl<T: Real> Tape<T> {
             idx: i..i,
             requires_grad: false,
             primal_adjoint: true,
+            base: None,
+            pending: false,
         });
         Var {
             tape: self,
@@ -523,6 +614,7 @@ impl<T: Real> Tape<T> {
     /// A copy of a variable's value.
     pub fn value(&self, v: Var<'_, T>) -> Tensor<T> {
         self.check_own(v, "value");
+        self.materialize(v);
         let inner = self.inner.borrow();
         let n = &inner.nodes[v.idx as usize];
         Tensor::new(n.shape, inner.vals[n.range()].to_vec())
@@ -532,9 +624,28 @@ impl<T: Real> Tape<T> {
     /// view is alive panics, as the arena may move.
     pub fn value_ref(&self, v: Var<'_, T>) -> Ref<'_, [T]> {
         self.check_own(v, "value_ref");
+        self.materialize(v);
         Ref::map(self.inner.borrow(), |i| {
             &i.vals[i.nodes[v.idx as usize].range()]
         })
+    }
+
+    /// Writes `v`'s value into the arena if it is still pending (a
+    /// [`Tape::constant_base`] leaf read so far only as real data).
+    ///
+    /// # Panics
+    /// If it is pending while a [`Tape::value_ref`] view is alive.
+    #[track_caller]
+    fn materialize(&self, v: Var<'_, T>) {
+        if self.inner.borrow().nodes[v.idx as usize].pending {
+            let Ok(mut inner) = self.inner.try_borrow_mut() else {
+                panic!(
+                    "value_ref: {v:?} (a constant_base leaf) is first read while another \
+                     value_ref view is alive; drop the view or read this value first"
+                );
+            };
+            inner.materialize(v.idx as usize);
+        }
     }
 
     /// Runs the reverse sweep from a scalar output, seeding its adjoint with 1.
@@ -629,6 +740,7 @@ impl<T: Real> Tape<T> {
                 node,
                 nodes: &inner.nodes,
                 vals: &inner.vals,
+                base: &inner.base,
                 g: &g_rest[..node.shape.numel()],
                 grads: g_before,
                 has_adj: adj_before,

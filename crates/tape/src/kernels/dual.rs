@@ -54,7 +54,7 @@ impl<'a, T> MatRef<'a, Dual<T>> {
 
     /// The view as a real `rows × 2·cols` matrix (columns `2j`, `2j + 1` are
     /// the parts of column `j`); only for a unit column stride.
-    fn real_columns(self) -> MatRef<'a, T> {
+    pub(in crate::kernels) fn real_columns(self) -> MatRef<'a, T> {
         assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         MatRef::new(
             flat(self.data),
@@ -82,7 +82,7 @@ impl<'a, T> MatMut<'a, Dual<T>> {
     }
 
     /// The `&mut` form of [`MatRef::real_columns`].
-    fn real_columns(&mut self) -> MatMut<'_, T> {
+    pub(in crate::kernels) fn real_columns(&mut self) -> MatMut<'_, T> {
         assert_eq!(self.cs, 1, "real_columns needs unit column stride");
         let (r, c, rs) = (self.rows, 2 * self.cols, self.rs.saturating_mul(2));
         MatMut::new(flat_mut(self.data), r, c, rs, 1)
@@ -164,8 +164,7 @@ pub(crate) fn tangent_gemm<T: Real>(
     c: &mut [T],
 ) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let macs = m.saturating_mul(k).saturating_mul(n);
-    let small = macs <= super::SMALL_MACS && n <= super::SMALL_COLS;
+    let small = super::is_small(m, k, n);
     if small || m == 0 || n == 0 || k == 0 || a.cols != b.rows || c.len() != m * n {
         // The full product (which also reports shape errors).
         return super::gemm(alpha, a, b, beta, c);
@@ -183,13 +182,9 @@ fn tangent_as<T: Real, F: Prim>(
     beta: T::Base,
     c: &mut [T],
 ) -> bool {
-    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
-    let (Some(alpha), Some(beta)) = (base(alpha), base(beta)) else {
+    let Some((alpha, beta)) = dual_scalars::<T, F>(alpha, beta) else {
         return false;
     };
-    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
-        return false;
-    }
     let a = MatRef::new(same_type(a.data), a.rows, a.cols, a.rs, a.cs);
     let b = MatRef::new(same_type(b.data), b.rows, b.cols, b.rs, b.cs);
     let c = MatMut::row_major(same_type_mut(c), a.rows, b.cols);
@@ -197,11 +192,23 @@ fn tangent_as<T: Real, F: Prim>(
     true
 }
 
+/// `(α, β)` as `F`s if `T` is `Dual<F>` (whose `Base` is `F`), else `None`.
+pub(in crate::kernels) fn dual_scalars<T: Real, F: Prim>(
+    alpha: T::Base,
+    beta: T::Base,
+) -> Option<(F, F)> {
+    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return None;
+    }
+    Some((base(alpha)?, base(beta)?))
+}
+
 /// `&[T]` as `&[U]` for one and the same type.
 ///
 /// # Panics
 /// If `T` and `U` are different types.
-fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+pub(in crate::kernels) fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
     // SAFETY: the assert above: `T` and `U` are the same type, so the slice
     // is reborrowed unchanged (same pointer, length and lifetime).
@@ -209,7 +216,7 @@ fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
 }
 
 /// The `&mut` form of [`same_type`].
-fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
+pub(in crate::kernels) fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
     // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }

@@ -11,6 +11,7 @@
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into scratch) | viewing `[Dual<T>]` as `[T]` |
+//! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //!
 //! # Soundness
 //! The kernels read and write without bounds checks. What makes that sound
@@ -35,7 +36,8 @@
 //!
 //! # Kernel families
 //! A *small* product (at most [`SMALL_MACS`] multiply-adds and [`SMALL_COLS`]
-//! columns, dense row-major output) runs one of three families:
+//! columns, or at most [`THIN_COLS`] columns whatever its size — a
+//! matrix-vector product; dense row-major output) runs one of three families:
 //!
 //! - [`Family::Portable`]: the row loop, compiled for the baseline target. For
 //!   each output element the products `a_il·b_lj` are added in increasing `l`,
@@ -114,11 +116,14 @@ pub(crate) mod dual;
 mod family;
 pub(crate) mod large;
 pub(crate) mod portable;
+pub(crate) mod real_left;
 pub(crate) mod simd;
 mod view;
 
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use view::{MatMut, MatRef};
+
+pub(crate) use real_left::{real_left_gemm, real_left_ok, takes_real_left};
 
 use crate::real::{Float, Real};
 
@@ -129,6 +134,23 @@ use crate::real::{Float, Real};
 pub const SMALL_MACS: usize = 32 * 1024;
 /// ... and with at most this many columns (the accumulator row lives on the stack).
 pub const SMALL_COLS: usize = 64;
+/// Products with at most this many columns run a small-product family
+/// whatever their size: for a matrix-vector product `matrixmultiply` would
+/// pack the whole matrix (as much memory traffic as the product itself) to
+/// fill register tiles that are mostly empty, while the families read each
+/// element once, in place (no packing when `B`'s rows are contiguous; the
+/// single-column kernel reads a column-major `A` in place). They run on the
+/// calling thread (no rayon hand-off).
+pub const THIN_COLS: usize = 2;
+
+/// Whether an `m × k` by `k × n` product runs a small-product family (given a
+/// dense row-major output): at most [`SMALL_MACS`] multiply-adds and
+/// [`SMALL_COLS`] columns, or at most [`THIN_COLS`] columns.
+pub(crate) fn is_small(m: usize, k: usize, n: usize) -> bool {
+    // Input views may overlap, so m·k·n is not bounded by any slice length.
+    let macs = m.saturating_mul(k).saturating_mul(n);
+    n <= THIN_COLS || (macs <= SMALL_MACS && n <= SMALL_COLS)
+}
 /// A strided operand of at most this many elements is packed on the stack
 /// before a small product (at most 32 KiB for `Dual<f64>`); a small product
 /// with a larger strided right operand runs the row loop (the portable bits)
@@ -286,9 +308,7 @@ fn run<T: Real>(mut p: Product<'_, T>) {
         scale(&mut p.c, p.beta);
         return;
     }
-    // Input views may overlap, so m·k·n is not bounded by any slice length.
-    let macs = m.saturating_mul(k).saturating_mul(n);
-    if macs <= SMALL_MACS && n <= SMALL_COLS && p.c.dense_row_major().is_some() {
+    if is_small(m, k, n) && p.c.dense_row_major().is_some() {
         small(p);
     } else {
         T::large_gemm(p);

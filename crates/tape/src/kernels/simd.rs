@@ -301,9 +301,10 @@ mod imp {
         buf: &mut [MaybeUninit<T>; PACK],
         pack_t: impl for<'x, 'b> Fn(MatRef<'x, T>, &'b mut [MaybeUninit<T>; PACK]) -> &'b [T],
     ) -> Option<Layout<T>> {
-        if b.cols == 1 && a.rows > 1 && fits_pack(a.rows, a.cols) {
+        if b.cols == 1 && a.rows > 1 && (a.rs == 1 || fits_pack(a.rows, a.cols)) {
             // The columns of A as contiguous runs: used as they are with unit
-            // row stride; otherwise Aᵀ is packed.
+            // row stride (any size: a matrix-vector product with a
+            // column-major A); otherwise Aᵀ is packed.
             Some(if a.rs == 1 {
                 Layout::Columns(a.data.as_ptr(), a.cs)
             } else {

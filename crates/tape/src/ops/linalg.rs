@@ -11,6 +11,7 @@
 //! three real GEMMs (see [`crate::Dual`]).
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
+use crate::kernels::{real_left_gemm, real_left_ok};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -40,9 +41,23 @@ fn dims(a: Shape, b: Shape) -> (usize, usize, usize, usize) {
     }
 }
 
+/// Whether `matmul` reads a [`crate::Tape::constant_base`] left operand as
+/// real data (forward: `C = A·B`, adjoint: `ḡB = Aᵀ·g`, both real products
+/// on the dual operand's parts, `kernels/real_left.rs`) rather than
+/// converted to duals with zero tangents. The same bits either way.
+pub(crate) fn matmul_reads_base(a: Shape, b: Shape) -> bool {
+    let (_, m, k, n) = dims(a, b);
+    real_left_ok(m, k, n)
+}
+
 pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
-    let (batch, m, k, n) = dims(b.x_shape(0), b.x_shape(1));
-    let (x, y, g) = (b.x(0), b.x(1), b.g);
+    let (sa, sb) = (b.x_shape(0), b.x_shape(1));
+    let (batch, m, k, n) = dims(sa, sb);
+    let (y, g) = (b.x(1), b.g);
+    // A constant left operand kept as real data: its dual value may not be
+    // written (the recording did not convert it), so it is read from there.
+    let real_a = b.x_base(0).filter(|_| matmul_reads_base(sa, sb));
+    let x = if real_a.is_some() { &[][..] } else { b.x(0) };
     let one = <T::Base as Real>::one();
     // An adjoint not yet touched in this sweep is overwritten (β = 0) instead of
     // zero-filled and accumulated into (β = 1).
@@ -76,15 +91,14 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         let (gb, fresh) = b.g_in_overwrite(1);
         for i in 0..batch {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
-            let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            adjoint_gemm(
-                primal,
-                one,
-                ai.t(),
-                gi,
-                beta(fresh),
-                &mut gb[i * k * n..(i + 1) * k * n],
-            );
+            let gbi = &mut gb[i * k * n..(i + 1) * k * n];
+            if let Some(xa) = real_a {
+                let ai = MatRef::row_major(&xa[i * m * k..(i + 1) * m * k], m, k);
+                real_left_gemm(primal, one, ai.t(), gi, beta(fresh), gbi);
+            } else {
+                let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+                adjoint_gemm(primal, one, ai.t(), gi, beta(fresh), gbi);
+            }
         }
     }
 }
@@ -190,11 +204,21 @@ impl<'t, T: Real> Var<'t, T> {
         // β = 0 overwrites the output (the GEMM never reads it), so no zero-fill.
         self.tape
             .record_overwrite(Op::Matmul, &[self, rhs], out, |f| {
-                let (x, y) = (f.x(0), f.x(1));
+                // A `constant_base` left operand: real products on B's parts
+                // (its dual value is not written, see `matmul_reads_base`).
+                let real_a = f.x_base(0).filter(|_| matmul_reads_base(sa, sb));
+                let real_a_ok = real_a.is_some();
+                let (x, y) = (if real_a_ok { &[][..] } else { f.x(0) }, f.x(1));
                 for i in 0..batch {
-                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
                     let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
-                    gemm(one, ai, bi, zero, &mut f.out[i * m * n..(i + 1) * m * n]);
+                    let ci = &mut f.out[i * m * n..(i + 1) * m * n];
+                    if let Some(xa) = real_a {
+                        let ai = MatRef::row_major(&xa[i * m * k..(i + 1) * m * k], m, k);
+                        real_left_gemm(true, one, ai, bi, zero, ci);
+                    } else {
+                        let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+                        gemm(one, ai, bi, zero, ci);
+                    }
                 }
             })
     }

@@ -13,6 +13,7 @@
 //! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
 
 use crate::real::Real;
+use crate::shape::Shape;
 use crate::tape::Bwd;
 
 pub mod batched;
@@ -159,6 +160,17 @@ impl Op {
             Op::MaxPool2d { .. } => "max_pool2d",
             Op::AvgPool2d { .. } => "avg_pool2d",
         }
+    }
+}
+
+/// Whether `op` reads input `k` as real data when that input is a
+/// [`crate::Tape::constant_base`] leaf with a real copy (`Fwd::x_base`), so
+/// that recording it need not write the leaf's dual value; `shape(j)` is
+/// input `j`'s shape.
+pub(crate) fn reads_base(op: &Op, k: usize, shape: impl Fn(usize) -> Shape) -> bool {
+    match op {
+        Op::Matmul => k == 0 && linalg::matmul_reads_base(shape(0), shape(1)),
+        _ => false,
     }
 }
 

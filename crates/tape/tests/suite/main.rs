@@ -20,5 +20,11 @@ mod grad_table;
 #[path = "literal.rs"]
 mod literal;
 
+#[path = "real_left.rs"]
+mod real_left;
+
+#[path = "thin.rs"]
+mod thin;
+
 #[path = "testing_api.rs"]
 mod testing_api;

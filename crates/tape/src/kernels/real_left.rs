@@ -1,0 +1,140 @@
+//! Products whose left operand is real data on a dual tape: `C ← α·A·B + β·C`
+//! with `A` of `F` (the real copy of a [`crate::Tape::constant_base`] leaf)
+//! and `B`, `C` of `Dual<F>`, for `F` = `f32`, `f64`.
+//!
+//! A constant has a zero tangent, so the dual product is
+//! `C.v = α A B.v + β C.v`, `C.d = α A B.d + β C.d`. With `B` and `C`
+//! row-major, a dual `k × n` matrix is a real `k × 2n` one with the parts in
+//! alternate columns, so both are **one real product**
+//! `[C.v | C.d] ← α A [B.v | B.d] + β [C.v | C.d]`: no dual kernel, no copy
+//! or scan of `A`'s zero tangents.
+//!
+//! # Bits
+//! The result is bit for bit the dual product of `A` converted with zero
+//! tangents (`tests/suite/real_left.rs` checks it per family, small and
+//! large, forward and adjoint), because the dual kernels add `a.d·b.v = 0`
+//! exactly: a small product runs the same family's real kernel with the same
+//! order over `l` (the dual tangent `s + (0·b.v + a.v·b.d)` or
+//! `fma(a.v, b.d, fma(0, b.v, s))` is the real `s + a.v·b.d` or
+//! `fma(a.v, b.d, s)`), and a large one is the very `matrixmultiply` call the
+//! dual path makes once it has found `A`'s tangent zero
+//! ([`super::dual::split`]). The only exceptions are the sign of a zero
+//! (`+0 + −0`) and non-finite `B` (`0·∞`), where the dual path gives `+0`
+//! or NaN in the tangent and this one `−0` or the finite product.
+
+use std::any::TypeId;
+
+use super::dual::{dual_scalars, same_type, same_type_mut};
+use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
+use crate::real::{Dual, Real};
+
+/// Whether `T` takes a real left operand without converting it: `Dual<f32>`
+/// and `Dual<f64>` (a tape of another type converts its constants).
+pub(crate) fn takes_real_left<T: Real>() -> bool {
+    let t = TypeId::of::<T>();
+    t == TypeId::of::<Dual<f32>>() || t == TypeId::of::<Dual<f64>>()
+}
+
+/// Whether an `m × k` real left operand times a `k × n` dual one runs as real
+/// products ([`real_left_gemm`]): always, except for an empty sum and for a
+/// small product whose `2n` real columns would not fit the small kernels'
+/// accumulator row ([`SMALL_COLS`]); those convert the constant instead.
+pub(crate) fn real_left_ok(m: usize, k: usize, n: usize) -> bool {
+    k > 0 && !(is_small(m, k, n) && 2 * n > SMALL_COLS)
+}
+
+/// `C ← α·A·B + β·C` for a real `A` (`T::Base`) and `B`, `C` of `T`, where
+/// `c` is dense row-major; the same bits as the general product of `A`
+/// converted with zero tangents (see the module docs). `primal = false`:
+/// only `C.d` is wanted and `C.v ← β·C.v`, as [`super::dual::tangent_gemm`].
+///
+/// # Panics
+/// If the shapes do not agree (the message has them).
+#[track_caller]
+pub(crate) fn real_left_gemm<T: Real>(
+    primal: bool,
+    alpha: T::Base,
+    a: MatRef<'_, T::Base>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        k == b.rows && c.len() == m * n,
+        "gemm: real lhs [{m}, {k}], rhs [{}, {n}]: inner dimensions or output length {} (expected {m} × {n})",
+        b.rows,
+        c.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let taken = real_left_ok(m, k, n)
+        && b.cs == 1
+        && (as_dual::<T, f32>(primal, alpha, a, b, beta, c)
+            || as_dual::<T, f64>(primal, alpha, a, b, beta, c));
+    if !taken {
+        // Not reached from the tape (it converts such constants when it
+        // records them): the general product of A with zero tangents.
+        let at: Vec<T> = (0..m * k)
+            .map(|x| T::from_base(a.data[(x / k) * a.rs + (x % k) * a.cs]))
+            .collect();
+        let at = MatRef::row_major(&at, m, k);
+        if primal {
+            super::gemm(alpha, at, b, beta, c);
+        } else {
+            super::dual::tangent_gemm(alpha, at, b, beta, c);
+        }
+    }
+}
+
+/// [`real_left_gemm`] if `T` is `Dual<F>` (then `true`), else nothing (`false`).
+fn as_dual<T: Real, F: Prim>(
+    primal: bool,
+    alpha: T::Base,
+    a: MatRef<'_, T::Base>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) -> bool {
+    let Some((alpha, beta)) = dual_scalars::<T, F>(alpha, beta) else {
+        return false;
+    };
+    let a = MatRef::new(same_type::<_, F>(a.data), a.rows, a.cols, a.rs, a.cs);
+    let b = MatRef::new(same_type::<_, Dual<F>>(b.data), b.rows, b.cols, b.rs, b.cs);
+    let mut c = MatMut::row_major(same_type_mut::<_, Dual<F>>(c), a.rows, b.cols);
+    dual::<F>(
+        primal,
+        Product::new(alpha, a, b.real_columns(), beta, c.real_columns()),
+    );
+    true
+}
+
+/// `p` is `A (m × k) · [B.v | B.d] (k × 2n, parts interleaved)` into the
+/// interleaved `C`, both with unit column stride.
+fn dual<F: Prim>(primal: bool, p: Product<'_, F>) {
+    let [m, k, n2] = p.shape();
+    let n = n2 / 2;
+    if is_small(m, k, n) {
+        // The small family, as the dual product would run it (its own
+        // small/large choice counts n dual columns).
+        super::small(p);
+    } else if primal {
+        F::large_gemm(p);
+    } else {
+        // The tangent alone, as `tangent_gemm`: C.v ← β C.v, C.d ← α A B.d + β C.d.
+        let Product {
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+        } = p;
+        let b_d = MatRef::new(b.data.get(1..).unwrap_or(&[]), k, n, b.rs, 2);
+        let mut c_v = MatMut::new(&mut *c.data, m, n, c.rs, 2);
+        super::scale(&mut c_v, beta);
+        let len = c.data.len();
+        let c_d = MatMut::new(&mut c.data[1.min(len)..], m, n, c.rs, 2);
+        F::large_gemm(Product::new(alpha, a, b_d, beta, c_d));
+    }
+}
