@@ -1,8 +1,10 @@
 //! [`super::Family::Avx2`]: the register-blocked kernels of `simd.rs`
 //! compiled for AVX2+FMA (`f32 × 8`, `f64 × 4` vectors in 16 `ymm`
 //! registers), for the small products of `f32`, `f64`, `Dual<f32>` and
-//! `Dual<f64>`; and, for other element types (nested duals) or a strided
-//! operand too large to pack, the portable loop compiled with AVX2.
+//! `Dual<f64>`; a transposing packer for their strided operands (8 × 8 or
+//! 4 × 4 tiles transposed in registers); and, for other element types (nested
+//! duals) or a strided operand too large to pack, the portable loop compiled
+//! with AVX2.
 //!
 //! The kernels accumulate with fused multiply-adds (`vfmadd231ps/pd`): for each
 //! output element `s ← fma(a_il, b_lj, s)` in increasing `l`, from zero, and a
