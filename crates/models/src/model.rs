@@ -215,9 +215,9 @@ impl Mlp {
     /// batch axis (`layers.{i}.weight [B, d_{i+1}, d_i]`,
     /// `layers.{i}.bias [B, d_{i+1}]`) and `x` is `[B, n, d_0]`; slice b of the
     /// `[B, n, d_L]` output is [`Model::forward`] of parameter set b on `x_b`
-    /// (h ↦ h·W_bᵀ + b_b per layer, by `batched_matmul_t` and
-    /// `batched_bias_add`). With B = 1 the numbers are bit-identical to
-    /// [`Model::forward`].
+    /// (h ↦ h·W_bᵀ + b_b per layer, one `batched_affine` node: the bits of
+    /// `batched_matmul_t` then `batched_bias_add`). With B = 1 the numbers are
+    /// bit-identical to [`Model::forward`].
     ///
     /// # Panics
     /// If a parameter or `x` has the wrong shape (the message names it and
@@ -273,9 +273,7 @@ impl Mlp {
         }
         let mut h = x;
         for i in 0..layers {
-            h = h
-                .batched_matmul_t(params[2 * i])
-                .batched_bias_add(params[2 * i + 1]);
+            h = h.batched_affine(params[2 * i], params[2 * i + 1]);
             if i + 1 < layers {
                 h = self.activation.apply(h);
             }

@@ -1,8 +1,10 @@
 //! [`super::Family::Avx2`]: the register-blocked kernels of `simd.rs`
 //! compiled for AVX2+FMA (`f32 × 8`, `f64 × 4` vectors in 16 `ymm`
 //! registers), for the small products of `f32`, `f64`, `Dual<f32>` and
-//! `Dual<f64>`; and, for other element types (nested duals) or a strided
-//! operand too large to pack, the portable loop compiled with AVX2.
+//! `Dual<f64>`; a transposing packer for their strided operands (8 × 8 or
+//! 4 × 4 tiles transposed in registers); and, for other element types (nested
+//! duals) or a strided operand too large to pack, the portable loop compiled
+//! with AVX2.
 //!
 //! The kernels accumulate with fused multiply-adds (`vfmadd231ps/pd`): for each
 //! output element `s ← fma(a_il, b_lj, s)` in increasing `l`, from zero, and a
@@ -67,9 +69,10 @@ unsafe fn small_avx2<T: Real>(
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use crate::kernels::family::has_avx2_fma;
-    use crate::kernels::portable::pack;
-    use crate::kernels::simd::{isa, Vectors};
+    use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
+    use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     isa!(
         /// The AVX2+FMA instruction set ([`Isa`](crate::kernels::simd::Isa)):
@@ -78,7 +81,7 @@ mod imp {
         features "avx2,fma",
         vec Avx2,
         available has_avx2_fma,
-        pack_t pack,
+        pack_t pack_t,
         nv [2, 2],
         mr [[4; 4], [4, 2, 2, 2]]
     );
@@ -227,4 +230,101 @@ mod imp {
             (_mm256_unpacklo_pd(v, d), _mm256_unpackhi_pd(v, d))
         }
     );
+
+    /// `portable::pack` for a transposed right operand (`B[l, j] = src[l + j·cs]`,
+    /// unit row stride) of 4- or 8-byte elements: 8 × 8 (or 4 × 4) tiles
+    /// transposed in registers ([`pack_transposed`]), instead of one strided
+    /// scalar read per element. Other views go through `portable::pack`.
+    ///
+    /// # Panics
+    /// If `k·n` exceeds the buffer.
+    fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
+        pack_transposed(b, buf, has_avx2_fma(), transpose_32, transpose_64)
+    }
+
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
+    ///
+    /// # Safety
+    /// AVX2, and the buffers as [`pack_transposed`] passes them.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
+        unsafe { transpose_tiles::<F32x8, 8>(src, cs, k, n, dst, |r| tile_32(&r)) }
+    }
+
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
+    ///
+    /// # Safety
+    /// AVX2, and the buffers as [`pack_transposed`] passes them.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
+        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
+        unsafe { transpose_tiles::<F64x4, 4>(src, cs, k, n, dst, |r| tile_64(&r)) }
+    }
+
+    /// An 8 × 8 transpose of 32-bit lanes: pairs of rows (`t[2p]` = rows 2p,
+    /// 2p+1 interleaved, low pairs; `t[2p+1]` high pairs), then pairs of
+    /// pairs (`q[4h + c]` holds rows 4h..4h+4 of column c in its low 128 bits
+    /// and of column c + 4 in its high ones), then the 128-bit halves.
+    #[inline(always)]
+    unsafe fn tile_32(r: &[__m256; 8]) -> [__m256; 8] {
+        // SAFETY: register shuffles only; AVX is this fn's contract (called
+        // from `transpose_32`).
+        unsafe {
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (x, y) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(x, y)
+                } else {
+                    _mm256_unpackhi_ps(x, y)
+                }
+            });
+            // Column c (mod 4) of rows 4h..4h+4: from t[4h + c/2] and
+            // t[4h + 2 + c/2], low (c even) or high (c odd) pairs.
+            let q: [__m256; 8] = std::array::from_fn(|i| {
+                let (h, c) = (i / 4, i % 4);
+                let (x, y) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+                if c % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(x, y)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(x, y)
+                }
+            });
+            std::array::from_fn(|j| {
+                let (x, y) = (q[j % 4], q[4 + j % 4]);
+                if j < 4 {
+                    _mm256_permute2f128_ps::<0x20>(x, y)
+                } else {
+                    _mm256_permute2f128_ps::<0x31>(x, y)
+                }
+            })
+        }
+    }
+
+    /// A 4 × 4 transpose of 64-bit lanes: pairs of rows (`t[2p]` lane pairs
+    /// (r_2p,c, r_2p+1,c) for c = 0, 2; `t[2p+1]` for c = 1, 3), then the
+    /// 128-bit halves.
+    #[inline(always)]
+    unsafe fn tile_64(r: &[__m256d; 4]) -> [__m256d; 4] {
+        // SAFETY: register shuffles only; AVX is this fn's contract (called
+        // from `transpose_64`).
+        unsafe {
+            let t: [__m256d; 4] = std::array::from_fn(|i| {
+                let (x, y) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_pd(x, y)
+                } else {
+                    _mm256_unpackhi_pd(x, y)
+                }
+            });
+            std::array::from_fn(|j| {
+                let (x, y) = (t[j % 2], t[2 + j % 2]);
+                if j < 2 {
+                    _mm256_permute2f128_pd::<0x20>(x, y)
+                } else {
+                    _mm256_permute2f128_pd::<0x31>(x, y)
+                }
+            })
+        }
+    }
 }

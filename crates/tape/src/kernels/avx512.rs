@@ -22,9 +22,8 @@ pub(crate) use imp::{Avx512, F32x16, F64x8};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use crate::kernels::family::has_avx512;
-    use crate::kernels::portable::pack;
-    use crate::kernels::simd::{isa, Vectors};
-    use crate::kernels::{fits_pack, MatRef, PACK};
+    use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
+    use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -173,87 +172,33 @@ mod imp {
 
     /// `portable::pack` for a transposed right operand (`B[l, j] = src[l + j·cs]`,
     /// unit row stride) of 4- or 8-byte elements: 16 × 16 (or 8 × 8) tiles
-    /// transposed in registers. Only bits move, so any `T` of that size works.
-    /// Other views go through `portable::pack`.
+    /// transposed in registers ([`pack_transposed`]). Other views go through
+    /// `portable::pack`.
     ///
     /// # Panics
     /// If `k·n` exceeds the buffer.
     fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
-        let (k, n) = (b.rows, b.cols);
-        let size = std::mem::size_of::<T>();
-        if b.rs != 1 || !(size == 4 || size == 8) || !has_avx512() {
-            return pack(b, buf);
-        }
-        assert!(
-            fits_pack(k, n),
-            "pack_t: [{k}, {n}] does not fit {PACK} elements"
-        );
-        let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());
-        // SAFETY: AVX-512F was detected above; element (l, j) of the view,
-        // src[l + j·cs], is inside `b.data` for l < k, j < n (checked by
-        // `MatRef`'s constructors) and the masks keep every load to those; the
-        // loads are unaligned, so reading a `T` of 4 (8) bytes as f32 (f64)
-        // lanes is fine and moves its bits unchanged. `dst` has k·n ≤ PACK
-        // slots (asserted) and the masked stores write every one of them: tile
-        // (l0, j0) stores rows l0.. (below k) of columns j0.. (below n), and
-        // the tiles cover 0..k × 0..n. MaybeUninit<T> has T's layout.
-        unsafe {
-            if size == 4 {
-                transpose_32(src.cast::<f32>(), b.cs, k, n, dst.cast::<f32>());
-            } else {
-                transpose_64(src.cast::<f64>(), b.cs, k, n, dst.cast::<f64>());
-            }
-            std::slice::from_raw_parts(dst, k * n)
-        }
+        pack_transposed(b, buf, has_avx512(), transpose_32, transpose_64)
     }
 
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
+    ///
+    /// # Safety
+    /// AVX-512F, and the buffers as [`pack_transposed`] passes them.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
-        // SAFETY: this fn's contract, as `pack_t` establishes it.
+        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
         unsafe { transpose_tiles::<F32x16, 16>(src, cs, k, n, dst, |r| tile_32(&r)) }
     }
 
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
+    ///
+    /// # Safety
+    /// AVX-512F, and the buffers as [`pack_transposed`] passes them.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
-        // SAFETY: this fn's contract, as `pack_t` establishes it.
+        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
         unsafe { transpose_tiles::<F64x8, 8>(src, cs, k, n, dst, |r| tile_64(&r)) }
-    }
-
-    /// The tiles of a transpose: T rows of `src` (T = E::N lanes each, masked
-    /// at the edges) go through `tile`, which returns the T columns.
-    #[inline(always)]
-    unsafe fn transpose_tiles<V: Vectors, const T: usize>(
-        src: *const V::E,
-        cs: usize,
-        k: usize,
-        n: usize,
-        dst: *mut V::E,
-        tile: impl Fn([V::V; T]) -> [V::V; T],
-    ) {
-        // SAFETY: AVX-512F and the buffers come from `pack_t` (src[l + j·cs]
-        // in bounds for l < k, j < n; dst of k·n slots); source rows j0 + t < n
-        // only, loads masked to l0.. below k, destination rows l0 + s < k,
-        // stores masked to j0.. below n; addresses via `wrapping_add`.
-        unsafe {
-            for j0 in (0..n).step_by(T) {
-                let jm = V::mask(n - j0);
-                for l0 in (0..k).step_by(T) {
-                    let lm = V::mask(k - l0);
-                    let rows: [V::V; T] = std::array::from_fn(|t| {
-                        if j0 + t < n {
-                            V::load_masked(src.wrapping_add((j0 + t) * cs + l0), lm)
-                        } else {
-                            V::zero()
-                        }
-                    });
-                    for (s, col) in tile(rows).into_iter().enumerate().take(k - l0) {
-                        V::store_masked(dst.wrapping_add((l0 + s) * n + j0), col, jm);
-                    }
-                }
-            }
-        }
     }
 
     /// A 16 × 16 transpose of 32-bit lanes: pairs of rows, then pairs of pairs

@@ -6,8 +6,8 @@
 //! | `view.rs` | [`MatRef`], [`MatMut`]: strided views built only by checked constructors | — |
 //! | `family.rs` | [`Family`], [`with_family`], [`force`], `TAPE_KERNELS` | — |
 //! | `portable.rs` | the small-product row loop, and a strided loop for other element types | reading a packed stack buffer |
-//! | `simd.rs` | register-blocked kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>`, written once over a vector shape | raw pointers, masked loads and stores |
-//! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
+//! | `simd.rs` | register-blocked kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>`, written once over a vector shape, and the tiling loop of the transposing packers | raw pointers, masked loads and stores |
+//! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into scratch) | viewing `[Dual<T>]` as `[T]` |

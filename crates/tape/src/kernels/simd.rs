@@ -272,6 +272,91 @@ mod imp {
         unsafe fn dual<E: Lane>(job: Job<'_, Dual<E>>);
     }
 
+    /// `portable::pack` for a transposed operand of 4- or 8-byte elements
+    /// (`B[l, j] = src[l + j·cs]`, unit row stride) by an instruction set's
+    /// register transposes `t32`/`t64` (`dst[l·n + j] = src[j·cs + l]`), if
+    /// `available`; any other view, element size or CPU goes through
+    /// `portable::pack`. Only bits move, so any `T` of that size works (a
+    /// `Dual<f32>` moves as one 8-byte lane). Shared by the ISAs' `pack_t`.
+    ///
+    /// # Panics
+    /// If `k·n` exceeds the buffer.
+    #[inline(always)]
+    pub(crate) fn pack_transposed<'b, T: Copy>(
+        b: MatRef<'_, T>,
+        buf: &'b mut [MaybeUninit<T>; PACK],
+        available: bool,
+        t32: unsafe fn(*const f32, usize, usize, usize, *mut f32),
+        t64: unsafe fn(*const f64, usize, usize, usize, *mut f64),
+    ) -> &'b [T] {
+        let (k, n) = (b.rows, b.cols);
+        let size = std::mem::size_of::<T>();
+        if b.rs != 1 || !(size == 4 || size == 8) || !available {
+            return crate::kernels::portable::pack(b, buf);
+        }
+        assert!(
+            fits_pack(k, n),
+            "pack_t: [{k}, {n}] does not fit {PACK} elements"
+        );
+        let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());
+        // SAFETY: the caller's instruction set was detected (`available`, its
+        // contract); element (l, j) of the view, src[l + j·cs], is inside
+        // `b.data` for l < k, j < n (checked by `MatRef`'s constructors) and the
+        // transposes' masks keep every load to those; the loads are unaligned,
+        // so reading a `T` of 4 (8) bytes as f32 (f64) lanes is fine and moves
+        // its bits unchanged. `dst` has k·n ≤ PACK slots (asserted) and the
+        // transposes write every one of them (`transpose_tiles`).
+        // MaybeUninit<T> has T's layout.
+        unsafe {
+            if size == 4 {
+                t32(src.cast::<f32>(), b.cs, k, n, dst.cast::<f32>());
+            } else {
+                t64(src.cast::<f64>(), b.cs, k, n, dst.cast::<f64>());
+            }
+            std::slice::from_raw_parts(dst, k * n)
+        }
+    }
+
+    /// The tiles of a transpose `dst[l·n + j] = src[j·cs + l]` (l < k, j < n):
+    /// T rows of `src` (T = V::N lanes each, masked at the edges) go through
+    /// `tile`, which returns the T columns; tile (l0, j0) stores rows l0..
+    /// (below k) of columns j0.. (below n), and the tiles cover 0..k × 0..n.
+    ///
+    /// # Safety
+    /// The CPU has V's instruction set; src[l + j·cs] is valid for reads for
+    /// l < k, j < n, and dst for k·n writes.
+    #[inline(always)]
+    pub(crate) unsafe fn transpose_tiles<V: Vectors, const T: usize>(
+        src: *const V::E,
+        cs: usize,
+        k: usize,
+        n: usize,
+        dst: *mut V::E,
+        tile: impl Fn([V::V; T]) -> [V::V; T],
+    ) {
+        // SAFETY: this fn's contract: source rows j0 + t < n only, loads
+        // masked to l0.. below k, destination rows l0 + s < k, stores masked
+        // to j0.. below n; addresses via `wrapping_add`.
+        unsafe {
+            for j0 in (0..n).step_by(T) {
+                let jm = V::mask(n - j0);
+                for l0 in (0..k).step_by(T) {
+                    let lm = V::mask(k - l0);
+                    let rows: [V::V; T] = std::array::from_fn(|t| {
+                        if j0 + t < n {
+                            V::load_masked(src.wrapping_add((j0 + t) * cs + l0), lm)
+                        } else {
+                            V::zero()
+                        }
+                    });
+                    for (s, col) in tile(rows).into_iter().enumerate().take(k - l0) {
+                        V::store_masked(dst.wrapping_add((l0 + s) * n + j0), col, jm);
+                    }
+                }
+            }
+        }
+    }
+
     /// A product ready for a kernel: `C ← α·A·B + β·C` with `C` dense row-major
     /// `m × n` and the operand layout chosen ([`Layout`]).
     pub(crate) struct Job<'a, T: Real> {
@@ -789,5 +874,63 @@ mod imp {
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::imp::Isa;
+    use crate::kernels::avx2::Avx2;
+    use crate::kernels::avx512::Avx512;
+    use crate::kernels::portable::pack;
+    use crate::kernels::{MatRef, PACK};
+    use crate::real::Dual;
+    use std::mem::MaybeUninit;
+
+    /// `I::pack_t` of the transposed view `B = Xᵀ` (`X` a `[n, k]` block of a
+    /// wider row-major buffer, so `B[l, j] = x[j·cs + l]`) equals the portable
+    /// strided copy, bit for bit, on tile edges (1, 3, 8, 9, 16, 17, 40, …) for
+    /// 4- and 8-byte elements and `Dual<f32>` (moved as 8-byte lanes).
+    fn packs_like_portable<I: Isa, T: Copy + PartialEq + std::fmt::Debug>(
+        make: impl Fn(usize) -> T,
+    ) {
+        if !I::available() {
+            return;
+        }
+        for (k, n) in [
+            (1, 1),
+            (1, 40),
+            (40, 1),
+            (3, 5),
+            (8, 8),
+            (9, 17),
+            (16, 16),
+            (17, 9),
+            (40, 40),
+            (33, 40),
+        ] {
+            let cs = k + 3; // a padded row: the view skips 3 elements per row
+            let x: Vec<T> = (0..n * cs).map(&make).collect();
+            let b = MatRef::new(&x[..], k, n, 1, cs);
+            let mut fast = [MaybeUninit::<T>::uninit(); PACK];
+            let mut slow = [MaybeUninit::<T>::uninit(); PACK];
+            let (fast, slow) = (I::pack_t(b, &mut fast), pack(b, &mut slow));
+            assert_eq!(fast, slow, "[{k}, {n}]");
+            assert_eq!(fast.len(), k * n);
+        }
+    }
+
+    #[test]
+    fn avx2_pack_t_equals_portable_pack() {
+        packs_like_portable::<Avx2, f32>(|i| i as f32 + 0.5);
+        packs_like_portable::<Avx2, f64>(|i| -(i as f64) - 0.25);
+        packs_like_portable::<Avx2, Dual<f32>>(|i| Dual::new(i as f32, -(i as f32)));
+    }
+
+    #[test]
+    fn avx512_pack_t_equals_portable_pack() {
+        packs_like_portable::<Avx512, f32>(|i| i as f32 + 0.5);
+        packs_like_portable::<Avx512, f64>(|i| -(i as f64) - 0.25);
+        packs_like_portable::<Avx512, Dual<f32>>(|i| Dual::new(i as f32, -(i as f32)));
     }
 }

@@ -8,6 +8,7 @@
 //! |---|---|---|---|---|
 //! | `batched_matmul_t` | `[B, m, k]·[B, n, k]ᵀ → [B, m, n]` | C_b = A_b·W_bᵀ | Ċ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ | ḡA_b = g_b·W_b, ḡW_b = g_bᵀ·A_b |
 //! | `batched_bias_add` | `[B, m, n] + [B, n] → [B, m, n]` | y_bij = x_bij + c_bj | ẏ_bij = ẋ_bij + ċ_bj | ḡx = g, ḡc_bj = Σ_i g_bij |
+//! | `batched_affine` | `[B, m, k]·[B, n, k]ᵀ + [B, n] → [B, m, n]` | Y_b = A_b·W_bᵀ + 1·c_bᵀ | Ẏ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ + 1·ċ_bᵀ | as `batched_matmul_t` for A, W; ḡc_bj = Σ_i g_bij |
 //! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
 //!
 //! Each slice's product goes through the small-product kernels of
@@ -17,6 +18,14 @@
 //! With B = 1 both ops compute the same sums in the same order as
 //! `matmul_t` and a broadcast `+`, so a one-task batch reproduces the
 //! per-task numbers bit for bit.
+//!
+//! `batched_affine` is `batched_matmul_t` then `batched_bias_add` in one node
+//! (an affine layer of B tasks): its output rows start as the bias and the
+//! product is added by the GEMM's epilogue (`C ← 1·A·Wᵀ + 1·C`), which rounds
+//! `1·s + 1·c = s + c` as the two ops do; so where the product runs a
+//! small-product family (the MLP's shapes, every family) the values and
+//! adjoints are the two ops' bits, with one node, one output buffer and one
+//! pass over it fewer, and no copy of the output adjoint for the bias's input.
 
 use crate::gemm::{gemm, MatRef};
 use crate::ops::Op;
@@ -24,10 +33,9 @@ use crate::real::Real;
 use crate::shape::{check_shapes, Shape, MAX_RANK};
 use crate::tape::{Bwd, Var};
 
-/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ`.
+/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ`, for op `name`.
 #[track_caller]
-fn dims_mt(a: Shape, w: Shape) -> (usize, usize, usize, usize) {
-    let name = "batched_matmul_t";
+fn dims_mt(name: &'static str, a: Shape, w: Shape) -> (usize, usize, usize, usize) {
     check_shapes!(a.rank() == 3 && w.rank() == 3, name, ["lhs" => a, "rhs" => w], "expected [B, m, k]·[B, n, k]ᵀ");
     check_shapes!(a.dim(0) == w.dim(0), name, ["lhs" => a, "rhs" => w], "batch dimensions {} != {}", a.dim(0), w.dim(0));
     check_shapes!(a.dim(2) == w.dim(2), name, ["lhs" => a, "rhs" => w], "inner dimensions {} != {}", a.dim(2), w.dim(2));
@@ -59,10 +67,39 @@ fn beta<T: Real>(fresh: bool) -> T::Base {
     }
 }
 
+/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ + [B, n]`.
+#[track_caller]
+fn dims_affine(a: Shape, w: Shape, c: Shape) -> (usize, usize, usize, usize) {
+    let name = "batched_affine";
+    let (batch, m, k, n) = dims_mt(name, a, w);
+    check_shapes!(
+        c.rank() == 2 && c.dim(0) == batch && c.dim(1) == n,
+        name,
+        ["lhs" => a, "rhs" => w, "bias" => c],
+        "bias must be [{batch}, {n}]"
+    );
+    (batch, m, k, n)
+}
+
 /// VJP of `C_b = A_b·W_bᵀ`: `ḡA_b = g_b·W_b` and `ḡW_b = g_bᵀ·A_b`, one GEMM
 /// per slice, operands read through strides.
 pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
-    let (batch, m, k, n) = dims_mt(b.x_shape(0), b.x_shape(1));
+    let dims = dims_mt("batched_matmul_t", b.x_shape(0), b.x_shape(1));
+    product_adjoints(b, dims);
+}
+
+/// VJP of `Y_b = A_b·W_bᵀ + 1·c_bᵀ`: the product's adjoints (as
+/// [`batched_matmul_t_vjp`]) and the bias's (as [`batched_bias_add_vjp`]),
+/// all read from the output adjoint itself.
+pub(crate) fn batched_affine_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (batch, m, k, n) = dims_affine(b.x_shape(0), b.x_shape(1), b.x_shape(2));
+    product_adjoints(b, (batch, m, k, n));
+    bias_adjoint(b, 2, batch, m, n);
+}
+
+/// The adjoints of inputs 0 (A) and 1 (W) of a node `C_b = A_b·W_bᵀ (+ …)`
+/// with dims (B, m, k, n): one GEMM per slice and operand.
+fn product_adjoints<T: Real>(b: &mut Bwd<'_, T>, (batch, m, k, n): (usize, usize, usize, usize)) {
     let (x, w, g) = (b.x(0), b.x(1), b.g);
     let one = <T::Base as Real>::one();
     if b.wants(0) {
@@ -108,8 +145,15 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             gx.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
         }
     }
-    if b.wants(1) {
-        let gc = b.g_in(1);
+    bias_adjoint(b, 1, batch, m, n);
+}
+
+/// The adjoint of input `which`, a `[B, n]` bias added to every row of a
+/// `[B, m, n]` output: `ḡc_bj += Σ_i g_bij`, summed over i in increasing order.
+fn bias_adjoint<T: Real>(b: &mut Bwd<'_, T>, which: usize, batch: usize, m: usize, n: usize) {
+    let g = b.g;
+    if b.wants(which) {
+        let gc = b.g_in(which);
         for (gb, gs) in gc
             .chunks_exact_mut(n)
             .zip(g.chunks_exact(m * n))
@@ -195,7 +239,7 @@ impl<'t, T: Real> Var<'t, T> {
     /// ```
     #[track_caller]
     pub fn batched_matmul_t(self, rhs: Var<'t, T>) -> Var<'t, T> {
-        let (batch, m, k, n) = dims_mt(self.shape(), rhs.shape());
+        let (batch, m, k, n) = dims_mt("batched_matmul_t", self.shape(), rhs.shape());
         let zero = <T::Base as Real>::zero();
         let one = <T::Base as Real>::one();
         let out = Shape::new(&[batch, m, n]);
@@ -252,6 +296,52 @@ impl<'t, T: Real> Var<'t, T> {
                             *o = a + b;
                         }
                     }
+                }
+            })
+    }
+
+    /// An affine layer for each of B tasks in one node:
+    /// `[B, m, k]·[B, n, k]ᵀ + [B, n] → [B, m, n]`,
+    /// Y_b = A_b·W_bᵀ + 1·c_bᵀ (row i of slice b is `A_b[i]·W_bᵀ + c_b`). The
+    /// same values and adjoints as `self.batched_matmul_t(w).batched_bias_add(bias)`,
+    /// bit for bit where the products run a small-product family (module docs),
+    /// with one node and one output buffer instead of two.
+    ///
+    /// # Panics
+    /// On ranks other than 3 (for `self`, `w`) or 2 (for `bias`), or
+    /// mismatched dimensions:
+    /// `batched_affine: lhs [2, 3, 4], rhs [2, 5, 4], bias [2, 4]: bias must be [2, 5]`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// // Two tasks, one row each: [1, 2]·[5, 6]ᵀ + 10 and [3, 4]·[7, 8]ᵀ + 20.
+    /// let a = t.var(&Tensor::new(&[2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let w = t.var(&Tensor::new(&[2, 1, 2], vec![5.0, 6.0, 7.0, 8.0]));
+    /// let c = t.var(&Tensor::new(&[2, 1], vec![10.0, 20.0]));
+    /// let y = a.batched_affine(w, c);
+    /// assert_eq!(y.value().data(), &[27.0, 73.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(c.grad().data(), &[1.0, 1.0]);
+    /// assert_eq!(w.grad().data(), &[1.0, 2.0, 3.0, 4.0]); // ḡW_b = g_bᵀ·A_b
+    /// ```
+    #[track_caller]
+    pub fn batched_affine(self, w: Var<'t, T>, bias: Var<'t, T>) -> Var<'t, T> {
+        let (batch, m, k, n) = dims_affine(self.shape(), w.shape(), bias.shape());
+        let one = <T::Base as Real>::one();
+        let out = Shape::new(&[batch, m, n]);
+        self.tape
+            .record_overwrite(Op::BatchedAffine, &[self, w, bias], out, |f| {
+                let (x, w, c) = (f.x(0), f.x(1), f.x(2));
+                for i in 0..batch {
+                    let oi = &mut f.out[i * m * n..(i + 1) * m * n];
+                    let ci = &c[i * n..(i + 1) * n];
+                    for row in oi.chunks_exact_mut(n) {
+                        row.copy_from_slice(ci);
+                    }
+                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
+                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
+                    gemm(one, ai, wi.t(), one, oi);
                 }
             })
     }
@@ -382,5 +472,72 @@ mod tests {
         let _ = t
             .var(&Tensor::zeros([2, 3, 4]))
             .batched_bias_add(t.var(&Tensor::zeros([2, 3])));
+    }
+
+    /// `batched_affine` equals `batched_matmul_t` then `batched_bias_add`,
+    /// value and the three adjoints, bit for bit, on the sine MLP's three
+    /// layer shapes (k = 1, the 40 × 40 layer, n = 1) under every kernel
+    /// family this CPU has.
+    #[test]
+    fn affine_equals_matmul_t_then_bias_add_bit_for_bit() {
+        use crate::kernels::{with_family, Family};
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+            for (bsz, m, k, n) in [
+                (13, 10, 1, 40),
+                (13, 10, 40, 40),
+                (3, 10, 40, 1),
+                (2, 3, 5, 7),
+            ] {
+                let (a, w, c) = (
+                    filled(&[bsz, m, k], 7),
+                    filled(&[bsz, n, k], 8),
+                    filled(&[bsz, n], 9),
+                );
+                let run = |fused: bool| {
+                    with_family(family, || {
+                        let t = Tape::<f32>::new();
+                        let (av, wv, cv) = (t.var(&a), t.var(&w), t.var(&c));
+                        let y = if fused {
+                            av.batched_affine(wv, cv)
+                        } else {
+                            av.batched_matmul_t(wv).batched_bias_add(cv)
+                        };
+                        // A non-uniform output adjoint: g = 2y.
+                        t.backward((y * y).sum());
+                        [y.value(), av.grad(), wv.grad(), cv.grad()].map(|x| bits(x.data()))
+                    })
+                };
+                assert_eq!(
+                    run(true),
+                    run(false),
+                    "{family:?} [{bsz}, {m}, {k}]·[{bsz}, {n}, {k}]ᵀ"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_affine: lhs [2, 3, 4], rhs [2, 5, 4], bias [2, 4]: bias must be [2, 5]"
+    )]
+    fn affine_bias_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([2, 3, 4])).batched_affine(
+            t.var(&Tensor::zeros([2, 5, 4])),
+            t.var(&Tensor::zeros([2, 4])),
+        );
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_affine: lhs [2, 3, 4], rhs [2, 5, 3]: inner dimensions 4 != 3"
+    )]
+    fn affine_inner_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([2, 3, 4])).batched_affine(
+            t.var(&Tensor::zeros([2, 5, 3])),
+            t.var(&Tensor::zeros([2, 5])),
+        );
     }
 }

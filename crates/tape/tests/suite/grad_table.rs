@@ -181,6 +181,17 @@ fn batched_matmul_t_shapes() -> BoxedStrategy<Vec<Shape>> {
         .prop_map(|(b, m, k, n)| vec![Shape::new(&[b, m, k]), Shape::new(&[b, n, k])])
         .boxed()
 }
+fn batched_affine_shapes() -> BoxedStrategy<Vec<Shape>> {
+    (1..=3usize, 1..=3usize, 1..=4usize, 1..=3usize)
+        .prop_map(|(b, m, k, n)| {
+            vec![
+                Shape::new(&[b, m, k]),
+                Shape::new(&[b, n, k]),
+                Shape::new(&[b, n]),
+            ]
+        })
+        .boxed()
+}
 fn batched_bias_shapes() -> BoxedStrategy<Vec<Shape>> {
     (1..=3usize, 1..=3usize, 1..=4usize)
         .prop_map(|(b, m, n)| vec![Shape::new(&[b, m, n]), Shape::new(&[b, n])])
@@ -392,6 +403,13 @@ fn table() -> Vec<Row> {
             batched_bias_shapes,
             &[ANY],
             |x, _| x[0].batched_bias_add(x[1])
+        ),
+        row!(
+            "batched_affine",
+            3,
+            batched_affine_shapes,
+            &[ANY],
+            |x, _| x[0].batched_affine(x[1], x[2])
         ),
         row!("tile_batch", 1, one_any, &[ANY], |x, p| x[0]
             .tile_batch(1 + (p % 3) as usize)),
@@ -763,6 +781,7 @@ fn the_table_covers_every_op() {
         "matmul_t",
         "batched_matmul_t",
         "batched_bias_add",
+        "batched_affine",
         "tile_batch",
         "permute",
         "t",
