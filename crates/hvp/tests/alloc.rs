@@ -225,12 +225,20 @@ fn mlp_allocations_stay_at_one_packing_buffer_per_gemm_call() {
     let exe = std::env::current_exe().expect("test binary path");
     for threads in ["1", "2"] {
         let out = std::process::Command::new(&exe)
-            .args(["--ignored", "--exact", "mlp_allocations_child", "--nocapture"])
+            .args([
+                "--ignored",
+                "--exact",
+                "mlp_allocations_child",
+                "--nocapture",
+            ])
             .env("RAYON_NUM_THREADS", threads)
             .output()
             .expect("spawn the child test");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "child with {threads} threads failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "child with {threads} threads failed:\n{text}"
+        );
         let counts: Vec<f64> = text
             .lines()
             .find_map(|l| l.strip_prefix("ALLOCS ["))

@@ -182,7 +182,12 @@ fn split_line<F: Prim>(x: &MatRef<'_, Dual<F>>, o: usize, v: &mut [F], d: &mut [
 /// then second) or in two halves (line `o` at `buf[o·len..]` and
 /// `buf[(lines + o)·len..]`); `v_first` says which part comes first. Returns
 /// whether a tangent was nonzero.
-fn split_into<F: Prim>(x: &MatRef<'_, Dual<F>>, buf: &mut [F], paired: bool, v_first: bool) -> bool {
+fn split_into<F: Prim>(
+    x: &MatRef<'_, Dual<F>>,
+    buf: &mut [F],
+    paired: bool,
+    v_first: bool,
+) -> bool {
     let (outer, len, _, _) = lines(x);
     let mut nonzero = false;
     let mut line = |o: usize, first: &mut [F], second: &mut [F]| {
@@ -200,7 +205,11 @@ fn split_into<F: Prim>(x: &MatRef<'_, Dual<F>>, buf: &mut [F], paired: bool, v_f
         }
     } else {
         let (p, q) = buf.split_at_mut(outer * len);
-        for (o, (first, second)) in p.chunks_exact_mut(len).zip(q.chunks_exact_mut(len)).enumerate() {
+        for (o, (first, second)) in p
+            .chunks_exact_mut(len)
+            .zip(q.chunks_exact_mut(len))
+            .enumerate()
+        {
             line(o, first, second);
         }
     }
@@ -252,7 +261,11 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
     let (cv, cd) = cp.split_at_mut(cmn);
     if beta != zero {
         let c0 = c.as_ref();
-        for (i, (v, d)) in cv.chunks_exact_mut(n).zip(cd.chunks_exact_mut(n)).enumerate() {
+        for (i, (v, d)) in cv
+            .chunks_exact_mut(n)
+            .zip(cd.chunks_exact_mut(n))
+            .enumerate()
+        {
             for (j, (v, d)) in v.iter_mut().zip(d).enumerate() {
                 let x = c0.data[i * c0.rs + j * c0.cs];
                 (*v, *d) = (x.v, x.d);
@@ -262,7 +275,13 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
     let a_v = MatRef::new(ap, m, k, ars, acs);
     let b_v = MatRef::new(&bp[b_v_off..], k, n, brs, bcs);
     if parts == Parts::Both {
-        F::large_gemm(Product::new(alpha, a_v, b_v, beta, MatMut::row_major(cv, m, n)));
+        F::large_gemm(Product::new(
+            alpha,
+            a_v,
+            b_v,
+            beta,
+            MatMut::row_major(cv, m, n),
+        ));
     }
     let mut c_d = MatMut::row_major(cd, m, n);
     match (a_has_d, b_has_d) {
@@ -292,7 +311,12 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
 
 /// `C(i, j) ← (primal(C.v(i, j), cv[i·n + j]), cd[i·n + j])` for the
 /// row-major `m × n` planes `cv`, `cd` (`primal` does not read `C.v` when β = 0).
-fn interleave<F: Prim>(c: &mut MatMut<'_, Dual<F>>, cv: &[F], cd: &[F], primal: impl Fn(F, F) -> F) {
+fn interleave<F: Prim>(
+    c: &mut MatMut<'_, Dual<F>>,
+    cv: &[F],
+    cd: &[F],
+    primal: impl Fn(F, F) -> F,
+) {
     let (n, rs, cs) = (c.cols, c.rs, c.cs);
     for (i, (v, d)) in cv.chunks_exact(n).zip(cd.chunks_exact(n)).enumerate() {
         if cs == 1 {
@@ -380,13 +404,10 @@ mod tests {
             let mut got = vec![c0; m * n];
             let mut want = vec![Dual::new(1.0, -2.0); m * n];
             let (rsc, csc) = if tc { (1, m) } else { (n, 1) };
-            planes(Product::new(
-                2.0,
-                av,
-                bv,
-                beta,
-                MatMut::new(&mut got, m, n, rsc, csc),
-            ), Parts::Both);
+            planes(
+                Product::new(2.0, av, bv, beta, MatMut::new(&mut got, m, n, rsc, csc)),
+                Parts::Both,
+            );
             three(Product::new(
                 2.0,
                 MatRef::row_major(&a, m, k),
