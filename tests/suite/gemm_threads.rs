@@ -23,11 +23,12 @@ fn fingerprint() -> String {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     };
-    // Shapes large enough to be cut into chunks, along rows and along columns.
+    // Shapes large enough to be cut into chunks (more than 2^25 multiply-adds),
+    // along rows and along columns; the dual products' real parts are cut too.
     for &(m, k, n) in &[
-        (64usize, 784usize, 256usize),
-        (512, 300, 200),
-        (784, 64, 256),
+        (256usize, 784usize, 256usize),
+        (64, 800, 800),
+        (784, 64, 1024),
     ] {
         let a: Vec<f32> = (0..m * k).map(|i| ((i as f32) * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| ((i as f32) * 0.11).cos()).collect();

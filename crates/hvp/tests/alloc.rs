@@ -8,7 +8,7 @@
 //! (aligned above 16 bytes) per call; see `crates/tape/tests/alloc.rs`.
 
 use hvp::{cg, CgParams, Damped, Hessian, LinOp, Objective, Workspace};
-use tape::testing::{count_allocations, CountingAllocator};
+use tape::testing::{count_allocations, process_allocations, CountingAllocator};
 use tape::{Real, Tape, Tensor, Var};
 
 #[global_allocator]
@@ -138,4 +138,124 @@ fn with_matrix_products_only_gemm_packing_buffers_are_allocated() {
         allocs, overaligned,
         "every allocation is a GEMM packing buffer"
     );
+}
+
+/// The benchmark's MLP (`examples/bench/mlp.rs`: 64 samples, 784-256-256-10,
+/// ReLU, softmax cross-entropy, f32), with deterministic data.
+struct BenchMlp {
+    x: Tensor<f32>,
+    labels: Vec<usize>,
+}
+
+impl Objective<f32> for BenchMlp {
+    fn eval<'t, T: Real<Base = f32>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let mut h = t.constant_base(&self.x);
+        for l in 0..3 {
+            let z = h.matmul(p[2 * l]) + p[2 * l + 1];
+            h = if l < 2 { z.relu() } else { z };
+        }
+        h.softmax_cross_entropy(&self.labels)
+    }
+}
+
+/// Allocations per call (every thread of the process, 10 calls after a warm
+/// one) of the benchmark's `mlp_grad`, `mlp_hvp` (the HVP-only pass) and
+/// `mlp_hvp_full` (value, gradient and H·v), in that order.
+fn mlp_allocations_per_call() -> [f64; 3] {
+    let sizes = [784, 256, 256, 10];
+    let f = BenchMlp {
+        x: Tensor::from_fn(&[64, 784], |i| (i as f32 * 0.013).sin()),
+        labels: (0..64).map(|i| (i * 7) % 10).collect(),
+    };
+    let mut x = Vec::new();
+    for (l, w) in sizes.windows(2).enumerate() {
+        let s = 1.0 / (w[0] as f32).sqrt();
+        x.push(Tensor::from_fn(&[w[0], w[1]], |i| {
+            s * ((i + l) as f32 * 0.7).cos()
+        }));
+        x.push(Tensor::from_fn(&[w[1]], |i| s * (i as f32 * 0.3).sin()));
+    }
+    let v: Vec<Tensor<f32>> = x
+        .iter()
+        .map(|p| Tensor::from_fn(p.shape(), |i| (i as f32 * 0.11).sin()))
+        .collect();
+    let per_call = |mut call: Box<dyn FnMut() + '_>| {
+        call(); // grows tapes and scratch
+        let before = process_allocations().count;
+        for _ in 0..10 {
+            call();
+        }
+        (process_allocations().count - before) as f64 / 10.0
+    };
+    let mut tape = Tape::<f32>::new();
+    let grad = per_call(Box::new(|| {
+        tape.clear();
+        let p: [Var<'_, f32>; 6] = std::array::from_fn(|i| tape.var(&x[i]));
+        tape.backward(f.eval(&tape, &p));
+    }));
+    let mut ws = Workspace::new();
+    let mut hv: Vec<Tensor<f32>> = x.iter().map(|p| Tensor::zeros(p.shape())).collect();
+    let mut g = hv.clone();
+    let only = per_call(Box::new(|| {
+        ws.hvp_only_into(&f, &x, &v, &mut hv);
+    }));
+    let mut ws = Workspace::new();
+    let full = per_call(Box::new(|| {
+        ws.hvp_into(&f, &x, &v, &mut g, &mut hv);
+    }));
+    [grad, only, full]
+}
+
+/// The child of the test below: prints the counts (not run on its own).
+#[test]
+#[ignore = "child process of mlp_allocations_stay_at_one_packing_buffer_per_gemm_call"]
+fn mlp_allocations_child() {
+    println!("ALLOCS {:?}", mlp_allocations_per_call());
+}
+
+/// The benchmark's MLP allocates no more per call than before large products
+/// were cut between threads (issue 11): one `matrixmultiply` packing buffer per
+/// GEMM call and nothing else, i.e. at most 8 for the gradient (8 products)
+/// and 14 for either HVP pass (the full pass's 14 real products; the HVP-only
+/// pass has 12), with one rayon thread and with two. Each thread count runs in
+/// a child process (rayon's global pool is built once per process), counting
+/// the allocations of all its threads.
+#[test]
+fn mlp_allocations_stay_at_one_packing_buffer_per_gemm_call() {
+    let exe = std::env::current_exe().expect("test binary path");
+    for threads in ["1", "2"] {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "mlp_allocations_child",
+                "--nocapture",
+            ])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("spawn the child test");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "child with {threads} threads failed:\n{text}"
+        );
+        let counts: Vec<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ALLOCS ["))
+            .and_then(|l| l.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("no ALLOCS line from the child:\n{text}"))
+            .split(", ")
+            .map(|x| x.parse().expect("a count"))
+            .collect();
+        for ((what, got), old) in ["mlp_grad", "mlp_hvp", "mlp_hvp_full"]
+            .iter()
+            .zip(&counts)
+            .zip([8.0, 14.0, 14.0])
+        {
+            assert!(
+                *got <= old,
+                "{what}, RAYON_NUM_THREADS={threads}: {got} allocations per call, more than the {old} of one packing buffer per GEMM call"
+            );
+        }
+    }
 }

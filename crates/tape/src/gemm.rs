@@ -17,7 +17,7 @@
 
 pub use crate::kernels::{gemm, gemm_into, MatMut, MatRef, Product};
 
-use crate::kernels::dual::tangent_gemm;
+use crate::kernels::tangent_gemm;
 use crate::real::Real;
 
 /// An adjoint's product `C ← α·A·B + β·C` for input `k` of a product node:

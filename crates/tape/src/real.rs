@@ -129,6 +129,16 @@ pub trait Real:
         kernels::portable::strided(p)
     }
 
+    /// Kernel hook: a large product of which only the tangent part is read,
+    /// `C.d ← α·(A.v·B.d + A.d·B.v) + β·C.d` (see
+    /// [`crate::Tape::tangent_leaf_with`]); `C.v` may be anything afterwards.
+    /// The default is the full product; duals ask their parts' type
+    /// ([`Real::dual_large_tangent_gemm`]).
+    #[doc(hidden)]
+    fn large_tangent_gemm(p: Product<'_, Self>) {
+        Self::large_gemm(p)
+    }
+
     /// Kernel hook: [`Real::simd_gemm`] for dual matrices whose parts are `Self`.
     #[doc(hidden)]
     fn dual_simd_gemm(_p: &mut Product<'_, Dual<Self>>) -> bool {
@@ -142,6 +152,15 @@ pub trait Real:
     #[doc(hidden)]
     fn dual_large_gemm(p: Product<'_, Dual<Self>>) {
         kernels::dual::three(p)
+    }
+
+    /// Kernel hook: [`Real::large_tangent_gemm`] for dual matrices whose parts
+    /// are `Self`. The default is the full product ([`Real::dual_large_gemm`]);
+    /// `f32`/`f64` leave out `A.v·B.v` and set `C.v ← β·C.v`, with `C.d` bit
+    /// for bit the full product's.
+    #[doc(hidden)]
+    fn dual_large_tangent_gemm(p: Product<'_, Dual<Self>>) {
+        Self::dual_large_gemm(p)
     }
 }
 
@@ -218,7 +237,10 @@ macro_rules! impl_float {
                 kernels::simd::dual(p)
             }
             fn dual_large_gemm(p: Product<'_, Dual<$t>>) {
-                kernels::dual::split(p)
+                kernels::dual::planes(p, kernels::Parts::Both)
+            }
+            fn dual_large_tangent_gemm(p: Product<'_, Dual<$t>>) {
+                kernels::dual::planes(p, kernels::Parts::Tangent)
             }
         }
         impl Float for $t {
@@ -457,6 +479,9 @@ impl<T: Real> Real for Dual<T> {
     }
     fn large_gemm(p: Product<'_, Self>) {
         T::dual_large_gemm(p)
+    }
+    fn large_tangent_gemm(p: Product<'_, Self>) {
+        T::dual_large_tangent_gemm(p)
     }
 }
 

@@ -13,9 +13,15 @@ fn stride(s: usize) -> isize {
 }
 
 /// Products below this many multiply-adds run as one call: splitting them
-/// costs more (a rayon hand-off, a second packing of the shared operand) than
-/// it saves.
-pub(crate) const SPLIT_MACS: usize = 1 << 21;
+/// costs more (a rayon hand-off, a second packing of the shared operand, a
+/// second packing buffer: `matrixmultiply` allocates one per call) than it
+/// saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
+/// planes"): with the former threshold 2^21, which cut every `mlp_*` product
+/// of 4 M multiply-adds or more in two, a 2-thread call took longer than the
+/// same call on one thread, and allocated a packing buffer more per cut
+/// product; from 2^25 (33.5 M) on, each chunk has 16 M multiply-adds, several
+/// milliseconds of work against the hand-off's microseconds.
+pub(crate) const SPLIT_MACS: usize = 1 << 25;
 /// At most this many chunks per product (each packs the shared operand once).
 const MAX_CHUNKS: usize = 2;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at

@@ -10,7 +10,7 @@
 //! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
-//! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into scratch) | viewing `[Dual<T>]` as `[T]` |
+//! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //!
 //! # Soundness
@@ -257,6 +257,52 @@ pub fn gemm<T: Real>(
     beta: T::Base,
     c: &mut [T],
 ) {
+    dense(alpha, a, b, beta, c, Parts::Both);
+}
+
+/// `C.d ← α·(A.v·B.d + A.d·B.v) + β·C.d` and `C.v ← β·C.v`: the tangent part
+/// of a dual product alone, for an adjoint whose primal part nobody reads (a
+/// leaf of [`crate::Tape::tangent_leaf_with`]). `c` is dense row-major, as
+/// for [`gemm`].
+///
+/// `C.d` is bit for bit the one [`gemm`] writes: a large `Dual<f32>`/
+/// `Dual<f64>` product computes it by the same real products in the same
+/// order and only leaves out `A.v·B.v` ([`Real::large_tangent_gemm`]); small
+/// products (the small kernels interleave both parts) and other element types
+/// run the full product.
+///
+/// # Panics
+/// As [`gemm`].
+#[track_caller]
+pub(crate) fn tangent_gemm<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+) {
+    dense(alpha, a, b, beta, c, Parts::Tangent);
+}
+
+/// Which parts of a product's output are wanted.
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Parts {
+    /// The whole product.
+    Both,
+    /// A dual output's tangent part only; its primal part becomes `β·C.v`.
+    Tangent,
+}
+
+/// [`gemm`] and [`tangent_gemm`]: the checks of a dense output, then [`run`].
+#[track_caller]
+fn dense<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+    parts: Parts,
+) {
     check_inner(&a, &b);
     assert!(
         c.len() == a.rows * b.cols,
@@ -270,13 +316,10 @@ pub fn gemm<T: Real>(
         b.cols,
         a.rows * b.cols
     );
-    run(Product::new(
-        alpha,
-        a,
-        b,
-        beta,
-        MatMut::row_major(c, a.rows, b.cols),
-    ));
+    run(
+        Product::new(alpha, a, b, beta, MatMut::row_major(c, a.rows, b.cols)),
+        parts,
+    );
 }
 
 /// `C ← alpha·A·B + beta·C` into a strided output view (see [`gemm`]). A dense
@@ -293,11 +336,12 @@ pub fn gemm_into<T: Real>(
     beta: T::Base,
     c: MatMut<'_, T>,
 ) {
-    run(Product::new(alpha, a, b, beta, c));
+    run(Product::new(alpha, a, b, beta, c), Parts::Both);
 }
 
-/// The dispatch: empty products, the empty sum, small and large products.
-fn run<T: Real>(mut p: Product<'_, T>) {
+/// The dispatch: empty products, the empty sum, small and large products
+/// (a tangent-only one, `parts`, only where a large product can skip work).
+fn run<T: Real>(mut p: Product<'_, T>, parts: Parts) {
     let [m, k, n] = p.shape();
     if m == 0 || n == 0 {
         return;
@@ -310,6 +354,8 @@ fn run<T: Real>(mut p: Product<'_, T>) {
     }
     if is_small(m, k, n) && p.c.dense_row_major().is_some() {
         small(p);
+    } else if parts == Parts::Tangent {
+        T::large_tangent_gemm(p);
     } else {
         T::large_gemm(p);
     }

@@ -22,9 +22,8 @@
 //! (`+0 + −0`) and non-finite `B` (`0·∞`), where the dual path gives `+0`
 //! or NaN in the tangent and this one `−0` or the finite product.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 
-use super::dual::{dual_scalars, same_type, same_type_mut};
 use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
 use crate::real::{Dual, Real};
 
@@ -83,7 +82,7 @@ pub(crate) fn real_left_gemm<T: Real>(
         if primal {
             super::gemm(alpha, at, b, beta, c);
         } else {
-            super::dual::tangent_gemm(alpha, at, b, beta, c);
+            super::tangent_gemm(alpha, at, b, beta, c);
         }
     }
 }
@@ -137,4 +136,31 @@ fn dual<F: Prim>(primal: bool, p: Product<'_, F>) {
         let c_d = MatMut::new(&mut c.data[1.min(len)..], m, n, c.rs, 2);
         F::large_gemm(Product::new(alpha, a, b_d, beta, c_d));
     }
+}
+
+/// `(α, β)` as `F`s if `T` is `Dual<F>` (whose `Base` is `F`), else `None`.
+fn dual_scalars<T: Real, F: Prim>(alpha: T::Base, beta: T::Base) -> Option<(F, F)> {
+    let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return None;
+    }
+    Some((base(alpha)?, base(beta)?))
+}
+
+/// `&[T]` as `&[U]` for one and the same type.
+///
+/// # Panics
+/// If `T` and `U` are different types.
+fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
+    // SAFETY: the assert above: `T` and `U` are the same type, so the slice
+    // is reborrowed unchanged (same pointer, length and lifetime).
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<U>(), x.len()) }
+}
+
+/// The `&mut` form of [`same_type`].
+fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
+    assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
+    // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }
 }
