@@ -358,7 +358,7 @@ impl InnerLoop {
     /// The shapes of the optimiser's extra state (zeros at step 0) for φ of
     /// shapes `phi`: φ's shapes for momentum's velocity,
     /// [`Rule::stored_extra_state`] for a rule ([`InnerRule::extra_state`],
-    /// or `[N]` vectors for an elementwise rule, docs/math.md §12.5), none
+    /// or `[N]` vectors for an elementwise rule, docs/math.md §12, "Flat steps"), none
     /// otherwise.
     pub fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
         match &self.optimizer {

@@ -122,7 +122,7 @@ pub struct InnerWorkspace<F: Float> {
     /// The rule whose [`crate::InnerRule::constant_grad_coefficient`] claim
     /// this workspace has checked.
     checked: Option<Rule>,
-    /// An elementwise rule's flat inputs (docs/math.md §12.5).
+    /// An elementwise rule's flat inputs (docs/math.md §12, "Flat steps").
     flat: Flat<F>,
     /// The rule whose [`crate::InnerRule::elementwise`] claim this workspace
     /// has checked.
@@ -140,7 +140,7 @@ struct Flat<F: Float> {
     cot: Vec<Tensor<F>>,
 }
 
-/// The state as a rule's step sees it (docs/math.md §12.5): φ per tensor and
+/// The state as a rule's step sees it (docs/math.md §12, "Flat steps"): φ per tensor and
 /// `segments` `None`, or an elementwise rule's φ concatenated, with its
 /// layout. `extra` is the extra state as stored.
 #[derive(Clone, Copy)]
@@ -737,7 +737,7 @@ impl<F: Float> InnerWorkspace<F> {
 }
 
 impl<F: Float> InnerWorkspace<F> {
-    /// Prepares a rule's step at state `prev` (docs/math.md §12.5): for an
+    /// Prepares a rule's step at state `prev` (docs/math.md §12, "Flat steps"): for an
     /// elementwise rule ([`crate::InnerRule::elementwise`]), checks its claim
     /// once per workspace and rule ([`InnerWorkspace::check_elementwise`]),
     /// sets the layout of φ and shapes `self.flat.phi` as one `[N]` tensor,
@@ -786,7 +786,7 @@ impl<F: Float> InnerWorkspace<F> {
     /// VJP depends on g: the one sweep at g = 0 gives all of it, and no g_j is
     /// needed (the claim is checked once per workspace and rule,
     /// [`InnerWorkspace::check_constant_coefficient`]). An elementwise rule's
-    /// sweeps run on φ, g and ū_φ concatenated (§12.5).
+    /// sweeps run on φ, g and ū_φ concatenated (docs/math.md §12, "Flat steps").
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint<P: Problem<F>>(
         &mut self,
@@ -1500,7 +1500,7 @@ impl<F: Float> InnerWorkspace<F> {
     /// θ̇ = `theta_dot`: one dual pass of L_in with tangents (θ̇, φ̇) gives g_j
     /// and ġ = H φ̇ + (∂²L_in/∂φ∂θ) θ̇; then (φ̇, ė) ← the JVP of R at
     /// (θ, φ, e, g_j) along (θ̇, φ̇, ė, ġ), one forward pass on dual numbers
-    /// (on φ, φ̇, g and ġ concatenated for an elementwise rule, §12.5).
+    /// (on φ, φ̇, g and ġ concatenated for an elementwise rule, docs/math.md §12 "Flat steps").
     ///
     /// # Errors
     /// [`BloError::NonFinite`] naming step j if L_in is not finite; a false

@@ -88,6 +88,9 @@ impl InnerRule for MetaSgd {
     fn affine_in_grad(&self) -> bool {
         true
     }
+    fn elementwise(&self) -> bool {
+        true
+    }
     fn validate(
         &self,
         _steps: usize,
@@ -112,6 +115,38 @@ impl InnerRule for MetaSgd {
                 .zip(&self.lr_index)
                 .map(|((&p, &g), &k)| p - g * theta[k])
                 .collect(),
+            extra: Default::default(),
+        }
+    }
+    /// The same update with α_i broadcast to φ tensor i's shape and the
+    /// results concatenated (the broadcast's VJP sums in the order the
+    /// product's does).
+    fn flat_step<'t, T: Real>(
+        &self,
+        _tape: &'t Tape<T>,
+        _j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        _extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        let steps: super::Vars<'t, T> = segments
+            .shapes()
+            .iter()
+            .zip(&self.lr_index)
+            .map(|(&s, &k)| {
+                let a = theta[k];
+                let a = if a.shape() == s { a } else { a.broadcast_to(s) };
+                if s.rank() == 1 {
+                    a
+                } else {
+                    a.reshape(Shape::new(&[s.numel()]))
+                }
+            })
+            .collect();
+        RuleStep {
+            phi: [phi - grad * tape::concat(&steps, 0)].into_iter().collect(),
             extra: Default::default(),
         }
     }

@@ -137,7 +137,7 @@ pub trait InnerRule: Send + Sync + 'static {
     }
 
     /// Whether the step may be taken once on φ concatenated ("flat", docs/math.md
-    /// §12.5): the engine then calls [`InnerRule::flat_step`] on one `[N]`
+    /// §12 "Flat steps"): the engine then calls [`InnerRule::flat_step`] on one `[N]`
     /// vector each for φ, g and every extra-state group (N = Σ_i |φ_i|),
     /// instead of [`InnerRule::step`] on L φ tensors: L times fewer tape
     /// nodes per step, the same numbers.
@@ -420,7 +420,7 @@ impl Rule {
 
     /// The shapes of the extra state as the engine stores it for φ of shapes
     /// `phi`: [`InnerRule::extra_state`], or for an elementwise rule
-    /// (docs/math.md §12.5) `extra_state(&[[N]])`, N = Σ_i |φ_i|.
+    /// (docs/math.md §12, "Flat steps") `extra_state(&[[N]])`, N = Σ_i |φ_i|.
     pub fn stored_extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
         if self.elementwise() {
             self.extra_state(&[Segments::flat_shape(phi)])
@@ -478,7 +478,7 @@ impl Rule {
 
 
 /// The layout of φ concatenated into one `[N]` vector for an elementwise rule
-/// ([`InnerRule::elementwise`], docs/math.md §12.5): φ tensor i is the
+/// ([`InnerRule::elementwise`], docs/math.md §12, "Flat steps"): φ tensor i is the
 /// segment `range(i)`, its elements in row-major order.
 #[derive(Clone, Debug, Default)]
 pub struct Segments {
