@@ -353,7 +353,15 @@ impl<F: Float> InnerWorkspace<F> {
             flat,
         )?;
         let t = pass.tape();
-        let vars = rule_inputs(t, pass.inputs(), theta.len(), segments, state, &self.g, false);
+        let vars = rule_inputs(
+            t,
+            pass.inputs(),
+            theta.len(),
+            segments,
+            state,
+            &self.g,
+            false,
+        );
         let side = RuleSide {
             phi: if flat { &self.flat.phi } else { &state.phi },
             extra: &state.extra,
@@ -756,7 +764,11 @@ impl<F: Float> InnerWorkspace<F> {
         if !rule.elementwise() {
             return Ok(false);
         }
-        if !self.checked_flat.as_ref().is_some_and(|r| r.same_object(rule)) {
+        if !self
+            .checked_flat
+            .as_ref()
+            .is_some_and(|r| r.same_object(rule))
+        {
             self.check_elementwise(rule, j, theta, prev)?;
             self.checked_flat = Some(rule.clone());
         }
@@ -810,7 +822,11 @@ impl<F: Float> InnerWorkspace<F> {
             extra: &prev.extra,
             segments: flat.then_some(&fl.segments),
         };
-        let cot_phi = if flat { std::mem::take(&mut fl.cot) } else { Vec::new() };
+        let cot_phi = if flat {
+            std::mem::take(&mut fl.cot)
+        } else {
+            Vec::new()
+        };
         let out = self.rule_adjoint_on(
             problem,
             task,
@@ -878,7 +894,9 @@ impl<F: Float> InnerWorkspace<F> {
             )?;
             self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Check)?;
         } else {
-            self.rule_grad_vjp(problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta)?;
+            self.rule_grad_vjp(
+                problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta,
+            )?;
             self.rule_dual(
                 problem,
                 task,
@@ -1172,9 +1190,10 @@ impl<F: Float> InnerWorkspace<F> {
             .iter()
             .flat_map(|e| {
                 let segments = &segments;
-                shapes.iter().enumerate().map(move |(i, &s)| {
-                    Tensor::new(s, e.data()[segments.range(i)].to_vec())
-                })
+                shapes
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &s)| Tensor::new(s, e.data()[segments.range(i)].to_vec()))
             })
             .collect();
         let g = pattern(&prev.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
@@ -1449,9 +1468,12 @@ fn apply_rule_vjp<F: Float>(
             at += n;
         }
         for (k, u) in cot.extra.iter_mut().enumerate() {
-            update(u.data_mut(), adjoint(nt + 1 + k).as_deref(), zero, |x, y| {
-                *x = y
-            });
+            update(
+                u.data_mut(),
+                adjoint(nt + 1 + k).as_deref(),
+                zero,
+                |x, y| *x = y,
+            );
         }
     }
     Ok(())

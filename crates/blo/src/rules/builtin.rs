@@ -271,7 +271,9 @@ impl InnerRule for Lslr {
             Lslr::Table(k) => theta[*k].slice(0, j - 1, j),
         };
         RuleStep {
-            phi: [phi - grad * segments.per_segment(steps)].into_iter().collect(),
+            phi: [phi - grad * segments.per_segment(steps)]
+                .into_iter()
+                .collect(),
             extra: Default::default(),
         }
     }

@@ -476,7 +476,6 @@ impl Rule {
     }
 }
 
-
 /// The layout of φ concatenated into one `[N]` vector for an elementwise rule
 /// ([`InnerRule::elementwise`], docs/math.md §12, "Flat steps"): φ tensor i is the
 /// segment `range(i)`, its elements in row-major order.
@@ -583,7 +582,11 @@ impl Segments {
                 .collect()
         });
         let flat = Shape::new(&[self.len()]);
-        let x = if x.shape() == flat { x } else { x.reshape(flat) };
+        let x = if x.shape() == flat {
+            x
+        } else {
+            x.reshape(flat)
+        };
         x.index_select(0, ids)
     }
 }

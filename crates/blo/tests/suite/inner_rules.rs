@@ -973,25 +973,46 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
         let p = Net { inner };
         let (s_flat, l_flat) = rollout(&p, &(), &th).unwrap();
         let (s_per, l_per) = rollout(&per, &(), &th).unwrap();
-        let bits_of = |ts: &[Tensor<f64>]| -> Vec<u64> { flat(ts).iter().map(|x| x.to_bits()).collect() };
+        let bits_of =
+            |ts: &[Tensor<f64>]| -> Vec<u64> { flat(ts).iter().map(|x| x.to_bits()).collect() };
         assert_eq!(bits_of(&s_flat.phi), bits_of(&s_per.phi), "{name}: φ_r");
         assert_eq!(bits_of(&s_flat.extra), bits_of(&s_per.extra), "{name}: e_r");
         assert_eq!(l_flat, l_per, "{name}: inner losses");
         // Stored flat: K tensors [N] (N = 6 + 3 + 3) instead of K per φ tensor.
-        assert!(s_flat.extra.iter().all(|e| e.shape().dims() == [12]), "{name}");
+        assert!(
+            s_flat.extra.iter().all(|e| e.shape().dims() == [12]),
+            "{name}"
+        );
         assert_eq!(s_flat.extra.len() * 3, s_per.extra.len(), "{name}");
         let both = |e: &dyn Fn(&Net) -> Estimate<f64>, what: &str| {
             assert_eq!(bits(&e(&p)), bits(&e(&per)), "{name}: {what}");
         };
-        both(&|p| estimate(&Exact::new(Policy::StoreAll).unwrap(), p, &th), "exact");
-        both(&|p| estimate(&Exact::new(Policy::Recompute).unwrap(), p, &th), "exact, recompute");
-        both(&|p| estimate(&ReptileExact::new(Policy::StoreAll).unwrap(), p, &th), "reptile");
+        both(
+            &|p| estimate(&Exact::new(Policy::StoreAll).unwrap(), p, &th),
+            "exact",
+        );
+        both(
+            &|p| estimate(&Exact::new(Policy::Recompute).unwrap(), p, &th),
+            "exact, recompute",
+        );
+        both(
+            &|p| estimate(&ReptileExact::new(Policy::StoreAll).unwrap(), p, &th),
+            "reptile",
+        );
         both(&|p| estimate(&FirstOrder::new(), p, &th), "first order");
         both(&|p| estimate(&ForwardMode::new(), p, &th), "forward mode");
     }
     assert_eq!(
         flat_rules,
-        ["sgd", "meta-sgd", "lslr-table", "lslr-per-tensor", "heavy-ball", "nesterov", "adam"]
+        [
+            "sgd",
+            "meta-sgd",
+            "lslr-table",
+            "lslr-per-tensor",
+            "heavy-ball",
+            "nesterov",
+            "adam"
+        ]
     );
 }
 
