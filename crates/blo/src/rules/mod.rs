@@ -664,38 +664,30 @@ pub(crate) fn check_trial_step(
             .map(|&s| tape.constant(&Tensor::zeros(s)))
             .collect()
     };
+    // The returned shapes against the state's (`flat`: of the flat step).
+    let check = |out: &RuleStep<'_, f64>, phi: &[Shape], extra: &[Shape], flat: &str| {
+        check_step_shapes(
+            rule,
+            &format!("{flat}φ"),
+            out.phi.iter().map(|v| v.shape()),
+            phi.iter().copied(),
+        )?;
+        check_step_shapes(
+            rule,
+            &format!("{flat}extra state"),
+            out.extra.iter().map(|v| v.shape()),
+            extra.iter().copied(),
+        )
+    };
     let (phi, e, g) = (zeros(phi0), zeros(&extra), zeros(phi0));
-    let out = rule.step(&tape, 1, &th, &phi, &e, &g);
-    check_step_shapes(
-        rule,
-        "φ",
-        out.phi.iter().map(|v| v.shape()),
-        phi0.iter().copied(),
-    )?;
-    check_step_shapes(
-        rule,
-        "extra state",
-        out.extra.iter().map(|v| v.shape()),
-        extra.iter().copied(),
-    )?;
+    check(&rule.step(&tape, 1, &th, &phi, &e, &g), phi0, &extra, "")?;
     if rule.elementwise() {
         let segments = Segments::new(phi0);
         let flat = [Segments::flat_shape(phi0)];
         let extra = rule.extra_state(&flat);
         let (phi, e, g) = (zeros(&flat), zeros(&extra), zeros(&flat));
         let out = rule.flat_step(&tape, 1, &th, &segments, phi[0], &e, g[0]);
-        check_step_shapes(
-            rule,
-            "flat φ",
-            out.phi.iter().map(|v| v.shape()),
-            flat.iter().copied(),
-        )?;
-        check_step_shapes(
-            rule,
-            "flat extra state",
-            out.extra.iter().map(|v| v.shape()),
-            extra.iter().copied(),
-        )?;
+        check(&out, &flat, &extra, "flat ")?;
     }
     Ok(())
 }
