@@ -357,11 +357,13 @@ impl InnerLoop {
 
     /// The shapes of the optimiser's extra state (zeros at step 0) for φ of
     /// shapes `phi`: φ's shapes for momentum's velocity,
-    /// [`InnerRule::extra_state`] for a rule, none otherwise.
+    /// [`Rule::stored_extra_state`] for a rule ([`InnerRule::extra_state`],
+    /// or `[N]` vectors for an elementwise rule, docs/math.md §12, "Flat steps"), none
+    /// otherwise.
     pub fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
         match &self.optimizer {
             InnerOptimizer::Momentum { .. } => phi.to_vec(),
-            InnerOptimizer::Rule(rule) => rule.extra_state(phi),
+            InnerOptimizer::Rule(rule) => rule.stored_extra_state(phi),
             InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => Vec::new(),
         }
     }

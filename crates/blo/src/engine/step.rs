@@ -22,7 +22,7 @@ use tape::{Dual, Float, Real, Shape, Tensor};
 use crate::engine::sweep::SweepBuffers;
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
-use crate::rules::{check_step_shapes, Rule};
+use crate::rules::{check_step_shapes, Rule, Segments};
 
 /// An inner state: the weights φ and the optimiser's extra state e (the
 /// velocity for momentum, Adam's moments, whatever an [`crate::InnerRule`]
@@ -122,6 +122,41 @@ pub struct InnerWorkspace<F: Float> {
     /// The rule whose [`crate::InnerRule::constant_grad_coefficient`] claim
     /// this workspace has checked.
     checked: Option<Rule>,
+    /// An elementwise rule's flat inputs (docs/math.md §12, "Flat steps").
+    flat: Flat<F>,
+    /// The rule whose [`crate::InnerRule::elementwise`] claim this workspace
+    /// has checked.
+    checked_flat: Option<Rule>,
+}
+
+/// An elementwise rule's step sees φ, g and ū_φ concatenated ([`Segments`]):
+/// the layout and the buffers, reused from step to step.
+#[derive(Debug, Default)]
+struct Flat<F: Float> {
+    segments: Segments,
+    /// φ_{j−1} concatenated (one `[N]` tensor).
+    phi: Vec<Tensor<F>>,
+    /// ū_φ concatenated (one `[N]` tensor).
+    cot: Vec<Tensor<F>>,
+}
+
+/// The state as a rule's step sees it (docs/math.md §12, "Flat steps"): φ per tensor and
+/// `segments` `None`, or an elementwise rule's φ concatenated, with its
+/// layout. `extra` is the extra state as stored.
+#[derive(Clone, Copy)]
+struct RuleSide<'a, F: Float> {
+    phi: &'a [Tensor<F>],
+    extra: &'a [Tensor<F>],
+    segments: Option<&'a Segments>,
+}
+
+impl<'a, F: Float> RuleSide<'a, F> {
+    /// Where θ, φ, e and g start among the step's inputs (θ, φ, e, g) with
+    /// `nt` θ tensors: the ends of θ, φ and e.
+    fn split_points(&self, nt: usize) -> (usize, usize, usize) {
+        let b = nt + self.phi.len();
+        (nt, b, b + self.extra.len())
+    }
 }
 
 /// Borrowed adjoints of a tensor list; `None` is a structural zero.
@@ -198,7 +233,7 @@ impl<F: Float> InnerWorkspace<F> {
             InnerOptimizer::Momentum { .. } => zero_tensors(&mut s.extra, &s.phi),
             InnerOptimizer::Rule(rule) => {
                 let phi: SmallVec<[Shape; 16]> = s.phi.iter().map(|p| p.shape()).collect();
-                zero_shapes(&mut s.extra, rule.extra_state(&phi).into_iter());
+                zero_shapes(&mut s.extra, rule.stored_extra_state(&phi).into_iter());
             }
             InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => s.extra.clear(),
         }
@@ -304,6 +339,8 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
+        let flat = self.prepare_flat(rule, j, theta, state, false)?;
+        let segments = flat.then_some(&self.flat.segments);
         let (value, pass) = inner_grad_pass(
             &mut self.ws,
             &mut self.g,
@@ -313,15 +350,36 @@ impl<F: Float> InnerWorkspace<F> {
             theta,
             &state.phi,
             false,
+            flat,
         )?;
         let t = pass.tape();
-        let vars = rule_inputs(t, pass.inputs(), &state.extra, &self.g, false);
-        let out = record_rule(t, rule, j, theta, state, &vars)?;
+        let vars = rule_inputs(
+            t,
+            pass.inputs(),
+            theta.len(),
+            segments,
+            state,
+            &self.g,
+            false,
+        );
+        let side = RuleSide {
+            phi: if flat { &self.flat.phi } else { &state.phi },
+            extra: &state.extra,
+            segments,
+        };
+        let out = record_rule(t, rule, j, theta.len(), side, &vars)?;
         let outs = || out.phi.iter().chain(&out.extra);
         if !outs().all(|&v| all_finite(&t.value_ref(v))) {
             return Err(non_finite("inner state", j));
         }
-        for (x, &v) in state.phi.iter_mut().chain(&mut state.extra).zip(outs()) {
+        if flat {
+            scatter(&t.value_ref(out.phi[0]), &mut state.phi);
+        } else {
+            for (x, &v) in state.phi.iter_mut().zip(&out.phi) {
+                x.data_mut().copy_from_slice(&t.value_ref(v));
+            }
+        }
+        for (x, &v) in state.extra.iter_mut().zip(&out.extra) {
             x.data_mut().copy_from_slice(&t.value_ref(v));
         }
         Ok(value)
@@ -687,6 +745,45 @@ impl<F: Float> InnerWorkspace<F> {
 }
 
 impl<F: Float> InnerWorkspace<F> {
+    /// Prepares a rule's step at state `prev` (docs/math.md §12, "Flat steps"): for an
+    /// elementwise rule ([`crate::InnerRule::elementwise`]), checks its claim
+    /// once per workspace and rule ([`InnerWorkspace::check_elementwise`]),
+    /// sets the layout of φ and shapes `self.flat.phi` as one `[N]` tensor,
+    /// φ concatenated into it with `fill`. Returns whether the step is flat.
+    ///
+    /// # Errors
+    /// A false elementwise claim ([`BloError::InvalidHyperparameter`]).
+    fn prepare_flat(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        fill: bool,
+    ) -> Result<bool, BloError> {
+        if !rule.elementwise() {
+            return Ok(false);
+        }
+        if !self
+            .checked_flat
+            .as_ref()
+            .is_some_and(|r| r.same_object(rule))
+        {
+            self.check_elementwise(rule, j, theta, prev)?;
+            self.checked_flat = Some(rule.clone());
+        }
+        let shapes: SmallVec<[Shape; 16]> = prev.phi.iter().map(|p| p.shape()).collect();
+        if !self.flat.segments.is_of(&shapes) {
+            self.flat.segments = Segments::new(&shapes);
+        }
+        if fill {
+            flatten_into(&mut self.flat.phi, &prev.phi);
+        } else {
+            flat_buffer(&mut self.flat.phi, self.flat.segments.numel());
+        }
+        Ok(true)
+    }
+
     /// A rule's adjoint step (docs/math.md §12). With s_j = R(θ, φ, e, g) and
     /// g = ∇_φ L_in(θ, φ): one reverse sweep of R at (θ, φ_{j−1}, e_{j−1}, g_j)
     /// with cotangent ū_j gives (a_θ, a_φ, a_e, a_g); one dual pass of L_in
@@ -700,7 +797,8 @@ impl<F: Float> InnerWorkspace<F> {
     /// of g ([`crate::InnerRule::constant_grad_coefficient`]) no part of the
     /// VJP depends on g: the one sweep at g = 0 gives all of it, and no g_j is
     /// needed (the claim is checked once per workspace and rule,
-    /// [`InnerWorkspace::check_constant_coefficient`]).
+    /// [`InnerWorkspace::check_constant_coefficient`]). An elementwise rule's
+    /// sweeps run on φ, g and ū_φ concatenated (docs/math.md §12, "Flat steps").
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint<P: Problem<F>>(
         &mut self,
@@ -714,13 +812,63 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
+        let flat = self.prepare_flat(rule, j, theta, prev, true)?;
+        if flat {
+            flatten_into(&mut self.flat.cot, &cot.phi);
+        }
+        let mut fl = std::mem::take(&mut self.flat);
+        let side = RuleSide {
+            phi: if flat { &fl.phi } else { &prev.phi },
+            extra: &prev.extra,
+            segments: flat.then_some(&fl.segments),
+        };
+        let cot_phi = if flat {
+            std::mem::take(&mut fl.cot)
+        } else {
+            Vec::new()
+        };
+        let out = self.rule_adjoint_on(
+            problem,
+            task,
+            rule,
+            j,
+            theta,
+            prev,
+            side,
+            flat.then_some(&cot_phi[..]),
+            cot,
+            g_theta,
+            with_inner_loss,
+        );
+        fl.cot = cot_phi;
+        self.flat = fl;
+        out
+    }
+
+    /// [`InnerWorkspace::rule_adjoint`] with the rule's side of the state
+    /// prepared (`cot_phi`: ū_φ concatenated for a flat step).
+    #[allow(clippy::too_many_arguments)]
+    fn rule_adjoint_on<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        side: RuleSide<'_, F>,
+        cot_phi: Option<&[Tensor<F>]>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+        with_inner_loss: bool,
+    ) -> Result<(), BloError> {
         if rule.constant_grad_coefficient() {
             if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
-                self.check_constant_coefficient(rule, j, theta, prev)?;
+                self.check_constant_coefficient(rule, j, theta, side)?;
                 self.checked = Some(rule.clone());
             }
-            zero_tensors(&mut self.g, &prev.phi);
-            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Set)?;
+            zero_tensors(&mut self.g, side.phi);
+            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Set)?;
             self.rule_dual(
                 problem,
                 task,
@@ -732,8 +880,8 @@ impl<F: Float> InnerWorkspace<F> {
                 false,
             )?;
         } else if rule.affine_in_grad() {
-            zero_tensors(&mut self.g, &prev.phi);
-            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Only)?;
+            zero_tensors(&mut self.g, side.phi);
+            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Only)?;
             self.rule_dual(
                 problem,
                 task,
@@ -744,9 +892,11 @@ impl<F: Float> InnerWorkspace<F> {
                 with_inner_loss,
                 true,
             )?;
-            self.rule_vjp(rule, j, theta, prev, cot, g_theta, AdjointG::Check)?;
+            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Check)?;
         } else {
-            self.rule_grad_vjp(problem, task, rule, j, theta, prev, cot, g_theta)?;
+            self.rule_grad_vjp(
+                problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta,
+            )?;
             self.rule_dual(
                 problem,
                 task,
@@ -773,9 +923,11 @@ impl<F: Float> InnerWorkspace<F> {
     }
 
     /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (g in
-    /// `self.g`) with cotangent ū_j = `cot`. `Only`: a_g into `self.w`, nothing
-    /// else. `Set`: a_g into `self.w`, and `Check`: a_g must equal `self.w`;
-    /// both then add a_θ to `g_theta` and set `cot` to (a_φ, a_e).
+    /// `self.g`, the rule's side of the state `side`) with cotangent
+    /// ū_j = `cot` (its φ part concatenated in `cot_phi` for a flat step).
+    /// `Only`: a_g into `self.w`, nothing else. `Set`: a_g into `self.w`, and
+    /// `Check`: a_g must equal `self.w`; both then add a_θ to `g_theta` and
+    /// set `cot` to (a_φ, a_e).
     ///
     /// # Errors
     /// `Check` with a different a_g: the rule claims to be affine in g and is
@@ -786,15 +938,16 @@ impl<F: Float> InnerWorkspace<F> {
         rule: &Rule,
         j: usize,
         theta: &[Tensor<F>],
-        prev: &State<F>,
+        side: RuleSide<'_, F>,
+        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
         mode: AdjointG,
     ) -> Result<(), BloError> {
         // For a_g alone, only g is differentiated.
         let all = mode != AdjointG::Only;
-        let cots = cot.phi.iter().chain(&cot.extra);
-        let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, &self.g, cots, all);
+        let cots = cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra);
+        let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, side, &self.g, cots, all, None);
         let (t, vars) = (pass.tape(), pass.inputs());
         apply_rule_vjp(
             rule,
@@ -811,8 +964,9 @@ impl<F: Float> InnerWorkspace<F> {
 
     /// A non-affine rule's reverse sweep, fused with the gradient pass that
     /// gives g_j: the rule is recorded on the gradient pass's tape (on its θ
-    /// and φ leaves) and swept from its outputs with cotangent ū_j = `cot`;
-    /// then as [`InnerWorkspace::rule_vjp`] with [`AdjointG::Set`].
+    /// leaves, and its φ leaves unless the step is flat) and swept from its
+    /// outputs with cotangent ū_j = `cot`; then as
+    /// [`InnerWorkspace::rule_vjp`] with [`AdjointG::Set`].
     ///
     /// # Errors
     /// [`BloError::NonFinite`] naming step j if L_in or g_j is not finite;
@@ -826,6 +980,8 @@ impl<F: Float> InnerWorkspace<F> {
         j: usize,
         theta: &[Tensor<F>],
         prev: &State<F>,
+        side: RuleSide<'_, F>,
+        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
     ) -> Result<(), BloError> {
@@ -838,16 +994,18 @@ impl<F: Float> InnerWorkspace<F> {
             theta,
             &prev.phi,
             true,
+            side.segments.is_some(),
         )?;
         let t = pass.tape();
-        let vars = rule_inputs(t, pass.inputs(), &prev.extra, &self.g, true);
-        let out = record_rule(t, rule, j, theta, prev, &vars)?;
+        let nt = theta.len();
+        let vars = rule_inputs(t, pass.inputs(), nt, side.segments, prev, &self.g, true);
+        let out = record_rule(t, rule, j, nt, side, &vars)?;
         {
             let seeds: SmallVec<[(tape::Var<'_, F>, &[F]); 32]> = out
                 .phi
                 .iter()
                 .chain(&out.extra)
-                .zip(cot.phi.iter().chain(&cot.extra))
+                .zip(cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra))
                 .map(|(&y, u)| (y, u.data()))
                 .collect();
             if !seeds.is_empty() {
@@ -858,7 +1016,7 @@ impl<F: Float> InnerWorkspace<F> {
             rule,
             t,
             &vars,
-            theta.len(),
+            nt,
             &mut self.w,
             &self.g,
             cot,
@@ -870,7 +1028,8 @@ impl<F: Float> InnerWorkspace<F> {
     /// The dual pass of a rule's adjoint step: L_in at (θ, φ_{j−1} + ε w),
     /// w = a_g in `self.w`. Sets `self.hw` to H w (plus ∇_φ L_in with
     /// `with_inner_loss`), adds M w (plus ∇_θ L_in) to `g_theta`, and with
-    /// `take_g` copies g_j (the primal part) into `self.g`.
+    /// `take_g` copies g_j (the primal part) into `self.g` (per φ tensor, or
+    /// concatenated when `self.g` is one flat tensor).
     #[allow(clippy::too_many_arguments)]
     fn rule_dual<P: Problem<F>>(
         &mut self,
@@ -902,21 +1061,47 @@ impl<F: Float> InnerWorkspace<F> {
             });
         }
         self.hw.clear();
-        for (i, g) in self.g.iter_mut().enumerate() {
+        let flat_g = self.g.len() != prev.phi.len();
+        let mut at = 0;
+        for (i, p) in prev.phi.iter().enumerate() {
+            let n = p.numel();
             let adj = pass.adjoint(nt + i);
             match adj.as_deref() {
                 Some(a) => self.hw.extend(a.iter().map(|y| y.d + inner * y.v)),
-                None => self.hw.extend(std::iter::repeat_n(F::zero(), g.numel())),
+                None => self.hw.extend(std::iter::repeat_n(F::zero(), n)),
             }
             if take_g {
-                update(g.data_mut(), adj.as_deref(), zero, |x, y| *x = y.v);
+                let g = if flat_g {
+                    &mut self.g[0].data_mut()[at..at + n]
+                } else {
+                    self.g[i].data_mut()
+                };
+                update(g, adj.as_deref(), zero, |x, y| *x = y.v);
             }
+            at += n;
         }
         if take_g && !tensors_finite(&self.g) {
             return Err(non_finite("inner gradient", j));
         }
         Ok(())
     }
+}
+
+/// The fixed non-zero patterns of the claim checks: tensors shaped like
+/// `like`, element k (counted over all of them) `f(k)`.
+fn pattern<F: Float>(like: &[Tensor<F>], f: fn(f64) -> f64) -> Vec<Tensor<F>> {
+    let mut k = 0.0;
+    like.iter()
+        .map(|t| {
+            let data = (0..t.numel())
+                .map(|_| {
+                    k += 1.0;
+                    F::from_f64(f(k))
+                })
+                .collect();
+            Tensor::new(t.shape(), data)
+        })
+        .collect()
 }
 
 impl<F: Float> InnerWorkspace<F> {
@@ -934,29 +1119,15 @@ impl<F: Float> InnerWorkspace<F> {
         rule: &Rule,
         j: usize,
         theta: &[Tensor<F>],
-        prev: &State<F>,
+        side: RuleSide<'_, F>,
     ) -> Result<(), BloError> {
-        let pattern = |like: &[Tensor<F>], f: fn(f64) -> f64| -> Vec<Tensor<F>> {
-            let mut k = 0.0;
-            like.iter()
-                .map(|t| {
-                    let data = (0..t.numel())
-                        .map(|_| {
-                            k += 1.0;
-                            F::from_f64(f(k))
-                        })
-                        .collect();
-                    Tensor::new(t.shape(), data)
-                })
-                .collect()
-        };
-        let g1 = pattern(&prev.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
-        let g0: Vec<Tensor<F>> = prev.phi.iter().map(|p| Tensor::zeros(p.shape())).collect();
-        let u_phi = pattern(&prev.phi, |k| (1.3 * k + 0.4).cos());
-        let u_extra = pattern(&prev.extra, |k| (1.3 * k + 0.9).cos());
+        let g1 = pattern(side.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
+        let g0: Vec<Tensor<F>> = side.phi.iter().map(|p| Tensor::zeros(p.shape())).collect();
+        let u_phi = pattern(side.phi, |k| (1.3 * k + 0.4).cos());
+        let u_extra = pattern(side.extra, |k| (1.3 * k + 0.9).cos());
         let mut adjoints = |g: &[Tensor<F>]| -> Vec<Option<Vec<F>>> {
             let cots = u_phi.iter().chain(&u_extra);
-            let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, prev, g, cots, true);
+            let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, true, None);
             (0..pass.inputs().len())
                 .map(|i| pass.adjoint(i).map(|a| a.to_vec()))
                 .collect()
@@ -979,21 +1150,136 @@ impl<F: Float> InnerWorkspace<F> {
         }
         Ok(())
     }
+
+    /// Checks a rule's [`crate::InnerRule::elementwise`] claim at (θ, φ_{j−1},
+    /// e_{j−1}) (`prev`, its extra state stored flat): its extra state must be
+    /// K tensors shaped like φ (`extra_state` of φ's shapes is φ's shapes K
+    /// times, K = the number of flat extra tensors), and the flat step's
+    /// outputs and VJP (every input differentiated) must equal the per-tensor
+    /// step's concatenated, bit for bit, at g_k = 1 + ½ sin(0.7 k) and the
+    /// cotangent ū_k = cos(1.3 k + 0.4) (k counted over the concatenation).
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] naming the rule if they differ.
+    fn check_elementwise(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+    ) -> Result<(), BloError> {
+        let bad = |why: &str| BloError::invalid("inner rule", rule.name(), why);
+        let shapes: SmallVec<[Shape; 16]> = prev.phi.iter().map(|p| p.shape()).collect();
+        let segments = Segments::new(&shapes);
+        let flat_shape = Segments::flat_shape(&shapes);
+        let groups = prev.extra.len();
+        let per_tensor = rule.extra_state(&shapes);
+        let k_times = per_tensor.len() == groups * shapes.len()
+            && per_tensor
+                .chunks(shapes.len().max(1))
+                .all(|c| c == shapes.as_slice())
+            && prev.extra.iter().all(|e| e.shape() == flat_shape);
+        if !k_times {
+            return Err(bad(
+                "declares itself elementwise but its extra state is not K tensors shaped like φ",
+            ));
+        }
+        // The per-tensor extra state: each flat group cut into segments.
+        let extra: Vec<Tensor<F>> = prev
+            .extra
+            .iter()
+            .flat_map(|e| {
+                let segments = &segments;
+                shapes
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, &s)| Tensor::new(s, e.data()[segments.range(i)].to_vec()))
+            })
+            .collect();
+        let g = pattern(&prev.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
+        let u: Vec<Tensor<F>> = pattern(&prev.phi, |k| (1.3 * k + 0.4).cos())
+            .into_iter()
+            .chain(pattern(&extra, |k| (1.3 * k + 0.9).cos()))
+            .collect();
+        // Everything (outputs, then every input's adjoint) concatenated.
+        let mut run = |side: RuleSide<'_, F>, g: &[Tensor<F>], u: &[Tensor<F>]| -> Vec<F> {
+            let mut all = Vec::new();
+            let pass = rule_vjp_pass(
+                &mut self.ws,
+                rule,
+                j,
+                theta,
+                side,
+                g,
+                u.iter(),
+                true,
+                Some(&mut all),
+            );
+            let inputs = theta.iter().chain(side.phi).chain(side.extra).chain(g);
+            for (i, x) in inputs.enumerate() {
+                match pass.adjoint(i) {
+                    Some(a) => all.extend_from_slice(&a),
+                    None => all.extend(std::iter::repeat_n(F::zero(), x.numel())),
+                }
+            }
+            all
+        };
+        let per = run(
+            RuleSide {
+                phi: &prev.phi,
+                extra: &extra,
+                segments: None,
+            },
+            &g,
+            &u,
+        );
+        let n = shapes.len();
+        let u_flat: Vec<Tensor<F>> = u.chunks(n.max(1)).map(concat).collect();
+        let flat = run(
+            RuleSide {
+                phi: &[concat(&prev.phi)],
+                extra: &prev.extra,
+                segments: Some(&segments),
+            },
+            &[concat(&g)],
+            &u_flat,
+        );
+        if per != flat {
+            return Err(bad(
+                "declares itself elementwise but its flat step (or its VJP) differs from its step per φ tensor",
+            ));
+        }
+        Ok(())
+    }
 }
 
-/// The variables of a rule step's inputs on tape `t` besides θ and φ:
-/// θ and φ are the first leaves of a gradient pass (`theta_phi`), then leaves
-/// for e and g (differentiated with `grad`).
+/// The variables of a rule step's inputs on tape `t`, recorded after a
+/// gradient pass whose leaves are `theta_phi` (θ: the first `nt`, then φ):
+/// θ's leaves, then φ (the pass's leaves, or one leaf of φ concatenated for a
+/// flat step), then leaves for `state`'s e and for g (differentiated with
+/// `grad`).
 fn rule_inputs<'t, F: Float>(
     t: &'t tape::Tape<F>,
     theta_phi: &[tape::Var<'t, F>],
-    extra: &[Tensor<F>],
+    nt: usize,
+    segments: Option<&Segments>,
+    state: &State<F>,
     g: &[Tensor<F>],
     grad: bool,
 ) -> SmallVec<[tape::Var<'t, F>; 64]> {
-    let mut vars: SmallVec<[tape::Var<'t, F>; 64]> = theta_phi.iter().copied().collect();
+    let mut vars: SmallVec<[tape::Var<'t, F>; 64]>;
+    match segments {
+        None => vars = theta_phi.iter().copied().collect(),
+        Some(s) => {
+            vars = theta_phi[..nt].iter().copied().collect();
+            vars.push(t.leaf_with([s.numel()], grad, |d| {
+                copy_concat(&state.phi, d);
+            }));
+        }
+    }
     vars.extend(
-        extra
+        state
+            .extra
             .iter()
             .chain(g)
             .map(|x| t.leaf(x.shape(), x.data(), grad)),
@@ -1001,8 +1287,25 @@ fn rule_inputs<'t, F: Float>(
     vars
 }
 
-/// Records `rule`'s step j on `t` over `vars` (θ, φ, e, g in order, split
-/// as `state` is) and checks the shapes it returns against `state`'s.
+/// `rule`'s step j over `v` = (θ, φ, e, g) laid out as `side` with `nt` θ
+/// tensors: per tensor, or flat.
+fn call_rule<'t, T: Real, F: Float>(
+    rule: &Rule,
+    t: &'t tape::Tape<T>,
+    j: usize,
+    nt: usize,
+    side: RuleSide<'_, F>,
+    v: &[tape::Var<'t, T>],
+) -> crate::rules::RuleStep<'t, T> {
+    let (a, b, c) = side.split_points(nt);
+    match side.segments {
+        None => rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]),
+        Some(s) => rule.flat_step(t, j, &v[..a], s, v[a], &v[b..c], v[c]),
+    }
+}
+
+/// Records `rule`'s step j on `t` over `vars` (θ, φ, e, g in order, laid
+/// out as `side`) and checks the shapes it returns against `side`'s.
 ///
 /// # Errors
 /// [`BloError::InvalidHyperparameter`] naming the rule, the tensor and both
@@ -1011,30 +1314,31 @@ fn record_rule<'t, F: Float>(
     t: &'t tape::Tape<F>,
     rule: &Rule,
     j: usize,
-    theta: &[Tensor<F>],
-    state: &State<F>,
+    nt: usize,
+    side: RuleSide<'_, F>,
     vars: &[tape::Var<'t, F>],
 ) -> Result<crate::rules::RuleStep<'t, F>, BloError> {
-    let (a, b, c) = split_points(theta, state);
-    let out = rule.step(t, j, &vars[..a], &vars[a..b], &vars[b..c], &vars[c..]);
+    let out = call_rule(rule, t, j, nt, side, vars);
     check_step_shapes(
         rule,
         "φ",
         out.phi.iter().map(|v| v.shape()),
-        state.phi.iter().map(|p| p.shape()),
+        side.phi.iter().map(|p| p.shape()),
     )?;
     check_step_shapes(
         rule,
         "extra state",
         out.extra.iter().map(|v| v.shape()),
-        state.extra.iter().map(|p| p.shape()),
+        side.extra.iter().map(|p| p.shape()),
     )?;
     Ok(out)
 }
 
 /// L_in(θ, φ; τ, j) by one gradient pass, with g_j = ∇_φ L_in copied into
-/// `g`; θ's leaves are differentiated with `theta_grad`. Returns L_in and
-/// the pass (its tape can record more: a rule step on the same leaves).
+/// `g` (one tensor per φ tensor, or with `flat` one `[N]` tensor, φ's
+/// gradients concatenated); θ's leaves are differentiated with `theta_grad`.
+/// Returns L_in and the pass (its tape can record more: a rule step on the
+/// same leaves).
 ///
 /// # Errors
 /// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
@@ -1049,6 +1353,7 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
     theta: &[Tensor<F>],
     phi: &[Tensor<F>],
     theta_grad: bool,
+    flat: bool,
 ) -> Result<(F, Pass<'t, F>), BloError> {
     let nt = theta.len();
     let pass = ws.grad_pass(
@@ -1062,10 +1367,22 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
     if !value.is_finite() {
         return Err(non_finite("inner loss", j));
     }
-    zero_tensors(g, phi);
-    for (i, gi) in g.iter_mut().enumerate() {
-        if let Some(a) = pass.adjoint(nt + i) {
-            gi.data_mut().copy_from_slice(&a);
+    if flat {
+        flat_buffer(g, phi.iter().map(|p| p.numel()).sum());
+        let mut at = 0;
+        let d = g[0].data_mut();
+        for (i, p) in phi.iter().enumerate() {
+            let n = p.numel();
+            let a = pass.adjoint(nt + i);
+            update(&mut d[at..at + n], a.as_deref(), F::zero(), |x, y| *x = y);
+            at += n;
+        }
+    } else {
+        zero_tensors(g, phi);
+        for (i, gi) in g.iter_mut().enumerate() {
+            if let Some(a) = pass.adjoint(nt + i) {
+                gi.data_mut().copy_from_slice(&a);
+            }
         }
     }
     if !tensors_finite(g.iter()) {
@@ -1077,7 +1394,8 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
 /// What [`InnerWorkspace::rule_vjp`] does with a swept rule step on tape `t`
 /// whose inputs are `vars` (θ: the first `nt`, then φ, e, g): `Only` keeps
 /// a_g in `w`; `Set` also applies the rest, `Check` compares a_g with `w`
-/// and applies the rest (a_θ added to `g_theta`, `cot` set to (a_φ, a_e)).
+/// and applies the rest (a_θ added to `g_theta`, `cot` set to (a_φ, a_e),
+/// a_φ cut into φ's tensors when the step was flat: one φ input).
 ///
 /// # Errors
 /// `Check` with a different a_g ([`BloError::InvalidHyperparameter`] naming
@@ -1133,40 +1451,67 @@ fn apply_rule_vjp<F: Float>(
     for (i, gt) in g_theta.iter_mut().enumerate() {
         update(gt.data_mut(), adjoint(i).as_deref(), zero, |x, y| *x += y);
     }
-    for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
-        update(u.data_mut(), adjoint(nt + i).as_deref(), zero, |x, y| {
-            *x = y
-        });
+    let n_phi = c - nt - cot.extra.len();
+    if n_phi == cot.phi.len() {
+        for (i, u) in cot.phi.iter_mut().chain(&mut cot.extra).enumerate() {
+            update(u.data_mut(), adjoint(nt + i).as_deref(), zero, |x, y| {
+                *x = y
+            });
+        }
+    } else {
+        let a_phi = adjoint(nt);
+        let mut at = 0;
+        for u in &mut cot.phi {
+            let n = u.numel();
+            let a = a_phi.as_deref().map(|a| &a[at..at + n]);
+            update(u.data_mut(), a, zero, |x, y| *x = y);
+            at += n;
+        }
+        for (k, u) in cot.extra.iter_mut().enumerate() {
+            update(
+                u.data_mut(),
+                adjoint(nt + 1 + k).as_deref(),
+                zero,
+                |x, y| *x = y,
+            );
+        }
     }
     Ok(())
 }
 
-/// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) seeded
-/// with the cotangents `cots` on (φ_j, e_j): inputs θ, φ, e (differentiated
-/// with `all`), then g (always).
+/// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (φ and e
+/// laid out as `side`) seeded with the cotangents `cots` on (φ_j, e_j):
+/// inputs θ, φ, e (differentiated with `all`), then g (always). With
+/// `values`, the outputs' values are appended to it, concatenated.
 #[allow(clippy::too_many_arguments)]
 fn rule_vjp_pass<'t, 'a, F: Float>(
     ws: &'t mut Workspace<F>,
     rule: &Rule,
     j: usize,
     theta: &'a [Tensor<F>],
-    prev: &'a State<F>,
+    side: RuleSide<'a, F>,
     g: &'a [Tensor<F>],
     cots: impl Iterator<Item = &'a Tensor<F>> + Clone,
     all: bool,
+    values: Option<&mut Vec<F>>,
 ) -> Pass<'t, F> {
-    let (a, b, c) = split_points(theta, prev);
     let inputs = theta
         .iter()
-        .chain(&prev.phi)
-        .chain(&prev.extra)
+        .chain(side.phi)
+        .chain(side.extra)
         .map(|x| (x, all))
         .chain(g.iter().map(|x| (x, true)));
     ws.vjp_pass(
         inputs,
         |t, v| {
-            let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
-            out.phi.into_iter().chain(out.extra).collect()
+            let out = call_rule(rule, t, j, theta.len(), side, v);
+            let outs: Leaves<'_, _> = out.phi.into_iter().chain(out.extra).collect();
+            if let Some(values) = values {
+                for &y in &outs {
+                    values.extend_from_slice(&t.value_ref(y));
+                }
+            }
+            outs
         },
         cots,
     )
@@ -1176,10 +1521,12 @@ impl<F: Float> InnerWorkspace<F> {
     /// A rule's forward-mode tangent step at state s_{j−1} = `state` along
     /// θ̇ = `theta_dot`: one dual pass of L_in with tangents (θ̇, φ̇) gives g_j
     /// and ġ = H φ̇ + (∂²L_in/∂φ∂θ) θ̇; then (φ̇, ė) ← the JVP of R at
-    /// (θ, φ, e, g_j) along (θ̇, φ̇, ė, ġ), one forward pass on dual numbers.
+    /// (θ, φ, e, g_j) along (θ̇, φ̇, ė, ġ), one forward pass on dual numbers
+    /// (on φ, φ̇, g and ġ concatenated for an elementwise rule, docs/math.md §12 "Flat steps").
     ///
     /// # Errors
-    /// [`BloError::NonFinite`] naming step j if L_in is not finite.
+    /// [`BloError::NonFinite`] naming step j if L_in is not finite; a false
+    /// elementwise claim.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn rule_tangent_step<P: Problem<F>>(
         &mut self,
@@ -1193,19 +1540,9 @@ impl<F: Float> InnerWorkspace<F> {
         phi_dot: &mut Vec<Tensor<F>>,
         extra_dot: &mut Vec<Tensor<F>>,
     ) -> Result<(), BloError> {
+        let flat = self.prepare_flat(rule, j, theta, state, false)?;
         let nt = theta.len();
-        let mut x: Vec<Tensor<F>> = theta
-            .iter()
-            .chain(&state.phi)
-            .chain(&state.extra)
-            .cloned()
-            .collect();
-        let mut x_dot: Vec<Tensor<F>> = theta_dot
-            .iter()
-            .chain(phi_dot.iter())
-            .chain(extra_dot.iter())
-            .cloned()
-            .collect();
+        let (mut g, mut g_dot) = (Vec::new(), Vec::new());
         {
             let pass = self.hvp_pass(
                 problem,
@@ -1217,30 +1554,53 @@ impl<F: Float> InnerWorkspace<F> {
                 Some(theta_dot),
             )?;
             for (i, p) in state.phi.iter().enumerate() {
-                let (mut g, mut g_dot) = (Tensor::zeros(p.shape()), Tensor::zeros(p.shape()));
+                let (mut gi, mut di) = (Tensor::zeros(p.shape()), Tensor::zeros(p.shape()));
                 if let Some(a) = pass.adjoint(nt + i) {
-                    for ((gk, dk), y) in g.data_mut().iter_mut().zip(g_dot.data_mut()).zip(a.iter())
-                    {
+                    for ((gk, dk), y) in gi.data_mut().iter_mut().zip(di.data_mut()).zip(a.iter()) {
                         (*gk, *dk) = (y.v, y.d);
                     }
                 }
-                x.push(g);
-                x_dot.push(g_dot);
+                g.push(gi);
+                g_dot.push(di);
             }
         }
-        let (a, b, c) = split_points(theta, state);
+        let lay = |v: Vec<Tensor<F>>| if flat { vec![concat(&v)] } else { v };
+        let phi_side = lay(state.phi.clone());
+        let side = RuleSide {
+            phi: &phi_side,
+            extra: &state.extra,
+            segments: flat.then_some(&self.flat.segments),
+        };
+        let x: Vec<Tensor<F>> = theta
+            .iter()
+            .cloned()
+            .chain(phi_side.iter().cloned())
+            .chain(state.extra.iter().cloned())
+            .chain(lay(g))
+            .collect();
+        let x_dot: Vec<Tensor<F>> = theta_dot
+            .iter()
+            .cloned()
+            .chain(lay(phi_dot.clone()))
+            .chain(extra_dot.iter().cloned())
+            .chain(lay(g_dot))
+            .collect();
         let mut out = Vec::new();
         self.ws.jvp_into(
             &x,
             &x_dot,
             |t, v| {
-                let out = rule.step(t, j, &v[..a], &v[a..b], &v[b..c], &v[c..]);
+                let out = call_rule(rule, t, j, nt, side, v);
                 out.phi.into_iter().chain(out.extra).collect()
             },
             &mut out,
         );
-        *extra_dot = out.split_off(state.phi.len());
-        *phi_dot = out;
+        *extra_dot = out.split_off(phi_side.len());
+        if flat {
+            scatter(out[0].data(), phi_dot);
+        } else {
+            *phi_dot = out;
+        }
         Ok(())
     }
 }
@@ -1256,12 +1616,44 @@ enum AdjointG {
     Check,
 }
 
-/// Where θ, φ, e and g start among a rule step's inputs (θ, φ, e, g): the
-/// ends of θ, φ and e.
-fn split_points<F: Float>(theta: &[Tensor<F>], s: &State<F>) -> (usize, usize, usize) {
-    let a = theta.len();
-    let b = a + s.phi.len();
-    (a, b, b + s.extra.len())
+/// Makes `dst` one `[n]` tensor (reusing it; its values are stale).
+fn flat_buffer<F: Float>(dst: &mut Vec<Tensor<F>>, n: usize) {
+    let shape = Shape::new(&[n]);
+    if !(dst.len() == 1 && dst[0].shape() == shape) {
+        *dst = vec![Tensor::zeros(shape)];
+    }
+}
+
+/// Writes the elements of `src`, concatenated, into `dst`.
+fn copy_concat<F: Float>(src: &[Tensor<F>], dst: &mut [F]) {
+    let mut at = 0;
+    for x in src {
+        dst[at..at + x.numel()].copy_from_slice(x.data());
+        at += x.numel();
+    }
+}
+
+/// Makes `dst` one `[N]` tensor holding the tensors of `src` concatenated.
+fn flatten_into<F: Float>(dst: &mut Vec<Tensor<F>>, src: &[Tensor<F>]) {
+    flat_buffer(dst, src.iter().map(|x| x.numel()).sum());
+    copy_concat(src, dst[0].data_mut());
+}
+
+/// The tensors of `src` concatenated, as one `[N]` tensor.
+fn concat<F: Float>(src: &[Tensor<F>]) -> Tensor<F> {
+    let mut v = Vec::new();
+    flatten_into(&mut v, src);
+    v.pop().expect("one tensor")
+}
+
+/// Copies `src` (tensors concatenated) into the tensors of `dst`, in order.
+fn scatter<F: Float>(src: &[F], dst: &mut [Tensor<F>]) {
+    let mut at = 0;
+    for x in dst {
+        let n = x.numel();
+        x.data_mut().copy_from_slice(&src[at..at + n]);
+        at += n;
+    }
 }
 
 /// A tangent on a tensor list of a dual pass.

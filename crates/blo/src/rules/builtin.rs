@@ -10,7 +10,7 @@
 use tape::shape::broadcast_shapes;
 use tape::{Real, Shape, Tape, Tensor, Var};
 
-use super::{InnerRule, RuleStep};
+use super::{InnerRule, RuleStep, Segments};
 use crate::error::BloError;
 use crate::problem::check_lr;
 
@@ -40,6 +40,9 @@ impl InnerRule for Sgd {
         true
     }
     fn constant_grad_coefficient(&self) -> bool {
+        true
+    }
+    fn elementwise(&self) -> bool {
         true
     }
     fn step<'t, T: Real>(
@@ -85,6 +88,9 @@ impl InnerRule for MetaSgd {
     fn affine_in_grad(&self) -> bool {
         true
     }
+    fn elementwise(&self) -> bool {
+        true
+    }
     fn validate(
         &self,
         _steps: usize,
@@ -109,6 +115,38 @@ impl InnerRule for MetaSgd {
                 .zip(&self.lr_index)
                 .map(|((&p, &g), &k)| p - g * theta[k])
                 .collect(),
+            extra: Default::default(),
+        }
+    }
+    /// The same update with α_i broadcast to φ tensor i's shape and the
+    /// results concatenated (the broadcast's VJP sums in the order the
+    /// product's does).
+    fn flat_step<'t, T: Real>(
+        &self,
+        _tape: &'t Tape<T>,
+        _j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        _extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        let steps: super::Vars<'t, T> = segments
+            .shapes()
+            .iter()
+            .zip(&self.lr_index)
+            .map(|(&s, &k)| {
+                let a = theta[k];
+                let a = if a.shape() == s { a } else { a.broadcast_to(s) };
+                if s.rank() == 1 {
+                    a
+                } else {
+                    a.reshape(Shape::new(&[s.numel()]))
+                }
+            })
+            .collect();
+        RuleStep {
+            phi: [phi - grad * tape::concat(&steps, 0)].into_iter().collect(),
             extra: Default::default(),
         }
     }
@@ -148,6 +186,9 @@ impl InnerRule for Lslr {
         }
     }
     fn affine_in_grad(&self) -> bool {
+        true
+    }
+    fn elementwise(&self) -> bool {
         true
     }
     fn validate(
@@ -205,6 +246,33 @@ impl InnerRule for Lslr {
                 .zip(grad)
                 .enumerate()
                 .map(|(i, (&p, &g))| p - g * alpha(i))
+                .collect(),
+            extra: Default::default(),
+        }
+    }
+    /// The same update with α_j, one step per φ tensor, spread over its
+    /// segment ([`Segments::per_segment`]).
+    fn flat_step<'t, T: Real>(
+        &self,
+        _tape: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        _extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        let steps = match self {
+            Lslr::PerTensor(k) => {
+                let steps: super::Vars<'t, T> =
+                    k.iter().map(|&k| theta[k].slice(0, j - 1, j)).collect();
+                tape::concat(&steps, 0)
+            }
+            Lslr::Table(k) => theta[*k].slice(0, j - 1, j),
+        };
+        RuleStep {
+            phi: [phi - grad * segments.per_segment(steps)]
+                .into_iter()
                 .collect(),
             extra: Default::default(),
         }
@@ -280,6 +348,11 @@ impl InnerRule for Momentum {
         // Heavy ball: B = (−α, 1) whatever β; Nesterov: B = (−α(1 + β), 1),
         // constant unless β is learnable.
         !self.nesterov || matches!(self.beta, Beta::Fixed(_))
+    }
+    fn elementwise(&self) -> bool {
+        // A learnable β shared by several φ tensors: its adjoint is one sum
+        // over the flat vector instead of per-tensor sums added up.
+        matches!(self.beta, Beta::Fixed(_))
     }
     fn validate(
         &self,
@@ -388,6 +461,9 @@ impl InnerRule for Adam {
     }
     fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
         phi.iter().chain(phi).copied().collect()
+    }
+    fn elementwise(&self) -> bool {
+        true
     }
     fn step<'t, T: Real>(
         &self,

@@ -53,6 +53,25 @@ use crate::error::BloError;
 
 pub use builtin::{Adam, Beta, Lslr, MetaSgd, Momentum, Sgd};
 
+/// Runs `$body` with `$t` bound to `$tape` as a `Tape<$ty>` for the one of the
+/// engine's element types (f64, f32 and their duals) it is, and returns the
+/// body's value from the enclosing function; falls through for another type.
+macro_rules! for_tape_types {
+    ($tape:expr, |$t:ident: $ty:ident| $body:block) => {{
+        let any: &dyn Any = $tape;
+        for_tape_types!(@one any, $t, $ty, f64, $body);
+        for_tape_types!(@one any, $t, $ty, f32, $body);
+        for_tape_types!(@one any, $t, $ty, Dual<f64>, $body);
+        for_tape_types!(@one any, $t, $ty, Dual<f32>, $body);
+    }};
+    (@one $any:ident, $t:ident, $ty:ident, $real:ty, $body:block) => {
+        if let Some($t) = $any.downcast_ref::<Tape<$real>>() {
+            type $ty = $real;
+            return $body;
+        }
+    };
+}
+
 /// A list of variables (inline up to 16, so a step allocates nothing for
 /// models of up to 16 tensors).
 pub type Vars<'t, T> = SmallVec<[Var<'t, T>; 16]>;
@@ -117,6 +136,56 @@ pub trait InnerRule: Send + Sync + 'static {
         false
     }
 
+    /// Whether the step may be taken once on φ concatenated ("flat", docs/math.md
+    /// §12 "Flat steps"): the engine then calls [`InnerRule::flat_step`] on one `[N]`
+    /// vector each for φ, g and every extra-state group (N = Σ_i |φ_i|),
+    /// instead of [`InnerRule::step`] on L φ tensors: L times fewer tape
+    /// nodes per step, the same numbers.
+    ///
+    /// The contract, for every split of φ into tensors:
+    /// - [`InnerRule::extra_state`] is K tensors shaped like φ, group by group
+    ///   (φ's shapes K times over, K ≥ 0), so that `extra_state(&[[N]])` is
+    ///   K tensors `[N]` (this is how the engine stores e for such a rule);
+    /// - the flat step's outputs are the per-tensor step's concatenated, and
+    ///   so are the adjoints of its VJP (θ's included), bit for bit: every
+    ///   element is computed by the same operations from the same-index
+    ///   elements of φ, e, g and from θ, a θ-tensor read per φ tensor being
+    ///   spread over its segment by [`Segments::per_segment`].
+    ///
+    /// SGD, Adam and momentum with a fixed β qualify; a learnable θ scalar
+    /// broadcast over *several* φ tensors does not (its adjoint is one sum
+    /// over the flat vector instead of per-tensor sums added up, which rounds
+    /// differently). The default `false` is always correct; a wrong `true` is
+    /// detected at the first step a workspace takes with the rule, by the
+    /// flat step and its VJP against the per-tensor ones at that state
+    /// (g and the cotangent fixed non-zero patterns), bit for bit
+    /// ([`BloError::InvalidHyperparameter`] naming the rule).
+    fn elementwise(&self) -> bool {
+        false
+    }
+
+    /// One step j on φ concatenated ([`InnerRule::elementwise`]): `phi` and
+    /// `grad` are `[N]` vectors laid out as `segments` says (φ tensor i is
+    /// segment i), `extra` the extra state as `extra_state(&[[N]])` shapes
+    /// it. Returns φ_j as one `[N]` variable and e_j. The default is
+    /// [`InnerRule::step`] on the one-element lists, right for a rule that
+    /// reads θ alike for every φ tensor; a rule with per-tensor θ (LSLR)
+    /// overrides it and spreads them with [`Segments::per_segment`].
+    #[allow(clippy::too_many_arguments)]
+    fn flat_step<'t, T: Real>(
+        &self,
+        tape: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        let _ = segments;
+        self.step(tape, j, theta, &[phi], extra, &[grad])
+    }
+
     /// Checks the rule against θ (its values, as `f64`) and the number of
     /// steps r and, when known, the shapes of φ_0: the θ tensors it reads
     /// exist, broadcast to their φ tensors, hold valid values. Called before
@@ -156,6 +225,7 @@ trait ErasedRule: Send + Sync {
     fn extra_state(&self, phi: &[Shape]) -> Vec<Shape>;
     fn affine_in_grad(&self) -> bool;
     fn constant_grad_coefficient(&self) -> bool;
+    fn elementwise(&self) -> bool;
     fn validate(
         &self,
         steps: usize,
@@ -177,6 +247,17 @@ trait ErasedStep<T: Real> {
         extra: &[Var<'t, T>],
         grad: &[Var<'t, T>],
     ) -> RuleStep<'t, T>;
+    #[allow(clippy::too_many_arguments)]
+    fn flat_step_on<'t>(
+        &self,
+        tape: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T>;
 }
 
 /// The rule behind a [`Rule`]: every element type's step.
@@ -197,6 +278,9 @@ impl<R: InnerRule> ErasedRule for R {
     }
     fn constant_grad_coefficient(&self) -> bool {
         InnerRule::constant_grad_coefficient(self)
+    }
+    fn elementwise(&self) -> bool {
+        InnerRule::elementwise(self)
     }
     fn validate(
         &self,
@@ -222,6 +306,18 @@ impl<R: InnerRule, T: Real> ErasedStep<T> for R {
         grad: &[Var<'t, T>],
     ) -> RuleStep<'t, T> {
         self.step(tape, j, theta, phi, extra, grad)
+    }
+    fn flat_step_on<'t>(
+        &self,
+        tape: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        self.flat_step(tape, j, theta, segments, phi, extra, grad)
     }
 }
 
@@ -299,35 +395,199 @@ impl Rule {
         extra: &[Var<'t, T>],
         grad: &[Var<'t, T>],
     ) -> RuleStep<'t, T> {
-        let any: &'t dyn Any = tape;
-        macro_rules! on {
-            ($ty:ty) => {
-                if let Some(t) = any.downcast_ref::<Tape<$ty>>() {
-                    let out = ErasedStep::<$ty>::step_on(
-                        &*self.0,
-                        t,
-                        j,
-                        &retag(t, theta),
-                        &retag(t, phi),
-                        &retag(t, extra),
-                        &retag(t, grad),
-                    );
-                    return RuleStep {
-                        phi: retag(tape, &out.phi),
-                        extra: retag(tape, &out.extra),
-                    };
-                }
-            };
+        for_tape_types!(tape, |t: U| {
+            let out = ErasedStep::<U>::step_on(
+                &*self.0,
+                t,
+                j,
+                &retag(t, theta),
+                &retag(t, phi),
+                &retag(t, extra),
+                &retag(t, grad),
+            );
+            RuleStep {
+                phi: retag(tape, &out.phi),
+                extra: retag(tape, &out.extra),
+            }
+        });
+        self.unsupported::<T>()
+    }
+
+    /// [`InnerRule::elementwise`].
+    pub fn elementwise(&self) -> bool {
+        self.0.elementwise()
+    }
+
+    /// The shapes of the extra state as the engine stores it for φ of shapes
+    /// `phi`: [`InnerRule::extra_state`], or for an elementwise rule
+    /// (docs/math.md §12, "Flat steps") `extra_state(&[[N]])`, N = Σ_i |φ_i|.
+    pub fn stored_extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        if self.elementwise() {
+            self.extra_state(&[Segments::flat_shape(phi)])
+        } else {
+            self.extra_state(phi)
         }
-        on!(f64);
-        on!(f32);
-        on!(Dual<f64>);
-        on!(Dual<f32>);
+    }
+
+    /// One flat step ([`InnerRule::flat_step`]) on any of the element types
+    /// the engine records on.
+    ///
+    /// # Panics
+    /// As [`Rule::step`].
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub fn flat_step<'t, T: Real>(
+        &self,
+        tape: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        for_tape_types!(tape, |t: U| {
+            let one = |v: Var<'t, T>| retag(t, &[v])[0];
+            let out = ErasedStep::<U>::flat_step_on(
+                &*self.0,
+                t,
+                j,
+                &retag(t, theta),
+                segments,
+                one(phi),
+                &retag(t, extra),
+                one(grad),
+            );
+            RuleStep {
+                phi: retag(tape, &out.phi),
+                extra: retag(tape, &out.extra),
+            }
+        });
+        self.unsupported::<T>()
+    }
+
+    #[track_caller]
+    fn unsupported<T: Real>(&self) -> ! {
         panic!(
             "inner rule {}: element type {} is not one of f32, f64, Dual<f32>, Dual<f64>",
             self.name(),
             std::any::type_name::<T>()
         )
+    }
+}
+
+/// The layout of φ concatenated into one `[N]` vector for an elementwise rule
+/// ([`InnerRule::elementwise`], docs/math.md §12, "Flat steps"): φ tensor i is the
+/// segment `range(i)`, its elements in row-major order.
+#[derive(Clone, Debug, Default)]
+pub struct Segments {
+    shapes: SmallVec<[Shape; 16]>,
+    /// Segment i's element count, prefix-summed: segment i is `ends[i-1]..ends[i]`.
+    ends: SmallVec<[usize; 16]>,
+    /// The segment of every element (built on first use).
+    ids: std::sync::OnceLock<Vec<usize>>,
+}
+
+impl Segments {
+    /// The layout of φ tensors of shapes `phi`.
+    ///
+    /// ```
+    /// use blo::rules::Segments;
+    /// use tape::Shape;
+    /// let s = Segments::new(&[Shape::new(&[2, 3]), Shape::new(&[3])]);
+    /// assert_eq!((s.len(), s.numel(), s.range(1)), (2, 9, 6..9));
+    /// ```
+    pub fn new(phi: &[Shape]) -> Self {
+        let mut n = 0;
+        Segments {
+            shapes: phi.iter().copied().collect(),
+            ends: phi
+                .iter()
+                .map(|s| {
+                    n += s.numel();
+                    n
+                })
+                .collect(),
+            ids: Default::default(),
+        }
+    }
+
+    /// The flat shape `[N]` of φ tensors of shapes `phi`, N = Σ_i |φ_i|.
+    pub fn flat_shape(phi: &[Shape]) -> Shape {
+        Shape::new(&[phi.iter().map(|s| s.numel()).sum()])
+    }
+
+    /// Whether this is the layout of φ tensors of shapes `phi`.
+    pub fn is_of(&self, phi: &[Shape]) -> bool {
+        self.shapes.as_slice() == phi
+    }
+
+    /// The φ tensors' shapes.
+    pub fn shapes(&self) -> &[Shape] {
+        &self.shapes
+    }
+
+    /// The number of segments L (φ tensors).
+    pub fn len(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// Whether there are no segments.
+    pub fn is_empty(&self) -> bool {
+        self.shapes.is_empty()
+    }
+
+    /// N, the number of elements of φ.
+    pub fn numel(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// Where φ tensor i lies in the flat vector.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    pub fn range(&self, i: usize) -> std::ops::Range<usize> {
+        (if i == 0 { 0 } else { self.ends[i - 1] })..self.ends[i]
+    }
+
+    /// x (L elements, any shape: one value per φ tensor, e.g. a row of a
+    /// step-size table) spread to `[N]`: element i over segment i. Its VJP
+    /// sums the cotangent over each segment in element order, as a `[1]`
+    /// operand broadcast over φ tensor i sums it (one `index_select` node).
+    ///
+    /// ```
+    /// use blo::rules::Segments;
+    /// use tape::{Shape, Tape, Tensor};
+    /// let s = Segments::new(&[Shape::new(&[2]), Shape::new(&[1, 3])]);
+    /// let t = Tape::<f64>::new();
+    /// let a = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = s.per_segment(a);
+    /// assert_eq!(y.value().data(), &[1.0, 1.0, 2.0, 2.0, 2.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If x does not have L elements.
+    #[track_caller]
+    pub fn per_segment<'t, T: Real>(&self, x: Var<'t, T>) -> Var<'t, T> {
+        assert_eq!(
+            x.shape().numel(),
+            self.len(),
+            "Segments::per_segment: x {:?} needs one element per φ tensor ({})",
+            x.shape().dims(),
+            self.len()
+        );
+        let ids = self.ids.get_or_init(|| {
+            (0..self.len())
+                .flat_map(|i| std::iter::repeat_n(i, self.range(i).len()))
+                .collect()
+        });
+        let flat = Shape::new(&[self.len()]);
+        let x = if x.shape() == flat {
+            x
+        } else {
+            x.reshape(flat)
+        };
+        x.index_select(0, ids)
     }
 }
 
@@ -389,7 +649,8 @@ pub(crate) fn check_step_shapes(
 }
 
 /// Runs one step of `rule` on a scratch tape at θ, φ = 0, e = 0, g = 0 with
-/// φ_0's shapes, and checks the shapes it returns ([`check_step_shapes`]).
+/// φ_0's shapes, and checks the shapes it returns ([`check_step_shapes`]);
+/// for an elementwise rule, its flat step too.
 pub(crate) fn check_trial_step(
     rule: &Rule,
     theta: &[Tensor<f64>],
@@ -403,18 +664,30 @@ pub(crate) fn check_trial_step(
             .map(|&s| tape.constant(&Tensor::zeros(s)))
             .collect()
     };
+    // The returned shapes against the state's (`flat`: of the flat step).
+    let check = |out: &RuleStep<'_, f64>, phi: &[Shape], extra: &[Shape], flat: &str| {
+        check_step_shapes(
+            rule,
+            &format!("{flat}φ"),
+            out.phi.iter().map(|v| v.shape()),
+            phi.iter().copied(),
+        )?;
+        check_step_shapes(
+            rule,
+            &format!("{flat}extra state"),
+            out.extra.iter().map(|v| v.shape()),
+            extra.iter().copied(),
+        )
+    };
     let (phi, e, g) = (zeros(phi0), zeros(&extra), zeros(phi0));
-    let out = rule.step(&tape, 1, &th, &phi, &e, &g);
-    check_step_shapes(
-        rule,
-        "φ",
-        out.phi.iter().map(|v| v.shape()),
-        phi0.iter().copied(),
-    )?;
-    check_step_shapes(
-        rule,
-        "extra state",
-        out.extra.iter().map(|v| v.shape()),
-        extra.iter().copied(),
-    )
+    check(&rule.step(&tape, 1, &th, &phi, &e, &g), phi0, &extra, "")?;
+    if rule.elementwise() {
+        let segments = Segments::new(phi0);
+        let flat = [Segments::flat_shape(phi0)];
+        let extra = rule.extra_state(&flat);
+        let (phi, e, g) = (zeros(&flat), zeros(&extra), zeros(&flat));
+        let out = rule.flat_step(&tape, 1, &th, &segments, phi[0], &e, g[0]);
+        check(&out, &flat, &extra, "flat ")?;
+    }
+    Ok(())
 }

@@ -912,3 +912,161 @@ fn implicit_runs_on_a_rule_that_converges() {
     let e = flat(&estimate(&Exact::new(Policy::Sqrt).unwrap(), &p, &th).grad);
     assert!(rel(&e, &want) < 1e-8, "{e:?} vs {want:?}");
 }
+
+/// A built-in rule taken per φ tensor: every claim forwarded but
+/// [`InnerRule::elementwise`], so the engine never concatenates φ.
+struct PerTensor(blo::rules::Rule);
+
+impl InnerRule for PerTensor {
+    fn name(&self) -> String {
+        format!("per-tensor({:?})", self.0)
+    }
+    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        self.0.extra_state(phi)
+    }
+    fn affine_in_grad(&self) -> bool {
+        self.0.affine_in_grad()
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        self.0.constant_grad_coefficient()
+    }
+    fn validate(
+        &self,
+        steps: usize,
+        theta: &[Tensor<f64>],
+        phi0: Option<&[Shape]>,
+    ) -> Result<(), BloError> {
+        self.0.validate(steps, theta, phi0)
+    }
+    fn step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        self.0.step(t, j, theta, phi, extra, grad)
+    }
+}
+
+/// docs/math.md §12, "Flat steps": an elementwise built-in taken flat (φ, g and each
+/// extra-state group concatenated) gives bit for bit the numbers of the same
+/// rule taken per φ tensor: the rollout (φ_r, and e_r concatenated), and the
+/// hypergradients of Exact (store-all and recompute), Reptile, first order
+/// and forward mode (the tangent step).
+#[test]
+fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
+    let mut flat_rules = Vec::new();
+    for (name, inner, th) in cases() {
+        let blo::InnerOptimizer::Rule(rule) = &inner.optimizer else {
+            unreachable!("{name} is a rule")
+        };
+        if !rule.elementwise() {
+            continue;
+        }
+        flat_rules.push(name);
+        let per = Net {
+            inner: InnerLoop::rule(R, PerTensor(rule.clone())).unwrap(),
+        };
+        let p = Net { inner };
+        let (s_flat, l_flat) = rollout(&p, &(), &th).unwrap();
+        let (s_per, l_per) = rollout(&per, &(), &th).unwrap();
+        let bits_of =
+            |ts: &[Tensor<f64>]| -> Vec<u64> { flat(ts).iter().map(|x| x.to_bits()).collect() };
+        assert_eq!(bits_of(&s_flat.phi), bits_of(&s_per.phi), "{name}: φ_r");
+        assert_eq!(bits_of(&s_flat.extra), bits_of(&s_per.extra), "{name}: e_r");
+        assert_eq!(l_flat, l_per, "{name}: inner losses");
+        // Stored flat: K tensors [N] (N = 6 + 3 + 3) instead of K per φ tensor.
+        assert!(
+            s_flat.extra.iter().all(|e| e.shape().dims() == [12]),
+            "{name}"
+        );
+        assert_eq!(s_flat.extra.len() * 3, s_per.extra.len(), "{name}");
+        let both = |e: &dyn Fn(&Net) -> Estimate<f64>, what: &str| {
+            assert_eq!(bits(&e(&p)), bits(&e(&per)), "{name}: {what}");
+        };
+        both(
+            &|p| estimate(&Exact::new(Policy::StoreAll).unwrap(), p, &th),
+            "exact",
+        );
+        both(
+            &|p| estimate(&Exact::new(Policy::Recompute).unwrap(), p, &th),
+            "exact, recompute",
+        );
+        both(
+            &|p| estimate(&ReptileExact::new(Policy::StoreAll).unwrap(), p, &th),
+            "reptile",
+        );
+        both(&|p| estimate(&FirstOrder::new(), p, &th), "first order");
+        both(&|p| estimate(&ForwardMode::new(), p, &th), "forward mode");
+    }
+    assert_eq!(
+        flat_rules,
+        [
+            "sgd",
+            "meta-sgd",
+            "lslr-table",
+            "lslr-per-tensor",
+            "heavy-ball",
+            "nesterov",
+            "adam"
+        ]
+    );
+}
+
+/// φ_j = φ − c_i g with c_i = 0.1 (i + 1) for φ tensor i: not elementwise
+/// (the coefficient depends on which tensor an element is in), claimed so.
+struct FalselyElementwise;
+
+impl InnerRule for FalselyElementwise {
+    fn name(&self) -> String {
+        "falsely-elementwise".into()
+    }
+    fn elementwise(&self) -> bool {
+        true
+    }
+    fn step<'t, T: Real>(
+        &self,
+        _t: &'t Tape<T>,
+        _j: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        _extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        RuleStep {
+            phi: phi
+                .iter()
+                .zip(grad)
+                .enumerate()
+                .map(|(i, (&p, &g))| p - g * (0.1 * (i + 1) as f64))
+                .collect(),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// A false `elementwise` claim is a typed error naming the rule, at the
+/// first step (forward, adjoint or tangent) a workspace takes with it.
+#[test]
+fn a_false_elementwise_claim_is_detected() {
+    let p = Net {
+        inner: InnerLoop::rule(R, FalselyElementwise).unwrap(),
+    };
+    let th = theta(vec![]);
+    let errs = [
+        rollout(&p, &(), &th).map(|_| ()).unwrap_err(),
+        ForwardMode::new()
+            .estimate(&p, &(), &th, &mut ChaCha8Rng::seed_from_u64(0))
+            .map(|_| ())
+            .unwrap_err(),
+    ];
+    for e in errs {
+        assert!(
+            e.to_string().contains("falsely-elementwise") && e.to_string().contains("elementwise"),
+            "{e}"
+        );
+    }
+}

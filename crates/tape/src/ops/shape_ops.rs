@@ -115,6 +115,17 @@ pub(crate) fn index_select_vjp<T: Real>(b: &mut Bwd<'_, T>, axis: usize) {
         let (s, g, idx) = (b.x_shape(0), b.g, b.idx);
         let (outer, n, inner) = split3(s, axis);
         let gx = b.g_in(0);
+        if inner == 1 {
+            // One element per index (a gather along the last axis): the same
+            // additions in the same order, without a slice per element.
+            for (o, go) in g.chunks_exact(idx.len().max(1)).enumerate().take(outer) {
+                let gxo = &mut gx[o * n..(o + 1) * n];
+                for (&ix, &v) in idx.iter().zip(go) {
+                    gxo[ix] += v;
+                }
+            }
+            return;
+        }
         for o in 0..outer {
             for (j, &ix) in idx.iter().enumerate() {
                 let src = &g[(o * idx.len() + j) * inner..(o * idx.len() + j + 1) * inner];
@@ -261,6 +272,16 @@ impl<'t, T: Real> Var<'t, T> {
             .record(Op::IndexSelect { axis: axis as u8 }, &[self], out, |f| {
                 let x = f.x(0);
                 f.idx.extend_from_slice(indices);
+                if inner == 1 {
+                    // One element per index: a plain gather.
+                    for (o, out) in f.out.chunks_exact_mut(k.max(1)).enumerate().take(outer) {
+                        let xo = &x[o * n..(o + 1) * n];
+                        for (y, &ix) in out.iter_mut().zip(indices) {
+                            *y = xo[ix];
+                        }
+                    }
+                    return;
+                }
                 for o in 0..outer {
                     for (j, &ix) in indices.iter().enumerate() {
                         f.out[(o * k + j) * inner..(o * k + j + 1) * inner]
