@@ -188,9 +188,11 @@ impl InnerRule for Lslr {
     fn affine_in_grad(&self) -> bool {
         true
     }
-    fn elementwise(&self) -> bool {
-        true
-    }
+    // Not `elementwise`: taken flat, its one scalar step per φ tensor must be
+    // spread over an [N] vector (an `index_select` per use), which measured
+    // slower than the per-tensor step's `[1]` broadcast (docs/benchmarks.md,
+    // "Flat steps for elementwise rules": 139 against 118 Mi instructions per
+    // call, and 1.15× against 1.05× JAX idle).
     fn validate(
         &self,
         steps: usize,
@@ -246,33 +248,6 @@ impl InnerRule for Lslr {
                 .zip(grad)
                 .enumerate()
                 .map(|(i, (&p, &g))| p - g * alpha(i))
-                .collect(),
-            extra: Default::default(),
-        }
-    }
-    /// The same update with α_j, one step per φ tensor, spread over its
-    /// segment ([`Segments::per_segment`]).
-    fn flat_step<'t, T: Real>(
-        &self,
-        _tape: &'t Tape<T>,
-        j: usize,
-        theta: &[Var<'t, T>],
-        segments: &Segments,
-        phi: Var<'t, T>,
-        _extra: &[Var<'t, T>],
-        grad: Var<'t, T>,
-    ) -> RuleStep<'t, T> {
-        let steps = match self {
-            Lslr::PerTensor(k) => {
-                let steps: super::Vars<'t, T> =
-                    k.iter().map(|&k| theta[k].slice(0, j - 1, j)).collect();
-                tape::concat(&steps, 0)
-            }
-            Lslr::Table(k) => theta[*k].slice(0, j - 1, j),
-        };
-        RuleStep {
-            phi: [phi - grad * segments.per_segment(steps)]
-                .into_iter()
                 .collect(),
             extra: Default::default(),
         }
