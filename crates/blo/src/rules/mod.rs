@@ -169,7 +169,7 @@ pub trait InnerRule: Send + Sync + 'static {
     /// segment i), `extra` the extra state as `extra_state(&[[N]])` shapes
     /// it. Returns φ_j as one `[N]` variable and e_j. The default is
     /// [`InnerRule::step`] on the one-element lists, right for a rule that
-    /// reads θ alike for every φ tensor; a rule with per-tensor θ (LSLR)
+    /// reads θ alike for every φ tensor; a rule with per-tensor θ (Meta-SGD with a step per tensor)
     /// overrides it and spreads them with [`Segments::per_segment`].
     #[allow(clippy::too_many_arguments)]
     fn flat_step<'t, T: Real>(
