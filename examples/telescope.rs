@@ -18,7 +18,12 @@
 //! their variance and cost measured from the estimates themselves. The
 //! "held-out ratio" column is the same ratio out of sample
 //! ([`blo::estimators::planner::Candidate::held_out`]: parameters fitted on
-//! half the pilot tasks, scored on the other half, both ways).
+//! half the pilot tasks, scored on the other half, both ways). Each is also
+//! compared with baselines (control variates, docs/math.md §10): "UFO+b" is
+//! UFO with a baseline at its own best q, and the best telescope with
+//! baselines is set against both UFOs; the Monte Carlo check runs the four
+//! estimators in meta-batches of 8, learning the baselines from earlier
+//! meta-batches as training does.
 //!
 //! With `--study`, it runs the meta-training study instead
 //! ([`blo_examples::telescope_study`]): the sinusoid's meta-test loss at equal
@@ -62,6 +67,9 @@ struct Args {
     /// Monte Carlo estimates per (estimator, setting) to check the model (0: none).
     #[arg(long, default_value_t = 0)]
     draws: usize,
+    /// Monte Carlo: estimates run first and discarded (the baselines start at zero).
+    #[arg(long, default_value_t = 256)]
+    warm: usize,
     /// Meta-train θ first for this many steps (first order, r = 10, Adam 1e-3,
     /// 5 tasks per step) and measure there instead of at initialisation.
     #[arg(long, default_value_t = 0)]
@@ -117,38 +125,67 @@ fn study(args: &Args) -> ExitCode {
 struct Row {
     problem: String,
     report: PlannerReport,
-    mc: Option<(f64, f64, f64, f64)>,
+    /// Monte Carlo (variance, cost) of UFO's best q, UFO + baseline, the
+    /// best plain telescope and the best telescope with baselines.
+    mc: Option<[(f64, f64); 4]>,
 }
 
-fn best<'a>(report: &'a PlannerReport, prefix: &str) -> &'a blo::estimators::planner::Candidate {
-    report
-        .best(prefix)
-        .expect("the planner compares UFO and telescopes")
+/// The four candidates compared: UFO's best q, UFO + baseline, the best
+/// telescope without and with baselines.
+fn four(report: &PlannerReport) -> [&blo::estimators::planner::Candidate; 4] {
+    let best = |f: &dyn Fn(&str) -> bool| {
+        report
+            .candidates
+            .iter()
+            .filter(|c| f(&c.name))
+            .min_by(|a, b| a.figure.total_cmp(&b.figure))
+            .expect("the planner compares UFO and telescopes, with and without baselines")
+    };
+    [
+        best(&|n| n.starts_with("UFO q")),
+        best(&|n| n.starts_with("UFO + baseline")),
+        best(&|n| n.starts_with("telescope") && !n.ends_with("baselines")),
+        best(&|n| n.starts_with("telescope") && n.ends_with("baselines")),
+    ]
 }
 
-/// Runs `choice` `draws` times over `tasks` (cycled) with fresh draws and
-/// returns (variance, mean cost) measured from the estimates.
+/// Runs `choice` for `draws` estimates over `tasks` (cycled) in meta-batches
+/// of 8 with fresh draws, calling `observe` after each meta-batch (so the
+/// baselines are learnt from earlier meta-batches, as in training; θ fixed),
+/// and returns (variance, mean cost) measured from the estimates after the
+/// first `warm` (discarded: the baselines start at zero).
 fn monte_carlo<P: Problem<f64>>(
     problem: &P,
     tasks: &[P::Task],
     theta: &[Tensor<f64>],
     choice: &Choice,
     draws: usize,
+    warm: usize,
 ) -> Result<(f64, f64), blo::BloError> {
-    let est: Box<dyn Estimator<f64, P>> = choice.build()?;
+    let mut est: Box<dyn Estimator<f64, P>> = choice.build()?;
     let mut rng = ChaCha8Rng::seed_from_u64(12345);
-    let (mut sum, mut sum_sq, mut cost) = (Vec::<f64>::new(), 0.0, 0.0);
-    for i in 0..draws {
-        let e = est.estimate(problem, &tasks[i % tasks.len()], theta, &mut rng)?;
-        let g: Vec<f64> = e.grad.iter().flat_map(|t| t.data().to_vec()).collect();
-        if sum.is_empty() {
-            sum = vec![0.0; g.len()];
+    let (mut sum, mut sum_sq, mut cost, mut n) = (Vec::<f64>::new(), 0.0, 0.0, 0usize);
+    let mut i = 0;
+    while i < warm + draws {
+        let mut batch = Vec::with_capacity(8);
+        for _ in 0..8 {
+            let e = est.estimate(problem, &tasks[i % tasks.len()], theta, &mut rng)?;
+            if i >= warm {
+                let g: Vec<f64> = e.grad.iter().flat_map(|t| t.data().to_vec()).collect();
+                if sum.is_empty() {
+                    sum = vec![0.0; g.len()];
+                }
+                sum.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+                sum_sq += g.iter().map(|x| x * x).sum::<f64>();
+                cost += e.stats.cost();
+                n += 1;
+            }
+            batch.push(e);
+            i += 1;
         }
-        sum.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
-        sum_sq += g.iter().map(|x| x * x).sum::<f64>();
-        cost += e.stats.cost();
+        est.observe(&batch);
     }
-    let n = draws as f64;
+    let n = n as f64;
     let mean_sq = sum.iter().map(|s| (s / n).powi(2)).sum::<f64>();
     Ok(((sum_sq / n - mean_sq) * n / (n - 1.0), cost / n))
 }
@@ -173,11 +210,11 @@ fn measure<P: Problem<f64>>(
         println!("{name}\n{report}");
     }
     let mc = if args.draws > 1 {
-        let ufo = best(&report, "UFO");
-        let tel = best(&report, "telescope");
-        let (vu, cu) = monte_carlo(problem, tasks, theta, &ufo.choice, args.draws)?;
-        let (vt, ct) = monte_carlo(problem, tasks, theta, &tel.choice, args.draws)?;
-        Some((vu, cu, vt, ct))
+        let mut out = [(0.0, 0.0); 4];
+        for (o, c) in out.iter_mut().zip(four(&report)) {
+            *o = monte_carlo(problem, tasks, theta, &c.choice, args.draws, args.warm)?;
+        }
+        Some(out)
     } else {
         None
     };
@@ -271,63 +308,74 @@ fn main() -> ExitCode {
         }
     };
     println!(
-        "| problem | states | UFO q* | UFO cost | UFO var | UFO cost×var | best telescope | its cost | its var | its cost×var | ratio | held-out ratio | planner's choice |"
+        "| problem | states | UFO q* | UFO cost×var | UFO+b q* | UFO+b cost×var | best telescope | its cost×var | best telescope + baselines | its cost | its var | its cost×var | ratio vs UFO (held out) | ratio vs UFO+b (held out) | plain telescope vs UFO (held out) | planner's choice |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let q_of = |c: &Choice| match c {
+        Choice::Ufo { q, .. } => *q,
+        Choice::Telescope { p, .. } => p[1],
+        _ => f64::NAN,
+    };
+    let held = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.3}", a / b),
+        _ => "–".into(),
+    };
     for row in &rows {
         let rep = &row.report;
-        let ufo = best(rep, "UFO");
-        let tel = best(rep, "telescope");
-        let q = match ufo.choice {
-            Choice::Ufo { q, .. } => q,
-            _ => f64::NAN,
-        };
+        let [ufo, ufob, tel, telb] = four(rep);
         println!(
-            "| {} | {} | {:.3} | {:.0} | {:.3e} | {:.3e} | {} | {:.0} | {:.3e} | {:.3e} | {:.3} | {} | {} |",
+            "| {} | {} | {:.3} | {:.3e} | {:.3} | {:.3e} | {} | {:.3e} | {} | {:.0} | {:.3e} | {:.3e} | {:.3} ({}) | {:.3} ({}) | {:.3} ({}) | {} |",
             row.problem,
             rep.states,
-            q,
-            ufo.cost,
-            ufo.variance,
+            q_of(&ufo.choice),
             ufo.figure,
+            q_of(&ufob.choice),
+            ufob.figure,
             tel.name.trim_start_matches("telescope "),
-            tel.cost,
-            tel.variance,
             tel.figure,
+            telb.name.trim_start_matches("telescope ").trim_end_matches(" + baselines"),
+            telb.cost,
+            telb.variance,
+            telb.figure,
+            telb.figure / ufo.figure,
+            held(telb.held_out, ufo.held_out),
+            telb.figure / ufob.figure,
+            held(telb.held_out, ufob.held_out),
             tel.figure / ufo.figure,
-            match (tel.held_out, ufo.held_out) {
-                (Some(t), Some(u)) => format!("{:.3}", t / u),
-                _ => "–".into(),
-            },
+            held(tel.held_out, ufo.held_out),
             rep.choice().name
         );
     }
     if rows.iter().any(|r| r.mc.is_some()) {
         println!();
         println!(
-            "Monte Carlo check ({} estimates each, tasks cycled, fresh draws):",
-            args.draws
+            "Monte Carlo check ({} estimates each after {} discarded, meta-batches of 8, baselines learnt from earlier meta-batches, θ fixed):",
+            args.draws, args.warm
         );
-        println!("| problem | states | UFO var (model / MC) | UFO cost (model / MC) | telescope var (model / MC) | telescope cost (model / MC) | ratio (MC) |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| problem | states | UFO var / cost (model / MC) | UFO+b var / cost (model / MC) | telescope var / cost (model / MC) | telescope+b var / cost (model / MC) | telescope+b vs UFO (MC) | telescope+b vs UFO+b (MC) |");
+        println!("|---|---|---|---|---|---|---|---|");
         for row in &rows {
-            let Some((vu, cu, vt, ct)) = row.mc else {
+            let Some(mc) = row.mc else {
                 continue;
             };
-            let (ufo, tel) = (best(&row.report, "UFO"), best(&row.report, "telescope"));
+            let c = four(&row.report);
+            let cell = |i: usize| {
+                format!(
+                    "{:.3e} / {:.3e}, {:.0} / {:.0}",
+                    c[i].variance, mc[i].0, c[i].cost, mc[i].1
+                )
+            };
+            let fig = |i: usize| mc[i].0 * mc[i].1;
             println!(
-                "| {} | {} | {:.3e} / {:.3e} | {:.0} / {:.0} | {:.3e} / {:.3e} | {:.0} / {:.0} | {:.3} |",
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} |",
                 row.problem,
                 row.report.states,
-                ufo.variance,
-                vu,
-                ufo.cost,
-                cu,
-                tel.variance,
-                vt,
-                tel.cost,
-                ct,
-                (vt * ct) / (vu * cu)
+                cell(0),
+                cell(1),
+                cell(2),
+                cell(3),
+                fig(3) / fig(0),
+                fig(3) / fig(1)
             );
         }
     }

@@ -128,7 +128,7 @@ fn pick(report: &PlannerReport, method: &str) -> (Choice, f64) {
             (c.choice.clone(), c.cost)
         }
         ufo => {
-            let c = find("UFO");
+            let c = find("UFO q");
             let Choice::Ufo { q: q_star, states } = c.choice else {
                 unreachable!("the UFO line holds a UFO choice")
             };

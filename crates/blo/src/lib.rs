@@ -112,8 +112,8 @@ pub use estimators::planner::{
 };
 pub use estimators::reptile::{ReptileExact, ReptileFirstOrder, UfoReptile};
 pub use estimators::telescope::{
-    doubling_depths, every_depth, optimal_depths, AdaptiveDepths, DepthDistribution, DepthError,
-    DepthModel, Depths, Telescope, TelescopeKind, TelescopeSample,
+    doubling_depths, every_depth, optimal_depths, AdaptiveDepths, Baselines, DepthDistribution,
+    DepthError, DepthModel, Depths, Telescope, TelescopeKind, TelescopeSample,
 };
 pub use estimators::truncated::Truncated;
 pub use estimators::{CoupledEstimate, DebiasSample, Estimate, Estimator, SolverReport, Stats};

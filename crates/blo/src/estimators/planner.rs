@@ -17,6 +17,7 @@
 //! | UFO, q* of docs/math.md §4 | c0 + q·(U(r, s) + 2r + 1) | W + D²/q |
 //! | telescopes, [`optimal_depths`] over every depth and over doubling depths | [`DepthModel::expected_cost`] | [`DepthModel::second_moment`] |
 //! | first order (biased) | r + 2 | E‖g_0‖², eligible only if D² ≤ tolerance·V² |
+//! | UFO and the telescopes with baselines b_i = E Δ_i (docs/math.md §10) | as above, every level read | W_b + the moments of Δ_i − b_i |
 //!
 //! The figures are in sample: a candidate's parameters are fitted and scored
 //! on the same pilot tasks. [`Candidate::held_out`] adds the figure out of
@@ -31,8 +32,8 @@ use super::debiased::{optimal_q, Debiased, QChoice};
 use super::exact::Exact;
 use super::first_order::FirstOrder;
 use super::telescope::{
-    all_levels, doubling_depths, every_depth, optimal_depths, DepthDistribution, DepthModel,
-    Telescope, TelescopeKind,
+    all_levels, doubling_depths, every_depth, optimal_depths, Baselines, DepthDistribution,
+    DepthModel, Telescope, TelescopeKind,
 };
 use crate::engine::plan::{truncated_within, Budget};
 use crate::engine::run::budget_states;
@@ -69,6 +70,11 @@ pub enum Choice {
         p: Vec<f64>,
         /// States held.
         states: usize,
+        /// Baselines (control variates, [`Telescope::with_baselines`] with
+        /// the default decay), learnt during training from b = 0. With one
+        /// level and p = (1 − q, q) this is UFO with a baseline.
+        #[serde(default)]
+        baseline: bool,
     },
 }
 
@@ -93,11 +99,19 @@ impl Choice {
                 levels,
                 p,
                 states,
-            } => Box::new(Telescope::new(
-                *kind,
-                DepthDistribution::from_table(levels.clone(), p.clone())?,
-                Budget::States(*states),
-            )?),
+                baseline,
+            } => {
+                let t = Telescope::new(
+                    *kind,
+                    DepthDistribution::from_table(levels.clone(), p.clone())?,
+                    Budget::States(*states),
+                )?;
+                Box::new(if *baseline {
+                    t.with_baselines(Baselines::default())?
+                } else {
+                    t
+                })
+            }
         })
     }
 }
@@ -124,6 +138,7 @@ impl Choice {
                 levels,
                 p,
                 states,
+                ..
             } => {
                 DepthDistribution::from_table(levels.clone(), p.clone())?.check_for(*kind)?;
                 *states
@@ -203,6 +218,10 @@ pub struct PlannerReport {
     pub d2: f64,
     /// ‖ḡ‖², ḡ = E g_exact.
     pub mean_sq: f64,
+    /// ‖E(g_exact − g_0)‖²: what a constant baseline removes from D²
+    /// (E‖g_exact − g_0 − b‖² = D² − this at b = E(g_exact − g_0)).
+    #[serde(default)]
+    pub mean_diff_sq: f64,
     /// E‖Δ_k‖², k = 1..=r (the per-depth differences).
     pub depth_diff_sq: Vec<f64>,
     /// Every candidate, in the order compared.
@@ -234,8 +253,8 @@ impl std::fmt::Display for PlannerReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "planner: r = {}, {} states, {} pilot tasks: V² = {:.4e}, D² = {:.4e}, ‖ḡ‖² = {:.4e}",
-            self.r, self.states, self.tasks, self.v2, self.d2, self.mean_sq
+            "planner: r = {}, {} states, {} pilot tasks: V² = {:.4e}, D² = {:.4e}, ‖ḡ‖² = {:.4e}, ‖E(g_exact − g_0)‖² = {:.4e}",
+            self.r, self.states, self.tasks, self.v2, self.d2, self.mean_sq, self.mean_diff_sq
         )?;
         let shown: Vec<String> = std::iter::successors(Some(1usize), |k| Some(k * 2))
             .take_while(|&k| k < self.r)
@@ -280,6 +299,8 @@ struct Sums {
     g0sq: f64,
     gram: Vec<f64>,
     mean: Vec<f64>,
+    /// Σ over tasks of Δ_i, per level.
+    diffs: Vec<Vec<f64>>,
 }
 
 impl Sums {
@@ -301,6 +322,13 @@ impl Sums {
         }
         self.mean.iter_mut().zip(gr).for_each(|(a, b)| *a += b);
         let diffs: Vec<Vec<f64>> = (1..=m).map(|i| sub(&g[i], &g[i - 1])).collect();
+        if self.diffs.is_empty() {
+            self.diffs = vec![vec![0.0; gr.len()]; m];
+        }
+        for (s, d) in self.diffs.iter_mut().zip(&diffs) {
+            s.iter_mut().zip(d).for_each(|(a, b)| *a += b);
+        }
+
         for i in 0..m {
             for j in i..m {
                 let c = dot(&diffs[i], &diffs[j]);
@@ -322,6 +350,11 @@ impl Sums {
             g0sq: self.g0sq / n,
             mean_sq: self.mean.iter().map(|x| (x / n).powi(2)).sum::<f64>(),
             gram: self.gram.iter().map(|x| x / n).collect(),
+            diff_mean: self
+                .diffs
+                .iter()
+                .map(|d| d.iter().map(|x| x / n).collect())
+                .collect(),
         }
     }
 }
@@ -335,6 +368,31 @@ struct Moments {
     g0sq: f64,
     mean_sq: f64,
     gram: Vec<f64>,
+    /// μ_i = E Δ_i per level (the baselines fitted on these tasks).
+    diff_mean: Vec<Vec<f64>>,
+}
+
+impl Moments {
+    /// The Gram matrix of Δ_i − b_i over these tasks for baselines `b`
+    /// (fixed vectors, one per level; docs/math.md §10):
+    /// E⟨Δ_i − b_i, Δ_j − b_j⟩ = C_ij − ⟨b_i, μ_j⟩ − ⟨μ_i, b_j⟩ + ⟨b_i, b_j⟩.
+    /// Its sum is E‖g_exact − g_0 − Σ_i b_i‖², and W_b = V² − that sum.
+    fn centered(&self, b: &[Vec<f64>]) -> Vec<f64> {
+        let m = b.len();
+        let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+        let bm: Vec<f64> = (0..m * m)
+            .map(|ij| dot(&b[ij / m], &self.diff_mean[ij % m]))
+            .collect();
+        let mut out = vec![0.0; m * m];
+        for i in 0..m {
+            for j in i..m {
+                let c = self.gram[i * m + j] - bm[i * m + j] - bm[j * m + i] + dot(&b[i], &b[j]);
+                out[i * m + j] = c;
+                out[j * m + i] = c;
+            }
+        }
+        out
+    }
 }
 
 /// How a fitted candidate's parameters are chosen and scored: `fit` picks
@@ -360,63 +418,100 @@ trait Fitted {
     }
 }
 
-/// UFO at the q* of docs/math.md §4.
+/// The baselines a candidate fits on a set of tasks (their mean depth
+/// differences) when it uses them, and the moments it is scored by under
+/// baselines `b`: the Gram matrix of Δ_i − b_i and W_b − ‖ḡ‖²
+/// (`None`: the plain Gram matrix and W − ‖ḡ‖²).
+fn fit_baselines(use_them: bool, on: &Moments) -> Option<Vec<Vec<f64>>> {
+    use_them.then(|| on.diff_mean.clone())
+}
+
+fn scored_moments(on: &Moments, b: Option<&Vec<Vec<f64>>>) -> (Vec<f64>, f64) {
+    match b {
+        None => (on.gram.clone(), on.w - on.mean_sq),
+        Some(b) => {
+            let gram = on.centered(b);
+            let e2: f64 = gram.iter().sum();
+            (gram, on.v2 - e2 - on.mean_sq)
+        }
+    }
+}
+
+/// UFO at the q* of docs/math.md §4; with a baseline b (the mean of
+/// g_exact − g_0 on the fitting tasks), g_0 + b + (ξ/q)(g_exact − g_0 − b):
+/// D² becomes E‖g_exact − g_0 − b‖² and W becomes V² − that.
 struct UfoFit {
     c0: f64,
     c_rnd: f64,
     floor: f64,
+    baseline: bool,
+}
+
+impl UfoFit {
+    /// D² (with a baseline b: E‖g_exact − g_0 − b‖²) on `on`.
+    fn d2(&self, on: &Moments, b: Option<&Vec<Vec<f64>>>) -> f64 {
+        match b {
+            None => on.d2,
+            Some(b) => on.centered(b).iter().sum(),
+        }
+    }
 }
 
 impl Fitted for UfoFit {
-    type Params = f64;
-    fn fit(&self, on: &Moments) -> Result<f64, BloError> {
-        // V² − ‖ḡ‖² in place of V² (W is shifted by the constant ‖ḡ‖²).
-        Ok(optimal_q(
-            self.c0,
-            self.c_rnd,
-            on.v2 - on.mean_sq,
-            on.d2,
-            self.floor,
-        ))
+    type Params = (f64, Option<Vec<Vec<f64>>>);
+    fn fit(&self, on: &Moments) -> Result<Self::Params, BloError> {
+        let b = fit_baselines(self.baseline, on);
+        let d2 = self.d2(on, b.as_ref());
+        // V² − ‖ḡ‖² in place of V² (W = V² − D² is shifted by the constant ‖ḡ‖²).
+        let q = optimal_q(self.c0, self.c_rnd, on.v2 - on.mean_sq, d2, self.floor);
+        Ok((q, b))
     }
-    fn score(&self, q: &f64, on: &Moments) -> (f64, f64) {
-        (self.c0 + q * self.c_rnd, on.w + on.d2 / q - on.mean_sq)
+    fn score(&self, (q, b): &Self::Params, on: &Moments) -> (f64, f64) {
+        let cost = self.c0 + q * self.c_rnd;
+        match b {
+            None => (cost, on.w + on.d2 / q - on.mean_sq),
+            Some(b) => {
+                let d2 = self.d2(on, Some(b));
+                (cost, on.v2 - d2 + d2 / q - on.mean_sq)
+            }
+        }
     }
 }
 
-/// A telescope of one kind over fixed levels at [`optimal_depths`].
+/// A telescope of one kind over fixed levels at [`optimal_depths`], with or
+/// without baselines (the mean depth differences of the fitting tasks).
 struct TelescopeFit<'a> {
     kind: TelescopeKind,
     levels: &'a [usize],
     r: usize,
     states: usize,
     floor: f64,
+    baseline: bool,
 }
 
 impl TelescopeFit<'_> {
-    fn model(&self, on: &Moments) -> DepthModel {
-        coarse_model(
-            self.r,
-            self.states,
-            &on.gram,
-            on.w - on.mean_sq,
-            self.levels,
-        )
+    fn model(&self, on: &Moments, b: Option<&Vec<Vec<f64>>>) -> DepthModel {
+        let (gram, w) = scored_moments(on, b);
+        // Baselines read every level (one VJP each), as one level does.
+        let per_level = self.baseline || self.levels.len() == 1;
+        coarse_model(self.r, self.states, &gram, w, self.levels, per_level)
     }
 }
 
 impl Fitted for TelescopeFit<'_> {
-    type Params = DepthDistribution;
-    fn fit(&self, on: &Moments) -> Result<DepthDistribution, BloError> {
-        Ok(optimal_depths(
+    type Params = (DepthDistribution, Option<Vec<Vec<f64>>>);
+    fn fit(&self, on: &Moments) -> Result<Self::Params, BloError> {
+        let b = fit_baselines(self.baseline, on);
+        let d = optimal_depths(
             self.kind,
-            &self.model(on),
+            &self.model(on, b.as_ref()),
             self.levels,
             self.floor,
-        )?)
+        )?;
+        Ok((d, b))
     }
-    fn score(&self, d: &DepthDistribution, on: &Moments) -> (f64, f64) {
-        let model = self.model(on);
+    fn score(&self, (d, b): &Self::Params, on: &Moments) -> (f64, f64) {
+        let model = self.model(on, b.as_ref());
         (
             model.expected_cost(d.probabilities()),
             model.second_moment(self.kind, d),
@@ -495,48 +590,77 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
         true,
         None,
     );
-    let ufo = UfoFit {
-        c0,
-        c_rnd,
-        floor: params.floor,
-    };
-    let q = ufo.fit(&all)?;
-    push(
-        format!("UFO q = {q:.4}"),
-        Choice::Ufo { q, states },
-        c0 + q * c_rnd,
-        all.w + all.d2 / q,
-        true,
-        ufo.held_out(halves)?,
-    );
-    for (lname, lv) in [
-        ("every depth", every_depth(r)),
-        ("doubling", doubling_depths(r)),
-    ] {
-        for kind in [TelescopeKind::SingleSample, TelescopeKind::RussianRoulette] {
-            let fit = TelescopeFit {
-                kind,
-                levels: &lv,
-                r,
-                states,
-                floor: params.floor,
-            };
-            let d = fit.fit(&all)?;
-            let model = fit.model(&all);
-            let second = model.second_moment(kind, &d) + mean_sq;
+    // Without and with baselines (constant: the mean depth differences).
+    let bases = [(false, ""), (true, " + baselines")];
+    for (baseline, _) in bases {
+        let ufo = UfoFit {
+            c0,
+            c_rnd,
+            floor: params.floor,
+            baseline,
+        };
+        let fitted = ufo.fit(&all)?;
+        let q = fitted.0;
+        let (cost, var) = ufo.score(&fitted, &all);
+        if !baseline {
             push(
-                format!("telescope {kind:?}, {lname}"),
-                Choice::Telescope {
-                    kind,
-                    levels: lv.clone(),
-                    p: d.probabilities().to_vec(),
-                    states,
-                },
-                model.expected_cost(d.probabilities()),
-                second,
+                format!("UFO q = {q:.4}"),
+                Choice::Ufo { q, states },
+                cost,
+                all.w + all.d2 / q,
                 true,
-                fit.held_out(halves)?,
+                ufo.held_out(halves)?,
             );
+        } else {
+            // UFO with a baseline is the one-level telescope with UFO's coin.
+            push(
+                format!("UFO + baseline q = {q:.4}"),
+                Choice::Telescope {
+                    kind: TelescopeKind::SingleSample,
+                    levels: vec![r],
+                    p: vec![1.0 - q, q],
+                    states,
+                    baseline: true,
+                },
+                cost,
+                var + mean_sq,
+                true,
+                ufo.held_out(halves)?,
+            );
+        }
+    }
+    for (baseline, suffix) in bases {
+        for (lname, lv) in [
+            ("every depth", every_depth(r)),
+            ("doubling", doubling_depths(r)),
+        ] {
+            for kind in [TelescopeKind::SingleSample, TelescopeKind::RussianRoulette] {
+                let fit = TelescopeFit {
+                    kind,
+                    levels: &lv,
+                    r,
+                    states,
+                    floor: params.floor,
+                    baseline,
+                };
+                let fitted = fit.fit(&all)?;
+                let (cost, var) = fit.score(&fitted, &all);
+                let d = fitted.0;
+                push(
+                    format!("telescope {kind:?}, {lname}{suffix}"),
+                    Choice::Telescope {
+                        kind,
+                        levels: lv.clone(),
+                        p: d.probabilities().to_vec(),
+                        states,
+                        baseline,
+                    },
+                    cost,
+                    var + mean_sq,
+                    true,
+                    fit.held_out(halves)?,
+                );
+            }
         }
     }
     let chosen = pick(&candidates).expect("exact is always eligible");
@@ -547,6 +671,13 @@ pub fn plan_estimator<F: Float, P: Problem<F>>(
         v2: all.v2,
         d2: all.d2,
         mean_sq,
+        mean_diff_sq: {
+            let mut total = vec![0.0; all.diff_mean.first().map_or(0, Vec::len)];
+            for d in &all.diff_mean {
+                total.iter_mut().zip(d).for_each(|(t, x)| *t += x);
+            }
+            total.iter().map(|x| x * x).sum()
+        },
         depth_diff_sq: (0..m).map(|i| all.gram[i * m + i]).collect(),
         candidates,
         chosen,
@@ -634,7 +765,12 @@ impl PlannerReport {
                 "a mean square: finite and >= 0".into(),
             );
         }
-        for (name, x) in [("v2", self.v2), ("d2", self.d2), ("mean_sq", self.mean_sq)] {
+        for (name, x) in [
+            ("v2", self.v2),
+            ("d2", self.d2),
+            ("mean_sq", self.mean_sq),
+            ("mean_diff_sq", self.mean_diff_sq),
+        ] {
             if !(finite(x) && x >= 0.0) {
                 return fault(name, x.to_string(), "a mean square: finite and >= 0".into());
             }
@@ -759,8 +895,18 @@ impl PlanSpec {
 
 /// The model of a telescope over the coarse `levels` from the Gram matrix of
 /// the per-depth differences (`fine`, r × r): a coarse difference is the sum
-/// of the fine ones between its levels, so its Gram entries are block sums.
-pub fn coarse_model(r: usize, states: usize, fine: &[f64], w: f64, levels: &[usize]) -> DepthModel {
+/// of the fine ones between its levels, so its Gram entries are block sums
+/// (with baselines too: a coarse baseline is the sum of the fine ones).
+/// `per_level`: the costs of an estimator that reads every level
+/// ([`DepthModel::plan_costs`]).
+pub fn coarse_model(
+    r: usize,
+    states: usize,
+    fine: &[f64],
+    w: f64,
+    levels: &[usize],
+    per_level: bool,
+) -> DepthModel {
     let m = levels.len();
     let block = |i: usize| {
         let lo = if i == 0 { 0 } else { levels[i - 1] };
@@ -774,6 +920,6 @@ pub fn coarse_model(r: usize, states: usize, fine: &[f64], w: f64, levels: &[usi
                 .sum()
         })
         .collect();
-    let (c0, costs) = DepthModel::plan_costs(r, levels, states, levels.len() == 1);
+    let (c0, costs) = DepthModel::plan_costs(r, levels, states, per_level);
     DepthModel { c0, costs, w, gram }
 }

@@ -24,6 +24,11 @@
 //! With levels {r} and p = (1 − q, q) ([`Depths::TwoPoint`]) both estimators
 //! are UFO-BLO, and they return UFO's bits on the same coins.
 //!
+//! [`Telescope::with_baselines`] adds control variates: with b_i fixed by
+//! earlier meta-batches and w_i the weight level i gets in the draw (0 when
+//! unused), ĝ = g_0 + Σ_i b_i + Σ_i w_i (Δ_i − b_i), still unbiased, with the
+//! moments below taken over Δ_i − b_i (docs/math.md §10, "Baselines").
+//!
 //! # Second moments (about g_0, per task)
 //!
 //! With C_ij = ⟨Δ_i, Δ_j⟩:
@@ -410,9 +415,10 @@ impl DepthDistribution {
     }
 }
 
-/// What one telescope estimate measured: the level drawn, ‖Δ_i‖² for every
-/// level reached, and ‖g_0‖² + 2⟨g_0, ĝ − g_0⟩ (whose mean is W), with the
-/// plan it ran under (r and the states of the budget).
+/// What one telescope estimate measured: the level drawn, ‖Δ_i‖² (with
+/// baselines ‖Δ_i − b_i‖²) for every level reached, and ‖a‖² + 2⟨a, ĝ − a⟩
+/// (whose mean is W, or W_b), with the plan it ran under (r and the states of
+/// the budget).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TelescopeSample {
     /// The level I drawn.
@@ -420,8 +426,15 @@ pub struct TelescopeSample {
     /// ‖Δ_i‖² for i = 1..=I when the levels are read one by one (adaptive,
     /// or a single level); empty when only the combination is formed.
     pub diff_sq: Vec<f64>,
-    /// ‖g_0‖² + 2⟨g_0, ĝ − g_0⟩.
+    /// ‖a‖² + 2⟨a, ĝ − a⟩ with the anchor a = g_0 (a = g_0 + Σ_i b_i with
+    /// baselines b_i: its mean is then W_b).
     pub w: f64,
+    /// With baselines ([`Telescope::with_baselines`]): Δ_i, i = 1..=I,
+    /// flattened over θ's tensors, which [`Estimator::observe`] averages
+    /// into the next meta-batch's baselines; empty otherwise. `diff_sq`
+    /// then holds ‖Δ_i − b_i‖².
+    #[serde(default)]
+    pub diffs: Vec<Vec<f64>>,
     /// The problem's r.
     pub r: usize,
     /// The states the memory budget held.
@@ -783,6 +796,51 @@ impl Default for AdaptiveDepths {
     }
 }
 
+/// Parameters of the telescope's baselines (control variates, docs/math.md
+/// §10): b_i is a bias-corrected moving average of Δ_i over the tasks of
+/// earlier meta-batches that reached level i, so it is a constant given the
+/// past and ĝ = g_0 + Σ_i b_i + Σ_i w_i (Δ_i − b_i) stays unbiased.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Baselines {
+    /// The EMA decay per task reaching the level, in [0, 1) (default 0.99).
+    pub decay: f64,
+}
+
+impl Default for Baselines {
+    fn default() -> Self {
+        Baselines { decay: 0.99 }
+    }
+}
+
+/// The baselines' moving averages: one θ-sized sum per level (flattened,
+/// empty before the first sample) and its sample count.
+#[derive(Clone, Debug, PartialEq)]
+struct BaselineState {
+    sums: Vec<Vec<f64>>,
+    counts: Vec<u64>,
+}
+
+impl BaselineState {
+    /// b_i = sum_i/(1 − β^t_i); `None` before any level has a sample (the
+    /// baselines are then all zero and the estimate is the plain one).
+    fn values(&self, decay: f64) -> Option<Vec<Vec<f64>>> {
+        let dim = self.sums.iter().map(Vec::len).max().filter(|&d| d > 0)?;
+        Some(
+            self.sums
+                .iter()
+                .zip(&self.counts)
+                .map(|(s, &t)| {
+                    if t == 0 {
+                        return vec![0.0; dim];
+                    }
+                    let c = 1.0 - decay.powi(t.min(i32::MAX as u64) as i32);
+                    s.iter().map(|x| x / c).collect()
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The adaptive scheme's measurements.
 #[derive(Clone, Debug, PartialEq)]
 struct DepthMoments {
@@ -794,6 +852,15 @@ struct DepthMoments {
     plan: Option<(usize, usize)>,
 }
 
+/// A moving average's decay must lie in [0, 1).
+fn check_decay(name: &'static str, decay: f64) -> Result<(), BloError> {
+    if decay.is_finite() && (0.0..1.0).contains(&decay) {
+        Ok(())
+    } else {
+        Err(BloError::invalid(name, decay, "must be in [0, 1)"))
+    }
+}
+
 /// A randomized telescope over the truncation depth (module docs).
 #[derive(Clone, Debug)]
 pub struct Telescope {
@@ -801,6 +868,7 @@ pub struct Telescope {
     dist: DepthDistribution,
     memory: Budget,
     adapt: Option<(AdaptiveDepths, DepthMoments)>,
+    baseline: Option<(Baselines, BaselineState)>,
 }
 
 impl Telescope {
@@ -830,7 +898,49 @@ impl Telescope {
             dist,
             memory,
             adapt: None,
+            baseline: None,
         })
+    }
+
+    /// Adds baselines (control variates) to the estimate (docs/math.md §10):
+    /// ĝ = g_0 + Σ_i b_i + Σ_i w_i (Δ_i − b_i), w_i the weight level i gets
+    /// in this draw (0 when not used), b_i the moving average of Δ_i over the
+    /// tasks of earlier meta-batches ([`Estimator::observe`], in task order),
+    /// zero before the first. Unbiased for any b fixed before the draw; the
+    /// variance then depends on the spread of Δ_i − b_i, not on E Δ_i. Every
+    /// level is read (one VJP through Φ_0 per level reached). With
+    /// [`Telescope::adaptive`] the depth model is fitted to ‖Δ_i − b_i‖².
+    ///
+    /// ```
+    /// # use blo::{Baselines, Budget, DepthDistribution, Depths, Telescope, TelescopeKind};
+    /// let d = DepthDistribution::new(vec![4], &Depths::TwoPoint { q: 0.2 })?;
+    /// // UFO with a baseline: g_FO + b + (ξ/q)(g_exact − g_FO − b).
+    /// let t = Telescope::new(TelescopeKind::SingleSample, d, Budget::States(1))?
+    ///     .with_baselines(Baselines::default())?;
+    /// assert!(t.baselines().is_none()); // zero until a meta-batch is observed
+    /// # Ok::<(), blo::BloError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`BloError::InvalidHyperparameter`] if the decay ∉ [0, 1).
+    pub fn with_baselines(mut self, params: Baselines) -> Result<Self, BloError> {
+        check_decay("baseline decay", params.decay)?;
+        let m = self.dist.levels().len();
+        self.baseline = Some((
+            params,
+            BaselineState {
+                sums: vec![Vec::new(); m],
+                counts: vec![0; m],
+            },
+        ));
+        Ok(self)
+    }
+
+    /// The baselines b_1, …, b_m the next meta-batch uses (flattened over
+    /// θ's tensors), `None` without baselines or before the first sample.
+    pub fn baselines(&self) -> Option<Vec<Vec<f64>>> {
+        let (params, state) = self.baseline.as_ref()?;
+        state.values(params.decay)
     }
 
     /// Makes the distribution adaptive (module docs), starting from the one given.
@@ -845,13 +955,7 @@ impl Telescope {
                 "must be in (0, 1]",
             ));
         }
-        if !(params.decay.is_finite() && (0.0..1.0).contains(&params.decay)) {
-            return Err(BloError::invalid(
-                "decay",
-                params.decay,
-                "must be in [0, 1)",
-            ));
-        }
+        check_decay("decay", params.decay)?;
         let m = self.dist.levels().len();
         self.adapt = Some((
             params,
@@ -928,6 +1032,9 @@ impl Telescope {
         let mut g0: Vec<Tensor<F>> = Vec::new();
         let mut prev: Vec<Tensor<F>> = Vec::new();
         let mut diff_sq = Vec::with_capacity(level);
+        let mut diffs: Vec<Vec<f64>> = Vec::new();
+        let base = self.baselines();
+        let with_base = self.baseline.is_some();
         let mut plain = true;
         let mut on = |i: usize, g: &[Tensor<F>]| {
             if i == 0 {
@@ -948,9 +1055,18 @@ impl Telescope {
             let plain_here =
                 w == Some(1.0) && plain && (self.kind == TelescopeKind::RussianRoulette || i == 1);
             let wf = F::from_f64(1.0 / w.unwrap_or(1.0));
+            // With baselines: ‖Δ_i − b_i‖², and Δ_i kept for the next b_i.
+            let bi = base.as_ref().map(|b| b[i - 1].as_slice());
+            let mut d = Vec::new();
+            let mut j = 0;
             for ((a, c), pv) in acc.iter_mut().zip(g).zip(&prev) {
                 for ((a, &c), &pv) in a.data_mut().iter_mut().zip(c.data()).zip(pv.data()) {
-                    sq += (c.to_f64() - pv.to_f64()).powi(2);
+                    let delta = c.to_f64() - pv.to_f64();
+                    sq += (delta - bi.map_or(0.0, |b| b[j])).powi(2);
+                    j += 1;
+                    if with_base {
+                        d.push(delta);
+                    }
                     if w.is_some() {
                         if plain_here {
                             *a = c;
@@ -964,14 +1080,18 @@ impl Telescope {
                 plain = false;
             }
             diff_sq.push(sq);
+            if with_base {
+                diffs.push(d);
+            }
             for (pv, c) in prev.iter_mut().zip(g) {
                 pv.data_mut().copy_from_slice(c.data());
             }
         };
-        // Per-level reads when the differences are measured (adaptive) or
-        // when there is one level (both ways cost the same two VJPs, and the
-        // per-level arithmetic is UFO's); otherwise the combination alone.
-        let per_level = self.adapt.is_some() || m == 1;
+        // Per-level reads when the differences are measured (adaptive, or
+        // baselines) or when there is one level (both ways cost the same two
+        // VJPs, and the per-level arithmetic is UFO's); otherwise the
+        // combination alone.
+        let per_level = self.adapt.is_some() || with_base || m == 1;
         let weights: Vec<f64> = (0..=m)
             .map(|i| match self.kind {
                 _ if i == 0 => 0.0,
@@ -991,11 +1111,40 @@ impl Telescope {
             acc = std::mem::take(&mut est.grad);
             g0 = g0_read;
         }
+        // Baselines: ĝ = g_0 + Σ_i w_i Δ_i + Σ_i (1 − w_i) b_i, w_i the
+        // weight level i got in this draw (0 if unused), and the anchor
+        // a = g_0 + Σ_i b_i of the W sample.
+        let used = |i: usize| match self.kind {
+            TelescopeKind::RussianRoulette => i <= level,
+            TelescopeKind::SingleSample => i == level,
+        };
+        let (shift, anchor_shift) = match &base {
+            Some(b) => {
+                let dim = b[0].len();
+                let (mut shift, mut anchor) = (vec![0.0f64; dim], vec![0.0f64; dim]);
+                for i in 1..=m {
+                    let c = 1.0 - if used(i) { weights[i] } else { 0.0 };
+                    for ((x, a), &bv) in shift.iter_mut().zip(&mut anchor).zip(&b[i - 1]) {
+                        *x += c * bv;
+                        *a += bv;
+                    }
+                }
+                (shift, anchor)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let (mut g0sq, mut cross) = (0.0f64, 0.0f64);
-        for (a, z) in acc.iter().zip(&g0) {
-            for (&a, &z) in a.data().iter().zip(z.data()) {
-                g0sq += z.to_f64().powi(2);
-                cross += z.to_f64() * (a.to_f64() - z.to_f64());
+        let mut j = 0;
+        for (a, z) in acc.iter_mut().zip(&g0) {
+            for (a, &z) in a.data_mut().iter_mut().zip(z.data()) {
+                let mut anchor = z.to_f64();
+                if !shift.is_empty() {
+                    *a += F::from_f64(shift[j]);
+                    anchor += anchor_shift[j];
+                }
+                j += 1;
+                g0sq += anchor.powi(2);
+                cross += anchor * (a.to_f64() - anchor);
             }
         }
         est.grad = acc;
@@ -1008,6 +1157,7 @@ impl Telescope {
             w: g0sq + 2.0 * cross,
             r: problem.inner_loop().steps,
             states,
+            diffs,
         });
         Ok(est)
     }
@@ -1182,7 +1332,26 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Telescope {
     /// Adaptive: pushes each task's measurements, in task order, then
     /// re-solves p ([`optimal_depths`] on [`Telescope::model`]) once every
     /// level has been observed.
+    ///
+    /// With baselines: first folds each task's Δ_i into b_i's moving
+    /// average (task order), so the next meta-batch's b is a function of
+    /// earlier meta-batches only.
     fn observe(&mut self, estimates: &[Estimate<F>]) {
+        if let Some((params, state)) = self.baseline.as_mut() {
+            let b = params.decay;
+            for s in estimates.iter().filter_map(|e| e.stats.telescope.as_ref()) {
+                for (i, d) in s.diffs.iter().enumerate() {
+                    let sum = &mut state.sums[i];
+                    if sum.is_empty() {
+                        *sum = vec![0.0; d.len()];
+                    }
+                    for (x, &v) in sum.iter_mut().zip(d) {
+                        *x = b * *x + (1.0 - b) * v;
+                    }
+                    state.counts[i] += 1;
+                }
+            }
+        }
         let Some((params, mom)) = self.adapt.as_mut() else {
             return;
         };
@@ -1221,7 +1390,152 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Telescope {
     /// Fixed: `null`. Adaptive: p and the moving averages (m, t) as bit
     /// patterns, the plan (r, states) last seen, and the parameters floor and
     /// decay (a resumed run with other parameters is refused).
+    ///
+    /// With baselines, a `baseline` entry too: the decay, and per level the
+    /// moving average's sum (bit patterns) and its sample count.
     fn save_state(&self) -> serde_json::Value {
+        let mut out = match self.adaptive_state() {
+            serde_json::Value::Object(o) => o,
+            _ => serde_json::Map::new(),
+        };
+        if let Some((params, st)) = &self.baseline {
+            let sums: Vec<Vec<u64>> = st
+                .sums
+                .iter()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                .collect();
+            out.insert(
+                "baseline".into(),
+                serde_json::json!({
+                    "decay": params.decay.to_bits(),
+                    "sums": sums,
+                    "counts": st.counts,
+                }),
+            );
+        }
+        if out.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::Value::Object(out)
+        }
+    }
+
+    /// Restores [`Estimator::save_state`]'s output after checking it: p a
+    /// distribution over this estimator's levels under which it is unbiased;
+    /// one moving average per level, finite, ≥ 0 for ‖Δ_i‖², zero when
+    /// empty; the counters non-increasing in the level (level i is reached
+    /// whenever a deeper one is) and at most W's (pushed every estimate);
+    /// floor and decay equal to this estimator's. Baselines: present exactly
+    /// when this estimator has them, the same decay, one finite sum per level
+    /// (all of one length, empty or zero with no samples), the counters
+    /// non-increasing in the level. Nothing changes on error.
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+        let baseline = match (&self.baseline, state.get("baseline")) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(
+                    "telescope state: the checkpoint holds baselines, this estimator has none"
+                        .into(),
+                )
+            }
+            (Some(_), None) => return Err("telescope state: missing baseline".into()),
+            (Some((params, _)), Some(v)) => Some((*params, self.parse_baseline(*params, v)?)),
+        };
+        let adaptive = if self.adapt.is_none() && baseline.is_some() {
+            match state.as_object() {
+                Some(o) if o.len() == 1 => None,
+                _ => {
+                    return Err(format!(
+                    "telescope state: a fixed distribution keeps only its baselines, checkpoint holds {state}"
+                ))
+                }
+            }
+        } else {
+            let mut rest = state.clone();
+            if let Some(o) = rest.as_object_mut() {
+                o.remove("baseline");
+            }
+            self.parse_adaptive(&rest)?
+        };
+        if let Some((dist, adapt)) = adaptive {
+            self.dist = dist;
+            self.adapt = Some(adapt);
+        }
+        if baseline.is_some() {
+            self.baseline = baseline;
+        }
+        Ok(())
+    }
+}
+
+impl Telescope {
+    /// The baselines' state from a checkpoint ([`Estimator::load_state`]).
+    fn parse_baseline(
+        &self,
+        params: Baselines,
+        v: &serde_json::Value,
+    ) -> Result<BaselineState, String> {
+        let m = self.dist.levels().len();
+        let bits = |v: &serde_json::Value| {
+            v.as_u64().ok_or_else(|| {
+                format!("telescope state: baseline value {v} is not a u64 bit pattern")
+            })
+        };
+        let decay = f64::from_bits(bits(
+            v.get("decay")
+                .ok_or("telescope state: baseline decay missing")?,
+        )?);
+        if decay.to_bits() != params.decay.to_bits() {
+            return Err(format!(
+                "telescope state: baseline decay = {decay} in the checkpoint, {} in this estimator",
+                params.decay
+            ));
+        }
+        let counts = v
+            .get("counts")
+            .and_then(|c| c.as_array())
+            .filter(|a| a.len() == m)
+            .ok_or_else(|| format!("telescope state: baseline counts must hold {m} counters"))?
+            .iter()
+            .map(bits)
+            .collect::<Result<Vec<u64>, String>>()?;
+        let sums = v
+            .get("sums")
+            .and_then(|c| c.as_array())
+            .filter(|a| a.len() == m)
+            .ok_or_else(|| format!("telescope state: baseline sums must hold {m} vectors"))?
+            .iter()
+            .map(|s| {
+                s.as_array()
+                    .ok_or_else(|| format!("telescope state: baseline sum {s} is not an array"))?
+                    .iter()
+                    .map(|x| bits(x).map(f64::from_bits))
+                    .collect::<Result<Vec<f64>, String>>()
+            })
+            .collect::<Result<Vec<Vec<f64>>, String>>()?;
+        let dim = sums.iter().map(Vec::len).max().unwrap_or(0);
+        for (i, (s, &t)) in sums.iter().zip(&counts).enumerate() {
+            let ok = s.iter().all(|x| x.is_finite())
+                && (s.len() == dim || (s.is_empty() && t == 0))
+                && (t > 0 || s.iter().all(|&x| x == 0.0));
+            if !ok {
+                return Err(format!(
+                    "telescope state: baseline {i} ({} values, {t} samples): must be finite, {dim} values, and zero with no samples",
+                    s.len()
+                ));
+            }
+        }
+        if counts.windows(2).any(|c| c[1] > c[0]) {
+            return Err(format!(
+                "telescope state: baseline sample counters {counts:?}: a level is reached whenever a deeper one is"
+            ));
+        }
+        Ok(BaselineState { sums, counts })
+    }
+
+    /// The adaptive distribution's part of [`Estimator::save_state`]
+    /// (`null` for a fixed distribution).
+    fn adaptive_state(&self) -> serde_json::Value {
         let Some((params, mom)) = &self.adapt else {
             return serde_json::Value::Null;
         };
@@ -1236,16 +1550,16 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Telescope {
         })
     }
 
-    /// Restores [`Estimator::save_state`]'s output after checking it: p a
-    /// distribution over this estimator's levels under which it is unbiased;
-    /// one moving average per level, finite, ≥ 0 for ‖Δ_i‖², zero when
-    /// empty; the counters non-increasing in the level (level i is reached
-    /// whenever a deeper one is) and at most W's (pushed every estimate);
-    /// floor and decay equal to this estimator's. Nothing changes on error.
-    fn load_state(&mut self, state: &serde_json::Value) -> Result<(), String> {
+    /// The adaptive distribution's part of [`Estimator::load_state`]
+    /// (checked, not applied): `None` for a fixed distribution.
+    #[allow(clippy::type_complexity)]
+    fn parse_adaptive(
+        &self,
+        state: &serde_json::Value,
+    ) -> Result<Option<(DepthDistribution, (AdaptiveDepths, DepthMoments))>, String> {
         let Some((params, _)) = &self.adapt else {
-            return if state.is_null() {
-                Ok(())
+            return if state.is_null() || state.as_object().is_some_and(|o| o.is_empty()) {
+                Ok(None)
             } else {
                 Err(format!(
                     "fixed telescope keeps no state, checkpoint holds {state}"
@@ -1328,8 +1642,6 @@ impl<F: Float, P: Problem<F>> Estimator<F, P> for Telescope {
                     .map_err(|e| format!("telescope state: plan {v}: {e}"))?,
             ),
         };
-        self.dist = dist;
-        self.adapt = Some((params, DepthMoments { d, w, plan }));
-        Ok(())
+        Ok(Some((dist, (params, DepthMoments { d, w, plan }))))
     }
 }
