@@ -591,6 +591,37 @@ impl Segments {
     }
 }
 
+impl Segments {
+    /// x ⊙ (a spread over the segments): x_k·a_i for k in segment i, with x
+    /// `[N]` laid out as `self` and a L elements (any shape: one factor per φ
+    /// tensor, e.g. a row of a step-size table), in one tape node
+    /// ([`Var::mul_segments`]) whose adjoints are, bit for bit, those of
+    /// `x_i * a_i` per φ tensor with `a_i` a `[1]` operand.
+    ///
+    /// ```
+    /// use blo::rules::Segments;
+    /// use tape::{Shape, Tape, Tensor};
+    /// let s = Segments::new(&[Shape::new(&[2]), Shape::new(&[1, 3])]);
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0; 5]));
+    /// let a = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// assert_eq!(s.scale(x, a).value().data(), &[1.0, 1.0, 2.0, 2.0, 2.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If x is not `[N]` or a does not have L elements.
+    #[track_caller]
+    pub fn scale<'t, T: Real>(&self, x: Var<'t, T>, a: Var<'t, T>) -> Var<'t, T> {
+        let flat = Shape::new(&[a.shape().numel()]);
+        let a = if a.shape() == flat {
+            a
+        } else {
+            a.reshape(flat)
+        };
+        x.mul_segments(a, &self.ends)
+    }
+}
+
 /// `vars` (variables of a tape that is `tape` under another element type) as
 /// variables of `tape`.
 #[track_caller]
