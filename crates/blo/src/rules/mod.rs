@@ -150,9 +150,10 @@ pub trait InnerRule: Send + Sync + 'static {
     ///   so are the adjoints of its VJP (θ's included), bit for bit: every
     ///   element is computed by the same operations from the same-index
     ///   elements of φ, e, g and from θ, a θ-tensor read per φ tensor being
-    ///   spread over its segment by [`Segments::per_segment`].
+    ///   spread over its segment ([`Segments::scale`] for one factor per φ
+    ///   tensor, [`Segments::per_segment`]).
     ///
-    /// SGD, Adam and momentum with a fixed β qualify; a learnable θ scalar
+    /// SGD, Meta-SGD, LSLR, Adam and momentum with a fixed β qualify; a learnable θ scalar
     /// broadcast over *several* φ tensors does not (its adjoint is one sum
     /// over the flat vector instead of per-tensor sums added up, which rounds
     /// differently). The default `false` is always correct; a wrong `true` is
@@ -169,8 +170,8 @@ pub trait InnerRule: Send + Sync + 'static {
     /// segment i), `extra` the extra state as `extra_state(&[[N]])` shapes
     /// it. Returns φ_j as one `[N]` variable and e_j. The default is
     /// [`InnerRule::step`] on the one-element lists, right for a rule that
-    /// reads θ alike for every φ tensor; a rule with per-tensor θ (Meta-SGD with a step per tensor)
-    /// overrides it and spreads them with [`Segments::per_segment`].
+    /// reads θ alike for every φ tensor; a rule with per-tensor θ (Meta-SGD with a step per tensor,
+    /// LSLR) overrides it and spreads them over their segments ([`Segments::scale`]).
     #[allow(clippy::too_many_arguments)]
     fn flat_step<'t, T: Real>(
         &self,
