@@ -812,7 +812,11 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
-        let flat = self.prepare_flat(rule, j, theta, prev, true)?;
+        // Only the sweeps of an affine rule read φ as one tensor; a rule not
+        // affine in g records its step on the gradient pass's tape, over a
+        // leaf of φ concatenated in place.
+        let fill = rule.affine_in_grad() || rule.constant_grad_coefficient();
+        let flat = self.prepare_flat(rule, j, theta, prev, fill)?;
         if flat {
             flatten_into(&mut self.flat.cot, &cot.phi);
         }
@@ -876,6 +880,7 @@ impl<F: Float> InnerWorkspace<F> {
                 theta,
                 prev,
                 g_theta,
+                Some(&mut cot.phi),
                 with_inner_loss,
                 false,
             )?;
@@ -889,10 +894,20 @@ impl<F: Float> InnerWorkspace<F> {
                 theta,
                 prev,
                 g_theta,
+                None,
                 with_inner_loss,
                 true,
             )?;
             self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Check)?;
+            // ū_φ = a_φ + H w, H w kept from the dual pass (a_φ needed g_j).
+            let mut hw = &self.hw[..];
+            for u in &mut cot.phi {
+                let (h, rest) = hw.split_at(u.numel());
+                hw = rest;
+                for (x, &y) in u.data_mut().iter_mut().zip(h) {
+                    *x += y;
+                }
+            }
         } else {
             self.rule_grad_vjp(
                 problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta,
@@ -904,17 +919,10 @@ impl<F: Float> InnerWorkspace<F> {
                 theta,
                 prev,
                 g_theta,
+                Some(&mut cot.phi),
                 with_inner_loss,
                 false,
             )?;
-        }
-        let mut hw = &self.hw[..];
-        for u in &mut cot.phi {
-            let (h, rest) = hw.split_at(u.numel());
-            hw = rest;
-            for (x, &y) in u.data_mut().iter_mut().zip(h) {
-                *x += y;
-            }
         }
         if !tensors_finite(cot.phi.iter().chain(&cot.extra).chain(g_theta.iter())) {
             return Err(non_finite("adjoint", j));
@@ -1026,8 +1034,9 @@ impl<F: Float> InnerWorkspace<F> {
     }
 
     /// The dual pass of a rule's adjoint step: L_in at (θ, φ_{j−1} + ε w),
-    /// w = a_g in `self.w`. Sets `self.hw` to H w (plus ∇_φ L_in with
-    /// `with_inner_loss`), adds M w (plus ∇_θ L_in) to `g_theta`, and with
+    /// w = a_g in `self.w`. Adds H w (plus ∇_φ L_in with `with_inner_loss`)
+    /// to `cot_phi` when given (it holds a_φ), else sets `self.hw` to it
+    /// (concatenated); adds M w (plus ∇_θ L_in) to `g_theta`; and with
     /// `take_g` copies g_j (the primal part) into `self.g` (per φ tensor, or
     /// concatenated when `self.g` is one flat tensor).
     #[allow(clippy::too_many_arguments)]
@@ -1039,6 +1048,7 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         prev: &State<F>,
         g_theta: &mut [Tensor<F>],
+        mut cot_phi: Option<&mut [Tensor<F>]>,
         with_inner_loss: bool,
         take_g: bool,
     ) -> Result<(), BloError> {
@@ -1066,9 +1076,10 @@ impl<F: Float> InnerWorkspace<F> {
         for (i, p) in prev.phi.iter().enumerate() {
             let n = p.numel();
             let adj = pass.adjoint(nt + i);
-            match adj.as_deref() {
-                Some(a) => self.hw.extend(a.iter().map(|y| y.d + inner * y.v)),
-                None => self.hw.extend(std::iter::repeat_n(F::zero(), n)),
+            match (cot_phi.as_deref_mut(), adj.as_deref()) {
+                (Some(u), a) => update(u[i].data_mut(), a, zero, |x, y| *x += y.d + inner * y.v),
+                (None, Some(a)) => self.hw.extend(a.iter().map(|y| y.d + inner * y.v)),
+                (None, None) => self.hw.extend(std::iter::repeat_n(F::zero(), n)),
             }
             if take_g {
                 let g = if flat_g {
@@ -1448,8 +1459,13 @@ fn apply_rule_vjp<F: Float>(
         }
     }
     let zero = F::zero();
+    // A θ tensor the step does not read (a structural zero) is left as it is.
     for (i, gt) in g_theta.iter_mut().enumerate() {
-        update(gt.data_mut(), adjoint(i).as_deref(), zero, |x, y| *x += y);
+        if let Some(a) = adjoint(i) {
+            for (x, &y) in gt.data_mut().iter_mut().zip(a.iter()) {
+                *x += y;
+            }
+        }
     }
     let n_phi = c - nt - cot.extra.len();
     if n_phi == cot.phi.len() {

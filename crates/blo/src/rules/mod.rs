@@ -150,9 +150,10 @@ pub trait InnerRule: Send + Sync + 'static {
     ///   so are the adjoints of its VJP (θ's included), bit for bit: every
     ///   element is computed by the same operations from the same-index
     ///   elements of φ, e, g and from θ, a θ-tensor read per φ tensor being
-    ///   spread over its segment by [`Segments::per_segment`].
+    ///   spread over its segment ([`Segments::scale`] for one factor per φ
+    ///   tensor, [`Segments::per_segment`]).
     ///
-    /// SGD, Adam and momentum with a fixed β qualify; a learnable θ scalar
+    /// SGD, Meta-SGD, LSLR, Adam and momentum with a fixed β qualify; a learnable θ scalar
     /// broadcast over *several* φ tensors does not (its adjoint is one sum
     /// over the flat vector instead of per-tensor sums added up, which rounds
     /// differently). The default `false` is always correct; a wrong `true` is
@@ -169,8 +170,8 @@ pub trait InnerRule: Send + Sync + 'static {
     /// segment i), `extra` the extra state as `extra_state(&[[N]])` shapes
     /// it. Returns φ_j as one `[N]` variable and e_j. The default is
     /// [`InnerRule::step`] on the one-element lists, right for a rule that
-    /// reads θ alike for every φ tensor; a rule with per-tensor θ (Meta-SGD with a step per tensor)
-    /// overrides it and spreads them with [`Segments::per_segment`].
+    /// reads θ alike for every φ tensor; a rule with per-tensor θ (Meta-SGD with a step per tensor,
+    /// LSLR) overrides it and spreads them over their segments ([`Segments::scale`]).
     #[allow(clippy::too_many_arguments)]
     fn flat_step<'t, T: Real>(
         &self,
@@ -588,6 +589,37 @@ impl Segments {
             x.reshape(flat)
         };
         x.index_select(0, ids)
+    }
+}
+
+impl Segments {
+    /// x ⊙ (a spread over the segments): x_k·a_i for k in segment i, with x
+    /// `[N]` laid out as `self` and a L elements (any shape: one factor per φ
+    /// tensor, e.g. a row of a step-size table), in one tape node
+    /// ([`Var::mul_segments`]) whose adjoints are, bit for bit, those of
+    /// `x_i * a_i` per φ tensor with `a_i` a `[1]` operand.
+    ///
+    /// ```
+    /// use blo::rules::Segments;
+    /// use tape::{Shape, Tape, Tensor};
+    /// let s = Segments::new(&[Shape::new(&[2]), Shape::new(&[1, 3])]);
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0; 5]));
+    /// let a = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// assert_eq!(s.scale(x, a).value().data(), &[1.0, 1.0, 2.0, 2.0, 2.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If x is not `[N]` or a does not have L elements.
+    #[track_caller]
+    pub fn scale<'t, T: Real>(&self, x: Var<'t, T>, a: Var<'t, T>) -> Var<'t, T> {
+        let flat = Shape::new(&[a.shape().numel()]);
+        let a = if a.shape() == flat {
+            a
+        } else {
+            a.reshape(flat)
+        };
+        x.mul_segments(a, &self.ends)
     }
 }
 

@@ -1004,7 +1004,15 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
     }
     assert_eq!(
         flat_rules,
-        ["sgd", "meta-sgd", "heavy-ball", "nesterov", "adam"]
+        [
+            "sgd",
+            "meta-sgd",
+            "lslr-table",
+            "lslr-per-tensor",
+            "heavy-ball",
+            "nesterov",
+            "adam"
+        ]
     );
 }
 

@@ -23,6 +23,7 @@
 //! | `minimum(a, b)` | min(a, b) (broadcasting) | g to a where a ≤ b, else to b (ties go to a) |
 //! | `clamp(lo, hi)` | min(max(x, lo), hi) | g·\[lo < x < hi\] (0 outside and at the kinks) |
 //! | `where_(c, a, b)` | a where c > 0, else b (broadcasting all three) | g to the selected operand; never to c |
+//! | `x.mul_segments(a, ends)` | x_k·a_{s(k)}, one a_i per segment of the vector x | ḡx = g·a_{s(k)}, ḡa_i = Σ_{segment i} g·x |
 //!
 //! The JVP of each op is its forward rule evaluated on dual numbers.
 
@@ -734,6 +735,88 @@ impl<'t, T: Real> Var<'t, T> {
     #[track_caller]
     pub fn where_(self, a: Var<'t, T>, b: Var<'t, T>) -> Var<'t, T> {
         where_impl(self, a, b)
+    }
+    /// x_k · a_{s(k)} for a vector x `[N]` cut into L segments and a vector a
+    /// `[L]`, one factor per segment: segment i is `ends[i−1]..ends[i]`
+    /// (`ends` non-decreasing, its last entry N). The product of tensors
+    /// concatenated by one scalar per tensor, in one node (a learnable step
+    /// per φ tensor on φ concatenated). Adjoints: ḡx_k += g_k·a_{s(k)} and
+    /// ḡa_i += Σ_{k ∈ segment i} g_k·x_k, added in element order: the bits of
+    /// `x_i * a_i` per segment with `a_i` a `[1]` operand.
+    ///
+    /// # Panics
+    /// If x or a is not a vector, or `ends` is not L non-decreasing
+    /// positions ending at N: `mul_segments: x [3], a [2]: ends [1, 2] …`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0, 3.0]));
+    /// let a = t.var(&Tensor::vector(vec![10.0, -1.0]));
+    /// let y = x.mul_segments(a, &[1, 3]); // segments [0..1] and [1..3]
+    /// assert_eq!(y.value().data(), &[10.0, -2.0, -3.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(t.grad(a).data(), &[1.0, 5.0]);
+    /// assert_eq!(t.grad(x).data(), &[10.0, -1.0, -1.0]);
+    /// ```
+    #[track_caller]
+    pub fn mul_segments(self, a: Var<'t, T>, ends: &[usize]) -> Var<'t, T> {
+        let (sx, sa) = (self.shape(), a.shape());
+        let ok = sx.rank() == 1
+            && sa.rank() == 1
+            && sa.numel() == ends.len()
+            && ends.last().copied().unwrap_or(0) == sx.numel()
+            && ends.windows(2).all(|w| w[0] <= w[1]);
+        if !ok {
+            shape_panic(
+                "mul_segments",
+                &[("x", sx), ("a", sa)],
+                format_args!(
+                    "ends {ends:?} must be one non-decreasing end per element of a, the last {}",
+                    sx.numel()
+                ),
+            );
+        }
+        self.tape
+            .record_overwrite(Op::MulSegments, &[self, a], sx, |f| {
+                let (x, a) = (f.x(0), f.x(1));
+                f.idx.extend_from_slice(ends);
+                let mut at = 0;
+                for (&e, &ai) in ends.iter().zip(a) {
+                    for (o, &xk) in f.out[at..e].iter_mut().zip(&x[at..e]) {
+                        *o = binary_forward(&Op::Mul, xk, ai);
+                    }
+                    at = e;
+                }
+            })
+    }
+}
+
+/// The VJP of [`Var::mul_segments`]: ḡx_k += g_k·a_{s(k)}; ḡa_i += g_k·x_k
+/// over segment i in element order (as [`binary_vjp`] sums a `[1]` operand).
+pub(crate) fn mul_segments_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (x, a, g, ends) = (b.x(0), b.x(1), b.g, b.idx);
+    if b.wants(0) {
+        let gx = b.g_in(0);
+        let mut at = 0;
+        for (&e, &ai) in ends.iter().zip(a) {
+            for (d, &gk) in gx[at..e].iter_mut().zip(&g[at..e]) {
+                *d += gk * ai;
+            }
+            at = e;
+        }
+    }
+    if b.wants(1) {
+        let ga = b.g_in(1);
+        let mut at = 0;
+        for (&e, d) in ends.iter().zip(ga.iter_mut()) {
+            let mut acc = *d;
+            for (&gk, &xk) in g[at..e].iter().zip(&x[at..e]) {
+                acc += gk * xk;
+            }
+            *d = acc;
+            at = e;
+        }
     }
 }
 

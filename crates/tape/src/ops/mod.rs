@@ -5,7 +5,7 @@
 //!
 //! | family | file | ops |
 //! |---|---|---|
-//! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
+//! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), mul_segments, neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
 //! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, tile_batch |
@@ -53,6 +53,8 @@ pub(crate) enum Op {
     Clamp(f64, f64),
     /// Elementwise select `cond > 0 ? a : b`; inputs are `[cond, a, b]`.
     Where,
+    /// `x [N] · a [L]`, one factor per segment of x; the segment ends are saved in `idx`.
+    MulSegments,
     /// Sum over the axes in the bit mask.
     Sum {
         axes: u8,
@@ -140,6 +142,7 @@ impl Op {
             Op::Minimum => "minimum",
             Op::Clamp(..) => "clamp",
             Op::Where => "where_",
+            Op::MulSegments => "mul_segments",
             Op::Sum { .. } => "sum",
             Op::Mean { .. } => "mean",
             Op::Max { .. } => "max",
@@ -186,6 +189,7 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         Neg | AddScalar(_) | MulScalar(_) | Exp | Log | Sqrt | Powf(_) | Square | Tanh
         | Sigmoid | Relu | Softplus | Abs | Clamp(..) => elementwise::unary_vjp(b),
         Where => elementwise::where_vjp(b),
+        MulSegments => elementwise::mul_segments_vjp(b),
         Sum { axes } => reduce::sum_vjp(b, axes, false),
         Mean { axes } => reduce::sum_vjp(b, axes, true),
         Max { axis } => reduce::max_vjp(b, axis as usize),

@@ -236,6 +236,23 @@ fn concat3() -> BoxedStrategy<Vec<Shape>> {
 }
 
 /// Logits `[n, c]` with c ≥ 2.
+/// A vector x `[n]` and a vector a `[l]`, 1 ≤ l ≤ n: one factor per segment.
+fn segments_pair() -> BoxedStrategy<Vec<Shape>> {
+    (1..=8usize, 1..=4usize)
+        .prop_map(|(n, l)| vec![Shape::new(&[n]), Shape::new(&[l.min(n)])])
+        .boxed()
+}
+
+/// `l` non-decreasing segment ends over `n` elements, the last `n` (some
+/// segments may be empty), drawn from `p`.
+fn segment_ends(n: usize, l: usize, p: u64) -> Vec<usize> {
+    let mut r = rng(p);
+    let mut ends: Vec<usize> = (1..l).map(|_| r.gen_range(0..=n)).collect();
+    ends.sort_unstable();
+    ends.push(n);
+    ends
+}
+
 fn logits() -> BoxedStrategy<Vec<Shape>> {
     (1..=4usize, 2..=5usize)
         .prop_map(|(n, c)| vec![Shape::new(&[n, c])])
@@ -336,6 +353,10 @@ fn table() -> Vec<Row> {
         row!("mul", 2, broadcast_pair, &[ANY], |x, _| x[0] * x[1]),
         row!("div", 2, broadcast_pair, &[ANY, NONZERO], |x, _| x[0]
             / x[1]),
+        row!("mul_segments", 2, segments_pair, &[ANY], |x, p| {
+            let (n, l) = (x[0].shape().numel(), x[1].shape().numel());
+            x[0].mul_segments(x[1], &segment_ends(n, l, p))
+        }),
         // maximum/minimum: ties have probability 0 for continuous inputs; a
         // central difference straddles the kink only if |a − b| < h ≈ 1e-6.
         row!("maximum", 2, broadcast_pair, &[ANY], |x, _| x[0]
@@ -791,6 +812,7 @@ fn the_table_covers_every_op() {
         "concat_2",
         "index_select",
         "gather",
+        "mul_segments",
         "log_softmax",
         "softmax_cross_entropy",
         "mse",
