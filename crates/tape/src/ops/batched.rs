@@ -153,13 +153,25 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
 fn bias_adjoint<T: Real>(b: &mut Bwd<'_, T>, which: usize, batch: usize, m: usize, n: usize) {
     let g = b.g;
     if b.wants(which) {
-        let gc = b.g_in(which);
+        // A fresh adjoint starts from `0 + row 0` (the bits of a zero-fill
+        // then `+=`) without the zero-fill pass.
+        let (gc, fresh) = b.g_in_overwrite(which);
         for (gb, gs) in gc
             .chunks_exact_mut(n)
             .zip(g.chunks_exact(m * n))
             .take(batch)
         {
-            for row in gs.chunks_exact(n) {
+            let mut rows = gs.chunks_exact(n);
+            if fresh {
+                match rows.next() {
+                    Some(row) => gb
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(a, &v)| *a = T::zero() + v),
+                    None => gb.fill(T::zero()),
+                }
+            }
+            for row in rows {
                 gb.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
             }
         }
@@ -512,6 +524,88 @@ mod tests {
                     run(true),
                     run(false),
                     "{family:?} [{bsz}, {m}, {k}]·[{bsz}, {n}, {k}]ᵀ"
+                );
+            }
+        }
+    }
+
+    /// The loss of `fresh_and_touched_adjoints_*`: each of `relu`, `mse` and
+    /// the bias of `batched_affine` has one input whose adjoint its VJP finds
+    /// fresh and one it finds touched (a second consumer, recorded later, ran
+    /// its VJP first), so both branches of their VJPs run.
+    fn fan_out_loss<'t>(
+        (x, w, c, y): (
+            crate::Var<'t, f64>,
+            crate::Var<'t, f64>,
+            crate::Var<'t, f64>,
+            crate::Var<'t, f64>,
+        ),
+    ) -> crate::Var<'t, f64> {
+        let h = x.batched_affine(w, c); // fresh for relu
+        let g = x.batched_affine(w, c.mul_scalar(0.5)); // touched for relu
+        let r = h.relu() + g.relu();
+        let touched = g.sum() + c.sum(); // c: touched for the first affine's bias VJP
+        let z = r.mse(y) + r.mse(y.mul_scalar(2.0)) + (r * r).mean();
+        z + touched.mul_scalar(0.25) + y.sum()
+    }
+
+    /// Relu's, mse's and the bias's VJPs write `0 + v` into a fresh adjoint
+    /// (no zero-fill) and add into a touched one: on a tape reused after
+    /// `clear` (stale adjoint buffers) the gradients are a fresh tape's bit
+    /// for bit, and they match central differences.
+    #[test]
+    fn fresh_and_touched_adjoints_match_a_fresh_tape_and_differences() {
+        let f64s = |shape: &[usize], seed| -> Tensor<f64> {
+            let t = filled(shape, seed);
+            Tensor::new(shape, t.data().iter().map(|&v| v as f64).collect())
+        };
+        let inputs = [
+            f64s(&[2, 3, 4], 11),
+            f64s(&[2, 5, 4], 12),
+            f64s(&[2, 5], 13),
+            f64s(&[2, 3, 5], 14),
+        ];
+        let grads = |t: &Tape<f64>| {
+            let v: Vec<_> = inputs.iter().map(|x| t.var(x)).collect();
+            let loss = fan_out_loss((v[0], v[1], v[2], v[3]));
+            t.backward(loss);
+            (
+                loss.value().data()[0],
+                v.iter().map(|x| x.grad()).collect::<Vec<_>>(),
+            )
+        };
+        let (_, fresh) = grads(&Tape::new());
+        // Stale buffers: a first sweep on other values, then clear.
+        let mut reused = Tape::new();
+        {
+            let v: Vec<_> = inputs
+                .iter()
+                .map(|x| reused.var(&x.map(|e| 3.0 * e + 1.0)))
+                .collect();
+            reused.backward(fan_out_loss((v[0], v[1], v[2], v[3])));
+        }
+        reused.clear();
+        let (_, again) = grads(&reused);
+        for (a, b) in fresh.iter().zip(&again) {
+            let bits = |x: &Tensor<f64>| x.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b));
+        }
+        // Central differences, one element at a time.
+        let h = 1e-6;
+        for (which, g) in fresh.iter().enumerate() {
+            for e in 0..g.data().len() {
+                let at = |d: f64| {
+                    let mut xs = inputs.clone();
+                    xs[which].data_mut()[e] += d;
+                    let t = Tape::<f64>::new();
+                    let v: Vec<_> = xs.iter().map(|x| t.var(x)).collect();
+                    fan_out_loss((v[0], v[1], v[2], v[3])).value().data()[0]
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h);
+                let an = g.data()[e];
+                assert!(
+                    (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+                    "input {which} element {e}: difference {fd}, VJP {an}"
                 );
             }
         }

@@ -540,10 +540,19 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
     let (x, out, g) = (b.x(0), b.out(), b.g);
     let op = b.node.op.clone();
-    let gx = b.g_in(0);
+    // A fresh adjoint gets `0 + ḡ` (the bits of a zero-fill then `+=`)
+    // without the zero-fill pass.
+    let (gx, fresh) = b.g_in_overwrite(0);
     with_const_unary_op!(op, |k| {
-        for ((d, &gi), (&xi, &oi)) in gx.iter_mut().zip(g).zip(x.iter().zip(out)) {
-            *d += unary_backward(k, xi, oi, gi);
+        let terms = gx.iter_mut().zip(g).zip(x.iter().zip(out));
+        if fresh {
+            for ((d, &gi), (&xi, &oi)) in terms {
+                *d = T::zero() + unary_backward(k, xi, oi, gi);
+            }
+        } else {
+            for ((d, &gi), (&xi, &oi)) in terms {
+                *d += unary_backward(k, xi, oi, gi);
+            }
         }
     })
 }

@@ -98,9 +98,11 @@ pub(crate) fn mse_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let scale = g * T::from_f64(2.0 / x.len().max(1) as f64);
     for (k, sign) in [(0, T::one()), (1, -T::one())] {
         if b.wants(k) {
-            let gk = b.g_in(k);
+            let (gk, fresh) = b.g_in_overwrite(k);
             for i in 0..gk.len() {
-                gk[i] += sign * scale * (x[i] - y[i]);
+                let v = sign * scale * (x[i] - y[i]);
+                // `0 + v` on a fresh adjoint: the bits of a zero-fill then `+=`.
+                gk[i] = if fresh { T::zero() + v } else { gk[i] + v };
             }
         }
     }
