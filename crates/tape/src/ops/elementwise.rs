@@ -17,7 +17,7 @@
 //! | `tanh` | tanh x | g·(1 − out²) |
 //! | `sigmoid` | σ(x) | g·out·(1 − out) |
 //! | `relu` | max(x, 0) | g·\[x > 0\] (kink at 0: derivative 0) |
-//! | `softplus` | ln(1 + eˣ) | g·σ(x) |
+//! | `softplus` | ln(1 + eˣ) | g·σ(x) (σ(x) saved by the forward, from its e^−\|x\|) |
 //! | `abs` | \|x\| | g·sign(x) (kink at 0: derivative 0) |
 //! | `maximum(a, b)` | max(a, b) (broadcasting) | g to a where a ≥ b, else to b (ties go to a) |
 //! | `minimum(a, b)` | min(a, b) (broadcasting) | g to a where a ≤ b, else to b (ties go to a) |
@@ -521,6 +521,19 @@ macro_rules! with_const_unary_op {
 }
 
 fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
+    if op == Op::Softplus {
+        // softplus' derivative σ(x) comes from the forward's exponential:
+        // saved, so the VJP need not compute it again.
+        return x.tape.record_overwrite(op, &[x], x.shape(), |f| {
+            let xs = f.x(0);
+            let out = f.out.iter_mut();
+            f.aux.extend(out.zip(xs).map(|(o, &v)| {
+                let (sp, s) = v.softplus_sigmoid();
+                *o = sp;
+                s
+            }));
+        });
+    }
     let op2 = op.clone();
     x.tape.record_overwrite(op, &[x], x.shape(), |f| {
         let xs = f.x(0);
@@ -539,6 +552,15 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
     let (x, out, g) = (b.x(0), b.out(), b.g);
     let op = b.node.op.clone();
+    if op == Op::Softplus && b.aux.len() == x.len() {
+        // σ(x), saved by the forward: the same bits as `x.sigmoid()`.
+        let s = b.aux;
+        let gx = b.g_in(0);
+        for ((d, &gi), &si) in gx.iter_mut().zip(g).zip(s) {
+            *d += gi * si;
+        }
+        return;
+    }
     let gx = b.g_in(0);
     with_const_unary_op!(op, |k| {
         for ((d, &gi), (&xi, &oi)) in gx.iter_mut().zip(g).zip(x.iter().zip(out)) {
