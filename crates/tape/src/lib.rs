@@ -30,6 +30,7 @@
 //! `TAPE_KERNELS=portable|avx2|avx512` or [`kernels::with_family`].
 #![deny(missing_docs)]
 
+mod constant;
 pub mod fs;
 pub mod gemm;
 pub mod kernels;
@@ -42,6 +43,7 @@ pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use constant::Constant;
 pub use ops::shape_ops::concat;
 pub use real::{Dual, Float, Real};
 pub use shape::Shape;

@@ -108,6 +108,31 @@ pub trait Real:
         };
         pos + (-self.abs()).exp().ln_1p()
     }
+    /// `(softplus(x), sigmoid(x))`, bit for bit [`Real::softplus`] and
+    /// [`Real::sigmoid`], from one exponential e^-|x| (softplus' derivative
+    /// is the sigmoid, so its rule saves it).
+    ///
+    /// ```
+    /// use tape::Real;
+    /// let (sp, s) = (-2.0_f64).softplus_sigmoid();
+    /// assert_eq!((sp, s), ((-2.0_f64).softplus(), (-2.0_f64).sigmoid()));
+    /// ```
+    fn softplus_sigmoid(self) -> (Self, Self) {
+        // e^-|x| is e^-x for x ≥ 0 (also for −0 and +0: e^∓0 = 1) and e^x
+        // for x < 0: the very exponentials `sigmoid` takes.
+        let e = (-self.abs()).exp();
+        let pos = if self > Self::zero() {
+            self
+        } else {
+            Self::zero()
+        };
+        let s = if self >= Self::zero() {
+            Self::one() / (Self::one() + e)
+        } else {
+            e / (Self::one() + e)
+        };
+        (pos + e.ln_1p(), s)
+    }
 
     /// Kernel hook: the hand-written small-product kernel of this element
     /// type for the active family (AVX-512F or AVX2+FMA), if it has one and
@@ -228,7 +253,7 @@ macro_rules! impl_float {
                 <$t>::abs(self)
             }
             fn simd_gemm(p: &mut Product<'_, $t>) -> bool {
-                kernels::simd::real(p)
+                kernels::thin::real(p) || kernels::simd::real(p)
             }
             fn large_gemm(p: Product<'_, $t>) {
                 kernels::large::real(p)
@@ -473,6 +498,11 @@ impl<T: Real> Real for Dual<T> {
     fn softplus(self) -> Self {
         self.chain(self.v.softplus(), self.v.sigmoid())
     }
+    #[inline]
+    fn softplus_sigmoid(self) -> (Self, Self) {
+        let (sp, s) = self.v.softplus_sigmoid();
+        (self.chain(sp, s), self.chain(s, s * (T::one() - s)))
+    }
 
     fn simd_gemm(p: &mut Product<'_, Self>) -> bool {
         T::dual_simd_gemm(p)
@@ -536,5 +566,72 @@ mod tests {
         let x = Dual::new(Dual::new(2.0_f64, 1.0), Dual::new(1.0, 0.0));
         let y = x * x * x;
         assert_eq!(y.d.d, 12.0);
+    }
+
+    /// `softplus_sigmoid` (one exponential) is bit for bit `(softplus,
+    /// sigmoid)` over signed zeros, tiny, moderate and huge values, ±∞ and
+    /// NaN (compared by bits, NaN by NaN-ness), for f64, f32, duals and
+    /// nested duals.
+    #[test]
+    fn softplus_sigmoid_is_softplus_and_sigmoid_bit_for_bit() {
+        let xs = [
+            0.0,
+            -0.0,
+            1e-300,
+            -1e-300,
+            1e-8,
+            -1e-8,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            3.7,
+            -3.7,
+            20.0,
+            -20.0,
+            40.0,
+            -40.0,
+            700.0,
+            -700.0,
+            800.0,
+            -800.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for &x in &xs {
+            let (sp, s) = x.softplus_sigmoid();
+            assert!(same(sp, x.softplus()) && same(s, x.sigmoid()), "f64 {x}");
+            let xf = x as f32;
+            let (sp, s) = xf.softplus_sigmoid();
+            assert!(
+                same(sp as f64, xf.softplus() as f64) && same(s as f64, xf.sigmoid() as f64),
+                "f32 {xf}"
+            );
+            let xd = Dual::new(x, 0.75);
+            let (sp, s) = xd.softplus_sigmoid();
+            let (sp2, s2) = (xd.softplus(), xd.sigmoid());
+            assert!(same(sp.v, sp2.v) && same(sp.d, sp2.d), "dual softplus {x}");
+            assert!(same(s.v, s2.v) && same(s.d, s2.d), "dual sigmoid {x}");
+            let xn = Dual::new(Dual::new(x, 0.5), Dual::new(-0.25, 1.0));
+            let (sp, s) = xn.softplus_sigmoid();
+            let (sp2, s2) = (xn.softplus(), xn.sigmoid());
+            for (a, b) in [
+                (sp.v.v, sp2.v.v),
+                (sp.v.d, sp2.v.d),
+                (sp.d.v, sp2.d.v),
+                (sp.d.d, sp2.d.d),
+            ]
+            .into_iter()
+            .chain([
+                (s.v.v, s2.v.v),
+                (s.v.d, s2.v.d),
+                (s.d.v, s2.d.v),
+                (s.d.d, s2.d.d),
+            ]) {
+                assert!(same(a, b), "nested dual {x}: {a} vs {b}");
+            }
+        }
     }
 }

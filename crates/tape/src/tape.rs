@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use smallvec::SmallVec;
 
+use crate::constant::Constant;
 use crate::ops::{self, Op};
 use crate::real::{Dual, Real};
 use crate::shape::{shape_panic, Shape};
@@ -50,9 +51,13 @@ pub(crate) struct Node {
     /// matmul reads its left operand from there (real products on the other
     /// operand's parts, no zero tangents); see [`crate::ops::linalg`].
     pub(crate) base: Option<usize>,
-    /// Whether the value in `vals` is not written yet (a `base` leaf that
-    /// only real-left products have read); [`Inner::materialize`] writes it
-    /// on the first read of `vals`.
+    /// Index of this node's [`Constant`] in the tape's `shared` list: set
+    /// only on the leaves of [`Tape::constant_shared`], whose data is read
+    /// in place (like `base`, but not copied).
+    pub(crate) shared: Option<u32>,
+    /// Whether the value in `vals` is not written yet (a `base` or `shared`
+    /// leaf that only real-left products have read); [`Inner::materialize`]
+    /// writes it on the first read of `vals`.
     pub(crate) pending: bool,
 }
 
@@ -84,6 +89,8 @@ struct Inner<T: Real> {
     swept_from: Option<u32>,
     /// Real-valued copies of the [`Tape::constant_base`] leaves (`Node::base`).
     base: Vec<T::Base>,
+    /// The [`Tape::constant_shared`] leaves' data, by reference (`Node::shared`).
+    shared: Vec<Constant<T::Base>>,
 }
 
 impl<T: Real> Inner<T> {
@@ -91,13 +98,18 @@ impl<T: Real> Inner<T> {
     /// if it is still pending; a no-op otherwise.
     fn materialize(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        if let (true, Some(b)) = (node.pending, node.base) {
-            node.pending = false;
-            let r = node.range();
-            let src = &self.base[b..b + r.len()];
-            for (o, &v) in self.vals[r].iter_mut().zip(src) {
-                *o = T::from_base(v);
-            }
+        if !node.pending {
+            return;
+        }
+        node.pending = false;
+        let r = node.range();
+        let src = match (node.base, node.shared) {
+            (Some(b), _) => &self.base[b..b + r.len()],
+            (None, Some(c)) => self.shared[c as usize].value().data(),
+            (None, None) => return,
+        };
+        for (o, &v) in self.vals[r].iter_mut().zip(src) {
+            *o = T::from_base(v);
         }
     }
 
@@ -181,6 +193,7 @@ impl<T: Real> fmt::Debug for Var<'_, T> {
 pub(crate) struct Fwd<'a, T: Real> {
     vals: &'a [T],
     base: &'a [T::Base],
+    shared: &'a [Constant<T::Base>],
     nodes: &'a [Node],
     inputs: &'a [u32],
     /// The output buffer: zero-initialised by [`Tape::record`]; stale (finite
@@ -203,14 +216,31 @@ impl<'a, T: Real> Fwd<'a, T> {
     /// recording exempts from materialising may read it this way).
     #[inline]
     pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
-        base_of(self.nodes, self.base, self.inputs[k])
+        base_of(self.nodes, self.base, self.shared, self.inputs[k])
+    }
+    /// Input `k`'s column-major copy, if it is a [`Tape::constant_shared`]
+    /// leaf of rank ≥ 2 (see [`Constant`]).
+    #[inline]
+    pub(crate) fn x_columns(&self, k: usize) -> Option<&'a [T::Base]> {
+        let n = &self.nodes[self.inputs[k] as usize];
+        n.shared.and_then(|c| self.shared[c as usize].columns())
     }
 }
 
-/// Node `i`'s real copy in the `base` arena, if it has one.
-fn base_of<'a, B>(nodes: &[Node], base: &'a [B], i: u32) -> Option<&'a [B]> {
+/// Node `i`'s real data: its copy in the `base` arena or its shared
+/// constant, if it has one.
+fn base_of<'a, B: crate::real::Float>(
+    nodes: &[Node],
+    base: &'a [B],
+    shared: &'a [Constant<B>],
+    i: u32,
+) -> Option<&'a [B]> {
     let n = &nodes[i as usize];
-    n.base.map(|b| &base[b..b + n.shape.numel()])
+    match (n.base, n.shared) {
+        (Some(b), _) => Some(&base[b..b + n.shape.numel()]),
+        (None, Some(c)) => Some(shared[c as usize].value().data()),
+        (None, None) => None,
+    }
 }
 
 /// What a VJP rule sees: the node, its inputs' values, its output value and
@@ -220,6 +250,7 @@ pub(crate) struct Bwd<'a, T: Real> {
     nodes: &'a [Node],
     vals: &'a [T],
     base: &'a [T::Base],
+    shared: &'a [Constant<T::Base>],
     /// The adjoint of this node's output (`g_out`).
     pub(crate) g: &'a [T],
     grads: &'a mut [T],
@@ -241,7 +272,7 @@ impl<'a, T: Real> Bwd<'a, T> {
     /// Input `k` as real data (see [`Fwd::x_base`]).
     #[inline]
     pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
-        base_of(self.nodes, self.base, self.node.inputs[k])
+        base_of(self.nodes, self.base, self.shared, self.node.inputs[k])
     }
     /// Shape of input `k`.
     #[inline]
@@ -315,6 +346,7 @@ impl<T: Real> Tape<T> {
         inner.idx.clear();
         inner.swept_from = None;
         inner.base.clear();
+        inner.shared.clear();
     }
 
     /// Number of recorded nodes.
@@ -400,6 +432,36 @@ impl<T: Real> Tape<T> {
         v
     }
 
+    /// A constant leaf reading `x`'s data in place: recording it clones a
+    /// reference (no copy of the elements; the tape holds the reference
+    /// until [`Tape::clear`]). As [`Tape::constant_base`], a [`Var::matmul`]
+    /// with it as the left operand reads the real data (on a `Dual<f32>`/
+    /// `Dual<f64>` tape: real products on the other operand's parts; on an
+    /// `f32`/`f64` tape: the data itself), and the forward product reads
+    /// the constant's column-major copy (see [`Constant`]); its value in
+    /// the arena is written only when another op (or [`Tape::value`])
+    /// reads it. The same bits as [`Tape::constant_base`] of `x.value()`.
+    ///
+    /// ```
+    /// use tape::{Constant, Dual, Tape, Tensor};
+    /// let a = Constant::new(Tensor::new(&[1, 2], vec![1.0, 2.0]));
+    /// let t = Tape::<Dual<f64>>::new();
+    /// let x = t.leaf(&[2, 1], &[Dual::new(3.0, 1.0), Dual::new(4.0, 0.5)], true);
+    /// let c = t.constant_shared(&a);
+    /// assert_eq!(c.matmul(x).item(), Dual::new(11.0, 2.0));
+    /// assert_eq!(t.value(c).data()[1], Dual::new(2.0, 0.0));
+    /// ```
+    pub fn constant_shared(&self, x: &Constant<T::Base>) -> Var<'_, T> {
+        let v = self.record_leaf(x.value().shape(), false, |_| {});
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let node = inner.nodes.last_mut().expect("just recorded");
+        node.shared = Some(inner.shared.len() as u32);
+        node.pending = true;
+        inner.shared.push(x.clone());
+        v
+    }
+
     /// A rank-0 constant.
     pub fn scalar(&self, x: T) -> Var<'_, T> {
         self.leaf(Shape::scalar(), &[x], false)
@@ -476,6 +538,7 @@ impl<T: Real> Tape<T> {
             requires_grad,
             primal_adjoint,
             base: None,
+            shared: None,
             pending: false,
         });
         Var {
@@ -537,7 +600,7 @@ impl<T: Real> Tape<T> {
         let requires_grad = idxs.iter().any(|&i| inner.nodes[i as usize].requires_grad);
         for (k, &i) in idxs.iter().enumerate() {
             let shape = |j: usize| inner.nodes[idxs[j] as usize].shape;
-            if inner.nodes[i as usize].pending && !ops::reads_base(&op, k, shape) {
+            if inner.nodes[i as usize].pending && !ops::reads_base::<T>(&op, k, shape) {
                 inner.materialize(i as usize);
             }
         }
@@ -549,6 +612,7 @@ impl<T: Real> Tape<T> {
             let mut f = Fwd {
                 vals: before,
                 base: &inner.base,
+                shared: &inner.shared,
                 nodes: &inner.nodes,
                 inputs: &idxs,
                 out,
@@ -568,6 +632,7 @@ impl<T: Real> Tape<T> {
             requires_grad,
             primal_adjoint: true,
             base: None,
+            shared: None,
             pending: false,
         });
         Var {
@@ -597,6 +662,7 @@ impl<T: Real> Tape<T> {
             requires_grad: false,
             primal_adjoint: true,
             base: None,
+            shared: None,
             pending: false,
         });
         Var {
@@ -741,6 +807,7 @@ impl<T: Real> Tape<T> {
                 nodes: &inner.nodes,
                 vals: &inner.vals,
                 base: &inner.base,
+                shared: &inner.shared,
                 g: &g_rest[..node.shape.numel()],
                 grads: g_before,
                 has_adj: adj_before,

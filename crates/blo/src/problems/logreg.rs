@@ -1,6 +1,6 @@
 //! ℓ2-regularisation selection for logistic regression.
 
-use tape::{Real, Tape, Tensor, Var};
+use tape::{Constant, Real, Tape, Tensor, Var};
 
 use super::{col, normals, rng};
 use crate::error::BloError;
@@ -31,10 +31,11 @@ use crate::problem::{InnerLoop, Problem};
 #[derive(Clone, Debug)]
 pub struct L2Logreg {
     d: usize,
-    /// Per batch: −y_i x_i as rows, `[n_b, d]`.
-    train: Vec<Tensor<f64>>,
+    /// Per batch: −y_i x_i as rows, `[n_b, d]` (shared with the tapes: each
+    /// pass reads them in place, [`Tape::constant_shared`]).
+    train: Vec<Constant<f64>>,
     /// −y_i x_i on the validation set, `[n_val, d]`.
-    val: Tensor<f64>,
+    val: Constant<f64>,
     inner: InnerLoop,
 }
 
@@ -95,12 +96,17 @@ impl L2Logreg {
         let val = samples(&mut r, n_val, &w);
         let nb = n_train / batches;
         let train = (0..batches)
-            .map(|b| Tensor::new([nb, d], train[b * nb * d..(b + 1) * nb * d].to_vec()))
+            .map(|b| {
+                Constant::new(Tensor::new(
+                    [nb, d],
+                    train[b * nb * d..(b + 1) * nb * d].to_vec(),
+                ))
+            })
             .collect();
         Ok(L2Logreg {
             d,
             train,
-            val: Tensor::new([n_val, d], val),
+            val: Constant::new(Tensor::new([n_val, d], val)),
             inner: InnerLoop::sgd(batches.max(50), 0.5)?,
         })
     }
@@ -117,8 +123,11 @@ impl L2Logreg {
     }
 
     /// The training minibatches (rows −y_i x_i) and the validation rows.
-    pub fn data(&self) -> (&[Tensor<f64>], &Tensor<f64>) {
-        (&self.train, &self.val)
+    pub fn data(&self) -> (Vec<&Tensor<f64>>, &Tensor<f64>) {
+        (
+            self.train.iter().map(Constant::value).collect(),
+            self.val.value(),
+        )
     }
 }
 
@@ -139,7 +148,7 @@ impl Problem<f64> for L2Logreg {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         let batch = &self.train[(step.max(1) - 1) % self.train.len()];
-        let margins = tape.constant_base(batch).matmul(col(phi[0]));
+        let margins = tape.constant_shared(batch).matmul(col(phi[0]));
         margins.softplus().mean() + (theta[0].exp() * phi[0].square()).sum() * 0.5
     }
 
@@ -151,7 +160,7 @@ impl Problem<f64> for L2Logreg {
         _theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        tape.constant_base(&self.val)
+        tape.constant_shared(&self.val)
             .matmul(col(phi[0]))
             .softplus()
             .mean()

@@ -11,6 +11,7 @@
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
+//! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //!
 //! # Soundness
@@ -118,6 +119,7 @@ pub(crate) mod large;
 pub(crate) mod portable;
 pub(crate) mod real_left;
 pub(crate) mod simd;
+pub(crate) mod thin;
 mod view;
 
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};

@@ -44,7 +44,8 @@ pub(crate) fn real_left_ok(m: usize, k: usize, n: usize) -> bool {
 
 /// `C ← α·A·B + β·C` for a real `A` (`T::Base`) and `B`, `C` of `T`, where
 /// `c` is dense row-major; the same bits as the general product of `A`
-/// converted with zero tangents (see the module docs). `primal = false`:
+/// converted with zero tangents (see the module docs). On a real `T`
+/// (`f32`, `f64`: `T::Base` is `T`) it is [`super::gemm`]. `primal = false`:
 /// only `C.d` is wanted and `C.v ← β·C.v`, as [`super::dual::tangent_gemm`].
 ///
 /// # Panics
@@ -66,6 +67,12 @@ pub(crate) fn real_left_gemm<T: Real>(
         c.len()
     );
     if m == 0 || n == 0 {
+        return;
+    }
+    if TypeId::of::<T>() == TypeId::of::<T::Base>() {
+        // A real tape (a shared constant's data): the product itself.
+        let a = MatRef::new(same_type::<_, T>(a.data), a.rows, a.cols, a.rs, a.cs);
+        super::gemm(alpha, a, b, beta, c);
         return;
     }
     let taken = real_left_ok(m, k, n)

@@ -17,7 +17,7 @@
 //! | `tanh` | tanh x | g·(1 − out²) |
 //! | `sigmoid` | σ(x) | g·out·(1 − out) |
 //! | `relu` | max(x, 0) | g·\[x > 0\] (kink at 0: derivative 0) |
-//! | `softplus` | ln(1 + eˣ) | g·σ(x) |
+//! | `softplus` | ln(1 + eˣ) | g·σ(x) (σ(x) saved by the forward, from its e^−\|x\|) |
 //! | `abs` | \|x\| | g·sign(x) (kink at 0: derivative 0) |
 //! | `maximum(a, b)` | max(a, b) (broadcasting) | g to a where a ≥ b, else to b (ties go to a) |
 //! | `minimum(a, b)` | min(a, b) (broadcasting) | g to a where a ≤ b, else to b (ties go to a) |
@@ -522,6 +522,19 @@ macro_rules! with_const_unary_op {
 }
 
 fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
+    if op == Op::Softplus {
+        // softplus' derivative σ(x) comes from the forward's exponential:
+        // saved, so the VJP need not compute it again.
+        return x.tape.record_overwrite(op, &[x], x.shape(), |f| {
+            let xs = f.x(0);
+            let out = f.out.iter_mut();
+            f.aux.extend(out.zip(xs).map(|(o, &v)| {
+                let (sp, s) = v.softplus_sigmoid();
+                *o = sp;
+                s
+            }));
+        });
+    }
     let op2 = op.clone();
     x.tape.record_overwrite(op, &[x], x.shape(), |f| {
         let xs = f.x(0);
@@ -540,6 +553,23 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
     let (x, out, g) = (b.x(0), b.out(), b.g);
     let op = b.node.op.clone();
+    if op == Op::Softplus && b.aux.len() == x.len() {
+        // σ(x), saved by the forward: the same bits as `x.sigmoid()`. A
+        // fresh adjoint gets `0 + ḡ·σ` (the bits of a zero-fill then `+=`).
+        let s = b.aux;
+        let (gx, fresh) = b.g_in_overwrite(0);
+        let terms = gx.iter_mut().zip(g).zip(s);
+        if fresh {
+            for ((d, &gi), &si) in terms {
+                *d = T::zero() + gi * si;
+            }
+        } else {
+            for ((d, &gi), &si) in terms {
+                *d += gi * si;
+            }
+        }
+        return;
+    }
     // A fresh adjoint gets `0 + ḡ` (the bits of a zero-fill then `+=`)
     // without the zero-fill pass.
     let (gx, fresh) = b.g_in_overwrite(0);

@@ -11,7 +11,7 @@
 //! three real GEMMs (see [`crate::Dual`]).
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
-use crate::kernels::{real_left_gemm, real_left_ok};
+use crate::kernels::{real_left_gemm, real_left_ok, THIN_COLS};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -41,13 +41,20 @@ fn dims(a: Shape, b: Shape) -> (usize, usize, usize, usize) {
     }
 }
 
-/// Whether `matmul` reads a [`crate::Tape::constant_base`] left operand as
-/// real data (forward: `C = A·B`, adjoint: `ḡB = Aᵀ·g`, both real products
+/// Whether `matmul` reads a [`crate::Tape::constant_base`] or
+/// [`crate::Tape::constant_shared`] left operand as real data (forward:
+/// `C = A·B`, adjoint: `ḡB = Aᵀ·g`; on a dual tape both are real products
 /// on the dual operand's parts, `kernels/real_left.rs`) rather than
-/// converted to duals with zero tangents. The same bits either way.
-pub(crate) fn matmul_reads_base(a: Shape, b: Shape) -> bool {
+/// converted to duals with zero tangents. The same bits either way. On a
+/// real tape (only shared constants have real data there) always.
+pub(crate) fn matmul_reads_base<T: Real>(a: Shape, b: Shape) -> bool {
     let (_, m, k, n) = dims(a, b);
-    real_left_ok(m, k, n)
+    is_real::<T>() || real_left_ok(m, k, n)
+}
+
+/// Whether `T` is its own base type (`f32`, `f64`).
+fn is_real<T: Real>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Base>()
 }
 
 pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
@@ -56,7 +63,7 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let (y, g) = (b.x(1), b.g);
     // A constant left operand kept as real data: its dual value may not be
     // written (the recording did not convert it), so it is read from there.
-    let real_a = b.x_base(0).filter(|_| matmul_reads_base(sa, sb));
+    let real_a = b.x_base(0).filter(|_| matmul_reads_base::<T>(sa, sb));
     let x = if real_a.is_some() { &[][..] } else { b.x(0) };
     let one = <T::Base as Real>::one();
     // An adjoint not yet touched in this sweep is overwritten (β = 0) instead of
@@ -206,13 +213,21 @@ impl<'t, T: Real> Var<'t, T> {
             .record_overwrite(Op::Matmul, &[self, rhs], out, |f| {
                 // A `constant_base` left operand: real products on B's parts
                 // (its dual value is not written, see `matmul_reads_base`).
-                let real_a = f.x_base(0).filter(|_| matmul_reads_base(sa, sb));
+                let real_a = f.x_base(0).filter(|_| matmul_reads_base::<T>(sa, sb));
                 let real_a_ok = real_a.is_some();
+                // A shared constant's column-major copy, for a matrix-vector
+                // product (the kernels' lanes then run down A's columns).
+                let columns = f
+                    .x_columns(0)
+                    .filter(|_| real_a_ok && batch == 1 && n <= THIN_COLS);
                 let (x, y) = (if real_a_ok { &[][..] } else { f.x(0) }, f.x(1));
                 for i in 0..batch {
                     let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
                     let ci = &mut f.out[i * m * n..(i + 1) * m * n];
-                    if let Some(xa) = real_a {
+                    if let Some(cols) = columns {
+                        let ai = MatRef::row_major(cols, k, m).t();
+                        real_left_gemm(true, one, ai, bi, zero, ci);
+                    } else if let Some(xa) = real_a {
                         let ai = MatRef::row_major(&xa[i * m * k..(i + 1) * m * k], m, k);
                         real_left_gemm(true, one, ai, bi, zero, ci);
                     } else {

@@ -170,12 +170,12 @@ impl Op {
 }
 
 /// Whether `op` reads input `k` as real data when that input is a
-/// [`crate::Tape::constant_base`] leaf with a real copy (`Fwd::x_base`), so
-/// that recording it need not write the leaf's dual value; `shape(j)` is
-/// input `j`'s shape.
-pub(crate) fn reads_base(op: &Op, k: usize, shape: impl Fn(usize) -> Shape) -> bool {
+/// [`crate::Tape::constant_base`] leaf with a real copy or a
+/// [`crate::Tape::constant_shared`] leaf (`Fwd::x_base`), so that recording
+/// it need not write the leaf's value; `shape(j)` is input `j`'s shape.
+pub(crate) fn reads_base<T: Real>(op: &Op, k: usize, shape: impl Fn(usize) -> Shape) -> bool {
     match op {
-        Op::Matmul => k == 0 && linalg::matmul_reads_base(shape(0), shape(1)),
+        Op::Matmul => k == 0 && linalg::matmul_reads_base::<T>(shape(0), shape(1)),
         _ => false,
     }
 }

@@ -6,7 +6,19 @@
 //! the CPU has.
 
 use tape::kernels::{with_family, Family};
-use tape::{Dual, Float, Tape, Tensor};
+use tape::{Constant, Dual, Float, Tape, Tensor};
+
+/// How the constant left operand is recorded.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Left {
+    /// `Tape::constant` of the converted duals (zero tangents): the reference.
+    General,
+    /// `Tape::constant_base` (a real copy in the arena).
+    Base,
+    /// `Tape::constant_shared` (read in place; its column-major copy in the
+    /// forward matrix-vector products).
+    Shared,
+}
 
 /// Deterministic entries in (−0.5, 0.5) from a seed (a linear-congruential
 /// sequence), as `F`.
@@ -35,15 +47,15 @@ struct Run<F> {
     a: Vec<Dual<F>>,
 }
 
-/// Records `A·X` with A `[.., m, k]` (shape `sa`) and X (shape `sx`); A by
-/// `constant_base` (`real = true`) or as a dual constant with zero tangents.
+/// Records `A·X` with A `[.., m, k]` (shape `sa`) and X (shape `sx`); A as
+/// `left` says.
 /// `hvp_only`: X is a `tangent_leaf_with` leaf (only the tangent of its
 /// adjoint is compared).
 fn run<F: Float>(
     sa: &[usize],
     sx: &[usize],
     sc: &[usize],
-    real: bool,
+    left: Left,
     hvp_only: bool,
     also_value: bool,
 ) -> Run<F> {
@@ -52,11 +64,14 @@ fn run<F: Float>(
     let x = duals::<F>(sx.iter().product(), 2);
     let w = Tensor::new(sc, duals::<F>(sc.iter().product(), 3));
     let t = Tape::<Dual<F>>::new();
-    let av = if real {
-        t.constant_base(&a)
-    } else {
-        let zero_d = a.data().iter().map(|&v| Dual::new(v, F::zero())).collect();
-        t.constant(&Tensor::new(sa, zero_d))
+    let shared = Constant::new(a.clone());
+    let av = match left {
+        Left::Base => t.constant_base(&a),
+        Left::Shared => t.constant_shared(&shared),
+        Left::General => {
+            let zero_d = a.data().iter().map(|&v| Dual::new(v, F::zero())).collect();
+            t.constant(&Tensor::new(sa, zero_d))
+        }
     };
     let xv = if hvp_only {
         t.tangent_leaf_with(sx, |out| out.copy_from_slice(&x))
@@ -105,14 +120,18 @@ fn check<F: Float>() {
     for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
         for (sa, sx, sc) in CASES {
             for (hvp_only, also_value) in [(false, false), (false, true), (true, false)] {
-                let [real, general] = [true, false].map(|real| {
-                    with_family(family, || run::<F>(sa, sx, sc, real, hvp_only, also_value))
-                });
-                let case =
-                    format!("{family:?} {sa:?}·{sx:?} hvp_only {hvp_only} value {also_value}");
-                assert_eq!(bits(&real.c), bits(&general.c), "{case}: A·X");
-                assert_eq!(bits(&real.grad_x), bits(&general.grad_x), "{case}: ḡX");
-                assert_eq!(bits(&real.a), bits(&general.a), "{case}: value of A");
+                let [general, base, shared] =
+                    [Left::General, Left::Base, Left::Shared].map(|left| {
+                        with_family(family, || run::<F>(sa, sx, sc, left, hvp_only, also_value))
+                    });
+                for (left, real) in [(Left::Base, base), (Left::Shared, shared)] {
+                    let case = format!(
+                        "{family:?} {left:?} {sa:?}·{sx:?} hvp_only {hvp_only} value {also_value}"
+                    );
+                    assert_eq!(bits(&real.c), bits(&general.c), "{case}: A·X");
+                    assert_eq!(bits(&real.grad_x), bits(&general.grad_x), "{case}: ḡX");
+                    assert_eq!(bits(&real.a), bits(&general.a), "{case}: value of A");
+                }
             }
         }
     }
@@ -145,4 +164,63 @@ fn a_constant_base_product_has_the_exact_tangent() {
     );
     let c = t.value(a.matmul(x));
     assert_eq!(c.data(), &[Dual::new(-2.0, 14.0), Dual::new(-2.0, 32.0)]);
+}
+
+/// On a real (`f64`, `f32`) tape a `constant_shared` left operand is read in
+/// place (its column-major copy in the forward product): value, the
+/// gradient of the other operand and the constant's own value are bit for
+/// bit those of `Tape::constant`, in every family, over the shapes above,
+/// and a tape cleared and recorded again gives them again.
+fn check_real<F: Float>() {
+    for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+        for (sa, sx, sc) in CASES {
+            let a = Tensor::new(sa, filled::<F>(sa.iter().product(), 1));
+            let x = Tensor::new(sx, filled::<F>(sx.iter().product(), 2));
+            let w = Tensor::new(sc, filled::<F>(sc.iter().product(), 3));
+            let shared_a = Constant::new(a.clone());
+            let mut t = Tape::<F>::new();
+            let record = |t: &Tape<F>, shared: bool| {
+                with_family(family, || {
+                    let av = if shared {
+                        t.constant_shared(&shared_a)
+                    } else {
+                        t.constant(&a)
+                    };
+                    let xv = t.var(&x);
+                    let c = av.matmul(xv);
+                    t.backward((c * t.constant(&w)).sum());
+                    let bits = |v: &[F]| -> Vec<u64> {
+                        v.iter().map(|e| e.to_f64_prim().to_bits()).collect()
+                    };
+                    [
+                        bits(t.value(c).data()),
+                        bits(t.grad(xv).data()),
+                        bits(t.value(av).data()),
+                    ]
+                })
+            };
+            let general = record(&t, false);
+            t.clear();
+            for round in 0..2 {
+                let shared = record(&t, true);
+                t.clear();
+                for (what, (p, q)) in ["A·X", "ḡX", "value of A"]
+                    .iter()
+                    .zip(shared.iter().zip(&general))
+                {
+                    assert_eq!(p, q, "{family:?} {sa:?}·{sx:?} round {round}: {what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_constants_on_a_real_tape_match_copied_ones_f64() {
+    check_real::<f64>();
+}
+
+#[test]
+fn shared_constants_on_a_real_tape_match_copied_ones_f32() {
+    check_real::<f32>();
 }
