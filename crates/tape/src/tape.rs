@@ -40,10 +40,16 @@ pub(crate) struct Node {
     /// everything computed only from constants).
     pub(crate) requires_grad: bool,
     /// Whether the primal part of this node's adjoint is read by anyone: false
-    /// only for the leaves of [`Tape::tangent_leaf_with`] (an HVP-only pass,
-    /// which reads the tangent part ḡ.d alone), so rules may skip the products
-    /// that feed only ḡ.v. Always true on other nodes: a rule's tangent output
-    /// depends on its cotangent's primal part in general (e.g. tanh's).
+    /// for the leaves of [`Tape::tangent_leaf_with`] (an HVP-only pass, which
+    /// reads the tangent part ḡ.d alone), and for a node all of whose
+    /// differentiable inputs have it false and whose rule forms their ḡ.d
+    /// without reading ḡ.v ([`ops::tangent_reads_primal`]: a copy, sum or
+    /// selection of ḡ, or a product with a real constant on the left). A
+    /// liveness analysis, run forward at recording time (a rule's inputs
+    /// come before it); rules may skip the products that feed only ḡ.v
+    /// (in an MLP's HVP-only pass: ḡh1.v = ḡz2.v·W2ᵀ, dead behind the first
+    /// layer's ReLU and its real data). True on every node of a tape without
+    /// such leaves.
     pub(crate) primal_adjoint: bool,
     /// Start of this node's value as real data in the `base` arena: set
     /// only on the leaves of [`Tape::constant_base`] on a tape whose
@@ -598,6 +604,22 @@ impl<T: Real> Tape<T> {
         let inner = &mut *inner;
         let idxs: SmallVec<[u32; 3]> = inputs.iter().map(|v| v.idx).collect();
         let requires_grad = idxs.iter().any(|&i| inner.nodes[i as usize].requires_grad);
+        // Liveness of the primal adjoint part (see `Node::primal_adjoint`):
+        // ḡ.v is read if an input wants its own ḡ.v, or the rule forms an
+        // input's ḡ.d from ḡ.v. Computed before the forward, which may
+        // materialise nothing that changes it.
+        let base_left = idxs.first().is_some_and(|&i| {
+            let n = &inner.nodes[i as usize];
+            n.base.is_some() || n.shared.is_some()
+        });
+        let primal_adjoint = idxs.iter().enumerate().any(|(k, &i)| {
+            let n = &inner.nodes[i as usize];
+            n.requires_grad
+                && (n.primal_adjoint
+                    || ops::tangent_reads_primal::<T>(&op, k, base_left, |j| {
+                        inner.nodes[idxs[j] as usize].shape
+                    }))
+        });
         for (k, &i) in idxs.iter().enumerate() {
             let shape = |j: usize| inner.nodes[idxs[j] as usize].shape;
             if inner.nodes[i as usize].pending && !ops::reads_base::<T>(&op, k, shape) {
@@ -630,7 +652,7 @@ impl<T: Real> Tape<T> {
             aux: aux0..aux1,
             idx: idx0..idx1,
             requires_grad,
-            primal_adjoint: true,
+            primal_adjoint,
             base: None,
             shared: None,
             pending: false,
@@ -960,6 +982,14 @@ impl<T: Real> Tape<Dual<T>> {
     /// leaf's adjoint is unspecified** (zero or partial); the tangent part is
     /// the same as for [`Tape::leaf_with`] — bit for bit, as the same products
     /// are summed in the same order.
+    ///
+    /// The saving propagates: a node recorded from such leaves alone, by a
+    /// rule that forms its inputs' ḡ.d without reading its own ḡ.v (a bias
+    /// add, a ReLU, a product with a real constant on the left), has a dead
+    /// primal adjoint too, and so on through the graph; a product whose left
+    /// operand's adjoint is dead then skips its primal part as well (in an
+    /// MLP, ḡh1.v = ḡz2.v·W2ᵀ behind the first layer). The primal adjoint of
+    /// every such node is unspecified as well.
     ///
     /// ```
     /// use tape::{Dual, Tape, Tensor};

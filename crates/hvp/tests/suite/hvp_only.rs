@@ -35,6 +35,25 @@ impl<F: Float> Objective<F> for Mlp<F> {
     }
 }
 
+/// The same MLP with a ReLU after the first layer (as the benchmark's): the
+/// first hidden layer's adjoint ḡh1 = ḡz2·W2ᵀ then feeds only tangent-only
+/// leaves through a ReLU, a bias add and a product with the real data, so
+/// its primal part is dead and the HVP-only pass skips that product too.
+struct MlpRelu<F: Float>(Mlp<F>);
+
+impl<F: Float> Objective<F> for MlpRelu<F> {
+    fn eval<'t, T: Real<Base = F>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let h = (t.constant_base(&self.0.x).matmul(p[0]) + p[1]).relu();
+        let h = (h.matmul(p[2]) + p[3]).relu();
+        h.matmul_t(p[4]).softmax_cross_entropy(&self.0.labels)
+    }
+}
+
+fn mlp_relu<F: Float>() -> (MlpRelu<F>, Vec<Tensor<F>>, Vec<Tensor<F>>) {
+    let (f, x, v) = mlp();
+    (MlpRelu(f), x, v)
+}
+
 /// A conv layer (8 → 16 channels, 3×3, on 6 images of 10×10) and a linear
 /// read-out: the weight gradient is the chunked `g·colsᵀ` product.
 struct Conv<F: Float> {
@@ -130,6 +149,8 @@ fn hvp_only_equals_the_full_pass_bit_for_bit() {
     }
     check("mlp", mlp::<f32>());
     check("mlp", mlp::<f64>());
+    check("mlp_relu", mlp_relu::<f32>());
+    check("mlp_relu", mlp_relu::<f64>());
     check("conv", conv::<f32>());
     check("conv", conv::<f64>());
 }
@@ -164,35 +185,55 @@ fn hvp_only_matches_differences_of_gradients() {
         assert!(rel < 1e-6, "{what}: |Hv − FD| / |Hv| = {rel:e}");
     }
     check("mlp", mlp::<f64>());
+    check("mlp_relu", mlp_relu::<f64>());
     check("conv", conv::<f64>());
+}
+
+/// Which inputs' adjoints have a nonzero primal part after a dual pass
+/// with every input seeded `HvOnly` (`only`) or `Tangent`.
+fn primal_parts<O: Objective<f64>>(
+    f: &O,
+    x: &[Tensor<f64>],
+    v: &[Tensor<f64>],
+    only: bool,
+) -> Vec<bool> {
+    let mut ws = Workspace::new();
+    let seeds = x.iter().zip(v).map(|(xi, vi)| {
+        let s = if only {
+            Seed::HvOnly(vi.data())
+        } else {
+            Seed::Tangent(vi.data())
+        };
+        (xi, s)
+    });
+    let p = ws.dual_pass(seeds, |t, p| f.eval(t, p));
+    (0..x.len())
+        .map(|i| p.adjoint(i).unwrap().iter().any(|d| d.v != 0.0))
+        .collect()
 }
 
 /// The skip is structural: after an HVP-only dual pass, a weight's adjoint
 /// has no primal part (its product was not taken, the fresh adjoint's `.v` is
 /// written as β·C.v = 0), while the full pass's holds the gradient. The
-/// biases (an add's adjoint: a sum, no product to skip) keep theirs.
+/// biases (an add's adjoint: a sum, no product to skip) keep theirs, except
+/// behind a dead primal adjoint: with a ReLU first layer, ḡh1.v = ḡz2.v·W2ᵀ
+/// is not taken (the first layer's rules form ḡ.d without it), so the first
+/// bias's primal part is zero too; with tanh it is needed (tanh's adjoint
+/// tangent reads ḡ.v) and kept.
 #[test]
 fn hvp_only_skips_the_primal_weight_gradient() {
     let (f, x, v) = mlp::<f64>();
-    let mut ws = Workspace::new();
-    let primal_parts = |ws: &mut Workspace<f64>, only: bool| -> Vec<bool> {
-        let seeds = x.iter().zip(&v).map(|(xi, vi)| {
-            let s = if only {
-                Seed::HvOnly(vi.data())
-            } else {
-                Seed::Tangent(vi.data())
-            };
-            (xi, s)
-        });
-        let p = ws.dual_pass(seeds, |t, p| f.eval(t, p));
-        (0..x.len())
-            .map(|i| p.adjoint(i).unwrap().iter().any(|d| d.v != 0.0))
-            .collect()
-    };
-    assert_eq!(primal_parts(&mut ws, false), [true; 5]);
+    assert_eq!(primal_parts(&f, &x, &v, false), [true; 5]);
     // Weights 0, 2 (matmul) and 4 (matmul_t): skipped; biases 1, 3: kept.
     assert_eq!(
-        primal_parts(&mut ws, true),
+        primal_parts(&f, &x, &v, true),
         [false, true, false, true, false]
+    );
+    let (f, x, v) = mlp_relu::<f64>();
+    assert_eq!(primal_parts(&f, &x, &v, false), [true; 5]);
+    // The first layer's bias too: its adjoint's primal part is dead.
+    assert_eq!(
+        primal_parts(&f, &x, &v, true),
+        [false, false, false, true, false]
     );
 }

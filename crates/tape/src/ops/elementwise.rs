@@ -226,9 +226,12 @@ fn binary_map<T: Real>(
 /// `i_dst` is `ia` if `TO_A` else `ib`; contiguous fast paths for equal shapes
 /// and a broadcast row `y` (the bias of a dense layer). The order of the
 /// additions into each `dst` element is the general loop's (row-major).
+/// `FRESH`: `dst` holds stale values and is written as `0 + h(…)`, the bits
+/// of a zero-fill and `+=` without the fill; only for a `dst` shaped like the
+/// output (each element written once).
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn accumulate<T: Real, const TO_A: bool>(
+fn accumulate<T: Real, const TO_A: bool, const FRESH: bool>(
     out: Shape,
     sa: Shape,
     sb: Shape,
@@ -240,9 +243,15 @@ fn accumulate<T: Real, const TO_A: bool>(
     if g.is_empty() {
         return;
     }
+    debug_assert!(
+        !FRESH || dst.len() == out.numel(),
+        "accumulate: a fresh dst must be shaped like the output"
+    );
+    // `0 + v` into a fresh adjoint (the bits of zero-fill then `+=`), else `+=`.
+    let start = |d: T| if FRESH { T::zero() } else { d };
     if sa == out && sb == out {
         for (((d, &gi), (&xi, &yi)), &oi) in dst.iter_mut().zip(g).zip(x.iter().zip(y)).zip(o) {
-            *d += h(gi, xi, yi, oi);
+            *d = start(*d) + h(gi, xi, yi, oi);
         }
     } else if sa == out && is_row(sb, out) {
         let m = y.len();
@@ -260,7 +269,7 @@ fn accumulate<T: Real, const TO_A: bool>(
             for (((d, &gi), (&xi, &yj)), &oi) in
                 d.iter_mut().zip(grow).zip(xrow.iter().zip(y)).zip(orow)
             {
-                *d += h(gi, xi, yj, oi);
+                *d = start(*d) + h(gi, xi, yj, oi);
             }
         }
     } else if let (true, Some((_, mid, inner))) = (sa == out, block_broadcast(sb, out)) {
@@ -284,7 +293,7 @@ fn accumulate<T: Real, const TO_A: bool>(
                     for (((d, &gi), &xi), &oi) in
                         dst[at..at + inner].iter_mut().zip(grun).zip(xrun).zip(orun)
                     {
-                        *d += h(gi, xi, yc, oi);
+                        *d = start(*d) + h(gi, xi, yc, oi);
                     }
                 } else {
                     let mut acc = dst[c];
@@ -297,7 +306,8 @@ fn accumulate<T: Real, const TO_A: bool>(
         }
     } else {
         for_each_broadcast(out, sa, sb, |i, ia, ib| {
-            dst[if TO_A { ia } else { ib }] += h(g[i], x[ia], y[ib], o[i])
+            let d = &mut dst[if TO_A { ia } else { ib }];
+            *d = start(*d) + h(g[i], x[ia], y[ib], o[i]);
         });
     }
 }
@@ -337,13 +347,13 @@ mod tests {
             assert_eq!(fast, slow, "forward {dims:?}");
             let h = |g: f64, x: f64, y: f64, o: f64| g * y / x + o;
             let (mut fa, mut sa) = (vals(out.numel(), 0.7), vals(out.numel(), 0.7));
-            accumulate::<f64, true>(out, out, sb, &mut fa, &g, (&x, &y, &o), h);
+            accumulate::<f64, true, false>(out, out, sb, &mut fa, &g, (&x, &y, &o), h);
             for_each_broadcast(out, out, sb, |i, ia, ib| {
                 sa[ia] += h(g[i], x[ia], y[ib], o[i])
             });
             assert_eq!(fa, sa, "adjoint of x {dims:?}");
             let (mut fb, mut sbv) = (vals(sb.numel(), 0.9), vals(sb.numel(), 0.9));
-            accumulate::<f64, false>(out, out, sb, &mut fb, &g, (&x, &y, &o), h);
+            accumulate::<f64, false, false>(out, out, sb, &mut fb, &g, (&x, &y, &o), h);
             for_each_broadcast(out, out, sb, |i, ia, ib| {
                 sbv[ib] += h(g[i], x[ia], y[ib], o[i])
             });
@@ -352,6 +362,38 @@ mod tests {
                 "adjoint of y {dims:?}: {fb:?} vs {sbv:?}"
             );
         }
+    }
+}
+
+/// Input `k`'s adjoint buffer and whether it is fresh (stale values, to be
+/// overwritten): only an input shaped like the output (`same`) is handed
+/// out fresh, as only then does one sweep of the rule write each element
+/// once; a broadcast input is zero-filled on first touch ([`Bwd::g_in`]).
+fn adjoint_of<'b, T: Real>(b: &'b mut Bwd<'_, T>, k: usize, same: bool) -> (&'b mut [T], bool) {
+    if same {
+        b.g_in_overwrite(k)
+    } else {
+        (b.g_in(k), false)
+    }
+}
+
+/// [`accumulate`] with `FRESH` chosen at run time.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_into<T: Real, const TO_A: bool>(
+    fresh: bool,
+    out: Shape,
+    sa: Shape,
+    sb: Shape,
+    dst: &mut [T],
+    g: &[T],
+    v: (&[T], &[T], &[T]),
+    h: impl Fn(T, T, T, T) -> T,
+) {
+    if fresh {
+        accumulate::<T, TO_A, true>(out, sa, sb, dst, g, v, h)
+    } else {
+        accumulate::<T, TO_A, false>(out, sa, sb, dst, g, v, h)
     }
 }
 
@@ -364,20 +406,30 @@ pub(crate) fn binary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         // `+= −v`, which is the same IEEE result).
         let v = (x, y, o);
         if b.wants(0) {
-            let ga = b.g_in(0);
+            let (ga, fresh) = adjoint_of(b, 0, sa == out);
+            macro_rules! acc {
+                ($h:expr) => {
+                    accumulate_into::<T, true>(fresh, out, sa, sb, ga, g, v, $h)
+                };
+            }
             match op {
-                Op::Add | Op::Sub => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, _, _| g),
-                Op::Mul => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, y, _| g * y),
-                _ => accumulate::<T, true>(out, sa, sb, ga, g, v, |g, _, y, _| g / y),
+                Op::Add | Op::Sub => acc!(|g, _, _, _| g),
+                Op::Mul => acc!(|g, _, y, _| g * y),
+                _ => acc!(|g, _, y, _| g / y),
             }
         }
         if b.wants(1) {
-            let gb = b.g_in(1);
+            let (gb, fresh) = adjoint_of(b, 1, sb == out);
+            macro_rules! acc {
+                ($h:expr) => {
+                    accumulate_into::<T, false>(fresh, out, sa, sb, gb, g, v, $h)
+                };
+            }
             match op {
-                Op::Add => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, _, _| g),
-                Op::Sub => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, _, _| -g),
-                Op::Mul => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, x, _, _| g * x),
-                _ => accumulate::<T, false>(out, sa, sb, gb, g, v, |g, _, y, o| -(g * o / y)),
+                Op::Add => acc!(|g, _, _, _| g),
+                Op::Sub => acc!(|g, _, _, _| -g),
+                Op::Mul => acc!(|g, x, _, _| g * x),
+                _ => acc!(|g, _, y, o| -(g * o / y)),
             }
         }
         return;

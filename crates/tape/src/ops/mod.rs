@@ -180,6 +180,48 @@ pub(crate) fn reads_base<T: Real>(op: &Op, k: usize, shape: impl Fn(usize) -> Sh
     }
 }
 
+/// Whether the tangent part of input `k`'s adjoint reads the primal part of
+/// the node's own adjoint on a dual tape: ḡx = J(x)ᵀ·ḡ gives
+/// ḡx.d = J.vᵀ·ḡ.d + J.dᵀ·ḡ.v, so ḡ.v is needed only where J has a tangent
+/// (J.d ≠ 0), or where ḡx.v itself is wanted. `false` only where the rule
+/// never reads ḡ.v to form ḡx.d: copies, sums and selections of ḡ (J
+/// constant: add, sub, neg, relu, max/min, where, the shape ops, the
+/// batched bias add and tile), and a product's right operand when its left
+/// one is a constant read as real data (`base_left`: ḡB = Aᵀ·ḡ with a real
+/// A, `kernels/real_left.rs`). Everything else says `true` (a product rule
+/// such as g·y on duals adds g.v·y.d, a zero whose sign would follow ḡ.v).
+/// The recording propagates this into [`crate::tape`]'s `primal_adjoint`
+/// liveness; `shape(j)` is input `j`'s shape.
+pub(crate) fn tangent_reads_primal<T: Real>(
+    op: &Op,
+    k: usize,
+    base_left: bool,
+    shape: impl Fn(usize) -> Shape,
+) -> bool {
+    match op {
+        Op::Add
+        | Op::Sub
+        | Op::Neg
+        | Op::AddScalar(_)
+        | Op::Relu
+        | Op::Maximum
+        | Op::Minimum
+        | Op::Where
+        | Op::Max { .. }
+        | Op::BatchedBiasAdd
+        | Op::TileBatch
+        | Op::Reshape
+        | Op::Permute(_)
+        | Op::BroadcastTo
+        | Op::Slice { .. }
+        | Op::Concat { .. }
+        | Op::IndexSelect { .. }
+        | Op::Gather => false,
+        Op::Matmul => !(k == 1 && base_left && linalg::matmul_reads_base::<T>(shape(0), shape(1))),
+        _ => true,
+    }
+}
+
 /// Dispatches a node to its VJP rule (one row per op; the rules live with their forwards).
 pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
     use Op::*;
