@@ -57,8 +57,8 @@ fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
 }
 
 /// `mlp_grad`: loss and gradient of every weight and bias, by one reverse sweep
-/// on a reused tape; a steady-state call allocates only matrixmultiply's
-/// packing buffers.
+/// on a reused tape; a steady-state call allocates nothing (the GEMMs'
+/// packing buffers are thread-local and kept).
 pub(crate) struct MlpGrad {
     loss: MlpLoss,
     params: Vec<Tensor<f32>>,
@@ -133,8 +133,7 @@ impl Bench for MlpGrad {
 /// `jvp(grad(loss))[1]` does (`hvp::Workspace::hvp_only_into`: the primal
 /// weight-gradient products are skipped). `mlp_hvp_full`: the same pass
 /// returning the value, the gradient and H·v (`Workspace::hvp_into`). Tapes
-/// and outputs are reused, so a steady-state call allocates only
-/// matrixmultiply's packing buffers.
+/// and outputs are reused, so a steady-state call allocates nothing.
 pub(crate) struct MlpHvp {
     loss: MlpLoss,
     params: Vec<Tensor<f32>>,

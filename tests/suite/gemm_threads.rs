@@ -1,10 +1,10 @@
 //! The GEMM threads must not change a single bit. A large product called
 //! outside rayon's workers is cut into fixed chunks of output rows or columns
 //! (a function of the shape only), run as rayon jobs; inside a worker it is one
-//! `matrixmultiply` call. The sum over k runs in a fixed order of kc-blocks
-//! inside one call, and the chunks are aligned to the register tiles, so every
-//! output element is computed by the same sequence of FMAs whatever the thread
-//! count. These tests check it: the same GEMMs (plain, transposed, dual) and an
+//! packed product (`kernels/packed.rs`). Each output element is one
+//! accumulator summed from zero over all of k in a fixed order, whatever its
+//! place in a tile, so it is computed by the same sequence of FMAs whatever
+//! the thread count. These tests check it: the same GEMMs (plain, transposed, dual) and an
 //! MLP gradient and HVP run in two child processes with `RAYON_NUM_THREADS=1`
 //! and `=2` (rayon's global pool is built once per process), and in one
 //! process both cut (called from the main thread) and uncut (called inside a

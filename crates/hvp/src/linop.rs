@@ -63,8 +63,8 @@ pub(crate) fn check_apply<F>(what: &str, dim: usize, x: &[F], out: &[F]) {
 /// The flat vector is the concatenation of the selected inputs in order
 /// ([`crate::flatten`]). `apply` reuses one [`Workspace`] (behind a `RefCell`,
 /// so the operator is shared by `&` like any other), and allocates nothing once
-/// the tape has grown to size — except the packing buffer `matrixmultiply`
-/// allocates inside every GEMM call (see `crates/tape/tests/alloc.rs`).
+/// the tape has grown to size (the GEMMs' packing buffers are thread-local
+/// and kept: see `crates/tape/tests/alloc.rs`).
 ///
 /// ```
 /// use hvp::{Hessian, LinOp, Objective};

@@ -147,7 +147,7 @@ pub trait Real:
 
     /// Kernel hook: a large product `C ← α·A·B + β·C` (checked views, any
     /// strides). The default is a plain loop in the small products' order of
-    /// operations; `f32`/`f64` run `matrixmultiply`, duals ask their parts'
+    /// operations; `f32`/`f64` run the packed kernels (`kernels/packed.rs`), duals ask their parts'
     /// type ([`Real::dual_large_gemm`]).
     #[doc(hidden)]
     fn large_gemm(p: Product<'_, Self>) {

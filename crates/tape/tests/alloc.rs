@@ -7,14 +7,11 @@
 //!
 //! Status: the tape itself (arenas, node list, adjoint buffers, scratch)
 //! allocates nothing on a rerun, in f64 and on dual numbers, for every
-//! GEMM-free op (`Var::t` used to allocate its permutation; fixed). The matrix product does: `matrixmultiply`
-//! 0.3 allocates its packing buffer on every GEMM call (`make_packing_buffer`
-//! in its `src/gemm.rs`, an `Alloc` aligned to the kernel's 32 bytes), and it
-//! has no API to pass a reusable buffer. Products small enough for the tape's
-//! own fixed-order loop (`gemm::gemm`'s small path) do not allocate, so a small
-//! MLP reruns with zero allocations; for a larger one the strict test is
-//! `#[ignore]`d and a second test pins down that every allocation of the rerun
-//! is such a packing buffer, one per GEMM call.
+//! GEMM-free op (`Var::t` used to allocate its permutation; fixed), and
+//! neither do the matrix products: small ones run the tape's own fixed-order
+//! loop, large ones the packed kernels (`kernels/packed.rs`), whose packing
+//! buffers are thread-local and reused. (`matrixmultiply` 0.3, which ran the
+//! large products before, allocated a packing buffer on every call.)
 
 use tape::testing::{count_allocations, CountingAllocator};
 use tape::{concat, Dual, Real, Tape, Tensor};
@@ -142,30 +139,14 @@ fn small_mlp_rerun_allocates_nothing() {
     );
 }
 
+/// A larger MLP: its products are large ones (packed kernels), whose
+/// packing buffers are kept from the first run.
 #[test]
-fn mlp_rerun_allocates_only_gemm_packing_buffers() {
-    let (all, gemm) = rerun_allocations(big_mlp(), loss_and_grads);
-    // GEMM calls: forward x·W1 and h·W2; backward ḡh and ḡW2 for the second
-    // product, ḡW1 for the first (x is a constant): 5.
-    assert_eq!(
-        all - gemm,
-        0,
-        "{} allocations of the rerun are not GEMM packing buffers",
-        all - gemm
-    );
-    assert!(
-        (1..=5).contains(&gemm),
-        "{gemm} packing buffers for 5 GEMM calls through matrixmultiply"
-    );
-}
-
-#[test]
-#[ignore = "matrixmultiply 0.3 allocates a packing buffer on every GEMM call; see the module docs"]
 fn second_recording_and_backward_allocate_nothing() {
     let (all, gemm) = rerun_allocations(big_mlp(), loss_and_grads);
     assert_eq!(
         all, 0,
-        "the second recording + backward allocated {all} times ({gemm} GEMM packing buffers)"
+        "the second recording + backward allocated {all} times ({gemm} over-aligned)"
     );
 }
 

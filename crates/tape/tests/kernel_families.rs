@@ -11,7 +11,7 @@
 //! test prints, on stderr (visible with `--nocapture`), which families ran
 //! and which were skipped and why.
 
-use tape::gemm::{gemm, MatRef};
+use tape::gemm::{gemm, gemm_into, MatMut, MatRef};
 use tape::kernels::{last_family, with_family, Family, PACK, SMALL_COLS, SMALL_MACS};
 use tape::{Dual, Real, Tape, Tensor};
 
@@ -627,4 +627,267 @@ fn force_caps_every_thread_and_with_family_wins() {
         assert_eq!(scoped, Some(Family::Avx2), "with_family over force");
     }
     assert_eq!(reset, Some(default), "force(None) goes back to the default");
+}
+
+/// The large products (`kernels/packed.rs`: packed panels, register tiles of
+/// MR × NR, panels of at most 256 values of `l`): shapes beyond the
+/// small-product limits whose edges are not multiples of any tile (6, 8 rows;
+/// 16, 32, 64 columns), of the row and column blocks (128 rows, 512 columns)
+/// nor of the panels (k = 257, 300, 513, 600: two or three panels).
+fn large_shapes() -> Vec<(usize, usize, usize)> {
+    vec![
+        (64, 300, 70),
+        (33, 257, 47),
+        (1, 600, 70),
+        (70, 513, 9),
+        (130, 40, 530),
+        (7, 1, 200),
+        (200, 64, 65),
+        (200, 80, 3),
+    ]
+}
+
+/// `C ← α·A·B + β·C` element by element in the portable loop's order: the sum
+/// from zero in increasing `l`, each product and sum rounded, then `α·s`
+/// (β = 0) or `α·s + β·c`.
+fn reference<T: Real>(
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T::Base,
+    c: &mut [T],
+    (rs, cs): (usize, usize),
+) {
+    let (alpha, beta_zero, beta) = (
+        T::from_base(alpha),
+        beta == T::Base::zero(),
+        T::from_base(beta),
+    );
+    for i in 0..a.rows() {
+        for j in 0..b.cols() {
+            let mut s = T::zero();
+            for l in 0..a.cols() {
+                s += a.get(i, l) * b.get(l, j);
+            }
+            let x = &mut c[i * rs + j * cs];
+            *x = if beta_zero {
+                alpha * s
+            } else {
+                alpha * s + beta * *x
+            };
+        }
+    }
+}
+
+/// Every large shape, every operand layout `large.rs` accepts (A row-major,
+/// transposed, or with a column stride of 2; B row-major, transposed, or with
+/// a column stride of 3; C row-major, column-major (computed as `Cᵀ = Bᵀ·Aᵀ`)
+/// or with strides (2n + 1, 2)), four α/β pairs (β = 0 over a NaN-filled C),
+/// under `family`, against [`reference`]: bit for bit for the portable
+/// family, within `2·γ_{k+2}·(|α|·Σ|a·b| + |β·c|)` for the fused ones.
+/// Returns the products compared and the largest error / bound.
+fn large_against_reference<T: Real>(family: Family, e: &Elem<T>) -> (usize, f64) {
+    let exact = family == Family::Portable;
+    let (mut products, mut worst) = (0, 0.0_f64);
+    let mut rng = Rng(0x1A26E);
+    for (m, k, n) in large_shapes() {
+        assert!(
+            n > SMALL_COLS || m * k * n > SMALL_MACS,
+            "[{m}, {k}, {n}] is small"
+        );
+        let mut mk =
+            |len: usize| -> Vec<T> { (0..len).map(|_| (e.make)(rng.val(), rng.val())).collect() };
+        let a = mk(2 * m * k);
+        let b = mk(3 * k * n);
+        let c_len = m * (2 * n + 1);
+        let c0 = mk(c_len);
+        let a_views = [
+            MatRef::row_major(&a[..m * k], m, k),
+            MatRef::row_major(&a[..m * k], k, m).t(),
+            MatRef::new(&a[..], m, k, 2 * k, 2),
+        ];
+        let b_views = [
+            MatRef::row_major(&b[..k * n], k, n),
+            MatRef::row_major(&b[..k * n], n, k).t(),
+            MatRef::new(&b[..], k, n, 3 * n, 3),
+        ];
+        let c_strides = [(n, 1), (1, m), (2 * n + 1, 2)];
+        for (ia, &av) in a_views.iter().enumerate() {
+            for (ib, &bv) in b_views.iter().enumerate() {
+                // Σ_l |a_il·b_lj| per element (the bound's magnitude sum).
+                let mut sums = vec![0.0; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        for l in 0..k {
+                            sums[i * n + j] += (e.mags)(av.get(i, l), bv.get(l, j))[0];
+                        }
+                    }
+                }
+                for (ic, &(rs, cs)) in c_strides.iter().enumerate() {
+                    for (alpha, beta) in [(1.0, 0.0), (1.5, -0.5), (-0.75, 2.0), (1.0, 1.0)] {
+                        let (alpha_t, beta_t) = (T::Base::from_f64(alpha), T::Base::from_f64(beta));
+                        let mut got = c0.clone();
+                        let mut want = c0.clone();
+                        if beta == 0.0 {
+                            got.fill((e.make)(f64::NAN, f64::NAN));
+                        }
+                        let before = got.clone();
+                        with_family(family, || {
+                            let cv = MatMut::new(&mut got[..], m, n, rs, cs);
+                            gemm_into(alpha_t, av, bv, beta_t, cv)
+                        });
+                        reference(alpha_t, av, bv, beta_t, &mut want, (rs, cs));
+                        for i in 0..m {
+                            for j in 0..n {
+                                let sum = sums[i * n + j];
+                                let idx = i * rs + j * cs;
+                                let (g, w, c) = (
+                                    (e.parts)(got[idx])[0],
+                                    (e.parts)(want[idx])[0],
+                                    (e.parts)(c0[idx])[0],
+                                );
+                                let bound = 2.0
+                                    * gamma(k + 2, e.u)
+                                    * (alpha.abs() * sum + (beta * c).abs())
+                                    * (1.0 + 1e-9);
+                                let err = (g - w).abs();
+                                let ok = if exact { same_bits(g, w) } else { err <= bound };
+                                assert!(
+                                    ok,
+                                    "{family} {}: large [{m}, {k}] x [{k}, {n}], layouts A{ia} \
+                                     B{ib} C{ic}, α {alpha}, β {beta}: element ({i}, {j}): {g} \
+                                     vs reference {w}, |diff| {err:e} > bound {bound:e}",
+                                    e.name
+                                );
+                                if bound > 0.0 {
+                                    worst = worst.max(err / bound);
+                                }
+                            }
+                        }
+                        // Outside the view (strided C): untouched.
+                        let mut inside = vec![false; c_len];
+                        for i in 0..m {
+                            for j in 0..n {
+                                inside[i * rs + j * cs] = true;
+                            }
+                        }
+                        for (idx, (x, y)) in got.iter().zip(&before).enumerate() {
+                            if !inside[idx] {
+                                assert!(
+                                    same_bits((e.parts)(*x)[0], (e.parts)(*y)[0]),
+                                    "{family}: [{m}, {k}, {n}] C{ic} wrote outside the view at {idx}"
+                                );
+                            }
+                        }
+                        products += 1;
+                    }
+                }
+            }
+        }
+    }
+    (products, worst)
+}
+
+#[test]
+fn large_products_follow_the_family_and_its_bound() {
+    for family in available_families() {
+        let (c32, w32) = large_against_reference(family, &F32);
+        let (c64, w64) = large_against_reference(family, &F64);
+        eprintln!(
+            "kernel families: RAN {family}: {} large products (f32, f64) {}; largest error / \
+             bound {:.3}",
+            c32 + c64,
+            if family == Family::Portable {
+                "bit-identical to the portable loop"
+            } else {
+                "within the bound of the portable loop"
+            },
+            w32.max(w64)
+        );
+    }
+}
+
+/// A large product's fused families differ from the portable loop
+/// somewhere (so `TAPE_KERNELS` / `with_family` reaches the large products:
+/// before, `matrixmultiply` ran whatever the family), and give the same bits
+/// from run to run.
+#[test]
+fn the_family_governs_large_products() {
+    let (m, k, n) = (64, 300, 70);
+    let mut rng = Rng(99);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.val() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.val() as f32).collect();
+    let run = |family| {
+        let mut c = vec![0.0_f32; m * n];
+        with_family(family, || {
+            gemm(
+                1.0,
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, k, n),
+                0.0,
+                &mut c,
+            )
+        });
+        c
+    };
+    let portable = run(Family::Portable);
+    for family in available_families() {
+        let got = run(family);
+        assert_eq!(got, run(family), "{family}: two runs differ");
+        if family != Family::Portable {
+            assert!(
+                got != portable,
+                "{family}: the portable bits on a large product"
+            );
+        }
+    }
+}
+
+/// Within a family, a large product gives the same bits whole, cut into row
+/// blocks or column blocks at any offset (not multiples of the tiles), and
+/// cut by `large.rs` between rayon's threads (a product of ≥ 2²⁵
+/// multiply-adds called from outside a pool, against the same call inside a
+/// one-thread pool, where it is not cut).
+#[test]
+fn large_products_give_the_same_bits_for_any_split() {
+    fn check(family: Family) {
+        let (m, k, n) = (300, 400, 300);
+        let mut rng = Rng(5);
+        let a: Vec<f32> = (0..m * k).map(|_| rng.val() as f32).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.val() as f32).collect();
+        let c0: Vec<f32> = (0..m * n).map(|_| rng.val() as f32).collect();
+        let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let (alpha, beta) = (1.5_f32, -0.5_f32);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut whole = c0.clone();
+        one.install(|| with_family(family, || gemm(alpha, av, bv, beta, &mut whole)));
+        let mut cut = c0.clone();
+        with_family(family, || gemm(alpha, av, bv, beta, &mut cut));
+        assert!(whole == cut, "{family}: cut between threads differs");
+        for rows in [37, 100, 1] {
+            let mut blocks = c0.clone();
+            for (r0, c_rows) in (0..m).step_by(rows).zip(blocks.chunks_mut(rows * n)) {
+                let r = c_rows.len() / n;
+                let a_rows = MatRef::new(&a[r0 * k..], r, k, k, 1);
+                with_family(family, || gemm(alpha, a_rows, bv, beta, c_rows));
+            }
+            assert!(whole == blocks, "{family}: row blocks of {rows} differ");
+        }
+        for cols in [70, 129] {
+            let mut blocks = c0.clone();
+            for j0 in (0..n).step_by(cols) {
+                let w = cols.min(n - j0);
+                let b_cols = MatRef::new(&b[j0..], k, w, n, 1);
+                let c_cols = MatMut::new(&mut blocks[j0..], m, w, n, 1);
+                with_family(family, || gemm_into(alpha, av, b_cols, beta, c_cols));
+            }
+            assert!(whole == blocks, "{family}: column blocks of {cols} differ");
+        }
+    }
+    for family in available_families() {
+        check(family);
+    }
 }

@@ -24,7 +24,7 @@ use super::MatRef;
 use crate::real::Real;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{Avx2, F32x8, F64x4};
+pub(crate) use imp::{large, Avx2, F32x8, F64x4};
 
 /// Runs the portable loop compiled with AVX2 if this CPU has the AVX2
 /// family (AVX2 and FMA); `false` means "not taken" (the caller runs the
@@ -69,6 +69,7 @@ unsafe fn small_avx2<T: Real>(
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use crate::kernels::family::has_avx2_fma;
+    use crate::kernels::packed::packed_entry;
     use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
     use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
@@ -160,6 +161,11 @@ mod imp {
                     unsafe { $fmadd(x, y, acc) }
                 }
                 #[inline(always)]
+                unsafe fn fma(acc: $v, x: $v, y: $v) -> $v {
+                    // SAFETY: FMA is present (this fn's contract); registers only.
+                    unsafe { $fmadd(x, y, acc) }
+                }
+                #[inline(always)]
                 unsafe fn madd2(acc: $v, x1: $v, y1: $v, x2: $v, y2: $v) -> $v {
                     // SAFETY: FMA is present (this fn's contract); registers only.
                     unsafe { $fmadd(x2, y2, $fmadd(x1, y1, acc)) }
@@ -241,6 +247,15 @@ mod imp {
     fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
         pack_transposed(b, buf, has_avx2_fma(), transpose_32, transpose_64)
     }
+
+    packed_entry!(
+        /// A large product by packed panels (`packed.rs`) with 6 × 16 (`f32`)
+        /// or 6 × 8 (`f64`) register tiles: 12 accumulators, 2 vectors of `B`,
+        /// a broadcast (of 16 registers).
+        features "avx2,fma",
+        vec Avx2,
+        mr 6
+    );
 
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
     ///

@@ -14,7 +14,7 @@
 //! 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32 registers.
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{Avx512, F32x16, F64x8};
+pub(crate) use imp::{large, Avx512, F32x16, F64x8};
 
 /// The x86_64 code. Every `unsafe fn` in here requires a CPU with AVX-512F;
 /// each `// SAFETY:` comment says where that was detected and what else it
@@ -22,6 +22,7 @@ pub(crate) use imp::{Avx512, F32x16, F64x8};
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use crate::kernels::family::has_avx512;
+    use crate::kernels::packed::packed_entry;
     use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
     use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
@@ -55,7 +56,7 @@ mod imp {
     /// for loads and stores a pointer valid for the lanes in the mask.
     macro_rules! impl_vectors {
         ($s:ident, $t:ty, $v:ty, $m:ty, $n:literal, $zero:ident, $set1:ident, $loadu:ident,
-         $load:ident, $store:ident, $add:ident, $mul:ident, $perm:ident, $setr:ident,
+         $load:ident, $store:ident, $add:ident, $mul:ident, $fmadd:ident, $perm:ident, $setr:ident,
          even $even:tt, odd $odd:tt, lo $lo:tt, hi $hi:tt) => {
             impl Vectors for $s {
                 type E = $t;
@@ -111,6 +112,11 @@ mod imp {
                     unsafe { $add(acc, $mul(x, y)) }
                 }
                 #[inline(always)]
+                unsafe fn fma(acc: $v, x: $v, y: $v) -> $v {
+                    // SAFETY: AVX-512F is present (this fn's contract); registers only.
+                    unsafe { $fmadd(x, y, acc) }
+                }
+                #[inline(always)]
                 unsafe fn madd2(acc: $v, x1: $v, y1: $v, x2: $v, y2: $v) -> $v {
                     // SAFETY: AVX-512F is present (this fn's contract); registers only.
                     unsafe { $add(acc, $add($mul(x1, y1), $mul(x2, y2))) }
@@ -142,6 +148,7 @@ mod imp {
         _mm512_mask_storeu_ps,
         _mm512_add_ps,
         _mm512_mul_ps,
+        _mm512_fmadd_ps,
         _mm512_permutex2var_ps,
         _mm512_setr_epi32,
         even(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
@@ -162,6 +169,7 @@ mod imp {
         _mm512_mask_storeu_pd,
         _mm512_add_pd,
         _mm512_mul_pd,
+        _mm512_fmadd_pd,
         _mm512_permutex2var_pd,
         _mm512_setr_epi64,
         even(0, 2, 4, 6, 8, 10, 12, 14),
@@ -180,6 +188,15 @@ mod imp {
     fn pack_t<'b, T: Copy>(b: MatRef<'_, T>, buf: &'b mut [MaybeUninit<T>; PACK]) -> &'b [T] {
         pack_transposed(b, buf, has_avx512(), transpose_32, transpose_64)
     }
+
+    packed_entry!(
+        /// A large product by packed panels (`packed.rs`) with 8 × 32 (`f32`)
+        /// or 8 × 16 (`f64`) register tiles: 16 accumulators, 2 vectors of
+        /// `B`, a broadcast (of 32 registers).
+        features "avx512f",
+        vec Avx512,
+        mr 8
+    );
 
     /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
     ///

@@ -112,8 +112,8 @@ pub(crate) fn three<T: Real>(p: Product<'_, Dual<T>>) {
 /// contiguous scratch: `A' = [A.v | A.d]` (`m × 2k`), `B' = [B.d ; B.v]`
 /// (`2k × n`) and, for the output, two `m × n` row-major planes `C.v`, `C.d`
 /// (loaded from `C` first only if β ≠ 0). Then every real product reads and
-/// writes unit-stride data (`matrixmultiply` packs strided operands element by
-/// element and writes a strided output through a scalar epilogue):
+/// writes unit-stride data (the packed kernels copy a strided output
+/// through a tile-sized buffer):
 ///
 /// - `C.v ← α A.v·B.v + β C.v` (skipped for [`Parts::Tangent`], where `C.v ←
 ///   β·C.v`);
@@ -130,7 +130,7 @@ pub(crate) fn three<T: Real>(p: Product<'_, Dual<T>>) {
 /// product `A.v·B` with 2n columns (a row-major dual matrix is a real one with
 /// the parts in alternate columns), which gives `C.d` as `α A.v·B.d + β C.d`,
 /// element for element the plane product's (`α = 1` in every rule, so a
-/// column's place in `matrixmultiply`'s tiles does not change its rounding).
+/// column's place in the packed kernels' tiles does not change its rounding).
 ///
 /// The result depends only on the operands, never on the thread count.
 pub(crate) fn planes<F: Prim>(p: Product<'_, Dual<F>>, parts: Parts) {
@@ -380,8 +380,8 @@ mod tests {
     #[test]
     fn split_dual_product_matches_the_product_rule() {
         // A tiny shape, and one whose inner dimension 2k spans two of
-        // matrixmultiply's kc-blocks (256) and whose sides are not multiples
-        // of its 16-wide tiles.
+        // the packed kernels' panels (256) and whose sides are not multiples
+        // of their tiles.
         for (m, k, n) in [(5, 7, 3), (33, 150, 20)] {
             product_rule_cases(m, k, n);
         }

@@ -30,8 +30,9 @@ pub const ENV_VAR: &str = "TAPE_KERNELS";
 /// kernels for `f32`, `f64`, `Dual<f32>` and `Dual<f64>` (and a strided
 /// operand that fits their packing buffer); other products under them run the
 /// row loop compiled with AVX2.
-/// Large products (beyond the small-product limits) always run
-/// `matrixmultiply`, which chooses its own kernels.
+/// Large products (beyond the small-product limits) run the packed kernels of
+/// the same family (`packed.rs`; fused multiply-adds under both vector
+/// families).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     /// The plain row loop, compiled for the baseline target (every CPU; what
@@ -251,8 +252,8 @@ pub fn active() -> Family {
 }
 
 /// The family that ran this thread's most recent small product, or `None` if
-/// it has run none. (Large products, which run `matrixmultiply`, do not
-/// change it.)
+/// it has run none. (Large products, which follow the family in effect on
+/// the calling thread, do not change it.)
 pub fn last_family() -> Option<Family> {
     Family::from_code(LAST.with(Cell::get))
 }

@@ -1,21 +1,13 @@
-//! Large real products: the call into `matrixmultiply` (`sgemm`/`dgemm`).
+//! Large real products: the thread split, and the call into the packed
+//! kernels (`packed.rs`) of the active family.
 
 use std::ops::Range;
 
-use super::{MatRef, Prim, Product};
-
-/// A stride as `matrixmultiply` takes it. A stride above `isize::MAX` can only
-/// belong to a dimension of size ≤ 1 (otherwise the last element's index would
-/// exceed the slice's length, which is at most `isize::MAX`), where it is never
-/// multiplied by a nonzero index, so 0 is equivalent.
-fn stride(s: usize) -> isize {
-    isize::try_from(s).unwrap_or(0)
-}
+use super::{packed, Family, MatRef, Prim, Product};
 
 /// Products below this many multiply-adds run as one call: splitting them
-/// costs more (a rayon hand-off, a second packing of the shared operand, a
-/// second packing buffer: `matrixmultiply` allocates one per call) than it
-/// saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
+/// costs more (a rayon hand-off, a second packing of the shared operand) than
+/// it saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
 /// planes"): with the former threshold 2^21, which cut every `mlp_*` product
 /// of 4 M multiply-adds or more in two, a 2-thread call took longer than the
 /// same call on one thread, and allocated a packing buffer more per cut
@@ -25,10 +17,9 @@ pub(crate) const SPLIT_MACS: usize = 1 << 25;
 /// At most this many chunks per product (each packs the shared operand once).
 const MAX_CHUNKS: usize = 2;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many. `matrixmultiply`'s register tiles (mr × nr, powers of two
-/// up to 32) then start at the same offsets as in one uncut call, so each
-/// element is computed by the same kernel path (a full or an edge tile, whose
-/// `α·AB + β·C` epilogues round differently when α ≠ 1).
+/// least this many, so the register tiles (`packed.rs`) start at the same
+/// offsets as in one uncut call and no chunk adds edge tiles. (The bits do not
+/// depend on it: an element's value does not depend on its place in a tile.)
 const ALIGN: usize = 64;
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
@@ -50,20 +41,20 @@ pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
     (chunks, along_rows)
 }
 
-/// `C ← α·A·B + β·C` by `matrixmultiply`, any strides.
+/// `C ← α·A·B + β·C` by the packed kernels of the active family
+/// ([`super::active`], read once per call on the calling thread, so every
+/// chunk runs the same family), any strides.
 ///
 /// # Threads
-/// The thread count is chosen per call. `matrixmultiply` itself runs on the
-/// calling thread (this crate does not enable its `threading` feature, whose
-/// pool size is read once from `MATMUL_NUM_THREADS`; a package that enables
-/// it gets both). A large product called from outside rayon's workers is cut
+/// The thread count is chosen per call. A large product called from outside rayon's workers is cut
 /// into fixed chunks of `C`'s rows or columns ([`chunking`], a function of the
 /// shape only) run as rayon jobs; inside a worker (the caller already runs
 /// tasks in parallel, e.g. a meta-batch) it is one call on that worker, so
 /// the two kinds of threads do not compete for the cores. Each element of `C`
-/// is the same sequence of operations (the sum over k in `matrixmultiply`'s
-/// fixed kc-blocks) however `C` is cut, so the bits do not depend on the chunks
-/// nor on the thread count (`tests/suite/gemm_threads.rs`).
+/// is the same sequence of operations (`packed.rs`: one accumulator from zero
+/// over all of k) however `C` is cut, so the bits do not depend on the chunks
+/// nor on the thread count (`tests/kernel_families.rs`,
+/// `large_products_give_the_same_bits_for_any_split`).
 pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     let [m, k, n] = p.shape();
     let Product {
@@ -83,18 +74,21 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         rs: c.rs,
         cs: c.cs,
     };
+    // Read once here: the jobs below may run on other threads, whose
+    // `with_family` scope is not this one's.
+    let family = super::active();
     let (chunks, along_rows) = chunking(m, k, n);
     if chunks == 1 || rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
-        return call(alpha, a, b, beta, &out, 0..m, 0..n);
+        return call(family, alpha, a, b, beta, &out, 0..m, 0..n);
     }
     let dim = if along_rows { m } else { n };
     let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
     let job = |i: usize| {
         let r = (i * len).min(dim)..((i + 1) * len).min(dim);
         if along_rows {
-            call(alpha, a, b, beta, &out, r, 0..n);
+            call(family, alpha, a, b, beta, &out, r, 0..n);
         } else {
-            call(alpha, a, b, beta, &out, 0..m, r);
+            call(family, alpha, a, b, beta, &out, 0..m, r);
         }
     };
     cut(&job, 0..chunks);
@@ -125,9 +119,11 @@ struct Out<F> {
 // borrow `ptr` comes from is alive.
 unsafe impl<F: Send> Sync for Out<F> {}
 
-/// Rows `rows` × columns `cols` of `C ← α·A·B + β·C`: one `matrixmultiply`
-/// call on the sub-blocks of A (those rows), B (those columns) and C.
+/// Rows `rows` × columns `cols` of `C ← α·A·B + β·C`: one packed product
+/// ([`packed::gemm`]) on the sub-blocks of A (those rows), B (those columns) and C.
+#[allow(clippy::too_many_arguments)]
 fn call<F: Prim>(
+    family: Family,
     alpha: F,
     a: MatRef<'_, F>,
     b: MatRef<'_, F>,
@@ -153,21 +149,24 @@ fn call<F: Prim>(
     // (see `real`), so they write disjoint elements. (With k = 0 nothing of A
     // or B is read.)
     unsafe {
-        F::matrixmultiply(
-            m,
-            k,
-            n,
-            alpha,
-            a0,
-            stride(a.rs),
-            stride(a.cs),
-            b0,
-            stride(b.rs),
-            stride(b.cs),
-            beta,
-            c0,
-            stride(c.rs),
-            stride(c.cs),
+        packed::gemm(
+            family,
+            packed::Job {
+                m,
+                k,
+                n,
+                alpha,
+                a: a0,
+                rsa: a.rs,
+                csa: a.cs,
+                b: b0,
+                rsb: b.rs,
+                csb: b.cs,
+                beta,
+                c: c0,
+                rsc: c.rs,
+                csc: c.cs,
+            },
         )
     }
 }

@@ -9,7 +9,8 @@
 //! | `simd.rs` | register-blocked kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>`, written once over a vector shape, and the tiling loop of the transposing packers | raw pointers, masked loads and stores |
 //! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
-//! | `large.rs` | the call into `matrixmultiply` for large real products | raw pointers and strides |
+//! | `large.rs` | large real products: the per-call thread split | raw pointers and strides |
+//! | `packed.rs` | large real products by packed panels and register tiles (portable, and written once over a vector shape for AVX2+FMA and AVX-512F) | raw pointers, masked loads and stores |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
@@ -93,8 +94,14 @@
 //! reaches an instruction the CPU does not have. [`last_family`] tells which
 //! family ran the thread's last small product.
 //!
-//! A *large* product runs `matrixmultiply` (`sgemm`/`dgemm`, which picks its
-//! own kernels at run time); a dual one is split into real ones (`dual.rs`).
+//! A *large* real product runs the packed kernels (`packed.rs`) of the same
+//! family: [`Family::Portable`] with the portable loop's bits, and
+//! [`Family::Avx2`] and [`Family::Avx512`] with fused multiply-adds, each
+//! element summed from zero in increasing `l` as above, so within the same
+//! bound of the portable loop (`tests/kernel_families.rs` checks it on large
+//! shapes and every layout). So under the AVX-512 family, small products give
+//! the portable bits and large ones do not. A dual large product is split into
+//! real ones (`dual.rs`).
 //!
 //! ```
 //! use tape::gemm::{gemm, MatRef};
@@ -116,6 +123,7 @@ pub(crate) mod avx512;
 pub(crate) mod dual;
 mod family;
 pub(crate) mod large;
+pub(crate) mod packed;
 pub(crate) mod portable;
 pub(crate) mod real_left;
 pub(crate) mod simd;
@@ -131,13 +139,13 @@ use crate::real::{Float, Real};
 
 /// Products with at most this many multiply-adds (and at most [`SMALL_COLS`]
 /// columns, into a dense row-major output) run a small-product family instead
-/// of `matrixmultiply`: for the tiny matrices of few-shot regression
+/// of the packed kernels: for the tiny matrices of few-shot regression
 /// (`[10, 40]·[40, 40]`) packing and edge kernels cost more than the arithmetic.
 pub const SMALL_MACS: usize = 32 * 1024;
 /// ... and with at most this many columns (the accumulator row lives on the stack).
 pub const SMALL_COLS: usize = 64;
 /// Products with at most this many columns run a small-product family
-/// whatever their size: for a matrix-vector product `matrixmultiply` would
+/// whatever their size: for a matrix-vector product a packed product would
 /// pack the whole matrix (as much memory traffic as the product itself) to
 /// fill register tiles that are mostly empty, while the families read each
 /// element once, in place (no packing when `B`'s rows are contiguous; the
@@ -350,7 +358,7 @@ fn run<T: Real>(mut p: Product<'_, T>, parts: Parts) {
     }
     if k == 0 {
         // An empty sum: C ← β·C; β = 0 overwrites without reading C (which
-        // may hold stale values, as matrixmultiply also promises for β = 0).
+        // may hold stale values, as the packed kernels also promise for β = 0).
         scale(&mut p.c, p.beta);
         return;
     }
@@ -400,32 +408,13 @@ fn small<T: Real>(mut p: Product<'_, T>) {
 }
 
 /// The primitive floats, with what the kernels need to know about them: their
-/// vector shapes, their `matrixmultiply` entry point and the dual product's
+/// vector shapes, the large products' packing buffers and the dual product's
 /// scratch. Crate-private, so no other type can claim to be one.
 pub(crate) trait Prim: Float + simd::Lane {
-    /// `C ← α·A·B + β·C` by `matrixmultiply` (`sgemm`/`dgemm`).
-    ///
-    /// # Safety
-    /// As `matrixmultiply::dgemm`: every `(i, l)`, `(l, j)`, `(i, j)` offset of
-    /// A, B, C lies inside its allocation, the offsets of C are pairwise
-    /// distinct, and C aliases neither A nor B.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn matrixmultiply(
-        m: usize,
-        k: usize,
-        n: usize,
-        alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    /// Runs `f` on this thread's packing buffers for the large products
+    /// (`packed.rs`; kept, so a steady state allocates nothing; fresh ones if
+    /// re-entered).
+    fn with_pack<R>(f: impl FnOnce(&mut packed::Bufs<Self>) -> R) -> R;
 
     /// Runs `f` on this thread's scratch for the dual product's split parts
     /// (kept, so a steady state allocates nothing; a fresh one if re-entered).
@@ -433,31 +422,19 @@ pub(crate) trait Prim: Float + simd::Lane {
 }
 
 macro_rules! impl_prim {
-    ($t:ty, $gemm:path, $scratch:ident) => {
+    ($t:ty, $pack:ident, $scratch:ident) => {
         thread_local! {
+            static $pack: std::cell::RefCell<packed::Bufs<$t>> =
+                std::cell::RefCell::new(packed::Bufs::default());
             static $scratch: std::cell::RefCell<Vec<$t>> =
                 const { std::cell::RefCell::new(Vec::new()) };
         }
         impl Prim for $t {
-            #[inline]
-            unsafe fn matrixmultiply(
-                m: usize,
-                k: usize,
-                n: usize,
-                alpha: $t,
-                a: *const $t,
-                rsa: isize,
-                csa: isize,
-                b: *const $t,
-                rsb: isize,
-                csb: isize,
-                beta: $t,
-                c: *mut $t,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // SAFETY: the caller's contract is matrixmultiply's.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            fn with_pack<R>(f: impl FnOnce(&mut packed::Bufs<$t>) -> R) -> R {
+                $pack.with(|s| match s.try_borrow_mut() {
+                    Ok(mut s) => f(&mut s),
+                    Err(_) => f(&mut packed::Bufs::default()),
+                })
             }
             fn with_scratch<R>(f: impl FnOnce(&mut Vec<$t>) -> R) -> R {
                 $scratch.with(|s| match s.try_borrow_mut() {
@@ -468,5 +445,5 @@ macro_rules! impl_prim {
         }
     };
 }
-impl_prim!(f32, matrixmultiply::sgemm, DUAL_SCRATCH_F32);
-impl_prim!(f64, matrixmultiply::dgemm, DUAL_SCRATCH_F64);
+impl_prim!(f32, PACK_F32, DUAL_SCRATCH_F32);
+impl_prim!(f64, PACK_F64, DUAL_SCRATCH_F64);

@@ -16,7 +16,7 @@
 //! exactly: a small product runs the same family's real kernel with the same
 //! order over `l` (the dual tangent `s + (0·b.v + a.v·b.d)` or
 //! `fma(a.v, b.d, fma(0, b.v, s))` is the real `s + a.v·b.d` or
-//! `fma(a.v, b.d, s)`), and a large one is the very `matrixmultiply` call the
+//! `fma(a.v, b.d, s)`), and a large one is the very packed product the
 //! dual path makes once it has found `A`'s tangent zero
 //! ([`super::dual::split`]). The only exceptions are the sign of a zero
 //! (`+0 + −0`) and non-finite `B` (`0·∞`), where the dual path gives `+0`

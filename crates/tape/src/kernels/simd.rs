@@ -225,6 +225,9 @@ mod imp {
         /// `acc + x·y`: fused (one rounding) for AVX2+FMA, a product and a sum
         /// rounded on their own for AVX-512F.
         unsafe fn madd(acc: Self::V, x: Self::V, y: Self::V) -> Self::V;
+        /// `acc + x·y` fused (one rounding) in every instruction set: the
+        /// large products' step (`packed.rs`).
+        unsafe fn fma(acc: Self::V, x: Self::V, y: Self::V) -> Self::V;
         /// The dual tangent's step `acc + (x1·y1 + x2·y2)`: fused as
         /// `madd(madd(acc, x1, y1), x2, y2)` (two roundings) for AVX2+FMA;
         /// `acc + (x1·y1 + x2·y2)` with every operation rounded (four roundings,

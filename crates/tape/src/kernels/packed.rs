@@ -1,0 +1,581 @@
+//! Large real products `C ← α·A·B + β·C` by packed panels (GotoBLAS/BLIS):
+//! our own kernels for every family, in place of `matrixmultiply`.
+//!
+//! # Loops
+//! For each block of [`Micro::NC`] columns of `C`, each panel of at most
+//! [`KC`] values of `l` (the sum's index), `B`'s panel is packed into
+//! slivers of [`Micro::NR`] columns (`kc × NR`, row after row, zero-padded
+//! past `n`); for each block of [`Micro::MC`] rows, `A`'s panel is packed into
+//! slivers of [`Micro::MR`] rows (`kc × MR`, zero-padded past `m`); then each
+//! `MR × NR` tile of `C` is one call of the micro-kernel, which keeps the tile
+//! in registers for the whole panel (a sliver of `B` stays in L1 while the
+//! slivers of `A` stream past it). Edge tiles compute the padded lanes too but
+//! read and write only the elements of `C` inside the shape.
+//!
+//! # What is computed
+//! Each element of `C` is one accumulator lane: `s ← s + a_il·b_lj` in
+//! increasing `l`, from zero, over all of `k` (between panels the partial sum
+//! is parked in `C` itself and loaded back, which changes no bit), then
+//! `α·s`, or `α·s + β·c_ij` with the `c_ij` from before the call (saved in a
+//! scratch copy when `k` takes more than one panel), each product and sum
+//! rounded on its own. The step `s + a·b` is a fused multiply-add (one
+//! rounding) in the AVX2 and AVX-512 families, and a product and a sum
+//! rounded on their own in the portable one, so the portable family gives the
+//! bits of the portable row loop (`portable.rs`). Either way an element's
+//! value depends only on its row of `A`, its column of `B`, `α`, `β`, `c_ij`
+//! and the family: not on its place in a tile, on the shape around it, nor on
+//! how a caller splits `C` between threads (`large.rs`).
+//!
+//! A column-major `C` (unit row stride) is computed as `Cᵀ = Bᵀ·Aᵀ`, the same
+//! products (`a·b = b·a`, also fused) in the same order; other strided outputs
+//! go through a tile-sized copy.
+//!
+//! # Buffers
+//! The packed panels and the saved `C` live in a thread-local [`Bufs`]
+//! (`Prim::with_pack`), grown to the largest shape seen and reused, so a
+//! steady state allocates nothing.
+
+use super::Prim;
+use crate::real::Real;
+
+/// Most values of the sum's index `l` per packed panel. `k` is cut into
+/// `⌈k / KC⌉` equal panels (the last one shorter), a function of `k` only.
+pub(crate) const KC: usize = 256;
+
+/// The largest `MR·NR` of any micro-kernel (the copy of a strided tile).
+const TILE: usize = 1024;
+
+/// One large product on raw parts: `C ← α·A·B + β·C` with `A` `m × k`
+/// (element `(i, l)` at `a[i·rsa + l·csa]`), `B` `k × n`, `C` `m × n`.
+#[derive(Clone, Copy)]
+pub(crate) struct Job<E> {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub alpha: E,
+    pub a: *const E,
+    pub rsa: usize,
+    pub csa: usize,
+    pub b: *const E,
+    pub rsb: usize,
+    pub csb: usize,
+    pub beta: E,
+    pub c: *mut E,
+    pub rsc: usize,
+    pub csc: usize,
+}
+
+/// A thread's packing buffers: `A`'s and `B`'s panels and the saved `C`.
+#[derive(Default)]
+pub(crate) struct Bufs<E> {
+    a: Vec<E>,
+    b: Vec<E>,
+    c: Vec<E>,
+}
+
+/// One tile of `C` for a micro-kernel: rows `< rows` and columns `< cols` of
+/// `c` (row stride `rs`, unit column stride) are read (unless `first`) and
+/// written; `src` (row stride `srs`, unit column stride) holds the `c_ij` of
+/// the `β` term, read only when `last` and `β ≠ 0`.
+pub(crate) struct Tile<E> {
+    pub c: *mut E,
+    pub rs: usize,
+    pub src: *const E,
+    pub srs: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// The first panel: the sum starts from zero (else from the tile).
+    pub first: bool,
+    /// The last panel: the tile gets `α·s (+ β·src)` (else the sum `s`).
+    pub last: bool,
+    pub alpha: E,
+    pub beta: E,
+}
+
+/// A micro-kernel and its blocking.
+pub(crate) trait Micro {
+    /// The element.
+    type E: Real<Base = Self::E> + Copy;
+    /// Rows of a tile (of a sliver of `A`).
+    const MR: usize;
+    /// Columns of a tile (of a sliver of `B`).
+    const NR: usize;
+    /// Rows of `A` packed at a time (a multiple of `MR`).
+    const MC: usize;
+    /// Columns of `B` packed at a time (a multiple of `NR`).
+    const NC: usize;
+    /// `dst[l·n + j] = src[j·cs + l]` for `l < k`, `j < n` by register
+    /// transposes, if the kernel has them; `false`: not done.
+    ///
+    /// # Safety
+    /// `src[j·cs + l]` valid for reads for those `l, j`, `dst` for `k·n`
+    /// writes, and the CPU as the kernel requires.
+    unsafe fn transpose(
+        src: *const Self::E,
+        cs: usize,
+        k: usize,
+        n: usize,
+        dst: *mut Self::E,
+    ) -> bool;
+    /// `t` ← the tile's sum over the `kc` values of `l` of packed slivers
+    /// `a[l·MR + r]` and `b[l·NR + j]`, started and finished as `t` says.
+    ///
+    /// # Safety
+    /// `a` valid for `kc·MR` reads, `b` for `kc·NR`; `t.rows ≤ MR`,
+    /// `t.cols ≤ NR`, and `t`'s pointers valid for the elements it names;
+    /// the CPU as the kernel requires.
+    unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, t: &Tile<Self::E>);
+}
+
+/// Grows `v` to at least `len` elements (never shrinks: the steady state
+/// allocates nothing).
+fn grow<E: Real>(v: &mut Vec<E>, len: usize) {
+    if v.len() < len {
+        v.resize(len, E::zero());
+    }
+}
+
+/// Packs a sliver: `dst[l·w + x] = src[x·sx + l·sl]` for `l < kc`, `x < we`,
+/// and zero for `we ≤ x < w`.
+///
+/// # Safety
+/// `src[x·sx + l·sl]` valid for reads for `l < kc`, `x < we`; `dst` for
+/// `kc·w` writes; the CPU as `M` requires.
+#[inline(always)]
+unsafe fn pack<M: Micro>(
+    src: *const M::E,
+    sx: usize,
+    sl: usize,
+    kc: usize,
+    we: usize,
+    w: usize,
+    dst: *mut M::E,
+) {
+    // SAFETY: this fn's contract; every index below is one it names.
+    unsafe {
+        if sl == 1 && we == w && sx != 1 && M::transpose(src, sx, kc, w, dst) {
+            return;
+        }
+        for l in 0..kc {
+            let row = dst.add(l * w);
+            if sx == 1 && we == w && (w == M::NR || w == M::MR) {
+                // A constant length: inlined as vector moves, not a call.
+                let from = src.wrapping_add(l * sl);
+                if w == M::NR {
+                    std::ptr::copy_nonoverlapping(from, row, M::NR);
+                } else {
+                    std::ptr::copy_nonoverlapping(from, row, M::MR);
+                }
+            } else if sx == 1 {
+                std::ptr::copy_nonoverlapping(src.wrapping_add(l * sl), row, we);
+            } else {
+                for x in 0..we {
+                    *row.add(x) = *src.wrapping_add(x * sx + l * sl);
+                }
+            }
+            for x in we..w {
+                *row.add(x) = M::E::zero();
+            }
+        }
+    }
+}
+
+/// Runs `job` with micro-kernel `M` and the buffers `bufs`.
+///
+/// # Safety
+/// Every `(i, l)` of `A`, `(l, j)` of `B` and
+/// `(i, j)` of `C` lies inside its allocation, `C`'s elements are pairwise
+/// distinct and alias neither `A` nor `B`; strides as in a checked view (a
+/// stride times an index in range never overflows); the CPU as `M` requires.
+#[inline(always)]
+pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
+    let mut j = job;
+    if j.csc != 1 && j.rsc == 1 {
+        // Cᵀ = Bᵀ·Aᵀ: the same products, a row-major output.
+        j = Job {
+            m: j.n,
+            n: j.m,
+            a: j.b,
+            rsa: j.csb,
+            csa: j.rsb,
+            b: j.a,
+            rsb: j.csa,
+            csb: j.rsa,
+            rsc: j.csc,
+            csc: 1,
+            ..j
+        };
+    }
+    let (m, k, n) = (j.m, j.k, j.n);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (mr, nr) = (M::MR, M::NR);
+    let panels = k.div_ceil(KC);
+    let kc_max = k.div_ceil(panels);
+    grow(&mut bufs.a, M::MC.min(m.next_multiple_of(mr)) * kc_max);
+    grow(&mut bufs.b, M::NC.min(n.next_multiple_of(nr)) * kc_max);
+    let save = panels > 1 && j.beta != M::E::zero();
+    if save {
+        grow(&mut bufs.c, m * n);
+        for i in 0..m {
+            for jj in 0..n {
+                // SAFETY: (i, jj) is an element of C (this fn's contract).
+                bufs.c[i * n + jj] = unsafe { *j.c.add(i * j.rsc + jj * j.csc) };
+            }
+        }
+    }
+    let (pa, pb, saved) = (bufs.a.as_mut_ptr(), bufs.b.as_mut_ptr(), bufs.c.as_ptr());
+    let direct = j.csc == 1;
+    let mut tc = [M::E::zero(); TILE];
+    let mut ts = [M::E::zero(); TILE];
+    assert!(mr * nr <= TILE, "packed: a {mr} × {nr} tile exceeds {TILE}");
+    // SAFETY: the packers read elements (i, l) of A with i < m, l < k and
+    // (l, jj) of B with l < k, jj < n (this fn's contract), and write inside
+    // the buffers grown above (⌈mc / MR⌉ slivers of kc·MR ≤ MC·kc_max, and
+    // the same for B); the tiles name elements of C inside the shape, of the
+    // saved copy (m·n) or of the tile copies (rows·NR ≤ TILE).
+    unsafe {
+        for jc in (0..n).step_by(M::NC) {
+            let nc = M::NC.min(n - jc);
+            for pc in (0..k).step_by(kc_max) {
+                let kc = kc_max.min(k - pc);
+                let (first, last) = (pc == 0, pc + kc == k);
+                for (s, j0) in (0..nc).step_by(nr).enumerate() {
+                    let src = j.b.wrapping_add(pc * j.rsb + (jc + j0) * j.csb);
+                    pack::<M>(
+                        src,
+                        j.csb,
+                        j.rsb,
+                        kc,
+                        nr.min(nc - j0),
+                        nr,
+                        pb.add(s * kc * nr),
+                    );
+                }
+                for ic in (0..m).step_by(M::MC) {
+                    let mc = M::MC.min(m - ic);
+                    for (s, i0) in (0..mc).step_by(mr).enumerate() {
+                        let src = j.a.wrapping_add((ic + i0) * j.rsa + pc * j.csa);
+                        pack::<M>(
+                            src,
+                            j.rsa,
+                            j.csa,
+                            kc,
+                            mr.min(mc - i0),
+                            mr,
+                            pa.add(s * kc * mr),
+                        );
+                    }
+                    for (sb, j0) in (0..nc).step_by(nr).enumerate() {
+                        let bs = pb.add(sb * kc * nr);
+                        for (sa, i0) in (0..mc).step_by(mr).enumerate() {
+                            let (i, jj) = (ic + i0, jc + j0);
+                            let (rows, cols) = (mr.min(mc - i0), nr.min(nc - j0));
+                            let cp = j.c.wrapping_add(i * j.rsc + jj * j.csc);
+                            let (src, srs) = if save {
+                                (saved.add(i * n + jj), n)
+                            } else {
+                                (cp.cast_const(), j.rsc)
+                            };
+                            let mut t = Tile {
+                                c: cp,
+                                rs: j.rsc,
+                                src,
+                                srs,
+                                rows,
+                                cols,
+                                first,
+                                last,
+                                alpha: j.alpha,
+                                beta: j.beta,
+                            };
+                            let a_s = pa.add(sa * kc * mr);
+                            if direct {
+                                M::tile(kc, a_s, bs, &t);
+                                continue;
+                            }
+                            // A strided output: through a dense tile copy.
+                            let read_src = last && j.beta != M::E::zero();
+                            for r in 0..rows {
+                                for x in 0..cols {
+                                    let e = cp.wrapping_add(r * j.rsc + x * j.csc);
+                                    if !first {
+                                        tc[r * nr + x] = *e;
+                                    }
+                                    if read_src {
+                                        ts[r * nr + x] =
+                                            if save { *src.add(r * n + x) } else { *e };
+                                    }
+                                }
+                            }
+                            (t.c, t.rs, t.src, t.srs) = (tc.as_mut_ptr(), nr, ts.as_ptr(), nr);
+                            M::tile(kc, a_s, bs, &t);
+                            for r in 0..rows {
+                                for x in 0..cols {
+                                    *cp.wrapping_add(r * j.rsc + x * j.csc) = tc[r * nr + x];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The portable micro-kernel: an `MR × NR` array of accumulators, each step a
+/// product and a sum rounded on their own (the compiler vectorises the row
+/// updates for the baseline target: SSE2 on x86_64, NEON on aarch64).
+pub(crate) struct Plain<E>(std::marker::PhantomData<E>);
+
+impl<E: Real<Base = E> + Copy> Micro for Plain<E> {
+    type E = E;
+    const MR: usize = 4;
+    const NR: usize = 64;
+    const MC: usize = 64;
+    const NC: usize = 512;
+    unsafe fn transpose(_: *const E, _: usize, _: usize, _: usize, _: *mut E) -> bool {
+        false
+    }
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: *const E, b: *const E, t: &Tile<E>) {
+        const MR: usize = 4;
+        const NR: usize = 64;
+        // SAFETY: this fn's contract (`Micro::tile`): rows < t.rows ≤ MR and
+        // columns < t.cols ≤ NR of `t.c`/`t.src`, kc·MR of `a`, kc·NR of `b`.
+        unsafe {
+            // Constant indices only (a bound test instead of a shorter loop),
+            // so the accumulators stay in registers.
+            let mut acc = [[E::zero(); NR]; MR];
+            if !t.first {
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    for (x, s) in acc_r.iter_mut().enumerate() {
+                        if r < t.rows && x < t.cols {
+                            *s = *t.c.add(r * t.rs + x);
+                        }
+                    }
+                }
+            }
+            for l in 0..kc {
+                let bl = &*b.add(l * NR).cast::<[E; NR]>();
+                let al = &*a.add(l * MR).cast::<[E; MR]>();
+                for r in 0..MR {
+                    for x in 0..NR {
+                        acc[r][x] += al[r] * bl[x];
+                    }
+                }
+            }
+            let beta_zero = t.beta == E::zero();
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (x, &s) in acc_r.iter().enumerate() {
+                    if r < t.rows && x < t.cols {
+                        let out = t.c.add(r * t.rs + x);
+                        *out = if !t.last {
+                            s
+                        } else if beta_zero {
+                            t.alpha * s
+                        } else {
+                            t.alpha * s + t.beta * *t.src.add(r * t.srs + x)
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `C ← α·A·B + β·C` under `family` (see the module docs), with this
+/// thread's buffers.
+///
+/// # Safety
+/// As [`run`] (the CPU check is done here).
+pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>) {
+    F::with_pack(|bufs| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use super::family::{has_avx2_fma, has_avx512};
+            use super::Family;
+            if family >= Family::Avx512 && has_avx512() {
+                // SAFETY: AVX-512F detected on the line above; the job as
+                // this fn's contract.
+                return unsafe { super::avx512::large(job, bufs) };
+            }
+            if family >= Family::Avx2 && has_avx2_fma() {
+                // SAFETY: AVX2 and FMA detected on the line above; the job
+                // as this fn's contract.
+                return unsafe { super::avx2::large(job, bufs) };
+            }
+        }
+        let _ = family;
+        // SAFETY: this fn's contract; no CPU feature needed.
+        unsafe { run::<Plain<F>>(job, bufs) }
+    })
+}
+
+/// The register transposes of one instruction set (`simd::transpose_tiles`
+/// with its tiles).
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait Transpose {
+    /// `dst[l·n + j] = src[j·cs + l]`, 4-byte lanes.
+    ///
+    /// # Safety
+    /// As [`Micro::transpose`].
+    unsafe fn t32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32);
+    /// The same, 8-byte lanes.
+    ///
+    /// # Safety
+    /// As [`Micro::transpose`].
+    unsafe fn t64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64);
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use simd_micro::Simd;
+
+/// Defines, inside an instruction set's module (which has `transpose_32`,
+/// `transpose_64` and the `Lane::$vec` vectors), the large products' entry
+/// `large` compiled with `#[target_feature(enable = $features)]` around
+/// [`run`] with [`Simd`] tiles of `$mr` rows by two vectors, and `Tiles`,
+/// its [`Transpose`] for the packers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! packed_entry {
+    ($(#[$doc:meta])* features $features:literal, vec $vec:ident, mr $mr:literal) => {
+        /// The register transposes for the large products' packers.
+        pub(crate) struct Tiles;
+
+        impl $crate::kernels::packed::Transpose for Tiles {
+            #[inline(always)]
+            unsafe fn t32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+                // SAFETY: the caller's contract (`Transpose::t32`: the CPU has
+                // this instruction set, the buffers as it says).
+                unsafe { transpose_32(src, cs, k, n, dst) }
+            }
+            #[inline(always)]
+            unsafe fn t64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
+                // SAFETY: as in `t32`.
+                unsafe { transpose_64(src, cs, k, n, dst) }
+            }
+        }
+
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU has the instruction set, and the job is as
+        /// `packed::run` requires.
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn large<E: $crate::kernels::simd::Lane>(
+            job: $crate::kernels::packed::Job<E>,
+            bufs: &mut $crate::kernels::packed::Bufs<E>,
+        ) {
+            // SAFETY: this fn's contract.
+            unsafe {
+                $crate::kernels::packed::run::<
+                    $crate::kernels::packed::Simd<E::$vec, Tiles, $mr, 2>,
+                >(job, bufs)
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use packed_entry;
+
+#[cfg(target_arch = "x86_64")]
+mod simd_micro {
+    use super::{Micro, Tile, Transpose};
+    use crate::kernels::simd::Vectors;
+    use crate::real::Real;
+    use std::marker::PhantomData;
+
+    /// The vector micro-kernel: `MR` rows by `NV` vectors of `V` in
+    /// registers, each step a fused multiply-add ([`Vectors::fma`]); `X`
+    /// transposes strided slivers while packing.
+    pub(crate) struct Simd<V, X, const MR: usize, const NV: usize>(PhantomData<(V, X)>);
+
+    impl<V: Vectors, X: Transpose, const MR: usize, const NV: usize> Micro for Simd<V, X, MR, NV> {
+        type E = V::E;
+        const MR: usize = MR;
+        const NR: usize = NV * V::N;
+        const MC: usize = 16 * MR;
+        /// 2 KiB per row of a panel: 512 `f32` or 256 `f64` columns (a
+        /// multiple of `NR`), a `B` panel of at most 512 KiB (half of a Zen 5
+        /// core's L2).
+        const NC: usize = 2048 / std::mem::size_of::<V::E>();
+
+        #[inline(always)]
+        unsafe fn transpose(
+            src: *const V::E,
+            cs: usize,
+            k: usize,
+            n: usize,
+            dst: *mut V::E,
+        ) -> bool {
+            // SAFETY: the caller's contract (`Micro::transpose`); only bits move,
+            // and E is f32 or f64 by its size.
+            unsafe {
+                match std::mem::size_of::<V::E>() {
+                    4 => X::t32(src.cast(), cs, k, n, dst.cast()),
+                    8 => X::t64(src.cast(), cs, k, n, dst.cast()),
+                    _ => return false,
+                }
+            }
+            true
+        }
+
+        #[inline(always)]
+        unsafe fn tile(kc: usize, a: *const V::E, b: *const V::E, t: &Tile<V::E>) {
+            // SAFETY: the caller's contract (`Micro::tile`): the CPU has V's
+            // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`,
+            // their lanes masked to columns < t.cols ≤ NR (addresses by
+            // `wrapping_add`; an empty mask touches nothing); kc·MR
+            // elements of `a` and kc·NR of `b`.
+            unsafe {
+                let nr = NV * V::N;
+                let masks: [V::M; NV] =
+                    std::array::from_fn(|v| V::mask(t.cols.saturating_sub(v * V::N)));
+                let mut acc = [[V::zero(); NV]; MR];
+                if !t.first {
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        if r < t.rows {
+                            let row = t.c.wrapping_add(r * t.rs);
+                            for v in 0..NV {
+                                acc_r[v] = V::load_masked(row.wrapping_add(v * V::N), masks[v]);
+                            }
+                        }
+                    }
+                }
+                let (mut pa, mut pb) = (a, b);
+                for _ in 0..kc {
+                    let bv: [V::V; NV] = std::array::from_fn(|v| V::load(pb.add(v * V::N)));
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let x = V::splat(*pa.add(r));
+                        for v in 0..NV {
+                            acc_r[v] = V::fma(acc_r[v], x, bv[v]);
+                        }
+                    }
+                    pa = pa.add(MR);
+                    pb = pb.add(nr);
+                }
+                let (va, vb) = (V::splat(t.alpha), V::splat(t.beta));
+                let beta_zero = t.beta == V::E::zero();
+                for (r, acc_r) in acc.iter().enumerate() {
+                    if r >= t.rows {
+                        break;
+                    }
+                    let row = t.c.wrapping_add(r * t.rs);
+                    let srow = t.src.wrapping_add(r * t.srs);
+                    for v in 0..NV {
+                        let mut out = acc_r[v];
+                        if t.last {
+                            out = V::mul(va, out);
+                            if !beta_zero {
+                                let c = V::load_masked(srow.wrapping_add(v * V::N), masks[v]);
+                                out = V::add(out, V::mul(vb, c));
+                            }
+                        }
+                        V::store_masked(row.wrapping_add(v * V::N), out, masks[v]);
+                    }
+                }
+            }
+        }
+    }
+}

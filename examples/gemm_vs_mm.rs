@@ -1,0 +1,116 @@
+//! Large f32 products by the tape's packed kernels (`tape::gemm::gemm`, the
+//! family `TAPE_KERNELS` selects) against `matrixmultiply::sgemm`, side by
+//! side in one process, on the shape classes of the benchmarks: the MLP's
+//! products (m = 64 and their transposes), Conv4's forward GEMMs and its
+//! weight gradients (long k), and a square one. One thread each (the calling
+//! thread; products below 2²⁵ multiply-adds are not cut). Prints the median
+//! of 15 timed calls per shape and side, and their ratio.
+//!
+//! ```text
+//! cargo run --release --example gemm_vs_mm
+//! TAPE_KERNELS=avx2 cargo run --release --example gemm_vs_mm
+//! ```
+
+use std::time::Instant;
+use tape::gemm::{gemm, MatRef};
+
+fn median(mut t: Vec<f64>) -> f64 {
+    if t.is_empty() {
+        return f64::NAN;
+    }
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+fn main() {
+    // (name, m, k, n, A transposed, B transposed)
+    let shapes = [
+        ("mlp x·W1", 64, 784, 256, false, false),
+        ("mlp h·W2", 64, 256, 256, false, false),
+        ("mlp h·W3 (n=10)", 64, 256, 10, false, false),
+        ("mlp dZ·W2ᵀ", 64, 256, 256, false, true),
+        ("mlp xᵀ·dZ1", 784, 64, 256, true, false),
+        ("mlp hᵀ·dZ2", 256, 64, 256, true, false),
+        ("conv4 L2 fwd", 64, 576, 15680, false, false),
+        ("conv4 L2 dW (k long)", 64, 15680, 576, false, true),
+        ("square 512", 512, 512, 512, false, false),
+    ];
+    println!("family: {}", tape::kernels::active());
+    // `GEMM_SHAPE=name-prefix` runs only the shapes whose name starts with it,
+    // `GEMM_SIDE=ours|mm` only one side (for `perf stat` cycle counts).
+    let only = std::env::var("GEMM_SHAPE").unwrap_or_default();
+    let side = std::env::var("GEMM_SIDE").unwrap_or_default();
+    for (name, m, k, n, at, bt) in shapes {
+        if !name.starts_with(only.as_str()) {
+            continue;
+        }
+        let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+        let av = if at {
+            MatRef::row_major(&a, k, m).t()
+        } else {
+            MatRef::row_major(&a, m, k)
+        };
+        let bv = if bt {
+            MatRef::row_major(&b, n, k).t()
+        } else {
+            MatRef::row_major(&b, k, n)
+        };
+        let mut c = vec![0.0f32; m * n];
+        let reps = (20_000_000 / (m * k * n)).clamp(1, 50);
+        let mut ours = || {
+            let t = Instant::now();
+            for _ in 0..reps {
+                gemm(1.0, av, bv, 0.0, &mut c);
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        let runs = |side_name: &str| {
+            if side.is_empty() || side == side_name {
+                15
+            } else {
+                0
+            }
+        };
+        ours();
+        let t_ours: Vec<f64> = (0..runs("ours")).map(|_| ours()).collect();
+        let mut d = vec![0.0f32; m * n];
+        let mut theirs = || {
+            let t = Instant::now();
+            for _ in 0..reps {
+                // SAFETY: the views above are in bounds for these strides; d is m × n.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        av.rs() as isize,
+                        av.cs() as isize,
+                        b.as_ptr(),
+                        bv.rs() as isize,
+                        bv.cs() as isize,
+                        0.0,
+                        d.as_mut_ptr(),
+                        n as isize,
+                        1,
+                    )
+                }
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        };
+        theirs();
+        let t_mm: Vec<f64> = (0..runs("mm")).map(|_| theirs()).collect();
+        let (o, t) = (median(t_ours), median(t_mm));
+        let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+        println!(
+            "{name:24} [{m}, {k}]·[{k}, {n}]: ours {:8.1} µs ({:5.1} GFLOP/s), matrixmultiply {:8.1} µs ({:5.1} GFLOP/s), ours/mm {:.2}",
+            o * 1e6,
+            gf(o),
+            t * 1e6,
+            gf(t),
+            o / t
+        );
+    }
+}
