@@ -462,7 +462,7 @@ fn trace(a: &Args, which: Traced) -> Result<(), Box<dyn std::error::Error>> {
             let logreg = L2Logreg::generate(50, 10, 1000, 1000, 1, a.seed)?;
             let (train, val) = logreg.data();
             let problem_json = serde_json::json!({
-                "kind": "logreg", "train": tensor_json(&train[0]), "val": tensor_json(val),
+                "kind": "logreg", "train": tensor_json(train[0]), "val": tensor_json(val),
             });
             let (rho, gamma) = logreg.steps();
             trace_on(a, which, &logreg, logreg.theta0(), rho, gamma, problem_json)
