@@ -56,7 +56,7 @@ fn mlp() -> Mlp {
     mlp_of(8, 4, 16, 3)
 }
 
-/// Large enough that every product goes through matrixmultiply's packed kernel
+/// Large enough that every product goes through the packed large-product kernel
 /// (more than `tape::kernels::SMALL_MACS` multiply-adds per product).
 fn big_mlp() -> Mlp {
     mlp_of(64, 128, 64, 3)

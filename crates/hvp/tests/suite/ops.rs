@@ -54,6 +54,10 @@ const CASES: &[Case] = &[
         inputs: &[(&[2, 3], Any), (&[2, 3], Any)],
     },
     Case {
+        name: "mul_segments",
+        inputs: &[(&[7], Any), (&[3], Any)],
+    },
+    Case {
         name: "div",
         inputs: &[(&[2, 3], Any), (&[3], Pos)],
     },
@@ -252,6 +256,7 @@ impl VectorFunction<f64> for OpFn {
             "add" => x[0] + x[1],
             "sub" => x[0] - x[1],
             "mul" => x[0] * x[1],
+            "mul_segments" => x[0].mul_segments(x[1], &[2, 3, 7]),
             "div" => x[0] / x[1],
             "neg" => -x[0],
             "add_scalar" => x[0].add_scalar(0.7),

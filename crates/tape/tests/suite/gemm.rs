@@ -1,5 +1,5 @@
 //! `gemm` and `gemm_into` against the naive triple loop, on the small-product
-//! and the large-product (matrixmultiply) paths, with transposed operands,
+//! and the large-product (packed, `kernels/packed.rs`) paths, with transposed operands,
 //! strided outputs, β = 0 over a NaN-filled C (never read), and dual numbers
 //! (the product rule).
 
@@ -28,7 +28,7 @@ fn transposed(x: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 
 /// Every combination of stored-transposed operands, β ∈ {0, ½} and a
 /// row-major, column-major or padded output, on a small shape (the
-/// small-product families) and a large one (matrixmultiply).
+/// small-product families) and a large one (the packed kernels).
 #[test]
 fn products_match_the_naive_loop() {
     for (m, k, n) in [(5, 7, 3), (70, 60, 50)] {
