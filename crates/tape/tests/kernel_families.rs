@@ -679,6 +679,29 @@ fn reference<T: Real>(
     }
 }
 
+/// The operand layouts of the large products: A row-major, transposed, or
+/// with a column stride of 2 (`a` has `2·m·k` elements); B row-major,
+/// transposed, or with a column stride of 3 (`b` has `3·k·n`).
+#[allow(clippy::type_complexity)]
+fn large_views<'x, T: Copy>(
+    a: &'x [T],
+    b: &'x [T],
+    (m, k, n): (usize, usize, usize),
+) -> ([MatRef<'x, T>; 3], [MatRef<'x, T>; 3]) {
+    (
+        [
+            MatRef::row_major(&a[..m * k], m, k),
+            MatRef::row_major(&a[..m * k], k, m).t(),
+            MatRef::new(a, m, k, 2 * k, 2),
+        ],
+        [
+            MatRef::row_major(&b[..k * n], k, n),
+            MatRef::row_major(&b[..k * n], n, k).t(),
+            MatRef::new(b, k, n, 3 * n, 3),
+        ],
+    )
+}
+
 /// Every large shape, every operand layout `large.rs` accepts (A row-major,
 /// transposed, or with a column stride of 2; B row-major, transposed, or with
 /// a column stride of 3; C row-major, column-major (computed as `Cᵀ = Bᵀ·Aᵀ`)
@@ -701,16 +724,7 @@ fn large_against_reference<T: Real>(family: Family, e: &Elem<T>) -> (usize, f64)
         let b = mk(3 * k * n);
         let c_len = m * (2 * n + 1);
         let c0 = mk(c_len);
-        let a_views = [
-            MatRef::row_major(&a[..m * k], m, k),
-            MatRef::row_major(&a[..m * k], k, m).t(),
-            MatRef::new(&a[..], m, k, 2 * k, 2),
-        ];
-        let b_views = [
-            MatRef::row_major(&b[..k * n], k, n),
-            MatRef::row_major(&b[..k * n], n, k).t(),
-            MatRef::new(&b[..], k, n, 3 * n, 3),
-        ];
+        let (a_views, b_views) = large_views(&a, &b, (m, k, n));
         let c_strides = [(n, 1), (1, m), (2 * n + 1, 2)];
         for (ia, &av) in a_views.iter().enumerate() {
             for (ib, &bv) in b_views.iter().enumerate() {
@@ -890,4 +904,92 @@ fn large_products_give_the_same_bits_for_any_split() {
     for family in available_families() {
         check(family);
     }
+}
+
+/// The portable family's large products (`kernels/grid.rs`: grids of 6 × 8
+/// `f32` / 6 × 4 `f64` on x86_64, 8 × 4 for both on aarch64, `A` blocks of
+/// 16 grid rows, `B` blocks of 2 KiB rows, panels of ≤ 256 values of `l`),
+/// bit for bit against [`reference`] (the portable loop's order): every `m`
+/// from 1 to 17 and around the `A` blocks (95, 96, 97, 127, 129), `n` around
+/// the grid widths and past 64 (so every product is large: 65, 67, 68, 71,
+/// 72, 73, 79, 80, 81) and past the `B` blocks (257 and 513 columns), `k` of 1, 2, 7,
+/// 255, 256, 257 and 600 (one to three panels, the last one short), the
+/// three layouts of each operand and of `C` and the four α/β pairs of
+/// [`large_against_reference`] in turn, and writes nothing outside a strided
+/// `C`.
+#[test]
+fn portable_grids_give_the_portable_bits_on_every_edge() {
+    fn check<T: Real>(e: &Elem<T>) -> usize {
+        let ms = (1..=17).chain([95, 96, 97, 127, 129]);
+        let ns = [65, 67, 68, 71, 72, 73, 79, 80, 81, 257, 513];
+        let ks = [1, 2, 7, 255, 256, 257, 600];
+        let pairs = [(1.0, 0.0), (1.5, -0.5), (-0.75, 2.0), (1.0, 1.0)];
+        let mut rng = Rng(0x6121D);
+        let mut count = 0;
+        for (s, (m, (n, k))) in ms
+            .flat_map(|m| {
+                ns.iter()
+                    .zip(ks.iter().cycle().skip(m % 7))
+                    .map(move |(&n, &k)| (m, (n, k)))
+            })
+            .enumerate()
+        {
+            if m * k * n > 3_000_000 {
+                continue;
+            }
+            let (ia, ib, ic) = (s % 3, (s / 3) % 3, (s / 9) % 3);
+            let (alpha, beta) = pairs[s % 4];
+            let mut mk = |len: usize| -> Vec<T> {
+                (0..len).map(|_| (e.make)(rng.val(), rng.val())).collect()
+            };
+            let (a, b) = (mk(2 * m * k), mk(3 * k * n));
+            let c_len = m * (2 * n + 1);
+            let c0 = mk(c_len);
+            let (a_views, b_views) = large_views(&a, &b, (m, k, n));
+            let (av, bv) = (a_views[ia], b_views[ib]);
+            let (rs, cs) = [(n, 1), (1, m), (2 * n + 1, 2)][ic];
+            let (alpha_t, beta_t) = (T::Base::from_f64(alpha), T::Base::from_f64(beta));
+            let mut got = c0.clone();
+            if beta == 0.0 {
+                got.fill((e.make)(f64::NAN, f64::NAN));
+            }
+            let before = got.clone();
+            let mut want = c0.clone();
+            with_family(Family::Portable, || {
+                gemm_into(
+                    alpha_t,
+                    av,
+                    bv,
+                    beta_t,
+                    MatMut::new(&mut got[..], m, n, rs, cs),
+                )
+            });
+            reference(alpha_t, av, bv, beta_t, &mut want, (rs, cs));
+            let mut inside = vec![false; c_len];
+            for i in 0..m {
+                for j in 0..n {
+                    let idx = i * rs + j * cs;
+                    inside[idx] = true;
+                    let (g, w) = ((e.parts)(got[idx])[0], (e.parts)(want[idx])[0]);
+                    assert!(
+                        same_bits(g, w),
+                        "portable {}: [{m}, {k}] x [{k}, {n}], A{ia} B{ib} C{ic}, α {alpha}, \
+                         β {beta}: element ({i}, {j}): {g} vs the portable loop's {w}",
+                        e.name
+                    );
+                }
+            }
+            for (idx, (x, y)) in got.iter().zip(&before).enumerate() {
+                assert!(
+                    inside[idx] || same_bits((e.parts)(*x)[0], (e.parts)(*y)[0]),
+                    "portable {}: [{m}, {k}, {n}] C{ic} wrote outside the view at {idx}",
+                    e.name
+                );
+            }
+            count += 1;
+        }
+        count
+    }
+    let count = check(&F32) + check(&F64);
+    eprintln!("kernel families: RAN portable grids: {count} large products, bit-identical");
 }

@@ -11,6 +11,7 @@
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | large real products: the per-call thread split | raw pointers and strides |
 //! | `packed.rs` | large real products by packed panels and register tiles (portable, and written once over a vector shape for AVX2+FMA and AVX-512F) | raw pointers, masked loads and stores |
+//! | `grid.rs` | the portable family's micro-kernel for `packed.rs`: a grid of scalar accumulators the compiler vectorises for the baseline target (SSE2, NEON) | reading packed slivers, writing a tile of `C` |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
@@ -122,6 +123,7 @@ mod avx2;
 pub(crate) mod avx512;
 pub(crate) mod dual;
 mod family;
+mod grid;
 pub(crate) mod large;
 pub(crate) mod packed;
 pub(crate) mod portable;

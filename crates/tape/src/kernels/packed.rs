@@ -324,67 +324,6 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     }
 }
 
-/// The portable micro-kernel: an `MR × NR` array of accumulators, each step a
-/// product and a sum rounded on their own (the compiler vectorises the row
-/// updates for the baseline target: SSE2 on x86_64, NEON on aarch64).
-pub(crate) struct Plain<E>(std::marker::PhantomData<E>);
-
-impl<E: Real<Base = E> + Copy> Micro for Plain<E> {
-    type E = E;
-    const MR: usize = 4;
-    const NR: usize = 64;
-    const MC: usize = 64;
-    const NC: usize = 512;
-    unsafe fn transpose(_: *const E, _: usize, _: usize, _: usize, _: *mut E) -> bool {
-        false
-    }
-    #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const E, b: *const E, t: &Tile<E>) {
-        const MR: usize = 4;
-        const NR: usize = 64;
-        // SAFETY: this fn's contract (`Micro::tile`): rows < t.rows ≤ MR and
-        // columns < t.cols ≤ NR of `t.c`/`t.src`, kc·MR of `a`, kc·NR of `b`.
-        unsafe {
-            // Constant indices only (a bound test instead of a shorter loop),
-            // so the accumulators stay in registers.
-            let mut acc = [[E::zero(); NR]; MR];
-            if !t.first {
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    for (x, s) in acc_r.iter_mut().enumerate() {
-                        if r < t.rows && x < t.cols {
-                            *s = *t.c.add(r * t.rs + x);
-                        }
-                    }
-                }
-            }
-            for l in 0..kc {
-                let bl = &*b.add(l * NR).cast::<[E; NR]>();
-                let al = &*a.add(l * MR).cast::<[E; MR]>();
-                for r in 0..MR {
-                    for x in 0..NR {
-                        acc[r][x] += al[r] * bl[x];
-                    }
-                }
-            }
-            let beta_zero = t.beta == E::zero();
-            for (r, acc_r) in acc.iter().enumerate() {
-                for (x, &s) in acc_r.iter().enumerate() {
-                    if r < t.rows && x < t.cols {
-                        let out = t.c.add(r * t.rs + x);
-                        *out = if !t.last {
-                            s
-                        } else if beta_zero {
-                            t.alpha * s
-                        } else {
-                            t.alpha * s + t.beta * *t.src.add(r * t.srs + x)
-                        };
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// `C ← α·A·B + β·C` under `family` (see the module docs), with this
 /// thread's buffers.
 ///
@@ -409,7 +348,7 @@ pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>) {
         }
         let _ = family;
         // SAFETY: this fn's contract; no CPU feature needed.
-        unsafe { run::<Plain<F>>(job, bufs) }
+        unsafe { super::grid::large(job, bufs) }
     })
 }
 
