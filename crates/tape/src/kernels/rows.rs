@@ -27,11 +27,7 @@ const BLOCK: usize = 32;
 pub(crate) fn add_rows<T: Real>(acc: &mut [T], rows: &[T], fresh: bool) {
     let n = acc.len();
     assert!(
-        if n == 0 {
-            rows.is_empty()
-        } else {
-            rows.len() % n == 0
-        },
+        rows.len().is_multiple_of(n),
         "add_rows: {} row elements for rows of {n}",
         rows.len()
     );

@@ -62,7 +62,7 @@ fn finite<T: Float>(x: &[T]) -> bool {
 #[inline(always)]
 fn sub<T: Float>(x: &mut [T], g: &[T], a: T) {
     for (x, &g) in x.iter_mut().zip(g) {
-        *x = *x - a * g;
+        *x -= a * g;
     }
 }
 
@@ -101,7 +101,7 @@ mod tests {
             let a = T::from_f64(0.012_345_678_9);
             let mut want = x0.clone();
             for (x, &g) in want.iter_mut().zip(&g) {
-                *x = *x - a * g;
+                *x -= a * g;
             }
             for f in families() {
                 let mut got = x0.clone();
