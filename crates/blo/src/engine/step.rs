@@ -282,7 +282,9 @@ impl<F: Float> InnerWorkspace<F> {
         // checked before the state is touched. A structural zero (no adjoint
         // reached φ_i) is applied as zeros, as a copied gradient would be.
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
-        if !grads.iter().flatten().all(|g| all_finite(g)) {
+        // The two passes over the whole state run at the family's vector
+        // width (`tape::kernels::update`; the plain loops' bits).
+        if !grads.iter().flatten().all(|g| tape::kernels::all_finite(g)) {
             return Err(non_finite("inner gradient", j));
         }
         let grads = grads.iter().map(|g| g.as_deref());
@@ -290,7 +292,10 @@ impl<F: Float> InnerWorkspace<F> {
             InnerOptimizer::Sgd { lr } => {
                 let a = F::from_f64(*lr);
                 for (p, g) in state.phi.iter_mut().zip(grads) {
-                    update(p.data_mut(), g, F::zero(), |x, gi| *x -= a * gi);
+                    match g {
+                        Some(g) => tape::kernels::sub_scaled(p.data_mut(), g, a),
+                        None => update(p.data_mut(), None, F::zero(), |x, gi| *x -= a * gi),
+                    }
                 }
             }
             InnerOptimizer::MetaSgd { lr_index } => {

@@ -15,6 +15,9 @@
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
+//! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
+//! | `update.rs` | [`all_finite`] and [`sub_scaled`] (an SGD step) over long slices, compiled for the active family's vector width | — |
+//! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
 //!
 //! # Soundness
 //! The kernels read and write without bounds checks. What makes that sound
@@ -128,11 +131,15 @@ pub(crate) mod large;
 pub(crate) mod packed;
 pub(crate) mod portable;
 pub(crate) mod real_left;
+pub(crate) mod rows;
 pub(crate) mod simd;
 pub(crate) mod thin;
+mod update;
 mod view;
+mod wide;
 
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
+pub use update::{all_finite, sub_scaled};
 pub use view::{MatMut, MatRef};
 
 pub(crate) use real_left::{real_left_gemm, real_left_ok, takes_real_left};

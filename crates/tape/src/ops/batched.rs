@@ -28,6 +28,7 @@
 //! pass over it fewer, and no copy of the output adjoint for the bias's input.
 
 use crate::gemm::{gemm, MatRef};
+use crate::kernels::rows::add_rows;
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape, MAX_RANK};
@@ -154,26 +155,11 @@ fn bias_adjoint<T: Real>(b: &mut Bwd<'_, T>, which: usize, batch: usize, m: usiz
     let g = b.g;
     if b.wants(which) {
         // A fresh adjoint starts from `0 + row 0` (the bits of a zero-fill
-        // then `+=`) without the zero-fill pass.
+        // then `+=`) without the zero-fill pass; `add_rows` sums the columns
+        // at the family's vector width, in registers across the rows.
         let (gc, fresh) = b.g_in_overwrite(which);
-        for (gb, gs) in gc
-            .chunks_exact_mut(n)
-            .zip(g.chunks_exact(m * n))
-            .take(batch)
-        {
-            let mut rows = gs.chunks_exact(n);
-            if fresh {
-                match rows.next() {
-                    Some(row) => gb
-                        .iter_mut()
-                        .zip(row)
-                        .for_each(|(a, &v)| *a = T::zero() + v),
-                    None => gb.fill(T::zero()),
-                }
-            }
-            for row in rows {
-                gb.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-            }
+        for (i, gb) in gc.chunks_exact_mut(n).take(batch).enumerate() {
+            add_rows(gb, &g[i * m * n..(i + 1) * m * n], fresh);
         }
     }
 }
