@@ -401,6 +401,19 @@ pub enum Conv4Variant {
     /// Mini-ImageNet: 4 × [3×3 conv, pad 1, batch-norm, 2×2 max-pool, act].
     MiniImagenet,
     /// Benchmark: 4 × [3×3 conv, pad 1, act, 2×2 max-pool]; no batch-norm.
+    ///
+    /// Computed as pool, then bias, then act: `maxpool(act(y + b)) =
+    /// act(maxpool(y) + b)` for a per-channel bias `b` and a non-decreasing
+    /// `act` (all of [`Activation`]'s), because a window's maximum commutes
+    /// with adding a constant and with a non-decreasing map, and this holds in
+    /// floating point too (rounded `y + b` and the rounded activations are
+    /// non-decreasing in `y`: ReLU and the identity exactly; tanh and softplus
+    /// as far as their implementations are monotone). So the bias add and the
+    /// activation (and their adjoints) touch a quarter of the elements. The
+    /// gradient is the same except where a window has tied maxima after the
+    /// activation but not before (e.g. ReLU's zeros, where the adjoint is zero
+    /// either way): then the adjoint goes to the larger pre-activation, also
+    /// a valid subgradient.
     Benchmark,
 }
 
@@ -636,9 +649,12 @@ impl Model for Conv4 {
                     h = self.activation.apply(h);
                 }
                 Conv4Variant::Benchmark => {
-                    h = h.conv2d(w, 1, 1) + b.reshape(bias_shape);
+                    // act(conv + b) then pool, computed as act(pool(conv) + b):
+                    // the same function (see `Conv4Variant::Benchmark`), with
+                    // the bias add and the activation on a quarter of the
+                    // elements.
+                    h = h.conv2d(w, 1, 1).max_pool2d(2, 2) + b.reshape(bias_shape);
                     h = self.activation.apply(h);
-                    h = h.max_pool2d(2, 2);
                 }
             }
         }

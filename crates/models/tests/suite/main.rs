@@ -11,6 +11,9 @@
 #[path = "batched_maml.rs"]
 mod batched_maml;
 
+#[path = "conv4_order.rs"]
+mod conv4_order;
+
 #[path = "corrupt_layouts.rs"]
 mod corrupt_layouts;
 
