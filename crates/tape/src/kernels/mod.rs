@@ -13,6 +13,7 @@
 //! | `packed.rs` | large real products by packed panels and register tiles (portable, and written once over a vector shape for AVX2+FMA and AVX-512F) | raw pointers, masked loads and stores |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
+//! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for AVX-512F / AVX2 (same bits) | calling `#[target_feature]` functions |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //!
 //! # Soundness
@@ -129,6 +130,7 @@ pub(crate) mod real_left;
 pub(crate) mod simd;
 pub(crate) mod thin;
 mod view;
+pub(crate) mod vmath;
 
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use view::{MatMut, MatRef};
