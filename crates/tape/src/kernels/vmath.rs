@@ -27,7 +27,8 @@
 //! `#[target_feature]`, after `is_x86_feature_detected!` said yes in the
 //! same function.
 
-const INV_LN2: f64 = 1.442_695_040_888_963_387;
+// fdlibm's constants, digits as published.
+#![allow(clippy::excessive_precision)]
 const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
 const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
 const P1: f64 = 1.666_666_666_666_660_190_37e-1;
@@ -52,7 +53,7 @@ pub(crate) fn exp_nonpos(t: f64) -> f64 {
     // A NaN fails the comparison and stays NaN.
     let t = if t < -745.5 { -745.5 } else { t };
     // t = k·ln2 + r, |r| ≤ ln2/2; k ∈ [−1076, 0] an integer.
-    let k = (t * INV_LN2 + ROUND) - ROUND;
+    let k = (t * std::f64::consts::LOG2_E + ROUND) - ROUND;
     let hi = t - k * LN2_HI;
     let lo = k * LN2_LO;
     let r = hi - lo;
