@@ -164,6 +164,17 @@ pub trait Real:
         Self::large_gemm(p)
     }
 
+    /// Kernel hook: `(sp[i], s[i]) = xs[i].softplus_sigmoid()` over slices
+    /// of one length, bit for bit [`Real::softplus_sigmoid`]. `f32`/`f64`
+    /// run a vectorised loop (`kernels/vmath.rs`); duals run their primal
+    /// parts through their parts' type in stack chunks.
+    #[doc(hidden)]
+    fn softplus_sigmoid_slice(xs: &[Self], sp: &mut [Self], s: &mut [Self]) {
+        for ((&x, o), si) in xs.iter().zip(sp.iter_mut()).zip(s.iter_mut()) {
+            (*o, *si) = x.softplus_sigmoid();
+        }
+    }
+
     /// Kernel hook: [`Real::simd_gemm`] for dual matrices whose parts are `Self`.
     #[doc(hidden)]
     fn dual_simd_gemm(_p: &mut Product<'_, Dual<Self>>) -> bool {
@@ -200,7 +211,7 @@ pub trait Float: Real<Base = Self> + Display {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $name:literal) => {
+    ($t:ty, $bits:ty, $name:literal, $sps:ident, $slice:ident) => {
         impl Real for $t {
             type Base = $t;
             #[inline]
@@ -252,6 +263,23 @@ macro_rules! impl_float {
             fn abs(self) -> Self {
                 <$t>::abs(self)
             }
+            // Softplus and σ share `kernels/vmath.rs`'s branch-free
+            // exponential, so that slices of them vectorise.
+            #[inline]
+            fn sigmoid(self) -> Self {
+                kernels::vmath::$sps(self).1
+            }
+            #[inline]
+            fn softplus(self) -> Self {
+                kernels::vmath::$sps(self).0
+            }
+            #[inline]
+            fn softplus_sigmoid(self) -> (Self, Self) {
+                kernels::vmath::$sps(self)
+            }
+            fn softplus_sigmoid_slice(xs: &[Self], sp: &mut [Self], s: &mut [Self]) {
+                kernels::vmath::$slice(xs, sp, s)
+            }
             fn simd_gemm(p: &mut Product<'_, $t>) -> bool {
                 kernels::thin::real(p) || kernels::simd::real(p)
             }
@@ -278,8 +306,20 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, u32, "f32");
-impl_float!(f64, u64, "f64");
+impl_float!(
+    f32,
+    u32,
+    "f32",
+    softplus_sigmoid_f32,
+    softplus_sigmoid_slice_f32
+);
+impl_float!(
+    f64,
+    u64,
+    "f64",
+    softplus_sigmoid,
+    softplus_sigmoid_slice_f64
+);
 
 /// A dual number `v + d·ε` with `ε² = 0`: a primal value and one tangent.
 ///
@@ -502,6 +542,27 @@ impl<T: Real> Real for Dual<T> {
     fn softplus_sigmoid(self) -> (Self, Self) {
         let (sp, s) = self.v.softplus_sigmoid();
         (self.chain(sp, s), self.chain(s, s * (T::one() - s)))
+    }
+    fn softplus_sigmoid_slice(xs: &[Self], sp: &mut [Self], s: &mut [Self]) {
+        // The primal parts through `T`'s slice hook, 64 at a time on the stack.
+        const CHUNK: usize = 64;
+        let (mut v, mut a, mut b) = ([T::zero(); CHUNK], [T::zero(); CHUNK], [T::zero(); CHUNK]);
+        let chunks = xs
+            .chunks(CHUNK)
+            .zip(sp.chunks_mut(CHUNK))
+            .zip(s.chunks_mut(CHUNK));
+        for ((xc, spc), sc) in chunks {
+            let n = xc.len();
+            for (vi, x) in v.iter_mut().zip(xc) {
+                *vi = x.v;
+            }
+            T::softplus_sigmoid_slice(&v[..n], &mut a[..n], &mut b[..n]);
+            for (i, x) in xc.iter().enumerate() {
+                let (spi, si) = (a[i], b[i]);
+                spc[i] = x.chain(spi, si);
+                sc[i] = x.chain(si, si * (T::one() - si));
+            }
+        }
     }
 
     fn simd_gemm(p: &mut Product<'_, Self>) -> bool {

@@ -577,14 +577,12 @@ fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
     if op == Op::Softplus {
         // softplus' derivative σ(x) comes from the forward's exponential:
         // saved, so the VJP need not compute it again.
+        // One vectorised loop for both (`Real::softplus_sigmoid_slice`).
         return x.tape.record_overwrite(op, &[x], x.shape(), |f| {
             let xs = f.x(0);
-            let out = f.out.iter_mut();
-            f.aux.extend(out.zip(xs).map(|(o, &v)| {
-                let (sp, s) = v.softplus_sigmoid();
-                *o = sp;
-                s
-            }));
+            let a0 = f.aux.len();
+            f.aux.resize(a0 + xs.len(), T::zero());
+            T::softplus_sigmoid_slice(xs, f.out, &mut f.aux[a0..]);
         });
     }
     let op2 = op.clone();
