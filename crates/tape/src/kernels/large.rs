@@ -7,20 +7,27 @@ use super::{packed, Family, MatRef, Prim, Product};
 
 /// Products below this many multiply-adds run as one call: splitting them
 /// costs more (a rayon hand-off, a second packing of the shared operand) than
-/// it saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
-/// planes"): with the former threshold 2^21, which cut every `mlp_*` product
-/// of 4 M multiply-adds or more in two, a 2-thread call took longer than the
-/// same call on one thread, and allocated a packing buffer more per cut
-/// product; from 2^25 (33.5 M) on, each chunk has 16 M multiply-adds, several
-/// milliseconds of work against the hand-off's microseconds.
-pub(crate) const SPLIT_MACS: usize = 1 << 25;
+/// it saves. From 2^23 (8.4 M) on, each of the two chunks has at least 4.2 M
+/// multiply-adds: on the 2-vCPU Zen 5 VM (`examples/gemm_split.rs`,
+/// `docs/benchmarks.md` "mlphvp") one core runs the MLP's products at
+/// 200–235 GFLOP/s with AVX-512, so a chunk is ≥ 40 µs of work (≥ 55 µs for
+/// the 12.8 M products of the MLP's first layer, about twice that with AVX2),
+/// against a rayon wake-up of ~5–20 µs: with two idle cores a 2-way cut is
+/// never slower. Under load (other processes on both cores) the second
+/// thread waits for a core and a cut product is slower than one call
+/// (the same measurement, load 6); the threshold is chosen for idle cores.
+/// The MLP products of 4.2 M multiply-adds (`64·256·256`, ~20 µs a chunk)
+/// stay whole.
+pub(crate) const SPLIT_MACS: usize = 1 << 23;
 /// At most this many chunks per product (each packs the shared operand once).
 const MAX_CHUNKS: usize = 2;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many, so the register tiles (`packed.rs`) start at the same
-/// offsets as in one uncut call and no chunk adds edge tiles. (The bits do not
-/// depend on it: an element's value does not depend on its place in a tile.)
-const ALIGN: usize = 64;
+/// least this many: a multiple of every family's tile width `NR` (16 or 32
+/// columns), so a column cut adds no edge tiles; fine enough that the two
+/// halves of an odd dimension stay near equal (784 rows: 416 and 368). (The
+/// bits do not depend on it: an element's value does not depend on its place
+/// in a tile.)
+const ALIGN: usize = 32;
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
 /// larger of `C`'s two dimensions is cut into `chunks` equal parts (the last
@@ -168,5 +175,36 @@ fn call<F: Prim>(
                 csc: c.cs,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunking;
+
+    /// The MLP benchmark's products (784-256-256-10, batch 64) and the HVP's
+    /// tangent products (`k` doubled): those of 8.4 M multiply-adds or more
+    /// are cut in two along `C`'s longer side, the 4.2 M ones are not.
+    #[test]
+    fn the_mlp_products_from_8m_multiply_adds_on_are_cut_in_two() {
+        // [m, k, n] → (chunks, along rows)
+        let cases = [
+            ([64, 784, 256], (2, false)),   // x·W1
+            ([784, 64, 256], (2, true)),    // xᵀ·dZ1
+            ([784, 128, 256], (2, true)),   // its tangent
+            ([64, 512, 256], (2, false)),   // tangent h·W2, dZ·W2ᵀ
+            ([256, 128, 256], (2, true)),   // tangent hᵀ·dZ2
+            ([64, 256, 256], (1, false)),   // h·W2
+            ([256, 64, 256], (1, true)),    // hᵀ·dZ2
+            ([64, 256, 10], (1, true)),     // h·W3
+            ([40, 300_000, 40], (1, true)), // 480 M, but 40 rows: halves < ALIGN
+        ];
+        for ([m, k, n], want) in cases {
+            let got = chunking(m, k, n);
+            assert_eq!(got.0, want.0, "[{m}, {k}]·[{k}, {n}]: chunks");
+            if got.0 > 1 {
+                assert_eq!(got.1, want.1, "[{m}, {k}]·[{k}, {n}]: along rows");
+            }
+        }
     }
 }
