@@ -2,9 +2,8 @@
 //! family `TAPE_KERNELS` selects) against `matrixmultiply::sgemm`, side by
 //! side in one process, on the shape classes of the benchmarks: the MLP's
 //! products (m = 64 and their transposes), Conv4's forward GEMMs and its
-//! weight gradients (long k), and a square one. Products of 2²³ multiply-adds
-//! or more are cut between rayon's threads (`kernels/large.rs`): run with
-//! `RAYON_NUM_THREADS=1` for one thread each. Prints the median
+//! weight gradients (long k), and a square one. One thread each (the calling
+//! thread; products below 2²⁵ multiply-adds are not cut). Prints the median
 //! of 15 timed calls per shape and side, and their ratio.
 //!
 //! ```text

@@ -23,7 +23,7 @@ fn fingerprint() -> String {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
     };
-    // Shapes large enough to be cut into chunks (at least 2^23 multiply-adds),
+    // Shapes large enough to be cut into chunks (more than 2^25 multiply-adds),
     // along rows and along columns; the dual products' real parts are cut too.
     for &(m, k, n) in &[
         (256usize, 784usize, 256usize),

@@ -845,7 +845,7 @@ fn the_family_governs_large_products() {
 
 /// Within a family, a large product gives the same bits whole, cut into row
 /// blocks or column blocks at any offset (not multiples of the tiles), and
-/// cut by `large.rs` between rayon's threads (a product of ≥ 2²³
+/// cut by `large.rs` between rayon's threads (a product of ≥ 2²⁵
 /// multiply-adds called from outside a pool, against the same call inside a
 /// one-thread pool, where it is not cut).
 #[test]

@@ -7,27 +7,25 @@ use super::{packed, Family, MatRef, Prim, Product};
 
 /// Products below this many multiply-adds run as one call: splitting them
 /// costs more (a rayon hand-off, a second packing of the shared operand) than
-/// it saves. From 2^23 (8.4 M) on, each of the two chunks has at least 4.2 M
-/// multiply-adds: on the 2-vCPU Zen 5 VM (`examples/gemm_split.rs`,
-/// `docs/benchmarks.md` "mlphvp") one core runs the MLP's products at
-/// 200–235 GFLOP/s with AVX-512, so a chunk is ≥ 40 µs of work (≥ 55 µs for
-/// the 12.8 M products of the MLP's first layer, about twice that with AVX2),
-/// against a rayon wake-up of ~5–20 µs: with two idle cores a 2-way cut is
-/// never slower. Under load (other processes on both cores) the second
-/// thread waits for a core and a cut product is slower than one call
-/// (the same measurement, load 6); the threshold is chosen for idle cores.
-/// The MLP products of 4.2 M multiply-adds (`64·256·256`, ~20 µs a chunk)
-/// stay whole.
-pub(crate) const SPLIT_MACS: usize = 1 << 23;
+/// it saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
+/// planes", "mlphvp"): with 2^21 or 2^23, which cut the `mlp_*` products of
+/// 4 M (resp. 8 M) multiply-adds or more in two, a 2-thread call took longer
+/// than the same call on one thread under load (other processes on both
+/// cores), and the rayon workers' packing buffers grew whenever a worker first
+/// ran a larger chunk, so `crates/hvp/tests/alloc.rs` counted allocations in
+/// steady-state MLP calls; from 2^25 (33.5 M) on, each chunk has 16 M
+/// multiply-adds, several milliseconds of work against the hand-off's
+/// microseconds. (With two idle cores, a chunk of ≥ 4 M multiply-adds, ≥ 40 µs
+/// on one AVX-512 core, should outweigh a wake-up of ~5–20 µs: see
+/// `examples/gemm_split.rs`.)
+pub(crate) const SPLIT_MACS: usize = 1 << 25;
 /// At most this many chunks per product (each packs the shared operand once).
 const MAX_CHUNKS: usize = 2;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many: a multiple of every family's tile width `NR` (16 or 32
-/// columns), so a column cut adds no edge tiles; fine enough that the two
-/// halves of an odd dimension stay near equal (784 rows: 416 and 368). (The
-/// bits do not depend on it: an element's value does not depend on its place
-/// in a tile.)
-const ALIGN: usize = 32;
+/// least this many, so the register tiles (`packed.rs`) start at the same
+/// offsets as in one uncut call and no chunk adds edge tiles. (The bits do not
+/// depend on it: an element's value does not depend on its place in a tile.)
+const ALIGN: usize = 64;
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
 /// larger of `C`'s two dimensions is cut into `chunks` equal parts (the last
@@ -182,21 +180,20 @@ fn call<F: Prim>(
 mod tests {
     use super::chunking;
 
-    /// The MLP benchmark's products (784-256-256-10, batch 64) and the HVP's
-    /// tangent products (`k` doubled): those of 8.4 M multiply-adds or more
-    /// are cut in two along `C`'s longer side, the 4.2 M ones are not.
+    /// Products of 2^25 multiply-adds or more are cut in two along `C`'s
+    /// longer side; the MLP benchmark's products (784-256-256-10, batch 64)
+    /// and the HVP's tangent products (`k` doubled, up to 25.7 M) are not.
     #[test]
-    fn the_mlp_products_from_8m_multiply_adds_on_are_cut_in_two() {
+    fn products_from_2_pow_25_multiply_adds_on_are_cut_in_two() {
         // [m, k, n] → (chunks, along rows)
         let cases = [
-            ([64, 784, 256], (2, false)),   // x·W1
-            ([784, 64, 256], (2, true)),    // xᵀ·dZ1
-            ([784, 128, 256], (2, true)),   // its tangent
-            ([64, 512, 256], (2, false)),   // tangent h·W2, dZ·W2ᵀ
-            ([256, 128, 256], (2, true)),   // tangent hᵀ·dZ2
+            ([300, 400, 300], (2, true)),   // 36 M
+            ([64, 800, 800], (2, false)),   // 41 M
+            ([784, 128, 256], (1, true)),   // tangent xᵀ·dZ1, 25.7 M
+            ([64, 784, 256], (1, false)),   // x·W1
+            ([784, 64, 256], (1, true)),    // xᵀ·dZ1
+            ([64, 512, 256], (1, false)),   // tangent h·W2, dZ·W2ᵀ
             ([64, 256, 256], (1, false)),   // h·W2
-            ([256, 64, 256], (1, true)),    // hᵀ·dZ2
-            ([64, 256, 10], (1, true)),     // h·W3
             ([40, 300_000, 40], (1, true)), // 480 M, but 40 rows: halves < ALIGN
         ];
         for ([m, k, n], want) in cases {
