@@ -8,11 +8,16 @@ use super::{packed, Family, MatRef, Prim, Product};
 /// Products below this many multiply-adds run as one call: splitting them
 /// costs more (a rayon hand-off, a second packing of the shared operand) than
 /// it saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
-/// planes"): with the former threshold 2^21, which cut every `mlp_*` product
-/// of 4 M multiply-adds or more in two, a 2-thread call took longer than the
-/// same call on one thread, and allocated a packing buffer more per cut
-/// product; from 2^25 (33.5 M) on, each chunk has 16 M multiply-adds, several
-/// milliseconds of work against the hand-off's microseconds.
+/// planes", "mlphvp"): with 2^21 or 2^23, which cut the `mlp_*` products of
+/// 4 M (resp. 8 M) multiply-adds or more in two, a 2-thread call took longer
+/// than the same call on one thread under load (other processes on both
+/// cores), and the rayon workers' packing buffers grew whenever a worker first
+/// ran a larger chunk, so `crates/hvp/tests/alloc.rs` counted allocations in
+/// steady-state MLP calls; from 2^25 (33.5 M) on, each chunk has 16 M
+/// multiply-adds, several milliseconds of work against the hand-off's
+/// microseconds. (With two idle cores, a chunk of ≥ 4 M multiply-adds, ≥ 40 µs
+/// on one AVX-512 core, should outweigh a wake-up of ~5–20 µs: see
+/// `examples/gemm_split.rs`.)
 pub(crate) const SPLIT_MACS: usize = 1 << 25;
 /// At most this many chunks per product (each packs the shared operand once).
 const MAX_CHUNKS: usize = 2;
@@ -168,5 +173,35 @@ fn call<F: Prim>(
                 csc: c.cs,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunking;
+
+    /// Products of 2^25 multiply-adds or more are cut in two along `C`'s
+    /// longer side; the MLP benchmark's products (784-256-256-10, batch 64)
+    /// and the HVP's tangent products (`k` doubled, up to 25.7 M) are not.
+    #[test]
+    fn products_from_2_pow_25_multiply_adds_on_are_cut_in_two() {
+        // [m, k, n] → (chunks, along rows)
+        let cases = [
+            ([300, 400, 300], (2, true)),   // 36 M
+            ([64, 800, 800], (2, false)),   // 41 M
+            ([784, 128, 256], (1, true)),   // tangent xᵀ·dZ1, 25.7 M
+            ([64, 784, 256], (1, false)),   // x·W1
+            ([784, 64, 256], (1, true)),    // xᵀ·dZ1
+            ([64, 512, 256], (1, false)),   // tangent h·W2, dZ·W2ᵀ
+            ([64, 256, 256], (1, false)),   // h·W2
+            ([40, 300_000, 40], (1, true)), // 480 M, but 40 rows: halves < ALIGN
+        ];
+        for ([m, k, n], want) in cases {
+            let got = chunking(m, k, n);
+            assert_eq!(got.0, want.0, "[{m}, {k}]·[{k}, {n}]: chunks");
+            if got.0 > 1 {
+                assert_eq!(got.1, want.1, "[{m}, {k}]·[{k}, {n}]: along rows");
+            }
+        }
     }
 }
