@@ -327,8 +327,10 @@ impl<F: Float> InnerWorkspace<F> {
     /// A rule's forward step, state_{j−1} → state_j = R(θ, φ, e, g_j; j):
     /// one gradient pass of L_in for g_j ([`inner_grad_pass`]), then the rule
     /// recorded on the same tape, on the pass's own θ and φ leaves (so θ and
-    /// φ are not copied again), its outputs checked (shapes, finiteness) and
-    /// copied into `state`. Returns L_in(θ, φ_{j−1}).
+    /// φ are not copied again), its outputs' shapes checked, and the outputs
+    /// copied into `state` and checked for finiteness in the same pass
+    /// (`state` restored from the step's input leaves if not finite).
+    /// Returns L_in(θ, φ_{j−1}).
     ///
     /// # Errors
     /// [`BloError::NonFinite`] naming step j if the loss, the gradient or the
@@ -346,6 +348,7 @@ impl<F: Float> InnerWorkspace<F> {
     ) -> Result<F, BloError> {
         let flat = self.prepare_flat(rule, j, theta, state, false)?;
         let segments = flat.then_some(&self.flat.segments);
+        let nt = theta.len();
         let (value, pass) = inner_grad_pass(
             &mut self.ws,
             &mut self.g,
@@ -358,34 +361,45 @@ impl<F: Float> InnerWorkspace<F> {
             flat,
         )?;
         let t = pass.tape();
-        let vars = rule_inputs(
-            t,
-            pass.inputs(),
-            theta.len(),
-            segments,
-            state,
-            &self.g,
-            false,
-        );
+        let vars = rule_inputs(t, pass.inputs(), nt, segments, state, &self.g, false);
         let side = RuleSide {
             phi: if flat { &self.flat.phi } else { &state.phi },
             extra: &state.extra,
             segments,
         };
-        let out = record_rule(t, rule, j, theta.len(), side, &vars)?;
-        let outs = || out.phi.iter().chain(&out.extra);
-        if !outs().all(|&v| all_finite(&t.value_ref(v))) {
-            return Err(non_finite("inner state", j));
-        }
+        let out = record_rule(t, rule, j, nt, side, &vars)?;
+        // Where φ and e start among the step's inputs (θ, φ, e, g).
+        let (a, b, _) = side.split_points(nt);
+        let mut ok = true;
         if flat {
-            scatter(&t.value_ref(out.phi[0]), &mut state.phi);
+            let y = t.value_ref(out.phi[0]);
+            let mut at = 0;
+            for x in state.phi.iter_mut() {
+                let n = x.numel();
+                ok &= copy_finite(x.data_mut(), Some(&y[at..at + n]));
+                at += n;
+            }
         } else {
             for (x, &v) in state.phi.iter_mut().zip(&out.phi) {
-                x.data_mut().copy_from_slice(&t.value_ref(v));
+                ok &= copy_finite(x.data_mut(), Some(&t.value_ref(v)));
             }
         }
         for (x, &v) in state.extra.iter_mut().zip(&out.extra) {
-            x.data_mut().copy_from_slice(&t.value_ref(v));
+            ok &= copy_finite(x.data_mut(), Some(&t.value_ref(v)));
+        }
+        if !ok {
+            // Back to s_{j−1}, from the step's input leaves (φ, then e).
+            if flat {
+                scatter(&t.value_ref(vars[a]), &mut state.phi);
+            } else {
+                for (x, &v) in state.phi.iter_mut().zip(&vars[a..b]) {
+                    x.data_mut().copy_from_slice(&t.value_ref(v));
+                }
+            }
+            for (x, &v) in state.extra.iter_mut().zip(&vars[b..]) {
+                x.data_mut().copy_from_slice(&t.value_ref(v));
+            }
+            return Err(non_finite("inner state", j));
         }
         Ok(value)
     }
@@ -1383,6 +1397,8 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
     if !value.is_finite() {
         return Err(non_finite("inner loss", j));
     }
+    // g_j copied and checked in one pass.
+    let mut ok = true;
     if flat {
         flat_buffer(g, phi.iter().map(|p| p.numel()).sum());
         let mut at = 0;
@@ -1390,18 +1406,16 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
         for (i, p) in phi.iter().enumerate() {
             let n = p.numel();
             let a = pass.adjoint(nt + i);
-            update(&mut d[at..at + n], a.as_deref(), F::zero(), |x, y| *x = y);
+            ok &= copy_finite(&mut d[at..at + n], a.as_deref());
             at += n;
         }
     } else {
-        zero_tensors(g, phi);
+        shape_like(g, phi);
         for (i, gi) in g.iter_mut().enumerate() {
-            if let Some(a) = pass.adjoint(nt + i) {
-                gi.data_mut().copy_from_slice(&a);
-            }
+            ok &= copy_finite(gi.data_mut(), pass.adjoint(nt + i).as_deref());
         }
     }
-    if !tensors_finite(g.iter()) {
+    if !ok {
         return Err(non_finite("inner gradient", j));
     }
     Ok((value, pass))
@@ -1645,6 +1659,26 @@ fn flat_buffer<F: Float>(dst: &mut Vec<Tensor<F>>, n: usize) {
     }
 }
 
+/// Copies `src` into `dst` (`None`, a structural zero, as zeros) and returns
+/// whether every copied element is finite: one pass, a branch-free check per
+/// block of 256 (as [`all_finite`]).
+fn copy_finite<F: Float>(dst: &mut [F], src: Option<&[F]>) -> bool {
+    match src {
+        Some(src) => {
+            let mut ok = true;
+            for (d, s) in dst.chunks_mut(256).zip(src.chunks(256)) {
+                d.copy_from_slice(s);
+                ok &= all_finite(d);
+            }
+            ok
+        }
+        None => {
+            dst.fill(F::zero());
+            true
+        }
+    }
+}
+
 /// Writes the elements of `src`, concatenated, into `dst`.
 fn copy_concat<F: Float>(src: &[Tensor<F>], dst: &mut [F]) {
     let mut at = 0;
@@ -1812,6 +1846,19 @@ pub(crate) fn update<A, B: Copy>(
 /// shapes match.
 fn zero_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
     zero_shapes(dst, like.iter().map(|t| t.shape()));
+}
+
+/// Makes `dst` tensors shaped like `like`, reusing `dst`'s tensors where the
+/// shapes match (their values are stale).
+fn shape_like<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
+    dst.truncate(like.len());
+    for (i, x) in like.iter().enumerate() {
+        match dst.get_mut(i) {
+            Some(d) if d.shape() == x.shape() => {}
+            Some(d) => *d = Tensor::zeros(x.shape()),
+            None => dst.push(Tensor::zeros(x.shape())),
+        }
+    }
 }
 
 /// Makes `dst` zeros of the given shapes, reusing `dst`'s tensors where the

@@ -1070,3 +1070,81 @@ fn a_false_elementwise_claim_is_detected() {
         );
     }
 }
+
+/// A rule whose new state overflows where φ is well above 0.35:
+/// φ_j = φ − 0.1 g + exp(10⁴ (φ − 0.35)), e_j = e + 1; taken per tensor or
+/// flat (`flat`, its elementwise claim).
+struct Overflows {
+    flat: bool,
+}
+
+impl InnerRule for Overflows {
+    fn name(&self) -> String {
+        format!("overflows(flat={})", self.flat)
+    }
+    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        phi.to_vec()
+    }
+    fn elementwise(&self) -> bool {
+        self.flat
+    }
+    fn step<'t, T: Real>(
+        &self,
+        _t: &'t Tape<T>,
+        _j: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        // exp(10⁴ (φ − 0.35)) is tiny for φ ≤ 0.3 and ∞ in f64 at φ = 0.5.
+        RuleStep {
+            phi: phi
+                .iter()
+                .zip(grad)
+                .map(|(&p, &g)| p - g * 0.1 + (p.add_scalar(-0.35) * 1e4).exp())
+                .collect(),
+            extra: extra.iter().map(|&e| e.add_scalar(1.0)).collect(),
+        }
+    }
+}
+
+/// φ and the extra state, bit patterns concatenated.
+fn state_bits(s: &blo::State<f64>) -> Vec<u64> {
+    s.phi
+        .iter()
+        .chain(&s.extra)
+        .flat_map(|t| t.data().iter().map(|x| x.to_bits()))
+        .collect()
+}
+
+/// A step whose new state is not finite is a typed error naming step j and
+/// "inner state", and leaves the state as it was, bit for bit (φ and the
+/// extra state; per tensor and flat).
+#[test]
+fn a_non_finite_new_state_is_an_error_and_leaves_the_state_unchanged() {
+    for flat in [false, true] {
+        let p = Net {
+            inner: InnerLoop::rule(R, Overflows { flat }).unwrap(),
+        };
+        let th = theta(vec![]);
+        let mut ws = blo::InnerWorkspace::new();
+        let mut s = ws.initial_state(&p, &(), &th).unwrap();
+        // φ's largest element is 0.5 (W[0, 2]): the first step overflows.
+        let before = state_bits(&s);
+        let err = ws.step_in_place(&p, &(), 1, &th, &mut s).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BloError::NonFinite {
+                    what: "inner state",
+                    step: 1,
+                    ..
+                }
+            ),
+            "flat={flat}: {err}"
+        );
+        let after = state_bits(&s);
+        assert_eq!(before, after, "flat={flat}: the state changed");
+    }
+}
