@@ -10,13 +10,9 @@
 //! RAYON_NUM_THREADS=2 cargo run --release --example gemm_split
 //! ```
 
+use blo_examples::gemm_operands::{median, Operands};
 use std::time::Instant;
-use tape::gemm::{gemm, MatRef};
-
-fn median(mut t: Vec<f64>) -> f64 {
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
+use tape::gemm::gemm;
 
 fn main() {
     // (name, m, k, n, A transposed, B transposed)
@@ -41,18 +37,8 @@ fn main() {
         rayon::current_num_threads()
     );
     for (name, m, k, n, at, bt) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
-        let av = if at {
-            MatRef::row_major(&a, k, m).t()
-        } else {
-            MatRef::row_major(&a, m, k)
-        };
-        let bv = if bt {
-            MatRef::row_major(&b, n, k).t()
-        } else {
-            MatRef::row_major(&b, k, n)
-        };
+        let ops = Operands::new(m, k, n, at, bt);
+        let (av, bv) = ops.views();
         let mut c = vec![0.0f32; m * n];
         let reps = (40_000_000 / (m * k * n)).clamp(3, 50);
         let mut call = || {
@@ -63,7 +49,7 @@ fn main() {
             t.elapsed().as_secs_f64() / reps as f64
         };
         call();
-        let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+        let gf = |s: f64| ops.gflops(s);
         let per_round: Vec<f64> = (0..rounds)
             .map(|_| median((0..9).map(|_| call()).collect()))
             .collect();

@@ -11,16 +11,9 @@
 //! TAPE_KERNELS=avx2 cargo run --release --example gemm_vs_mm
 //! ```
 
+use blo_examples::gemm_operands::{median, Operands};
 use std::time::Instant;
-use tape::gemm::{gemm, MatRef};
-
-fn median(mut t: Vec<f64>) -> f64 {
-    if t.is_empty() {
-        return f64::NAN;
-    }
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
+use tape::gemm::gemm;
 
 fn main() {
     // (name, m, k, n, A transposed, B transposed)
@@ -44,18 +37,9 @@ fn main() {
         if !name.starts_with(only.as_str()) {
             continue;
         }
-        let a: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
-        let av = if at {
-            MatRef::row_major(&a, k, m).t()
-        } else {
-            MatRef::row_major(&a, m, k)
-        };
-        let bv = if bt {
-            MatRef::row_major(&b, n, k).t()
-        } else {
-            MatRef::row_major(&b, k, n)
-        };
+        let ops = Operands::new(m, k, n, at, bt);
+        let (av, bv) = ops.views();
+        let (a, b) = (&ops.a, &ops.b);
         let mut c = vec![0.0f32; m * n];
         let reps = (20_000_000 / (m * k * n)).clamp(1, 50);
         let mut ours = || {
@@ -103,7 +87,7 @@ fn main() {
         theirs();
         let t_mm: Vec<f64> = (0..runs("mm")).map(|_| theirs()).collect();
         let (o, t) = (median(t_ours), median(t_mm));
-        let gf = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+        let gf = |s: f64| ops.gflops(s);
         println!(
             "{name:24} [{m}, {k}]·[{k}, {n}]: ours {:8.1} µs ({:5.1} GFLOP/s), matrixmultiply {:8.1} µs ({:5.1} GFLOP/s), ours/mm {:.2}",
             o * 1e6,

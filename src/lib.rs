@@ -10,6 +10,7 @@ pub mod counterexample;
 pub mod distributed;
 pub mod dyn_estimator;
 pub mod fewshot;
+pub mod gemm_operands;
 pub mod hyperopt;
 pub mod maml_sine;
 pub mod stats;
