@@ -14,7 +14,7 @@
 //! | `grid.rs` | the portable family's micro-kernel for `packed.rs`: a grid of scalar accumulators the compiler vectorises for the baseline target (SSE2, NEON) | reading packed slivers, writing a tile of `C` |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
-//! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for AVX-512F / AVX2 (same bits) | calling `#[target_feature]` functions |
+//! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
 //! | `update.rs` | [`all_finite`] and [`sub_scaled`] (an SGD step) over long slices, compiled for the active family's vector width | — |

@@ -34,7 +34,7 @@ pub(crate) fn add_rows<T: Real>(acc: &mut [T], rows: &[T], fresh: bool) {
     if n == 0 {
         return;
     }
-    super::wide::run(|| sum(acc, rows, fresh));
+    super::wide::wide!(sum<T: Real>(acc: &mut [T], rows: &[T], fresh: bool) -> ())
 }
 
 /// The sums: blocks of [`BLOCK`] columns, then of 8, then single columns,

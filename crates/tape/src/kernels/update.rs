@@ -22,7 +22,7 @@ use crate::real::Float;
 /// assert!(all_finite::<f32>(&[]));
 /// ```
 pub fn all_finite<T: Float>(x: &[T]) -> bool {
-    super::wide::run(|| finite(x))
+    super::wide::wide!(finite<T: Float>(x: &[T]) -> bool)
 }
 
 /// `x_i ← x_i − a·g_i` for every `i` (an SGD step with rate `a`), the
@@ -46,7 +46,7 @@ pub fn sub_scaled<T: Float>(x: &mut [T], g: &[T], a: T) {
         x.len(),
         g.len()
     );
-    super::wide::run(|| sub(x, g, a));
+    super::wide::wide!(sub<T: Float>(x: &mut [T], g: &[T], a: T) -> ())
 }
 
 /// The finiteness test, in blocks of 256 (a non-finite element stops the

@@ -23,9 +23,8 @@
 //! give the same bits on every CPU and for every thread count.
 //!
 //! # Soundness
-//! The only `unsafe` is calling the slice loop compiled with
-//! `#[target_feature]`, after `is_x86_feature_detected!` said yes in the
-//! same function.
+//! No `unsafe` here: `wide.rs`'s [`super::wide::wide!`] compiles the slice
+//! loop for the family's width.
 
 // fdlibm's constants, digits as published.
 #![allow(clippy::excessive_precision)]
@@ -108,7 +107,8 @@ pub(crate) fn softplus_sigmoid_f32(x: f32) -> (f32, f32) {
 macro_rules! slice_fn {
     ($name:ident, $t:ty, $scalar:ident) => {
         /// `sp[i], s[i] = softplus(xs[i]), σ(xs[i])`, bit for bit the scalar
-        /// function's, vectorised (AVX-512F or AVX2 when the CPU has them).
+        /// function's, vectorised for the active family's width
+        /// ([`super::wide::wide!`]: AVX-512F, AVX2 or the baseline).
         ///
         /// # Panics
         /// If the three lengths differ.
@@ -128,30 +128,7 @@ macro_rules! slice_fn {
                     *si = b;
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            {
-                /// [`body`] compiled with AVX-512F.
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512(xs: &[$t], sp: &mut [$t], s: &mut [$t]) {
-                    body(xs, sp, s)
-                }
-                /// [`body`] compiled with AVX2.
-                #[target_feature(enable = "avx2")]
-                unsafe fn avx2(xs: &[$t], sp: &mut [$t], s: &mut [$t]) {
-                    body(xs, sp, s)
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F was detected just above.
-                    unsafe { avx512(xs, sp, s) };
-                    return;
-                }
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 was detected just above.
-                    unsafe { avx2(xs, sp, s) };
-                    return;
-                }
-            }
-            body(xs, sp, s)
+            super::wide::wide!(body<>(xs: &[$t], sp: &mut [$t], s: &mut [$t]) -> ())
         }
     };
 }
