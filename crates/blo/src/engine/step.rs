@@ -17,6 +17,7 @@ use std::cell::Ref;
 
 use hvp::{Leaves, Pass, Seed, Workspace};
 use smallvec::SmallVec;
+use tape::kernels::all_finite;
 use tape::{Dual, Float, Real, Shape, Tensor};
 
 use crate::engine::sweep::SweepBuffers;
@@ -170,15 +171,10 @@ pub(crate) fn non_finite(what: &'static str, step: usize) -> BloError {
     }
 }
 
-/// Whether every element is finite. A branch-free fold per block of 256 (it
-/// vectorises, unlike a short-circuiting `all`), stopping at the first bad block.
-fn all_finite<T: Real>(x: &[T]) -> bool {
-    x.chunks(256)
-        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
-}
-
-/// Whether every element of every tensor is finite.
-pub(crate) fn tensors_finite<'a, T: Real + 'a>(
+/// Whether every element of every tensor is finite
+/// ([`tape::kernels::all_finite`]: a branch-free check per block of 256 at the
+/// kernel family's vector width).
+pub(crate) fn tensors_finite<'a, T: Float + 'a>(
     ts: impl IntoIterator<Item = &'a Tensor<T>>,
 ) -> bool {
     ts.into_iter().all(|t| all_finite(t.data()))
@@ -284,7 +280,7 @@ impl<F: Float> InnerWorkspace<F> {
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
         // The two passes over the whole state run at the family's vector
         // width (`tape::kernels::update`; the plain loops' bits).
-        if !grads.iter().flatten().all(|g| tape::kernels::all_finite(g)) {
+        if !grads.iter().flatten().all(|g| all_finite(g)) {
             return Err(non_finite("inner gradient", j));
         }
         let grads = grads.iter().map(|g| g.as_deref());
@@ -1661,7 +1657,7 @@ fn flat_buffer<F: Float>(dst: &mut Vec<Tensor<F>>, n: usize) {
 
 /// Copies `src` into `dst` (`None`, a structural zero, as zeros) and returns
 /// whether every copied element is finite: one pass, a branch-free check per
-/// block of 256 (as [`all_finite`]).
+/// block of 256 ([`all_finite`]).
 fn copy_finite<F: Float>(dst: &mut [F], src: Option<&[F]>) -> bool {
     match src {
         Some(src) => {
