@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side by side: time each benchmark config in JAX and in this project, print ours / JAX.
 
-    python3 bench/compare.py [--rounds N] [--pin CPU] [--json] CONFIG [CONFIG ...]
+    python3 bench/compare.py [--rounds N] [--pin CPU] [--family F] [--json] CONFIG [CONFIG ...]
 
 Run from anywhere inside the repository (it finds the root from its own path).
 Every round runs, for each config, the JAX workload (bench/jax_workloads.py)
@@ -30,9 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAX = [sys.executable, os.path.join(ROOT, "bench", "jax_workloads.py")]
 
 
-def json_line(cmd):
-    """Runs cmd and returns its last stdout line that parses as a JSON object."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def json_line(cmd, env=None):
+    """Runs cmd (with env added to this process's environment) and returns its
+    last stdout line that parses as a JSON object."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=None if not env else {**os.environ, **env})
     if proc.returncode != 0:
         sys.exit(f"compare.py: `{' '.join(cmd)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     for line in reversed(proc.stdout.splitlines()):
@@ -71,19 +73,34 @@ TWINS = {
 }
 
 
+# `--family F`: the instruction sets both sides may use, so one machine can stand
+# for another kind. Ours: TAPE_KERNELS (our kernel family). JAX: oneDNN's ISA cap
+# (its matrix products; ONEDNN_VERBOSE=1 prints the ISA it dispatched to) and
+# XLA's LLVM code generation cap (its fused elementwise code). On an AVX-512
+# machine, `--family avx2` measures what an AVX2+FMA machine would run.
+FAMILIES = {
+    "avx512": ({"TAPE_KERNELS": "avx512"}, {}),
+    "avx2": ({"TAPE_KERNELS": "avx2"},
+             {"ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}),
+    "portable": ({"TAPE_KERNELS": "portable"},
+                 {"ONEDNN_MAX_CPU_ISA": "SSE41", "XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"}),
+}
+
+
 def hand_twin(config):
     """The hand-path config computing the same numbers as `config`, or None."""
     head, _, mode = config.rpartition(":")
     return f"{head}:{TWINS[mode][0]}" if mode in TWINS else None
 
 
-def measure(ours_cmd, config, rounds, pin):
+def measure(ours_cmd, config, rounds, pin, family=None):
+    ours_env, jax_env = FAMILIES[family] if family else ({}, {})
     prefix = ["taskset", "-c", pin] if pin is not None else []
     jax_config = hand_twin(config) or config
     ours, jax, ratios = [], [], []
     for _ in range(rounds):
-        j = json_line(prefix + JAX + [jax_config])
-        o = json_line(prefix + ours_cmd + [config])
+        j = json_line(prefix + JAX + [jax_config], jax_env)
+        o = json_line(prefix + ours_cmd + [config], ours_env)
         jax.append(j)
         ours.append(o)
         ratios.append(o["median_ms"] / j["median_ms"])
@@ -109,6 +126,7 @@ def measure(ours_cmd, config, rounds, pin):
         "jax_grad_norm": jax[-1].get("grad_norm"),
         "ours_threads": ours[-1].get("rayon_threads"),
         "ours_kernel_family": ours[-1].get("kernel_family"),
+        "jax_env": jax_env,
         "ratios": ratios,
         # Share of this machine's FMA peak (see examples/bench.rs `fma_peak`),
         # median over rounds, where our runner reports one.
@@ -138,6 +156,9 @@ def table(rows):
     lines.append("ratio < 1: we are faster; ours MiB = our process's peak RSS, jax MiB = JAX's peak over its timed calls")
     families = sorted({r["ours_kernel_family"] or "-" for r in rows})
     lines.append(f"our small-product kernel family: {', '.join(families)} (TAPE_KERNELS=portable|avx2|avx512 forces one)")
+    caps = sorted({" ".join(f"{k}={v}" for k, v in r["jax_env"].items()) for r in rows if r["jax_env"]})
+    if caps:
+        lines.append(f"JAX's instruction sets capped by: {'; '.join(caps)}")
     lines.append("ours/jax per round: " + "; ".join(
         f"{r['config']} " + " ".join(f"{x:.2f}" for x in r["ratios"]) for r in rows))
     for r in rows:
@@ -172,6 +193,9 @@ def main(argv):
     ap.add_argument("configs", nargs="+", metavar="CONFIG")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per config (default 3)")
     ap.add_argument("--pin", metavar="CPU", help="run both sides under `taskset -c CPU`")
+    ap.add_argument("--family", choices=sorted(FAMILIES),
+                    help="force our kernel family (TAPE_KERNELS) and cap JAX's instruction sets to match "
+                         "(oneDNN and XLA), so one machine measures another kind")
     ap.add_argument("--json", action="store_true", help="one JSON line per config instead of the table")
     args = ap.parse_args(argv)
     if args.rounds < 1:
@@ -183,7 +207,7 @@ def main(argv):
     ours = [build_runner()]
     rows = []
     for config in args.configs:
-        rows.append(measure(ours, config, args.rounds, args.pin))
+        rows.append(measure(ours, config, args.rounds, args.pin, args.family))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:
