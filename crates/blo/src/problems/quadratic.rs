@@ -312,6 +312,26 @@ impl Problem<f64> for Quadratic {
         (y * (ay * 0.5 + bx + a)).sum()
     }
 
+    /// g(x, y) − g(x, z) with B x and the constants recorded once: the
+    /// forward values are those of two [`Problem::inner_loss`] calls, bit for
+    /// bit; the gradient over x takes one product Bᵀ(ḡ_y + ḡ_z) instead of
+    /// two (a rounding difference).
+    fn inner_loss_gap<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        _task: &(),
+        _step: usize,
+        theta: &[Var<'t, T>],
+        y: &[Var<'t, T>],
+        z: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        let a = tape.constant_shared(&self.a);
+        let bx = tape.constant_shared(&self.b).matmul(col(theta[0]));
+        let a_vec = tape.constant_base(&self.a_vec);
+        let g = |y: Var<'t, T>| (y * (a.matmul(y) * 0.5 + bx + a_vec)).sum();
+        g(col(y[0])) - g(col(z[0]))
+    }
+
     /// f(x, y) = ½ yᵀC y + cᵀy + ½ xᵀD x + dᵀx.
     fn outer_loss<'t, T: Real<Base = f64>>(
         &self,
