@@ -66,6 +66,45 @@ pub trait Problem<F: Float>: Sync {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T>;
 
+    /// g(θ, y; τ, step) − g(θ, z; τ, step) for two inner states y and z
+    /// shaped like φ: the gap in F2SA's penalty (docs/math.md §11). The
+    /// default records [`Problem::inner_loss`] twice; a problem may record it
+    /// once, sharing what does not depend on the inner state (a product
+    /// B·θ, or one product of the data with the columns [y z]). An override
+    /// must equal the default up to rounding.
+    ///
+    /// ```
+    /// use blo::{InnerLoop, Problem};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// struct Sq { inner: InnerLoop }
+    /// impl Problem<f64> for Sq {
+    ///     type Task = ();
+    ///     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    ///     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, _: &(), _j: usize,
+    ///         theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         ((phi[0] - theta[0]).square() * 0.5).sum()
+    ///     }
+    ///     fn outer_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, _: &(),
+    ///         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { phi[0].sum() }
+    /// }
+    /// let p = Sq { inner: InnerLoop::sgd(1, 0.5).unwrap() };
+    /// let t = Tape::<f64>::new();
+    /// let v = |x: f64| t.var(&Tensor::vector(vec![x]));
+    /// // ½(3 − 1)² − ½(2 − 1)² = 1.5
+    /// assert_eq!(p.inner_loss_gap(&t, &(), 1, &[v(1.0)], &[v(3.0)], &[v(2.0)]).item(), 1.5);
+    /// ```
+    fn inner_loss_gap<'t, T: Real<Base = F>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &Self::Task,
+        step: usize,
+        theta: &[Var<'t, T>],
+        y: &[Var<'t, T>],
+        z: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.inner_loss(tape, task, step, theta, y) - self.inner_loss(tape, task, step, theta, z)
+    }
+
     /// φ_0 = Φ_0(θ), recorded on `tape` so that (∂Φ_0/∂θ)ᵀ u is one VJP.
     /// The default is MAML's φ_0 = θ (every θ tensor is a φ tensor).
     /// Hyperparameter search returns constants (a fixed start); Meta-SGD

@@ -152,6 +152,27 @@ impl Problem<f64> for L2Logreg {
         margins.softplus().mean() + (theta[0].exp() * phi[0].square()).sum() * 0.5
     }
 
+    /// g(θ, y) − g(θ, z) as one mean of the per-sample differences
+    /// softplus(x_iᵀy) − softplus(x_iᵀz) (one reduction instead of two) and
+    /// e^θ recorded once. (One two-column product X·[y z] instead of the two
+    /// matrix-vector products cost more instructions: the two-column kernel
+    /// transposes the row-major batch by blocks.)
+    fn inner_loss_gap<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        _task: &(),
+        step: usize,
+        theta: &[Var<'t, T>],
+        y: &[Var<'t, T>],
+        z: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        let batch = tape.constant_shared(&self.train[(step.max(1) - 1) % self.train.len()]);
+        let losses = |y: Var<'t, T>| batch.matmul(col(y)).softplus();
+        let e = theta[0].exp();
+        let ridge = |y: Var<'t, T>| (e * y.square()).sum() * 0.5;
+        (losses(y[0]) - losses(z[0])).mean() + ridge(y[0]) - ridge(z[0])
+    }
+
     /// Mean logistic loss on the validation set.
     fn outer_loss<'t, T: Real<Base = f64>>(
         &self,

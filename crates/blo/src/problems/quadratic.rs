@@ -1,6 +1,6 @@
 //! The quadratic bilevel problem with a closed-form value function.
 
-use tape::{Real, Tape, Tensor, Var};
+use tape::{Constant, Real, Tape, Tensor, Var};
 
 use super::{col, normals, rng, spd_solve};
 use crate::error::BloError;
@@ -37,12 +37,14 @@ use crate::problem::{InnerLoop, Problem};
 pub struct Quadratic {
     n: usize,
     p: usize,
-    a: Tensor<f64>,
-    b: Tensor<f64>,
+    /// A, B, C, D are shared with the tapes: each pass reads them in place
+    /// ([`Tape::constant_shared`]) instead of copying them into the arena.
+    a: Constant<f64>,
+    b: Constant<f64>,
     a_vec: Tensor<f64>,
-    c: Tensor<f64>,
+    c: Constant<f64>,
     c_vec: Tensor<f64>,
-    d: Tensor<f64>,
+    d: Constant<f64>,
     d_vec: Tensor<f64>,
     inner: InnerLoop,
     theta_star: Vec<f64>,
@@ -105,12 +107,12 @@ impl Quadratic {
         let mut q = Quadratic {
             n,
             p,
-            a: Tensor::new([p, p], a),
-            b: Tensor::new([p, n], b),
+            a: Constant::new(Tensor::new([p, p], a)),
+            b: Constant::new(Tensor::new([p, n], b)),
             a_vec: Tensor::new([p, 1], a_vec),
-            c: Tensor::new([p, p], c),
+            c: Constant::new(Tensor::new([p, p], c)),
             c_vec: Tensor::new([p, 1], c_vec),
-            d: Tensor::new([n, n], d),
+            d: Constant::new(Tensor::new([n, n], d)),
             d_vec: Tensor::new([n, 1], d_vec),
             inner,
             theta_star: Vec::new(),
@@ -132,7 +134,12 @@ impl Quadratic {
 
     /// The matrices (A, B, C, D) row-major: A, C are p×p, B is p×n, D is n×n.
     pub fn matrices(&self) -> [&[f64]; 4] {
-        [self.a.data(), self.b.data(), self.c.data(), self.d.data()]
+        [
+            self.a.value().data(),
+            self.b.value().data(),
+            self.c.value().data(),
+            self.d.value().data(),
+        ]
     }
 
     /// The vectors (a, c, d).
@@ -147,7 +154,7 @@ impl Quadratic {
 
     /// −A⁻¹ w.
     fn neg_a_inv(&self, w: &[f64]) -> Vec<f64> {
-        spd_solve(self.a.data(), self.p, w)
+        spd_solve(self.a.value().data(), self.p, w)
             .expect("A = I/2 + XᵀX/m is positive definite")
             .into_iter()
             .map(|x| -x)
@@ -156,7 +163,7 @@ impl Quadratic {
 
     /// y*(x) = −A⁻¹(Bx + a).
     pub fn phi_star(&self, theta: &[f64]) -> Vec<f64> {
-        let mut w = matvec(self.b.data(), self.p, self.n, theta);
+        let mut w = matvec(self.b.value().data(), self.p, self.n, theta);
         for (wi, ai) in w.iter_mut().zip(self.a_vec.data()) {
             *wi += ai;
         }
@@ -165,7 +172,7 @@ impl Quadratic {
 
     /// v*(y) = −A⁻¹(C y + c), the solution of H v = −∇_y f.
     pub fn v_star(&self, phi: &[f64]) -> Vec<f64> {
-        let mut w = matvec(self.c.data(), self.p, self.p, phi);
+        let mut w = matvec(self.c.value().data(), self.p, self.p, phi);
         for (wi, ci) in w.iter_mut().zip(self.c_vec.data()) {
             *wi += ci;
         }
@@ -174,8 +181,8 @@ impl Quadratic {
 
     /// ∇_y g(x, y) = A y + B x + a.
     pub fn grad_inner_phi(&self, theta: &[f64], phi: &[f64]) -> Vec<f64> {
-        let ay = matvec(self.a.data(), self.p, self.p, phi);
-        let bx = matvec(self.b.data(), self.p, self.n, theta);
+        let ay = matvec(self.a.value().data(), self.p, self.p, phi);
+        let bx = matvec(self.b.value().data(), self.p, self.n, theta);
         (0..self.p)
             .map(|i| ay[i] + bx[i] + self.a_vec.data()[i])
             .collect()
@@ -183,12 +190,12 @@ impl Quadratic {
 
     /// ∇_x g(x, y) = Bᵀ y.
     pub fn grad_inner_theta(&self, phi: &[f64]) -> Vec<f64> {
-        matvec_t(self.b.data(), self.p, self.n, phi)
+        matvec_t(self.b.value().data(), self.p, self.n, phi)
     }
 
     /// ∇_y f(x, y) = C y + c.
     pub fn grad_outer_phi(&self, phi: &[f64]) -> Vec<f64> {
-        let cy = matvec(self.c.data(), self.p, self.p, phi);
+        let cy = matvec(self.c.value().data(), self.p, self.p, phi);
         cy.iter()
             .zip(self.c_vec.data())
             .map(|(a, b)| a + b)
@@ -197,7 +204,7 @@ impl Quadratic {
 
     /// ∇_x f(x, y) = D x + d.
     pub fn grad_outer_theta(&self, theta: &[f64]) -> Vec<f64> {
-        let dx = matvec(self.d.data(), self.n, self.n, theta);
+        let dx = matvec(self.d.value().data(), self.n, self.n, theta);
         dx.iter()
             .zip(self.d_vec.data())
             .map(|(a, b)| a + b)
@@ -206,18 +213,18 @@ impl Quadratic {
 
     /// H_yy v = A v.
     pub fn hvp(&self, v: &[f64]) -> Vec<f64> {
-        matvec(self.a.data(), self.p, self.p, v)
+        matvec(self.a.value().data(), self.p, self.p, v)
     }
 
     /// H_xy v = Bᵀ v.
     pub fn mixed(&self, v: &[f64]) -> Vec<f64> {
-        matvec_t(self.b.data(), self.p, self.n, v)
+        matvec_t(self.b.value().data(), self.p, self.n, v)
     }
 
     /// f(x, y).
     pub fn outer_value(&self, theta: &[f64], phi: &[f64]) -> f64 {
-        let cy = matvec(self.c.data(), self.p, self.p, phi);
-        let dx = matvec(self.d.data(), self.n, self.n, theta);
+        let cy = matvec(self.c.value().data(), self.p, self.p, phi);
+        let dx = matvec(self.d.value().data(), self.n, self.n, theta);
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         0.5 * dot(phi, &cy)
             + dot(self.c_vec.data(), phi)
@@ -259,15 +266,15 @@ impl Quadratic {
         let (n, p) = (self.n, self.p);
         // K = −A⁻¹B column by column; S = KᵀCK + D; rhs = Kᵀ(C k₀ + c) + d.
         let bcols: Vec<Vec<f64>> = (0..n)
-            .map(|j| (0..p).map(|i| self.b.data()[i * n + j]).collect())
+            .map(|j| (0..p).map(|i| self.b.value().data()[i * n + j]).collect())
             .collect();
         let kcols: Vec<Vec<f64>> = bcols.iter().map(|b| self.neg_a_inv(b)).collect();
         let ckcols: Vec<Vec<f64>> = kcols
             .iter()
-            .map(|k| matvec(self.c.data(), p, p, k))
+            .map(|k| matvec(self.c.value().data(), p, p, k))
             .collect();
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        let mut s = self.d.data().to_vec();
+        let mut s = self.d.value().data().to_vec();
         for i in 0..n {
             for j in 0..n {
                 s[i * n + j] += dot(&kcols[i], &ckcols[j]);
@@ -299,10 +306,30 @@ impl Problem<f64> for Quadratic {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         let (x, y) = (col(theta[0]), col(phi[0]));
-        let ay = tape.constant_base(&self.a).matmul(y);
-        let bx = tape.constant_base(&self.b).matmul(x);
+        let ay = tape.constant_shared(&self.a).matmul(y);
+        let bx = tape.constant_shared(&self.b).matmul(x);
         let a = tape.constant_base(&self.a_vec);
         (y * (ay * 0.5 + bx + a)).sum()
+    }
+
+    /// g(x, y) − g(x, z) with B x and the constants recorded once: the
+    /// forward values are those of two [`Problem::inner_loss`] calls, bit for
+    /// bit; the gradient over x takes one product Bᵀ(ḡ_y + ḡ_z) instead of
+    /// two (a rounding difference).
+    fn inner_loss_gap<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        _task: &(),
+        _step: usize,
+        theta: &[Var<'t, T>],
+        y: &[Var<'t, T>],
+        z: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        let a = tape.constant_shared(&self.a);
+        let bx = tape.constant_shared(&self.b).matmul(col(theta[0]));
+        let a_vec = tape.constant_base(&self.a_vec);
+        let g = |y: Var<'t, T>| (y * (a.matmul(y) * 0.5 + bx + a_vec)).sum();
+        g(col(y[0])) - g(col(z[0]))
     }
 
     /// f(x, y) = ½ yᵀC y + cᵀy + ½ xᵀD x + dᵀx.
@@ -314,8 +341,8 @@ impl Problem<f64> for Quadratic {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         let (x, y) = (col(theta[0]), col(phi[0]));
-        let cy = tape.constant_base(&self.c).matmul(y);
-        let dx = tape.constant_base(&self.d).matmul(x);
+        let cy = tape.constant_shared(&self.c).matmul(y);
+        let dx = tape.constant_shared(&self.d).matmul(x);
         let c = tape.constant_base(&self.c_vec);
         let d = tape.constant_base(&self.d_vec);
         (y * (cy * 0.5 + c)).sum() + (x * (dx * 0.5 + d)).sum()

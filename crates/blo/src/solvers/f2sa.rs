@@ -103,7 +103,7 @@ impl Penalty {
 /// The y step shrinks like 1/λ because the y-problem's curvature grows like
 /// λ. All three gradients are one reverse pass of L_λ over (θ, y, z):
 /// ∇_θ L_λ = D_θ, ∇_y L_λ and ∇_z L_λ = −λ∇_z g. Cost: 3 gradient-equivalents
-/// (the pass records f and g twice). y_0 = z_0 = Φ_0(θ_0).
+/// (the pass records f and the gap g(y) − g(z), [`Problem::inner_loss_gap`]). y_0 = z_0 = Φ_0(θ_0).
 ///
 /// ```
 /// use blo::solvers::{F2sa, Penalty, StepSize};
@@ -150,7 +150,9 @@ impl F2sa {
 }
 
 /// L_λ(θ, y, z) = f(θ, y) + λ(g(θ, y; j) − g(θ, z; j)) as an [`hvp::Objective`]
-/// over the inputs θ₁..θ_a, y₁..y_b, z₁..z_b.
+/// over the inputs θ₁..θ_a, y₁..y_b, z₁..z_b; the gap g(y) − g(z) is the
+/// problem's [`Problem::inner_loss_gap`] (one recording where the problem
+/// shares the part that does not depend on the inner state).
 pub struct PenaltyObjective<'a, F: Float, P: Problem<F>> {
     problem: &'a P,
     task: &'a P::Task,
@@ -198,9 +200,10 @@ impl<F: Float, P: Problem<F>> hvp::Objective<F> for PenaltyObjective<'_, F, P> {
         let (th, rest) = x.split_at(a);
         let (y, z) = rest.split_at(b);
         let f = self.problem.outer_loss(tape, self.task, th, y);
-        let gy = self.problem.inner_loss(tape, self.task, self.j, th, y);
-        let gz = self.problem.inner_loss(tape, self.task, self.j, th, z);
-        f + (gy - gz) * self.lambda
+        let gap = self
+            .problem
+            .inner_loss_gap(tape, self.task, self.j, th, y, z);
+        f + gap * self.lambda
     }
 }
 

@@ -4,6 +4,7 @@
 //! the exact estimator's, bad input, checkpoint/resume and thread counts.
 
 use blo::problems::{HyperCleaning, L2Logreg, Quadratic};
+use blo::solvers::f2sa::PenaltyObjective;
 use blo::solvers::{
     inner_products, load_state, save_state, Amigo, Bome, F2sa, Penalty, Soba, Solver, SolverState,
     SolverWorkspace, StepSize, Work,
@@ -246,6 +247,85 @@ fn f2sa_step_matches_the_closed_form() {
         rel(s.theta[0].data(), &axpy(th, -gamma, &d_theta)) < 1e-12,
         "θ"
     );
+}
+
+/// A problem with `P`'s losses but the default [`Problem::inner_loss_gap`]
+/// (two [`Problem::inner_loss`] recordings).
+struct TwoRecordings<P>(P);
+
+impl<P: Problem<f64, Task = ()>> Problem<f64> for TwoRecordings<P> {
+    type Task = ();
+    fn inner_loop(&self) -> &InnerLoop {
+        self.0.inner_loop()
+    }
+    fn inner_loss<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &(),
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.inner_loss(tape, task, j, theta, phi)
+    }
+    fn outer_loss<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &(),
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.outer_loss(tape, task, theta, phi)
+    }
+    fn initial_state<'t, T: Real<Base = f64>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &(),
+        theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        self.0.initial_state(tape, task, theta)
+    }
+}
+
+/// F2SA's penalty L_λ and its three gradients at (θ, y, z) = `x`, index j.
+fn penalty<P: Problem<f64, Task = ()>>(p: &P, j: usize, x: &[Tensor<f64>]) -> Vec<Vec<f64>> {
+    let obj = PenaltyObjective::new(p, &(), j, 7.5, 1, 1);
+    let (l, g) = hvp::value_and_grad(&obj, x);
+    let mut out = vec![vec![l]];
+    out.extend(g.iter().map(|t| t.data().to_vec()));
+    out
+}
+
+/// The problems' one-recording gaps g(θ, y) − g(θ, z) against the default's
+/// two recordings, through F2SA's penalty (value and the gradients over θ, y
+/// and z) at random points, to rounding (B x shared; one mean of the
+/// differences), on each minibatch j.
+#[test]
+fn inner_loss_gaps_equal_two_inner_losses() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let q = quad(4);
+    let (n, p) = q.dims();
+    let x: Vec<Tensor<f64>> = [n, p, p]
+        .iter()
+        .map(|&k| Tensor::vector(randn(&mut rng, k)))
+        .collect();
+    let close = |one: Vec<Vec<f64>>, two: Vec<Vec<f64>>, what: &str| {
+        for (a, b) in one.iter().zip(&two) {
+            assert!(rel(a, b) < 1e-13, "{what}: {a:?} vs {b:?}");
+        }
+    };
+    let two = TwoRecordings(q.clone());
+    close(penalty(&q, 1, &x), penalty(&two, 1, &x), "quadratic");
+    let lr = L2Logreg::generate(6, 3, 40, 30, 4, 1).unwrap();
+    let x: Vec<Tensor<f64>> = (0..3).map(|_| Tensor::vector(randn(&mut rng, 6))).collect();
+    let two = TwoRecordings(lr.clone());
+    for j in 1..=4 {
+        close(
+            penalty(&lr, j, &x),
+            penalty(&two, j, &x),
+            &format!("logreg, j = {j}"),
+        );
+    }
 }
 
 #[test]
