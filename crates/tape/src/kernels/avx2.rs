@@ -14,10 +14,16 @@
 //! portable-loop fallback has no fused operations (Rust never contracts
 //! `a * b + c`), so it gives the portable loop's bits.
 //!
-//! Register blocks (16 `ymm` registers): up to four rows by two vectors for
-//! real products (8 accumulators, 2 vectors of B, a broadcast), four rows by one
-//! vector or two rows by two for duals (2·MR·NV accumulators, 2·NV parts of B
-//! and 2 broadcasts: at most 14). The masks of the edge vectors are integer vectors
+//! Register blocks (16 `ymm` registers): up to five rows by two vectors or
+//! eight rows by one for real products (10 or 8 accumulators, the vectors of
+//! B, a broadcast), four rows by one vector or two rows by two for duals
+//! (2·MR·NV accumulators, 2·NV parts of B and 2 broadcasts: at most 14). A
+//! fused multiply-add has a latency of about 4 cycles and 2 issue per cycle,
+//! so a real block needs 8 independent accumulators to keep both units busy.
+//! The sine MLP's products have 10 or 40 rows and 40 columns (5 vectors):
+//! real blocks of 5 × 2 and 8 × 1 cover them with fewer latency-bound blocks
+//! than 4 × 2 and 4 × 1 did (dual blocks of 5 × 1 were measured slower than
+//! 4 × 1 / 2 × 2, so those stay). The masks of the edge vectors are integer vectors
 //! (`vmaskmovps/pd`): a masked-out lane is neither read nor written.
 
 use super::MatRef;
@@ -77,14 +83,14 @@ mod imp {
 
     isa!(
         /// The AVX2+FMA instruction set ([`Isa`](crate::kernels::simd::Isa)):
-        /// real blocks up to 4 rows × 2 vectors, dual 4 × 1 or 2 × 2.
+        /// real blocks up to 5 rows × 2 vectors or 8 × 1, dual 4 × 1 or 2 × 2.
         Avx2,
         features "avx2,fma",
         vec Avx2,
         available has_avx2_fma,
         pack_t pack_t,
         nv [2, 2],
-        mr [[4; 4], [4, 2, 2, 2]]
+        mr [[8, 5, 4, 4], [4, 2, 2, 2]]
     );
 
     /// `f32 × 8`.

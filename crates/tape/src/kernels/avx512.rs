@@ -9,8 +9,11 @@
 //! product adding `a.d·b.v + a.v·b.d` to the tangent accumulator, as `Dual`'s
 //! `Mul` and `AddAssign` do. So this family's bits are the portable loop's.
 //!
-//! Register blocks: up to four rows by four vectors (64 `f32` columns) for
-//! real products, three (two) rows by three (four) vectors for duals: at most
+//! Register blocks: for real products up to eight rows by one or two vectors,
+//! six by three, four by four (64 `f32` columns): at most 18 accumulators +
+//! NV vectors of B + a splat ≤ 32 registers (the sine MLP's 10-row products
+//! with 40 columns, 3 vectors, are two blocks of 6 + 4 rows instead of three
+//! of 4 + 4 + 2); three (two) rows by three (four) vectors for duals: at most
 //! 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32 registers.
 
 #[cfg(target_arch = "x86_64")]
@@ -30,7 +33,7 @@ mod imp {
 
     isa!(
         /// The AVX-512F instruction set ([`Isa`](crate::kernels::simd::Isa)):
-        /// real blocks up to 4 rows × 4 vectors; duals 3 × 3 or 2 × 4
+        /// real blocks up to 8 rows × 2 vectors, 6 × 3, 4 × 4; duals 3 × 3 or 2 × 4
         /// (2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32).
         Avx512,
         features "avx512f",
@@ -38,7 +41,7 @@ mod imp {
         available has_avx512,
         pack_t pack_t,
         nv [4, 4],
-        mr [[4; 4], [3, 3, 3, 2]]
+        mr [[8, 8, 6, 4], [3, 3, 3, 2]]
     );
 
     /// `f32 × 16`.

@@ -63,7 +63,12 @@ fn sum<T: Real>(acc: &mut [T], rows: &[T], fresh: bool) {
 fn block<T: Real, const W: usize>(acc: &mut [T], rows: &[T], j0: usize, fresh: bool) {
     let n = acc.len();
     let out = &mut acc[j0..j0 + W];
-    let mut s: [T; W] = std::array::from_fn(|j| if fresh { T::zero() } else { out[j] });
+    // A plain array and copy rather than `array::from_fn`, which the
+    // compiler left out of line (a call per block, in the profile).
+    let mut s = [T::zero(); W];
+    if !fresh {
+        s.copy_from_slice(out);
+    }
     for r in rows.chunks_exact(n) {
         let r = &r[j0..j0 + W];
         for j in 0..W {

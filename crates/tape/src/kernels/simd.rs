@@ -339,11 +339,22 @@ mod imp {
     ) {
         // SAFETY: this fn's contract: source rows j0 + t < n only, loads
         // masked to l0.. below k, destination rows l0 + s < k, stores masked
-        // to j0.. below n; addresses via `wrapping_add`.
+        // to j0.. below n; addresses via `wrapping_add`. A full tile (all T
+        // rows and columns in range, T = V::N) reads and writes whole vectors
+        // without masks: the same elements.
         unsafe {
             for j0 in (0..n).step_by(T) {
                 let jm = V::mask(n - j0);
                 for l0 in (0..k).step_by(T) {
+                    if j0 + T <= n && l0 + T <= k && T == V::N {
+                        let rows: [V::V; T] =
+                            std::array::from_fn(|t| V::load(src.wrapping_add((j0 + t) * cs + l0)));
+                        for (s, col) in tile(rows).into_iter().enumerate() {
+                            let to = dst.wrapping_add((l0 + s) * n + j0);
+                            to.cast::<V::V>().write_unaligned(col);
+                        }
+                        continue;
+                    }
                     let lm = V::mask(k - l0);
                     let rows: [V::V; T] = std::array::from_fn(|t| {
                         if j0 + t < n {
@@ -513,7 +524,8 @@ mod imp {
     /// Calls a panel kernel with its const sizes chosen from run-time ones:
     /// `dispatch!(f::<V>, full, nv, (args))` → `f::<V, FULL, NV>(args)`, and
     /// `dispatch!(f::<V>, full, mr, nv, (args))` → `f::<V, FULL, MR, NV>(args)`
-    /// (sizes 1..=4; larger values clamp to 4).
+    /// (NV 1..=4, larger values clamp to 4; MR 1..=8, larger values clamp to
+    /// 8).
     macro_rules! dispatch {
         ($f:ident::<$v:ty>, $full:expr, $($rest:tt)*) => {
             if $full {
@@ -535,7 +547,11 @@ mod imp {
                 1 => dispatch!(@sizes $f::<$($g),*, 1>, $nv, $args),
                 2 => dispatch!(@sizes $f::<$($g),*, 2>, $nv, $args),
                 3 => dispatch!(@sizes $f::<$($g),*, 3>, $nv, $args),
-                _ => dispatch!(@sizes $f::<$($g),*, 4>, $nv, $args),
+                4 => dispatch!(@sizes $f::<$($g),*, 4>, $nv, $args),
+                5 => dispatch!(@sizes $f::<$($g),*, 5>, $nv, $args),
+                6 => dispatch!(@sizes $f::<$($g),*, 6>, $nv, $args),
+                7 => dispatch!(@sizes $f::<$($g),*, 7>, $nv, $args),
+                _ => dispatch!(@sizes $f::<$($g),*, 8>, $nv, $args),
             }
         };
     }
@@ -622,6 +638,27 @@ mod imp {
                 V::load(p)
             } else {
                 V::load_masked(p, m)
+            }
+        }
+    }
+
+    /// Stores vector `v` of a panel of `NV` at `p`: a plain store when all
+    /// its lanes are in range (as [`load_v`]), else masked.
+    #[inline(always)]
+    unsafe fn store_v<V: Vectors, const FULL: bool, const NV: usize>(
+        p: *mut V::E,
+        x: V::V,
+        v: usize,
+        m: V::M,
+    ) {
+        // SAFETY: the caller's: `p` valid for writes of the lanes of `m`,
+        // which are all N lanes when FULL or v + 1 < NV (`Panels`); an
+        // unaligned write of a whole vector writes exactly those N lanes.
+        unsafe {
+            if FULL || v + 1 < NV {
+                p.cast::<V::V>().write_unaligned(x)
+            } else {
+                V::store_masked(p, x, m)
             }
         }
     }
@@ -807,9 +844,10 @@ mod imp {
                     let p = row.wrapping_add(v * V::N);
                     let mut out = V::mul(va, acc_r[v]);
                     if !beta_zero {
-                        out = V::add(out, V::mul(vb, V::load_masked(p, masks[v])));
+                        let c = load_v::<V, FULL, NV>(p, v, masks[v]);
+                        out = V::add(out, V::mul(vb, c));
                     }
-                    V::store_masked(p, out, masks[v]);
+                    store_v::<V, FULL, NV>(p, out, v, masks[v]);
                 }
             }
         }
