@@ -867,10 +867,59 @@ impl<T: Real> Tape<T> {
     /// differs from its output's element count.
     #[track_caller]
     pub fn backward_seeded(&self, seeds: &[(Var<'_, T>, &[T])]) {
-        for (out, _) in seeds {
+        let outs: SmallVec<[Var<'_, T>; 16]> = seeds.iter().map(|(v, _)| *v).collect();
+        for (out, cotangent) in seeds {
+            self.check_own(*out, "backward_seeded");
+            let shape = self.shape_of(*out);
+            if cotangent.len() != shape.numel() {
+                shape_panic(
+                    "backward_seeded",
+                    &[("output", shape)],
+                    format_args!("cotangent has {} elements", cotangent.len()),
+                );
+            }
+        }
+        self.backward_seeded_by(&outs, |k, g, add| {
+            if add {
+                g.iter_mut().zip(seeds[k].1).for_each(|(a, &b)| *a += b);
+            } else {
+                g.copy_from_slice(seeds[k].1);
+            }
+        });
+    }
+
+    /// [`Tape::backward_seeded`] with the cotangents written in place:
+    /// `seed(k, adjoint, add)` puts output `outs[k]`'s cotangent u_k into its
+    /// adjoint buffer (`add`: the output was seeded before, add u_k to it;
+    /// else overwrite it: the buffer holds stale values), so a cotangent held
+    /// in pieces (one per tensor of a concatenated output) needs no staging
+    /// copy.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = x * 3.0;
+    /// let (u0, u1) = ([1.0], [10.0]); // u = [1, 10] in two pieces
+    /// t.backward_seeded_by(&[y], |_, g, _| {
+    ///     g[..1].copy_from_slice(&u0);
+    ///     g[1..].copy_from_slice(&u1);
+    /// });
+    /// assert_eq!(x.grad().data(), &[3.0, 30.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If there is no output or an output is of another tape.
+    #[track_caller]
+    pub fn backward_seeded_by(
+        &self,
+        outs: &[Var<'_, T>],
+        mut seed: impl FnMut(usize, &mut [T], bool),
+    ) {
+        for out in outs {
             self.check_own(*out, "backward_seeded");
         }
-        let Some(root) = seeds.iter().map(|(v, _)| v.idx).max() else {
+        let Some(root) = outs.iter().map(|v| v.idx).max() else {
             panic!("backward_seeded: no seed")
         };
         let mut guard = self.inner.borrow_mut();
@@ -882,23 +931,11 @@ impl<T: Real> Tape<T> {
         }
         inner.has_adj.clear();
         inner.has_adj.resize(root as usize + 1, false);
-        for (out, cotangent) in seeds {
+        for (k, out) in outs.iter().enumerate() {
             let i = out.idx as usize;
-            let node = &inner.nodes[i];
-            if cotangent.len() != node.shape.numel() {
-                shape_panic(
-                    "backward_seeded",
-                    &[("output", node.shape)],
-                    format_args!("cotangent has {} elements", cotangent.len()),
-                );
-            }
-            let g = &mut inner.grads[node.range()];
-            if inner.has_adj[i] {
-                g.iter_mut().zip(*cotangent).for_each(|(a, &b)| *a += b);
-            } else {
-                g.copy_from_slice(cotangent);
-                inner.has_adj[i] = true;
-            }
+            let g = &mut inner.grads[inner.nodes[i].range()];
+            seed(k, g, inner.has_adj[i]);
+            inner.has_adj[i] = true;
         }
         let root = root as usize;
         inner.swept_from = Some(root as u32);

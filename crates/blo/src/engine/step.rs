@@ -135,10 +135,9 @@ pub struct InnerWorkspace<F: Float> {
 #[derive(Debug, Default)]
 struct Flat<F: Float> {
     segments: Segments,
-    /// φ_{j−1} concatenated (one `[N]` tensor).
+    /// φ_{j−1} concatenated (one `[N]` tensor; its values are stale, see
+    /// [`RuleSide`]).
     phi: Vec<Tensor<F>>,
-    /// ū_φ concatenated (one `[N]` tensor).
-    cot: Vec<Tensor<F>>,
 }
 
 /// The state as a rule's step sees it (docs/math.md §12, "Flat steps"): φ per tensor and
@@ -831,20 +830,12 @@ impl<F: Float> InnerWorkspace<F> {
         // affine in g records its step on the gradient pass's tape, over a
         // leaf of φ concatenated in place.
         let flat = self.prepare_flat(rule, j, theta, prev)?;
-        if flat {
-            flatten_into(&mut self.flat.cot, &cot.phi);
-        }
-        let mut fl = std::mem::take(&mut self.flat);
+        let fl = std::mem::take(&mut self.flat);
         let side = RuleSide {
             phi: if flat { &fl.phi } else { &prev.phi },
             parts: &prev.phi,
             extra: &prev.extra,
             segments: flat.then_some(&fl.segments),
-        };
-        let cot_phi = if flat {
-            std::mem::take(&mut fl.cot)
-        } else {
-            Vec::new()
         };
         let out = self.rule_adjoint_on(
             problem,
@@ -854,18 +845,16 @@ impl<F: Float> InnerWorkspace<F> {
             theta,
             prev,
             side,
-            flat.then_some(&cot_phi[..]),
             cot,
             g_theta,
             with_inner_loss,
         );
-        fl.cot = cot_phi;
         self.flat = fl;
         out
     }
 
     /// [`InnerWorkspace::rule_adjoint`] with the rule's side of the state
-    /// prepared (`cot_phi`: ū_φ concatenated for a flat step).
+    /// prepared.
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint_on<P: Problem<F>>(
         &mut self,
@@ -876,7 +865,6 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         prev: &State<F>,
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
@@ -886,7 +874,7 @@ impl<F: Float> InnerWorkspace<F> {
                 self.check_constant_coefficient(rule, j, theta, side)?;
                 self.checked = Some(rule.clone());
             }
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Set)?;
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             self.rule_dual(
                 problem,
                 task,
@@ -900,7 +888,7 @@ impl<F: Float> InnerWorkspace<F> {
             )?;
         } else if rule.affine_in_grad() {
             shape_like(&mut self.g, side.phi);
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Only)?;
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Only)?;
             self.rule_dual(
                 problem,
                 task,
@@ -912,7 +900,7 @@ impl<F: Float> InnerWorkspace<F> {
                 with_inner_loss,
                 true,
             )?;
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Check)?;
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Check)?;
             // ū_φ = a_φ + H w, H w kept from the dual pass (a_φ needed g_j).
             let mut hw = &self.hw[..];
             for u in &mut cot.phi {
@@ -923,9 +911,7 @@ impl<F: Float> InnerWorkspace<F> {
                 }
             }
         } else {
-            self.rule_grad_vjp(
-                problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta,
-            )?;
+            self.rule_grad_vjp(problem, task, rule, j, theta, prev, side, cot, g_theta)?;
             self.rule_dual(
                 problem,
                 task,
@@ -946,7 +932,7 @@ impl<F: Float> InnerWorkspace<F> {
 
     /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (g in
     /// `self.g`, the rule's side of the state `side`) with cotangent
-    /// ū_j = `cot` (its φ part concatenated in `cot_phi` for a flat step).
+    /// ū_j = `cot`.
     /// `Only`: a_g into `self.w`, nothing else. `Set`: a_g into `self.w`, and
     /// `Check`: a_g must equal `self.w`; both then add a_θ to `g_theta` and
     /// set `cot` to (a_φ, a_e).
@@ -961,14 +947,13 @@ impl<F: Float> InnerWorkspace<F> {
         j: usize,
         theta: &[Tensor<F>],
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
         mode: AdjointG,
     ) -> Result<(), BloError> {
         // For a_g alone, only g is differentiated.
         let all = mode != AdjointG::Only;
-        let cots = cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra);
+        let cots = (&cot.phi[..], &cot.extra[..]);
         // g = 0 unless checking a_g at g_j (`self.g`, from the dual pass).
         let g = (mode == AdjointG::Check).then_some(&self.g[..]);
         let (pass, vars) = rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, all, None);
@@ -1004,7 +989,6 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         prev: &State<F>,
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
     ) -> Result<(), BloError> {
@@ -1023,18 +1007,8 @@ impl<F: Float> InnerWorkspace<F> {
         let nt = theta.len();
         let vars = rule_inputs(t, pass.inputs(), nt, side.segments, prev, true, j)?;
         let out = record_rule(t, rule, j, nt, side, &vars)?;
-        {
-            let seeds: SmallVec<[(tape::Var<'_, F>, &[F]); 32]> = out
-                .phi
-                .iter()
-                .chain(&out.extra)
-                .zip(cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra))
-                .map(|(&y, u)| (y, u.data()))
-                .collect();
-            if !seeds.is_empty() {
-                t.backward_seeded(&seeds);
-            }
-        }
+        let outs: Leaves<'_, F> = out.phi.iter().chain(&out.extra).copied().collect();
+        sweep_from(t, &outs, side.segments.is_some(), (&cot.phi, &cot.extra));
         apply_rule_vjp(
             rule,
             t,
@@ -1151,7 +1125,7 @@ impl<F: Float> InnerWorkspace<F> {
         let u_phi = pattern(side.phi, |k| (1.3 * k + 0.4).cos());
         let u_extra = pattern(side.extra, |k| (1.3 * k + 0.9).cos());
         let mut adjoints = |g: Option<&[Tensor<F>]>| -> Vec<Option<Vec<F>>> {
-            let cots = u_phi.iter().chain(&u_extra);
+            let cots = (&u_phi[..], &u_extra[..]);
             let (pass, vars) =
                 rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, true, None);
             let t = pass.tape();
@@ -1230,6 +1204,7 @@ impl<F: Float> InnerWorkspace<F> {
             .collect();
         // Everything (outputs, then every input's adjoint) concatenated.
         let mut run = |side: RuleSide<'_, F>, g: &[Tensor<F>], u: &[Tensor<F>]| -> Vec<F> {
+            let n_phi = side.phi.len();
             let mut all = Vec::new();
             let (pass, vars) = rule_vjp_pass(
                 &mut self.ws,
@@ -1238,7 +1213,7 @@ impl<F: Float> InnerWorkspace<F> {
                 theta,
                 side,
                 Some(g),
-                u.iter(),
+                (&u[..n_phi], &u[n_phi..]),
                 true,
                 Some(&mut all),
             );
@@ -1519,7 +1494,7 @@ fn apply_rule_vjp<F: Float>(
 
 /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (φ and e
 /// laid out as `side`; g = 0 when `g` is `None`) seeded with the cotangents
-/// `cots` on (φ_j, e_j). Returns the pass and the step's input variables:
+/// `cots` = (ū_φ, ū_e) on (φ_j, e_j) ([`sweep_from`]: ū_φ per φ tensor). Returns the pass and the step's input variables:
 /// θ, φ, e (differentiated with `all`), then g (always). The leaves are
 /// written once each in place: φ from `side.parts` (concatenated for a flat
 /// step), a zero g by a fill. With `values`, the outputs' values are
@@ -1532,11 +1507,11 @@ fn rule_vjp_pass<'t, 'a, F: Float>(
     theta: &'a [Tensor<F>],
     side: RuleSide<'a, F>,
     g: Option<&'a [Tensor<F>]>,
-    cots: impl Iterator<Item = &'a Tensor<F>> + Clone,
+    cots: (&[Tensor<F>], &[Tensor<F>]),
     all: bool,
     values: Option<&mut Vec<F>>,
 ) -> (Pass<'t, F>, Leaves<'t, F>) {
-    let mut vars = Leaves::new();
+    let (mut vars, mut outs) = (Leaves::new(), Leaves::new());
     let pass = ws.vjp_pass(
         theta.iter().map(|x| (x, all)),
         |t, v| {
@@ -1555,17 +1530,66 @@ fn rule_vjp_pass<'t, 'a, F: Float>(
                 ),
             }
             let out = call_rule(rule, t, j, theta.len(), side, &vars);
-            let outs: Leaves<'_, _> = out.phi.into_iter().chain(out.extra).collect();
+            outs.extend(out.phi.into_iter().chain(out.extra));
             if let Some(values) = values {
                 for &y in &outs {
                     values.extend_from_slice(&t.value_ref(y));
                 }
             }
-            outs
+            Leaves::new()
         },
-        cots,
+        std::iter::empty(),
     );
+    sweep_from(pass.tape(), &outs, side.segments.is_some(), cots);
     (pass, vars)
+}
+
+/// One reverse sweep of tape `t` seeded at a rule step's outputs `outs`
+/// (φ_j, then e_j) with `cots` = (ū_φ per φ tensor, ū_e), written straight
+/// into the outputs' adjoints ([`tape::Tape::backward_seeded_by`]): for a
+/// flat step (`flat`) φ_j's one `[N]` output is seeded with ū_φ's tensors
+/// concatenated, with no staging copy. No sweep without outputs.
+///
+/// # Panics
+/// If a cotangent's element count differs from its output's.
+#[track_caller]
+fn sweep_from<F: Float>(
+    t: &tape::Tape<F>,
+    outs: &[tape::Var<'_, F>],
+    flat: bool,
+    cots: (&[Tensor<F>], &[Tensor<F>]),
+) {
+    if outs.is_empty() {
+        return;
+    }
+    let (u_phi, u_extra) = cots;
+    let n_phi = if flat { 1 } else { u_phi.len() };
+    t.backward_seeded_by(outs, |k, g, add| {
+        let pieces = if k >= n_phi {
+            std::slice::from_ref(&u_extra[k - n_phi])
+        } else if flat {
+            u_phi
+        } else {
+            std::slice::from_ref(&u_phi[k])
+        };
+        let n: usize = pieces.iter().map(|p| p.numel()).sum();
+        assert_eq!(
+            n,
+            g.len(),
+            "inner rule: output {k} has {} elements, its cotangent {n}",
+            g.len()
+        );
+        let mut at = 0;
+        for p in pieces {
+            let (d, x) = (&mut g[at..at + p.numel()], p.data());
+            if add {
+                d.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+            } else {
+                d.copy_from_slice(x);
+            }
+            at += p.numel();
+        }
+    });
 }
 
 impl<F: Float> InnerWorkspace<F> {

@@ -328,3 +328,26 @@ fn a_leaf_from_adjoints_is_the_gradient_and_a_fresh_leaf() {
     assert_eq!(t.grad(g).data(), &[0.0, 0.0, -0.5, -5.0, 0.0]);
     assert_eq!(t.grad(x).data(), &[1.0, 10.0]);
 }
+
+#[test]
+fn seeds_written_in_place_add_up_like_sliced_seeds() {
+    // y = 3x at x = [1, 2], seeded twice: u = [1, 10] (in two pieces), then
+    // [0.5, 0.5] on the same output: x̄ = 3 (u + u') = [4.5, 31.5], as
+    // backward_seeded with the two slices gives.
+    let t = Tape::<f64>::new();
+    let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    let y = x * 3.0;
+    let mut calls = Vec::new();
+    t.backward_seeded_by(&[y, y], |k, g, add| {
+        calls.push((k, add));
+        let u: &[f64] = if k == 0 { &[1.0, 10.0] } else { &[0.5, 0.5] };
+        for (a, &b) in g.iter_mut().zip(u) {
+            *a = if add { *a + b } else { b };
+        }
+    });
+    assert_eq!(calls, [(0, false), (1, true)]);
+    let by_fill = t.grad(x);
+    t.backward_seeded(&[(y, &[1.0, 10.0]), (y, &[0.5, 0.5])]);
+    assert_eq!(by_fill.data(), t.grad(x).data());
+    assert_eq!(by_fill.data(), &[4.5, 31.5]);
+}
