@@ -119,6 +119,24 @@ impl<T: Real> Inner<T> {
         }
     }
 
+    /// Appends a leaf node of `shape` whose value starts at `at`.
+    fn push_leaf(&mut self, shape: Shape, at: usize, requires_grad: bool, primal_adjoint: bool) {
+        let (a, i) = (self.aux.len(), self.idx.len());
+        self.nodes.push(Node {
+            op: Op::Leaf,
+            inputs: SmallVec::new(),
+            shape,
+            at,
+            aux: a..a,
+            idx: i..i,
+            requires_grad,
+            primal_adjoint,
+            base: None,
+            shared: None,
+            pending: false,
+        });
+    }
+
     /// Reserves `n` values at the end of the arena and returns their start. The
     /// slots are zeroed if `zeroed`, else they hold stale (initialised) values.
     #[inline]
@@ -513,6 +531,87 @@ impl<T: Real> Tape<T> {
         self.record_leaf(shape.into(), requires_grad, fill)
     }
 
+    /// A leaf of the given shape filled from the adjoints of `of` from the
+    /// last sweep, in order, without staging them elsewhere: the leaf's
+    /// elements are cut into one segment per variable of `of` (its element
+    /// count), and `fill(k, segment, adjoint)` writes segment k from the
+    /// adjoint of `of[k]` (`None`: no adjoint reached it, a structural zero).
+    /// `fill` must write every element of its segment (it holds stale
+    /// values). This is how a gradient g = ∇f becomes the input of a further
+    /// computation on the same tape (an optimiser's step x − α g) with one
+    /// pass over g.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let (x, c) = (t.var(&Tensor::vector(vec![1.0, 2.0])), t.var(&Tensor::vector(vec![5.0])));
+    /// t.backward((x * x).sum()); // ∂/∂x = 2x; nothing reaches c
+    /// let g = t.leaf_from_adjoints([3], &[x, c], false, |_, out, a| match a {
+    ///     Some(a) => out.copy_from_slice(a),
+    ///     None => out.fill(0.0),
+    /// });
+    /// assert_eq!(g.value().data(), &[2.0, 4.0, 0.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If no sweep has run since the last [`Tape::clear`], a variable of `of`
+    /// is of another tape, or the shape's element count differs from the
+    /// total of `of`'s.
+    #[track_caller]
+    pub fn leaf_from_adjoints(
+        &self,
+        shape: impl Into<Shape>,
+        of: &[Var<'_, T>],
+        requires_grad: bool,
+        mut fill: impl FnMut(usize, &mut [T], Option<&[T]>),
+    ) -> Var<'_, T> {
+        let shape = shape.into();
+        for &v in of {
+            self.check_own(v, "leaf_from_adjoints");
+        }
+        let (n, root) = {
+            let inner = self.inner.borrow();
+            let n: usize = of
+                .iter()
+                .map(|v| inner.nodes[v.idx as usize].shape.numel())
+                .sum();
+            let root = inner
+                .swept_from
+                .expect("leaf_from_adjoints: no backward sweep has run on this tape");
+            (n, root)
+        };
+        if n != shape.numel() {
+            shape_panic(
+                "Tape::leaf_from_adjoints",
+                &[("shape", shape)],
+                format_args!("the adjoints of `of` have {n} elements"),
+            );
+        }
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let at = inner.alloc(n, false);
+        let (vals, grads, nodes, has_adj) = (
+            &mut inner.vals[at..at + n],
+            &inner.grads,
+            &inner.nodes,
+            &inner.has_adj,
+        );
+        let mut off = 0;
+        for (k, v) in of.iter().enumerate() {
+            let i = v.idx as usize;
+            let src = nodes[i].range();
+            let len = src.len();
+            let adj = (v.idx <= root && has_adj[i]).then(|| &grads[src]);
+            fill(k, &mut vals[off..off + len], adj);
+            off += len;
+        }
+        inner.push_leaf(shape, at, requires_grad, true);
+        Var {
+            tape: self,
+            idx: (inner.nodes.len() - 1) as u32,
+        }
+    }
+
     fn record_leaf(
         &self,
         shape: Shape,
@@ -533,20 +632,7 @@ impl<T: Real> Tape<T> {
         let inner = &mut *inner;
         let at = inner.alloc(shape.numel(), false);
         fill(&mut inner.vals[at..inner.len]);
-        let (a, i) = (inner.aux.len(), inner.idx.len());
-        inner.nodes.push(Node {
-            op: Op::Leaf,
-            inputs: SmallVec::new(),
-            shape,
-            at,
-            aux: a..a,
-            idx: i..i,
-            requires_grad,
-            primal_adjoint,
-            base: None,
-            shared: None,
-            pending: false,
-        });
+        inner.push_leaf(shape, at, requires_grad, primal_adjoint);
         Var {
             tape: self,
             idx: (inner.nodes.len() - 1) as u32,
@@ -781,10 +867,59 @@ impl<T: Real> Tape<T> {
     /// differs from its output's element count.
     #[track_caller]
     pub fn backward_seeded(&self, seeds: &[(Var<'_, T>, &[T])]) {
-        for (out, _) in seeds {
+        let outs: SmallVec<[Var<'_, T>; 16]> = seeds.iter().map(|(v, _)| *v).collect();
+        for (out, cotangent) in seeds {
+            self.check_own(*out, "backward_seeded");
+            let shape = self.shape_of(*out);
+            if cotangent.len() != shape.numel() {
+                shape_panic(
+                    "backward_seeded",
+                    &[("output", shape)],
+                    format_args!("cotangent has {} elements", cotangent.len()),
+                );
+            }
+        }
+        self.backward_seeded_by(&outs, |k, g, add| {
+            if add {
+                g.iter_mut().zip(seeds[k].1).for_each(|(a, &b)| *a += b);
+            } else {
+                g.copy_from_slice(seeds[k].1);
+            }
+        });
+    }
+
+    /// [`Tape::backward_seeded`] with the cotangents written in place:
+    /// `seed(k, adjoint, add)` puts output `outs[k]`'s cotangent u_k into its
+    /// adjoint buffer (`add`: the output was seeded before, add u_k to it;
+    /// else overwrite it: the buffer holds stale values), so a cotangent held
+    /// in pieces (one per tensor of a concatenated output) needs no staging
+    /// copy.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = x * 3.0;
+    /// let (u0, u1) = ([1.0], [10.0]); // u = [1, 10] in two pieces
+    /// t.backward_seeded_by(&[y], |_, g, _| {
+    ///     g[..1].copy_from_slice(&u0);
+    ///     g[1..].copy_from_slice(&u1);
+    /// });
+    /// assert_eq!(x.grad().data(), &[3.0, 30.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If there is no output or an output is of another tape.
+    #[track_caller]
+    pub fn backward_seeded_by(
+        &self,
+        outs: &[Var<'_, T>],
+        mut seed: impl FnMut(usize, &mut [T], bool),
+    ) {
+        for out in outs {
             self.check_own(*out, "backward_seeded");
         }
-        let Some(root) = seeds.iter().map(|(v, _)| v.idx).max() else {
+        let Some(root) = outs.iter().map(|v| v.idx).max() else {
             panic!("backward_seeded: no seed")
         };
         let mut guard = self.inner.borrow_mut();
@@ -796,23 +931,11 @@ impl<T: Real> Tape<T> {
         }
         inner.has_adj.clear();
         inner.has_adj.resize(root as usize + 1, false);
-        for (out, cotangent) in seeds {
+        for (k, out) in outs.iter().enumerate() {
             let i = out.idx as usize;
-            let node = &inner.nodes[i];
-            if cotangent.len() != node.shape.numel() {
-                shape_panic(
-                    "backward_seeded",
-                    &[("output", node.shape)],
-                    format_args!("cotangent has {} elements", cotangent.len()),
-                );
-            }
-            let g = &mut inner.grads[node.range()];
-            if inner.has_adj[i] {
-                g.iter_mut().zip(*cotangent).for_each(|(a, &b)| *a += b);
-            } else {
-                g.copy_from_slice(cotangent);
-                inner.has_adj[i] = true;
-            }
+            let g = &mut inner.grads[inner.nodes[i].range()];
+            seed(k, g, inner.has_adj[i]);
+            inner.has_adj[i] = true;
         }
         let root = root as usize;
         inner.swept_from = Some(root as u32);

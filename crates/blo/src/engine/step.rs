@@ -135,18 +135,21 @@ pub struct InnerWorkspace<F: Float> {
 #[derive(Debug, Default)]
 struct Flat<F: Float> {
     segments: Segments,
-    /// φ_{j−1} concatenated (one `[N]` tensor).
+    /// φ_{j−1} concatenated (one `[N]` tensor; its values are stale, see
+    /// [`RuleSide`]).
     phi: Vec<Tensor<F>>,
-    /// ū_φ concatenated (one `[N]` tensor).
-    cot: Vec<Tensor<F>>,
 }
 
 /// The state as a rule's step sees it (docs/math.md §12, "Flat steps"): φ per tensor and
 /// `segments` `None`, or an elementwise rule's φ concatenated, with its
-/// layout. `extra` is the extra state as stored.
+/// layout. `extra` is the extra state as stored. `phi` gives the step's φ
+/// shapes; its values are those of `parts` (for a flat step, `phi`'s one
+/// `[N]` tensor may hold stale values: the step's leaf of φ is filled from
+/// `parts`, φ's tensors, concatenated in place).
 #[derive(Clone, Copy)]
 struct RuleSide<'a, F: Float> {
     phi: &'a [Tensor<F>],
+    parts: &'a [Tensor<F>],
     extra: &'a [Tensor<F>],
     segments: Option<&'a Segments>,
 }
@@ -342,7 +345,7 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
-        let flat = self.prepare_flat(rule, j, theta, state, false)?;
+        let flat = self.prepare_flat(rule, j, theta, state)?;
         let segments = flat.then_some(&self.flat.segments);
         let nt = theta.len();
         let (value, pass) = inner_grad_pass(
@@ -357,9 +360,10 @@ impl<F: Float> InnerWorkspace<F> {
             flat,
         )?;
         let t = pass.tape();
-        let vars = rule_inputs(t, pass.inputs(), nt, segments, state, &self.g, false);
+        let vars = rule_inputs(t, pass.inputs(), nt, segments, state, false, j)?;
         let side = RuleSide {
             phi: if flat { &self.flat.phi } else { &state.phi },
+            parts: &state.phi,
             extra: &state.extra,
             segments,
         };
@@ -774,7 +778,6 @@ impl<F: Float> InnerWorkspace<F> {
         j: usize,
         theta: &[Tensor<F>],
         prev: &State<F>,
-        fill: bool,
     ) -> Result<bool, BloError> {
         if !rule.elementwise() {
             return Ok(false);
@@ -791,11 +794,7 @@ impl<F: Float> InnerWorkspace<F> {
         if !self.flat.segments.is_of(&shapes) {
             self.flat.segments = Segments::new(&shapes);
         }
-        if fill {
-            flatten_into(&mut self.flat.phi, &prev.phi);
-        } else {
-            flat_buffer(&mut self.flat.phi, self.flat.segments.numel());
-        }
+        flat_buffer(&mut self.flat.phi, self.flat.segments.numel());
         Ok(true)
     }
 
@@ -830,21 +829,13 @@ impl<F: Float> InnerWorkspace<F> {
         // Only the sweeps of an affine rule read φ as one tensor; a rule not
         // affine in g records its step on the gradient pass's tape, over a
         // leaf of φ concatenated in place.
-        let fill = rule.affine_in_grad() || rule.constant_grad_coefficient();
-        let flat = self.prepare_flat(rule, j, theta, prev, fill)?;
-        if flat {
-            flatten_into(&mut self.flat.cot, &cot.phi);
-        }
-        let mut fl = std::mem::take(&mut self.flat);
+        let flat = self.prepare_flat(rule, j, theta, prev)?;
+        let fl = std::mem::take(&mut self.flat);
         let side = RuleSide {
             phi: if flat { &fl.phi } else { &prev.phi },
+            parts: &prev.phi,
             extra: &prev.extra,
             segments: flat.then_some(&fl.segments),
-        };
-        let cot_phi = if flat {
-            std::mem::take(&mut fl.cot)
-        } else {
-            Vec::new()
         };
         let out = self.rule_adjoint_on(
             problem,
@@ -854,18 +845,16 @@ impl<F: Float> InnerWorkspace<F> {
             theta,
             prev,
             side,
-            flat.then_some(&cot_phi[..]),
             cot,
             g_theta,
             with_inner_loss,
         );
-        fl.cot = cot_phi;
         self.flat = fl;
         out
     }
 
     /// [`InnerWorkspace::rule_adjoint`] with the rule's side of the state
-    /// prepared (`cot_phi`: ū_φ concatenated for a flat step).
+    /// prepared.
     #[allow(clippy::too_many_arguments)]
     fn rule_adjoint_on<P: Problem<F>>(
         &mut self,
@@ -876,7 +865,6 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         prev: &State<F>,
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
@@ -886,8 +874,7 @@ impl<F: Float> InnerWorkspace<F> {
                 self.check_constant_coefficient(rule, j, theta, side)?;
                 self.checked = Some(rule.clone());
             }
-            zero_tensors(&mut self.g, side.phi);
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Set)?;
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             self.rule_dual(
                 problem,
                 task,
@@ -900,8 +887,8 @@ impl<F: Float> InnerWorkspace<F> {
                 false,
             )?;
         } else if rule.affine_in_grad() {
-            zero_tensors(&mut self.g, side.phi);
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Only)?;
+            shape_like(&mut self.g, side.phi);
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Only)?;
             self.rule_dual(
                 problem,
                 task,
@@ -913,7 +900,7 @@ impl<F: Float> InnerWorkspace<F> {
                 with_inner_loss,
                 true,
             )?;
-            self.rule_vjp(rule, j, theta, side, cot_phi, cot, g_theta, AdjointG::Check)?;
+            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Check)?;
             // ū_φ = a_φ + H w, H w kept from the dual pass (a_φ needed g_j).
             let mut hw = &self.hw[..];
             for u in &mut cot.phi {
@@ -924,9 +911,7 @@ impl<F: Float> InnerWorkspace<F> {
                 }
             }
         } else {
-            self.rule_grad_vjp(
-                problem, task, rule, j, theta, prev, side, cot_phi, cot, g_theta,
-            )?;
+            self.rule_grad_vjp(problem, task, rule, j, theta, prev, side, cot, g_theta)?;
             self.rule_dual(
                 problem,
                 task,
@@ -947,7 +932,7 @@ impl<F: Float> InnerWorkspace<F> {
 
     /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (g in
     /// `self.g`, the rule's side of the state `side`) with cotangent
-    /// ū_j = `cot` (its φ part concatenated in `cot_phi` for a flat step).
+    /// ū_j = `cot`.
     /// `Only`: a_g into `self.w`, nothing else. `Set`: a_g into `self.w`, and
     /// `Check`: a_g must equal `self.w`; both then add a_θ to `g_theta` and
     /// set `cot` to (a_φ, a_e).
@@ -962,23 +947,23 @@ impl<F: Float> InnerWorkspace<F> {
         j: usize,
         theta: &[Tensor<F>],
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
         mode: AdjointG,
     ) -> Result<(), BloError> {
         // For a_g alone, only g is differentiated.
         let all = mode != AdjointG::Only;
-        let cots = cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra);
-        let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, side, &self.g, cots, all, None);
-        let (t, vars) = (pass.tape(), pass.inputs());
+        let cots = (&cot.phi[..], &cot.extra[..]);
+        // g = 0 unless checking a_g at g_j (`self.g`, from the dual pass).
+        let g = (mode == AdjointG::Check).then_some(&self.g[..]);
+        let (pass, vars) = rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, all, None);
         apply_rule_vjp(
             rule,
-            t,
-            vars,
+            pass.tape(),
+            &vars,
             theta.len(),
             &mut self.w,
-            &self.g,
+            side.phi,
             cot,
             g_theta,
             mode,
@@ -1004,7 +989,6 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         prev: &State<F>,
         side: RuleSide<'_, F>,
-        cot_phi: Option<&[Tensor<F>]>,
         cot: &mut Cotangent<F>,
         g_theta: &mut [Tensor<F>],
     ) -> Result<(), BloError> {
@@ -1021,20 +1005,10 @@ impl<F: Float> InnerWorkspace<F> {
         )?;
         let t = pass.tape();
         let nt = theta.len();
-        let vars = rule_inputs(t, pass.inputs(), nt, side.segments, prev, &self.g, true);
+        let vars = rule_inputs(t, pass.inputs(), nt, side.segments, prev, true, j)?;
         let out = record_rule(t, rule, j, nt, side, &vars)?;
-        {
-            let seeds: SmallVec<[(tape::Var<'_, F>, &[F]); 32]> = out
-                .phi
-                .iter()
-                .chain(&out.extra)
-                .zip(cot_phi.unwrap_or(&cot.phi[..]).iter().chain(&cot.extra))
-                .map(|(&y, u)| (y, u.data()))
-                .collect();
-            if !seeds.is_empty() {
-                t.backward_seeded(&seeds);
-            }
-        }
+        let outs: Leaves<'_, F> = out.phi.iter().chain(&out.extra).copied().collect();
+        sweep_from(t, &outs, side.segments.is_some(), (&cot.phi, &cot.extra));
         apply_rule_vjp(
             rule,
             t,
@@ -1148,17 +1122,18 @@ impl<F: Float> InnerWorkspace<F> {
         side: RuleSide<'_, F>,
     ) -> Result<(), BloError> {
         let g1 = pattern(side.phi, |k| 1.0 + 0.5 * (0.7 * k).sin());
-        let g0: Vec<Tensor<F>> = side.phi.iter().map(|p| Tensor::zeros(p.shape())).collect();
         let u_phi = pattern(side.phi, |k| (1.3 * k + 0.4).cos());
         let u_extra = pattern(side.extra, |k| (1.3 * k + 0.9).cos());
-        let mut adjoints = |g: &[Tensor<F>]| -> Vec<Option<Vec<F>>> {
-            let cots = u_phi.iter().chain(&u_extra);
-            let pass = rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, true, None);
-            (0..pass.inputs().len())
-                .map(|i| pass.adjoint(i).map(|a| a.to_vec()))
+        let mut adjoints = |g: Option<&[Tensor<F>]>| -> Vec<Option<Vec<F>>> {
+            let cots = (&u_phi[..], &u_extra[..]);
+            let (pass, vars) =
+                rule_vjp_pass(&mut self.ws, rule, j, theta, side, g, cots, true, None);
+            let t = pass.tape();
+            vars.iter()
+                .map(|&v| t.grad_ref(v).map(|a| a.to_vec()))
                 .collect()
         };
-        let (at0, at1) = (adjoints(&g0), adjoints(&g1));
+        let (at0, at1) = (adjoints(None), adjoints(Some(&g1)));
         let same = at0.iter().zip(&at1).all(|(x, y)| {
             let zero = |v: &[F]| v.iter().all(|x| *x == F::zero());
             match (x, y) {
@@ -1229,21 +1204,22 @@ impl<F: Float> InnerWorkspace<F> {
             .collect();
         // Everything (outputs, then every input's adjoint) concatenated.
         let mut run = |side: RuleSide<'_, F>, g: &[Tensor<F>], u: &[Tensor<F>]| -> Vec<F> {
+            let n_phi = side.phi.len();
             let mut all = Vec::new();
-            let pass = rule_vjp_pass(
+            let (pass, vars) = rule_vjp_pass(
                 &mut self.ws,
                 rule,
                 j,
                 theta,
                 side,
-                g,
-                u.iter(),
+                Some(g),
+                (&u[..n_phi], &u[n_phi..]),
                 true,
                 Some(&mut all),
             );
             let inputs = theta.iter().chain(side.phi).chain(side.extra).chain(g);
-            for (i, x) in inputs.enumerate() {
-                match pass.adjoint(i) {
+            for (x, &v) in inputs.zip(&vars) {
+                match pass.tape().grad_ref(v) {
                     Some(a) => all.extend_from_slice(&a),
                     None => all.extend(std::iter::repeat_n(F::zero(), x.numel())),
                 }
@@ -1253,6 +1229,7 @@ impl<F: Float> InnerWorkspace<F> {
         let per = run(
             RuleSide {
                 phi: &prev.phi,
+                parts: &prev.phi,
                 extra: &extra,
                 segments: None,
             },
@@ -1261,9 +1238,11 @@ impl<F: Float> InnerWorkspace<F> {
         );
         let n = shapes.len();
         let u_flat: Vec<Tensor<F>> = u.chunks(n.max(1)).map(concat).collect();
+        let flat_phi = [concat(&prev.phi)];
         let flat = run(
             RuleSide {
-                phi: &[concat(&prev.phi)],
+                phi: &flat_phi,
+                parts: &flat_phi,
                 extra: &prev.extra,
                 segments: Some(&segments),
             },
@@ -1282,18 +1261,26 @@ impl<F: Float> InnerWorkspace<F> {
 /// The variables of a rule step's inputs on tape `t`, recorded after a
 /// gradient pass whose leaves are `theta_phi` (θ: the first `nt`, then φ):
 /// θ's leaves, then φ (the pass's leaves, or one leaf of φ concatenated for a
-/// flat step), then leaves for `state`'s e and for g (differentiated with
-/// `grad`).
+/// flat step), then leaves for `state`'s e and for g_j = ∇_φ L_in, the
+/// latter filled straight from the pass's adjoints of φ
+/// ([`tape::Tape::leaf_from_adjoints`]: one pass over g, checked for
+/// finiteness as it is written). Leaves for e and g are differentiated with
+/// `grad`.
+///
+/// # Errors
+/// [`BloError::NonFinite`] naming step j if g_j is not finite.
+#[allow(clippy::too_many_arguments)]
 fn rule_inputs<'t, F: Float>(
     t: &'t tape::Tape<F>,
     theta_phi: &[tape::Var<'t, F>],
     nt: usize,
     segments: Option<&Segments>,
     state: &State<F>,
-    g: &[Tensor<F>],
     grad: bool,
-) -> SmallVec<[tape::Var<'t, F>; 64]> {
+    j: usize,
+) -> Result<SmallVec<[tape::Var<'t, F>; 64]>, BloError> {
     let mut vars: SmallVec<[tape::Var<'t, F>; 64]>;
+    let phi = &theta_phi[nt..];
     match segments {
         None => vars = theta_phi.iter().copied().collect(),
         Some(s) => {
@@ -1307,10 +1294,22 @@ fn rule_inputs<'t, F: Float>(
         state
             .extra
             .iter()
-            .chain(g)
             .map(|x| t.leaf(x.shape(), x.data(), grad)),
     );
-    vars
+    let mut ok = true;
+    let mut copy = |_: usize, d: &mut [F], a: Option<&[F]>| ok &= copy_finite(d, a);
+    match segments {
+        None => {
+            for &p in phi {
+                vars.push(t.leaf_from_adjoints(p.shape(), &[p], grad, &mut copy));
+            }
+        }
+        Some(s) => vars.push(t.leaf_from_adjoints([s.numel()], phi, grad, &mut copy)),
+    }
+    if !ok {
+        return Err(non_finite("inner gradient", j));
+    }
+    Ok(vars)
 }
 
 /// `rule`'s step j over `v` = (θ, φ, e, g) laid out as `side` with `nt` θ
@@ -1360,15 +1359,14 @@ fn record_rule<'t, F: Float>(
     Ok(out)
 }
 
-/// L_in(θ, φ; τ, j) by one gradient pass, with g_j = ∇_φ L_in copied into
-/// `g` (one tensor per φ tensor, or with `flat` one `[N]` tensor, φ's
-/// gradients concatenated); θ's leaves are differentiated with `theta_grad`.
-/// Returns L_in and the pass (its tape can record more: a rule step on the
-/// same leaves).
+/// L_in(θ, φ; τ, j) by one gradient pass; `g` is shaped for g_j = ∇_φ L_in
+/// (one tensor per φ tensor, or with `flat` one `[N]` tensor; its values are
+/// stale: the rule reads g_j from the pass, [`rule_inputs`]); θ's leaves are
+/// differentiated with `theta_grad`. Returns L_in and the pass (its tape can
+/// record more: a rule step on the same leaves).
 ///
 /// # Errors
-/// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
-/// finite.
+/// [`BloError::NonFinite`] naming step j if the loss is not finite.
 #[allow(clippy::too_many_arguments)]
 fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
     ws: &'t mut Workspace<F>,
@@ -1393,26 +1391,10 @@ fn inner_grad_pass<'t, F: Float, P: Problem<F>>(
     if !value.is_finite() {
         return Err(non_finite("inner loss", j));
     }
-    // g_j copied and checked in one pass.
-    let mut ok = true;
     if flat {
         flat_buffer(g, phi.iter().map(|p| p.numel()).sum());
-        let mut at = 0;
-        let d = g[0].data_mut();
-        for (i, p) in phi.iter().enumerate() {
-            let n = p.numel();
-            let a = pass.adjoint(nt + i);
-            ok &= copy_finite(&mut d[at..at + n], a.as_deref());
-            at += n;
-        }
     } else {
         shape_like(g, phi);
-        for (i, gi) in g.iter_mut().enumerate() {
-            ok &= copy_finite(gi.data_mut(), pass.adjoint(nt + i).as_deref());
-        }
-    }
-    if !ok {
-        return Err(non_finite("inner gradient", j));
     }
     Ok((value, pass))
 }
@@ -1511,9 +1493,12 @@ fn apply_rule_vjp<F: Float>(
 }
 
 /// The reverse sweep of a rule's step at (θ, φ_{j−1}, e_{j−1}, g) (φ and e
-/// laid out as `side`) seeded with the cotangents `cots` on (φ_j, e_j):
-/// inputs θ, φ, e (differentiated with `all`), then g (always). With
-/// `values`, the outputs' values are appended to it, concatenated.
+/// laid out as `side`; g = 0 when `g` is `None`) seeded with the cotangents
+/// `cots` = (ū_φ, ū_e) on (φ_j, e_j) ([`sweep_from`]: ū_φ per φ tensor). Returns the pass and the step's input variables:
+/// θ, φ, e (differentiated with `all`), then g (always). The leaves are
+/// written once each in place: φ from `side.parts` (concatenated for a flat
+/// step), a zero g by a fill. With `values`, the outputs' values are
+/// appended to it, concatenated.
 #[allow(clippy::too_many_arguments)]
 fn rule_vjp_pass<'t, 'a, F: Float>(
     ws: &'t mut Workspace<F>,
@@ -1521,31 +1506,90 @@ fn rule_vjp_pass<'t, 'a, F: Float>(
     j: usize,
     theta: &'a [Tensor<F>],
     side: RuleSide<'a, F>,
-    g: &'a [Tensor<F>],
-    cots: impl Iterator<Item = &'a Tensor<F>> + Clone,
+    g: Option<&'a [Tensor<F>]>,
+    cots: (&[Tensor<F>], &[Tensor<F>]),
     all: bool,
     values: Option<&mut Vec<F>>,
-) -> Pass<'t, F> {
-    let inputs = theta
-        .iter()
-        .chain(side.phi)
-        .chain(side.extra)
-        .map(|x| (x, all))
-        .chain(g.iter().map(|x| (x, true)));
-    ws.vjp_pass(
-        inputs,
+) -> (Pass<'t, F>, Leaves<'t, F>) {
+    let (mut vars, mut outs) = (Leaves::new(), Leaves::new());
+    let pass = ws.vjp_pass(
+        theta.iter().map(|x| (x, all)),
         |t, v| {
-            let out = call_rule(rule, t, j, theta.len(), side, v);
-            let outs: Leaves<'_, _> = out.phi.into_iter().chain(out.extra).collect();
+            vars.extend_from_slice(v);
+            match side.segments {
+                Some(s) => vars.push(t.leaf_with([s.numel()], all, |d| copy_concat(side.parts, d))),
+                None => vars.extend(side.phi.iter().map(|x| t.leaf(x.shape(), x.data(), all))),
+            }
+            vars.extend(side.extra.iter().map(|x| t.leaf(x.shape(), x.data(), all)));
+            match g {
+                Some(g) => vars.extend(g.iter().map(|x| t.leaf(x.shape(), x.data(), true))),
+                None => vars.extend(
+                    side.phi
+                        .iter()
+                        .map(|x| t.leaf_with(x.shape(), true, |d| d.fill(F::zero()))),
+                ),
+            }
+            let out = call_rule(rule, t, j, theta.len(), side, &vars);
+            outs.extend(out.phi.into_iter().chain(out.extra));
             if let Some(values) = values {
                 for &y in &outs {
                     values.extend_from_slice(&t.value_ref(y));
                 }
             }
-            outs
+            Leaves::new()
         },
-        cots,
-    )
+        std::iter::empty(),
+    );
+    sweep_from(pass.tape(), &outs, side.segments.is_some(), cots);
+    (pass, vars)
+}
+
+/// One reverse sweep of tape `t` seeded at a rule step's outputs `outs`
+/// (φ_j, then e_j) with `cots` = (ū_φ per φ tensor, ū_e), written straight
+/// into the outputs' adjoints ([`tape::Tape::backward_seeded_by`]): for a
+/// flat step (`flat`) φ_j's one `[N]` output is seeded with ū_φ's tensors
+/// concatenated, with no staging copy. No sweep without outputs.
+///
+/// # Panics
+/// If a cotangent's element count differs from its output's.
+#[track_caller]
+fn sweep_from<F: Float>(
+    t: &tape::Tape<F>,
+    outs: &[tape::Var<'_, F>],
+    flat: bool,
+    cots: (&[Tensor<F>], &[Tensor<F>]),
+) {
+    if outs.is_empty() {
+        return;
+    }
+    let (u_phi, u_extra) = cots;
+    let n_phi = if flat { 1 } else { u_phi.len() };
+    t.backward_seeded_by(outs, |k, g, add| {
+        let pieces = if k >= n_phi {
+            std::slice::from_ref(&u_extra[k - n_phi])
+        } else if flat {
+            u_phi
+        } else {
+            std::slice::from_ref(&u_phi[k])
+        };
+        let n: usize = pieces.iter().map(|p| p.numel()).sum();
+        assert_eq!(
+            n,
+            g.len(),
+            "inner rule: output {k} has {} elements, its cotangent {n}",
+            g.len()
+        );
+        let mut at = 0;
+        for p in pieces {
+            let (d, x) = (&mut g[at..at + p.numel()], p.data());
+            if add {
+                d.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
+            } else {
+                d.copy_from_slice(x);
+            }
+            at += p.numel();
+        }
+    });
 }
 
 impl<F: Float> InnerWorkspace<F> {
@@ -1571,7 +1615,7 @@ impl<F: Float> InnerWorkspace<F> {
         phi_dot: &mut Vec<Tensor<F>>,
         extra_dot: &mut Vec<Tensor<F>>,
     ) -> Result<(), BloError> {
-        let flat = self.prepare_flat(rule, j, theta, state, false)?;
+        let flat = self.prepare_flat(rule, j, theta, state)?;
         let nt = theta.len();
         let (mut g, mut g_dot) = (Vec::new(), Vec::new());
         {
@@ -1599,6 +1643,7 @@ impl<F: Float> InnerWorkspace<F> {
         let phi_side = lay(state.phi.clone());
         let side = RuleSide {
             phi: &phi_side,
+            parts: &phi_side,
             extra: &state.extra,
             segments: flat.then_some(&self.flat.segments),
         };

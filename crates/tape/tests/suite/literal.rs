@@ -300,3 +300,54 @@ fn the_new_ops_give_hessian_vector_products_on_duals() {
     let hx: Vec<f64> = t.grad(x).data().iter().map(|d| d.d).collect();
     close(&hx, &[0.0, 2.0], 1e-12);
 }
+
+#[test]
+fn a_leaf_from_adjoints_is_the_gradient_and_a_fresh_leaf() {
+    // f(x, y, c) = Σ x²·y + 0·… (c unused) at x = [1, 2], y = [3]:
+    // ∂f/∂x = 2x·y = [6, 12], ∂f/∂y = Σ x² = 5, nothing reaches c.
+    let t = Tape::<f64>::new();
+    let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    let y = t.var(&Tensor::vector(vec![3.0]));
+    let c = t.var(&Tensor::vector(vec![7.0, 7.0]));
+    t.backward((x.square() * y).sum());
+    let mut seen = Vec::new();
+    let g = t.leaf_from_adjoints([5], &[c, x, y], true, |k, out, a| {
+        seen.push((k, out.len(), a.is_some()));
+        match a {
+            Some(a) => out.copy_from_slice(a),
+            None => out.fill(-1.0),
+        }
+    });
+    assert_eq!(seen, [(0, 2, false), (1, 2, true), (2, 1, true)]);
+    assert_eq!(g.value().data(), &[-1.0, -1.0, 6.0, 12.0, 5.0]);
+    // The leaf is a new input of its own: a step x − α g on it, swept, gives
+    // g's adjoint −α u and leaves x's own adjoint to the new sweep.
+    let step = x - g.slice(0, 2, 4) * 0.5;
+    assert_eq!(step.value().data(), &[1.0 - 3.0, 2.0 - 6.0]);
+    t.backward_with(step, &[1.0, 10.0]);
+    assert_eq!(t.grad(g).data(), &[0.0, 0.0, -0.5, -5.0, 0.0]);
+    assert_eq!(t.grad(x).data(), &[1.0, 10.0]);
+}
+
+#[test]
+fn seeds_written_in_place_add_up_like_sliced_seeds() {
+    // y = 3x at x = [1, 2], seeded twice: u = [1, 10] (in two pieces), then
+    // [0.5, 0.5] on the same output: x̄ = 3 (u + u') = [4.5, 31.5], as
+    // backward_seeded with the two slices gives.
+    let t = Tape::<f64>::new();
+    let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    let y = x * 3.0;
+    let mut calls = Vec::new();
+    t.backward_seeded_by(&[y, y], |k, g, add| {
+        calls.push((k, add));
+        let u: &[f64] = if k == 0 { &[1.0, 10.0] } else { &[0.5, 0.5] };
+        for (a, &b) in g.iter_mut().zip(u) {
+            *a = if add { *a + b } else { b };
+        }
+    });
+    assert_eq!(calls, [(0, false), (1, true)]);
+    let by_fill = t.grad(x);
+    t.backward_seeded(&[(y, &[1.0, 10.0]), (y, &[0.5, 0.5])]);
+    assert_eq!(by_fill.data(), t.grad(x).data());
+    assert_eq!(by_fill.data(), &[4.5, 31.5]);
+}
