@@ -455,11 +455,7 @@ pub(crate) fn dual_leaves<'t, 'a, F: Float + 'a>(
                 );
             }
             let fill = |out: &mut [Dual<F>]| match seed {
-                Seed::Tangent(v) | Seed::HvOnly(v) => {
-                    for ((o, &a), &b) in out.iter_mut().zip(x.data()).zip(v) {
-                        *o = Dual::new(a, b);
-                    }
-                }
+                Seed::Tangent(v) | Seed::HvOnly(v) => tape::kernels::zip_duals(x.data(), v, out),
                 Seed::Zero | Seed::Constant => {
                     for (o, &a) in out.iter_mut().zip(x.data()) {
                         *o = Dual::constant(a);

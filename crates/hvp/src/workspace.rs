@@ -379,7 +379,7 @@ impl<F: Float> Workspace<F> {
         for (i, h) in hv.iter_mut().enumerate() {
             let h = h.data_mut();
             match p.adjoint(i) {
-                Some(adj) => h.iter_mut().zip(adj.iter()).for_each(|(hi, d)| *hi = d.d),
+                Some(adj) => tape::kernels::tangents_into(&adj, h),
                 None => h.fill(F::zero()),
             }
         }

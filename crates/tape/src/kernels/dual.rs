@@ -11,9 +11,99 @@
 //!   that every real product has unit strides and the tangent is one product
 //!   with inner dimension 2k (see its docs); it also computes the tangent part
 //!   alone ([`Parts::Tangent`]).
+//!
+//! The copies between interleaved duals and contiguous planes ([`zip_duals`],
+//! [`tangents_into`], and the split of a line) are loops compiled for the
+//! active family's vector width (`wide.rs`): they move bits and compare with
+//! zero, so every family gives the same result.
 
 use super::{MatMut, MatRef, Parts, Prim, Product};
-use crate::real::{Dual, Real};
+use crate::real::{Dual, Float, Real};
+
+/// `out[i] = v[i] + d[i]·ε`: interleaves a primal plane and a tangent plane
+/// into duals (e.g. a dual leaf `x + v ε` from a point and a direction),
+/// compiled for the active family's vector width.
+///
+/// ```
+/// use tape::kernels::zip_duals;
+/// use tape::Dual;
+/// let mut out = [Dual::new(0.0_f32, 0.0); 2];
+/// zip_duals(&[1.0, 2.0], &[3.0, 4.0], &mut out);
+/// assert_eq!(out, [Dual::new(1.0, 3.0), Dual::new(2.0, 4.0)]);
+/// ```
+///
+/// # Panics
+/// If the three slices differ in length.
+#[track_caller]
+pub fn zip_duals<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
+    assert!(
+        v.len() == out.len() && d.len() == out.len(),
+        "zip_duals: v has {} elements, d {}, out {}",
+        v.len(),
+        d.len(),
+        out.len()
+    );
+    super::wide::wide!(zip<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) -> ())
+}
+
+/// `out[i] = x[i].d`: the tangent plane of interleaved duals (e.g. the H·v
+/// part of a dual adjoint), compiled for the active family's vector width.
+///
+/// ```
+/// use tape::kernels::tangents_into;
+/// use tape::Dual;
+/// let mut d = [0.0_f64; 2];
+/// tangents_into(&[Dual::new(1.0, 3.0), Dual::new(2.0, 4.0)], &mut d);
+/// assert_eq!(d, [3.0, 4.0]);
+/// ```
+///
+/// # Panics
+/// If the slices differ in length.
+#[track_caller]
+pub fn tangents_into<T: Float>(x: &[Dual<T>], out: &mut [T]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "tangents_into: x has {} elements, out {}",
+        x.len(),
+        out.len()
+    );
+    super::wide::wide!(tangents<T: Float>(x: &[Dual<T>], out: &mut [T]) -> ())
+}
+
+/// `v[i] = x[i].v`, `d[i] = x[i].d` over the shortest of the three; whether
+/// a tangent was nonzero. Compiled for the active family's vector width.
+fn unzip_duals<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
+    super::wide::wide!(unzip<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool)
+}
+
+/// The loop of [`zip_duals`].
+#[inline(always)]
+fn zip<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
+    for ((o, &v), &d) in out.iter_mut().zip(v).zip(d) {
+        *o = Dual { v, d };
+    }
+}
+
+/// The loop of [`tangents_into`].
+#[inline(always)]
+fn tangents<T: Float>(x: &[Dual<T>], out: &mut [T]) {
+    for (o, x) in out.iter_mut().zip(x) {
+        *o = x.d;
+    }
+}
+
+/// The loop of [`unzip_duals`] (the test has no branch, so it vectorises).
+#[inline(always)]
+fn unzip<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
+    let zero = T::zero();
+    let mut nonzero = false;
+    for ((x, v), d) in x.iter().zip(v.iter_mut()).zip(d.iter_mut()) {
+        (*v, *d) = (x.v, x.d);
+        nonzero |= x.d != zero;
+    }
+    nonzero
+}
 
 /// `&[Dual<T>]` as the `&[T]` of twice the length: value, tangent, value, …
 fn flat<T>(x: &[Dual<T>]) -> &[T] {
@@ -159,20 +249,15 @@ fn lines<T>(x: &MatRef<'_, T>) -> (usize, usize, usize, usize) {
 /// (tangents); whether a tangent was nonzero.
 fn split_line<F: Prim>(x: &MatRef<'_, Dual<F>>, o: usize, v: &mut [F], d: &mut [F]) -> bool {
     let (_, inner, so, si) = lines(x);
+    if si == 1 {
+        return unzip_duals(&x.data[o * so..o * so + inner], v, d);
+    }
     let zero = F::zero();
     let mut nonzero = false;
-    if si == 1 {
-        let src = &x.data[o * so..o * so + inner];
-        for ((x, v), d) in src.iter().zip(v.iter_mut()).zip(d.iter_mut()) {
-            (*v, *d) = (x.v, x.d);
-            nonzero |= x.d != zero;
-        }
-    } else {
-        for (t, (v, d)) in v.iter_mut().zip(d.iter_mut()).enumerate() {
-            let x = x.data[o * so + t * si];
-            (*v, *d) = (x.v, x.d);
-            nonzero |= x.d != zero;
-        }
+    for (t, (v, d)) in v.iter_mut().zip(d.iter_mut()).enumerate() {
+        let x = x.data[o * so + t * si];
+        (*v, *d) = (x.v, x.d);
+        nonzero |= x.d != zero;
     }
     nonzero
 }
@@ -266,6 +351,10 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
             .zip(cd.chunks_exact_mut(n))
             .enumerate()
         {
+            if c0.cs == 1 {
+                unzip_duals(&c0.data[i * c0.rs..i * c0.rs + n], v, d);
+                continue;
+            }
             for (j, (v, d)) in v.iter_mut().zip(d).enumerate() {
                 let x = c0.data[i * c0.rs + j * c0.cs];
                 (*v, *d) = (x.v, x.d);
@@ -300,35 +389,55 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
         }
         (false, false) => super::scale(&mut c_d, beta),
     }
-    // Interleave the planes back into C, with a loop per primal rule so that
-    // each is branch-free (and vectorises on a unit column stride).
-    match parts {
-        Parts::Both => interleave(&mut c, cv, cd, |_, v| v),
-        Parts::Tangent if beta == zero => interleave(&mut c, cv, cd, |_, _| zero),
-        Parts::Tangent => interleave(&mut c, cv, cd, |x, _| beta * x),
-    }
+    interleave(&mut c, cv, cd, parts, beta);
 }
 
-/// `C(i, j) ← (primal(C.v(i, j), cv[i·n + j]), cd[i·n + j])` for the
-/// row-major `m × n` planes `cv`, `cd` (`primal` does not read `C.v` when β = 0).
-fn interleave<F: Prim>(
-    c: &mut MatMut<'_, Dual<F>>,
-    cv: &[F],
-    cd: &[F],
-    primal: impl Fn(F, F) -> F,
-) {
+/// The planes back into `C`: `C(i, j) ← (cv[i·n + j], cd[i·n + j])` for
+/// [`Parts::Both`], `(β·C.v(i, j), cd[i·n + j])` for [`Parts::Tangent`]
+/// (`0` for the primal when β = 0, which does not read `C.v`), for the
+/// row-major `m × n` planes `cv`, `cd`. A row of a unit-column-stride `C`
+/// goes through the wide loops ([`zip_duals`], [`set_tangents`]).
+fn interleave<F: Prim>(c: &mut MatMut<'_, Dual<F>>, cv: &[F], cd: &[F], parts: Parts, beta: F) {
     let (n, rs, cs) = (c.cols, c.rs, c.cs);
     for (i, (v, d)) in cv.chunks_exact(n).zip(cd.chunks_exact(n)).enumerate() {
         if cs == 1 {
             let out = &mut c.data[i * rs..i * rs + n];
-            for ((x, &v), &d) in out.iter_mut().zip(v).zip(d) {
-                *x = Dual::new(primal(x.v, v), d);
+            match parts {
+                Parts::Both => zip_duals(v, d, out),
+                Parts::Tangent => set_tangents(out, d, beta),
             }
-        } else {
-            for (j, (&v, &d)) in v.iter().zip(d).enumerate() {
-                let x = &mut c.data[i * rs + j * cs];
-                *x = Dual::new(primal(x.v, v), d);
-            }
+            continue;
+        }
+        for (j, (&v, &d)) in v.iter().zip(d).enumerate() {
+            let x = &mut c.data[i * rs + j * cs];
+            let v = match parts {
+                Parts::Both => v,
+                Parts::Tangent if beta == F::zero() => F::zero(),
+                Parts::Tangent => beta * x.v,
+            };
+            *x = Dual::new(v, d);
+        }
+    }
+}
+
+/// `out[i] ← (β·out[i].v, d[i])` (`0` for the primal when β = 0, without
+/// reading it) over the shorter of the two: a tangent-only product's output.
+/// Compiled for the active family's vector width.
+pub(crate) fn set_tangents<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) {
+    super::wide::wide!(tangents_scaled<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) -> ())
+}
+
+/// The loop of [`set_tangents`], one per primal rule (each branch-free).
+#[inline(always)]
+fn tangents_scaled<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) {
+    let zero = T::zero();
+    if beta == zero {
+        for (o, &d) in out.iter_mut().zip(d) {
+            *o = Dual { v: zero, d };
+        }
+    } else {
+        for (o, &d) in out.iter_mut().zip(d) {
+            *o = Dual { v: beta * o.v, d };
         }
     }
 }
@@ -469,6 +578,80 @@ mod tests {
                 assert_eq!(f.d.to_bits(), o.d.to_bits(), "{case:?}: tangent {i}");
                 let v = if acc { z.v } else { 0.0 };
                 assert_eq!(o.v.to_bits(), v.to_bits(), "{case:?}: primal {i}");
+            }
+        }
+    }
+
+    /// The wide copies between duals and planes give the plain loops' bits in
+    /// every family, at lengths around the vector widths (tails), with
+    /// signed zeros, NaN and ∞ among the values; `set_tangents` with β = 0
+    /// (and −0) writes +0 without reading the primal (NaN there), and with
+    /// β ≠ 0 scales it.
+    #[test]
+    fn wide_plane_copies_give_the_plain_loops_bits() {
+        use crate::kernels::wide::families;
+        use crate::kernels::with_family;
+        let special = [0.0, -0.0, f64::NAN, f64::INFINITY, -1.5];
+        let value = |i: usize, s: f64| {
+            let x = (i as f64 * 0.37 + s).sin();
+            if i % 7 == 3 {
+                special[i % 5]
+            } else {
+                x
+            }
+        };
+        for family in families() {
+            for n in [0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 100, 257] {
+                let v: Vec<f64> = (0..n).map(|i| value(i, 0.1)).collect();
+                let d: Vec<f64> = (0..n).map(|i| value(i, 0.7)).collect();
+                let mut z = vec![Dual::new(f64::NAN, f64::NAN); n];
+                with_family(family, || zip_duals(&v, &d, &mut z));
+                for i in 0..n {
+                    let case = format!("{family:?} n {n}: zip {i}");
+                    assert_eq!(z[i].v.to_bits(), v[i].to_bits(), "{case}");
+                    assert_eq!(z[i].d.to_bits(), d[i].to_bits(), "{case}");
+                }
+                let mut t = vec![f64::NAN; n];
+                with_family(family, || tangents_into(&z, &mut t));
+                let (mut v2, mut d2) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+                let nonzero = with_family(family, || unzip_duals(&z, &mut v2, &mut d2));
+                let want_nonzero = d.iter().any(|&x| x != 0.0);
+                assert_eq!(nonzero, want_nonzero, "{family:?} n {n}: nonzero");
+                for i in 0..n {
+                    let case = format!("{family:?} n {n}: split {i}");
+                    assert_eq!(t[i].to_bits(), d[i].to_bits(), "{case}");
+                    assert_eq!(v2[i].to_bits(), v[i].to_bits(), "{case}");
+                    assert_eq!(d2[i].to_bits(), d[i].to_bits(), "{case}");
+                }
+                // The nonzero test: ±0 tangents with at most one negative
+                // one, at each end and in the middle.
+                for at in [None, Some(0), Some(n / 2), Some(n.saturating_sub(1))] {
+                    let mut zd: Vec<f64> = (0..n).map(|i| [0.0, -0.0][i % 2]).collect();
+                    if let (Some(i), true) = (at, n > 0) {
+                        zd[i] = -2.0;
+                    }
+                    let zz: Vec<Dual<f64>> = zd.iter().map(|&d| Dual::new(1.0, d)).collect();
+                    let got = with_family(family, || unzip_duals(&zz, &mut v2, &mut d2));
+                    assert_eq!(
+                        got,
+                        at.is_some() && n > 0,
+                        "{family:?} n {n}: nonzero at {at:?}"
+                    );
+                }
+                for beta in [0.0, -0.0, 0.5, 1.0] {
+                    let mut out = if beta == 0.0 {
+                        vec![Dual::new(f64::NAN, 9.0); n]
+                    } else {
+                        z.clone()
+                    };
+                    with_family(family, || set_tangents(&mut out, &d, beta));
+                    for i in 0..n {
+                        let want = if beta == 0.0 { 0.0 } else { beta * z[i].v };
+                        let case = format!("{family:?} n {n} β {beta}: set_tangents {i}");
+                        assert_eq!(out[i].v.to_bits(), want.to_bits(), "{case}");
+                        assert_eq!(out[i].d.to_bits(), d[i].to_bits(), "{case}");
+                    }
+                }
             }
         }
     }

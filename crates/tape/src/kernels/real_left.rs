@@ -24,6 +24,7 @@
 
 use std::any::{Any, TypeId};
 
+use super::dual::{set_tangents, tangents_into};
 use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
 use crate::real::{Dual, Real};
 
@@ -108,41 +109,59 @@ fn as_dual<T: Real, F: Prim>(
     };
     let a = MatRef::new(same_type::<_, F>(a.data), a.rows, a.cols, a.rs, a.cs);
     let b = MatRef::new(same_type::<_, Dual<F>>(b.data), b.rows, b.cols, b.rs, b.cs);
-    let mut c = MatMut::row_major(same_type_mut::<_, Dual<F>>(c), a.rows, b.cols);
-    dual::<F>(
-        primal,
-        Product::new(alpha, a, b.real_columns(), beta, c.real_columns()),
-    );
+    let c = same_type_mut::<_, Dual<F>>(c);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if is_small(m, k, n) || primal {
+        // `A (m × k) · [B.v | B.d] (k × 2n, parts interleaved)` into the
+        // interleaved `C`, both with unit column stride; a small one by the
+        // small family, as the dual product would run it (its own
+        // small/large choice counts n dual columns).
+        let mut c = MatMut::row_major(c, m, n);
+        let p = Product::new(alpha, a, b.real_columns(), beta, c.real_columns());
+        if is_small(m, k, n) {
+            super::small(p);
+        } else {
+            F::large_gemm(p);
+        }
+    } else {
+        tangent(alpha, a, b, beta, c);
+    }
     true
 }
 
-/// `p` is `A (m × k) · [B.v | B.d] (k × 2n, parts interleaved)` into the
-/// interleaved `C`, both with unit column stride.
-fn dual<F: Prim>(primal: bool, p: Product<'_, F>) {
-    let [m, k, n2] = p.shape();
-    let n = n2 / 2;
-    if is_small(m, k, n) {
-        // The small family, as the dual product would run it (its own
-        // small/large choice counts n dual columns).
-        super::small(p);
-    } else if primal {
-        F::large_gemm(p);
-    } else {
-        // The tangent alone, as `tangent_gemm`: C.v ← β C.v, C.d ← α A B.d + β C.d.
-        let Product {
+/// The tangent alone, as `tangent_gemm`: `C.v ← β·C.v`, `C.d ← α A·B.d +
+/// β C.d`, for a dense row-major `C` (`m × n`). The product writes a
+/// contiguous plane (this thread's dual scratch; loaded from `C.d` first if
+/// β ≠ 0), which one wide pass ([`set_tangents`]) interleaves back with the
+/// primal rule: the same bits as writing `C.d` in place (an element's value
+/// does not depend on where the output lies), with unit-stride stores in the
+/// product and one pass over `C` instead of two strided ones.
+fn tangent<F: Prim>(
+    alpha: F,
+    a: MatRef<'_, F>,
+    b: MatRef<'_, Dual<F>>,
+    beta: F,
+    c: &mut [Dual<F>],
+) {
+    let (m, n) = (a.rows, b.cols);
+    let b_d = b.parts().1;
+    F::with_scratch(|s| {
+        if s.len() < m * n {
+            s.resize(m * n, F::zero());
+        }
+        let plane = &mut s[..m * n];
+        if beta != F::zero() {
+            tangents_into(c, plane);
+        }
+        F::large_gemm(Product::new(
             alpha,
             a,
-            b,
+            b_d,
             beta,
-            c,
-        } = p;
-        let b_d = MatRef::new(b.data.get(1..).unwrap_or(&[]), k, n, b.rs, 2);
-        let mut c_v = MatMut::new(&mut *c.data, m, n, c.rs, 2);
-        super::scale(&mut c_v, beta);
-        let len = c.data.len();
-        let c_d = MatMut::new(&mut c.data[1.min(len)..], m, n, c.rs, 2);
-        F::large_gemm(Product::new(alpha, a, b_d, beta, c_d));
-    }
+            MatMut::row_major(plane, m, n),
+        ));
+        set_tangents(c, plane, beta);
+    });
 }
 
 /// `(α, β)` as `F`s if `T` is `Dual<F>` (whose `Base` is `F`), else `None`.
@@ -170,4 +189,60 @@ fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
     // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::wide::families;
+    use crate::kernels::with_family;
+
+    /// The tangent-only real-left product (a large shape: through the
+    /// contiguous plane) against the general tangent-only product of `A`
+    /// with zero tangents, bit for bit in every family, for β ∈ {0, −0, ½, 1}
+    /// (β = 0: `C` starts as NaN and must be overwritten, its primal with
+    /// +0), with `A` row-major and transposed.
+    #[test]
+    fn tangent_only_real_left_product_is_the_dual_products_tangent() {
+        let (m, k, n) = (37, 45, 70);
+        assert!(!is_small(m, k, n));
+        let val = |i: usize, s: f64| (i as f64 * 0.37 + s).sin();
+        let a: Vec<f64> = (0..m * k).map(|i| val(i, 0.1)).collect();
+        let b: Vec<Dual<f64>> = (0..k * n)
+            .map(|i| Dual::new(val(i, 0.2), val(i, 0.3)))
+            .collect();
+        let c0: Vec<Dual<f64>> = (0..m * n)
+            .map(|i| Dual::new(val(i, 0.4), val(i, 0.5)))
+            .collect();
+        let at: Vec<f64> = (0..m * k).map(|x| a[(x % m) * k + x / m]).collect();
+        for family in families() {
+            for beta in [0.0, -0.0, 0.5, 1.0] {
+                for transposed in [false, true] {
+                    let av = if transposed {
+                        MatRef::row_major(&at, k, m).t()
+                    } else {
+                        MatRef::row_major(&a, m, k)
+                    };
+                    let start = if beta == 0.0 {
+                        vec![Dual::new(f64::NAN, f64::NAN); m * n]
+                    } else {
+                        c0.clone()
+                    };
+                    let (mut got, mut want) = (start.clone(), start);
+                    let bv = MatRef::row_major(&b, k, n);
+                    with_family(family, || {
+                        real_left_gemm(false, 1.0, av, bv, beta, &mut got);
+                        let ad: Vec<Dual<f64>> = a.iter().map(|&x| Dual::constant(x)).collect();
+                        let ad = MatRef::row_major(&ad, m, k);
+                        super::super::tangent_gemm(1.0, ad, bv, beta, &mut want);
+                    });
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let case = format!("{family:?} β {beta} Aᵀ {transposed}: element {i}");
+                        assert_eq!(g.d.to_bits(), w.d.to_bits(), "{case}: tangent");
+                        assert_eq!(g.v.to_bits(), w.v.to_bits(), "{case}: primal");
+                    }
+                }
+            }
+        }
+    }
 }
