@@ -10,26 +10,29 @@ use super::{packed, pair, Family, MatRef, Prim, Product};
 /// costs more (a hand-off to the second thread, a second packing of the
 /// shared operand) than it saves. 2^22 cuts every product of the MLP
 /// benchmark (784-256-256-10, batch 64) but the last layer's: 4.2 M to
-/// 25.7 M multiply-adds, ≥ 20 µs a half on one AVX-512 core against a
+/// 25.7 M multiply-adds, ≥ 15 µs a chunk on one AVX-512 core against a
 /// hand-off of a few µs (`examples/gemm_split.rs`, `docs/benchmarks.md`
 /// "split"). Earlier tries with rayon (2^21, 2^23: "HVP on planes", "mlphvp")
 /// lost under load (the caller slept while two workers were woken, and a
 /// half waited for a descheduled worker) and allocated in steady state.
 pub(crate) const SPLIT_MACS: usize = 1 << 22;
-/// At most this many chunks per product (each packs the shared operand once):
-/// the caller and the second thread of [`pair::join`].
-const MAX_CHUNKS: usize = 2;
+/// At most this many chunks per product (each packs the shared operand once),
+/// taken in turn by the caller and the second thread of [`pair::share`]:
+/// more than two, so that a thread the system has not scheduled holds up at
+/// most one chunk.
+const MAX_CHUNKS: usize = 4;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many, so the register tiles (`packed.rs`) start at the same
-/// offsets as in one uncut call and no chunk adds edge tiles. (The bits do not
-/// depend on it: an element's value does not depend on its place in a tile.)
-const ALIGN: usize = 64;
+/// least this many: a multiple of the AVX-512 register tiles (8 × 32 `f32`,
+/// 8 × 16 `f64`, `packed.rs`), so that their tiles start at the same offsets
+/// as in one uncut call and no chunk adds edge tiles, and small enough that
+/// 784 rows cut in four are 224, 224, 224 and 112. (The bits do not depend on
+/// it: an element's value does not depend on its place in a tile.)
+const ALIGN: usize = 32;
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
 /// larger of `C`'s two dimensions is cut into `chunks` equal parts (the last
 /// one shorter, each a multiple of [`ALIGN`]), at most [`MAX_CHUNKS`], each
-/// with at least [`SPLIT_MACS`]/2 multiply-adds; a power of two, so that two
-/// threads get equal halves.
+/// with at least [`SPLIT_MACS`]/2 multiply-adds; a power of two.
 pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
     let macs = m.saturating_mul(k).saturating_mul(n);
     let along_rows = m >= n;
@@ -50,19 +53,19 @@ pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
 ///
 /// # Threads
 /// A large product called from outside rayon's workers, with a pool of two
-/// threads or more, is cut in two halves of `C`'s rows or columns
-/// ([`chunking`], a function of the shape only), the first run on the calling
-/// thread, the second on the second thread of [`pair::join`] (or on the
-/// caller, if that thread has not started it by then). Inside a worker (the
-/// caller already runs tasks in parallel, e.g. a meta-batch) it is one call
-/// on that worker, so the two kinds of threads do not compete for the cores.
-/// Each element of `C` is the same sequence of operations (`packed.rs`: one
-/// accumulator from zero over all of k) however `C` is cut, so the bits do
-/// not depend on the chunks, the thread count nor which thread ran a half
-/// (`tests/kernel_families.rs`, `large_products_give_the_same_bits_for_any_split`,
-/// `the_mlp_products_give_the_same_bits_cut_in_two`). Each half has its own
-/// packing buffers (`Prim::with_pack`, the calling thread's), whichever
-/// thread runs it, so they grow with the sequence of shapes only.
+/// threads or more, is cut in chunks of `C`'s rows or columns ([`chunking`],
+/// a function of the shape only), which the calling thread and the second
+/// thread of [`pair::share`] take in turn (all of them the caller, if that
+/// thread is not scheduled). Inside a worker (the caller already runs tasks
+/// in parallel, e.g. a meta-batch) it is one call on that worker, so the two
+/// kinds of threads do not compete for the cores. Each element of `C` is the
+/// same sequence of operations (`packed.rs`: one accumulator from zero over
+/// all of k) however `C` is cut, so the bits do not depend on the chunks, the
+/// thread count nor which thread ran a chunk (`tests/kernel_families.rs`,
+/// `large_products_give_the_same_bits_for_any_split`,
+/// `the_mlp_products_give_the_same_bits_cut_in_two`). The packing buffers are
+/// the calling thread's (`Prim::with_pack`): one set for its own chunks, one
+/// for the second thread's, so they grow with the sequence of shapes only.
 pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     let [m, k, n] = p.shape();
     let Product {
@@ -99,22 +102,23 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         }
         let dim = if along_rows { m } else { n };
         let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
-        let half = |i: usize, bufs: &mut packed::Bufs<F>| {
+        // One set of buffers per thread role, whichever thread that is.
+        let bufs = [Mutex::new(&mut *first), Mutex::new(&mut *second)];
+        pair::share(chunks, &|i: usize, there: bool| {
             let r = (i * len).min(dim)..((i + 1) * len).min(dim);
+            let mut b = bufs[usize::from(there)]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if along_rows {
-                whole.part(r, 0..n, bufs);
+                whole.part(r, 0..n, &mut b);
             } else {
-                whole.part(0..m, r, bufs);
+                whole.part(0..m, r, &mut b);
             }
-        };
-        // The second half's buffers, used by whichever thread runs it.
-        let second = Mutex::new(second);
-        pair::join(|| half(0, first), &|| {
-            half(
-                1,
-                &mut second.lock().unwrap_or_else(PoisonError::into_inner),
-            )
         });
+        // The second thread may first run a chunk of some shape in a later
+        // call than this thread (a busy machine): its set is kept as large
+        // as this thread's, so it grows in the calls this one grows in.
+        second.cover(first);
     })
 }
 
@@ -134,7 +138,7 @@ struct Parts<'a, F> {
 
 // SAFETY: the parts `real` computes at once write pairwise disjoint elements
 // through `c` (their ranges partition C's rows or columns, and `MatMut::new`
-// checked that C's elements are distinct), and `pair::join` returns (or
+// checked that C's elements are distinct), and `pair::share` returns (or
 // unwinds) only after both have ended, inside `real`, while the `&mut` borrow
 // `c` comes from is alive. The rest is shared references and plain values.
 unsafe impl<F: Sync> Sync for Parts<'_, F> {}
@@ -193,20 +197,21 @@ impl<F: Prim> Parts<'_, F> {
 mod tests {
     use super::chunking;
 
-    /// Products of 2^22 multiply-adds or more are cut in two along `C`'s
-    /// longer side: the MLP benchmark's products (784-256-256-10, batch 64)
-    /// of 4.2 M and 12.8 M, and the HVP's tangent products (`k` doubled, up
-    /// to 25.7 M); not the last layer's (10 columns).
+    /// Products of 2^22 multiply-adds or more are cut along `C`'s longer
+    /// side, in two, from 2^23 in four: the MLP benchmark's products
+    /// (784-256-256-10, batch 64) of 4.2 M in two, of 12.8 M in four, and the
+    /// HVP's tangent products (`k` doubled, 8.4 M and 25.7 M) in four; not
+    /// the last layer's (10 columns).
     #[test]
-    fn products_from_2_pow_22_multiply_adds_on_are_cut_in_two() {
+    fn products_from_2_pow_22_multiply_adds_on_are_cut() {
         // [m, k, n] → (chunks, along rows)
         let cases = [
-            ([300, 400, 300], (2, true)),   // 36 M
-            ([64, 800, 800], (2, false)),   // 41 M
-            ([784, 128, 256], (2, true)),   // tangent xᵀ·dZ1, 25.7 M
-            ([64, 784, 256], (2, false)),   // x·W1
-            ([784, 64, 256], (2, true)),    // xᵀ·dZ1
-            ([64, 512, 256], (2, false)),   // tangent h·W2, dZ·W2ᵀ
+            ([300, 400, 300], (4, true)),   // 36 M
+            ([64, 800, 800], (4, false)),   // 41 M
+            ([784, 128, 256], (4, true)),   // tangent xᵀ·dZ1, 25.7 M
+            ([64, 784, 256], (4, false)),   // x·W1
+            ([784, 64, 256], (4, true)),    // xᵀ·dZ1
+            ([64, 512, 256], (4, false)),   // tangent h·W2, dZ·W2ᵀ
             ([64, 256, 256], (2, false)),   // h·W2, dZ·W2ᵀ
             ([256, 64, 256], (2, true)),    // hᵀ·dZ2
             ([64, 256, 255], (1, false)),   // just below 2^22

@@ -128,6 +128,15 @@ pub(crate) trait Micro {
     unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, t: &Tile<Self::E>);
 }
 
+impl<E: Real> Bufs<E> {
+    /// Grows each buffer to at least the length of `other`'s.
+    pub(crate) fn cover(&mut self, other: &Self) {
+        grow(&mut self.a, other.a.len());
+        grow(&mut self.b, other.b.len());
+        grow(&mut self.c, other.c.len());
+    }
+}
+
 /// Grows `v` to at least `len` elements (never shrinks: the steady state
 /// allocates nothing).
 fn grow<E: Real>(v: &mut Vec<E>, len: usize) {

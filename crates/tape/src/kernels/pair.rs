@@ -1,6 +1,6 @@
-//! Two halves of a job at once: the calling thread runs one, a second thread
-//! kept for the purpose (started on first use) the other, with no heap
-//! allocation per call.
+//! The chunks of a job shared between the calling thread and a second thread
+//! kept for the purpose (started on first use), with no heap allocation per
+//! call: both take the next chunk from one counter until none is left.
 //!
 //! Why not `rayon::join`: called from outside rayon's pool (the large
 //! products of one gradient or HVP call), it hands the whole join to the pool
@@ -9,33 +9,34 @@
 //! allocation per 63 cut products, which `crates/hvp/tests/alloc.rs` saw
 //! (`docs/benchmarks.md`, "split"). It also wakes two sleeping workers and
 //! puts the caller to sleep; here one thread is woken and the caller works.
-//! The second half goes back to the caller if the second thread has not
-//! started it when the first half is done (on a busy machine the second
-//! thread may not be scheduled for milliseconds), so which thread runs it
-//! varies: `large.rs` hands each half its own packing buffers, not the
-//! running thread's.
+//! Chunks taken from a counter, not assigned: on a busy machine the second
+//! thread may not be scheduled for milliseconds, and the caller then does the
+//! chunks it has not taken (and waits only for one it has started), so which
+//! thread runs a chunk varies.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How long a side spins for the other (the second thread for its next half,
-/// the caller for the second half's end) before it sleeps: the halves of a
-/// product are about equal, and an MLP call's products follow each other
-/// within tens of microseconds, so most hand-offs need no sleep and wake-up.
+/// How long a side spins for the other (the second thread for its next job,
+/// the caller for the end of the second thread's last chunk) before it
+/// sleeps: an MLP call's products follow each other within tens of
+/// microseconds, so most hand-offs need no sleep and wake-up. (It yields the
+/// core every 64 spins, in case the other thread waits for it.)
 const SPIN: Duration = Duration::from_micros(50);
 
-/// A half handed to the second thread: `run(data)`.
+/// A job handed to the second thread: `run(data, chunks)`.
 #[derive(Clone, Copy)]
 struct Task {
-    run: unsafe fn(*const ()),
+    run: unsafe fn(*const (), usize),
     data: *const (),
+    chunks: usize,
 }
 
-// SAFETY: a `Task` is made only by `join` from a `&B` with `B: Sync` (so `B`
-// may be called from another thread) and `call::<B>`; `join` does not return
-// nor unwind before the second thread has finished with it (`Claim`).
+// SAFETY: a `Task` is made only by `share` from a `&J` with `J: Sync` (so
+// `J` may be called from another thread) and `take::<J>`; `share` does not
+// return nor unwind before the second thread has finished with it (`Claim`).
 unsafe impl Send for Task {}
 
 /// What the two threads share, under [`Second::state`].
@@ -49,8 +50,10 @@ struct State {
 
 /// The second thread's mailbox.
 struct Second {
-    /// Held by one `join` at a time (another caller runs both halves itself).
+    /// Held by one `share` at a time (another caller runs its chunks itself).
     taken: AtomicBool,
+    /// The next chunk to take.
+    next: AtomicUsize,
     /// `state.task` is set (read while spinning).
     posted: AtomicBool,
     /// `state.done` is set (read while spinning).
@@ -64,6 +67,7 @@ struct Second {
 
 static SECOND: Second = Second {
     taken: AtomicBool::new(false),
+    next: AtomicUsize::new(0),
     posted: AtomicBool::new(false),
     done: AtomicBool::new(false),
     state: Mutex::new(State {
@@ -97,6 +101,7 @@ fn spin(flag: &AtomicBool) -> bool {
             }
             std::hint::spin_loop();
         }
+        std::thread::yield_now();
         if t0.elapsed() >= SPIN {
             return flag.load(Ordering::Acquire);
         }
@@ -120,9 +125,12 @@ fn serve() {
             }
         };
         SECOND.posted.store(false, Ordering::Relaxed);
-        // SAFETY: `task` came from `join`, which keeps its `data` alive and
+        // SAFETY: `task` came from `share`, which keeps its `data` alive and
         // callable from this thread until `done` is set below (see `Task`).
-        let ok = catch_unwind(AssertUnwindSafe(|| unsafe { (task.run)(task.data) })).is_ok();
+        let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
+            (task.run)(task.data, task.chunks)
+        }))
+        .is_ok();
         let mut st = lock();
         st.done = true;
         st.panicked = !ok;
@@ -132,13 +140,25 @@ fn serve() {
     }
 }
 
-/// Calls the `B` behind `data`.
+/// Runs `job(i, there)` for chunks `i < chunks` taken from [`Second::next`]
+/// until none is left (`there`: on the second thread).
+fn chunks_of<J: Fn(usize, bool) + Sync>(job: &J, chunks: usize, there: bool) {
+    loop {
+        let i = SECOND.next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            return;
+        }
+        job(i, there);
+    }
+}
+
+/// The second thread's side of [`share`] for the `J` behind `data`.
 ///
 /// # Safety
-/// `data` is a live `&B`.
-unsafe fn call<B: Fn() + Sync>(data: *const ()) {
+/// `data` is a live `&J`.
+unsafe fn take<J: Fn(usize, bool) + Sync>(data: *const (), chunks: usize) {
     // SAFETY: this fn's contract.
-    unsafe { (*data.cast::<B>())() }
+    chunks_of(unsafe { &*data.cast::<J>() }, chunks, true);
 }
 
 /// A posted task: dropping it (also while unwinding) takes the task back or
@@ -147,7 +167,7 @@ struct Claim;
 
 impl Claim {
     /// Takes the posted task back if the second thread has not taken it
-    /// (`None`: run it here), else waits for it: whether it panicked.
+    /// (`None`), else waits for it: whether it panicked.
     fn finish(&self) -> Option<bool> {
         let mut st = lock();
         if st.task.take().is_some() {
@@ -176,14 +196,13 @@ impl Drop for Claim {
     }
 }
 
-/// Runs `here()` on this thread and `there()` at the same time on the second
-/// thread, and returns when both have returned. `there()` runs on this
-/// thread too (after `here()`) when the second thread has not started it by
-/// the time `here()` returns (a busy machine: no waiting for a thread the
-/// system has not scheduled), when another caller is using the second thread,
-/// or when it could not be started. A panic in either is passed on after
-/// both have ended.
-pub(crate) fn join<B: Fn() + Sync>(here: impl FnOnce(), there: &B) {
+/// Runs `job(i, there)` once for each chunk `i < chunks`, on this thread
+/// (`there` false) and at the same time on the second thread (`there` true),
+/// each taking the next chunk left, and returns when all have returned; all
+/// on this thread when another caller is using the second thread or it could
+/// not be started. A panic in a chunk is passed on after the other thread's
+/// chunks have ended.
+pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
     let started = *STARTED.get_or_init(|| {
         let spawned = std::thread::Builder::new()
             .name("tape-second".into())
@@ -204,56 +223,55 @@ pub(crate) fn join<B: Fn() + Sync>(here: impl FnOnce(), there: &B) {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok();
     if !free {
-        here();
-        return there();
+        return (0..chunks).for_each(|i| job(i, false));
     }
+    SECOND.next.store(0, Ordering::Relaxed);
     {
         let mut st = lock();
         st.task = Some(Task {
-            run: call::<B>,
-            data: (there as *const B).cast(),
+            run: take::<J>,
+            data: (job as *const J).cast(),
+            chunks,
         });
         SECOND.posted.store(true, Ordering::Release);
     }
     SECOND.wake.notify_one();
     let claim = Claim;
-    here();
+    chunks_of(job, chunks, false);
     let outcome = claim.finish();
-    // The task is finished or taken back: nothing for `drop` to wait for.
+    // The task is finished or taken back (its chunks all done here): nothing
+    // for `drop` to wait for.
     std::mem::forget(claim);
     SECOND.taken.store(false, Ordering::Release);
-    match outcome {
-        None => there(),
-        Some(panicked) => assert!(
-            !panicked,
-            "kernels: the second thread's half of a job panicked"
-        ),
-    }
+    assert!(
+        outcome != Some(true),
+        "kernels: a chunk on the second thread panicked"
+    );
 }
 
 #[cfg(test)]
 mod tests {
-    use super::join;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use super::share;
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
 
-    /// Both halves run, each once, however many threads call at once.
+    /// Every chunk runs once, however many threads call at once.
     #[test]
-    fn both_halves_run_once_from_concurrent_callers() {
+    fn every_chunk_runs_once_from_concurrent_callers() {
         let count = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..4 {
-                s.spawn(|| {
-                    for _ in 0..200 {
-                        let (a, b) = (AtomicUsize::new(0), AtomicUsize::new(0));
-                        join(
-                            || {
-                                a.fetch_add(1, Ordering::Relaxed);
-                            },
-                            &|| {
-                                b.fetch_add(1, Ordering::Relaxed);
-                            },
-                        );
-                        assert_eq!((a.into_inner(), b.into_inner()), (1, 1));
+            for caller in 0..4 {
+                let count = &count;
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let chunks = 1 + (caller + round) % 5;
+                        let hits: Vec<AtomicUsize> =
+                            (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                        share(chunks, &|i, _| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -266,12 +284,22 @@ mod tests {
     /// serves the next call.
     #[test]
     fn a_panic_there_reaches_the_caller() {
-        let r = std::panic::catch_unwind(|| join(|| (), &|| panic!("planted")));
-        assert!(r.is_err());
+        let ran_there = AtomicBool::new(false);
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            share(2, &|_, there| {
+                if there {
+                    ran_there.store(true, Ordering::Relaxed);
+                    panic!("planted");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        }));
+        // (The second thread takes no chunk if not scheduled within 20 ms.)
+        assert_eq!(r.is_err(), ran_there.into_inner());
         let hit = AtomicUsize::new(0);
-        join(|| (), &|| {
+        share(3, &|_, _| {
             hit.fetch_add(1, Ordering::Relaxed);
         });
-        assert_eq!(hit.into_inner(), 1);
+        assert_eq!(hit.into_inner(), 3);
     }
 }
