@@ -15,16 +15,39 @@
 //! thread runs a chunk varies.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How long a side spins for the other (the second thread for its next job,
-/// the caller for the end of the second thread's last chunk) before it
-/// sleeps: an MLP call's products follow each other within tens of
-/// microseconds, so most hand-offs need no sleep and wake-up. (It yields the
-/// core every 64 spins, in case the other thread waits for it.)
+/// How long the caller spins for the end of the second thread's last chunk
+/// before it sleeps (chunks are about equal, so the wait is short). It yields
+/// the core every 64 spins, in case the second thread waits for it.
 const SPIN: Duration = Duration::from_micros(50);
+
+/// A wait this long for the second thread's last chunk means the system took
+/// its core away in the middle of a chunk (the caller waits for at most one
+/// chunk, ≤ ~140 µs on one AVX2 core): the machine is busy.
+const STALL: Duration = Duration::from_micros(200);
+
+/// After a [`STALL`], every job runs on its caller alone for this long: on a
+/// machine whose cores are all taken, a thread that loses its core mid-chunk
+/// may wait milliseconds for it, and the caller with it (seen under load 5-8
+/// on 2 vCPUs, `docs/benchmarks.md` "split"). The bits do not depend on it.
+const BACKOFF: Duration = Duration::from_millis(20);
+
+/// Until when (nanoseconds after [`epoch`]) jobs run on their callers alone.
+static ALONE_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// A fixed instant to count [`ALONE_UNTIL`] from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`epoch`] to now.
+fn now_ns() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// A job handed to the second thread: `run(data, chunks)`.
 #[derive(Clone, Copy)]
@@ -54,8 +77,6 @@ struct Second {
     taken: AtomicBool,
     /// The next chunk to take.
     next: AtomicUsize,
-    /// `state.task` is set (read while spinning).
-    posted: AtomicBool,
     /// `state.done` is set (read while spinning).
     done: AtomicBool,
     state: Mutex<State>,
@@ -68,7 +89,6 @@ struct Second {
 static SECOND: Second = Second {
     taken: AtomicBool::new(false),
     next: AtomicUsize::new(0),
-    posted: AtomicBool::new(false),
     done: AtomicBool::new(false),
     state: Mutex::new(State {
         task: None,
@@ -114,7 +134,9 @@ fn serve() {
     lock().ready = true;
     SECOND.finished.notify_all();
     loop {
-        spin(&SECOND.posted);
+        // No spinning here: on a busy machine a spinning second thread takes
+        // the caller's core between products (mlp_hvp 2-3× slower under load
+        // with a 50 µs spin here).
         let task = {
             let mut st = lock();
             loop {
@@ -124,7 +146,6 @@ fn serve() {
                 st = SECOND.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        SECOND.posted.store(false, Ordering::Relaxed);
         // SAFETY: `task` came from `share`, which keeps its `data` alive and
         // callable from this thread until `done` is set below (see `Task`).
         let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
@@ -171,10 +192,10 @@ impl Claim {
     fn finish(&self) -> Option<bool> {
         let mut st = lock();
         if st.task.take().is_some() {
-            SECOND.posted.store(false, Ordering::Relaxed);
             return None;
         }
         drop(st);
+        let t0 = Instant::now();
         spin(&SECOND.done);
         let mut st = lock();
         while !st.done {
@@ -185,6 +206,10 @@ impl Claim {
         }
         st.done = false;
         SECOND.done.store(false, Ordering::Relaxed);
+        if t0.elapsed() >= STALL {
+            let until = now_ns().saturating_add(BACKOFF.as_nanos() as u64);
+            ALONE_UNTIL.store(until, Ordering::Relaxed);
+        }
         Some(st.panicked)
     }
 }
@@ -199,8 +224,8 @@ impl Drop for Claim {
 /// Runs `job(i, there)` once for each chunk `i < chunks`, on this thread
 /// (`there` false) and at the same time on the second thread (`there` true),
 /// each taking the next chunk left, and returns when all have returned; all
-/// on this thread when another caller is using the second thread or it could
-/// not be started. A panic in a chunk is passed on after the other thread's
+/// on this thread when another caller is using the second thread, it could
+/// not be started, or within [`BACKOFF`] of a [`STALL`]. A panic in a chunk is passed on after the other thread's
 /// chunks have ended.
 pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
     let started = *STARTED.get_or_init(|| {
@@ -218,6 +243,7 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
         spawned
     });
     let free = started
+        && now_ns() >= ALONE_UNTIL.load(Ordering::Relaxed)
         && SECOND
             .taken
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -233,7 +259,6 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
             data: (job as *const J).cast(),
             chunks,
         });
-        SECOND.posted.store(true, Ordering::Release);
     }
     SECOND.wake.notify_one();
     let claim = Claim;
