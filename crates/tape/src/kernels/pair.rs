@@ -24,6 +24,15 @@ use std::time::{Duration, Instant};
 /// the core every 64 spins, in case the second thread waits for it.
 const SPIN: Duration = Duration::from_micros(50);
 
+/// How long the second thread spins for the next task (yielding its core to
+/// any other runnable thread as it goes) before it sleeps. A wake-up from
+/// sleep costs about as much as a chunk of the MLP's products (tens of µs),
+/// so without the spin two threads were no faster than one; measured idle on
+/// the Intel VM of `docs/benchmarks.md` ("split", lead's spin): mlp_grad
+/// 0.59–0.67 ms on one thread, 0.53–0.55 with a 20 µs spin, 0.46–0.49 with
+/// 200 µs; with a busy loop on the other core, two threads 6 % slower than one.
+const SERVE_SPIN: Duration = Duration::from_micros(200);
+
 /// A wait this long for the second thread's last chunk means the system took
 /// its core away in the middle of a chunk (the caller waits for at most one
 /// chunk, ≤ ~140 µs on one AVX2 core): the machine is busy.
@@ -79,6 +88,8 @@ struct Second {
     next: AtomicUsize,
     /// `state.done` is set (read while spinning).
     done: AtomicBool,
+    /// `state.task` holds a task (read while the second thread spins).
+    posted: AtomicBool,
     state: Mutex<State>,
     /// Signalled when a task is posted.
     wake: Condvar,
@@ -90,6 +101,7 @@ static SECOND: Second = Second {
     taken: AtomicBool::new(false),
     next: AtomicUsize::new(0),
     done: AtomicBool::new(false),
+    posted: AtomicBool::new(false),
     state: Mutex::new(State {
         task: None,
         done: false,
@@ -134,13 +146,23 @@ fn serve() {
     lock().ready = true;
     SECOND.finished.notify_all();
     loop {
-        // No spinning here: on a busy machine a spinning second thread takes
-        // the caller's core between products (mlp_hvp 2-3× slower under load
-        // with a 50 µs spin here).
+        // A spin of [`SERVE_SPIN`] catches the next product of the same call
+        // without a wake-up; then it sleeps. It yields as it spins: a spin
+        // that did not (50 µs, branch `split`) took the caller's core on a
+        // busy machine (mlp_hvp 2-3× slower under load).
+        let t0 = Instant::now();
+        while !SECOND.posted.load(Ordering::Acquire) && t0.elapsed() < SERVE_SPIN {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            // Another runnable thread on this core (a busy machine) gets it.
+            std::thread::yield_now();
+        }
         let task = {
             let mut st = lock();
             loop {
                 if let Some(t) = st.task.take() {
+                    SECOND.posted.store(false, Ordering::Relaxed);
                     break t;
                 }
                 st = SECOND.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -192,6 +214,7 @@ impl Claim {
     fn finish(&self) -> Option<bool> {
         let mut st = lock();
         if st.task.take().is_some() {
+            SECOND.posted.store(false, Ordering::Relaxed);
             return None;
         }
         drop(st);
@@ -259,6 +282,7 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
             data: (job as *const J).cast(),
             chunks,
         });
+        SECOND.posted.store(true, Ordering::Release);
     }
     SECOND.wake.notify_one();
     let claim = Claim;
