@@ -158,10 +158,19 @@ impl Objective<f32> for BenchMlp {
     }
 }
 
-/// Allocations per call (every thread of the process, 10 calls after a warm
-/// one) of the benchmark's `mlp_grad`, `mlp_hvp` (the HVP-only pass) and
-/// `mlp_hvp_full` (value, gradient and H·v), in that order.
+/// Calls counted per workload: enough that an allocation once per 63 cut
+/// products (rayon's injector queue, which a `rayon::join` from outside the
+/// pool fills: `docs/benchmarks.md`, "split") shows, ≥ 5 cut products a call.
+const CALLS: usize = 100;
+
+/// Allocations per call (every thread of the process, [`CALLS`] calls after a
+/// warm one) of the benchmark's `mlp_grad`, `mlp_hvp` (the HVP-only pass) and
+/// `mlp_hvp_full` (value, gradient and H·v), in that order. Rayon's global
+/// pool is started first, and every worker has run a job: its threads
+/// allocate as they start, once per process, after the call that started
+/// them returned.
 fn mlp_allocations_per_call() -> [f64; 3] {
+    rayon::broadcast(|_| ());
     let sizes = [784, 256, 256, 10];
     let f = BenchMlp {
         x: Tensor::from_fn(&[64, 784], |i| (i as f32 * 0.013).sin()),
@@ -182,10 +191,10 @@ fn mlp_allocations_per_call() -> [f64; 3] {
     let per_call = |mut call: Box<dyn FnMut() + '_>| {
         call(); // grows tapes and scratch
         let before = process_allocations().count;
-        for _ in 0..10 {
+        for _ in 0..CALLS {
             call();
         }
-        (process_allocations().count - before) as f64 / 10.0
+        (process_allocations().count - before) as f64 / CALLS as f64
     };
     let mut tape = Tape::<f32>::new();
     let grad = per_call(Box::new(|| {
@@ -214,11 +223,12 @@ fn mlp_allocations_child() {
 }
 
 /// The benchmark's MLP allocates nothing per steady-state call: the gradient
-/// and either HVP pass, with one rayon thread and with two. (With
+/// and either HVP pass, with one rayon thread and with two (its products of
+/// 2^22 multiply-adds or more then cut in two, `kernels/large.rs`). (With
 /// `matrixmultiply` it was one packing buffer per GEMM call: 8 for the
-/// gradient, 14 for either HVP pass; the packed kernels keep theirs.) Each thread count runs in
-/// a child process (rayon's global pool is built once per process), counting
-/// the allocations of all its threads.
+/// gradient, 14 for either HVP pass; the packed kernels keep theirs.) Each
+/// thread count runs in a child process (rayon's global pool is built once per
+/// process), counting the allocations of all its threads.
 #[test]
 fn mlp_calls_allocate_nothing() {
     let exe = std::env::current_exe().expect("test binary path");

@@ -859,9 +859,9 @@ fn the_family_governs_large_products() {
 
 /// Within a family, a large product gives the same bits whole, cut into row
 /// blocks or column blocks at any offset (not multiples of the tiles), and
-/// cut by `large.rs` between rayon's threads (a product of ≥ 2²⁵
-/// multiply-adds called from outside a pool, against the same call inside a
-/// one-thread pool, where it is not cut).
+/// cut by `large.rs` between two threads (a product of ≥ 2²² multiply-adds
+/// called from outside a pool, against the same call inside a one-thread
+/// pool, where it is not cut).
 #[test]
 fn large_products_give_the_same_bits_for_any_split() {
     fn check(family: Family) {
@@ -903,6 +903,55 @@ fn large_products_give_the_same_bits_for_any_split() {
     }
     for family in available_families() {
         check(family);
+    }
+}
+
+/// The MLP benchmark's products (`examples/gemm_split.rs`, cut in two from
+/// 2²² multiply-adds: along `C`'s columns, or rows when it has more), `B`
+/// also transposed, and with `β` = 1 (an adjoint accumulated; with `k` of
+/// more than one panel `C` is saved first): the same bits cut between two
+/// threads as whole on one, in every family, twenty times over (each time the
+/// second half may run on either thread).
+#[test]
+fn the_mlp_products_give_the_same_bits_cut_in_two() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let shapes = [
+        (64, 784, 256),
+        (64, 256, 256),
+        (784, 64, 256),
+        (64, 512, 256),
+    ];
+    for family in available_families() {
+        for (m, k, n) in shapes {
+            let mut rng = Rng(11);
+            let a: Vec<f32> = (0..m * k).map(|_| rng.val() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.val() as f32).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.val() as f32).collect();
+            let av = MatRef::row_major(&a, m, k);
+            for b_t in [false, true] {
+                let bv = if b_t {
+                    MatRef::new(&b, k, n, 1, k)
+                } else {
+                    MatRef::row_major(&b, k, n)
+                };
+                for beta in [0.0_f32, 1.0] {
+                    let mut whole = c0.clone();
+                    one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
+                    for round in 0..20 {
+                        let mut cut = c0.clone();
+                        with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
+                        assert!(
+                            whole == cut,
+                            "{family}: [{m}, {k}]·[{k}, {n}], B transposed {b_t}, β {beta}, \
+                             round {round}: cut in two differs"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 

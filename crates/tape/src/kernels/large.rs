@@ -2,36 +2,37 @@
 //! kernels (`packed.rs`) of the active family.
 
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
-use super::{packed, Family, MatRef, Prim, Product};
+use super::{packed, pair, Family, MatRef, Prim, Product};
 
 /// Products below this many multiply-adds run as one call: splitting them
-/// costs more (a rayon hand-off, a second packing of the shared operand) than
-/// it saves. Measured on the 2-vCPU Zen 5 VM of `docs/benchmarks.md` ("HVP on
-/// planes", "mlphvp"): with 2^21 or 2^23, which cut the `mlp_*` products of
-/// 4 M (resp. 8 M) multiply-adds or more in two, a 2-thread call took longer
-/// than the same call on one thread under load (other processes on both
-/// cores), and the rayon workers' packing buffers grew whenever a worker first
-/// ran a larger chunk, so `crates/hvp/tests/alloc.rs` counted allocations in
-/// steady-state MLP calls; from 2^25 (33.5 M) on, each chunk has 16 M
-/// multiply-adds, several milliseconds of work against the hand-off's
-/// microseconds. (With two idle cores, a chunk of ≥ 4 M multiply-adds, ≥ 40 µs
-/// on one AVX-512 core, should outweigh a wake-up of ~5–20 µs: see
-/// `examples/gemm_split.rs`.)
-pub(crate) const SPLIT_MACS: usize = 1 << 25;
-/// At most this many chunks per product (each packs the shared operand once).
-const MAX_CHUNKS: usize = 2;
+/// costs more (a hand-off to the second thread, a second packing of the
+/// shared operand) than it saves. 2^22 cuts every product of the MLP
+/// benchmark (784-256-256-10, batch 64) but the last layer's: 4.2 M to
+/// 25.7 M multiply-adds, ≥ 15 µs a chunk on one AVX-512 core against a
+/// hand-off of a few µs (`examples/gemm_split.rs`, `docs/benchmarks.md`
+/// "split"). Earlier tries with rayon (2^21, 2^23: "HVP on planes", "mlphvp")
+/// lost under load (the caller slept while two workers were woken, and a
+/// half waited for a descheduled worker) and allocated in steady state.
+pub(crate) const SPLIT_MACS: usize = 1 << 22;
+/// At most this many chunks per product (each packs the shared operand once),
+/// taken in turn by the caller and the second thread of [`pair::share`]:
+/// more than two, so that a thread the system has not scheduled holds up at
+/// most one chunk.
+const MAX_CHUNKS: usize = 4;
 /// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many, so the register tiles (`packed.rs`) start at the same
-/// offsets as in one uncut call and no chunk adds edge tiles. (The bits do not
-/// depend on it: an element's value does not depend on its place in a tile.)
-const ALIGN: usize = 64;
+/// least this many: a multiple of the AVX-512 register tiles (8 × 32 `f32`,
+/// 8 × 16 `f64`, `packed.rs`), so that their tiles start at the same offsets
+/// as in one uncut call and no chunk adds edge tiles, and small enough that
+/// 784 rows cut in four are 224, 224, 224 and 112. (The bits do not depend on
+/// it: an element's value does not depend on its place in a tile.)
+const ALIGN: usize = 32;
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
 /// larger of `C`'s two dimensions is cut into `chunks` equal parts (the last
 /// one shorter, each a multiple of [`ALIGN`]), at most [`MAX_CHUNKS`], each
-/// with at least [`SPLIT_MACS`]/2 multiply-adds; a power of two, so that two
-/// threads get equal halves.
+/// with at least [`SPLIT_MACS`]/2 multiply-adds; a power of two.
 pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
     let macs = m.saturating_mul(k).saturating_mul(n);
     let along_rows = m >= n;
@@ -51,15 +52,20 @@ pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
 /// chunk runs the same family), any strides.
 ///
 /// # Threads
-/// The thread count is chosen per call. A large product called from outside rayon's workers is cut
-/// into fixed chunks of `C`'s rows or columns ([`chunking`], a function of the
-/// shape only) run as rayon jobs; inside a worker (the caller already runs
-/// tasks in parallel, e.g. a meta-batch) it is one call on that worker, so
-/// the two kinds of threads do not compete for the cores. Each element of `C`
-/// is the same sequence of operations (`packed.rs`: one accumulator from zero
-/// over all of k) however `C` is cut, so the bits do not depend on the chunks
-/// nor on the thread count (`tests/kernel_families.rs`,
-/// `large_products_give_the_same_bits_for_any_split`).
+/// A large product called from outside rayon's workers, with a pool of two
+/// threads or more, is cut in chunks of `C`'s rows or columns ([`chunking`],
+/// a function of the shape only), which the calling thread and the second
+/// thread of [`pair::share`] take in turn (all of them the caller, if that
+/// thread is not scheduled). Inside a worker (the caller already runs tasks
+/// in parallel, e.g. a meta-batch) it is one call on that worker, so the two
+/// kinds of threads do not compete for the cores. Each element of `C` is the
+/// same sequence of operations (`packed.rs`: one accumulator from zero over
+/// all of k) however `C` is cut, so the bits do not depend on the chunks, the
+/// thread count nor which thread ran a chunk (`tests/kernel_families.rs`,
+/// `large_products_give_the_same_bits_for_any_split`,
+/// `the_mlp_products_give_the_same_bits_cut_in_two`). The packing buffers are
+/// the calling thread's (`Prim::with_pack`): one set for its own chunks, one
+/// for the second thread's, so they grow with the sequence of shapes only.
 pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     let [m, k, n] = p.shape();
     let Product {
@@ -72,107 +78,118 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     if m == 0 || n == 0 {
         return;
     }
-    // C's elements are reached through this pointer only, derived from the
-    // `&mut` borrow, which lives until the end of this function.
-    let out = Out {
-        ptr: c.data.as_mut_ptr(),
-        rs: c.rs,
-        cs: c.cs,
+    let whole = Parts {
+        // Read once here: the halves below may run on another thread, whose
+        // `with_family` scope is not this one's.
+        family: super::active(),
+        alpha,
+        a,
+        b,
+        beta,
+        // C's elements are reached through this pointer only, derived from
+        // the `&mut` borrow, which lives until the end of this function.
+        c: c.data.as_mut_ptr(),
+        rsc: c.rs,
+        csc: c.cs,
     };
-    // Read once here: the jobs below may run on other threads, whose
-    // `with_family` scope is not this one's.
-    let family = super::active();
     let (chunks, along_rows) = chunking(m, k, n);
-    if chunks == 1 || rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2 {
-        return call(family, alpha, a, b, beta, &out, 0..m, 0..n);
-    }
-    let dim = if along_rows { m } else { n };
-    let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
-    let job = |i: usize| {
-        let r = (i * len).min(dim)..((i + 1) * len).min(dim);
-        if along_rows {
-            call(family, alpha, a, b, beta, &out, r, 0..n);
-        } else {
-            call(family, alpha, a, b, beta, &out, 0..m, r);
+    F::with_pack(|[first, second]| {
+        if chunks == 1
+            || rayon::current_thread_index().is_some()
+            || rayon::current_num_threads() < 2
+        {
+            return whole.part(0..m, 0..n, first);
         }
-    };
-    cut(&job, 0..chunks);
+        let dim = if along_rows { m } else { n };
+        let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
+        // One set of buffers per thread role, whichever thread that is.
+        let bufs = [Mutex::new(&mut *first), Mutex::new(&mut *second)];
+        pair::share(chunks, &|i: usize, there: bool| {
+            let r = (i * len).min(dim)..((i + 1) * len).min(dim);
+            let mut b = bufs[usize::from(there)]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if along_rows {
+                whole.part(r, 0..n, &mut b);
+            } else {
+                whole.part(0..m, r, &mut b);
+            }
+        });
+        // The second thread may first run a chunk of some shape in a later
+        // call than this thread (a busy machine): its set is kept as large
+        // as this thread's, so it grows in the calls this one grows in.
+        second.cover(first);
+    })
 }
 
-/// Runs `job(i)` for the chunks `i` in `range`, halving the range with
-/// `rayon::join` (no heap allocation, unlike spawned jobs).
-fn cut(job: &(impl Fn(usize) + Sync), range: Range<usize>) {
-    if range.len() == 1 {
-        return job(range.start);
-    }
-    let mid = range.start + range.len() / 2;
-    rayon::join(|| cut(job, range.start..mid), || cut(job, mid..range.end));
-}
-
-/// The output of a product, shared by the chunks' jobs: its first element
-/// and strides (a checked [`super::MatMut`]'s).
-struct Out<F> {
-    ptr: *mut F,
-    rs: usize,
-    cs: usize,
-}
-
-// SAFETY: the jobs of `real` write pairwise disjoint elements through `ptr`
-// (their ranges partition C's rows or columns, and `MatMut::new` checked that
-// C's elements are distinct), and `cut` joins them all before `real`
-// returns (`rayon::join` returns after both halves), while the `&mut`
-// borrow `ptr` comes from is alive.
-unsafe impl<F: Send> Sync for Out<F> {}
-
-/// Rows `rows` × columns `cols` of `C ← α·A·B + β·C`: one packed product
-/// ([`packed::gemm`]) on the sub-blocks of A (those rows), B (those columns) and C.
-#[allow(clippy::too_many_arguments)]
-fn call<F: Prim>(
+/// A product, shared by the threads that compute its parts: the family,
+/// `α`, `A`, `B`, `β`, and `C`'s first element and strides (a checked
+/// [`super::MatMut`]'s).
+struct Parts<'a, F> {
     family: Family,
     alpha: F,
-    a: MatRef<'_, F>,
-    b: MatRef<'_, F>,
+    a: MatRef<'a, F>,
+    b: MatRef<'a, F>,
     beta: F,
-    c: &Out<F>,
-    rows: Range<usize>,
-    cols: Range<usize>,
-) {
-    let (m, k, n) = (rows.len(), a.cols, cols.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    let a0 = a.data.as_ptr().wrapping_add(rows.start * a.rs);
-    let b0 = b.data.as_ptr().wrapping_add(cols.start * b.cs);
-    let c0 = c.ptr.wrapping_add(rows.start * c.rs + cols.start * c.cs);
-    // SAFETY: `MatRef::new`/`MatMut::new` checked that every element (i, l) of
-    // A, (l, j) of B and (i, j) of C lies inside its slice, and `MatMut::new`
-    // that C's elements are pairwise distinct; `Product::new` checked that the
-    // shapes are m × k, k × n, m × n, and `real` passes `rows`/`cols` inside
-    // them, so the sub-blocks' offsets and elements are inside the slices too.
-    // C is a `&mut` borrow (held by `real` across the jobs), so it aliases
-    // neither A nor B; concurrent calls get disjoint row or column ranges of C
-    // (see `real`), so they write disjoint elements. (With k = 0 nothing of A
-    // or B is read.)
-    unsafe {
-        packed::gemm(
-            family,
-            packed::Job {
-                m,
-                k,
-                n,
-                alpha,
-                a: a0,
-                rsa: a.rs,
-                csa: a.cs,
-                b: b0,
-                rsb: b.rs,
-                csb: b.cs,
-                beta,
-                c: c0,
-                rsc: c.rs,
-                csc: c.cs,
-            },
-        )
+    c: *mut F,
+    rsc: usize,
+    csc: usize,
+}
+
+// SAFETY: the parts `real` computes at once write pairwise disjoint elements
+// through `c` (their ranges partition C's rows or columns, and `MatMut::new`
+// checked that C's elements are distinct), and `pair::share` returns (or
+// unwinds) only after both have ended, inside `real`, while the `&mut` borrow
+// `c` comes from is alive. The rest is shared references and plain values.
+unsafe impl<F: Sync> Sync for Parts<'_, F> {}
+
+impl<F: Prim> Parts<'_, F> {
+    /// Rows `rows` × columns `cols` of `C ← α·A·B + β·C`: one packed product
+    /// ([`packed::gemm`]) on the sub-blocks of A (those rows), B (those
+    /// columns) and C, with the buffers `bufs`.
+    fn part(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut packed::Bufs<F>) {
+        let (a, b) = (self.a, self.b);
+        let (m, k, n) = (rows.len(), a.cols, cols.len());
+        if m == 0 || n == 0 {
+            return;
+        }
+        let a0 = a.data.as_ptr().wrapping_add(rows.start * a.rs);
+        let b0 = b.data.as_ptr().wrapping_add(cols.start * b.cs);
+        let c0 = self
+            .c
+            .wrapping_add(rows.start * self.rsc + cols.start * self.csc);
+        // SAFETY: `MatRef::new`/`MatMut::new` checked that every element
+        // (i, l) of A, (l, j) of B and (i, j) of C lies inside its slice, and
+        // `MatMut::new` that C's elements are pairwise distinct;
+        // `Product::new` checked that the shapes are m × k, k × n, m × n, and
+        // `real` passes `rows`/`cols` inside them, so the sub-blocks' offsets
+        // and elements are inside the slices too. C is a `&mut` borrow (held
+        // by `real` across the parts), so it aliases neither A nor B;
+        // concurrent parts get disjoint row or column ranges of C (see
+        // `real`), so they write disjoint elements. (With k = 0 nothing of A
+        // or B is read.)
+        unsafe {
+            packed::gemm(
+                self.family,
+                packed::Job {
+                    m,
+                    k,
+                    n,
+                    alpha: self.alpha,
+                    a: a0,
+                    rsa: a.rs,
+                    csa: a.cs,
+                    b: b0,
+                    rsb: b.rs,
+                    csb: b.cs,
+                    beta: self.beta,
+                    c: c0,
+                    rsc: self.rsc,
+                    csc: self.csc,
+                },
+                bufs,
+            )
+        }
     }
 }
 
@@ -180,20 +197,26 @@ fn call<F: Prim>(
 mod tests {
     use super::chunking;
 
-    /// Products of 2^25 multiply-adds or more are cut in two along `C`'s
-    /// longer side; the MLP benchmark's products (784-256-256-10, batch 64)
-    /// and the HVP's tangent products (`k` doubled, up to 25.7 M) are not.
+    /// Products of 2^22 multiply-adds or more are cut along `C`'s longer
+    /// side, in two, from 2^23 in four: the MLP benchmark's products
+    /// (784-256-256-10, batch 64) of 4.2 M in two, of 12.8 M in four, and the
+    /// HVP's tangent products (`k` doubled, 8.4 M and 25.7 M) in four; not
+    /// the last layer's (10 columns).
     #[test]
-    fn products_from_2_pow_25_multiply_adds_on_are_cut_in_two() {
+    fn products_from_2_pow_22_multiply_adds_on_are_cut() {
         // [m, k, n] → (chunks, along rows)
         let cases = [
-            ([300, 400, 300], (2, true)),   // 36 M
-            ([64, 800, 800], (2, false)),   // 41 M
-            ([784, 128, 256], (1, true)),   // tangent xᵀ·dZ1, 25.7 M
-            ([64, 784, 256], (1, false)),   // x·W1
-            ([784, 64, 256], (1, true)),    // xᵀ·dZ1
-            ([64, 512, 256], (1, false)),   // tangent h·W2, dZ·W2ᵀ
-            ([64, 256, 256], (1, false)),   // h·W2
+            ([300, 400, 300], (4, true)),   // 36 M
+            ([64, 800, 800], (4, false)),   // 41 M
+            ([784, 128, 256], (4, true)),   // tangent xᵀ·dZ1, 25.7 M
+            ([64, 784, 256], (4, false)),   // x·W1
+            ([784, 64, 256], (4, true)),    // xᵀ·dZ1
+            ([64, 512, 256], (4, false)),   // tangent h·W2, dZ·W2ᵀ
+            ([64, 256, 256], (2, false)),   // h·W2, dZ·W2ᵀ
+            ([256, 64, 256], (2, true)),    // hᵀ·dZ2
+            ([64, 256, 255], (1, false)),   // just below 2^22
+            ([64, 256, 10], (1, true)),     // h·W3
+            ([256, 64, 10], (1, true)),     // hᵀ·dZ3
             ([40, 300_000, 40], (1, true)), // 480 M, but 40 rows: halves < ALIGN
         ];
         for ([m, k, n], want) in cases {

@@ -130,6 +130,7 @@ mod family;
 mod grid;
 pub(crate) mod large;
 pub(crate) mod packed;
+mod pair;
 pub(crate) mod portable;
 pub(crate) mod real_left;
 pub(crate) mod rows;
@@ -424,9 +425,10 @@ fn small<T: Real>(mut p: Product<'_, T>) {
 /// scratch. Crate-private, so no other type can claim to be one.
 pub(crate) trait Prim: Float + simd::Lane {
     /// Runs `f` on this thread's packing buffers for the large products
-    /// (`packed.rs`; kept, so a steady state allocates nothing; fresh ones if
-    /// re-entered).
-    fn with_pack<R>(f: impl FnOnce(&mut packed::Bufs<Self>) -> R) -> R;
+    /// (`packed.rs`), one set per half of a product cut in two (`large.rs`),
+    /// whichever thread runs that half (kept, so a steady state allocates
+    /// nothing; fresh ones if re-entered).
+    fn with_pack<R>(f: impl FnOnce(&mut [packed::Bufs<Self>; 2]) -> R) -> R;
 
     /// Runs `f` on this thread's scratch for the dual product's split parts
     /// (kept, so a steady state allocates nothing; a fresh one if re-entered).
@@ -436,16 +438,16 @@ pub(crate) trait Prim: Float + simd::Lane {
 macro_rules! impl_prim {
     ($t:ty, $pack:ident, $scratch:ident) => {
         thread_local! {
-            static $pack: std::cell::RefCell<packed::Bufs<$t>> =
-                std::cell::RefCell::new(packed::Bufs::default());
+            static $pack: std::cell::RefCell<[packed::Bufs<$t>; 2]> =
+                std::cell::RefCell::new(Default::default());
             static $scratch: std::cell::RefCell<Vec<$t>> =
                 const { std::cell::RefCell::new(Vec::new()) };
         }
         impl Prim for $t {
-            fn with_pack<R>(f: impl FnOnce(&mut packed::Bufs<$t>) -> R) -> R {
+            fn with_pack<R>(f: impl FnOnce(&mut [packed::Bufs<$t>; 2]) -> R) -> R {
                 $pack.with(|s| match s.try_borrow_mut() {
                     Ok(mut s) => f(&mut s),
-                    Err(_) => f(&mut packed::Bufs::default()),
+                    Err(_) => f(&mut Default::default()),
                 })
             }
             fn with_scratch<R>(f: impl FnOnce(&mut Vec<$t>) -> R) -> R {

@@ -31,9 +31,10 @@
 //! go through a tile-sized copy.
 //!
 //! # Buffers
-//! The packed panels and the saved `C` live in a thread-local [`Bufs`]
-//! (`Prim::with_pack`), grown to the largest shape seen and reused, so a
-//! steady state allocates nothing.
+//! The packed panels and the saved `C` live in a [`Bufs`] the caller passes:
+//! the calling thread's, one per half of a product cut in two
+//! (`Prim::with_pack`, `large.rs`), grown to the largest shape seen and
+//! reused, so a steady state allocates nothing.
 
 use super::Prim;
 use crate::real::Real;
@@ -125,6 +126,15 @@ pub(crate) trait Micro {
     /// `t.cols ≤ NR`, and `t`'s pointers valid for the elements it names;
     /// the CPU as the kernel requires.
     unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, t: &Tile<Self::E>);
+}
+
+impl<E: Real> Bufs<E> {
+    /// Grows each buffer to at least the length of `other`'s.
+    pub(crate) fn cover(&mut self, other: &Self) {
+        grow(&mut self.a, other.a.len());
+        grow(&mut self.b, other.b.len());
+        grow(&mut self.c, other.c.len());
+    }
 }
 
 /// Grows `v` to at least `len` elements (never shrinks: the steady state
@@ -324,32 +334,30 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     }
 }
 
-/// `C ← α·A·B + β·C` under `family` (see the module docs), with this
-/// thread's buffers.
+/// `C ← α·A·B + β·C` under `family` (see the module docs), with the buffers
+/// `bufs`.
 ///
 /// # Safety
 /// As [`run`] (the CPU check is done here).
-pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>) {
-    F::with_pack(|bufs| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::family::{has_avx2_fma, has_avx512};
-            use super::Family;
-            if family >= Family::Avx512 && has_avx512() {
-                // SAFETY: AVX-512F detected on the line above; the job as
-                // this fn's contract.
-                return unsafe { super::avx512::large(job, bufs) };
-            }
-            if family >= Family::Avx2 && has_avx2_fma() {
-                // SAFETY: AVX2 and FMA detected on the line above; the job
-                // as this fn's contract.
-                return unsafe { super::avx2::large(job, bufs) };
-            }
+pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>, bufs: &mut Bufs<F>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::family::{has_avx2_fma, has_avx512};
+        use super::Family;
+        if family >= Family::Avx512 && has_avx512() {
+            // SAFETY: AVX-512F detected on the line above; the job as this
+            // fn's contract.
+            return unsafe { super::avx512::large(job, bufs) };
         }
-        let _ = family;
-        // SAFETY: this fn's contract; no CPU feature needed.
-        unsafe { super::grid::large(job, bufs) }
-    })
+        if family >= Family::Avx2 && has_avx2_fma() {
+            // SAFETY: AVX2 and FMA detected on the line above; the job as
+            // this fn's contract.
+            return unsafe { super::avx2::large(job, bufs) };
+        }
+    }
+    let _ = family;
+    // SAFETY: this fn's contract; no CPU feature needed.
+    unsafe { super::grid::large(job, bufs) }
 }
 
 /// The register transposes of one instruction set (`simd::transpose_tiles`

@@ -1,0 +1,354 @@
+//! The chunks of a job shared between the calling thread and a second thread
+//! kept for the purpose (started on first use), with no heap allocation per
+//! call: both take the next chunk from one counter until none is left.
+//!
+//! Why not `rayon::join`: called from outside rayon's pool (the large
+//! products of one gradient or HVP call), it hands the whole join to the pool
+//! through the pool's injector queue, a linked list whose blocks of 63 slots
+//! are allocated as it fills (crossbeam-deque `Injector::push`): one heap
+//! allocation per 63 cut products, which `crates/hvp/tests/alloc.rs` saw
+//! (`docs/benchmarks.md`, "split"). It also wakes two sleeping workers and
+//! puts the caller to sleep; here one thread is woken and the caller works.
+//! Chunks taken from a counter, not assigned: on a busy machine the second
+//! thread may not be scheduled for milliseconds, and the caller then does the
+//! chunks it has not taken (and waits only for one it has started), so which
+//! thread runs a chunk varies.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long the caller spins for the end of the second thread's last chunk
+/// before it sleeps (chunks are about equal, so the wait is short). It yields
+/// the core every 64 spins, in case the second thread waits for it.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// How long the second thread spins for the next task (yielding its core to
+/// any other runnable thread as it goes) before it sleeps. A wake-up from
+/// sleep costs about as much as a chunk of the MLP's products (tens of µs),
+/// so without the spin two threads were no faster than one; measured idle on
+/// the Intel VM of `docs/benchmarks.md` ("split", lead's spin): mlp_grad
+/// 0.59–0.67 ms on one thread, 0.53–0.55 with a 20 µs spin, 0.46–0.49 with
+/// 200 µs; with a busy loop on the other core, two threads 6 % slower than one.
+const SERVE_SPIN: Duration = Duration::from_micros(200);
+
+/// A wait this long for the second thread's last chunk means the system took
+/// its core away in the middle of a chunk (the caller waits for at most one
+/// chunk, ≤ ~140 µs on one AVX2 core): the machine is busy.
+const STALL: Duration = Duration::from_micros(200);
+
+/// After a [`STALL`], every job runs on its caller alone for this long: on a
+/// machine whose cores are all taken, a thread that loses its core mid-chunk
+/// may wait milliseconds for it, and the caller with it (seen under load 5-8
+/// on 2 vCPUs, `docs/benchmarks.md` "split"). The bits do not depend on it.
+const BACKOFF: Duration = Duration::from_millis(20);
+
+/// Until when (nanoseconds after [`epoch`]) jobs run on their callers alone.
+static ALONE_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// A fixed instant to count [`ALONE_UNTIL`] from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds from [`epoch`] to now.
+fn now_ns() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A job handed to the second thread: `run(data, chunks)`.
+#[derive(Clone, Copy)]
+struct Task {
+    run: unsafe fn(*const (), usize),
+    data: *const (),
+    chunks: usize,
+}
+
+// SAFETY: a `Task` is made only by `share` from a `&J` with `J: Sync` (so
+// `J` may be called from another thread) and `take::<J>`; `share` does not
+// return nor unwind before the second thread has finished with it (`Claim`).
+unsafe impl Send for Task {}
+
+/// What the two threads share, under [`Second::state`].
+struct State {
+    task: Option<Task>,
+    done: bool,
+    panicked: bool,
+    /// The second thread runs (set once, when it starts serving).
+    ready: bool,
+}
+
+/// The second thread's mailbox.
+struct Second {
+    /// Held by one `share` at a time (another caller runs its chunks itself).
+    taken: AtomicBool,
+    /// The next chunk to take.
+    next: AtomicUsize,
+    /// `state.done` is set (read while spinning).
+    done: AtomicBool,
+    /// `state.task` holds a task (read while the second thread spins).
+    posted: AtomicBool,
+    state: Mutex<State>,
+    /// Signalled when a task is posted.
+    wake: Condvar,
+    /// Signalled when a task is done.
+    finished: Condvar,
+}
+
+static SECOND: Second = Second {
+    taken: AtomicBool::new(false),
+    next: AtomicUsize::new(0),
+    done: AtomicBool::new(false),
+    posted: AtomicBool::new(false),
+    state: Mutex::new(State {
+        task: None,
+        done: false,
+        panicked: false,
+        ready: false,
+    }),
+    wake: Condvar::new(),
+    finished: Condvar::new(),
+};
+
+/// Whether the second thread runs (started on the first call, which waits
+/// until it does, so that the thread's own start-up allocations are over;
+/// `false` if the system refused a thread).
+static STARTED: OnceLock<bool> = OnceLock::new();
+
+/// The state, whatever a panic elsewhere did (no code that can panic runs
+/// while it is held).
+fn lock() -> MutexGuard<'static, State> {
+    SECOND.state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Spins until `flag` is set or [`SPIN`] has passed; whether it was set.
+fn spin(flag: &AtomicBool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if flag.load(Ordering::Acquire) {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        std::thread::yield_now();
+        if t0.elapsed() >= SPIN {
+            return flag.load(Ordering::Acquire);
+        }
+    }
+}
+
+/// The second thread: says it runs, then waits for a task, runs it, says
+/// so; forever.
+fn serve() {
+    lock().ready = true;
+    SECOND.finished.notify_all();
+    loop {
+        // A spin of [`SERVE_SPIN`] catches the next product of the same call
+        // without a wake-up; then it sleeps. It yields as it spins: a spin
+        // that did not (50 µs, branch `split`) took the caller's core on a
+        // busy machine (mlp_hvp 2-3× slower under load).
+        let t0 = Instant::now();
+        while !SECOND.posted.load(Ordering::Acquire) && t0.elapsed() < SERVE_SPIN {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+            // Another runnable thread on this core (a busy machine) gets it.
+            std::thread::yield_now();
+        }
+        let task = {
+            let mut st = lock();
+            loop {
+                if let Some(t) = st.task.take() {
+                    SECOND.posted.store(false, Ordering::Relaxed);
+                    break t;
+                }
+                st = SECOND.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        // SAFETY: `task` came from `share`, which keeps its `data` alive and
+        // callable from this thread until `done` is set below (see `Task`).
+        let ok = catch_unwind(AssertUnwindSafe(|| unsafe {
+            (task.run)(task.data, task.chunks)
+        }))
+        .is_ok();
+        let mut st = lock();
+        st.done = true;
+        st.panicked = !ok;
+        SECOND.done.store(true, Ordering::Release);
+        drop(st);
+        SECOND.finished.notify_one();
+    }
+}
+
+/// Runs `job(i, there)` for chunks `i < chunks` taken from [`Second::next`]
+/// until none is left (`there`: on the second thread).
+fn chunks_of<J: Fn(usize, bool) + Sync>(job: &J, chunks: usize, there: bool) {
+    loop {
+        let i = SECOND.next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            return;
+        }
+        job(i, there);
+    }
+}
+
+/// The second thread's side of [`share`] for the `J` behind `data`.
+///
+/// # Safety
+/// `data` is a live `&J`.
+unsafe fn take<J: Fn(usize, bool) + Sync>(data: *const (), chunks: usize) {
+    // SAFETY: this fn's contract.
+    chunks_of(unsafe { &*data.cast::<J>() }, chunks, true);
+}
+
+/// A posted task: dropping it (also while unwinding) takes the task back or
+/// waits for the second thread to finish it, then frees the mailbox.
+struct Claim;
+
+impl Claim {
+    /// Takes the posted task back if the second thread has not taken it
+    /// (`None`), else waits for it: whether it panicked.
+    fn finish(&self) -> Option<bool> {
+        let mut st = lock();
+        if st.task.take().is_some() {
+            SECOND.posted.store(false, Ordering::Relaxed);
+            return None;
+        }
+        drop(st);
+        let t0 = Instant::now();
+        spin(&SECOND.done);
+        let mut st = lock();
+        while !st.done {
+            st = SECOND
+                .finished
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        st.done = false;
+        SECOND.done.store(false, Ordering::Relaxed);
+        if t0.elapsed() >= STALL {
+            let until = now_ns().saturating_add(BACKOFF.as_nanos() as u64);
+            ALONE_UNTIL.store(until, Ordering::Relaxed);
+        }
+        Some(st.panicked)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.finish();
+        SECOND.taken.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `job(i, there)` once for each chunk `i < chunks`, on this thread
+/// (`there` false) and at the same time on the second thread (`there` true),
+/// each taking the next chunk left, and returns when all have returned; all
+/// on this thread when another caller is using the second thread, it could
+/// not be started, or within [`BACKOFF`] of a [`STALL`]. A panic in a chunk is passed on after the other thread's
+/// chunks have ended.
+pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
+    let started = *STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("tape-second".into())
+            .spawn(serve)
+            .is_ok();
+        let mut st = lock();
+        while spawned && !st.ready {
+            st = SECOND
+                .finished
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        spawned
+    });
+    let free = started
+        && now_ns() >= ALONE_UNTIL.load(Ordering::Relaxed)
+        && SECOND
+            .taken
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+    if !free {
+        return (0..chunks).for_each(|i| job(i, false));
+    }
+    SECOND.next.store(0, Ordering::Relaxed);
+    {
+        let mut st = lock();
+        st.task = Some(Task {
+            run: take::<J>,
+            data: (job as *const J).cast(),
+            chunks,
+        });
+        SECOND.posted.store(true, Ordering::Release);
+    }
+    SECOND.wake.notify_one();
+    let claim = Claim;
+    chunks_of(job, chunks, false);
+    let outcome = claim.finish();
+    // The task is finished or taken back (its chunks all done here): nothing
+    // for `drop` to wait for.
+    std::mem::forget(claim);
+    SECOND.taken.store(false, Ordering::Release);
+    assert!(
+        outcome != Some(true),
+        "kernels: a chunk on the second thread panicked"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// Every chunk runs once, however many threads call at once.
+    #[test]
+    fn every_chunk_runs_once_from_concurrent_callers() {
+        let count = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for caller in 0..4 {
+                let count = &count;
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let chunks = 1 + (caller + round) % 5;
+                        let hits: Vec<AtomicUsize> =
+                            (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+                        share(chunks, &|i, _| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(count.into_inner(), 800);
+    }
+
+    /// A panic on the second thread reaches the caller, and the second thread
+    /// serves the next call.
+    #[test]
+    fn a_panic_there_reaches_the_caller() {
+        let ran_there = AtomicBool::new(false);
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            share(2, &|_, there| {
+                if there {
+                    ran_there.store(true, Ordering::Relaxed);
+                    panic!("planted");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            })
+        }));
+        // (The second thread takes no chunk if not scheduled within 20 ms.)
+        assert_eq!(r.is_err(), ran_there.into_inner());
+        let hit = AtomicUsize::new(0);
+        share(3, &|_, _| {
+            hit.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hit.into_inner(), 3);
+    }
+}
