@@ -122,6 +122,11 @@ impl L2Logreg {
         vec![Tensor::zeros(&[self.d][..])]
     }
 
+    /// The minibatch of inner step `step` (1-based): batch (j − 1) mod b.
+    fn batch(&self, step: usize) -> &Constant<f64> {
+        &self.train[(step.max(1) - 1) % self.train.len()]
+    }
+
     /// The training minibatches (rows −y_i x_i) and the validation rows.
     pub fn data(&self) -> (Vec<&Tensor<f64>>, &Tensor<f64>) {
         (
@@ -147,8 +152,7 @@ impl Problem<f64> for L2Logreg {
         theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        let batch = &self.train[(step.max(1) - 1) % self.train.len()];
-        let margins = tape.constant_shared(batch).matmul(col(phi[0]));
+        let margins = tape.constant_shared(self.batch(step)).matmul(col(phi[0]));
         margins.softplus().mean() + (theta[0].exp() * phi[0].square()).sum() * 0.5
     }
 
@@ -166,7 +170,7 @@ impl Problem<f64> for L2Logreg {
         y: &[Var<'t, T>],
         z: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        let batch = tape.constant_shared(&self.train[(step.max(1) - 1) % self.train.len()]);
+        let batch = tape.constant_shared(self.batch(step));
         let losses = |y: Var<'t, T>| batch.matmul(col(y)).softplus();
         let e = theta[0].exp();
         let ridge = |y: Var<'t, T>| (e * y.square()).sum() * 0.5;
