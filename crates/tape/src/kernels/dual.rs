@@ -17,6 +17,9 @@
 //! active family's vector width (`wide.rs`): they move bits and compare with
 //! zero, so every family gives the same result.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use super::{MatMut, MatRef, Parts, Prim, Product};
 use crate::real::{Dual, Float, Real};
 
@@ -43,6 +46,15 @@ pub fn zip_duals<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
         d.len(),
         out.len()
     );
+    in_parts(out, &mut [], 1, |s, out, _: &mut [()]| {
+        let e = s + out.len();
+        zip_wide(&v[s..e], &d[s..e], out);
+        false
+    });
+}
+
+/// [`zip_duals`] on one thread.
+fn zip_wide<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
     super::wide::wide!(zip<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) -> ())
 }
 
@@ -68,6 +80,14 @@ pub fn tangents_into<T: Float>(x: &[Dual<T>], out: &mut [T]) {
         x.len(),
         out.len()
     );
+    in_parts(out, &mut [], 1, |s, out, _: &mut [()]| {
+        tangents_wide(&x[s..s + out.len()], out);
+        false
+    });
+}
+
+/// [`tangents_into`] on one thread.
+fn tangents_wide<T: Float>(x: &[Dual<T>], out: &mut [T]) {
     super::wide::wide!(tangents<T: Float>(x: &[Dual<T>], out: &mut [T]) -> ())
 }
 
@@ -75,6 +95,80 @@ pub fn tangents_into<T: Float>(x: &[Dual<T>], out: &mut [T]) {
 /// a tangent was nonzero. Compiled for the active family's vector width.
 fn unzip_duals<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
     super::wide::wide!(unzip<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool)
+}
+
+/// [`unzip_duals`] over all of `x` (`v`, `d` as long), cut as [`in_parts`].
+fn unzip_all<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
+    assert!(
+        v.len() == x.len() && d.len() == x.len(),
+        "unzip_all: lengths"
+    );
+    in_parts(v, d, 1, |s, v, d| unzip_duals(&x[s..s + v.len()], v, d))
+}
+
+/// Copies between duals and planes of at least this many elements are cut
+/// in [`COPY_PARTS`] parts that the caller and the second thread of
+/// [`super::pair::share`] take in turn, as the large products are: on the
+/// MLP's W1-sized arrays (784 × 256) they are bound by memory traffic
+/// (`docs/benchmarks.md`, "hvpk"), and each core brings its own. Below it a
+/// hand-off costs more than half the copy.
+const COPY_SPLIT: usize = 1 << 15;
+/// Parts per cut copy (more than two, as for the products: a thread the
+/// system has not scheduled holds up at most one part).
+const COPY_PARTS: usize = 4;
+
+/// One part of [`in_parts`]: its first element's index and its elements of
+/// the two slices.
+type Part<'a, A, B> = (usize, &'a mut [A], &'a mut [B]);
+
+/// Runs `job(start, a_part, b_part)` on consecutive parts of `a` (each a
+/// multiple of `unit` long, `start` its first element's index) and the same
+/// elements of `b` (as long as `a`, or empty: empty parts), and returns
+/// whether any call returned `true`. Whole on this thread below
+/// [`COPY_SPLIT`] elements, inside one of rayon's workers (the caller runs
+/// tasks in parallel already) or with a pool of one thread; else cut in
+/// [`COPY_PARTS`] for [`super::pair::share`]. Parts run on the second thread
+/// in the caller's kernel family. Every element is written by one part, and
+/// the jobs here only move bits, so the result does not depend on the cut.
+fn in_parts<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    unit: usize,
+    job: impl Fn(usize, &mut [A], &mut [B]) -> bool + Sync,
+) -> bool {
+    let n = a.len();
+    assert!(
+        b.is_empty() || b.len() == n,
+        "in_parts: lengths {n} and {}",
+        b.len()
+    );
+    if n < COPY_SPLIT || rayon::current_thread_index().is_some() || rayon::current_num_threads() < 2
+    {
+        return job(0, a, b);
+    }
+    let len = (n / unit.max(1)).div_ceil(COPY_PARTS).max(1) * unit.max(1);
+    let mut a_parts = a.chunks_mut(len);
+    let mut b_parts = b.chunks_mut(len);
+    let parts: [Mutex<Option<Part<'_, A, B>>>; COPY_PARTS] = std::array::from_fn(|i| {
+        let b = b_parts.next().unwrap_or(&mut []);
+        Mutex::new(a_parts.next().map(|a| (i * len, a, b)))
+    });
+    let family = super::active();
+    let any = AtomicBool::new(false);
+    super::pair::share(COPY_PARTS, &|i: usize, there: bool| {
+        let mut part = parts[i].lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((s, a, b)) = part.as_mut() {
+            let hit = if there {
+                super::with_family(family, || job(*s, a, b))
+            } else {
+                job(*s, a, b)
+            };
+            if hit {
+                any.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    any.into_inner()
 }
 
 /// The loop of [`zip_duals`].
@@ -274,31 +368,46 @@ fn split_into<F: Prim>(
     v_first: bool,
 ) -> bool {
     let (outer, len, _, _) = lines(x);
-    let mut nonzero = false;
-    let mut line = |o: usize, first: &mut [F], second: &mut [F]| {
+    if len == 0 {
+        return false;
+    }
+    let line = |o: usize, first: &mut [F], second: &mut [F]| {
         let (v, d) = if v_first {
             (first, second)
         } else {
             (second, first)
         };
-        nonzero |= split_line(x, o, v, d);
+        split_line(x, o, v, d)
     };
+    // Cut by lines for `in_parts` (`s` is a part's first element).
     if paired {
-        for (o, pair) in buf.chunks_exact_mut(2 * len).enumerate() {
-            let (first, second) = pair.split_at_mut(len);
-            line(o, first, second);
-        }
+        in_parts(
+            &mut buf[..2 * outer * len],
+            &mut [],
+            2 * len,
+            |s, part, _: &mut [()]| {
+                let mut nonzero = false;
+                for (o, pair) in part.chunks_exact_mut(2 * len).enumerate() {
+                    let (first, second) = pair.split_at_mut(len);
+                    nonzero |= line(s / (2 * len) + o, first, second);
+                }
+                nonzero
+            },
+        )
     } else {
         let (p, q) = buf.split_at_mut(outer * len);
-        for (o, (first, second)) in p
-            .chunks_exact_mut(len)
-            .zip(q.chunks_exact_mut(len))
-            .enumerate()
-        {
-            line(o, first, second);
-        }
+        in_parts(p, &mut q[..outer * len], len, |s, p, q| {
+            let mut nonzero = false;
+            for (o, (first, second)) in p
+                .chunks_exact_mut(len)
+                .zip(q.chunks_exact_mut(len))
+                .enumerate()
+            {
+                nonzero |= line(s / len + o, first, second);
+            }
+            nonzero
+        })
     }
-    nonzero
 }
 
 fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Parts) {
@@ -346,18 +455,23 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
     let (cv, cd) = cp.split_at_mut(cmn);
     if beta != zero {
         let c0 = c.as_ref();
-        for (i, (v, d)) in cv
-            .chunks_exact_mut(n)
-            .zip(cd.chunks_exact_mut(n))
-            .enumerate()
-        {
-            if c0.cs == 1 {
-                unzip_duals(&c0.data[i * c0.rs..i * c0.rs + n], v, d);
-                continue;
-            }
-            for (j, (v, d)) in v.iter_mut().zip(d).enumerate() {
-                let x = c0.data[i * c0.rs + j * c0.cs];
-                (*v, *d) = (x.v, x.d);
+        if c0.cs == 1 && c0.rs == n {
+            // Dense: one pass (cut over both cores if large).
+            unzip_all(&c0.data[..m * n], cv, cd);
+        } else {
+            for (i, (v, d)) in cv
+                .chunks_exact_mut(n)
+                .zip(cd.chunks_exact_mut(n))
+                .enumerate()
+            {
+                if c0.cs == 1 {
+                    unzip_duals(&c0.data[i * c0.rs..i * c0.rs + n], v, d);
+                    continue;
+                }
+                for (j, (v, d)) in v.iter_mut().zip(d).enumerate() {
+                    let x = c0.data[i * c0.rs + j * c0.cs];
+                    (*v, *d) = (x.v, x.d);
+                }
             }
         }
     }
@@ -399,6 +513,14 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
 /// goes through the wide loops ([`zip_duals`], [`set_tangents`]).
 fn interleave<F: Prim>(c: &mut MatMut<'_, Dual<F>>, cv: &[F], cd: &[F], parts: Parts, beta: F) {
     let (n, rs, cs) = (c.cols, c.rs, c.cs);
+    if cs == 1 && rs == n {
+        // Dense: one pass over all of it (cut over both cores if large).
+        let out = &mut c.data[..cv.len()];
+        return match parts {
+            Parts::Both => zip_duals(cv, cd, out),
+            Parts::Tangent => set_tangents(out, cd, beta),
+        };
+    }
     for (i, (v, d)) in cv.chunks_exact(n).zip(cd.chunks_exact(n)).enumerate() {
         if cs == 1 {
             let out = &mut c.data[i * rs..i * rs + n];
@@ -421,9 +543,19 @@ fn interleave<F: Prim>(c: &mut MatMut<'_, Dual<F>>, cv: &[F], cd: &[F], parts: P
 }
 
 /// `out[i] ← (β·out[i].v, d[i])` (`0` for the primal when β = 0, without
-/// reading it) over the shorter of the two: a tangent-only product's output.
-/// Compiled for the active family's vector width.
+/// reading it) over two slices of one length: a tangent-only product's
+/// output. Compiled for the active family's vector width, cut as
+/// [`in_parts`].
 pub(crate) fn set_tangents<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) {
+    assert_eq!(out.len(), d.len(), "set_tangents: lengths");
+    in_parts(out, &mut [], 1, |s, out, _: &mut [()]| {
+        set_tangents_wide(out, &d[s..s + out.len()], beta);
+        false
+    });
+}
+
+/// [`set_tangents`] on one thread.
+fn set_tangents_wide<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) {
     super::wide::wide!(tangents_scaled<T: Float>(out: &mut [Dual<T>], d: &[T], beta: T) -> ())
 }
 
@@ -491,7 +623,9 @@ mod tests {
         // A tiny shape, and one whose inner dimension 2k spans two of
         // the packed kernels' panels (256) and whose sides are not multiples
         // of their tiles.
-        for (m, k, n) in [(5, 7, 3), (33, 150, 20)] {
+        // Then B (k × n) and C (m × n) above `COPY_SPLIT`, so their splits,
+        // the load of C and the interleave are cut over both cores.
+        for (m, k, n) in [(5, 7, 3), (33, 150, 20), (9, 300, 120), (190, 9, 180)] {
             product_rule_cases(m, k, n);
         }
     }
@@ -552,7 +686,8 @@ mod tests {
     #[test]
     fn tangent_only_product_is_the_full_products_tangent() {
         // As above: inner dimension 2k within one kc-block, and across two.
-        for (m, k, n) in [(40, 50, 70), (33, 150, 20)] {
+        // And large enough to cut the copies (`COPY_SPLIT`), as above.
+        for (m, k, n) in [(40, 50, 70), (33, 150, 20), (9, 300, 120), (190, 9, 180)] {
             tangent_cases(m, k, n);
         }
     }
@@ -601,7 +736,13 @@ mod tests {
             }
         };
         for family in families() {
-            for n in [0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 100, 257] {
+            // The last two lengths are cut in parts for both cores
+            // (`in_parts`), the last one unevenly.
+            let cut = [COPY_SPLIT, 3 * COPY_SPLIT + 37];
+            for n in [0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 64, 100, 257]
+                .into_iter()
+                .chain(cut)
+            {
                 let v: Vec<f64> = (0..n).map(|i| value(i, 0.1)).collect();
                 let d: Vec<f64> = (0..n).map(|i| value(i, 0.7)).collect();
                 let mut z = vec![Dual::new(f64::NAN, f64::NAN); n];
@@ -614,7 +755,7 @@ mod tests {
                 let mut t = vec![f64::NAN; n];
                 with_family(family, || tangents_into(&z, &mut t));
                 let (mut v2, mut d2) = (vec![f64::NAN; n], vec![f64::NAN; n]);
-                let nonzero = with_family(family, || unzip_duals(&z, &mut v2, &mut d2));
+                let nonzero = with_family(family, || unzip_all(&z, &mut v2, &mut d2));
                 let want_nonzero = d.iter().any(|&x| x != 0.0);
                 assert_eq!(nonzero, want_nonzero, "{family:?} n {n}: nonzero");
                 for i in 0..n {
@@ -631,7 +772,7 @@ mod tests {
                         zd[i] = -2.0;
                     }
                     let zz: Vec<Dual<f64>> = zd.iter().map(|&d| Dual::new(1.0, d)).collect();
-                    let got = with_family(family, || unzip_duals(&zz, &mut v2, &mut d2));
+                    let got = with_family(family, || unzip_all(&zz, &mut v2, &mut d2));
                     assert_eq!(
                         got,
                         at.is_some() && n > 0,
