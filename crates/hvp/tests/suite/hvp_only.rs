@@ -237,3 +237,67 @@ fn hvp_only_skips_the_primal_weight_gradient() {
         [false, false, false, true, false]
     );
 }
+
+/// The same bits on one thread and two: [`MlpRelu`] widened so that its
+/// weights (48 · 1024 and 1024 · 64 elements) are above the size from which
+/// the copies between duals and planes are cut over both cores
+/// (`kernels/dual.rs`, 2^15 elements), and so are its first layer's
+/// products (`kernels/large.rs`, 2^22 multiply-adds). H·v of the HVP-only
+/// pass and value, gradient and H·v of the full pass, each from the calling
+/// thread (cut, when the global pool has two threads or more) and inside a
+/// pool of one thread (nothing is cut there).
+#[test]
+fn hvp_passes_give_the_same_bits_on_one_thread_and_two() {
+    let (h, b) = (1024, 96);
+    let f = MlpRelu(Mlp::<f32> {
+        x: filled(&[b, 48], 5, 2.0),
+        labels: (0..b).map(|i| (i * 7) % 20).collect(),
+    });
+    let shapes: [&[usize]; 5] = [&[48, h], &[h], &[h, 64], &[64], &[20, 64]];
+    let x: Vec<Tensor<f32>> = (0..5)
+        .map(|i| filled(shapes[i], 50 + i as u32, 0.3))
+        .collect();
+    let v: Vec<Tensor<f32>> = (0..5)
+        .map(|i| filled(shapes[i], 60 + i as u32, 2.0))
+        .collect();
+    let run = || {
+        let mut ws = Workspace::new();
+        let zeros =
+            || -> Vec<Tensor<f32>> { x.iter().map(|xi| Tensor::zeros(xi.shape())).collect() };
+        let (mut only, mut grad, mut hv) = (zeros(), zeros(), zeros());
+        let v_only = ws.hvp_only_into(&f, &x, &v, &mut only);
+        let v_full = ws.hvp_into(&f, &x, &v, &mut grad, &mut hv);
+        let bits = |t: &[Tensor<f32>]| -> Vec<u32> {
+            t.iter()
+                .flat_map(|t| t.data().iter().map(|e| e.to_bits()))
+                .collect()
+        };
+        (
+            v_only.to_bits(),
+            v_full.to_bits(),
+            bits(&only),
+            bits(&grad),
+            bits(&hv),
+        )
+    };
+    let two = run();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = pool.install(run);
+    assert!(two.2.iter().any(|&e| e != 0), "H·v is zero");
+    assert_eq!(one.0, two.0, "value (HVP-only pass)");
+    assert_eq!(one.1, two.1, "value (full pass)");
+    for (what, a, b) in [
+        ("HVP-only H·v", &one.2, &two.2),
+        ("gradient", &one.3, &two.3),
+        ("H·v", &one.4, &two.4),
+    ] {
+        let first = a.iter().zip(b).position(|(p, q)| p != q);
+        assert_eq!(
+            first, None,
+            "{what}: first differing element (one thread vs two)"
+        );
+    }
+}
