@@ -306,12 +306,7 @@ impl<F: Float> Workspace<F> {
         for (i, (g, h)) in grad.iter_mut().zip(hv.iter_mut()).enumerate() {
             let (g, h) = (g.data_mut(), h.data_mut());
             match p.adjoint(i) {
-                Some(adj) => {
-                    for ((gi, hi), d) in g.iter_mut().zip(h.iter_mut()).zip(adj.iter()) {
-                        *gi = d.v;
-                        *hi = d.d;
-                    }
-                }
+                Some(adj) => tape::kernels::split_duals(&adj, g, h),
                 None => {
                     g.fill(F::zero());
                     h.fill(F::zero());

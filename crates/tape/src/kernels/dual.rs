@@ -97,6 +97,33 @@ fn unzip_duals<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
     super::wide::wide!(unzip<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool)
 }
 
+/// `v[i] = x[i].v`, `d[i] = x[i].d`: the primal and tangent planes of
+/// interleaved duals (e.g. the gradient and H·v parts of a dual adjoint),
+/// compiled for the active family's vector width and, when long, cut over
+/// both cores (only bits move, so the result does not depend on it).
+///
+/// ```
+/// use tape::kernels::split_duals;
+/// use tape::Dual;
+/// let (mut v, mut d) = ([0.0_f32; 2], [0.0_f32; 2]);
+/// split_duals(&[Dual::new(1.0, 3.0), Dual::new(2.0, 4.0)], &mut v, &mut d);
+/// assert_eq!((v, d), ([1.0, 2.0], [3.0, 4.0]));
+/// ```
+///
+/// # Panics
+/// If the three slices differ in length.
+#[track_caller]
+pub fn split_duals<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) {
+    assert!(
+        v.len() == x.len() && d.len() == x.len(),
+        "split_duals: x has {} elements, v {}, d {}",
+        x.len(),
+        v.len(),
+        d.len()
+    );
+    unzip_all(x, v, d);
+}
+
 /// [`unzip_duals`] over all of `x` (`v`, `d` as long), cut as [`in_parts`].
 fn unzip_all<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
     assert!(

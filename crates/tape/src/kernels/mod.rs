@@ -141,7 +141,7 @@ mod view;
 pub(crate) mod vmath;
 mod wide;
 
-pub use dual::{tangents_into, zip_duals};
+pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use update::{all_finite, sub_scaled};
 pub use view::{MatMut, MatRef};
