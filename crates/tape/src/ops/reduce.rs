@@ -6,7 +6,9 @@
 //! | `mean_axes(A)` | out = Σ_{A} x / n | ḡx = g / n broadcast back over A |
 //! | `max_axis(a)` | out = max_a x (first maximum on ties; argmax saved) | ḡx at the argmax = g, 0 elsewhere |
 //!
-//! Sums run in row-major order, so results are the same on every run.
+//! Sums run in row-major order, so results are the same on every run. A
+//! whole-tensor sum or mean (and its adjoint) takes a straight loop over the
+//! contiguous data, with the general loop's additions in the general loop's order.
 
 use crate::ops::elementwise::for_each_broadcast;
 use crate::ops::Op;
@@ -58,7 +60,13 @@ fn sum_impl<'t, T: Real>(x: Var<'t, T>, axes: &[usize], keepdims: bool, mean: bo
     x.tape.record(op, &[x], out, |f| {
         let xs = f.x(0);
         let o = &mut *f.out;
-        for_each_broadcast(s, s, keep, |i, _, io| o[io] += xs[i]);
+        if keep.numel() == 1 {
+            // A whole-tensor sum: the same additions in the same order as
+            // the general loop below, in one pass with no index arithmetic.
+            o[0] = xs.iter().fold(T::zero(), |acc, &x| acc + x);
+        } else {
+            for_each_broadcast(s, s, keep, |i, _, io| o[io] += xs[i]);
+        }
         if mean {
             o.iter_mut().for_each(|v| *v *= scale);
         }
@@ -77,6 +85,18 @@ pub(crate) fn sum_vjp<T: Real>(b: &mut Bwd<'_, T>, axes: u8, mean: bool) {
         T::one()
     };
     let g = b.g;
+    if keep.numel() == 1 {
+        // A whole-tensor sum: every element's adjoint gains the same g·scale;
+        // a fresh adjoint is written, not zero-filled and then added to.
+        let v = g[0] * scale;
+        let (gx, fresh) = b.g_in_overwrite(0);
+        if fresh {
+            gx.fill(v);
+        } else {
+            gx.iter_mut().for_each(|a| *a += v);
+        }
+        return;
+    }
     let gx = b.g_in(0);
     for_each_broadcast(s, s, keep, |i, _, io| gx[i] += g[io] * scale);
 }
@@ -146,5 +166,48 @@ impl<'t, T: Real> Var<'t, T> {
                     *o = xs[i];
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Tape, Tensor};
+
+    /// Entries of mixed sign and magnitude, so that the order of the
+    /// additions shows in the bits.
+    fn data(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1013) as f64 - 506.0) * 1.000_1_f64.powi(i as i32) / 3.0)
+            .collect()
+    }
+
+    /// Whole-tensor `sum` and `mean` (the straight loop): the row-major fold's
+    /// bits; their adjoints 1 and 1/n when fresh, and added to (not written
+    /// over) when the input has another use: ∂/∂x [Σx + mean x + ½Σx²] =
+    /// 1 + 1/n + x.
+    #[test]
+    fn whole_tensor_sums_fold_in_order_and_their_adjoints_accumulate() {
+        let n = 1000;
+        let xs = data(n);
+        let t = Tape::<f64>::new();
+        let x = t.var(&Tensor::new([n / 4, 4], xs.clone()));
+        let (s, m) = (x.sum(), x.mean());
+        let fold = xs.iter().fold(0.0, |a, &b| a + b);
+        assert_eq!(t.value(s).item().to_bits(), fold.to_bits());
+        assert_eq!(
+            t.value(m).item().to_bits(),
+            (fold * (1.0 / n as f64)).to_bits()
+        );
+        let g = t.gradients(m, &[x]);
+        assert!(g[0].data().iter().all(|&v| v == 1.0 / n as f64));
+        let loss = s + m + x.square().sum() * 0.5;
+        let g = t.gradients(loss, &[x]);
+        for (gi, xi) in g[0].data().iter().zip(&xs) {
+            let want = 1.0 + 1.0 / n as f64 + xi;
+            assert!(
+                (gi - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "{gi} vs {want}"
+            );
+        }
     }
 }
