@@ -9,7 +9,10 @@
 //! The exponential (on t ≤ 0) and ln(1 + e) (on e ∈ [0, 1]) are fdlibm's
 //! `exp` and `log1p` (Cody–Waite reduction by ln 2 and the same rational
 //! approximations), written without branches: selects instead of special
-//! cases. Each is within 1 ulp of the correctly rounded value for every
+//! cases. Divisions bound the slice loop (one vector division costs as much
+//! as a dozen other operations), so e/(1 + e) is taken once, for σ (1/(1 + e)
+//! = 1 − e/(1 + e)) and for log1p's rounding correction: three divisions per
+//! element. Each is within 1 ulp of the correctly rounded value for every
 //! input of its range (subnormal results included, NaN in gives NaN out);
 //! `softplus` and `σ` are then within 2 ulp of the same formulas evaluated
 //! with the C library's `exp`/`log1p` (this file's tests check these bounds
@@ -68,16 +71,25 @@ pub(crate) fn exp_nonpos(t: f64) -> f64 {
 }
 
 /// ln(1 + e) for e ∈ [0, 1] (or NaN), within 1 ulp.
-#[inline(always)]
-pub(crate) fn ln_1p_unit(e: f64) -> f64 {
+#[cfg(test)]
+fn ln_1p_unit(e: f64) -> f64 {
     let u = 1.0 + e;
+    ln_1p_unit_inv(e, u, 1.0 / u)
+}
+
+/// ln(1 + e) for e ∈ [0, 1] (or NaN), within 1 ulp, given u = 1 + e (rounded)
+/// and `inv` ≈ 1/u (to an ulp or two): the caller's reciprocal, shared with σ, so
+/// that softplus and σ together take three divisions, not four.
+#[inline(always)]
+fn ln_1p_unit_inv(e: f64, u: f64, inv: f64) -> f64 {
     // u ∈ [1, 2] = 2^k·m with m ∈ [1/√2, √2), k ∈ {0, 1}; f = m − 1 exact.
     let big = u > std::f64::consts::SQRT_2;
     let m = if big { 0.5 * u } else { u };
     let k = if big { 1.0 } else { 0.0 };
     let f = m - 1.0;
-    // The rounding error of u = 1 + e (exact: Fast2Sum), relative to u.
-    let c = (e - (u - 1.0)) / u;
+    // The rounding error of u = 1 + e (exact: Fast2Sum), relative to u (a
+    // correction below ulp(u)/u: the rounding of 1/u does not show).
+    let c = (e - (u - 1.0)) * inv;
     let s = f / (2.0 + f);
     let z = s * s;
     let w = z * z;
@@ -93,8 +105,12 @@ pub(crate) fn softplus_sigmoid(x: f64) -> (f64, f64) {
     let e = exp_nonpos(-x.abs());
     let pos = if x > 0.0 { x } else { 0.0 };
     let d = 1.0 + e;
-    let s = if x >= 0.0 { 1.0 / d } else { e / d };
-    (pos + ln_1p_unit(e), s)
+    // One division for both σ's and for ln(1 + e)'s correction: q = e/d,
+    // and 1/d = 1 − q (q ≤ ½: within 1 ulp; e·(1/d) would not be).
+    let q = e / d;
+    let inv = 1.0 - q;
+    let s = if x >= 0.0 { inv } else { q };
+    (pos + ln_1p_unit_inv(e, d, inv), s)
 }
 
 /// [`softplus_sigmoid`] for `f32`: in `f64`, rounded once.
