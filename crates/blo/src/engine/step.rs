@@ -281,6 +281,27 @@ impl<F: Float> InnerWorkspace<F> {
         // checked before the state is touched. A structural zero (no adjoint
         // reached φ_i) is applied as zeros, as a copied gradient would be.
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
+        if let InnerOptimizer::Sgd { lr } = &problem.inner_loop().optimizer {
+            // SGD checks g and updates φ in one pass per tensor, at the
+            // family's vector width (`tape::kernels::sub_scaled_finite`: the
+            // plain loop's bits); on a non-finite g, φ is restored from the
+            // pass's leaves (their copy of φ_{j−1}).
+            let a = F::from_f64(*lr);
+            let mut finite = true;
+            for (p, g) in state.phi.iter_mut().zip(&grads) {
+                match g {
+                    Some(g) => finite &= tape::kernels::sub_scaled_finite(p.data_mut(), g, a),
+                    None => update(p.data_mut(), None, F::zero(), |x, gi| *x -= a * gi),
+                }
+            }
+            if !finite {
+                for (p, &leaf) in state.phi.iter_mut().zip(&pass.inputs()[nt..]) {
+                    p.data_mut().copy_from_slice(&pass.tape().value_ref(leaf));
+                }
+                return Err(non_finite("inner gradient", j));
+            }
+            return Ok(value);
+        }
         // The two passes over the whole state run at the family's vector
         // width (`tape::kernels::update`; the plain loops' bits).
         if !grads.iter().flatten().all(|g| all_finite(g)) {
@@ -288,15 +309,7 @@ impl<F: Float> InnerWorkspace<F> {
         }
         let grads = grads.iter().map(|g| g.as_deref());
         match &problem.inner_loop().optimizer {
-            InnerOptimizer::Sgd { lr } => {
-                let a = F::from_f64(*lr);
-                for (p, g) in state.phi.iter_mut().zip(grads) {
-                    match g {
-                        Some(g) => tape::kernels::sub_scaled(p.data_mut(), g, a),
-                        None => update(p.data_mut(), None, F::zero(), |x, gi| *x -= a * gi),
-                    }
-                }
-            }
+            InnerOptimizer::Sgd { .. } => unreachable!("SGD's step is taken above"),
             InnerOptimizer::MetaSgd { lr_index } => {
                 for (i, (p, g)) in state.phi.iter_mut().zip(grads).enumerate() {
                     let alpha = meta_sgd_steps(theta, lr_index, i, p);

@@ -231,3 +231,81 @@ fn test_problem_sanity() {
     assert_eq!(s.phi.len(), 2);
     let _ = <TanhNet as Problem<f64>>::inner_loop(&p);
 }
+
+/// L_in = Σ a² + Σ b² + Σ √c over φ = (a, b, c), θ = φ_0: with an element of
+/// c at 0 the loss is finite and ∂L/∂c is +∞ there, while a's and b's
+/// gradients are finite.
+struct SqrtAtZero {
+    inner: InnerLoop,
+}
+
+impl Problem<f64> for SqrtAtZero {
+    type Task = ();
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        _t: &'t tape::Tape<T>,
+        _: &(),
+        _j: usize,
+        _theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        phi[0].square().sum() + phi[1].square().sum() + phi[2].sqrt().sum()
+    }
+    fn outer_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        _t: &'t tape::Tape<T>,
+        _: &(),
+        _theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        phi[0].sum()
+    }
+}
+
+/// SGD checks the gradient and updates φ in one pass per tensor, so a
+/// non-finite gradient in the last tensor is found after the first ones were
+/// updated: the step still fails naming step j and "inner gradient", and
+/// leaves the state as it was, bit for bit (restored from the pass's leaves).
+/// With c away from 0 the same step succeeds and is φ − α·∇L.
+#[test]
+fn a_non_finite_sgd_gradient_leaves_the_state_unchanged() {
+    let p = SqrtAtZero {
+        inner: InnerLoop::sgd(2, 0.1).unwrap(),
+    };
+    let a = Tensor::vector((0..37).map(|i| 0.3 + i as f64 / 7.0).collect());
+    let b = Tensor::vector((0..70).map(|i| -1.0 + i as f64 / 9.0).collect());
+    let c_at = |z: f64| {
+        Tensor::vector(
+            (0..19)
+                .map(|i| if i == 11 { z } else { 1.0 + i as f64 })
+                .collect(),
+        )
+    };
+    let bits = |s: &blo::State<f64>| bits(&s.phi);
+    let mut ws = blo::InnerWorkspace::new();
+    let th = vec![a.clone(), b.clone(), c_at(0.0)];
+    let mut s = ws.initial_state(&p, &(), &th).unwrap();
+    let before = bits(&s);
+    let err = ws.step_in_place(&p, &(), 1, &th, &mut s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BloError::NonFinite {
+                what: "inner gradient",
+                step: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(bits(&s), before, "the state changed");
+    let th = vec![a.clone(), b.clone(), c_at(4.0)];
+    let mut s = ws.initial_state(&p, &(), &th).unwrap();
+    ws.step_in_place(&p, &(), 1, &th, &mut s).unwrap();
+    for (x, x0) in s.phi[0].data().iter().zip(a.data()) {
+        assert_eq!(*x, x0 - 0.1 * (2.0 * x0));
+    }
+}

@@ -30,7 +30,7 @@ use super::MatRef;
 use crate::real::Real;
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use imp::{large, Avx2, F32x8, F64x4};
+pub(crate) use imp::{large, transpose_32, Avx2, F32x8, F64x4};
 
 /// Runs the portable loop compiled with AVX2 if this CPU has the AVX2
 /// family (AVX2 and FMA); `false` means "not taken" (the caller runs the
@@ -268,7 +268,13 @@ mod imp {
     /// # Safety
     /// AVX2, and the buffers as [`pack_transposed`] passes them.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+    pub(crate) unsafe fn transpose_32(
+        src: *const f32,
+        cs: usize,
+        k: usize,
+        n: usize,
+        dst: *mut f32,
+    ) {
         // SAFETY: this fn's contract, as `pack_transposed` establishes it.
         unsafe { transpose_tiles::<F32x8, 8>(src, cs, k, n, dst, |r| tile_32(&r)) }
     }

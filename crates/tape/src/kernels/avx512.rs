@@ -24,7 +24,7 @@ pub(crate) use imp::{large, Avx512, F32x16, F64x8};
 /// uses.
 #[cfg(target_arch = "x86_64")]
 mod imp {
-    use crate::kernels::family::has_avx512;
+    use crate::kernels::family::{has_avx2_fma, has_avx512};
     use crate::kernels::packed::packed_entry;
     use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
     use crate::kernels::{MatRef, PACK};
@@ -205,8 +205,21 @@ mod imp {
     ///
     /// # Safety
     /// AVX-512F, and the buffers as [`pack_transposed`] passes them.
+    ///
+    /// Sizes that are multiples of 8 but not of 16 (the sine MLP's 40 × 40
+    /// weight: 4 whole 16 × 16 tiles and 5 masked edges) go through the AVX2
+    /// packer's 8 × 8 tiles, all whole; only bits move, so the result is the
+    /// same.
     #[target_feature(enable = "avx512f")]
     unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+        let eights = k.is_multiple_of(8)
+            && n.is_multiple_of(8)
+            && !(k.is_multiple_of(16) && n.is_multiple_of(16));
+        if eights && has_avx2_fma() {
+            // SAFETY: AVX2 and FMA detected just now; the buffers are this
+            // fn's, which are the AVX2 packer's contract too.
+            return unsafe { crate::kernels::avx2::transpose_32(src, cs, k, n, dst) };
+        }
         // SAFETY: this fn's contract, as `pack_transposed` establishes it.
         unsafe { transpose_tiles::<F32x16, 16>(src, cs, k, n, dst, |r| tile_32(&r)) }
     }

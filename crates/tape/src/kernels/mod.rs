@@ -17,7 +17,7 @@
 //! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
-//! | `update.rs` | [`all_finite`] and [`sub_scaled`] (an SGD step) over long slices, compiled for the active family's vector width | — |
+//! | `update.rs` | [`all_finite`], [`sub_scaled`] (an SGD step) and the two fused ([`sub_scaled_finite`]) over long slices, compiled for the active family's vector width | — |
 //! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
 //!
 //! # Soundness
@@ -143,7 +143,7 @@ mod wide;
 
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
-pub use update::{all_finite, sub_scaled};
+pub use update::{all_finite, sub_scaled, sub_scaled_finite};
 pub use view::{MatMut, MatRef};
 
 pub(crate) use real_left::{real_left_gemm, real_left_ok, takes_real_left};

@@ -837,16 +837,76 @@ mod imp {
                     }
                 }
             }
+            let out = c.as_mut_ptr();
+            // The epilogue's kind chosen once per panel, not per vector.
+            let one = <V::E as Real>::one();
+            if alpha == one && beta == V::E::zero() {
+                panel_out::<V, FULL, MR, NV, STORE>(acc, alpha, beta, out, n, i0, v0, masks)
+            } else if alpha == one && beta == one {
+                panel_out::<V, FULL, MR, NV, ADD>(acc, alpha, beta, out, n, i0, v0, masks)
+            } else {
+                panel_out::<V, FULL, MR, NV, SCALE>(acc, alpha, beta, out, n, i0, v0, masks)
+            }
+        }
+    }
+
+    /// [`panel_out`]'s kinds: `C ← s` (α = 1, β = 0), `C ← s + C` (α = β =
+    /// 1), and the general `C ← α·s (+ β·C)`.
+    const STORE: u8 = 0;
+    const ADD: u8 = 1;
+    const SCALE: u8 = 2;
+
+    /// Writes a real panel's sums `s` to rows `i0..i0+MR`, vector columns
+    /// `v0..v0+NV` of `C` (row length `n`): `α·s + β·c` (or `α·s` when β = 0,
+    /// `c` not read), each product and sum rounded on its own; for `KIND`
+    /// [`STORE`] or [`ADD`] (α = 1, and β = 0 or 1) without the products by
+    /// 1, which round `1·x` to `x` for every `x` (±0, ±∞ and NaN included):
+    /// the same bits, two multiplications fewer per vector for
+    /// `C ← A·B + C` (`batched_affine`'s forward, accumulated adjoints).
+    ///
+    /// # Safety
+    /// As [`real_panel`]'s output: the CPU has V's instruction set, `c` is the
+    /// start of a dense `m × n` output with rows i0 + r < m, and `masks` keep
+    /// each vector's lanes below column n (all of them when `FULL` or not
+    /// last).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel_out<
+        V: Vectors,
+        const FULL: bool,
+        const MR: usize,
+        const NV: usize,
+        const KIND: u8,
+    >(
+        acc: [[V::V; NV]; MR],
+        alpha: V::E,
+        beta: V::E,
+        c: *mut V::E,
+        n: usize,
+        i0: usize,
+        v0: usize,
+        masks: [V::M; NV],
+    ) {
+        // SAFETY: this fn's contract; addresses via `wrapping_add`, touched
+        // lanes only those of the masks.
+        unsafe {
             let (va, vb, beta_zero) = (V::splat(alpha), V::splat(beta), beta == V::E::zero());
             for (r, acc_r) in acc.iter().enumerate() {
-                let row = c.as_mut_ptr().wrapping_add((i0 + r) * n + v0 * V::N);
+                let row = c.wrapping_add((i0 + r) * n + v0 * V::N);
                 for v in 0..NV {
                     let p = row.wrapping_add(v * V::N);
-                    let mut out = V::mul(va, acc_r[v]);
-                    if !beta_zero {
-                        let c = load_v::<V, FULL, NV>(p, v, masks[v]);
-                        out = V::add(out, V::mul(vb, c));
-                    }
+                    let out = match KIND {
+                        STORE => acc_r[v],
+                        ADD => V::add(acc_r[v], load_v::<V, FULL, NV>(p, v, masks[v])),
+                        _ => {
+                            let mut out = V::mul(va, acc_r[v]);
+                            if !beta_zero {
+                                let c = load_v::<V, FULL, NV>(p, v, masks[v]);
+                                out = V::add(out, V::mul(vb, c));
+                            }
+                            out
+                        }
+                    };
                     store_v::<V, FULL, NV>(p, out, v, masks[v]);
                 }
             }
@@ -958,6 +1018,70 @@ mod tests {
             let (fast, slow) = (I::pack_t(b, &mut fast), pack(b, &mut slow));
             assert_eq!(fast, slow, "[{k}, {n}]");
             assert_eq!(fast.len(), k * n);
+        }
+    }
+
+    /// The real panels' epilogue kinds: `C ← 1·A·B + 1·C` is `s + c` and
+    /// `C ← α·A·B + β·C` is `α·s + β·c`, bit for bit, where `s` is the
+    /// family's `C ← 1·A·B + 0·C` (each rounding on its own, the products by 1
+    /// left out), on the sine MLP's shapes, edges and a transposed operand,
+    /// in every family this CPU has.
+    #[test]
+    fn epilogue_kinds_are_the_general_epilogues_bits() {
+        use crate::gemm::gemm;
+        use crate::kernels::{with_family, Family};
+        let val = |i: usize, s: u64| ((i as u64 * 2654435761 + s * 97) % 1000) as f32 / 300.0 - 1.6;
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+            for (m, k, n, t) in [
+                (10, 40, 40, false),
+                (40, 10, 40, true),
+                (10, 1, 40, false),
+                (13, 7, 19, true),
+                (3, 5, 9, false),
+            ] {
+                let a: Vec<f32> = (0..m * k).map(|i| val(i, 1)).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| val(i, 2)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
+                // A read through strides (a transposed view) or row-major.
+                let av = if t {
+                    MatRef::new(&a[..], m, k, 1, m)
+                } else {
+                    MatRef::row_major(&a[..], m, k)
+                };
+                let bv = MatRef::row_major(&b[..], k, n);
+                let run = |alpha: f32, beta: f32| {
+                    let mut c = c0.clone();
+                    with_family(family, || gemm(alpha, av, bv, beta, &mut c));
+                    c
+                };
+                let s = run(1.0, 0.0);
+                let add: Vec<f32> = s.iter().zip(&c0).map(|(s, c)| s + c).collect();
+                assert_eq!(
+                    bits(&run(1.0, 1.0)),
+                    bits(&add),
+                    "{family:?} [{m}, {k}, {n}] α = β = 1"
+                );
+                let (al, be) = (1.75f32, -0.375f32);
+                let gen: Vec<f32> = s.iter().zip(&c0).map(|(s, c)| al * s + be * c).collect();
+                assert_eq!(
+                    bits(&run(al, be)),
+                    bits(&gen),
+                    "{family:?} [{m}, {k}, {n}] α, β"
+                );
+                let gen: Vec<f32> = s.iter().zip(&c0).map(|(s, c)| al * s + c).collect();
+                assert_eq!(
+                    bits(&run(al, 1.0)),
+                    bits(&gen),
+                    "{family:?} [{m}, {k}, {n}] β = 1"
+                );
+                let scaled: Vec<f32> = s.iter().map(|s| al * s).collect();
+                assert_eq!(
+                    bits(&run(al, 0.0)),
+                    bits(&scaled),
+                    "{family:?} [{m}, {k}, {n}] β = 0"
+                );
+            }
         }
     }
 
