@@ -955,6 +955,56 @@ fn the_mlp_products_give_the_same_bits_cut_in_two() {
     }
 }
 
+/// Products cut along `C`'s columns pack `A` once for all the chunks
+/// (`kernels/large.rs`, `packed::APack`): the same bits as whole on one
+/// thread, in every family, for an `A` of more rows than one block of the
+/// AVX-512 (128), AVX2 (96) and portable (96) kernels and not a multiple of
+/// any sliver height (131, 7), `k` of one to three panels (200, 600, 700),
+/// `A` row-major and transposed, and `β` 0 and 1, ten times over.
+#[test]
+fn column_chunks_reading_one_packed_a_give_the_same_bits() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // Each cut along its columns (n > m) in four (tape::kernels::large::chunking).
+    let shapes = [
+        (131, 600, 300),
+        (7, 2400, 512),
+        (100, 200, 600),
+        (70, 700, 400),
+    ];
+    for family in available_families() {
+        for (m, k, n) in shapes {
+            let mut rng = Rng(23);
+            let a: Vec<f32> = (0..m * k).map(|_| rng.val() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.val() as f32).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.val() as f32).collect();
+            let bv = MatRef::row_major(&b, k, n);
+            for a_t in [false, true] {
+                let av = if a_t {
+                    MatRef::new(&a, m, k, 1, m)
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                for beta in [0.0_f32, 1.0] {
+                    let mut whole = c0.clone();
+                    one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
+                    for round in 0..10 {
+                        let mut cut = c0.clone();
+                        with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
+                        assert!(
+                            whole == cut,
+                            "{family}: [{m}, {k}]·[{k}, {n}], A transposed {a_t}, β {beta}, \
+                             round {round}: cut along columns differs"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The portable family's large products (`kernels/grid.rs`: grids of 6 × 8
 /// `f32` / 6 × 4 `f64` on x86_64, 8 × 4 for both on aarch64, `A` blocks of
 /// 16 grid rows, `B` blocks of 2 KiB rows, panels of ≤ 256 values of `l`),
