@@ -1005,6 +1005,64 @@ fn column_chunks_reading_one_packed_a_give_the_same_bits() {
     }
 }
 
+/// Loss and gradients of a small MLP (batch 64, 300 → 256 → 256 → 10, ReLU,
+/// a residual `+ h1` so that an adjoint is accumulated into, softmax
+/// cross-entropy) on a tape of `T`; `dual` gives every input a tangent.
+fn mlp_bits<T: Real>(dual: impl Fn(f64, f64) -> T) -> Vec<T> {
+    let sizes = [300, 256, 256, 10];
+    let t = Tape::<T>::new();
+    let data = |n: usize, seed: f64| -> Vec<T> {
+        (0..n)
+            .map(|i| dual(val(i, seed, false) * 0.1, val(i, seed * 1.7, false)))
+            .collect()
+    };
+    let x = t.leaf(&[64, sizes[0]][..], &data(64 * sizes[0], 0.37), false);
+    let mut params = Vec::new();
+    for (l, w) in sizes.windows(2).enumerate() {
+        let s = 0.5 + l as f64;
+        params.push(t.leaf(&[w[0], w[1]][..], &data(w[0] * w[1], 0.11 * s), true));
+        params.push(t.leaf(&[w[1]][..], &data(w[1], 0.23 * s), true));
+    }
+    let h1 = (x.matmul(params[0]) + params[1]).relu();
+    let h2 = (h1.matmul(params[2]) + params[3]).relu() + h1;
+    let z = h2.matmul(params[4]) + params[5];
+    let labels: Vec<usize> = (0..64).map(|i| (i * 7) % 10).collect();
+    let loss = z.softmax_cross_entropy(&labels);
+    t.backward(loss);
+    let mut out = vec![loss.item()];
+    for p in params {
+        out.extend(t.grad(p).data().iter().copied());
+    }
+    out
+}
+
+/// The elementwise passes of a dense layer (bias add, ReLU, their adjoints:
+/// the bias's column sums, an accumulated adjoint) cut in two halves between
+/// two threads (`kernels::pair::parts_mut`) give the bits of one thread, on
+/// `f32`, `f64` and dual tapes, ten times over (each half may run on either
+/// thread).
+#[test]
+fn dense_layer_elementwise_passes_give_the_same_bits_cut_in_two() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    fn check<T: Real>(one: &rayon::ThreadPool, name: &str, dual: impl Fn(f64, f64) -> T + Sync) {
+        let whole = one.install(|| mlp_bits(&dual));
+        for round in 0..10 {
+            let cut = mlp_bits(&dual);
+            let bad = whole.iter().zip(&cut).position(|(a, b)| a != b);
+            assert!(
+                bad.is_none(),
+                "{name}, round {round}: element {bad:?} of the loss and gradients differs"
+            );
+        }
+    }
+    check(&one, "f32", |v, _| v as f32);
+    check(&one, "f64", |v, _| v);
+    check(&one, "Dual<f64>", Dual::new);
+}
+
 /// The portable family's large products (`kernels/grid.rs`: grids of 6 × 8
 /// `f32` / 6 × 4 `f64` on x86_64, 8 × 4 for both on aarch64, `A` blocks of
 /// 16 grid rows, `B` blocks of 2 KiB rows, panels of ≤ 256 values of `l`),

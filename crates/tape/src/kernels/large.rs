@@ -95,10 +95,7 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
     };
     let (chunks, along_rows) = chunking(m, k, n);
     F::with_pack(|[first, second]| {
-        if chunks == 1
-            || rayon::current_thread_index().is_some()
-            || rayon::current_num_threads() < 2
-        {
+        if chunks == 1 || !pair::may_cut() {
             return whole.part(0..m, 0..n, first);
         }
         let dim = if along_rows { m } else { n };
