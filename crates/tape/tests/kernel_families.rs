@@ -937,20 +937,33 @@ fn the_mlp_products_give_the_same_bits_cut_in_two() {
                 } else {
                     MatRef::row_major(&b, k, n)
                 };
-                for beta in [0.0_f32, 1.0] {
-                    let mut whole = c0.clone();
-                    one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
-                    for round in 0..20 {
-                        let mut cut = c0.clone();
-                        with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
-                        assert!(
-                            whole == cut,
-                            "{family}: [{m}, {k}]·[{k}, {n}], B transposed {b_t}, β {beta}, \
-                             round {round}: cut in two differs"
-                        );
-                    }
-                }
+                let what = format!("[{m}, {k}]·[{k}, {n}], B transposed {b_t}");
+                cut_gives_whole_bits(&one, family, (av, bv, &c0), 20, &what);
             }
+        }
+    }
+}
+
+/// `C ← 0.5·A·B + β·C` from `c0` (the operands `(A, B, c0)`), for β 0 and 1:
+/// run `rounds` times on the calling thread (cut between two threads where
+/// the shape says so), the same bits as on the one-thread pool `one` (whole).
+fn cut_gives_whole_bits(
+    one: &rayon::ThreadPool,
+    family: Family,
+    (av, bv, c0): (MatRef<'_, f32>, MatRef<'_, f32>, &[f32]),
+    rounds: usize,
+    what: &str,
+) {
+    for beta in [0.0_f32, 1.0] {
+        let mut whole = c0.to_vec();
+        one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
+        for round in 0..rounds {
+            let mut cut = c0.to_vec();
+            with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
+            assert!(
+                whole == cut,
+                "{family}: {what}, β {beta}, round {round}: cut differs from whole"
+            );
         }
     }
 }
@@ -987,19 +1000,8 @@ fn column_chunks_reading_one_packed_a_give_the_same_bits() {
                 } else {
                     MatRef::row_major(&a, m, k)
                 };
-                for beta in [0.0_f32, 1.0] {
-                    let mut whole = c0.clone();
-                    one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
-                    for round in 0..10 {
-                        let mut cut = c0.clone();
-                        with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
-                        assert!(
-                            whole == cut,
-                            "{family}: [{m}, {k}]·[{k}, {n}], A transposed {a_t}, β {beta}, \
-                             round {round}: cut along columns differs"
-                        );
-                    }
-                }
+                let what = format!("[{m}, {k}]·[{k}, {n}], A transposed {a_t}");
+                cut_gives_whole_bits(&one, family, (av, bv, &c0), 10, &what);
             }
         }
     }

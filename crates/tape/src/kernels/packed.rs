@@ -236,6 +236,38 @@ unsafe fn pack<M: Micro>(
     }
 }
 
+/// Packs rows `rows` of `A`'s panel `pc..pc + kc` into slivers of `MR` rows,
+/// the sliver of rows from `rows.start + s·MR` at `dst + s·kc·MR`.
+///
+/// # Safety
+/// As [`pack`]: the rows and the panel inside `A`, `dst` valid for
+/// `⌈rows⌉·kc` writes (`rows.len()` rounded up to `MR`).
+#[inline(always)]
+unsafe fn pack_a<M: Micro>(
+    j: &Job<M::E>,
+    pc: usize,
+    kc: usize,
+    rows: std::ops::Range<usize>,
+    dst: *mut M::E,
+) {
+    let mr = M::MR;
+    for (s, i0) in rows.clone().step_by(mr).enumerate() {
+        let src = j.a.wrapping_add(i0 * j.rsa + pc * j.csa);
+        // SAFETY: this fn's contract.
+        unsafe {
+            pack::<M>(
+                src,
+                j.rsa,
+                j.csa,
+                kc,
+                mr.min(rows.end - i0),
+                mr,
+                dst.add(s * kc * mr),
+            );
+        }
+    }
+}
+
 /// Runs `job` with micro-kernel `M` and the buffers `bufs`.
 ///
 /// # Safety
@@ -284,12 +316,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
         // p·a_panel + (i + MR)·kc ≤ (p + 1)·a_panel.
         unsafe {
             for (p, pc) in (0..k).step_by(kc_max).enumerate() {
-                let kc = kc_max.min(k - pc);
-                for i0 in (0..m).step_by(mr) {
-                    let src = j.a.wrapping_add(i0 * j.rsa + pc * j.csa);
-                    let to = dst.add(p * a_panel + i0 * kc);
-                    pack::<M>(src, j.rsa, j.csa, kc, mr.min(m - i0), mr, to);
-                }
+                pack_a::<M>(&j, pc, kc_max.min(k - pc), 0..m, dst.add(p * a_panel));
             }
         }
         return;
@@ -315,8 +342,9 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     // (l, jj) of B with l < k, jj < n (this fn's contract), and write inside
     // the buffers grown above (⌈mc / MR⌉ slivers of kc·MR ≤ MC·kc_max, and
     // the same for B); `APack::From` reads the slivers an `Into` call of the
-    // same A and family wrote, at the offsets that call wrote them; the tiles name elements of C inside the shape, of the
-    // saved copy (m·n) or of the tile copies (rows·NR ≤ TILE).
+    // same A and family wrote, at the offsets that call wrote them; the tiles
+    // name elements of C inside the shape, of the saved copy (m·n) or of the
+    // tile copies (rows·NR ≤ TILE).
     unsafe {
         for jc in (0..n).step_by(M::NC) {
             let nc = M::NC.min(n - jc);
@@ -340,18 +368,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                     let pa = match j.pack_a {
                         APack::From(src) => src.add(p * a_panel + ic * kc),
                         _ => {
-                            for (s, i0) in (0..mc).step_by(mr).enumerate() {
-                                let src = j.a.wrapping_add((ic + i0) * j.rsa + pc * j.csa);
-                                pack::<M>(
-                                    src,
-                                    j.rsa,
-                                    j.csa,
-                                    kc,
-                                    mr.min(mc - i0),
-                                    mr,
-                                    pa.add(s * kc * mr),
-                                );
-                            }
+                            pack_a::<M>(&j, pc, kc, ic..ic + mc, pa);
                             pa.cast_const()
                         }
                     };
