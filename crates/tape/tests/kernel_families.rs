@@ -937,22 +937,132 @@ fn the_mlp_products_give_the_same_bits_cut_in_two() {
                 } else {
                     MatRef::row_major(&b, k, n)
                 };
-                for beta in [0.0_f32, 1.0] {
-                    let mut whole = c0.clone();
-                    one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
-                    for round in 0..20 {
-                        let mut cut = c0.clone();
-                        with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
-                        assert!(
-                            whole == cut,
-                            "{family}: [{m}, {k}]·[{k}, {n}], B transposed {b_t}, β {beta}, \
-                             round {round}: cut in two differs"
-                        );
-                    }
-                }
+                let what = format!("[{m}, {k}]·[{k}, {n}], B transposed {b_t}");
+                cut_gives_whole_bits(&one, family, (av, bv, &c0), 20, &what);
             }
         }
     }
+}
+
+/// `C ← 0.5·A·B + β·C` from `c0` (the operands `(A, B, c0)`), for β 0 and 1:
+/// run `rounds` times on the calling thread (cut between two threads where
+/// the shape says so), the same bits as on the one-thread pool `one` (whole).
+fn cut_gives_whole_bits(
+    one: &rayon::ThreadPool,
+    family: Family,
+    (av, bv, c0): (MatRef<'_, f32>, MatRef<'_, f32>, &[f32]),
+    rounds: usize,
+    what: &str,
+) {
+    for beta in [0.0_f32, 1.0] {
+        let mut whole = c0.to_vec();
+        one.install(|| with_family(family, || gemm(0.5, av, bv, beta, &mut whole)));
+        for round in 0..rounds {
+            let mut cut = c0.to_vec();
+            with_family(family, || gemm(0.5, av, bv, beta, &mut cut));
+            assert!(
+                whole == cut,
+                "{family}: {what}, β {beta}, round {round}: cut differs from whole"
+            );
+        }
+    }
+}
+
+/// Products cut along `C`'s columns pack `A` once for all the chunks
+/// (`kernels/large.rs`, `packed::APack`): the same bits as whole on one
+/// thread, in every family, for an `A` of more rows than one block of the
+/// AVX-512 (128), AVX2 (96) and portable (96) kernels and not a multiple of
+/// any sliver height (131, 7), `k` of one to three panels (200, 600, 700),
+/// `A` row-major and transposed, and `β` 0 and 1, ten times over.
+#[test]
+fn column_chunks_reading_one_packed_a_give_the_same_bits() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // Each cut along its columns (n > m) in four (tape::kernels::large::chunking).
+    let shapes = [
+        (131, 600, 300),
+        (7, 2400, 512),
+        (100, 200, 600),
+        (70, 700, 400),
+    ];
+    for family in available_families() {
+        for (m, k, n) in shapes {
+            let mut rng = Rng(23);
+            let a: Vec<f32> = (0..m * k).map(|_| rng.val() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.val() as f32).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.val() as f32).collect();
+            let bv = MatRef::row_major(&b, k, n);
+            for a_t in [false, true] {
+                let av = if a_t {
+                    MatRef::new(&a, m, k, 1, m)
+                } else {
+                    MatRef::row_major(&a, m, k)
+                };
+                let what = format!("[{m}, {k}]·[{k}, {n}], A transposed {a_t}");
+                cut_gives_whole_bits(&one, family, (av, bv, &c0), 10, &what);
+            }
+        }
+    }
+}
+
+/// Loss and gradients of a small MLP (batch 64, 300 → 256 → 256 → 10, ReLU,
+/// a residual `+ h1` so that an adjoint is accumulated into, softmax
+/// cross-entropy) on a tape of `T`; `dual` gives every input a tangent.
+fn mlp_bits<T: Real>(dual: impl Fn(f64, f64) -> T) -> Vec<T> {
+    let sizes = [300, 256, 256, 10];
+    let t = Tape::<T>::new();
+    let data = |n: usize, seed: f64| -> Vec<T> {
+        (0..n)
+            .map(|i| dual(val(i, seed, false) * 0.1, val(i, seed * 1.7, false)))
+            .collect()
+    };
+    let x = t.leaf(&[64, sizes[0]][..], &data(64 * sizes[0], 0.37), false);
+    let mut params = Vec::new();
+    for (l, w) in sizes.windows(2).enumerate() {
+        let s = 0.5 + l as f64;
+        params.push(t.leaf(&[w[0], w[1]][..], &data(w[0] * w[1], 0.11 * s), true));
+        params.push(t.leaf(&[w[1]][..], &data(w[1], 0.23 * s), true));
+    }
+    let h1 = (x.matmul(params[0]) + params[1]).relu();
+    let h2 = (h1.matmul(params[2]) + params[3]).relu() + h1;
+    let z = h2.matmul(params[4]) + params[5];
+    let labels: Vec<usize> = (0..64).map(|i| (i * 7) % 10).collect();
+    let loss = z.softmax_cross_entropy(&labels);
+    t.backward(loss);
+    let mut out = vec![loss.item()];
+    for p in params {
+        out.extend(t.grad(p).data().iter().copied());
+    }
+    out
+}
+
+/// The elementwise passes of a dense layer (bias add, ReLU, their adjoints:
+/// the bias's column sums, an accumulated adjoint) cut in two halves between
+/// two threads (`kernels::pair::parts_mut`) give the bits of one thread, on
+/// `f32`, `f64` and dual tapes, ten times over (each half may run on either
+/// thread).
+#[test]
+fn dense_layer_elementwise_passes_give_the_same_bits_cut_in_two() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    fn check<T: Real>(one: &rayon::ThreadPool, name: &str, dual: impl Fn(f64, f64) -> T + Sync) {
+        let whole = one.install(|| mlp_bits(&dual));
+        for round in 0..10 {
+            let cut = mlp_bits(&dual);
+            let bad = whole.iter().zip(&cut).position(|(a, b)| a != b);
+            assert!(
+                bad.is_none(),
+                "{name}, round {round}: element {bad:?} of the loss and gradients differs"
+            );
+        }
+    }
+    check(&one, "f32", |v, _| v as f32);
+    check(&one, "f64", |v, _| v);
+    check(&one, "Dual<f64>", Dual::new);
 }
 
 /// The portable family's large products (`kernels/grid.rs`: grids of 6 × 8

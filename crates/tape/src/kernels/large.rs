@@ -91,17 +91,25 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         c: c.data.as_mut_ptr(),
         rsc: c.rs,
         csc: c.cs,
+        pack_a: packed::APack::Each,
     };
     let (chunks, along_rows) = chunking(m, k, n);
     F::with_pack(|[first, second]| {
-        if chunks == 1
-            || rayon::current_thread_index().is_some()
-            || rayon::current_num_threads() < 2
-        {
+        if chunks == 1 || !pair::may_cut() {
             return whole.part(0..m, 0..n, first);
         }
         let dim = if along_rows { m } else { n };
         let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
+        // Chunks of C's columns all read all of A: packed once, here, for all
+        // of them (a row-major C: `packed::run` keeps A as A).
+        let mut shared = None;
+        let mut whole = whole;
+        if !along_rows && whole.csc == 1 {
+            let shared = shared.insert(first.take_shared_a(packed::a_len(m, k)));
+            whole.pack_a = packed::APack::Into(shared.as_mut_ptr());
+            whole.part(0..m, 0..n, first);
+            whole.pack_a = packed::APack::From(shared.as_ptr());
+        }
         // One set of buffers per thread role, whichever thread that is.
         let bufs = [Mutex::new(&mut *first), Mutex::new(&mut *second)];
         pair::share(chunks, &|i: usize, there: bool| {
@@ -119,6 +127,9 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         // call than this thread (a busy machine): its set is kept as large
         // as this thread's, so it grows in the calls this one grows in.
         second.cover(first);
+        if let Some(v) = shared {
+            first.put_shared_a(v);
+        }
     })
 }
 
@@ -134,13 +145,18 @@ struct Parts<'a, F> {
     c: *mut F,
     rsc: usize,
     csc: usize,
+    /// Where the parts get `A`'s packed slivers: a column cut's parts read
+    /// one packing of all of `A` (`real`).
+    pack_a: packed::APack<F>,
 }
 
 // SAFETY: the parts `real` computes at once write pairwise disjoint elements
 // through `c` (their ranges partition C's rows or columns, and `MatMut::new`
 // checked that C's elements are distinct), and `pair::share` returns (or
 // unwinds) only after both have ended, inside `real`, while the `&mut` borrow
-// `c` comes from is alive. The rest is shared references and plain values.
+// `c` comes from is alive. A shared packed A (`pack_a`) is only read by
+// them, and lives in `real` until after `pair::share`. The rest is shared
+// references and plain values.
 unsafe impl<F: Sync> Sync for Parts<'_, F> {}
 
 impl<F: Prim> Parts<'_, F> {
@@ -167,7 +183,9 @@ impl<F: Prim> Parts<'_, F> {
         // by `real` across the parts), so it aliases neither A nor B;
         // concurrent parts get disjoint row or column ranges of C (see
         // `real`), so they write disjoint elements. (With k = 0 nothing of A
-        // or B is read.)
+        // or B is read.) `pack_a`: `real` packs into a buffer of
+        // `packed::a_len(m, k)` elements of all of A's rows, row-major C, and
+        // hands `From` only to parts of all of A's rows, same family.
         unsafe {
             packed::gemm(
                 self.family,
@@ -186,6 +204,7 @@ impl<F: Prim> Parts<'_, F> {
                     c: c0,
                     rsc: self.rsc,
                     csc: self.csc,
+                    pack_a: self.pack_a,
                 },
                 bufs,
             )

@@ -130,7 +130,7 @@ mod family;
 mod grid;
 pub(crate) mod large;
 pub(crate) mod packed;
-mod pair;
+pub(crate) mod pair;
 pub(crate) mod portable;
 pub(crate) mod real_left;
 pub(crate) mod rows;

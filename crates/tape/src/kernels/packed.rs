@@ -64,6 +64,37 @@ pub(crate) struct Job<E> {
     pub c: *mut E,
     pub rsc: usize,
     pub csc: usize,
+    /// Where `A`'s slivers come from ([`APack`]).
+    pub pack_a: APack<E>,
+}
+
+/// How a [`Job`] gets `A`'s packed slivers. A product cut along `C`'s columns
+/// (`large.rs`) reads all of `A` in every chunk: it is packed once, before
+/// the chunks, into a buffer they all read, not once per chunk.
+#[derive(Clone, Copy)]
+pub(crate) enum APack<E> {
+    /// Each panel of `A` is packed as the product needs it (into the
+    /// thread's [`Bufs`]).
+    Each,
+    /// Only pack every panel of `A` into `dst` (valid for [`a_len`]`(m, k)`
+    /// writes; the layout of [`APack::From`]); `B` and `C` are not touched.
+    Into(*mut E),
+    /// `A`'s slivers are read from `src`, packed by an [`APack::Into`] call
+    /// of the same `A` (all its rows), `k` and family: panel `p` (of the sum's index) at
+    /// `p·⌈m⌉·kc_max`, the sliver of rows from `i` (a multiple of `MR`) at
+    /// `i·kc` inside it (`⌈m⌉` is m rounded up to `MR`, `kc` the panel's
+    /// length).
+    From(*const E),
+}
+
+/// The most rows of a sliver of `A` (`Micro::MR`) of any family.
+const MR_MAX: usize = 8;
+
+/// The length of the buffer of an [`APack::Into`] job for an `m × k` `A`,
+/// for every family: `(m + MR_MAX)·kc_max·panels` ≥ `⌈m⌉·kc_max·panels`.
+pub(crate) fn a_len(m: usize, k: usize) -> usize {
+    let panels = k.div_ceil(KC).max(1);
+    (m + MR_MAX) * k.div_ceil(panels) * panels
 }
 
 /// A thread's packing buffers: `A`'s and `B`'s panels and the saved `C`.
@@ -72,6 +103,8 @@ pub(crate) struct Bufs<E> {
     a: Vec<E>,
     b: Vec<E>,
     c: Vec<E>,
+    /// All of `A` packed for the chunks of a cut product ([`APack`]).
+    shared_a: Vec<E>,
 }
 
 /// One tile of `C` for a micro-kernel: rows `< rows` and columns `< cols` of
@@ -135,6 +168,19 @@ impl<E: Real> Bufs<E> {
         grow(&mut self.b, other.b.len());
         grow(&mut self.c, other.c.len());
     }
+
+    /// The buffer for all of `A` ([`APack::Into`]), at least `len` elements,
+    /// taken out of `self` (so that the threads can read it while `self`
+    /// is in use); give it back with [`Bufs::put_shared_a`].
+    pub(crate) fn take_shared_a(&mut self, len: usize) -> Vec<E> {
+        grow(&mut self.shared_a, len);
+        std::mem::take(&mut self.shared_a)
+    }
+
+    /// Returns the buffer of [`Bufs::take_shared_a`] (kept for the next call).
+    pub(crate) fn put_shared_a(&mut self, v: Vec<E>) {
+        self.shared_a = v;
+    }
 }
 
 /// Grows `v` to at least `len` elements (never shrinks: the steady state
@@ -190,17 +236,54 @@ unsafe fn pack<M: Micro>(
     }
 }
 
+/// Packs rows `rows` of `A`'s panel `pc..pc + kc` into slivers of `MR` rows,
+/// the sliver of rows from `rows.start + s·MR` at `dst + s·kc·MR`.
+///
+/// # Safety
+/// As [`pack`]: the rows and the panel inside `A`, `dst` valid for
+/// `⌈rows⌉·kc` writes (`rows.len()` rounded up to `MR`).
+#[inline(always)]
+unsafe fn pack_a<M: Micro>(
+    j: &Job<M::E>,
+    pc: usize,
+    kc: usize,
+    rows: std::ops::Range<usize>,
+    dst: *mut M::E,
+) {
+    let mr = M::MR;
+    for (s, i0) in rows.clone().step_by(mr).enumerate() {
+        let src = j.a.wrapping_add(i0 * j.rsa + pc * j.csa);
+        // SAFETY: this fn's contract.
+        unsafe {
+            pack::<M>(
+                src,
+                j.rsa,
+                j.csa,
+                kc,
+                mr.min(rows.end - i0),
+                mr,
+                dst.add(s * kc * mr),
+            );
+        }
+    }
+}
+
 /// Runs `job` with micro-kernel `M` and the buffers `bufs`.
 ///
 /// # Safety
 /// Every `(i, l)` of `A`, `(l, j)` of `B` and
 /// `(i, j)` of `C` lies inside its allocation, `C`'s elements are pairwise
 /// distinct and alias neither `A` nor `B`; strides as in a checked view (a
-/// stride times an index in range never overflows); the CPU as `M` requires.
+/// stride times an index in range never overflows); the CPU as `M` requires;
+/// `job.pack_a` as [`APack`] says (its buffer aliases none of A, B, C).
 #[inline(always)]
 pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     let mut j = job;
     if j.csc != 1 && j.rsc == 1 {
+        assert!(
+            matches!(j.pack_a, APack::Each),
+            "packed: a shared packed A needs a row-major C"
+        );
         // Cᵀ = Bᵀ·Aᵀ: the same products, a row-major output.
         j = Job {
             m: j.n,
@@ -223,6 +306,21 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     let (mr, nr) = (M::MR, M::NR);
     let panels = k.div_ceil(KC);
     let kc_max = k.div_ceil(panels);
+    // Panel p of all of A packed ([`APack::From`]'s layout) starts here.
+    let a_panel = m.next_multiple_of(mr) * kc_max;
+    if let APack::Into(dst) = j.pack_a {
+        assert!(mr <= MR_MAX, "packed: {mr}-row slivers exceed MR_MAX");
+        // SAFETY: as the packing of A below (this fn's contract), into `dst`,
+        // which holds `a_len(m, k)` ≥ panels·a_panel elements (`APack::Into`'s
+        // contract, MR ≤ MR_MAX): panel p's slivers of rows i end at
+        // p·a_panel + (i + MR)·kc ≤ (p + 1)·a_panel.
+        unsafe {
+            for (p, pc) in (0..k).step_by(kc_max).enumerate() {
+                pack_a::<M>(&j, pc, kc_max.min(k - pc), 0..m, dst.add(p * a_panel));
+            }
+        }
+        return;
+    }
     grow(&mut bufs.a, M::MC.min(m.next_multiple_of(mr)) * kc_max);
     grow(&mut bufs.b, M::NC.min(n.next_multiple_of(nr)) * kc_max);
     let save = panels > 1 && j.beta != M::E::zero();
@@ -243,12 +341,14 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     // SAFETY: the packers read elements (i, l) of A with i < m, l < k and
     // (l, jj) of B with l < k, jj < n (this fn's contract), and write inside
     // the buffers grown above (⌈mc / MR⌉ slivers of kc·MR ≤ MC·kc_max, and
-    // the same for B); the tiles name elements of C inside the shape, of the
-    // saved copy (m·n) or of the tile copies (rows·NR ≤ TILE).
+    // the same for B); `APack::From` reads the slivers an `Into` call of the
+    // same A and family wrote, at the offsets that call wrote them; the tiles
+    // name elements of C inside the shape, of the saved copy (m·n) or of the
+    // tile copies (rows·NR ≤ TILE).
     unsafe {
         for jc in (0..n).step_by(M::NC) {
             let nc = M::NC.min(n - jc);
-            for pc in (0..k).step_by(kc_max) {
+            for (p, pc) in (0..k).step_by(kc_max).enumerate() {
                 let kc = kc_max.min(k - pc);
                 let (first, last) = (pc == 0, pc + kc == k);
                 for (s, j0) in (0..nc).step_by(nr).enumerate() {
@@ -265,18 +365,13 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                 }
                 for ic in (0..m).step_by(M::MC) {
                     let mc = M::MC.min(m - ic);
-                    for (s, i0) in (0..mc).step_by(mr).enumerate() {
-                        let src = j.a.wrapping_add((ic + i0) * j.rsa + pc * j.csa);
-                        pack::<M>(
-                            src,
-                            j.rsa,
-                            j.csa,
-                            kc,
-                            mr.min(mc - i0),
-                            mr,
-                            pa.add(s * kc * mr),
-                        );
-                    }
+                    let pa = match j.pack_a {
+                        APack::From(src) => src.add(p * a_panel + ic * kc),
+                        _ => {
+                            pack_a::<M>(&j, pc, kc, ic..ic + mc, pa);
+                            pa.cast_const()
+                        }
+                    };
                     for (sb, j0) in (0..nc).step_by(nr).enumerate() {
                         let bs = pb.add(sb * kc * nr);
                         for (sa, i0) in (0..mc).step_by(mr).enumerate() {

@@ -298,6 +298,72 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
     );
 }
 
+/// Elementwise passes over at least this many elements are cut in two
+/// between the caller and the second thread ([`parts_mut`]): the MLP
+/// benchmark's 64 × 256 layers (16 Ki elements), not its 64 × 10 one.
+pub(crate) const SPLIT_ELEMS: usize = 1 << 13;
+
+/// Whether work called from this thread may be cut between two threads:
+/// not from inside one of rayon's workers (the caller already runs tasks in
+/// parallel, e.g. a meta-batch, and the two kinds of threads would compete
+/// for the cores), and not when rayon's pool has one thread
+/// (`RAYON_NUM_THREADS=1`: one thread is asked for).
+pub(crate) fn may_cut() -> bool {
+    rayon::current_thread_index().is_none() && rayon::current_num_threads() >= 2
+}
+
+/// `out`'s first element, shared by the two threads of [`parts_mut`].
+struct Base<T>(*mut T);
+
+// SAFETY: `parts_mut` hands each thread a part of `out` disjoint from the
+// other's (`T: Send`: the elements may be written from the other thread), and
+// `share` returns only after both are done, while `out`'s borrow is alive.
+unsafe impl<T: Send> Sync for Base<T> {}
+
+impl<T> Base<T> {
+    /// The pointer (a method, so that closures capture the whole `Base`).
+    fn ptr(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// `f(rows, part)` over `out` seen as rows of `width` elements: `part` is
+/// rows `rows` of `out`. With `work` (the elements the pass reads or writes)
+/// of at least [`SPLIT_ELEMS`], two rows or more and [`may_cut`], the rows
+/// are cut in two halves (the first ⌈rows / 2⌉, a function of the shape
+/// only) run by [`share`], else `f(0..rows, out)` here. For passes whose
+/// elements do not depend on each other (or sums in an order that does not
+/// follow the cut), so the bits do not depend on it.
+///
+/// # Panics
+/// If `width` is 0 or does not divide `out.len()`.
+pub(crate) fn parts_mut<T: Send, F>(out: &mut [T], width: usize, work: usize, f: &F)
+where
+    F: Fn(std::ops::Range<usize>, &mut [T]) + Sync,
+{
+    assert!(
+        width > 0 && out.len().is_multiple_of(width),
+        "parts_mut: {} elements are not rows of {width}",
+        out.len()
+    );
+    let rows = out.len() / width;
+    if work < SPLIT_ELEMS || rows < 2 || !may_cut() {
+        return f(0..rows, out);
+    }
+    let half = rows.div_ceil(2);
+    let base = Base(out.as_mut_ptr());
+    share(2, &|i: usize, _| {
+        let r = if i == 0 { 0..half } else { half..rows };
+        // SAFETY: rows `r` lie inside `out` (r.end ≤ rows, rows·width =
+        // out.len()), chunk 0 and chunk 1 are disjoint and each runs once
+        // (`share`), and `out`'s `&mut` borrow outlives `share`.
+        let part = unsafe {
+            std::slice::from_raw_parts_mut(base.ptr().add(r.start * width), r.len() * width)
+        };
+        f(r, part);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::share;

@@ -29,6 +29,7 @@
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
+use crate::kernels::pair::parts_mut;
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{broadcast_shapes, shape_panic, Shape, MAX_RANK};
@@ -173,7 +174,7 @@ fn binary_map<T: Real>(
     x: &[T],
     y: &[T],
     o: &mut [T],
-    f: impl Fn(T, T) -> T,
+    f: impl Fn(T, T) -> T + Sync,
 ) {
     if o.is_empty() {
         return;
@@ -183,12 +184,17 @@ fn binary_map<T: Real>(
             *o = f(a, b);
         }
     } else if sa == out && is_row(sb, out) {
+        // A dense layer's bias: large ones cut in two halves of rows between
+        // two threads (each element computed alone, so the same bits).
         let m = y.len();
-        for (orow, xrow) in o.chunks_exact_mut(m).zip(x.chunks_exact(m)) {
-            for ((o, &a), &b) in orow.iter_mut().zip(xrow).zip(y) {
-                *o = f(a, b);
+        parts_mut(o, m, o.len(), &|rows, o| {
+            let x = &x[rows.start * m..rows.end * m];
+            for (orow, xrow) in o.chunks_exact_mut(m).zip(x.chunks_exact(m)) {
+                for ((o, &a), &b) in orow.iter_mut().zip(xrow).zip(y) {
+                    *o = f(a, b);
+                }
             }
-        }
+        });
     } else if sb == out && is_row(sa, out) {
         let m = x.len();
         for (orow, yrow) in o.chunks_exact_mut(m).zip(y.chunks_exact(m)) {
@@ -238,7 +244,7 @@ fn accumulate<T: Real, const TO_A: bool, const FRESH: bool>(
     dst: &mut [T],
     g: &[T],
     (x, y, o): (&[T], &[T], &[T]),
-    h: impl Fn(T, T, T, T) -> T,
+    h: impl Fn(T, T, T, T) -> T + Sync,
 ) {
     if g.is_empty() {
         return;
@@ -254,23 +260,33 @@ fn accumulate<T: Real, const TO_A: bool, const FRESH: bool>(
             *d = start(*d) + h(gi, xi, yi, oi);
         }
     } else if sa == out && is_row(sb, out) {
+        // A dense layer's bias. Large ones are cut in two between two threads
+        // (`parts_mut`): ḡx by rows, ḡy (column sums) by columns, each column
+        // still summed over the rows in order, so the same bits.
         let m = y.len();
-        for (r, ((grow, xrow), orow)) in g
-            .chunks_exact(m)
-            .zip(x.chunks_exact(m))
-            .zip(o.chunks_exact(m))
-            .enumerate()
-        {
-            let d = if TO_A {
-                &mut dst[r * m..(r + 1) * m]
-            } else {
-                &mut dst[..m]
-            };
-            for (((d, &gi), (&xi, &yj)), &oi) in
-                d.iter_mut().zip(grow).zip(xrow.iter().zip(y)).zip(orow)
+        let rows = g.len() / m;
+        let row_part = |r: usize, cols: &std::ops::Range<usize>, d: &mut [T]| {
+            let at = r * m + cols.start..r * m + cols.end;
+            let terms = d.iter_mut().zip(&g[at.clone()]);
+            for (((d, &gi), (&xi, &yj)), &oi) in terms
+                .zip(x[at.clone()].iter().zip(&y[cols.clone()]))
+                .zip(&o[at])
             {
                 *d = start(*d) + h(gi, xi, yj, oi);
             }
+        };
+        if TO_A {
+            parts_mut(dst, m, g.len(), &|part_rows, d| {
+                for (r, d) in part_rows.zip(d.chunks_exact_mut(m)) {
+                    row_part(r, &(0..m), d);
+                }
+            });
+        } else {
+            parts_mut(&mut dst[..m], 1, g.len(), &|cols, d| {
+                for r in 0..rows {
+                    row_part(r, &cols, d);
+                }
+            });
         }
     } else if let (true, Some((_, mid, inner))) = (sa == out, block_broadcast(sb, out)) {
         // A per-channel y: runs of `inner` elements share one y (and, for ḡy,
@@ -388,7 +404,7 @@ fn accumulate_into<T: Real, const TO_A: bool>(
     dst: &mut [T],
     g: &[T],
     v: (&[T], &[T], &[T]),
-    h: impl Fn(T, T, T, T) -> T,
+    h: impl Fn(T, T, T, T) -> T + Sync,
 ) {
     if fresh {
         accumulate::<T, TO_A, true>(out, sa, sb, dst, g, v, h)
@@ -589,10 +605,14 @@ fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
     x.tape.record_overwrite(op, &[x], x.shape(), |f| {
         let xs = f.x(0);
         let out = &mut *f.out;
-        with_const_unary_op!(op2, |k| {
-            for (o, &v) in out.iter_mut().zip(xs) {
-                *o = unary_forward(k, v);
-            }
+        // Large ones cut in two halves between two threads (`parts_mut`).
+        // The op is matched inside each half, so each loop has a constant op.
+        parts_mut(out, 1, xs.len(), &|r, out| {
+            with_const_unary_op!(op2.clone(), |k| {
+                for (o, &v) in out.iter_mut().zip(&xs[r.clone()]) {
+                    *o = unary_forward(k, v);
+                }
+            })
         })
     })
 }
@@ -622,18 +642,22 @@ pub(crate) fn unary_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     }
     // A fresh adjoint gets `0 + ḡ` (the bits of a zero-fill then `+=`)
     // without the zero-fill pass.
+    // Large ones cut in two halves between two threads (`parts_mut`).
     let (gx, fresh) = b.g_in_overwrite(0);
-    with_const_unary_op!(op, |k| {
-        let terms = gx.iter_mut().zip(g).zip(x.iter().zip(out));
-        if fresh {
-            for ((d, &gi), (&xi, &oi)) in terms {
-                *d = T::zero() + unary_backward(k, xi, oi, gi);
+    parts_mut(gx, 1, g.len(), &|r, gx| {
+        with_const_unary_op!(op.clone(), |k| {
+            let (g, x, out) = (&g[r.clone()], &x[r.clone()], &out[r.clone()]);
+            let terms = gx.iter_mut().zip(g).zip(x.iter().zip(out));
+            if fresh {
+                for ((d, &gi), (&xi, &oi)) in terms {
+                    *d = T::zero() + unary_backward(k, xi, oi, gi);
+                }
+            } else {
+                for ((d, &gi), (&xi, &oi)) in terms {
+                    *d += unary_backward(k, xi, oi, gi);
+                }
             }
-        } else {
-            for ((d, &gi), (&xi, &oi)) in terms {
-                *d += unary_backward(k, xi, oi, gi);
-            }
-        }
+        })
     })
 }
 
