@@ -8,7 +8,7 @@
 //! adjoint step passes a_i = Σ_o D_oi ⊙ ū_o over the cotangent: no tape.
 
 use hvp::Workspace;
-use tape::kernels::all_finite;
+use tape::kernels::{all_finite, sub_scaled};
 use tape::{Float, Shape, Tensor};
 
 use super::step::{rule_vjp_pass, Cotangent, RuleSide, State};
@@ -67,11 +67,13 @@ fn axpy<F: Float>(y: &mut [F], c: &Coef<F>, at: usize, x: Option<&[F]>, first: b
         }
         (_, Some(x)) => x,
     };
+    // y + c·x as y − (−c)·x, the same number (negation is exact), at the
+    // kernel family's vector width (`tape::kernels::sub_scaled`).
     match (c, first) {
         (Coef::One, true) => y.copy_from_slice(x),
-        (Coef::One, false) => y.iter_mut().zip(x).for_each(|(y, &x)| *y += x),
+        (Coef::One, false) => sub_scaled(y, x, -F::one()),
         (Coef::Scalar(c), true) => y.iter_mut().zip(x).for_each(|(y, &x)| *y = *c * x),
-        (Coef::Scalar(c), false) => y.iter_mut().zip(x).for_each(|(y, &x)| *y += *c * x),
+        (Coef::Scalar(c), false) => sub_scaled(y, x, -*c),
         (Coef::Elements(c), first) => {
             let c = &c[at..at + y.len()];
             for ((y, &x), &c) in y.iter_mut().zip(x).zip(c) {

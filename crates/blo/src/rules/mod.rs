@@ -441,7 +441,14 @@ impl Rule {
     }
 
     /// [`InnerRule::fixed_linear`] of an elementwise rule (`false` for a
-    /// rule that is not [`InnerRule::elementwise`]).
+    /// rule that is not [`InnerRule::elementwise`]): φ_j = φ − α g is
+    /// D (φ, g) with D = (1, −α); Adam's step is not linear.
+    ///
+    /// ```
+    /// use blo::rules::{Adam, Rule, Sgd};
+    /// assert!(Rule::new(Sgd::new(0.1).unwrap()).fixed_linear());
+    /// assert!(!Rule::new(Adam::new(0.01, 0.9, 0.999, 1e-8).unwrap()).fixed_linear());
+    /// ```
     pub fn fixed_linear(&self) -> bool {
         self.0.elementwise() && self.0.fixed_linear()
     }
