@@ -913,44 +913,6 @@ fn implicit_runs_on_a_rule_that_converges() {
     assert!(rel(&e, &want) < 1e-8, "{e:?} vs {want:?}");
 }
 
-/// A built-in rule taken per φ tensor: every claim forwarded but
-/// [`InnerRule::elementwise`], so the engine never concatenates φ.
-struct PerTensor(blo::rules::Rule);
-
-impl InnerRule for PerTensor {
-    fn name(&self) -> String {
-        format!("per-tensor({:?})", self.0)
-    }
-    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
-        self.0.extra_state(phi)
-    }
-    fn affine_in_grad(&self) -> bool {
-        self.0.affine_in_grad()
-    }
-    fn constant_grad_coefficient(&self) -> bool {
-        self.0.constant_grad_coefficient()
-    }
-    fn validate(
-        &self,
-        steps: usize,
-        theta: &[Tensor<f64>],
-        phi0: Option<&[Shape]>,
-    ) -> Result<(), BloError> {
-        self.0.validate(steps, theta, phi0)
-    }
-    fn step<'t, T: Real>(
-        &self,
-        t: &'t Tape<T>,
-        j: usize,
-        theta: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-        extra: &[Var<'t, T>],
-        grad: &[Var<'t, T>],
-    ) -> RuleStep<'t, T> {
-        self.0.step(t, j, theta, phi, extra, grad)
-    }
-}
-
 /// docs/math.md §12, "Flat steps": an elementwise built-in taken flat (φ, g and each
 /// extra-state group concatenated) gives bit for bit the numbers of the same
 /// rule taken per φ tensor: the rollout (φ_r, and e_r concatenated), and the
@@ -968,12 +930,26 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
         }
         flat_rules.push(name);
         let per = Net {
-            inner: InnerLoop::rule(R, PerTensor(rule.clone())).unwrap(),
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: false,
+                },
+            )
+            .unwrap(),
         };
         // A fixed linear rule's flat step on the tape (its own path is
         // `the_fixed_linear_path_equals_the_tape_path`).
         let p = Net {
-            inner: InnerLoop::rule(R, OnTape(rule.clone())).unwrap(),
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: true,
+                },
+            )
+            .unwrap(),
         };
         let _ = inner;
         let (s_flat, l_flat) = rollout(&p, &(), &th).unwrap();
@@ -1021,25 +997,31 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
     );
 }
 
-/// A built-in rule with every claim forwarded but
-/// [`InnerRule::fixed_linear`], so the engine records its step on the tape.
-struct OnTape(blo::rules::Rule);
+/// A built-in rule on the tape: every claim forwarded but
+/// [`InnerRule::fixed_linear`], so the engine records its step, and
+/// [`InnerRule::elementwise`] only with `flat` (without it the engine never
+/// concatenates φ: the step per φ tensor).
+struct OnTape {
+    rule: blo::rules::Rule,
+    flat: bool,
+}
 
 impl InnerRule for OnTape {
     fn name(&self) -> String {
-        format!("on-tape({:?})", self.0)
+        let how = if self.flat { "on-tape" } else { "per-tensor" };
+        format!("{how}({:?})", self.rule)
     }
     fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
-        self.0.extra_state(phi)
+        self.rule.extra_state(phi)
     }
     fn affine_in_grad(&self) -> bool {
-        self.0.affine_in_grad()
+        self.rule.affine_in_grad()
     }
     fn constant_grad_coefficient(&self) -> bool {
-        self.0.constant_grad_coefficient()
+        self.rule.constant_grad_coefficient()
     }
     fn elementwise(&self) -> bool {
-        self.0.elementwise()
+        self.flat && self.rule.elementwise()
     }
     fn validate(
         &self,
@@ -1047,7 +1029,7 @@ impl InnerRule for OnTape {
         theta: &[Tensor<f64>],
         phi0: Option<&[Shape]>,
     ) -> Result<(), BloError> {
-        self.0.validate(steps, theta, phi0)
+        self.rule.validate(steps, theta, phi0)
     }
     fn flat_step<'t, T: Real>(
         &self,
@@ -1059,7 +1041,7 @@ impl InnerRule for OnTape {
         extra: &[Var<'t, T>],
         grad: Var<'t, T>,
     ) -> RuleStep<'t, T> {
-        self.0.flat_step(t, j, theta, segments, phi, extra, grad)
+        self.rule.flat_step(t, j, theta, segments, phi, extra, grad)
     }
     fn step<'t, T: Real>(
         &self,
@@ -1070,7 +1052,7 @@ impl InnerRule for OnTape {
         extra: &[Var<'t, T>],
         grad: &[Var<'t, T>],
     ) -> RuleStep<'t, T> {
-        self.0.step(t, j, theta, phi, extra, grad)
+        self.rule.step(t, j, theta, phi, extra, grad)
     }
 }
 
@@ -1096,7 +1078,14 @@ fn the_fixed_linear_path_equals_the_tape_path() {
         }
         linear.push(name);
         let tape = Net {
-            inner: InnerLoop::rule(R, OnTape(rule.clone())).unwrap(),
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: true,
+                },
+            )
+            .unwrap(),
         };
         let p = Net { inner };
         let tol = if name == "sgd" { 0.0 } else { 1e-13 };
