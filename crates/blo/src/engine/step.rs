@@ -891,28 +891,22 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
-        if let (Some(segments), true) = (side.segments, rule.fixed_linear()) {
-            let groups = side.extra.len();
-            self.linear
-                .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
-            self.linear.vjp(segments, cot, &mut self.w);
-            self.rule_dual(
-                problem,
-                task,
-                j,
-                theta,
-                prev,
-                g_theta,
-                Some(&mut cot.phi),
-                with_inner_loss,
-                false,
-            )?;
-        } else if rule.constant_grad_coefficient() {
-            if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
-                self.check_constant_coefficient(rule, j, theta, side)?;
-                self.checked = Some(rule.clone());
+        // A fixed linear step's VJP is D's passes (docs/math.md §12, "Fixed
+        // linear steps"); with a constant coefficient, one sweep at g = 0.
+        let linear = side.segments.filter(|_| rule.fixed_linear());
+        if linear.is_some() || rule.constant_grad_coefficient() {
+            if let Some(segments) = linear {
+                let groups = side.extra.len();
+                self.linear
+                    .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
+                self.linear.vjp(segments, cot, &mut self.w);
+            } else {
+                if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
+                    self.check_constant_coefficient(rule, j, theta, side)?;
+                    self.checked = Some(rule.clone());
+                }
+                self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             }
-            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             self.rule_dual(
                 problem,
                 task,
