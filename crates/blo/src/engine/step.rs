@@ -269,11 +269,26 @@ impl<F: Float> InnerWorkspace<F> {
             return self.rule_forward(problem, task, rule, j, theta, state);
         }
         let nt = theta.len();
-        let (value, pass) = checked_grad_pass(&mut self.ws, problem, task, j, theta, &state.phi)?;
-        // A structural zero (no adjoint reached φ_i) is applied as zeros, as
-        // a copied gradient would be. The update runs at the family's vector
-        // width (`tape::kernels::update`; the plain loops' bits).
+        let pass = self.ws.grad_pass(
+            theta
+                .iter()
+                .map(|x| (x, false))
+                .chain(state.phi.iter().map(|x| (x, true))),
+            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+        );
+        let value = pass.value();
+        if !value.is_finite() {
+            return Err(non_finite("inner loss", j));
+        }
+        // The gradients are read in place from the tape (no copy); every one is
+        // checked before the state is touched. A structural zero (no adjoint
+        // reached φ_i) is applied as zeros, as a copied gradient would be.
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
+        // The two passes over the whole state run at the family's vector
+        // width (`tape::kernels::update`; the plain loops' bits).
+        if !grads.iter().flatten().all(|g| all_finite(g)) {
+            return Err(non_finite("inner gradient", j));
+        }
         let grads = grads.iter().map(|g| g.as_deref());
         match &problem.inner_loop().optimizer {
             InnerOptimizer::Sgd { lr } => {
@@ -417,8 +432,21 @@ impl<F: Float> InnerWorkspace<F> {
         self.linear
             .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
         let nt = theta.len();
-        let (value, pass) = checked_grad_pass(&mut self.ws, problem, task, j, theta, &state.phi)?;
+        let pass = self.ws.grad_pass(
+            theta
+                .iter()
+                .map(|x| (x, false))
+                .chain(state.phi.iter().map(|x| (x, true))),
+            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+        );
+        let value = pass.value();
+        if !value.is_finite() {
+            return Err(non_finite("inner loss", j));
+        }
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
+        if !grads.iter().flatten().all(|g| all_finite(g)) {
+            return Err(non_finite("inner gradient", j));
+        }
         let g: SmallVec<[Option<&[F]>; 16]> = grads.iter().map(|g| g.as_deref()).collect();
         if !self.linear.step(segments, &g, state) {
             return Err(non_finite("inner state", j));
@@ -1389,41 +1417,6 @@ fn record_rule<'t, F: Float>(
         side.extra.iter().map(|p| p.shape()),
     )?;
     Ok(out)
-}
-
-/// L_in(θ, φ_{j−1}; τ, j) by one gradient pass (θ not differentiated),
-/// with g_j = ∇_φ L_in left in place on the pass's tape (the adjoints of its
-/// inputs after θ's, read without a copy) and checked finite before the
-/// state is touched.
-///
-/// # Errors
-/// [`BloError::NonFinite`] naming step j if the loss or the gradient is not
-/// finite.
-fn checked_grad_pass<'t, F: Float, P: Problem<F>>(
-    ws: &'t mut Workspace<F>,
-    problem: &P,
-    task: &P::Task,
-    j: usize,
-    theta: &[Tensor<F>],
-    phi: &[Tensor<F>],
-) -> Result<(F, Pass<'t, F>), BloError> {
-    let nt = theta.len();
-    let pass = ws.grad_pass(
-        theta
-            .iter()
-            .map(|x| (x, false))
-            .chain(phi.iter().map(|x| (x, true))),
-        |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
-    );
-    let value = pass.value();
-    if !value.is_finite() {
-        return Err(non_finite("inner loss", j));
-    }
-    let finite = (nt..pass.inputs().len()).all(|i| pass.adjoint(i).is_none_or(|g| all_finite(&g)));
-    if !finite {
-        return Err(non_finite("inner gradient", j));
-    }
-    Ok((value, pass))
 }
 
 /// L_in(θ, φ; τ, j) by one gradient pass; `g` is shaped for g_j = ∇_φ L_in
