@@ -9,6 +9,7 @@
 //! plan of the same sweep gives the same bits.
 
 mod cache;
+mod linear;
 pub mod objective;
 pub mod plan;
 pub mod policy;

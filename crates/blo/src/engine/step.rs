@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use tape::kernels::all_finite;
 use tape::{Dual, Float, Real, Shape, Tensor};
 
+use crate::engine::linear::LinearStep;
 use crate::engine::sweep::SweepBuffers;
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
@@ -128,6 +129,8 @@ pub struct InnerWorkspace<F: Float> {
     /// The rule whose [`crate::InnerRule::elementwise`] claim this workspace
     /// has checked.
     checked_flat: Option<Rule>,
+    /// A fixed linear rule's map (docs/math.md §12, "Fixed linear steps").
+    linear: LinearStep<F>,
 }
 
 /// An elementwise rule's step sees φ, g and ū_φ concatenated ([`Segments`]):
@@ -147,11 +150,11 @@ struct Flat<F: Float> {
 /// `[N]` tensor may hold stale values: the step's leaf of φ is filled from
 /// `parts`, φ's tensors, concatenated in place).
 #[derive(Clone, Copy)]
-struct RuleSide<'a, F: Float> {
-    phi: &'a [Tensor<F>],
-    parts: &'a [Tensor<F>],
-    extra: &'a [Tensor<F>],
-    segments: Option<&'a Segments>,
+pub(super) struct RuleSide<'a, F: Float> {
+    pub(super) phi: &'a [Tensor<F>],
+    pub(super) parts: &'a [Tensor<F>],
+    pub(super) extra: &'a [Tensor<F>],
+    pub(super) segments: Option<&'a Segments>,
 }
 
 impl<'a, F: Float> RuleSide<'a, F> {
@@ -359,6 +362,9 @@ impl<F: Float> InnerWorkspace<F> {
         state: &mut State<F>,
     ) -> Result<F, BloError> {
         let flat = self.prepare_flat(rule, j, theta, state)?;
+        if flat && rule.fixed_linear() {
+            return self.linear_forward(problem, task, rule, j, theta, state);
+        }
         let segments = flat.then_some(&self.flat.segments);
         let nt = theta.len();
         let (value, pass) = inner_grad_pass(
@@ -412,6 +418,50 @@ impl<F: Float> InnerWorkspace<F> {
             for (x, &v) in state.extra.iter_mut().zip(&vars[b..]) {
                 x.data_mut().copy_from_slice(&t.value_ref(v));
             }
+            return Err(non_finite("inner state", j));
+        }
+        Ok(value)
+    }
+
+    /// A fixed linear rule's forward step ([`crate::InnerRule::fixed_linear`],
+    /// docs/math.md §12 "Fixed linear steps"): one gradient pass of L_in, its
+    /// φ adjoints read in place as g_j and checked, then state_j = D (φ, e,
+    /// g_j) by passes over the state ([`LinearStep::step`]), written only if
+    /// finite. Returns L_in(θ, φ_{j−1}).
+    ///
+    /// # Errors
+    /// As [`InnerWorkspace::rule_forward`], and a false fixed-linear claim.
+    fn linear_forward<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        state: &mut State<F>,
+    ) -> Result<F, BloError> {
+        let segments = &self.flat.segments;
+        let groups = state.extra.len();
+        self.linear
+            .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
+        let nt = theta.len();
+        let pass = self.ws.grad_pass(
+            theta
+                .iter()
+                .map(|x| (x, false))
+                .chain(state.phi.iter().map(|x| (x, true))),
+            |t, v| problem.inner_loss(t, task, j, &v[..nt], &v[nt..]),
+        );
+        let value = pass.value();
+        if !value.is_finite() {
+            return Err(non_finite("inner loss", j));
+        }
+        let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
+        if !grads.iter().flatten().all(|g| all_finite(g)) {
+            return Err(non_finite("inner gradient", j));
+        }
+        let g: SmallVec<[Option<&[F]>; 16]> = grads.iter().map(|g| g.as_deref()).collect();
+        if !self.linear.step(segments, &g, state) {
             return Err(non_finite("inner state", j));
         }
         Ok(value)
@@ -882,12 +932,22 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
-        if rule.constant_grad_coefficient() {
-            if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
-                self.check_constant_coefficient(rule, j, theta, side)?;
-                self.checked = Some(rule.clone());
+        // A fixed linear step's VJP is D's passes (docs/math.md §12, "Fixed
+        // linear steps"); with a constant coefficient, one sweep at g = 0.
+        let linear = side.segments.filter(|_| rule.fixed_linear());
+        if linear.is_some() || rule.constant_grad_coefficient() {
+            if let Some(segments) = linear {
+                let groups = side.extra.len();
+                self.linear
+                    .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
+                self.linear.vjp(segments, cot, &mut self.w);
+            } else {
+                if !self.checked.as_ref().is_some_and(|r| r.same_object(rule)) {
+                    self.check_constant_coefficient(rule, j, theta, side)?;
+                    self.checked = Some(rule.clone());
+                }
+                self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             }
-            self.rule_vjp(rule, j, theta, side, cot, g_theta, AdjointG::Set)?;
             self.rule_dual(
                 problem,
                 task,
@@ -1513,7 +1573,7 @@ fn apply_rule_vjp<F: Float>(
 /// step), a zero g by a fill. With `values`, the outputs' values are
 /// appended to it, concatenated.
 #[allow(clippy::too_many_arguments)]
-fn rule_vjp_pass<'t, 'a, F: Float>(
+pub(super) fn rule_vjp_pass<'t, 'a, F: Float>(
     ws: &'t mut Workspace<F>,
     rule: &Rule,
     j: usize,

@@ -45,6 +45,9 @@ impl InnerRule for Sgd {
     fn elementwise(&self) -> bool {
         true
     }
+    fn fixed_linear(&self) -> bool {
+        true
+    }
     fn step<'t, T: Real>(
         &self,
         _tape: &'t Tape<T>,
@@ -359,6 +362,11 @@ impl InnerRule for Momentum {
     fn elementwise(&self) -> bool {
         // A learnable β shared by several φ tensors: its adjoint is one sum
         // over the flat vector instead of per-tensor sums added up.
+        matches!(self.beta, Beta::Fixed(_))
+    }
+    fn fixed_linear(&self) -> bool {
+        // v_j = β v + g, φ_j = φ − α v_j (or − α (g + β v_j)): fixed
+        // coefficients when β is.
         matches!(self.beta, Beta::Fixed(_))
     }
     fn validate(

@@ -165,6 +165,23 @@ pub trait InnerRule: Send + Sync + 'static {
         false
     }
 
+    /// Whether an elementwise rule's step is one fixed linear map of
+    /// (φ, e, g) per element: s_j[k] = D (φ[k], e[k], g[k]) with D reading
+    /// no θ, no state and not j (SGD; heavy-ball and Nesterov momentum with
+    /// a fixed β). The engine then takes D from sweeps of the step once per
+    /// workspace and rule, and steps and adjoint steps are passes over the
+    /// state with D's entries, with no tape (docs/math.md §12, "Fixed linear
+    /// steps"). Used only with [`InnerRule::elementwise`]. The default `false`
+    /// is always correct; a wrong `true` is detected at the first step a
+    /// workspace takes with the rule: D from a zero state at step j and from
+    /// a non-zero state at step j + 1 must agree bit for bit, θ must get no
+    /// adjoint, and the step at both states must equal D applied to them (to
+    /// a few rounding errors) ([`BloError::InvalidHyperparameter`] naming the
+    /// rule).
+    fn fixed_linear(&self) -> bool {
+        false
+    }
+
     /// One step j on φ concatenated ([`InnerRule::elementwise`]): `phi` and
     /// `grad` are `[N]` vectors laid out as `segments` says (φ tensor i is
     /// segment i), `extra` the extra state as `extra_state(&[[N]])` shapes
@@ -227,6 +244,7 @@ trait ErasedRule: Send + Sync {
     fn affine_in_grad(&self) -> bool;
     fn constant_grad_coefficient(&self) -> bool;
     fn elementwise(&self) -> bool;
+    fn fixed_linear(&self) -> bool;
     fn validate(
         &self,
         steps: usize,
@@ -282,6 +300,9 @@ impl<R: InnerRule> ErasedRule for R {
     }
     fn elementwise(&self) -> bool {
         InnerRule::elementwise(self)
+    }
+    fn fixed_linear(&self) -> bool {
+        InnerRule::fixed_linear(self)
     }
     fn validate(
         &self,
@@ -417,6 +438,19 @@ impl Rule {
     /// [`InnerRule::elementwise`].
     pub fn elementwise(&self) -> bool {
         self.0.elementwise()
+    }
+
+    /// [`InnerRule::fixed_linear`] of an elementwise rule (`false` for a
+    /// rule that is not [`InnerRule::elementwise`]): φ_j = φ − α g is
+    /// D (φ, g) with D = (1, −α); Adam's step is not linear.
+    ///
+    /// ```
+    /// use blo::rules::{Adam, Rule, Sgd};
+    /// assert!(Rule::new(Sgd::new(0.1).unwrap()).fixed_linear());
+    /// assert!(!Rule::new(Adam::new(0.01, 0.9, 0.999, 1e-8).unwrap()).fixed_linear());
+    /// ```
+    pub fn fixed_linear(&self) -> bool {
+        self.0.elementwise() && self.0.fixed_linear()
     }
 
     /// The shapes of the extra state as the engine stores it for φ of shapes

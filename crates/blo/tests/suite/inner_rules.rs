@@ -913,44 +913,6 @@ fn implicit_runs_on_a_rule_that_converges() {
     assert!(rel(&e, &want) < 1e-8, "{e:?} vs {want:?}");
 }
 
-/// A built-in rule taken per φ tensor: every claim forwarded but
-/// [`InnerRule::elementwise`], so the engine never concatenates φ.
-struct PerTensor(blo::rules::Rule);
-
-impl InnerRule for PerTensor {
-    fn name(&self) -> String {
-        format!("per-tensor({:?})", self.0)
-    }
-    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
-        self.0.extra_state(phi)
-    }
-    fn affine_in_grad(&self) -> bool {
-        self.0.affine_in_grad()
-    }
-    fn constant_grad_coefficient(&self) -> bool {
-        self.0.constant_grad_coefficient()
-    }
-    fn validate(
-        &self,
-        steps: usize,
-        theta: &[Tensor<f64>],
-        phi0: Option<&[Shape]>,
-    ) -> Result<(), BloError> {
-        self.0.validate(steps, theta, phi0)
-    }
-    fn step<'t, T: Real>(
-        &self,
-        t: &'t Tape<T>,
-        j: usize,
-        theta: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-        extra: &[Var<'t, T>],
-        grad: &[Var<'t, T>],
-    ) -> RuleStep<'t, T> {
-        self.0.step(t, j, theta, phi, extra, grad)
-    }
-}
-
 /// docs/math.md §12, "Flat steps": an elementwise built-in taken flat (φ, g and each
 /// extra-state group concatenated) gives bit for bit the numbers of the same
 /// rule taken per φ tensor: the rollout (φ_r, and e_r concatenated), and the
@@ -968,9 +930,28 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
         }
         flat_rules.push(name);
         let per = Net {
-            inner: InnerLoop::rule(R, PerTensor(rule.clone())).unwrap(),
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: false,
+                },
+            )
+            .unwrap(),
         };
-        let p = Net { inner };
+        // A fixed linear rule's flat step on the tape (its own path is
+        // `the_fixed_linear_path_equals_the_tape_path`).
+        let p = Net {
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: true,
+                },
+            )
+            .unwrap(),
+        };
+        let _ = inner;
         let (s_flat, l_flat) = rollout(&p, &(), &th).unwrap();
         let (s_per, l_per) = rollout(&per, &(), &th).unwrap();
         let bits_of =
@@ -1014,6 +995,240 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
             "adam"
         ]
     );
+}
+
+/// A built-in rule on the tape: every claim forwarded but
+/// [`InnerRule::fixed_linear`], so the engine records its step, and
+/// [`InnerRule::elementwise`] only with `flat` (without it the engine never
+/// concatenates φ: the step per φ tensor).
+struct OnTape {
+    rule: blo::rules::Rule,
+    flat: bool,
+}
+
+impl InnerRule for OnTape {
+    fn name(&self) -> String {
+        let how = if self.flat { "on-tape" } else { "per-tensor" };
+        format!("{how}({:?})", self.rule)
+    }
+    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
+        self.rule.extra_state(phi)
+    }
+    fn affine_in_grad(&self) -> bool {
+        self.rule.affine_in_grad()
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        self.rule.constant_grad_coefficient()
+    }
+    fn elementwise(&self) -> bool {
+        self.flat && self.rule.elementwise()
+    }
+    fn validate(
+        &self,
+        steps: usize,
+        theta: &[Tensor<f64>],
+        phi0: Option<&[Shape]>,
+    ) -> Result<(), BloError> {
+        self.rule.validate(steps, theta, phi0)
+    }
+    fn flat_step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &blo::rules::Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        self.rule.flat_step(t, j, theta, segments, phi, extra, grad)
+    }
+    fn step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        self.rule.step(t, j, theta, phi, extra, grad)
+    }
+}
+
+/// An estimator run on a problem.
+type Run<'a> = dyn Fn(&Net) -> Estimate<f64> + 'a;
+
+/// docs/math.md §12, "Fixed linear steps": a fixed linear built-in (SGD,
+/// momentum with a fixed β) stepped and swept by passes over the state with
+/// its map D gives the numbers of its flat step on the tape: SGD bit for bit
+/// (φ + (−α) g is φ − α g), momentum to 1e-13 relative (D's entries are
+/// products, −αβ, so its sums round differently): the rollout and the
+/// hypergradients of Exact (store-all and recompute), Reptile and first
+/// order.
+#[test]
+fn the_fixed_linear_path_equals_the_tape_path() {
+    let mut linear = Vec::new();
+    for (name, inner, th) in cases() {
+        let blo::InnerOptimizer::Rule(rule) = &inner.optimizer else {
+            unreachable!("{name} is a rule")
+        };
+        if !rule.fixed_linear() {
+            continue;
+        }
+        linear.push(name);
+        let tape = Net {
+            inner: InnerLoop::rule(
+                R,
+                OnTape {
+                    rule: rule.clone(),
+                    flat: true,
+                },
+            )
+            .unwrap(),
+        };
+        let p = Net { inner };
+        let tol = if name == "sgd" { 0.0 } else { 1e-13 };
+        let (s, _) = rollout(&p, &(), &th).unwrap();
+        let (s_tape, _) = rollout(&tape, &(), &th).unwrap();
+        let state = |s: &blo::State<f64>| {
+            flat(&s.phi)
+                .into_iter()
+                .chain(flat(&s.extra))
+                .collect::<Vec<_>>()
+        };
+        assert!(rel(&state(&s), &state(&s_tape)) <= tol, "{name}: state");
+        let estimators: [(&str, &Run); 4] = [
+            ("exact", &|p| {
+                estimate(&Exact::new(Policy::StoreAll).unwrap(), p, &th)
+            }),
+            ("recompute", &|p| {
+                estimate(&Exact::new(Policy::Recompute).unwrap(), p, &th)
+            }),
+            ("reptile", &|p| {
+                estimate(&ReptileExact::new(Policy::StoreAll).unwrap(), p, &th)
+            }),
+            ("first order", &|p| estimate(&FirstOrder::new(), p, &th)),
+        ];
+        for (what, e) in estimators {
+            let (a, b) = (e(&p), e(&tape));
+            let r = rel(&flat(&a.grad), &flat(&b.grad));
+            assert!(r <= tol, "{name}, {what}: {r}");
+            if tol == 0.0 {
+                assert_eq!(bits(&a), bits(&b), "{name}, {what}");
+            }
+        }
+    }
+    assert_eq!(linear, ["sgd", "heavy-ball", "nesterov"]);
+}
+
+/// Rules that claim a fixed linear step and are not: `Nonlinear`
+/// φ − 0.1 tanh(g) (its VJP depends on g), `ReadsTheta` Meta-SGD
+/// φ − α ⊙ g (α from θ), `Offset` φ − 0.1 g + 0.01 (its VJP is fixed, its
+/// step is not D x).
+#[derive(Clone, Copy, Debug)]
+enum FalselyLinear {
+    Nonlinear,
+    ReadsTheta,
+    Offset,
+}
+
+/// Meta-SGD's flat step, for [`FalselyLinear::ReadsTheta`].
+fn meta_sgd() -> MetaSgd {
+    MetaSgd::new(vec![4, 5, 6])
+}
+
+impl InnerRule for FalselyLinear {
+    fn name(&self) -> String {
+        format!("falsely-linear-{self:?}")
+    }
+    fn elementwise(&self) -> bool {
+        true
+    }
+    fn fixed_linear(&self) -> bool {
+        true
+    }
+    fn flat_step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &blo::rules::Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        match self {
+            FalselyLinear::ReadsTheta => {
+                meta_sgd().flat_step(t, j, theta, segments, phi, extra, grad)
+            }
+            _ => self.step(t, j, theta, &[phi], extra, &[grad]),
+        }
+    }
+    fn step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+        _extra: &[Var<'t, T>],
+        grad: &[Var<'t, T>],
+    ) -> RuleStep<'t, T> {
+        if let FalselyLinear::ReadsTheta = self {
+            return meta_sgd().step(t, j, theta, phi, _extra, grad);
+        }
+        let step = |p: Var<'t, T>, g: Var<'t, T>| match self {
+            FalselyLinear::Offset => (p - g * 0.1).add_scalar(0.01),
+            _ => p - g.tanh() * 0.1,
+        };
+        RuleStep {
+            phi: phi.iter().zip(grad).map(|(&p, &g)| step(p, g)).collect(),
+            extra: Default::default(),
+        }
+    }
+}
+
+/// A false `fixed_linear` claim is a typed error naming the rule and the
+/// claim, at the first forward step (a rollout, first order) and the first
+/// adjoint step a workspace takes with it.
+#[test]
+fn a_false_fixed_linear_claim_is_detected() {
+    let th = theta(vec![
+        Tensor::new([2, 3], vec![0.2, 0.3, 0.25, 0.15, 0.1, 0.3]),
+        Tensor::vector(vec![0.3, 0.2, 0.1]),
+        Tensor::vector(vec![0.1, 0.2, 0.3]),
+    ]);
+    let mut missed = Vec::new();
+    for rule in [
+        FalselyLinear::Nonlinear,
+        FalselyLinear::ReadsTheta,
+        FalselyLinear::Offset,
+    ] {
+        let p = Net {
+            inner: InnerLoop::rule(R, rule).unwrap(),
+        };
+        let errs = [
+            rollout(&p, &(), &th).map(|_| ()).err(),
+            FirstOrder::new()
+                .estimate(&p, &(), &th, &mut ChaCha8Rng::seed_from_u64(0))
+                .map(|_| ())
+                .err(),
+            Exact::new(Policy::StoreAll)
+                .unwrap()
+                .estimate(&p, &(), &th, &mut ChaCha8Rng::seed_from_u64(0))
+                .map(|_| ())
+                .err(),
+        ];
+        for e in errs {
+            let caught = e.is_some_and(|e| {
+                e.to_string().contains(&rule.name()) && e.to_string().contains("fixed_linear")
+            });
+            if !caught {
+                missed.push(rule);
+            }
+        }
+    }
+    assert!(missed.is_empty(), "not detected: {missed:?}");
 }
 
 /// φ_j = φ − c_i g with c_i = 0.1 (i + 1) for φ tensor i: not elementwise
