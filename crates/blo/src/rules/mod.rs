@@ -166,7 +166,7 @@ pub trait InnerRule: Send + Sync + 'static {
     }
 
     /// Whether an elementwise rule's step is one fixed linear map of
-    /// (φ, e, g) per element: s_j[k] = D (φ[k], e[k], g[k]) with D reading
+    /// (φ, e, g) per element: `s_j[k] = D (φ[k], e[k], g[k])` with D reading
     /// no θ, no state and not j (SGD; heavy-ball and Nesterov momentum with
     /// a fixed β). The engine then takes D from sweeps of the step once per
     /// workspace and rule, and steps and adjoint steps are passes over the
