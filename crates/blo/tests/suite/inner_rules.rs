@@ -687,24 +687,47 @@ fn a_false_constant_coefficient_claim_is_detected() {
     }
 }
 
-/// A built-in rule with its claims withdrawn: never a constant coefficient,
-/// affine in g only if `affine` (and the rule says so), so the engine takes
-/// its other adjoint paths (two sweeps around the dual pass; a gradient pass
-/// first).
-struct Weakened {
+/// A built-in rule with some of its claims withdrawn, so the engine takes its
+/// other paths: never [`InnerRule::fixed_linear`] (the step is recorded on
+/// the tape); affine in g only with `affine`, a constant coefficient of g
+/// only with `constant`, elementwise (one flat step over φ concatenated) only
+/// with `flat`, each also only if the rule says so.
+struct Claims {
     rule: blo::rules::Rule,
     affine: bool,
+    constant: bool,
+    flat: bool,
 }
 
-impl InnerRule for Weakened {
+impl Claims {
+    /// Every claim but `fixed_linear` kept; the flat step only with `flat`.
+    fn on_tape(rule: &blo::rules::Rule, flat: bool) -> Self {
+        let rule = rule.clone();
+        Claims {
+            rule,
+            affine: true,
+            constant: true,
+            flat,
+        }
+    }
+}
+
+impl InnerRule for Claims {
     fn name(&self) -> String {
-        format!("weakened({:?}, affine {})", self.rule, self.affine)
+        let (r, a, c, f) = (&self.rule, self.affine, self.constant, self.flat);
+        format!("claims({r:?}, affine {a}, constant {c}, flat {f})")
     }
     fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
         self.rule.extra_state(phi)
     }
     fn affine_in_grad(&self) -> bool {
         self.affine && self.rule.affine_in_grad()
+    }
+    fn constant_grad_coefficient(&self) -> bool {
+        self.constant && self.rule.constant_grad_coefficient()
+    }
+    fn elementwise(&self) -> bool {
+        self.flat && self.rule.elementwise()
     }
     fn validate(
         &self,
@@ -713,6 +736,18 @@ impl InnerRule for Weakened {
         phi0: Option<&[Shape]>,
     ) -> Result<(), BloError> {
         self.rule.validate(steps, theta, phi0)
+    }
+    fn flat_step<'t, T: Real>(
+        &self,
+        t: &'t Tape<T>,
+        j: usize,
+        theta: &[Var<'t, T>],
+        segments: &blo::rules::Segments,
+        phi: Var<'t, T>,
+        extra: &[Var<'t, T>],
+        grad: Var<'t, T>,
+    ) -> RuleStep<'t, T> {
+        self.rule.flat_step(t, j, theta, segments, phi, extra, grad)
     }
     fn step<'t, T: Real>(
         &self,
@@ -749,9 +784,11 @@ fn the_adjoint_paths_agree_on_every_built_in() {
         };
         let want = grads(inner.clone());
         for affine in [true, false] {
-            let weak = Weakened {
+            let weak = Claims {
                 rule: rule.clone(),
                 affine,
+                constant: false,
+                flat: false,
             };
             let got = grads(InnerLoop::rule(R, weak).unwrap());
             for (g, w) in got.iter().zip(&want) {
@@ -930,26 +967,12 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
         }
         flat_rules.push(name);
         let per = Net {
-            inner: InnerLoop::rule(
-                R,
-                OnTape {
-                    rule: rule.clone(),
-                    flat: false,
-                },
-            )
-            .unwrap(),
+            inner: InnerLoop::rule(R, Claims::on_tape(rule, false)).unwrap(),
         };
         // A fixed linear rule's flat step on the tape (its own path is
         // `the_fixed_linear_path_equals_the_tape_path`).
         let p = Net {
-            inner: InnerLoop::rule(
-                R,
-                OnTape {
-                    rule: rule.clone(),
-                    flat: true,
-                },
-            )
-            .unwrap(),
+            inner: InnerLoop::rule(R, Claims::on_tape(rule, true)).unwrap(),
         };
         let _ = inner;
         let (s_flat, l_flat) = rollout(&p, &(), &th).unwrap();
@@ -997,65 +1020,6 @@ fn the_flat_step_equals_the_per_tensor_step_bit_for_bit() {
     );
 }
 
-/// A built-in rule on the tape: every claim forwarded but
-/// [`InnerRule::fixed_linear`], so the engine records its step, and
-/// [`InnerRule::elementwise`] only with `flat` (without it the engine never
-/// concatenates φ: the step per φ tensor).
-struct OnTape {
-    rule: blo::rules::Rule,
-    flat: bool,
-}
-
-impl InnerRule for OnTape {
-    fn name(&self) -> String {
-        let how = if self.flat { "on-tape" } else { "per-tensor" };
-        format!("{how}({:?})", self.rule)
-    }
-    fn extra_state(&self, phi: &[Shape]) -> Vec<Shape> {
-        self.rule.extra_state(phi)
-    }
-    fn affine_in_grad(&self) -> bool {
-        self.rule.affine_in_grad()
-    }
-    fn constant_grad_coefficient(&self) -> bool {
-        self.rule.constant_grad_coefficient()
-    }
-    fn elementwise(&self) -> bool {
-        self.flat && self.rule.elementwise()
-    }
-    fn validate(
-        &self,
-        steps: usize,
-        theta: &[Tensor<f64>],
-        phi0: Option<&[Shape]>,
-    ) -> Result<(), BloError> {
-        self.rule.validate(steps, theta, phi0)
-    }
-    fn flat_step<'t, T: Real>(
-        &self,
-        t: &'t Tape<T>,
-        j: usize,
-        theta: &[Var<'t, T>],
-        segments: &blo::rules::Segments,
-        phi: Var<'t, T>,
-        extra: &[Var<'t, T>],
-        grad: Var<'t, T>,
-    ) -> RuleStep<'t, T> {
-        self.rule.flat_step(t, j, theta, segments, phi, extra, grad)
-    }
-    fn step<'t, T: Real>(
-        &self,
-        t: &'t Tape<T>,
-        j: usize,
-        theta: &[Var<'t, T>],
-        phi: &[Var<'t, T>],
-        extra: &[Var<'t, T>],
-        grad: &[Var<'t, T>],
-    ) -> RuleStep<'t, T> {
-        self.rule.step(t, j, theta, phi, extra, grad)
-    }
-}
-
 /// An estimator run on a problem.
 type Run<'a> = dyn Fn(&Net) -> Estimate<f64> + 'a;
 
@@ -1078,14 +1042,7 @@ fn the_fixed_linear_path_equals_the_tape_path() {
         }
         linear.push(name);
         let tape = Net {
-            inner: InnerLoop::rule(
-                R,
-                OnTape {
-                    rule: rule.clone(),
-                    flat: true,
-                },
-            )
-            .unwrap(),
+            inner: InnerLoop::rule(R, Claims::on_tape(rule, true)).unwrap(),
         };
         let p = Net { inner };
         let tol = if name == "sgd" { 0.0 } else { 1e-13 };
