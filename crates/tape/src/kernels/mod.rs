@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `view.rs` | [`MatRef`], [`MatMut`]: strided views built only by checked constructors | — |
 //! | `family.rs` | [`Family`], [`with_family`], [`force`], `TAPE_KERNELS` | — |
+//! | `batch.rs` | [`Batch`]: B equally shaped products at fixed steps (the batched ops), checked once, their kernel chosen once | — |
 //! | `portable.rs` | the small-product row loop, and a strided loop for other element types | reading a packed stack buffer |
 //! | `simd.rs` | register-blocked kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>`, written once over a vector shape, and the tiling loop of the transposing packers | raw pointers, masked loads and stores |
 //! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
@@ -125,6 +126,7 @@
 
 mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod batch;
 pub(crate) mod dual;
 mod family;
 mod grid;
@@ -141,6 +143,7 @@ mod view;
 pub(crate) mod vmath;
 mod wide;
 
+pub use batch::Batch;
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use update::{all_finite, sub_scaled, sub_scaled_finite};

@@ -11,8 +11,9 @@
 //! | `batched_affine` | `[B, m, k]·[B, n, k]ᵀ + [B, n] → [B, m, n]` | Y_b = A_b·W_bᵀ + 1·c_bᵀ | Ẏ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ + 1·ċ_bᵀ | as `batched_matmul_t` for A, W; ḡc_bj = Σ_i g_bij |
 //! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
 //!
-//! Each slice's product goes through the small-product kernels of
-//! [`crate::gemm`]; nothing is saved beyond the inputs. As everywhere on the
+//! Each node's B products go through the small-product kernels of
+//! [`crate::gemm`] as one batch (shapes checked and the kernel chosen once
+//! per node, each slice the bits of its own `gemm`); nothing is saved beyond the inputs. As everywhere on the
 //! tape, the JVP is the forward rule run on dual numbers, and the VJP rules,
 //! written with [`Real`] arithmetic, run on duals for Hessian-vector products.
 //! With B = 1 both ops compute the same sums in the same order as
@@ -27,7 +28,10 @@
 //! adjoints are the two ops' bits, with one node, one output buffer and one
 //! pass over it fewer, and no copy of the output adjoint for the bias's input.
 
-use crate::gemm::{gemm, MatRef};
+#[cfg(doc)]
+use crate::gemm::gemm;
+use crate::gemm::MatRef;
+use crate::kernels::batch::{gemm_batch, Batch};
 use crate::kernels::rows::add_rows;
 use crate::ops::Op;
 use crate::real::Real;
@@ -99,37 +103,31 @@ pub(crate) fn batched_affine_vjp<T: Real>(b: &mut Bwd<'_, T>) {
 }
 
 /// The adjoints of inputs 0 (A) and 1 (W) of a node `C_b = A_b·W_bᵀ (+ …)`
-/// with dims (B, m, k, n): one GEMM per slice and operand.
+/// with dims (B, m, k, n): one batch of B products per operand
+/// ([`gemm_batch`]: the kernel chosen once, each slice [`gemm`]'s bits).
 fn product_adjoints<T: Real>(b: &mut Bwd<'_, T>, (batch, m, k, n): (usize, usize, usize, usize)) {
     let (x, w, g) = (b.x(0), b.x(1), b.g);
     let one = <T::Base as Real>::one();
+    if batch == 0 {
+        return;
+    }
+    let gs = (MatRef::row_major(g, m, n), m * n);
     if b.wants(0) {
         let (ga, fresh) = b.g_in_overwrite(0);
-        for i in 0..batch {
-            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
-            let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-            gemm(
-                one,
-                gi,
-                wi,
-                beta::<T>(fresh),
-                &mut ga[i * m * k..(i + 1) * m * k],
-            );
-        }
+        let ws = (MatRef::row_major(w, n, k), n * k);
+        gemm_batch(Batch::new(one, gs, ws, beta::<T>(fresh), ga, batch));
     }
     if b.wants(1) {
         let (gw, fresh) = b.g_in_overwrite(1);
-        for i in 0..batch {
-            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
-            let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            gemm(
-                one,
-                gi.t(),
-                ai,
-                beta::<T>(fresh),
-                &mut gw[i * n * k..(i + 1) * n * k],
-            );
-        }
+        let xs = (MatRef::row_major(x, m, k), m * k);
+        gemm_batch(Batch::new(
+            one,
+            (gs.0.t(), gs.1),
+            xs,
+            beta::<T>(fresh),
+            gw,
+            batch,
+        ));
     }
 }
 
@@ -243,17 +241,10 @@ impl<'t, T: Real> Var<'t, T> {
         let out = Shape::new(&[batch, m, n]);
         self.tape
             .record_overwrite(Op::BatchedMatmulT, &[self, rhs], out, |f| {
-                let (x, w) = (f.x(0), f.x(1));
-                for i in 0..batch {
-                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-                    gemm(
-                        one,
-                        ai,
-                        wi.t(),
-                        zero,
-                        &mut f.out[i * m * n..(i + 1) * m * n],
-                    );
+                if batch > 0 {
+                    let xs = (MatRef::row_major(f.x(0), m, k), m * k);
+                    let ws = (MatRef::row_major(f.x(1), n, k).t(), n * k);
+                    gemm_batch(Batch::new(one, xs, ws, zero, f.out, batch));
                 }
             })
     }
@@ -331,16 +322,17 @@ impl<'t, T: Real> Var<'t, T> {
         self.tape
             .record_overwrite(Op::BatchedAffine, &[self, w, bias], out, |f| {
                 let (x, w, c) = (f.x(0), f.x(1), f.x(2));
-                for i in 0..batch {
-                    let oi = &mut f.out[i * m * n..(i + 1) * m * n];
-                    let ci = &c[i * n..(i + 1) * n];
+                if f.out.is_empty() {
+                    return;
+                }
+                for (oi, ci) in f.out.chunks_exact_mut(m * n).zip(c.chunks_exact(n)) {
                     for row in oi.chunks_exact_mut(n) {
                         row.copy_from_slice(ci);
                     }
-                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-                    gemm(one, ai, wi.t(), one, oi);
                 }
+                let xs = (MatRef::row_major(x, m, k), m * k);
+                let ws = (MatRef::row_major(w, n, k).t(), n * k);
+                gemm_batch(Batch::new(one, xs, ws, one, f.out, batch));
             })
     }
 }
