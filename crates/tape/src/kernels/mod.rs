@@ -17,6 +17,7 @@
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
+//! | `relu.rs` | ReLU in place and its adjoint from the saved output, over slices, compiled for the active family's vector width (`batched_affine_relu`) | — |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
 //! | `update.rs` | [`all_finite`], [`sub_scaled`] (an SGD step) and the two fused ([`sub_scaled_finite`]) over long slices, compiled for the active family's vector width | — |
 //! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
@@ -135,6 +136,7 @@ pub(crate) mod packed;
 pub(crate) mod pair;
 pub(crate) mod portable;
 pub(crate) mod real_left;
+pub(crate) mod relu;
 pub(crate) mod rows;
 pub(crate) mod simd;
 pub(crate) mod thin;
