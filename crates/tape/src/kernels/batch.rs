@@ -239,10 +239,10 @@ mod tests {
         equals_per_slice(4, Dual::new);
     }
 
-    #[test]
-    #[should_panic(expected = "gemm_batch: rhs slice 2 starts past its buffer of 8 elements")]
-    fn a_last_slice_outside_its_buffer_panics() {
-        let (a, b, mut c) = ([0.0f32; 12], [0.0f32; 8], [0.0f32; 6]);
+    /// Three `[1, 4]·[4, 2]` products (steps 4 and 8) from buffers of
+    /// `b_len` (B's) and `c_len` (C's) elements.
+    fn three_products(b_len: usize, c_len: usize) {
+        let (a, b, mut c) = ([0.0f32; 12], vec![0.0f32; b_len], vec![0.0f32; c_len]);
         let _ = Batch::new(
             1.0,
             (MatRef::row_major(&a, 1, 4), 4),
@@ -254,16 +254,14 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "gemm_batch: rhs slice 2 starts past its buffer of 8 elements")]
+    fn a_last_slice_outside_its_buffer_panics() {
+        three_products(8, 6);
+    }
+
+    #[test]
     #[should_panic(expected = "gemm_batch: 3 × lhs [1, 4], rhs [4, 2]: output has 5 elements")]
     fn an_output_of_the_wrong_length_panics() {
-        let (a, b, mut c) = ([0.0f32; 12], [0.0f32; 24], [0.0f32; 5]);
-        let _ = Batch::new(
-            1.0,
-            (MatRef::row_major(&a, 1, 4), 4),
-            (MatRef::row_major(&b, 4, 2), 8),
-            0.0,
-            &mut c,
-            3,
-        );
+        three_products(24, 5);
     }
 }
