@@ -88,11 +88,13 @@ impl<'a, T: Real> Batch<'a, T> {
     }
 
     /// The number of products.
+    #[inline]
     pub(crate) fn count(&self) -> usize {
         self.count
     }
 
     /// Product i (< count), views built without checks (see the module docs).
+    #[inline]
     pub(crate) fn product(&mut self, i: usize) -> Product<'_, T> {
         let (m, n) = (self.a.rows, self.b.cols);
         let shift = |v: &MatRef<'a, T>, step: usize| MatRef {
