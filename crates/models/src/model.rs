@@ -216,7 +216,9 @@ impl Mlp {
     /// `layers.{i}.bias [B, d_{i+1}]`) and `x` is `[B, n, d_0]`; slice b of the
     /// `[B, n, d_L]` output is [`Model::forward`] of parameter set b on `x_b`
     /// (h ↦ h·W_bᵀ + b_b per layer, one `batched_affine` node: the bits of
-    /// `batched_matmul_t` then `batched_bias_add`). With B = 1 the numbers are
+    /// `batched_matmul_t` then `batched_bias_add`; with ReLU, the hidden
+    /// layers are `batched_affine_relu` nodes: the bits of `batched_affine`
+    /// then `relu`). With B = 1 the numbers are
     /// bit-identical to [`Model::forward`].
     ///
     /// # Panics
@@ -273,10 +275,13 @@ impl Mlp {
         }
         let mut h = x;
         for i in 0..layers {
-            h = h.batched_affine(params[2 * i], params[2 * i + 1]);
-            if i + 1 < layers {
-                h = self.activation.apply(h);
-            }
+            let (w, c) = (params[2 * i], params[2 * i + 1]);
+            h = match self.activation {
+                // The layer and its relu in one node (the same bits).
+                Activation::Relu if i + 1 < layers => h.batched_affine_relu(w, c),
+                act if i + 1 < layers => act.apply(h.batched_affine(w, c)),
+                _ => h.batched_affine(w, c),
+            };
         }
         h
     }

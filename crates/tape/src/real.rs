@@ -6,7 +6,7 @@
 //! which is forward-over-reverse: the tangent part of the gradient is a
 //! Hessian-vector product. No rule knows which element type it runs on.
 
-use crate::kernels::{self, Product};
+use crate::kernels::{self, Batch, Product};
 use std::fmt::{Debug, Display};
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
@@ -181,6 +181,20 @@ pub trait Real:
         false
     }
 
+    /// Kernel hook: [`Real::simd_gemm`] for every product of a batch (the
+    /// same shapes and strides), the kernel chosen once; `false`: not taken,
+    /// nothing run (the batch then runs product by product).
+    #[doc(hidden)]
+    fn simd_gemm_batch(_b: &mut Batch<'_, Self>) -> bool {
+        false
+    }
+
+    /// Kernel hook: [`Real::simd_gemm_batch`] for dual matrices whose parts are `Self`.
+    #[doc(hidden)]
+    fn dual_simd_gemm_batch(_b: &mut Batch<'_, Dual<Self>>) -> bool {
+        false
+    }
+
     /// Kernel hook: [`Real::large_gemm`] for dual matrices whose parts are
     /// `Self`. The default is three real products on the interleaved parts
     /// (`C.v = α A.v B.v + β C.v`, `C.d = α (A.v B.d + A.d B.v) + β C.d`);
@@ -288,6 +302,12 @@ macro_rules! impl_float {
             }
             fn dual_simd_gemm(p: &mut Product<'_, Dual<$t>>) -> bool {
                 kernels::simd::dual(p)
+            }
+            fn simd_gemm_batch(b: &mut Batch<'_, $t>) -> bool {
+                kernels::batch::real(b)
+            }
+            fn dual_simd_gemm_batch(b: &mut Batch<'_, Dual<$t>>) -> bool {
+                kernels::simd::dual_batch(b)
             }
             fn dual_large_gemm(p: Product<'_, Dual<$t>>) {
                 kernels::dual::planes(p, kernels::Parts::Both)
@@ -567,6 +587,9 @@ impl<T: Real> Real for Dual<T> {
 
     fn simd_gemm(p: &mut Product<'_, Self>) -> bool {
         T::dual_simd_gemm(p)
+    }
+    fn simd_gemm_batch(b: &mut Batch<'_, Self>) -> bool {
+        T::dual_simd_gemm_batch(b)
     }
     fn large_gemm(p: Product<'_, Self>) {
         T::dual_large_gemm(p)

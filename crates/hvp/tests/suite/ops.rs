@@ -174,6 +174,10 @@ const CASES: &[Case] = &[
         inputs: &[(&[2, 3, 4], Any), (&[2, 2, 4], Any), (&[2, 2], Any)],
     },
     Case {
+        name: "batched_affine_relu",
+        inputs: &[(&[2, 3, 4], Any), (&[2, 2, 4], Any), (&[2, 2], Any)],
+    },
+    Case {
         name: "tile_batch",
         inputs: &[(&[2, 3], Any)],
     },
@@ -285,6 +289,7 @@ impl VectorFunction<f64> for OpFn {
             "batched_matmul_t" => x[0].batched_matmul_t(x[1]),
             "batched_bias_add" => x[0].batched_bias_add(x[1]),
             "batched_affine" => x[0].batched_affine(x[1], x[2]),
+            "batched_affine_relu" => x[0].batched_affine_relu(x[1], x[2]),
             "tile_batch" => x[0].tile_batch(3),
             "reshape" => x[0].reshape([3, 2]),
             "permute" => x[0].permute(&[2, 0, 1]),

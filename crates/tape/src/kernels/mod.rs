@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `view.rs` | [`MatRef`], [`MatMut`]: strided views built only by checked constructors | — |
 //! | `family.rs` | [`Family`], [`with_family`], [`force`], `TAPE_KERNELS` | — |
+//! | `batch.rs` | [`Batch`]: B equally shaped products at fixed steps (the batched ops), checked once, their kernel chosen once | — |
 //! | `portable.rs` | the small-product row loop, and a strided loop for other element types | reading a packed stack buffer |
 //! | `simd.rs` | register-blocked kernels for `f32`, `f64`, `Dual<f32>`, `Dual<f64>`, written once over a vector shape, and the tiling loop of the transposing packers | raw pointers, masked loads and stores |
 //! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
@@ -16,6 +17,7 @@
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
 //! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
+//! | `relu.rs` | ReLU in place and its adjoint from the saved output, over slices, compiled for the active family's vector width (`batched_affine_relu`) | — |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
 //! | `update.rs` | [`all_finite`], [`sub_scaled`] (an SGD step) and the two fused ([`sub_scaled_finite`]) over long slices, compiled for the active family's vector width | — |
 //! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
@@ -125,6 +127,7 @@
 
 mod avx2;
 pub(crate) mod avx512;
+pub(crate) mod batch;
 pub(crate) mod dual;
 mod family;
 mod grid;
@@ -133,6 +136,7 @@ pub(crate) mod packed;
 pub(crate) mod pair;
 pub(crate) mod portable;
 pub(crate) mod real_left;
+pub(crate) mod relu;
 pub(crate) mod rows;
 pub(crate) mod simd;
 pub(crate) mod thin;
@@ -141,6 +145,7 @@ mod view;
 pub(crate) mod vmath;
 mod wide;
 
+pub use batch::Batch;
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use update::{all_finite, sub_scaled, sub_scaled_finite};

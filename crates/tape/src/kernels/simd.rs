@@ -37,6 +37,7 @@
 //! [`Product`]; packing buffers of at most [`PACK`] elements, checked before
 //! packing.
 
+use super::batch::Batch;
 #[cfg(target_arch = "x86_64")]
 use super::Family;
 use super::Product;
@@ -87,6 +88,38 @@ pub(crate) fn dual<E: Lane>(p: &mut Product<'_, Dual<E>>) -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = p;
+        false
+    }
+}
+
+/// [`real`] for every product of `batch` (the same shapes and strides),
+/// with the family, instruction set and layout chosen once; `false`: not
+/// taken, nothing run.
+pub(crate) fn real_batch<E: Lane>(batch: &mut Batch<'_, E>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return first_taken(
+        batch,
+        imp::real_batch::<super::avx512::Avx512, E>,
+        imp::real_batch::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = batch;
+        false
+    }
+}
+
+/// [`dual`] for every product of `batch` (see [`real_batch`]).
+pub(crate) fn dual_batch<E: Lane>(batch: &mut Batch<'_, Dual<E>>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return first_taken(
+        batch,
+        imp::dual_batch::<super::avx512::Avx512, E>,
+        imp::dual_batch::<super::avx2::Avx2, E>,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = batch;
         false
     }
 }
@@ -418,6 +451,27 @@ mod imp {
         }
     }
 
+    /// The job for `p` under instruction set `I`, packing into `buf` if
+    /// needed (`None`: not taken). Whether it is `None` depends on the
+    /// shapes and strides only.
+    #[inline(always)]
+    fn job<'p, I: Isa, T: Real>(
+        p: &'p mut Product<'_, T>,
+        buf: &'p mut [MaybeUninit<T>; PACK],
+    ) -> Option<Job<'p, T>> {
+        let (alpha, a, b, beta) = (p.alpha, p.a, p.b, p.beta);
+        let c = p.c.dense_row_major()?;
+        let layout = layout(a, b, buf, I::pack_t)?;
+        Some(Job {
+            alpha,
+            a,
+            b,
+            layout,
+            beta,
+            c,
+        })
+    }
+
     /// Builds the job for `p` under instruction set `I` (`None`: not taken)
     /// and hands it to `run` with a packing buffer on this stack frame.
     #[inline(always)]
@@ -425,23 +479,45 @@ mod imp {
         if !I::available() {
             return false;
         }
-        let (alpha, a, b, beta) = (p.alpha, p.a, p.b, p.beta);
-        let Some(c) = p.c.dense_row_major() else {
-            return false;
-        };
         let mut buf = [MaybeUninit::<T>::uninit(); PACK];
-        let Some(layout) = layout(a, b, &mut buf, I::pack_t) else {
-            return false;
-        };
-        run(Job {
-            alpha,
-            a,
-            b,
-            layout,
-            beta,
-            c,
-        });
+        match job::<I, T>(p, &mut buf) {
+            Some(j) => run(j),
+            None => return false,
+        }
         true
+    }
+
+    /// [`with_job`] for every product of a batch: the instruction set asked
+    /// once, slice 0's job decides (every slice has its shapes and strides,
+    /// so none is refused after it), one packing buffer for all.
+    #[inline(always)]
+    fn with_jobs<I: Isa, T: Real>(batch: &mut Batch<'_, T>, run: impl Fn(Job<'_, T>)) -> bool {
+        if !I::available() {
+            return false;
+        }
+        let mut buf = [MaybeUninit::<T>::uninit(); PACK];
+        for i in 0..batch.count() {
+            let mut p = batch.product(i);
+            match job::<I, T>(&mut p, &mut buf) {
+                Some(j) => run(j),
+                None if i == 0 => return false,
+                None => unreachable!("slice {i} of a batch refused, slice 0 taken"),
+            }
+        }
+        true
+    }
+
+    /// [`real`] for every product of a batch.
+    pub(super) fn real_batch<I: Isa, E: Lane>(batch: &mut Batch<'_, E>) -> bool {
+        // SAFETY: as in `real` (`with_jobs` asks `I::available()` first and
+        // builds each job as `with_job` does).
+        with_jobs::<I, E>(batch, |job| unsafe { I::real(job) })
+    }
+
+    /// [`dual`] for every product of a batch.
+    pub(super) fn dual_batch<I: Isa, E: Lane>(batch: &mut Batch<'_, Dual<E>>) -> bool {
+        // SAFETY: as in `dual`.
+        with_jobs::<I, Dual<E>>(batch, |job| unsafe { I::dual(job) })
     }
 
     /// The real kernel of instruction set `I`, if the CPU has it and the

@@ -9,10 +9,12 @@
 //! | `batched_matmul_t` | `[B, m, k]·[B, n, k]ᵀ → [B, m, n]` | C_b = A_b·W_bᵀ | Ċ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ | ḡA_b = g_b·W_b, ḡW_b = g_bᵀ·A_b |
 //! | `batched_bias_add` | `[B, m, n] + [B, n] → [B, m, n]` | y_bij = x_bij + c_bj | ẏ_bij = ẋ_bij + ċ_bj | ḡx = g, ḡc_bj = Σ_i g_bij |
 //! | `batched_affine` | `[B, m, k]·[B, n, k]ᵀ + [B, n] → [B, m, n]` | Y_b = A_b·W_bᵀ + 1·c_bᵀ | Ẏ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ + 1·ċ_bᵀ | as `batched_matmul_t` for A, W; ḡc_bj = Σ_i g_bij |
+//! | `batched_affine_relu` | as `batched_affine` | Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ) | as the two ops | ḡZ = 0 + [Y > 0]·g, then as `batched_affine` with ḡZ |
 //! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
 //!
-//! Each slice's product goes through the small-product kernels of
-//! [`crate::gemm`]; nothing is saved beyond the inputs. As everywhere on the
+//! Each node's B products go through the small-product kernels of
+//! [`crate::gemm`] as one batch (shapes checked and the kernel chosen once
+//! per node, each slice the bits of its own `gemm`); nothing is saved beyond the inputs. As everywhere on the
 //! tape, the JVP is the forward rule run on dual numbers, and the VJP rules,
 //! written with [`Real`] arithmetic, run on duals for Hessian-vector products.
 //! With B = 1 both ops compute the same sums in the same order as
@@ -27,7 +29,11 @@
 //! adjoints are the two ops' bits, with one node, one output buffer and one
 //! pass over it fewer, and no copy of the output adjoint for the bias's input.
 
-use crate::gemm::{gemm, MatRef};
+#[cfg(doc)]
+use crate::gemm::gemm;
+use crate::gemm::MatRef;
+use crate::kernels::batch::{gemm_batch, Batch};
+use crate::kernels::relu::{relu_adjoint, relu_in_place};
 use crate::kernels::rows::add_rows;
 use crate::ops::Op;
 use crate::real::Real;
@@ -68,10 +74,9 @@ fn beta<T: Real>(fresh: bool) -> T::Base {
     }
 }
 
-/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ + [B, n]`.
+/// (B, m, k, n) of `[B, m, k]·[B, n, k]ᵀ + [B, n]`, for op `name`.
 #[track_caller]
-fn dims_affine(a: Shape, w: Shape, c: Shape) -> (usize, usize, usize, usize) {
-    let name = "batched_affine";
+fn dims_affine(name: &'static str, a: Shape, w: Shape, c: Shape) -> (usize, usize, usize, usize) {
     let (batch, m, k, n) = dims_mt(name, a, w);
     check_shapes!(
         c.rank() == 2 && c.dim(0) == batch && c.dim(1) == n,
@@ -82,54 +87,105 @@ fn dims_affine(a: Shape, w: Shape, c: Shape) -> (usize, usize, usize, usize) {
     (batch, m, k, n)
 }
 
+/// `Y_b = A_b·W_bᵀ + 1·c_bᵀ` into `out` (`[B, m, n]`): the rows start as
+/// the bias, the products are added by the epilogue (`C ← A·Wᵀ + C`).
+fn affine_forward<T: Real>(
+    x: &[T],
+    w: &[T],
+    c: &[T],
+    (batch, m, k, n): (usize, usize, usize, usize),
+    out: &mut [T],
+) {
+    if out.is_empty() {
+        return;
+    }
+    let one = <T::Base as Real>::one();
+    for (oi, ci) in out.chunks_exact_mut(m * n).zip(c.chunks_exact(n)) {
+        for row in oi.chunks_exact_mut(n) {
+            row.copy_from_slice(ci);
+        }
+    }
+    let xs = (MatRef::row_major(x, m, k), m * k);
+    let ws = (MatRef::row_major(w, n, k).t(), n * k);
+    gemm_batch(Batch::new(one, xs, ws, one, out, batch));
+}
+
 /// VJP of `C_b = A_b·W_bᵀ`: `ḡA_b = g_b·W_b` and `ḡW_b = g_bᵀ·A_b`, one GEMM
 /// per slice, operands read through strides.
 pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let dims = dims_mt("batched_matmul_t", b.x_shape(0), b.x_shape(1));
-    product_adjoints(b, dims);
+    let g = b.g;
+    product_adjoints(b, dims, g);
 }
 
 /// VJP of `Y_b = A_b·W_bᵀ + 1·c_bᵀ`: the product's adjoints (as
 /// [`batched_matmul_t_vjp`]) and the bias's (as [`batched_bias_add_vjp`]),
 /// all read from the output adjoint itself.
 pub(crate) fn batched_affine_vjp<T: Real>(b: &mut Bwd<'_, T>) {
-    let (batch, m, k, n) = dims_affine(b.x_shape(0), b.x_shape(1), b.x_shape(2));
-    product_adjoints(b, (batch, m, k, n));
-    bias_adjoint(b, 2, batch, m, n);
+    let (batch, m, k, n) = dims_affine("batched_affine", b.x_shape(0), b.x_shape(1), b.x_shape(2));
+    let g = b.g;
+    product_adjoints(b, (batch, m, k, n), g);
+    bias_adjoint(b, 2, batch, m, n, g);
+}
+
+/// VJP of `Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ)`: relu's adjoint of the
+/// pre-activation, `ḡZ = 0 + [Y > 0]·ḡ` (`Y > 0` exactly where `Z > 0`, so
+/// the saved output gives the mask), written into the tape's scratch, then
+/// [`batched_affine_vjp`]'s adjoints of it: the bits of `relu`'s VJP (into
+/// a fresh adjoint) followed by `batched_affine`'s.
+pub(crate) fn batched_affine_relu_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (batch, m, k, n) = dims_affine(
+        "batched_affine_relu",
+        b.x_shape(0),
+        b.x_shape(1),
+        b.x_shape(2),
+    );
+    if !(b.wants(0) || b.wants(1) || b.wants(2)) {
+        return;
+    }
+    let (y, g) = (b.out(), b.g);
+    let mut scratch = std::mem::take(b.scratch);
+    if scratch.len() < g.len() {
+        scratch.resize(g.len(), T::zero());
+    }
+    let gz = &mut scratch[..g.len()];
+    relu_adjoint(y, g, gz);
+    product_adjoints(b, (batch, m, k, n), gz);
+    bias_adjoint(b, 2, batch, m, n, gz);
+    *b.scratch = scratch;
 }
 
 /// The adjoints of inputs 0 (A) and 1 (W) of a node `C_b = A_b·W_bᵀ (+ …)`
-/// with dims (B, m, k, n): one GEMM per slice and operand.
-fn product_adjoints<T: Real>(b: &mut Bwd<'_, T>, (batch, m, k, n): (usize, usize, usize, usize)) {
-    let (x, w, g) = (b.x(0), b.x(1), b.g);
+/// with dims (B, m, k, n): one batch of B products per operand
+/// ([`gemm_batch`]: the kernel chosen once, each slice [`gemm`]'s bits).
+/// `g` is the node's output adjoint (or, fused, its pre-activation's).
+fn product_adjoints<T: Real>(
+    b: &mut Bwd<'_, T>,
+    (batch, m, k, n): (usize, usize, usize, usize),
+    g: &[T],
+) {
+    let (x, w) = (b.x(0), b.x(1));
     let one = <T::Base as Real>::one();
+    if batch == 0 {
+        return;
+    }
+    let gs = (MatRef::row_major(g, m, n), m * n);
     if b.wants(0) {
         let (ga, fresh) = b.g_in_overwrite(0);
-        for i in 0..batch {
-            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
-            let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-            gemm(
-                one,
-                gi,
-                wi,
-                beta::<T>(fresh),
-                &mut ga[i * m * k..(i + 1) * m * k],
-            );
-        }
+        let ws = (MatRef::row_major(w, n, k), n * k);
+        gemm_batch(Batch::new(one, gs, ws, beta::<T>(fresh), ga, batch));
     }
     if b.wants(1) {
         let (gw, fresh) = b.g_in_overwrite(1);
-        for i in 0..batch {
-            let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
-            let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-            gemm(
-                one,
-                gi.t(),
-                ai,
-                beta::<T>(fresh),
-                &mut gw[i * n * k..(i + 1) * n * k],
-            );
-        }
+        let xs = (MatRef::row_major(x, m, k), m * k);
+        gemm_batch(Batch::new(
+            one,
+            (gs.0.t(), gs.1),
+            xs,
+            beta::<T>(fresh),
+            gw,
+            batch,
+        ));
     }
 }
 
@@ -146,13 +202,20 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             gx.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
         }
     }
-    bias_adjoint(b, 1, batch, m, n);
+    bias_adjoint(b, 1, batch, m, n, g);
 }
 
 /// The adjoint of input `which`, a `[B, n]` bias added to every row of a
-/// `[B, m, n]` output: `ḡc_bj += Σ_i g_bij`, summed over i in increasing order.
-fn bias_adjoint<T: Real>(b: &mut Bwd<'_, T>, which: usize, batch: usize, m: usize, n: usize) {
-    let g = b.g;
+/// `[B, m, n]` output with adjoint `g`: `ḡc_bj += Σ_i g_bij`, summed over i
+/// in increasing order.
+fn bias_adjoint<T: Real>(
+    b: &mut Bwd<'_, T>,
+    which: usize,
+    batch: usize,
+    m: usize,
+    n: usize,
+    g: &[T],
+) {
     if b.wants(which) {
         // A fresh adjoint starts from `0 + row 0` (the bits of a zero-fill
         // then `+=`) without the zero-fill pass; `add_rows` sums the columns
@@ -243,17 +306,10 @@ impl<'t, T: Real> Var<'t, T> {
         let out = Shape::new(&[batch, m, n]);
         self.tape
             .record_overwrite(Op::BatchedMatmulT, &[self, rhs], out, |f| {
-                let (x, w) = (f.x(0), f.x(1));
-                for i in 0..batch {
-                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-                    gemm(
-                        one,
-                        ai,
-                        wi.t(),
-                        zero,
-                        &mut f.out[i * m * n..(i + 1) * m * n],
-                    );
+                if batch > 0 {
+                    let xs = (MatRef::row_major(f.x(0), m, k), m * k);
+                    let ws = (MatRef::row_major(f.x(1), n, k).t(), n * k);
+                    gemm_batch(Batch::new(one, xs, ws, zero, f.out, batch));
                 }
             })
     }
@@ -325,22 +381,47 @@ impl<'t, T: Real> Var<'t, T> {
     /// ```
     #[track_caller]
     pub fn batched_affine(self, w: Var<'t, T>, bias: Var<'t, T>) -> Var<'t, T> {
-        let (batch, m, k, n) = dims_affine(self.shape(), w.shape(), bias.shape());
-        let one = <T::Base as Real>::one();
-        let out = Shape::new(&[batch, m, n]);
+        let dims = dims_affine("batched_affine", self.shape(), w.shape(), bias.shape());
+        let out = Shape::new(&[dims.0, dims.1, dims.3]);
         self.tape
             .record_overwrite(Op::BatchedAffine, &[self, w, bias], out, |f| {
-                let (x, w, c) = (f.x(0), f.x(1), f.x(2));
-                for i in 0..batch {
-                    let oi = &mut f.out[i * m * n..(i + 1) * m * n];
-                    let ci = &c[i * n..(i + 1) * n];
-                    for row in oi.chunks_exact_mut(n) {
-                        row.copy_from_slice(ci);
-                    }
-                    let ai = MatRef::row_major(&x[i * m * k..(i + 1) * m * k], m, k);
-                    let wi = MatRef::row_major(&w[i * n * k..(i + 1) * n * k], n, k);
-                    gemm(one, ai, wi.t(), one, oi);
-                }
+                affine_forward(f.x(0), f.x(1), f.x(2), dims, f.out)
+            })
+    }
+
+    /// `relu(self.batched_affine(w, bias))` in one node:
+    /// `Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ)`, relu applied in place on the
+    /// layer's output, its VJP taking the mask from the saved output
+    /// (`[Y > 0]`, exactly where the pre-activation is positive) and feeding
+    /// the masked adjoint to the layer's products. The same values and
+    /// adjoints as the two ops, bit for bit, with one node, one output
+    /// buffer and one pass over them fewer.
+    ///
+    /// # Panics
+    /// As [`Var::batched_affine`], naming `batched_affine_relu`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// // Two tasks, one row each: relu([1, 2]·[5, 6]ᵀ − 20) and relu([3, 4]·[7, 8]ᵀ − 20).
+    /// let a = t.var(&Tensor::new(&[2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let w = t.var(&Tensor::new(&[2, 1, 2], vec![5.0, 6.0, 7.0, 8.0]));
+    /// let c = t.var(&Tensor::new(&[2, 1], vec![-20.0, -20.0]));
+    /// let y = a.batched_affine_relu(w, c);
+    /// assert_eq!(y.value().data(), &[0.0, 33.0]); // relu(−3), relu(33)
+    /// t.backward(y.sum());
+    /// assert_eq!(c.grad().data(), &[0.0, 1.0]); // no gradient through the clipped unit
+    /// assert_eq!(w.grad().data(), &[0.0, 0.0, 3.0, 4.0]);
+    /// ```
+    #[track_caller]
+    pub fn batched_affine_relu(self, w: Var<'t, T>, bias: Var<'t, T>) -> Var<'t, T> {
+        let (batch, m, k, n) =
+            dims_affine("batched_affine_relu", self.shape(), w.shape(), bias.shape());
+        let out = Shape::new(&[batch, m, n]);
+        self.tape
+            .record_overwrite(Op::BatchedAffineRelu, &[self, w, bias], out, |f| {
+                affine_forward(f.x(0), f.x(1), f.x(2), (batch, m, k, n), f.out);
+                relu_in_place(f.out);
             })
     }
 }
@@ -513,6 +594,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `batched_affine_relu` equals `batched_affine` then `relu`, value and
+    /// the three adjoints, bit for bit, on `f32` and `Dual<f32>` tapes (the
+    /// VJP run on duals, as forward-over-reverse does), the sine MLP's layer
+    /// shapes and an edge shape, under every kernel family this CPU has.
+    /// The entries have both signs, so about half the units are clipped.
+    #[test]
+    fn affine_relu_equals_affine_then_relu_bit_for_bit() {
+        use crate::kernels::{with_family, Family};
+        use crate::real::{Dual, Real};
+        fn check<T: Real + PartialEq + std::fmt::Debug>(make: impl Fn(f32, f32) -> T) {
+            let tensor = |shape: &[usize], seed: u64| {
+                let (v, d) = (filled(shape, seed), filled(shape, seed + 50));
+                let data = v
+                    .data()
+                    .iter()
+                    .zip(d.data())
+                    .map(|(&a, &b)| make(a, b))
+                    .collect();
+                Tensor::new(shape, data)
+            };
+            for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+                for (bsz, m, k, n) in [(13, 10, 1, 40), (13, 10, 40, 40), (2, 3, 5, 7)] {
+                    let (a, w, c) = (
+                        tensor(&[bsz, m, k], 7),
+                        tensor(&[bsz, n, k], 8),
+                        tensor(&[bsz, n], 9),
+                    );
+                    let s = tensor(&[bsz, m, n], 10);
+                    let run = |fused: bool| {
+                        with_family(family, || {
+                            let t = Tape::<T>::new();
+                            let (av, wv, cv, sv) = (t.var(&a), t.var(&w), t.var(&c), t.var(&s));
+                            let y = if fused {
+                                av.batched_affine_relu(wv, cv)
+                            } else {
+                                av.batched_affine(wv, cv).relu()
+                            };
+                            // A non-uniform output adjoint: g = 2y + s.
+                            t.backward((y * y + y * sv).sum());
+                            [y.value(), av.grad(), wv.grad(), cv.grad()]
+                        })
+                    };
+                    let (fused, two) = (run(true), run(false));
+                    for (x, y) in fused.iter().zip(&two) {
+                        assert!(
+                            x.data() == y.data(),
+                            "{family:?} [{bsz}, {m}, {k}]·[{bsz}, {n}, {k}]ᵀ"
+                        );
+                    }
+                }
+            }
+        }
+        check(|v, _| v);
+        check(Dual::new);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "batched_affine_relu: lhs [2, 3, 4], rhs [2, 5, 3]: inner dimensions 4 != 3"
+    )]
+    fn affine_relu_inner_mismatch_names_op_and_shapes() {
+        let t = Tape::<f64>::new();
+        let _ = t.var(&Tensor::zeros([2, 3, 4])).batched_affine_relu(
+            t.var(&Tensor::zeros([2, 5, 3])),
+            t.var(&Tensor::zeros([2, 5])),
+        );
     }
 
     /// The loss of `fresh_and_touched_adjoints_*`: each of `relu`, `mse` and

@@ -8,7 +8,7 @@
 //! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), mul_segments, neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
-//! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, tile_batch |
+//! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, batched_affine_relu, tile_batch |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
 //! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
 
@@ -76,6 +76,8 @@ pub(crate) enum Op {
     BatchedBiasAdd,
     /// `[B, m, k]·[B, n, k]ᵀ + [B, n]`: `BatchedMatmulT` then `BatchedBiasAdd` in one node.
     BatchedAffine,
+    /// `relu` of a `BatchedAffine`, in one node.
+    BatchedAffineRelu,
     /// `[..d] → [B, ..d]`: B copies along a new leading axis.
     TileBatch,
     Reshape,
@@ -151,6 +153,7 @@ impl Op {
             Op::BatchedMatmulT => "batched_matmul_t",
             Op::BatchedBiasAdd => "batched_bias_add",
             Op::BatchedAffine => "batched_affine",
+            Op::BatchedAffineRelu => "batched_affine_relu",
             Op::TileBatch => "tile_batch",
             Op::Reshape => "reshape",
             Op::Permute(_) => "permute",
@@ -240,6 +243,7 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         BatchedMatmulT => batched::batched_matmul_t_vjp(b),
         BatchedBiasAdd => batched::batched_bias_add_vjp(b),
         BatchedAffine => batched::batched_affine_vjp(b),
+        BatchedAffineRelu => batched::batched_affine_relu_vjp(b),
         TileBatch => batched::tile_batch_vjp(b),
         Reshape => shape_ops::reshape_vjp(b),
         Permute(p) => shape_ops::permute_vjp(b, p),
