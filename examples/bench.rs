@@ -241,10 +241,14 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
 }
 
 /// This machine's f32 fused-multiply-add peak for the kernel family in
-/// effect, **measured**: the best GFLOP/s of independent FMA chains
-/// (`bench/fma.rs`, as `examples/fma_peak.rs` prints them) at the family's
-/// width (AVX-512 16 lanes, AVX2 8), one thread per CPU this process may run on
-/// (`available_parallelism`: it follows `taskset`), 200 runs of ~1.5 ms.
+/// effect, **measured**: the best GFLOP/s of independent FMA chains on one
+/// thread (`bench/fma.rs`, as `examples/fma_peak.rs` prints them) at the
+/// family's width (AVX-512 16 lanes, AVX2 8), 200 runs of ~1.5 ms, times the
+/// CPUs this process may run on (`available_parallelism`: it follows
+/// `taskset`). One thread, not all at once: on a busy machine two threads
+/// seldom hold both cores for a whole run (a two-thread measurement under
+/// load 11 gave one core's figure), one thread often holds one; idle, two
+/// threads at once ran 1.93× one (`fma_peak`: the cores share no FMA unit).
 /// Beside it, the nominal figure: cores × 2 FMA units × lanes × 2 flop × the
 /// first `cpu MHz` of `/proc/cpuinfo` (the `portable` family, SSE 4 lanes, has
 /// only this one). The two differ by the real clock: this VM reports 2600 MHz
@@ -266,12 +270,15 @@ fn fma_peak() -> Value {
     });
     let nominal = mhz.map(|mhz| (cores * units * lanes * 2) as f64 * mhz / 1e3);
     let measured = if lanes >= 8 {
-        bench_fma::measure(lanes, cores, 1_000_000, 200)
+        bench_fma::measure(lanes, 1, 1_000_000, 200).map(|g| g * cores as f64)
     } else {
         None
     };
     let (gflops, source) = match measured {
-        Some(g) => (Some(g), "measured: FMA chains on every core (bench/fma.rs)"),
+        Some(g) => (
+            Some(g),
+            "measured: FMA chains on one core (bench/fma.rs) × cores",
+        ),
         None => (nominal, "nominal: /proc/cpuinfo cpu MHz, 2 FMA units"),
     };
     json!({"gflops": gflops.map(round4), "source": source, "cores": cores,
