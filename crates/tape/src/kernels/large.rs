@@ -21,13 +21,32 @@ pub(crate) const SPLIT_MACS: usize = 1 << 22;
 /// more than two, so that a thread the system has not scheduled holds up at
 /// most one chunk.
 const MAX_CHUNKS: usize = 4;
-/// A chunk spans a multiple of this many rows (or columns) of `C`, and at
-/// least this many: a multiple of the AVX-512 register tiles (8 × 32 `f32`,
-/// 8 × 16 `f64`, `packed.rs`), so that their tiles start at the same offsets
-/// as in one uncut call and no chunk adds edge tiles, and small enough that
-/// 784 rows cut in four are 224, 224, 224 and 112. (The bits do not depend on
-/// it: an element's value does not depend on its place in a tile.)
+/// Every chunk but the last starts and ends on a multiple of this many rows
+/// (or columns) of `C`, and spans at least this many: a multiple of the
+/// AVX-512 register tiles (8 × 32 `f32`, 8 × 16 `f64`, `packed.rs`), so that
+/// their tiles start at the same offsets as in one uncut call and no chunk
+/// but the last adds edge tiles. (The bits do not depend on it: an element's
+/// value does not depend on its place in a tile.)
 const ALIGN: usize = 32;
+
+/// The `i`-th of `chunks` ranges cutting `0..dim`: chunk `i` starts at
+/// `⌊i·dim / chunks⌋` rounded down to a multiple of [`ALIGN`], the last ends
+/// at `dim`. Each start is within `ALIGN` below `i·dim / chunks`, so the
+/// chunks differ by less than `2·ALIGN` (those but the last, multiples of
+/// `ALIGN`, by at most `ALIGN`): 784 rows in four are 192, 192, 192 and 208,
+/// and two threads taking them in turn do 384 and 400, where
+/// ⌈784 / 4⌉ rounded up (224, 224, 224, 112) gave one of them 448. A
+/// function of the shape only.
+fn chunk_range(i: usize, chunks: usize, dim: usize) -> Range<usize> {
+    let start = |i: usize| {
+        if i >= chunks {
+            dim
+        } else {
+            (i * dim / chunks) / ALIGN * ALIGN
+        }
+    };
+    start(i)..start(i + 1)
+}
 
 /// How a product is cut: `(chunks, along_rows)`, from its shape alone. The
 /// larger of `C`'s two dimensions is cut into `chunks` equal parts (the last
@@ -99,7 +118,6 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
             return whole.part(0..m, 0..n, first);
         }
         let dim = if along_rows { m } else { n };
-        let len = dim.div_ceil(chunks).next_multiple_of(ALIGN);
         // Chunks of C's columns all read all of A: packed once, here, for all
         // of them (a row-major C: `packed::run` keeps A as A).
         let mut shared = None;
@@ -113,7 +131,7 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         // One set of buffers per thread role, whichever thread that is.
         let bufs = [Mutex::new(&mut *first), Mutex::new(&mut *second)];
         pair::share(chunks, &|i: usize, there: bool| {
-            let r = (i * len).min(dim)..((i + 1) * len).min(dim);
+            let r = chunk_range(i, chunks, dim);
             let mut b = bufs[usize::from(there)]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
@@ -214,7 +232,43 @@ impl<F: Prim> Parts<'_, F> {
 
 #[cfg(test)]
 mod tests {
-    use super::chunking;
+    use super::{chunk_range, chunking, ALIGN};
+
+    /// The chunks cover `0..dim` in order, each but the last a multiple of
+    /// `ALIGN` long and at least `ALIGN`, and no two differ by `2·ALIGN` or
+    /// more (those but the last by more than `ALIGN`).
+    #[test]
+    fn chunks_cover_the_dimension_in_near_equal_aligned_parts() {
+        for dim in [64, 100, 256, 257, 500, 784, 1000, 4096, 15_680] {
+            for chunks in [1, 2, 4] {
+                if dim / chunks < ALIGN {
+                    continue;
+                }
+                let rs: Vec<_> = (0..chunks).map(|i| chunk_range(i, chunks, dim)).collect();
+                assert_eq!(rs[0].start, 0);
+                assert_eq!(rs[chunks - 1].end, dim);
+                for w in rs.windows(2) {
+                    assert_eq!(w[0].end, w[1].start, "dim {dim}, {chunks} chunks");
+                }
+                let lens: Vec<usize> = rs.iter().map(|r| r.len()).collect();
+                for (i, r) in rs.iter().enumerate() {
+                    assert!(r.len() >= ALIGN, "dim {dim}: chunk {i} {r:?}");
+                    if i + 1 < chunks {
+                        assert_eq!(r.len() % ALIGN, 0, "dim {dim}: chunk {i} {r:?}");
+                    }
+                }
+                let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+                assert!(hi - lo < 2 * ALIGN, "dim {dim}, {chunks} chunks: {lens:?}");
+                let inner = &lens[..chunks - 1];
+                if let (Some(lo), Some(hi)) = (inner.iter().min(), inner.iter().max()) {
+                    assert!(hi - lo <= ALIGN, "dim {dim}, {chunks} chunks: {lens:?}");
+                }
+            }
+        }
+        // xᵀ·dZ1 of the MLP benchmark: 784 rows.
+        let lens: Vec<usize> = (0..4).map(|i| chunk_range(i, 4, 784).len()).collect();
+        assert_eq!(lens, [192, 192, 192, 208]);
+    }
 
     /// Products of 2^22 multiply-adds or more are cut along `C`'s longer
     /// side, in two, from 2^23 in four: the MLP benchmark's products

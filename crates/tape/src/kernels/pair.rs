@@ -78,6 +78,14 @@ struct State {
     panicked: bool,
     /// The second thread runs (set once, when it starts serving).
     ready: bool,
+    /// The second thread sleeps on [`Second::wake`]: a posted task must
+    /// wake it. (A futex wake is a system call even with no sleeper, ~1 µs
+    /// in this VM, and a call of the MLP benchmark posts ~15 tasks; while
+    /// the second thread spins, no wake is needed.)
+    sleeping: bool,
+    /// The caller sleeps on [`Second::finished`]: the end of the task must
+    /// wake it (else the caller is spinning and sees `done`).
+    waiting: bool,
 }
 
 /// The second thread's mailbox.
@@ -107,6 +115,8 @@ static SECOND: Second = Second {
         done: false,
         panicked: false,
         ready: false,
+        sleeping: false,
+        waiting: false,
     }),
     wake: Condvar::new(),
     finished: Condvar::new(),
@@ -165,7 +175,11 @@ fn serve() {
                     SECOND.posted.store(false, Ordering::Relaxed);
                     break t;
                 }
+                // Set and cleared under the lock that `share` posts under, so
+                // a task posted after the check above sees it set.
+                st.sleeping = true;
                 st = SECOND.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st.sleeping = false;
             }
         };
         // SAFETY: `task` came from `share`, which keeps its `data` alive and
@@ -178,8 +192,11 @@ fn serve() {
         st.done = true;
         st.panicked = !ok;
         SECOND.done.store(true, Ordering::Release);
+        let waiting = st.waiting;
         drop(st);
-        SECOND.finished.notify_one();
+        if waiting {
+            SECOND.finished.notify_one();
+        }
     }
 }
 
@@ -222,10 +239,14 @@ impl Claim {
         spin(&SECOND.done);
         let mut st = lock();
         while !st.done {
+            // Under the lock the second thread sets `done` under: it sees
+            // this and wakes us.
+            st.waiting = true;
             st = SECOND
                 .finished
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
+            st.waiting = false;
         }
         st.done = false;
         SECOND.done.store(false, Ordering::Relaxed);
@@ -275,7 +296,7 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
         return (0..chunks).for_each(|i| job(i, false));
     }
     SECOND.next.store(0, Ordering::Relaxed);
-    {
+    let sleeping = {
         let mut st = lock();
         st.task = Some(Task {
             run: take::<J>,
@@ -283,8 +304,11 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
             chunks,
         });
         SECOND.posted.store(true, Ordering::Release);
+        st.sleeping
+    };
+    if sleeping {
+        SECOND.wake.notify_one();
     }
-    SECOND.wake.notify_one();
     let claim = Claim;
     chunks_of(job, chunks, false);
     let outcome = claim.finish();
@@ -416,5 +440,43 @@ mod tests {
             hit.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hit.into_inner(), 3);
+    }
+
+    /// Posting a task wakes the second thread once it sleeps (past its
+    /// spin), and the end of its chunk wakes a caller that sleeps waiting
+    /// for it (past the caller's spin): no wake is lost when wakes are sent
+    /// only to a sleeper. Tried a few times, as another test may hold the
+    /// second thread.
+    #[test]
+    fn a_sleeping_second_thread_is_woken_and_wakes_its_caller() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ran_there = false;
+            for _ in 0..20 {
+                // Longer than SERVE_SPIN: the second thread goes to sleep.
+                std::thread::sleep(Duration::from_millis(5));
+                let there = AtomicBool::new(false);
+                share(2, &|_, on_second| {
+                    if on_second {
+                        there.store(true, Ordering::Release);
+                        // Longer than SPIN: the caller goes to sleep.
+                        std::thread::sleep(Duration::from_millis(2));
+                        return;
+                    }
+                    let t0 = std::time::Instant::now();
+                    while !there.load(Ordering::Acquire)
+                        && t0.elapsed() < Duration::from_millis(200)
+                    {
+                        std::thread::yield_now();
+                    }
+                });
+                if there.into_inner() {
+                    ran_there = true;
+                    break;
+                }
+            }
+            let _ = tx.send(ran_there);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)), Ok(true));
     }
 }
