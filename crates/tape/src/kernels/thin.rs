@@ -7,9 +7,14 @@
 //!   rows (`R·k ≤` [`PACK`], `R` a multiple of the lanes) are transposed in
 //!   registers into a stack buffer by the instruction set's packer
 //!   ([`Isa::pack_t`]), then run down their columns;
-//! - a column-major `A` with two columns in `B` (`Xᵀ·[g.v | g.d]`, the
-//!   adjoint of a real-left dual product): read down its columns in place.
-//!   (One column is `simd.rs`'s single-column kernel already.)
+//! - a column-major `A` (`X·φ` from a shared constant's column-major copy,
+//!   `Xᵀ·g` and `Xᵀ·[g.v | g.d]` from a row-major `X`): read down its
+//!   columns in place, by panels of up to eight vectors of rows — as many
+//!   accumulators as half the register file holds — so that `Xᵀ·g` for up
+//!   to 64 features (AVX-512F, f64) is one pass over `X`. When the columns
+//!   lie a page or more apart (`X·φ` from the copy: `k` streams, more than
+//!   the hardware prefetcher follows), each column's rows of the next panel
+//!   are prefetched while the current one runs.
 //!
 //! # Bits
 //! Each output element is accumulated in its own lane, from zero, in
@@ -63,6 +68,7 @@ mod imp {
     use super::super::simd::{Isa, Lane, Vectors};
     use super::super::{MatRef, Product, PACK, THIN_COLS};
     use crate::real::Real;
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     use std::mem::MaybeUninit;
 
     /// Where `A` is read from: in place down its columns (`A[i, l] =
@@ -81,7 +87,7 @@ mod imp {
         if n == 0 || n > THIN_COLS || k == 0 || m.saturating_mul(k) <= PACK {
             return None;
         }
-        if a.rs == 1 && n == 2 {
+        if a.rs == 1 {
             return Some(Source::Columns);
         }
         let rows = PACK / k / lanes * lanes;
@@ -158,9 +164,22 @@ mod imp {
         }
     }
 
+    /// Accumulator vectors a panel may hold: half the register file (32
+    /// vectors under AVX-512F, 16 under AVX2), the rest for `B`'s splats and
+    /// the loads.
+    fn accumulators<V: Vectors>() -> usize {
+        if std::mem::size_of::<V::V>() >= 64 {
+            16
+        } else {
+            8
+        }
+    }
+
     /// `C ← α·A·B + β·C` for `A[i, l] = at[i + l·ats]` (`m × k`), `B` of
     /// `n ≤ 2` columns and `C` dense row-major `m × n`, by panels of up to
-    /// four vectors of rows.
+    /// eight vectors of rows (as many as [`accumulators`] allows for `n`
+    /// columns): one pass over `A` when its rows fit one panel (`Aᵀ·g` for
+    /// a data matrix of up to 64 features under AVX-512F).
     ///
     /// # Safety
     /// V's instruction set; `at[i + l·ats]` valid for reads for i < m, l < k;
@@ -178,34 +197,52 @@ mod imp {
         c: &mut [V::E],
     ) {
         let vectors = m.div_ceil(V::N);
+        let nv_max = (accumulators::<V>() / b.cols.max(1)).clamp(1, 8);
         let mut v0 = 0;
         while v0 < vectors {
-            let nv = (vectors - v0).min(4);
+            let nv = (vectors - v0).min(nv_max);
             let full = (v0 + nv) * V::N <= m;
             let args = (alpha, at, ats, m, k, b, beta, &mut *c, v0);
             // SAFETY: this fn's contract; vectors v0..v0 + nv ≤ ⌈m / N⌉, and
             // `full` only if all their rows are below m.
             unsafe {
-                match (full, nv, b.cols) {
-                    (true, 1, 1) => panel::<V, true, 1, 1>(args),
-                    (true, 2, 1) => panel::<V, true, 2, 1>(args),
-                    (true, 3, 1) => panel::<V, true, 3, 1>(args),
-                    (true, _, 1) => panel::<V, true, 4, 1>(args),
-                    (false, 1, 1) => panel::<V, false, 1, 1>(args),
-                    (false, 2, 1) => panel::<V, false, 2, 1>(args),
-                    (false, 3, 1) => panel::<V, false, 3, 1>(args),
-                    (false, _, 1) => panel::<V, false, 4, 1>(args),
-                    (true, 1, _) => panel::<V, true, 1, 2>(args),
-                    (true, 2, _) => panel::<V, true, 2, 2>(args),
-                    (true, 3, _) => panel::<V, true, 3, 2>(args),
-                    (true, _, _) => panel::<V, true, 4, 2>(args),
-                    (false, 1, _) => panel::<V, false, 1, 2>(args),
-                    (false, 2, _) => panel::<V, false, 2, 2>(args),
-                    (false, 3, _) => panel::<V, false, 3, 2>(args),
-                    (false, _, _) => panel::<V, false, 4, 2>(args),
+                if b.cols == 1 {
+                    sized::<V, 1>(full, nv, args)
+                } else {
+                    sized::<V, 2>(full, nv, args)
                 }
             }
             v0 += nv;
+        }
+    }
+
+    /// [`panel`] with its const sizes chosen from `full` and `nv` (1..=8).
+    ///
+    /// # Safety
+    /// As [`panel`] with `NV = nv`, `FULL = full`.
+    #[inline(always)]
+    unsafe fn sized<V: Vectors, const NC: usize>(full: bool, nv: usize, args: Args<'_, '_, V::E>) {
+        macro_rules! by_nv {
+            ($full:literal) => {
+                match nv {
+                    1 => panel::<V, $full, 1, NC>(args),
+                    2 => panel::<V, $full, 2, NC>(args),
+                    3 => panel::<V, $full, 3, NC>(args),
+                    4 => panel::<V, $full, 4, NC>(args),
+                    5 => panel::<V, $full, 5, NC>(args),
+                    6 => panel::<V, $full, 6, NC>(args),
+                    7 => panel::<V, $full, 7, NC>(args),
+                    _ => panel::<V, $full, 8, NC>(args),
+                }
+            };
+        }
+        // SAFETY: this fn's contract.
+        unsafe {
+            if full {
+                by_nv!(true)
+            } else {
+                by_nv!(false)
+            }
         }
     }
 
@@ -239,9 +276,22 @@ mod imp {
         // view; C[i, j] = c[i·NC + j] for i < m.
         unsafe {
             let masks: [V::M; NV] = std::array::from_fn(|v| V::mask(m - (v0 + v) * V::N));
+            // Columns a page or more apart (a column-major data matrix) are
+            // as many streams as `k`, more than the hardware prefetcher
+            // follows: the next panel's rows of each column are asked for
+            // while this one runs.
+            let prefetch = ats * std::mem::size_of::<V::E>() >= 4096 && (v0 + NV) * V::N < m;
             let mut acc = [[V::zero(); NV]; NC];
             for l in 0..k {
                 let col = at.wrapping_add(l * ats + v0 * V::N);
+                if prefetch {
+                    // One hint per cache line of the next panel's rows: it
+                    // reads nothing and cannot fault.
+                    let line = (64 / std::mem::size_of::<V::E>()).max(1);
+                    for e in (NV * V::N..2 * NV * V::N).step_by(line) {
+                        _mm_prefetch::<_MM_HINT_T0>(col.wrapping_add(e).cast());
+                    }
+                }
                 let y: [V::V; NC] =
                     std::array::from_fn(|j| V::splat(*b.data.get_unchecked(l * b.rs + j * b.cs)));
                 for v in 0..NV {
