@@ -23,58 +23,47 @@ fn pattern(shape: &[usize], s: f64) -> Tensor<f64> {
 /// enough for the packed kernels.
 const SIZES: [(usize, usize, usize, usize); 2] = [(6, 4, 5, 3), (64, 96, 80, 10)];
 
-/// `steps` SGD steps (α = 0.1) with the parameters copied into fresh leaves
-/// on a cleared tape each step: the losses and the final parameters.
-fn copied(
+/// `steps` SGD steps (α = 0.1): the losses and the final parameters. With
+/// `persist`, the parameters are persistent leaves updated by
+/// `rewind_updating`; else they are copied into fresh leaves on a cleared
+/// tape each step.
+fn sgd(
     x: &Tensor<f64>,
     labels: &[usize],
     p0: &[Tensor<f64>],
     steps: usize,
+    persist: bool,
 ) -> (Vec<f64>, Vec<Tensor<f64>>) {
-    let mut t = Tape::new();
-    let mut p = p0.to_vec();
-    let mut losses = Vec::new();
-    for _ in 0..steps {
-        t.clear();
-        let v: Vec<_> = p.iter().map(|pi| t.var(pi)).collect();
-        let out = mlp_loss(&t, x, &v, labels);
-        t.backward(out);
-        losses.push(out.item());
-        for (pi, vi) in p.iter_mut().zip(&v) {
-            let g = t.grad(*vi);
-            pi.data_mut()
-                .iter_mut()
-                .zip(g.data())
-                .for_each(|(a, g)| *a -= 0.1 * g);
+    let step = |x: &mut [f64], g: &[f64]| x.iter_mut().zip(g).for_each(|(a, g)| *a -= 0.1 * g);
+    let (mut t, mut p, n) = (Tape::new(), p0.to_vec(), p0.len());
+    if persist {
+        for pi in &p {
+            t.var(pi);
         }
     }
-    (losses, p)
-}
-
-/// The same steps on persistent leaves, updated by `rewind_updating`.
-fn persistent(
-    x: &Tensor<f64>,
-    labels: &[usize],
-    p0: &[Tensor<f64>],
-    steps: usize,
-) -> (Vec<f64>, Vec<Tensor<f64>>) {
-    let mut t = Tape::new();
-    for pi in p0 {
-        t.var(pi);
-    }
-    let n = p0.len();
     let mut losses = Vec::new();
     for _ in 0..steps {
+        if !persist {
+            t.clear();
+            for pi in &p {
+                t.var(pi);
+            }
+        }
         let v: Vec<_> = (0..n).map(|i| t.var_at(i)).collect();
         let out = mlp_loss(&t, x, &v, labels);
         t.backward(out);
         losses.push(out.item());
-        t.rewind_updating(n, |_, x, g| {
-            let g = g.expect("every parameter is read");
-            x.iter_mut().zip(g).for_each(|(a, g)| *a -= 0.1 * g);
-        });
+        if persist {
+            t.rewind_updating(n, |_, x, g| step(x, g.expect("every parameter is read")));
+        } else {
+            for (pi, vi) in p.iter_mut().zip(&v) {
+                step(pi.data_mut(), t.grad(*vi).data());
+            }
+        }
     }
-    let p = (0..n).map(|i| t.var_at(i).value()).collect();
+    if persist {
+        p = (0..n).map(|i| t.var_at(i).value()).collect();
+    }
     (losses, p)
 }
 
@@ -89,8 +78,8 @@ fn persistent_leaves_give_the_bits_of_copied_leaves_over_several_steps() {
             pattern(&[h, c], 0.29),
             pattern(&[c], 0.71),
         ];
-        let (la, pa) = copied(&x, &labels, &p0, 4);
-        let (lb, pb) = persistent(&x, &labels, &p0, 4);
+        let (la, pa) = sgd(&x, &labels, &p0, 4, false);
+        let (lb, pb) = sgd(&x, &labels, &p0, 4, true);
         assert_eq!(la, lb, "losses, sizes {:?}", (n, d, h, c));
         for (a, b) in pa.iter().zip(&pb) {
             assert_eq!(a.data(), b.data(), "parameters, sizes {:?}", (n, d, h, c));
