@@ -1,26 +1,30 @@
-//! Several SGD steps with θ and φ resident on the primal tape: recorded once
-//! as its first leaves, kept across every step by [`tape::Tape::rewind_updating`],
-//! which writes φ_j = φ_{j−1} − α g_j into φ's leaves from their adjoints. No
-//! copy of θ or φ into fresh leaves per step; φ is copied out once, at the end.
+//! Several SGD, Meta-SGD or momentum steps with θ and φ resident on the
+//! primal tape: recorded once as its first leaves, kept across every step by
+//! [`tape::Tape::rewind_updating`], which writes φ_j (for SGD φ_{j−1} − α g_j)
+//! into φ's leaves from their adjoints. No copy of θ or φ into fresh leaves
+//! per step; φ is copied out once, at the end.
 //!
 //! Every step records the same nodes on leaves of the same values as
-//! [`InnerWorkspace::step_in_place`] and updates φ by the same kernel
-//! (`tape::kernels::sub_scaled_finite`), so the states are bit for bit those
-//! of step-by-step advancing, and a checkpoint recomputed by either path is
-//! the same state.
+//! [`InnerWorkspace::step_in_place`] and updates φ by the same arithmetic
+//! (for SGD the same kernel, `tape::kernels::sub_scaled_finite`), so the
+//! states are bit for bit those of step-by-step advancing, and a checkpoint
+//! recomputed by either path is the same state.
 
 use tape::{Float, Tensor};
 
-use crate::engine::step::{non_finite, update, InnerWorkspace, State};
+use tape::kernels::all_finite;
+
+use crate::engine::step::{meta_sgd_steps, non_finite, update, InnerWorkspace, State};
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
 
 impl<F: Float> InnerWorkspace<F> {
     /// Steps `from + 1 ..= to` in place: `state` goes from state_from to
     /// state_to, the states of [`InnerWorkspace::step_in_place`] called for
-    /// each step, bit for bit. With plain SGD and two steps or more, θ and φ
-    /// stay on the tape from step to step (see the module docs); otherwise
-    /// this is `step_in_place` per step.
+    /// each step, bit for bit. With SGD, Meta-SGD or momentum and two steps
+    /// or more, θ and φ stay on the tape from step to step (see the module
+    /// docs; momentum's velocity is updated in `state`); for a rule's steps
+    /// or a single step this is `step_in_place` per step.
     ///
     /// ```
     /// use blo::{InnerLoop, InnerWorkspace, Problem};
@@ -52,7 +56,7 @@ impl<F: Float> InnerWorkspace<F> {
     /// # Errors
     /// As [`InnerWorkspace::step_in_place`], naming the step j that went
     /// non-finite; `state` then holds state_{j−1}, as after step-by-step
-    /// advancing (on a non-finite gradient, φ_{j−1} is recomputed from
+    /// advancing (on a non-finite SGD gradient, φ_{j−1} is recomputed from
     /// state_from by the steps from + 1 ..= j − 1: φ's leaves hold a
     /// partly updated φ, and keeping a copy for this rare case would cost
     /// the copy per step that this path saves).
@@ -65,16 +69,13 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<(), BloError> {
-        let lr = match &problem.inner_loop().optimizer {
-            InnerOptimizer::Sgd { lr } if to >= from + 2 => *lr,
-            _ => {
-                for j in from + 1..=to {
-                    self.step_in_place(problem, task, j, theta, state)?;
-                }
-                return Ok(());
+        let opt = &problem.inner_loop().optimizer;
+        if matches!(opt, InnerOptimizer::Rule(_)) || to < from + 2 {
+            for j in from + 1..=to {
+                self.step_in_place(problem, task, j, theta, state)?;
             }
-        };
-        let a = F::from_f64(lr);
+            return Ok(());
+        }
         let (nt, keep) = (theta.len(), theta.len() + state.phi.len());
         let t = &mut self.ws.primal;
         t.clear();
@@ -86,33 +87,68 @@ impl<F: Float> InnerWorkspace<F> {
         }
         let mut failed = None;
         for j in from + 1..=to {
-            let value = {
+            let (value, finite) = {
                 let leaves: hvp::Leaves<'_, F> = (0..keep).map(|i| t.var_at(i)).collect();
                 let out = problem.inner_loss(t, task, j, &leaves[..nt], &leaves[nt..]);
                 let value = out.item();
                 t.backward(out);
-                value
+                // Meta-SGD and momentum check every g before the update, as
+                // `step_in_place` does (SGD checks in its update's pass).
+                let finite = matches!(opt, InnerOptimizer::Sgd { .. })
+                    || leaves[nt..]
+                        .iter()
+                        .all(|&v| t.grad_ref(v).is_none_or(|g| all_finite(&g)));
+                (value, finite)
             };
-            if !value.is_finite() {
-                failed = Some(non_finite("inner loss", j));
+            if !value.is_finite() || !finite {
+                let what = if value.is_finite() {
+                    "inner gradient"
+                } else {
+                    "inner loss"
+                };
+                failed = Some(non_finite(what, j));
                 break;
             }
-            // φ_j = φ_{j−1} − α g_j into φ's leaves, g checked in the same
-            // pass; a structural zero (no adjoint reached φ_i) is applied as
-            // zeros, as `step_in_place` does.
+            // φ_j into φ's leaves by `step_in_place`'s update (a structural
+            // zero, no adjoint reaching φ_i, is applied as zeros).
             let mut finite = true;
+            let (phi, extra) = (&state.phi, &mut state.extra);
             t.rewind_updating(keep, |i, x, g| {
-                if i < nt {
+                let Some(k) = i.checked_sub(nt) else {
                     return;
-                }
-                match g {
-                    Some(g) => finite &= tape::kernels::sub_scaled_finite(x, g, a),
-                    None => update(x, None, F::zero(), |x, gi| *x -= a * gi),
+                };
+                match opt {
+                    InnerOptimizer::Sgd { lr } => {
+                        let a = F::from_f64(*lr);
+                        match g {
+                            Some(g) => finite &= tape::kernels::sub_scaled_finite(x, g, a),
+                            None => update(x, None, F::zero(), |x, gi| *x -= a * gi),
+                        }
+                    }
+                    InnerOptimizer::MetaSgd { lr_index } => {
+                        let alpha = meta_sgd_steps(theta, lr_index, k, &phi[k]);
+                        let mut alpha = alpha.data().iter();
+                        update(x, g, F::zero(), |x, gi| {
+                            let a = *alpha.next().expect("α has φ's shape");
+                            *x -= a * gi;
+                        });
+                    }
+                    InnerOptimizer::Momentum { lr, beta } => {
+                        let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
+                        let mut v = extra[k].data_mut().iter_mut();
+                        update(x, g, F::zero(), |x, gi| {
+                            let vi = v.next().expect("velocity has φ's shape");
+                            *vi = b * *vi + gi;
+                            *x -= a * *vi;
+                        });
+                    }
+                    InnerOptimizer::Rule(_) => unreachable!("a rule's steps are taken above"),
                 }
             });
             if !finite {
-                // φ's leaves are partly updated: state_{j−1} is recomputed
-                // from state_from (unchanged so far) by the same steps.
+                // SGD: φ's leaves are partly updated; state_{j−1} is
+                // recomputed from state_from (unchanged so far) by the same
+                // steps.
                 for k in from + 1..j {
                     self.step_in_place(problem, task, k, theta, state)?;
                 }

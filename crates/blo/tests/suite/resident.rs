@@ -1,5 +1,6 @@
 //! `InnerWorkspace::advance`: several SGD steps with θ and φ kept on the
-//! tape give the states of `step_in_place` step by step, bit for bit, and a
+//! tape give the states of `step_in_place` step by step, bit for bit (SGD,
+//! Meta-SGD, momentum), and a
 //! step that goes non-finite leaves the state of the step before it.
 
 mod common;
@@ -34,26 +35,36 @@ fn stepwise<P: Problem<f64>>(
 
 #[test]
 fn resident_steps_give_the_bits_of_step_by_step_advancing() {
-    let p = TanhNet {
-        inner: InnerLoop::sgd(7, 0.1).unwrap(),
-        hidden: 6,
-        meta_sgd: false,
-    };
-    let task = Wave {
-        amp: 1.3,
-        phase: 0.4,
-    };
-    let th = p.theta(3);
-    let mut ws = InnerWorkspace::new();
-    let s0 = ws.initial_state(&p, &task, &th).unwrap();
-    // From φ_0 and from a later state, into a workspace used before.
-    for (from, to) in [(0, 7), (2, 5), (4, 6)] {
-        let start = stepwise(&p, &task, &th, &s0, 0, from);
-        let mut s = start.clone();
-        ws.advance(&p, &task, from, to, &th, &mut s).unwrap();
-        let want = stepwise(&p, &task, &th, &start, from, to);
-        assert_eq!(bits(&s), bits(&want), "steps {}..={to}", from + 1);
-        assert_ne!(bits(&s), bits(&start), "the steps moved φ");
+    let cases = [
+        (InnerLoop::sgd(7, 0.1).unwrap(), false),
+        (InnerLoop::meta_sgd(7, vec![2, 3]).unwrap(), true),
+        (InnerLoop::momentum(7, 0.05, 0.7).unwrap(), false),
+    ];
+    for (inner, meta_sgd) in cases {
+        let p = TanhNet {
+            inner,
+            hidden: 6,
+            meta_sgd,
+        };
+        let task = Wave {
+            amp: 1.3,
+            phase: 0.4,
+        };
+        let th = p.theta(3);
+        let mut ws = InnerWorkspace::new();
+        let s0 = ws.initial_state(&p, &task, &th).unwrap();
+        // From φ_0 and from a later state, into a workspace used before.
+        for (from, to) in [(0, 7), (2, 5), (4, 6)] {
+            let start = stepwise(&p, &task, &th, &s0, 0, from);
+            let mut s = start.clone();
+            ws.advance(&p, &task, from, to, &th, &mut s).unwrap();
+            let want = stepwise(&p, &task, &th, &start, from, to);
+            let what = format!("{:?}, steps {}..={to}", p.inner.optimizer, from + 1);
+            assert_eq!(bits(&s), bits(&want), "{what}");
+            // Momentum's velocity too.
+            assert_eq!(s.extra, want.extra, "{what}");
+            assert_ne!(bits(&s), bits(&start), "the steps moved φ");
+        }
     }
 }
 
@@ -104,10 +115,15 @@ fn a_step_gone_non_finite_leaves_the_state_before_it_and_names_it() {
         Tensor::vector((0..70).map(|i| -1.0 + i as f64 / 9.0).collect()),
         Tensor::vector((0..19).map(|i| 1.0 + i as f64).collect()),
     ];
-    for (loss, what) in [(false, "inner gradient"), (true, "inner loss")] {
+    let inners = [
+        InnerLoop::sgd(5, 0.1).unwrap(),
+        InnerLoop::momentum(5, 0.05, 0.7).unwrap(),
+    ];
+    let cases = [(false, "inner gradient"), (true, "inner loss")];
+    for (inner, (loss, what)) in inners.iter().flat_map(|i| cases.map(|c| (i, c))) {
         for at in [1, 2, 4] {
             let p = FailsAt {
-                inner: InnerLoop::sgd(5, 0.1).unwrap(),
+                inner: inner.clone(),
                 at,
                 loss,
             };
