@@ -373,6 +373,127 @@ impl<T: Real> Tape<T> {
         inner.shared.clear();
     }
 
+    /// Forgets every node after the first `keep`, which must all be leaves,
+    /// and the last sweep's adjoints; the kept leaves stay with their values
+    /// in the arena (persistent leaves: parameters recorded once and reused
+    /// by every later recording, with no copy per pass). Buffers keep their
+    /// capacity, as with [`Tape::clear`] (which is `rewind(0)`). The kept
+    /// leaves are [`Tape::var_at`]`(0..keep)`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let mut t = Tape::<f64>::new();
+    /// t.var(&Tensor::vector(vec![1.0, 2.0])); // node 0, recorded once
+    /// for c in [1.0, 3.0] {
+    ///     t.rewind(1);
+    ///     let w = t.var_at(0);
+    ///     t.backward((w * c).sum()); // ∂/∂w Σ c·w = c
+    ///     assert_eq!(t.grad(w).data(), &[c, c]);
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    /// If `keep` exceeds the number of nodes, or one of the first `keep`
+    /// nodes is not a leaf (its value would go stale when a leaf it reads
+    /// is updated by [`Tape::rewind_updating`]).
+    #[track_caller]
+    pub fn rewind(&mut self, keep: usize) {
+        self.rewind_updating(keep, |_, _, _| {});
+    }
+
+    /// [`Tape::rewind`]`(keep)` that first hands every kept leaf to
+    /// `update(i, value, adjoint)`: leaf i's value, to change in place, and
+    /// its adjoint from the last sweep (`None`: a constant leaf, a leaf no
+    /// adjoint reached, or no sweep since the last rewind). Leaves whose
+    /// value is read in place and not held in the arena
+    /// ([`Tape::constant_shared`], and [`Tape::constant_base`] on a dual
+    /// tape, until an op materialises them) are constants and skipped. An optimiser's
+    /// step on persistent parameters, x_i ← x_i − α ∂f/∂x_i for plain
+    /// gradient descent, reads g and writes x once, with no copy of x into
+    /// the next recording. Nothing is recorded while `update` runs, and the
+    /// nodes that read the old values are forgotten, so no stale value can
+    /// be read. `update` decides what a failure means: the tape does not
+    /// keep the old values (a caller that must undo a step keeps its own
+    /// copy or recomputes it).
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// // Two steps of gradient descent on f(x) = Σ x², α = 0.25: x ← x − 0.25·2x = x/2.
+    /// let mut t = Tape::<f64>::new();
+    /// t.var(&Tensor::vector(vec![4.0, -2.0]));
+    /// for _ in 0..2 {
+    ///     let x = t.var_at(0);
+    ///     t.backward(x.square().sum());
+    ///     t.rewind_updating(1, |_, x, g| {
+    ///         let g = g.expect("x is read by f");
+    ///         x.iter_mut().zip(g).for_each(|(x, g)| *x -= 0.25 * g);
+    ///     });
+    /// }
+    /// assert_eq!(t.var_at(0).value().data(), &[1.0, -0.5]);
+    /// ```
+    ///
+    /// # Panics
+    /// As [`Tape::rewind`].
+    #[track_caller]
+    pub fn rewind_updating(
+        &mut self,
+        keep: usize,
+        mut update: impl FnMut(usize, &mut [T], Option<&[T]>),
+    ) {
+        let inner = self.inner.get_mut();
+        let n = inner.nodes.len();
+        assert!(
+            keep <= n,
+            "Tape::rewind: keep {keep} nodes of a tape of {n} nodes"
+        );
+        if let Some((i, node)) = inner.nodes[..keep]
+            .iter()
+            .enumerate()
+            .find(|(_, node)| !matches!(node.op, Op::Leaf))
+        {
+            panic!(
+                "Tape::rewind: node {i} of the {keep} kept is a {} {:?}, not a leaf; only \
+                 leaves persist across a rewind",
+                node.op.name(),
+                node.shape
+            );
+        }
+        let root = inner.swept_from;
+        for (i, node) in inner.nodes[..keep].iter().enumerate() {
+            let r = node.range();
+            let adj = root
+                .filter(|&root| i <= root as usize && inner.has_adj[i] && node.requires_grad)
+                .map(|_| &inner.grads[r.clone()]);
+            if node.pending {
+                // A constant read in place: its value is not in `vals`, and
+                // a constant has no adjoint to update from.
+                continue;
+            }
+            update(i, &mut inner.vals[r], adj);
+        }
+        let kept = &inner.nodes[..keep];
+        let len = kept.last().map_or(0, |n| n.range().end);
+        let (aux, idx) = kept.last().map_or((0, 0), |n| (n.aux.end, n.idx.end));
+        let base = kept
+            .iter()
+            .filter_map(|n| n.base.map(|b| b + n.shape.numel()))
+            .max()
+            .unwrap_or(0);
+        let shared = kept
+            .iter()
+            .filter_map(|n| n.shared.map(|c| c as usize + 1))
+            .max()
+            .unwrap_or(0);
+        inner.nodes.truncate(keep);
+        inner.len = len;
+        inner.aux.truncate(aux);
+        inner.idx.truncate(idx);
+        inner.base.truncate(base);
+        inner.shared.truncate(shared);
+        inner.swept_from = None;
+        inner.has_adj.clear();
+    }
+
     /// Number of recorded nodes.
     pub fn len(&self) -> usize {
         self.inner.borrow().nodes.len()

@@ -13,6 +13,7 @@ mod linear;
 pub mod objective;
 pub mod plan;
 pub mod policy;
+mod resident;
 pub(crate) mod run;
 pub mod step;
 pub(crate) mod store;

@@ -2,8 +2,10 @@
 //! the Hessian-vector product, the outer gradient and the VJP/JVP through Φ_0.
 //!
 //! Every state is produced by [`InnerWorkspace::step_in_place`] (the single-step
-//! forward function S(θ, state_{j−1}) → state_j), so a state recomputed from a
-//! checkpoint is bit-identical to the one of the first sweep. Every adjoint step
+//! forward function S(θ, state_{j−1}) → state_j), or by
+//! [`InnerWorkspace::advance`], its steps with θ and φ kept on the tape, bit
+//! for bit the same, so a state recomputed from a checkpoint is bit-identical
+//! to the one of the first sweep. Every adjoint step
 //! is one forward-over-reverse pass ([`InnerWorkspace::inner_hvp`]) at the state
 //! it needs: its primal part is ∇L_in, its tangent part is H_φφ w (on φ) and
 //! the mixed product M w = ∂²L_in/∂θ∂φ · w (on θ). The tapes are cleared and
@@ -112,8 +114,10 @@ pub struct InnerHvp<F: Float> {
 /// adjoint step allocates nothing.
 #[derive(Debug, Default)]
 pub struct InnerWorkspace<F: Float> {
-    /// The tapes: every pass of this workspace is one of `hvp`'s passes.
-    ws: Workspace<F>,
+    /// The tapes: every pass of this workspace is one of `hvp`'s passes
+    /// (and the resident SGD steps of [`super::resident`] use the primal
+    /// tape directly).
+    pub(super) ws: Workspace<F>,
     /// The adjoint step's tangent w, concatenated in φ order.
     w: Vec<F>,
     /// A rule's step: g_j, one tensor per φ tensor.
@@ -248,7 +252,8 @@ impl<F: Float> InnerWorkspace<F> {
     /// One inner step j (1-based) in place: state_{j−1} → state_j, by one
     /// reverse sweep for g_j = ∇_φ L_in(θ, φ_{j−1}; τ, j) and the optimiser's
     /// update (see [`InnerOptimizer`]). Returns L_in(θ, φ_{j−1}). This is the
-    /// only function that produces states.
+    /// only function that produces states (with [`InnerWorkspace::advance`],
+    /// which gives its states bit for bit).
     ///
     /// # Errors
     /// [`BloError::NonFinite`] naming step j if the loss or the gradient is not

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | `Init { buf }` | buf ← φ_0 = Φ_0(θ) | — |
 //! | `Copy { from, to }` | to ← from | — |
-//! | `Advance { buf, from, to }` | steps from+1..=to in place | `forward_steps`, `gradients` |
+//! | `Advance { buf, from, to }` | steps from+1..=to in place ([`InnerWorkspace::advance`]) | `forward_steps`, `gradients` |
 //! | `Turn { buf }` | L_out at φ_r: g ← ∇_θ L_out, ū_φ ← ∇_φ L_out | `gradients` |
 //! | `Adjoint { buf, step: j }` | ū_j → ū_{j−1}, g += θ part (docs/math.md, the adjoint sweep) | `hvps` |
 //! | `Free { buf }` | buf released | — |
@@ -129,11 +129,9 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             Action::Copy { from, to } => store.copy(from, to),
             Action::Advance { buf, from, to } => {
                 let s = store.get_mut(buf);
-                for j in from + 1..=to {
-                    ws.step_in_place(p, task, j, theta, s)?;
-                    self.stats.forward_steps += 1;
-                    self.stats.gradients += 1;
-                }
+                ws.advance(p, task, from, to, theta, s)?;
+                self.stats.forward_steps += to - from;
+                self.stats.gradients += to - from;
             }
             Action::Turn { buf } => {
                 let s = store.get(buf);

@@ -38,6 +38,9 @@ mod inner_rules;
 #[path = "plan.rs"]
 mod plan;
 
+#[path = "resident.rs"]
+mod resident;
+
 #[path = "solvers.rs"]
 mod solvers;
 

@@ -20,6 +20,9 @@ mod grad_table;
 #[path = "literal.rs"]
 mod literal;
 
+#[path = "persist.rs"]
+mod persist;
+
 #[path = "real_left.rs"]
 mod real_left;
 
