@@ -366,6 +366,11 @@ impl<F: Float> Workspace<F> {
     ) -> F {
         check_directions("hvp_only_into", x, v);
         check_shapes("hvp_only_into", "input", x, hv.iter().map(Some));
+        if let Some(value) = self.hvp_only_sunk(f, x, v, hv) {
+            return value;
+        }
+        // A sink was written and the leaf's dual adjoint was reached too:
+        // again without sinks, so that the sum is the tape's.
         let seeds = x
             .iter()
             .zip(v)
@@ -379,6 +384,50 @@ impl<F: Float> Workspace<F> {
             }
         }
         p.value().v
+    }
+
+    /// The pass of [`Workspace::hvp_only_into`] with each input's buffer
+    /// registered as its leaf's tangent sink ([`tape::kernels::with_tangent_sinks`]):
+    /// a weight whose H·v block is one product with real data on the left
+    /// (the first layer's ḡW.d = xᵀ·ḡz.d) gets it written there, with no
+    /// dual adjoint in between; the others are copied out of their dual
+    /// adjoints. `None` (the buffers then hold garbage) if a leaf's sink was
+    /// written and its dual adjoint was reached as well (a weight used by
+    /// more than one rule): the two would be summed in another order than
+    /// the tape's.
+    fn hvp_only_sunk<O: Objective<F>>(
+        &mut self,
+        f: &O,
+        x: &[Tensor<F>],
+        v: &[Tensor<F>],
+        hv: &mut [Tensor<F>],
+    ) -> Option<F> {
+        self.dual.clear();
+        let t = &self.dual;
+        let seeds = x
+            .iter()
+            .zip(v)
+            .map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())));
+        let inputs = dual_leaves(t, seeds);
+        let out = f.eval(t, &inputs);
+        let value = out.item();
+        let mut taken: SmallVec<[bool; 32]> = SmallVec::from_elem(false, x.len());
+        let mut sinks: SmallVec<[(usize, &mut [F]); 32]> = inputs
+            .iter()
+            .zip(hv.iter_mut())
+            .map(|(l, h)| (l.index(), h.data_mut()))
+            .collect();
+        tape::kernels::with_tangent_sinks(&mut sinks, &mut taken, || t.backward(out));
+        drop(sinks);
+        for ((&leaf, h), &sunk) in inputs.iter().zip(hv.iter_mut()).zip(&taken) {
+            match (t.grad_ref(leaf), sunk) {
+                (None, true) => {}
+                (Some(_), true) => return None,
+                (Some(adj), false) => tape::kernels::tangents_into(&adj, h.data_mut()),
+                (None, false) => h.data_mut().fill(F::zero()),
+            }
+        }
+        Some(value.v)
     }
 
     /// H(x)·v alone, one tensor per input: [`Workspace::hvp_only_into`] into

@@ -11,7 +11,7 @@
 //! three real GEMMs (see [`crate::Dual`]).
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
-use crate::kernels::{real_left_gemm, real_left_ok, THIN_COLS};
+use crate::kernels::{real_left_gemm, real_left_ok, real_left_tangent_sink, THIN_COLS};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -91,7 +91,16 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             );
         }
     }
-    if b.wants(1) {
+    // An HVP-only weight times real data, with a tangent sink registered for
+    // it (`kernels/sink.rs`): ḡB.d = Aᵀ·g.d straight into the caller's
+    // buffer; B's dual adjoint is not touched.
+    let sunk = |b: &Bwd<'_, T>| {
+        let xa = real_a.filter(|_| batch == 1 && !b.wants_primal(1))?;
+        let node = b.node.inputs[1] as usize;
+        let (ai, gi) = (MatRef::row_major(xa, m, k).t(), MatRef::row_major(g, m, n));
+        real_left_tangent_sink(node, one, ai, gi).then_some(())
+    };
+    if b.wants(1) && sunk(b).is_none() {
         // The batched [b, m, k]·[k, n] product shares B: its adjoint is one GEMM
         // on the flattened rows (batch = 1 here); a [b, k, n] B has one per batch.
         let primal = b.wants_primal(1);
