@@ -233,7 +233,7 @@ fn dual_scalars<T: Real, F: Prim>(alpha: T::Base, beta: T::Base) -> Option<(F, F
 ///
 /// # Panics
 /// If `T` and `U` are different types.
-fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+pub(super) fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
     // SAFETY: the assert above: `T` and `U` are the same type, so the slice
     // is reborrowed unchanged (same pointer, length and lifetime).
