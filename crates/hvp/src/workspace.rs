@@ -366,11 +366,20 @@ impl<F: Float> Workspace<F> {
     ) -> F {
         check_directions("hvp_only_into", x, v);
         check_shapes("hvp_only_into", "input", x, hv.iter().map(Some));
-        let seeds = x
-            .iter()
-            .zip(v)
-            .map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())));
-        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
+        let seeds = || {
+            x.iter()
+                .zip(v)
+                .map(|(xi, vi)| (xi, Seed::HvOnly(vi.data())))
+        };
+        let mut outs: SmallVec<[Option<&mut [F]>; 32]> =
+            hv.iter_mut().map(|h| Some(h.data_mut())).collect();
+        if let Some(value) = self.hvp_only_sunk(f, seeds(), &mut outs) {
+            return value;
+        }
+        drop(outs);
+        // A sink was written and the leaf's dual adjoint was reached too:
+        // again without sinks, so that the sum is the tape's.
+        let p = self.dual_pass(seeds(), |t, v| f.eval(t, v));
         for (i, h) in hv.iter_mut().enumerate() {
             let h = h.data_mut();
             match p.adjoint(i) {
@@ -379,6 +388,51 @@ impl<F: Float> Workspace<F> {
             }
         }
         p.value().v
+    }
+
+    /// The HVP-only pass with each output buffer (`outs[i]`, `None` for an
+    /// input whose H·v is not wanted) registered as its leaf's tangent sink
+    /// ([`tape::kernels::with_tangent_sinks`]): a weight whose H·v block is
+    /// one product (the first layer's ḡW.d = xᵀ·ḡz.d, a hidden layer's
+    /// ḡW.d = (hᵀ·ḡz).d) gets it written there, with no dual adjoint in
+    /// between; the others are copied out of their dual adjoints. Returns
+    /// f(x), or `None` (the buffers then hold garbage) if a leaf's sink was
+    /// written and its dual adjoint was reached as well (a weight used by
+    /// more than one rule): the two would be summed in another order than
+    /// the tape's.
+    fn hvp_only_sunk<'a, O: Objective<F>>(
+        &mut self,
+        f: &O,
+        seeds: impl IntoIterator<Item = (&'a Tensor<F>, Seed<'a, F>)>,
+        outs: &mut [Option<&mut [F]>],
+    ) -> Option<F>
+    where
+        F: 'a,
+    {
+        self.dual.clear();
+        let t = &self.dual;
+        let inputs = dual_leaves(t, seeds);
+        let out = f.eval(t, &inputs);
+        let value = out.item();
+        let mut sinks: SmallVec<[(usize, &mut [F]); 32]> = inputs
+            .iter()
+            .zip(outs.iter_mut())
+            .filter_map(|(l, o)| Some((l.index(), o.as_deref_mut()?)))
+            .collect();
+        let mut taken: SmallVec<[bool; 32]> = SmallVec::from_elem(false, sinks.len());
+        tape::kernels::with_tangent_sinks(&mut sinks, &mut taken, || t.backward(out));
+        drop(sinks);
+        let mut taken = taken.into_iter();
+        for (&leaf, h) in inputs.iter().zip(outs.iter_mut()) {
+            let Some(h) = h else { continue };
+            match (t.grad_ref(leaf), taken.next() == Some(true)) {
+                (None, true) => {}
+                (Some(_), true) => return None,
+                (Some(adj), false) => tape::kernels::tangents_into(&adj, h),
+                (None, false) => h.fill(F::zero()),
+            }
+        }
+        Some(value.v)
     }
 
     /// H(x)·v alone, one tensor per input: [`Workspace::hvp_only_into`] into
@@ -492,18 +546,36 @@ impl<F: Float> Workspace<F> {
         v: &[F],
         hv: &mut [F],
     ) {
-        let mut at = 0;
-        let seeds = x.iter().zip(wrt).map(|(xi, &w)| {
+        let seeds = || {
+            let mut at = 0;
+            x.iter().zip(wrt).map(move |(xi, &w)| {
+                if w {
+                    // Only H·v is read: the primal weight-gradient products are skipped.
+                    let s = Seed::HvOnly(&v[at..at + xi.numel()]);
+                    at += xi.numel();
+                    (xi, s)
+                } else {
+                    (xi, Seed::Constant)
+                }
+            })
+        };
+        // Each input's part of `hv` as its tangent sink (see `hvp_only_into`).
+        let mut rest = &mut *hv;
+        let mut outs: SmallVec<[Option<&mut [F]>; 32]> = SmallVec::new();
+        for (xi, &w) in x.iter().zip(wrt) {
             if w {
-                // Only H·v is read: the primal weight-gradient products are skipped.
-                let s = Seed::HvOnly(&v[at..at + xi.numel()]);
-                at += xi.numel();
-                (xi, s)
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(xi.numel());
+                outs.push(Some(part));
+                rest = tail;
             } else {
-                (xi, Seed::Constant)
+                outs.push(None);
             }
-        });
-        let p = self.dual_pass(seeds, |t, v| f.eval(t, v));
+        }
+        if self.hvp_only_sunk(f, seeds(), &mut outs).is_some() {
+            return;
+        }
+        drop(outs);
+        let p = self.dual_pass(seeds(), |t, v| f.eval(t, v));
         let t = p.tape();
         let mut at = 0;
         for ((&var, xi), &w) in p.inputs().iter().zip(x).zip(wrt) {

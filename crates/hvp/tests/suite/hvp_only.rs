@@ -49,6 +49,38 @@ impl<F: Float> Objective<F> for MlpRelu<F> {
     }
 }
 
+/// A weight used by two products with real data on the left: its H·v block
+/// is the sum of two products, so the first one's tangent sink
+/// (`tape::kernels::with_tangent_sinks`) must not stand for the whole block
+/// (the HVP-only pass runs again without sinks).
+struct Twice<F: Float> {
+    x: Tensor<F>,
+    y: Tensor<F>,
+    labels: Vec<usize>,
+}
+
+impl<F: Float> Objective<F> for Twice<F> {
+    fn eval<'t, T: Real<Base = F>>(&self, t: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
+        let z = t.constant_base(&self.x).matmul(p[0]) + t.constant_base(&self.y).matmul(p[0]);
+        (z + p[1])
+            .tanh()
+            .matmul_t(p[2])
+            .softmax_cross_entropy(&self.labels)
+    }
+}
+
+fn twice<F: Float>() -> (Twice<F>, Vec<Tensor<F>>, Vec<Tensor<F>>) {
+    let (f, x, v) = mlp();
+    let y = filled(&[40, 48], 2, 2.0);
+    let pick = |t: Vec<Tensor<F>>| vec![t[0].clone(), t[1].clone(), t[4].clone()];
+    let f = Twice {
+        x: f.x,
+        y,
+        labels: f.labels,
+    };
+    (f, pick(x), pick(v))
+}
+
 fn mlp_relu<F: Float>() -> (MlpRelu<F>, Vec<Tensor<F>>, Vec<Tensor<F>>) {
     let (f, x, v) = mlp();
     (MlpRelu(f), x, v)
@@ -153,6 +185,8 @@ fn hvp_only_equals_the_full_pass_bit_for_bit() {
     check("mlp_relu", mlp_relu::<f64>());
     check("conv", conv::<f32>());
     check("conv", conv::<f64>());
+    check("twice", twice::<f32>());
+    check("twice", twice::<f64>());
 }
 
 /// H·v against the central difference of f64 gradients, (∇f(x + εv) −
@@ -187,6 +221,7 @@ fn hvp_only_matches_differences_of_gradients() {
     check("mlp", mlp::<f64>());
     check("mlp_relu", mlp_relu::<f64>());
     check("conv", conv::<f64>());
+    check("twice", twice::<f64>());
 }
 
 /// Which inputs' adjoints have a nonzero primal part after a dual pass
@@ -300,4 +335,52 @@ fn hvp_passes_give_the_same_bits_on_one_thread_and_two() {
             "{what}: first differing element (one thread vs two)"
         );
     }
+}
+
+/// The Hessian operator's flat products (`Hessian::apply`, the full
+/// Hessian and a block with the other inputs held constant) give the
+/// HVP-only pass's bits, each input's part written through its tangent sink
+/// or copied from its dual adjoint, and with a weight used twice (the pass
+/// run again without sinks).
+#[test]
+fn hessian_apply_gives_the_hvp_only_bits() {
+    use hvp::{Hessian, LinOp};
+    fn check<O: Objective<f32>>(what: &str, (f, x, v): (O, Vec<Tensor<f32>>, Vec<Tensor<f32>>)) {
+        let only = Workspace::new().hvp_only(&f, &x, &v);
+        let flat = |t: &[Tensor<f32>]| -> Vec<u32> {
+            t.iter()
+                .flat_map(|t| t.data().iter().map(|e| e.to_bits()))
+                .collect()
+        };
+        let h = Hessian::new(&f, &x);
+        let mut out = vec![f32::NAN; h.dim()];
+        h.apply(&hvp::flatten(&v), &mut out);
+        let got: Vec<u32> = out.iter().map(|e| e.to_bits()).collect();
+        assert_eq!(got, flat(&only), "{what}: full Hessian");
+        // The block of the first input alone (the others constant): its own
+        // pass, compared with the HVP-only pass of the same block.
+        let h0 = Hessian::block(&f, &x, &[0]);
+        let mut out0 = vec![f32::NAN; h0.dim()];
+        h0.apply(v[0].data(), &mut out0);
+        let mut ws = Workspace::new();
+        let seeds = x.iter().enumerate().map(|(i, xi)| {
+            let s = if i == 0 {
+                Seed::HvOnly(v[0].data())
+            } else {
+                Seed::Constant
+            };
+            (xi, s)
+        });
+        let p = ws.dual_pass(seeds, |t, p| f.eval(t, p));
+        let want: Vec<u32> = p
+            .adjoint(0)
+            .unwrap()
+            .iter()
+            .map(|d| d.d.to_bits())
+            .collect();
+        let got0: Vec<u32> = out0.iter().map(|e| e.to_bits()).collect();
+        assert_eq!(got0, want, "{what}: block of input 0");
+    }
+    check("mlp", mlp::<f32>());
+    check("twice", twice::<f32>());
 }

@@ -17,9 +17,11 @@
 //! active family's vector width (`wide.rs`): they move bits and compare with
 //! zero, so every family gives the same result.
 
+use std::any::{Any, TypeId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use super::real_left::same_type;
 use super::{MatMut, MatRef, Parts, Prim, Product};
 use crate::real::{Dual, Float, Real};
 
@@ -468,17 +470,7 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
     }
     let (ap, rest) = scratch[..need].split_at_mut(amk);
     let (bp, cp) = rest.split_at_mut(bkn);
-    // A' (m × 2k) = [A.v | A.d] and B' (2k × n) = [B.d ; B.v], each in its
-    // source's memory order: row-major A' pairs each row's parts, column-major
-    // A' stacks the parts' columns; row-major B' stacks the parts' rows,
-    // column-major B' pairs each column's parts.
-    let a_rows = a.cs <= a.rs;
-    let a_has_d = split_into(&a, ap, a_rows, true);
-    let (ars, acs, a_d_off) = if a_rows { (2 * k, 1, k) } else { (1, m, k * m) };
-    let b_rows = b.cs <= b.rs;
-    let b_has_d = split_into(&b, bp, !b_rows, false);
-    let (brs, bcs, b_v_off) = if b_rows { (n, 1, k * n) } else { (1, 2 * k, k) };
-    let (ap, bp) = (&*ap, &*bp);
+    let ops = Operands::split(&a, &b, ap, bp);
     let (cv, cd) = cp.split_at_mut(cmn);
     if beta != zero {
         let c0 = c.as_ref();
@@ -502,35 +494,146 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
             }
         }
     }
-    let a_v = MatRef::new(ap, m, k, ars, acs);
-    let b_v = MatRef::new(&bp[b_v_off..], k, n, brs, bcs);
     if parts == Parts::Both {
         F::large_gemm(Product::new(
             alpha,
-            a_v,
-            b_v,
+            ops.a_v(),
+            ops.b_v(),
             beta,
             MatMut::row_major(cv, m, n),
         ));
     }
-    let mut c_d = MatMut::row_major(cd, m, n);
-    match (a_has_d, b_has_d) {
-        (true, true) => {
-            let a_vd = MatRef::new(ap, m, 2 * k, ars, acs);
-            let b_dv = MatRef::new(bp, 2 * k, n, brs, bcs);
-            F::large_gemm(Product::new(alpha, a_vd, b_dv, beta, c_d));
-        }
-        (false, true) => {
-            let b_d = MatRef::new(bp, k, n, brs, bcs);
-            F::large_gemm(Product::new(alpha, a_v, b_d, beta, c_d));
-        }
-        (true, false) => {
-            let a_d = MatRef::new(&ap[a_d_off..], m, k, ars, acs);
-            F::large_gemm(Product::new(alpha, a_d, b_v, beta, c_d));
-        }
-        (false, false) => super::scale(&mut c_d, beta),
-    }
+    ops.tangent(alpha, beta, MatMut::row_major(cd, m, n));
     interleave(&mut c, cv, cd, parts, beta);
+}
+
+/// A product's operands split into contiguous planes (in the scratch):
+/// A' (m × 2k) = [A.v | A.d] and B' (2k × n) = [B.d ; B.v], each in its
+/// source's memory order: row-major A' pairs each row's parts, column-major
+/// A' stacks the parts' columns; row-major B' stacks the parts' rows,
+/// column-major B' pairs each column's parts.
+struct Operands<'s, F> {
+    ap: &'s [F],
+    bp: &'s [F],
+    mkn: [usize; 3],
+    /// A''s strides and where A.d starts in `ap`.
+    a_lay: (usize, usize, usize),
+    /// B''s strides and where B.v starts in `bp`.
+    b_lay: (usize, usize, usize),
+    /// Whether a tangent of A (of B) was nonzero.
+    has_d: (bool, bool),
+}
+
+impl<'s, F: Prim> Operands<'s, F> {
+    /// Splits `a` (m × k) into `ap` (2mk elements) and `b` (k × n) into `bp` (2kn).
+    fn split(
+        a: &MatRef<'_, Dual<F>>,
+        b: &MatRef<'_, Dual<F>>,
+        ap: &'s mut [F],
+        bp: &'s mut [F],
+    ) -> Self {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let a_rows = a.cs <= a.rs;
+        let a_has_d = split_into(a, ap, a_rows, true);
+        let b_rows = b.cs <= b.rs;
+        let b_has_d = split_into(b, bp, !b_rows, false);
+        Operands {
+            ap,
+            bp,
+            mkn: [m, k, n],
+            a_lay: if a_rows { (2 * k, 1, k) } else { (1, m, k * m) },
+            b_lay: if b_rows { (n, 1, k * n) } else { (1, 2 * k, k) },
+            has_d: (a_has_d, b_has_d),
+        }
+    }
+
+    /// A.v (m × k).
+    fn a_v(&self) -> MatRef<'s, F> {
+        let ([m, k, _], (rs, cs, _)) = (self.mkn, self.a_lay);
+        MatRef::new(self.ap, m, k, rs, cs)
+    }
+
+    /// B.v (k × n).
+    fn b_v(&self) -> MatRef<'s, F> {
+        let ([_, k, n], (rs, cs, off)) = (self.mkn, self.b_lay);
+        MatRef::new(&self.bp[off..], k, n, rs, cs)
+    }
+
+    /// `C.d ← α A'·B' + β C.d`, one product with inner dimension 2k; an
+    /// operand whose tangent is zero everywhere is left out (`α A.v·B.d` or
+    /// `α A.d·B.v`), and with both zero `C.d ← β C.d`.
+    fn tangent(&self, alpha: F, beta: F, mut c_d: MatMut<'_, F>) {
+        let ([m, k, n], (ars, acs, a_d_off), (brs, bcs, _)) = (self.mkn, self.a_lay, self.b_lay);
+        match self.has_d {
+            (true, true) => {
+                let a_vd = MatRef::new(self.ap, m, 2 * k, ars, acs);
+                let b_dv = MatRef::new(self.bp, 2 * k, n, brs, bcs);
+                F::large_gemm(Product::new(alpha, a_vd, b_dv, beta, c_d));
+            }
+            (false, true) => {
+                let b_d = MatRef::new(self.bp, k, n, brs, bcs);
+                F::large_gemm(Product::new(alpha, self.a_v(), b_d, beta, c_d));
+            }
+            (true, false) => {
+                let a_d = MatRef::new(&self.ap[a_d_off..], m, k, ars, acs);
+                F::large_gemm(Product::new(alpha, a_d, self.b_v(), beta, c_d));
+            }
+            (false, false) => super::scale(&mut c_d, beta),
+        }
+    }
+}
+
+/// The tangent-only dual product with β = 0 (`tangent_gemm`'s `C.d`, bit
+/// for bit) written into the tangent sink of node `node` ([`super::sink`])
+/// as a row-major `m × n` real plane instead of into a dual output: `true`
+/// if such a sink was registered (then it holds the product), else `false`
+/// and nothing is done. Only for the products [`planes`] runs (large ones,
+/// `T` = `Dual<f32>` or `Dual<f64>`).
+///
+/// # Panics
+/// If the inner dimensions differ.
+#[track_caller]
+pub(crate) fn tangent_sink<T: Real>(
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    super::check_inner(&a, &b);
+    if m == 0 || n == 0 || k == 0 || super::is_small(m, k, n) {
+        return false;
+    }
+    sink_as::<T, f32>(node, alpha, a, b) || sink_as::<T, f64>(node, alpha, a, b)
+}
+
+/// [`tangent_sink`] if `T` is `Dual<F>` and a sink is there.
+fn sink_as<T: Real, F: Prim>(
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+) -> bool {
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return false;
+    }
+    let Some(&alpha) = (&alpha as &dyn Any).downcast_ref::<F>() else {
+        return false;
+    };
+    let a = MatRef::new(same_type::<_, Dual<F>>(a.data), a.rows, a.cols, a.rs, a.cs);
+    let b = MatRef::new(same_type::<_, Dual<F>>(b.data), b.rows, b.cols, b.rs, b.cs);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    super::sink::take_sink::<F>(node, m * n, |out| {
+        F::with_scratch(|s| {
+            let (amk, bkn) = (2 * m * k, 2 * k * n);
+            if s.len() < amk + bkn {
+                s.resize(amk + bkn, F::zero());
+            }
+            let (ap, bp) = s[..amk + bkn].split_at_mut(amk);
+            let ops = Operands::split(&a, &b, ap, bp);
+            ops.tangent(alpha, F::zero(), MatMut::row_major(out, m, n));
+        });
+    })
 }
 
 /// The planes back into `C`: `C(i, j) ← (cv[i·n + j], cd[i·n + j])` for

@@ -18,6 +18,7 @@
 //! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //! | `relu.rs` | ReLU in place and its adjoint from the saved output, over slices, compiled for the active family's vector width (`batched_affine_relu`) | — |
+//! | `sink.rs` | [`with_tangent_sinks`]: caller buffers that take an HVP-only leaf's H·v block from its product | a registered `&mut [F]` kept as a pointer while it is borrowed |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
 //! | `update.rs` | [`all_finite`], [`sub_scaled`] (an SGD step) and the two fused ([`sub_scaled_finite`]) over long slices, compiled for the active family's vector width | — |
 //! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
@@ -139,6 +140,7 @@ pub(crate) mod real_left;
 pub(crate) mod relu;
 pub(crate) mod rows;
 pub(crate) mod simd;
+mod sink;
 pub(crate) mod thin;
 mod update;
 mod view;
@@ -148,10 +150,11 @@ mod wide;
 pub use batch::Batch;
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
+pub use sink::with_tangent_sinks;
 pub use update::{all_finite, sub_scaled, sub_scaled_finite};
 pub use view::{MatMut, MatRef};
 
-pub(crate) use real_left::{real_left_gemm, real_left_ok, takes_real_left};
+pub(crate) use real_left::{real_left_gemm, real_left_ok, real_left_tangent_sink, takes_real_left};
 
 use crate::real::{Float, Real};
 

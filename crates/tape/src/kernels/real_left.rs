@@ -25,6 +25,7 @@
 use std::any::{Any, TypeId};
 
 use super::dual::{set_tangents, tangents_into};
+use super::sink::take_sink;
 use super::{is_small, MatMut, MatRef, Prim, Product, SMALL_COLS};
 use crate::real::{Dual, Real};
 
@@ -164,6 +165,61 @@ fn tangent<F: Prim>(
     });
 }
 
+/// The tangent-only product `α·A·B.d` of [`real_left_gemm`] (`primal =
+/// false`, β = 0) written into the tangent sink of node `node`
+/// ([`super::sink`]) instead of into a dual output: `true` if a sink of
+/// `m × n` elements of `T::Base` was registered for it (then it holds the
+/// product, row-major, with the bits `C.d` would get), else `false` and
+/// nothing is done. Only for the shapes where [`real_left_gemm`] forms the
+/// tangent as one real product into a plane (large, unit column stride).
+///
+/// # Panics
+/// If the inner dimensions differ.
+#[track_caller]
+pub(crate) fn real_left_tangent_sink<T: Real>(
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T::Base>,
+    b: MatRef<'_, T>,
+) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        k == b.rows,
+        "gemm: real lhs [{m}, {k}], rhs [{}, {n}]: inner dimensions",
+        b.rows
+    );
+    if m == 0 || n == 0 || !real_left_ok(m, k, n) || is_small(m, k, n) || b.cs != 1 {
+        return false;
+    }
+    sink_as::<T, f32>(node, alpha, a, b) || sink_as::<T, f64>(node, alpha, a, b)
+}
+
+/// [`real_left_tangent_sink`] if `T` is `Dual<F>` and a sink is there.
+fn sink_as<T: Real, F: Prim>(
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T::Base>,
+    b: MatRef<'_, T>,
+) -> bool {
+    let Some((alpha, _)) = dual_scalars::<T, F>(alpha, alpha) else {
+        return false;
+    };
+    let a = MatRef::new(same_type::<_, F>(a.data), a.rows, a.cols, a.rs, a.cs);
+    let b = MatRef::new(same_type::<_, Dual<F>>(b.data), b.rows, b.cols, b.rs, b.cs);
+    let (m, n) = (a.rows, b.cols);
+    // The product of `tangent` with β = 0, into the sink instead of a plane.
+    let b_d = b.parts().1;
+    take_sink::<F>(node, m * n, |out| {
+        F::large_gemm(Product::new(
+            alpha,
+            a,
+            b_d,
+            F::zero(),
+            MatMut::row_major(out, m, n),
+        ));
+    })
+}
+
 /// `(α, β)` as `F`s if `T` is `Dual<F>` (whose `Base` is `F`), else `None`.
 fn dual_scalars<T: Real, F: Prim>(alpha: T::Base, beta: T::Base) -> Option<(F, F)> {
     let base = |x: T::Base| (&x as &dyn Any).downcast_ref::<F>().copied();
@@ -177,7 +233,7 @@ fn dual_scalars<T: Real, F: Prim>(alpha: T::Base, beta: T::Base) -> Option<(F, F
 ///
 /// # Panics
 /// If `T` and `U` are different types.
-fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
+pub(super) fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type");
     // SAFETY: the assert above: `T` and `U` are the same type, so the slice
     // is reborrowed unchanged (same pointer, length and lifetime).

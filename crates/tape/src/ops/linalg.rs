@@ -11,7 +11,8 @@
 //! three real GEMMs (see [`crate::Dual`]).
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
-use crate::kernels::{real_left_gemm, real_left_ok, THIN_COLS};
+use crate::kernels::dual::tangent_sink;
+use crate::kernels::{real_left_gemm, real_left_ok, real_left_tangent_sink, THIN_COLS};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -91,7 +92,20 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             );
         }
     }
-    if b.wants(1) {
+    // An HVP-only weight with a tangent sink registered for it
+    // (`kernels/sink.rs`): ḡB.d = (Aᵀ·g).d straight into the caller's
+    // buffer; B's dual adjoint is not touched.
+    let sunk = |b: &Bwd<'_, T>| {
+        if batch != 1 || b.wants_primal(1) {
+            return false;
+        }
+        let (node, gi) = (b.node.inputs[1] as usize, MatRef::row_major(g, m, n));
+        match real_a {
+            Some(xa) => real_left_tangent_sink(node, one, MatRef::row_major(xa, m, k).t(), gi),
+            None => tangent_sink(node, one, MatRef::row_major(x, m, k).t(), gi),
+        }
+    };
+    if b.wants(1) && !sunk(b) {
         // The batched [b, m, k]·[k, n] product shares B: its adjoint is one GEMM
         // on the flattened rows (batch = 1 here); a [b, k, n] B has one per batch.
         let primal = b.wants_primal(1);
@@ -141,7 +155,12 @@ pub(crate) fn matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         let yb = MatRef::row_major(y, n, k);
         adjoint_gemm(primal, one, gm, yb, beta(fresh), ga);
     }
-    if b.wants(1) {
+    // An HVP-only weight with a tangent sink: as in `matmul_vjp`.
+    let sunk = |b: &Bwd<'_, T>| {
+        let node = b.node.inputs[1] as usize;
+        !b.wants_primal(1) && tangent_sink(node, one, gm.t(), MatRef::row_major(x, m, k))
+    };
+    if b.wants(1) && !sunk(b) {
         let primal = b.wants_primal(1);
         let (gb, fresh) = b.g_in_overwrite(1);
         let xa = MatRef::row_major(x, m, k);
