@@ -34,8 +34,6 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 use tape::testing::{process_allocations, CountingAllocator};
 
-#[path = "bench/fma.rs"]
-mod bench_fma;
 #[path = "bench/maml.rs"]
 mod bench_maml;
 #[path = "bench/mlp.rs"]
@@ -242,7 +240,7 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
 
 /// This machine's f32 fused-multiply-add peak for the kernel family in
 /// effect, **measured**: the best GFLOP/s of independent FMA chains on one
-/// thread (`bench/fma.rs`, as `examples/fma_peak.rs` prints them) at the
+/// thread (`tape::kernels::fma_gflops`, as `examples/fma_peak.rs` prints them) at the
 /// family's width (AVX-512 16 lanes, AVX2 8), 200 runs of ~1.5 ms, times the
 /// CPUs this process may run on (`available_parallelism`: it follows
 /// `taskset`). One thread, not all at once: on a busy machine two threads
@@ -270,14 +268,14 @@ fn fma_peak() -> Value {
     });
     let nominal = mhz.map(|mhz| (cores * units * lanes * 2) as f64 * mhz / 1e3);
     let measured = if lanes >= 8 {
-        bench_fma::measure(lanes, 1, 1_000_000, 200).map(|g| g * cores as f64)
+        tape::kernels::fma_gflops(lanes, 1, 1_000_000, 200).map(|g| g * cores as f64)
     } else {
         None
     };
     let (gflops, source) = match measured {
         Some(g) => (
             Some(g),
-            "measured: FMA chains on one core (bench/fma.rs) × cores",
+            "measured: FMA chains on one core (tape::kernels::fma_gflops) × cores",
         ),
         None => (nominal, "nominal: /proc/cpuinfo cpu MHz, 2 FMA units"),
     };

@@ -1,5 +1,5 @@
 //! This machine's measured f32 fused-multiply-add throughput (the chains of
-//! `examples/bench/fma.rs`), AVX-512 (16 lanes) and AVX2 (8 lanes), on one
+//! `tape::kernels::fma_gflops`), AVX-512 (16 lanes) and AVX2 (8 lanes), on one
 //! thread and on two threads at once. Prints GFLOP/s and the clock it implies
 //! for 1 and for 2 FMA units per core: clock = GFLOP/s / (threads × units ×
 //! lanes × 2). The runner's `fma_peak` (examples/bench.rs) uses the same
@@ -9,9 +9,6 @@
 //! ```text
 //! cargo run --release --example fma_peak
 //! ```
-
-#[path = "bench/fma.rs"]
-mod fma;
 
 fn main() {
     let cpu_mhz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
@@ -27,7 +24,7 @@ fn main() {
     );
     for (name, lanes) in [("avx512", 16), ("avx2", 8)] {
         for threads in [1usize, 2] {
-            let Some(gflops) = fma::measure(lanes, threads, 1_000_000, 200) else {
+            let Some(gflops) = tape::kernels::fma_gflops(lanes, threads, 1_000_000, 200) else {
                 println!("{name:<8} not supported here");
                 break;
             };

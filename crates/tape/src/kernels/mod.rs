@@ -19,6 +19,7 @@
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //! | `relu.rs` | ReLU in place and its adjoint from the saved output, over slices, compiled for the active family's vector width (`batched_affine_relu`) | — |
 //! | `sink.rs` | [`with_tangent_sinks`]: caller buffers that take an HVP-only leaf's H·v block from its product | a registered `&mut [F]` kept as a pointer while it is borrowed |
+//! | `peak.rs` | [`fma_gflops`]: this machine's measured f32 FMA throughput (independent chains in registers), for the benchmarks' share of the peak | calling `#[target_feature]` functions, an unaligned store |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
 //! | `update.rs` | [`all_finite`], [`sub_scaled`] (an SGD step) and the two fused ([`sub_scaled_finite`]) over long slices, compiled for the active family's vector width | — |
 //! | `wide.rs` | running a safe loop compiled for the active family's vector width (AVX-512F, AVX2 or baseline) | calling `#[target_feature]` functions |
@@ -135,6 +136,7 @@ mod grid;
 pub(crate) mod large;
 pub(crate) mod packed;
 pub(crate) mod pair;
+mod peak;
 pub(crate) mod portable;
 pub(crate) mod real_left;
 pub(crate) mod relu;
@@ -150,6 +152,7 @@ mod wide;
 pub use batch::Batch;
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
+pub use peak::fma_gflops;
 pub use sink::with_tangent_sinks;
 pub use update::{all_finite, sub_scaled, sub_scaled_finite};
 pub use view::{MatMut, MatRef};

@@ -1,14 +1,15 @@
-//! Measured f32 fused-multiply-add throughput: independent FMA chains in
-//! registers (no memory traffic) at the AVX-512 (16 lanes) or AVX2 (8 lanes)
-//! width, on one or more threads at once. Shared by `examples/fma_peak.rs`
-//! (which prints the table) and the runner's `fma_peak` (`examples/bench.rs`).
+//! This machine's measured f32 fused-multiply-add throughput: independent FMA
+//! chains in registers (no memory traffic) at the AVX-512 (16 lanes) or AVX2
+//! (8 lanes) width, on one or more threads at once ([`fma_gflops`]). Used by
+//! the benchmark runner (`examples/bench.rs`, its `fma_peak` and the share of
+//! it a workload reaches) and `examples/fma_peak.rs`, which prints the table.
 //!
 //! Each thread runs 16 (AVX-512) or 12 (AVX2: 16 registers) accumulators,
 //! `acc ← acc·a + b`, for a fixed number of iterations: more than the 8
 //! independent chains that cover a 4-cycle FMA latency on 2 units, so the loop
-//! is throughput-bound. The best of many short runs (~1–3 ms each) is kept:
-//! the other processes' load only slows a run down, and a short run is less
-//! likely to be descheduled.
+//! is throughput-bound. The best of many short runs is kept: the other
+//! processes' load only slows a run down, and a short run is less likely to be
+//! descheduled.
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -72,10 +73,27 @@ mod x86 {
     }
 }
 
-/// Best GFLOP/s (2 flop per lane per FMA) of `threads` threads each running
-/// the chains at `lanes` = 16 (AVX-512) or 8 (AVX2) f32 lanes, over `runs`
-/// runs of `iters` iterations; `None` if the CPU lacks the instructions.
-pub fn measure(lanes: usize, threads: usize, iters: usize, runs: usize) -> Option<f64> {
+/// Best GFLOP/s of `threads` threads each running the FMA chains at `lanes`
+/// = 16 (AVX-512) or 8 (AVX2) f32 lanes, over `runs` runs of `iters`
+/// iterations: threads · iters · chains · lanes · 2 flop over the fastest
+/// run's time. `None` if the CPU lacks the instructions (or is not x86_64).
+///
+/// ```
+/// // A short measurement; on a CPU with AVX2+FMA it is a positive rate.
+/// match tape::kernels::fma_gflops(8, 1, 1_000, 3) {
+///     Some(g) => assert!(g > 0.0),
+///     None => {} // no AVX2+FMA here
+/// }
+/// ```
+///
+/// # Panics
+/// If `lanes` is neither 16 nor 8, or `threads` or `runs` is 0.
+#[track_caller]
+pub fn fma_gflops(lanes: usize, threads: usize, iters: usize, runs: usize) -> Option<f64> {
+    assert!(
+        (lanes == 16 || lanes == 8) && threads > 0 && runs > 0,
+        "fma_gflops: lanes {lanes} (16 or 8), threads {threads} and runs {runs} (> 0)"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         use std::time::Instant;
