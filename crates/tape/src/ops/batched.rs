@@ -9,7 +9,7 @@
 //! | `batched_matmul_t` | `[B, m, k]·[B, n, k]ᵀ → [B, m, n]` | C_b = A_b·W_bᵀ | Ċ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ | ḡA_b = g_b·W_b, ḡW_b = g_bᵀ·A_b |
 //! | `batched_bias_add` | `[B, m, n] + [B, n] → [B, m, n]` | y_bij = x_bij + c_bj | ẏ_bij = ẋ_bij + ċ_bj | ḡx = g, ḡc_bj = Σ_i g_bij |
 //! | `batched_affine` | `[B, m, k]·[B, n, k]ᵀ + [B, n] → [B, m, n]` | Y_b = A_b·W_bᵀ + 1·c_bᵀ | Ẏ_b = Ȧ_b·W_bᵀ + A_b·Ẇ_bᵀ + 1·ċ_bᵀ | as `batched_matmul_t` for A, W; ḡc_bj = Σ_i g_bij |
-//! | `batched_affine_relu` | as `batched_affine` | Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ) | as the two ops | ḡZ = 0 + [Y > 0]·g, then as `batched_affine` with ḡZ |
+//! | `batched_affine_relu` | as `batched_affine` | Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ) | as the two ops | ḡZ = 0 + 𝟙(Y > 0)·g, then as `batched_affine` with ḡZ |
 //! | `tile_batch(B)` | `[..d] → [B, ..d]` | y_b = x | ẏ_b = ẋ | ḡx = Σ_b g_b |
 //!
 //! Each node's B products go through the small-product kernels of
