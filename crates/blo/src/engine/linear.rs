@@ -8,7 +8,7 @@
 //! adjoint step passes a_i = Σ_o D_oi ⊙ ū_o over the cotangent: no tape.
 
 use hvp::Workspace;
-use tape::kernels::{all_finite, sub_scaled};
+use tape::kernels::{all_finite, sub_scaled, sub_scaled_finite};
 use tape::{Float, Shape, Tensor};
 
 use super::step::{rule_vjp_pass, Cotangent, RuleSide, State};
@@ -84,6 +84,41 @@ fn axpy<F: Float>(y: &mut [F], c: &Coef<F>, at: usize, x: Option<&[F]>, first: b
     }
 }
 
+/// With a D that is φ_j = φ + c g alone (no extra state, c one number:
+/// SGD), the step in place: x ← x − (−c) g (`tape::kernels::sub_scaled_finite`,
+/// [`axpy`]'s bits: copying φ and adding c g give the same number), and
+/// whether g is finite, in one pass (`g` `None`, a structural zero, leaves
+/// x). `None` for any other D. [`LinearStep::step`] (on a copy of φ) and the
+/// resident [`LinearStep::step_segment`] both step by it.
+fn sgd_in_place<F: Float>(d: &[Coef<F>], x: &mut [F], g: Option<&[F]>) -> Option<bool> {
+    let c = match d {
+        [Coef::One, Coef::One] => F::one(),
+        [Coef::One, Coef::Scalar(c)] => *c,
+        _ => return None,
+    };
+    Some(g.is_none_or(|g| sub_scaled_finite(x, g, -c)))
+}
+
+/// The forward step's arithmetic on one φ tensor's segment (flat positions
+/// from `at`): y_o ← Σ_i D_oi ⊙ x_i for every output o (`y` its rows, cut
+/// to the segment), each entry applied by [`axpy`] in input order (`x(i)`
+/// `None`: a structural zero). [`LinearStep::step`] and the resident
+/// [`LinearStep::step_segment`] both step by it (but for
+/// [`sgd_in_place`]'s D).
+fn map_segment<'x, 'y, F: Float + 'x + 'y>(
+    d: &[Coef<F>],
+    n_in: usize,
+    at: usize,
+    x: impl Fn(usize) -> Option<&'x [F]>,
+    y: impl Iterator<Item = &'y mut [F]>,
+) {
+    for (o, y) in y.enumerate() {
+        for i in 0..n_in {
+            axpy(y, &d[o * n_in + i], at, x(i), i == 0);
+        }
+    }
+}
+
 /// D of a fixed linear rule, and the buffer its passes write into before the
 /// state or cotangent is touched. Inputs are (φ, e_1, …, e_K, g), outputs
 /// (φ_j, e_1, …, e_K): D is (K + 1) × (K + 2), row o, column i.
@@ -96,6 +131,8 @@ pub(crate) struct LinearStep<F: Float> {
     d: Vec<Coef<F>>,
     /// Outputs of a pass, (K + 1) × N.
     scratch: Vec<F>,
+    /// The extra state during resident steps, K × N ([`LinearStep::hold_extra`]).
+    held: Vec<F>,
 }
 
 impl<F: Float> LinearStep<F> {
@@ -193,24 +230,23 @@ impl<F: Float> LinearStep<F> {
         self.scratch.resize(n_out * n, F::zero());
         for (s, gs) in g.iter().enumerate() {
             let r = segments.range(s);
+            if n_out == 1 {
+                // φ_j = φ + c g: the resident step's pass, on a copy.
+                let y = &mut self.scratch[r.clone()];
+                y.copy_from_slice(state.phi[s].data());
+                if sgd_in_place(&self.d, y, *gs).is_some() {
+                    continue;
+                }
+            }
             let x = |i: usize| -> Option<&[F]> {
                 match i {
                     0 => Some(state.phi[s].data()),
-                    i if i <= self.groups => Some(&state.extra[i - 1].data()[r.clone()]),
+                    i if i < n_in - 1 => Some(&state.extra[i - 1].data()[r.clone()]),
                     _ => *gs,
                 }
             };
-            for (o, y) in self.scratch.chunks_mut(n.max(1)).enumerate() {
-                for i in 0..n_in {
-                    axpy(
-                        &mut y[r.clone()],
-                        &self.d[o * n_in + i],
-                        r.start,
-                        x(i),
-                        i == 0,
-                    );
-                }
-            }
+            let y = self.scratch.chunks_mut(n.max(1)).map(|y| &mut y[r.clone()]);
+            map_segment(&self.d, n_in, r.start, x, y);
         }
         if !all_finite(&self.scratch) {
             return false;
@@ -223,6 +259,70 @@ impl<F: Float> LinearStep<F> {
             e.data_mut().copy_from_slice(y);
         }
         true
+    }
+
+    /// Starts resident steps ([`crate::InnerWorkspace::advance`]): the extra
+    /// state e (K tensors `[N]`) is copied into this step's own buffer, where
+    /// [`LinearStep::step_segment`] updates it, so `extra` keeps e_from.
+    pub(crate) fn hold_extra(&mut self, extra: &[Tensor<F>]) {
+        self.held.clear();
+        for e in extra {
+            self.held.extend_from_slice(e.data());
+        }
+    }
+
+    /// Ends resident steps: the held e into `extra`.
+    pub(crate) fn release_extra(&self, extra: &mut [Tensor<F>]) {
+        let n = self.held.len() / extra.len().max(1);
+        for (e, h) in extra.iter_mut().zip(self.held.chunks(n.max(1))) {
+            e.data_mut().copy_from_slice(h);
+        }
+    }
+
+    /// One resident step of φ tensor s (segment `r` of the flat layout), in
+    /// place: `x` (its φ values, on the tape) and its segment of the held e
+    /// ([`LinearStep::hold_extra`]) ← D (x, e, `g`), the bits of
+    /// [`LinearStep::step`]. Returns (g finite, outputs finite). When both
+    /// hold, the segment is updated; otherwise it may be partly updated (the
+    /// caller recomputes the state from an earlier one).
+    pub(crate) fn step_segment(
+        &mut self,
+        r: std::ops::Range<usize>,
+        x: &mut [F],
+        g: Option<&[F]>,
+    ) -> (bool, bool) {
+        if let Some(g_finite) = sgd_in_place(&self.d, x, g) {
+            return (g_finite, all_finite(x));
+        }
+        let (len, n_in, n_out) = (r.len(), self.n_in(), self.groups + 1);
+        let g_finite = g.is_none_or(all_finite);
+        if len == 0 || !g_finite {
+            return (g_finite, true);
+        }
+        let n = self.held.len() / self.groups.max(1);
+        let need = n_out * len;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, F::zero());
+        }
+        let held = &self.held;
+        let xs = |i: usize| -> Option<&[F]> {
+            match i {
+                0 => Some(&*x),
+                i if i < n_in - 1 => Some(&held[(i - 1) * n + r.start..(i - 1) * n + r.end]),
+                _ => g,
+            }
+        };
+        let y = &mut self.scratch[..need];
+        map_segment(&self.d, n_in, r.start, xs, y.chunks_mut(len));
+        if !all_finite(y) {
+            return (true, false);
+        }
+        let (phi, extra) = y.split_at(len);
+        x.copy_from_slice(phi);
+        for (i, e) in extra.chunks(len).enumerate() {
+            self.held[i * n + r.start..i * n + r.end].copy_from_slice(e);
+        }
+        (true, true)
     }
 
     /// The adjoint of the step: with ū = (ū_φ, ū_e) in `cot`, w ← a_g and

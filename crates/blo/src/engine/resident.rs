@@ -1,30 +1,36 @@
-//! Several SGD, Meta-SGD or momentum steps with θ and φ resident on the
-//! primal tape: recorded once as its first leaves, kept across every step by
+//! Several inner steps with θ and φ resident on the primal tape: recorded
+//! once as its first leaves, kept across every step by
 //! [`tape::Tape::rewind_updating`], which writes φ_j (for SGD φ_{j−1} − α g_j)
 //! into φ's leaves from their adjoints. No copy of θ or φ into fresh leaves
-//! per step; φ is copied out once, at the end.
+//! per step; φ is copied out once, at the end. For SGD, Meta-SGD, momentum
+//! and a rule whose step is one fixed linear map D per element
+//! (docs/math.md §12, "Fixed linear steps": SGD, heavy ball and Nesterov
+//! with a fixed β as rules).
 //!
 //! Every step records the same nodes on leaves of the same values as
-//! [`InnerWorkspace::step_in_place`] and updates φ by the same arithmetic
-//! (for SGD the same kernel, `tape::kernels::sub_scaled_finite`), so the
-//! states are bit for bit those of step-by-step advancing, and a checkpoint
-//! recomputed by either path is the same state.
+//! [`InnerWorkspace::step_in_place`] and updates φ by the same function
+//! (the hand optimisers' `update_tensor`, a rule's D by
+//! `LinearStep::step_segment`, the arithmetic of `LinearStep::step`), so
+//! the states are bit for bit those of step-by-step advancing, and a
+//! checkpoint recomputed by either path is the same state.
 
 use tape::{Float, Tensor};
 
 use tape::kernels::all_finite;
 
-use crate::engine::step::{meta_sgd_steps, non_finite, update, InnerWorkspace, State};
+use crate::engine::step::{non_finite, update_tensor, InnerWorkspace, State};
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
 
 impl<F: Float> InnerWorkspace<F> {
     /// Steps `from + 1 ..= to` in place: `state` goes from state_from to
     /// state_to, the states of [`InnerWorkspace::step_in_place`] called for
-    /// each step, bit for bit. With SGD, Meta-SGD or momentum and two steps
-    /// or more, θ and φ stay on the tape from step to step (see the module
-    /// docs; momentum's velocity is updated in `state`); for a rule's steps
-    /// or a single step this is `step_in_place` per step.
+    /// each step, bit for bit. With SGD, Meta-SGD, momentum or a fixed linear
+    /// rule ([`crate::InnerRule::fixed_linear`]) and two steps or more, θ and
+    /// φ stay on the tape from step to step (see the module docs; momentum's
+    /// velocity is updated in `state`, a rule's extra state in the
+    /// workspace and copied out at the end); for another rule's steps or a
+    /// single step this is `step_in_place` per step.
     ///
     /// ```
     /// use blo::{InnerLoop, InnerWorkspace, Problem};
@@ -56,10 +62,11 @@ impl<F: Float> InnerWorkspace<F> {
     /// # Errors
     /// As [`InnerWorkspace::step_in_place`], naming the step j that went
     /// non-finite; `state` then holds state_{j−1}, as after step-by-step
-    /// advancing (on a non-finite SGD gradient, φ_{j−1} is recomputed from
-    /// state_from by the steps from + 1 ..= j − 1: φ's leaves hold a
-    /// partly updated φ, and keeping a copy for this rare case would cost
-    /// the copy per step that this path saves).
+    /// advancing (on a non-finite SGD gradient or a rule's non-finite
+    /// gradient or new state, state_{j−1} is recomputed from state_from by
+    /// the steps from + 1 ..= j − 1: φ's leaves hold a partly updated φ, and
+    /// keeping a copy for this rare case would cost the copy per step that
+    /// this path saves).
     pub fn advance<P: Problem<F>>(
         &mut self,
         problem: &P,
@@ -70,11 +77,23 @@ impl<F: Float> InnerWorkspace<F> {
         state: &mut State<F>,
     ) -> Result<(), BloError> {
         let opt = &problem.inner_loop().optimizer;
-        if matches!(opt, InnerOptimizer::Rule(_)) || to < from + 2 {
+        // A rule is taken resident when its step is fixed linear (D, read
+        // and checked as `step_in_place`'s first step would).
+        let resident = to >= from + 2
+            && match opt {
+                InnerOptimizer::Rule(rule) => self.prepare_linear(rule, from + 1, theta, state)?,
+                _ => true,
+            };
+        if !resident {
             for j in from + 1..=to {
                 self.step_in_place(problem, task, j, theta, state)?;
             }
             return Ok(());
+        }
+        let rule = matches!(opt, InnerOptimizer::Rule(_));
+        if rule {
+            // e stays in `state` as e_from (see the failure below).
+            self.linear.hold_extra(&state.extra);
         }
         let (nt, keep) = (theta.len(), theta.len() + state.phi.len());
         let t = &mut self.ws.primal;
@@ -93,8 +112,8 @@ impl<F: Float> InnerWorkspace<F> {
                 let value = out.item();
                 t.backward(out);
                 // Meta-SGD and momentum check every g before the update, as
-                // `step_in_place` does (SGD checks in its update's pass).
-                let finite = matches!(opt, InnerOptimizer::Sgd { .. })
+                // `step_in_place` does (SGD and a rule check in the update).
+                let finite = matches!(opt, InnerOptimizer::Sgd { .. } | InnerOptimizer::Rule(_))
                     || leaves[nt..]
                         .iter()
                         .all(|&v| t.grad_ref(v).is_none_or(|g| all_finite(&g)));
@@ -109,55 +128,48 @@ impl<F: Float> InnerWorkspace<F> {
                 failed = Some(non_finite(what, j));
                 break;
             }
-            // φ_j into φ's leaves by `step_in_place`'s update (a structural
-            // zero, no adjoint reaching φ_i, is applied as zeros).
-            let mut finite = true;
+            // φ_j into φ's leaves by `step_in_place`'s update: the hand
+            // optimiser's `update_tensor`, or the rule's D on the tensor's
+            // segment (a structural zero, no adjoint reaching φ_i, is applied
+            // as zeros).
+            let (mut g_finite, mut out_finite) = (true, true);
             let (phi, extra) = (&state.phi, &mut state.extra);
+            let (linear, segments) = (&mut self.linear, &self.flat.segments);
             t.rewind_updating(keep, |i, x, g| {
                 let Some(k) = i.checked_sub(nt) else {
                     return;
                 };
-                match opt {
-                    InnerOptimizer::Sgd { lr } => {
-                        let a = F::from_f64(*lr);
-                        match g {
-                            Some(g) => finite &= tape::kernels::sub_scaled_finite(x, g, a),
-                            None => update(x, None, F::zero(), |x, gi| *x -= a * gi),
-                        }
-                    }
-                    InnerOptimizer::MetaSgd { lr_index } => {
-                        let alpha = meta_sgd_steps(theta, lr_index, k, &phi[k]);
-                        let mut alpha = alpha.data().iter();
-                        update(x, g, F::zero(), |x, gi| {
-                            let a = *alpha.next().expect("α has φ's shape");
-                            *x -= a * gi;
-                        });
-                    }
-                    InnerOptimizer::Momentum { lr, beta } => {
-                        let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
-                        let mut v = extra[k].data_mut().iter_mut();
-                        update(x, g, F::zero(), |x, gi| {
-                            let vi = v.next().expect("velocity has φ's shape");
-                            *vi = b * *vi + gi;
-                            *x -= a * *vi;
-                        });
-                    }
-                    InnerOptimizer::Rule(_) => unreachable!("a rule's steps are taken above"),
-                }
+                let (gf, of) = if rule {
+                    linear.step_segment(segments.range(k), x, g)
+                } else {
+                    let v = extra.get_mut(k).map(|v| v.data_mut());
+                    (update_tensor(opt, theta, k, phi[k].shape(), x, g, v), true)
+                };
+                (g_finite, out_finite) = (g_finite && gf, out_finite && of);
             });
-            if !finite {
-                // SGD: φ's leaves are partly updated; state_{j−1} is
-                // recomputed from state_from (unchanged so far) by the same
-                // steps.
+            if !(g_finite && out_finite) {
+                // φ's leaves (and a rule's held e) are partly updated;
+                // state_{j−1} is recomputed from state_from (unchanged so
+                // far: φ and a rule's e are copied out at the end) by the
+                // same steps. A non-finite g is named first, as
+                // `step_in_place` checks g before the new state.
                 for k in from + 1..j {
                     self.step_in_place(problem, task, k, theta, state)?;
                 }
-                return Err(non_finite("inner gradient", j));
+                let what = if g_finite {
+                    "inner state"
+                } else {
+                    "inner gradient"
+                };
+                return Err(non_finite(what, j));
             }
         }
         let t = &self.ws.primal;
         for (i, p) in state.phi.iter_mut().enumerate() {
             p.data_mut().copy_from_slice(&t.value_ref(t.var_at(nt + i)));
+        }
+        if rule {
+            self.linear.release_extra(&mut state.extra);
         }
         failed.map_or(Ok(()), Err)
     }

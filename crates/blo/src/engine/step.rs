@@ -129,19 +129,19 @@ pub struct InnerWorkspace<F: Float> {
     /// this workspace has checked.
     checked: Option<Rule>,
     /// An elementwise rule's flat inputs (docs/math.md §12, "Flat steps").
-    flat: Flat<F>,
+    pub(super) flat: Flat<F>,
     /// The rule whose [`crate::InnerRule::elementwise`] claim this workspace
     /// has checked.
     checked_flat: Option<Rule>,
     /// A fixed linear rule's map (docs/math.md §12, "Fixed linear steps").
-    linear: LinearStep<F>,
+    pub(super) linear: LinearStep<F>,
 }
 
 /// An elementwise rule's step sees φ, g and ū_φ concatenated ([`Segments`]):
 /// the layout and the buffers, reused from step to step.
 #[derive(Debug, Default)]
-struct Flat<F: Float> {
-    segments: Segments,
+pub(super) struct Flat<F: Float> {
+    pub(super) segments: Segments,
     /// φ_{j−1} concatenated (one `[N]` tensor; its values are stale, see
     /// [`RuleSide`]).
     phi: Vec<Tensor<F>>,
@@ -289,57 +289,26 @@ impl<F: Float> InnerWorkspace<F> {
         // checked before the state is touched. A structural zero (no adjoint
         // reached φ_i) is applied as zeros, as a copied gradient would be.
         let grads: Adjoints<'_, F> = (nt..pass.inputs().len()).map(|i| pass.adjoint(i)).collect();
-        if let InnerOptimizer::Sgd { lr } = &problem.inner_loop().optimizer {
-            // SGD checks g and updates φ in one pass per tensor, at the
-            // family's vector width (`tape::kernels::sub_scaled_finite`: the
-            // plain loop's bits); on a non-finite g, φ is restored from the
-            // pass's leaves (their copy of φ_{j−1}).
-            let a = F::from_f64(*lr);
-            let mut finite = true;
-            for (p, g) in state.phi.iter_mut().zip(&grads) {
-                match g {
-                    Some(g) => finite &= tape::kernels::sub_scaled_finite(p.data_mut(), g, a),
-                    None => update(p.data_mut(), None, F::zero(), |x, gi| *x -= a * gi),
-                }
-            }
-            if !finite {
-                for (p, &leaf) in state.phi.iter_mut().zip(&pass.inputs()[nt..]) {
-                    p.data_mut().copy_from_slice(&pass.tape().value_ref(leaf));
-                }
-                return Err(non_finite("inner gradient", j));
-            }
-            return Ok(value);
-        }
-        // The two passes over the whole state run at the family's vector
-        // width (`tape::kernels::update`; the plain loops' bits).
-        if !grads.iter().flatten().all(|g| all_finite(g)) {
+        let opt = &problem.inner_loop().optimizer;
+        // Meta-SGD and momentum check every g before the state is touched
+        // (at the family's vector width); SGD checks g in its update's pass,
+        // and on a non-finite g φ is restored from the pass's leaves (their
+        // copy of φ_{j−1}).
+        let sgd = matches!(opt, InnerOptimizer::Sgd { .. });
+        if !sgd && !grads.iter().flatten().all(|g| all_finite(g)) {
             return Err(non_finite("inner gradient", j));
         }
-        let grads = grads.iter().map(|g| g.as_deref());
-        match &problem.inner_loop().optimizer {
-            InnerOptimizer::Sgd { .. } => unreachable!("SGD's step is taken above"),
-            InnerOptimizer::MetaSgd { lr_index } => {
-                for (i, (p, g)) in state.phi.iter_mut().zip(grads).enumerate() {
-                    let alpha = meta_sgd_steps(theta, lr_index, i, p);
-                    let mut alpha = alpha.data().iter();
-                    update(p.data_mut(), g, F::zero(), |x, gi| {
-                        let a = *alpha.next().expect("α has φ's shape");
-                        *x -= a * gi;
-                    });
-                }
+        let mut finite = true;
+        let State { phi, extra } = state;
+        for (k, (p, g)) in phi.iter_mut().zip(&grads).enumerate() {
+            let v = extra.get_mut(k).map(|v| v.data_mut());
+            finite &= update_tensor(opt, theta, k, p.shape(), p.data_mut(), g.as_deref(), v);
+        }
+        if !finite {
+            for (p, &leaf) in phi.iter_mut().zip(&pass.inputs()[nt..]) {
+                p.data_mut().copy_from_slice(&pass.tape().value_ref(leaf));
             }
-            InnerOptimizer::Momentum { lr, beta } => {
-                let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
-                for ((p, v), g) in state.phi.iter_mut().zip(&mut state.extra).zip(grads) {
-                    let mut v = v.data_mut().iter_mut();
-                    update(p.data_mut(), g, F::zero(), |x, gi| {
-                        let vi = v.next().expect("velocity has φ's shape");
-                        *vi = b * *vi + gi;
-                        *x -= a * *vi;
-                    });
-                }
-            }
-            InnerOptimizer::Rule(_) => unreachable!("a rule's step is taken above"),
+            return Err(non_finite("inner gradient", j));
         }
         Ok(value)
     }
@@ -366,10 +335,10 @@ impl<F: Float> InnerWorkspace<F> {
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
-        let flat = self.prepare_flat(rule, j, theta, state)?;
-        if flat && rule.fixed_linear() {
-            return self.linear_forward(problem, task, rule, j, theta, state);
+        if self.prepare_linear(rule, j, theta, state)? {
+            return self.linear_forward(problem, task, j, theta, state);
         }
+        let flat = rule.elementwise();
         let segments = flat.then_some(&self.flat.segments);
         let nt = theta.len();
         let (value, pass) = inner_grad_pass(
@@ -428,27 +397,48 @@ impl<F: Float> InnerWorkspace<F> {
         Ok(value)
     }
 
+    /// Prepares a rule's step j at `state` ([`InnerWorkspace::prepare_flat`])
+    /// and, for an elementwise rule that declares a fixed linear step
+    /// ([`crate::InnerRule::fixed_linear`]), its map D ([`LinearStep::prepare`]).
+    /// Returns whether the step is fixed linear (D is then ready).
+    ///
+    /// # Errors
+    /// A false elementwise or fixed-linear claim.
+    pub(super) fn prepare_linear(
+        &mut self,
+        rule: &Rule,
+        j: usize,
+        theta: &[Tensor<F>],
+        state: &State<F>,
+    ) -> Result<bool, BloError> {
+        if !(self.prepare_flat(rule, j, theta, state)? && rule.fixed_linear()) {
+            return Ok(false);
+        }
+        let groups = state.extra.len();
+        let segments = &self.flat.segments;
+        self.linear
+            .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
+        Ok(true)
+    }
+
     /// A fixed linear rule's forward step ([`crate::InnerRule::fixed_linear`],
-    /// docs/math.md §12 "Fixed linear steps"): one gradient pass of L_in, its
+    /// docs/math.md §12 "Fixed linear steps"), D prepared
+    /// ([`InnerWorkspace::prepare_linear`]): one gradient pass of L_in, its
     /// φ adjoints read in place as g_j and checked, then state_j = D (φ, e,
     /// g_j) by passes over the state ([`LinearStep::step`]), written only if
     /// finite. Returns L_in(θ, φ_{j−1}).
     ///
     /// # Errors
-    /// As [`InnerWorkspace::rule_forward`], and a false fixed-linear claim.
+    /// As [`InnerWorkspace::rule_forward`].
     fn linear_forward<P: Problem<F>>(
         &mut self,
         problem: &P,
         task: &P::Task,
-        rule: &Rule,
         j: usize,
         theta: &[Tensor<F>],
         state: &mut State<F>,
     ) -> Result<F, BloError> {
         let segments = &self.flat.segments;
-        let groups = state.extra.len();
-        self.linear
-            .prepare(&mut self.ws, rule, j, theta, segments, groups)?;
         let nt = theta.len();
         let pass = self.ws.grad_pass(
             theta
@@ -1908,12 +1898,28 @@ fn seeds<'a, F: Float>(
     })
 }
 
+/// Meta-SGD's step tensor for φ tensor i (θ`[lr_index[i]]`), checked to
+/// have `like`'s shape.
+///
+/// # Panics
+/// If `lr_index` or θ has no such entry, or the shapes differ.
 #[track_caller]
 pub(crate) fn meta_sgd_steps<'a, F: Float>(
     theta: &'a [Tensor<F>],
     lr_index: &[usize],
     i: usize,
     like: &Tensor<F>,
+) -> &'a Tensor<F> {
+    meta_sgd_steps_of(theta, lr_index, i, like.shape())
+}
+
+/// [`meta_sgd_steps`] for a φ tensor of shape `like`.
+#[track_caller]
+fn meta_sgd_steps_of<'a, F: Float>(
+    theta: &'a [Tensor<F>],
+    lr_index: &[usize],
+    i: usize,
+    like: Shape,
 ) -> &'a Tensor<F> {
     let k = *lr_index.get(i).unwrap_or_else(|| {
         panic!(
@@ -1929,12 +1935,70 @@ pub(crate) fn meta_sgd_steps<'a, F: Float>(
     });
     assert_eq!(
         alpha.shape(),
-        like.shape(),
+        like,
         "MetaSgd: step tensor θ[{k}] {:?} but φ tensor {i} {:?}",
         alpha.shape(),
-        like.shape()
+        like
     );
     alpha
+}
+
+/// One φ tensor's update by a hand-derived optimiser (docs/math.md §2), in
+/// place: `x` is φ tensor k (of `shape`), `g` its gradient g_j (`None`: a
+/// structural zero, applied as zeros), `v` its velocity (momentum only).
+///
+/// - SGD: x ← x − α g (`tape::kernels::sub_scaled_finite`: the plain loop's
+///   bits at the family's vector width, g's finiteness tested in the same
+///   pass);
+/// - Meta-SGD: x ← x − α_k ⊙ g, α_k = θ`[lr_index[k]]`, shaped like x;
+/// - momentum: v ← β v + g, x ← x − α v.
+///
+/// [`InnerWorkspace::step_in_place`] and [`InnerWorkspace::advance`] (on φ's
+/// resident leaves) both update by it, so their states are the same bits.
+/// Returns whether g is finite where that test is part of the update (SGD);
+/// Meta-SGD and momentum test every g before updating any tensor, and
+/// return true.
+///
+/// # Panics
+/// If a Meta-SGD step tensor's shape differs from `shape`, or momentum has
+/// no velocity.
+#[track_caller]
+pub(crate) fn update_tensor<F: Float>(
+    opt: &InnerOptimizer,
+    theta: &[Tensor<F>],
+    k: usize,
+    shape: Shape,
+    x: &mut [F],
+    g: Option<&[F]>,
+    v: Option<&mut [F]>,
+) -> bool {
+    match opt {
+        InnerOptimizer::Sgd { lr } => {
+            let a = F::from_f64(*lr);
+            match g {
+                Some(g) => return tape::kernels::sub_scaled_finite(x, g, a),
+                None => update(x, None, F::zero(), |x, gi| *x -= a * gi),
+            }
+        }
+        InnerOptimizer::MetaSgd { lr_index } => {
+            let mut alpha = meta_sgd_steps_of(theta, lr_index, k, shape).data().iter();
+            update(x, g, F::zero(), |x, gi| {
+                let a = *alpha.next().expect("α has φ's shape");
+                *x -= a * gi;
+            });
+        }
+        InnerOptimizer::Momentum { lr, beta } => {
+            let (a, b) = (F::from_f64(*lr), F::from_f64(*beta));
+            let mut v = v.expect("momentum: a velocity per φ tensor").iter_mut();
+            update(x, g, F::zero(), |x, gi| {
+                let vi = v.next().expect("velocity has φ's shape");
+                *vi = b * *vi + gi;
+                *x -= a * *vi;
+            });
+        }
+        InnerOptimizer::Rule(_) => unreachable!("a rule's step is its own"),
+    }
+    true
 }
 
 /// `f(a_k, b_k)` for every k, with `b = None` (a structural zero) read as

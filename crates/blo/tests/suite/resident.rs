@@ -1,17 +1,21 @@
-//! `InnerWorkspace::advance`: several SGD steps with θ and φ kept on the
-//! tape give the states of `step_in_place` step by step, bit for bit (SGD,
-//! Meta-SGD, momentum), and a
-//! step that goes non-finite leaves the state of the step before it.
+//! `InnerWorkspace::advance`: several steps with θ and φ kept on the tape
+//! give the states of `step_in_place` step by step, bit for bit (SGD,
+//! Meta-SGD, momentum, and the rules: SGD, heavy ball and Nesterov with a
+//! fixed β resident, Adam step by step), and a step that goes non-finite
+//! leaves the state of the step before it and names it.
 
 mod common;
 
+use blo::rules::{Adam, Beta, Momentum, Sgd};
 use blo::{BloError, InnerLoop, InnerWorkspace, Problem, State};
 use common::*;
 use tape::{Real, Tape, Tensor, Var};
 
+/// φ's and the extra state's bit patterns, concatenated.
 fn bits(s: &State<f64>) -> Vec<u64> {
     s.phi
         .iter()
+        .chain(&s.extra)
         .flat_map(|t| t.data().iter().map(|x| x.to_bits()))
         .collect()
 }
@@ -35,10 +39,19 @@ fn stepwise<P: Problem<f64>>(
 
 #[test]
 fn resident_steps_give_the_bits_of_step_by_step_advancing() {
+    let heavy_ball = Momentum::heavy_ball(0.05, Beta::Fixed(0.7)).unwrap();
+    let nesterov = Momentum::nesterov(0.05, Beta::Fixed(0.6)).unwrap();
     let cases = [
         (InnerLoop::sgd(7, 0.1).unwrap(), false),
         (InnerLoop::meta_sgd(7, vec![2, 3]).unwrap(), true),
         (InnerLoop::momentum(7, 0.05, 0.7).unwrap(), false),
+        (InnerLoop::rule(7, Sgd::new(0.1).unwrap()).unwrap(), false),
+        (InnerLoop::rule(7, heavy_ball).unwrap(), false),
+        (InnerLoop::rule(7, nesterov).unwrap(), false),
+        (
+            InnerLoop::rule(7, Adam::new(0.05, 0.9, 0.99, 1e-3).unwrap()).unwrap(),
+            false,
+        ),
     ];
     for (inner, meta_sgd) in cases {
         let p = TanhNet {
@@ -60,21 +73,41 @@ fn resident_steps_give_the_bits_of_step_by_step_advancing() {
             ws.advance(&p, &task, from, to, &th, &mut s).unwrap();
             let want = stepwise(&p, &task, &th, &start, from, to);
             let what = format!("{:?}, steps {}..={to}", p.inner.optimizer, from + 1);
+            // φ and the extra state (a velocity, moments).
             assert_eq!(bits(&s), bits(&want), "{what}");
-            // Momentum's velocity too.
-            assert_eq!(s.extra, want.extra, "{what}");
             assert_ne!(bits(&s), bits(&start), "the steps moved φ");
         }
     }
 }
 
-/// L_in = Σ φ₀² + Σ φ₁² + Σ φ₂² until step `at`, where the loss (or only
-/// the gradient of the last tensor, by √(0·φ₂): value 0, ∂ = ∞·0 = NaN)
-/// goes non-finite.
+/// How [`FailsAt`] fails at its step.
+#[derive(Clone, Copy, Debug)]
+enum Fail {
+    /// The gradient of the last tensor, by √(0·φ₂): value 0, ∂ = ∞·0 = NaN.
+    Gradient,
+    /// The loss, by + ∞·Σφ₀.
+    Loss,
+    /// The new state, by + 10³⁰⁸ Σ (φ₂ − φ₂ detached): the loss unchanged,
+    /// a finite gradient 2φ₂ + 10³⁰⁸, so a step of α = 2 overflows.
+    State,
+}
+
+impl Fail {
+    fn what(self) -> &'static str {
+        match self {
+            Fail::Gradient => "inner gradient",
+            Fail::Loss => "inner loss",
+            Fail::State => "inner state",
+        }
+    }
+}
+
+/// L_in = Σ φ₀² + Σ φ₁² + Σ φ₂² until step `at`, where the loss, the
+/// gradient or the new state goes non-finite ([`Fail`]).
 struct FailsAt {
     inner: InnerLoop,
     at: usize,
-    loss: bool,
+    fail: Fail,
 }
 
 impl Problem<f64> for FailsAt {
@@ -91,10 +124,13 @@ impl Problem<f64> for FailsAt {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         let l = phi[0].square().sum() + phi[1].square().sum() + phi[2].square().sum();
-        match (j == self.at, self.loss) {
-            (false, _) => l,
-            (true, true) => l + phi[0].sum() * f64::INFINITY,
-            (true, false) => l + (phi[2] * 0.0).sqrt().sum(),
+        if j != self.at {
+            return l;
+        }
+        match self.fail {
+            Fail::Loss => l + phi[0].sum() * f64::INFINITY,
+            Fail::Gradient => l + (phi[2] * 0.0).sqrt().sum(),
+            Fail::State => l + (phi[2] - phi[2].detach()).sum() * 1e308,
         }
     }
     fn outer_loss<'t, T: Real<Base = f64>>(
@@ -115,38 +151,47 @@ fn a_step_gone_non_finite_leaves_the_state_before_it_and_names_it() {
         Tensor::vector((0..70).map(|i| -1.0 + i as f64 / 9.0).collect()),
         Tensor::vector((0..19).map(|i| 1.0 + i as f64).collect()),
     ];
-    let inners = [
-        InnerLoop::sgd(5, 0.1).unwrap(),
-        InnerLoop::momentum(5, 0.05, 0.7).unwrap(),
+    let heavy_ball = |lr| InnerLoop::rule(5, Momentum::heavy_ball(lr, Beta::Fixed(0.7)).unwrap());
+    let sgd_rule = |lr| InnerLoop::rule(5, Sgd::new(lr).unwrap());
+    let both = [Fail::Gradient, Fail::Loss];
+    let cases = [
+        (InnerLoop::sgd(5, 0.1), &both[..]),
+        (InnerLoop::momentum(5, 0.05, 0.7), &both),
+        (sgd_rule(0.1), &both),
+        (heavy_ball(0.05), &both),
+        // The hand-derived steps do not check the new state; a rule's do.
+        (sgd_rule(2.0), &[Fail::State]),
+        (heavy_ball(2.0), &[Fail::State]),
     ];
-    let cases = [(false, "inner gradient"), (true, "inner loss")];
-    for (inner, (loss, what)) in inners.iter().flat_map(|i| cases.map(|c| (i, c))) {
-        for at in [1, 2, 4] {
+    for (inner, fails) in cases {
+        let inner = inner.unwrap();
+        for (&fail, at) in fails.iter().flat_map(|f| [1, 2, 4].map(|at| (f, at))) {
             let p = FailsAt {
                 inner: inner.clone(),
                 at,
-                loss,
+                fail,
             };
+            let what = fail.what();
             let mut ws = InnerWorkspace::new();
             let s0 = ws.initial_state(&p, &(), &th).unwrap();
             let mut s = s0.clone();
             let err = ws.advance(&p, &(), 0, 5, &th, &mut s).unwrap_err();
+            let case = format!("{:?}: {what} at step {at}", inner.optimizer);
             assert!(
                 matches!(err, BloError::NonFinite { what: w, step, .. } if w == what && step == at),
-                "{err}, want {what} at step {at}"
+                "{case}: {err}"
             );
             let want = stepwise(&p, &(), &th, &s0, 0, at - 1);
-            assert_eq!(
-                bits(&s),
-                bits(&want),
-                "{what} at step {at}: not φ_{}",
-                at - 1
-            );
+            assert_eq!(bits(&s), bits(&want), "{case}: not state_{}", at - 1);
             // The workspace still works: the same steps without the failure.
             let ok = FailsAt { at: 0, ..p };
             let mut s = s0.clone();
             ws.advance(&ok, &(), 0, 5, &th, &mut s).unwrap();
-            assert_eq!(bits(&s), bits(&stepwise(&ok, &(), &th, &s0, 0, 5)));
+            assert_eq!(
+                bits(&s),
+                bits(&stepwise(&ok, &(), &th, &s0, 0, 5)),
+                "{case}"
+            );
         }
     }
 }
