@@ -143,7 +143,10 @@ impl<F: Float> InnerWorkspace<F> {
                     linear.step_segment(segments.range(k), x, g)
                 } else {
                     let v = extra.get_mut(k).map(|v| v.data_mut());
-                    (update_tensor(opt, theta, k, phi[k].shape(), x, g, v), true)
+                    (
+                        update_tensor(opt, theta, k, || phi[k].shape(), x, g, v),
+                        true,
+                    )
                 };
                 (g_finite, out_finite) = (g_finite && gf, out_finite && of);
             });

@@ -302,7 +302,8 @@ impl<F: Float> InnerWorkspace<F> {
         let State { phi, extra } = state;
         for (k, (p, g)) in phi.iter_mut().zip(&grads).enumerate() {
             let v = extra.get_mut(k).map(|v| v.data_mut());
-            finite &= update_tensor(opt, theta, k, p.shape(), p.data_mut(), g.as_deref(), v);
+            let shape = p.shape();
+            finite &= update_tensor(opt, theta, k, || shape, p.data_mut(), g.as_deref(), v);
         }
         if !finite {
             for (p, &leaf) in phi.iter_mut().zip(&pass.inputs()[nt..]) {
@@ -1944,7 +1945,8 @@ fn meta_sgd_steps_of<'a, F: Float>(
 }
 
 /// One φ tensor's update by a hand-derived optimiser (docs/math.md §2), in
-/// place: `x` is φ tensor k (of `shape`), `g` its gradient g_j (`None`: a
+/// place: `x` is φ tensor k (of shape `shape()`, asked by Meta-SGD only),
+/// `g` its gradient g_j (`None`: a
 /// structural zero, applied as zeros), `v` its velocity (momentum only).
 ///
 /// - SGD: x ← x − α g (`tape::kernels::sub_scaled_finite`: the plain loop's
@@ -1960,14 +1962,15 @@ fn meta_sgd_steps_of<'a, F: Float>(
 /// return true.
 ///
 /// # Panics
-/// If a Meta-SGD step tensor's shape differs from `shape`, or momentum has
+/// If a Meta-SGD step tensor's shape differs from `shape()`, or momentum has
 /// no velocity.
 #[track_caller]
+#[inline(always)]
 pub(crate) fn update_tensor<F: Float>(
     opt: &InnerOptimizer,
     theta: &[Tensor<F>],
     k: usize,
-    shape: Shape,
+    shape: impl FnOnce() -> Shape,
     x: &mut [F],
     g: Option<&[F]>,
     v: Option<&mut [F]>,
@@ -1981,7 +1984,7 @@ pub(crate) fn update_tensor<F: Float>(
             }
         }
         InnerOptimizer::MetaSgd { lr_index } => {
-            let mut alpha = meta_sgd_steps_of(theta, lr_index, k, shape).data().iter();
+            let mut alpha = meta_sgd_steps_of(theta, lr_index, k, shape()).data().iter();
             update(x, g, F::zero(), |x, gi| {
                 let a = *alpha.next().expect("α has φ's shape");
                 *x -= a * gi;
