@@ -236,16 +236,23 @@ where
     E: Estimator<F, P> + ?Sized,
 {
     assert!(!tasks.is_empty(), "sum_estimates: no task given");
-    let estimates: Vec<Result<Estimate<F>, BloError>> = tasks
-        .par_iter()
-        .enumerate()
-        // One task per job: an idle thread steals the next chunk.
-        .with_max_len(1)
-        .map(|(i, task)| {
-            let mut rng = ChaCha8Rng::seed_from_u64((seed << 16) | i as u64);
-            estimator.estimate(problem, task, theta, &mut rng)
-        })
-        .collect();
+    let one = |(i, task): (usize, &P::Task)| {
+        let mut rng = ChaCha8Rng::seed_from_u64((seed << 16) | i as u64);
+        estimator.estimate(problem, task, theta, &mut rng)
+    };
+    // On a one-thread pool the chunks run on this thread, in order (the same
+    // numbers, without handing them to the pool's one worker).
+    let estimates: Vec<Result<Estimate<F>, BloError>> = if rayon::current_num_threads() == 1 {
+        tasks.iter().enumerate().map(one).collect()
+    } else {
+        tasks
+            .par_iter()
+            .enumerate()
+            // One task per job: an idle thread steals the next chunk.
+            .with_max_len(1)
+            .map(one)
+            .collect()
+    };
     let mut it = estimates.into_iter();
     let mut sum = it.next().expect("one task at least")?;
     for e in it {
