@@ -208,6 +208,12 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         let b = task.tasks();
         theta.iter().map(|v| v.tile_batch(b)).collect()
     }
+
+    /// φ_0 is θ tiled once per task of the chunk (`initial_state`), so the
+    /// sweeps write it and take its VJP without a tape.
+    fn initial_state_tiles(&self, task: &Self::Task) -> Option<usize> {
+        Some(task.tasks())
+    }
 }
 
 /// The sum of the estimates of `tasks` (for [`BatchedRegressionMaml`]: the

@@ -24,6 +24,7 @@ use tape::{Float, Tensor};
 use super::cache;
 use super::plan::Action;
 use super::store::StateStore;
+use super::tiles;
 use crate::engine::step::{Cotangent, InnerWorkspace};
 use crate::error::BloError;
 use crate::estimators::{Estimate, Stats};
@@ -122,7 +123,10 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         match a {
             Action::Init { buf } => {
                 let mut s = store.take_free(buf);
-                let r = ws.initial_state_into(p, task, theta, &mut s);
+                let r = match tiles::tiles(p, task) {
+                    Some(b) => tiles::tiled_state_into(theta, b, &mut s),
+                    None => ws.initial_state_into(p, task, theta, &mut s),
+                };
                 store.put(buf, s);
                 r?;
             }
@@ -189,9 +193,14 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         for (o, g) in out.iter_mut().zip(&self.g) {
             o.data_mut().copy_from_slice(g.data());
         }
-        self.bufs
-            .ws
-            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, out);
+        initial_state_vjp(
+            &mut self.bufs.ws,
+            self.problem,
+            self.task,
+            self.theta,
+            &cot.phi,
+            out,
+        );
         self.stats.gradients += 1;
     }
 
@@ -203,9 +212,14 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// g += (∂Φ_0/∂θ)ᵀ ū_φ, and the estimate.
     pub(crate) fn finish(mut self) -> Estimate<F> {
         let cot = self.cot.as_ref().expect("finish before the turn");
-        self.bufs
-            .ws
-            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
+        initial_state_vjp(
+            &mut self.bufs.ws,
+            self.problem,
+            self.task,
+            self.theta,
+            &cot.phi,
+            &mut self.g,
+        );
         self.stats.gradients += 1;
         let g = std::mem::take(&mut self.g);
         self.finish_with(g)
@@ -223,6 +237,22 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             outer_loss: self.outer_loss,
             stats: std::mem::take(&mut self.stats),
         }
+    }
+}
+
+/// g_θ += (∂Φ_0/∂θ)ᵀ u: by block sums when φ_0 is tiles of θ
+/// ([`tiles::tiled_vjp_add`]), else one recorded VJP.
+fn initial_state_vjp<F: Float, P: Problem<F>>(
+    ws: &mut InnerWorkspace<F>,
+    problem: &P,
+    task: &P::Task,
+    theta: &[Tensor<F>],
+    u: &[Tensor<F>],
+    g_theta: &mut [Tensor<F>],
+) {
+    match tiles::tiles(problem, task) {
+        Some(_) => tiles::tiled_vjp_add(u, g_theta),
+        None => ws.initial_state_vjp(problem, task, theta, u, g_theta),
     }
 }
 
