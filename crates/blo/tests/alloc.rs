@@ -253,6 +253,9 @@ impl Problem<f64> for Stacked {
     }
 }
 
+/// An estimator of [`Stacked`] and its name.
+type Named = (&'static str, Box<dyn Estimator<f64, Stacked>>);
+
 /// A thread that sweeps chunks of two sizes in turn (a meta-batch of 25
 /// tasks in chunks of 13 and 12) keeps its states' and cotangent's
 /// allocations: a warm estimate on a chunk of 3 tasks right after one of 2
@@ -268,7 +271,7 @@ fn sweeps_over_chunks_of_two_sizes_allocate_as_over_one() {
         Tensor::from_fn([5, 1], |i| (i as f64 * 0.53).cos() * 0.5),
     ];
     let (three, two) = (Chunk { b: 3, c: 0.3 }, Chunk { b: 2, c: -0.4 });
-    let ests: [(&str, Box<dyn Estimator<f64, Stacked>>); 4] = [
+    let ests: [Named; 4] = [
         (
             "exact StoreAll",
             Box::new(Exact::new(Policy::StoreAll).unwrap()),
