@@ -186,21 +186,24 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// (docs/math.md §5; a momentum cotangent is dropped, as the truncation
     /// drops it).
     pub(crate) fn truncated_into(&mut self, out: &mut [Tensor<F>]) {
-        let cot = self
-            .cot
-            .as_ref()
-            .expect("first-order estimate before the turn");
         for (o, g) in out.iter_mut().zip(&self.g) {
             o.data_mut().copy_from_slice(g.data());
         }
-        initial_state_vjp(
-            &mut self.bufs.ws,
-            self.problem,
-            self.task,
-            self.theta,
-            &cot.phi,
-            out,
-        );
+        self.add_initial_state_vjp(out);
+    }
+
+    /// `g_theta += (∂Φ_0/∂θ)ᵀ ū_φ` with the sweep's ū (one more gradient
+    /// counted): by block sums when φ_0 is tiles of θ
+    /// ([`tiles::tiled_vjp_add`]), else one recorded VJP.
+    fn add_initial_state_vjp(&mut self, g_theta: &mut [Tensor<F>]) {
+        let u = &self.cot.as_ref().expect("Φ_0's VJP before the turn").phi;
+        match tiles::tiles(self.problem, self.task) {
+            Some(_) => tiles::tiled_vjp_add(u, g_theta),
+            None => self
+                .bufs
+                .ws
+                .initial_state_vjp(self.problem, self.task, self.theta, u, g_theta),
+        }
         self.stats.gradients += 1;
     }
 
@@ -211,17 +214,8 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
 
     /// g += (∂Φ_0/∂θ)ᵀ ū_φ, and the estimate.
     pub(crate) fn finish(mut self) -> Estimate<F> {
-        let cot = self.cot.as_ref().expect("finish before the turn");
-        initial_state_vjp(
-            &mut self.bufs.ws,
-            self.problem,
-            self.task,
-            self.theta,
-            &cot.phi,
-            &mut self.g,
-        );
-        self.stats.gradients += 1;
-        let g = std::mem::take(&mut self.g);
+        let mut g = std::mem::take(&mut self.g);
+        self.add_initial_state_vjp(&mut g);
         self.finish_with(g)
     }
 
@@ -237,22 +231,6 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             outer_loss: self.outer_loss,
             stats: std::mem::take(&mut self.stats),
         }
-    }
-}
-
-/// g_θ += (∂Φ_0/∂θ)ᵀ u: by block sums when φ_0 is tiles of θ
-/// ([`tiles::tiled_vjp_add`]), else one recorded VJP.
-fn initial_state_vjp<F: Float, P: Problem<F>>(
-    ws: &mut InnerWorkspace<F>,
-    problem: &P,
-    task: &P::Task,
-    theta: &[Tensor<F>],
-    u: &[Tensor<F>],
-    g_theta: &mut [Tensor<F>],
-) {
-    match tiles::tiles(problem, task) {
-        Some(_) => tiles::tiled_vjp_add(u, g_theta),
-        None => ws.initial_state_vjp(problem, task, theta, u, g_theta),
     }
 }
 
