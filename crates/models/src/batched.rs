@@ -218,8 +218,9 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
 
 /// The sum of the estimates of `tasks` (for [`BatchedRegressionMaml`]: the
 /// chunks of a meta-batch, so the sum over all its tasks), computed in
-/// parallel on the current rayon pool and summed in task order, so the
-/// result is bit-identical for any number of threads. Task i gets the
+/// parallel on the current rayon pool (on the calling thread, in order, when
+/// the pool has one thread) and summed in task order, so the result is
+/// bit-identical for any number of threads. Task i gets the
 /// estimator stream `ChaCha8Rng::seed_from_u64((seed << 16) | i)`. Gradients
 /// and losses are summed, the stats added ([`blo::Stats::add`]).
 ///
