@@ -118,6 +118,55 @@ pub trait Problem<F: Float>: Sync {
         let _ = (tape, task);
         theta.to_vec()
     }
+
+    /// `Some(B)` to state that [`Problem::initial_state`] is θ tiled B times,
+    /// every θ tensor in order: Φ_0(θ) = (tile_B(θ_1), …, tile_B(θ_n)), with
+    /// tile_B(x) of shape `[B, ..dims]` holding B copies of x (what
+    /// `Var::tile_batch(B)` records), so (∂Φ_0/∂θ)ᵀ u = (Σ_b u_1,b, …, Σ_b u_n,b).
+    /// The sweeps then write φ_0 by block copies and take that VJP by block
+    /// sums, in the order of `tile_batch`'s rule (u_1 + u_2 + … + u_B, then
+    /// added to the gradient: the bits of the recorded VJP), without recording
+    /// Φ_0 on a tape. The default, `None`, records Φ_0. A problem that states
+    /// `Some(B)` must record exactly those tiles in `initial_state`.
+    ///
+    /// ```
+    /// use blo::{Estimator, FirstOrder, InnerLoop, Problem};
+    /// use rand::SeedableRng;
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// /// Two tasks stacked: φ_0 = (θ, θ), L = ½ Σ_b (φ_b − c_b)².
+    /// struct Two { inner: InnerLoop, tiles: Option<usize> }
+    /// impl Problem<f64> for Two {
+    ///     type Task = Tensor<f64>; // c, [2, 1]
+    ///     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    ///     fn inner_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &Tensor<f64>,
+    ///         _j: usize, _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         (phi[0] - t.constant_base(c)).square().sum() * 0.5
+    ///     }
+    ///     fn outer_loss<'t, T: Real<Base = f64>>(&self, t: &'t Tape<T>, c: &Tensor<f64>,
+    ///         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         self.inner_loss(t, c, 0, th, phi)
+    ///     }
+    ///     fn initial_state<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>,
+    ///         _c: &Tensor<f64>, th: &[Var<'t, T>]) -> Vec<Var<'t, T>> {
+    ///         vec![th[0].tile_batch(2)]
+    ///     }
+    ///     fn initial_state_tiles(&self, _c: &Tensor<f64>) -> Option<usize> { self.tiles }
+    /// }
+    /// let (c, theta) = (Tensor::new(&[2, 1], vec![1.0, 3.0]), [Tensor::vector(vec![0.5])]);
+    /// let est = |tiles| {
+    ///     let p = Two { inner: InnerLoop::sgd(2, 0.5).unwrap(), tiles };
+    ///     FirstOrder::new().estimate(&p, &c, &theta, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0))
+    /// };
+    /// let (fast, taped) = (est(Some(2))?, est(None)?);
+    /// // φ_2 − c = ¼ (θ − c): ∇ = Σ_b ¼ (θ − c_b) = ¼ (−0.5 − 2.5)
+    /// assert_eq!(fast.grad[0].data(), &[-0.75]);
+    /// assert_eq!(fast.grad[0].data(), taped.grad[0].data());
+    /// # Ok::<(), blo::BloError>(())
+    /// ```
+    fn initial_state_tiles(&self, task: &Self::Task) -> Option<usize> {
+        let _ = task;
+        None
+    }
 }
 
 /// The inner optimiser: one step maps (θ, state_{j−1}) to state_j.

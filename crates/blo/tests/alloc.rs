@@ -201,3 +201,114 @@ fn sweeps_allocate_only_their_result_once_warm() {
         check(&format!("{name} reptile-exact"), &reptile, &p);
     }
 }
+
+/// A chunk of `b` tasks that all start from θ: φ_0 = θ tiled to `[b, ..]`
+/// (the shapes of the states and cotangents follow the chunk's size), and
+/// L = ½ Σ (tanh φ_W − c)² + mean((φ_v − c)²) (inner and outer alike).
+struct Chunk {
+    b: usize,
+    c: f64,
+}
+
+/// The stacked problem over [`Chunk`]s, with θ = (W [2, 5], v [5, 1]).
+struct Stacked {
+    inner: InnerLoop,
+}
+
+impl Problem<f64> for Stacked {
+    type Task = Chunk;
+
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+
+    fn inner_loss<'t, T: Real<Base = f64>>(
+        &self,
+        _t: &'t Tape<T>,
+        task: &Chunk,
+        _j: usize,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        (phi[0].tanh() - task.c).square().sum() * 0.5 + (phi[1] - task.c).square().mean()
+    }
+
+    fn outer_loss<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Chunk,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.inner_loss(t, task, 0, theta, phi)
+    }
+
+    fn initial_state<'t, T: Real<Base = f64>>(
+        &self,
+        _t: &'t Tape<T>,
+        task: &Chunk,
+        theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        theta.iter().map(|v| v.tile_batch(task.b)).collect()
+    }
+}
+
+/// An estimator of [`Stacked`] and its name.
+type Named = (&'static str, Box<dyn Estimator<f64, Stacked>>);
+
+/// A thread that sweeps chunks of two sizes in turn (a meta-batch of 25
+/// tasks in chunks of 13 and 12) keeps its states' and cotangent's
+/// allocations: a warm estimate on a chunk of 3 tasks right after one of 2
+/// allocates as often as one right after a chunk of 3, and gives the bits of
+/// the first (cold) estimate.
+#[test]
+fn sweeps_over_chunks_of_two_sizes_allocate_as_over_one() {
+    let p = Stacked {
+        inner: InnerLoop::sgd(3, 0.1).unwrap(),
+    };
+    let th = [
+        Tensor::from_fn([2, 5], |i| (i as f64 * 0.77 + 0.1).sin()),
+        Tensor::from_fn([5, 1], |i| (i as f64 * 0.53).cos() * 0.5),
+    ];
+    let (three, two) = (Chunk { b: 3, c: 0.3 }, Chunk { b: 2, c: -0.4 });
+    let ests: [Named; 4] = [
+        (
+            "exact StoreAll",
+            Box::new(Exact::new(Policy::StoreAll).unwrap()),
+        ),
+        (
+            "exact Recompute",
+            Box::new(Exact::new(Policy::Recompute).unwrap()),
+        ),
+        (
+            "exact Binomial",
+            Box::new(Exact::new(Policy::Binomial { snapshots: 2 }).unwrap()),
+        ),
+        ("first-order", Box::new(FirstOrder::new())),
+    ];
+    let run = |est: &dyn Estimator<f64, Stacked>, task: &Chunk| {
+        est.estimate(&p, task, &th, &mut ChaCha8Rng::seed_from_u64(0))
+            .expect("finite")
+    };
+    for (what, est) in &ests {
+        let cold = run(est.as_ref(), &three);
+        run(est.as_ref(), &two);
+        run(est.as_ref(), &three);
+        let same = count_allocations(|| {
+            run(est.as_ref(), &three);
+        });
+        run(est.as_ref(), &two);
+        let mut again = None;
+        let after_two = count_allocations(|| again = Some(run(est.as_ref(), &three)));
+        assert_eq!(
+            bits(&again.expect("ran")),
+            bits(&cold),
+            "{what}: a reused workspace changed the result"
+        );
+        assert_eq!(
+            after_two.count, same.count,
+            "{what}: {} allocations after a chunk of another size, {} after one of the same size",
+            after_two.count, same.count
+        );
+    }
+}

@@ -208,12 +208,19 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         let b = task.tasks();
         theta.iter().map(|v| v.tile_batch(b)).collect()
     }
+
+    /// φ_0 is θ tiled once per task of the chunk (`initial_state`), so the
+    /// sweeps write it and take its VJP without a tape.
+    fn initial_state_tiles(&self, task: &Self::Task) -> Option<usize> {
+        Some(task.tasks())
+    }
 }
 
 /// The sum of the estimates of `tasks` (for [`BatchedRegressionMaml`]: the
 /// chunks of a meta-batch, so the sum over all its tasks), computed in
-/// parallel on the current rayon pool and summed in task order, so the
-/// result is bit-identical for any number of threads. Task i gets the
+/// parallel on the current rayon pool (on the calling thread, in order, when
+/// the pool has one thread) and summed in task order, so the result is
+/// bit-identical for any number of threads. Task i gets the
 /// estimator stream `ChaCha8Rng::seed_from_u64((seed << 16) | i)`. Gradients
 /// and losses are summed, the stats added ([`blo::Stats::add`]).
 ///
@@ -236,16 +243,23 @@ where
     E: Estimator<F, P> + ?Sized,
 {
     assert!(!tasks.is_empty(), "sum_estimates: no task given");
-    let estimates: Vec<Result<Estimate<F>, BloError>> = tasks
-        .par_iter()
-        .enumerate()
-        // One task per job: an idle thread steals the next chunk.
-        .with_max_len(1)
-        .map(|(i, task)| {
-            let mut rng = ChaCha8Rng::seed_from_u64((seed << 16) | i as u64);
-            estimator.estimate(problem, task, theta, &mut rng)
-        })
-        .collect();
+    let one = |(i, task): (usize, &P::Task)| {
+        let mut rng = ChaCha8Rng::seed_from_u64((seed << 16) | i as u64);
+        estimator.estimate(problem, task, theta, &mut rng)
+    };
+    // On a one-thread pool the chunks run on this thread, in order (the same
+    // numbers, without handing them to the pool's one worker).
+    let estimates: Vec<Result<Estimate<F>, BloError>> = if rayon::current_num_threads() == 1 {
+        tasks.iter().enumerate().map(one).collect()
+    } else {
+        tasks
+            .par_iter()
+            .enumerate()
+            // One task per job: an idle thread steals the next chunk.
+            .with_max_len(1)
+            .map(one)
+            .collect()
+    };
     let mut it = estimates.into_iter();
     let mut sum = it.next().expect("one task at least")?;
     for e in it {

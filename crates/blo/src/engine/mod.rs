@@ -18,6 +18,7 @@ pub(crate) mod run;
 pub mod step;
 pub(crate) mod store;
 pub(crate) mod sweep;
+mod tiles;
 
 use tape::{Float, Tensor};
 

@@ -23,6 +23,7 @@ use tape::kernels::all_finite;
 use tape::{Dual, Float, Real, Shape, Tensor};
 
 use crate::engine::linear::LinearStep;
+use crate::engine::store::refit;
 use crate::engine::sweep::SweepBuffers;
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
@@ -229,8 +230,10 @@ impl<F: Float> InnerWorkspace<F> {
             for (i, v) in phi0.iter().enumerate() {
                 let shape = v.shape();
                 match s.phi.get_mut(i) {
-                    Some(p) if p.shape() == shape => p.data_mut().copy_from_slice(&t.value_ref(*v)),
-                    Some(p) => *p = v.value(),
+                    Some(p) => {
+                        refit(p, shape);
+                        p.data_mut().copy_from_slice(&t.value_ref(*v));
+                    }
                     None => s.phi.push(v.value()),
                 }
             }
@@ -2034,28 +2037,29 @@ fn zero_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
     zero_shapes(dst, like.iter().map(|t| t.shape()));
 }
 
-/// Makes `dst` tensors shaped like `like`, reusing `dst`'s tensors where the
-/// shapes match (their values are stale).
+/// Makes `dst` tensors shaped like `like`, reusing `dst`'s tensors and their
+/// allocations (their values are stale).
 fn shape_like<F: Float>(dst: &mut Vec<Tensor<F>>, like: &[Tensor<F>]) {
     dst.truncate(like.len());
     for (i, x) in like.iter().enumerate() {
         match dst.get_mut(i) {
-            Some(d) if d.shape() == x.shape() => {}
-            Some(d) => *d = Tensor::zeros(x.shape()),
+            Some(d) => refit(d, x.shape()),
             None => dst.push(Tensor::zeros(x.shape())),
         }
     }
 }
 
-/// Makes `dst` zeros of the given shapes, reusing `dst`'s tensors where the
-/// shapes match.
+/// Makes `dst` zeros of the given shapes, reusing `dst`'s tensors and their
+/// allocations.
 fn zero_shapes<F: Float>(dst: &mut Vec<Tensor<F>>, shapes: impl ExactSizeIterator<Item = Shape>) {
     dst.truncate(shapes.len());
     let mut shapes = shapes.enumerate();
     for (i, s) in shapes.by_ref() {
         match dst.get_mut(i) {
-            Some(d) if d.shape() == s => d.data_mut().fill(F::zero()),
-            Some(d) => *d = Tensor::zeros(s),
+            Some(d) => {
+                refit(d, s);
+                d.data_mut().fill(F::zero());
+            }
             None => dst.push(Tensor::zeros(s)),
         }
     }

@@ -7,7 +7,7 @@
 //! tensors back. The meters count held states and their bytes and keep their
 //! peaks: the `states_peak` and `state_bytes_peak` of [`crate::Stats`].
 
-use tape::{Float, Tensor};
+use tape::{Float, Shape, Tensor};
 
 use crate::engine::step::State;
 
@@ -137,16 +137,30 @@ impl<F: Float> StateStore<F> {
     }
 }
 
-/// Makes `dst` a copy of `src`, reusing `dst`'s tensors where the shapes match.
+/// Makes `dst` a copy of `src`, reusing `dst`'s tensors (and their
+/// allocations, whatever their shapes: [`refit`]).
 pub(crate) fn copy_tensors<F: Float>(dst: &mut Vec<Tensor<F>>, src: &[Tensor<F>]) {
     dst.truncate(src.len());
     for (d, s) in dst.iter_mut().zip(src) {
-        if d.shape() == s.shape() {
-            d.data_mut().copy_from_slice(s.data());
-        } else {
-            d.clone_from(s);
-        }
+        refit(d, s.shape());
+        d.data_mut().copy_from_slice(s.data());
     }
     let n = dst.len();
     dst.extend_from_slice(&src[n..]);
+}
+
+/// Gives `t` the shape `shape`, keeping its allocation: nothing happens when
+/// the shape is already `shape`; otherwise the values are unspecified (the
+/// caller overwrites them), and memory is allocated only if `t` never held
+/// as many elements. A thread that sweeps chunks of different sizes in turn
+/// (a meta-batch of 25 tasks in chunks of 13 and 12) then reuses its states
+/// and cotangents instead of freeing and allocating them on every sweep.
+pub(crate) fn refit<F: Float>(t: &mut Tensor<F>, shape: Shape) {
+    if t.shape() == shape {
+        return;
+    }
+    // An empty tensor in its place allocates nothing.
+    let mut data = std::mem::replace(t, Tensor::zeros(Shape::new(&[0]))).into_data();
+    data.resize(shape.numel(), F::zero());
+    *t = Tensor::new(shape, data);
 }

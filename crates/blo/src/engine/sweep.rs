@@ -24,6 +24,7 @@ use tape::{Float, Tensor};
 use super::cache;
 use super::plan::Action;
 use super::store::StateStore;
+use super::tiles;
 use crate::engine::step::{Cotangent, InnerWorkspace};
 use crate::error::BloError;
 use crate::estimators::{Estimate, Stats};
@@ -122,7 +123,10 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
         match a {
             Action::Init { buf } => {
                 let mut s = store.take_free(buf);
-                let r = ws.initial_state_into(p, task, theta, &mut s);
+                let r = match tiles::tiles(p, task) {
+                    Some(b) => tiles::tiled_state_into(theta, b, &mut s),
+                    None => ws.initial_state_into(p, task, theta, &mut s),
+                };
                 store.put(buf, s);
                 r?;
             }
@@ -182,16 +186,24 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// (docs/math.md §5; a momentum cotangent is dropped, as the truncation
     /// drops it).
     pub(crate) fn truncated_into(&mut self, out: &mut [Tensor<F>]) {
-        let cot = self
-            .cot
-            .as_ref()
-            .expect("first-order estimate before the turn");
         for (o, g) in out.iter_mut().zip(&self.g) {
             o.data_mut().copy_from_slice(g.data());
         }
-        self.bufs
-            .ws
-            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, out);
+        self.add_initial_state_vjp(out);
+    }
+
+    /// `g_theta += (∂Φ_0/∂θ)ᵀ ū_φ` with the sweep's ū (one more gradient
+    /// counted): by block sums when φ_0 is tiles of θ
+    /// ([`tiles::tiled_vjp_add`]), else one recorded VJP.
+    fn add_initial_state_vjp(&mut self, g_theta: &mut [Tensor<F>]) {
+        let u = &self.cot.as_ref().expect("Φ_0's VJP before the turn").phi;
+        match tiles::tiles(self.problem, self.task) {
+            Some(_) => tiles::tiled_vjp_add(u, g_theta),
+            None => self
+                .bufs
+                .ws
+                .initial_state_vjp(self.problem, self.task, self.theta, u, g_theta),
+        }
         self.stats.gradients += 1;
     }
 
@@ -202,12 +214,8 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
 
     /// g += (∂Φ_0/∂θ)ᵀ ū_φ, and the estimate.
     pub(crate) fn finish(mut self) -> Estimate<F> {
-        let cot = self.cot.as_ref().expect("finish before the turn");
-        self.bufs
-            .ws
-            .initial_state_vjp(self.problem, self.task, self.theta, &cot.phi, &mut self.g);
-        self.stats.gradients += 1;
-        let g = std::mem::take(&mut self.g);
+        let mut g = std::mem::take(&mut self.g);
+        self.add_initial_state_vjp(&mut g);
         self.finish_with(g)
     }
 

@@ -2,14 +2,16 @@
 //! against the per-task path ([`RegressionMaml`], one estimate per task), and
 //! its thread-count independence.
 
-use blo::{Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy};
+use blo::{
+    BloError, Estimate, Estimator, Exact, FirstOrder, InnerLoop, Policy, Problem, Truncated,
+};
 use models::{
     sum_estimates, Activation, BatchError, BatchedRegressionMaml, Mlp, Model, RegressionChunk,
     RegressionEpisode, RegressionMaml, SinusoidTasks,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tape::{Float, Tensor};
+use tape::{Float, Real, Tape, Tensor, Var};
 
 /// The sinusoid MLP of the benchmark (1-40-40-1, ReLU).
 fn net() -> Mlp {
@@ -217,4 +219,113 @@ fn mismatched_episodes_are_refused_with_the_evidence() {
         RegressionChunk::<f64>::new(&[]),
         Err(BatchError::Empty(_))
     ));
+}
+
+/// [`BatchedRegressionMaml`] without its `initial_state_tiles` statement, so
+/// the sweeps record φ_0 and its VJP on a tape.
+struct Taped(BatchedRegressionMaml);
+
+impl Problem<f32> for Taped {
+    type Task = RegressionChunk<f32>;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.0.inner
+    }
+    fn inner_loss<'t, T: Real<Base = f32>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Self::Task,
+        step: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.inner_loss(t, task, step, theta, phi)
+    }
+    fn outer_loss<'t, T: Real<Base = f32>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Self::Task,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.outer_loss(t, task, theta, phi)
+    }
+    fn initial_state<'t, T: Real<Base = f32>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Self::Task,
+        theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        self.0.initial_state(t, task, theta)
+    }
+}
+
+/// An estimator of both problems (the test runs each on both).
+trait EstimatorBoth: Estimator<f32, BatchedRegressionMaml> + Estimator<f32, Taped> {}
+impl<E: Estimator<f32, BatchedRegressionMaml> + Estimator<f32, Taped>> EstimatorBoth for E {}
+
+/// φ_0 written as tiles of θ and its VJP taken as block sums
+/// (`Problem::initial_state_tiles`) give the bits of φ_0 and its VJP
+/// recorded on a tape: exact (three policies), truncated and first-order
+/// estimates, r = 1 and 3, chunks of 13 and 12 tasks (the bench's) and of 1;
+/// a non-finite θ fails alike.
+#[test]
+fn tiled_initial_state_gives_the_recorded_bits() {
+    let eps = episodes::<f32>(26);
+    let mut theta = net().init::<f32>(1).into_tensors();
+    let chunks: Vec<RegressionChunk<f32>> = [&eps[..13], &eps[13..25], &eps[25..]]
+        .iter()
+        .map(|e| RegressionChunk::new(e).unwrap())
+        .collect();
+    let ests: [Box<dyn EstimatorBoth>; 5] = [
+        Box::new(Exact::new(Policy::StoreAll).unwrap()),
+        Box::new(Exact::new(Policy::Recompute).unwrap()),
+        Box::new(Exact::new(Policy::Binomial { snapshots: 2 }).unwrap()),
+        Box::new(Truncated::new(1).unwrap()),
+        Box::new(FirstOrder::new()),
+    ];
+    for r in [1, 3] {
+        let fast = BatchedRegressionMaml {
+            net: net(),
+            inner: InnerLoop::sgd(r, 0.01).unwrap(),
+        };
+        let taped = Taped(fast.clone());
+        for est in &ests {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let rng = || ChaCha8Rng::seed_from_u64(0);
+                let a = Estimator::<f32, BatchedRegressionMaml>::estimate(
+                    est.as_ref(),
+                    &fast,
+                    chunk,
+                    &theta,
+                    &mut rng(),
+                )
+                .unwrap();
+                let b = Estimator::<f32, Taped>::estimate(
+                    est.as_ref(),
+                    &taped,
+                    chunk,
+                    &theta,
+                    &mut rng(),
+                )
+                .unwrap();
+                assert_eq!(
+                    bits(&a),
+                    bits(&b),
+                    "r = {r}, {}, chunk {i} ({} tasks): tiled and recorded φ_0 differ",
+                    Estimator::<f32, Taped>::name(est.as_ref()),
+                    chunk.tasks()
+                );
+            }
+        }
+    }
+    theta[2].data_mut()[5] = f32::NAN;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let fast = BatchedRegressionMaml {
+        net: net(),
+        inner: InnerLoop::sgd(1, 0.01).unwrap(),
+    };
+    let err = |e: Result<Estimate<f32>, BloError>| e.unwrap_err().to_string();
+    let a = err(FirstOrder::new().estimate(&fast, &chunks[0], &theta, &mut rng));
+    let b = err(FirstOrder::new().estimate(&Taped(fast.clone()), &chunks[0], &theta, &mut rng));
+    assert_eq!(a, b);
 }

@@ -1,0 +1,105 @@
+//! φ_0 as tiles of θ ([`crate::Problem::initial_state_tiles`]): the state
+//! written by block copies, and the VJP through Φ_0 by block sums, with the
+//! bits of the recorded `tile_batch` and its rule, without a tape.
+//!
+//! Recorded, φ_0 costs a pass over a tape (θ's leaves, B block copies into
+//! the tape, a copy out into the state), and its VJP another (the leaves,
+//! the B blocks written again, u copied in as the seed, the block sums). For
+//! a meta-batch chunk of B = 13 tasks each of those copies is 13 θ's worth;
+//! here φ_0 is written once and u read once.
+
+use smallvec::SmallVec;
+use tape::{Float, Shape, Tensor};
+
+use super::step::{non_finite, tensors_finite, State};
+use super::store::refit;
+use crate::error::BloError;
+use crate::problem::{InnerOptimizer, Problem};
+
+/// `Some(B)` when the sweeps may take φ_0 as B tiles of θ: the problem states
+/// it, and its optimiser keeps no extra state (SGD, Meta-SGD), so φ_0 is the
+/// whole state.
+pub(crate) fn tiles<F: Float, P: Problem<F>>(problem: &P, task: &P::Task) -> Option<usize> {
+    match problem.inner_loop().optimizer {
+        InnerOptimizer::Sgd { .. } | InnerOptimizer::MetaSgd { .. } => {
+            problem.initial_state_tiles(task)
+        }
+        _ => None,
+    }
+}
+
+/// `s` ← φ_0 = (tile_B(θ_1), …, tile_B(θ_n)), no extra state (reusing `s`'s
+/// tensors).
+///
+/// # Errors
+/// [`BloError::NonFinite`] (step 0, "initial state") if θ is not finite, as
+/// the recorded φ_0's check would be; `s` then holds unspecified values.
+pub(crate) fn tiled_state_into<F: Float>(
+    theta: &[Tensor<F>],
+    b: usize,
+    s: &mut State<F>,
+) -> Result<(), BloError> {
+    s.phi.truncate(theta.len());
+    for (i, x) in theta.iter().enumerate() {
+        let mut dims: SmallVec<[usize; 5]> = SmallVec::new();
+        dims.push(b);
+        dims.extend_from_slice(x.dims());
+        let shape = Shape::new(&dims);
+        match s.phi.get_mut(i) {
+            Some(p) => refit(p, shape),
+            None => s.phi.push(Tensor::zeros(shape)),
+        }
+        for block in s.phi[i].data_mut().chunks_exact_mut(x.numel()) {
+            block.copy_from_slice(x.data());
+        }
+    }
+    s.extra.clear();
+    if !tensors_finite(theta) {
+        return Err(non_finite("initial state", 0));
+    }
+    Ok(())
+}
+
+/// Elements summed per pass over the B blocks (a stack buffer).
+const SUM_CHUNK: usize = 256;
+
+/// `acc_i += Σ_b u_i,b` for each θ tensor i (u_i of shape `[B, ..dims_i]`),
+/// each element summed as `tile_batch`'s rule sums it, u_1 + u_2 + … + u_B,
+/// then added to acc: the bits of the recorded VJP.
+///
+/// # Panics
+/// If a cotangent is not B blocks of its θ tensor's size.
+#[track_caller]
+pub(crate) fn tiled_vjp_add<F: Float>(u: &[Tensor<F>], acc: &mut [Tensor<F>]) {
+    assert_eq!(
+        u.len(),
+        acc.len(),
+        "tiled VJP: {} cotangents for {} θ tensors",
+        u.len(),
+        acc.len()
+    );
+    for (ui, gi) in u.iter().zip(acc.iter_mut()) {
+        let n = gi.numel();
+        assert!(
+            n > 0 && ui.numel() % n == 0 && ui.numel() >= n,
+            "tiled VJP: cotangent {:?} is not blocks of θ {:?}",
+            ui.shape(),
+            gi.shape()
+        );
+        let (u, g) = (ui.data(), gi.data_mut());
+        let mut sum = [F::zero(); SUM_CHUNK];
+        for k0 in (0..n).step_by(SUM_CHUNK) {
+            let len = SUM_CHUNK.min(n - k0);
+            let s = &mut sum[..len];
+            let mut blocks = u.chunks_exact(n).map(|blk| &blk[k0..k0 + len]);
+            s.copy_from_slice(blocks.next().expect("one block at least"));
+            for blk in blocks {
+                s.iter_mut().zip(blk).for_each(|(a, &v)| *a += v);
+            }
+            g[k0..k0 + len]
+                .iter_mut()
+                .zip(s.iter())
+                .for_each(|(a, &v)| *a += v);
+        }
+    }
+}
