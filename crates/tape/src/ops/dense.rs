@@ -23,6 +23,7 @@
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::kernels::pair::parts_mut;
 use crate::kernels::rows::add_rows;
+use crate::ops::batched::beta;
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -113,13 +114,6 @@ pub(crate) fn dense_vjp<T: Real>(b: &mut Bwd<'_, T>, act: Activation) {
         &scratch[..g.len()]
     };
     let one = <T::Base as Real>::one();
-    let beta = |fresh: bool| {
-        if fresh {
-            <T::Base as Real>::zero()
-        } else {
-            one
-        }
-    };
     let gm = MatRef::row_major(gz, m, n);
     if b.wants(2) {
         // `0 + row 0 + row 1 + …` for a fresh adjoint: the bits of the
@@ -131,13 +125,13 @@ pub(crate) fn dense_vjp<T: Real>(b: &mut Bwd<'_, T>, act: Activation) {
         let primal = b.wants_primal(0);
         let w = MatRef::row_major(b.x(1), k, n);
         let (ga, fresh) = b.g_in_overwrite(0);
-        adjoint_gemm(primal, one, gm, w.t(), beta(fresh), ga);
+        adjoint_gemm(primal, one, gm, w.t(), beta::<T>(fresh), ga);
     }
     if b.wants(1) {
         let primal = b.wants_primal(1);
         let x = MatRef::row_major(b.x(0), m, k);
         let (gw, fresh) = b.g_in_overwrite(1);
-        adjoint_gemm(primal, one, x.t(), gm, beta(fresh), gw);
+        adjoint_gemm(primal, one, x.t(), gm, beta::<T>(fresh), gw);
     }
     *b.scratch = scratch;
 }
@@ -336,9 +330,9 @@ mod tests {
     #[should_panic(expected = "dense: lhs [2, 3], rhs [3, 4], bias [3]: bias must be [4]")]
     fn dense_bias_mismatch_names_op_and_shapes() {
         let t = Tape::<f64>::new();
-        let x = t.var(&Tensor::new(&[2, 3], vec![0.0; 6]));
-        let w = t.var(&Tensor::new(&[3, 4], vec![0.0; 12]));
-        let b = t.var(&Tensor::new(&[3], vec![0.0; 3]));
+        let x = t.var(&Tensor::new([2, 3], vec![0.0; 6]));
+        let w = t.var(&Tensor::new([3, 4], vec![0.0; 12]));
+        let b = t.var(&Tensor::new([3], vec![0.0; 3]));
         x.dense(w, b, Activation::Relu);
     }
 
@@ -346,9 +340,9 @@ mod tests {
     #[should_panic(expected = "dense: lhs [2, 3], rhs [2, 4], bias [4]: inner dimensions 3 != 2")]
     fn dense_inner_mismatch_names_op_and_shapes() {
         let t = Tape::<f64>::new();
-        let x = t.var(&Tensor::new(&[2, 3], vec![0.0; 6]));
-        let w = t.var(&Tensor::new(&[2, 4], vec![0.0; 8]));
-        let b = t.var(&Tensor::new(&[4], vec![0.0; 4]));
+        let x = t.var(&Tensor::new([2, 3], vec![0.0; 6]));
+        let w = t.var(&Tensor::new([2, 4], vec![0.0; 8]));
+        let b = t.var(&Tensor::new([4], vec![0.0; 4]));
         x.dense(w, b, Activation::Relu);
     }
 }
