@@ -29,7 +29,19 @@ use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
 use crate::tape::{Bwd, Var};
 
-/// The activation of a [`Var::dense`] layer.
+/// The activation of a [`Var::dense`] layer, applied to each element of
+/// `Z = X·W + 1·bᵀ`.
+///
+/// ```
+/// use tape::ops::dense::Activation;
+/// use tape::{Tape, Tensor};
+/// let t = Tape::<f64>::new();
+/// let x = t.var(&Tensor::new(&[1, 1], vec![0.0]));
+/// let w = t.var(&Tensor::new(&[1, 1], vec![1.0]));
+/// let b = t.var(&Tensor::new(&[1], vec![0.0]));
+/// assert_eq!(x.dense(w, b, Activation::Sigmoid).item(), 0.5); // σ(0)
+/// assert_eq!(x.dense(w, b, Activation::Tanh).item(), 0.0); // tanh(0)
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// `y = z`.
