@@ -330,6 +330,9 @@ fn conv4_gemms(peak_gflops: f64) -> Value {
 fn configs() -> Vec<String> {
     let mut c = vec![
         "mlp_grad".to_string(),
+        "mlp_grad_unfused".to_string(),
+        "mlp_grad_tanh".to_string(),
+        "mlp_grad_tanh_unfused".to_string(),
         "mlp_hvp".to_string(),
         "mlp_hvp_full".to_string(),
     ];
@@ -359,7 +362,7 @@ fn main() {
     }
     let rss_at_start = proc_status_mib("VmRSS:");
     let mut workload: Box<dyn Bench> = match config.as_str() {
-        "mlp_grad" => Box::new(bench_mlp::MlpGrad::new()),
+        c if bench_mlp::MlpGrad::layers(c).is_some() => Box::new(bench_mlp::MlpGrad::named(c)),
         "mlp_hvp" => Box::new(bench_mlp::MlpHvp::new(false)),
         "mlp_hvp_full" => Box::new(bench_mlp::MlpHvp::new(true)),
         c => match bench_maml::workload(c) {

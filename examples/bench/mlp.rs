@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 use serde_json::{json, Map, Value};
+use tape::ops::dense::Activation;
 use tape::{Float, Real, Tape, Tensor, Var};
 
 use crate::Bench;
@@ -34,6 +35,36 @@ impl<F: Float> MlpLoss<F> {
         for l in 0..3 {
             let z = h.matmul(p[2 * l]) + p[2 * l + 1];
             h = if l < 2 { z.relu() } else { z };
+        }
+        h.softmax_cross_entropy(&self.labels)
+    }
+
+    /// The loss as `mlp_grad` records it: each layer one
+    /// [`Var::dense`] node, `act` on the hidden layers (the same values and
+    /// gradients as [`MlpLoss::on`]'s three ops per layer when `act` is
+    /// ReLU); `fused: false` writes the three ops (`matmul`, `+`, the
+    /// activation) instead, for comparison.
+    fn on_dense<'t>(
+        &self,
+        x: Var<'t, f32>,
+        p: &[Var<'t, f32>],
+        act: Activation,
+        fused: bool,
+    ) -> Var<'t, f32> {
+        let mut h = x;
+        for l in 0..3 {
+            let a = if l < 2 { act } else { Activation::Identity };
+            h = if fused {
+                h.dense(p[2 * l], p[2 * l + 1], a)
+            } else {
+                let z = h.matmul(p[2 * l]) + p[2 * l + 1];
+                match a {
+                    Activation::Identity => z,
+                    Activation::Relu => z.relu(),
+                    Activation::Tanh => z.tanh(),
+                    Activation::Sigmoid => z.sigmoid(),
+                }
+            };
         }
         h.softmax_cross_entropy(&self.labels)
     }
@@ -65,7 +96,11 @@ fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
 
 /// `mlp_grad`: loss and gradient of every weight and bias, by one reverse sweep
 /// on a reused tape; a steady-state call allocates nothing (the GEMMs'
-/// packing buffers are thread-local and kept).
+/// packing buffers are thread-local and kept). Each layer is one
+/// [`Var::dense`] node (product, bias and ReLU); `mlp_grad_unfused` records
+/// the three ops per layer instead (same bits), and `mlp_grad_tanh` /
+/// `mlp_grad_tanh_unfused` the same network with tanh hidden layers (not a
+/// JAX config: for our own before/after).
 ///
 /// The data x and the six parameters (0.92 MB) are the tape's first leaves,
 /// recorded once: every call rewinds the tape to them
@@ -76,13 +111,36 @@ fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
 /// reads its parameter and data arguments where they are.
 pub(crate) struct MlpGrad {
     loss: MlpLoss,
+    act: Activation,
+    fused: bool,
     tape: Tape<f32>,
     norm_next: bool,
     grad_norm: f64,
 }
 
 impl MlpGrad {
-    pub(crate) fn new() -> Self {
+    /// The hidden layers' activation and whether each layer is one node,
+    /// for config `name` (`mlp_grad[_tanh][_unfused]`), if it is one.
+    pub(crate) fn layers(name: &str) -> Option<(Activation, bool)> {
+        Some(match name {
+            "mlp_grad" => (Activation::Relu, true),
+            "mlp_grad_unfused" => (Activation::Relu, false),
+            "mlp_grad_tanh" => (Activation::Tanh, true),
+            "mlp_grad_tanh_unfused" => (Activation::Tanh, false),
+            _ => return None,
+        })
+    }
+
+    /// The workload of config `name` ([`MlpGrad::layers`]).
+    ///
+    /// # Panics
+    /// If `name` is not one of them.
+    pub(crate) fn named(name: &str) -> Self {
+        let (act, fused) = Self::layers(name).expect("an mlp_grad config");
+        Self::new(act, fused)
+    }
+
+    fn new(act: Activation, fused: bool) -> Self {
         let (loss, params, _) = setup();
         let tape = Tape::new();
         tape.constant_base(&loss.x);
@@ -91,6 +149,8 @@ impl MlpGrad {
         }
         MlpGrad {
             loss,
+            act,
+            fused,
             tape,
             norm_next: false,
             grad_norm: f64::NAN,
@@ -100,7 +160,10 @@ impl MlpGrad {
 
 impl Bench for MlpGrad {
     fn params(&self) -> Value {
-        params_json("value_and_grad")
+        let mut p = params_json("value_and_grad");
+        p["activation"] = json!(format!("{:?}", self.act));
+        p["fused_layers"] = json!(self.fused);
+        p
     }
     /// Forward `x·W` of every layer, the weight gradients `hᵀ·ḡ` of every
     /// layer, and the input gradients `ḡ·Wᵀ` of all layers but the first (the
@@ -115,7 +178,7 @@ impl Bench for MlpGrad {
         self.tape.rewind(1 + 6);
         let t = &self.tape;
         let vars: [Var<'_, f32>; 6] = std::array::from_fn(|i| t.var_at(1 + i));
-        let out = self.loss.on(t.var_at(0), &vars);
+        let out = self.loss.on_dense(t.var_at(0), &vars, self.act, self.fused);
         t.backward(out);
         // The gradients stay in the tape's adjoint arena and are read in place
         // (`grad_ref`, no copy), as the last GEMM of JAX's program writes its

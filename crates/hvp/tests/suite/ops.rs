@@ -15,6 +15,7 @@ use hvp::{Objective, VectorFunction, Workspace};
 use proptest::prelude::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use tape::ops::dense::Activation;
 use tape::{Real, Tape, Tensor, Var};
 
 #[derive(Copy, Clone, Debug)]
@@ -178,6 +179,18 @@ const CASES: &[Case] = &[
         inputs: &[(&[2, 3, 4], Any), (&[2, 2, 4], Any), (&[2, 2], Any)],
     },
     Case {
+        name: "dense_tanh",
+        inputs: &[(&[3, 4], Any), (&[4, 2], Any), (&[2], Any)],
+    },
+    Case {
+        name: "dense_sigmoid",
+        inputs: &[(&[3, 4], Any), (&[4, 2], Any), (&[2], Any)],
+    },
+    Case {
+        name: "dense_identity",
+        inputs: &[(&[3, 4], Any), (&[4, 2], Any), (&[2], Any)],
+    },
+    Case {
         name: "tile_batch",
         inputs: &[(&[2, 3], Any)],
     },
@@ -290,6 +303,9 @@ impl VectorFunction<f64> for OpFn {
             "batched_bias_add" => x[0].batched_bias_add(x[1]),
             "batched_affine" => x[0].batched_affine(x[1], x[2]),
             "batched_affine_relu" => x[0].batched_affine_relu(x[1], x[2]),
+            "dense_tanh" => x[0].dense(x[1], x[2], Activation::Tanh),
+            "dense_sigmoid" => x[0].dense(x[1], x[2], Activation::Sigmoid),
+            "dense_identity" => x[0].dense(x[1], x[2], Activation::Identity),
             "tile_batch" => x[0].tile_batch(3),
             "reshape" => x[0].reshape([3, 2]),
             "permute" => x[0].permute(&[2, 0, 1]),

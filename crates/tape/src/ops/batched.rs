@@ -66,7 +66,7 @@ fn dims_bias(x: Shape, c: Shape) -> (usize, usize, usize) {
 }
 
 /// β of an adjoint GEMM: 0 overwrites a fresh (stale) adjoint, 1 accumulates.
-fn beta<T: Real>(fresh: bool) -> T::Base {
+pub(crate) fn beta<T: Real>(fresh: bool) -> T::Base {
     if fresh {
         <T::Base as Real>::zero()
     } else {

@@ -8,6 +8,7 @@
 //! | elementwise | `elementwise.rs` | add, sub, mul, div (broadcasting), mul_segments, neg, scalar add/mul, exp, log, sqrt, powf, square, tanh, sigmoid, relu, softplus, abs, maximum, minimum, clamp, where_ |
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
+//! | dense layer | `dense.rs` | dense (`act(X·W + b)` in one node) |
 //! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, batched_affine_relu, tile_batch |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
 //! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
@@ -17,6 +18,7 @@ use crate::shape::Shape;
 use crate::tape::Bwd;
 
 pub mod batched;
+pub mod dense;
 pub mod elementwise;
 pub mod linalg;
 pub mod nn;
@@ -78,6 +80,8 @@ pub(crate) enum Op {
     BatchedAffine,
     /// `relu` of a `BatchedAffine`, in one node.
     BatchedAffineRelu,
+    /// `act(X·W + 1·bᵀ)`: `Matmul`, a bias add and an activation in one node.
+    Dense(dense::Activation),
     /// `[..d] → [B, ..d]`: B copies along a new leading axis.
     TileBatch,
     Reshape,
@@ -154,6 +158,7 @@ impl Op {
             Op::BatchedBiasAdd => "batched_bias_add",
             Op::BatchedAffine => "batched_affine",
             Op::BatchedAffineRelu => "batched_affine_relu",
+            Op::Dense(_) => "dense",
             Op::TileBatch => "tile_batch",
             Op::Reshape => "reshape",
             Op::Permute(_) => "permute",
@@ -244,6 +249,7 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         BatchedBiasAdd => batched::batched_bias_add_vjp(b),
         BatchedAffine => batched::batched_affine_vjp(b),
         BatchedAffineRelu => batched::batched_affine_relu_vjp(b),
+        Dense(act) => dense::dense_vjp(b, act),
         TileBatch => batched::tile_batch_vjp(b),
         Reshape => shape_ops::reshape_vjp(b),
         Permute(p) => shape_ops::permute_vjp(b, p),
