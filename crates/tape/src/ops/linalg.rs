@@ -12,6 +12,7 @@
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::kernels::dual::tangent_sink;
+use crate::kernels::source::{reads_source, real_left_source_gemm};
 use crate::kernels::{real_left_gemm, real_left_ok, real_left_tangent_sink, THIN_COLS};
 use crate::ops::Op;
 use crate::real::Real;
@@ -51,6 +52,15 @@ fn dims(a: Shape, b: Shape) -> (usize, usize, usize, usize) {
 pub(crate) fn matmul_reads_base<T: Real>(a: Shape, b: Shape) -> bool {
     let (_, m, k, n) = dims(a, b);
     is_real::<T>() || real_left_ok(m, k, n)
+}
+
+/// Whether `matmul` reads a [`crate::Tape::tangent_leaf_source`] right
+/// operand in place, behind a real left operand ([`matmul_reads_base`]):
+/// one `[m, k]·[k, n]` product of a shape that
+/// `kernels::source::real_left_source_gemm` takes.
+pub(crate) fn matmul_reads_source<T: Real>(a: Shape, b: Shape) -> bool {
+    let (batch, m, k, n) = dims(a, b);
+    batch == 1 && !is_real::<T>() && matmul_reads_base::<T>(a, b) && reads_source(m, k, n)
 }
 
 /// Whether `T` is its own base type (`f32`, `f64`).
@@ -239,6 +249,16 @@ impl<'t, T: Real> Var<'t, T> {
                 let columns = f
                     .x_columns(0)
                     .filter(|_| real_a_ok && batch == 1 && n <= THIN_COLS);
+                // A source leaf on the right: its planes, read in place.
+                if let (Some(xa), Some((tape, node))) = (real_a, f.x_source(1)) {
+                    let ai = MatRef::row_major(xa, m, k);
+                    let done = real_left_source_gemm(tape, node, one, ai, f.out);
+                    assert!(
+                        done,
+                        "matmul: source leaf {node} [{k}, {n}] not readable in place"
+                    );
+                    return;
+                }
                 let (x, y) = (if real_a_ok { &[][..] } else { f.x(0) }, f.x(1));
                 for i in 0..batch {
                     let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
