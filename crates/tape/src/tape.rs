@@ -302,6 +302,8 @@ fn base_of<'a, B: crate::real::Float>(
 /// What a VJP rule sees: the node, its inputs' values, its output value and
 /// adjoint, and the adjoint buffers of its inputs to accumulate into.
 pub(crate) struct Bwd<'a, T: Real> {
+    /// The tape's id (a source leaf's key, with its node index).
+    tape: u32,
     pub(crate) node: &'a Node,
     nodes: &'a [Node],
     vals: &'a [T],
@@ -329,6 +331,14 @@ impl<'a, T: Real> Bwd<'a, T> {
     #[inline]
     pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
         base_of(self.nodes, self.base, self.shared, self.node.inputs[k])
+    }
+    /// `(tape id, node index)` of input `k` if it is a source leaf whose
+    /// value is not written (see [`Fwd::x_source`]).
+    #[inline]
+    pub(crate) fn x_source(&self, k: usize) -> Option<(u32, usize)> {
+        let i = self.node.inputs[k] as usize;
+        let n = &self.nodes[i];
+        (n.source && n.pending).then_some((self.tape, i))
     }
     /// Shape of input `k`.
     #[inline]
@@ -1110,6 +1120,7 @@ impl<T: Real> Tape<T> {
             let (g_before, g_rest) = inner.grads.split_at_mut(node.at);
             let (adj_before, _) = inner.has_adj.split_at_mut(i);
             let mut b = Bwd {
+                tape: self.id,
                 node,
                 nodes: &inner.nodes,
                 vals: &inner.vals,

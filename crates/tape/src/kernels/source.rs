@@ -20,8 +20,9 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 
+use super::dual::{split_product, Right};
 use super::real_left::{same_type, same_type_mut};
-use super::{MatMut, MatRef, Prim, Product};
+use super::{MatMut, MatRef, Parts, Prim, Product};
 use crate::real::{Dual, Real};
 
 /// One registered pair of planes: the leaf it stands for, its element type,
@@ -238,6 +239,91 @@ fn source_gemm_as<T: Real, F: Prim>(
             }
             super::zip_duals(cv, cd, c);
         });
+    })
+    .is_some()
+}
+
+/// Whether a dual `m × k` left operand times a `k × n` source leaf `W` is
+/// read in place ([`dual_source_gemm`]) in the forward product `A·W` and in
+/// the adjoint product `ḡA = ḡ·Wᵀ` (`m × n` by `n × k`): both large (the
+/// small kernels read interleaved duals), and `n ≥ 2` (`Wᵀ`'s layout).
+pub(crate) fn reads_source_dual(m: usize, k: usize, n: usize) -> bool {
+    m > 0 && k > 0 && n >= 2 && !super::is_small(m, k, n) && !super::is_small(m, n, k)
+}
+
+/// A dual product with the source leaf `node` of tape `tape` as its right
+/// operand: `C ← α·A·W + β·C` (`transposed = false`; `A` `m × k`, `W`
+/// `k × n`) or `C ← α·A·Wᵀ + β·C` (`transposed`; `A` `m × n`, `C` `m × k`),
+/// the whole product, or its tangent part alone if `!primal` (as
+/// [`super::tangent_gemm`]). The same products, with the same bits, as the
+/// interleaved leaf through [`super::gemm`] (`kernels/dual.rs`: the planes
+/// are copied into the product's split operand where the split of the
+/// interleaved leaf would have put them). `C` is dense row-major. Returns
+/// `false` (nothing done) if `T` is not `Dual<f32>`/`Dual<f64>`, the shape
+/// is not one of [`reads_source_dual`], or no planes of `W`'s size are
+/// registered.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dual_source_gemm<T: Real>(
+    tape: u32,
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    transposed: bool,
+    beta: T::Base,
+    c: &mut [T],
+    primal: bool,
+) -> bool {
+    dual_as::<T, f32>(tape, node, alpha, a, transposed, beta, c, primal)
+        || dual_as::<T, f64>(tape, node, alpha, a, transposed, beta, c, primal)
+}
+
+/// [`dual_source_gemm`] if `T` is `Dual<F>`.
+#[allow(clippy::too_many_arguments)]
+fn dual_as<T: Real, F: Prim>(
+    tape: u32,
+    node: usize,
+    alpha: T::Base,
+    a: MatRef<'_, T>,
+    transposed: bool,
+    beta: T::Base,
+    c: &mut [T],
+    primal: bool,
+) -> bool {
+    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+        return false;
+    }
+    let scalars = [alpha, beta];
+    let [alpha, beta] = [0, 1].map(|i| same_type::<T::Base, F>(&scalars)[i]);
+    let a = MatRef::new(same_type::<_, Dual<F>>(a.data), a.rows, a.cols, a.rs, a.cs);
+    let c = same_type_mut::<T, Dual<F>>(c);
+    let m = a.rows;
+    let cols = c.len().checked_div(m).unwrap_or(0);
+    assert_eq!(
+        c.len(),
+        m * cols,
+        "dual_source_gemm: output of {} elements for {m} rows",
+        c.len()
+    );
+    // W is k × n: A's columns by C's (A·W), or C's by A's (A·Wᵀ).
+    let (k, n) = if transposed {
+        (cols, a.cols)
+    } else {
+        (a.cols, cols)
+    };
+    if !reads_source_dual(m, k, n) {
+        return false;
+    }
+    read_source::<F, ()>(tape, node, k * n, |v, d| {
+        let w = Right::Planes {
+            v,
+            d,
+            rows: k,
+            cols: n,
+            transposed,
+        };
+        let parts = if primal { Parts::Both } else { Parts::Tangent };
+        let c = MatMut::row_major(c, m, cols);
+        F::with_scratch(|s| split_product(s, alpha, a, w, beta, c, parts));
     })
     .is_some()
 }

@@ -12,8 +12,12 @@
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::kernels::dual::tangent_sink;
-use crate::kernels::source::{reads_source, real_left_source_gemm};
-use crate::kernels::{real_left_gemm, real_left_ok, real_left_tangent_sink, THIN_COLS};
+use crate::kernels::source::{
+    dual_source_gemm, reads_source, reads_source_dual, real_left_source_gemm,
+};
+use crate::kernels::{
+    real_left_gemm, real_left_ok, real_left_tangent_sink, takes_real_left, THIN_COLS,
+};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -55,12 +59,22 @@ pub(crate) fn matmul_reads_base<T: Real>(a: Shape, b: Shape) -> bool {
 }
 
 /// Whether `matmul` reads a [`crate::Tape::tangent_leaf_source`] right
-/// operand in place, behind a real left operand ([`matmul_reads_base`]):
-/// one `[m, k]·[k, n]` product of a shape that
-/// `kernels::source::real_left_source_gemm` takes.
-pub(crate) fn matmul_reads_source<T: Real>(a: Shape, b: Shape) -> bool {
+/// operand in place: one `[m, k]·[k, n]` product on a `Dual<f32>`/
+/// `Dual<f64>` tape, behind a real left operand (`base_left`,
+/// [`matmul_reads_base`]) of a shape that
+/// `kernels::source::real_left_source_gemm` takes, or behind a dual one of
+/// a shape that `kernels::source::dual_source_gemm` takes (forward and
+/// adjoint).
+pub(crate) fn matmul_reads_source<T: Real>(a: Shape, b: Shape, base_left: bool) -> bool {
     let (batch, m, k, n) = dims(a, b);
-    batch == 1 && !is_real::<T>() && matmul_reads_base::<T>(a, b) && reads_source(m, k, n)
+    if batch != 1 || !takes_real_left::<T>() {
+        return false;
+    }
+    if base_left {
+        matmul_reads_base::<T>(a, b) && reads_source(m, k, n)
+    } else {
+        reads_source_dual(m, k, n)
+    }
 }
 
 /// Whether `T` is its own base type (`f32`, `f64`).
@@ -88,8 +102,18 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     };
     if b.wants(0) {
         let primal = b.wants_primal(0);
+        let source = b.x_source(1);
         let (ga, fresh) = b.g_in_overwrite(0);
-        for i in 0..batch {
+        // A source leaf as B: ḡA = g·Bᵀ from its planes (batch 1).
+        if let Some((tape, node)) = source {
+            let gm = MatRef::row_major(g, m, n);
+            let done = dual_source_gemm(tape, node, one, gm, true, beta(fresh), ga, primal);
+            assert!(
+                done,
+                "matmul: source leaf {node} [{k}, {n}] not readable in place"
+            );
+        }
+        for i in (0..batch).filter(|_| source.is_none()) {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
             adjoint_gemm(
@@ -253,6 +277,15 @@ impl<'t, T: Real> Var<'t, T> {
                 if let (Some(xa), Some((tape, node))) = (real_a, f.x_source(1)) {
                     let ai = MatRef::row_major(xa, m, k);
                     let done = real_left_source_gemm(tape, node, one, ai, f.out);
+                    assert!(
+                        done,
+                        "matmul: source leaf {node} [{k}, {n}] not readable in place"
+                    );
+                    return;
+                }
+                if let (None, Some((tape, node))) = (real_a, f.x_source(1)) {
+                    let ai = MatRef::row_major(f.x(0), m, k);
+                    let done = dual_source_gemm(tape, node, one, ai, false, zero, f.out, true);
                     assert!(
                         done,
                         "matmul: source leaf {node} [{k}, {n}] not readable in place"
