@@ -262,70 +262,85 @@ pub(crate) fn reads_source_dual(m: usize, k: usize, n: usize) -> bool {
 /// `false` (nothing done) if `T` is not `Dual<f32>`/`Dual<f64>`, the shape
 /// is not one of [`reads_source_dual`], or no planes of `W`'s size are
 /// registered.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dual_source_gemm<T: Real>(
-    tape: u32,
-    node: usize,
-    alpha: T::Base,
+    (tape, node): (u32, usize),
+    (alpha, beta): (T::Base, T::Base),
     a: MatRef<'_, T>,
     transposed: bool,
-    beta: T::Base,
     c: &mut [T],
     primal: bool,
 ) -> bool {
-    dual_as::<T, f32>(tape, node, alpha, a, transposed, beta, c, primal)
-        || dual_as::<T, f64>(tape, node, alpha, a, transposed, beta, c, primal)
+    let p = DualSource {
+        tape,
+        node,
+        alpha,
+        beta,
+        transposed,
+        primal,
+    };
+    p.run::<T, f32>(a, c) || p.run::<T, f64>(a, c)
 }
 
-/// [`dual_source_gemm`] if `T` is `Dual<F>`.
-#[allow(clippy::too_many_arguments)]
-fn dual_as<T: Real, F: Prim>(
+/// The arguments of [`dual_source_gemm`] but the operands.
+#[derive(Clone, Copy)]
+struct DualSource<B> {
     tape: u32,
     node: usize,
-    alpha: T::Base,
-    a: MatRef<'_, T>,
+    alpha: B,
+    beta: B,
     transposed: bool,
-    beta: T::Base,
-    c: &mut [T],
     primal: bool,
-) -> bool {
-    if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
-        return false;
-    }
-    let scalars = [alpha, beta];
-    let [alpha, beta] = [0, 1].map(|i| same_type::<T::Base, F>(&scalars)[i]);
-    let a = MatRef::new(same_type::<_, Dual<F>>(a.data), a.rows, a.cols, a.rs, a.cs);
-    let c = same_type_mut::<T, Dual<F>>(c);
-    let m = a.rows;
-    let cols = c.len().checked_div(m).unwrap_or(0);
-    assert_eq!(
-        c.len(),
-        m * cols,
-        "dual_source_gemm: output of {} elements for {m} rows",
-        c.len()
-    );
-    // W is k × n: A's columns by C's (A·W), or C's by A's (A·Wᵀ).
-    let (k, n) = if transposed {
-        (cols, a.cols)
-    } else {
-        (a.cols, cols)
-    };
-    if !reads_source_dual(m, k, n) {
-        return false;
-    }
-    read_source::<F, ()>(tape, node, k * n, |v, d| {
-        let w = Right::Planes {
-            v,
-            d,
-            rows: k,
-            cols: n,
+}
+
+impl<B: 'static + Copy> DualSource<B> {
+    /// [`dual_source_gemm`] if `T` is `Dual<F>` (whose base `B` is `F`).
+    fn run<T: Real<Base = B>, F: Prim>(self, a: MatRef<'_, T>, c: &mut [T]) -> bool {
+        let DualSource {
+            tape,
+            node,
+            alpha,
+            beta,
             transposed,
+            primal,
+        } = self;
+        if TypeId::of::<T>() != TypeId::of::<Dual<F>>() {
+            return false;
+        }
+        let scalars = [alpha, beta];
+        let [alpha, beta] = [0, 1].map(|i| same_type::<T::Base, F>(&scalars)[i]);
+        let a = MatRef::new(same_type::<_, Dual<F>>(a.data), a.rows, a.cols, a.rs, a.cs);
+        let c = same_type_mut::<T, Dual<F>>(c);
+        let m = a.rows;
+        let cols = c.len().checked_div(m).unwrap_or(0);
+        assert_eq!(
+            c.len(),
+            m * cols,
+            "dual_source_gemm: output of {} elements for {m} rows",
+            c.len()
+        );
+        // W is k × n: A's columns by C's (A·W), or C's by A's (A·Wᵀ).
+        let (k, n) = if transposed {
+            (cols, a.cols)
+        } else {
+            (a.cols, cols)
         };
-        let parts = if primal { Parts::Both } else { Parts::Tangent };
-        let c = MatMut::row_major(c, m, cols);
-        F::with_scratch(|s| split_product(s, alpha, a, w, beta, c, parts));
-    })
-    .is_some()
+        if !reads_source_dual(m, k, n) {
+            return false;
+        }
+        read_source::<F, ()>(tape, node, k * n, |v, d| {
+            let w = Right::Planes {
+                v,
+                d,
+                rows: k,
+                cols: n,
+                transposed,
+            };
+            let parts = if primal { Parts::Both } else { Parts::Tangent };
+            let c = MatMut::row_major(c, m, cols);
+            F::with_scratch(|s| split_product(s, alpha, a, w, beta, c, parts));
+        })
+        .is_some()
+    }
 }
 
 #[cfg(test)]

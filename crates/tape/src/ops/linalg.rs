@@ -107,7 +107,7 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         // A source leaf as B: ḡA = g·Bᵀ from its planes (batch 1).
         if let Some((tape, node)) = source {
             let gm = MatRef::row_major(g, m, n);
-            let done = dual_source_gemm(tape, node, one, gm, true, beta(fresh), ga, primal);
+            let done = dual_source_gemm((tape, node), (one, beta(fresh)), gm, true, ga, primal);
             assert!(
                 done,
                 "matmul: source leaf {node} [{k}, {n}] not readable in place"
@@ -285,7 +285,7 @@ impl<'t, T: Real> Var<'t, T> {
                 }
                 if let (None, Some((tape, node))) = (real_a, f.x_source(1)) {
                     let ai = MatRef::row_major(f.x(0), m, k);
-                    let done = dual_source_gemm(tape, node, one, ai, false, zero, f.out, true);
+                    let done = dual_source_gemm((tape, node), (one, zero), ai, false, f.out, true);
                     assert!(
                         done,
                         "matmul: source leaf {node} [{k}, {n}] not readable in place"
