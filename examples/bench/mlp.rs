@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 use serde_json::{json, Map, Value};
 use tape::ops::dense::Activation;
-use tape::{Float, Real, Tape, Tensor, Var};
+use tape::{Constant, Float, Real, Tape, Tensor, Var};
 
 use crate::Bench;
 
@@ -16,15 +16,16 @@ const SIZES: [usize; 4] = [784, 256, 256, 10];
 const BATCH: usize = 64;
 
 /// The loss as an [`Objective`]: inputs are `[w1, b1, w2, b2, w3, b3]`, the data
-/// are constants.
-pub(crate) struct MlpLoss<F = f32> {
-    x: Tensor<F>,
+/// are constants, shared with the tape (read in place, as JAX reads its
+/// argument; [`Tape::constant_shared`]).
+pub(crate) struct MlpLoss<F: Float = f32> {
+    x: Constant<F>,
     labels: Vec<usize>,
 }
 
 impl<F: Float> Objective<F> for MlpLoss<F> {
     fn eval<'t, T: Real<Base = F>>(&self, tape: &'t Tape<T>, p: &[Var<'t, T>]) -> Var<'t, T> {
-        self.on(tape.constant_base(&self.x), p)
+        self.on(tape.constant_shared(&self.x), p)
     }
 }
 
@@ -91,6 +92,7 @@ fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
         .iter()
         .map(|p| Tensor::from_fn(p.shape(), |_| StandardNormal.sample(&mut rng)))
         .collect();
+    let x = Constant::new(x);
     (MlpLoss { x, labels }, params, v)
 }
 
@@ -143,7 +145,7 @@ impl MlpGrad {
     fn new(act: Activation, fused: bool) -> Self {
         let (loss, params, _) = setup();
         let tape = Tape::new();
-        tape.constant_base(&loss.x);
+        tape.constant_base(loss.x.value());
         for p in &params {
             tape.var(p);
         }
@@ -290,7 +292,7 @@ pub(crate) fn check_hvp() -> f64 {
     // central difference of f64 gradients (g(x + εv) − g(x − εv))/2ε. ε is tiny
     // so that (almost) no ReLU changes side between the two points.
     let loss64 = MlpLoss {
-        x: loss.x.cast::<f64>(),
+        x: Constant::new(loss.x.value().cast::<f64>()),
         labels: loss.labels.clone(),
     };
     let eps = 1e-7;

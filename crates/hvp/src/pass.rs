@@ -443,30 +443,42 @@ pub(crate) fn dual_leaves<'t, 'a, F: Float + 'a>(
 ) -> Leaves<'t, Dual<F>> {
     seeds
         .into_iter()
-        .map(|(x, seed)| {
-            let requires_grad = !matches!(seed, Seed::Constant);
-            if let Seed::Tangent(v) | Seed::HvOnly(v) = seed {
-                assert!(
-                    v.len() == x.numel(),
-                    "dual pass: input {:?} ({} elements) but a tangent of {} elements",
-                    x.shape(),
-                    x.numel(),
-                    v.len()
-                );
-            }
-            let fill = |out: &mut [Dual<F>]| match seed {
-                Seed::Tangent(v) | Seed::HvOnly(v) => tape::kernels::zip_duals(x.data(), v, out),
-                Seed::Zero | Seed::Constant => {
-                    for (o, &a) in out.iter_mut().zip(x.data()) {
-                        *o = Dual::constant(a);
-                    }
-                }
-            };
-            if let Seed::HvOnly(_) = seed {
-                t.tangent_leaf_with(x.shape(), fill)
-            } else {
-                t.leaf_with(x.shape(), requires_grad, fill)
-            }
-        })
+        .map(|(x, seed)| dual_leaf(t, x, seed, false))
         .collect()
+}
+
+/// One dual leaf x + v ε for `seed`. With `in_place`, a [`Seed::HvOnly`]
+/// input becomes a source leaf ([`Tape::tangent_leaf_source`]) whose value
+/// is not written: the caller registers x and v for it
+/// ([`tape::kernels::with_plane_sources`]) while the pass runs.
+#[track_caller]
+pub(crate) fn dual_leaf<'t, F: Float>(
+    t: &'t Tape<Dual<F>>,
+    x: &Tensor<F>,
+    seed: Seed<'_, F>,
+    in_place: bool,
+) -> Var<'t, Dual<F>> {
+    let requires_grad = !matches!(seed, Seed::Constant);
+    if let Seed::Tangent(v) | Seed::HvOnly(v) = seed {
+        assert!(
+            v.len() == x.numel(),
+            "dual pass: input {:?} ({} elements) but a tangent of {} elements",
+            x.shape(),
+            x.numel(),
+            v.len()
+        );
+    }
+    let fill = |out: &mut [Dual<F>]| match seed {
+        Seed::Tangent(v) | Seed::HvOnly(v) => tape::kernels::zip_duals(x.data(), v, out),
+        Seed::Zero | Seed::Constant => {
+            for (o, &a) in out.iter_mut().zip(x.data()) {
+                *o = Dual::constant(a);
+            }
+        }
+    };
+    match seed {
+        Seed::HvOnly(_) if in_place => t.tangent_leaf_source(x.shape()),
+        Seed::HvOnly(_) => t.tangent_leaf_with(x.shape(), fill),
+        _ => t.leaf_with(x.shape(), requires_grad, fill),
+    }
 }

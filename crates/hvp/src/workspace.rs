@@ -9,10 +9,11 @@
 //! | [`Workspace::hvp_only`], [`Workspace::hvp_only_into`] | `Dual<F>` | f, H·v | the same, without the primal weight-gradient products |
 
 use smallvec::SmallVec;
+use tape::kernels::PlaneSource;
 use tape::{Dual, Float, Tape, Tensor, Var};
 
 use crate::objective::{Objective, VectorFunction};
-use crate::pass::{dual_leaves, Seed};
+use crate::pass::{dual_leaf, dual_leaves, Leaves, Seed};
 
 /// The value, gradient and Hessian-vector product of an [`Objective`] at a point.
 #[derive(Clone, Debug)]
@@ -411,28 +412,43 @@ impl<F: Float> Workspace<F> {
     {
         self.dual.clear();
         let t = &self.dual;
-        let inputs = dual_leaves(t, seeds);
-        let out = f.eval(t, &inputs);
-        let value = out.item();
-        let mut sinks: SmallVec<[(usize, &mut [F]); 32]> = inputs
-            .iter()
-            .zip(outs.iter_mut())
-            .filter_map(|(l, o)| Some((l.index(), o.as_deref_mut()?)))
+        // The HVP-only inputs as source leaves: x and v are read where they
+        // are (the first layer's product reads them in place; other ops
+        // write the dual leaf once, as `dual_leaves` would have).
+        let mut sources: SmallVec<[PlaneSource<'_, F>; 32]> = SmallVec::new();
+        let inputs: Leaves<'_, Dual<F>> = seeds
+            .into_iter()
+            .map(|(x, seed)| {
+                let leaf = dual_leaf(t, x, seed, true);
+                if let Seed::HvOnly(v) = seed {
+                    sources.push((leaf.index(), x.data(), v));
+                }
+                leaf
+            })
             .collect();
-        let mut taken: SmallVec<[bool; 32]> = SmallVec::from_elem(false, sinks.len());
-        tape::kernels::with_tangent_sinks(&mut sinks, &mut taken, || t.backward(out));
-        drop(sinks);
-        let mut taken = taken.into_iter();
-        for (&leaf, h) in inputs.iter().zip(outs.iter_mut()) {
-            let Some(h) = h else { continue };
-            match (t.grad_ref(leaf), taken.next() == Some(true)) {
-                (None, true) => {}
-                (Some(_), true) => return None,
-                (Some(adj), false) => tape::kernels::tangents_into(&adj, h),
-                (None, false) => h.fill(F::zero()),
+        tape::kernels::with_plane_sources(t.id(), &sources, || {
+            let out = f.eval(t, &inputs);
+            let value = out.item();
+            let mut sinks: SmallVec<[(usize, &mut [F]); 32]> = inputs
+                .iter()
+                .zip(outs.iter_mut())
+                .filter_map(|(l, o)| Some((l.index(), o.as_deref_mut()?)))
+                .collect();
+            let mut taken: SmallVec<[bool; 32]> = SmallVec::from_elem(false, sinks.len());
+            tape::kernels::with_tangent_sinks(&mut sinks, &mut taken, || t.backward(out));
+            drop(sinks);
+            let mut taken = taken.into_iter();
+            for (&leaf, h) in inputs.iter().zip(outs.iter_mut()) {
+                let Some(h) = h else { continue };
+                match (t.grad_ref(leaf), taken.next() == Some(true)) {
+                    (None, true) => {}
+                    (Some(_), true) => return None,
+                    (Some(adj), false) => tape::kernels::tangents_into(&adj, h),
+                    (None, false) => h.fill(F::zero()),
+                }
             }
-        }
-        Some(value.v)
+            Some(value.v)
+        })
     }
 
     /// H(x)·v alone, one tensor per input: [`Workspace::hvp_only_into`] into

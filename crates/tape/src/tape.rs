@@ -62,9 +62,13 @@ pub(crate) struct Node {
     /// in place (like `base`, but not copied).
     pub(crate) shared: Option<u32>,
     /// Whether the value in `vals` is not written yet (a `base` or `shared`
-    /// leaf that only real-left products have read); [`Inner::materialize`]
-    /// writes it on the first read of `vals`.
+    /// leaf that only real-left products have read, or a `source` leaf);
+    /// [`Inner::materialize`] writes it on the first read of `vals`.
     pub(crate) pending: bool,
+    /// Whether this is a leaf of [`Tape::tangent_leaf_source`]: its dual
+    /// value is the caller's planes registered with
+    /// [`crate::kernels::with_plane_sources`] (`kernels/source.rs`).
+    pub(crate) source: bool,
 }
 
 impl Node {
@@ -100,15 +104,31 @@ struct Inner<T: Real> {
 }
 
 impl<T: Real> Inner<T> {
-    /// Writes node `i`'s value into `vals` (`T::from_base` of its real copy)
-    /// if it is still pending; a no-op otherwise.
-    fn materialize(&mut self, i: usize) {
+    /// Writes node `i`'s value into `vals` (`T::from_base` of its real copy,
+    /// or a source leaf's registered planes) if it is still pending; a no-op
+    /// otherwise. `tape` is the tape's id.
+    ///
+    /// # Panics
+    /// If it is a source leaf whose planes are not registered.
+    #[track_caller]
+    fn materialize(&mut self, i: usize, tape: u32) {
         let node = &mut self.nodes[i];
         if !node.pending {
             return;
         }
         node.pending = false;
         let r = node.range();
+        if node.source {
+            let out = &mut self.vals[r];
+            assert!(
+                crate::kernels::source::zip_source(tape, i, out),
+                "Tape: node {i} {:?} is a source leaf (tangent_leaf_source) read outside \
+                 with_plane_sources: its value is the caller's planes, registered only while \
+                 its pass runs",
+                node.shape
+            );
+            return;
+        }
         let src = match (node.base, node.shared) {
             (Some(b), _) => &self.base[b..b + r.len()],
             (None, Some(c)) => self.shared[c as usize].value().data(),
@@ -134,6 +154,7 @@ impl<T: Real> Inner<T> {
             base: None,
             shared: None,
             pending: false,
+            source: false,
         });
     }
 
@@ -215,6 +236,8 @@ impl<T: Real> fmt::Debug for Var<'_, T> {
 
 /// What a forward rule sees: its inputs' values and its output buffer.
 pub(crate) struct Fwd<'a, T: Real> {
+    /// The tape's id (a source leaf's key, with its node index).
+    tape: u32,
     vals: &'a [T],
     base: &'a [T::Base],
     shared: &'a [Constant<T::Base>],
@@ -249,6 +272,15 @@ impl<'a, T: Real> Fwd<'a, T> {
         let n = &self.nodes[self.inputs[k] as usize];
         n.shared.and_then(|c| self.shared[c as usize].columns())
     }
+    /// `(tape id, node index)` of input `k` if it is a source leaf whose
+    /// value is not written (see [`Tape::tangent_leaf_source`]): only rules
+    /// that the recording exempts from materialising it see one.
+    #[inline]
+    pub(crate) fn x_source(&self, k: usize) -> Option<(u32, usize)> {
+        let i = self.inputs[k] as usize;
+        let n = &self.nodes[i];
+        (n.source && n.pending).then_some((self.tape, i))
+    }
 }
 
 /// Node `i`'s real data: its copy in the `base` arena or its shared
@@ -270,6 +302,8 @@ fn base_of<'a, B: crate::real::Float>(
 /// What a VJP rule sees: the node, its inputs' values, its output value and
 /// adjoint, and the adjoint buffers of its inputs to accumulate into.
 pub(crate) struct Bwd<'a, T: Real> {
+    /// The tape's id (a source leaf's key, with its node index).
+    tape: u32,
     pub(crate) node: &'a Node,
     nodes: &'a [Node],
     vals: &'a [T],
@@ -297,6 +331,14 @@ impl<'a, T: Real> Bwd<'a, T> {
     #[inline]
     pub(crate) fn x_base(&self, k: usize) -> Option<&'a [T::Base]> {
         base_of(self.nodes, self.base, self.shared, self.node.inputs[k])
+    }
+    /// `(tape id, node index)` of input `k` if it is a source leaf whose
+    /// value is not written (see [`Fwd::x_source`]).
+    #[inline]
+    pub(crate) fn x_source(&self, k: usize) -> Option<(u32, usize)> {
+        let i = self.node.inputs[k] as usize;
+        let n = &self.nodes[i];
+        (n.source && n.pending).then_some((self.tape, i))
     }
     /// Shape of input `k`.
     #[inline]
@@ -829,8 +871,14 @@ impl<T: Real> Tape<T> {
         });
         for (k, &i) in idxs.iter().enumerate() {
             let shape = |j: usize| inner.nodes[idxs[j] as usize].shape;
-            if inner.nodes[i as usize].pending && !ops::reads_base::<T>(&op, k, shape) {
-                inner.materialize(i as usize);
+            let n = &inner.nodes[i as usize];
+            let in_place = if n.source {
+                ops::reads_source::<T>(&op, k, base_left, shape)
+            } else {
+                ops::reads_base::<T>(&op, k, shape)
+            };
+            if n.pending && !in_place {
+                inner.materialize(i as usize, self.id);
             }
         }
         let at = inner.alloc(shape.numel(), zeroed);
@@ -839,6 +887,7 @@ impl<T: Real> Tape<T> {
             let (before, rest) = inner.vals.split_at_mut(at);
             let out = &mut rest[..shape.numel()];
             let mut f = Fwd {
+                tape: self.id,
                 vals: before,
                 base: &inner.base,
                 shared: &inner.shared,
@@ -863,6 +912,7 @@ impl<T: Real> Tape<T> {
             base: None,
             shared: None,
             pending: false,
+            source: false,
         });
         Var {
             tape: self,
@@ -876,7 +926,7 @@ impl<T: Real> Tape<T> {
         self.check_own(v, "detach");
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
-        inner.materialize(v.idx as usize);
+        inner.materialize(v.idx as usize, self.id);
         let src = inner.nodes[v.idx as usize].clone();
         let at = inner.alloc(src.shape.numel(), false);
         inner.vals.copy_within(src.range(), at);
@@ -893,6 +943,7 @@ impl<T: Real> Tape<T> {
             base: None,
             shared: None,
             pending: false,
+            source: false,
         });
         Var {
             tape: self,
@@ -939,7 +990,7 @@ impl<T: Real> Tape<T> {
                      value_ref view is alive; drop the view or read this value first"
                 );
             };
-            inner.materialize(v.idx as usize);
+            inner.materialize(v.idx as usize, self.id);
         }
     }
 
@@ -1069,6 +1120,7 @@ impl<T: Real> Tape<T> {
             let (g_before, g_rest) = inner.grads.split_at_mut(node.at);
             let (adj_before, _) = inner.has_adj.split_at_mut(i);
             let mut b = Bwd {
+                tape: self.id,
                 node,
                 nodes: &inner.nodes,
                 vals: &inner.vals,
@@ -1257,6 +1309,52 @@ impl<T: Real> Tape<Dual<T>> {
         fill: impl FnOnce(&mut [Dual<T>]),
     ) -> Var<'_, Dual<T>> {
         self.record_leaf_as(shape.into(), true, false, fill)
+    }
+
+    /// [`Tape::tangent_leaf_with`] whose value x + v ε is not written into
+    /// the tape: it is read from the caller's planes x and v, registered for
+    /// this leaf ([`Var::index`]) and this tape ([`Tape::id`]) by
+    /// [`crate::kernels::with_plane_sources`] while the pass runs. A product
+    /// `A·W` with a real left operand `A` (a [`Tape::constant_base`] or
+    /// [`Tape::constant_shared`] leaf) and this leaf as `W` reads the planes
+    /// in place (two real products, `A·x` and `A·v`, large shapes only); any
+    /// other read writes the dual value into the tape first (a copy, once).
+    /// The bits are those of [`Tape::tangent_leaf_with`] filled with x + v ε.
+    ///
+    /// ```
+    /// use tape::kernels::with_plane_sources;
+    /// use tape::{Dual, Tape, Tensor};
+    /// // f(w) = Σ (a·w)² for a constant a [64, 40], w [40, 30], direction v:
+    /// // H·v = 2 aᵀa·v, the same bits as from a leaf written with w + v ε.
+    /// let a = Tensor::new(&[64, 40], (0..2560).map(|i| (i % 9) as f64 * 0.1 - 0.4).collect());
+    /// let w: Vec<f64> = (0..1200).map(|i| (i % 5) as f64 * 0.2 - 0.3).collect();
+    /// let v: Vec<f64> = (0..1200).map(|i| (i % 7) as f64 * 0.1 - 0.2).collect();
+    /// let hv = |source: bool| {
+    ///     let t = Tape::<Dual<f64>>::new();
+    ///     let leaf = if source {
+    ///         t.tangent_leaf_source([40, 30])
+    ///     } else {
+    ///         t.tangent_leaf_with([40, 30], |o| tape::kernels::zip_duals(&w, &v, o))
+    ///     };
+    ///     let run = || {
+    ///         t.backward(t.constant_base(&a).matmul(leaf).square().sum());
+    ///         t.grad(leaf).data().iter().map(|g| g.d).collect::<Vec<f64>>()
+    ///     };
+    ///     with_plane_sources(t.id(), &[(leaf.index(), &w[..], &v[..])], run)
+    /// };
+    /// assert_eq!(hv(true), hv(false));
+    /// ```
+    ///
+    /// # Panics
+    /// A read of its value outside the registration panics (the planes are
+    /// the caller's, borrowed only while they are registered).
+    pub fn tangent_leaf_source(&self, shape: impl Into<Shape>) -> Var<'_, Dual<T>> {
+        let v = self.record_leaf_as(shape.into(), true, false, |_| {});
+        let mut inner = self.inner.borrow_mut();
+        let node = inner.nodes.last_mut().expect("just recorded");
+        node.pending = true;
+        node.source = true;
+        v
     }
 }
 

@@ -452,14 +452,51 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
         a,
         b,
         beta,
-        mut c,
+        c,
     } = p;
-    let zero = F::zero();
     if parts == Parts::Both && b.cs == 1 && c.cs == 1 && tangent_is_zero(&a) {
+        let mut c = c;
         let av = a.parts().0;
         let (b2, c2) = (b.real_columns(), c.real_columns());
         return F::large_gemm(Product::new(alpha, av, b2, beta, c2));
     }
+    split_product(scratch, alpha, a, Right::View(b), beta, c, parts);
+}
+
+/// A dual product's right operand: a dual view, or the planes of a source
+/// leaf (`kernels/source.rs`).
+#[derive(Clone, Copy)]
+pub(crate) enum Right<'a, F> {
+    /// Interleaved duals.
+    View(MatRef<'a, Dual<F>>),
+    /// `W` (`rows × cols`) as two row-major planes, `W.v` and `W.d`; the
+    /// operand is `Wᵀ` if `transposed`.
+    Planes {
+        v: &'a [F],
+        d: &'a [F],
+        rows: usize,
+        cols: usize,
+        transposed: bool,
+    },
+}
+
+/// `C ← α·A·B + β·C` (or its tangent part, `parts`) on contiguous planes
+/// for a nonempty product (`m, k, n > 0`): [`planes`] without its
+/// shortcut (which gives the same bits, see there). A right operand given
+/// as planes ([`Right::Planes`]) is copied into `B'` as [`split_into`]
+/// would have split its interleaved duals, so the products and their bits
+/// are the same.
+pub(crate) fn split_product<F: Prim>(
+    scratch: &mut Vec<F>,
+    alpha: F,
+    a: MatRef<'_, Dual<F>>,
+    b: Right<'_, F>,
+    beta: F,
+    mut c: MatMut<'_, Dual<F>>,
+    parts: Parts,
+) {
+    let zero = F::zero();
+    let (m, k, n) = (c.rows, a.cols, c.cols);
     // Every element of the scratch is written before it is read (the C planes
     // only if β ≠ 0: a product with β = 0 does not read its output), so stale
     // contents from an earlier call are fine and it is only grown.
@@ -470,7 +507,16 @@ fn planes_with<F: Prim>(scratch: &mut Vec<F>, p: Product<'_, Dual<F>>, parts: Pa
     }
     let (ap, rest) = scratch[..need].split_at_mut(amk);
     let (bp, cp) = rest.split_at_mut(bkn);
-    let ops = Operands::split(&a, &b, ap, bp);
+    let ops = match b {
+        Right::View(b) => Operands::split(&a, &b, ap, bp),
+        Right::Planes {
+            v,
+            d,
+            rows,
+            cols,
+            transposed,
+        } => Operands::split_planes(&a, (v, d), [rows, cols], transposed, ap, bp),
+    };
     let (cv, cd) = cp.split_at_mut(cmn);
     if beta != zero {
         let c0 = c.as_ref();
@@ -532,11 +578,76 @@ impl<'s, F: Prim> Operands<'s, F> {
         ap: &'s mut [F],
         bp: &'s mut [F],
     ) -> Self {
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        let a_rows = a.cs <= a.rs;
-        let a_has_d = split_into(a, ap, a_rows, true);
         let b_rows = b.cs <= b.rs;
         let b_has_d = split_into(b, bp, !b_rows, false);
+        Self::with_b(a, ap, bp, b.cols, b_rows, b_has_d)
+    }
+
+    /// [`Operands::split`] with `B` = `W` (or `Wᵀ` if `transposed`) given
+    /// as the planes `(W.v, W.d)` of `W` (`rows × cols`, row-major): `bp`
+    /// gets what [`split_into`] writes for the interleaved `W` (row-major
+    /// `B`: the planes stacked, `[W.d ; W.v]`) or `Wᵀ` (a column-major `B`,
+    /// `W`'s rows each a line: row `o`'s two parts side by side), by copies.
+    /// `Wᵀ` needs `cols ≥ 2` (a one-column `W` would make `Wᵀ` row-major).
+    fn split_planes(
+        a: &MatRef<'_, Dual<F>>,
+        (wv, wd): (&[F], &[F]),
+        [rows, cols]: [usize; 2],
+        transposed: bool,
+        ap: &'s mut [F],
+        bp: &'s mut [F],
+    ) -> Self {
+        assert!(
+            wv.len() == rows * cols && wd.len() == rows * cols && (!transposed || cols >= 2),
+            "split_planes: planes of {} and {} elements for [{rows}, {cols}] (transposed {transposed})",
+            wv.len(),
+            wd.len()
+        );
+        let zero = F::zero();
+        let len = rows * cols;
+        let nonzero = |d: &[F]| d.iter().any(|&x| x != zero);
+        let b_has_d = if transposed {
+            in_parts(
+                &mut bp[..2 * len],
+                &mut [],
+                2 * cols,
+                |s, part, _: &mut [()]| {
+                    let mut hit = false;
+                    for (o, pair) in part.chunks_exact_mut(2 * cols).enumerate() {
+                        let r = s / 2 + o * cols;
+                        let (d, v) = pair.split_at_mut(cols);
+                        d.copy_from_slice(&wd[r..r + cols]);
+                        v.copy_from_slice(&wv[r..r + cols]);
+                        hit |= nonzero(d);
+                    }
+                    hit
+                },
+            )
+        } else {
+            let (d, v) = bp[..2 * len].split_at_mut(len);
+            in_parts(d, v, 1, |s, d, v| {
+                d.copy_from_slice(&wd[s..s + d.len()]);
+                v.copy_from_slice(&wv[s..s + v.len()]);
+                nonzero(d)
+            })
+        };
+        let n = if transposed { rows } else { cols };
+        Self::with_b(a, ap, bp, n, !transposed, b_has_d)
+    }
+
+    /// Splits `a` into `ap` and records `B`'s split (`n` columns, row-major
+    /// lines if `b_rows`, a nonzero tangent if `b_has_d`), already in `bp`.
+    fn with_b(
+        a: &MatRef<'_, Dual<F>>,
+        ap: &'s mut [F],
+        bp: &'s mut [F],
+        n: usize,
+        b_rows: bool,
+        b_has_d: bool,
+    ) -> Self {
+        let (m, k) = (a.rows, a.cols);
+        let a_rows = a.cs <= a.rs;
+        let a_has_d = split_into(a, ap, a_rows, true);
         Operands {
             ap,
             bp,

@@ -18,6 +18,7 @@
 //! | `vmath.rs` | softplus and the sigmoid of `f32`/`f64` from one branch-free exponential, over slices compiled for the family's width (same bits) | — (through `wide.rs`) |
 //! | `real_left.rs` | a real left operand (a constant's real copy) times a dual one, as one real product | — |
 //! | `relu.rs` | ReLU in place and its adjoint from the saved output, over slices, compiled for the active family's vector width (`batched_affine_relu`) | — |
+//! | `source.rs` | [`with_plane_sources`]: caller planes x, v that an HVP-only pass's dual leaves read in place (the first layer's product as two real ones) | registered `&[F]` kept as pointers while they are borrowed |
 //! | `sink.rs` | [`with_tangent_sinks`]: caller buffers that take an HVP-only leaf's H·v block from its product | a registered `&mut [F]` kept as a pointer while it is borrowed |
 //! | `peak.rs` | [`fma_gflops`]: this machine's measured f32 FMA throughput (independent chains in registers), for the benchmarks' share of the peak | calling `#[target_feature]` functions, an unaligned store |
 //! | `rows.rs` | the column sums of a row-major block (a bias's adjoint), compiled for the active family's vector width | — |
@@ -143,6 +144,7 @@ pub(crate) mod relu;
 pub(crate) mod rows;
 pub(crate) mod simd;
 mod sink;
+pub(crate) mod source;
 pub(crate) mod thin;
 mod update;
 mod view;
@@ -154,6 +156,7 @@ pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
 pub use peak::fma_gflops;
 pub use sink::with_tangent_sinks;
+pub use source::{with_plane_sources, PlaneSource};
 pub use update::{all_finite, sub_scaled, sub_scaled_finite};
 pub use view::{MatMut, MatRef};
 

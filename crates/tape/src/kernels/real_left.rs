@@ -241,7 +241,7 @@ pub(super) fn same_type<T: 'static, U: 'static>(x: &[T]) -> &[U] {
 }
 
 /// The `&mut` form of [`same_type`].
-fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
+pub(super) fn same_type_mut<T: 'static, U: 'static>(x: &mut [T]) -> &mut [U] {
     assert_eq!(TypeId::of::<T>(), TypeId::of::<U>(), "same_type_mut");
     // SAFETY: as in `same_type`; the result reborrows `x` exclusively.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<U>(), x.len()) }

@@ -12,7 +12,12 @@
 
 use crate::gemm::{adjoint_gemm, gemm, MatRef};
 use crate::kernels::dual::tangent_sink;
-use crate::kernels::{real_left_gemm, real_left_ok, real_left_tangent_sink, THIN_COLS};
+use crate::kernels::source::{
+    dual_source_gemm, reads_source, reads_source_dual, real_left_source_gemm,
+};
+use crate::kernels::{
+    real_left_gemm, real_left_ok, real_left_tangent_sink, takes_real_left, THIN_COLS,
+};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
@@ -53,6 +58,25 @@ pub(crate) fn matmul_reads_base<T: Real>(a: Shape, b: Shape) -> bool {
     is_real::<T>() || real_left_ok(m, k, n)
 }
 
+/// Whether `matmul` reads a [`crate::Tape::tangent_leaf_source`] right
+/// operand in place: one `[m, k]·[k, n]` product on a `Dual<f32>`/
+/// `Dual<f64>` tape, behind a real left operand (`base_left`,
+/// [`matmul_reads_base`]) of a shape that
+/// `kernels::source::real_left_source_gemm` takes, or behind a dual one of
+/// a shape that `kernels::source::dual_source_gemm` takes (forward and
+/// adjoint).
+pub(crate) fn matmul_reads_source<T: Real>(a: Shape, b: Shape, base_left: bool) -> bool {
+    let (batch, m, k, n) = dims(a, b);
+    if batch != 1 || !takes_real_left::<T>() {
+        return false;
+    }
+    if base_left {
+        matmul_reads_base::<T>(a, b) && reads_source(m, k, n)
+    } else {
+        reads_source_dual(m, k, n)
+    }
+}
+
 /// Whether `T` is its own base type (`f32`, `f64`).
 fn is_real<T: Real>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Base>()
@@ -78,8 +102,18 @@ pub(crate) fn matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     };
     if b.wants(0) {
         let primal = b.wants_primal(0);
+        let source = b.x_source(1);
         let (ga, fresh) = b.g_in_overwrite(0);
-        for i in 0..batch {
+        // A source leaf as B: ḡA = g·Bᵀ from its planes (batch 1).
+        if let Some((tape, node)) = source {
+            let gm = MatRef::row_major(g, m, n);
+            let done = dual_source_gemm((tape, node), (one, beta(fresh)), gm, true, ga, primal);
+            assert!(
+                done,
+                "matmul: source leaf {node} [{k}, {n}] not readable in place"
+            );
+        }
+        for i in (0..batch).filter(|_| source.is_none()) {
             let gi = MatRef::row_major(&g[i * m * n..(i + 1) * m * n], m, n);
             let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);
             adjoint_gemm(
@@ -239,6 +273,25 @@ impl<'t, T: Real> Var<'t, T> {
                 let columns = f
                     .x_columns(0)
                     .filter(|_| real_a_ok && batch == 1 && n <= THIN_COLS);
+                // A source leaf on the right: its planes, read in place.
+                if let (Some(xa), Some((tape, node))) = (real_a, f.x_source(1)) {
+                    let ai = MatRef::row_major(xa, m, k);
+                    let done = real_left_source_gemm(tape, node, one, ai, f.out);
+                    assert!(
+                        done,
+                        "matmul: source leaf {node} [{k}, {n}] not readable in place"
+                    );
+                    return;
+                }
+                if let (None, Some((tape, node))) = (real_a, f.x_source(1)) {
+                    let ai = MatRef::row_major(f.x(0), m, k);
+                    let done = dual_source_gemm((tape, node), (one, zero), ai, false, f.out, true);
+                    assert!(
+                        done,
+                        "matmul: source leaf {node} [{k}, {n}] not readable in place"
+                    );
+                    return;
+                }
                 let (x, y) = (if real_a_ok { &[][..] } else { f.x(0) }, f.x(1));
                 for i in 0..batch {
                     let bi = MatRef::row_major(&y[i * k * n..(i + 1) * k * n], k, n);

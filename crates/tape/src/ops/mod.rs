@@ -188,6 +188,22 @@ pub(crate) fn reads_base<T: Real>(op: &Op, k: usize, shape: impl Fn(usize) -> Sh
     }
 }
 
+/// Whether `op` reads input `k` in place when that input is a
+/// [`crate::Tape::tangent_leaf_source`] leaf (`Fwd::x_source`,
+/// `Bwd::x_source`): a `matmul`'s right operand, behind a real left one
+/// (`base_left`) or a dual one, for the shapes of [`crate::kernels::source`];
+/// every other read writes the leaf's value.
+pub(crate) fn reads_source<T: Real>(
+    op: &Op,
+    k: usize,
+    base_left: bool,
+    shape: impl Fn(usize) -> Shape,
+) -> bool {
+    matches!(op, Op::Matmul)
+        && k == 1
+        && linalg::matmul_reads_source::<T>(shape(0), shape(1), base_left)
+}
+
 /// Whether the tangent part of input `k`'s adjoint reads the primal part of
 /// the node's own adjoint on a dual tape: ḡx = J(x)ᵀ·ḡ gives
 /// ḡx.d = J.vᵀ·ḡ.d + J.dᵀ·ḡ.v, so ḡ.v is needed only where J has a tangent
