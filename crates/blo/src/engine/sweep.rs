@@ -124,7 +124,16 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
             Action::Init { buf } => {
                 let mut s = store.take_free(buf);
                 let r = match tiles::tiles(p, task) {
-                    Some(b) => tiles::tiled_state_into(theta, b, &mut s),
+                    Some(b) => {
+                        let r = tiles::tiled_state_into(theta, b, &mut s);
+                        // The problem's promise, checked where assertions
+                        // are on: its recorded φ_0 is those tiles, bit for bit.
+                        #[cfg(debug_assertions)]
+                        if r.is_ok() {
+                            tiles::assert_recorded_matches(ws, p, task, theta, b, &s);
+                        }
+                        r
+                    }
                     None => ws.initial_state_into(p, task, theta, &mut s),
                 };
                 store.put(buf, s);

@@ -103,3 +103,42 @@ pub(crate) fn tiled_vjp_add<F: Float>(u: &[Tensor<F>], acc: &mut [Tensor<F>]) {
         }
     }
 }
+
+/// Panics unless the problem's recorded φ_0 ([`Problem::initial_state`]) is
+/// `s`, the B tiles of θ it promised by [`Problem::initial_state_tiles`]:
+/// a broken promise would otherwise give a wrong hypergradient silently.
+/// Run where debug assertions are on (one recording per initial state).
+///
+/// # Panics
+/// Naming B and the first tensor whose shape or values differ.
+#[cfg(debug_assertions)]
+#[track_caller]
+pub(crate) fn assert_recorded_matches<F: Float, P: Problem<F>>(
+    ws: &mut super::step::InnerWorkspace<F>,
+    problem: &P,
+    task: &P::Task,
+    theta: &[Tensor<F>],
+    b: usize,
+    s: &State<F>,
+) {
+    let recorded = ws
+        .initial_state(problem, task, theta)
+        .expect("φ_0 = tiles of a finite θ is finite");
+    assert_eq!(
+        recorded.phi.len(),
+        s.phi.len(),
+        "Problem::initial_state_tiles promised {b} tiles of θ's {} tensors, \
+         but initial_state records {} tensors",
+        s.phi.len(),
+        recorded.phi.len()
+    );
+    for (i, (r, t)) in recorded.phi.iter().zip(&s.phi).enumerate() {
+        assert!(
+            r == t,
+            "Problem::initial_state_tiles promised φ_0 = {b} tiles of θ, but \
+             initial_state's tensor {i} ({:?}) is not {b} tiles of θ_{i} ({:?})",
+            r.shape(),
+            t.shape()
+        );
+    }
+}

@@ -309,3 +309,81 @@ fn a_non_finite_sgd_gradient_leaves_the_state_unchanged() {
         assert_eq!(*x, x0 - 0.1 * (2.0 * x0));
     }
 }
+
+/// Two tasks stacked, φ_0 = `scale`·(θ, θ); it promises two tiles of θ when
+/// `promise` (a broken promise when `scale` ≠ 1).
+struct Tiled {
+    inner: InnerLoop,
+    scale: f64,
+    promise: bool,
+}
+
+impl Problem<f64> for Tiled {
+    type Task = Tensor<f64>;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.inner
+    }
+    fn inner_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        t: &'t tape::Tape<T>,
+        c: &Tensor<f64>,
+        _j: usize,
+        _theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        (phi[0] - t.constant_base(c)).square().sum() * 0.5
+    }
+    fn outer_loss<'t, T: tape::Real<Base = f64>>(
+        &self,
+        t: &'t tape::Tape<T>,
+        c: &Tensor<f64>,
+        theta: &[tape::Var<'t, T>],
+        phi: &[tape::Var<'t, T>],
+    ) -> tape::Var<'t, T> {
+        self.inner_loss(t, c, 0, theta, phi)
+    }
+    fn initial_state<'t, T: tape::Real<Base = f64>>(
+        &self,
+        _t: &'t tape::Tape<T>,
+        _c: &Tensor<f64>,
+        theta: &[tape::Var<'t, T>],
+    ) -> Vec<tape::Var<'t, T>> {
+        vec![(theta[0] * self.scale).tile_batch(2)]
+    }
+    fn initial_state_tiles(&self, _c: &Tensor<f64>) -> Option<usize> {
+        self.promise.then_some(2)
+    }
+}
+
+fn tiled_estimate(scale: f64, promise: bool) -> Estimate<f64> {
+    let p = Tiled {
+        inner: InnerLoop::sgd(3, 0.5).unwrap(),
+        scale,
+        promise,
+    };
+    let (c, theta) = (
+        Tensor::new([2, 2], vec![1.0, -2.0, 3.0, 0.5]),
+        [Tensor::vector(vec![0.5, 0.25])],
+    );
+    Exact::new(Policy::StoreAll)
+        .unwrap()
+        .estimate(&p, &c, &theta, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap()
+}
+
+#[test]
+fn a_kept_tiles_promise_gives_the_recorded_bits() {
+    assert_eq!(
+        bits(&tiled_estimate(1.0, true).grad),
+        bits(&tiled_estimate(1.0, false).grad)
+    );
+}
+
+/// A problem whose `initial_state` is not the tiles it promised is caught
+/// where debug assertions are on (CI's debug run), not answered wrongly.
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "initial_state_tiles promised φ_0 = 2 tiles of θ")]
+fn a_broken_tiles_promise_panics_where_assertions_are_on() {
+    tiled_estimate(2.0, true);
+}
