@@ -5,13 +5,9 @@ default: ci
 ci:
     bash .ci/run
 
-# The whole test suite (same command as CI).
+# The whole test suite (same command as CI), optimised, with debug assertions and overflow checks on ([profile.test] in Cargo.toml).
 test:
-    cargo test --workspace --release
-
-# The tape and blo tests with debug assertions and overflow checks on (CI's last step).
-test-debug:
-    cargo test -p tape -p blo --lib --tests
+    cargo test --workspace
 
 # Distributed meta-training over MPI (CI's last step; needs MPICH: `apt-get install -y mpich libmpich-dev libclang-dev pkgconf`).
 test-mpi:

@@ -26,11 +26,12 @@
 # KILL_LOOP=N runs only checks 3 and 3b, N times each, without the resumes (the loop figures
 # of docs/distributed.md, "Faults").
 #
-# Needs mpiexec (MPICH) and `cargo build --release --features mpi --example maml_sine`.
+# Needs mpiexec (MPICH) and `cargo build --release --features mpi --example maml_sine`
+# (or the binary named by MAML_SINE_BIN: CI builds it in the test profile, target/debug).
 # Prints `N passed, M failed` and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bin=target/release/examples/maml_sine
+bin=${MAML_SINE_BIN:-target/release/examples/maml_sine}
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export RAYON_NUM_THREADS=1

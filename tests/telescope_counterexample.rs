@@ -71,10 +71,6 @@ fn model_at_star(ce: &Counterexample, per_level: bool) -> DepthModel {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "release only: 40 SGD runs of 3,000 to 15,000 steps"
-)]
 fn every_telescope_reaches_the_stationary_point_on_every_seed() {
     let ce = Counterexample::paper();
     let model = model_at_star(&ce, false);

@@ -169,10 +169,6 @@ fn ends(p: &Counter, seed: u64) -> (f64, f64, f64, f64) {
 ///
 /// Together the false-alarm rate is < 10⁻⁴.
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "release only: 400,000 SGD steps (CI runs it in the release step)"
-)]
 fn first_order_plateaus_and_ufo_reaches_the_stationary_point() {
     use rayon::prelude::*;
     let p = Counter::paper();

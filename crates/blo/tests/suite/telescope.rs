@@ -704,10 +704,6 @@ fn statistics_helpers_match_independent_values() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "release only: 60,000 tasks × 7 references + 5 variants"
-)]
 fn every_telescope_is_unbiased_and_the_test_rejects_a_planted_mis_weighting() {
     let r = 5;
     let (p, theta) = net(r);
@@ -1173,10 +1169,6 @@ const BATCH: usize = 16;
 /// level replaced by the mean of Δ_i over the tasks of the same meta-batch
 /// that reached it (the task's own Δ_i among them).
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "release only: 24,000 tasks × 6 references + 2 variants"
-)]
 fn telescopes_with_baselines_are_unbiased_and_planted_defects_are_rejected() {
     let r = 5;
     let (p, theta) = net(r);

@@ -323,10 +323,6 @@ fn statistics_helpers_match_independent_values() {
 }
 
 #[test]
-#[cfg_attr(
-    debug_assertions,
-    ignore = "release only: 180,000 estimates (CI runs it in the release step)"
-)]
 fn ufo_is_unbiased_over_many_tasks_and_coins_and_the_test_rejects_planted_biases() {
     let (p, theta) = power_problem();
     let refs = references(&p, &theta, POWER_TASKS);

@@ -75,7 +75,7 @@ fn conv4_block_sizes_follow_the_layer_formulas() {
 
 #[test]
 fn conv4_forward_shapes_small() {
-    // Full-size forwards are slow at opt-level 1; small filter counts keep the geometry.
+    // Full-size forwards are slow without optimisation; small filter counts keep the geometry.
     let om = Conv4::omniglot(7).with_filters(4);
     assert_eq!(run(&om, &[2, 1, 28, 28]), [2, 7]);
     let mi = Conv4::mini_imagenet(5).with_filters(2);
