@@ -483,9 +483,9 @@ pub(crate) enum Right<'a, F> {
 /// `C ← α·A·B + β·C` (or its tangent part, `parts`) on contiguous planes
 /// for a nonempty product (`m, k, n > 0`): [`planes`] without its
 /// shortcut (which gives the same bits, see there). A right operand given
-/// as planes ([`Right::Planes`]) is copied into `B'` as [`split_into`]
-/// would have split its interleaved duals, so the products and their bits
-/// are the same.
+/// as planes ([`Right::Planes`]) is read in place as `B'`'s two blocks,
+/// the values [`split_into`] would have split its interleaved duals into,
+/// so the products and their bits are the same.
 pub(crate) fn split_product<F: Prim>(
     scratch: &mut Vec<F>,
     alpha: F,
@@ -515,7 +515,7 @@ pub(crate) fn split_product<F: Prim>(
             rows,
             cols,
             transposed,
-        } => Operands::split_planes(&a, (v, d), [rows, cols], transposed, ap, bp),
+        } => Operands::split_planes(&a, (v, d), [rows, cols], transposed, ap),
     };
     let (cv, cd) = cp.split_at_mut(cmn);
     if beta != zero {
@@ -557,15 +557,17 @@ pub(crate) fn split_product<F: Prim>(
 /// A' (m × 2k) = [A.v | A.d] and B' (2k × n) = [B.d ; B.v], each in its
 /// source's memory order: row-major A' pairs each row's parts, column-major
 /// A' stacks the parts' columns; row-major B' stacks the parts' rows,
-/// column-major B' pairs each column's parts.
+/// column-major B' pairs each column's parts. B' is read as its two blocks
+/// `B.d` and `B.v` (`large::real_stacked`), which may also be a source
+/// leaf's planes where they are ([`Operands::split_planes`]).
 struct Operands<'s, F> {
     ap: &'s [F],
-    bp: &'s [F],
     mkn: [usize; 3],
     /// A''s strides and where A.d starts in `ap`.
     a_lay: (usize, usize, usize),
-    /// B''s strides and where B.v starts in `bp`.
-    b_lay: (usize, usize, usize),
+    /// B.d and B.v (k × n), the same strides.
+    b_d: MatRef<'s, F>,
+    b_v: MatRef<'s, F>,
     /// Whether a tangent of A (of B) was nonzero.
     has_d: (bool, bool),
 }
@@ -580,80 +582,64 @@ impl<'s, F: Prim> Operands<'s, F> {
     ) -> Self {
         let b_rows = b.cs <= b.rs;
         let b_has_d = split_into(b, bp, !b_rows, false);
-        Self::with_b(a, ap, bp, b.cols, b_rows, b_has_d)
+        let (k, n) = (b.rows, b.cols);
+        let bp = &*bp;
+        let (b_d, b_v) = if b_rows {
+            let (d, v) = bp[..2 * k * n].split_at(k * n);
+            (MatRef::row_major(d, k, n), MatRef::row_major(v, k, n))
+        } else {
+            let view = |off: usize| MatRef::new(&bp[off..2 * k * n], k, n, 1, 2 * k);
+            (view(0), view(k))
+        };
+        Self::with_b(a, ap, (b_d, b_v), b_has_d)
     }
 
     /// [`Operands::split`] with `B` = `W` (or `Wᵀ` if `transposed`) given
-    /// as the planes `(W.v, W.d)` of `W` (`rows × cols`, row-major): `bp`
-    /// gets what [`split_into`] writes for the interleaved `W` (row-major
-    /// `B`: the planes stacked, `[W.d ; W.v]`) or `Wᵀ` (a column-major `B`,
-    /// `W`'s rows each a line: row `o`'s two parts side by side), by copies.
-    /// `Wᵀ` needs `cols ≥ 2` (a one-column `W` would make `Wᵀ` row-major).
+    /// as the planes `(W.v, W.d)` of `W` (`rows × cols`, row-major), read
+    /// where they are: no copy, the values [`split_into`] would have copied
+    /// for the interleaved `W`, so the same products and bits.
     fn split_planes(
         a: &MatRef<'_, Dual<F>>,
-        (wv, wd): (&[F], &[F]),
+        (wv, wd): (&'s [F], &'s [F]),
         [rows, cols]: [usize; 2],
         transposed: bool,
         ap: &'s mut [F],
-        bp: &'s mut [F],
     ) -> Self {
         assert!(
-            wv.len() == rows * cols && wd.len() == rows * cols && (!transposed || cols >= 2),
+            wv.len() == rows * cols && wd.len() == rows * cols,
             "split_planes: planes of {} and {} elements for [{rows}, {cols}] (transposed {transposed})",
             wv.len(),
             wd.len()
         );
         let zero = F::zero();
-        let len = rows * cols;
-        let nonzero = |d: &[F]| d.iter().any(|&x| x != zero);
-        let b_has_d = if transposed {
-            in_parts(
-                &mut bp[..2 * len],
-                &mut [],
-                2 * cols,
-                |s, part, _: &mut [()]| {
-                    let mut hit = false;
-                    for (o, pair) in part.chunks_exact_mut(2 * cols).enumerate() {
-                        let r = s / 2 + o * cols;
-                        let (d, v) = pair.split_at_mut(cols);
-                        d.copy_from_slice(&wd[r..r + cols]);
-                        v.copy_from_slice(&wv[r..r + cols]);
-                        hit |= nonzero(d);
-                    }
-                    hit
-                },
-            )
-        } else {
-            let (d, v) = bp[..2 * len].split_at_mut(len);
-            in_parts(d, v, 1, |s, d, v| {
-                d.copy_from_slice(&wd[s..s + d.len()]);
-                v.copy_from_slice(&wv[s..s + v.len()]);
-                nonzero(d)
-            })
+        let b_has_d = wd.iter().any(|&x| x != zero);
+        let view = |w: &'s [F]| {
+            if transposed {
+                MatRef::new(w, cols, rows, 1, cols)
+            } else {
+                MatRef::row_major(w, rows, cols)
+            }
         };
-        let n = if transposed { rows } else { cols };
-        Self::with_b(a, ap, bp, n, !transposed, b_has_d)
+        Self::with_b(a, ap, (view(wd), view(wv)), b_has_d)
     }
 
-    /// Splits `a` into `ap` and records `B`'s split (`n` columns, row-major
-    /// lines if `b_rows`, a nonzero tangent if `b_has_d`), already in `bp`.
+    /// Splits `a` into `ap` and records `B`'s blocks `(B.d, B.v)` (`k × n`,
+    /// a nonzero tangent if `b_has_d`).
     fn with_b(
         a: &MatRef<'_, Dual<F>>,
         ap: &'s mut [F],
-        bp: &'s mut [F],
-        n: usize,
-        b_rows: bool,
+        (b_d, b_v): (MatRef<'s, F>, MatRef<'s, F>),
         b_has_d: bool,
     ) -> Self {
-        let (m, k) = (a.rows, a.cols);
+        let (m, k, n) = (a.rows, a.cols, b_d.cols);
         let a_rows = a.cs <= a.rs;
         let a_has_d = split_into(a, ap, a_rows, true);
         Operands {
             ap,
-            bp,
             mkn: [m, k, n],
             a_lay: if a_rows { (2 * k, 1, k) } else { (1, m, k * m) },
-            b_lay: if b_rows { (n, 1, k * n) } else { (1, 2 * k, k) },
+            b_d,
+            b_v,
             has_d: (a_has_d, b_has_d),
         }
     }
@@ -666,24 +652,21 @@ impl<'s, F: Prim> Operands<'s, F> {
 
     /// B.v (k × n).
     fn b_v(&self) -> MatRef<'s, F> {
-        let ([_, k, n], (rs, cs, off)) = (self.mkn, self.b_lay);
-        MatRef::new(&self.bp[off..], k, n, rs, cs)
+        self.b_v
     }
 
     /// `C.d ← α A'·B' + β C.d`, one product with inner dimension 2k; an
     /// operand whose tangent is zero everywhere is left out (`α A.v·B.d` or
     /// `α A.d·B.v`), and with both zero `C.d ← β C.d`.
     fn tangent(&self, alpha: F, beta: F, mut c_d: MatMut<'_, F>) {
-        let ([m, k, n], (ars, acs, a_d_off), (brs, bcs, _)) = (self.mkn, self.a_lay, self.b_lay);
+        let ([m, k, _], (ars, acs, a_d_off)) = (self.mkn, self.a_lay);
         match self.has_d {
             (true, true) => {
                 let a_vd = MatRef::new(self.ap, m, 2 * k, ars, acs);
-                let b_dv = MatRef::new(self.bp, 2 * k, n, brs, bcs);
-                F::large_gemm(Product::new(alpha, a_vd, b_dv, beta, c_d));
+                super::large::real_stacked(alpha, a_vd, [self.b_d, self.b_v], beta, c_d);
             }
             (false, true) => {
-                let b_d = MatRef::new(self.bp, k, n, brs, bcs);
-                F::large_gemm(Product::new(alpha, self.a_v(), b_d, beta, c_d));
+                F::large_gemm(Product::new(alpha, self.a_v(), self.b_d, beta, c_d));
             }
             (true, false) => {
                 let a_d = MatRef::new(&self.ap[a_d_off..], m, k, ars, acs);

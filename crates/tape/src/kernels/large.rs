@@ -86,7 +86,6 @@ pub(crate) fn chunking(m: usize, k: usize, n: usize) -> (usize, bool) {
 /// the calling thread's (`Prim::with_pack`): one set for its own chunks, one
 /// for the second thread's, so they grow with the sequence of shapes only.
 pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
-    let [m, k, n] = p.shape();
     let Product {
         alpha,
         a,
@@ -94,6 +93,57 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         beta,
         c,
     } = p;
+    stacked(alpha, a, [b, b], a.cols, beta, c);
+}
+
+/// [`real`] with `B` (`k × n`) given as two blocks stacked along the sum's
+/// index, `B = [B_lo ; B_hi]` (`B_lo` `k_lo × n`, `B_hi` `(k − k_lo) × n`,
+/// the same strides), each read where it is: the same chunks, products and
+/// bits as [`real`] on the stacked `B`. `C` row-major (unit column stride).
+///
+/// # Panics
+/// If the shapes or the blocks' strides disagree (the message has them).
+#[track_caller]
+pub(crate) fn real_stacked<F: Prim>(
+    alpha: F,
+    a: MatRef<'_, F>,
+    [lo, hi]: [MatRef<'_, F>; 2],
+    beta: F,
+    c: super::MatMut<'_, F>,
+) {
+    assert!(
+        a.cols == lo.rows + hi.rows
+            && lo.cols == hi.cols
+            && (lo.rs, lo.cs) == (hi.rs, hi.cs)
+            && (c.rows, c.cols) == (a.rows, lo.cols)
+            && c.cs == 1,
+        "real_stacked: lhs [{}, {}], rhs [{}, {}] ; [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
+        a.rows,
+        a.cols,
+        lo.rows,
+        lo.cols,
+        hi.rows,
+        hi.cols,
+        (lo.rs, lo.cs),
+        (hi.rs, hi.cs),
+        c.rows,
+        c.cols,
+        c.cs
+    );
+    stacked(alpha, a, [lo, hi], lo.rows, beta, c);
+}
+
+/// [`real`] on `B = [lo ; hi]`, `k_lo` rows of it in `lo` (`k_lo ≥ k`:
+/// all of `B` in `lo`); shapes checked by the callers.
+fn stacked<F: Prim>(
+    alpha: F,
+    a: MatRef<'_, F>,
+    [b, b_hi]: [MatRef<'_, F>; 2],
+    k_lo: usize,
+    beta: F,
+    c: super::MatMut<'_, F>,
+) {
+    let (m, k, n) = (a.rows, a.cols, c.cols);
     if m == 0 || n == 0 {
         return;
     }
@@ -104,6 +154,8 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         alpha,
         a,
         b,
+        k_lo,
+        b_hi,
         beta,
         // C's elements are reached through this pointer only, derived from
         // the `&mut` borrow, which lives until the end of this function.
@@ -159,6 +211,9 @@ struct Parts<'a, F> {
     alpha: F,
     a: MatRef<'a, F>,
     b: MatRef<'a, F>,
+    /// Rows from `k_lo` on of `B` are `b_hi`'s (`packed::Job::k_lo`).
+    k_lo: usize,
+    b_hi: MatRef<'a, F>,
     beta: F,
     c: *mut F,
     rsc: usize,
@@ -195,9 +250,12 @@ impl<F: Prim> Parts<'_, F> {
         // SAFETY: `MatRef::new`/`MatMut::new` checked that every element
         // (i, l) of A, (l, j) of B and (i, j) of C lies inside its slice, and
         // `MatMut::new` that C's elements are pairwise distinct;
-        // `Product::new` checked that the shapes are m × k, k × n, m × n, and
-        // `real` passes `rows`/`cols` inside them, so the sub-blocks' offsets
-        // and elements are inside the slices too. C is a `&mut` borrow (held
+        // `Product::new` checked that the shapes are m × k, k × n, m × n
+        // (`real_stacked`: m × k, k_lo × n and (k − k_lo) × n with equal
+        // strides, m × n, so the rows from k_lo on read from `b_hi` at
+        // l − k_lo are inside its slice), and `real` passes `rows`/`cols`
+        // inside them, so the sub-blocks' offsets and elements are inside
+        // the slices too. C is a `&mut` borrow (held
         // by `real` across the parts), so it aliases neither A nor B;
         // concurrent parts get disjoint row or column ranges of C (see
         // `real`), so they write disjoint elements. (With k = 0 nothing of A
@@ -218,6 +276,8 @@ impl<F: Prim> Parts<'_, F> {
                     b: b0,
                     rsb: b.rs,
                     csb: b.cs,
+                    k_lo: self.k_lo,
+                    b_hi: self.b_hi.data.as_ptr().wrapping_add(cols.start * b.cs),
                     beta: self.beta,
                     c: c0,
                     rsc: self.rsc,

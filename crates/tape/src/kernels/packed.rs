@@ -60,6 +60,12 @@ pub(crate) struct Job<E> {
     pub b: *const E,
     pub rsb: usize,
     pub csb: usize,
+    /// Rows `l ≥ k_lo` of `B` are read from `b_hi` instead (element
+    /// `(l, j)` at `b_hi[(l − k_lo)·rsb + j·csb]`): `B` as two blocks
+    /// stacked along the sum's index, with the same strides, read where
+    /// they are. `k_lo ≥ k`: all of `B` from `b` (`b_hi` unread).
+    pub k_lo: usize,
+    pub b_hi: *const E,
     pub beta: E,
     pub c: *mut E,
     pub rsc: usize,
@@ -268,6 +274,42 @@ unsafe fn pack_a<M: Micro>(
     }
 }
 
+/// Packs rows `pc..pc + kc` of `B`'s columns `col..col + we` into a sliver
+/// of `NR` columns (zero-padded), each row from `b` or, from `k_lo` on,
+/// from `b_hi` ([`Job::k_lo`]): the same sliver as from one stacked `B`.
+///
+/// # Safety
+/// As [`pack`]: the rows and columns inside `B` (both blocks), `dst` valid
+/// for `kc·NR` writes.
+#[inline(always)]
+unsafe fn pack_b<M: Micro>(
+    j: &Job<M::E>,
+    pc: usize,
+    kc: usize,
+    col: usize,
+    we: usize,
+    dst: *mut M::E,
+) {
+    let nr = M::NR;
+    // Rows of this panel in the first block.
+    let lo = j.k_lo.clamp(pc, pc + kc) - pc;
+    // SAFETY: this fn's contract; rows `pc..pc + lo` of the first block and
+    // `pc + lo − k_lo..pc + kc − k_lo` of the second, into the sliver's rows
+    // `0..lo` and `lo..kc`.
+    unsafe {
+        if lo > 0 {
+            let src = j.b.wrapping_add(pc * j.rsb + col * j.csb);
+            pack::<M>(src, j.csb, j.rsb, lo, we, nr, dst);
+        }
+        if lo < kc {
+            let src = j
+                .b_hi
+                .wrapping_add((pc + lo - j.k_lo) * j.rsb + col * j.csb);
+            pack::<M>(src, j.csb, j.rsb, kc - lo, we, nr, dst.add(lo * nr));
+        }
+    }
+}
+
 /// Runs `job` with micro-kernel `M` and the buffers `bufs`.
 ///
 /// # Safety
@@ -281,8 +323,8 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     let mut j = job;
     if j.csc != 1 && j.rsc == 1 {
         assert!(
-            matches!(j.pack_a, APack::Each),
-            "packed: a shared packed A needs a row-major C"
+            matches!(j.pack_a, APack::Each) && j.k_lo >= j.k,
+            "packed: a shared packed A or a stacked B needs a row-major C"
         );
         // Cᵀ = Bᵀ·Aᵀ: the same products, a row-major output.
         j = Job {
@@ -352,16 +394,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                 let kc = kc_max.min(k - pc);
                 let (first, last) = (pc == 0, pc + kc == k);
                 for (s, j0) in (0..nc).step_by(nr).enumerate() {
-                    let src = j.b.wrapping_add(pc * j.rsb + (jc + j0) * j.csb);
-                    pack::<M>(
-                        src,
-                        j.csb,
-                        j.rsb,
-                        kc,
-                        nr.min(nc - j0),
-                        nr,
-                        pb.add(s * kc * nr),
-                    );
+                    pack_b::<M>(&j, pc, kc, jc + j0, nr.min(nc - j0), pb.add(s * kc * nr));
                 }
                 for ic in (0..m).step_by(M::MC) {
                     let mc = M::MC.min(m - ic);
@@ -619,5 +652,100 @@ mod simd_micro {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::{large, with_family, Family, MatMut, MatRef, Product};
+
+    /// Deterministic entries in (−0.5, 0.5) (a linear-congruential sequence).
+    fn filled(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// `B` read as two blocks (`large::real_stacked`, `packed::pack_b`)
+    /// gives the bits of the same `B` stacked in one buffer, for every
+    /// family: blocks that split a panel of the sum's index (`k_lo` inside
+    /// one of `⌈k / KC⌉` panels, or on a panel's edge), both layouts of `B`
+    /// (row-major blocks, and column-major ones: the transposed planes of a
+    /// weight), β = 0 and β = 1, and a product large enough to be cut over
+    /// two threads.
+    #[test]
+    fn a_stacked_right_operand_gives_the_bits_of_one_buffer() {
+        for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+            for (m, k, k_lo, n) in [
+                (7, 20, 10, 9),
+                (33, 300, 100, 40),
+                (64, 512, 256, 256),
+                (16, 600, 450, 70),
+                (5, 40, 1, 3),
+            ] {
+                for (rows, beta) in [(true, 0.0), (false, 0.0), (true, 1.0), (false, 1.0)] {
+                    let (a, c0) = (filled(m * k, 1), filled(m * n, 2));
+                    // B stacked in one buffer: k × n row-major, or
+                    // column-major with columns of k (a weight's transpose).
+                    let b = filled(k * n, 3);
+                    let (rs, cs) = if rows { (n, 1) } else { (1, k) };
+                    // Each block in a buffer of its own with the stacked
+                    // buffer's strides, the rest NaN (a read outside the
+                    // block would show).
+                    let block = |from: usize, r: usize| -> Vec<f32> {
+                        let mut x = vec![f32::NAN; k * n];
+                        for l in 0..r {
+                            for j in 0..n {
+                                x[l * rs + j * cs] = b[(from + l) * rs + j * cs];
+                            }
+                        }
+                        x
+                    };
+                    let (lo, hi) = (block(0, k_lo), block(k_lo, k - k_lo));
+                    let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                    with_family(family, || {
+                        let am = MatRef::row_major(&a, m, k);
+                        let bm = MatRef::new(&b, k, n, rs, cs);
+                        let c = MatMut::row_major(&mut c1, m, n);
+                        large::real(Product::new(1.0, am, bm, beta, c));
+                        let (lo, hi) = (
+                            MatRef::new(&lo, k_lo, n, rs, cs),
+                            MatRef::new(&hi, k - k_lo, n, rs, cs),
+                        );
+                        let c = MatMut::row_major(&mut c2, m, n);
+                        large::real_stacked(1.0, am, [lo, hi], beta, c);
+                    });
+                    for (i, (x, y)) in c1.iter().zip(&c2).enumerate() {
+                        assert_eq!(
+                            x.to_bits(),
+                            y.to_bits(),
+                            "{family:?} [{m}, {k}]·[{k_lo} + {}, {n}] rows {rows} β {beta}: \
+                             element {i}: {x} vs {y}",
+                            k - k_lo
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The blocks must share their strides and fill `A`'s columns.
+    #[test]
+    #[should_panic(expected = "real_stacked: lhs [2, 5], rhs [2, 3] ; [2, 3]")]
+    fn stacked_blocks_of_the_wrong_height_panic_with_shapes() {
+        let (a, b) = (vec![0.0_f32; 10], vec![0.0_f32; 6]);
+        let mut c = vec![0.0_f32; 6];
+        let bm = MatRef::row_major(&b, 2, 3);
+        large::real_stacked(
+            1.0,
+            MatRef::row_major(&a, 2, 5),
+            [bm, bm],
+            0.0,
+            MatMut::row_major(&mut c, 2, 3),
+        );
     }
 }

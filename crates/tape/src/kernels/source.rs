@@ -257,8 +257,8 @@ pub(crate) fn reads_source_dual(m: usize, k: usize, n: usize) -> bool {
 /// the whole product, or its tangent part alone if `!primal` (as
 /// [`super::tangent_gemm`]). The same products, with the same bits, as the
 /// interleaved leaf through [`super::gemm`] (`kernels/dual.rs`: the planes
-/// are copied into the product's split operand where the split of the
-/// interleaved leaf would have put them). `C` is dense row-major. Returns
+/// are read in place as the two blocks of the product's split operand,
+/// the values the split of the interleaved leaf would have put there). `C` is dense row-major. Returns
 /// `false` (nothing done) if `T` is not `Dual<f32>`/`Dual<f64>`, the shape
 /// is not one of [`reads_source_dual`], or no planes of `W`'s size are
 /// registered.
