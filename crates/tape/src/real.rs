@@ -175,6 +175,16 @@ pub trait Real:
         }
     }
 
+    /// Kernel hook: `x ← x.tanh()` over a slice, bit for bit [`Real::tanh`].
+    /// `f32` runs a loop vectorised at the active family's width
+    /// (`kernels/vmath.rs`); the default is the scalar loop.
+    #[doc(hidden)]
+    fn tanh_slice(xs: &mut [Self]) {
+        for x in xs.iter_mut() {
+            *x = x.tanh();
+        }
+    }
+
     /// Kernel hook: [`Real::simd_gemm`] for dual matrices whose parts are `Self`.
     #[doc(hidden)]
     fn dual_simd_gemm(_p: &mut Product<'_, Dual<Self>>) -> bool {
@@ -225,7 +235,7 @@ pub trait Float: Real<Base = Self> + Display {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $name:literal, $sps:ident, $slice:ident) => {
+    ($t:ty, $bits:ty, $name:literal, $sps:ident, $slice:ident, $tanh:path, $tanh_slice:path) => {
         impl Real for $t {
             type Base = $t;
             #[inline]
@@ -269,9 +279,11 @@ macro_rules! impl_float {
             fn powf(self, p: f64) -> Self {
                 <$t>::powf(self, p as $t)
             }
+            // `f32`: `kernels/vmath.rs`'s branch-free tanh (within 1 ulp of
+            // the rounded `f64` one), so that slices of it vectorise.
             #[inline]
             fn tanh(self) -> Self {
-                <$t>::tanh(self)
+                $tanh(self)
             }
             #[inline]
             fn abs(self) -> Self {
@@ -293,6 +305,9 @@ macro_rules! impl_float {
             }
             fn softplus_sigmoid_slice(xs: &[Self], sp: &mut [Self], s: &mut [Self]) {
                 kernels::vmath::$slice(xs, sp, s)
+            }
+            fn tanh_slice(xs: &mut [Self]) {
+                $tanh_slice(xs)
             }
             fn simd_gemm(p: &mut Product<'_, $t>) -> bool {
                 kernels::thin::real(p) || kernels::simd::real(p)
@@ -331,14 +346,18 @@ impl_float!(
     u32,
     "f32",
     softplus_sigmoid_f32,
-    softplus_sigmoid_slice_f32
+    softplus_sigmoid_slice_f32,
+    kernels::vmath::tanh_f32,
+    kernels::vmath::tanh_slice_f32
 );
 impl_float!(
     f64,
     u64,
     "f64",
     softplus_sigmoid,
-    softplus_sigmoid_slice_f64
+    softplus_sigmoid_slice_f64,
+    f64::tanh,
+    kernels::vmath::tanh_slice_f64
 );
 
 /// A dual number `v + d·ε` with `ε² = 0`: a primal value and one tangent.
