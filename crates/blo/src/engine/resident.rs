@@ -18,9 +18,22 @@ use tape::{Float, Tensor};
 
 use tape::kernels::all_finite;
 
-use crate::engine::step::{non_finite, update_tensor, InnerWorkspace, State};
+use super::tiles;
+use crate::engine::step::{
+    non_finite, tensors_finite, update_tensor, Cotangent, InnerWorkspace, OuterGrad, State,
+};
 use crate::error::BloError;
 use crate::problem::{InnerOptimizer, Problem};
+
+/// Where the resident steps take φ_from for φ's leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// From the state.
+    State,
+    /// φ_0 = B tiles of θ ([`crate::Problem::initial_state_tiles`]), written
+    /// straight into the leaves.
+    Tiles(usize),
+}
 
 impl<F: Float> InnerWorkspace<F> {
     /// Steps `from + 1 ..= to` in place: `state` goes from state_from to
@@ -90,6 +103,186 @@ impl<F: Float> InnerWorkspace<F> {
             }
             return Ok(());
         }
+        self.resident_steps(problem, task, from, to, theta, state, Start::State)?;
+        let t = &self.ws.primal;
+        for (i, p) in state.phi.iter_mut().enumerate() {
+            p.data_mut()
+                .copy_from_slice(&t.value_ref(t.var_at(theta.len() + i)));
+        }
+        if matches!(opt, InnerOptimizer::Rule(_)) {
+            self.linear.release_extra(&mut state.extra);
+        }
+        Ok(())
+    }
+
+    /// [`InnerWorkspace::advance`] from state_from to state_to, then
+    /// [`InnerWorkspace::outer_grad`] at (θ, φ_to), on one tape: the last
+    /// inner step fused with the outer loss. With SGD, Meta-SGD or momentum
+    /// the steps run with θ and φ resident on the primal tape (as `advance`'s
+    /// steps do, even for one step), and L_out is recorded on the same tape
+    /// over φ's leaves, which then hold φ_to, and θ recorded once more as
+    /// variables; so φ_to is not copied into fresh leaves, nor out into the
+    /// state unless asked for. Same bits as `advance` then `outer_grad`: the
+    /// states of the same update function, and L_out recorded as the same
+    /// nodes on leaves of the same values. (A rule's steps run as `advance`
+    /// runs them, then `outer_grad`.)
+    ///
+    /// ```
+    /// use blo::{InnerLoop, InnerWorkspace, Problem};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// # struct Quad { inner: InnerLoop }
+    /// # impl Problem<f64> for Quad {
+    /// #     type Task = f64;
+    /// #     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    /// #     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, c: &f64, _j: usize,
+    /// #         _th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] - *c).square().sum() * 0.5 + phi[0].tanh().sum()
+    /// #     }
+    /// #     fn outer_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, _c: &f64,
+    /// #         th: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    /// #         (phi[0] * th[0]).sum() + phi[0].square().sum()
+    /// #     }
+    /// # }
+    /// let p = Quad { inner: InnerLoop::sgd(3, 0.3)? };
+    /// let theta = [Tensor::vector(vec![0.5, -1.0])];
+    /// let mut ws = InnerWorkspace::new();
+    /// let s0 = ws.initial_state(&p, &1.0, &theta)?;
+    /// let (mut a, mut b) = (s0.clone(), s0);
+    /// let fused = ws.advance_outer_grad(&p, &1.0, 0, 3, &theta, &mut a)?;
+    /// ws.advance(&p, &1.0, 0, 3, &theta, &mut b)?;
+    /// let apart = ws.outer_grad(&p, &1.0, &theta, &b.phi)?;
+    /// assert_eq!((fused.loss, &fused.theta, &fused.phi), (apart.loss, &apart.theta, &apart.phi));
+    /// assert_eq!(a, b); // the state φ_3, bit for bit
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As `advance` (`state` then as `advance` leaves it), then as
+    /// `outer_grad`.
+    pub fn advance_outer_grad<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        from: usize,
+        to: usize,
+        theta: &[Tensor<F>],
+        state: &mut State<F>,
+    ) -> Result<OuterGrad<F>, BloError> {
+        let mut gt: Vec<Tensor<F>> = theta.iter().map(|x| Tensor::zeros(x.shape())).collect();
+        let mut cot = Cotangent {
+            phi: Vec::new(),
+            extra: Vec::new(),
+        };
+        let loss = self.advance_outer_grad_into(
+            problem,
+            task,
+            (from, to),
+            theta,
+            state,
+            (Start::State, true),
+            &mut gt,
+            &mut cot,
+        )?;
+        Ok(OuterGrad {
+            loss,
+            theta: gt,
+            phi: cot.phi,
+        })
+    }
+
+    /// [`InnerWorkspace::advance_outer_grad`] written into `g_theta` (shaped
+    /// like θ; overwritten) and `cot` (shaped like the state: ∇_φ L_out on
+    /// φ, zeros on the extra state). Returns L_out. With
+    /// [`Start::Tiles`]`(B)` (`from` = 0 and [`crate::Problem::initial_state_tiles`]
+    /// saying B), φ_0 is B tiles of θ written straight into φ's leaves, not
+    /// read from `state` (the `Init` fused in too). Without `keep_state`, `state.phi` holds unspecified values afterwards (for a
+    /// sweep that frees the state right after the turn); on error the
+    /// gradients hold unspecified values.
+    ///
+    /// # Panics
+    /// If `g_theta` does not have one tensor per θ tensor, or a tensor's
+    /// size differs from its variable's.
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn advance_outer_grad_into<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        (from, to): (usize, usize),
+        theta: &[Tensor<F>],
+        state: &mut State<F>,
+        (start, keep_state): (Start, bool),
+        g_theta: &mut [Tensor<F>],
+        cot: &mut Cotangent<F>,
+    ) -> Result<F, BloError> {
+        if let Start::Tiles(b) = start {
+            // The shapes, for the cotangent.
+            tiles::tiled_shapes(theta, b, state);
+        }
+        cot.outer_like(state);
+        let g_phi = &mut cot.phi[..];
+        let (nt, np) = (theta.len(), state.phi.len());
+        assert!(
+            g_theta.len() == nt,
+            "advance_outer_grad: {} gradient tensors for {nt} θ tensors",
+            g_theta.len(),
+        );
+        if matches!(problem.inner_loop().optimizer, InnerOptimizer::Rule(_)) {
+            if let Start::Tiles(b) = start {
+                tiles::tiled_state_into(theta, b, state)?;
+            }
+            self.advance(problem, task, from, to, theta, state)?;
+            return self.outer_grad_into(problem, task, theta, &state.phi, g_theta, g_phi);
+        }
+        self.resident_steps(problem, task, from, to, theta, state, start)?;
+        let step = problem.inner_loop().steps + 1;
+        let t = &self.ws.primal;
+        // θ once more, as variables (the steps held it as constants), after
+        // φ's leaves, which hold φ_to.
+        let th: hvp::Leaves<'_, F> = theta.iter().map(|x| t.var(x)).collect();
+        let phi: hvp::Leaves<'_, F> = (nt..nt + np).map(|i| t.var_at(i)).collect();
+        let out = problem.outer_loss(t, task, &th, &phi);
+        let value = out.item();
+        t.backward(out);
+        if keep_state {
+            for (p, &v) in state.phi.iter_mut().zip(&phi) {
+                p.data_mut().copy_from_slice(&t.value_ref(v));
+            }
+        }
+        if !value.is_finite() {
+            return Err(non_finite("outer loss", step));
+        }
+        for (g, &v) in g_theta
+            .iter_mut()
+            .zip(&th)
+            .chain(g_phi.iter_mut().zip(&phi))
+        {
+            t.grad_into(v, g.data_mut());
+        }
+        if !tensors_finite(g_theta.iter().chain(g_phi.iter())) {
+            return Err(non_finite("outer gradient", step));
+        }
+        Ok(value)
+    }
+
+    /// Steps `from + 1 ..= to` (at least one) on the primal tape, θ recorded
+    /// as its first |θ| leaves (constants) and φ as the next |φ| (variables):
+    /// on success φ_to is in φ's leaves (not yet in `state`; momentum's
+    /// velocity is in `state`, a fixed linear rule's extra state in the
+    /// workspace). On error `state` is as [`InnerWorkspace::advance`] leaves
+    /// it.
+    #[allow(clippy::too_many_arguments)]
+    fn resident_steps<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        from: usize,
+        to: usize,
+        theta: &[Tensor<F>],
+        state: &mut State<F>,
+        start: Start,
+    ) -> Result<(), BloError> {
+        let opt = &problem.inner_loop().optimizer;
         let rule = matches!(opt, InnerOptimizer::Rule(_));
         if rule {
             // e stays in `state` as e_from (see the failure below).
@@ -101,10 +294,21 @@ impl<F: Float> InnerWorkspace<F> {
         for x in theta {
             t.constant(x);
         }
-        for x in &state.phi {
-            t.var(x);
+        match start {
+            Start::State => {
+                for x in &state.phi {
+                    t.var(x);
+                }
+            }
+            Start::Tiles(b) => {
+                // φ_0 written straight into φ's leaves; `state` only shaped.
+                tiles::tiled_shapes(theta, b, state);
+                for (x, p) in theta.iter().zip(&state.phi) {
+                    t.leaf_with(p.shape(), true, |out| tiles::tile_into(x, out));
+                }
+                tiles::check_initial(theta)?;
+            }
         }
-        let mut failed = None;
         for j in from + 1..=to {
             let (value, finite) = {
                 let leaves: hvp::Leaves<'_, F> = (0..keep).map(|i| t.var_at(i)).collect();
@@ -125,8 +329,14 @@ impl<F: Float> InnerWorkspace<F> {
                 } else {
                     "inner loss"
                 };
-                failed = Some(non_finite(what, j));
-                break;
+                // φ's leaves still hold φ_{j−1} (no update ran).
+                for (i, p) in state.phi.iter_mut().enumerate() {
+                    p.data_mut().copy_from_slice(&t.value_ref(t.var_at(nt + i)));
+                }
+                if rule {
+                    self.linear.release_extra(&mut state.extra);
+                }
+                return Err(non_finite(what, j));
             }
             // φ_j into φ's leaves by `step_in_place`'s update: the hand
             // optimiser's `update_tensor`, or the rule's D on the tensor's
@@ -154,8 +364,12 @@ impl<F: Float> InnerWorkspace<F> {
                 // φ's leaves (and a rule's held e) are partly updated;
                 // state_{j−1} is recomputed from state_from (unchanged so
                 // far: φ and a rule's e are copied out at the end) by the
-                // same steps. A non-finite g is named first, as
+                // same steps (φ_0 written first if it went straight into
+                // the leaves). A non-finite g is named first, as
                 // `step_in_place` checks g before the new state.
+                if let Start::Tiles(b) = start {
+                    tiles::tiled_state_into(theta, b, state)?;
+                }
                 for k in from + 1..j {
                     self.step_in_place(problem, task, k, theta, state)?;
                 }
@@ -167,13 +381,6 @@ impl<F: Float> InnerWorkspace<F> {
                 return Err(non_finite(what, j));
             }
         }
-        let t = &self.ws.primal;
-        for (i, p) in state.phi.iter_mut().enumerate() {
-            p.data_mut().copy_from_slice(&t.value_ref(t.var_at(nt + i)));
-        }
-        if rule {
-            self.linear.release_extra(&mut state.extra);
-        }
-        failed.map_or(Ok(()), Err)
+        Ok(())
     }
 }

@@ -49,7 +49,16 @@ pub(crate) fn run_plan<F: Float, P: Problem<F>>(
     first_order: bool,
 ) -> Result<(Estimate<F>, Option<Estimate<F>>), BloError> {
     let mut sw = Sweep::new(problem, task, theta, target)?;
-    let (sweep, reversal) = plan.split_at_turn();
+    let (mut sweep, mut reversal) = plan.split_at_turn();
+    // The turned state's `Free` goes with the sweep (it changes neither g,
+    // ū nor the peak), so the sweep knows the state is not read again.
+    if let (Some(&Action::Turn { buf }), Some(&Action::Free { buf: f })) =
+        (sweep.last(), reversal.first())
+    {
+        if f == buf {
+            (sweep, reversal) = plan.actions().split_at(sweep.len() + 1);
+        }
+    }
     sw.run(sweep)?;
     let fo = if first_order {
         let mut g: Vec<Tensor<F>> = theta.iter().map(|t| Tensor::zeros(t.shape())).collect();

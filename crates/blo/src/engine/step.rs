@@ -71,6 +71,14 @@ impl<F: Float> Cotangent<F> {
         zero_tensors(&mut self.extra, &s.extra);
     }
 
+    /// Makes this cotangent shaped like `s` for the turn of the outer
+    /// objective: ū on the extra state zeros (L_out reads φ only), ū_φ's
+    /// values stale (the outer gradient overwrites every element).
+    pub(crate) fn outer_like(&mut self, s: &State<F>) {
+        shape_like(&mut self.phi, &s.phi);
+        zero_tensors(&mut self.extra, &s.extra);
+    }
+
     /// Zero cotangent shaped like `s`.
     pub fn zeros_like(s: &State<F>) -> Self {
         Cotangent {

@@ -23,9 +23,10 @@ use tape::{Float, Tensor};
 
 use super::cache;
 use super::plan::Action;
+use super::resident::Start;
 use super::store::StateStore;
 use super::tiles;
-use crate::engine::step::{Cotangent, InnerWorkspace};
+use crate::engine::step::{Cotangent, InnerWorkspace, State};
 use crate::error::BloError;
 use crate::estimators::{Estimate, Stats};
 use crate::problem::Problem;
@@ -110,9 +111,100 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
     /// The first error of a step (a non-finite loss, gradient or cotangent,
     /// naming the inner step).
     pub(crate) fn run(&mut self, actions: &[Action]) -> Result<(), BloError> {
-        for &a in actions {
-            self.act(a)?;
+        let mut i = 0;
+        while i < actions.len() {
+            let fused = |k: usize, buf: usize| {
+                self.target == Target::Outer && actions.get(k) == Some(&Action::Turn { buf })
+            };
+            match (actions[i], actions.get(i + 1)) {
+                // The last steps and the turn on one tape; the state need
+                // not be written if it is freed right after. φ_0 as tiles of
+                // θ goes straight into the tape, the `Init` fused in too.
+                (
+                    Action::Init { buf },
+                    Some(&Action::Advance {
+                        buf: b,
+                        from: 0,
+                        to,
+                    }),
+                ) if b == buf
+                    && fused(i + 2, buf)
+                    && tiles::tiles(self.problem, self.task).is_some() =>
+                {
+                    let freed = actions.get(i + 3) == Some(&Action::Free { buf });
+                    self.advance_and_turn(buf, 0, to, !freed, true)?;
+                    i += 3;
+                }
+                (Action::Advance { buf, from, to }, _) if fused(i + 1, buf) => {
+                    let freed = actions.get(i + 2) == Some(&Action::Free { buf });
+                    self.advance_and_turn(buf, from, to, !freed, false)?;
+                    i += 2;
+                }
+                (a, _) => {
+                    self.act(a)?;
+                    i += 1;
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// `Advance { buf, from, to }` then `Turn { buf }` for [`Target::Outer`],
+    /// fused ([`InnerWorkspace::advance_outer_grad`]), after `Init { buf }`
+    /// with `init` (φ_0 as tiles of θ, [`tiles::tiles`]): the same state, g
+    /// and ū, bit for bit, and the same counts. Without `keep_state` the
+    /// buffer's φ is left unspecified (the plan frees it next).
+    fn advance_and_turn(
+        &mut self,
+        buf: usize,
+        from: usize,
+        to: usize,
+        keep_state: bool,
+        init: bool,
+    ) -> Result<(), BloError> {
+        let (p, task, theta) = (self.problem, self.task, self.theta);
+        let SweepBuffers { ws, store, cot } = &mut self.bufs;
+        // The problem's promise, checked where assertions are on (as `Init`
+        // checks it).
+        #[cfg(debug_assertions)]
+        if let Some(b) = tiles::tiles(p, task).filter(|_| init) {
+            let mut phi0 = State {
+                phi: Vec::new(),
+                extra: Vec::new(),
+            };
+            if tiles::tiled_state_into(theta, b, &mut phi0).is_ok() {
+                tiles::assert_recorded_matches(ws, p, task, theta, b, &phi0);
+            }
+        }
+        let mut c = cot.take().unwrap_or(Cotangent {
+            phi: Vec::new(),
+            extra: Vec::new(),
+        });
+        let mut run = |s: &mut State<F>, start| {
+            ws.advance_outer_grad_into(
+                p,
+                task,
+                (from, to),
+                theta,
+                s,
+                (start, keep_state),
+                &mut self.g,
+                &mut c,
+            )
+        };
+        let r = match tiles::tiles(p, task).filter(|_| init) {
+            Some(b) => {
+                let mut s = store.take_free(buf);
+                let r = run(&mut s, Start::Tiles(b));
+                store.put(buf, s);
+                r
+            }
+            None => run(store.get_mut(buf), Start::State),
+        };
+        self.outer_loss = r?;
+        self.stats.forward_steps += to - from;
+        self.stats.gradients += to - from + 1;
+        self.cot = Some(c);
         Ok(())
     }
 
@@ -152,15 +244,17 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                     phi: Vec::new(),
                     extra: Vec::new(),
                 });
-                c.zero_like(s);
                 match self.target {
                     Target::Outer => {
-                        // ∇_θ L_out goes straight into g (zeros so far), ∇_φ L_out into ū_φ.
+                        // ∇_θ L_out goes straight into g (zeros so far), ∇_φ L_out into ū_φ
+                        // (written whole: not zeroed first).
+                        c.outer_like(s);
                         self.outer_loss =
                             ws.outer_grad_into(p, task, theta, &s.phi, &mut self.g, &mut c.phi)?;
                         self.stats.gradients += 1;
                     }
                     Target::InnerSum => {
+                        c.zero_like(s);
                         self.outer_loss = ws.outer_loss(p, task, theta, &s.phi)?;
                     }
                 }

@@ -39,6 +39,16 @@ pub(crate) fn tiled_state_into<F: Float>(
     b: usize,
     s: &mut State<F>,
 ) -> Result<(), BloError> {
+    tiled_shapes(theta, b, s);
+    for (p, x) in s.phi.iter_mut().zip(theta) {
+        tile_into(x, p.data_mut());
+    }
+    check_initial(theta)
+}
+
+/// Shapes `s` as φ_0 = B tiles of θ, no extra state, reusing its tensors;
+/// φ's values are stale.
+pub(crate) fn tiled_shapes<F: Float>(theta: &[Tensor<F>], b: usize, s: &mut State<F>) {
     s.phi.truncate(theta.len());
     for (i, x) in theta.iter().enumerate() {
         let mut dims: SmallVec<[usize; 5]> = SmallVec::new();
@@ -49,11 +59,20 @@ pub(crate) fn tiled_state_into<F: Float>(
             Some(p) => refit(p, shape),
             None => s.phi.push(Tensor::zeros(shape)),
         }
-        for block in s.phi[i].data_mut().chunks_exact_mut(x.numel()) {
-            block.copy_from_slice(x.data());
-        }
     }
     s.extra.clear();
+}
+
+/// `out` ← x, x, …, x (blocks of x's size).
+pub(crate) fn tile_into<F: Float>(x: &Tensor<F>, out: &mut [F]) {
+    for block in out.chunks_exact_mut(x.numel()) {
+        block.copy_from_slice(x.data());
+    }
+}
+
+/// The error of a non-finite φ_0 (step 0, "initial state") if θ, whose
+/// tiles it is, is not finite.
+pub(crate) fn check_initial<F: Float>(theta: &[Tensor<F>]) -> Result<(), BloError> {
     if !tensors_finite(theta) {
         return Err(non_finite("initial state", 0));
     }

@@ -195,3 +195,129 @@ fn a_step_gone_non_finite_leaves_the_state_before_it_and_names_it() {
         }
     }
 }
+
+/// [`TanhNet`] with θ in the outer loss too: L_out + 0.3 Σ θ₁ ⊙ φ₁, so the
+/// fused turn's ∇_θ L_out is not a structural zero.
+struct ThetaOut(TanhNet);
+
+impl Problem<f64> for ThetaOut {
+    type Task = Wave;
+    fn inner_loop(&self) -> &InnerLoop {
+        &self.0.inner
+    }
+    fn inner_loss<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Wave,
+        j: usize,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.inner_loss(t, task, j, theta, phi)
+    }
+    fn outer_loss<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Wave,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Var<'t, T> {
+        self.0.outer_loss(t, task, theta, phi) + (theta[1] * phi[1]).sum() * 0.3
+    }
+    fn initial_state<'t, T: Real<Base = f64>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Wave,
+        theta: &[Var<'t, T>],
+    ) -> Vec<Var<'t, T>> {
+        self.0.initial_state(t, task, theta)
+    }
+}
+
+/// Bit patterns of a tensor list.
+fn tensor_bits(ts: &[Tensor<f64>]) -> Vec<u64> {
+    ts.iter()
+        .flat_map(|t| t.data().iter().map(|x| x.to_bits()))
+        .collect()
+}
+
+#[test]
+fn the_last_steps_fused_with_the_turn_give_the_bits_of_advance_then_outer_grad() {
+    let heavy_ball = Momentum::heavy_ball(0.05, Beta::Fixed(0.7)).unwrap();
+    let cases = [
+        (InnerLoop::sgd(7, 0.1).unwrap(), false),
+        (InnerLoop::meta_sgd(7, vec![2, 3]).unwrap(), true),
+        (InnerLoop::momentum(7, 0.05, 0.7).unwrap(), false),
+        (InnerLoop::rule(7, heavy_ball).unwrap(), false),
+    ];
+    for (inner, meta_sgd) in cases {
+        let p = ThetaOut(TanhNet {
+            inner,
+            hidden: 6,
+            meta_sgd,
+        });
+        let task = Wave {
+            amp: 1.3,
+            phase: 0.4,
+        };
+        let th = p.0.theta(3);
+        let mut ws = InnerWorkspace::new();
+        let s0 = ws.initial_state(&p, &task, &th).unwrap();
+        // One step (from φ_0 and later), several, and the whole unroll, in a
+        // workspace used before.
+        for (from, to) in [(0, 1), (3, 4), (0, 7), (2, 5)] {
+            let start = stepwise(&p, &task, &th, &s0, 0, from);
+            let mut fused_state = start.clone();
+            let fused = ws
+                .advance_outer_grad(&p, &task, from, to, &th, &mut fused_state)
+                .unwrap();
+            let mut want_state = start.clone();
+            ws.advance(&p, &task, from, to, &th, &mut want_state)
+                .unwrap();
+            let want = ws.outer_grad(&p, &task, &th, &want_state.phi).unwrap();
+            let what = format!("{:?}, steps {}..={to}", p.0.inner.optimizer, from + 1);
+            assert_eq!(fused.loss.to_bits(), want.loss.to_bits(), "{what}: L_out");
+            assert_eq!(
+                tensor_bits(&fused.theta),
+                tensor_bits(&want.theta),
+                "{what}: ∇_θ"
+            );
+            assert_eq!(
+                tensor_bits(&fused.phi),
+                tensor_bits(&want.phi),
+                "{what}: ∇_φ"
+            );
+            assert_eq!(bits(&fused_state), bits(&want_state), "{what}: state");
+            assert!(fused.theta[1].data().iter().any(|&x| x != 0.0), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_fused_turn_after_a_step_gone_non_finite_fails_as_advance_does() {
+    let th = vec![
+        Tensor::vector((0..37).map(|i| 0.3 + i as f64 / 7.0).collect()),
+        Tensor::vector((0..70).map(|i| -1.0 + i as f64 / 9.0).collect()),
+        Tensor::vector((0..19).map(|i| 1.0 + i as f64).collect()),
+    ];
+    for inner in [InnerLoop::sgd(5, 0.1), InnerLoop::momentum(5, 0.05, 0.7)] {
+        let inner = inner.unwrap();
+        for (fail, at) in [(Fail::Gradient, 1), (Fail::Loss, 1), (Fail::Gradient, 4)] {
+            let p = FailsAt {
+                inner: inner.clone(),
+                at,
+                fail,
+            };
+            let mut ws = InnerWorkspace::new();
+            let s0 = ws.initial_state(&p, &(), &th).unwrap();
+            let (mut a, mut b) = (s0.clone(), s0);
+            let fused = ws
+                .advance_outer_grad(&p, &(), 0, 5, &th, &mut a)
+                .unwrap_err();
+            let apart = ws.advance(&p, &(), 0, 5, &th, &mut b).unwrap_err();
+            let case = format!("{:?}: {} at step {at}", inner.optimizer, fail.what());
+            assert_eq!(fused.to_string(), apart.to_string(), "{case}");
+            assert_eq!(bits(&a), bits(&b), "{case}: the state left");
+        }
+    }
+}

@@ -271,7 +271,7 @@ impl<E: Estimator<f32, BatchedRegressionMaml> + Estimator<f32, Taped>> Estimator
 #[test]
 fn tiled_initial_state_gives_the_recorded_bits() {
     let eps = episodes::<f32>(26);
-    let mut theta = net().init::<f32>(1).into_tensors();
+    let theta = net().init::<f32>(1).into_tensors();
     let chunks: Vec<RegressionChunk<f32>> = [&eps[..13], &eps[13..25], &eps[25..]]
         .iter()
         .map(|e| RegressionChunk::new(e).unwrap())
@@ -318,14 +318,19 @@ fn tiled_initial_state_gives_the_recorded_bits() {
             }
         }
     }
-    theta[2].data_mut()[5] = f32::NAN;
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let fast = BatchedRegressionMaml {
-        net: net(),
-        inner: InnerLoop::sgd(1, 0.01).unwrap(),
-    };
-    let err = |e: Result<Estimate<f32>, BloError>| e.unwrap_err().to_string();
-    let a = err(FirstOrder::new().estimate(&fast, &chunks[0], &theta, &mut rng));
-    let b = err(FirstOrder::new().estimate(&Taped(fast.clone()), &chunks[0], &theta, &mut rng));
-    assert_eq!(a, b);
+    // A NaN that ReLU masks from the loss (W2) and an ∞ that reaches it (W1):
+    // the sweeps that write φ_0's tiles straight into the tape check θ too.
+    for (k, bad) in [(2, f32::NAN), (0, f32::INFINITY)] {
+        let mut theta = theta.clone();
+        theta[k].data_mut()[5] = bad;
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let fast = BatchedRegressionMaml {
+            net: net(),
+            inner: InnerLoop::sgd(1, 0.01).unwrap(),
+        };
+        let err = |e: Result<Estimate<f32>, BloError>| e.unwrap_err().to_string();
+        let a = err(FirstOrder::new().estimate(&fast, &chunks[0], &theta, &mut rng));
+        let b = err(FirstOrder::new().estimate(&Taped(fast.clone()), &chunks[0], &theta, &mut rng));
+        assert_eq!(a, b, "θ_{k} holds {bad}");
+    }
 }
