@@ -70,6 +70,7 @@ mod imp {
     use super::super::avx512::Avx512;
     use super::super::simd::{Isa, Lane, Vectors};
     use super::super::{MatRef, Product, PACK, THIN_COLS};
+    use super::Rows;
     use crate::real::Real;
     use std::any::TypeId;
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -351,7 +352,7 @@ mod imp {
     pub(super) fn logistic_as<T: Real, E: Lane>(
         x: MatRef<'_, T::Base>,
         w: MatRef<'_, T>,
-        rows: &mut dyn FnMut(&[T], &mut [T]),
+        rows: &mut Rows<'_, T>,
         u: &mut [T],
     ) -> bool {
         use super::super::Family;
@@ -389,7 +390,7 @@ mod imp {
             unsafe fn entry<E: Lane>(
                 x: MatRef<'_, E>,
                 b: &[E],
-                rows: &mut dyn FnMut(&[E], &mut [E]),
+                rows: &mut Rows<'_, E>,
                 u: &mut [E],
             ) {
                 // SAFETY: this fn's contract (AVX-512F detected by the caller).
@@ -405,7 +406,7 @@ mod imp {
             unsafe fn entry<E: Lane>(
                 x: MatRef<'_, E>,
                 b: &[E],
-                rows: &mut dyn FnMut(&[E], &mut [E]),
+                rows: &mut Rows<'_, E>,
                 u: &mut [E],
             ) {
                 // SAFETY: this fn's contract (AVX2 and FMA detected by the caller).
@@ -430,7 +431,7 @@ mod imp {
     unsafe fn by_p<V: Vectors>(
         x: MatRef<'_, V::E>,
         b: &[V::E],
-        rows: &mut dyn FnMut(&[V::E], &mut [V::E]),
+        rows: &mut Rows<'_, V::E>,
         u: &mut [V::E],
     ) {
         // SAFETY: this fn's contract.
@@ -458,10 +459,11 @@ mod imp {
     /// # Safety
     /// As [`by_p`] with `P` = p; `NV·P ≤ 8`.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // v indexes z, the loads and s alike
     unsafe fn fused<V: Vectors, const P: usize, const NV: usize>(
         x: MatRef<'_, V::E>,
         b: &[V::E],
-        rows: &mut dyn FnMut(&[V::E], &mut [V::E]),
+        rows: &mut Rows<'_, V::E>,
         u: &mut [V::E],
     ) {
         const MAX: usize = 128;
@@ -574,6 +576,9 @@ mod imp {
     }
 }
 
+/// The per-block callback of [`logistic`]: `z` in, `σ` out (`r × n` each).
+pub(crate) type Rows<'a, T> = dyn FnMut(&[T], &mut [T]) + 'a;
+
 /// The most vector accumulators [`logistic`] keeps for `Xᵀ·σ` (one per
 /// feature and real column, on the stack).
 const LOGISTIC_ACC: usize = 256;
@@ -600,7 +605,7 @@ const LOGISTIC_ACC: usize = 256;
 pub(crate) fn logistic<T: Real>(
     x: MatRef<'_, T::Base>,
     w: MatRef<'_, T>,
-    rows: &mut dyn FnMut(&[T], &mut [T]),
+    rows: &mut Rows<'_, T>,
     u: &mut [T],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]

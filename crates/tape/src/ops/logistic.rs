@@ -110,7 +110,7 @@ fn forward<T: Real>(f: &mut Fwd<'_, T>, m: usize, k: usize, n: usize) {
     }
     let mm = T::from_f64(m as f64);
     for o in out.iter_mut() {
-        *o = *o / mm;
+        *o /= mm;
     }
 }
 
@@ -149,7 +149,7 @@ pub(crate) fn mean_softplus_matmul_vjp<T: Real>(b: &mut Bwd<'_, T>) {
         T::softplus_sigmoid_slice(z, sp, sig);
         for row in sig.chunks_mut(n) {
             for (v, &gj) in row.iter_mut().zip(g) {
-                *v = *v * (gj / mm);
+                *v *= gj / mm;
             }
         }
         let gx = b.g_in(0);
@@ -191,20 +191,12 @@ impl<'t, T: Real> Var<'t, T> {
 #[cfg(test)]
 mod tests {
     use crate::kernels::{with_family, Family};
-    use crate::testing::{check_grad, check_vjp, Tolerance};
-    use crate::{Constant, Dual, Tape, Tensor};
+    use crate::testing::{check_grad, check_vjp, random_directions, Tolerance};
+    use crate::{Constant, Dual, Shape, Tape, Tensor};
 
-    /// Deterministic entries in [−1, 1) (a fixed linear-congruential sequence).
-    fn filled(shape: &[usize], seed: u32) -> Tensor<f64> {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-        let data = (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f64 / (1u32 << 23) as f64 - 1.0
-            })
-            .collect();
-        Tensor::new(shape, data)
+    /// Entries uniform in [−1, 1] from `seed`.
+    fn filled(shape: &[usize], seed: u64) -> Tensor<f64> {
+        random_directions::<f64>(&[Shape::new(shape)], seed).remove(0)
     }
 
     fn close(a: f64, b: f64, what: &str) {
