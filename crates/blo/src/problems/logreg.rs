@@ -156,13 +156,17 @@ impl Problem<f64> for L2Logreg {
         theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        let margins = tape.constant_shared(self.batch(step)).matmul(col(phi[0]));
-        margins.softplus().mean() + (theta[0].exp() * phi[0].square()).sum() * 0.5
+        // mean softplus(X·φ) in one node (`Var::mean_softplus_matmul`:
+        // its adjoint does not read X again).
+        let loss = tape
+            .constant_shared(self.batch(step))
+            .mean_softplus_matmul(col(phi[0]));
+        loss.sum() + (theta[0].exp() * phi[0].square()).sum() * 0.5
     }
 
-    /// g(θ, y) − g(θ, z) from ONE two-column product X·[y z] (the batch is
-    /// read once forward and once for the adjoint Xᵀ·[ḡ_y ḡ_z], not twice
-    /// each), the two columns' means as one reduction over the rows, and e^θ
+    /// g(θ, y) − g(θ, z) from ONE fused node over X·[y z] (the batch is
+    /// read once, forward, for both columns' mean losses and their
+    /// adjoints Xᵀσ(X·[y z]); `Var::mean_softplus_matmul`), and e^θ
     /// recorded once.
     fn inner_loss_gap<'t, T: Real<Base = f64>>(
         &self,
@@ -175,8 +179,7 @@ impl Problem<f64> for L2Logreg {
     ) -> Var<'t, T> {
         let batch = tape.constant_shared(self.batch(step));
         let yz = concat(&[col(y[0]), col(z[0])], 1);
-        let losses = batch.matmul(yz).softplus();
-        let means = (losses.mean_axes(&[0], false) * tape.constant_shared(&self.gap_signs)).sum();
+        let means = (batch.mean_softplus_matmul(yz) * tape.constant_shared(&self.gap_signs)).sum();
         let e = theta[0].exp();
         let ridge = |y: Var<'t, T>| (e * y.square()).sum() * 0.5;
         means + ridge(y[0]) - ridge(z[0])
@@ -191,9 +194,8 @@ impl Problem<f64> for L2Logreg {
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
         tape.constant_shared(&self.val)
-            .matmul(col(phi[0]))
-            .softplus()
-            .mean()
+            .mean_softplus_matmul(col(phi[0]))
+            .sum()
     }
 
     /// φ_0 = 0 (a constant).

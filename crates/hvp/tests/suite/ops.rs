@@ -191,6 +191,10 @@ const CASES: &[Case] = &[
         inputs: &[(&[3, 4], Any), (&[4, 2], Any), (&[2], Any)],
     },
     Case {
+        name: "mean_softplus_matmul",
+        inputs: &[(&[5, 3], Any), (&[3, 2], Any)],
+    },
+    Case {
         name: "tile_batch",
         inputs: &[(&[2, 3], Any)],
     },
@@ -306,6 +310,7 @@ impl VectorFunction<f64> for OpFn {
             "dense_tanh" => x[0].dense(x[1], x[2], Activation::Tanh),
             "dense_sigmoid" => x[0].dense(x[1], x[2], Activation::Sigmoid),
             "dense_identity" => x[0].dense(x[1], x[2], Activation::Identity),
+            "mean_softplus_matmul" => x[0].mean_softplus_matmul(x[1]),
             "tile_batch" => x[0].tile_batch(3),
             "reshape" => x[0].reshape([3, 2]),
             "permute" => x[0].permute(&[2, 0, 1]),

@@ -33,8 +33,11 @@
 //! partial vectors are masked loads and stores, addresses formed with
 //! `wrapping_add`.
 
+use std::any::TypeId;
+
 use super::simd::Lane;
-use super::Product;
+use super::{MatRef, Product};
+use crate::real::{Dual, Real};
 
 /// Runs `p` here if it is a large matrix-vector product of a layout this file
 /// handles and the active family has a vector kernel (then records the
@@ -67,7 +70,9 @@ mod imp {
     use super::super::avx512::Avx512;
     use super::super::simd::{Isa, Lane, Vectors};
     use super::super::{MatRef, Product, PACK, THIN_COLS};
+    use super::Rows;
     use crate::real::Real;
+    use std::any::TypeId;
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     use std::mem::MaybeUninit;
 
@@ -341,4 +346,337 @@ mod imp {
             }
         }
     }
+
+    /// [`super::logistic`] if `T` is `E` or `Dual<E>` and the shapes suit
+    /// it (then `true`).
+    pub(super) fn logistic_as<T: Real, E: Lane>(
+        x: MatRef<'_, T::Base>,
+        w: MatRef<'_, T>,
+        rows: &mut Rows<'_, T>,
+        u: &mut [T],
+    ) -> bool {
+        use super::super::Family;
+        if TypeId::of::<T::Base>() != TypeId::of::<E>() {
+            return false;
+        }
+        let Some(parts) = super::parts::<T, E>() else {
+            return false;
+        };
+        let (m, k, n) = (x.rows, x.cols, w.cols);
+        let p = parts * n;
+        let dense_w = w.cs == 1 && w.rs == n && w.rows == k;
+        let fits = k * p <= super::LOGISTIC_ACC;
+        if m == 0 || k == 0 || p == 0 || p > THIN_COLS || x.rs != 1 || !dense_w || !fits {
+            return false;
+        }
+        if u.len() != k * n {
+            return false;
+        }
+        let x = MatRef::new(
+            super::super::real_left::same_type::<_, E>(x.data),
+            m,
+            k,
+            1,
+            x.cs,
+        );
+        let b = super::elems::<T, E>(w.data);
+        let u = super::elems_mut::<T, E>(u);
+        let mut f =
+            |z: &[E], s: &mut [E]| rows(super::whole::<E, T>(z), super::whole_mut::<E, T>(s));
+        let cap = super::super::active();
+        let family = if cap >= Family::Avx512 && Avx512::available() {
+            /// [`fused`] compiled with AVX-512F.
+            #[target_feature(enable = "avx512f")]
+            unsafe fn entry<E: Lane>(
+                x: MatRef<'_, E>,
+                b: &[E],
+                rows: &mut Rows<'_, E>,
+                u: &mut [E],
+            ) {
+                // SAFETY: this fn's contract (AVX-512F detected by the caller).
+                unsafe { by_p::<E::Avx512>(x, b, rows, u) }
+            }
+            // SAFETY: `Avx512::available()` asked above; `by_p`'s shape
+            // contract checked above.
+            unsafe { entry(x, b, &mut f, u) };
+            Family::Avx512
+        } else if cap >= Family::Avx2 && Avx2::available() {
+            /// [`fused`] compiled with AVX2+FMA.
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn entry<E: Lane>(
+                x: MatRef<'_, E>,
+                b: &[E],
+                rows: &mut Rows<'_, E>,
+                u: &mut [E],
+            ) {
+                // SAFETY: this fn's contract (AVX2 and FMA detected by the caller).
+                unsafe { by_p::<E::Avx2>(x, b, rows, u) }
+            }
+            // SAFETY: as above, with `Avx2::available()`.
+            unsafe { entry(x, b, &mut f, u) };
+            Family::Avx2
+        } else {
+            return false;
+        };
+        super::super::family::record(family);
+        true
+    }
+
+    /// [`fused`] with its column count `P = b.len() / k` as a constant.
+    ///
+    /// # Safety
+    /// V's instruction set; `x` has unit row stride; `b.len() == k·p` and
+    /// `u.len() == k·p` for p ∈ {1, 2}; `k·p ≤ LOGISTIC_ACC`.
+    #[inline(always)]
+    unsafe fn by_p<V: Vectors>(
+        x: MatRef<'_, V::E>,
+        b: &[V::E],
+        rows: &mut Rows<'_, V::E>,
+        u: &mut [V::E],
+    ) {
+        // SAFETY: this fn's contract.
+        unsafe {
+            if b.len() == x.cols {
+                fused::<V, 1, 8>(x, b, rows, u)
+            } else {
+                fused::<V, 2, 4>(x, b, rows, u)
+            }
+        }
+    }
+
+    /// The blocks of [`super::logistic`] on real data, `X` read down its
+    /// columns (`X[i, l] = x.data[i + l·cs]`), by super-blocks of up to 64
+    /// rows (128 if one sub-block is that long), whose columns stay in L1:
+    /// 1. per sub-block of `NV` vectors of rows, `z = X_b·B` in `NV·P = 8`
+    ///    register accumulators (each row's sum in its lane, from zero, in
+    ///    increasing `l`: the family's product bits);
+    /// 2. `rows(z, s)` once for the super-block;
+    /// 3. per sub-block, with its `s` in registers, one vector accumulator
+    ///    per `(l, j)` of `u = Xᵀ·s` takes `X_b[:, l]·s[:, j]` lane by lane.
+    ///
+    /// At the end each accumulator's lanes are summed in lane order into `u`.
+    ///
+    /// # Safety
+    /// As [`by_p`] with `P` = p; `NV·P ≤ 8`.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // v indexes z, the loads and s alike
+    unsafe fn fused<V: Vectors, const P: usize, const NV: usize>(
+        x: MatRef<'_, V::E>,
+        b: &[V::E],
+        rows: &mut Rows<'_, V::E>,
+        u: &mut [V::E],
+    ) {
+        const MAX: usize = 128;
+        let (m, k, cs) = (x.rows, x.cols, x.cs);
+        let r = NV * V::N;
+        let sb_rows = (64 / r).max(1) * r;
+        let zero = V::E::zero();
+        // SAFETY (whole body): this fn's contract. Column l's rows i0..i0 +
+        // rb are x.data[i0 + l·cs..][..rb], inside X's checked view; the
+        // vectors of a partial sub-block are masked loads of its rows below
+        // m (an empty mask reads nothing); a super-block's sb_rows ≤ MAX
+        // rows (NV·N ≤ 8·16) fill at most P·sb_rows ≤ MAX elements of
+        // `zbuf`, `sbuf` (P = 2 only with NV·N ≤ 64, so sb_rows = 64), and
+        // its sub-blocks' vectors end at or before sb_rows; `acc` holds
+        // k·P ≤ LOGISTIC_ACC vectors, the first k·P written before any read.
+        unsafe {
+            let mut acc = [MaybeUninit::<V::V>::uninit(); super::LOGISTIC_ACC];
+            for a in &mut acc[..k * P] {
+                a.write(V::zero());
+            }
+            let mut zbuf = [zero; MAX];
+            let mut sbuf = [zero; MAX];
+            let mut plane = [[zero; MAX]; P];
+            let base = x.data.as_ptr();
+            let full = V::mask(V::N);
+            for s0 in (0..m).step_by(sb_rows) {
+                let sb = sb_rows.min(m - s0);
+                let subs = (s0..s0 + sb).step_by(r);
+                let masks_of = |i0: usize| -> [V::M; NV] {
+                    let rb = r.min(m - i0);
+                    std::array::from_fn(|v| V::mask(rb.saturating_sub(v * V::N)))
+                };
+                let load = |l: usize, i0: usize, v: usize, masks: &[V::M; NV], whole: bool| {
+                    let p = base.wrapping_add(i0 + l * cs + v * V::N);
+                    if whole {
+                        V::load(p)
+                    } else {
+                        V::load_masked(p, masks[v])
+                    }
+                };
+                for i0 in subs.clone() {
+                    let whole = i0 + r <= m;
+                    let masks = if whole { [full; NV] } else { masks_of(i0) };
+                    let mut z = [[V::zero(); NV]; P];
+                    for l in 0..k {
+                        let y: [V::V; P] =
+                            std::array::from_fn(|j| V::splat(*b.get_unchecked(l * P + j)));
+                        for v in 0..NV {
+                            let xv = load(l, i0, v, &masks, whole);
+                            for j in 0..P {
+                                z[j][v] = V::madd(z[j][v], xv, y[j]);
+                            }
+                        }
+                    }
+                    for (j, zj) in z.iter().enumerate() {
+                        for (v, zv) in zj.iter().enumerate() {
+                            let at = plane[j].as_mut_ptr().wrapping_add(i0 - s0 + v * V::N);
+                            V::store_masked(at, *zv, full);
+                        }
+                    }
+                }
+                // z to the caller row-major (sb × P), σ back as planes.
+                for (j, pj) in plane.iter().enumerate() {
+                    for (i, &e) in pj[..sb].iter().enumerate() {
+                        zbuf[i * P + j] = e;
+                    }
+                }
+                rows(&zbuf[..sb * P], &mut sbuf[..sb * P]);
+                for (j, pj) in plane.iter_mut().enumerate() {
+                    for (i, e) in pj[..sb].iter_mut().enumerate() {
+                        *e = sbuf[i * P + j];
+                    }
+                    // Lanes past the rows: x is masked to zero there, and
+                    // so must s be (0·NaN would not vanish).
+                    for e in &mut pj[sb..sb_rows] {
+                        *e = zero;
+                    }
+                }
+                for i0 in subs {
+                    let whole = i0 + r <= m;
+                    let masks = if whole { [full; NV] } else { masks_of(i0) };
+                    let sv: [[V::V; NV]; P] = std::array::from_fn(|j| {
+                        std::array::from_fn(|v| {
+                            V::load(plane[j].as_ptr().wrapping_add(i0 - s0 + v * V::N))
+                        })
+                    });
+                    for l in 0..k {
+                        let xv: [V::V; NV] = std::array::from_fn(|v| load(l, i0, v, &masks, whole));
+                        for (j, sj) in sv.iter().enumerate() {
+                            let slot = acc.get_unchecked_mut(l * P + j);
+                            let mut a = slot.assume_init();
+                            for v in 0..NV {
+                                a = V::madd(a, xv[v], sj[v]);
+                            }
+                            slot.write(a);
+                        }
+                    }
+                }
+            }
+            let mut lanes = [zero; 16];
+            for (o, a) in u.iter_mut().zip(&acc[..k * P]) {
+                V::store_masked(lanes.as_mut_ptr(), a.assume_init(), full);
+                let mut t = zero;
+                for &e in &lanes[..V::N] {
+                    t += e;
+                }
+                *o = t;
+            }
+        }
+    }
+}
+
+/// The per-block callback of [`logistic`]: `z` in, `σ` out (`r × n` each).
+pub(crate) type Rows<'a, T> = dyn FnMut(&[T], &mut [T]) + 'a;
+
+/// The most vector accumulators [`logistic`] keeps for `Xᵀ·σ` (one per
+/// feature and real column, on the stack).
+const LOGISTIC_ACC: usize = 256;
+
+/// The two products of the mean logistic loss from one read of `X`
+/// (`ops/logistic.rs`): for `X [m, k]` (real, unit column stride) and `W
+/// [k, n]` of `T` (dense row-major), block by block of rows `X_b`:
+/// `z = X_b·W` (`r × n`, row-major), `rows(z, s)` writes `s` (`r × n`),
+/// then `u ← X_bᵀ·s + u` (`u` overwritten by the first block), while `X_b`
+/// is still in L1. On `T = Dual<E>` the dual products are real ones on the
+/// parts (`X` has no tangent): `W`'s `k × n` duals are a real `k × 2n`
+/// matrix with the parts in adjacent columns, and so are `z`, `s`, `u`.
+///
+/// `true` if run here (`T` is `f32`, `f64` or a dual of one; its real
+/// columns, n or 2n, at most [`super::THIN_COLS`]; `k` small enough for a
+/// block of one vector of rows to fit [`super::PACK`]; a vector family is
+/// active and available); `false`: nothing was done.
+///
+/// # Bits
+/// Each `z` element is what the family's product gives for it (a sum from
+/// zero in increasing `l`, see the module docs). `u` is summed per block
+/// (over the block's rows, in order, from zero), the blocks' sums added in
+/// order; a fixed order, so the same bits on every run and thread count.
+pub(crate) fn logistic<T: Real>(
+    x: MatRef<'_, T::Base>,
+    w: MatRef<'_, T>,
+    rows: &mut Rows<'_, T>,
+    u: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        imp::logistic_as::<T, f64>(x, w, rows, u) || imp::logistic_as::<T, f32>(x, w, rows, u)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w, rows, u);
+        false
+    }
+}
+
+/// The number of `E`s in one `T` (1 for `E`, 2 for `Dual<E>`), or `None`
+/// for any other `T`.
+fn parts<T: 'static, E: 'static>() -> Option<usize> {
+    let t = TypeId::of::<T>();
+    if t == TypeId::of::<E>() {
+        Some(1)
+    } else if t == TypeId::of::<Dual<E>>() {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// A slice of `T` (`E` or `Dual<E>`) as the `E`s it is made of.
+///
+/// # Panics
+/// If `T` is neither.
+fn elems<T: 'static, E: 'static>(x: &[T]) -> &[E] {
+    let p = parts::<T, E>().expect("elems: T is E or Dual<E>");
+    assert_eq!(size_of::<T>(), p * size_of::<E>(), "elems");
+    // SAFETY: `T` is `E`, or `Dual<E>` (`#[repr(C)]`, two fields of `E`:
+    // size asserted, no padding, aligned as `E`), so `x.len()` of them are
+    // `p·x.len()` contiguous `E`s, borrowed for the same lifetime.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<E>(), p * x.len()) }
+}
+
+/// The `&mut` form of [`elems`].
+fn elems_mut<T: 'static, E: 'static>(x: &mut [T]) -> &mut [E] {
+    let p = parts::<T, E>().expect("elems_mut: T is E or Dual<E>");
+    assert_eq!(size_of::<T>(), p * size_of::<E>(), "elems_mut");
+    // SAFETY: as in `elems`; the result reborrows `x` exclusively.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<E>(), p * x.len()) }
+}
+
+/// The inverse of [`elems`]: `E`s, a whole number of `T`s, as `T`s.
+///
+/// # Panics
+/// If `T` is neither `E` nor `Dual<E>`, or the length is not a multiple.
+fn whole<E: 'static, T: 'static>(x: &[E]) -> &[T] {
+    let p = parts::<T, E>().expect("whole: T is E or Dual<E>");
+    assert!(
+        size_of::<T>() == p * size_of::<E>() && x.len().is_multiple_of(p),
+        "whole"
+    );
+    assert_eq!(align_of::<T>(), align_of::<E>(), "whole");
+    // SAFETY: as in `elems` (a `T` is `p` `E`s with `E`'s alignment, asserted),
+    // and `x.len() / p` whole `T`s cover exactly `x`.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<T>(), x.len() / p) }
+}
+
+/// The `&mut` form of [`whole`].
+fn whole_mut<E: 'static, T: 'static>(x: &mut [E]) -> &mut [T] {
+    let p = parts::<T, E>().expect("whole_mut: T is E or Dual<E>");
+    assert!(
+        size_of::<T>() == p * size_of::<E>() && x.len().is_multiple_of(p),
+        "whole_mut"
+    );
+    assert_eq!(align_of::<T>(), align_of::<E>(), "whole_mut");
+    // SAFETY: as in `whole`; the result reborrows `x` exclusively.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<T>(), x.len() / p) }
 }

@@ -9,6 +9,7 @@
 //! | reductions | `reduce.rs` | sum, mean (all or axes, keepdims), max along an axis |
 //! | linear algebra | `linalg.rs` | matmul (2-D, batched 3-D) |
 //! | dense layer | `dense.rs` | dense (`act(X·W + b)` in one node) |
+//! | logistic loss | `logistic.rs` | mean_softplus_matmul (mean softplus(X·W) per column, in one node) |
 //! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, batched_affine_relu, tile_batch |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
 //! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
@@ -21,6 +22,7 @@ pub mod batched;
 pub mod dense;
 pub mod elementwise;
 pub mod linalg;
+pub mod logistic;
 pub mod nn;
 pub mod reduce;
 pub mod shape_ops;
@@ -82,6 +84,8 @@ pub(crate) enum Op {
     BatchedAffineRelu,
     /// `act(X·W + 1·bᵀ)`: `Matmul`, a bias add and an activation in one node.
     Dense(dense::Activation),
+    /// `mean_i softplus(X·W)_ij` per column j; `Xᵀσ(X·W)` saved in `aux`.
+    MeanSoftplusMatmul,
     /// `[..d] → [B, ..d]`: B copies along a new leading axis.
     TileBatch,
     Reshape,
@@ -159,6 +163,7 @@ impl Op {
             Op::BatchedAffine => "batched_affine",
             Op::BatchedAffineRelu => "batched_affine_relu",
             Op::Dense(_) => "dense",
+            Op::MeanSoftplusMatmul => "mean_softplus_matmul",
             Op::TileBatch => "tile_batch",
             Op::Reshape => "reshape",
             Op::Permute(_) => "permute",
@@ -184,6 +189,7 @@ impl Op {
 pub(crate) fn reads_base<T: Real>(op: &Op, k: usize, shape: impl Fn(usize) -> Shape) -> bool {
     match op {
         Op::Matmul => k == 0 && linalg::matmul_reads_base::<T>(shape(0), shape(1)),
+        Op::MeanSoftplusMatmul => k == 0,
         _ => false,
     }
 }
@@ -266,6 +272,7 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         BatchedAffine => batched::batched_affine_vjp(b),
         BatchedAffineRelu => batched::batched_affine_relu_vjp(b),
         Dense(act) => dense::dense_vjp(b, act),
+        MeanSoftplusMatmul => logistic::mean_softplus_matmul_vjp(b),
         TileBatch => batched::tile_batch_vjp(b),
         Reshape => shape_ops::reshape_vjp(b),
         Permute(p) => shape_ops::permute_vjp(b, p),

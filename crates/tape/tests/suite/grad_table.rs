@@ -404,6 +404,8 @@ fn table() -> Vec<Row> {
         }),
         // linear algebra
         row!("matmul_2d", 2, matmul_2d, &[ANY], |x, _| x[0].matmul(x[1])),
+        row!("mean_softplus_matmul", 2, matmul_2d, &[ANY], |x, _| x[0]
+            .mean_softplus_matmul(x[1])),
         row!("matmul_3d_2d", 2, matmul_3d_2d, &[ANY], |x, _| x[0]
             .matmul(x[1])),
         row!("matmul_batched", 2, matmul_batched, &[ANY], |x, _| x[0]
@@ -800,6 +802,7 @@ fn the_table_covers_every_op() {
         "matmul_3d_2d",
         "matmul_batched",
         "matmul_t",
+        "mean_softplus_matmul",
         "batched_matmul_t",
         "batched_bias_add",
         "batched_affine",
