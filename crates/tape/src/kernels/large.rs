@@ -2,6 +2,7 @@
 //! kernels (`packed.rs`) of the active family.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::{packed, pair, Family, MatRef, Prim, Product};
@@ -163,6 +164,7 @@ fn stacked<F: Prim>(
         rsc: c.rs,
         csc: c.cs,
         pack_a: packed::APack::Each,
+        shared_a: std::ptr::null_mut(),
     };
     let (chunks, along_rows) = chunking(m, k, n);
     F::with_pack(|[first, second]| {
@@ -170,23 +172,42 @@ fn stacked<F: Prim>(
             return whole.part(0..m, 0..n, first);
         }
         let dim = if along_rows { m } else { n };
-        // Chunks of C's columns all read all of A: packed once, here, for all
-        // of them (a row-major C: `packed::run` keeps A as A).
+        // Chunks of C's columns all read all of A: packed once for all of
+        // them (a row-major C: `packed::run` keeps A as A), by both threads,
+        // [`PACKS`] parts of A's rows, before any chunk computes.
         let mut shared = None;
         let mut whole = whole;
-        if !along_rows && whole.csc == 1 {
+        let packs = if !along_rows && whole.csc == 1 {
             let shared = shared.insert(first.take_shared_a(packed::a_len(m, k)));
-            whole.pack_a = packed::APack::Into(shared.as_mut_ptr());
-            whole.part(0..m, 0..n, first);
-            whole.pack_a = packed::APack::From(shared.as_ptr());
-        }
+            whole.shared_a = shared.as_mut_ptr();
+            whole.pack_a = packed::APack::From(whole.shared_a.cast_const());
+            PACKS
+        } else {
+            0
+        };
+        let packed = AtomicUsize::new(0);
         // One set of buffers per thread role, whichever thread that is.
         let bufs = [Mutex::new(&mut *first), Mutex::new(&mut *second)];
-        pair::share(chunks, &|i: usize, there: bool| {
-            let r = chunk_range(i, chunks, dim);
+        pair::share(packs + chunks, &|i: usize, there: bool| {
             let mut b = bufs[usize::from(there)]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            if i < packs {
+                // Counted when done, also if it panics: no thread waits for
+                // a part that will not come.
+                let _done = Counted(&packed);
+                let rows = (i * m / packs, (i + 1) * m / packs);
+                let into = packed::APack::Into(whole.shared_a, rows);
+                return Parts {
+                    pack_a: into,
+                    ..whole
+                }
+                .part(0..m, 0..n, &mut b);
+            }
+            // The parts are taken before any chunk (`share` hands out chunks
+            // in order), so this waits at most for the other thread's part.
+            wait_for(&packed, packs);
+            let r = chunk_range(i - packs, chunks, dim);
             if along_rows {
                 whole.part(r, 0..n, &mut b);
             } else {
@@ -203,9 +224,41 @@ fn stacked<F: Prim>(
     })
 }
 
+/// The parts of `A`'s rows packed, one by each thread, for a product cut
+/// along `C`'s columns: all of `A` packed once (not once per chunk, branch
+/// `gradcut`) and not by the caller alone while the second thread waits
+/// (~16 µs of x·W1's ~200 µs on AVX2, branch `bal`). Each part is rounded to
+/// the family's sliver height (`packed::APack::Into`).
+const PACKS: usize = 2;
+
+/// Adds one to its counter when dropped (a part of `A` packed).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Spins until `count` reaches `target` (the other thread's part of `A`
+/// packed: its writes are seen), yielding the core every 64 spins in case
+/// that thread waits for it.
+fn wait_for(count: &AtomicUsize, target: usize) {
+    let mut spins = 0_u32;
+    while count.load(Ordering::Acquire) < target {
+        spins = spins.wrapping_add(1);
+        if spins.is_multiple_of(64) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// A product, shared by the threads that compute its parts: the family,
 /// `α`, `A`, `B`, `β`, and `C`'s first element and strides (a checked
 /// [`super::MatMut`]'s).
+#[derive(Clone, Copy)]
 struct Parts<'a, F> {
     family: Family,
     alpha: F,
@@ -221,15 +274,20 @@ struct Parts<'a, F> {
     /// Where the parts get `A`'s packed slivers: a column cut's parts read
     /// one packing of all of `A` (`real`).
     pack_a: packed::APack<F>,
+    /// That packing of all of `A` (`packed::APack::Into`; null if none).
+    shared_a: *mut F,
 }
 
 // SAFETY: the parts `real` computes at once write pairwise disjoint elements
 // through `c` (their ranges partition C's rows or columns, and `MatMut::new`
 // checked that C's elements are distinct), and `pair::share` returns (or
 // unwinds) only after both have ended, inside `real`, while the `&mut` borrow
-// `c` comes from is alive. A shared packed A (`pack_a`) is only read by
-// them, and lives in `real` until after `pair::share`. The rest is shared
-// references and plain values.
+// `c` comes from is alive. A shared packed A (`shared_a`, `pack_a`) is
+// written by the packing parts, each its own rows' slivers (disjoint: the
+// bounds `(i·m/PACKS, (i + 1)·m/PACKS)` rounded the same way), and read by
+// the chunks only after every part has ended (`Counted`, `wait_for`:
+// release/acquire); it lives in `real` until after `pair::share`. The rest
+// is shared references and plain values.
 unsafe impl<F: Sync> Sync for Parts<'_, F> {}
 
 impl<F: Prim> Parts<'_, F> {
@@ -259,9 +317,10 @@ impl<F: Prim> Parts<'_, F> {
         // by `real` across the parts), so it aliases neither A nor B;
         // concurrent parts get disjoint row or column ranges of C (see
         // `real`), so they write disjoint elements. (With k = 0 nothing of A
-        // or B is read.) `pack_a`: `real` packs into a buffer of
-        // `packed::a_len(m, k)` elements of all of A's rows, row-major C, and
-        // hands `From` only to parts of all of A's rows, same family.
+        // or B is read.) `pack_a`: `real` packs (`Into`, row ranges inside
+        // 0..m) into a buffer of `packed::a_len(m, k)` elements of all of
+        // A's rows, row-major C, and hands `From` only to parts of all of
+        // A's rows, same family, after all the packing parts have ended.
         unsafe {
             packed::gemm(
                 self.family,

@@ -82,9 +82,13 @@ pub(crate) enum APack<E> {
     /// Each panel of `A` is packed as the product needs it (into the
     /// thread's [`Bufs`]).
     Each,
-    /// Only pack every panel of `A` into `dst` (valid for [`a_len`]`(m, k)`
-    /// writes; the layout of [`APack::From`]); `B` and `C` are not touched.
-    Into(*mut E),
+    /// Only pack rows `rows.0..rows.1` of every panel of `A` into `dst`
+    /// (valid for [`a_len`]`(m, k)` writes; the layout of [`APack::From`]);
+    /// `B` and `C` are not touched. Each bound is rounded down to a multiple
+    /// of the micro-kernel's `MR` (an end of `m` is kept), so calls with
+    /// `(0, r)` and `(r, m)` pack all of `A` between them, for any `r`: the
+    /// two threads of a column cut each pack a part (`large.rs`).
+    Into(*mut E, (usize, usize)),
     /// `A`'s slivers are read from `src`, packed by an [`APack::Into`] call
     /// of the same `A` (all its rows), `k` and family: panel `p` (of the sum's index) at
     /// `p·⌈m⌉·kc_max`, the sliver of rows from `i` (a multiple of `MR`) at
@@ -350,15 +354,21 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     let kc_max = k.div_ceil(panels);
     // Panel p of all of A packed ([`APack::From`]'s layout) starts here.
     let a_panel = m.next_multiple_of(mr) * kc_max;
-    if let APack::Into(dst) = j.pack_a {
+    if let APack::Into(dst, (from, to)) = j.pack_a {
         assert!(mr <= MR_MAX, "packed: {mr}-row slivers exceed MR_MAX");
-        // SAFETY: as the packing of A below (this fn's contract), into `dst`,
+        let bound = |r: usize| if r >= m { m } else { r / mr * mr };
+        let (from, to) = (bound(from), bound(to));
+        // SAFETY: as the packing of A below (this fn's contract), rows
+        // `from..to` (inside `0..m`, `from` a multiple of MR), into `dst`,
         // which holds `a_len(m, k)` ≥ panels·a_panel elements (`APack::Into`'s
-        // contract, MR ≤ MR_MAX): panel p's slivers of rows i end at
-        // p·a_panel + (i + MR)·kc ≤ (p + 1)·a_panel.
+        // contract, MR ≤ MR_MAX): panel p's sliver of rows from i starts at
+        // p·a_panel + i·kc and ends at p·a_panel + (i + MR)·kc ≤ (p + 1)·a_panel.
         unsafe {
             for (p, pc) in (0..k).step_by(kc_max).enumerate() {
-                pack_a::<M>(&j, pc, kc_max.min(k - pc), 0..m, dst.add(p * a_panel));
+                let kc = kc_max.min(k - pc);
+                if from < to {
+                    pack_a::<M>(&j, pc, kc, from..to, dst.add(p * a_panel + from * kc));
+                }
             }
         }
         return;
