@@ -1007,6 +1007,46 @@ fn column_chunks_reading_one_packed_a_give_the_same_bits() {
     }
 }
 
+/// The two threads each pack a part of a column cut's shared `A`, and no
+/// chunk reads it before both parts are in (`kernels/large.rs`, `PACKS`):
+/// two different `A`s of one shape, taken in turn, so that a chunk reading
+/// the other thread's rows too early would find the last product's `A` in
+/// the reused buffer; each gives the bits of one thread, 200 times over.
+#[test]
+fn column_chunks_wait_for_both_parts_of_a_packed_a() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    // x·W1 of the MLP benchmark: cut in four column chunks.
+    let (m, k, n) = (64, 784, 256);
+    let mut rng = Rng(29);
+    let mut fill = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.val() as f32).collect() };
+    let (a0, a1, b) = (fill(m * k), fill(m * k), fill(k * n));
+    let bv = MatRef::row_major(&b, k, n);
+    for family in available_families() {
+        let whole: Vec<Vec<f32>> = [&a0, &a1]
+            .iter()
+            .map(|a| {
+                let mut c = vec![0.0; m * n];
+                let av = MatRef::row_major(a, m, k);
+                one.install(|| with_family(family, || gemm(1.0, av, bv, 0.0, &mut c)));
+                c
+            })
+            .collect();
+        for round in 0..200 {
+            let a = if round % 2 == 0 { &a0 } else { &a1 };
+            let mut c = vec![0.0; m * n];
+            let av = MatRef::row_major(a, m, k);
+            with_family(family, || gemm(1.0, av, bv, 0.0, &mut c));
+            assert!(
+                c == whole[round % 2],
+                "{family}: [{m}, {k}]·[{k}, {n}], round {round}: cut differs from whole"
+            );
+        }
+    }
+}
+
 /// Loss and gradients of a small MLP (batch 64, 300 → 256 → 256 → 10, ReLU,
 /// a residual `+ h1` so that an adjoint is accumulated into, softmax
 /// cross-entropy) on a tape of `T`; `dual` gives every input a tangent.
