@@ -836,7 +836,7 @@ mod tests {
             (2, 3, 5, 7),
         ] {
             let theta = f64s(&[n, k], 8);
-            let w = Tensor::new(&[bsz, n, k], theta.data().repeat(bsz));
+            let w = Tensor::new([bsz, n, k], theta.data().repeat(bsz));
             let (a, c, s) = (
                 f64s(&[bsz, m, k], 7),
                 f64s(&[bsz, n], 9),
@@ -876,7 +876,7 @@ mod tests {
                     let mut th = theta.clone();
                     th.data_mut()[e] += d;
                     let t = Tape::<f64>::new();
-                    let wt = t.var(&Tensor::new(&[bsz, n, k], th.data().repeat(bsz)));
+                    let wt = t.var(&Tensor::new([bsz, n, k], th.data().repeat(bsz)));
                     loss(true, relu, (t.var(&a), wt, t.var(&c), t.var(&s)))
                         .value()
                         .data()[0]
