@@ -167,6 +167,49 @@ pub trait Problem<F: Float>: Sync {
         let _ = task;
         None
     }
+
+    /// L_in(θ, φ_0; τ, 1), the first step's inner loss, recorded for a pass
+    /// whose φ adjoint is read only through its block sums: φ_0 is tiles of θ
+    /// ([`Problem::initial_state_tiles`] is `Some(B)`) and the sweep adds
+    /// (Σ_b ḡφ_1,b, …) to θ's gradient and reads nothing else of it (the
+    /// adjoint of an SGD step at φ_0). A problem may record it with ops that
+    /// write every φ tensor's adjoint as its block sum into block 0, the
+    /// other blocks unspecified (tape's `batched_affine_tiled`: a weight's
+    /// adjoint as one product over the whole stack), and return `Some`; the
+    /// sweep then reads block 0 alone. The value and θ's adjoint must be
+    /// [`Problem::inner_loss`]'s at step 1, the block sums its up to
+    /// rounding. The default, `None`, records nothing: the sweep records
+    /// [`Problem::inner_loss`] and reads every block.
+    ///
+    /// ```
+    /// use blo::{InnerLoop, Problem};
+    /// use tape::{Real, Tape, Tensor, Var};
+    /// struct Sq { inner: InnerLoop }
+    /// impl Problem<f64> for Sq {
+    ///     type Task = ();
+    ///     fn inner_loop(&self) -> &InnerLoop { &self.inner }
+    ///     fn inner_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, _: &(), _j: usize,
+    ///         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> {
+    ///         (phi[0].square() * 0.5).sum()
+    ///     }
+    ///     fn outer_loss<'t, T: Real<Base = f64>>(&self, _t: &'t Tape<T>, _: &(),
+    ///         _theta: &[Var<'t, T>], phi: &[Var<'t, T>]) -> Var<'t, T> { phi[0].sum() }
+    /// }
+    /// let p = Sq { inner: InnerLoop::sgd(1, 0.5).unwrap() };
+    /// let t = Tape::<f64>::new();
+    /// let phi = t.var(&Tensor::vector(vec![3.0, 3.0])); // two tiles of θ = 3
+    /// assert!(p.inner_loss_at_tiles(&t, &(), &[], &[phi]).is_none());
+    /// ```
+    fn inner_loss_at_tiles<'t, T: Real<Base = F>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &Self::Task,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Option<Var<'t, T>> {
+        let _ = (tape, task, theta, phi);
+        None
+    }
 }
 
 /// The inner optimiser: one step maps (θ, state_{j−1}) to state_j.

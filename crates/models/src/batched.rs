@@ -153,19 +153,23 @@ pub struct BatchedRegressionMaml {
 impl BatchedRegressionMaml {
     /// Σ_b mean_i (ŷ_bi − y_bi)² = B · (mean over all B·n points) of the
     /// network at the stacked φ on `x` (every task has the same number of points).
+    /// With `tiled`, the network is [`Mlp::forward_batched_tiled`] (the
+    /// weights' adjoints as their block sums).
     fn summed_mse<'t, T: Real>(
         &self,
         tape: &'t Tape<T>,
         phi: &[Var<'t, T>],
-        x: &Tensor<T::Base>,
-        y: &Tensor<T::Base>,
+        (x, y): (&Tensor<T::Base>, &Tensor<T::Base>),
+        tiled: bool,
     ) -> Var<'t, T> {
         let (x, y) = (tape.constant_base(x), tape.constant_base(y));
         let b = x.shape().dim(0);
-        self.net
-            .forward_batched(tape, phi, x)
-            .mse(y)
-            .mul_scalar(b as f64)
+        let out = if tiled {
+            self.net.forward_batched_tiled(tape, phi, x)
+        } else {
+            self.net.forward_batched(tape, phi, x)
+        };
+        out.mse(y).mul_scalar(b as f64)
     }
 }
 
@@ -184,7 +188,7 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         _theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        self.summed_mse(tape, phi, &task.support_x, &task.support_y)
+        self.summed_mse(tape, phi, (&task.support_x, &task.support_y), false)
     }
 
     fn outer_loss<'t, T: Real<Base = F>>(
@@ -194,7 +198,20 @@ impl<F: Float> Problem<F> for BatchedRegressionMaml {
         _theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        self.summed_mse(tape, phi, &task.query_x, &task.query_y)
+        self.summed_mse(tape, phi, (&task.query_x, &task.query_y), false)
+    }
+
+    /// The support loss with every weight's and bias's adjoint as its block
+    /// sum in block 0, one product per layer for the whole chunk
+    /// ([`Mlp::forward_batched_tiled`]).
+    fn inner_loss_at_tiles<'t, T: Real<Base = F>>(
+        &self,
+        tape: &'t Tape<T>,
+        task: &Self::Task,
+        _theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Option<Var<'t, T>> {
+        Some(self.summed_mse(tape, phi, (&task.support_x, &task.support_y), true))
     }
 
     /// φ_0 = (θ, …, θ): each θ tensor of shape `d` tiled to `[B, ..d]`

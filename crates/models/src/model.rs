@@ -241,9 +241,55 @@ impl Mlp {
     #[track_caller]
     pub fn forward_batched<'t, T: Real>(
         &self,
+        tape: &'t Tape<T>,
+        params: &[Var<'t, T>],
+        x: Var<'t, T>,
+    ) -> Var<'t, T> {
+        self.batched(tape, params, x, false)
+    }
+
+    /// [`Mlp::forward_batched`] for stacked parameters whose adjoints are
+    /// read only through their block sums (tiled from one set, as MAML's
+    /// φ_0 = (θ, …, θ)): every layer is `batched_affine_tiled`
+    /// (`batched_affine_relu_tiled`), which writes its weight's and bias's
+    /// adjoints as their block sums Σ_b ḡW_b, Σ_b ḡc_b into block 0 (the
+    /// weight's as one product over the whole stack) and leaves the other
+    /// blocks unspecified. The value and the input's adjoint are
+    /// [`Mlp::forward_batched`]'s bits, the block sums its up to rounding.
+    ///
+    /// # Panics
+    /// As [`Mlp::forward_batched`].
+    ///
+    /// ```
+    /// use models::{Activation, Mlp, Model};
+    /// use tape::{Tape, Tensor};
+    /// let net = Mlp::new(&[1, 8, 1], Activation::Relu);
+    /// let p = net.init::<f64>(0);
+    /// let t = Tape::<f64>::new();
+    /// let stacked: Vec<_> = p.vars(&t).into_iter().map(|v| v.tile_batch(2)).collect();
+    /// let x = t.constant(&Tensor::new(&[2, 3, 1], vec![0.0, 1.0, 2.0, 0.5, 1.5, 2.5]));
+    /// let y = net.forward_batched_tiled(&t, &stacked, x);
+    /// assert_eq!(y.value(), net.forward_batched(&t, &stacked, x).value());
+    /// ```
+    #[track_caller]
+    pub fn forward_batched_tiled<'t, T: Real>(
+        &self,
+        tape: &'t Tape<T>,
+        params: &[Var<'t, T>],
+        x: Var<'t, T>,
+    ) -> Var<'t, T> {
+        self.batched(tape, params, x, true)
+    }
+
+    /// The body of [`Mlp::forward_batched`] (`tiled`: of
+    /// [`Mlp::forward_batched_tiled`]).
+    #[track_caller]
+    fn batched<'t, T: Real>(
+        &self,
         _tape: &'t Tape<T>,
         params: &[Var<'t, T>],
         x: Var<'t, T>,
+        tiled: bool,
     ) -> Var<'t, T> {
         let layers = self.widths.len() - 1;
         let xs = x.shape();
@@ -276,12 +322,17 @@ impl Mlp {
         let mut h = x;
         for i in 0..layers {
             let (w, c) = (params[2 * i], params[2 * i + 1]);
-            h = match self.activation {
+            let relu = self.activation == Activation::Relu && i + 1 < layers;
+            h = match (tiled, relu) {
                 // The layer and its relu in one node (the same bits).
-                Activation::Relu if i + 1 < layers => h.batched_affine_relu(w, c),
-                act if i + 1 < layers => act.apply(h.batched_affine(w, c)),
-                _ => h.batched_affine(w, c),
+                (false, true) => h.batched_affine_relu(w, c),
+                (true, true) => h.batched_affine_relu_tiled(w, c),
+                (false, false) => h.batched_affine(w, c),
+                (true, false) => h.batched_affine_tiled(w, c),
             };
+            if i + 1 < layers && !relu {
+                h = self.activation.apply(h);
+            }
         }
         h
     }

@@ -679,6 +679,7 @@ impl<F: Float> InnerWorkspace<F> {
             phi,
             v_theta,
             Tangent::Tensors(v_phi),
+            (false, &Default::default()),
         )
     }
 
@@ -712,6 +713,40 @@ impl<F: Float> InnerWorkspace<F> {
         problem: &P,
         task: &P::Task,
         j: usize,
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+        with_inner_loss: bool,
+    ) -> Result<(), BloError> {
+        self.adjoint_step_at(
+            problem,
+            task,
+            (j, false),
+            theta,
+            prev,
+            cot,
+            g_theta,
+            with_inner_loss,
+        )
+    }
+
+    /// [`InnerWorkspace::adjoint_step`], where `block_summed` says that the
+    /// caller reads ū_0 (the cotangent after step j = 1) only through
+    /// (∂Φ_0/∂θ)ᵀ ū_0. For SGD with φ_0 tiles of θ
+    /// ([`Problem::initial_state_tiles`]) step 1's pass is then recorded by
+    /// [`Problem::inner_loss_at_tiles`], whose φ adjoints are their block
+    /// sums in block 0; block 0 of ū alone takes them (ū_0,0 = ū_1,0 − Σ_b
+    /// (H w)_b, ū_0,b = ū_1,b for b > 0: the same block sums), and (without
+    /// the inner loss) φ's adjoints are read in their tangent parts only
+    /// ([`hvp::Seed::HvOnly`]).
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn adjoint_step_at<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        (j, block_summed): (usize, bool),
         theta: &[Tensor<F>],
         prev: &State<F>,
         cot: &mut Cotangent<F>,
@@ -762,6 +797,15 @@ impl<F: Float> InnerWorkspace<F> {
             }
             InnerOptimizer::Rule(_) => unreachable!("a rule's adjoint is taken above"),
         }
+        let blocks = super::tiles::tiles(problem, task)
+            .filter(|_| block_summed && j == 1 && matches!(opt, InnerOptimizer::Sgd { .. }));
+        let at_tiles = blocks.is_some();
+        let v_phi = if at_tiles && !with_inner_loss {
+            Tangent::FlatHvOnly(&self.w)
+        } else {
+            Tangent::Flat(&self.w)
+        };
+        let summed = std::cell::Cell::new(false);
         let pass = dual_pass(
             &mut self.ws,
             problem,
@@ -770,8 +814,14 @@ impl<F: Float> InnerWorkspace<F> {
             theta,
             &prev.phi,
             Tangent::Zero,
-            Tangent::Flat(&self.w),
+            v_phi,
+            (at_tiles, &summed),
         )?;
+        // Recorded by `inner_loss_at_tiles`: φ's adjoints are block sums in
+        // block 0 (of `blocks`), the other blocks unspecified, so only block 0
+        // of ū takes them.
+        let per_block = if summed.get() { blocks.unwrap_or(1) } else { 1 };
+        let head = |x: usize| x / per_block;
         let w = &self.w[..];
         // The products, read in place from the tape: .v is ∇L_in, .d is H w
         // (on φ) and M w (on θ). A structural zero is applied as zeros.
@@ -793,7 +843,11 @@ impl<F: Float> InnerWorkspace<F> {
                     }
                 }
                 for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
-                    update(u.data_mut(), a.as_deref(), zero, |x, hw| *x -= hw.d);
+                    let n = head(u.numel());
+                    let u = u.data_mut();
+                    update(&mut u[..n], a.as_deref().map(|a| &a[..n]), zero, |x, hw| {
+                        *x -= hw.d
+                    });
                 }
                 for (g, a) in g_theta.iter_mut().zip(&on_theta) {
                     update(g.data_mut(), a.as_deref(), zero, |x, mw| *x -= mw.d);
@@ -820,7 +874,11 @@ impl<F: Float> InnerWorkspace<F> {
         }
         if with_inner_loss {
             for (u, a) in cot.phi.iter_mut().zip(&on_phi) {
-                update(u.data_mut(), a.as_deref(), zero, |x, g| *x += g.v);
+                let n = head(u.numel());
+                let u = u.data_mut();
+                update(&mut u[..n], a.as_deref().map(|a| &a[..n]), zero, |x, g| {
+                    *x += g.v
+                });
             }
             for (g, a) in g_theta.iter_mut().zip(&on_theta) {
                 update(g.data_mut(), a.as_deref(), zero, |x, gt| *x += gt.v);
@@ -1130,6 +1188,7 @@ impl<F: Float> InnerWorkspace<F> {
             &prev.phi,
             Tangent::Zero,
             Tangent::Flat(&self.w),
+            (false, &Default::default()),
         )?;
         let nt = theta.len();
         let zero = Dual::new(F::zero(), F::zero());
@@ -1841,11 +1900,17 @@ enum Tangent<'a, F> {
     Tensors(&'a [Tensor<F>]),
     /// The tensors concatenated (lengths checked by the caller).
     Flat(&'a [F]),
+    /// As `Flat`, the inputs' adjoints read in their tangent parts only
+    /// ([`Seed::HvOnly`]: the products feeding only their primal parts skipped).
+    FlatHvOnly(&'a [F]),
 }
 
 /// The pass under [`InnerWorkspace::inner_hvp`] and
 /// [`InnerWorkspace::adjoint_step`]: `hvp`'s dual pass of L_in(·, ·; τ, j)
-/// at (θ + v_θ ε, φ + v_φ ε), inputs θ then φ.
+/// at (θ + v_θ ε, φ + v_φ ε), inputs θ then φ; with `at_tiles` (j = 1, φ_0
+/// tiles of θ, φ's adjoint read in block sums only) recorded by
+/// [`Problem::inner_loss_at_tiles`] if the problem does (`summed_here` then
+/// set: φ's adjoints are block sums in block 0).
 ///
 /// # Errors
 /// [`BloError::NonFinite`] naming step j if L_in is not finite.
@@ -1860,11 +1925,17 @@ fn dual_pass<'t, F: Float, P: Problem<F>>(
     phi: &[Tensor<F>],
     v_theta: Tangent<'_, F>,
     v_phi: Tangent<'_, F>,
+    (at_tiles, summed_here): (bool, &std::cell::Cell<bool>),
 ) -> Result<Pass<'t, Dual<F>>, BloError> {
     let nt = theta.len();
     let seeds = seeds(theta, v_theta).chain(seeds(phi, v_phi));
     let pass = ws.dual_pass(seeds, |t, v| {
-        problem.inner_loss(t, task, j, &v[..nt], &v[nt..])
+        let (theta, phi) = v.split_at(nt);
+        let summed = at_tiles
+            .then(|| problem.inner_loss_at_tiles(t, task, theta, phi))
+            .flatten();
+        summed_here.set(summed.is_some());
+        summed.unwrap_or_else(|| problem.inner_loss(t, task, j, theta, phi))
     });
     if !pass.value().v.is_finite() {
         return Err(non_finite("inner loss", j));
@@ -1900,10 +1971,14 @@ fn seeds<'a, F: Float>(
         let seed = match v {
             Tangent::Zero => Seed::Zero,
             Tangent::Tensors(v) => Seed::Tangent(v[i].data()),
-            Tangent::Flat(w) => {
+            Tangent::Flat(w) | Tangent::FlatHvOnly(w) => {
                 let wi = &w[at..at + xi.numel()];
                 at += xi.numel();
-                Seed::Tangent(wi)
+                if matches!(v, Tangent::Flat(_)) {
+                    Seed::Tangent(wi)
+                } else {
+                    Seed::HvOnly(wi)
+                }
             }
         };
         (xi, seed)

@@ -265,10 +265,11 @@ impl<'a, F: Float, P: Problem<F>> Sweep<'a, F, P> {
                     .cot
                     .as_mut()
                     .expect("plan: adjoint step before the turn");
-                ws.adjoint_step(
+                // ū_0 is read only by Φ_0's VJP (block sums for tiles).
+                ws.adjoint_step_at(
                     p,
                     task,
-                    step,
+                    (step, true),
                     theta,
                     store.get(buf),
                     c,

@@ -221,16 +221,23 @@ fn mismatched_episodes_are_refused_with_the_evidence() {
     ));
 }
 
-/// [`BatchedRegressionMaml`] without its `initial_state_tiles` statement, so
-/// the sweeps record φ_0 and its VJP on a tape.
-struct Taped(BatchedRegressionMaml);
+/// [`BatchedRegressionMaml`] with or without its `initial_state_tiles`
+/// statement (`tiles`; without it the sweeps record φ_0 and its VJP on a
+/// tape), and with or without its `inner_loss_at_tiles` (`summed`; without
+/// it step 1's adjoint pass records `inner_loss`, per-task weight adjoints).
+#[derive(Clone)]
+struct Variant {
+    p: BatchedRegressionMaml,
+    tiles: bool,
+    summed: bool,
+}
 
-impl Problem<f32> for Taped {
-    type Task = RegressionChunk<f32>;
+impl<F: Float> Problem<F> for Variant {
+    type Task = RegressionChunk<F>;
     fn inner_loop(&self) -> &InnerLoop {
-        &self.0.inner
+        &self.p.inner
     }
-    fn inner_loss<'t, T: Real<Base = f32>>(
+    fn inner_loss<'t, T: Real<Base = F>>(
         &self,
         t: &'t Tape<T>,
         task: &Self::Task,
@@ -238,30 +245,178 @@ impl Problem<f32> for Taped {
         theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        self.0.inner_loss(t, task, step, theta, phi)
+        self.p.inner_loss(t, task, step, theta, phi)
     }
-    fn outer_loss<'t, T: Real<Base = f32>>(
+    fn outer_loss<'t, T: Real<Base = F>>(
         &self,
         t: &'t Tape<T>,
         task: &Self::Task,
         theta: &[Var<'t, T>],
         phi: &[Var<'t, T>],
     ) -> Var<'t, T> {
-        self.0.outer_loss(t, task, theta, phi)
+        self.p.outer_loss(t, task, theta, phi)
     }
-    fn initial_state<'t, T: Real<Base = f32>>(
+    fn initial_state<'t, T: Real<Base = F>>(
         &self,
         t: &'t Tape<T>,
         task: &Self::Task,
         theta: &[Var<'t, T>],
     ) -> Vec<Var<'t, T>> {
-        self.0.initial_state(t, task, theta)
+        self.p.initial_state(t, task, theta)
+    }
+    fn initial_state_tiles(&self, task: &Self::Task) -> Option<usize> {
+        if self.tiles {
+            Problem::<F>::initial_state_tiles(&self.p, task)
+        } else {
+            None
+        }
+    }
+    fn inner_loss_at_tiles<'t, T: Real<Base = F>>(
+        &self,
+        t: &'t Tape<T>,
+        task: &Self::Task,
+        theta: &[Var<'t, T>],
+        phi: &[Var<'t, T>],
+    ) -> Option<Var<'t, T>> {
+        if self.summed {
+            self.p.inner_loss_at_tiles(t, task, theta, phi)
+        } else {
+            None
+        }
     }
 }
+
+/// The recorded-φ_0 variant of the sine problem (`Variant` without tiles).
+type Taped = Variant;
 
 /// An estimator of both problems (the test runs each on both).
 trait EstimatorBoth: Estimator<f32, BatchedRegressionMaml> + Estimator<f32, Taped> {}
 impl<E: Estimator<f32, BatchedRegressionMaml> + Estimator<f32, Taped>> EstimatorBoth for E {}
+
+/// Step 1's adjoint pass with the weights' adjoints as block sums
+/// (`inner_loss_at_tiles`, one product per layer for the whole chunk)
+/// against the per-task weight adjoints (`Variant` without it): exact under
+/// three policies and truncated (k = 1), r = 1 and 3, chunks of 13, 12 and
+/// 1 tasks. In f64 the hypergradients agree within 1e-12 of the largest
+/// entry and the losses are equal; in f32 (the bench's type) within 1e-5;
+/// the three policies give the same bits; first-order is untouched (no
+/// adjoint step). And at r = 1 the f64 hypergradient matches central
+/// differences of the meta-loss F(θ) = L_out(φ_1(θ)) on entries of every
+/// weight (within 1e-6 relative).
+#[test]
+fn summed_weight_adjoints_at_phi0_agree_with_per_task_ones() {
+    fn check<F: Float>(tol: f64) {
+        let eps = episodes::<F>(26);
+        let theta = net().init::<F>(1).into_tensors();
+        let chunks: Vec<RegressionChunk<F>> = [&eps[..13], &eps[13..25], &eps[25..]]
+            .iter()
+            .map(|e| RegressionChunk::new(e).unwrap())
+            .collect();
+        let policies = [
+            Policy::StoreAll,
+            Policy::Recompute,
+            Policy::Binomial { snapshots: 2 },
+        ];
+        for r in [1, 3] {
+            let p = BatchedRegressionMaml {
+                net: net(),
+                inner: InnerLoop::sgd(r, 0.01).unwrap(),
+            };
+            let per_task = Variant {
+                p: p.clone(),
+                tiles: true,
+                summed: false,
+            };
+            for chunk in &chunks {
+                let what = format!("r = {r}, {} tasks", chunk.tasks());
+                let rng = || ChaCha8Rng::seed_from_u64(0);
+                let mut runs = Vec::new();
+                for policy in policies {
+                    let e = Exact::new(policy).unwrap();
+                    runs.push((e.estimate(&p, chunk, &theta, &mut rng()).unwrap(), {
+                        e.estimate(&per_task, chunk, &theta, &mut rng()).unwrap()
+                    }));
+                }
+                let t = Truncated::new(1).unwrap();
+                runs.push((
+                    t.estimate(&p, chunk, &theta, &mut rng()).unwrap(),
+                    t.estimate(&per_task, chunk, &theta, &mut rng()).unwrap(),
+                ));
+                let fo = FirstOrder::new();
+                let (a, b) = (
+                    fo.estimate(&p, chunk, &theta, &mut rng()).unwrap(),
+                    fo.estimate(&per_task, chunk, &theta, &mut rng()).unwrap(),
+                );
+                let bits = |e: &Estimate<F>| {
+                    e.grad
+                        .iter()
+                        .flat_map(|g| g.data().iter().map(|v| v.to_f64().to_bits()))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(bits(&a), bits(&b), "{what}: first order");
+                for (i, (a, b)) in runs.iter().enumerate() {
+                    assert_eq!(a.outer_loss, b.outer_loss, "{what}, run {i}");
+                    let f64s = |e: &Estimate<F>| -> Vec<Tensor<f64>> {
+                        e.grad.iter().map(|g| g.map(|v| v.to_f64())).collect()
+                    };
+                    let (ga, gb) = (f64s(a), f64s(b));
+                    let (d, scale) = (max_diff(&ga, &gb), max_abs(&gb));
+                    assert!(
+                        d <= tol * scale,
+                        "{what}, run {i}: max |Δgrad| = {d:e}, largest {scale:e}"
+                    );
+                    if i < policies.len() {
+                        assert_eq!(bits(a), bits(&runs[0].0), "{what}: policy {i}");
+                    }
+                }
+            }
+        }
+    }
+    check::<f64>(1e-12);
+    check::<f32>(1e-5);
+    // Central differences at r = 1 (f64), the first chunk.
+    let eps = episodes::<f64>(13);
+    let theta = net().init::<f64>(1).into_tensors();
+    let chunk = RegressionChunk::new(&eps).unwrap();
+    let p = BatchedRegressionMaml {
+        net: net(),
+        inner: InnerLoop::sgd(1, 0.01).unwrap(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let g = Exact::new(Policy::StoreAll)
+        .unwrap()
+        .estimate(&p, &chunk, &theta, &mut rng)
+        .unwrap()
+        .grad;
+    let meta = |theta: &[Tensor<f64>]| {
+        FirstOrder::new()
+            .estimate(&p, &chunk, theta, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap()
+            .outer_loss
+    };
+    for (k, e) in [
+        (0, 3),
+        (0, 17),
+        (2, 5),
+        (2, 801),
+        (2, 1599),
+        (4, 7),
+        (4, 33),
+    ] {
+        let at = |d: f64| {
+            let mut th = theta.clone();
+            th[k].data_mut()[e] += d;
+            meta(&th)
+        };
+        let h = 1e-5;
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        let an = g[k].data()[e];
+        assert!(
+            (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+            "θ_{k}[{e}]: difference {fd}, hypergradient {an}"
+        );
+    }
+}
 
 /// φ_0 written as tiles of θ and its VJP taken as block sums
 /// (`Problem::initial_state_tiles`) give the bits of φ_0 and its VJP
@@ -284,15 +439,26 @@ fn tiled_initial_state_gives_the_recorded_bits() {
         Box::new(FirstOrder::new()),
     ];
     for r in [1, 3] {
-        let fast = BatchedRegressionMaml {
+        let p = BatchedRegressionMaml {
             net: net(),
             inner: InnerLoop::sgd(r, 0.01).unwrap(),
         };
-        let taped = Taped(fast.clone());
+        // Step 1's adjoint pass per task on both sides (the block-summed
+        // weight adjoints are `summed_weight_adjoints_at_phi0_*`'s).
+        let fast = Variant {
+            p: p.clone(),
+            tiles: true,
+            summed: false,
+        };
+        let taped = Variant {
+            p,
+            tiles: false,
+            summed: false,
+        };
         for est in &ests {
             for (i, chunk) in chunks.iter().enumerate() {
                 let rng = || ChaCha8Rng::seed_from_u64(0);
-                let a = Estimator::<f32, BatchedRegressionMaml>::estimate(
+                let a = Estimator::<f32, Taped>::estimate(
                     est.as_ref(),
                     &fast,
                     chunk,
@@ -330,7 +496,12 @@ fn tiled_initial_state_gives_the_recorded_bits() {
         };
         let err = |e: Result<Estimate<f32>, BloError>| e.unwrap_err().to_string();
         let a = err(FirstOrder::new().estimate(&fast, &chunks[0], &theta, &mut rng));
-        let b = err(FirstOrder::new().estimate(&Taped(fast.clone()), &chunks[0], &theta, &mut rng));
+        let taped = Variant {
+            p: fast.clone(),
+            tiles: false,
+            summed: false,
+        };
+        let b = err(FirstOrder::new().estimate(&taped, &chunks[0], &theta, &mut rng));
         assert_eq!(a, b, "θ_{k} holds {bad}");
     }
 }

@@ -31,7 +31,7 @@
 
 #[cfg(doc)]
 use crate::gemm::gemm;
-use crate::gemm::MatRef;
+use crate::gemm::{adjoint_gemm, MatRef};
 use crate::kernels::batch::{gemm_batch, Batch};
 use crate::kernels::relu::{relu_adjoint, relu_in_place};
 use crate::kernels::rows::add_rows;
@@ -115,17 +115,14 @@ fn affine_forward<T: Real>(
 pub(crate) fn batched_matmul_t_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let dims = dims_mt("batched_matmul_t", b.x_shape(0), b.x_shape(1));
     let g = b.g;
-    product_adjoints(b, dims, g);
+    product_adjoints(b, dims, g, false);
 }
 
 /// VJP of `Y_b = A_b·W_bᵀ + 1·c_bᵀ`: the product's adjoints (as
 /// [`batched_matmul_t_vjp`]) and the bias's (as [`batched_bias_add_vjp`]),
 /// all read from the output adjoint itself.
 pub(crate) fn batched_affine_vjp<T: Real>(b: &mut Bwd<'_, T>) {
-    let (batch, m, k, n) = dims_affine("batched_affine", b.x_shape(0), b.x_shape(1), b.x_shape(2));
-    let g = b.g;
-    product_adjoints(b, (batch, m, k, n), g);
-    bias_adjoint(b, 2, batch, m, n, g);
+    affine_vjp(b, "batched_affine", false, false);
 }
 
 /// VJP of `Y_b = relu(A_b·W_bᵀ + 1·c_bᵀ)`: relu's adjoint of the
@@ -134,24 +131,46 @@ pub(crate) fn batched_affine_vjp<T: Real>(b: &mut Bwd<'_, T>) {
 /// [`batched_affine_vjp`]'s adjoints of it: the bits of `relu`'s VJP (into
 /// a fresh adjoint) followed by `batched_affine`'s.
 pub(crate) fn batched_affine_relu_vjp<T: Real>(b: &mut Bwd<'_, T>) {
-    let (batch, m, k, n) = dims_affine(
-        "batched_affine_relu",
-        b.x_shape(0),
-        b.x_shape(1),
-        b.x_shape(2),
-    );
+    affine_vjp(b, "batched_affine_relu", true, false);
+}
+
+/// VJP of [`Var::batched_affine_tiled`] (or, with `relu`,
+/// [`Var::batched_affine_relu_tiled`]): as [`batched_affine_vjp`]
+/// ([`batched_affine_relu_vjp`]), except that W's and the bias's adjoints
+/// are their block sums in block 0, `ḡW_0 += Σ_b ḡZ_bᵀ·A_b` as one product
+/// over all B·m rows, `ḡc_0 += Σ_{b,i} ḡZ_bi`; blocks 1.. are not touched.
+pub(crate) fn batched_affine_tiled_vjp<T: Real>(b: &mut Bwd<'_, T>, relu: bool) {
+    let name = if relu {
+        "batched_affine_relu_tiled"
+    } else {
+        "batched_affine_tiled"
+    };
+    affine_vjp(b, name, relu, true);
+}
+
+/// The VJP of an affine node (op `name`), with relu fused (`relu`), W's
+/// adjoint per slice or as its block sum (`summed`, see [`product_adjoints`]).
+fn affine_vjp<T: Real>(b: &mut Bwd<'_, T>, name: &'static str, relu: bool, summed: bool) {
+    let dims = dims_affine(name, b.x_shape(0), b.x_shape(1), b.x_shape(2));
+    let (batch, m, _, n) = dims;
+    let g = b.g;
+    if !relu {
+        product_adjoints(b, dims, g, summed);
+        bias_adjoint(b, 2, (batch, m, n), g, summed);
+        return;
+    }
     if !(b.wants(0) || b.wants(1) || b.wants(2)) {
         return;
     }
-    let (y, g) = (b.out(), b.g);
+    let y = b.out();
     let mut scratch = std::mem::take(b.scratch);
     if scratch.len() < g.len() {
         scratch.resize(g.len(), T::zero());
     }
     let gz = &mut scratch[..g.len()];
     relu_adjoint(y, g, gz);
-    product_adjoints(b, (batch, m, k, n), gz);
-    bias_adjoint(b, 2, batch, m, n, gz);
+    product_adjoints(b, dims, gz, summed);
+    bias_adjoint(b, 2, (batch, m, n), gz, summed);
     *b.scratch = scratch;
 }
 
@@ -159,10 +178,17 @@ pub(crate) fn batched_affine_relu_vjp<T: Real>(b: &mut Bwd<'_, T>) {
 /// with dims (B, m, k, n): one batch of B products per operand
 /// ([`gemm_batch`]: the kernel chosen once, each slice [`gemm`]'s bits).
 /// `g` is the node's output adjoint (or, fused, its pre-activation's).
+/// With `summed`, W's adjoint is instead its block sum in block 0,
+/// `ḡW_0 += Σ_b g_bᵀ·A_b = gᵀ·A` with `g [B·m, n]` and `A [B·m, k]` the
+/// whole buffers: one `[n, B·m]·[B·m, k]` product (its tangent part only
+/// when W's primal adjoint is dead, [`crate::Tape::tangent_leaf_with`]),
+/// summed over all B·m rows in one pass rather than per slice and then
+/// over slices; the other blocks are not touched.
 fn product_adjoints<T: Real>(
     b: &mut Bwd<'_, T>,
     (batch, m, k, n): (usize, usize, usize, usize),
     g: &[T],
+    summed: bool,
 ) {
     let (x, w) = (b.x(0), b.x(1));
     let one = <T::Base as Real>::one();
@@ -175,7 +201,22 @@ fn product_adjoints<T: Real>(
         let ws = (MatRef::row_major(w, n, k), n * k);
         gemm_batch(Batch::new(one, gs, ws, beta::<T>(fresh), ga, batch));
     }
-    if b.wants(1) {
+    if b.wants(1) && summed {
+        let primal = b.wants_primal(1);
+        let (gw, fresh) = b.g_in_overwrite(1);
+        let (gall, xall) = (
+            MatRef::row_major(g, batch * m, n),
+            MatRef::row_major(x, batch * m, k),
+        );
+        adjoint_gemm(
+            primal,
+            one,
+            gall.t(),
+            xall,
+            beta::<T>(fresh),
+            &mut gw[..n * k],
+        );
+    } else if b.wants(1) {
         let (gw, fresh) = b.g_in_overwrite(1);
         let xs = (MatRef::row_major(x, m, k), m * k);
         gemm_batch(Batch::new(
@@ -202,25 +243,31 @@ pub(crate) fn batched_bias_add_vjp<T: Real>(b: &mut Bwd<'_, T>) {
             gx.iter_mut().zip(g).for_each(|(a, &v)| *a += v);
         }
     }
-    bias_adjoint(b, 1, batch, m, n, g);
+    bias_adjoint(b, 1, (batch, m, n), g, false);
 }
 
 /// The adjoint of input `which`, a `[B, n]` bias added to every row of a
 /// `[B, m, n]` output with adjoint `g`: `ḡc_bj += Σ_i g_bij`, summed over i
-/// in increasing order.
+/// in increasing order; with `summed`, the block sum into block 0 alone,
+/// `ḡc_0j += Σ_{b,i} g_bij` over all B·m rows in order (blocks 1.. untouched).
 fn bias_adjoint<T: Real>(
     b: &mut Bwd<'_, T>,
     which: usize,
-    batch: usize,
-    m: usize,
-    n: usize,
+    (batch, m, n): (usize, usize, usize),
     g: &[T],
+    summed: bool,
 ) {
     if b.wants(which) {
         // A fresh adjoint starts from `0 + row 0` (the bits of a zero-fill
         // then `+=`) without the zero-fill pass; `add_rows` sums the columns
         // at the family's vector width, in registers across the rows.
         let (gc, fresh) = b.g_in_overwrite(which);
+        if summed {
+            if batch > 0 {
+                add_rows(&mut gc[..n], &g[..batch * m * n], fresh);
+            }
+            return;
+        }
         for (i, gb) in gc.chunks_exact_mut(n).take(batch).enumerate() {
             add_rows(gb, &g[i * m * n..(i + 1) * m * n], fresh);
         }
@@ -423,6 +470,86 @@ impl<'t, T: Real> Var<'t, T> {
                 affine_forward(f.x(0), f.x(1), f.x(2), (batch, m, k, n), f.out);
                 relu_in_place(f.out);
             })
+    }
+
+    /// [`Var::batched_affine`] for a weight stack `w` and a bias stack whose
+    /// adjoints are read only through their block sums Σ_b ḡW_b, Σ_b ḡc_b:
+    /// stacks tiled from one set (`W_b = W`, as MAML's first inner state
+    /// φ_0 = (θ, …, θ)), whose gradient is the sum of the blocks. The same
+    /// value and the same adjoint of `self`, bit for bit; W's and the
+    /// bias's adjoints are accumulated into block 0 as their block sums,
+    ///
+    /// ḡW_0 += Σ_b g_bᵀ·A_b = gᵀ·A,   ḡc_0 += Σ_{b,i} g_bi,
+    ///
+    /// one `[n, B·m]·[B·m, k]` product over the whole stack (`g [B·m, n]`,
+    /// `A [B·m, k]`) instead of B products and a sum of their blocks, and
+    /// blocks 1.. are not touched: they hold whatever they held (on a fresh
+    /// adjoint, stale values), so every consumer of `w` and `bias` must be a
+    /// tiled op and their readers must read block 0 alone. The block sums
+    /// are `batched_affine`'s up to rounding (each element one sum over all
+    /// B·m rows instead of B sums of m rows added in turn).
+    ///
+    /// # Panics
+    /// As [`Var::batched_affine`], naming `batched_affine_tiled`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// // Two tasks, one row each, the same weights [5, 6].
+    /// let a = t.var(&Tensor::new(&[2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let w = t.var(&Tensor::new(&[2, 1, 2], vec![5.0, 6.0, 5.0, 6.0]));
+    /// let c = t.var(&Tensor::new(&[2, 1], vec![10.0, 20.0]));
+    /// let y = a.batched_affine_tiled(w, c);
+    /// assert_eq!(y.value().data(), &[27.0, 59.0]);
+    /// t.backward(y.sum());
+    /// // Block 0 holds Σ_b g_bᵀ·A_b = [1 + 3, 2 + 4] and Σ_b g_b = 2.
+    /// assert_eq!(w.grad().data()[..2], [4.0, 6.0]);
+    /// assert_eq!(c.grad().data()[0], 2.0);
+    /// assert_eq!(a.grad().data(), &[5.0, 6.0, 5.0, 6.0]); // as batched_affine
+    /// ```
+    #[track_caller]
+    pub fn batched_affine_tiled(self, w: Var<'t, T>, bias: Var<'t, T>) -> Var<'t, T> {
+        self.affine_tiled(w, bias, false)
+    }
+
+    /// `relu(self.batched_affine_tiled(w, bias))` in one node: the forward
+    /// and the adjoint of `self` of [`Var::batched_affine_relu`], W's and
+    /// the bias's adjoints as their block sums in block 0 as in
+    /// [`Var::batched_affine_tiled`].
+    ///
+    /// # Panics
+    /// As [`Var::batched_affine`], naming `batched_affine_relu_tiled`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// // relu([1, 2]·[5, 6]ᵀ − 20) = 0 and relu([3, 4]·[5, 6]ᵀ − 20) = 19.
+    /// let a = t.var(&Tensor::new(&[2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]));
+    /// let w = t.var(&Tensor::new(&[2, 1, 2], vec![5.0, 6.0, 5.0, 6.0]));
+    /// let c = t.var(&Tensor::new(&[2, 1], vec![-20.0, -20.0]));
+    /// let y = a.batched_affine_relu_tiled(w, c);
+    /// assert_eq!(y.value().data(), &[0.0, 19.0]);
+    /// t.backward(y.sum());
+    /// assert_eq!(w.grad().data()[..2], [3.0, 4.0]); // the clipped task adds 0
+    /// ```
+    #[track_caller]
+    pub fn batched_affine_relu_tiled(self, w: Var<'t, T>, bias: Var<'t, T>) -> Var<'t, T> {
+        self.affine_tiled(w, bias, true)
+    }
+
+    /// The node of [`Var::batched_affine_tiled`] (`relu`: of
+    /// [`Var::batched_affine_relu_tiled`]).
+    #[track_caller]
+    fn affine_tiled(self, w: Var<'t, T>, bias: Var<'t, T>, relu: bool) -> Var<'t, T> {
+        let op = Op::BatchedAffineTiled { relu };
+        let dims = dims_affine(op.name(), self.shape(), w.shape(), bias.shape());
+        let out = Shape::new(&[dims.0, dims.1, dims.3]);
+        self.tape.record_overwrite(op, &[self, w, bias], out, |f| {
+            affine_forward(f.x(0), f.x(1), f.x(2), dims, f.out);
+            if relu {
+                relu_in_place(f.out);
+            }
+        })
     }
 }
 
@@ -650,6 +777,155 @@ mod tests {
         }
         check(|v, _| v);
         check(Dual::new);
+    }
+
+    /// The tiled affine ops against `batched_affine(_relu)`: the same value
+    /// and adjoint of A, bit for bit; W's and the bias's adjoints have the
+    /// same block sums in block 0 within 1e-13 relative (f64: one sum over
+    /// B·m rows against B sums of m rows), on a fresh and on a reused
+    /// (stale) tape, with W and the bias also fed to a second node (their
+    /// adjoints then accumulated); on a `Dual<f64>` tape with W's primal
+    /// adjoint dead (`tangent_leaf_with`) the same for the tangent parts;
+    /// and (without relu) W's block sum matches central differences of the
+    /// loss at W = tile(θ) in θ.
+    #[test]
+    fn tiled_affine_sums_the_weight_and_bias_blocks() {
+        use crate::real::{Dual, Real};
+        use crate::Var;
+        let f64s = |shape: &[usize], seed| -> Tensor<f64> {
+            let t = filled(shape, seed);
+            Tensor::new(shape, t.data().iter().map(|&v| v as f64).collect())
+        };
+        // The loss: the layer twice (the second on other inputs), so W's
+        // adjoint is fresh for one node and accumulated by the other.
+        fn loss<'t, T: Real>(
+            tiled: bool,
+            relu: bool,
+            (a, w, c, s): (Var<'t, T>, Var<'t, T>, Var<'t, T>, Var<'t, T>),
+        ) -> Var<'t, T> {
+            let layer = |x: Var<'t, T>| match (tiled, relu) {
+                (true, true) => x.batched_affine_relu_tiled(w, c),
+                (true, false) => x.batched_affine_tiled(w, c),
+                (false, true) => x.batched_affine_relu(w, c),
+                (false, false) => x.batched_affine(w, c),
+            };
+            let (y, z) = (layer(a), layer(a.mul_scalar(0.5)));
+            (y * y + y * s).sum() + (z * s).sum()
+        }
+        let block_sums = |g: &[f64], blocks: usize| {
+            let n = g.len() / blocks;
+            let mut sum = g[..n].to_vec();
+            for gb in g.chunks_exact(n).skip(1) {
+                sum.iter_mut().zip(gb).for_each(|(a, &b)| *a += b);
+            }
+            sum
+        };
+        let close = |x: &[f64], y: &[f64], what: &str| {
+            let scale = y.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in x.iter().zip(y).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-13 * scale,
+                    "{what} {i}: {a} against {b}"
+                );
+            }
+        };
+        for (bsz, m, k, n) in [
+            (13, 10, 1, 40),
+            (13, 10, 40, 40),
+            (3, 10, 40, 1),
+            (2, 3, 5, 7),
+        ] {
+            let theta = f64s(&[n, k], 8);
+            let w = Tensor::new([bsz, n, k], theta.data().repeat(bsz));
+            let (a, c, s) = (
+                f64s(&[bsz, m, k], 7),
+                f64s(&[bsz, n], 9),
+                f64s(&[bsz, m, n], 10),
+            );
+            for relu in [false, true] {
+                let what = format!("[{bsz}, {m}, {k}]·[{bsz}, {n}, {k}]ᵀ, relu {relu}");
+                let run = |t: &Tape<f64>, tiled: bool| {
+                    let v = (t.var(&a), t.var(&w), t.var(&c), t.var(&s));
+                    let l = loss(tiled, relu, v);
+                    t.backward(l);
+                    (l.value(), v.0.grad(), v.1.grad(), v.2.grad())
+                };
+                let per_slice = run(&Tape::new(), false);
+                let mut reused = Tape::new();
+                {
+                    let stale = w.map(|e| 3.0 * e + 1.0);
+                    let v = (
+                        reused.var(&a),
+                        reused.var(&stale),
+                        reused.var(&c),
+                        reused.var(&s),
+                    );
+                    reused.backward(loss(false, relu, v));
+                }
+                reused.clear();
+                for tiled in [run(&Tape::new(), true), run(&reused, true)] {
+                    assert_eq!(tiled.0.data(), per_slice.0.data(), "{what}");
+                    assert_eq!(tiled.1.data(), per_slice.1.data(), "{what}");
+                    let (gw, want) = (tiled.2.data(), block_sums(per_slice.2.data(), bsz));
+                    close(&gw[..n * k], &want, &what);
+                    let (gc, want) = (tiled.3.data(), block_sums(per_slice.3.data(), bsz));
+                    close(&gc[..n], &want, &format!("{what}: bias"));
+                }
+                // Central differences in θ of the loss at W = tile(θ).
+                let at = |e: usize, d: f64| {
+                    let mut th = theta.clone();
+                    th.data_mut()[e] += d;
+                    let t = Tape::<f64>::new();
+                    let wt = t.var(&Tensor::new([bsz, n, k], th.data().repeat(bsz)));
+                    loss(true, relu, (t.var(&a), wt, t.var(&c), t.var(&s)))
+                        .value()
+                        .data()[0]
+                };
+                // (Without relu: its kinks are within reach of the steps.)
+                let g0 = run(&Tape::new(), true).2;
+                for e in (0..n * k).filter(|_| !relu) {
+                    let fd = (at(e, 1e-4) - at(e, -1e-4)) / 2e-4;
+                    let an = g0.data()[e];
+                    assert!(
+                        (fd - an).abs() <= 1e-5 * (1.0 + an.abs()),
+                        "{what} θ {e}: {fd} against {an}"
+                    );
+                }
+                // Dual<f64>: W with a tangent and a dead primal adjoint.
+                let dual = |x: &Tensor<f64>, seed| {
+                    let d = f64s(x.dims(), seed);
+                    let data = x
+                        .data()
+                        .iter()
+                        .zip(d.data())
+                        .map(|(&v, &t)| Dual::new(v, t))
+                        .collect();
+                    Tensor::new(x.dims(), data)
+                };
+                let (ad, wd, cd, sd) = (dual(&a, 20), dual(&w, 21), dual(&c, 22), dual(&s, 23));
+                let run_dual = |tiled: bool| {
+                    let t = Tape::<Dual<f64>>::new();
+                    let wv = t.tangent_leaf_with(wd.shape(), |o| o.copy_from_slice(wd.data()));
+                    let v = (t.var(&ad), wv, t.var(&cd), t.var(&sd));
+                    t.backward(loss(tiled, relu, v));
+                    let tangents =
+                        |x: Tensor<Dual<f64>>| x.data().iter().map(|g| g.d).collect::<Vec<_>>();
+                    (v.0.grad(), tangents(v.1.grad()), tangents(v.2.grad()))
+                };
+                let (tiled, two) = (run_dual(true), run_dual(false));
+                assert!(tiled.0.data() == two.0.data(), "{what}: dual");
+                close(
+                    &tiled.1[..n * k],
+                    &block_sums(&two.1, bsz),
+                    &format!("{what}: dual"),
+                );
+                close(
+                    &tiled.2[..n],
+                    &block_sums(&two.2, bsz),
+                    &format!("{what}: dual bias"),
+                );
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub(crate) enum Op {
     BatchedAffine,
     /// `relu` of a `BatchedAffine`, in one node.
     BatchedAffineRelu,
+    /// `BatchedAffine` (or, with `relu`, `BatchedAffineRelu`) whose weight
+    /// adjoint is written as its block sum, one product for all B slices.
+    BatchedAffineTiled {
+        relu: bool,
+    },
     /// `act(X·W + 1·bᵀ)`: `Matmul`, a bias add and an activation in one node.
     Dense(dense::Activation),
     /// `mean_i softplus(X·W)_ij` per column j; `Xᵀσ(X·W)` saved in `aux`.
@@ -162,6 +167,8 @@ impl Op {
             Op::BatchedBiasAdd => "batched_bias_add",
             Op::BatchedAffine => "batched_affine",
             Op::BatchedAffineRelu => "batched_affine_relu",
+            Op::BatchedAffineTiled { relu: false } => "batched_affine_tiled",
+            Op::BatchedAffineTiled { relu: true } => "batched_affine_relu_tiled",
             Op::Dense(_) => "dense",
             Op::MeanSoftplusMatmul => "mean_softplus_matmul",
             Op::TileBatch => "tile_batch",
@@ -271,6 +278,7 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         BatchedBiasAdd => batched::batched_bias_add_vjp(b),
         BatchedAffine => batched::batched_affine_vjp(b),
         BatchedAffineRelu => batched::batched_affine_relu_vjp(b),
+        BatchedAffineTiled { relu } => batched::batched_affine_tiled_vjp(b, relu),
         Dense(act) => dense::dense_vjp(b, act),
         MeanSoftplusMatmul => logistic::mean_softplus_matmul_vjp(b),
         TileBatch => batched::tile_batch_vjp(b),
