@@ -178,7 +178,10 @@ pub trait Problem<F: Float>: Sync {
     /// adjoint as one product over the whole stack), and return `Some`; the
     /// sweep then reads block 0 alone. The value and θ's adjoint must be
     /// [`Problem::inner_loss`]'s at step 1, the block sums its up to
-    /// rounding. The default, `None`, records nothing: the sweep records
+    /// rounding: where debug assertions are on, the sweep takes the step
+    /// again with [`Problem::inner_loss`] and panics, naming this hook, if
+    /// θ's adjoint or φ's block sums differ by more than √ε of their largest
+    /// entry. The default, `None`, records nothing: the sweep records
     /// [`Problem::inner_loss`] and reads every block.
     ///
     /// ```

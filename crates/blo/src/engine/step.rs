@@ -753,6 +753,59 @@ impl<F: Float> InnerWorkspace<F> {
         g_theta: &mut [Tensor<F>],
         with_inner_loss: bool,
     ) -> Result<(), BloError> {
+        // Where debug assertions are on, a step recorded by
+        // `Problem::inner_loss_at_tiles` is taken again the ordinary way, from
+        // copies, and the two compared (`tiles::assert_block_sums_match`): the
+        // hook is a promise nothing else checks.
+        #[cfg(debug_assertions)]
+        let reference = (block_summed
+            && j == 1
+            && matches!(problem.inner_loop().optimizer, InnerOptimizer::Sgd { .. }))
+        .then(|| super::tiles::tiles(problem, task).map(|b| (b, cot.clone(), g_theta.to_vec())))
+        .flatten();
+        let summed = self.adjoint_step_with(
+            problem,
+            task,
+            (j, block_summed),
+            theta,
+            prev,
+            cot,
+            g_theta,
+            with_inner_loss,
+        )?;
+        #[cfg(debug_assertions)]
+        if let (true, Some((b, mut c, mut g))) = (summed, reference) {
+            self.adjoint_step_with(
+                problem,
+                task,
+                (j, false),
+                theta,
+                prev,
+                &mut c,
+                &mut g,
+                with_inner_loss,
+            )?;
+            super::tiles::assert_block_sums_match(b, (&cot.phi, g_theta), (&c.phi, &g));
+        }
+        let _ = summed;
+        Ok(())
+    }
+
+    /// [`InnerWorkspace::adjoint_step_at`] without its check; returns whether
+    /// the step was recorded by [`Problem::inner_loss_at_tiles`].
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)]
+    fn adjoint_step_with<P: Problem<F>>(
+        &mut self,
+        problem: &P,
+        task: &P::Task,
+        (j, block_summed): (usize, bool),
+        theta: &[Tensor<F>],
+        prev: &State<F>,
+        cot: &mut Cotangent<F>,
+        g_theta: &mut [Tensor<F>],
+        with_inner_loss: bool,
+    ) -> Result<bool, BloError> {
         let opt = &problem.inner_loop().optimizer;
         check_like("adjoint_step: cotangent", &cot.phi, &prev.phi);
         if let InnerOptimizer::Rule(rule) = opt {
@@ -761,17 +814,19 @@ impl<F: Float> InnerWorkspace<F> {
                 &cot.extra,
                 &prev.extra,
             );
-            return self.rule_adjoint(
-                problem,
-                task,
-                rule,
-                j,
-                theta,
-                prev,
-                cot,
-                g_theta,
-                with_inner_loss,
-            );
+            return self
+                .rule_adjoint(
+                    problem,
+                    task,
+                    rule,
+                    j,
+                    theta,
+                    prev,
+                    cot,
+                    g_theta,
+                    with_inner_loss,
+                )
+                .map(|()| false);
         }
         let w = &mut self.w;
         w.clear();
@@ -887,7 +942,7 @@ impl<F: Float> InnerWorkspace<F> {
         if !tensors_finite(cot.phi.iter().chain(&cot.extra).chain(g_theta.iter())) {
             return Err(non_finite("adjoint", j));
         }
-        Ok(())
+        Ok(summed.get())
     }
 }
 
