@@ -111,25 +111,7 @@ pub(crate) fn real_stacked<F: Prim>(
     beta: F,
     c: super::MatMut<'_, F>,
 ) {
-    assert!(
-        a.cols == lo.rows + hi.rows
-            && lo.cols == hi.cols
-            && (lo.rs, lo.cs) == (hi.rs, hi.cs)
-            && (c.rows, c.cols) == (a.rows, lo.cols)
-            && c.cs == 1,
-        "real_stacked: lhs [{}, {}], rhs [{}, {}] ; [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
-        a.rows,
-        a.cols,
-        lo.rows,
-        lo.cols,
-        hi.rows,
-        hi.cols,
-        (lo.rs, lo.cs),
-        (hi.rs, hi.cs),
-        c.rows,
-        c.cols,
-        c.cs
-    );
+    check_blocks(false, &a, [&lo, &hi], &c);
     stacked(alpha, a, [lo, hi], lo.rows, (lo.cols, lo), beta, c);
 }
 
@@ -151,26 +133,57 @@ pub(crate) fn real_side_by_side<F: Prim>(
     beta: F,
     c: super::MatMut<'_, F>,
 ) {
+    check_blocks(true, &a, [&l, &r], &c);
+    stacked(alpha, a, [l, l], a.cols, (l.cols, r), beta, c);
+}
+
+/// Panics, with the shapes and at the caller's line, unless `C` (row-major)
+/// can be `A·B` for `B` given as the blocks `[x, y]` with the same strides:
+/// side by side (`B = [x | y]`, `real_side_by_side`) or stacked along the
+/// sum's index (`B = [x ; y]`, `real_stacked`).
+#[track_caller]
+fn check_blocks<F>(
+    side_by_side: bool,
+    a: &MatRef<'_, F>,
+    [x, y]: [&MatRef<'_, F>; 2],
+    c: &super::MatMut<'_, F>,
+) {
+    let (what, sep, k, n, fits) = if side_by_side {
+        (
+            "real_side_by_side",
+            '|',
+            x.rows,
+            x.cols + y.cols,
+            x.rows == y.rows,
+        )
+    } else {
+        (
+            "real_stacked",
+            ';',
+            x.rows + y.rows,
+            x.cols,
+            x.cols == y.cols,
+        )
+    };
     assert!(
-        a.cols == l.rows
-            && l.rows == r.rows
-            && (l.rs, l.cs) == (r.rs, r.cs)
-            && (c.rows, c.cols) == (a.rows, l.cols + r.cols)
+        a.cols == k
+            && fits
+            && (x.rs, x.cs) == (y.rs, y.cs)
+            && (c.rows, c.cols) == (a.rows, n)
             && c.cs == 1,
-        "real_side_by_side: lhs [{}, {}], rhs [{}, {}] | [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
+        "{what}: lhs [{}, {}], rhs [{}, {}] {sep} [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
         a.rows,
         a.cols,
-        l.rows,
-        l.cols,
-        r.rows,
-        r.cols,
-        (l.rs, l.cs),
-        (r.rs, r.cs),
+        x.rows,
+        x.cols,
+        y.rows,
+        y.cols,
+        (x.rs, x.cs),
+        (y.rs, y.cs),
         c.rows,
         c.cols,
         c.cs
     );
-    stacked(alpha, a, [l, l], a.cols, (l.cols, r), beta, c);
 }
 
 /// [`real`] on `B = [lo ; hi]`, `k_lo` rows of it in `lo` (`k_lo ≥ k`:

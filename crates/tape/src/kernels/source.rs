@@ -375,17 +375,6 @@ mod tests {
         assert_eq!(get(9, 2, 2), None, "left registered");
     }
 
-    /// Deterministic entries in (−0.5, 0.5) (a linear-congruential sequence).
-    fn filled(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
-
     /// `A·[B_l | B_r]` with the blocks read where they are
     /// (`large::real_side_by_side`, the first layer's `x·[W.v | W.d]`)
     /// gives the bits of the same `B` joined in one buffer, for every
@@ -398,56 +387,52 @@ mod tests {
     #[test]
     fn side_by_side_blocks_give_the_bits_of_one_buffer() {
         use super::super::{large, with_family, Family};
-        for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
-            for (m, k, nl, nr) in [
-                (7, 20, 5, 9),
-                (64, 784, 256, 256),
-                (64, 784, 100, 300),
-                (300, 200, 40, 60),
-                (33, 300, 1, 90),
-            ] {
-                let n = nl + nr;
-                for (rows, beta) in [(true, 0.0), (false, 0.0), (true, 1.0), (false, 1.0)] {
-                    let (a, b, c0) = (filled(m * k, 1), filled(k * n, 3), filled(m * n, 2));
-                    // B joined: k × n row-major, or column-major.
-                    let (rs, cs) = if rows { (n, 1) } else { (1, k) };
-                    // A block of `w` columns from column `from`, with the
-                    // joined buffer's strides, the rest NaN.
-                    let block = |from: usize, w: usize| -> Vec<f32> {
-                        let mut x = vec![f32::NAN; k * n];
-                        for l in 0..k {
-                            for j in 0..w {
-                                x[l * rs + j * cs] = b[l * rs + (from + j) * cs];
-                            }
-                        }
-                        x
-                    };
-                    let (lb, rb) = (block(0, nl), block(nl, nr));
-                    let (mut c1, mut c2) = (c0.clone(), c0.clone());
-                    with_family(family, || {
-                        let am = MatRef::row_major(&a, m, k);
-                        let c = MatMut::row_major(&mut c1, m, n);
-                        large::real(Product::new(
-                            1.0,
-                            am,
-                            MatRef::new(&b, k, n, rs, cs),
-                            beta,
-                            c,
-                        ));
-                        let blocks =
-                            [(&lb, nl), (&rb, nr)].map(|(x, w)| MatRef::new(x, k, w, rs, cs));
-                        let c = MatMut::row_major(&mut c2, m, n);
-                        large::real_side_by_side(1.0, am, blocks, beta, c);
-                    });
-                    for (i, (x, y)) in c1.iter().zip(&c2).enumerate() {
-                        assert_eq!(
-                            x.to_bits(),
-                            y.to_bits(),
-                            "{family:?} [{m}, {k}]·[{k}, {nl} | {nr}] rows {rows} β {beta}: \
-                             element {i}: {x} vs {y}"
-                        );
+        let wave = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.731 + s).sin() * 0.5).collect()
+        };
+        let shapes = [
+            (7, 20, 5, 9),
+            (64, 784, 256, 256),
+            (64, 784, 100, 300),
+            (300, 200, 40, 60),
+            (33, 300, 1, 90),
+        ];
+        let families = Family::ALL.into_iter().filter(|f| f.is_available());
+        for (family, (m, k, nl, nr)) in families.flat_map(|f| shapes.map(|s| (f, s))) {
+            let n = nl + nr;
+            for (rows, beta) in [(true, 0.0), (false, 0.0), (true, 1.0), (false, 1.0)] {
+                let (a, b, c0) = (wave(m * k, 0.1), wave(k * n, 0.2), wave(m * n, 0.3));
+                // Element (l, j) of B or of a block, with the strides of
+                // the joined k × n B: row-major, or column-major.
+                let (rs, cs) = if rows { (n, 1) } else { (1, k) };
+                // Columns `from..from + w` of B in a buffer of their own
+                // (NaN elsewhere).
+                let block = |from: usize, w: usize| -> Vec<f32> {
+                    let mut x = vec![f32::NAN; k * n];
+                    for (l, j) in (0..k).flat_map(|l| (0..w).map(move |j| (l, j))) {
+                        x[l * rs + j * cs] = b[l * rs + (from + j) * cs];
                     }
-                }
+                    x
+                };
+                let (lb, rb) = (block(0, nl), block(nl, nr));
+                let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                with_family(family, || {
+                    let am = MatRef::row_major(&a, m, k);
+                    let c = MatMut::row_major(&mut c1, m, n);
+                    large::real(Product::new(
+                        1.0,
+                        am,
+                        MatRef::new(&b, k, n, rs, cs),
+                        beta,
+                        c,
+                    ));
+                    let blocks = [(&lb, nl), (&rb, nr)].map(|(x, w)| MatRef::new(x, k, w, rs, cs));
+                    let c = MatMut::row_major(&mut c2, m, n);
+                    large::real_side_by_side(1.0, am, blocks, beta, c);
+                });
+                let case = format!("{family:?} [{m}, {k}]·[{k}, {nl} | {nr}] rows {rows} β {beta}");
+                let bits = |c: &[f32]| c.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c1), bits(&c2), "{case}");
             }
         }
     }
