@@ -55,6 +55,32 @@ pub fn zip_duals<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
     });
 }
 
+/// `out(i, j) = vd(i, j) + vd(i, n + j)·ε` for `out` `m × n` and `vd`
+/// `m × 2n` (row-major both): the two planes of a product side by side,
+/// `[C.v | C.d]` (`large::real_side_by_side`), interleaved by rows as
+/// [`zip_duals`] interleaves two planes (the same bits), cut over both
+/// cores by rows as [`in_parts`].
+///
+/// # Panics
+/// If `n` is 0, or `out` is not `m × n` and `vd` `m × 2n` for some `m`.
+#[track_caller]
+pub(crate) fn zip_rows<T: Float>(vd: &[T], n: usize, out: &mut [Dual<T>]) {
+    assert!(
+        n > 0 && out.len().is_multiple_of(n) && vd.len() == 2 * out.len(),
+        "zip_rows: planes of {} elements side by side into {} duals in rows of {n}",
+        vd.len(),
+        out.len()
+    );
+    in_parts(out, &mut [], n, |s, out, _: &mut [()]| {
+        let first = s / n;
+        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+            let (v, d) = vd[2 * n * (first + i)..2 * n * (first + i + 1)].split_at(n);
+            zip_wide(v, d, row);
+        }
+        false
+    });
+}
+
 /// [`zip_duals`] on one thread.
 fn zip_wide<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) {
     super::wide::wide!(zip<T: Float>(v: &[T], d: &[T], out: &mut [Dual<T>]) -> ())
@@ -139,9 +165,14 @@ fn unzip_all<T: Float>(x: &[Dual<T>], v: &mut [T], d: &mut [T]) -> bool {
 /// in [`COPY_PARTS`] parts that the caller and the second thread of
 /// [`super::pair::share`] take in turn, as the large products are: on the
 /// MLP's W1-sized arrays (784 × 256) they are bound by memory traffic
-/// (`docs/benchmarks.md`, "hvpk"), and each core brings its own. Below it a
-/// hand-off costs more than half the copy.
-const COPY_SPLIT: usize = 1 << 15;
+/// (`docs/benchmarks.md`, "hvpk"), and each core brings its own. The MLP's
+/// 64 × 256 activations (16 Ki duals: the splits of h1, h2 and their
+/// adjoints for the products, the interleaves of z1, z2 and ḡh1) are cut
+/// too: run on the caller alone, they were time the second thread spent
+/// idle between two products (`docs/benchmarks.md`, "hvp8"). The same
+/// threshold as the elementwise rules' ([`super::pair::SPLIT_ELEMS`]); below
+/// it (the 10-wide last layer) a hand-off costs more than half the copy.
+const COPY_SPLIT: usize = super::pair::SPLIT_ELEMS;
 /// Parts per cut copy (more than two, as for the products: a thread the
 /// system has not scheduled holds up at most one part).
 const COPY_PARTS: usize = 4;
@@ -1002,6 +1033,28 @@ mod tests {
                         at.is_some() && n > 0,
                         "{family:?} n {n}: nonzero at {at:?}"
                     );
+                }
+                // Planes side by side, interleaved by rows: the bits of
+                // `zip_duals` on each row's two halves (rows of 1 and of
+                // 16 duals; the last lengths cut in parts by rows).
+                for width in [1, 16].into_iter().filter(|w| n % w == 0 && n > 0) {
+                    let vd: Vec<f64> = (0..n / width)
+                        .flat_map(|i| {
+                            let row = i * width..(i + 1) * width;
+                            v[row.clone()]
+                                .iter()
+                                .chain(&d[row])
+                                .copied()
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    let mut zr = vec![Dual::new(f64::NAN, f64::NAN); n];
+                    with_family(family, || zip_rows(&vd, width, &mut zr));
+                    for i in 0..n {
+                        let case = format!("{family:?} n {n} rows of {width}: zip_rows {i}");
+                        assert_eq!(zr[i].v.to_bits(), z[i].v.to_bits(), "{case}");
+                        assert_eq!(zr[i].d.to_bits(), z[i].d.to_bits(), "{case}");
+                    }
                 }
                 for beta in [0.0, -0.0, 0.5, 1.0] {
                     let mut out = if beta == 0.0 {

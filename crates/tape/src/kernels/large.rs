@@ -94,7 +94,7 @@ pub(crate) fn real<F: Prim>(p: Product<'_, F>) {
         beta,
         c,
     } = p;
-    stacked(alpha, a, [b, b], a.cols, beta, c);
+    stacked(alpha, a, [b, b], a.cols, (b.cols, b), beta, c);
 }
 
 /// [`real`] with `B` (`k × n`) given as two blocks stacked along the sum's
@@ -112,35 +112,90 @@ pub(crate) fn real_stacked<F: Prim>(
     beta: F,
     c: super::MatMut<'_, F>,
 ) {
+    check_blocks(false, &a, [&lo, &hi], &c);
+    stacked(alpha, a, [lo, hi], lo.rows, (lo.cols, lo), beta, c);
+}
+
+/// [`real`] with `B` (`k × n`) given as two blocks side by side,
+/// `B = [B_l | B_r]` (`B_l` `k × n_l`, `B_r` `k × (n − n_l)`, the same
+/// strides), each read where it is: `C ← α·A·B + β·C`, the same chunks as
+/// [`real`] on the joined `B` (a chunk across `n_l` runs as two packed
+/// products, one per block) and the same bits (an element's value does not
+/// depend on its column's place, `packed.rs`). So `A` is packed once and
+/// handed off once for both blocks: `x·[W.v | W.d]`. `C` row-major.
+///
+/// # Panics
+/// If the shapes or the blocks' strides disagree (the message has them).
+#[track_caller]
+pub(crate) fn real_side_by_side<F: Prim>(
+    alpha: F,
+    a: MatRef<'_, F>,
+    [l, r]: [MatRef<'_, F>; 2],
+    beta: F,
+    c: super::MatMut<'_, F>,
+) {
+    check_blocks(true, &a, [&l, &r], &c);
+    stacked(alpha, a, [l, l], a.cols, (l.cols, r), beta, c);
+}
+
+/// Panics, with the shapes and at the caller's line, unless `C` (row-major)
+/// can be `A·B` for `B` given as the blocks `[x, y]` with the same strides:
+/// side by side (`B = [x | y]`, `real_side_by_side`) or stacked along the
+/// sum's index (`B = [x ; y]`, `real_stacked`).
+#[track_caller]
+fn check_blocks<F>(
+    side_by_side: bool,
+    a: &MatRef<'_, F>,
+    [x, y]: [&MatRef<'_, F>; 2],
+    c: &super::MatMut<'_, F>,
+) {
+    let (what, sep, k, n, fits) = if side_by_side {
+        (
+            "real_side_by_side",
+            '|',
+            x.rows,
+            x.cols + y.cols,
+            x.rows == y.rows,
+        )
+    } else {
+        (
+            "real_stacked",
+            ';',
+            x.rows + y.rows,
+            x.cols,
+            x.cols == y.cols,
+        )
+    };
     assert!(
-        a.cols == lo.rows + hi.rows
-            && lo.cols == hi.cols
-            && (lo.rs, lo.cs) == (hi.rs, hi.cs)
-            && (c.rows, c.cols) == (a.rows, lo.cols)
+        a.cols == k
+            && fits
+            && (x.rs, x.cs) == (y.rs, y.cs)
+            && (c.rows, c.cols) == (a.rows, n)
             && c.cs == 1,
-        "real_stacked: lhs [{}, {}], rhs [{}, {}] ; [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
+        "{what}: lhs [{}, {}], rhs [{}, {}] {sep} [{}, {}] (strides {:?}, {:?}), output [{}, {}] (column stride {})",
         a.rows,
         a.cols,
-        lo.rows,
-        lo.cols,
-        hi.rows,
-        hi.cols,
-        (lo.rs, lo.cs),
-        (hi.rs, hi.cs),
+        x.rows,
+        x.cols,
+        y.rows,
+        y.cols,
+        (x.rs, x.cs),
+        (y.rs, y.cs),
         c.rows,
         c.cols,
         c.cs
     );
-    stacked(alpha, a, [lo, hi], lo.rows, beta, c);
 }
 
 /// [`real`] on `B = [lo ; hi]`, `k_lo` rows of it in `lo` (`k_lo ≥ k`:
-/// all of `B` in `lo`); shapes checked by the callers.
+/// all of `B` in `lo`), and columns from `n_lo` on from `right` (`n_lo ≥
+/// n`: none; with `n_lo < n`, `k_lo ≥ k`); shapes checked by the callers.
 fn stacked<F: Prim>(
     alpha: F,
     a: MatRef<'_, F>,
     [b, b_hi]: [MatRef<'_, F>; 2],
     k_lo: usize,
+    (n_lo, right): (usize, MatRef<'_, F>),
     beta: F,
     c: super::MatMut<'_, F>,
 ) {
@@ -157,6 +212,8 @@ fn stacked<F: Prim>(
         b,
         k_lo,
         b_hi,
+        n_lo,
+        right,
         beta,
         // C's elements are reached through this pointer only, derived from
         // the `&mut` borrow, which lives until the end of this function.
@@ -267,6 +324,10 @@ struct Parts<'a, F> {
     /// Rows from `k_lo` on of `B` are `b_hi`'s (`packed::Job::k_lo`).
     k_lo: usize,
     b_hi: MatRef<'a, F>,
+    /// Columns from `n_lo` on of `B` are `right`'s, column `j` at `j − n_lo`
+    /// (`real_side_by_side`; then `k_lo ≥ k`).
+    n_lo: usize,
+    right: MatRef<'a, F>,
     beta: F,
     c: *mut F,
     rsc: usize,
@@ -295,13 +356,24 @@ impl<F: Prim> Parts<'_, F> {
     /// ([`packed::gemm`]) on the sub-blocks of A (those rows), B (those
     /// columns) and C, with the buffers `bufs`.
     fn part(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut packed::Bufs<F>) {
-        let (a, b) = (self.a, self.b);
+        let only_a = matches!(self.pack_a, packed::APack::Into(_));
+        if cols.start < self.n_lo && self.n_lo < cols.end && !only_a {
+            // Across the two blocks of `real_side_by_side`: one product each.
+            self.part(rows.clone(), cols.start..self.n_lo, bufs);
+            return self.part(rows, self.n_lo..cols.end, bufs);
+        }
+        // The block these columns are in, and the first one's index there.
+        let a = self.a;
+        let (b, j0) = match cols.start.checked_sub(self.n_lo) {
+            Some(j0) if !only_a => (self.right, j0),
+            _ => (self.b, cols.start),
+        };
         let (m, k, n) = (rows.len(), a.cols, cols.len());
         if m == 0 || n == 0 {
             return;
         }
         let a0 = a.data.as_ptr().wrapping_add(rows.start * a.rs);
-        let b0 = b.data.as_ptr().wrapping_add(cols.start * b.cs);
+        let b0 = b.data.as_ptr().wrapping_add(j0 * b.cs);
         let c0 = self
             .c
             .wrapping_add(rows.start * self.rsc + cols.start * self.csc);
@@ -313,7 +385,9 @@ impl<F: Prim> Parts<'_, F> {
         // strides, m × n, so the rows from k_lo on read from `b_hi` at
         // l − k_lo are inside its slice), and `real` passes `rows`/`cols`
         // inside them, so the sub-blocks' offsets and elements are inside
-        // the slices too. C is a `&mut` borrow (held
+        // the slices too (`real_side_by_side`: k × n_lo and k × (n − n_lo)
+        // blocks; a part's columns lie in one of them, those from n_lo on
+        // read from `right` at j − n_lo; an `APack::Into` part reads no B). C is a `&mut` borrow (held
         // by `real` across the parts), so it aliases neither A nor B;
         // concurrent parts get disjoint row or column ranges of C (see
         // `real`), so they write disjoint elements. (With k = 0 nothing of A
@@ -336,7 +410,7 @@ impl<F: Prim> Parts<'_, F> {
                     rsb: b.rs,
                     csb: b.cs,
                     k_lo: self.k_lo,
-                    b_hi: self.b_hi.data.as_ptr().wrapping_add(cols.start * b.cs),
+                    b_hi: self.b_hi.data.as_ptr().wrapping_add(j0 * b.cs),
                     beta: self.beta,
                     c: c0,
                     rsc: self.rsc,

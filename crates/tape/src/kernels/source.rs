@@ -8,8 +8,8 @@
 //! ([`crate::Tape::tangent_leaf_source`]) is recorded without values; while
 //! [`with_plane_sources`] has the caller's two planes registered for it, a
 //! product with a real left operand (the first layer's `x·W`) reads them
-//! where they are ([`real_left_source_gemm`]: two real products `x·W.v`
-//! and `x·W.d`, no dual copy), and any other op that reads the leaf writes
+//! where they are ([`real_left_source_gemm`]: one real product
+//! `x·[W.v | W.d]`, no dual copy), and any other op that reads the leaf writes
 //! its dual value into the arena first ([`zip_source`], the copy of
 //! before, once).
 //!
@@ -22,7 +22,7 @@ use std::cell::RefCell;
 
 use super::dual::{split_product, Right};
 use super::real_left::{same_type, same_type_mut};
-use super::{MatMut, MatRef, Parts, Prim, Product};
+use super::{MatMut, MatRef, Parts, Prim};
 use crate::real::{Dual, Real};
 
 /// One registered pair of planes: the leaf it stands for, its element type,
@@ -174,9 +174,9 @@ pub(crate) fn reads_source(m: usize, k: usize, n: usize) -> bool {
 
 /// The forward product `C = α·A·W` of a real `A` (`m × k`, `T::Base`) and
 /// the source leaf `node` of tape `tape` (`W`, `k × n`), into the dense
-/// row-major dual `C`: `C.v = α A·W.v` and `C.d = α A·W.d`, two real
-/// products on the registered planes, each into a plane of this thread's
-/// dual scratch, interleaved into `C` by one pass. The same
+/// row-major dual `C`: `[C.v | C.d] = α A·[W.v | W.d]`, one real product on
+/// the registered planes side by side (`A` packed once), into two planes
+/// of this thread's dual scratch, interleaved into `C` by one pass. The same
 /// bits as [`super::real_left_gemm`] on the interleaved leaf (`β = 0`,
 /// `primal`), which runs one real product on `[W.v | W.d]` with the parts in
 /// alternate columns: in the packed kernels an element's value does not
@@ -224,20 +224,19 @@ fn source_gemm_as<T: Real, F: Prim>(
         return false;
     }
     read_source::<F, ()>(tape, node, k * n, |v, d| {
-        // Each product into a contiguous plane (the packed kernels' direct
-        // tile stores; a strided part of `C` would go through a tile copy),
-        // then one wide pass interleaves them.
+        // One product `A·[W.v | W.d]` (A packed once, one hand-off) into
+        // contiguous planes side by side (the packed kernels' direct tile
+        // stores; a strided part of `C` would go through a tile copy), then
+        // one wide pass interleaves them by rows.
         F::with_scratch(|s| {
             if s.len() < 2 * m * n {
                 s.resize(2 * m * n, F::zero());
             }
-            let (cv, cd) = s[..2 * m * n].split_at_mut(m * n);
-            for (w, plane) in [(v, &mut *cv), (d, &mut *cd)] {
-                let w = MatRef::row_major(w, k, n);
-                let plane = MatMut::row_major(plane, m, n);
-                F::large_gemm(Product::new(alpha, a, w, F::zero(), plane));
-            }
-            super::zip_duals(cv, cd, c);
+            let vd = &mut s[..2 * m * n];
+            let w = [v, d].map(|w| MatRef::row_major(w, k, n));
+            let planes = MatMut::row_major(vd, m, 2 * n);
+            super::large::real_side_by_side(alpha, a, w, F::zero(), planes);
+            super::dual::zip_rows(vd, n, c);
         });
     })
     .is_some()
@@ -346,6 +345,7 @@ impl<B: 'static + Copy> DualSource<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Product;
 
     /// Planes are found by tape, node, type and length, and only inside
     /// their scope; a nested scope sees only its own.
@@ -373,6 +373,84 @@ mod tests {
             assert_eq!(get(9, 2, 2), Some((1.0, 3.0)));
         });
         assert_eq!(get(9, 2, 2), None, "left registered");
+    }
+
+    /// `A·[B_l | B_r]` with the blocks read where they are
+    /// (`large::real_side_by_side`, the first layer's `x·[W.v | W.d]`)
+    /// gives the bits of the same `B` joined in one buffer, for every
+    /// family: both layouts of `B`, β = 0 and β = 1, products too small to
+    /// cut, cut along `C`'s columns with `n_l` on a chunk's edge (the MLP's
+    /// 64 × 784 · 784 × (256 + 256)) or inside a chunk (100 + 300: that
+    /// chunk runs as two products), and cut along `C`'s rows (every chunk
+    /// across `n_l`). Each block sits in a buffer of its own padded with
+    /// NaN, so a read outside it shows.
+    #[test]
+    fn side_by_side_blocks_give_the_bits_of_one_buffer() {
+        use super::super::{large, with_family, Family};
+        let wave = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.731 + s).sin() * 0.5).collect()
+        };
+        let shapes = [
+            (7, 20, 5, 9),
+            (64, 784, 256, 256),
+            (64, 784, 100, 300),
+            (300, 200, 40, 60),
+            (33, 300, 1, 90),
+        ];
+        let families = Family::ALL.into_iter().filter(|f| f.is_available());
+        for (family, (m, k, nl, nr)) in families.flat_map(|f| shapes.map(|s| (f, s))) {
+            let n = nl + nr;
+            for (rows, beta) in [(true, 0.0), (false, 0.0), (true, 1.0), (false, 1.0)] {
+                let (a, b, c0) = (wave(m * k, 0.1), wave(k * n, 0.2), wave(m * n, 0.3));
+                // Element (l, j) of B or of a block, with the strides of
+                // the joined k × n B: row-major, or column-major.
+                let (rs, cs) = if rows { (n, 1) } else { (1, k) };
+                // Columns `from..from + w` of B in a buffer of their own
+                // (NaN elsewhere).
+                let block = |from: usize, w: usize| -> Vec<f32> {
+                    let mut x = vec![f32::NAN; k * n];
+                    for (l, j) in (0..k).flat_map(|l| (0..w).map(move |j| (l, j))) {
+                        x[l * rs + j * cs] = b[l * rs + (from + j) * cs];
+                    }
+                    x
+                };
+                let (lb, rb) = (block(0, nl), block(nl, nr));
+                let (mut c1, mut c2) = (c0.clone(), c0.clone());
+                with_family(family, || {
+                    let am = MatRef::row_major(&a, m, k);
+                    let c = MatMut::row_major(&mut c1, m, n);
+                    large::real(Product::new(
+                        1.0,
+                        am,
+                        MatRef::new(&b, k, n, rs, cs),
+                        beta,
+                        c,
+                    ));
+                    let blocks = [(&lb, nl), (&rb, nr)].map(|(x, w)| MatRef::new(x, k, w, rs, cs));
+                    let c = MatMut::row_major(&mut c2, m, n);
+                    large::real_side_by_side(1.0, am, blocks, beta, c);
+                });
+                let case = format!("{family:?} [{m}, {k}]·[{k}, {nl} | {nr}] rows {rows} β {beta}");
+                let bits = |c: &[f32]| c.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&c1), bits(&c2), "{case}");
+            }
+        }
+    }
+
+    /// The blocks must have `A`'s columns as rows and fill `C`'s columns.
+    #[test]
+    #[should_panic(expected = "real_side_by_side: lhs [2, 5], rhs [5, 3] | [5, 3]")]
+    fn side_by_side_blocks_of_the_wrong_width_panic_with_shapes() {
+        let (a, b) = (vec![0.0_f32; 10], vec![0.0_f32; 15]);
+        let mut c = vec![0.0_f32; 10];
+        let bm = MatRef::row_major(&b, 5, 3);
+        super::super::large::real_side_by_side(
+            1.0,
+            MatRef::row_major(&a, 2, 5),
+            [bm, bm],
+            0.0,
+            MatMut::row_major(&mut c, 2, 5),
+        );
     }
 
     /// A source leaf's value is written from its planes inside the scope
