@@ -356,7 +356,7 @@ impl<F: Prim> Parts<'_, F> {
     /// ([`packed::gemm`]) on the sub-blocks of A (those rows), B (those
     /// columns) and C, with the buffers `bufs`.
     fn part(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut packed::Bufs<F>) {
-        let only_a = matches!(self.pack_a, packed::APack::Into(_));
+        let only_a = matches!(self.pack_a, packed::APack::Into(..));
         if cols.start < self.n_lo && self.n_lo < cols.end && !only_a {
             // Across the two blocks of `real_side_by_side`: one product each.
             self.part(rows.clone(), cols.start..self.n_lo, bufs);
