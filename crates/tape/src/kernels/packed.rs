@@ -616,56 +616,94 @@ mod simd_micro {
 
         #[inline(always)]
         unsafe fn tile(kc: usize, a: *const V::E, b: *const V::E, t: &Tile<V::E>) {
-            // SAFETY: the caller's contract (`Micro::tile`): the CPU has V's
-            // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`,
-            // their lanes masked to columns < t.cols ≤ NR (addresses by
-            // `wrapping_add`; an empty mask touches nothing); kc·MR
-            // elements of `a` and kc·NR of `b`.
+            // SAFETY: the caller's contract (`Micro::tile`), passed on; a tile
+            // of NR columns has every lane of its vectors in range.
             unsafe {
-                let nr = NV * V::N;
-                let masks: [V::M; NV] =
-                    std::array::from_fn(|v| V::mask(t.cols.saturating_sub(v * V::N)));
-                let mut acc = [[V::zero(); NV]; MR];
-                if !t.first {
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        if r < t.rows {
-                            let row = t.c.wrapping_add(r * t.rs);
-                            for v in 0..NV {
-                                acc_r[v] = V::load_masked(row.wrapping_add(v * V::N), masks[v]);
-                            }
-                        }
-                    }
+                if t.cols == NV * V::N {
+                    tile::<V, MR, NV, true>(kc, a, b, t)
+                } else {
+                    tile::<V, MR, NV, false>(kc, a, b, t)
                 }
-                let (mut pa, mut pb) = (a, b);
-                for _ in 0..kc {
-                    let bv: [V::V; NV] = std::array::from_fn(|v| V::load(pb.add(v * V::N)));
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let x = V::splat(*pa.add(r));
+            }
+        }
+    }
+
+    /// [`Micro::tile`] for [`Simd`]. `FULL`: the tile has all `NV·N`
+    /// columns, so its rows of `C` are read and written by whole vectors;
+    /// else by masked ones (a masked store is microcoded on AMD's Zen cores,
+    /// about ten times a plain one's cost, so a full tile must not take it).
+    /// Only the memory operations differ: the bits are the same.
+    ///
+    /// # Safety
+    /// As [`Micro::tile`]; with `FULL`, `t.cols` is `NV·N`.
+    #[inline(always)]
+    unsafe fn tile<V: Vectors, const MR: usize, const NV: usize, const FULL: bool>(
+        kc: usize,
+        a: *const V::E,
+        b: *const V::E,
+        t: &Tile<V::E>,
+    ) {
+        // SAFETY: the caller's contract (`Micro::tile`): the CPU has V's
+        // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`,
+        // their lanes masked to columns < t.cols ≤ NR, all of them when FULL
+        // (addresses by `wrapping_add`; an empty mask touches nothing);
+        // kc·MR elements of `a` and kc·NR of `b`.
+        unsafe {
+            let nr = NV * V::N;
+            let masks: [V::M; NV] =
+                std::array::from_fn(|v| V::mask(t.cols.saturating_sub(v * V::N)));
+            let load = |p: *const V::E, m: V::M| {
+                if FULL {
+                    V::load(p)
+                } else {
+                    V::load_masked(p, m)
+                }
+            };
+            let mut acc = [[V::zero(); NV]; MR];
+            if !t.first {
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    if r < t.rows {
+                        let row = t.c.wrapping_add(r * t.rs);
                         for v in 0..NV {
-                            acc_r[v] = V::fma(acc_r[v], x, bv[v]);
+                            acc_r[v] = load(row.wrapping_add(v * V::N), masks[v]);
                         }
                     }
-                    pa = pa.add(MR);
-                    pb = pb.add(nr);
                 }
-                let (va, vb) = (V::splat(t.alpha), V::splat(t.beta));
-                let beta_zero = t.beta == V::E::zero();
-                for (r, acc_r) in acc.iter().enumerate() {
-                    if r >= t.rows {
-                        break;
-                    }
-                    let row = t.c.wrapping_add(r * t.rs);
-                    let srow = t.src.wrapping_add(r * t.srs);
+            }
+            let (mut pa, mut pb) = (a, b);
+            for _ in 0..kc {
+                let bv: [V::V; NV] = std::array::from_fn(|v| V::load(pb.add(v * V::N)));
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let x = V::splat(*pa.add(r));
                     for v in 0..NV {
-                        let mut out = acc_r[v];
-                        if t.last {
-                            out = V::mul(va, out);
-                            if !beta_zero {
-                                let c = V::load_masked(srow.wrapping_add(v * V::N), masks[v]);
-                                out = V::add(out, V::mul(vb, c));
-                            }
+                        acc_r[v] = V::fma(acc_r[v], x, bv[v]);
+                    }
+                }
+                pa = pa.add(MR);
+                pb = pb.add(nr);
+            }
+            let (va, vb) = (V::splat(t.alpha), V::splat(t.beta));
+            let beta_zero = t.beta == V::E::zero();
+            for (r, acc_r) in acc.iter().enumerate() {
+                if r >= t.rows {
+                    break;
+                }
+                let row = t.c.wrapping_add(r * t.rs);
+                let srow = t.src.wrapping_add(r * t.srs);
+                for v in 0..NV {
+                    let mut out = acc_r[v];
+                    if t.last {
+                        out = V::mul(va, out);
+                        if !beta_zero {
+                            let c = load(srow.wrapping_add(v * V::N), masks[v]);
+                            out = V::add(out, V::mul(vb, c));
                         }
-                        V::store_masked(row.wrapping_add(v * V::N), out, masks[v]);
+                    }
+                    let p = row.wrapping_add(v * V::N);
+                    if FULL {
+                        p.cast::<V::V>().write_unaligned(out)
+                    } else {
+                        V::store_masked(p, out, masks[v])
                     }
                 }
             }
