@@ -22,7 +22,8 @@ mkdir -p "$out"
 {
     date -u
     grep -m1 'model name' /proc/cpuinfo || true
-    grep -m1 -E '^(cpu family|model)\s' /proc/cpuinfo || true
+    grep -m1 '^cpu family' /proc/cpuinfo || true
+    grep -m1 -P '^model\t' /proc/cpuinfo || true
     grep -m1 flags /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|amx)' | sort -u | tr '\n' ' '
     echo
     nproc
