@@ -376,7 +376,10 @@ mod imp {
         // masked to l0.. below k, destination rows l0 + s < k, stores masked
         // to j0.. below n; addresses via `wrapping_add`. A full tile (all T
         // rows and columns in range, T = V::N) reads and writes whole vectors
-        // without masks: the same elements.
+        // without masks: the same elements. A tile of n < T columns (so
+        // j0 = 0) with l0 + T < k reads whole vectors of its n rows
+        // (l0 + T ≤ k) and writes T lanes from (l0 + s)·n for s < T: below
+        // (l0 + s + 1)·n + (T − n) ≤ (l0 + T + 1)·n ≤ k·n (T − n ≤ n).
         unsafe {
             for j0 in (0..n).step_by(T) {
                 let jm = V::mask(n - j0);
@@ -386,6 +389,27 @@ mod imp {
                             std::array::from_fn(|t| V::load(src.wrapping_add((j0 + t) * cs + l0)));
                         for (s, col) in tile(rows).into_iter().enumerate() {
                             let to = dst.wrapping_add((l0 + s) * n + j0);
+                            to.cast::<V::V>().write_unaligned(col);
+                        }
+                        continue;
+                    }
+                    if T == V::N && n < T && 2 * n >= T && l0 + T < k {
+                        // Fewer than T but at least T/2 columns (a 6-row
+                        // sliver of A, `packed.rs`), not the last tile: whole
+                        // loads of the n rows, whole stores in increasing l,
+                        // each one's T − n ≤ n lanes past row l landing on
+                        // row l + 1 (< k), which the next store rewrites.
+                        // No masks (masked loads were most of this packing's
+                        // samples on a Zen 3 core).
+                        let rows: [V::V; T] = std::array::from_fn(|t| {
+                            if t < n {
+                                V::load(src.wrapping_add(t * cs + l0))
+                            } else {
+                                V::zero()
+                            }
+                        });
+                        for (s, col) in tile(rows).into_iter().enumerate() {
+                            let to = dst.wrapping_add((l0 + s) * n);
                             to.cast::<V::V>().write_unaligned(col);
                         }
                         continue;
