@@ -573,6 +573,18 @@ macro_rules! with_const_unary_op {
                 let $o = &Op::Tanh;
                 $body
             }
+            Op::Sqrt => {
+                let $o = &Op::Sqrt;
+                $body
+            }
+            Op::Abs => {
+                let $o = &Op::Abs;
+                $body
+            }
+            Op::Clamp(lo, hi) => {
+                let $o = &Op::Clamp(lo, hi);
+                $body
+            }
             Op::AddScalar(c) => {
                 let $o = &Op::AddScalar(c);
                 $body
