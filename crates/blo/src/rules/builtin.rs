@@ -502,8 +502,9 @@ impl InnerRule for Adam {
         };
         let mut vs = super::Vars::new();
         for (((&p, &m), &v), &g) in phi.iter().zip(m).zip(v).zip(grad) {
-            let m = m * b1 + g * (1.0 - b1);
-            let v = v * b2 + g.square() * (1.0 - b2);
+            // `m * b1 + g * (1 − b1)` in one node (the same bits), as for v.
+            let m = m.axpby(b1, g, 1.0 - b1);
+            let v = v.axpby(b2, g.square(), 1.0 - b2);
             out.phi.push(p - m / (v + eps2).sqrt() * scale);
             out.extra.push(m);
             vs.push(v);

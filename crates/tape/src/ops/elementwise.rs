@@ -331,6 +331,7 @@ fn accumulate<T: Real, const TO_A: bool, const FRESH: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Dual, Tensor};
 
     fn vals(n: usize, seed: f64) -> Vec<f64> {
         (0..n)
@@ -377,6 +378,74 @@ mod tests {
                 fb.iter().zip(&sbv).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "adjoint of y {dims:?}: {fb:?} vs {sbv:?}"
             );
+        }
+    }
+
+    /// z = a·x + b·y, then Σ z·w (+ Σ x·w with `reuse`, so x's adjoint is
+    /// accumulated into, not fresh); y = x with `same`. `fused` records z
+    /// as one `axpby` node, else as `mul_scalar + mul_scalar`.
+    fn axpby_bits<T: Real>(
+        data: [&Tensor<T>; 3],
+        fused: bool,
+        same: bool,
+        reuse: bool,
+        bits: impl Fn(T) -> u64,
+    ) -> Vec<u64> {
+        let t = crate::Tape::<T>::new();
+        let (x, y, w) = (t.var(data[0]), t.var(data[1]), t.var(data[2]));
+        let y2 = if same { x } else { y };
+        let z = if fused {
+            x.axpby(0.9, y2, 0.1)
+        } else {
+            x.mul_scalar(0.9) + y2.mul_scalar(0.1)
+        };
+        let mut l = (z * w).sum();
+        if reuse {
+            l = l + (x * w).sum();
+        }
+        t.backward(l);
+        let mut out: Vec<u64> = z.value().data().iter().map(|&v| bits(v)).collect();
+        for v in [x, y, w] {
+            out.extend(t.grad(v).data().iter().map(|&v| bits(v)));
+        }
+        out
+    }
+
+    /// `axpby` gives the bits of its three-node form, values and adjoints,
+    /// on f32 and dual numbers, with signed zeros in x, y and the adjoint w,
+    /// x fresh or reused, and y = x.
+    #[test]
+    fn axpby_has_the_bits_of_two_scaled_terms_added() {
+        let raw = |seed: f64| {
+            let mut v = vals(37, seed);
+            v[3] = -0.0;
+            v[5] = 0.0;
+            v[7] = -0.0;
+            v
+        };
+        let (x, y, w) = (raw(0.37), raw(0.53), raw(0.71));
+        let f32s = |v: &[f64]| Tensor::vector(v.iter().map(|&a| a as f32).collect());
+        let duals = |v: &[f64], u: &[f64]| {
+            let d = v
+                .iter()
+                .zip(u)
+                .map(|(&a, &b)| Dual::new(a as f32, b as f32));
+            Tensor::vector(d.collect())
+        };
+        let (xf, yf, wf) = (f32s(&x), f32s(&y), f32s(&w));
+        let (xd, yd, wd) = (duals(&x, &w), duals(&y, &x), duals(&w, &y));
+        for same in [false, true] {
+            for reuse in [false, true] {
+                let f = |fused| {
+                    axpby_bits([&xf, &yf, &wf], fused, same, reuse, |v: f32| {
+                        v.to_bits() as u64
+                    })
+                };
+                assert_eq!(f(true), f(false), "f32, same {same}, reuse {reuse}");
+                let dbits = |v: Dual<f32>| (v.v.to_bits() as u64) << 32 | v.d.to_bits() as u64;
+                let d = |fused| axpby_bits([&xd, &yd, &wd], fused, same, reuse, dbits);
+                assert_eq!(d(true), d(false), "dual, same {same}, reuse {reuse}");
+            }
         }
     }
 }
@@ -571,6 +640,18 @@ macro_rules! with_const_unary_op {
             }
             Op::Tanh => {
                 let $o = &Op::Tanh;
+                $body
+            }
+            Op::Sqrt => {
+                let $o = &Op::Sqrt;
+                $body
+            }
+            Op::Abs => {
+                let $o = &Op::Abs;
+                $body
+            }
+            Op::Clamp(lo, hi) => {
+                let $o = &Op::Clamp(lo, hi);
                 $body
             }
             Op::AddScalar(c) => {
@@ -902,6 +983,75 @@ impl<'t, T: Real> Var<'t, T> {
                     at = e;
                 }
             })
+    }
+    /// a·x + b·y for same-shaped x, y and constants a, b, in one node: the
+    /// bits of `self.mul_scalar(a) + y.mul_scalar(b)` (three nodes), values
+    /// and adjoints, for a moment update m·β + g·(1 − β) at a third of the
+    /// passes. Adjoints: ḡx += ḡ·a, ḡy += ḡ·b.
+    ///
+    /// # Panics
+    /// If the shapes differ: `axpby: x [2], y [3]: shapes differ`.
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::vector(vec![1.0, 2.0]));
+    /// let y = t.var(&Tensor::vector(vec![10.0, 20.0]));
+    /// let z = x.axpby(0.5, y, -2.0);
+    /// assert_eq!(z.value().data(), &[-19.5, -39.0]);
+    /// t.backward(z.sum());
+    /// assert_eq!(t.grad(x).data(), &[0.5, 0.5]);
+    /// assert_eq!(t.grad(y).data(), &[-2.0, -2.0]);
+    /// ```
+    #[track_caller]
+    pub fn axpby(self, a: f64, y: Var<'t, T>, b: f64) -> Var<'t, T> {
+        let (sx, sy) = (self.shape(), y.shape());
+        if sx != sy {
+            shape_panic(
+                "axpby",
+                &[("x", sx), ("y", sy)],
+                format_args!("shapes differ"),
+            );
+        }
+        self.tape
+            .record_overwrite(Op::Axpby(a, b), &[self, y], sx, |f| {
+                let (x, y) = (f.x(0), f.x(1));
+                let (a, b) = (T::from_f64(a), T::from_f64(b));
+                // The forwards of mul_scalar, mul_scalar and add, in that order.
+                parts_mut(f.out, 1, x.len(), &|r, out| {
+                    for (o, (&xk, &yk)) in out.iter_mut().zip(x[r.clone()].iter().zip(&y[r])) {
+                        *o = xk * a + yk * b;
+                    }
+                })
+            })
+    }
+}
+
+/// The VJP of [`Var::axpby`]: ḡx += ḡ·a, ḡy += ḡ·b, each as the three-node
+/// form computes it: the sum's fresh adjoint `0 + ḡ` times the constant, a
+/// fresh ḡx getting `0 + (0 + ḡ)·a` without a zero-fill pass (as
+/// [`unary_vjp`]), and y's term first (its product node is swept first), so
+/// `x.axpby(a, x, b)` adds in the same order too.
+pub(crate) fn axpby_vjp<T: Real>(b: &mut Bwd<'_, T>, ca: f64, cb: f64) {
+    let g = b.g;
+    for (k, c) in [(1, cb), (0, ca)] {
+        if !b.wants(k) {
+            continue;
+        }
+        let c = T::from_f64(c);
+        let (gk, fresh) = b.g_in_overwrite(k);
+        parts_mut(gk, 1, g.len(), &|r, gk| {
+            let terms = gk.iter_mut().zip(&g[r]);
+            if fresh {
+                for (d, &gi) in terms {
+                    *d = T::zero() + (T::zero() + gi) * c;
+                }
+            } else {
+                for (d, &gi) in terms {
+                    *d += (T::zero() + gi) * c;
+                }
+            }
+        })
     }
 }
 

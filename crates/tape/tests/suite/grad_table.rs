@@ -235,6 +235,13 @@ fn concat3() -> BoxedStrategy<Vec<Shape>> {
     concat_shapes(3)
 }
 
+/// Two copies of one shape (an op on same-shaped operands).
+fn same_pair() -> BoxedStrategy<Vec<Shape>> {
+    dims_vec(0, 3, 4)
+        .prop_map(|d| vec![Shape::new(&d), Shape::new(&d)])
+        .boxed()
+}
+
 /// Logits `[n, c]` with c ≥ 2.
 /// A vector x `[n]` and a vector a `[l]`, 1 ≤ l ≤ n: one factor per segment.
 fn segments_pair() -> BoxedStrategy<Vec<Shape>> {
@@ -373,6 +380,8 @@ fn table() -> Vec<Row> {
             .add_scalar(0.7)),
         row!("mul_scalar", 1, one_any, &[ANY], |x, _| x[0]
             .mul_scalar(-1.3)),
+        row!("axpby", 2, same_pair, &[ANY], |x, _| x[0]
+            .axpby(0.7, x[1], -1.3)),
         row!("exp", 1, one_any, &[ANY], |x, _| x[0].exp()),
         row!("log", 1, one_any, &[POSITIVE], |x, _| x[0].log()),
         row!("sqrt", 1, one_any, &[POSITIVE], |x, _| x[0].sqrt()),
@@ -779,6 +788,7 @@ fn the_table_covers_every_op() {
         "neg",
         "add_scalar",
         "mul_scalar",
+        "axpby",
         "exp",
         "log",
         "sqrt",
