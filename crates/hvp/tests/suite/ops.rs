@@ -75,6 +75,10 @@ const CASES: &[Case] = &[
         inputs: &[(&[2, 3], Any)],
     },
     Case {
+        name: "axpby",
+        inputs: &[(&[2, 3], Any), (&[2, 3], Any)],
+    },
+    Case {
         name: "exp",
         inputs: &[(&[2, 3], Any)],
     },
@@ -282,6 +286,7 @@ impl VectorFunction<f64> for OpFn {
             "neg" => -x[0],
             "add_scalar" => x[0].add_scalar(0.7),
             "mul_scalar" => x[0].mul_scalar(-1.3),
+            "axpby" => x[0].axpby(0.7, x[1], -1.3),
             "exp" => x[0].exp(),
             "log" => x[0].log(),
             "sqrt" => x[0].sqrt(),

@@ -1129,6 +1129,14 @@ mod tests {
             (17, 9),
             (40, 40),
             (33, 40),
+            // T/2..T columns (f32: 4..8, f64: 2..4), k > T: whole, overlapping
+            // stores but for the last tile.
+            (17, 6),
+            (40, 4),
+            (9, 7),
+            (16, 5),
+            (9, 3),
+            (17, 2),
         ] {
             let cs = k + 3; // a padded row: the view skips 3 elements per row
             let x: Vec<T> = (0..n * cs).map(&make).collect();
