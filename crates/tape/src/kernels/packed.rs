@@ -169,7 +169,8 @@ pub(crate) trait Micro {
     ///
     /// # Safety
     /// `a` valid for `kc·MR` reads, `b` for `kc·NR`; `t.rows ≤ MR`,
-    /// `t.cols ≤ NR`, and `t`'s pointers valid for the elements it names;
+    /// `t.cols == NR` ([`run`] sends a tile of fewer columns through a
+    /// dense copy), and `t`'s pointers valid for the elements it names;
     /// the CPU as the kernel requires.
     unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, t: &Tile<Self::E>);
 }
@@ -444,11 +445,20 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                                 beta: j.beta,
                             };
                             let a_s = pa.add(sa * kc * mr);
-                            if direct {
+                            if direct && cols == nr {
                                 M::tile(kc, a_s, bs, &t);
                                 continue;
                             }
-                            // A strided output: through a dense tile copy.
+                            // A strided output, or a tile of fewer than NR
+                            // columns (the right edge): through a dense tile
+                            // copy of all NR columns, so that the kernel runs
+                            // its full-width form. The columns past `cols`
+                            // sum B's zero padding and are not copied back.
+                            // (The partial-width form kept its accumulators
+                            // on the stack, stored at every step of the sum:
+                            // the MLP's 10-column products ran at 11 GFLOP/s
+                            // on a Zen 3 core, against 23-28 for
+                            // matrixmultiply; `examples/gemm_vs_mm.rs`.)
                             let (tc, ts): &mut TileCopies<M::E> = copies.get_or_insert_with(|| {
                                 ([M::E::zero(); TILE], [M::E::zero(); TILE])
                             });
@@ -466,6 +476,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                                 }
                             }
                             (t.c, t.rs, t.src, t.srs) = (tc.as_mut_ptr(), nr, ts.as_ptr(), nr);
+                            t.cols = nr;
                             M::tile(kc, a_s, bs, &t);
                             for r in 0..rows {
                                 for x in 0..cols {
@@ -616,56 +627,41 @@ mod simd_micro {
 
         #[inline(always)]
         unsafe fn tile(kc: usize, a: *const V::E, b: *const V::E, t: &Tile<V::E>) {
-            // SAFETY: the caller's contract (`Micro::tile`), passed on; a tile
-            // of NR columns has every lane of its vectors in range.
-            unsafe {
-                if t.cols == NV * V::N {
-                    tile::<V, MR, NV, true>(kc, a, b, t)
-                } else {
-                    tile::<V, MR, NV, false>(kc, a, b, t)
-                }
-            }
+            debug_assert_eq!(t.cols, NV * V::N, "packed: a partial-width tile");
+            // SAFETY: the caller's contract (`Micro::tile`), passed on.
+            unsafe { tile::<V, MR, NV>(kc, a, b, t) }
         }
     }
 
-    /// [`Micro::tile`] for [`Simd`]. `FULL`: the tile has all `NV·N`
-    /// columns, so its rows of `C` are read and written by whole vectors;
-    /// else by masked ones (a masked store is microcoded on AMD's Zen cores,
-    /// about ten times a plain one's cost, so a full tile must not take it).
-    /// Only the memory operations differ: the bits are the same.
+    /// [`Micro::tile`] for [`Simd`]: all `NV·N` columns, so the tile's rows
+    /// of `C` are read and written by whole vectors. (A tile of fewer
+    /// columns has no form of its own: `run` computes it in full into a
+    /// dense copy. The masked form this replaced kept its accumulators on
+    /// the stack and stored them at every step of the sum, and masked
+    /// stores are microcoded on AMD's Zen cores.)
     ///
     /// # Safety
-    /// As [`Micro::tile`]; with `FULL`, `t.cols` is `NV·N`.
+    /// As [`Micro::tile`] (`t.cols` is `NV·N`).
     #[inline(always)]
-    unsafe fn tile<V: Vectors, const MR: usize, const NV: usize, const FULL: bool>(
+    unsafe fn tile<V: Vectors, const MR: usize, const NV: usize>(
         kc: usize,
         a: *const V::E,
         b: *const V::E,
         t: &Tile<V::E>,
     ) {
         // SAFETY: the caller's contract (`Micro::tile`): the CPU has V's
-        // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`,
-        // their lanes masked to columns < t.cols ≤ NR, all of them when FULL
-        // (addresses by `wrapping_add`; an empty mask touches nothing);
-        // kc·MR elements of `a` and kc·NR of `b`.
+        // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`, all
+        // NV·N columns of each (addresses by `wrapping_add`); kc·MR
+        // elements of `a` and kc·NR of `b`.
         unsafe {
             let nr = NV * V::N;
-            let masks: [V::M; NV] =
-                std::array::from_fn(|v| V::mask(t.cols.saturating_sub(v * V::N)));
-            let load = |p: *const V::E, m: V::M| {
-                if FULL {
-                    V::load(p)
-                } else {
-                    V::load_masked(p, m)
-                }
-            };
             let mut acc = [[V::zero(); NV]; MR];
             if !t.first {
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     if r < t.rows {
                         let row = t.c.wrapping_add(r * t.rs);
                         for v in 0..NV {
-                            acc_r[v] = load(row.wrapping_add(v * V::N), masks[v]);
+                            acc_r[v] = V::load(row.wrapping_add(v * V::N));
                         }
                     }
                 }
@@ -695,16 +691,13 @@ mod simd_micro {
                     if t.last {
                         out = V::mul(va, out);
                         if !beta_zero {
-                            let c = load(srow.wrapping_add(v * V::N), masks[v]);
+                            let c = V::load(srow.wrapping_add(v * V::N));
                             out = V::add(out, V::mul(vb, c));
                         }
                     }
-                    let p = row.wrapping_add(v * V::N);
-                    if FULL {
-                        p.cast::<V::V>().write_unaligned(out)
-                    } else {
-                        V::store_masked(p, out, masks[v])
-                    }
+                    row.wrapping_add(v * V::N)
+                        .cast::<V::V>()
+                        .write_unaligned(out);
                 }
             }
         }
