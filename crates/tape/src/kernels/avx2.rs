@@ -33,6 +33,8 @@
 use super::MatRef;
 use crate::real::Real;
 
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use imp::Tiles;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use imp::{large, transpose_32, Avx2, F32x8, F64x4};
 
@@ -306,30 +308,42 @@ mod imp {
         mr 6
     );
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
+    /// have ≤ j < n, 4-byte elements.
     ///
     /// # Safety
-    /// AVX2, and the buffers as [`pack_transposed`] passes them.
+    /// AVX2, and the buffers as [`transpose_tiles`] requires (as
+    /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn transpose_32(
         src: *const f32,
         cs: usize,
         k: usize,
+        have: usize,
         n: usize,
         dst: *mut f32,
     ) {
-        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
-        unsafe { transpose_tiles::<F32x8, 8>(src, cs, k, n, dst, |r| tile_32(&r)) }
+        // SAFETY: this fn's contract, which is `transpose_tiles`'s.
+        unsafe { transpose_tiles::<F32x8, 8>(src, cs, k, have, n, dst, |r| tile_32(&r)) }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
+    /// have ≤ j < n, 8-byte elements.
     ///
     /// # Safety
-    /// AVX2, and the buffers as [`pack_transposed`] passes them.
+    /// AVX2, and the buffers as [`transpose_tiles`] requires (as
+    /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
-        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
-        unsafe { transpose_tiles::<F64x4, 4>(src, cs, k, n, dst, |r| tile_64(&r)) }
+    unsafe fn transpose_64(
+        src: *const f64,
+        cs: usize,
+        k: usize,
+        have: usize,
+        n: usize,
+        dst: *mut f64,
+    ) {
+        // SAFETY: this fn's contract, which is `transpose_tiles`'s.
+        unsafe { transpose_tiles::<F64x4, 4>(src, cs, k, have, n, dst, |r| tile_64(&r)) }
     }
 
     /// An 8 × 8 transpose of 32-bit lanes: pairs of rows (`t[2p]` = rows 2p,

@@ -16,6 +16,8 @@
 //! of 4 + 4 + 2); three (two) rows by three (four) vectors for duals: at most
 //! 2·MR·NV accumulators + 2·NV parts of B + 2 splats ≤ 32 registers.
 
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use imp::Tiles;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use imp::{large, Avx512, F32x16, F64x8};
 
@@ -201,37 +203,55 @@ mod imp {
         mr 8
     );
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 4-byte elements.
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
+    /// have ≤ j < n, 4-byte elements.
     ///
     /// # Safety
-    /// AVX-512F, and the buffers as [`pack_transposed`] passes them.
+    /// AVX-512F, and the buffers as [`transpose_tiles`] requires (as
+    /// [`pack_transposed`] or `packed::pack` pass them).
     ///
     /// Sizes that are multiples of 8 but not of 16 (the sine MLP's 40 × 40
     /// weight: 4 whole 16 × 16 tiles and 5 masked edges) go through the AVX2
     /// packer's 8 × 8 tiles, all whole; only bits move, so the result is the
     /// same.
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+    unsafe fn transpose_32(
+        src: *const f32,
+        cs: usize,
+        k: usize,
+        have: usize,
+        n: usize,
+        dst: *mut f32,
+    ) {
         let eights = k.is_multiple_of(8)
             && n.is_multiple_of(8)
             && !(k.is_multiple_of(16) && n.is_multiple_of(16));
         if eights && has_avx2_fma() {
             // SAFETY: AVX2 and FMA detected just now; the buffers are this
             // fn's, which are the AVX2 packer's contract too.
-            return unsafe { crate::kernels::avx2::transpose_32(src, cs, k, n, dst) };
+            return unsafe { crate::kernels::avx2::transpose_32(src, cs, k, have, n, dst) };
         }
-        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
-        unsafe { transpose_tiles::<F32x16, 16>(src, cs, k, n, dst, |r| tile_32(&r)) }
+        // SAFETY: this fn's contract, which is `transpose_tiles`'s.
+        unsafe { transpose_tiles::<F32x16, 16>(src, cs, k, have, n, dst, |r| tile_32(&r)) }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < n, 8-byte elements.
+    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
+    /// have ≤ j < n, 8-byte elements.
     ///
     /// # Safety
-    /// AVX-512F, and the buffers as [`pack_transposed`] passes them.
+    /// AVX-512F, and the buffers as [`transpose_tiles`] requires (as
+    /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
-        // SAFETY: this fn's contract, as `pack_transposed` establishes it.
-        unsafe { transpose_tiles::<F64x8, 8>(src, cs, k, n, dst, |r| tile_64(&r)) }
+    unsafe fn transpose_64(
+        src: *const f64,
+        cs: usize,
+        k: usize,
+        have: usize,
+        n: usize,
+        dst: *mut f64,
+    ) {
+        // SAFETY: this fn's contract, which is `transpose_tiles`'s.
+        unsafe { transpose_tiles::<F64x8, 8>(src, cs, k, have, n, dst, |r| tile_64(&r)) }
     }
 
     /// A 16 × 16 transpose of 32-bit lanes: pairs of rows, then pairs of pairs

@@ -151,16 +151,18 @@ pub(crate) trait Micro {
     const MC: usize;
     /// Columns of `B` packed at a time (a multiple of `NR`).
     const NC: usize;
-    /// `dst[l·n + j] = src[j·cs + l]` for `l < k`, `j < n` by register
-    /// transposes, if the kernel has them; `false`: not done.
+    /// `dst[l·n + j] = src[j·cs + l]` for `l < k`, `j < have`, and zero for
+    /// `have ≤ j < n`, by register transposes, if the kernel has them;
+    /// `false`: not done.
     ///
     /// # Safety
-    /// `src[j·cs + l]` valid for reads for those `l, j`, `dst` for `k·n`
-    /// writes, and the CPU as the kernel requires.
+    /// `have ≤ n`, `src[j·cs + l]` valid for reads for `l < k`, `j < have`,
+    /// `dst` for `k·n` writes, and the CPU as the kernel requires.
     unsafe fn transpose(
         src: *const Self::E,
         cs: usize,
         k: usize,
+        have: usize,
         n: usize,
         dst: *mut Self::E,
     ) -> bool;
@@ -223,7 +225,9 @@ unsafe fn pack<M: Micro>(
 ) {
     // SAFETY: this fn's contract; every index below is one it names.
     unsafe {
-        if sl == 1 && we == w && sx != 1 && M::transpose(src, sx, kc, w, dst) {
+        // Strided slivers (a row-major A, a column-major B), edge ones too
+        // (`we < w`: their padding comes out of the transposes as zeros).
+        if sl == 1 && sx != 1 && M::transpose(src, sx, kc, we, w, dst) {
             return;
         }
         for l in 0..kc {
@@ -521,16 +525,17 @@ pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>, bufs: &mu
 /// with its tiles).
 #[cfg(target_arch = "x86_64")]
 pub(crate) trait Transpose {
-    /// `dst[l·n + j] = src[j·cs + l]`, 4-byte lanes.
+    /// `dst[l·n + j] = src[j·cs + l]` (`j < have`; zero for `have ≤ j < n`),
+    /// 4-byte lanes.
     ///
     /// # Safety
     /// As [`Micro::transpose`].
-    unsafe fn t32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32);
+    unsafe fn t32(src: *const f32, cs: usize, k: usize, have: usize, n: usize, dst: *mut f32);
     /// The same, 8-byte lanes.
     ///
     /// # Safety
     /// As [`Micro::transpose`].
-    unsafe fn t64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64);
+    unsafe fn t64(src: *const f64, cs: usize, k: usize, have: usize, n: usize, dst: *mut f64);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -549,15 +554,29 @@ macro_rules! packed_entry {
 
         impl $crate::kernels::packed::Transpose for Tiles {
             #[inline(always)]
-            unsafe fn t32(src: *const f32, cs: usize, k: usize, n: usize, dst: *mut f32) {
+            unsafe fn t32(
+                src: *const f32,
+                cs: usize,
+                k: usize,
+                have: usize,
+                n: usize,
+                dst: *mut f32,
+            ) {
                 // SAFETY: the caller's contract (`Transpose::t32`: the CPU has
                 // this instruction set, the buffers as it says).
-                unsafe { transpose_32(src, cs, k, n, dst) }
+                unsafe { transpose_32(src, cs, k, have, n, dst) }
             }
             #[inline(always)]
-            unsafe fn t64(src: *const f64, cs: usize, k: usize, n: usize, dst: *mut f64) {
+            unsafe fn t64(
+                src: *const f64,
+                cs: usize,
+                k: usize,
+                have: usize,
+                n: usize,
+                dst: *mut f64,
+            ) {
                 // SAFETY: as in `t32`.
-                unsafe { transpose_64(src, cs, k, n, dst) }
+                unsafe { transpose_64(src, cs, k, have, n, dst) }
             }
         }
 
@@ -610,6 +629,7 @@ mod simd_micro {
             src: *const V::E,
             cs: usize,
             k: usize,
+            have: usize,
             n: usize,
             dst: *mut V::E,
         ) -> bool {
@@ -617,8 +637,8 @@ mod simd_micro {
             // and E is f32 or f64 by its size.
             unsafe {
                 match std::mem::size_of::<V::E>() {
-                    4 => X::t32(src.cast(), cs, k, n, dst.cast()),
-                    8 => X::t64(src.cast(), cs, k, n, dst.cast()),
+                    4 => X::t32(src.cast(), cs, k, have, n, dst.cast()),
+                    8 => X::t64(src.cast(), cs, k, have, n, dst.cast()),
                     _ => return false,
                 }
             }
@@ -717,6 +737,67 @@ mod tests {
                 (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
             })
             .collect()
+    }
+
+    /// `pack` of a strided sliver (`sl = 1`, `sx ≠ 1`: a row-major `A`, a
+    /// column-major `B`) gives the scalar definition's bits,
+    /// `dst[l·w + x] = src[x·sx + l]` for `x < we` and `+0` for `we ≤ x < w`,
+    /// for edge slivers (`we = 1..w`, and full ones) of `A` (`w = MR`) and `B`
+    /// (`w = NR`), `kc` below, at and above the transposes' tiles (4, 8, 16
+    /// lanes), for every kernel this CPU has, `f32` and `f64`. The destination
+    /// starts NaN, so padding left unwritten shows.
+    #[test]
+    fn strided_edge_slivers_pack_as_the_scalar_definition() {
+        use super::{pack, Micro};
+        use crate::real::Real;
+        fn check<M: Micro>() {
+            for w in [M::MR, M::NR] {
+                for we in 1..=w {
+                    for kc in [1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 24, 31, 33, 40] {
+                        let sx = kc + 3; // a padded row: 3 elements skipped
+                        let src: Vec<M::E> = (0..we * sx)
+                            .map(|i| M::E::from_f64(i as f64 + 0.25))
+                            .collect();
+                        let mut dst = vec![M::E::from_f64(f64::NAN); kc * w];
+                        // SAFETY: src[x·sx + l] for l < kc, x < we is below
+                        // we·sx; dst has kc·w slots; the caller checked the CPU.
+                        unsafe { pack::<M>(src.as_ptr(), sx, 1, kc, we, w, dst.as_mut_ptr()) };
+                        let want = (0..kc * w).map(|i| {
+                            let (l, x) = (i / w, i % w);
+                            if x < we {
+                                src[x * sx + l]
+                            } else {
+                                M::E::zero()
+                            }
+                        });
+                        let bits = |v: M::E| v.to_f64().to_bits();
+                        assert!(
+                            dst.iter().zip(want).all(|(&d, v)| bits(d) == bits(v)),
+                            "MR {} NR {}: w {w} we {we} kc {kc}: {dst:?}",
+                            M::MR,
+                            M::NR
+                        );
+                    }
+                }
+            }
+        }
+        use crate::kernels::grid::{Grid, GRID_32, GRID_64};
+        check::<Grid<f32, { GRID_32.0 }, { GRID_32.1 }>>();
+        check::<Grid<f64, { GRID_64.0 }, { GRID_64.1 }>>();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::kernels::family::{has_avx2_fma, has_avx512};
+            use crate::kernels::packed::Simd;
+            use crate::kernels::{avx2, avx512};
+            if has_avx2_fma() {
+                check::<Simd<avx2::F32x8, avx2::Tiles, 6, 2>>();
+                check::<Simd<avx2::F64x4, avx2::Tiles, 6, 2>>();
+            }
+            if has_avx512() {
+                check::<Simd<avx512::F32x16, avx512::Tiles, 8, 2>>();
+                check::<Simd<avx512::F64x8, avx512::Tiles, 8, 2>>();
+            }
+        }
     }
 
     /// `B` read as two blocks (`large::real_stacked`, `packed::pack_b`)

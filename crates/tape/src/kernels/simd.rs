@@ -312,7 +312,8 @@ mod imp {
 
     /// `portable::pack` for a transposed operand of 4- or 8-byte elements
     /// (`B[l, j] = src[l + j·cs]`, unit row stride) by an instruction set's
-    /// register transposes `t32`/`t64` (`dst[l·n + j] = src[j·cs + l]`), if
+    /// register transposes `t32`/`t64` (`dst[l·n + j] = src[j·cs + l]`, all
+    /// n source rows present), if
     /// `available`; any other view, element size or CPU goes through
     /// `portable::pack`. Only bits move, so any `T` of that size works (a
     /// `Dual<f32>` moves as one 8-byte lane). Shared by the ISAs' `pack_t`.
@@ -324,8 +325,8 @@ mod imp {
         b: MatRef<'_, T>,
         buf: &'b mut [MaybeUninit<T>; PACK],
         available: bool,
-        t32: unsafe fn(*const f32, usize, usize, usize, *mut f32),
-        t64: unsafe fn(*const f64, usize, usize, usize, *mut f64),
+        t32: unsafe fn(*const f32, usize, usize, usize, usize, *mut f32),
+        t64: unsafe fn(*const f64, usize, usize, usize, usize, *mut f64),
     ) -> &'b [T] {
         let (k, n) = (b.rows, b.cols);
         let size = std::mem::size_of::<T>();
@@ -347,37 +348,44 @@ mod imp {
         // MaybeUninit<T> has T's layout.
         unsafe {
             if size == 4 {
-                t32(src.cast::<f32>(), b.cs, k, n, dst.cast::<f32>());
+                t32(src.cast::<f32>(), b.cs, k, n, n, dst.cast::<f32>());
             } else {
-                t64(src.cast::<f64>(), b.cs, k, n, dst.cast::<f64>());
+                t64(src.cast::<f64>(), b.cs, k, n, n, dst.cast::<f64>());
             }
             std::slice::from_raw_parts(dst, k * n)
         }
     }
 
-    /// The tiles of a transpose `dst[l·n + j] = src[j·cs + l]` (l < k, j < n):
-    /// T rows of `src` (T = V::N lanes each, masked at the edges) go through
-    /// `tile`, which returns the T columns; tile (l0, j0) stores rows l0..
-    /// (below k) of columns j0.. (below n), and the tiles cover 0..k × 0..n.
+    /// The tiles of a transpose `dst[l·n + j] = src[j·cs + l]` for l < k,
+    /// j < have, and `dst[l·n + j] = 0` for have ≤ j < n (`have ≤ n` source
+    /// rows present: an edge sliver of `packed.rs` keeps its row length n and
+    /// gets zero padding; source rows from `have` on are never read). T rows
+    /// of `src` (T = V::N lanes each, masked at the edges; zero vectors from
+    /// `have` on) go through `tile`, which returns the T columns; tile
+    /// (l0, j0) stores rows l0.. (below k) of columns j0.. (below n), and the
+    /// tiles cover 0..k × 0..n.
     ///
     /// # Safety
-    /// The CPU has V's instruction set; src[l + j·cs] is valid for reads for
-    /// l < k, j < n, and dst for k·n writes.
+    /// The CPU has V's instruction set; `have ≤ n`; src[l + j·cs] is valid
+    /// for reads for l < k, j < have, and dst for k·n writes.
     #[inline(always)]
     pub(crate) unsafe fn transpose_tiles<V: Vectors, const T: usize>(
         src: *const V::E,
         cs: usize,
         k: usize,
+        have: usize,
         n: usize,
         dst: *mut V::E,
         tile: impl Fn([V::V; T]) -> [V::V; T],
     ) {
-        // SAFETY: this fn's contract: source rows j0 + t < n only, loads
+        debug_assert!(have <= n, "transpose_tiles: {have} rows of {n}");
+        // SAFETY: this fn's contract: source rows j0 + t < have only, loads
         // masked to l0.. below k, destination rows l0 + s < k, stores masked
         // to j0.. below n; addresses via `wrapping_add`. A full tile (all T
-        // rows and columns in range, T = V::N) reads and writes whole vectors
-        // without masks: the same elements. A tile of n < T columns (so
-        // j0 = 0) with l0 + T < k reads whole vectors of its n rows
+        // rows and columns in range, T = V::N) reads whole vectors of its
+        // rows below `have` (l0 + T ≤ k) and writes whole vectors without
+        // masks: the same elements. A tile of n < T columns (so j0 = 0) with
+        // l0 + T < k reads whole vectors of its rows below `have`
         // (l0 + T ≤ k) and writes T lanes from (l0 + s)·n for s < T: below
         // (l0 + s + 1)·n + (T − n) ≤ (l0 + T + 1)·n ≤ k·n (T − n ≤ n).
         unsafe {
@@ -385,8 +393,19 @@ mod imp {
                 let jm = V::mask(n - j0);
                 for l0 in (0..k).step_by(T) {
                     if j0 + T <= n && l0 + T <= k && T == V::N {
-                        let rows: [V::V; T] =
-                            std::array::from_fn(|t| V::load(src.wrapping_add((j0 + t) * cs + l0)));
+                        let rows: [V::V; T] = if j0 + T <= have {
+                            std::array::from_fn(|t| V::load(src.wrapping_add((j0 + t) * cs + l0)))
+                        } else {
+                            // An edge sliver's last tile: its rows from
+                            // `have` on are zeros.
+                            std::array::from_fn(|t| {
+                                if j0 + t < have {
+                                    V::load(src.wrapping_add((j0 + t) * cs + l0))
+                                } else {
+                                    V::zero()
+                                }
+                            })
+                        };
                         for (s, col) in tile(rows).into_iter().enumerate() {
                             let to = dst.wrapping_add((l0 + s) * n + j0);
                             to.cast::<V::V>().write_unaligned(col);
@@ -396,13 +415,13 @@ mod imp {
                     if T == V::N && n < T && 2 * n >= T && l0 + T < k {
                         // Fewer than T but at least T/2 columns (a 6-row
                         // sliver of A, `packed.rs`), not the last tile: whole
-                        // loads of the n rows, whole stores in increasing l,
-                        // each one's T − n ≤ n lanes past row l landing on
+                        // loads of the `have` rows, whole stores in increasing
+                        // l, each one's T − n ≤ n lanes past row l landing on
                         // row l + 1 (< k), which the next store rewrites.
                         // No masks (masked loads were most of this packing's
                         // samples on a Zen 3 core).
                         let rows: [V::V; T] = std::array::from_fn(|t| {
-                            if t < n {
+                            if t < have {
                                 V::load(src.wrapping_add(t * cs + l0))
                             } else {
                                 V::zero()
@@ -416,7 +435,7 @@ mod imp {
                     }
                     let lm = V::mask(k - l0);
                     let rows: [V::V; T] = std::array::from_fn(|t| {
-                        if j0 + t < n {
+                        if j0 + t < have {
                             V::load_masked(src.wrapping_add((j0 + t) * cs + l0), lm)
                         } else {
                             V::zero()
