@@ -680,8 +680,8 @@ mod simd_micro {
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     if r < t.rows {
                         let row = t.c.wrapping_add(r * t.rs);
-                        for v in 0..NV {
-                            acc_r[v] = V::load(row.wrapping_add(v * V::N));
+                        for (v, acc_rv) in acc_r.iter_mut().enumerate() {
+                            *acc_rv = V::load(row.wrapping_add(v * V::N));
                         }
                     }
                 }
@@ -706,8 +706,8 @@ mod simd_micro {
                 }
                 let row = t.c.wrapping_add(r * t.rs);
                 let srow = t.src.wrapping_add(r * t.srs);
-                for v in 0..NV {
-                    let mut out = acc_r[v];
+                for (v, &acc_rv) in acc_r.iter().enumerate() {
+                    let mut out = acc_rv;
                     if t.last {
                         out = V::mul(va, out);
                         if !beta_zero {
