@@ -82,6 +82,7 @@ unsafe fn small_avx2<T: Real>(
 mod imp {
     use crate::kernels::family::has_avx2_fma;
     use crate::kernels::packed::packed_entry;
+    use crate::kernels::packed::Transposition;
     use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
     use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
@@ -308,42 +309,26 @@ mod imp {
         mr 6
     );
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
-    /// have ≤ j < n, 4-byte elements.
+    /// Runs a [`Transposition`] of 4-byte elements.
     ///
     /// # Safety
     /// AVX2, and the buffers as [`transpose_tiles`] requires (as
     /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn transpose_32(
-        src: *const f32,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut f32,
-    ) {
+    pub(crate) unsafe fn transpose_32(t: Transposition<f32>) {
         // SAFETY: this fn's contract, which is `transpose_tiles`'s.
-        unsafe { transpose_tiles::<F32x8, 8>(src, cs, k, have, n, dst, |r| tile_32(&r)) }
+        unsafe { transpose_tiles::<F32x8, 8>(t, |r| tile_32(&r)) }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
-    /// have ≤ j < n, 8-byte elements.
+    /// Runs a [`Transposition`] of 8-byte elements.
     ///
     /// # Safety
     /// AVX2, and the buffers as [`transpose_tiles`] requires (as
     /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose_64(
-        src: *const f64,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut f64,
-    ) {
+    unsafe fn transpose_64(t: Transposition<f64>) {
         // SAFETY: this fn's contract, which is `transpose_tiles`'s.
-        unsafe { transpose_tiles::<F64x4, 4>(src, cs, k, have, n, dst, |r| tile_64(&r)) }
+        unsafe { transpose_tiles::<F64x4, 4>(t, |r| tile_64(&r)) }
     }
 
     /// An 8 × 8 transpose of 32-bit lanes: pairs of rows (`t[2p]` = rows 2p,

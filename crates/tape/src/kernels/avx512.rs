@@ -28,6 +28,7 @@ pub(crate) use imp::{large, Avx512, F32x16, F64x8};
 mod imp {
     use crate::kernels::family::{has_avx2_fma, has_avx512};
     use crate::kernels::packed::packed_entry;
+    use crate::kernels::packed::Transposition;
     use crate::kernels::simd::{isa, pack_transposed, transpose_tiles, Vectors};
     use crate::kernels::{MatRef, PACK};
     use std::arch::x86_64::*;
@@ -203,8 +204,7 @@ mod imp {
         mr 8
     );
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
-    /// have ≤ j < n, 4-byte elements.
+    /// Runs a [`Transposition`] of 4-byte elements.
     ///
     /// # Safety
     /// AVX-512F, and the buffers as [`transpose_tiles`] requires (as
@@ -215,43 +215,28 @@ mod imp {
     /// packer's 8 × 8 tiles, all whole; only bits move, so the result is the
     /// same.
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_32(
-        src: *const f32,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut f32,
-    ) {
-        let eights = k.is_multiple_of(8)
-            && n.is_multiple_of(8)
-            && !(k.is_multiple_of(16) && n.is_multiple_of(16));
+    unsafe fn transpose_32(t: Transposition<f32>) {
+        let eights = t.k.is_multiple_of(8)
+            && t.n.is_multiple_of(8)
+            && !(t.k.is_multiple_of(16) && t.n.is_multiple_of(16));
         if eights && has_avx2_fma() {
             // SAFETY: AVX2 and FMA detected just now; the buffers are this
             // fn's, which are the AVX2 packer's contract too.
-            return unsafe { crate::kernels::avx2::transpose_32(src, cs, k, have, n, dst) };
+            return unsafe { crate::kernels::avx2::transpose_32(t) };
         }
         // SAFETY: this fn's contract, which is `transpose_tiles`'s.
-        unsafe { transpose_tiles::<F32x16, 16>(src, cs, k, have, n, dst, |r| tile_32(&r)) }
+        unsafe { transpose_tiles::<F32x16, 16>(t, |r| tile_32(&r)) }
     }
 
-    /// `dst[l·n + j] = src[j·cs + l]` for l < k, j < have, and zero for
-    /// have ≤ j < n, 8-byte elements.
+    /// Runs a [`Transposition`] of 8-byte elements.
     ///
     /// # Safety
     /// AVX-512F, and the buffers as [`transpose_tiles`] requires (as
     /// [`pack_transposed`] or `packed::pack` pass them).
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose_64(
-        src: *const f64,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut f64,
-    ) {
+    unsafe fn transpose_64(t: Transposition<f64>) {
         // SAFETY: this fn's contract, which is `transpose_tiles`'s.
-        unsafe { transpose_tiles::<F64x8, 8>(src, cs, k, have, n, dst, |r| tile_64(&r)) }
+        unsafe { transpose_tiles::<F64x8, 8>(t, |r| tile_64(&r)) }
     }
 
     /// A 16 × 16 transpose of 32-bit lanes: pairs of rows, then pairs of pairs

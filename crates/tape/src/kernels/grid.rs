@@ -64,7 +64,7 @@ impl<E: Real<Base = E> + Copy, const MR: usize, const NR: usize> Micro for Grid<
     /// 2 KiB per row of a `B` panel, rounded up to a multiple of `NR`.
     const NC: usize = (2048 / std::mem::size_of::<E>()).next_multiple_of(NR);
 
-    unsafe fn transpose(_: *const E, _: usize, _: usize, _: usize, _: usize, _: *mut E) -> bool {
+    unsafe fn transpose(_: super::packed::Transposition<E>) -> bool {
         false
     }
 

@@ -139,6 +139,40 @@ pub(crate) struct Tile<E> {
     pub beta: E,
 }
 
+/// One transpose of `have` strided source rows into `k` rows of `n`, zero
+/// padded: `dst[l·n + j] = src[j·cs + l]` for `l < k`, `j < have`, and
+/// `dst[l·n + j] = 0` for `have ≤ j < n`. Source rows from `have` on are never
+/// read: an edge sliver ([`pack`]) keeps its row length `n` and gets zeros.
+/// Whoever runs one ([`Micro::transpose`], `simd::transpose_tiles`) requires
+/// `have ≤ n`, `src[j·cs + l]` valid for reads for `l < k`, `j < have`, and
+/// `dst` valid for `k·n` writes.
+#[derive(Clone, Copy)]
+pub(crate) struct Transposition<E> {
+    pub src: *const E,
+    /// The source's row stride (its elements along a row are contiguous).
+    pub cs: usize,
+    pub k: usize,
+    pub have: usize,
+    pub n: usize,
+    pub dst: *mut E,
+}
+
+impl<E> Transposition<E> {
+    /// The same transposition with its elements moved as `F` lanes, of the
+    /// same size: only bits move.
+    pub(crate) fn cast<F>(self) -> Transposition<F> {
+        debug_assert_eq!(std::mem::size_of::<E>(), std::mem::size_of::<F>());
+        Transposition {
+            src: self.src.cast(),
+            cs: self.cs,
+            k: self.k,
+            have: self.have,
+            n: self.n,
+            dst: self.dst.cast(),
+        }
+    }
+}
+
 /// A micro-kernel and its blocking.
 pub(crate) trait Micro {
     /// The element.
@@ -151,21 +185,13 @@ pub(crate) trait Micro {
     const MC: usize;
     /// Columns of `B` packed at a time (a multiple of `NR`).
     const NC: usize;
-    /// `dst[l·n + j] = src[j·cs + l]` for `l < k`, `j < have`, and zero for
-    /// `have ≤ j < n`, by register transposes, if the kernel has them;
-    /// `false`: not done.
+    /// Runs `t` ([`Transposition`]) by register transposes, if the kernel
+    /// has them; `false`: not done.
     ///
     /// # Safety
-    /// `have ≤ n`, `src[j·cs + l]` valid for reads for `l < k`, `j < have`,
-    /// `dst` for `k·n` writes, and the CPU as the kernel requires.
-    unsafe fn transpose(
-        src: *const Self::E,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut Self::E,
-    ) -> bool;
+    /// `t`'s buffers as [`Transposition`] says, and the CPU as the kernel
+    /// requires.
+    unsafe fn transpose(t: Transposition<Self::E>) -> bool;
     /// `t` ← the tile's sum over the `kc` values of `l` of packed slivers
     /// `a[l·MR + r]` and `b[l·NR + j]`, started and finished as `t` says.
     ///
@@ -227,7 +253,15 @@ unsafe fn pack<M: Micro>(
     unsafe {
         // Strided slivers (a row-major A, a column-major B), edge ones too
         // (`we < w`: their padding comes out of the transposes as zeros).
-        if sl == 1 && sx != 1 && M::transpose(src, sx, kc, we, w, dst) {
+        let t = Transposition {
+            src,
+            cs: sx,
+            k: kc,
+            have: we,
+            n: w,
+            dst,
+        };
+        if sl == 1 && sx != 1 && M::transpose(t) {
             return;
         }
         for l in 0..kc {
@@ -525,17 +559,16 @@ pub(crate) unsafe fn gemm<F: Prim>(family: super::Family, job: Job<F>, bufs: &mu
 /// with its tiles).
 #[cfg(target_arch = "x86_64")]
 pub(crate) trait Transpose {
-    /// `dst[l·n + j] = src[j·cs + l]` (`j < have`; zero for `have ≤ j < n`),
-    /// 4-byte lanes.
+    /// Runs `t`, 4-byte lanes.
     ///
     /// # Safety
     /// As [`Micro::transpose`].
-    unsafe fn t32(src: *const f32, cs: usize, k: usize, have: usize, n: usize, dst: *mut f32);
-    /// The same, 8-byte lanes.
+    unsafe fn t32(t: Transposition<f32>);
+    /// Runs `t`, 8-byte lanes.
     ///
     /// # Safety
     /// As [`Micro::transpose`].
-    unsafe fn t64(src: *const f64, cs: usize, k: usize, have: usize, n: usize, dst: *mut f64);
+    unsafe fn t64(t: Transposition<f64>);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -554,29 +587,15 @@ macro_rules! packed_entry {
 
         impl $crate::kernels::packed::Transpose for Tiles {
             #[inline(always)]
-            unsafe fn t32(
-                src: *const f32,
-                cs: usize,
-                k: usize,
-                have: usize,
-                n: usize,
-                dst: *mut f32,
-            ) {
+            unsafe fn t32(t: $crate::kernels::packed::Transposition<f32>) {
                 // SAFETY: the caller's contract (`Transpose::t32`: the CPU has
                 // this instruction set, the buffers as it says).
-                unsafe { transpose_32(src, cs, k, have, n, dst) }
+                unsafe { transpose_32(t) }
             }
             #[inline(always)]
-            unsafe fn t64(
-                src: *const f64,
-                cs: usize,
-                k: usize,
-                have: usize,
-                n: usize,
-                dst: *mut f64,
-            ) {
+            unsafe fn t64(t: $crate::kernels::packed::Transposition<f64>) {
                 // SAFETY: as in `t32`.
-                unsafe { transpose_64(src, cs, k, have, n, dst) }
+                unsafe { transpose_64(t) }
             }
         }
 
@@ -604,7 +623,7 @@ pub(crate) use packed_entry;
 
 #[cfg(target_arch = "x86_64")]
 mod simd_micro {
-    use super::{Micro, Tile, Transpose};
+    use super::{Micro, Tile, Transpose, Transposition};
     use crate::kernels::simd::Vectors;
     use crate::real::Real;
     use std::marker::PhantomData;
@@ -625,20 +644,13 @@ mod simd_micro {
         const NC: usize = 2048 / std::mem::size_of::<V::E>();
 
         #[inline(always)]
-        unsafe fn transpose(
-            src: *const V::E,
-            cs: usize,
-            k: usize,
-            have: usize,
-            n: usize,
-            dst: *mut V::E,
-        ) -> bool {
+        unsafe fn transpose(t: Transposition<V::E>) -> bool {
             // SAFETY: the caller's contract (`Micro::transpose`); only bits move,
             // and E is f32 or f64 by its size.
             unsafe {
                 match std::mem::size_of::<V::E>() {
-                    4 => X::t32(src.cast(), cs, k, have, n, dst.cast()),
-                    8 => X::t64(src.cast(), cs, k, have, n, dst.cast()),
+                    4 => X::t32(t.cast()),
+                    8 => X::t64(t.cast()),
                     _ => return false,
                 }
             }

@@ -223,6 +223,7 @@ impl Lane for f64 {}
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use super::*;
+    use crate::kernels::packed::Transposition;
     use crate::kernels::{fits_pack, MatRef, PACK};
     use std::mem::MaybeUninit;
 
@@ -312,8 +313,8 @@ mod imp {
 
     /// `portable::pack` for a transposed operand of 4- or 8-byte elements
     /// (`B[l, j] = src[l + j·cs]`, unit row stride) by an instruction set's
-    /// register transposes `t32`/`t64` (`dst[l·n + j] = src[j·cs + l]`, all
-    /// n source rows present), if
+    /// register transposes `t32`/`t64` (a [`Transposition`] with all n
+    /// source rows present), if
     /// `available`; any other view, element size or CPU goes through
     /// `portable::pack`. Only bits move, so any `T` of that size works (a
     /// `Dual<f32>` moves as one 8-byte lane). Shared by the ISAs' `pack_t`.
@@ -325,8 +326,8 @@ mod imp {
         b: MatRef<'_, T>,
         buf: &'b mut [MaybeUninit<T>; PACK],
         available: bool,
-        t32: unsafe fn(*const f32, usize, usize, usize, usize, *mut f32),
-        t64: unsafe fn(*const f64, usize, usize, usize, usize, *mut f64),
+        t32: unsafe fn(Transposition<f32>),
+        t64: unsafe fn(Transposition<f64>),
     ) -> &'b [T] {
         let (k, n) = (b.rows, b.cols);
         let size = std::mem::size_of::<T>();
@@ -338,6 +339,14 @@ mod imp {
             "pack_t: [{k}, {n}] does not fit {PACK} elements"
         );
         let (src, dst) = (b.data.as_ptr(), buf.as_mut_ptr().cast::<T>());
+        let t = Transposition {
+            src,
+            cs: b.cs,
+            k,
+            have: n,
+            n,
+            dst,
+        };
         // SAFETY: the caller's instruction set was detected (`available`, its
         // contract); element (l, j) of the view, src[l + j·cs], is inside
         // `b.data` for l < k, j < n (checked by `MatRef`'s constructors) and the
@@ -348,36 +357,37 @@ mod imp {
         // MaybeUninit<T> has T's layout.
         unsafe {
             if size == 4 {
-                t32(src.cast::<f32>(), b.cs, k, n, n, dst.cast::<f32>());
+                t32(t.cast());
             } else {
-                t64(src.cast::<f64>(), b.cs, k, n, n, dst.cast::<f64>());
+                t64(t.cast());
             }
             std::slice::from_raw_parts(dst, k * n)
         }
     }
 
-    /// The tiles of a transpose `dst[l·n + j] = src[j·cs + l]` for l < k,
-    /// j < have, and `dst[l·n + j] = 0` for have ≤ j < n (`have ≤ n` source
-    /// rows present: an edge sliver of `packed.rs` keeps its row length n and
-    /// gets zero padding; source rows from `have` on are never read). T rows
+    /// The tiles of a [`Transposition`] `dst[l·n + j] = src[j·cs + l]` for
+    /// l < k, j < have, and `dst[l·n + j] = 0` for have ≤ j < n. T rows
     /// of `src` (T = V::N lanes each, masked at the edges; zero vectors from
     /// `have` on) go through `tile`, which returns the T columns; tile
     /// (l0, j0) stores rows l0.. (below k) of columns j0.. (below n), and the
     /// tiles cover 0..k × 0..n.
     ///
     /// # Safety
-    /// The CPU has V's instruction set; `have ≤ n`; src[l + j·cs] is valid
-    /// for reads for l < k, j < have, and dst for k·n writes.
+    /// The CPU has V's instruction set; `t`'s buffers as [`Transposition`]
+    /// says.
     #[inline(always)]
     pub(crate) unsafe fn transpose_tiles<V: Vectors, const T: usize>(
-        src: *const V::E,
-        cs: usize,
-        k: usize,
-        have: usize,
-        n: usize,
-        dst: *mut V::E,
+        t: Transposition<V::E>,
         tile: impl Fn([V::V; T]) -> [V::V; T],
     ) {
+        let Transposition {
+            src,
+            cs,
+            k,
+            have,
+            n,
+            dst,
+        } = t;
         debug_assert!(have <= n, "transpose_tiles: {have} rows of {n}");
         // SAFETY: this fn's contract: source rows j0 + t < have only, loads
         // masked to l0.. below k, destination rows l0 + s < k, stores masked
