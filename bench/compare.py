@@ -133,6 +133,9 @@ def measure(ours_cmd, config, rounds, pin, family=None):
         "ours_fma_peak_share": median_of(ours, lambda r: r.get("fma_peak_share")),
         "ours_conv4_gemms_peak_share": median_of(ours, lambda r: (r.get("conv4_gemms") or {}).get("fma_peak_share")),
         "ours_fma_peak_gflops": (ours[-1].get("fma_peak") or {}).get("gflops"),
+        # mlp_hvp: our HVP's time over our gradient's, from alternate calls in
+        # one process (examples/bench/mlp.rs `over_grad`), per round.
+        "ours_hvp_over_grad": [r["hvp_over_grad"]["median_ratio"] for r in ours if "hvp_over_grad" in r],
     }
 
 
@@ -167,6 +170,12 @@ def table(rows):
             if r.get(key) is not None:
                 lines.append(f"{r['config']}: {100 * r[key]:.1f}% of the FMA peak ({what}; "
                              f"peak {r['ours_fma_peak_gflops']} GFLOP/s, see examples/bench.rs fma_peak)")
+    for r in rows:
+        if r.get("ours_hvp_over_grad"):
+            per = r["ours_hvp_over_grad"]
+            lines.append(f"{r['config']}: our HVP / our gradient {statistics.median(per):.2f} (per round "
+                         + " ".join(f"{x:.2f}" for x in per)
+                         + "; median over alternate calls in one process, examples/bench/mlp.rs over_grad)")
     by_config = {r["config"]: r for r in rows}
     for r in rows:
         if r["jax_config"] != r["config"]:

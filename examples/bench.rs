@@ -22,6 +22,9 @@
 //! `kernel_family` (the small-product kernels in effect: `portable`, `avx2`
 //! or `avx512`; `TAPE_KERNELS` forces one, so one machine measures each);
 //! `fma_peak` (this machine's f32 FMA peak, measured, see [`fma_peak`]); for
+//! `mlp_hvp`, `hvp_over_grad` (the HVP's time over `mlp_grad`'s, from calls
+//! of the two made alternately in this process, after the timed calls:
+//! `bench/mlp.rs`); for
 //! `mlp_grad`, `gemm_macs_per_call` and `fma_peak_share` (2·GEMM
 //! multiply-adds per call / median time / peak: the share of the peak the
 //! whole call reaches, counting only its GEMM work); for `maml_conv4:*`,
