@@ -165,6 +165,18 @@ pub(crate) fn timed_calls(label: &str, w: &mut dyn Bench) -> Timed {
     }
 }
 
+/// The median of `x` (sorted in place; the mean of the middle two for an
+/// even length).
+pub(crate) fn median(x: &mut [f64]) -> f64 {
+    x.sort_by(f64::total_cmp);
+    let n = x.len();
+    if n % 2 == 1 {
+        x[n / 2]
+    } else {
+        0.5 * (x[n / 2 - 1] + x[n / 2])
+    }
+}
+
 fn run(config: &str, w: &mut dyn Bench) -> Value {
     let timed = timed_calls(config, w);
     let Timed {
@@ -176,12 +188,7 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     } = timed;
     let n = timed.times.len();
     let mut sorted = timed.times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
-    };
+    let median = median(&mut sorted);
     assert!(loss.is_finite(), "{config}: non-finite loss {loss}");
     let mut out = Map::new();
     out.insert("config".into(), json!(config));

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use tape::ops::dense::Activation;
 use tape::{Constant, Float, Real, Tape, Tensor, Var};
 
-use crate::Bench;
+use crate::{median, Bench};
 
 const SIZES: [usize; 4] = [784, 256, 256, 10];
 const BATCH: usize = 64;
@@ -326,18 +326,6 @@ impl MlpHvp {
             "ratio_of_medians": hm / gm,
             "median_ratio": rm,
         })
-    }
-}
-
-/// The median of `x` (sorted in place; the mean of the middle two for an
-/// even length).
-fn median(x: &mut [f64]) -> f64 {
-    x.sort_by(f64::total_cmp);
-    let n = x.len();
-    if n % 2 == 1 {
-        x[n / 2]
-    } else {
-        0.5 * (x[n / 2 - 1] + x[n / 2])
     }
 }
 
