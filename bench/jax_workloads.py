@@ -110,10 +110,10 @@ def dense_layers(key, widths):
     return layers
 
 
-def mlp_forward(layers, x):
+def mlp_forward(layers, x, act=jax.nn.relu):
     *hidden, (w_out, b_out) = layers
     for w, b in hidden:
-        x = jax.nn.relu(x @ w + b)
+        x = act(x @ w + b)
     return x @ w_out + b_out
 
 
@@ -282,32 +282,48 @@ def random_image_tasks(rng, n_tasks=4, ways=5, shots=1, queries=15):
 
 
 # ------------------------------------------------------------------ configs
-def mlp_problem():
+# The MLP configs' networks (examples/bench/mlp.rs `Net`): model suffix ->
+# (widths, batch, hidden activation).
+BASE = [784, 256, 256, 10]
+MLP_NETS = {
+    "": (BASE, 64, "relu"),
+    "_tanh": (BASE, 64, "tanh"),
+    "_sigmoid": (BASE, 64, "sigmoid"),
+    "_softplus": (BASE, 64, "softplus"),
+    "_deep": ([784, 512, 512, 512, 512, 10], 100, "tanh"),
+}
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus}
+
+
+def mlp_problem(suffix):
+    widths, batch, act = MLP_NETS[suffix]
     k_params, k_x, k_y, k_dir = jax.random.split(jax.random.PRNGKey(0), 4)
-    layers = dense_layers(k_params, [784, 256, 256, 10])
-    x = jax.random.normal(k_x, (64, 784), F32)
-    y = jax.random.randint(k_y, (64,), 0, 10)
+    layers = dense_layers(k_params, widths)
+    x = jax.random.normal(k_x, (batch, widths[0]), F32)
+    y = jax.random.randint(k_y, (batch,), 0, widths[-1])
     leaves, treedef = jax.tree_util.tree_flatten(layers)
     direction = [jax.random.normal(k, leaf.shape, F32) for k, leaf in zip(jax.random.split(k_dir, len(leaves)), leaves)]
-    loss = lambda p, x, y: cross_entropy(mlp_forward(p, x), y)
-    return loss, layers, x, y, jax.tree_util.tree_unflatten(treedef, direction)
+    f = ACTIVATIONS[act]
+    loss = lambda p, x, y: cross_entropy(mlp_forward(p, x, f), y)
+    params = {"sizes": widths, "batch": batch, "hidden": act}
+    return loss, layers, x, y, jax.tree_util.tree_unflatten(treedef, direction), params
 
 
-def run_mlp_grad():
-    loss, layers, x, y, _ = mlp_problem()
+def run_mlp_grad(suffix):
+    loss, layers, x, y, _, params = mlp_problem(suffix)
     res = time_jitted(jax.value_and_grad(loss), (layers, x, y))
-    res["params"] = {"sizes": [784, 256, 256, 10], "batch": 64}
+    res["params"] = params
     return res
 
 
-def run_mlp_hvp():
-    loss, layers, x, y, v = mlp_problem()
+def run_mlp_hvp(suffix):
+    loss, layers, x, y, v, params = mlp_problem(suffix)
 
     def hvp(p, v, x, y):  # forward-over-reverse: the JVP of the gradient
         return jax.jvp(lambda q: jax.grad(loss)(q, x, y), (p,), (v,))[1]
 
     res = time_jitted(hvp, (layers, v, x, y))
-    res["params"] = {"sizes": [784, 256, 256, 10], "batch": 64, "mode": "jvp(grad)"}
+    res["params"] = {**params, "mode": "jvp(grad)"}
     return res
 
 
@@ -340,7 +356,10 @@ def run_maml_conv4(r, mode):
 
 
 def configs():
-    table = {"mlp_grad": run_mlp_grad, "mlp_hvp": run_mlp_hvp}
+    table = {}
+    for suffix in MLP_NETS:
+        table[f"mlp_grad{suffix}"] = (lambda s=suffix: run_mlp_grad(s))
+        table[f"mlp_hvp{suffix}"] = (lambda s=suffix: run_mlp_hvp(s))
     for r in (1, 5, 10, 50, 200):
         for mode in ("exact", "first_order", "exact_remat", "exact_adam", "exact_lslr"):
             table[f"maml_sine:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_sine(r, mode))

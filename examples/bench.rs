@@ -22,10 +22,10 @@
 //! `kernel_family` (the small-product kernels in effect: `portable`, `avx2`
 //! or `avx512`; `TAPE_KERNELS` forces one, so one machine measures each);
 //! `fma_peak` (this machine's f32 FMA peak, measured, see [`fma_peak`]); for
-//! `mlp_hvp`, `hvp_over_grad` (the HVP's time over `mlp_grad`'s, from calls
-//! of the two made alternately in this process, after the timed calls:
-//! `bench/mlp.rs`); for
-//! `mlp_grad`, `gemm_macs_per_call` and `fma_peak_share` (2·GEMM
+//! `mlp_hvp*`, `hvp_over_grad` (the HVP's time over the gradient's of the
+//! same network, `mlp_grad*`, from calls of the two made alternately in this
+//! process, after the timed calls: `bench/mlp.rs`); for
+//! `mlp_grad*`, `gemm_macs_per_call` and `fma_peak_share` (2·GEMM
 //! multiply-adds per call / median time / peak: the share of the peak the
 //! whole call reaches, counting only its GEMM work); for `maml_conv4:*`,
 //! `conv4_gemms` (the four conv layers' forward GEMMs on the 80 query images,
@@ -338,14 +338,11 @@ fn conv4_gemms(peak_gflops: f64) -> Value {
 }
 
 fn configs() -> Vec<String> {
-    let mut c = vec![
-        "mlp_grad".to_string(),
-        "mlp_grad_unfused".to_string(),
-        "mlp_grad_tanh".to_string(),
-        "mlp_grad_tanh_unfused".to_string(),
-        "mlp_hvp".to_string(),
-        "mlp_hvp_full".to_string(),
-    ];
+    let models = bench_mlp::Net::SUFFIXES;
+    let mut c: Vec<String> = models.iter().map(|m| format!("mlp_grad{m}")).collect();
+    c.extend(["mlp_grad_unfused", "mlp_grad_tanh_unfused"].map(String::from));
+    c.extend(models.iter().map(|m| format!("mlp_hvp{m}")));
+    c.push("mlp_hvp_full".to_string());
     c.extend(bench_maml::configs());
     c
 }
@@ -356,11 +353,11 @@ fn main() {
         eprintln!("usage: bench CONFIG   (bench --list names them)");
         std::process::exit(2);
     };
-    if config == "mlp_hvp" && args.iter().any(|a| a == "--check") {
-        let rel = bench_mlp::check_hvp();
+    if config.starts_with("mlp_hvp") && args.iter().any(|a| a == "--check") {
+        let rel = bench_mlp::check_hvp(config);
         assert!(
             rel < 1e-4,
-            "mlp_hvp: H·v disagrees with the gradient difference"
+            "{config}: H·v disagrees with the gradient difference"
         );
         return;
     }
@@ -373,8 +370,13 @@ fn main() {
     let rss_at_start = proc_status_mib("VmRSS:");
     let mut workload: Box<dyn Bench> = match config.as_str() {
         c if bench_mlp::MlpGrad::layers(c).is_some() => Box::new(bench_mlp::MlpGrad::named(c)),
-        "mlp_hvp" => Box::new(bench_mlp::MlpHvp::new(false)),
-        "mlp_hvp_full" => Box::new(bench_mlp::MlpHvp::new(true)),
+        c if c.starts_with("mlp_hvp") => match bench_mlp::MlpHvp::named(c) {
+            Some(w) => Box::new(w),
+            None => {
+                eprintln!("unknown config {c:?}; `bench --list` names them");
+                std::process::exit(2);
+            }
+        },
         c => match bench_maml::workload(c) {
             Some(w) => w,
             None => {

@@ -1,6 +1,10 @@
-//! `mlp_grad` and `mlp_hvp`: MLP 784-256-256-10, ReLU, mean softmax
-//! cross-entropy on 64 samples (x ~ N(0, 1), labels uniform in 0..10), f32.
-//! Weights and biases start from U(−1/√fan_in, 1/√fan_in).
+//! The MLP configs: `mlp_grad` and `mlp_hvp` on the MLP 784-256-256-10 with
+//! ReLU, mean softmax cross-entropy on 64 samples (x ~ N(0, 1), labels
+//! uniform in 0..10), f32; weights and biases start from
+//! U(−1/√fan_in, 1/√fan_in). The same work on the networks users train
+//! ([`Net`]): `_tanh`, `_sigmoid` and `_softplus` hidden layers of the same
+//! widths, and `_deep`, 784-512-512-512-512-10 with tanh on 100 samples (a
+//! batch that no register tile divides).
 
 use hvp::{Objective, Workspace};
 use rand::{Rng, SeedableRng};
@@ -12,15 +16,98 @@ use tape::{Constant, Float, Real, Tape, Tensor, Var};
 
 use crate::{median, Bench};
 
-const SIZES: [usize; 4] = [784, 256, 256, 10];
-const BATCH: usize = 64;
+/// The hidden layers' activation of an MLP config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hidden {
+    Relu,
+    Tanh,
+    Sigmoid,
+    /// `ln(1 + eˣ)`: no [`Activation`] of its own, so `mlp_grad_softplus`
+    /// records the three ops per layer (what a user of this activation writes).
+    Softplus,
+}
 
-/// The loss as an [`Objective`]: inputs are `[w1, b1, w2, b2, w3, b3]`, the data
+impl Hidden {
+    /// `h = act(z)` by the tape's elementwise op.
+    fn apply<'t, T: Real>(self, z: Var<'t, T>) -> Var<'t, T> {
+        match self {
+            Hidden::Relu => z.relu(),
+            Hidden::Tanh => z.tanh(),
+            Hidden::Sigmoid => z.sigmoid(),
+            Hidden::Softplus => z.softplus(),
+        }
+    }
+
+    /// The [`Var::dense`] activation, if the node has this one.
+    fn dense(self) -> Option<Activation> {
+        match self {
+            Hidden::Relu => Some(Activation::Relu),
+            Hidden::Tanh => Some(Activation::Tanh),
+            Hidden::Sigmoid => Some(Activation::Sigmoid),
+            Hidden::Softplus => None,
+        }
+    }
+}
+
+/// The network and batch of an MLP config: layer widths (input first), the
+/// samples per call and the hidden activation (the last layer is linear).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Net {
+    widths: &'static [usize],
+    batch: usize,
+    hidden: Hidden,
+}
+
+/// The benchmark's network (`mlp_grad`, `mlp_hvp`).
+const BASE: [usize; 4] = [784, 256, 256, 10];
+/// `_deep`: deeper and wider layers.
+const DEEP: [usize; 6] = [784, 512, 512, 512, 512, 10];
+/// The most weights and biases of a [`Net`] (`_deep`'s).
+const MAX_PARAMS: usize = 2 * (DEEP.len() - 1);
+
+impl Net {
+    /// The network of a config's model suffix (`""`, `"_tanh"`,
+    /// `"_sigmoid"`, `"_softplus"`, `"_deep"`), if it is one.
+    fn of(suffix: &str) -> Option<Net> {
+        let net = |hidden| Net {
+            widths: &BASE,
+            batch: 64,
+            hidden,
+        };
+        Some(match suffix {
+            "" => net(Hidden::Relu),
+            "_tanh" => net(Hidden::Tanh),
+            "_sigmoid" => net(Hidden::Sigmoid),
+            "_softplus" => net(Hidden::Softplus),
+            "_deep" => Net {
+                widths: &DEEP,
+                batch: 100,
+                hidden: Hidden::Tanh,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The model suffixes of [`Net::of`], for `bench --list`.
+    pub(crate) const SUFFIXES: [&'static str; 5] = ["", "_tanh", "_sigmoid", "_softplus", "_deep"];
+
+    fn layers(&self) -> usize {
+        self.widths.len() - 1
+    }
+
+    fn json(&self, mode: &str) -> Value {
+        json!({"sizes": self.widths, "batch": self.batch, "hidden": format!("{:?}", self.hidden),
+            "mode": mode, "dtype": "f32"})
+    }
+}
+
+/// The loss as an [`Objective`]: inputs are `[w1, b1, w2, b2, …]`, the data
 /// are constants, shared with the tape (read in place, as JAX reads its
 /// argument; [`Tape::constant_shared`]).
 pub(crate) struct MlpLoss<F: Float = f32> {
     x: Constant<F>,
     labels: Vec<usize>,
+    net: Net,
 }
 
 impl<F: Float> Objective<F> for MlpLoss<F> {
@@ -30,82 +117,81 @@ impl<F: Float> Objective<F> for MlpLoss<F> {
 }
 
 impl<F: Float> MlpLoss<F> {
-    /// The loss with the data already on the tape as `x`.
+    /// The loss with the data already on the tape as `x`: per layer
+    /// `matmul`, `+` and the hidden activation (none on the last layer).
     fn on<'t, T: Real<Base = F>>(&self, x: Var<'t, T>, p: &[Var<'t, T>]) -> Var<'t, T> {
         let mut h = x;
-        for l in 0..3 {
+        let layers = self.net.layers();
+        for l in 0..layers {
             let z = h.matmul(p[2 * l]) + p[2 * l + 1];
-            h = if l < 2 { z.relu() } else { z };
-        }
-        h.softmax_cross_entropy(&self.labels)
-    }
-
-    /// The loss as `mlp_grad` records it: each layer one
-    /// [`Var::dense`] node, `act` on the hidden layers (the same values and
-    /// gradients as [`MlpLoss::on`]'s three ops per layer when `act` is
-    /// ReLU); `fused: false` writes the three ops (`matmul`, `+`, the
-    /// activation) instead, for comparison.
-    fn on_dense<'t>(
-        &self,
-        x: Var<'t, f32>,
-        p: &[Var<'t, f32>],
-        act: Activation,
-        fused: bool,
-    ) -> Var<'t, f32> {
-        let mut h = x;
-        for l in 0..3 {
-            let a = if l < 2 { act } else { Activation::Identity };
-            h = if fused {
-                h.dense(p[2 * l], p[2 * l + 1], a)
+            h = if l + 1 < layers {
+                self.net.hidden.apply(z)
             } else {
-                let z = h.matmul(p[2 * l]) + p[2 * l + 1];
-                match a {
-                    Activation::Identity => z,
-                    Activation::Relu => z.relu(),
-                    Activation::Tanh => z.tanh(),
-                    Activation::Sigmoid => z.sigmoid(),
-                }
+                z
             };
         }
         h.softmax_cross_entropy(&self.labels)
     }
 }
 
-fn params_json(mode: &str) -> Value {
-    json!({"sizes": SIZES, "batch": BATCH, "mode": mode, "dtype": "f32"})
+impl MlpLoss {
+    /// The loss as `mlp_grad` records it: each layer one [`Var::dense`]
+    /// node (the same values and gradients as [`MlpLoss::on`]'s three ops
+    /// per layer); `fused: false`, or an activation that has no [`Var::dense`]
+    /// form, writes the three ops (`matmul`, `+`, the activation) instead.
+    fn on_dense<'t>(&self, x: Var<'t, f32>, p: &[Var<'t, f32>], fused: bool) -> Var<'t, f32> {
+        let act = self.net.hidden.dense().filter(|_| fused);
+        let Some(act) = act else {
+            return self.on(x, p);
+        };
+        let mut h = x;
+        let layers = self.net.layers();
+        for l in 0..layers {
+            let a = if l + 1 < layers {
+                act
+            } else {
+                Activation::Identity
+            };
+            h = h.dense(p[2 * l], p[2 * l + 1], a);
+        }
+        h.softmax_cross_entropy(&self.labels)
+    }
 }
 
-/// Data, initial parameters and a random normal direction, from a fixed seed.
-fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
+/// Data, initial parameters and a random normal direction for `net`, from a
+/// fixed seed (drawn in this order, so the base network's numbers are those
+/// it has always had).
+fn setup(net: Net) -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut params = Vec::new();
-    for w in SIZES.windows(2) {
+    for w in net.widths.windows(2) {
         let (fan_in, fan_out) = (w[0], w[1]);
         let s = 1.0 / (fan_in as f32).sqrt();
         let u = Uniform::new(-s, s);
         params.push(Tensor::from_fn(&[fan_in, fan_out], |_| u.sample(&mut rng)));
         params.push(Tensor::from_fn(&[fan_out], |_| u.sample(&mut rng)));
     }
-    let x = Tensor::from_fn(&[BATCH, SIZES[0]], |_| StandardNormal.sample(&mut rng));
-    let labels = (0..BATCH).map(|_| rng.gen_range(0..SIZES[3])).collect();
+    let (inputs, classes) = (net.widths[0], net.widths[net.layers()]);
+    let x = Tensor::from_fn(&[net.batch, inputs], |_| StandardNormal.sample(&mut rng));
+    let labels = (0..net.batch).map(|_| rng.gen_range(0..classes)).collect();
     let v = params
         .iter()
         .map(|p| Tensor::from_fn(p.shape(), |_| StandardNormal.sample(&mut rng)))
         .collect();
     let x = Constant::new(x);
-    (MlpLoss { x, labels }, params, v)
+    (MlpLoss { x, labels, net }, params, v)
 }
 
 /// `mlp_grad`: loss and gradient of every weight and bias, by one reverse sweep
 /// on a reused tape; a steady-state call allocates nothing (the GEMMs'
 /// packing buffers are thread-local and kept). Each layer is one
-/// [`Var::dense`] node (product, bias and ReLU); `mlp_grad_unfused` records
-/// the three ops per layer instead (same bits), and `mlp_grad_tanh` /
-/// `mlp_grad_tanh_unfused` the same network with tanh hidden layers (not a
-/// JAX config: for our own before/after).
+/// [`Var::dense`] node (product, bias and activation); `mlp_grad_unfused`
+/// records the three ops per layer instead (same bits). `mlp_grad_tanh`,
+/// `_sigmoid`, `_softplus` and `_deep` are the other networks of [`Net`]
+/// (`_unfused` after the model suffix: `mlp_grad_tanh_unfused`).
 ///
-/// The data x and the six parameters (0.92 MB) are the tape's first leaves,
-/// recorded once: every call rewinds the tape to them
+/// The data x and the parameters (0.92 MB for the base network) are the
+/// tape's first leaves, recorded once: every call rewinds the tape to them
 /// ([`Tape::rewind`]) and records the loss on top, with no copy of the
 /// parameters into the tape. This is the API a training loop on this tape
 /// uses (it would take its step with [`Tape::rewind_updating`], writing
@@ -113,7 +199,6 @@ fn setup() -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
 /// reads its parameter and data arguments where they are.
 pub(crate) struct MlpGrad {
     loss: MlpLoss,
-    act: Activation,
     fused: bool,
     tape: Tape<f32>,
     norm_next: bool,
@@ -121,16 +206,15 @@ pub(crate) struct MlpGrad {
 }
 
 impl MlpGrad {
-    /// The hidden layers' activation and whether each layer is one node,
-    /// for config `name` (`mlp_grad[_tanh][_unfused]`), if it is one.
-    pub(crate) fn layers(name: &str) -> Option<(Activation, bool)> {
-        Some(match name {
-            "mlp_grad" => (Activation::Relu, true),
-            "mlp_grad_unfused" => (Activation::Relu, false),
-            "mlp_grad_tanh" => (Activation::Tanh, true),
-            "mlp_grad_tanh_unfused" => (Activation::Tanh, false),
-            _ => return None,
-        })
+    /// The network and whether each layer is one node, for config `name`
+    /// (`mlp_grad` + a [`Net`] suffix + an optional `_unfused`), if it is one.
+    pub(crate) fn layers(name: &str) -> Option<(Net, bool)> {
+        let model = name.strip_prefix("mlp_grad")?;
+        let (model, fused) = match model.strip_suffix("_unfused") {
+            Some(m) => (m, false),
+            None => (model, true),
+        };
+        Some((Net::of(model)?, fused))
     }
 
     /// The workload of config `name` ([`MlpGrad::layers`]).
@@ -138,12 +222,12 @@ impl MlpGrad {
     /// # Panics
     /// If `name` is not one of them.
     pub(crate) fn named(name: &str) -> Self {
-        let (act, fused) = Self::layers(name).expect("an mlp_grad config");
-        Self::new(act, fused)
+        let (net, fused) = Self::layers(name).expect("an mlp_grad config");
+        Self::new(net, fused)
     }
 
-    fn new(act: Activation, fused: bool) -> Self {
-        let (loss, params, _) = setup();
+    fn new(net: Net, fused: bool) -> Self {
+        let (loss, params, _) = setup(net);
         let tape = Tape::new();
         tape.constant_base(loss.x.value());
         for p in &params {
@@ -151,7 +235,6 @@ impl MlpGrad {
         }
         MlpGrad {
             loss,
-            act,
             fused,
             tape,
             norm_next: false,
@@ -162,32 +245,37 @@ impl MlpGrad {
 
 impl Bench for MlpGrad {
     fn params(&self) -> Value {
-        let mut p = params_json("value_and_grad");
-        p["activation"] = json!(format!("{:?}", self.act));
-        p["fused_layers"] = json!(self.fused);
+        let mut p = self.loss.net.json("value_and_grad");
+        p["fused_layers"] = json!(self.fused && self.loss.net.hidden.dense().is_some());
         p
     }
     /// Forward `x·W` of every layer, the weight gradients `hᵀ·ḡ` of every
     /// layer, and the input gradients `ḡ·Wᵀ` of all layers but the first (the
     /// data are constants): Σ B·in·out over those 8 products.
     fn gemm_macs(&self) -> Option<usize> {
-        let layer = |w: &[usize]| BATCH * w[0] * w[1];
-        let all: usize = SIZES.windows(2).map(layer).sum();
-        let first = layer(&SIZES[..2]);
+        let net = self.loss.net;
+        let layer = |w: &[usize]| net.batch * w[0] * w[1];
+        let all: usize = net.widths.windows(2).map(layer).sum();
+        let first = layer(&net.widths[..2]);
         Some(3 * all - first)
     }
     fn call(&mut self) -> f64 {
-        self.tape.rewind(1 + 6);
+        let n = 2 * self.loss.net.layers();
+        self.tape.rewind(1 + n);
         let t = &self.tape;
-        let vars: [Var<'_, f32>; 6] = std::array::from_fn(|i| t.var_at(1 + i));
-        let out = self.loss.on_dense(t.var_at(0), &vars, self.act, self.fused);
+        let mut vars = [t.var_at(0); MAX_PARAMS];
+        let vars = &mut vars[..n];
+        for (i, v) in vars.iter_mut().enumerate() {
+            *v = t.var_at(1 + i);
+        }
+        let out = self.loss.on_dense(t.var_at(0), vars, self.fused);
         t.backward(out);
         // The gradients stay in the tape's adjoint arena and are read in place
         // (`grad_ref`, no copy), as the last GEMM of JAX's program writes its
         // output buffer. Their squared norm is taken once, after the timed calls.
         if self.norm_next {
             let mut g2 = 0.0f64;
-            for v in &vars {
+            for v in vars.iter() {
                 let g = t.grad_ref(*v).expect("every parameter gets an adjoint");
                 g2 += g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
             }
@@ -216,6 +304,8 @@ impl Bench for MlpGrad {
 /// weight-gradient products are skipped). `mlp_hvp_full`: the same pass
 /// returning the value, the gradient and H·v (`Workspace::hvp_into`). Tapes
 /// and outputs are reused, so a steady-state call allocates nothing.
+/// `mlp_hvp_tanh`, `_sigmoid`, `_softplus` and `_deep`: H·v alone on the
+/// other networks of [`Net`].
 pub(crate) struct MlpHvp {
     loss: MlpLoss,
     params: Vec<Tensor<f32>>,
@@ -228,8 +318,17 @@ pub(crate) struct MlpHvp {
 }
 
 impl MlpHvp {
-    pub(crate) fn new(full: bool) -> Self {
-        let (loss, params, v) = setup();
+    /// The workload of config `name` (`mlp_hvp` + a [`Net`] suffix, or
+    /// `mlp_hvp_full`), if it is one.
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        if name == "mlp_hvp_full" {
+            return Some(Self::new(Net::of("")?, true));
+        }
+        Some(Self::new(Net::of(name.strip_prefix("mlp_hvp")?)?, false))
+    }
+
+    fn new(net: Net, full: bool) -> Self {
+        let (loss, params, v) = setup(net);
         let mut ws = Workspace::new();
         let out = ws.hvp(&loss, &params, &v);
         MlpHvp {
@@ -246,7 +345,7 @@ impl MlpHvp {
 
 impl Bench for MlpHvp {
     fn params(&self) -> Value {
-        params_json(if self.full {
+        self.loss.net.json(if self.full {
             "forward-over-reverse (dual reverse sweep): value, gradient and H·v"
         } else {
             "forward-over-reverse (dual reverse sweep): H·v only"
@@ -290,8 +389,8 @@ impl Bench for MlpHvp {
 const PAIRS: usize = 500;
 
 impl MlpHvp {
-    /// The HVP's time over the gradient's (`mlp_grad`, the same model and
-    /// data), from `pairs` calls of each made alternately in this process
+    /// The HVP's time over the gradient's (`mlp_grad` with this config's
+    /// network, the same data), from `pairs` calls of each made alternately in this process
     /// after 3 warm-up calls of each: `ratio_of_medians` = median(HVP) /
     /// median(gradient), and `median_ratio` = the median over the pairs of
     /// HVP / the gradient call just before it. A pair's two calls are
@@ -301,7 +400,7 @@ impl MlpHvp {
     /// runs with the other workload's data in the caches, so both times are
     /// those of a cache shared with other work.
     fn over_grad(&mut self, pairs: usize) -> Value {
-        let mut grad = MlpGrad::named("mlp_grad");
+        let mut grad = MlpGrad::new(self.loss.net, true);
         let timed = |f: &mut dyn FnMut() -> f64| {
             let t0 = std::time::Instant::now();
             let loss = f();
@@ -329,17 +428,26 @@ impl MlpHvp {
     }
 }
 
-/// `bench mlp_hvp --check`: the f32 H·v of the benchmark against the central
-/// difference of f64 gradients; prints the relative error to stderr. Not part of
-/// a timed run (the f64 tapes would inflate the peak RSS).
-pub(crate) fn check_hvp() -> f64 {
-    let (loss, params, v) = setup();
+/// `bench mlp_hvp --check` (or any `mlp_hvp*` config but `_full`): the f32
+/// H·v of the benchmark against the central difference of f64 gradients;
+/// prints the relative error to stderr. Not part of a timed run (the f64
+/// tapes would inflate the peak RSS).
+///
+/// # Panics
+/// If `name` is not an `mlp_hvp` config of [`MlpHvp::named`].
+pub(crate) fn check_hvp(name: &str) -> f64 {
+    let net = name
+        .strip_prefix("mlp_hvp")
+        .and_then(Net::of)
+        .unwrap_or_else(|| panic!("--check: {name:?} is not an mlp_hvp config"));
+    let (loss, params, v) = setup(net);
     // A check that the runner measures the right thing: the f32 H·v against the
     // central difference of f64 gradients (g(x + εv) − g(x − εv))/2ε. ε is tiny
     // so that (almost) no ReLU changes side between the two points.
     let loss64 = MlpLoss {
         x: Constant::new(loss.x.value().cast::<f64>()),
         labels: loss.labels.clone(),
+        net,
     };
     let eps = 1e-7;
     let shifted = |s: f64| -> Vec<Tensor<f64>> {
@@ -368,7 +476,7 @@ pub(crate) fn check_hvp() -> f64 {
     }
     let rel = (num / den).sqrt();
     eprintln!(
-        "mlp_hvp: |Hv - FD|/|Hv| = {:.2e} (f32 dual sweep vs central difference of f64 \
+        "{name}: |Hv - FD|/|Hv| = {:.2e} (f32 dual sweep vs central difference of f64 \
              gradients, eps = {eps:e})",
         rel
     );

@@ -33,10 +33,20 @@ const SPIN: Duration = Duration::from_micros(50);
 /// 200 µs; with a busy loop on the other core, two threads 6 % slower than one.
 const SERVE_SPIN: Duration = Duration::from_micros(200);
 
-/// A wait this long for the second thread's last chunk means the system took
-/// its core away in the middle of a chunk (the caller waits for at most one
-/// chunk, ≤ ~140 µs on one AVX2 core): the machine is busy.
+/// A wait for the second thread's last chunk this long, and longer than
+/// [`STALL_CHUNKS`] of the caller's own chunks, means the system took its core
+/// away in the middle of a chunk: the machine is busy. (The chunks of one job
+/// are about equal, so the caller waits for at most about one chunk: ≤ ~140 µs
+/// on one AVX2 core for the MLP benchmark's products, but ~260 µs for a
+/// `[100, 512]·[512, 512]` product's quarter, and more for larger products,
+/// whose chunks grow with them. With this floor alone, such waits were taken
+/// for stalls and a deeper, wider MLP ran most of its products on one thread:
+/// `docs/benchmarks.md`, "users' networks".)
 const STALL: Duration = Duration::from_micros(200);
+
+/// A wait is a stall only if it is also longer than this many of the
+/// caller's longest chunk of the job ([`STALL`]).
+const STALL_CHUNKS: u32 = 2;
 
 /// After a [`STALL`], every job runs on its caller alone for this long: on a
 /// machine whose cores are all taken, a thread that loses its core mid-chunk
@@ -208,14 +218,18 @@ fn serve() {
 }
 
 /// Runs `job(i, there)` for chunks `i < chunks` taken from [`Second::next`]
-/// until none is left (`there`: on the second thread).
-fn chunks_of<J: Fn(usize, bool) + Sync>(job: &J, chunks: usize, there: bool) {
+/// until none is left (`there`: on the second thread); the longest of them
+/// (zero if none was left).
+fn chunks_of<J: Fn(usize, bool) + Sync>(job: &J, chunks: usize, there: bool) -> Duration {
+    let mut longest = Duration::ZERO;
     loop {
         let i = SECOND.next.fetch_add(1, Ordering::Relaxed);
         if i >= chunks {
-            return;
+            return longest;
         }
+        let t0 = Instant::now();
         job(i, there);
+        longest = longest.max(t0.elapsed());
     }
 }
 
@@ -228,14 +242,22 @@ unsafe fn take<J: Fn(usize, bool) + Sync>(data: *const (), chunks: usize) {
     chunks_of(unsafe { &*data.cast::<J>() }, chunks, true);
 }
 
+/// The shortest wait for the second thread's last chunk that is a stall,
+/// when the caller's longest chunk of the job took `longest`: [`STALL`], or
+/// [`STALL_CHUNKS`] of `longest` if that is longer.
+fn stall_after(longest: Duration) -> Duration {
+    STALL.max(longest.saturating_mul(STALL_CHUNKS))
+}
+
 /// A posted task: dropping it (also while unwinding) takes the task back or
 /// waits for the second thread to finish it, then frees the mailbox.
 struct Claim;
 
 impl Claim {
     /// Takes the posted task back if the second thread has not taken it
-    /// (`None`), else waits for it: whether it panicked.
-    fn finish(&self) -> Option<bool> {
+    /// (`None`), else waits for it: whether it panicked. A wait of `stall` or
+    /// longer starts a [`BACKOFF`].
+    fn finish(&self, stall: Duration) -> Option<bool> {
         let mut st = lock();
         if st.task.take().is_some() {
             SECOND.posted.store(false, Ordering::Relaxed);
@@ -257,7 +279,7 @@ impl Claim {
         }
         st.done = false;
         SECOND.done.store(false, Ordering::Relaxed);
-        if t0.elapsed() >= STALL {
+        if t0.elapsed() >= stall {
             let until = now_ns().saturating_add(BACKOFF.as_nanos() as u64);
             ALONE_UNTIL.store(until, Ordering::Relaxed);
         }
@@ -267,7 +289,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(STALL);
         SECOND.taken.store(false, Ordering::Release);
     }
 }
@@ -276,7 +298,9 @@ impl Drop for Claim {
 /// (`there` false) and at the same time on the second thread (`there` true),
 /// each taking the next chunk left, and returns when all have returned; all
 /// on this thread when another caller is using the second thread, it could
-/// not be started, or within [`BACKOFF`] of a [`STALL`]. A panic in a chunk is passed on after the other thread's
+/// not be started, or within [`BACKOFF`] of a stall (a wait for the second
+/// thread's last chunk of at least [`STALL`] and [`STALL_CHUNKS`] of the
+/// caller's longest). A panic in a chunk is passed on after the other thread's
 /// chunks have ended.
 pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
     let started = *STARTED.get_or_init(|| {
@@ -317,8 +341,8 @@ pub(crate) fn share<J: Fn(usize, bool) + Sync>(chunks: usize, job: &J) {
         SECOND.wake.notify_one();
     }
     let claim = Claim;
-    chunks_of(job, chunks, false);
-    let outcome = claim.finish();
+    let longest = chunks_of(job, chunks, false);
+    let outcome = claim.finish(stall_after(longest));
     // The task is finished or taken back (its chunks all done here): nothing
     // for `drop` to wait for.
     std::mem::forget(claim);
@@ -397,10 +421,22 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::share;
+    use super::{share, stall_after, STALL};
     use std::panic::AssertUnwindSafe;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
+
+    /// A wait for the other thread's last chunk is a stall only past both
+    /// the floor and two of the caller's chunks: a chunk of a large product
+    /// takes longer than the floor, and waiting for one is not a stall.
+    #[test]
+    fn a_stall_is_a_wait_longer_than_the_floor_and_two_chunks() {
+        let us = Duration::from_micros;
+        assert_eq!(stall_after(Duration::ZERO), STALL);
+        assert_eq!(stall_after(us(60)), us(200));
+        assert_eq!(stall_after(us(260)), us(520));
+        assert_eq!(stall_after(Duration::MAX), Duration::MAX);
+    }
 
     /// Every chunk runs once, however many threads call at once.
     #[test]
