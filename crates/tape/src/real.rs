@@ -185,6 +185,18 @@ pub trait Real:
         }
     }
 
+    /// Kernel hook: `x ← x.sigmoid()` over a slice, bit for bit
+    /// [`Real::sigmoid`]. `f32` and `f64` run a loop vectorised at the active
+    /// family's width (`kernels/vmath.rs`); duals run their primal parts
+    /// through their parts' type in stack chunks; the default is the scalar
+    /// loop.
+    #[doc(hidden)]
+    fn sigmoid_slice(xs: &mut [Self]) {
+        for x in xs.iter_mut() {
+            *x = x.sigmoid();
+        }
+    }
+
     /// Kernel hook: [`Real::simd_gemm`] for dual matrices whose parts are `Self`.
     #[doc(hidden)]
     fn dual_simd_gemm(_p: &mut Product<'_, Dual<Self>>) -> bool {
@@ -235,7 +247,7 @@ pub trait Float: Real<Base = Self> + Display {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $name:literal, $sps:ident, $slice:ident, $tanh:path, $tanh_slice:path) => {
+    ($t:ty, $bits:ty, $name:literal, $sps:ident, $slice:ident, $sig_slice:ident, $tanh:path, $tanh_slice:path) => {
         impl Real for $t {
             type Base = $t;
             #[inline]
@@ -309,6 +321,9 @@ macro_rules! impl_float {
             fn tanh_slice(xs: &mut [Self]) {
                 $tanh_slice(xs)
             }
+            fn sigmoid_slice(xs: &mut [Self]) {
+                kernels::vmath::$sig_slice(xs)
+            }
             fn simd_gemm(p: &mut Product<'_, $t>) -> bool {
                 kernels::thin::real(p) || kernels::simd::real(p)
             }
@@ -347,6 +362,7 @@ impl_float!(
     "f32",
     softplus_sigmoid_f32,
     softplus_sigmoid_slice_f32,
+    sigmoid_slice_f32,
     kernels::vmath::tanh_f32,
     kernels::vmath::tanh_slice_f32
 );
@@ -356,6 +372,7 @@ impl_float!(
     "f64",
     softplus_sigmoid,
     softplus_sigmoid_slice_f64,
+    sigmoid_slice_f64,
     f64::tanh,
     kernels::vmath::tanh_slice_f64
 );
@@ -603,6 +620,14 @@ impl<T: Real> Real for Dual<T> {
             }
         }
     }
+    fn tanh_slice(xs: &mut [Self]) {
+        // As [`Real::tanh`] per element, the primal parts through `T`'s hook.
+        primal_chunks(xs, T::tanh_slice, |t| T::one() - t * t);
+    }
+    fn sigmoid_slice(xs: &mut [Self]) {
+        // As [`Real::sigmoid`] per element, the primal parts through `T`'s hook.
+        primal_chunks(xs, T::sigmoid_slice, |s| s * (T::one() - s));
+    }
 
     fn simd_gemm(p: &mut Product<'_, Self>) -> bool {
         T::dual_simd_gemm(p)
@@ -615,6 +640,25 @@ impl<T: Real> Real for Dual<T> {
     }
     fn large_tangent_gemm(p: Product<'_, Self>) {
         T::dual_large_tangent_gemm(p)
+    }
+}
+
+/// `x ← x.chain(f(x.v), f′)` over a slice of duals, where `f` runs on
+/// primal parts in place (`T`'s slice hook) and `f′ = deriv(f(x.v))`: the
+/// primal parts go through `f` 64 at a time on the stack.
+#[inline(always)]
+fn primal_chunks<T: Real>(xs: &mut [Dual<T>], f: fn(&mut [T]), deriv: impl Fn(T) -> T) {
+    const CHUNK: usize = 64;
+    let mut v = [T::zero(); CHUNK];
+    for xc in xs.chunks_mut(CHUNK) {
+        let v = &mut v[..xc.len()];
+        for (vi, x) in v.iter_mut().zip(xc.iter()) {
+            *vi = x.v;
+        }
+        f(v);
+        for (x, &y) in xc.iter_mut().zip(v.iter()) {
+            *x = x.chain(y, deriv(y));
+        }
     }
 }
 
@@ -669,6 +713,64 @@ mod tests {
         let x = Dual::new(Dual::new(2.0_f64, 1.0), Dual::new(1.0, 0.0));
         let y = x * x * x;
         assert_eq!(y.d.d, 12.0);
+    }
+
+    /// The slice hooks `tanh_slice` and `sigmoid_slice` give the scalar
+    /// op's bits on every element, for `f32`, `f64`, their duals (primal
+    /// parts in chunks of 64: lengths around the chunk) and nested duals
+    /// (the default loop), over both signs, ±0, tiny and huge values, ±∞ and
+    /// NaN; the duals' tangents vary along the slice.
+    #[test]
+    fn tanh_and_sigmoid_slices_give_the_scalar_bits() {
+        fn check<T: Real + Debug>(make: impl Fn(f64, usize) -> T) {
+            let base = [
+                0.0,
+                -0.0,
+                1e-30,
+                -1e-5,
+                0.3,
+                -0.7,
+                1.0,
+                2.5,
+                -4.0,
+                9.5,
+                -20.0,
+                40.0,
+                800.0,
+                -800.0,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::NAN,
+            ];
+            for n in [0, 1, 17, 63, 64, 65, 130] {
+                let xs: Vec<T> = (0..n)
+                    .map(|i| make(base[i % base.len()] * (1.0 + i as f64 / 64.0), i))
+                    .collect();
+                type Hook<T> = (fn(&mut [T]), fn(T) -> T, &'static str);
+                let hooks: [Hook<T>; 2] = [
+                    (T::tanh_slice, T::tanh, "tanh"),
+                    (T::sigmoid_slice, T::sigmoid, "sigmoid"),
+                ];
+                for (slice, scalar, name) in hooks {
+                    let mut ys = xs.clone();
+                    slice(&mut ys);
+                    for (i, (x, y)) in xs.iter().zip(&ys).enumerate() {
+                        let want = scalar(*x);
+                        // `{:?}` shows every part, −0 as `-0.0` and NaN as `NaN`.
+                        assert_eq!(
+                            format!("{y:?}"),
+                            format!("{want:?}"),
+                            "{name}_slice, length {n}, element {i} ({x:?})"
+                        );
+                    }
+                }
+            }
+        }
+        check(|x, _| x);
+        check(|x, _| x as f32);
+        check(|x, i| Dual::new(x, 0.25 * i as f64 - 3.0));
+        check(|x, i| Dual::new(x as f32, 1.5 - 0.125 * i as f32));
+        check(|x, i| Dual::new(Dual::new(x, 1.0), Dual::new(0.5 * i as f64, -1.0)));
     }
 
     /// `softplus_sigmoid` (one exponential) is bit for bit `(softplus,

@@ -198,6 +198,27 @@ macro_rules! slice_fn {
 slice_fn!(softplus_sigmoid_slice_f64, f64, softplus_sigmoid);
 slice_fn!(softplus_sigmoid_slice_f32, f32, softplus_sigmoid_f32);
 
+macro_rules! sigmoid_slice_fn {
+    ($name:ident, $t:ty, $scalar:ident) => {
+        /// `x ← σ(x)` over a slice, bit for bit the σ of the scalar
+        /// function (`crate::Real::sigmoid` of the type), vectorised for the
+        /// active family's width ([`super::wide::wide!`]); the softplus that
+        /// the scalar function also returns is not computed.
+        pub(crate) fn $name(xs: &mut [$t]) {
+            #[inline(always)]
+            fn body(xs: &mut [$t]) {
+                for x in xs.iter_mut() {
+                    *x = $scalar(*x).1;
+                }
+            }
+            super::wide::wide!(body<>(xs: &mut [$t]) -> ())
+        }
+    };
+}
+
+sigmoid_slice_fn!(sigmoid_slice_f64, f64, softplus_sigmoid);
+sigmoid_slice_fn!(sigmoid_slice_f32, f32, softplus_sigmoid_f32);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,7 +430,23 @@ mod tests {
                     xs[i]
                 );
             }
+            let mut sig = xs[..n].to_vec();
+            sigmoid_slice_f64(&mut sig);
+            for i in 0..n {
+                let b = softplus_sigmoid(xs[i]).1;
+                assert!(ulps(b, sig[i]) == 0, "sigmoid slice f64 at {}", xs[i]);
+            }
             let x32: Vec<f32> = xs[..n].iter().map(|&x| x as f32).collect();
+            let mut sig = x32.clone();
+            sigmoid_slice_f32(&mut sig);
+            for i in 0..n {
+                let b = softplus_sigmoid_f32(x32[i]).1;
+                assert!(
+                    b.to_bits() == sig[i].to_bits() || b.is_nan() && sig[i].is_nan(),
+                    "sigmoid slice f32 at {}",
+                    x32[i]
+                );
+            }
             let (mut sp, mut s) = (vec![0.0; n], vec![0.0; n]);
             softplus_sigmoid_slice_f32(&x32, &mut sp, &mut s);
             for i in 0..n {

@@ -89,7 +89,13 @@ fn bias_act<T: Real>(y: &mut [T], b: &[T], act: Activation) {
                 T::tanh_slice(row);
             }
         }
-        Activation::Sigmoid => rows(y, b, |z| z.sigmoid()),
+        // As tanh: the row's σ in one call (`Real::sigmoid_slice`).
+        Activation::Sigmoid => {
+            for row in y.chunks_exact_mut(n) {
+                rows(row, b, |z| z);
+                T::sigmoid_slice(row);
+            }
+        }
     });
 }
 

@@ -682,6 +682,23 @@ fn unary<'t, T: Real>(op: Op, x: Var<'t, T>) -> Var<'t, T> {
             T::softplus_sigmoid_slice(xs, f.out, &mut f.aux[a0..]);
         });
     }
+    if matches!(op, Op::Tanh | Op::Sigmoid) {
+        // The element type's slice hook (`Real::tanh_slice`,
+        // `Real::sigmoid_slice`: the bits of `tanh` or `sigmoid` on each
+        // element, vectorised for `f32`, `f64` and their duals' primal parts).
+        let slice: fn(&mut [T]) = if op == Op::Tanh {
+            T::tanh_slice
+        } else {
+            T::sigmoid_slice
+        };
+        return x.tape.record_overwrite(op, &[x], x.shape(), |f| {
+            let xs = f.x(0);
+            parts_mut(f.out, 1, xs.len(), &|r, out| {
+                out.copy_from_slice(&xs[r]);
+                slice(out);
+            })
+        });
+    }
     let op2 = op.clone();
     x.tape.record_overwrite(op, &[x], x.shape(), |f| {
         let xs = f.x(0);
