@@ -291,7 +291,25 @@ MLP_NETS = {
     "_sigmoid": (BASE, 64, "sigmoid"),
     "_softplus": (BASE, 64, "softplus"),
     "_deep": ([784, 512, 512, 512, 512, 10], 100, "tanh"),
+    "_bn": (BASE, 64, "relu"),
 }
+# Nets with a batch-norm (training mode) between each hidden affine map and its activation.
+MLP_NORM = {"_bn"}
+BN_EPS = 1e-5
+
+
+def batch_norm(z, gamma, beta):
+    """Training mode: the batch's mean and biased variance over axis 0."""
+    mean = jnp.mean(z, axis=0)
+    var = jnp.mean(jnp.square(z - mean), axis=0)
+    return (z - mean) / jnp.sqrt(var + BN_EPS) * gamma + beta
+
+
+def mlp_bn_forward(layers, x, act):
+    *hidden, (w_out, b_out) = layers
+    for w, b, gamma, beta in hidden:
+        x = act(batch_norm(x @ w + b, gamma, beta))
+    return x @ w_out + b_out
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus}
 
 
@@ -299,13 +317,19 @@ def mlp_problem(suffix):
     widths, batch, act = MLP_NETS[suffix]
     k_params, k_x, k_y, k_dir = jax.random.split(jax.random.PRNGKey(0), 4)
     layers = dense_layers(k_params, widths)
+    norm = suffix in MLP_NORM
+    if norm:  # gamma = 1, beta = 0 for each hidden layer
+        layers = [(w, b, jnp.ones_like(b), jnp.zeros_like(b)) for w, b in layers[:-1]] + layers[-1:]
     x = jax.random.normal(k_x, (batch, widths[0]), F32)
     y = jax.random.randint(k_y, (batch,), 0, widths[-1])
     leaves, treedef = jax.tree_util.tree_flatten(layers)
     direction = [jax.random.normal(k, leaf.shape, F32) for k, leaf in zip(jax.random.split(k_dir, len(leaves)), leaves)]
     f = ACTIVATIONS[act]
-    loss = lambda p, x, y: cross_entropy(mlp_forward(p, x, f), y)
+    forward = mlp_bn_forward if norm else mlp_forward
+    loss = lambda p, x, y: cross_entropy(forward(p, x, f), y)
     params = {"sizes": widths, "batch": batch, "hidden": act}
+    if norm:
+        params["norm"] = {"batch_norm": "training mode", "eps": BN_EPS}
     return loss, layers, x, y, jax.tree_util.tree_unflatten(treedef, direction), params
 
 

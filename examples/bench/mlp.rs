@@ -3,8 +3,10 @@
 //! uniform in 0..10), f32; weights and biases start from
 //! U(−1/√fan_in, 1/√fan_in). The same work on the networks users train
 //! ([`Net`]): `_tanh`, `_sigmoid` and `_softplus` hidden layers of the same
-//! widths, and `_deep`, 784-512-512-512-512-10 with tanh on 100 samples (a
-//! batch that no register tile divides).
+//! widths, `_deep`, 784-512-512-512-512-10 with tanh on 100 samples (a
+//! batch that no register tile divides), and `_bn`, the base network with a
+//! batch-norm (training mode, ε = 1e-5, γ = 1, β = 0 at the start) between
+//! each hidden layer's affine map and its ReLU.
 
 use hvp::{Objective, Workspace};
 use rand::{Rng, SeedableRng};
@@ -50,29 +52,45 @@ impl Hidden {
 }
 
 /// The network and batch of an MLP config: layer widths (input first), the
-/// samples per call and the hidden activation (the last layer is linear).
+/// samples per call, the hidden activation (the last layer is linear) and
+/// whether a batch-norm sits between each hidden affine map and its
+/// activation (parameters `[w, b, γ, β]` per hidden layer, `[w, b]` last).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Net {
     widths: &'static [usize],
     batch: usize,
     hidden: Hidden,
+    norm: bool,
 }
+
+/// The batch-norm's ε in `_bn` (PyTorch's and Flax's default).
+const BN_EPS: f64 = 1e-5;
 
 /// The benchmark's network (`mlp_grad`, `mlp_hvp`).
 const BASE: [usize; 4] = [784, 256, 256, 10];
 /// `_deep`: deeper and wider layers.
 const DEEP: [usize; 6] = [784, 512, 512, 512, 512, 10];
-/// The most weights and biases of a [`Net`] (`_deep`'s).
-const MAX_PARAMS: usize = 2 * (DEEP.len() - 1);
+/// The most parameter tensors of a [`Net`] (`_deep`'s weights and biases,
+/// or `_bn`'s with its γ and β).
+const MAX_PARAMS: usize = {
+    let deep = 2 * (DEEP.len() - 1);
+    let bn = 4 * (BASE.len() - 2) + 2;
+    if deep > bn {
+        deep
+    } else {
+        bn
+    }
+};
 
 impl Net {
     /// The network of a config's model suffix (`""`, `"_tanh"`,
-    /// `"_sigmoid"`, `"_softplus"`, `"_deep"`), if it is one.
+    /// `"_sigmoid"`, `"_softplus"`, `"_deep"`, `"_bn"`), if it is one.
     fn of(suffix: &str) -> Option<Net> {
         let net = |hidden| Net {
             widths: &BASE,
             batch: 64,
             hidden,
+            norm: false,
         };
         Some(match suffix {
             "" => net(Hidden::Relu),
@@ -83,21 +101,46 @@ impl Net {
                 widths: &DEEP,
                 batch: 100,
                 hidden: Hidden::Tanh,
+                norm: false,
+            },
+            "_bn" => Net {
+                norm: true,
+                ..net(Hidden::Relu)
             },
             _ => return None,
         })
     }
 
     /// The model suffixes of [`Net::of`], for `bench --list`.
-    pub(crate) const SUFFIXES: [&'static str; 5] = ["", "_tanh", "_sigmoid", "_softplus", "_deep"];
+    pub(crate) const SUFFIXES: [&'static str; 6] =
+        ["", "_tanh", "_sigmoid", "_softplus", "_deep", "_bn"];
 
     fn layers(&self) -> usize {
         self.widths.len() - 1
     }
 
+    /// Parameter tensors per hidden layer: w, b, and γ, β with a batch-norm.
+    fn per_hidden(&self) -> usize {
+        if self.norm {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The number of parameter tensors.
+    fn params(&self) -> usize {
+        self.per_hidden() * (self.layers() - 1) + 2
+    }
+
     fn json(&self, mode: &str) -> Value {
+        let norm = if self.norm {
+            json!({"batch_norm": "training mode", "eps": BN_EPS})
+        } else {
+            Value::Null
+        };
         json!({"sizes": self.widths, "batch": self.batch, "hidden": format!("{:?}", self.hidden),
-            "mode": mode, "dtype": "f32"})
+            "norm": norm, "mode": mode, "dtype": "f32"})
     }
 }
 
@@ -118,16 +161,20 @@ impl<F: Float> Objective<F> for MlpLoss<F> {
 
 impl<F: Float> MlpLoss<F> {
     /// The loss with the data already on the tape as `x`: per layer
-    /// `matmul`, `+` and the hidden activation (none on the last layer).
+    /// `matmul`, `+`, the batch-norm if the net has one, and the hidden
+    /// activation (neither on the last layer).
     fn on<'t, T: Real<Base = F>>(&self, x: Var<'t, T>, p: &[Var<'t, T>]) -> Var<'t, T> {
         let mut h = x;
-        let layers = self.net.layers();
+        let (layers, per) = (self.net.layers(), self.net.per_hidden());
         for l in 0..layers {
-            let z = h.matmul(p[2 * l]) + p[2 * l + 1];
-            h = if l + 1 < layers {
-                self.net.hidden.apply(z)
-            } else {
+            let q = &p[per * l..];
+            let z = h.matmul(q[0]) + q[1];
+            h = if l + 1 == layers {
                 z
+            } else if self.net.norm {
+                self.net.hidden.apply(z.batch_norm(q[2], q[3], BN_EPS))
+            } else {
+                self.net.hidden.apply(z)
             };
         }
         h.softmax_cross_entropy(&self.labels)
@@ -139,20 +186,25 @@ impl MlpLoss {
     /// node (the same values and gradients as [`MlpLoss::on`]'s three ops
     /// per layer); `fused: false`, or an activation that has no [`Var::dense`]
     /// form, writes the three ops (`matmul`, `+`, the activation) instead.
+    /// With batch-norms, a hidden layer is `dense` without activation, the
+    /// batch-norm, then the activation's op.
     fn on_dense<'t>(&self, x: Var<'t, f32>, p: &[Var<'t, f32>], fused: bool) -> Var<'t, f32> {
         let act = self.net.hidden.dense().filter(|_| fused);
         let Some(act) = act else {
             return self.on(x, p);
         };
         let mut h = x;
-        let layers = self.net.layers();
+        let (layers, per) = (self.net.layers(), self.net.per_hidden());
         for l in 0..layers {
-            let a = if l + 1 < layers {
-                act
+            let q = &p[per * l..];
+            h = if l + 1 == layers {
+                h.dense(q[0], q[1], Activation::Identity)
+            } else if self.net.norm {
+                let z = h.dense(q[0], q[1], Activation::Identity);
+                self.net.hidden.apply(z.batch_norm(q[2], q[3], BN_EPS))
             } else {
-                Activation::Identity
+                h.dense(q[0], q[1], act)
             };
-            h = h.dense(p[2 * l], p[2 * l + 1], a);
         }
         h.softmax_cross_entropy(&self.labels)
     }
@@ -164,12 +216,16 @@ impl MlpLoss {
 fn setup(net: Net) -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut params = Vec::new();
-    for w in net.widths.windows(2) {
+    for (l, w) in net.widths.windows(2).enumerate() {
         let (fan_in, fan_out) = (w[0], w[1]);
         let s = 1.0 / (fan_in as f32).sqrt();
         let u = Uniform::new(-s, s);
         params.push(Tensor::from_fn(&[fan_in, fan_out], |_| u.sample(&mut rng)));
         params.push(Tensor::from_fn(&[fan_out], |_| u.sample(&mut rng)));
+        if net.norm && l + 1 < net.layers() {
+            params.push(Tensor::from_fn(&[fan_out], |_| 1.0));
+            params.push(Tensor::zeros([fan_out]));
+        }
     }
     let (inputs, classes) = (net.widths[0], net.widths[net.layers()]);
     let x = Tensor::from_fn(&[net.batch, inputs], |_| StandardNormal.sample(&mut rng));
@@ -187,7 +243,7 @@ fn setup(net: Net) -> (MlpLoss, Vec<Tensor<f32>>, Vec<Tensor<f32>>) {
 /// packing buffers are thread-local and kept). Each layer is one
 /// [`Var::dense`] node (product, bias and activation); `mlp_grad_unfused`
 /// records the three ops per layer instead (same bits). `mlp_grad_tanh`,
-/// `_sigmoid`, `_softplus` and `_deep` are the other networks of [`Net`]
+/// `_sigmoid`, `_softplus`, `_deep` and `_bn` are the other networks of [`Net`]
 /// (`_unfused` after the model suffix: `mlp_grad_tanh_unfused`).
 ///
 /// The data x and the parameters (0.92 MB for the base network) are the
@@ -260,7 +316,7 @@ impl Bench for MlpGrad {
         Some(3 * all - first)
     }
     fn call(&mut self) -> f64 {
-        let n = 2 * self.loss.net.layers();
+        let n = self.loss.net.params();
         self.tape.rewind(1 + n);
         let t = &self.tape;
         let mut vars = [t.var_at(0); MAX_PARAMS];
@@ -304,7 +360,7 @@ impl Bench for MlpGrad {
 /// weight-gradient products are skipped). `mlp_hvp_full`: the same pass
 /// returning the value, the gradient and H·v (`Workspace::hvp_into`). Tapes
 /// and outputs are reused, so a steady-state call allocates nothing.
-/// `mlp_hvp_tanh`, `_sigmoid`, `_softplus` and `_deep`: H·v alone on the
+/// `mlp_hvp_tanh`, `_sigmoid`, `_softplus`, `_deep` and `_bn`: H·v alone on the
 /// other networks of [`Net`].
 pub(crate) struct MlpHvp {
     loss: MlpLoss,
