@@ -12,7 +12,8 @@
 //! | logistic loss | `logistic.rs` | mean_softplus_matmul (mean softplus(X·W) per column, in one node) |
 //! | batched (a stack of B small problems) | `batched.rs` | batched_matmul_t, batched_bias_add, batched_affine, batched_affine_relu, tile_batch |
 //! | shape | `shape_ops.rs` | reshape, permute/transpose, broadcast_to, slice, concat, index_select, gather, detach |
-//! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool, batch-norm |
+//! | networks | `nn.rs` | log_softmax, softmax cross-entropy, MSE, conv2d, max/avg pool |
+//! | normalisation | `norm.rs` | batch_norm (training mode, in one node) |
 
 use crate::real::Real;
 use crate::shape::Shape;
@@ -24,6 +25,7 @@ pub mod elementwise;
 pub mod linalg;
 pub mod logistic;
 pub mod nn;
+pub mod norm;
 pub mod reduce;
 pub mod shape_ops;
 
@@ -131,6 +133,9 @@ pub(crate) enum Op {
         k: usize,
         stride: usize,
     },
+    /// Batch-norm in training mode over axis 1; x̂ and the per-channel
+    /// 1/√(σ² + ε) saved in `aux`.
+    BatchNorm,
 }
 
 impl Op {
@@ -188,6 +193,7 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::MaxPool2d { .. } => "max_pool2d",
             Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::BatchNorm => "batch_norm",
         }
     }
 }
@@ -299,5 +305,6 @@ pub(crate) fn vjp<T: Real>(b: &mut Bwd<'_, T>) {
         Conv2d { stride, pad } => nn::conv2d_vjp(b, stride, pad),
         MaxPool2d { .. } => nn::max_pool2d_vjp(b),
         AvgPool2d { k, stride } => nn::avg_pool2d_vjp(b, k, stride),
+        BatchNorm => norm::batch_norm_vjp(b),
     }
 }

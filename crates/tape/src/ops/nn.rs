@@ -8,7 +8,8 @@
 //! | `conv2d(w, s, p)` | im2col of a chunk of samples, then one GEMM W·cols per chunk | ḡW = Σ g·colsᵀ, ḡx = col2im(Wᵀ·g), one GEMM each per chunk |
 //! | `max_pool2d(k, s)` | window max (argmax saved) | g to the argmax |
 //! | `avg_pool2d(k, s)` | window mean | g/k² to each window element |
-//! | `batch_norm` | composite: (x − μ)/√(σ² + ε)·γ + β with batch statistics | through the statistics, by composition |
+//!
+//! Batch-norm has its own file (`norm.rs`).
 //!
 //! The stabilising max of the softmax is taken on primal values; the formulas are
 //! exact for any shift, so tangents are unaffected.
@@ -865,35 +866,6 @@ impl<'t, T: Real> Var<'t, T> {
                     }
                 }
             })
-    }
-
-    /// Batch normalisation in training mode: normalises with the batch mean and
-    /// (biased) variance over every axis but the channel axis 1, then scales by
-    /// `gamma` and shifts by `beta` (both `[c]`). Differentiated through the
-    /// statistics. Works on `[n, c]` and `[n, c, h, w]`.
-    ///
-    /// y = (x − μ)/√(σ² + ε)·γ + β
-    ///
-    /// # Panics
-    /// If `x` is not rank 2 or 4, or `gamma`/`beta` are not `[c]`.
-    #[track_caller]
-    pub fn batch_norm(self, gamma: Var<'t, T>, beta: Var<'t, T>, eps: f64) -> Var<'t, T> {
-        let s = self.shape();
-        check_shapes!(s.rank() == 2 || s.rank() == 4, "batch_norm", ["x" => s], "expected [n, c] or [n, c, h, w]");
-        let c = s.dim(1);
-        for (name, p) in [("gamma", gamma.shape()), ("beta", beta.shape())] {
-            check_shapes!(p.dims() == [c], "batch_norm", ["x" => s, name => p], "expected [{c}]");
-        }
-        let (axes, bshape): (&[usize], Shape) = if s.rank() == 2 {
-            (&[0], Shape::new(&[1, c]))
-        } else {
-            (&[0, 2, 3], Shape::new(&[1, c, 1, 1]))
-        };
-        let mean = self.mean_axes(axes, true);
-        let xc = self - mean;
-        let var = xc.square().mean_axes(axes, true);
-        let xhat = xc / var.add_scalar(eps).sqrt();
-        xhat * gamma.reshape(bshape) + beta.reshape(bshape)
     }
 }
 

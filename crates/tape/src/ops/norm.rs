@@ -1,0 +1,383 @@
+//! Batch normalisation (training mode) in one node.
+//!
+//! Per channel (axis 1 of `[n, c]` or `[n, c, h, w]`), over the m = n·h·w
+//! elements x of that channel:
+//!
+//! | op | forward | VJP (`g` = output adjoint) |
+//! |---|---|---|
+//! | `batch_norm` | μ = Σx/m, σ² = Σ(x − μ)²/m, s = 1/√(σ² + ε), x̂ = (x − μ)·s, y = x̂·γ + β | ḡβ = Σg, ḡγ = Σg·x̂, ḡx = γ·s·(g − ḡβ/m − x̂·ḡγ/m) |
+//!
+//! The input adjoint is the chain rule through the statistics: with
+//! ĝ = γ·g (the adjoint of x̂), ∂x̂_i/∂x_j = s·(δ_ij − 1/m − x̂_i·x̂_j/m),
+//! so ḡx_j = s·(ĝ_j − Σĝ/m − x̂_j·Σĝ·x̂/m), and γ is constant over the
+//! channel. The node saves x̂ and s, so the VJP reads neither x nor the
+//! output, and takes two passes over the channel (the two sums, then ḡx).
+//!
+//! On a dual tape the forward is the JVP and the VJP runs on dual values:
+//! forward-over-reverse through the statistics, like every other op.
+//!
+//! The values match the composite `((x − μ)/√(σ² + ε))·γ + β` written with
+//! `mean_axes`, `-`, `square`, `add_scalar`, `sqrt`, `/`, `*` and `+` to a
+//! few ulps, not bit for bit: the node multiplies by s = 1/√(σ² + ε)
+//! instead of dividing by √(σ² + ε), and sums each channel in a running
+//! sum rather than by the reduction's order. It replaces ten nodes, ten
+//! output buffers and their broadcasts with one node, one buffer and three
+//! passes over x in the forward.
+
+use crate::ops::Op;
+use crate::real::Real;
+use crate::shape::{check_shapes, Shape};
+use crate::tape::{Bwd, Var};
+
+/// `(n, c, inner)` of a batch-norm input: `inner` = h·w, or 1 for `[n, c]`.
+#[track_caller]
+fn dims(x: Shape, gamma: Shape, beta: Shape) -> (usize, usize, usize) {
+    let name = "batch_norm";
+    check_shapes!(x.rank() == 2 || x.rank() == 4, name, ["x" => x], "expected [n, c] or [n, c, h, w]");
+    let c = x.dim(1);
+    for (what, p) in [("gamma", gamma), ("beta", beta)] {
+        check_shapes!(p.dims() == [c], name, ["x" => x, what => p], "expected [{c}]");
+    }
+    let inner = if x.rank() == 4 {
+        x.dim(2) * x.dim(3)
+    } else {
+        1
+    };
+    check_shapes!(x.dim(0) * inner > 0, name, ["x" => x], "no elements per channel: the batch statistics are undefined");
+    (x.dim(0), c, inner)
+}
+
+/// Adds each channel's elements of `x` (rows of `c·inner`, `inner`
+/// contiguous elements per channel) into `acc[ch]`, each as `f(i)` of its
+/// flat index: in increasing index order within a channel.
+#[inline]
+fn channel_sums<T: Real>(
+    len: usize,
+    c: usize,
+    inner: usize,
+    acc: &mut [T],
+    f: impl Fn(usize) -> T,
+) {
+    let row = c * inner;
+    for r in (0..len).step_by(row) {
+        if inner == 1 {
+            for (ch, a) in acc.iter_mut().enumerate() {
+                *a += f(r + ch);
+            }
+        } else {
+            for (ch, a) in acc.iter_mut().enumerate() {
+                let start = r + ch * inner;
+                let mut s = *a;
+                for i in start..start + inner {
+                    s += f(i);
+                }
+                *a = s;
+            }
+        }
+    }
+}
+
+/// Calls `f(&mut out[i], i, ch)` for every flat index `i`, with `ch` its
+/// channel.
+#[inline]
+fn per_channel<T: Real>(
+    out: &mut [T],
+    c: usize,
+    inner: usize,
+    mut f: impl FnMut(&mut T, usize, usize),
+) {
+    let row = c * inner;
+    for (r, chunk) in out.chunks_exact_mut(row).enumerate() {
+        let base = r * row;
+        if inner == 1 {
+            for (ch, o) in chunk.iter_mut().enumerate() {
+                f(o, base + ch, ch);
+            }
+        } else {
+            for (ch, blk) in chunk.chunks_exact_mut(inner).enumerate() {
+                let start = base + ch * inner;
+                for (k, o) in blk.iter_mut().enumerate() {
+                    f(o, start + k, ch);
+                }
+            }
+        }
+    }
+}
+
+/// VJP of the batch-norm (module docs): ḡβ = Σg and ḡγ = Σg·x̂ per
+/// channel in one pass, then ḡx = γ·s·(g − ḡβ/m − x̂·ḡγ/m) in a second.
+pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+    let (n, c, inner) = dims(b.x_shape(0), b.x_shape(1), b.x_shape(2));
+    if !(b.wants(0) || b.wants(1) || b.wants(2)) {
+        return;
+    }
+    let len = n * c * inner;
+    let (xhat, s) = b.aux.split_at(len);
+    let g = b.g;
+    let mut scratch = std::mem::take(b.scratch);
+    scratch.clear();
+    scratch.resize(2 * c, T::zero());
+    let (sg, sgx) = scratch.split_at_mut(c);
+    channel_sums(len, c, inner, sg, |i| g[i]);
+    channel_sums(len, c, inner, sgx, |i| g[i] * xhat[i]);
+    for (k, sums) in [(2, &*sg), (1, &*sgx)] {
+        if b.wants(k) {
+            for (a, &v) in b.g_in(k).iter_mut().zip(sums) {
+                *a += v;
+            }
+        }
+    }
+    if b.wants(0) {
+        // Per channel: ḡx = k·(g − a − x̂·d) with k = γ·s, a = Σg/m and
+        // d = Σg·x̂/m; sg and sgx become a and d.
+        let inv_m = T::from_f64(1.0 / (n * inner) as f64);
+        for (a, d) in sg.iter_mut().zip(sgx.iter_mut()) {
+            *a *= inv_m;
+            *d *= inv_m;
+        }
+        let (a, d) = (&*sg, &*sgx);
+        let gamma = b.x(1);
+        let (gx, fresh) = b.g_in_overwrite(0);
+        let rule = |i: usize, ch: usize| gamma[ch] * s[ch] * (g[i] - a[ch] - xhat[i] * d[ch]);
+        if fresh {
+            per_channel(gx, c, inner, |o, i, ch| *o = rule(i, ch));
+        } else {
+            per_channel(gx, c, inner, |o, i, ch| *o += rule(i, ch));
+        }
+    }
+    *b.scratch = scratch;
+}
+
+impl<'t, T: Real> Var<'t, T> {
+    /// Batch normalisation in training mode, in one node: normalises with
+    /// the batch mean and (biased) variance over every axis but the channel
+    /// axis 1, then scales by `gamma` and shifts by `beta` (both `[c]`).
+    /// Differentiated through the statistics. Works on `[n, c]` and
+    /// `[n, c, h, w]`.
+    ///
+    /// y = (x − μ)·s·γ + β with μ, σ² the channel's mean and variance over
+    /// its m = n·h·w elements and s = 1/√(σ² + ε); the VJP is
+    /// ḡx = γ·s·(ḡ − Σḡ/m − x̂·Σḡ·x̂/m), x̂ = (x − μ)·s (see `ops/norm.rs`).
+    ///
+    /// # Panics
+    /// If `x` is not rank 2 or 4, if `gamma`/`beta` are not `[c]`, or if a
+    /// channel has no elements (n·h·w = 0).
+    ///
+    /// ```
+    /// use tape::{Tape, Tensor};
+    /// let t = Tape::<f64>::new();
+    /// let x = t.var(&Tensor::new(&[2, 1], vec![1.0, 3.0])); // μ = 2, σ² = 1
+    /// let gamma = t.var(&Tensor::new(&[1], vec![2.0]));
+    /// let beta = t.var(&Tensor::new(&[1], vec![0.5]));
+    /// let y = x.batch_norm(gamma, beta, 0.0);
+    /// assert_eq!(y.value().data(), &[-1.5, 2.5]); // x̂ = ∓1, then ·2 + 0.5
+    /// t.backward(y.sum());
+    /// assert_eq!(x.grad().data(), &[0.0, 0.0]); // Σy does not depend on x
+    /// assert_eq!(gamma.grad().data(), &[0.0]); // Σx̂ = 0
+    /// assert_eq!(beta.grad().data(), &[2.0]);
+    /// ```
+    #[track_caller]
+    pub fn batch_norm(self, gamma: Var<'t, T>, beta: Var<'t, T>, eps: f64) -> Var<'t, T> {
+        let s = self.shape();
+        let (n, c, inner) = dims(s, gamma.shape(), beta.shape());
+        let len = n * c * inner;
+        let inv_m = T::from_f64(1.0 / (n * inner) as f64);
+        let eps_t = T::from_f64(eps);
+        self.tape
+            .record_overwrite(Op::BatchNorm, &[self, gamma, beta], s, |f| {
+                let (x, gm, bt) = (f.x(0), f.x(1), f.x(2));
+                // Saved: x̂ (len), then s per channel (c); μ lives in s's
+                // slots until s replaces it.
+                let start = f.aux.len();
+                f.aux.resize(start + len + c, T::zero());
+                let (xhat, sc) = f.aux[start..].split_at_mut(len);
+                sc.fill(T::zero());
+                channel_sums(len, c, inner, sc, |i| x[i]);
+                for mu in sc.iter_mut() {
+                    *mu *= inv_m;
+                }
+                per_channel(xhat, c, inner, |o, i, ch| *o = x[i] - sc[ch]);
+                sc.fill(T::zero());
+                channel_sums(len, c, inner, sc, |i| xhat[i] * xhat[i]);
+                for v in sc.iter_mut() {
+                    *v = T::one() / (*v * inv_m + eps_t).sqrt();
+                }
+                per_channel(xhat, c, inner, |o, _, ch| *o *= sc[ch]);
+                per_channel(f.out, c, inner, |o, i, ch| *o = xhat[i] * gm[ch] + bt[ch]);
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The one-node batch-norm against the composite of ten ops that states
+    //! its definition, on `f32`, `f64` and dual tapes, for `[n, c]` and
+    //! `[n, c, h, w]`; and the VJP's two closed-form identities. Finite
+    //! differences (values, gradients, and H·v on duals) check it in the
+    //! gradient table (`tests/suite/grad_table.rs`) and the HVP op table.
+    use crate::{Dual, Real, Shape, Tape, Tensor, Var};
+
+    /// Entries in (−2, 2) from a fixed sequence, with an offset per channel
+    /// so that the means are not near 0, each made a `T` by `make(value,
+    /// index)` (the index seeds a dual's tangent).
+    fn filled<T: Real>(shape: &[usize], seed: usize, make: &impl Fn(f64, usize) -> T) -> Tensor<T> {
+        let n: usize = shape.iter().product();
+        let data = (0..n)
+            .map(|i| {
+                let v = 2.0 * ((i * 37 + seed * 11) as f64 * 0.731).sin() + 0.3 * (i % 3) as f64;
+                make(v, 100 * seed + i)
+            })
+            .collect();
+        Tensor::new(shape, data)
+    }
+
+    fn real(v: f64, _: usize) -> f64 {
+        v
+    }
+
+    /// The definition: ((x − μ)/√(σ² + ε))·γ + β through the tape's own
+    /// reductions and broadcasts.
+    fn composite<'t, T: Real>(
+        x: Var<'t, T>,
+        gamma: Var<'t, T>,
+        beta: Var<'t, T>,
+        eps: f64,
+    ) -> Var<'t, T> {
+        let s = x.shape();
+        let c = s.dim(1);
+        let (axes, b): (&[usize], Shape) = if s.rank() == 2 {
+            (&[0], Shape::new(&[1, c]))
+        } else {
+            (&[0, 2, 3], Shape::new(&[1, c, 1, 1]))
+        };
+        let xc = x - x.mean_axes(axes, true);
+        let var = xc.square().mean_axes(axes, true);
+        xc / var.add_scalar(eps).sqrt() * gamma.reshape(b) + beta.reshape(b)
+    }
+
+    /// Output, then the gradients of x, γ, β of Σ c ⊙ y + Σ x² (x's adjoint
+    /// is already written when the batch-norm's rule adds to it).
+    fn run<T: Real>(make: &impl Fn(f64, usize) -> T, xs: &[usize], fused: bool) -> Vec<Vec<T>> {
+        let c = xs[1];
+        let tape = Tape::<T>::new();
+        let x = tape.var(&filled(xs, 1, make));
+        let gamma = tape.var(&filled(&[c], 2, make));
+        let beta = tape.var(&filled(&[c], 3, make));
+        let w = tape.constant(&filled(xs, 4, make));
+        let y = if fused {
+            x.batch_norm(gamma, beta, 1e-3)
+        } else {
+            composite(x, gamma, beta, 1e-3)
+        };
+        let loss = (y * w).sum() + x.square().sum();
+        tape.backward(loss);
+        let mut out = vec![y.value().data().to_vec()];
+        for v in [x, gamma, beta] {
+            out.push(v.grad().data().to_vec());
+        }
+        out
+    }
+
+    /// max |a − b| over max |b|, per output, in units of `ulp`.
+    fn ulps(a: &[Vec<f64>], b: &[Vec<f64>], ulp: f64) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| {
+                let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let err = a
+                    .iter()
+                    .zip(b)
+                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+                err / scale / ulp
+            })
+            .fold(0.0, f64::max)
+    }
+
+    const SHAPES: [&[usize]; 4] = [&[5, 3], &[64, 17], &[2, 3, 4, 5], &[1, 2, 3, 1]];
+
+    /// Within 16 ulps of each output's largest entry on f64 and f32, for
+    /// both parts of a dual.
+    #[test]
+    fn one_node_matches_the_composite_definition() {
+        for xs in SHAPES {
+            let e = ulps(&run(&real, xs, true), &run(&real, xs, false), f64::EPSILON);
+            assert!(e <= 16.0, "f64 {xs:?}: {e} ulps");
+            let up = |v: Vec<Vec<f32>>| -> Vec<Vec<f64>> {
+                v.into_iter()
+                    .map(|r| r.into_iter().map(f64::from).collect())
+                    .collect()
+            };
+            let e = ulps(
+                &up(run(&|v, _| v as f32, xs, true)),
+                &up(run(&|v, _| v as f32, xs, false)),
+                f32::EPSILON as f64,
+            );
+            assert!(e <= 16.0, "f32 {xs:?}: {e} ulps");
+            let dual = |v, i: usize| Dual::new(v, ((i * 7) as f64 * 0.37).cos());
+            let (a, b) = (run(&dual, xs, true), run(&dual, xs, false));
+            for part in [|d: &Dual<f64>| d.v, |d: &Dual<f64>| d.d] {
+                let p = |r: &Vec<Vec<Dual<f64>>>| -> Vec<Vec<f64>> {
+                    r.iter().map(|r| r.iter().map(part).collect()).collect()
+                };
+                let e = ulps(&p(&a), &p(&b), f64::EPSILON);
+                assert!(e <= 16.0, "dual {xs:?}: {e} ulps");
+            }
+        }
+    }
+
+    /// y is invariant to x ↦ x + t and (with ε → 0) to x ↦ a·x per channel,
+    /// so for any output adjoint, ḡx sums to 0 over each channel and is
+    /// orthogonal to x̂ there (to rounding), with ε = 0.
+    #[test]
+    fn the_input_adjoint_is_orthogonal_to_shift_and_scale() {
+        for xs in SHAPES {
+            let (n, c) = (xs[0], xs[1]);
+            let inner: usize = xs[2..].iter().product();
+            let tape = Tape::<f64>::new();
+            let x = tape.var(&filled(xs, 1, &real));
+            let gamma = tape.var(&filled(&[c], 2, &real));
+            let beta = tape.var(&filled(&[c], 3, &real));
+            let w = tape.constant(&filled(xs, 4, &real));
+            let y = x.batch_norm(gamma, beta, 0.0);
+            tape.backward((y * w).sum());
+            let (gx, xv) = (x.grad(), x.value());
+            for ch in 0..c {
+                let at = |i: usize, k: usize| (i * c + ch) * inner + k;
+                let idx: Vec<usize> = (0..n)
+                    .flat_map(|i| (0..inner).map(move |k| at(i, k)))
+                    .collect();
+                let m = idx.len() as f64;
+                let mu = idx.iter().map(|&i| xv.data()[i]).sum::<f64>() / m;
+                let sum: f64 = idx.iter().map(|&i| gx.data()[i]).sum();
+                let dot: f64 = idx
+                    .iter()
+                    .map(|&i| gx.data()[i] * (xv.data()[i] - mu))
+                    .sum();
+                let scale: f64 = idx
+                    .iter()
+                    .map(|&i| gx.data()[i].abs())
+                    .sum::<f64>()
+                    .max(1e-300);
+                if m > 1.0 {
+                    assert!(
+                        sum.abs() <= 1e-13 * scale,
+                        "{xs:?} channel {ch}: Σḡx = {sum}"
+                    );
+                    assert!(
+                        dot.abs() <= 1e-12 * scale,
+                        "{xs:?} channel {ch}: Σḡx·(x − μ) = {dot}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "batch_norm: x [0, 3]: no elements per channel")]
+    fn an_empty_batch_is_refused() {
+        let tape = Tape::<f64>::new();
+        let x = tape.var(&Tensor::zeros(&[0, 3][..]));
+        let g = tape.var(&Tensor::zeros(&[3][..]));
+        let _ = x.batch_norm(g, g, 1e-5);
+    }
+}
