@@ -122,17 +122,33 @@ def cross_entropy(logits, labels):
     return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1))
 
 
-def conv4_params(key):
-    """4 x [3x3 conv, 64 filters] on one input channel, then a 64 -> 5 linear head."""
+def conv4_params(key, bn=False):
+    """4 x [3x3 conv, 64 filters] on one input channel, then a linear head to 5 classes: from 64
+    features (the benchmark variant), or with bn (Finn et al.'s Omniglot Conv4) a batch-norm's
+    gamma = 1 and beta = 0 per block and a head from 64 x 2 x 2 = 256 features."""
     keys = jax.random.split(key, 5)
     convs, c_in = [], 1
     for k in keys[:4]:
         kw, kb = jax.random.split(k)
         fan_in = 9 * c_in
-        convs.append((torch_uniform(kw, (3, 3, c_in, 64), fan_in), torch_uniform(kb, (64,), fan_in)))
+        block = (torch_uniform(kw, (3, 3, c_in, 64), fan_in), torch_uniform(kb, (64,), fan_in))
+        convs.append(block + ((jnp.ones((64,), F32), jnp.zeros((64,), F32)) if bn else ()))
         c_in = 64
     kw, kb = jax.random.split(keys[4])
-    return {"convs": convs, "head": (torch_uniform(kw, (64, 5), 64), torch_uniform(kb, (5,), 64))}
+    d = 256 if bn else 64
+    return {"convs": convs, "head": (torch_uniform(kw, (d, 5), d), torch_uniform(kb, (5,), d))}
+
+
+def conv4_bn_forward(params, x):
+    """x: (N, 28, 28, 1); stride 2, padding 1 on each side (PyTorch's, not SAME's
+    0/1 split); spatial 28 -> 14 -> 7 -> 4 -> 2; batch statistics over N, H, W."""
+    for w, b, gamma, beta in params["convs"]:
+        y = lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+        mean = jnp.mean(y, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(y - mean), axis=(0, 1, 2))
+        x = jax.nn.relu((y - mean) / jnp.sqrt(var + BN_EPS) * gamma + beta)
+    w, b = params["head"]
+    return x.reshape(x.shape[0], -1) @ w + b
 
 
 def pool2x2(x):
@@ -367,15 +383,17 @@ def run_maml_sine(r, mode):
     return res
 
 
-def run_maml_conv4(r, mode):
-    params = conv4_params(jax.random.PRNGKey(2))
+def run_maml_conv4(r, mode, bn=False):
+    params = conv4_params(jax.random.PRNGKey(2), bn)
     tasks = random_image_tasks(np.random.default_rng(0))
-    loss = lambda p, x, y: cross_entropy(conv4_forward(p, x), y)
+    forward = conv4_bn_forward if bn else conv4_forward
+    loss = lambda p, x, y: cross_entropy(forward(p, x), y)
     # Python loops over tasks and steps: the fastest formulation on XLA:CPU.
     fn = maml_objective(loss, 0.4, r, mode, vectorise=False, python_loop=True)
     res = time_jitted(fn, (params, tasks))
     res["params"] = {"r": r, "mode": mode, "tasks": 4, "ways": 5, "shots": 1,
-                     "queries_per_class": 15, "alpha": 0.4, "channels": 64, "impl": "unrolled"}
+                     "queries_per_class": 15, "alpha": 0.4, "channels": 64, "impl": "unrolled",
+                     "variant": "omniglot (stride 2, batch-norm)" if bn else "benchmark"}
     return res
 
 
@@ -390,6 +408,7 @@ def configs():
     for r in (1, 5):
         for mode in ("exact", "first_order"):
             table[f"maml_conv4:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_conv4(r, mode))
+            table[f"maml_conv4_bn:r{r}:{mode}"] = (lambda r=r, mode=mode: run_maml_conv4(r, mode, True))
     return table
 
 

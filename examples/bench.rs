@@ -235,7 +235,7 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
         out.insert("gemm_gflops".into(), json!(round4(gflops)));
         out.insert("fma_peak_share".into(), json!(round4(gflops / peak_gflops)));
     }
-    if config.starts_with("maml_conv4") {
+    if config.starts_with("maml_conv4:") {
         out.insert("conv4_gemms".into(), conv4_gemms(peak_gflops));
     }
     for (k, v) in w.extra() {

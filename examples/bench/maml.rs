@@ -21,6 +21,10 @@
 //!   on 28×28×1, linear head to 5 classes, no batch-norm; 4 tasks of 5 support
 //!   and 75 query images (uniform pixels), α = 0.4, R ∈ {1, 5}; MODE ∈ {exact,
 //!   first_order}.
+//! - `maml_conv4_bn:rR:MODE`: Finn et al.'s Omniglot Conv4: 4 × [3×3 conv 64,
+//!   stride 2, padding 1, batch-norm with the batch's statistics, ReLU] on
+//!   28×28×1 (28 → 14 → 7 → 4 → 2), linear head to 5 classes; the same
+//!   tasks, α, R and modes as `maml_conv4`.
 //!
 //! One call = value and meta-gradient of the mean query loss over the
 //! meta-batch: one `blo` estimate per task, or per chunk of tasks for the
@@ -104,9 +108,11 @@ pub(crate) fn configs() -> Vec<String> {
             c.push(format!("maml_sine:r{r}:{m}"));
         }
     }
-    for r in CONV_R {
-        for m in CONV_MODES {
-            c.push(format!("maml_conv4:r{r}:{m}"));
+    for family in ["maml_conv4", "maml_conv4_bn"] {
+        for r in CONV_R {
+            for m in CONV_MODES {
+                c.push(format!("{family}:r{r}:{m}"));
+            }
         }
     }
     c
@@ -129,8 +135,9 @@ pub(crate) fn workload(config: &str) -> Option<Box<dyn Bench>> {
         "maml_sine" if SINE_R.contains(&r) && SINE_MODES.contains(&mode) => {
             Some(Box::new(sine(r, mode).expect("valid hyperparameters")))
         }
-        "maml_conv4" if CONV_R.contains(&r) && CONV_MODES.contains(&mode) => {
-            Some(Box::new(conv4(r, mode).expect("valid hyperparameters")))
+        "maml_conv4" | "maml_conv4_bn" if CONV_R.contains(&r) && CONV_MODES.contains(&mode) => {
+            let bn = family == "maml_conv4_bn";
+            Some(Box::new(conv4(r, mode, bn).expect("valid hyperparameters")))
         }
         _ => None,
     }
@@ -490,8 +497,14 @@ impl<P: Problem<f32>> Problem<f32> for WithSteps<P> {
     }
 }
 
-fn conv4(r: usize, mode: &str) -> Result<Maml<ClassificationMaml<Conv4>>, BloError> {
-    let mut net = Conv4::benchmark(5);
+/// `maml_conv4` (`bn: false`, the benchmark variant) or `maml_conv4_bn`
+/// (Finn et al.'s Omniglot variant, with batch-norms).
+fn conv4(r: usize, mode: &str, bn: bool) -> Result<Maml<ClassificationMaml<Conv4>>, BloError> {
+    let mut net = if bn {
+        Conv4::omniglot(5)
+    } else {
+        Conv4::benchmark(5)
+    };
     net.conv_init = Init::TorchDefault;
     let theta = net.init::<f32>(2).into_tensors();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -525,7 +538,7 @@ fn conv4(r: usize, mode: &str) -> Result<Maml<ClassificationMaml<Conv4>>, BloErr
     };
     let params = json!({"r": r, "mode": mode, "tasks": 4, "ways": ways, "shots": shots,
         "queries_per_class": queries, "alpha": 0.4, "channels": 64, "dtype": "f32",
-        "layout": "NCHW"});
+        "layout": "NCHW", "variant": if bn { "omniglot (stride 2, batch-norm)" } else { "benchmark" }});
     let est = estimator(mode, r)?;
     Ok(Maml::new(params, problem, tasks, theta, est))
 }
