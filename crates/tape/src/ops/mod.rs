@@ -133,7 +133,7 @@ pub(crate) enum Op {
         k: usize,
         stride: usize,
     },
-    /// Batch-norm in training mode over axis 1; x̂ and the per-channel
+    /// Batch-norm in training mode over axis 1; x − μ and the per-channel
     /// 1/√(σ² + ε) saved in `aux`.
     BatchNorm,
 }
