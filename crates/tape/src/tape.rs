@@ -250,6 +250,11 @@ pub(crate) struct Fwd<'a, T: Real> {
     pub(crate) aux: &'a mut Vec<T>,
     /// Arena for saved indices; push to save.
     pub(crate) idx: &'a mut Vec<usize>,
+    /// The tape's reusable scratch buffer (the backward sweep's, idle while
+    /// a node is recorded): working space a rule overwrites before it reads,
+    /// so it only grows and is never zeroed per call (unlike `aux`, whose
+    /// length is the node's saved data).
+    pub(crate) scratch: &'a mut Vec<T>,
 }
 
 impl<'a, T: Real> Fwd<'a, T> {
@@ -896,6 +901,7 @@ impl<T: Real> Tape<T> {
                 out,
                 aux: &mut inner.aux,
                 idx: &mut inner.idx,
+                scratch: &mut inner.scratch,
             };
             forward(&mut f);
         }

@@ -11,8 +11,8 @@
 //! ĝ = γ·g (the adjoint of x̂), ∂x̂_i/∂x_j = s·(δ_ij − 1/m − x̂_i·x̂_j/m),
 //! so ḡx_j = s·(ĝ_j − Σĝ/m − x̂_j·Σĝ·x̂/m), and γ is constant over the
 //! channel. The node saves x − μ and s (x̂ = (x − μ)·s is formed where it
-//! is used), so the VJP reads neither x nor the output, and takes three
-//! passes (Σg, Σg·(x − μ), then ḡx).
+//! is used), so the VJP reads neither x nor the output, and takes two
+//! passes (Σg and Σg·(x − μ) together, then ḡx).
 //!
 //! On a dual tape the forward is the JVP and the VJP runs on dual values:
 //! forward-over-reverse through the statistics, like every other op.
@@ -24,8 +24,8 @@
 //! sum (for `[n, c]`) or in eight interleaved partial sums per sample and
 //! channel (for images), not by the reduction's order; and it forms
 //! y = (x − μ)·(s·γ) + β. It replaces ten nodes, ten output buffers and their
-//! broadcasts with one node, one saved copy and four passes in the forward
-//! (Σx, x − μ, Σ(x − μ)², y).
+//! broadcasts with one node, one saved copy and three passes over the input
+//! in the forward (Σx; x − μ and Σ(x − μ)² block by block; y).
 
 use crate::ops::Op;
 use crate::real::Real;
@@ -50,24 +50,31 @@ fn dims(x: Shape, gamma: Shape, beta: Shape) -> (usize, usize, usize) {
     (x.dim(0), c, inner)
 }
 
-/// Σ f(a_i, b_i) over two equal-length slices in 8 interleaved partial
-/// sums (sum l takes the i ≡ l mod 8), the tail added to the first ones,
-/// combined as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)): a fixed
-/// order, so the same bits on every run, and the sums vectorise.
+/// The `K` sums Σ f(a_i, b_i)[k] over two equal-length slices, each in 8
+/// interleaved partial sums (sum l takes the i ≡ l mod 8), the tail added
+/// to the first ones, combined as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) +
+/// (s6 + s7)): a fixed order, so the same bits on every run (and for each
+/// k the bits of a one-sum call), and the sums vectorise.
 #[inline]
-fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
-    let mut acc = [T::zero(); 8];
+fn lane_sum<T: Real, const K: usize>(a: &[T], b: &[T], f: impl Fn(T, T) -> [T; K]) -> [T; K] {
+    let mut acc = [[T::zero(); 8]; K];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ar, br) = (ac.remainder(), bc.remainder());
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
-            acc[l] += f(x[l], y[l]);
+            let v = f(x[l], y[l]);
+            for k in 0..K {
+                acc[k][l] += v[k];
+            }
         }
     }
     for (l, (&x, &y)) in ar.iter().zip(br).enumerate() {
-        acc[l] += f(x, y);
+        let v = f(x, y);
+        for k in 0..K {
+            acc[k][l] += v[k];
+        }
     }
-    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+    acc.map(|a| ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
 }
 
 /// The element layout of a batch-norm input: rows (samples) of `c`
@@ -79,21 +86,62 @@ struct Layout {
 }
 
 impl Layout {
-    /// For each channel `ch`, `acc[ch] += Σ f(a_i, b_i)` over its elements:
-    /// for `[n, c]` row by row (a row's channels side by side), otherwise
-    /// block by block, each block's sum by [`lane_sum`].
+    /// For each channel `ch` and each k < K, `acc[k][ch] += Σ f(a_i, b_i)[k]`
+    /// over the channel's elements, in one pass: for `[n, c]` row by row (a
+    /// row's channels side by side), otherwise block by block, each block's
+    /// sums by [`lane_sum`].
     #[inline]
-    fn sums<T: Real>(self, acc: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    fn sums<T: Real, const K: usize>(
+        self,
+        acc: [&mut [T]; K],
+        a: &[T],
+        b: &[T],
+        f: impl Fn(T, T) -> [T; K],
+    ) {
         let row = self.c * self.inner;
         for (ra, rb) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
             if self.inner == 1 {
-                for ((s, &x), &y) in acc.iter_mut().zip(ra).zip(rb) {
-                    *s += f(x, y);
+                for (ch, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                    let v = f(x, y);
+                    for k in 0..K {
+                        acc[k][ch] += v[k];
+                    }
                 }
             } else {
                 let blocks = ra.chunks_exact(self.inner).zip(rb.chunks_exact(self.inner));
-                for (s, (x, y)) in acc.iter_mut().zip(blocks) {
-                    *s += lane_sum(x, y, &f);
+                for (ch, (x, y)) in blocks.enumerate() {
+                    let v = lane_sum(x, y, &f);
+                    for k in 0..K {
+                        acc[k][ch] += v[k];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `x − μ[ch]` for every element of channel `ch` to `xc`, and
+    /// `acc[ch] += Σ (x − μ)²` in the order of [`Layout::sums`] (each block
+    /// summed right after it is written, while it is in cache): the bits of
+    /// a centring pass followed by a sum of squares, in one pass over `x`,
+    /// and no zero-fill of the appended space.
+    #[inline]
+    fn centre<T: Real>(self, xc: &mut Vec<T>, x: &[T], mu: &[T], acc: &mut [T]) {
+        let row = self.c * self.inner;
+        for rx in x.chunks_exact(row) {
+            if self.inner == 1 {
+                let at = xc.len();
+                xc.extend(rx.iter().zip(mu).map(|(&x, &m)| x - m));
+                for (s, &v) in acc.iter_mut().zip(&xc[at..]) {
+                    *s += v * v;
+                }
+            } else {
+                let blocks = rx.chunks_exact(self.inner).zip(mu).zip(acc.iter_mut());
+                for ((bx, &m), s) in blocks {
+                    let at = xc.len();
+                    xc.extend(bx.iter().map(|&x| x - m));
+                    let b = &xc[at..];
+                    let [v] = lane_sum(b, b, |x, _| [x * x]);
+                    *s += v;
                 }
             }
         }
@@ -136,7 +184,8 @@ impl Layout {
 }
 
 /// VJP of the batch-norm (module docs) from the saved x − μ and s: the
-/// per-channel sums ḡβ = Σg and Σg·(x − μ) (ḡγ = s·Σg·(x − μ)), then
+/// per-channel sums ḡβ = Σg and Σg·(x − μ) (ḡγ = s·Σg·(x − μ)) in one
+/// pass, then
 /// ḡx = γ·s·(g − ḡβ/m − (x − μ)·s·ḡγ/m).
 pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     let (n, c, inner) = dims(b.x_shape(0), b.x_shape(1), b.x_shape(2));
@@ -151,8 +200,7 @@ pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     scratch.clear();
     scratch.resize(2 * c, T::zero());
     let (sg, sgx) = scratch.split_at_mut(c);
-    lay.sums(sg, g, g, |g, _| g);
-    lay.sums(sgx, g, xc, |g, x| g * x);
+    lay.sums([&mut *sg, &mut *sgx], g, xc, |g, x| [g, g * x]);
     for (v, &sc) in sgx.iter_mut().zip(s) {
         *v *= sc; // ḡγ = s·Σg·(x − μ) = Σg·x̂
     }
@@ -221,22 +269,22 @@ impl<'t, T: Real> Var<'t, T> {
         self.tape
             .record_overwrite(Op::BatchNorm, &[self, gamma, beta], s, |f| {
                 let (x, gm, bt) = (f.x(0), f.x(1), f.x(2));
-                // Saved: x − μ (len), then s per channel (c); μ lives in
-                // s's slots until s replaces it.
+                // Saved: x − μ (len), then s per channel (c). μ and the
+                // sums of squares live in the tape's scratch.
                 let start = f.aux.len();
-                f.aux.resize(start + len + c, T::zero());
-                let (xc, sc) = f.aux[start..].split_at_mut(len);
-                sc.fill(T::zero());
-                lay.sums(sc, x, x, |x, _| x);
-                for mu in sc.iter_mut() {
-                    *mu *= inv_m;
+                f.aux.reserve(len + c);
+                let scratch = &mut *f.scratch;
+                scratch.clear();
+                scratch.resize(2 * c, T::zero());
+                let (mu, sq) = scratch.split_at_mut(c);
+                lay.sums([&mut *mu], x, x, |x, _| [x]);
+                for m in mu.iter_mut() {
+                    *m *= inv_m;
                 }
-                lay.map(xc, x, x, |ch| sc[ch], |o, x, _, &mu| *o = x - mu);
-                sc.fill(T::zero());
-                lay.sums(sc, xc, xc, |x, _| x * x);
-                for v in sc.iter_mut() {
-                    *v = T::one() / (*v * inv_m + eps_t).sqrt();
-                }
+                lay.centre(f.aux, x, mu, sq);
+                f.aux
+                    .extend(sq.iter().map(|&v| T::one() / (v * inv_m + eps_t).sqrt()));
+                let (xc, sc) = f.aux[start..].split_at(len);
                 let k = |ch: usize| (sc[ch] * gm[ch], bt[ch]);
                 lay.map(f.out, xc, xc, k, |o, x, _, &(k, b)| *o = x * k + b);
             })
