@@ -140,6 +140,16 @@ fn valid_range(len: usize, out: usize, k: usize, stride: usize, pad: usize) -> (
 /// so that small shapes run through several chunks.
 const COLS_BYTES: usize = if cfg!(test) { 2048 } else { 1 << 20 };
 
+/// Output planes of at most this many positions (`ho·wo`) are im2col'd by a
+/// gather from a zero-padded copy of each input plane, and col2im'd by the
+/// matching scatter-add ([`im2col_gather`], [`col2im_gather_add`]): a short
+/// loop per tap with no calls. Conv4's stride-2 layers with 4×4 and 2×2
+/// outputs spent most of their im2col time in the `memcpy`/`memset` calls of
+/// runs of a few elements. Larger outputs take the other paths: measured on
+/// `maml_conv4_bn` (AVX2), gathering the 7×7 outputs too was no faster, and
+/// the 14×14 ones too was slower (`docs/benchmarks.md`, "gather").
+const GATHER_COLS: usize = 16;
+
 impl Geom {
     fn new(x: Shape, kh: usize, kw: usize, stride: usize, pad: usize) -> Option<Geom> {
         let (c, h, w) = (x.dim(1), x.dim(2), x.dim(3));
@@ -232,10 +242,33 @@ impl Geom {
     fn is_shifted(&self) -> bool {
         self.wo == self.phase_dims().1
     }
-    /// Elements of the phase planes of one input plane (none at stride 1,
-    /// where the plane is its own single phase).
+    /// Whether im2col and col2im gather ([`GATHER_COLS`]).
+    fn gathers(&self) -> bool {
+        self.cols() <= GATHER_COLS
+    }
+    /// The zero-padded plane `(h + 2·pad, w + 2·pad)` the gather reads: tap
+    /// `(ki, kj)` at output `(oh, ow)` reads its element
+    /// `(stride·oh + ki, stride·ow + kj)`, always inside it.
+    fn padded_dims(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad, self.w + 2 * self.pad)
+    }
+    /// For each output position `q = oh·wo + ow`, the offset of its tap
+    /// `(0, 0)` in the padded plane, `stride·(oh·wq + ow)`; tap `(ki, kj)`
+    /// adds `ki·wq + kj`.
+    fn gather_offsets(&self) -> SmallVec<[usize; GATHER_COLS]> {
+        let wq = self.padded_dims().1;
+        (0..self.ho)
+            .flat_map(|oh| (0..self.wo).map(move |ow| self.stride * (oh * wq + ow)))
+            .collect()
+    }
+    /// Elements of the working planes of one input plane: the padded plane
+    /// if the geometry gathers; otherwise the phase planes (none at stride
+    /// 1, where the plane is its own single phase).
     fn phase_len(&self) -> usize {
-        if self.stride > 1 && self.is_shifted() {
+        if self.gathers() {
+            let (hq, wq) = self.padded_dims();
+            hq * wq
+        } else if self.stride > 1 && self.is_shifted() {
             let (hp, wp) = self.phase_dims();
             self.stride * self.stride * hp * wp
         } else {
@@ -305,10 +338,47 @@ fn zero_edge<T: Real>(s: &mut [T]) {
 }
 
 /// Splits one input plane into its `stride²` phase planes (see
-/// [`Geom::phase_dims`]), zero past the image.
+/// [`Geom::phase_dims`]), zero past the image. At stride 2, the phases
+/// `(a, 0)` and `(a, 1)` are the even and odd columns of the input rows
+/// ≡ a (mod 2): each such row is split in one pass over its pairs, which
+/// the compiler deinterleaves in vectors (a strided read per phase was most
+/// of im2col's time on the stride-2 Conv4, `docs/benchmarks.md` "phases").
 fn split_phases<T: Real>(g: &Geom, src: &[T], phases: &mut [T]) {
     let (hp, wp) = g.phase_dims();
     let s = g.stride;
+    if s == 2 {
+        let len = hp * wp;
+        let pairs = g.w / 2;
+        for a in 0..2 {
+            let (even, odd) = phases[2 * a * len..][..2 * len].split_at_mut(len);
+            let rows = even.chunks_exact_mut(wp).zip(odd.chunks_exact_mut(wp));
+            for (i, (e, o)) in rows.enumerate() {
+                let ih = 2 * i + a;
+                if ih >= g.h {
+                    e.fill(T::zero());
+                    o.fill(T::zero());
+                    continue;
+                }
+                let srow = &src[ih * g.w..][..g.w];
+                let two = srow.chunks_exact(2);
+                let last = two.remainder();
+                for ((e, o), p) in e.iter_mut().zip(o.iter_mut()).zip(two) {
+                    *e = p[0];
+                    *o = p[1];
+                }
+                // An odd width's last column is the even phase's last entry.
+                let tail = &mut e[pairs..];
+                if let ([v], [d, ..]) = (last, &mut *tail) {
+                    *d = *v;
+                    zero_edge(&mut tail[1..]);
+                } else {
+                    zero_edge(tail);
+                }
+                zero_edge(&mut o[pairs..]);
+            }
+        }
+        return;
+    }
     for a in 0..s {
         for b in 0..s {
             let ph = &mut phases[(a * s + b) * hp * wp..][..hp * wp];
@@ -334,10 +404,35 @@ fn split_phases<T: Real>(g: &Geom, src: &[T], phases: &mut [T]) {
 }
 
 /// The adjoint of [`split_phases`]: adds each phase entry inside the image back
-/// onto its input element.
+/// onto its input element (one add per element, so the order does not change
+/// the bits; at stride 2 one pass per input row over its pairs).
 fn merge_phases_add<T: Real>(g: &Geom, phases: &[T], dst: &mut [T]) {
     let (hp, wp) = g.phase_dims();
     let s = g.stride;
+    if s == 2 {
+        let len = hp * wp;
+        let pairs = g.w / 2;
+        for a in 0..2 {
+            let (even, odd) = phases[2 * a * len..][..2 * len].split_at(len);
+            let rows = even.chunks_exact(wp).zip(odd.chunks_exact(wp));
+            for (i, (e, o)) in rows.enumerate() {
+                let ih = 2 * i + a;
+                if ih >= g.h {
+                    continue;
+                }
+                let drow = &mut dst[ih * g.w..][..g.w];
+                let mut two = drow.chunks_exact_mut(2);
+                for ((d, &x), &y) in (&mut two).zip(e).zip(o) {
+                    d[0] += x;
+                    d[1] += y;
+                }
+                if let [d] = two.into_remainder() {
+                    *d += e[pairs];
+                }
+            }
+        }
+        return;
+    }
     for a in 0..s {
         for b in 0..s {
             let ph = &phases[(a * s + b) * hp * wp..][..hp * wp];
@@ -355,14 +450,98 @@ fn merge_phases_add<T: Real>(g: &Geom, phases: &[T], dst: &mut [T]) {
     }
 }
 
+/// [`im2col`] for a geometry that gathers ([`Geom::gathers`]): each input
+/// plane copied into the interior of the zero-padded plane `padded`
+/// ([`Geom::padded_dims`]; its border is zeroed once per call), then
+/// `cols[(c, ki, kj), (s, q)] = padded[ki·wq + kj + off[q]]`
+/// ([`Geom::gather_offsets`]). The same entries as the other paths.
+fn im2col_gather<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T], padded: &mut [T]) {
+    let (p, plane) = (g.cols(), g.h * g.w);
+    let ncols = nb * p;
+    let (hq, wq) = g.padded_dims();
+    let padded = &mut padded[..hq * wq];
+    padded.fill(T::zero());
+    let off = g.gather_offsets();
+    for s in 0..nb {
+        for c in 0..g.c {
+            let src = &x[(s * g.c + c) * plane..][..plane];
+            let inner = padded[g.pad * wq..].chunks_exact_mut(wq);
+            for (d, r) in inner.zip(src.chunks_exact(g.w)) {
+                d[g.pad..g.pad + g.w].copy_from_slice(r);
+            }
+            let base = c * g.kh * g.kw;
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let tap = &padded[ki * wq + kj..];
+                    let dst = &mut cols[(base + ki * g.kw + kj) * ncols + s * p..][..p];
+                    for (d, &o) in dst.iter_mut().zip(&off) {
+                        *d = tap[o];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`col2im_add`] for a geometry that gathers: per input plane, the taps'
+/// entries added into the zeroed padded plane in tap order, then its
+/// interior added onto `gx` (written into a `fresh` one: `0 + v = v`
+/// exactly, as v, a sum from +0, is never −0). Each input element gets
+/// `(0 + g_tap1) + g_tap2 + …` in the taps' order, then is added once: the
+/// sums of the shifted path, whose phase planes accumulate the same way.
+fn col2im_gather_add<T: Real>(
+    g: &Geom,
+    gcols: &[T],
+    nb: usize,
+    (gx, fresh): (&mut [T], bool),
+    padded: &mut [T],
+) {
+    let (p, plane) = (g.cols(), g.h * g.w);
+    let ncols = nb * p;
+    let (hq, wq) = g.padded_dims();
+    let padded = &mut padded[..hq * wq];
+    let off = g.gather_offsets();
+    for s in 0..nb {
+        for c in 0..g.c {
+            padded.fill(T::zero());
+            let base = c * g.kh * g.kw;
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let tap = &mut padded[ki * wq + kj..];
+                    let src = &gcols[(base + ki * g.kw + kj) * ncols + s * p..][..p];
+                    for (&v, &o) in src.iter().zip(&off) {
+                        tap[o] += v;
+                    }
+                }
+            }
+            let dst = &mut gx[(s * g.c + c) * plane..][..plane];
+            let inner = padded[g.pad * wq..].chunks_exact(wq);
+            for (d, r) in dst.chunks_exact_mut(g.w).zip(inner) {
+                let r = &r[g.pad..g.pad + g.w];
+                if fresh {
+                    d.copy_from_slice(r);
+                } else {
+                    for (d, &v) in d.iter_mut().zip(r) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// im2col of `nb` consecutive samples `x` (`[nb, c, h, w]`) into `cols`, a
 /// row-major `[c·kh·kw, nb·ho·wo]` matrix: `cols[(c, ki, kj), (s, oh, ow)] =
 /// x[s, c, oh·stride + ki − pad, ow·stride + kj − pad]`, zero where that is
 /// padding. Every element of `cols` is written (no prior zero-fill needed).
-/// "Shifted" geometries ([`Geom::is_shifted`]) copy one contiguous run per tap
-/// and plane (after a phase split at stride > 1, into `phases`, of length
-/// [`Geom::phase_len`]); others go row by row.
+/// Small outputs gather ([`Geom::gathers`], through `phases` as the padded
+/// plane); other "shifted" geometries ([`Geom::is_shifted`]) copy one
+/// contiguous run per tap and plane (after a phase split at stride > 1, into
+/// `phases`, of length [`Geom::phase_len`]); the rest go row by row.
 fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T], phases: &mut [T]) {
+    if g.gathers() {
+        return im2col_gather(g, x, nb, cols, phases);
+    }
     let (p, plane) = (g.cols(), g.h * g.w);
     let ncols = nb * p;
     let zero = T::zero();
@@ -429,11 +608,26 @@ fn im2col<T: Real>(g: &Geom, x: &[T], nb: usize, cols: &mut [T], phases: &mut [T
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input
 /// element it was copied from (`gx += col2im(gcols)`); padding entries are
-/// dropped. For "shifted" geometries the padding entries of `gcols` are first
+/// dropped. A `fresh` `gx` holds stale values and is overwritten instead
+/// (`Bwd::g_in_overwrite`). Small outputs scatter-add through a padded plane
+/// ([`col2im_gather_add`]). For other "shifted" geometries the padding
+/// entries of `gcols` are first
 /// set to zero (they are dropped anyway), so that each tap is one long
 /// contiguous add (into the phase planes, then merged) whose padding columns
 /// add exactly zero.
-fn col2im_add<T: Real>(g: &Geom, gcols: &mut [T], nb: usize, gx: &mut [T], phases: &mut [T]) {
+fn col2im_add<T: Real>(
+    g: &Geom,
+    gcols: &mut [T],
+    nb: usize,
+    (gx, fresh): (&mut [T], bool),
+    phases: &mut [T],
+) {
+    if g.gathers() {
+        return col2im_gather_add(g, gcols, nb, (gx, fresh), phases);
+    }
+    if fresh {
+        gx.fill(T::zero());
+    }
     let (p, plane) = (g.cols(), g.h * g.w);
     let ncols = nb * p;
     let shifted = g.is_shifted();
@@ -537,6 +731,7 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
     let (gm, phases) = rest.split_at_mut(gm_len);
     let wm = MatRef::row_major(w, o, rows);
     let sample = xs.numel() / n.max(1);
+    let mut x_fresh = None;
     let mut s0 = 0;
     while s0 < n {
         let nb = chunk.min(n - s0);
@@ -566,8 +761,13 @@ pub(crate) fn conv2d_vjp<T: Real>(b: &mut Bwd<'_, T>, stride: usize, pad: usize)
         }
         if want_x {
             gemm(one, wm.t(), gmat, zero, cols);
-            let gx = &mut b.g_in(0)[s0 * sample..(s0 + nb) * sample];
-            col2im_add(&geom, cols, nb, gx, phases);
+            // Fresh (stale values, `Bwd::g_in_overwrite`) at the first chunk
+            // stays so for the others' samples. Asked after W's adjoint, in
+            // case x and W are one node.
+            let (gx, first) = b.g_in_overwrite(0);
+            let fresh = *x_fresh.get_or_insert(first);
+            let gx = &mut gx[s0 * sample..(s0 + nb) * sample];
+            col2im_add(&geom, cols, nb, (gx, fresh), phases);
         }
         s0 += nb;
     }
@@ -746,14 +946,15 @@ impl<'t, T: Real> Var<'t, T> {
                 let (x, w) = (f.x(0), f.x(1));
                 // Per chunk of samples: one im2col into `[rows, nb·p]`, ONE GEMM
                 // W·cols → `[o, nb·p]`, then a permute into the `[nb, o, p]`
-                // output. Both buffers borrow the aux arena and are released
-                // after the forward: the capacity stays, so a re-recording
-                // allocates nothing.
-                let start = f.aux.len();
+                // output. The buffers are the tape's scratch, overwritten
+                // before they are read: it only grows, so a re-recording
+                // allocates nothing, and nothing is zeroed per call.
                 let om_len = if chunk > 1 { o * chunk * p } else { 0 };
                 let len = rows * chunk * p + om_len + geom.phase_len();
-                f.aux.resize(start + len, T::zero());
-                let (cols, rest) = f.aux[start..].split_at_mut(rows * chunk * p);
+                if f.scratch.len() < len {
+                    f.scratch.resize(len, T::zero());
+                }
+                let (cols, rest) = f.scratch[..len].split_at_mut(rows * chunk * p);
                 let (om, phases) = rest.split_at_mut(om_len);
                 let sample = xs.numel() / n.max(1);
                 let wm = MatRef::row_major(w, o, rows);
@@ -778,7 +979,6 @@ impl<'t, T: Real> Var<'t, T> {
                     }
                     s0 += nb;
                 }
-                f.aux.truncate(start);
             })
     }
 
@@ -876,7 +1076,7 @@ mod tests {
     //! ([`COLS_BYTES`]), so these shapes exercise per-sample GEMMs, multi-sample
     //! chunks with a short last chunk, the shifted copies (stride 1, and
     //! strides 2 and 3 through phase planes), and the row-by-row path.
-    use crate::{Dual, Tape, Tensor};
+    use crate::{Dual, Tape, Tensor, Var};
 
     fn data(len: usize, seed: usize) -> Vec<f64> {
         (0..len)
@@ -943,8 +1143,10 @@ mod tests {
 
     #[test]
     fn conv2d_matches_direct_loops_on_every_path() {
-        // (x dims, w dims, stride, pad)
-        let cases: [([usize; 4], [usize; 4], usize, usize); 16] = [
+        // (x dims, w dims, stride, pad). Outputs of at most GATHER_COLS
+        // positions gather from a padded plane; the last five are larger,
+        // for the phase, shifted-copy and row-by-row paths.
+        let cases: [([usize; 4], [usize; 4], usize, usize); 21] = [
             ([3, 1, 6, 7], [4, 1, 3, 3], 1, 1), // p ≥ rows: per sample, "same" copies
             ([5, 4, 4, 4], [3, 4, 3, 3], 1, 1), // rows > p: chunks of 2, 2, 1
             ([5, 3, 5, 6], [2, 3, 3, 3], 2, 1), // stride 2: phase split, odd height
@@ -961,7 +1163,24 @@ mod tests {
             ([2, 3, 4, 4], [2, 3, 1, 1], 1, 0), // 1×1: "same" without padding
             ([2, 1, 2, 2], [1, 1, 3, 3], 1, 2), // padding wider than the image
             ([7, 6, 3, 3], [2, 6, 3, 3], 1, 1), // many chunks
+            ([2, 2, 10, 10], [3, 2, 3, 3], 1, 1), // "same" copies, 100 outputs
+            ([2, 2, 17, 19], [2, 2, 3, 3], 2, 1), // stride-2 phases, odd sizes, 90
+            ([2, 2, 25, 25], [2, 2, 3, 3], 3, 1), // stride-3 phases, 81
+            ([2, 2, 12, 12], [2, 2, 3, 3], 1, 0), // valid, row by row, 100
+            ([2, 1, 20, 15], [2, 1, 2, 3], 2, 0), // row by row, stride 2, 70
         ];
+        let geom = |&(xd, wd, st, pad): &([usize; 4], [usize; 4], usize, usize)| {
+            super::Geom::new(crate::Shape::new(&xd), wd[2], wd[3], st, pad).expect("fits")
+        };
+        let (gathers, phases, copies, rows) = cases.iter().map(geom).fold((0, 0, 0, 0), |n, g| {
+            match (g.gathers(), g.is_shifted(), g.stride > 1) {
+                (true, ..) => (n.0 + 1, n.1, n.2, n.3),
+                (false, true, true) => (n.0, n.1 + 1, n.2, n.3),
+                (false, true, false) => (n.0, n.1, n.2 + 1, n.3),
+                (false, false, _) => (n.0, n.1, n.2, n.3 + 1),
+            }
+        });
+        assert!(gathers >= 10 && phases >= 3 && copies >= 1 && rows >= 2);
         for (k, &(xd, wd, st, pad)) in cases.iter().enumerate() {
             let x = data(xd.iter().product(), k);
             let w = data(wd.iter().product(), k + 100);
@@ -972,11 +1191,106 @@ mod tests {
             let g = data(y.shape().numel(), k + 200);
             let (ey, egx, egw) = direct(xd, wd, st, pad, &x, &w, &g);
             let gv = tape.constant(&Tensor::new(y.shape().dims(), g));
-            tape.backward((y * gv).sum());
+            let loss = (y * gv).sum();
             let case = format!("case {k}: x {xd:?} w {wd:?} stride {st} pad {pad}");
             close(y.value().data(), &ey, &format!("{case}: y"));
-            close(tape.grad(xv).data(), &egx, &format!("{case}: gx"));
-            close(tape.grad(wv).data(), &egw, &format!("{case}: gw"));
+            // Twice: the second sweep finds the first's adjoints (stale
+            // values) in the buffers it overwrites.
+            for sweep in 0..2 {
+                tape.backward(loss);
+                let (gx, gw) = (tape.grad(xv), tape.grad(wv));
+                close(gx.data(), &egx, &format!("{case}: gx, sweep {sweep}"));
+                close(gw.data(), &egw, &format!("{case}: gw, sweep {sweep}"));
+            }
+        }
+    }
+
+    /// One case per path: gathering, stride-2 phases, shifted copies, row by
+    /// row: (x dims, w dims, stride, pad).
+    const PATHS: [([usize; 4], [usize; 4], usize, usize); 4] = [
+        ([3, 2, 5, 5], [2, 2, 3, 3], 2, 1),
+        ([2, 2, 17, 19], [2, 2, 3, 3], 2, 1),
+        ([2, 2, 10, 10], [3, 2, 3, 3], 1, 1),
+        ([2, 2, 12, 12], [2, 2, 3, 3], 1, 0),
+    ];
+
+    /// x and W of case `k` (values from [`data`]) and their variables.
+    fn operands(
+        tape: &Tape<f64>,
+        k: usize,
+        xd: [usize; 4],
+        wd: [usize; 4],
+    ) -> (Vec<f64>, Vec<f64>, Var<'_, f64>, Var<'_, f64>) {
+        let (x, w) = (
+            data(xd.iter().product(), k),
+            data(wd.iter().product(), k + 9),
+        );
+        let xv = tape.var(&Tensor::new(xd, x.clone()));
+        let wv = tape.var(&Tensor::new(wd, w.clone()));
+        (x, w, xv, wv)
+    }
+
+    #[test]
+    fn conv2d_adds_onto_an_adjoint_already_there() {
+        // x's adjoint touched before the conv's VJP (a later op on x), and x
+        // as both operands: the VJP must add, on every path, not overwrite.
+        for (k, &(xd, wd, st, pad)) in PATHS.iter().enumerate() {
+            let tape = Tape::<f64>::new();
+            let (x, w, xv, wv) = operands(&tape, k, xd, wd);
+            let c = data(x.len(), k + 20);
+            let y = xv.conv2d(wv, st, pad);
+            let g = data(y.shape().numel(), k + 30);
+            let gv = tape.constant(&Tensor::new(y.shape().dims(), g.clone()));
+            let cv = tape.constant(&Tensor::new(xd, c.clone()));
+            let loss = (y * gv).sum() + (xv * cv).sum();
+            let (_, egx, _) = direct(xd, wd, st, pad, &x, &w, &g);
+            let want: Vec<f64> = egx.iter().zip(&c).map(|(a, b)| a + b).collect();
+            for sweep in 0..2 {
+                tape.backward(loss);
+                let what = format!("case {k}: gx + c, sweep {sweep}");
+                close(tape.grad(xv).data(), &want, &what);
+            }
+        }
+        // conv(x, x): x [2, 2, 3, 3] is its own 3×3 kernel.
+        let tape = Tape::<f64>::new();
+        let xd = [2, 2, 3, 3];
+        let (x, _, xv, _) = operands(&tape, 5, xd, [0; 4]);
+        let y = xv.conv2d(xv, 1, 1);
+        let g = data(y.shape().numel(), 6);
+        let gv = tape.constant(&Tensor::new(y.shape().dims(), g.clone()));
+        let loss = (y * gv).sum();
+        let (_, egx, egw) = direct(xd, xd, 1, 1, &x, &x, &g);
+        let want: Vec<f64> = egx.iter().zip(&egw).map(|(a, b)| a + b).collect();
+        for sweep in 0..2 {
+            tape.backward(loss);
+            let what = format!("conv(x, x), sweep {sweep}");
+            close(tape.grad(xv).data(), &want, &what);
+        }
+    }
+
+    #[test]
+    fn conv2d_forward_ignores_stale_scratch() {
+        // The forward's working buffers are the tape's scratch, which a
+        // backward sweep leaves holding its own values (NaN here, from a NaN
+        // seed): a later conv must overwrite, never read, them, on every
+        // path.
+        for (k, &(xd, wd, st, pad)) in PATHS.iter().enumerate() {
+            let tape = Tape::<f64>::new();
+            let (x, w, xv, wv) = operands(&tape, k, xd, wd);
+            let y = xv.conv2d(wv, st, pad);
+            let nan = vec![f64::NAN; y.shape().numel()];
+            let nan = tape.constant(&Tensor::new(y.shape().dims(), nan));
+            tape.backward((y * nan).sum());
+            let seeded = tape.grad(wv).data().iter().all(|g| g.is_nan());
+            assert!(seeded, "case {k}: the NaN seed reached W");
+            let again = xv.conv2d(wv, st, pad);
+            let zero = vec![0.0; again.shape().numel()];
+            let (ey, _, _) = direct(xd, wd, st, pad, &x, &w, &zero);
+            close(
+                again.value().data(),
+                &ey,
+                &format!("case {k}: y after a NaN sweep"),
+            );
         }
     }
 
