@@ -337,6 +337,22 @@ fn zero_edge<T: Real>(s: &mut [T]) {
     }
 }
 
+/// The input rows of a stride-2 phase split, each with where its halves go:
+/// for phase row `i` of row parity `a`, `(ih, even, odd)` with `ih = 2i + a`
+/// the input row (`None` past the image) and `even`, `odd` the offsets of
+/// phase row `i` in the phase planes `(a, 0)` and `(a, 1)`.
+fn pair_rows(g: &Geom) -> impl Iterator<Item = (Option<usize>, usize, usize)> {
+    let (hp, wp) = g.phase_dims();
+    let (len, h) = (hp * wp, g.h);
+    (0..2).flat_map(move |a| {
+        (0..hp).map(move |i| {
+            let ih = 2 * i + a;
+            let even = 2 * a * len + i * wp;
+            ((ih < h).then_some(ih), even, even + len)
+        })
+    })
+}
+
 /// Splits one input plane into its `stride²` phase planes (see
 /// [`Geom::phase_dims`]), zero past the image. At stride 2, the phases
 /// `(a, 0)` and `(a, 1)` are the even and odd columns of the input rows
@@ -347,35 +363,31 @@ fn split_phases<T: Real>(g: &Geom, src: &[T], phases: &mut [T]) {
     let (hp, wp) = g.phase_dims();
     let s = g.stride;
     if s == 2 {
-        let len = hp * wp;
         let pairs = g.w / 2;
-        for a in 0..2 {
-            let (even, odd) = phases[2 * a * len..][..2 * len].split_at_mut(len);
-            let rows = even.chunks_exact_mut(wp).zip(odd.chunks_exact_mut(wp));
-            for (i, (e, o)) in rows.enumerate() {
-                let ih = 2 * i + a;
-                if ih >= g.h {
-                    e.fill(T::zero());
-                    o.fill(T::zero());
-                    continue;
-                }
-                let srow = &src[ih * g.w..][..g.w];
-                let two = srow.chunks_exact(2);
-                let last = two.remainder();
-                for ((e, o), p) in e.iter_mut().zip(o.iter_mut()).zip(two) {
-                    *e = p[0];
-                    *o = p[1];
-                }
-                // An odd width's last column is the even phase's last entry.
-                let tail = &mut e[pairs..];
-                if let ([v], [d, ..]) = (last, &mut *tail) {
-                    *d = *v;
-                    zero_edge(&mut tail[1..]);
-                } else {
-                    zero_edge(tail);
-                }
-                zero_edge(&mut o[pairs..]);
+        for (ih, even, odd) in pair_rows(g) {
+            let (lo, hi) = phases.split_at_mut(odd);
+            let (e, o) = (&mut lo[even..][..wp], &mut hi[..wp]);
+            let Some(ih) = ih else {
+                e.fill(T::zero());
+                o.fill(T::zero());
+                continue;
+            };
+            let srow = &src[ih * g.w..][..g.w];
+            let two = srow.chunks_exact(2);
+            let last = two.remainder();
+            for ((e, o), p) in e.iter_mut().zip(o.iter_mut()).zip(two) {
+                *e = p[0];
+                *o = p[1];
             }
+            // An odd width's last column is the even phase's last entry.
+            let tail = &mut e[pairs..];
+            if let ([v], [d, ..]) = (last, &mut *tail) {
+                *d = *v;
+                zero_edge(&mut tail[1..]);
+            } else {
+                zero_edge(tail);
+            }
+            zero_edge(&mut o[pairs..]);
         }
         return;
     }
@@ -410,25 +422,18 @@ fn merge_phases_add<T: Real>(g: &Geom, phases: &[T], dst: &mut [T]) {
     let (hp, wp) = g.phase_dims();
     let s = g.stride;
     if s == 2 {
-        let len = hp * wp;
         let pairs = g.w / 2;
-        for a in 0..2 {
-            let (even, odd) = phases[2 * a * len..][..2 * len].split_at(len);
-            let rows = even.chunks_exact(wp).zip(odd.chunks_exact(wp));
-            for (i, (e, o)) in rows.enumerate() {
-                let ih = 2 * i + a;
-                if ih >= g.h {
-                    continue;
-                }
-                let drow = &mut dst[ih * g.w..][..g.w];
-                let mut two = drow.chunks_exact_mut(2);
-                for ((d, &x), &y) in (&mut two).zip(e).zip(o) {
-                    d[0] += x;
-                    d[1] += y;
-                }
-                if let [d] = two.into_remainder() {
-                    *d += e[pairs];
-                }
+        for (ih, even, odd) in pair_rows(g) {
+            let Some(ih) = ih else { continue };
+            let (e, o) = (&phases[even..][..wp], &phases[odd..][..wp]);
+            let drow = &mut dst[ih * g.w..][..g.w];
+            let mut two = drow.chunks_exact_mut(2);
+            for ((d, &x), &y) in (&mut two).zip(e).zip(o) {
+                d[0] += x;
+                d[1] += y;
+            }
+            if let [d] = two.into_remainder() {
+                *d += e[pairs];
             }
         }
         return;
@@ -1074,8 +1079,9 @@ mod tests {
     //! The im2col/GEMM convolution and the pooling fast paths against direct
     //! loops over the definitions. Unit tests run with a tiny chunk budget
     //! ([`COLS_BYTES`]), so these shapes exercise per-sample GEMMs, multi-sample
-    //! chunks with a short last chunk, the shifted copies (stride 1, and
-    //! strides 2 and 3 through phase planes), and the row-by-row path.
+    //! chunks with a short last chunk, the gather through a padded plane
+    //! (small outputs), the shifted copies (stride 1, and strides 2 and 3
+    //! through phase planes), and the row-by-row path.
     use crate::{Dual, Tape, Tensor, Var};
 
     fn data(len: usize, seed: usize) -> Vec<f64> {
