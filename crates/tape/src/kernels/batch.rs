@@ -88,6 +88,7 @@ impl<'a, T: Real> Batch<'a, T> {
     }
 
     /// The number of products.
+    #[cfg(target_arch = "x86_64")]
     #[inline]
     pub(crate) fn count(&self) -> usize {
         self.count

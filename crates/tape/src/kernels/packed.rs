@@ -146,7 +146,11 @@ pub(crate) struct Tile<E> {
 /// Whoever runs one ([`Micro::transpose`], `simd::transpose_tiles`) requires
 /// `have ≤ n`, `src[j·cs + l]` valid for reads for `l < k`, `j < have`, and
 /// `dst` valid for `k·n` writes.
+///
+/// Only the x86_64 kernels have register transposes: elsewhere every
+/// [`Micro::transpose`] declines and the fields are never read.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Transposition<E> {
     pub src: *const E,
     /// The source's row stride (its elements along a row are contiguous).
@@ -160,6 +164,7 @@ pub(crate) struct Transposition<E> {
 impl<E> Transposition<E> {
     /// The same transposition with its elements moved as `F` lanes, of the
     /// same size: only bits move.
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn cast<F>(self) -> Transposition<F> {
         debug_assert_eq!(std::mem::size_of::<E>(), std::mem::size_of::<F>());
         Transposition {

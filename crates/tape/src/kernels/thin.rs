@@ -33,11 +33,9 @@
 //! partial vectors are masked loads and stores, addresses formed with
 //! `wrapping_add`.
 
-use std::any::TypeId;
-
 use super::simd::Lane;
 use super::{MatRef, Product};
-use crate::real::{Dual, Real};
+use crate::real::Real;
 
 /// Runs `p` here if it is a large matrix-vector product of a layout this file
 /// handles and the active family has a vector kernel (then records the
@@ -581,6 +579,7 @@ pub(crate) type Rows<'a, T> = dyn FnMut(&[T], &mut [T]) + 'a;
 
 /// The most vector accumulators [`logistic`] keeps for `Xᵀ·σ` (one per
 /// feature and real column, on the stack).
+#[cfg(target_arch = "x86_64")]
 const LOGISTIC_ACC: usize = 256;
 
 /// The two products of the mean logistic loss from one read of `X`
@@ -621,7 +620,10 @@ pub(crate) fn logistic<T: Real>(
 
 /// The number of `E`s in one `T` (1 for `E`, 2 for `Dual<E>`), or `None`
 /// for any other `T`.
+#[cfg(target_arch = "x86_64")]
 fn parts<T: 'static, E: 'static>() -> Option<usize> {
+    use crate::real::Dual;
+    use std::any::TypeId;
     let t = TypeId::of::<T>();
     if t == TypeId::of::<E>() {
         Some(1)
@@ -636,6 +638,7 @@ fn parts<T: 'static, E: 'static>() -> Option<usize> {
 ///
 /// # Panics
 /// If `T` is neither.
+#[cfg(target_arch = "x86_64")]
 fn elems<T: 'static, E: 'static>(x: &[T]) -> &[E] {
     let p = parts::<T, E>().expect("elems: T is E or Dual<E>");
     assert_eq!(size_of::<T>(), p * size_of::<E>(), "elems");
@@ -646,6 +649,7 @@ fn elems<T: 'static, E: 'static>(x: &[T]) -> &[E] {
 }
 
 /// The `&mut` form of [`elems`].
+#[cfg(target_arch = "x86_64")]
 fn elems_mut<T: 'static, E: 'static>(x: &mut [T]) -> &mut [E] {
     let p = parts::<T, E>().expect("elems_mut: T is E or Dual<E>");
     assert_eq!(size_of::<T>(), p * size_of::<E>(), "elems_mut");
@@ -657,6 +661,7 @@ fn elems_mut<T: 'static, E: 'static>(x: &mut [T]) -> &mut [E] {
 ///
 /// # Panics
 /// If `T` is neither `E` nor `Dual<E>`, or the length is not a multiple.
+#[cfg(target_arch = "x86_64")]
 fn whole<E: 'static, T: 'static>(x: &[E]) -> &[T] {
     let p = parts::<T, E>().expect("whole: T is E or Dual<E>");
     assert!(
@@ -670,6 +675,7 @@ fn whole<E: 'static, T: 'static>(x: &[E]) -> &[T] {
 }
 
 /// The `&mut` form of [`whole`].
+#[cfg(target_arch = "x86_64")]
 fn whole_mut<E: 'static, T: 'static>(x: &mut [E]) -> &mut [T] {
     let p = parts::<T, E>().expect("whole_mut: T is E or Dual<E>");
     assert!(

@@ -9,9 +9,8 @@
 //! `#[target_feature]` function, after [`width`] said the CPU has that
 //! feature (`is_x86_feature_detected!` through `family.rs`).
 
-use super::Family;
-
 /// The widest instruction set the active family allows on this CPU.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Width {
     /// AVX-512F.
@@ -23,18 +22,16 @@ pub(super) enum Width {
 }
 
 /// Which width [`wide!`] runs now (the family's cap, and what the CPU has).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(super) fn width() -> Width {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::family;
-        let cap = super::active();
-        if cap >= Family::Avx512 && family::has_avx512() {
-            return Width::Avx512;
-        }
-        if cap >= Family::Avx2 && family::has_avx2_fma() {
-            return Width::Avx2;
-        }
+    use super::{family, Family};
+    let cap = super::active();
+    if cap >= Family::Avx512 && family::has_avx512() {
+        return Width::Avx512;
+    }
+    if cap >= Family::Avx2 && family::has_avx2_fma() {
+        return Width::Avx2;
     }
     Width::Baseline
 }
@@ -85,7 +82,8 @@ pub(super) use wide;
 
 /// Every family this CPU can run (for tests that compare them).
 #[cfg(test)]
-pub(super) fn families() -> Vec<Family> {
+pub(super) fn families() -> Vec<super::Family> {
+    use super::Family;
     [Family::Portable, Family::Avx2, Family::Avx512]
         .into_iter()
         .filter(|f| f.is_available())
