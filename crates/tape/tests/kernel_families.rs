@@ -1078,6 +1078,25 @@ fn mlp_bits<T: Real>(dual: impl Fn(f64, f64) -> T) -> Vec<T> {
     out
 }
 
+/// Panics unless `bits()` run ten times on this thread's pool (its passes
+/// cut between two threads where they are large enough) gives the bits it
+/// gives inside the one-thread pool `one` (nothing cut), element by element.
+fn same_bits_cut_in_two<T: Real>(
+    one: &rayon::ThreadPool,
+    name: &str,
+    bits: impl Fn() -> Vec<T> + Sync,
+) {
+    let whole = one.install(&bits);
+    for round in 0..10 {
+        let cut = bits();
+        let bad = whole.iter().zip(&cut).position(|(a, b)| a != b);
+        assert!(
+            bad.is_none(),
+            "{name}, round {round}: element {bad:?} of the loss and gradients differs"
+        );
+    }
+}
+
 /// The elementwise passes of a dense layer (bias add, ReLU, their adjoints:
 /// the bias's column sums, an accumulated adjoint) cut in two halves between
 /// two threads (`kernels::pair::parts_mut`) give the bits of one thread, on
@@ -1090,15 +1109,7 @@ fn dense_layer_elementwise_passes_give_the_same_bits_cut_in_two() {
         .build()
         .unwrap();
     fn check<T: Real>(one: &rayon::ThreadPool, name: &str, dual: impl Fn(f64, f64) -> T + Sync) {
-        let whole = one.install(|| mlp_bits(&dual));
-        for round in 0..10 {
-            let cut = mlp_bits(&dual);
-            let bad = whole.iter().zip(&cut).position(|(a, b)| a != b);
-            assert!(
-                bad.is_none(),
-                "{name}, round {round}: element {bad:?} of the loss and gradients differs"
-            );
-        }
+        same_bits_cut_in_two(one, name, || mlp_bits(&dual));
     }
     check(&one, "f32", |v, _| v as f32);
     check(&one, "f64", |v, _| v);
@@ -1191,4 +1202,56 @@ fn portable_grids_give_the_portable_bits_on_every_edge() {
     }
     let count = check(&F32) + check(&F64);
     eprintln!("kernel families: RAN portable grids: {count} large products, bit-identical");
+}
+
+/// Loss and gradients through two batch-norms of one input `x` (so the
+/// second adds to x's adjoint): `Σ bn1(x)·w + Σ bn2(x)²/2`, on a tape of
+/// `T`; `dual` gives every input a tangent. Returned: the loss, then the
+/// gradients of x, γ1, β1, γ2, β2.
+fn batch_norm_bits<T: Real>(shape: &[usize], dual: impl Fn(f64, f64) -> T) -> Vec<T> {
+    let t = Tape::<T>::new();
+    let data = |n: usize, seed: f64| -> Vec<T> {
+        (0..n)
+            .map(|i| dual(val(i, seed, false), val(i, seed * 1.3, false)))
+            .collect()
+    };
+    let (len, c) = (shape.iter().product::<usize>(), shape[1]);
+    let x = t.leaf(shape, &data(len, 0.41), true);
+    let w = t.leaf(shape, &data(len, 0.77), false);
+    let params: Vec<_> = (0..4)
+        .map(|j| t.leaf(&[c][..], &data(c, 0.19 + 0.1 * j as f64), true))
+        .collect();
+    let y1 = x.batch_norm(params[0], params[1], 1e-5);
+    let y2 = x.batch_norm(params[2], params[3], 1e-3);
+    let loss = (y1 * w).sum() + (y2 * y2).sum().mul_scalar(0.5);
+    t.backward(loss);
+    let mut out = vec![loss.item()];
+    for v in std::iter::once(x).chain(params) {
+        out.extend(t.grad(v).data().iter().copied());
+    }
+    out
+}
+
+/// A batch-norm's passes with the channels cut in two halves between two
+/// threads (`kernels::pair::channel_halves`, from 2^15 elements, a dual's
+/// counted twice: the statistics, x − μ, the output; the adjoint's sums and
+/// ḡx, fresh and accumulated) give the bits of one thread, for `[n, c]` (an
+/// even and an odd channel count) and `[n, c, h, w]`, batch statistics over
+/// m not a power of two, on `f32`, `f64` and dual tapes, ten times over
+/// (each half may run on either thread).
+#[test]
+fn batch_norm_gives_the_same_bits_cut_in_two() {
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    fn check<T: Real>(one: &rayon::ThreadPool, name: &str, dual: impl Fn(f64, f64) -> T + Sync) {
+        for shape in [&[96, 384][..], &[120, 277], &[6, 6, 40, 24]] {
+            let name = format!("{name} {shape:?}");
+            same_bits_cut_in_two(one, &name, || batch_norm_bits(shape, &dual));
+        }
+    }
+    check(&one, "f32", |v, _| v as f32);
+    check(&one, "f64", |v, _| v);
+    check(&one, "Dual<f64>", Dual::new);
 }

@@ -14,6 +14,7 @@
 //! chunks it has not taken (and waits only for one it has started), so which
 //! thread runs a chunk varies.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -367,6 +368,13 @@ pub(crate) fn may_cut() -> bool {
     rayon::current_thread_index().is_none() && rayon::current_num_threads() >= 2
 }
 
+/// Whether [`channel_halves`] cuts `parts` channels with `work` elements
+/// in two: `work` of at least [`SPLIT_ELEMS`], two parts or more, and
+/// [`may_cut`].
+pub(crate) fn cuts(work: usize, parts: usize) -> bool {
+    work >= SPLIT_ELEMS && parts >= 2 && may_cut()
+}
+
 /// `out`'s first element, shared by the two threads of [`parts_mut`].
 struct Base<T>(*mut T);
 
@@ -416,6 +424,99 @@ where
             std::slice::from_raw_parts_mut(base.ptr().add(r.start * width), r.len() * width)
         };
         f(r, part);
+    });
+}
+
+/// The channels `chs` of every row of a buffer seen as rows of `c` channels
+/// of `width` contiguous elements (a batch-norm's `[n, c]` or
+/// `[n, c, h, w]`): one thread's part in [`channel_halves`], row by row.
+pub(crate) struct Channels<'a, T> {
+    base: *mut T,
+    rows: usize,
+    /// Elements per row, c·width.
+    row: usize,
+    /// The part's elements in a row: `lo..hi` (`chs.start·width..chs.end·width`).
+    lo: usize,
+    hi: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> Channels<'_, T> {
+    /// Row `r`'s elements of these channels.
+    ///
+    /// # Panics
+    /// If `r` is not below [`Channels::rows`].
+    pub(crate) fn row(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "Channels::row: row {r} of {}", self.rows);
+        // SAFETY: `channel_halves` made `base` from a `&mut [T]` of
+        // `rows·row` elements borrowed for `'a`, with `lo ≤ hi ≤ row`, so
+        // `r·row + lo .. r·row + hi` is inside it; the other part of the
+        // same buffer has a disjoint range `lo..hi` in every row, and this
+        // slice's borrow of `self` ends before another row is taken.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(r * self.row + self.lo), self.hi - self.lo)
+        }
+    }
+}
+
+/// The buffers of [`channel_halves`]: first element, length, `width`.
+struct Buffers<T, const N: usize>([(*mut T, usize, usize); N]);
+
+// SAFETY: `channel_halves` hands each thread the channels of one half, so the
+// two threads reach disjoint elements of each buffer (`T: Send`: they may be
+// written from the other thread), and `share` returns only after both are
+// done, while the buffers' `&mut` borrows are alive.
+unsafe impl<T: Send, const N: usize> Sync for Buffers<T, N> {}
+
+impl<T, const N: usize> Buffers<T, N> {
+    /// Channels `chs` of each of the `c`-channel buffers.
+    fn part(&self, c: usize, chs: &Range<usize>) -> [Channels<'_, T>; N] {
+        self.0.map(|(base, len, width)| Channels {
+            base,
+            rows: len / (c * width),
+            row: c * width,
+            lo: chs.start * width,
+            hi: chs.end * width,
+            _borrow: std::marker::PhantomData,
+        })
+    }
+}
+
+/// `f(chs, parts)` over `N` buffers, each seen as rows of `c` channels of
+/// `width` contiguous elements (`bufs[j] = (buffer, width)`): with `work`
+/// (the elements the pass reads or writes) of at least [`SPLIT_ELEMS`], two
+/// channels or more and [`may_cut`], the channels are cut in two halves (the
+/// first ⌈c / 2⌉, a function of the shape only) run by [`share`], `parts`
+/// holding each buffer's channels `chs`; else `f(0..c, whole)` here. For
+/// passes whose channels do not depend on each other (a batch-norm's
+/// per-channel statistics), so the bits do not depend on the cut.
+///
+/// # Panics
+/// If `c` or a `width` is 0, or a buffer is not whole rows of `c·width`.
+pub(crate) fn channel_halves<T: Send, const N: usize, F>(
+    c: usize,
+    bufs: [(&mut [T], usize); N],
+    work: usize,
+    f: &F,
+) where
+    F: Fn(Range<usize>, [Channels<'_, T>; N]) + Sync,
+{
+    for (b, width) in &bufs {
+        assert!(
+            c > 0 && *width > 0 && b.len().is_multiple_of(c * width),
+            "channel_halves: {} elements are not rows of {c} channels of {width}",
+            b.len()
+        );
+    }
+    let ptrs = Buffers(bufs.map(|(b, width)| (b.as_mut_ptr(), b.len(), width)));
+    if !cuts(work, c) {
+        return f(0..c, ptrs.part(c, &(0..c)));
+    }
+    let half = c.div_ceil(2);
+    share(2, &|i: usize, _| {
+        let chs = if i == 0 { 0..half } else { half..c };
+        let parts = ptrs.part(c, &chs);
+        f(chs, parts);
     });
 }
 

@@ -27,10 +27,26 @@
 //! broadcasts with one node, one saved copy and three passes over the input
 //! in the forward (Σx; x − μ and Σ(x − μ)² block by block; y).
 
+use crate::kernels::pair::{channel_halves, cuts};
 use crate::ops::Op;
 use crate::real::Real;
 use crate::shape::{check_shapes, Shape};
 use crate::tape::{Bwd, Var};
+
+/// The work by which a batch-norm's passes are cut between two threads
+/// ([`channel_halves`]): its elements, a dual one counted as its parts (the
+/// passes are scalar code, and a dual's products cost about three real
+/// ones), over 4, against the elementwise passes' threshold of 2^13: a
+/// `Dual<f32>` `[64, 256]` is cut, an `f32` one is not, an `f32` `[64, 512]`
+/// is. Measured alternately in one process (Zen 5, `docs/benchmarks.md`
+/// "bnsplit"): cut, an `f32` `[64, 256]` layer's passes made `mlp_grad_bn`
+/// 2–7 % slower (a hand-off and the zero-fill of the saved x − μ against
+/// passes of a few µs), and a `Dual<f32>` one's made `mlp_hvp_bn` 4–8 %
+/// faster.
+fn split_work<T: Real>(len: usize) -> usize {
+    let parts = std::mem::size_of::<T>() / std::mem::size_of::<T::Base>();
+    len.saturating_mul(parts) / 4
+}
 
 /// `(n, c, inner)` of a batch-norm input: `inner` = h·w, or 1 for `[n, c]`.
 #[track_caller]
@@ -93,27 +109,40 @@ impl Layout {
     #[inline]
     fn sums<T: Real, const K: usize>(
         self,
-        acc: [&mut [T]; K],
+        mut acc: [&mut [T]; K],
         a: &[T],
         b: &[T],
         f: impl Fn(T, T) -> [T; K],
     ) {
         let row = self.c * self.inner;
         for (ra, rb) in a.chunks_exact(row).zip(b.chunks_exact(row)) {
-            if self.inner == 1 {
-                for (ch, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-                    let v = f(x, y);
-                    for k in 0..K {
-                        acc[k][ch] += v[k];
-                    }
+            self.sums_row(&mut acc, ra, rb, &f);
+        }
+    }
+
+    /// One row's part of [`Layout::sums`]: `ra`, `rb` hold whole channels
+    /// (the first is `acc`'s element 0), all of a row's or some of them.
+    #[inline]
+    fn sums_row<T: Real, const K: usize>(
+        self,
+        acc: &mut [&mut [T]; K],
+        ra: &[T],
+        rb: &[T],
+        f: &impl Fn(T, T) -> [T; K],
+    ) {
+        if self.inner == 1 {
+            for (ch, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+                let v = f(x, y);
+                for k in 0..K {
+                    acc[k][ch] += v[k];
                 }
-            } else {
-                let blocks = ra.chunks_exact(self.inner).zip(rb.chunks_exact(self.inner));
-                for (ch, (x, y)) in blocks.enumerate() {
-                    let v = lane_sum(x, y, &f);
-                    for k in 0..K {
-                        acc[k][ch] += v[k];
-                    }
+            }
+        } else {
+            let blocks = ra.chunks_exact(self.inner).zip(rb.chunks_exact(self.inner));
+            for (ch, (x, y)) in blocks.enumerate() {
+                let v = lane_sum(x, y, f);
+                for k in 0..K {
+                    acc[k][ch] += v[k];
                 }
             }
         }
@@ -147,6 +176,32 @@ impl Layout {
         }
     }
 
+    /// One row's part of [`Layout::centre`], written into `out` (the
+    /// row's elements of the same channels as `x`, `mu` and `acc`) instead
+    /// of appended: the same values and sums, in the same order.
+    #[inline]
+    fn centre_row<T: Real>(self, out: &mut [T], x: &[T], mu: &[T], acc: &mut [T]) {
+        if self.inner == 1 {
+            for ((o, &x), &m) in out.iter_mut().zip(x).zip(mu) {
+                *o = x - m;
+            }
+            for (s, &v) in acc.iter_mut().zip(&*out) {
+                *s += v * v;
+            }
+        } else {
+            let blocks = out
+                .chunks_exact_mut(self.inner)
+                .zip(x.chunks_exact(self.inner));
+            for ((bo, bx), (&m, s)) in blocks.zip(mu.iter().zip(acc.iter_mut())) {
+                for (o, &x) in bo.iter_mut().zip(bx) {
+                    *o = x - m;
+                }
+                let [v] = lane_sum(bo, bo, |x, _| [x * x]);
+                *s += v;
+            }
+        }
+    }
+
     /// `f(&mut out_i, a_i, b_i, k(ch))` for every element `i` of channel
     /// `ch` (`k(ch)`: the channel's constants, taken once per block).
     #[inline]
@@ -164,19 +219,32 @@ impl Layout {
             .zip(a.chunks_exact(row))
             .zip(b.chunks_exact(row));
         for ((ro, ra), rb) in rows {
-            if self.inner == 1 {
-                for (ch, ((o, &x), &y)) in ro.iter_mut().zip(ra).zip(rb).enumerate() {
-                    f(o, x, y, &k(ch));
-                }
-            } else {
-                let (ba, bb) = (ra.chunks_exact(self.inner), rb.chunks_exact(self.inner));
-                for (ch, ((bo, ba), bb)) in
-                    ro.chunks_exact_mut(self.inner).zip(ba).zip(bb).enumerate()
-                {
-                    let kc = k(ch);
-                    for ((o, &x), &y) in bo.iter_mut().zip(ba).zip(bb) {
-                        f(o, x, y, &kc);
-                    }
+            self.map_row(ro, ra, rb, &k, &mut f);
+        }
+    }
+
+    /// One row's part of [`Layout::map`]: `ro`, `ra`, `rb` hold whole
+    /// channels, the first one `k`'s channel 0.
+    #[inline]
+    fn map_row<T: Real, K>(
+        self,
+        ro: &mut [T],
+        ra: &[T],
+        rb: &[T],
+        k: &impl Fn(usize) -> K,
+        f: &mut impl FnMut(&mut T, T, T, &K),
+    ) {
+        if self.inner == 1 {
+            for (ch, ((o, &x), &y)) in ro.iter_mut().zip(ra).zip(rb).enumerate() {
+                f(o, x, y, &k(ch));
+            }
+        } else {
+            let (ba, bb) = (ra.chunks_exact(self.inner), rb.chunks_exact(self.inner));
+            for (ch, ((bo, ba), bb)) in ro.chunks_exact_mut(self.inner).zip(ba).zip(bb).enumerate()
+            {
+                let kc = k(ch);
+                for ((o, &x), &y) in bo.iter_mut().zip(ba).zip(bb) {
+                    f(o, x, y, &kc);
                 }
             }
         }
@@ -187,7 +255,7 @@ impl Layout {
 /// per-channel sums ḡβ = Σg and Σg·(x − μ) (ḡγ = s·Σg·(x − μ)) in one
 /// pass, then
 /// ḡx = γ·s·(g − ḡβ/m − (x − μ)·s·ḡγ/m).
-pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
+pub(crate) fn batch_norm_vjp<'a, T: Real>(b: &mut Bwd<'a, T>) {
     let (n, c, inner) = dims(b.x_shape(0), b.x_shape(1), b.x_shape(2));
     if !(b.wants(0) || b.wants(1) || b.wants(2)) {
         return;
@@ -200,6 +268,57 @@ pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     scratch.clear();
     scratch.resize(2 * c, T::zero());
     let (sg, sgx) = scratch.split_at_mut(c);
+    let inv_m = T::from_f64(1.0 / (n * inner) as f64);
+    if b.wants(0) && cuts(split_work::<T>(len), c) {
+        // The channels in two halves, one per thread: each half's sums, then
+        // its ḡx, as below (the same bits).
+        let gamma = b.x(1);
+        let (gx, fresh) = b.g_in_overwrite(0);
+        let bufs = [(gx, inner), (&mut *sg, 1), (&mut *sgx, 1)];
+        channel_halves(c, bufs, split_work::<T>(len), &|chs, parts| {
+            let [mut gx, mut sg, mut sgx] = parts;
+            let (sg, sgx) = (sg.row(0), sgx.row(0));
+            let span =
+                |r: usize| r * c * inner + chs.start * inner..r * c * inner + chs.end * inner;
+            let part = |v: &'a [T], r: usize| -> &'a [T] { &v[span(r)] };
+            for r in 0..n {
+                lay.sums_row(
+                    &mut [&mut *sg, &mut *sgx],
+                    part(g, r),
+                    part(xc, r),
+                    &|g, x| [g, g * x],
+                );
+            }
+            for (v, &sc) in sgx.iter_mut().zip(&s[chs.clone()]) {
+                *v *= sc;
+            }
+            let k = |ch: usize| {
+                let at = chs.start + ch;
+                (gamma[at] * s[at], sg[ch] * inv_m, s[at] * (sgx[ch] * inv_m))
+            };
+            for r in 0..n {
+                let (o, g, x) = (gx.row(r), part(g, r), part(xc, r));
+                if fresh {
+                    lay.map_row(o, g, x, &k, &mut |o, g, x, &(k, a, d)| {
+                        *o = k * (g - a - x * d)
+                    });
+                } else {
+                    lay.map_row(o, g, x, &k, &mut |o, g, x, &(k, a, d)| {
+                        *o += k * (g - a - x * d)
+                    });
+                }
+            }
+        });
+        for (k, sums) in [(2, &*sg), (1, &*sgx)] {
+            if b.wants(k) {
+                for (a, &v) in b.g_in(k).iter_mut().zip(sums) {
+                    *a += v;
+                }
+            }
+        }
+        *b.scratch = scratch;
+        return;
+    }
     lay.sums([&mut *sg, &mut *sgx], g, xc, |g, x| [g, g * x]);
     for (v, &sc) in sgx.iter_mut().zip(s) {
         *v *= sc; // ḡγ = s·Σg·(x − μ) = Σg·x̂
@@ -214,7 +333,6 @@ pub(crate) fn batch_norm_vjp<T: Real>(b: &mut Bwd<'_, T>) {
     if b.wants(0) {
         // Per channel: ḡx = k·(g − a − (x − μ)·d) with k = γ·s, a = Σg/m
         // and d = s·Σg·x̂/m.
-        let inv_m = T::from_f64(1.0 / (n * inner) as f64);
         let gamma = b.x(1);
         let (sg, sgx) = (&*sg, &*sgx);
         let k = |ch: usize| (gamma[ch] * s[ch], sg[ch] * inv_m, s[ch] * (sgx[ch] * inv_m));
@@ -277,6 +395,39 @@ impl<'t, T: Real> Var<'t, T> {
                 scratch.clear();
                 scratch.resize(2 * c, T::zero());
                 let (mu, sq) = scratch.split_at_mut(c);
+                if cuts(split_work::<T>(len), c) {
+                    // The channels in two halves, one per thread: the same
+                    // sums, values and bits as the pass below, x − μ written
+                    // into zero-filled space instead of appended.
+                    f.aux.resize(start + len + c, T::zero());
+                    let (xc, sc) = f.aux[start..].split_at_mut(len);
+                    let bufs = [(&mut *f.out, inner), (xc, inner), (sc, 1), (mu, 1), (sq, 1)];
+                    return channel_halves(c, bufs, split_work::<T>(len), &|chs, parts| {
+                        let [mut out, mut xc, mut sc, mut mu, mut sq] = parts;
+                        let (mu, sq, sc) = (mu.row(0), sq.row(0), sc.row(0));
+                        let rows = (0..n).map(|r| r * c * inner);
+                        let part = |at: usize| &x[at + chs.start * inner..at + chs.end * inner];
+                        for at in rows.clone() {
+                            lay.sums_row(&mut [&mut *mu], part(at), part(at), &|x, _| [x]);
+                        }
+                        for m in mu.iter_mut() {
+                            *m *= inv_m;
+                        }
+                        for (r, at) in rows.clone().enumerate() {
+                            lay.centre_row(xc.row(r), part(at), mu, sq);
+                        }
+                        for (s, &v) in sc.iter_mut().zip(&*sq) {
+                            *s = T::one() / (v * inv_m + eps_t).sqrt();
+                        }
+                        let k = |ch: usize| (sc[ch] * gm[chs.start + ch], bt[chs.start + ch]);
+                        for r in 0..n {
+                            let xr: &[T] = xc.row(r);
+                            lay.map_row(out.row(r), xr, xr, &k, &mut |o, x, _, &(k, b)| {
+                                *o = x * k + b
+                            });
+                        }
+                    });
+                }
                 lay.sums([&mut *mu], x, x, |x, _| [x]);
                 for m in mu.iter_mut() {
                     *m *= inv_m;
