@@ -40,12 +40,28 @@ use crate::tape::{Bwd, Var};
 /// `Dual<f32>` `[64, 256]` is cut, an `f32` one is not, an `f32` `[64, 512]`
 /// is. Measured alternately in one process (Zen 5, `docs/benchmarks.md`
 /// "bnsplit"): cut, an `f32` `[64, 256]` layer's passes made `mlp_grad_bn`
-/// 2–7 % slower (a hand-off and the zero-fill of the saved x − μ against
-/// passes of a few µs), and a `Dual<f32>` one's made `mlp_hvp_bn` 4–8 %
+/// 0–3 % slower (a hand-off and the zero-fill of the saved x − μ against
+/// passes of a few µs), and a `Dual<f32>` one's made `mlp_hvp_bn` 4–12 %
 /// faster.
 fn split_work<T: Real>(len: usize) -> usize {
     let parts = std::mem::size_of::<T>() / std::mem::size_of::<T::Base>();
     len.saturating_mul(parts) / 4
+}
+
+/// Channels per block of the cut passes' sums: each block's sums run over
+/// every row in local accumulators and are stored once, so the two threads
+/// do not both write the cache line their halves of a per-channel vector
+/// share once per row. Each channel's sum is still taken row by row from
+/// zero: the same bits. Measured (`docs/benchmarks.md` "bnsplit"): with the
+/// sums in place the cut cost `mlp_grad_bn` 2–7 % and gained `mlp_hvp_bn`
+/// 4–8 %; blocked, 0–3 % and 4–12 %.
+const BLOCK: usize = 32;
+
+/// The blocks `(lo, hi)` of at most [`BLOCK`] channels of `0..chs`.
+fn blocks(chs: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..chs)
+        .step_by(BLOCK)
+        .map(move |lo| (lo, (lo + BLOCK).min(chs)))
 }
 
 /// `(n, c, inner)` of a batch-norm input: `inner` = h·w, or 1 for `[n, c]`.
@@ -281,13 +297,16 @@ pub(crate) fn batch_norm_vjp<'a, T: Real>(b: &mut Bwd<'a, T>) {
             let span =
                 |r: usize| r * c * inner + chs.start * inner..r * c * inner + chs.end * inner;
             let part = |v: &'a [T], r: usize| -> &'a [T] { &v[span(r)] };
-            for r in 0..n {
-                lay.sums_row(
-                    &mut [&mut *sg, &mut *sgx],
-                    part(g, r),
-                    part(xc, r),
-                    &|g, x| [g, g * x],
-                );
+            for (lo, hi) in blocks(chs.len()) {
+                let e = lo * inner..hi * inner;
+                let (mut a, mut ax) = ([T::zero(); BLOCK], [T::zero(); BLOCK]);
+                for r in 0..n {
+                    let (g, x) = (&part(g, r)[e.clone()], &part(xc, r)[e.clone()]);
+                    let acc = &mut [&mut a[..hi - lo], &mut ax[..hi - lo]];
+                    lay.sums_row(acc, g, x, &|g, x| [g, g * x]);
+                }
+                sg[lo..hi].copy_from_slice(&a[..hi - lo]);
+                sgx[lo..hi].copy_from_slice(&ax[..hi - lo]);
             }
             for (v, &sc) in sgx.iter_mut().zip(&s[chs.clone()]) {
                 *v *= sc;
@@ -407,14 +426,24 @@ impl<'t, T: Real> Var<'t, T> {
                         let (mu, sq, sc) = (mu.row(0), sq.row(0), sc.row(0));
                         let rows = (0..n).map(|r| r * c * inner);
                         let part = |at: usize| &x[at + chs.start * inner..at + chs.end * inner];
-                        for at in rows.clone() {
-                            lay.sums_row(&mut [&mut *mu], part(at), part(at), &|x, _| [x]);
+                        for (lo, hi) in blocks(chs.len()) {
+                            let (e, mut a) = (lo * inner..hi * inner, [T::zero(); BLOCK]);
+                            for at in rows.clone() {
+                                let p = &part(at)[e.clone()];
+                                lay.sums_row(&mut [&mut a[..hi - lo]], p, p, &|x, _| [x]);
+                            }
+                            mu[lo..hi].copy_from_slice(&a[..hi - lo]);
                         }
                         for m in mu.iter_mut() {
                             *m *= inv_m;
                         }
-                        for (r, at) in rows.clone().enumerate() {
-                            lay.centre_row(xc.row(r), part(at), mu, sq);
+                        for (lo, hi) in blocks(chs.len()) {
+                            let (e, mut a) = (lo * inner..hi * inner, [T::zero(); BLOCK]);
+                            for (r, at) in rows.clone().enumerate() {
+                                let (o, p) = (&mut xc.row(r)[e.clone()], &part(at)[e.clone()]);
+                                lay.centre_row(o, p, &mu[lo..hi], &mut a[..hi - lo]);
+                            }
+                            sq[lo..hi].copy_from_slice(&a[..hi - lo]);
                         }
                         for (s, &v) in sc.iter_mut().zip(&*sq) {
                             *s = T::one() / (v * inv_m + eps_t).sqrt();
