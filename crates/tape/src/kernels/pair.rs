@@ -445,7 +445,7 @@ impl<T> Channels<'_, T> {
     /// Row `r`'s elements of these channels.
     ///
     /// # Panics
-    /// If `r` is not below [`Channels::rows`].
+    /// If `r` is not below the buffer's number of rows.
     pub(crate) fn row(&mut self, r: usize) -> &mut [T] {
         assert!(r < self.rows, "Channels::row: row {r} of {}", self.rows);
         // SAFETY: `channel_halves` made `base` from a `&mut [T]` of

@@ -17,6 +17,10 @@
 //! On a dual tape the forward is the JVP and the VJP runs on dual values:
 //! forward-over-reverse through the statistics, like every other op.
 //!
+//! A large node (`split_work`) runs each pass for half of the channels on
+//! each of two threads (`kernels::pair::channel_halves`): each channel's
+//! sums in the same order, so the same bits as on one thread.
+//!
 //! The values match the composite `((x − μ)/√(σ² + ε))·γ + β` written with
 //! `mean_axes`, `-`, `square`, `add_scalar`, `sqrt`, `/`, `*` and `+` to a
 //! few ulps, not bit for bit: the node multiplies by s = 1/√(σ² + ε)
