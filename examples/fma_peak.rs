@@ -8,7 +8,8 @@
 //!
 //! With `--watch SECS` it instead measures one thread's AVX2 chains again and
 //! again for `SECS` seconds and prints, for each second, the median, lowest and
-//! highest GFLOP/s of that second's samples (each ~1 ms of chains). The chains
+//! highest GFLOP/s of that second's samples (each ~0.4 ms: a thread started, then
+//! 200 000 iterations of the chains; about 2 600 a second on Zen 5). The chains
 //! touch no memory and share nothing between threads, so a second whose rate
 //! falls is the core running slower, not our code: run one watcher per CPU
 //! (`taskset -c 0 …` and `taskset -c 1 …` at once) to see whether a slow
