@@ -31,6 +31,11 @@
 //! `conv4_gemms` (the four conv layers' forward GEMMs on the 80 query images,
 //! `[64, 9·C]·[9·C, 80·H·W]`, timed alone after the timed calls, with their
 //! GFLOP/s and `fma_peak_share`).
+//!
+//! `bench CONFIG --pack-b` adds `pack_b`: the same calls with the large
+//! products' `B` always packed and with `B` read in place where the kernels'
+//! rule allows, alternated in blocks of 10 calls after the timed ones
+//! ([`pack_b_alternation`]); the timed calls themselves run the default.
 
 use std::time::Instant;
 
@@ -248,6 +253,28 @@ fn run(config: &str, w: &mut dyn Bench) -> Value {
     Value::Object(out)
 }
 
+/// `--pack-b`: the large products' `B` packed or read in place where the
+/// rule allows (`tape::kernels::pack_b_always`; `packed.rs`, "B read in
+/// place"), measured after the timed calls by `calls` more calls per side in
+/// blocks of 10 that alternate between the two, so that both sides see the
+/// same state of the machine; the two medians, in ms, and their ratio.
+fn pack_b_alternation(w: &mut dyn Bench, calls: usize) -> Value {
+    let mut times = [Vec::new(), Vec::new()];
+    for block in 0..2 * calls.div_ceil(10) {
+        let side = block % 2;
+        tape::kernels::pack_b_always(side == 0);
+        for _ in 0..10 {
+            let t0 = Instant::now();
+            w.call();
+            times[side].push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    tape::kernels::pack_b_always(false);
+    let [packed, in_place] = times.map(|mut t| median(&mut t));
+    json!({"packed_ms": round4(packed), "in_place_ms": round4(in_place),
+        "in_place_over_packed": round4(in_place / packed), "calls_each": 10 * calls.div_ceil(10)})
+}
+
 /// This machine's f32 fused-multiply-add peak for the kernel family in
 /// effect, **measured**: the best GFLOP/s of independent FMA chains on one
 /// thread (`tape::kernels::fma_gflops`, as `examples/fma_peak.rs` prints them) at the
@@ -396,6 +423,13 @@ fn main() {
     let mut result = run(config, workload.as_mut());
     if let Value::Object(m) = &mut result {
         m.insert("rss_at_start_mib".into(), json!(rss_at_start.map(round1)));
+        if args.iter().any(|a| a == "--pack-b") {
+            let calls = m["iterations"].as_u64().unwrap_or(20) as usize;
+            m.insert(
+                "pack_b".into(),
+                pack_b_alternation(workload.as_mut(), calls),
+            );
+        }
     }
     println!("{result}");
 }

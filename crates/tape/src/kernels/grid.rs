@@ -68,8 +68,13 @@ impl<E: Real<Base = E> + Copy, const MR: usize, const NR: usize> Micro for Grid<
         false
     }
 
+    /// Packs every sliver: the portable family is what aarch64 runs, and
+    /// reading `B` in place was measured only on x86_64 (packed.rs).
+    const B_IN_PLACE: bool = false;
+
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const E, b: *const E, t: &Tile<E>) {
+    unsafe fn tile(kc: usize, a: *const E, b: *const E, rsb: usize, t: &Tile<E>) {
+        debug_assert_eq!(rsb, NR, "grid: B is always packed");
         let mut acc = [[E::zero(); NR]; MR];
         // SAFETY: this fn's contract (`Micro::tile`): rows < t.rows ≤ MR and
         // columns < t.cols ≤ NR of `t.c`/`t.src`, kc·MR elements of `a`,

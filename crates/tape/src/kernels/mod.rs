@@ -11,7 +11,7 @@
 //! | `avx2.rs` | those kernels for AVX2+FMA (`f32 × 8`, `f64 × 4`), a transposing packer (8 × 8 / 4 × 4 tiles), and the row loop compiled with AVX2 | intrinsics, calling `#[target_feature]` functions |
 //! | `avx512.rs` | those kernels for AVX-512F (`f32 × 16`, `f64 × 8`), and a transposing packer | intrinsics, masked loads and stores |
 //! | `large.rs` | large real products: the per-call thread split | raw pointers and strides |
-//! | `packed.rs` | large real products by packed panels and register tiles (portable, and written once over a vector shape for AVX2+FMA and AVX-512F) | raw pointers, masked loads and stores |
+//! | `packed.rs` | large real products by packed panels and register tiles (portable, and written once over a vector shape for AVX2+FMA and AVX-512F); a row-major `B` of a product of few rows read in place ([`pack_b_always`] turns that off) | raw pointers, masked loads and stores |
 //! | `grid.rs` | the portable family's micro-kernel for `packed.rs`: a grid of scalar accumulators the compiler vectorises for the baseline target (SSE2, NEON) | reading packed slivers, writing a tile of `C` |
 //! | `dual.rs` | a dual matrix as two real ones (parts with doubled strides, or split into contiguous planes) | viewing `[Dual<T>]` as `[T]` |
 //! | `thin.rs` | large matrix-vector products (row-major `A`, or column-major `A` with two columns) with the lanes down the rows of `A` | calling `#[target_feature]` functions, raw pointers, masked loads and stores |
@@ -111,7 +111,9 @@
 //! bound of the portable loop (`tests/kernel_families.rs` checks it on large
 //! shapes and every layout). So under the AVX-512 family, small products give
 //! the portable bits and large ones do not. A dual large product is split into
-//! real ones (`dual.rs`).
+//! real ones (`dual.rs`). Whether a large product's `B` is packed or read in
+//! place changes where it is read from, never an element's sum: the same
+//! bits either way.
 //!
 //! ```
 //! use tape::gemm::{gemm, MatRef};
@@ -154,6 +156,7 @@ mod wide;
 pub use batch::Batch;
 pub use dual::{split_duals, tangents_into, zip_duals};
 pub use family::{active, force, last_family, with_family, Family, UnknownFamily, ENV_VAR};
+pub use packed::pack_b_always;
 pub use peak::fma_gflops;
 pub use sink::with_tangent_sinks;
 pub use source::{with_plane_sources, PlaneSource};

@@ -30,6 +30,28 @@
 //! products (`a·b = b·a`, also fused) in the same order; other strided outputs
 //! go through a tile-sized copy.
 //!
+//! # B read in place
+//! Packing `B` costs a read and a write of each of its elements per product,
+//! and a product of `m` rows uses each element `⌈m / MR⌉` times: for few rows
+//! the packing is a large share of the work (a tenth of a single thread's
+//! time on `[64, 784]·[784, 256]`, `docs/benchmarks.md`, "inplace"). So the
+//! vector kernels read the full-width slivers of a row-major `B` (unit column
+//! stride) where it lies, row `l` of a sliver `rsb` elements after row `l − 1`
+//! instead of `NR`, when [`reads_b_in_place`] says so: at most
+//! [`IN_PLACE_ROWS`] rows, a row stride that is not a multiple of
+//! [`CONFLICT_STRIDE`] bytes (rows that far apart fall into one or two sets of
+//! the L1 cache: read in place, `[256, 256]·[256, 512]` lost 1–3 % and
+//! `[256, 256]·[256, 1024]` 26–42 %), and a block of `B` of at most
+//! [`IN_PLACE_BYTES`] for the job (a chunk's columns, when `large.rs` cuts
+//! the product: the packer reads a `B` that is not in cache as whole rows,
+//! which the prefetchers follow, and the kernel in place as scattered lines;
+//! with AVX-512 and no bound, `[64, 576]·[576, 7840]`, chunks of 4.5 MB, lost
+//! 3–4 %, and `[64, 576]·[576, 15680]` 4–8 %). A sliver of the right edge
+//! (fewer than `NR` columns) is packed as before, and so is a panel of a
+//! stacked `B` that straddles its two blocks. Each element's sum is the same
+//! either way: the bits do not change, only where `B` is read from.
+//! [`pack_b_always`] turns this off, to measure it.
+//!
 //! # Buffers
 //! The packed panels and the saved `C` live in a [`Bufs`] the caller passes:
 //! the calling thread's, one per half of a product cut in two
@@ -38,10 +60,75 @@
 
 use super::Prim;
 use crate::real::Real;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Most values of the sum's index `l` per packed panel. `k` is cut into
 /// `⌈k / KC⌉` equal panels (the last one shorter), a function of `k` only.
 pub(crate) const KC: usize = 256;
+
+/// The most rows of a product whose `B` is read in place (see the module
+/// docs, "B read in place"). Measured on Zen 5, both families, `[m, 256]·[256,
+/// 256]` in one thread: in place took 13–22 % less time than packed at
+/// m = 32, 5–8 % at m = 96, 3–5 % at 128 and 1 % at 256; and `[784, 64]·[64,
+/// 256]` (`Xᵀ·dZ`) was up to 4 % slower.
+pub(crate) const IN_PLACE_ROWS: usize = 128;
+
+/// A row stride of `B` (in bytes) that is a multiple of this is never read in
+/// place: the rows of a sliver would fall into one or two sets of a 64-set
+/// L1 cache (module docs, "B read in place").
+pub(crate) const CONFLICT_STRIDE: usize = 2048;
+
+/// The largest block of `B` (a job's `k·n` elements, in bytes) read in place
+/// (module docs, "B read in place").
+pub(crate) const IN_PLACE_BYTES: usize = 4 << 20;
+
+/// Set by [`pack_b_always`].
+static PACK_B_ALWAYS: AtomicBool = AtomicBool::new(false);
+
+/// Makes every large product of the process pack `B` (`true`), or lets the
+/// AVX2 and AVX-512 packed kernels read a row-major `B` where it lies
+/// (`false`, the default) in a product `C = A·B` of at most 128 rows whose
+/// rows of `B` are not a multiple of 2 KiB apart and whose block of `B` (a
+/// thread's chunk of columns when the product is cut) takes at most 4 MiB
+/// (`crates/tape/src/kernels/packed.rs`, "B read in place", says why). Each
+/// element `c_ij = α·Σ_l a_il·b_lj (+ β·c_ij)` is summed in the same order
+/// either way, so the results are the same bits: this is a switch to
+/// measure the difference (`examples/pack_b.rs`, `bench CONFIG --pack-b`)
+/// and to test it.
+///
+/// ```
+/// use tape::gemm::{gemm, MatRef};
+/// use tape::kernels::pack_b_always;
+/// let (a, b) = (vec![0.5_f32; 64 * 300], vec![0.25_f32; 300 * 200]);
+/// let (av, bv) = (MatRef::row_major(&a, 64, 300), MatRef::row_major(&b, 300, 200));
+/// let (mut c1, mut c2) = (vec![0.0; 64 * 200], vec![0.0; 64 * 200]);
+/// pack_b_always(true);
+/// gemm(1.0, av, bv, 0.0, &mut c1);
+/// pack_b_always(false);
+/// gemm(1.0, av, bv, 0.0, &mut c2);
+/// assert_eq!(c1, c2);
+/// assert_eq!(c1[0], 300.0 * 0.125);
+/// ```
+pub fn pack_b_always(on: bool) {
+    PACK_B_ALWAYS.store(on, Ordering::Relaxed);
+}
+
+/// Whether micro-kernel `M` reads the full-width slivers of `job`'s `B` in
+/// place rather than packing them (module docs, "B read in place"): `M`
+/// can ([`Micro::B_IN_PLACE`]), [`pack_b_always`] is off, `B` is row-major
+/// (unit column stride), `m ≤` [`IN_PLACE_ROWS`], its row stride is not a
+/// multiple of [`CONFLICT_STRIDE`] bytes, and the job's `k·n` elements take
+/// at most [`IN_PLACE_BYTES`]. A function of the job's shape and strides (and the
+/// switch): the bits are the same either way.
+pub(crate) fn reads_b_in_place<M: Micro>(job: &Job<M::E>) -> bool {
+    let size = std::mem::size_of::<M::E>();
+    M::B_IN_PLACE
+        && !PACK_B_ALWAYS.load(Ordering::Relaxed)
+        && job.csb == 1
+        && job.m <= IN_PLACE_ROWS
+        && (job.rsb * size) % CONFLICT_STRIDE != 0
+        && job.k.saturating_mul(job.n).saturating_mul(size) <= IN_PLACE_BYTES
+}
 
 /// The largest `MR·NR` of any micro-kernel (the copy of a strided tile).
 const TILE: usize = 1024;
@@ -197,15 +284,20 @@ pub(crate) trait Micro {
     /// `t`'s buffers as [`Transposition`] says, and the CPU as the kernel
     /// requires.
     unsafe fn transpose(t: Transposition<Self::E>) -> bool;
-    /// `t` ← the tile's sum over the `kc` values of `l` of packed slivers
-    /// `a[l·MR + r]` and `b[l·NR + j]`, started and finished as `t` says.
+    /// Whether [`Micro::tile`] may be given a sliver of `B` where it lies
+    /// (rows `rsb ≠ NR` apart: [`reads_b_in_place`]).
+    const B_IN_PLACE: bool;
+    /// `t` ← the tile's sum over the `kc` values of `l` of a packed sliver of
+    /// `A`, `a[l·MR + r]`, and a sliver of `B`, `b[l·rsb + j]` (`rsb = NR`:
+    /// packed; otherwise `B`'s own rows), started and finished as `t` says.
     ///
     /// # Safety
-    /// `a` valid for `kc·MR` reads, `b` for `kc·NR`; `t.rows ≤ MR`,
+    /// `a` valid for `kc·MR` reads, `b[l·rsb + j]` for `l < kc`, `j < NR`
+    /// (`rsb ≥ NR`); `t.rows ≤ MR`,
     /// `t.cols == NR` ([`run`] sends a tile of fewer columns through a
     /// dense copy), and `t`'s pointers valid for the elements it names;
     /// the CPU as the kernel requires.
-    unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, t: &Tile<Self::E>);
+    unsafe fn tile(kc: usize, a: *const Self::E, b: *const Self::E, rsb: usize, t: &Tile<Self::E>);
 }
 
 impl<E: Real> Bufs<E> {
@@ -433,6 +525,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
         }
     }
     let (pa, pb, saved) = (bufs.a.as_mut_ptr(), bufs.b.as_mut_ptr(), bufs.c.as_ptr());
+    let b_in_place = reads_b_in_place::<M>(&j);
     let direct = j.csc == 1;
     // The tile copies of a strided output, zeroed on first use only: two
     // 4 or 8 KiB arrays zeroed per call were ~1 % of mlp_grad's instructions
@@ -442,7 +535,10 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     // SAFETY: the packers read elements (i, l) of A with i < m, l < k and
     // (l, jj) of B with l < k, jj < n (this fn's contract), and write inside
     // the buffers grown above (⌈mc / MR⌉ slivers of kc·MR ≤ MC·kc_max, and
-    // the same for B); `APack::From` reads the slivers an `Into` call of the
+    // the same for B); a sliver of B read in place is rows pc..pc + kc of
+    // columns jc + j0..jc + j0 + NR ≤ n of one of B's blocks (row stride rsb
+    // ≥ n ≥ NR, unit column stride), the rows' pointer moved to `b_hi` as
+    // `pack_b` does; `APack::From` reads the slivers an `Into` call of the
     // same A and family wrote, at the offsets that call wrote them; the tiles
     // name elements of C inside the shape, of the saved copy (m·n) or of the
     // tile copies (rows·NR ≤ TILE).
@@ -452,8 +548,23 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
             for (p, pc) in (0..k).step_by(kc_max).enumerate() {
                 let kc = kc_max.min(k - pc);
                 let (first, last) = (pc == 0, pc + kc == k);
+                // Rows of this panel in B's first block ([`Job::k_lo`]): B is
+                // read in place only from a panel inside one block.
+                let lo = j.k_lo.clamp(pc, pc + kc) - pc;
+                let in_place = b_in_place && (lo == kc || lo == 0);
+                let b_rows = if lo == kc {
+                    j.b.wrapping_add(pc * j.rsb + jc)
+                } else if lo == 0 {
+                    j.b_hi.wrapping_add((pc - j.k_lo) * j.rsb + jc)
+                } else {
+                    std::ptr::null() // packed: the panel straddles the blocks
+                };
+                // Columns j0 < full lie in whole slivers.
+                let full = if in_place { nc / nr * nr } else { 0 };
                 for (s, j0) in (0..nc).step_by(nr).enumerate() {
-                    pack_b::<M>(&j, pc, kc, jc + j0, nr.min(nc - j0), pb.add(s * kc * nr));
+                    if j0 >= full {
+                        pack_b::<M>(&j, pc, kc, jc + j0, nr.min(nc - j0), pb.add(s * kc * nr));
+                    }
                 }
                 for ic in (0..m).step_by(M::MC) {
                     let mc = M::MC.min(m - ic);
@@ -465,7 +576,15 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                         }
                     };
                     for (sb, j0) in (0..nc).step_by(nr).enumerate() {
-                        let bs = pb.add(sb * kc * nr);
+                        let (bs, rsb) = if j0 < full {
+                            debug_assert!(
+                                j0 + nr <= nc,
+                                "packed: an edge sliver of B read in place"
+                            );
+                            (b_rows.wrapping_add(j0), j.rsb)
+                        } else {
+                            (pb.add(sb * kc * nr).cast_const(), nr)
+                        };
                         for (sa, i0) in (0..mc).step_by(mr).enumerate() {
                             let (i, jj) = (ic + i0, jc + j0);
                             let (rows, cols) = (mr.min(mc - i0), nr.min(nc - j0));
@@ -489,7 +608,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                             };
                             let a_s = pa.add(sa * kc * mr);
                             if direct && cols == nr {
-                                M::tile(kc, a_s, bs, &t);
+                                M::tile(kc, a_s, bs, rsb, &t);
                                 continue;
                             }
                             // A strided output, or a tile of fewer than NR
@@ -520,7 +639,7 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
                             }
                             (t.c, t.rs, t.src, t.srs) = (tc.as_mut_ptr(), nr, ts.as_ptr(), nr);
                             t.cols = nr;
-                            M::tile(kc, a_s, bs, &t);
+                            M::tile(kc, a_s, bs, rsb, &t);
                             for r in 0..rows {
                                 for x in 0..cols {
                                     *cp.wrapping_add(r * j.rsc + x * j.csc) = tc[r * nr + x];
@@ -647,6 +766,7 @@ mod simd_micro {
         /// multiple of `NR`), a `B` panel of at most 512 KiB (half of a Zen 5
         /// core's L2).
         const NC: usize = 2048 / std::mem::size_of::<V::E>();
+        const B_IN_PLACE: bool = true;
 
         #[inline(always)]
         unsafe fn transpose(t: Transposition<V::E>) -> bool {
@@ -663,10 +783,10 @@ mod simd_micro {
         }
 
         #[inline(always)]
-        unsafe fn tile(kc: usize, a: *const V::E, b: *const V::E, t: &Tile<V::E>) {
+        unsafe fn tile(kc: usize, a: *const V::E, b: *const V::E, rsb: usize, t: &Tile<V::E>) {
             debug_assert_eq!(t.cols, NV * V::N, "packed: a partial-width tile");
             // SAFETY: the caller's contract (`Micro::tile`), passed on.
-            unsafe { tile::<V, MR, NV>(kc, a, b, t) }
+            unsafe { tile::<V, MR, NV>(kc, a, b, rsb, t) }
         }
     }
 
@@ -684,14 +804,15 @@ mod simd_micro {
         kc: usize,
         a: *const V::E,
         b: *const V::E,
+        rsb: usize,
         t: &Tile<V::E>,
     ) {
         // SAFETY: the caller's contract (`Micro::tile`): the CPU has V's
         // instruction set; rows r < t.rows ≤ MR of `t.c` and `t.src`, all
         // NV·N columns of each (addresses by `wrapping_add`); kc·MR
-        // elements of `a` and kc·NR of `b`.
+        // elements of `a`, and of `b` the NR = NV·N elements from l·rsb for
+        // each l < kc.
         unsafe {
-            let nr = NV * V::N;
             let mut acc = [[V::zero(); NV]; MR];
             if !t.first {
                 for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -713,7 +834,7 @@ mod simd_micro {
                     }
                 }
                 pa = pa.add(MR);
-                pb = pb.add(nr);
+                pb = pb.wrapping_add(rsb);
             }
             let (va, vb) = (V::splat(t.alpha), V::splat(t.beta));
             let beta_zero = t.beta == V::E::zero();
@@ -894,5 +1015,159 @@ mod tests {
             0.0,
             MatMut::row_major(&mut c, 2, 3),
         );
+    }
+
+    /// Held by the tests that set or read [`super::pack_b_always`]'s switch,
+    /// which is process-wide. (The other tests get the same bits either way.)
+    static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// `B` read in place gives the bits of `B` packed, for every family this
+    /// CPU has, `f32` and `f64`: a row of `C` (m = 1) up to
+    /// [`super::IN_PLACE_ROWS`] rows, slivers of the right edge (n not a
+    /// multiple of any `NR`) beside full ones, more than one block of columns
+    /// (n > `NC`) and more than one panel of the sum's index (k > `KC`, where
+    /// β ≠ 0 reads a saved copy of `C`), products cut over two threads, and
+    /// `B`'s rows inside a wider buffer whose other elements are NaN (a read
+    /// past a sliver's columns or at the wrong row shows). The rule itself is
+    /// checked below.
+    #[test]
+    fn b_read_in_place_gives_the_bits_of_b_packed() {
+        use crate::kernels::Prim;
+        fn check<F: Prim>(family: Family) {
+            let _held = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+            let shapes = [
+                (1, 5, 16),
+                (7, 20, 37),
+                (16, 40, 1100),
+                (64, 300, 300),
+                (100, 600, 70),
+                (128, 256, 48),
+                (64, 784, 300),
+            ];
+            for (m, k, n) in shapes {
+                for beta in [0.0, 1.0] {
+                    let from = |v: Vec<f32>| -> Vec<F> {
+                        v.into_iter().map(|x| F::from_f64(x as f64)).collect()
+                    };
+                    let (a, c0) = (from(filled(m * k, 4)), from(filled(m * n, 5)));
+                    // Row l of B at l·rs, rs = n + 3: 3 NaN between rows.
+                    let rs = n + 3;
+                    let mut b = vec![F::from_f64(f64::NAN); k * rs];
+                    for (i, x) in filled(k * n, 6).into_iter().enumerate() {
+                        b[i / n * rs + i % n] = F::from_f64(x as f64);
+                    }
+                    let mut out = [c0.clone(), c0.clone()];
+                    for (packed, c) in out.iter_mut().enumerate() {
+                        super::pack_b_always(packed == 1);
+                        with_family(family, || {
+                            large::real(Product::new(
+                                F::from_f64(0.75),
+                                MatRef::row_major(&a, m, k),
+                                MatRef::new(&b, k, n, rs, 1),
+                                F::from_f64(beta),
+                                MatMut::row_major(c, m, n),
+                            ))
+                        });
+                    }
+                    super::pack_b_always(false);
+                    for (i, (x, y)) in out[0].iter().zip(&out[1]).enumerate() {
+                        assert_eq!(
+                            x.to_f64().to_bits(),
+                            y.to_f64().to_bits(),
+                            "{family:?} f{} [{m}, {k}]·[{k}, {n}] β {beta}: element {i}: \
+                             in place {x:?}, packed {y:?}",
+                            8 * std::mem::size_of::<F>()
+                        );
+                    }
+                }
+            }
+        }
+        for family in Family::ALL.into_iter().filter(|f| f.is_available()) {
+            check::<f32>(family);
+            check::<f64>(family);
+        }
+    }
+
+    /// [`super::reads_b_in_place`]: the vector kernels read a row-major `B`
+    /// in place for up to [`super::IN_PLACE_ROWS`] rows, with a row stride
+    /// that is not a multiple of [`super::CONFLICT_STRIDE`] bytes and a `B`
+    /// of at most [`super::IN_PLACE_BYTES`]; never a column-major `B`, never
+    /// under the portable grid, never while [`super::pack_b_always`] is on.
+    #[test]
+    fn b_is_read_in_place_only_for_few_rows_and_a_safe_stride() {
+        use super::{reads_b_in_place, APack, Job, Micro};
+        fn job<E: crate::real::Real>(
+            m: usize,
+            k: usize,
+            n: usize,
+            rsb: usize,
+            csb: usize,
+        ) -> Job<E> {
+            Job {
+                m,
+                k,
+                n,
+                alpha: E::one(),
+                a: std::ptr::null(),
+                rsa: k,
+                csa: 1,
+                b: std::ptr::null(),
+                rsb,
+                csb,
+                k_lo: k,
+                b_hi: std::ptr::null(),
+                beta: E::zero(),
+                c: std::ptr::null_mut(),
+                rsc: n,
+                csc: 1,
+                pack_a: APack::Each,
+            }
+        }
+        fn check<M: Micro<E = f32>, D: Micro<E = f64>>(vector: bool) {
+            let cases = [
+                // (m, k, n, rsb, csb, read in place by a vector kernel)
+                (64, 784, 256, 256, 1, true),
+                (128, 256, 300, 300, 1, true),
+                (129, 256, 300, 300, 1, false),
+                (64, 256, 512, 512, 1, false),   // 2 KiB apart
+                (64, 256, 1024, 1024, 1, false), // 4 KiB apart
+                (64, 256, 500, 520, 1, true),    // a wider buffer
+                (64, 256, 300, 1, 256, false),   // column-major
+                (64, 4096, 256, 256, 1, true),   // B of exactly 4 MiB
+                (64, 4097, 256, 256, 1, false),
+            ];
+            for (m, k, n, rsb, csb, want) in cases {
+                let got = reads_b_in_place::<M>(&job(m, k, n, rsb, csb));
+                assert_eq!(
+                    got,
+                    want && vector,
+                    "f32 [{m}, {k}]·[{k}, {n}] rsb {rsb} csb {csb}"
+                );
+            }
+            // f64: 256 columns are 2 KiB apart.
+            assert!(!reads_b_in_place::<D>(&job(64, 256, 256, 256, 1)));
+            assert_eq!(reads_b_in_place::<D>(&job(64, 256, 200, 200, 1)), vector);
+            super::pack_b_always(true);
+            let off = reads_b_in_place::<M>(&job(64, 784, 256, 256, 1));
+            super::pack_b_always(false);
+            assert!(!off, "pack_b_always(true) must pack every B");
+        }
+        let _held = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        use crate::kernels::grid::{Grid, GRID_32, GRID_64};
+        check::<Grid<f32, { GRID_32.0 }, { GRID_32.1 }>, Grid<f64, { GRID_64.0 }, { GRID_64.1 }>>(
+            false,
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::kernels::packed::Simd;
+            use crate::kernels::{avx2, avx512};
+            check::<Simd<avx2::F32x8, avx2::Tiles, 6, 2>, Simd<avx2::F64x4, avx2::Tiles, 6, 2>>(
+                true,
+            );
+            check::<
+                Simd<avx512::F32x16, avx512::Tiles, 8, 2>,
+                Simd<avx512::F64x8, avx512::Tiles, 8, 2>,
+            >(true);
+        }
     }
 }
