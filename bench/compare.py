@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side by side: time each benchmark config in JAX and in this project, print ours / JAX.
 
-    python3 bench/compare.py [--rounds N] [--pin CPU] [--family F] [--json] CONFIG [CONFIG ...]
+    python3 bench/compare.py [--rounds N] [--pin CPU] [--family F] [--jax-ynn on|off] [--json] CONFIG [CONFIG ...]
 
 Run from anywhere inside the repository (it finds the root from its own path).
 Every round runs, for each config, the JAX workload (bench/jax_workloads.py)
@@ -77,7 +77,17 @@ TWINS = {
 # for another kind. Ours: TAPE_KERNELS (our kernel family). JAX: oneDNN's ISA cap
 # (its matrix products; ONEDNN_VERBOSE=1 prints the ISA it dispatched to) and
 # XLA's LLVM code generation cap (its fused elementwise code). On an AVX-512
-# machine, `--family avx2` measures what an AVX2+FMA machine would run.
+# machine, `--family avx2` measures what an AVX2+FMA machine would run: ours,
+# and JAX's oneDNN and XLA code, but **not** JAX's YNNPACK dots (jax 0.10.2),
+# which choose their kernels from CPUID with no cap: under these caps a perf
+# profile of `mlp_hvp_deep` on a Zen 5 had 25 % of JAX's samples in
+# `ynn::dot_fp32_5x64x1_1x16x1_avx512` (docs/benchmarks.md, "ynn"). So
+# `--family avx2` on an AVX-512 machine gives JAX AVX-512 dots, and the table
+# says so; `--jax-ynn off` turns YNNPACK's fusions off
+# (`--xla_cpu_experimental_ynn_fusion_type=`), and JAX's dots then take its
+# other paths (Eigen's contraction in `mlp_hvp_deep`'s profile, `ymm`
+# registers), which JAX on an AVX2 machine would not take either. Neither
+# stands for JAX on an AVX2 machine.
 FAMILIES = {
     "avx512": ({"TAPE_KERNELS": "avx512"}, {}),
     "avx2": ({"TAPE_KERNELS": "avx2"},
@@ -93,8 +103,23 @@ def hand_twin(config):
     return f"{head}:{TWINS[mode][0]}" if mode in TWINS else None
 
 
-def measure(ours_cmd, config, rounds, pin, family=None):
+# `--jax-ynn off`: the XLA flag that turns YNNPACK's fusions off (see above).
+YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def has_avx512():
+    """Whether this CPU has AVX-512F (Linux: /proc/cpuinfo's flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(l.startswith("flags") and " avx512f" in l for l in f)
+    except OSError:
+        return False
+
+
+def measure(ours_cmd, config, rounds, pin, family=None, ynn=True):
     ours_env, jax_env = FAMILIES[family] if family else ({}, {})
+    if not ynn:
+        jax_env = {**jax_env, "XLA_FLAGS": " ".join(filter(None, [jax_env.get("XLA_FLAGS"), YNN_OFF]))}
     prefix = ["taskset", "-c", pin] if pin is not None else []
     jax_config = hand_twin(config) or config
     ours, jax, ratios = [], [], []
@@ -127,6 +152,8 @@ def measure(ours_cmd, config, rounds, pin, family=None):
         "ours_threads": ours[-1].get("rayon_threads"),
         "ours_kernel_family": ours[-1].get("kernel_family"),
         "jax_env": jax_env,
+        "family": family,
+        "jax_ynn": ynn,
         "ratios": ratios,
         # Share of this machine's FMA peak (see examples/bench.rs `fma_peak`),
         # median over rounds, where our runner reports one.
@@ -162,6 +189,12 @@ def table(rows):
     caps = sorted({" ".join(f"{k}={v}" for k, v in r["jax_env"].items()) for r in rows if r["jax_env"]})
     if caps:
         lines.append(f"JAX's instruction sets capped by: {'; '.join(caps)}")
+    if any(r["family"] in ("avx2", "portable") and r["jax_ynn"] for r in rows) and has_avx512():
+        lines.append("warning: JAX's YNNPACK dots ignore these caps and run AVX-512 kernels on this CPU, "
+                     "so the JAX side is not capped (bench/compare.py, FAMILIES; --jax-ynn off turns YNNPACK off)")
+    if any(not r["jax_ynn"] for r in rows):
+        lines.append(f"JAX's YNNPACK fusions off ({YNN_OFF}): its dots take other paths, "
+                     "not what JAX runs by default on any machine")
     lines.append("ours/jax per round: " + "; ".join(
         f"{r['config']} " + " ".join(f"{x:.2f}" for x in r["ratios"]) for r in rows))
     for r in rows:
@@ -205,6 +238,9 @@ def main(argv):
     ap.add_argument("--family", choices=sorted(FAMILIES),
                     help="force our kernel family (TAPE_KERNELS) and cap JAX's instruction sets to match "
                          "(oneDNN and XLA), so one machine measures another kind")
+    ap.add_argument("--jax-ynn", choices=["on", "off"], default="on",
+                    help="JAX's YNNPACK fusions (default on, as JAX ships; off: its dots take other paths; "
+                         "see FAMILIES on why this matters under --family)")
     ap.add_argument("--json", action="store_true", help="one JSON line per config instead of the table")
     args = ap.parse_args(argv)
     if args.rounds < 1:
@@ -216,7 +252,7 @@ def main(argv):
     ours = [build_runner()]
     rows = []
     for config in args.configs:
-        rows.append(measure(ours, config, args.rounds, args.pin, args.family))
+        rows.append(measure(ours, config, args.rounds, args.pin, args.family, args.jax_ynn == "on"))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:
