@@ -81,13 +81,16 @@ TWINS = {
 # and JAX's oneDNN and XLA code, but **not** JAX's YNNPACK dots (jax 0.10.2),
 # which choose their kernels from CPUID with no cap: under these caps a perf
 # profile of `mlp_hvp_deep` on a Zen 5 had 25 % of JAX's samples in
-# `ynn::dot_fp32_5x64x1_1x16x1_avx512` (docs/benchmarks.md, "ynn"). So
-# `--family avx2` on an AVX-512 machine gives JAX AVX-512 dots, and the table
-# says so; `--jax-ynn off` turns YNNPACK's fusions off
-# (`--xla_cpu_experimental_ynn_fusion_type=`), and JAX's dots then take its
-# other paths (Eigen's contraction in `mlp_hvp_deep`'s profile, `ymm`
-# registers), which JAX on an AVX2 machine would not take either. Neither
-# stands for JAX on an AVX2 machine.
+# `ynn::dot_fp32_5x64x1_1x16x1_avx512` (docs/benchmarks.md, "ynn"). So, on an
+# AVX-512 machine, `--family avx2` also runs JAX under `bench/cpuid_avx2`
+# (LD_PRELOAD; Linux's CPUID faulting), which hides AVX-512 from every `cpuid`
+# of the process: YNNPACK, oneDNN and XLA then see an AVX2+FMA CPU. numpy,
+# which reads CPUID too, must then report no AVX512F, or the run stops.
+# Where CPUID faulting is missing (`cpuid_fault` not in /proc/cpuinfo), JAX
+# runs with its AVX-512 dots and the table says so. `--jax-ynn off` turns
+# YNNPACK's fusions off (`--xla_cpu_experimental_ynn_fusion_type=`), and JAX's
+# dots then take its other paths (Eigen's contraction in `mlp_hvp_deep`'s
+# profile), which JAX does not take by default on any machine.
 FAMILIES = {
     "avx512": ({"TAPE_KERNELS": "avx512"}, {}),
     "avx2": ({"TAPE_KERNELS": "avx2"},
@@ -107,17 +110,48 @@ def hand_twin(config):
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 
 
-def has_avx512():
-    """Whether this CPU has AVX-512F (Linux: /proc/cpuinfo's flags)."""
+def cpu_flags():
+    """The CPU's flags (Linux: the first `flags` line of /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return any(l.startswith("flags") and " avx512f" in l for l in f)
+            return next((set(l.split(":", 1)[1].split()) for l in f if l.startswith("flags")), set())
     except OSError:
-        return False
+        return set()
 
 
-def measure(ours_cmd, config, rounds, pin, family=None, ynn=True):
+def has_avx512():
+    """Whether this CPU has AVX-512F."""
+    return "avx512f" in cpu_flags()
+
+
+CPUID_AVX2 = os.path.join(ROOT, "bench", "cpuid_avx2")
+
+
+def avx2_preload():
+    """On an AVX-512 CPU with CPUID faulting: builds bench/cpuid_avx2 and
+    returns the environment that runs a process under it, after checking
+    that numpy then sees no AVX512F (and still AVX2 and FMA3). Else None."""
+    if not has_avx512() or "cpuid_fault" not in cpu_flags():
+        return None
+    cmd = ["cargo", "build", "--release", "--manifest-path", os.path.join(CPUID_AVX2, "Cargo.toml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"compare.py: `{' '.join(cmd)}` failed:\n{proc.stderr[-3000:]}")
+    env = {"LD_PRELOAD": os.path.join(CPUID_AVX2, "target", "release", "libcpuid_avx2.so")}
+    probe = ("from numpy._core._multiarray_umath import __cpu_features__ as f; "
+             "print(f['AVX512F'], f['AVX2'], f['FMA3'])")
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, **env}).stdout.split()
+    if seen != ["False", "True", "True"]:
+        sys.exit(f"compare.py: under {env['LD_PRELOAD']} numpy saw AVX512F, AVX2, FMA3 = {seen}, "
+                 "not False, True, True")
+    return env
+
+
+def measure(ours_cmd, config, rounds, pin, family=None, ynn=True, preload=None):
     ours_env, jax_env = FAMILIES[family] if family else ({}, {})
+    if preload:
+        jax_env = {**jax_env, **preload}
     if not ynn:
         jax_env = {**jax_env, "XLA_FLAGS": " ".join(filter(None, [jax_env.get("XLA_FLAGS"), YNN_OFF]))}
     prefix = ["taskset", "-c", pin] if pin is not None else []
@@ -154,6 +188,7 @@ def measure(ours_cmd, config, rounds, pin, family=None, ynn=True):
         "jax_env": jax_env,
         "family": family,
         "jax_ynn": ynn,
+        "jax_cpuid_avx2": bool(preload),
         "ratios": ratios,
         # Share of this machine's FMA peak (see examples/bench.rs `fma_peak`),
         # median over rounds, where our runner reports one.
@@ -189,7 +224,11 @@ def table(rows):
     caps = sorted({" ".join(f"{k}={v}" for k, v in r["jax_env"].items()) for r in rows if r["jax_env"]})
     if caps:
         lines.append(f"JAX's instruction sets capped by: {'; '.join(caps)}")
-    if any(r["family"] in ("avx2", "portable") and r["jax_ynn"] for r in rows) and has_avx512():
+    if any(r["jax_cpuid_avx2"] for r in rows):
+        lines.append("JAX ran under bench/cpuid_avx2: AVX-512 hidden from CPUID (numpy saw no AVX512F), "
+                     "so its YNNPACK dots chose as on an AVX2+FMA machine")
+    if any(r["family"] in ("avx2", "portable") and r["jax_ynn"] and not r["jax_cpuid_avx2"]
+           for r in rows) and has_avx512():
         lines.append("warning: JAX's YNNPACK dots ignore these caps and run AVX-512 kernels on this CPU, "
                      "so the JAX side is not capped (bench/compare.py, FAMILIES; --jax-ynn off turns YNNPACK off)")
     if any(not r["jax_ynn"] for r in rows):
@@ -250,9 +289,10 @@ def main(argv):
         if c not in known and not c.startswith("maml_sine:") and not c.startswith("maml_conv4:"):
             ap.error(f"unknown config {c!r}; known: {' '.join(sorted(known))}")
     ours = [build_runner()]
+    preload = avx2_preload() if args.family == "avx2" else None
     rows = []
     for config in args.configs:
-        rows.append(measure(ours, config, args.rounds, args.pin, args.family, args.jax_ynn == "on"))
+        rows.append(measure(ours, config, args.rounds, args.pin, args.family, args.jax_ynn == "on", preload))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:
