@@ -33,7 +33,7 @@
 //! # B read in place
 //! Packing `B` costs a read and a write of each of its elements per product,
 //! and a product of `m` rows uses each element `⌈m / MR⌉` times: for few rows
-//! the packing is a large share of the work (a tenth of a single thread's
+//! the packing is a large share of the work (about 8 % of a single thread's
 //! time on `[64, 784]·[784, 256]`, `docs/benchmarks.md`, "inplace"). So the
 //! vector kernels read the full-width slivers of a row-major `B` (unit column
 //! stride) where it lies, row `l` of a sliver `rsb` elements after row `l − 1`
@@ -292,8 +292,8 @@ pub(crate) trait Micro {
     /// packed; otherwise `B`'s own rows), started and finished as `t` says.
     ///
     /// # Safety
-    /// `a` valid for `kc·MR` reads, `b[l·rsb + j]` for `l < kc`, `j < NR`
-    /// (`rsb ≥ NR`); `t.rows ≤ MR`,
+    /// `a` valid for `kc·MR` reads, `b[l·rsb + j]` for `l < kc`, `j < NR`;
+    /// `t.rows ≤ MR`,
     /// `t.cols == NR` ([`run`] sends a tile of fewer columns through a
     /// dense copy), and `t`'s pointers valid for the elements it names;
     /// the CPU as the kernel requires.
@@ -535,9 +535,10 @@ pub(crate) unsafe fn run<M: Micro>(job: Job<M::E>, bufs: &mut Bufs<M::E>) {
     // SAFETY: the packers read elements (i, l) of A with i < m, l < k and
     // (l, jj) of B with l < k, jj < n (this fn's contract), and write inside
     // the buffers grown above (⌈mc / MR⌉ slivers of kc·MR ≤ MC·kc_max, and
-    // the same for B); a sliver of B read in place is rows pc..pc + kc of
-    // columns jc + j0..jc + j0 + NR ≤ n of one of B's blocks (row stride rsb
-    // ≥ n ≥ NR, unit column stride), the rows' pointer moved to `b_hi` as
+    // the same for B); a sliver of B read in place reads b_rows[j0 + l·rsb +
+    // x] for l < kc, x < NR: element (pc + l, jc + j0 + x) of one of B's
+    // blocks (unit column stride; jc + j0 + NR ≤ jc + nc ≤ n, since only
+    // whole slivers are read in place), the rows' pointer moved to `b_hi` as
     // `pack_b` does; `APack::From` reads the slivers an `Into` call of the
     // same A and family wrote, at the offsets that call wrote them; the tiles
     // name elements of C inside the shape, of the saved copy (m·n) or of the
