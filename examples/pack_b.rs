@@ -16,17 +16,12 @@
 //!
 //! Shapes whose `B` the rule leaves packed show the two sides' noise only.
 
+use blo_examples::gemm_operands::median;
 use std::process::ExitCode;
 use std::time::Instant;
 use tape::gemm::{gemm, MatRef};
 use tape::kernels::pack_b_always;
 use tape::Real;
-
-/// The median of `x` (sorted in place).
-fn median(x: &mut [f64]) -> f64 {
-    x.sort_by(f64::total_cmp);
-    x[x.len() / 2]
-}
 
 /// Times `[m, k]·[k, n]` (both row-major) for `secs` seconds, alternating the
 /// two sides; prints one line. `false` if the two sides' bits differ.
@@ -59,7 +54,7 @@ fn shape<T: Real<Base = T>>(m: usize, k: usize, n: usize, secs: f64, note: &str)
         block += 1;
     }
     pack_b_always(false);
-    let [packed, in_place] = times.map(|mut t| median(&mut t));
+    let [packed, in_place] = times.map(median);
     let gflops = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
     println!(
         "f{} [{m}, {k}]·[{k}, {n}]: packed {:8.1} µs ({:6.1} GFLOP/s), in place {:8.1} µs ({:6.1} GFLOP/s), {:+5.1} %{}{note}",
